@@ -1,0 +1,1 @@
+"""voicectl runtime: config, store, control plane, API and the call engine."""

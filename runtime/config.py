@@ -1,0 +1,307 @@
+"""YAML config plus VOICECTL_* environment overrides -> frozen, validated settings.
+
+The key names follow the skeleton in DESIGN.md; every key is documented in
+config.example.yaml and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "VOICECTL_"
+# Variables with the prefix that are not config overrides.
+ENV_RESERVED = {"VOICECTL_CONFIG", "VOICECTL_MASTER_KEY"}
+DEFAULT_CONFIG_NAME = "config.yaml"
+
+
+class ConfigError(Exception):
+    """Invalid or missing configuration; the message is meant for the operator."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    public_url: str | None = None
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError("expected an absolute http(s) URL such as https://voice.example.com")
+        return value.rstrip("/")
+
+
+class DatabaseSettings(_Model):
+    url: str = "sqlite:///voicectl.db"
+    pool_min: int = Field(1, ge=1)
+    pool_max: int = Field(10, ge=1)
+    sqlite_readers: int = Field(4, ge=1, le=64)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+            return value
+        if value.startswith(("postgresql://", "postgres://")):
+            return value
+        raise ValueError("expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+
+
+class SecretsSettings(_Model):
+    backend: Literal["auto", "keyring", "cryptfile"] = "auto"
+    master_key_file: str = "master.key"
+    keyring_file: str = "secrets.cfg"
+
+
+class RateLimit(_Model):
+    limit: int = Field(ge=1)
+    window_s: int = Field(ge=1)
+
+
+class RateLimitClasses(_Model):
+    """A limit per route class; null means unlimited."""
+
+    read: RateLimit | None = None
+    write: RateLimit | None = None
+    session: RateLimit | None = None
+    realtime: RateLimit | None = None
+    recording: RateLimit | None = None
+
+
+def _runtime_rate_defaults() -> RateLimitClasses:
+    # Seed 004's limits, plus writes at the read rate.
+    return RateLimitClasses(
+        read=RateLimit(limit=100, window_s=900),
+        write=RateLimit(limit=100, window_s=900),
+        session=RateLimit(limit=10, window_s=3600),
+        realtime=RateLimit(limit=30, window_s=3600),
+        recording=RateLimit(limit=20, window_s=3600),
+    )
+
+
+class RateLimitSettings(_Model):
+    runtime: RateLimitClasses = Field(default_factory=_runtime_rate_defaults)
+    admin: RateLimitClasses = Field(default_factory=RateLimitClasses)
+
+
+class LimitsSettings(_Model):
+    max_calls: int = Field(200, ge=1)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+
+
+class TwilioSettings(_Model):
+    api_base_url: str = "https://api.twilio.com"
+
+
+class GotoSettings(_Model):
+    api_base_url: str = "https://api.goto.com"
+
+
+class LiveKitSettings(_Model):
+    url: str | None = None
+
+
+class WebRTCSettings(_Model):
+    ice_servers: list[str] = Field(default_factory=list)
+
+
+class TelephonySettings(_Model):
+    twilio: TwilioSettings = Field(default_factory=TwilioSettings)
+    goto: GotoSettings = Field(default_factory=GotoSettings)
+    livekit: LiveKitSettings = Field(default_factory=LiveKitSettings)
+    webrtc: WebRTCSettings = Field(default_factory=WebRTCSettings)
+
+
+class ProviderDefaults(_Model):
+    stt: Literal["local", "deepgram"] = "local"
+    llm: Literal["rules", "anthropic", "openai"] = "rules"
+    tts: Literal["local", "chatterbox"] = "local"
+
+
+class DeepgramSettings(_Model):
+    url: str = "wss://api.deepgram.com"
+    model: str = "nova-3"
+
+
+class AnthropicSettings(_Model):
+    base_url: str = "https://api.anthropic.com"
+    model: str = "claude-sonnet-4-5"
+
+
+class OpenAISettings(_Model):
+    base_url: str = "http://127.0.0.1:11434/v1"
+    model: str = "llama3.2"
+
+
+class ChatterboxSettings(_Model):
+    base_url: str = "http://127.0.0.1:4123"
+    voice: str = "default"
+
+
+class ProvidersSettings(_Model):
+    defaults: ProviderDefaults = Field(default_factory=ProviderDefaults)
+    retries: int = Field(2, ge=0, le=10)
+    first_byte_timeout_ms: int = Field(2000, ge=50)
+    deepgram: DeepgramSettings = Field(default_factory=DeepgramSettings)
+    anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    chatterbox: ChatterboxSettings = Field(default_factory=ChatterboxSettings)
+
+
+class WebhookDeliverySettings(_Model):
+    attempts: int = Field(8, ge=1, le=50)
+    backoff_cap_s: float = Field(300, gt=0)
+    timeout_s: float = Field(5, gt=0)
+
+
+class EventsSettings(_Model):
+    webhooks: WebhookDeliverySettings = Field(default_factory=WebhookDeliverySettings)
+
+
+class RecordingSettings(_Model):
+    dir: str = "recordings"
+
+
+class LoggingSettings(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(_Model):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    telephony: TelephonySettings = Field(default_factory=TelephonySettings)
+    providers: ProvidersSettings = Field(default_factory=ProvidersSettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    # Folder of the config file: relative paths resolve against it. Not a YAML key.
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    def resolve_path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    @property
+    def database_url(self) -> str:
+        """database.url with a relative SQLite path made absolute."""
+        url = self.database.url
+        if url.startswith("sqlite:///"):
+            return "sqlite:///" + str(self.resolve_path(url[len("sqlite:///"):]))
+        return url
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.resolve_path(self.secrets.master_key_file)
+
+    @property
+    def keyring_path(self) -> Path:
+        return self.resolve_path(self.secrets.keyring_file)
+
+    @property
+    def recording_dir(self) -> Path:
+        return self.resolve_path(self.recording.dir)
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--config PATH, else $VOICECTL_CONFIG, else ./config.yaml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("VOICECTL_CONFIG")
+    if env:
+        return Path(env)
+    return Path(DEFAULT_CONFIG_NAME)
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """VOICECTL_SECTION__KEY[__SUBKEY]=value -> nested dict; values parse as YAML scalars."""
+    environ = os.environ if environ is None else environ
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if len(parts) < 2:
+            raise ConfigError(
+                f"environment variable {name}: expected VOICECTL_<SECTION>__<KEY>, e.g. VOICECTL_DATABASE__URL"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name}: conflicts with another override")
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: dict[str, Any]) -> str:
+    path = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown key (check the spelling against config.example.yaml)"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{path}: got {error.get('input')!r}; expected: {message}"
+
+
+def build_settings(data: dict[str, Any], base_dir: Path, source: str = "config") -> Settings:
+    try:
+        return Settings.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        lines = "\n".join("  " + _describe(e) for e in exc.errors())
+        raise ConfigError(f"invalid configuration in {source}:\n{lines}") from None
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    must_exist: bool = True,
+) -> Settings:
+    """Load the config file (see find_config_path) and apply environment overrides."""
+    config_path = find_config_path(path)
+    data: dict[str, Any] = {}
+    if config_path.exists():
+        try:
+            loaded = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_path}: expected a mapping of sections at the top level")
+        data = loaded
+    elif must_exist:
+        raise ConfigError(
+            f"config file not found: {config_path} (run `voicectl init` to create one, "
+            "or pass --config PATH / set VOICECTL_CONFIG)"
+        )
+    data = _merge(data, env_overrides(environ))
+    return build_settings(data, config_path.resolve().parent, source=str(config_path))

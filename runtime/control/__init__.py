@@ -1,0 +1,1 @@
+"""Control plane: services shared by the CLI and the HTTP API."""

@@ -1,0 +1,110 @@
+"""Per-tenant provider credentials: non-secret fields in the database, the secret in the keyring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.control.errors import Invalid, NotFound
+from runtime.control.models import Credential, from_row
+from runtime.control.pagination import Page, PageRequest
+from runtime.control.schemas import CredentialSet
+from runtime.ids import new_id, now_iso
+from runtime.secrets import SecretStore
+from runtime.store.store import Store
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    secret: str = "API key"
+    secret_required: bool = True
+
+
+# The table in DESIGN.md: which fields each provider keeps, and what its secret is.
+PROVIDERS: dict[str, ProviderSpec] = {
+    "twilio": ProviderSpec(("account_sid",), secret="auth token"),
+    "goto": ProviderSpec(("client_id", "account_key"), secret="OAuth refresh token"),
+    "livekit": ProviderSpec(("url", "api_key"), secret="API secret"),
+    "deepgram": ProviderSpec(),
+    "anthropic": ProviderSpec(),
+    "openai": ProviderSpec(optional=("base_url",), secret_required=False),
+    "chatterbox": ProviderSpec(("base_url",), secret_required=False),
+    "s3": ProviderSpec(("endpoint", "region", "bucket", "access_key_id"), secret="secret access key"),
+    "n8n": ProviderSpec(("url", "header_name"), secret="header value"),
+}
+
+
+def secret_ref(tenant_id: str, provider: str) -> str:
+    return f"tenant/{tenant_id}/credential/{provider}"
+
+
+def provider_spec(provider: str) -> ProviderSpec:
+    spec = PROVIDERS.get(provider)
+    if spec is None:
+        raise NotFound(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}", {"provider": provider})
+    return spec
+
+
+class CredentialService:
+    def __init__(self, store: Store, secrets: SecretStore) -> None:
+        self.store = store
+        self.secrets = secrets
+
+    @staticmethod
+    def _public(row: dict) -> Credential:
+        return from_row(Credential, {**row, "secret_set": row["secret_ref"] is not None})
+
+    async def set(self, tenant_id: str, provider: str, data: CredentialSet) -> Credential:
+        """Create or replace; without a new secret an existing one is kept."""
+        spec = provider_spec(provider)
+        allowed = set(spec.required) | set(spec.optional)
+        unknown = sorted(set(data.fields) - allowed)
+        if unknown:
+            raise Invalid(f"{provider} credentials have no field(s) {unknown}; expected {sorted(allowed) or 'none'}",
+                          {"unknown": unknown})
+        missing = [f for f in spec.required if not data.fields.get(f)]
+        if missing:
+            raise Invalid(f"{provider} credentials need field(s) {missing}", {"missing": missing})
+        existing = await self.store.credentials.find(tenant_id=tenant_id, provider=provider)
+        has_secret = data.secret is not None or (existing is not None and existing["secret_ref"] is not None)
+        if spec.secret_required and not has_secret:
+            raise Invalid(f"{provider} credentials need the {spec.secret} as the secret", {"secret": "missing"})
+        ref = secret_ref(tenant_id, provider) if has_secret else None
+        if data.secret is not None:
+            self.secrets.set(ref, data.secret)
+        now = now_iso()
+        if existing is None:
+            row = await self.store.credentials.insert({
+                "id": new_id("crd"), "tenant_id": tenant_id, "provider": provider, "fields": dict(data.fields),
+                "secret_ref": ref, "created_at": now, "updated_at": now,
+            })
+        else:
+            row = await self.store.credentials.update(
+                existing["id"], {"fields": dict(data.fields), "secret_ref": ref, "updated_at": now},
+                tenant_id=tenant_id,
+            )
+        return self._public(row)
+
+    async def get(self, tenant_id: str, provider: str) -> Credential:
+        provider_spec(provider)
+        row = await self.store.credentials.find(tenant_id=tenant_id, provider=provider)
+        if row is None:
+            raise NotFound(f"no {provider} credential for this tenant", {"provider": provider})
+        return self._public(row)
+
+    async def list(self, tenant_id: str, page: PageRequest) -> Page[Credential]:
+        rows, total = await self.store.credentials.list(tenant_id=tenant_id, limit=page.limit, offset=page.offset)
+        return Page([self._public(r) for r in rows], total, page.limit, page.offset)
+
+    async def delete(self, tenant_id: str, provider: str) -> None:
+        cred = await self.get(tenant_id, provider)
+        await self.store.credentials.delete(cred.id, tenant_id=tenant_id)
+        self.secrets.delete(secret_ref(tenant_id, provider))
+
+    async def secret(self, tenant_id: str, provider: str) -> str | None:
+        """For the runtime only (signature checks, provider clients); never printed or returned by the API."""
+        row = await self.store.credentials.find(tenant_id=tenant_id, provider=provider)
+        if row is None or row["secret_ref"] is None:
+            return None
+        return self.secrets.get(row["secret_ref"], cached=True)

@@ -1,0 +1,150 @@
+"""Domain objects of the control plane (typed dataclasses built from store rows)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def from_row(cls: type[T], row: dict[str, Any]) -> T:
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in row.items() if k in names})
+
+
+class Public:
+    """Dataclasses whose public dict hides internal columns (hashes, secret references)."""
+
+    _hidden: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)  # type: ignore[call-overload]
+        for name in self._hidden:
+            data.pop(name, None)
+        return data
+
+
+@dataclass(frozen=True)
+class Tenant(Public):
+    id: str
+    name: str
+    status: str
+    timezone: str
+    max_concurrent_calls: int
+    max_call_duration_s: int
+    recording_enabled: bool
+    retention_days: int
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class ApiKey(Public):
+    id: str
+    tenant_id: str | None
+    scope: str
+    name: str | None
+    prefix: str
+    last4: str
+    created_at: str
+    last_used_at: str | None
+    revoked_at: str | None
+    key_hash: str = field(repr=False, default="")
+    _hidden = ("key_hash",)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API key's scope and tenant."""
+
+    key_id: str
+    scope: str
+    tenant_id: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope == "admin"
+
+
+@dataclass(frozen=True)
+class AgentVersion(Public):
+    id: str
+    tenant_id: str
+    agent_id: str
+    version: int
+    status: str
+    config: dict[str, Any]
+    note: str | None
+    created_at: str
+    promoted_at: str | None
+
+
+@dataclass(frozen=True)
+class Agent(Public):
+    id: str
+    tenant_id: str
+    name: str
+    active_version: int | None
+    latest_version: int
+    created_at: str
+    updated_at: str
+    active: AgentVersion | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["config"] = self.active.config if self.active else None
+        data.pop("active", None)
+        return data
+
+
+@dataclass(frozen=True)
+class VoiceProfile(Public):
+    id: str
+    tenant_id: str
+    name: str
+    provider: str
+    voice_id: str
+    language: str
+    speed: float
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class PhoneNumber(Public):
+    id: str
+    tenant_id: str
+    e164: str
+    provider: str
+    agent_id: str
+    pinned_version: int | None
+    label: str | None
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class Credential(Public):
+    id: str
+    tenant_id: str
+    provider: str
+    fields: dict[str, str]
+    secret_set: bool
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class WebhookConfig(Public):
+    id: str
+    tenant_id: str
+    url: str
+    events: list[str]
+    active: bool
+    description: str | None
+    created_at: str
+    updated_at: str
+    secret_ref: str = field(repr=False, default="")
+    _hidden = ("secret_ref",)

@@ -1,0 +1,52 @@
+"""ControlPlane: opens the store and secrets from settings and bundles the services."""
+
+from __future__ import annotations
+
+from runtime.config import Settings
+from runtime.control.agents import AgentService
+from runtime.control.calls import CallReadService
+from runtime.control.credentials import CredentialService
+from runtime.control.keys import KeyService
+from runtime.control.numbers import NumberService
+from runtime.control.tenants import TenantService
+from runtime.control.voices import VoiceProfileService
+from runtime.control.webhooks import WebhookService
+from runtime.secrets import SecretStore
+from runtime.store import migrate as migrations
+from runtime.store.base import open_database
+from runtime.store.store import Store
+
+
+class ControlPlane:
+    def __init__(self, store: Store, secrets: SecretStore) -> None:
+        self.store = store
+        self.secrets = secrets
+        self.tenants = TenantService(store, secrets)
+        self.keys = KeyService(store)
+        self.agents = AgentService(store)
+        self.voices = VoiceProfileService(store)
+        self.numbers = NumberService(store)
+        self.credentials = CredentialService(store, secrets)
+        self.webhooks = WebhookService(store, secrets)
+        self.calls = CallReadService(store)
+
+    @classmethod
+    async def open(cls, settings: Settings, *, migrate: bool = True) -> ControlPlane:
+        db = open_database(
+            settings.database_url,
+            readers=settings.database.sqlite_readers,
+            pool_min=settings.database.pool_min,
+            pool_max=settings.database.pool_max,
+        )
+        await db.connect()
+        try:
+            if migrate:
+                await migrations.migrate(db)
+            secrets = SecretStore.from_settings(settings)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(Store(db), secrets)
+
+    async def close(self) -> None:
+        await self.store.db.close()

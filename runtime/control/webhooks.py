@@ -1,0 +1,80 @@
+"""Webhook configs: a tenant's URL, event filter and signing secret (shown once, kept in the keyring)."""
+
+from __future__ import annotations
+
+import secrets
+
+from runtime.control.errors import Invalid, NotFound
+from runtime.control.models import WebhookConfig, from_row
+from runtime.control.pagination import Page, PageRequest
+from runtime.control.schemas import WebhookCreate, WebhookUpdate
+from runtime.events.topics import TOPICS, unknown_patterns
+from runtime.ids import new_id, now_iso
+from runtime.secrets import SecretStore
+from runtime.store.store import Store
+
+
+def _check_events(events: list[str]) -> None:
+    unknown = unknown_patterns(events)
+    if unknown:
+        raise Invalid(f"event patterns {unknown} match no topic", {"unknown": unknown, "topics": list(TOPICS)})
+
+
+def signing_secret_ref(tenant_id: str, webhook_id: str) -> str:
+    return f"tenant/{tenant_id}/webhook/{webhook_id}"
+
+
+class WebhookService:
+    def __init__(self, store: Store, secrets_store: SecretStore) -> None:
+        self.store = store
+        self.secrets = secrets_store
+
+    async def create(self, tenant_id: str, data: WebhookCreate) -> tuple[WebhookConfig, str]:
+        """Returns the config and its signing secret, which is never shown again."""
+        _check_events(data.events)
+        webhook_id = new_id("whk")
+        ref = signing_secret_ref(tenant_id, webhook_id)
+        signing_secret = "whsec_" + secrets.token_urlsafe(32)
+        self.secrets.set(ref, signing_secret)
+        now = now_iso()
+        row = await self.store.webhook_configs.insert({
+            "id": webhook_id, "tenant_id": tenant_id, **data.model_dump(), "secret_ref": ref,
+            "created_at": now, "updated_at": now,
+        })
+        return from_row(WebhookConfig, row), signing_secret
+
+    async def get(self, tenant_id: str, webhook_id: str) -> WebhookConfig:
+        row = await self.store.webhook_configs.get(webhook_id, tenant_id=tenant_id)
+        if row is None:
+            raise NotFound(f"webhook {webhook_id} not found", {"webhook_id": webhook_id})
+        return from_row(WebhookConfig, row)
+
+    async def list(self, tenant_id: str, page: PageRequest) -> Page[WebhookConfig]:
+        rows, total = await self.store.webhook_configs.list(tenant_id=tenant_id, limit=page.limit, offset=page.offset)
+        return Page([from_row(WebhookConfig, r) for r in rows], total, page.limit, page.offset)
+
+    async def update(self, tenant_id: str, webhook_id: str, data: WebhookUpdate) -> WebhookConfig:
+        changes = data.model_dump(exclude_unset=True, exclude_none=True)
+        if "events" in changes:
+            _check_events(changes["events"])
+        if changes:
+            changes["updated_at"] = now_iso()
+        row = await self.store.webhook_configs.update(webhook_id, changes, tenant_id=tenant_id)
+        if row is None:
+            raise NotFound(f"webhook {webhook_id} not found", {"webhook_id": webhook_id})
+        return from_row(WebhookConfig, row)
+
+    async def rotate_secret(self, tenant_id: str, webhook_id: str) -> tuple[WebhookConfig, str]:
+        config = await self.get(tenant_id, webhook_id)
+        signing_secret = "whsec_" + secrets.token_urlsafe(32)
+        self.secrets.set(config.secret_ref, signing_secret)
+        return await self.update(tenant_id, webhook_id, WebhookUpdate()), signing_secret
+
+    async def delete(self, tenant_id: str, webhook_id: str) -> None:
+        config = await self.get(tenant_id, webhook_id)
+        await self.store.webhook_configs.delete(webhook_id, tenant_id=tenant_id)
+        self.secrets.delete(config.secret_ref)
+
+    async def signing_secret(self, tenant_id: str, webhook_id: str) -> str | None:
+        config = await self.get(tenant_id, webhook_id)
+        return self.secrets.get(config.secret_ref, cached=True)

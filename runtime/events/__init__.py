@@ -1,0 +1,1 @@
+"""Events: topics, models, bus, outbox delivery and WebSocket subscriptions."""

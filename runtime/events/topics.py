@@ -1,0 +1,34 @@
+"""The event topics, exactly as DESIGN.md lists them (a new topic is added there first)."""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+TOPICS: tuple[str, ...] = (
+    "voice.call.started",
+    "call.connected",
+    "call.state_changed",
+    "speech.started",
+    "speech.ended",
+    "transcript.interim",
+    "transcript.created",
+    "dtmf.received",
+    "agent.interrupted",
+    "tool.called",
+    "transfer.requested",
+    "turn.latency",
+    "call.duration_warning",
+    "provider.failed_over",
+    "voice.call.completed",
+    "voice.call.failed",
+)
+
+
+def matches(topic: str, patterns: list[str] | tuple[str, ...]) -> bool:
+    """Shell-style glob match of a topic against any of the patterns."""
+    return any(fnmatchcase(topic, p) for p in patterns)
+
+
+def unknown_patterns(patterns: list[str]) -> list[str]:
+    """Patterns that match no topic at all (almost always a typo)."""
+    return [p for p in patterns if not any(fnmatchcase(t, p) for t in TOPICS)]

@@ -1,0 +1,171 @@
+"""Secrets in the OS keyring, or an encrypted keyring file on headless boxes.
+
+The database only ever holds a reference (``ref``); the value lives here. On a
+box without a Secret Service, keyring would fall back to a failing backend, so
+``auto`` uses keyrings.cryptfile (AES-GCM) keyed by the master key from
+$VOICECTL_MASTER_KEY or the 0600 master-key file that ``voicectl init`` writes.
+Nothing here ever prompts: CI and systemd have no stdin.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets as _random
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from runtime.config import Settings
+
+SERVICE = "voicectl"
+MASTER_KEY_ENV = "VOICECTL_MASTER_KEY"
+
+
+class SecretsError(Exception):
+    """The secret store cannot be used; the message says what to do."""
+
+
+class SecretBackend(Protocol):
+    def get_password(self, service: str, username: str) -> str | None: ...
+    def set_password(self, service: str, username: str, password: str) -> None: ...
+    def delete_password(self, service: str, username: str) -> None: ...
+
+
+def generate_master_key() -> str:
+    return _random.token_urlsafe(32)
+
+
+def write_master_key(path: Path) -> str:
+    """Create the master-key file (0600) unless it exists; return the key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return path.read_text().strip()
+    key = generate_master_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+def read_master_key(path: Path) -> str:
+    env = os.environ.get(MASTER_KEY_ENV)
+    if env:
+        return env.strip()
+    if not path.exists():
+        raise SecretsError(
+            f"no master key: set {MASTER_KEY_ENV} or create {path} with `voicectl init`"
+        )
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SecretsError(f"master key file {path} is readable by others (mode {mode:o}); chmod 600 it")
+    key = path.read_text().strip()
+    if len(key) < 16:
+        raise SecretsError(f"master key in {path} is too short")
+    return key
+
+
+def _cryptfile_backend(path: Path, master_key: str) -> SecretBackend:
+    from keyrings.cryptfile.cryptfile import CryptFileKeyring
+
+    class _VoicectlCryptFile(CryptFileKeyring):
+        # The master key is 256 random bits, not a password: Argon2 stretching adds no
+        # strength, so keep it cheap enough for per-call lookups.
+        time_cost = 2
+        memory_cost = 2**13
+        parallelism = 1
+
+    backend = _VoicectlCryptFile()
+    backend.file_path = str(path)
+    backend.keyring_key = master_key
+    return backend
+
+
+def _system_backend() -> SecretBackend | None:
+    """The OS keyring if a real one is there (never fail, null or plaintext backends)."""
+    import keyring
+    from keyring.backends import chainer, fail
+
+    backend = keyring.get_keyring()
+    name = type(backend).__module__ + "." + type(backend).__name__
+    if isinstance(backend, fail.Keyring) or "plaintext" in name.lower() or "null" in name.lower():
+        return None
+    if isinstance(backend, chainer.ChainerBackend) and not backend.backends:
+        return None
+    return backend
+
+
+class SecretStore:
+    """get/set/delete secrets by reference; thread-safe; file writes locked across processes."""
+
+    def __init__(self, backend: SecretBackend, *, lock_path: Path | None = None, description: str = "") -> None:
+        self._backend = backend
+        self._lock_path = lock_path
+        self._thread_lock = threading.Lock()
+        self._cache: dict[str, str | None] = {}
+        self.description = description
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecretStore:
+        choice = settings.secrets.backend
+        if choice in ("auto", "keyring"):
+            system = _system_backend()
+            if system is not None:
+                return cls(system, description=f"keyring:{type(system).__name__}")
+            if choice == "keyring":
+                raise SecretsError(
+                    "secrets.backend is 'keyring' but no OS keyring is available; use 'auto' or 'cryptfile'"
+                )
+        path = settings.keyring_path
+        master = read_master_key(settings.master_key_path)
+        backend = _cryptfile_backend(path, master)
+        return cls(backend, lock_path=path.with_suffix(path.suffix + ".lock"), description=f"cryptfile:{path}")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._lock_path is None:
+                yield
+                return
+            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._lock_path, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def set(self, ref: str, value: str) -> None:
+        if not value:
+            raise SecretsError("refusing to store an empty secret")
+        with self._locked():
+            self._backend.set_password(SERVICE, ref, value)
+            self._cache.pop(ref, None)
+
+    def get(self, ref: str, *, cached: bool = False) -> str | None:
+        """The secret, or None. ``cached`` serves repeat lookups from memory (runtime hot paths)."""
+        if cached and ref in self._cache:
+            return self._cache[ref]
+        with self._locked():
+            try:
+                value = self._backend.get_password(SERVICE, ref)
+            except ValueError as exc:  # wrong master key: AES-GCM tag mismatch
+                raise SecretsError("cannot decrypt the keyring: wrong master key?") from exc
+        if cached:
+            self._cache[ref] = value
+        return value
+
+    def delete(self, ref: str) -> None:
+        with self._locked():
+            self._cache.pop(ref, None)
+            try:
+                self._backend.delete_password(SERVICE, ref)
+            except Exception as exc:  # keyring raises PasswordDeleteError for a missing entry
+                if type(exc).__name__ != "PasswordDeleteError":
+                    raise
+
+    def forget_cached(self) -> None:
+        self._cache.clear()

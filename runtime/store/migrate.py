@@ -1,0 +1,61 @@
+"""Apply the migrations in schema.py, each in its own transaction, recorded in schema_migrations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.ids import now_iso
+from runtime.store.base import Database
+from runtime.store.schema import LATEST_VERSION, MIGRATIONS
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    current: int
+    latest: int
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current >= self.latest
+
+
+async def _ensure_table(db: Database) -> None:
+    await db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+
+
+async def current_version(db: Database) -> int:
+    await _ensure_table(db)
+    return int(await db.fetchval("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations") or 0)
+
+
+async def status(db: Database) -> MigrationStatus:
+    return MigrationStatus(await current_version(db), LATEST_VERSION)
+
+
+async def migrate(db: Database) -> list[int]:
+    """Apply what is missing; return the versions applied. Safe to run concurrently."""
+    await _ensure_table(db)
+    applied: list[int] = []
+    for migration in MIGRATIONS:
+        async with db.transaction() as tx:
+            # Re-check inside the transaction so two processes never apply one twice.
+            done = await tx.fetchval("SELECT version FROM schema_migrations WHERE version = ?", (migration.version,))
+            if done is not None:
+                continue
+            if db.dialect == "postgres":
+                await tx.execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")
+                if await tx.fetchval(
+                    "SELECT version FROM schema_migrations WHERE version = ?", (migration.version,)
+                ) is not None:
+                    continue
+            for statement in migration.render(db.dialect):
+                await tx.execute(statement)
+            await tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, now_iso()),
+            )
+            applied.append(migration.version)
+    return applied

@@ -1,0 +1,254 @@
+"""Forward-only migrations in portable SQL.
+
+Type words in braces go through a small per-dialect map. Timestamps are
+fixed-width ISO-8601 UTC text on both backends (see runtime.ids.now_iso), so
+values are byte-identical across backends and sort as times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TYPE_MAP = {
+    "sqlite": {"json": "TEXT", "bool": "INTEGER", "real": "REAL", "bigint": "INTEGER", "ts": "TEXT"},
+    "postgres": {"json": "JSONB", "bool": "BOOLEAN", "real": "DOUBLE PRECISION", "bigint": "BIGINT", "ts": "TEXT"},
+}
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+    def render(self, dialect: str) -> list[str]:
+        types = TYPE_MAP[dialect]
+        return [stmt.format(**types) for stmt in self.statements]
+
+
+_T = "tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE"
+
+INITIAL = Migration(
+    1,
+    "initial schema",
+    (
+        """CREATE TABLE tenants (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            max_concurrent_calls INTEGER NOT NULL,
+            max_call_duration_s INTEGER NOT NULL,
+            recording_enabled {bool} NOT NULL,
+            retention_days INTEGER NOT NULL,
+            metadata {json} NOT NULL,
+            created_at {ts} NOT NULL,
+            updated_at {ts} NOT NULL
+        )""",
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT REFERENCES tenants(id) ON DELETE CASCADE,
+            scope TEXT NOT NULL,
+            name TEXT,
+            key_hash TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            last4 TEXT NOT NULL,
+            created_at {ts} NOT NULL,
+            last_used_at {ts},
+            revoked_at {ts}
+        )""",
+        "CREATE INDEX api_keys_tenant ON api_keys (tenant_id)",
+        f"""CREATE TABLE voice_profiles (
+            id TEXT PRIMARY KEY,
+            {_T},
+            name TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            voice_id TEXT NOT NULL,
+            language TEXT NOT NULL,
+            speed {{real}} NOT NULL,
+            created_at {{ts}} NOT NULL,
+            updated_at {{ts}} NOT NULL,
+            UNIQUE (tenant_id, name)
+        )""",
+        f"""CREATE TABLE agents (
+            id TEXT PRIMARY KEY,
+            {_T},
+            name TEXT NOT NULL,
+            active_version INTEGER,
+            latest_version INTEGER NOT NULL,
+            created_at {{ts}} NOT NULL,
+            updated_at {{ts}} NOT NULL,
+            UNIQUE (tenant_id, name)
+        )""",
+        f"""CREATE TABLE agent_versions (
+            id TEXT PRIMARY KEY,
+            {_T},
+            agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            version INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            config {{json}} NOT NULL,
+            note TEXT,
+            created_at {{ts}} NOT NULL,
+            promoted_at {{ts}},
+            UNIQUE (agent_id, version)
+        )""",
+        f"""CREATE TABLE phone_numbers (
+            id TEXT PRIMARY KEY,
+            {_T},
+            e164 TEXT NOT NULL UNIQUE,
+            provider TEXT NOT NULL,
+            agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            pinned_version INTEGER,
+            label TEXT,
+            created_at {{ts}} NOT NULL,
+            updated_at {{ts}} NOT NULL
+        )""",
+        "CREATE INDEX phone_numbers_tenant ON phone_numbers (tenant_id)",
+        f"""CREATE TABLE credentials (
+            id TEXT PRIMARY KEY,
+            {_T},
+            provider TEXT NOT NULL,
+            fields {{json}} NOT NULL,
+            secret_ref TEXT,
+            created_at {{ts}} NOT NULL,
+            updated_at {{ts}} NOT NULL,
+            UNIQUE (tenant_id, provider)
+        )""",
+        f"""CREATE TABLE webhook_configs (
+            id TEXT PRIMARY KEY,
+            {_T},
+            url TEXT NOT NULL,
+            events {{json}} NOT NULL,
+            active {{bool}} NOT NULL,
+            description TEXT,
+            secret_ref TEXT NOT NULL,
+            created_at {{ts}} NOT NULL,
+            updated_at {{ts}} NOT NULL
+        )""",
+        "CREATE INDEX webhook_configs_tenant ON webhook_configs (tenant_id)",
+        f"""CREATE TABLE voice_calls (
+            id TEXT PRIMARY KEY,
+            {_T},
+            agent_id TEXT,
+            agent_version INTEGER,
+            number_id TEXT,
+            provider TEXT NOT NULL,
+            provider_call_id TEXT,
+            direction TEXT NOT NULL,
+            from_number TEXT,
+            to_number TEXT,
+            status TEXT NOT NULL,
+            end_reason TEXT,
+            hangup_by TEXT,
+            started_at {{ts}} NOT NULL,
+            connected_at {{ts}},
+            ended_at {{ts}},
+            duration_ms {{bigint}},
+            summary {{json}} NOT NULL,
+            latency {{json}} NOT NULL,
+            metadata {{json}} NOT NULL,
+            trace_id TEXT NOT NULL,
+            created_at {{ts}} NOT NULL,
+            updated_at {{ts}} NOT NULL
+        )""",
+        "CREATE INDEX voice_calls_tenant_created ON voice_calls (tenant_id, created_at)",
+        "CREATE INDEX voice_calls_provider_call ON voice_calls (provider, provider_call_id)",
+        "CREATE INDEX voice_calls_status ON voice_calls (status)",
+        f"""CREATE TABLE transcripts (
+            id TEXT PRIMARY KEY,
+            {_T},
+            call_id TEXT NOT NULL REFERENCES voice_calls(id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            role TEXT NOT NULL,
+            text TEXT NOT NULL,
+            start_ms {{bigint}},
+            end_ms {{bigint}},
+            interrupted {{bool}} NOT NULL,
+            created_at {{ts}} NOT NULL
+        )""",
+        "CREATE INDEX transcripts_call ON transcripts (call_id, seq)",
+        f"""CREATE TABLE call_events (
+            id TEXT PRIMARY KEY,
+            {_T},
+            call_id TEXT REFERENCES voice_calls(id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            topic TEXT NOT NULL,
+            payload {{json}} NOT NULL,
+            trace_id TEXT,
+            created_at {{ts}} NOT NULL
+        )""",
+        "CREATE INDEX call_events_call ON call_events (call_id, seq)",
+        "CREATE INDEX call_events_tenant_created ON call_events (tenant_id, created_at)",
+        f"""CREATE TABLE tool_calls (
+            id TEXT PRIMARY KEY,
+            {_T},
+            call_id TEXT NOT NULL REFERENCES voice_calls(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            arguments {{json}} NOT NULL,
+            result {{json}},
+            status TEXT NOT NULL,
+            latency_ms {{bigint}},
+            created_at {{ts}} NOT NULL
+        )""",
+        "CREATE INDEX tool_calls_call ON tool_calls (call_id)",
+        f"""CREATE TABLE recordings (
+            id TEXT PRIMARY KEY,
+            {_T},
+            call_id TEXT NOT NULL REFERENCES voice_calls(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL,
+            storage TEXT NOT NULL,
+            uri TEXT NOT NULL,
+            format TEXT NOT NULL,
+            duration_ms {{bigint}},
+            size_bytes {{bigint}},
+            created_at {{ts}} NOT NULL
+        )""",
+        "CREATE INDEX recordings_call ON recordings (call_id)",
+        f"""CREATE TABLE webhook_deliveries (
+            id TEXT PRIMARY KEY,
+            {_T},
+            webhook_id TEXT NOT NULL REFERENCES webhook_configs(id) ON DELETE CASCADE,
+            event_id TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            payload {{json}} NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            next_attempt_at {{ts}},
+            last_status_code INTEGER,
+            last_error TEXT,
+            created_at {{ts}} NOT NULL,
+            updated_at {{ts}} NOT NULL,
+            delivered_at {{ts}},
+            UNIQUE (webhook_id, event_id)
+        )""",
+        "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)",
+        f"""CREATE TABLE evaluations (
+            id TEXT PRIMARY KEY,
+            {_T},
+            agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            agent_version INTEGER NOT NULL,
+            call_id TEXT REFERENCES voice_calls(id) ON DELETE SET NULL,
+            status TEXT NOT NULL,
+            score {{real}},
+            rubric {{json}} NOT NULL,
+            notes TEXT,
+            created_at {{ts}} NOT NULL
+        )""",
+        f"""CREATE TABLE callback_tasks (
+            id TEXT PRIMARY KEY,
+            {_T},
+            call_id TEXT REFERENCES voice_calls(id) ON DELETE SET NULL,
+            phone TEXT,
+            reason TEXT,
+            status TEXT NOT NULL,
+            due_at {{ts}},
+            disposition TEXT,
+            notes TEXT,
+            created_at {{ts}} NOT NULL,
+            updated_at {{ts}} NOT NULL
+        )""",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (INITIAL,)
+LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,182 @@
+"""Store: the tables of the product over one Database, plus the few special queries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.store.base import Database, Executor, Row
+from runtime.store.tables import Table, TableSpec, decode
+
+TENANTS = TableSpec(
+    "tenants",
+    ("id", "name", "status", "timezone", "max_concurrent_calls", "max_call_duration_s", "recording_enabled",
+     "retention_days", "metadata", "created_at", "updated_at"),
+    json_columns=frozenset({"metadata"}),
+    bool_columns=frozenset({"recording_enabled"}),
+    tenant_column=None,
+)
+API_KEYS = TableSpec(
+    "api_keys",
+    ("id", "tenant_id", "scope", "name", "key_hash", "prefix", "last4", "created_at", "last_used_at", "revoked_at"),
+)
+VOICE_PROFILES = TableSpec(
+    "voice_profiles",
+    ("id", "tenant_id", "name", "provider", "voice_id", "language", "speed", "created_at", "updated_at"),
+)
+AGENTS = TableSpec(
+    "agents", ("id", "tenant_id", "name", "active_version", "latest_version", "created_at", "updated_at")
+)
+AGENT_VERSIONS = TableSpec(
+    "agent_versions",
+    ("id", "tenant_id", "agent_id", "version", "status", "config", "note", "created_at", "promoted_at"),
+    json_columns=frozenset({"config"}),
+    order_by="version",
+)
+PHONE_NUMBERS = TableSpec(
+    "phone_numbers",
+    ("id", "tenant_id", "e164", "provider", "agent_id", "pinned_version", "label", "created_at", "updated_at"),
+)
+CREDENTIALS = TableSpec(
+    "credentials",
+    ("id", "tenant_id", "provider", "fields", "secret_ref", "created_at", "updated_at"),
+    json_columns=frozenset({"fields"}),
+    order_by="provider",
+)
+WEBHOOK_CONFIGS = TableSpec(
+    "webhook_configs",
+    ("id", "tenant_id", "url", "events", "active", "description", "secret_ref", "created_at", "updated_at"),
+    json_columns=frozenset({"events"}),
+    bool_columns=frozenset({"active"}),
+)
+VOICE_CALLS = TableSpec(
+    "voice_calls",
+    ("id", "tenant_id", "agent_id", "agent_version", "number_id", "provider", "provider_call_id", "direction",
+     "from_number", "to_number", "status", "end_reason", "hangup_by", "started_at", "connected_at", "ended_at",
+     "duration_ms", "summary", "latency", "metadata", "trace_id", "created_at", "updated_at"),
+    json_columns=frozenset({"summary", "latency", "metadata"}),
+)
+TRANSCRIPTS = TableSpec(
+    "transcripts",
+    ("id", "tenant_id", "call_id", "seq", "role", "text", "start_ms", "end_ms", "interrupted", "created_at"),
+    bool_columns=frozenset({"interrupted"}),
+    order_by="seq",
+)
+CALL_EVENTS = TableSpec(
+    "call_events",
+    ("id", "tenant_id", "call_id", "seq", "topic", "payload", "trace_id", "created_at"),
+    json_columns=frozenset({"payload"}),
+    order_by="created_at, seq",
+)
+TOOL_CALLS = TableSpec(
+    "tool_calls",
+    ("id", "tenant_id", "call_id", "name", "arguments", "result", "status", "latency_ms", "created_at"),
+    json_columns=frozenset({"arguments", "result"}),
+)
+RECORDINGS = TableSpec(
+    "recordings",
+    ("id", "tenant_id", "call_id", "kind", "storage", "uri", "format", "duration_ms", "size_bytes", "created_at"),
+)
+WEBHOOK_DELIVERIES = TableSpec(
+    "webhook_deliveries",
+    ("id", "tenant_id", "webhook_id", "event_id", "topic", "payload", "status", "attempts", "next_attempt_at",
+     "last_status_code", "last_error", "created_at", "updated_at", "delivered_at"),
+    json_columns=frozenset({"payload"}),
+)
+EVALUATIONS = TableSpec(
+    "evaluations",
+    ("id", "tenant_id", "agent_id", "agent_version", "call_id", "status", "score", "rubric", "notes", "created_at"),
+    json_columns=frozenset({"rubric"}),
+)
+CALLBACK_TASKS = TableSpec(
+    "callback_tasks",
+    ("id", "tenant_id", "call_id", "phone", "reason", "status", "due_at", "disposition", "notes", "created_at",
+     "updated_at"),
+)
+
+ALL_SPECS = (TENANTS, API_KEYS, VOICE_PROFILES, AGENTS, AGENT_VERSIONS, PHONE_NUMBERS, CREDENTIALS,
+             WEBHOOK_CONFIGS, VOICE_CALLS, TRANSCRIPTS, CALL_EVENTS, TOOL_CALLS, RECORDINGS,
+             WEBHOOK_DELIVERIES, EVALUATIONS, CALLBACK_TASKS)
+
+
+class Tables:
+    """Every table bound to one executor (the database, or a transaction)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.tenants = Table(TENANTS, executor)
+        self.api_keys = Table(API_KEYS, executor)
+        self.voice_profiles = Table(VOICE_PROFILES, executor)
+        self.agents = Table(AGENTS, executor)
+        self.agent_versions = Table(AGENT_VERSIONS, executor)
+        self.phone_numbers = Table(PHONE_NUMBERS, executor)
+        self.credentials = Table(CREDENTIALS, executor)
+        self.webhook_configs = Table(WEBHOOK_CONFIGS, executor)
+        self.voice_calls = Table(VOICE_CALLS, executor)
+        self.transcripts = Table(TRANSCRIPTS, executor)
+        self.call_events = Table(CALL_EVENTS, executor)
+        self.tool_calls = Table(TOOL_CALLS, executor)
+        self.recordings = Table(RECORDINGS, executor)
+        self.webhook_deliveries = Table(WEBHOOK_DELIVERIES, executor)
+        self.evaluations = Table(EVALUATIONS, executor)
+        self.callback_tasks = Table(CALLBACK_TASKS, executor)
+
+    # Special queries: lookups that are not by id within a tenant.
+
+    async def api_key_by_hash(self, key_hash: str) -> Row | None:
+        """The key row plus its tenant's status (``tenant_status``), in one read."""
+        return await self.executor.fetchone(
+            "SELECT k.*, t.status AS tenant_status FROM api_keys k "
+            "LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.key_hash = ?",
+            (key_hash,),
+        )
+
+    async def touch_api_key(self, key_id: str, when: str) -> None:
+        await self.executor.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (when, key_id))
+
+    async def number_by_e164(self, e164: str) -> Row | None:
+        """Routing: the dialled number decides the tenant, so this lookup is global."""
+        row = await self.executor.fetchone("SELECT * FROM phone_numbers WHERE e164 = ?", (e164,))
+        return decode(PHONE_NUMBERS, row) if row else None
+
+    async def count_numbers_for_agent(self, tenant_id: str, agent_id: str) -> int:
+        return int(await self.executor.fetchval(
+            "SELECT COUNT(*) AS n FROM phone_numbers WHERE tenant_id = ? AND agent_id = ?", (tenant_id, agent_id)
+        ))
+
+    async def secret_refs_for_tenant(self, tenant_id: str) -> list[str]:
+        rows = await self.executor.fetchall(
+            "SELECT secret_ref FROM credentials WHERE tenant_id = ? AND secret_ref IS NOT NULL "
+            "UNION ALL SELECT secret_ref FROM webhook_configs WHERE tenant_id = ?",
+            (tenant_id, tenant_id),
+        )
+        return [r["secret_ref"] for r in rows]
+
+    async def set_agent_versions_status(self, tenant_id: str, agent_id: str, from_status: str, to_status: str) -> None:
+        await self.executor.execute(
+            "UPDATE agent_versions SET status = ? WHERE tenant_id = ? AND agent_id = ? AND status = ?",
+            (to_status, tenant_id, agent_id, from_status),
+        )
+
+
+class Store(Tables):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.db = db
+
+    def atomic(self) -> _Atomic:
+        """``async with store.atomic() as tx:`` gives Tables bound to one transaction."""
+        return _Atomic(self.db)
+
+
+class _Atomic:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._cm: Any = None
+
+    async def __aenter__(self) -> Tables:
+        self._cm = self._db.transaction()
+        executor = await self._cm.__aenter__()
+        return Tables(executor)
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._cm.__aexit__(*exc)

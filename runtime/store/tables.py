@@ -1,0 +1,149 @@
+"""Generic tenant-scoped table access: the only place that builds CRUD SQL.
+
+Column names come from the TableSpec in code, never from input, so the
+statements built here are safe; values always travel as parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from runtime.store.base import Executor, Row
+
+
+class _AllTenants:
+    def __repr__(self) -> str:
+        return "ALL_TENANTS"
+
+
+# Passed as tenant_id by admin paths that may see every tenant; None is never accepted,
+# so a forgotten tenant id fails loudly instead of widening the query.
+ALL_TENANTS: Final = _AllTenants()
+TenantScope = str | _AllTenants
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: tuple[str, ...]
+    json_columns: frozenset[str] = field(default_factory=frozenset)
+    bool_columns: frozenset[str] = field(default_factory=frozenset)
+    tenant_column: str | None = "tenant_id"
+    order_by: str = "created_at, id"
+
+
+def _encode(spec: TableSpec, row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if key not in spec.columns:
+            raise KeyError(f"{spec.name} has no column {key}")
+        if key in spec.json_columns and value is not None:
+            value = orjson.dumps(value).decode()
+        elif key in spec.bool_columns and value is not None:
+            value = bool(value)
+        out[key] = value
+    return out
+
+
+def decode(spec: TableSpec, row: Row) -> Row:
+    for key in spec.json_columns:
+        value = row.get(key)
+        if isinstance(value, (str, bytes)):
+            row[key] = orjson.loads(value)
+    for key in spec.bool_columns:
+        if key in row and row[key] is not None:
+            row[key] = bool(row[key])
+    return row
+
+
+class Table:
+    def __init__(self, spec: TableSpec, db: Executor) -> None:
+        self.spec = spec
+        self.db = db
+
+    def _scope(self, tenant_id: TenantScope, where: list[str], params: list[Any]) -> None:
+        if tenant_id is ALL_TENANTS:
+            return
+        if not isinstance(tenant_id, str):
+            raise TypeError(f"{self.spec.name}: tenant_id must be a tenant id or ALL_TENANTS")
+        column = self.spec.tenant_column or "id"
+        where.append(f"{column} = ?")
+        params.append(tenant_id)
+
+    def on(self, executor: Executor) -> Table:
+        """The same table bound to a transaction."""
+        return Table(self.spec, executor)
+
+    async def insert(self, row: dict[str, Any]) -> Row:
+        values = _encode(self.spec, row)
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        await self.db.execute(f"INSERT INTO {self.spec.name} ({cols}) VALUES ({marks})", list(values.values()))
+        return decode(self.spec, dict(values))
+
+    async def get(self, id_: str, *, tenant_id: TenantScope) -> Row | None:
+        where, params = ["id = ?"], [id_]
+        self._scope(tenant_id, where, params)
+        row = await self.db.fetchone(f"SELECT * FROM {self.spec.name} WHERE {' AND '.join(where)}", params)
+        return decode(self.spec, row) if row else None
+
+    async def find(self, *, tenant_id: TenantScope, **equals: Any) -> Row | None:
+        rows, _ = await self.list(tenant_id=tenant_id, equals=equals, limit=1, offset=0, count=False)
+        return rows[0] if rows else None
+
+    async def list(
+        self,
+        *,
+        tenant_id: TenantScope,
+        equals: dict[str, Any] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        descending: bool = False,
+        count: bool = True,
+    ) -> tuple[list[Row], int]:
+        where: list[str] = []
+        params: list[Any] = []
+        self._scope(tenant_id, where, params)
+        for key, value in (equals or {}).items():
+            if key not in self.spec.columns:
+                raise KeyError(f"{self.spec.name} has no column {key}")
+            if value is None:
+                where.append(f"{key} IS NULL")
+            else:
+                where.append(f"{key} = ?")
+                params.append(_encode(self.spec, {key: value})[key])
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        order = self.spec.order_by
+        if descending:
+            order = ", ".join(f"{part.strip()} DESC" for part in order.split(","))
+        rows = await self.db.fetchall(
+            f"SELECT * FROM {self.spec.name}{clause} ORDER BY {order} LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        total = len(rows)
+        if count and (offset or len(rows) >= limit):
+            total = int(await self.db.fetchval(f"SELECT COUNT(*) AS n FROM {self.spec.name}{clause}", params))
+        elif count:
+            total = offset + len(rows)
+        return [decode(self.spec, r) for r in rows], total
+
+    async def update(self, id_: str, changes: dict[str, Any], *, tenant_id: TenantScope) -> Row | None:
+        if not changes:
+            return await self.get(id_, tenant_id=tenant_id)
+        values = _encode(self.spec, changes)
+        sets = ", ".join(f"{k} = ?" for k in values)
+        where, params = ["id = ?"], [id_]
+        self._scope(tenant_id, where, params)
+        row = await self.db.fetchone(
+            f"UPDATE {self.spec.name} SET {sets} WHERE {' AND '.join(where)} RETURNING *",
+            [*values.values(), *params],
+        )
+        return decode(self.spec, row) if row else None
+
+    async def delete(self, id_: str, *, tenant_id: TenantScope) -> bool:
+        where, params = ["id = ?"], [id_]
+        self._scope(tenant_id, where, params)
+        return await self.db.execute(f"DELETE FROM {self.spec.name} WHERE {' AND '.join(where)}", params) > 0
