@@ -91,11 +91,11 @@ class Agent(Public):
     created_at: str
     updated_at: str
     active: AgentVersion | None = None
+    _hidden = ("active",)
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         data["config"] = self.active.config if self.active else None
-        data.pop("active", None)
         return data
 
 

@@ -19,11 +19,22 @@ class MigrationStatus:
         return self.current >= self.latest
 
 
+# Any constant: serialises the bookkeeping-table creation across processes on PostgreSQL.
+_PG_LOCK_KEY = 0x766F696365  # "voice"
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+)
+
+
 async def _ensure_table(db: Database) -> None:
-    await db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-    )
+    if db.dialect == "postgres":
+        # Concurrent CREATE TABLE IF NOT EXISTS can still collide in pg_type (a unique violation).
+        async with db.transaction() as tx:
+            await tx.fetchval("SELECT pg_advisory_xact_lock(?)", (_PG_LOCK_KEY,))
+            await tx.execute(_CREATE)
+        return
+    await db.execute(_CREATE)
 
 
 async def current_version(db: Database) -> int:

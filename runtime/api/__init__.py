@@ -1,0 +1,1 @@
+"""HTTP API: aiohttp app factory, middlewares, routes and the OpenAPI document."""

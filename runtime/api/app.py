@@ -1,0 +1,38 @@
+"""The aiohttp application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from runtime.api.appkeys import CONTROL, METRICS, RATE_LIMITER, ROUTES, SETTINGS
+from runtime.api.endpoint import make_handler
+from runtime.api.metrics import Metrics
+from runtime.api.middlewares import errors_and_ids
+from runtime.api.ratelimit import RateLimiter
+from runtime.api.routes import all_routes
+from runtime.config import Settings
+from runtime.control.plane import ControlPlane
+
+
+def create_app(settings: Settings, control: ControlPlane | None = None) -> web.Application:
+    """Build the app; without ``control`` one is opened (and migrated) on startup and closed on cleanup."""
+    app = web.Application(middlewares=[errors_and_ids], client_max_size=settings.server.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[RATE_LIMITER] = RateLimiter(settings.limits.rate_limits)
+    routes = all_routes()
+    app[ROUTES] = routes
+    for route in routes:
+        app.router.add_route(route.method, route.path, make_handler(route))
+
+    async def control_plane(app: web.Application) -> AsyncIterator[None]:
+        owned = control is None
+        app[CONTROL] = await ControlPlane.open(settings) if owned else control
+        yield
+        if owned:
+            await app[CONTROL].close()
+
+    app.cleanup_ctx.append(control_plane)
+    return app

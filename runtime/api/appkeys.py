@@ -1,0 +1,19 @@
+"""Typed application state (web.AppKey) shared by middlewares and routes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from runtime.api.metrics import Metrics
+    from runtime.api.ratelimit import RateLimiter
+    from runtime.config import Settings
+    from runtime.control.plane import ControlPlane
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+CONTROL: web.AppKey[ControlPlane] = web.AppKey("control")
+RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+ROUTES: web.AppKey[list] = web.AppKey("routes")

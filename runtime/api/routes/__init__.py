@@ -1,0 +1,16 @@
+"""All API routes, gathered from one module per noun."""
+
+from __future__ import annotations
+
+from runtime.api.endpoint import Route
+
+
+def all_routes() -> list[Route]:
+    from runtime.api.routes import (
+        agents, calls, credentials, keys, numbers, ops, tenants, voices, webhooks,
+    )
+
+    routes: list[Route] = []
+    for module in (ops, tenants, keys, agents, voices, numbers, credentials, webhooks, calls):
+        routes.extend(module.ROUTES)
+    return routes

@@ -1,0 +1,69 @@
+"""/api/v1/agents: agents and versions; changes create drafts, promote activates (admin)."""
+
+from __future__ import annotations
+
+from runtime.api.endpoint import PAGE, Ctx, Route
+from runtime.control.errors import BadRequest
+from runtime.control.models import Agent, AgentVersion
+from runtime.control.schemas import AgentCreate, AgentUpdate, PromoteRequest
+
+
+async def create_agent(ctx: Ctx) -> Agent:
+    return await ctx.control.agents.create(ctx.tenant, ctx.body)
+
+
+async def list_agents(ctx: Ctx):
+    return await ctx.control.agents.list(ctx.tenant, ctx.page())
+
+
+async def get_agent(ctx: Ctx) -> Agent:
+    return await ctx.control.agents.get(ctx.tenant, ctx.param("agent_id"))
+
+
+async def update_agent(ctx: Ctx) -> Agent:
+    return await ctx.control.agents.update(ctx.tenant, ctx.param("agent_id"), ctx.body)
+
+
+async def delete_agent(ctx: Ctx) -> None:
+    await ctx.control.agents.delete(ctx.tenant, ctx.param("agent_id"))
+
+
+async def list_versions(ctx: Ctx):
+    return await ctx.control.agents.versions(ctx.tenant, ctx.param("agent_id"), ctx.page())
+
+
+def _version(ctx: Ctx) -> int:
+    raw = ctx.param("version")
+    if not raw.isdigit() or int(raw) < 1:
+        raise BadRequest("version must be a positive integer", {"version": raw})
+    return int(raw)
+
+
+async def get_version(ctx: Ctx) -> AgentVersion:
+    return await ctx.control.agents.version(ctx.tenant, ctx.param("agent_id"), _version(ctx))
+
+
+async def promote(ctx: Ctx) -> Agent:
+    return await ctx.control.agents.promote(ctx.tenant, ctx.param("agent_id"), ctx.body.version)
+
+
+ROUTES = [
+    Route("GET", "/api/v1/agents", list_agents, "List agents", response=Agent, paged=True, query=PAGE,
+          tag="agents"),
+    Route("POST", "/api/v1/agents", create_agent, "Create an agent (version 1, active)", body=AgentCreate,
+          status=201, response=Agent, tag="agents"),
+    Route("GET", "/api/v1/agents/{agent_id}", get_agent, "Show an agent with its active configuration",
+          response=Agent, tag="agents"),
+    Route("PATCH", "/api/v1/agents/{agent_id}", update_agent,
+          "Rename an agent and/or change settings (a settings change creates a draft version)",
+          body=AgentUpdate, response=Agent, tag="agents"),
+    Route("DELETE", "/api/v1/agents/{agent_id}", delete_agent, "Delete an agent (not while numbers route to it)",
+          status=204, tag="agents"),
+    Route("GET", "/api/v1/agents/{agent_id}/versions", list_versions, "List an agent's versions",
+          response=AgentVersion, paged=True, query=PAGE, tag="agents"),
+    Route("GET", "/api/v1/agents/{agent_id}/versions/{version}", get_version, "Show one version",
+          response=AgentVersion, tag="agents"),
+    Route("POST", "/api/v1/agents/{agent_id}/promote", promote,
+          "Make a version active (default: the latest)", auth="tenant_admin", body=PromoteRequest,
+          response=Agent, tag="agents"),
+]

@@ -1,0 +1,47 @@
+"""Ops: /healthz, /readyz, /metrics and the OpenAPI document (no key needed)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from runtime.api.appkeys import CONTROL, METRICS
+from runtime.api.endpoint import Ctx, Route
+from runtime.api.responses import json_response
+from runtime.store import migrate
+
+
+async def healthz(ctx: Ctx) -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def readyz(ctx: Ctx) -> web.Response:
+    """Ready when the database answers and its migrations are current."""
+    db = ctx.request.app[CONTROL].store.db
+    checks: dict[str, str] = {}
+    ready = await db.ping()
+    checks["database"] = "ok" if ready else "unreachable"
+    if ready:
+        status = await migrate.status(db)
+        checks["migrations"] = "ok" if status.up_to_date else f"at {status.current}, need {status.latest}"
+        ready = status.up_to_date
+    return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(ctx: Ctx) -> web.Response:
+    body = ctx.request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def openapi(ctx: Ctx) -> web.Response:
+    from runtime.api.openapi import openapi_document
+
+    return json_response(openapi_document(ctx.request.app))
+
+
+ROUTES = [
+    Route("GET", "/healthz", healthz, "Liveness", auth="public", tag="ops"),
+    Route("GET", "/readyz", readyz, "Readiness: database reachable, migrations current", auth="public",
+          tag="ops", errors=(503,)),
+    Route("GET", "/metrics", metrics, "Prometheus metrics", auth="public", tag="ops"),
+    Route("GET", "/api/v1/openapi.json", openapi, "This OpenAPI document", auth="public", tag="ops"),
+]
