@@ -115,6 +115,7 @@ class SQLiteDatabase(Database):
         self._write_pool.shutdown(wait=True)
         self._read_pool.shutdown(wait=True)
         self._writer = None
+        self._write_pool = self._read_pool = None
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

@@ -1,0 +1,157 @@
+"""Tenant isolation over every route of the live router.
+
+A runtime key of tenant A tries every route with tenant B's ids (and B's id in
+X-Tenant-ID); B's rows and secrets must be unchanged and nothing of B may
+appear in any response. The OpenAPI document must list exactly the router's routes.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest_asyncio
+
+from runtime.api.appkeys import ROUTES
+
+from runtime.ids import new_id, now_iso
+from runtime.store.store import ALL_SPECS, Table
+from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides
+
+PARAM = re.compile(r"{(\w+)}")
+
+SAMPLE_BODIES = {
+    "TenantCreate": {"name": "created-by-a"},
+    "TenantUpdate": {"name": "renamed-by-a", "status": "disabled"},
+    "ApiKeyCreate": {"scope": "runtime", "tenant_id": "<tenant_b>"},
+    "AgentCreate": {"name": "agent-of-a", "system_prompt": "p"},
+    "AgentUpdate": {"greeting": "changed by a", "name": "renamed-by-a"},
+    "PromoteRequest": {"version": 1},
+    "VoiceProfileCreate": {"name": "profile-of-a"},
+    "VoiceProfileUpdate": {"name": "renamed-by-a"},
+    "NumberCreate": {"e164": "+15559990000", "provider": "twilio", "agent_id": "<agent_id>"},
+    "NumberUpdate": {"label": "changed by a"},
+    "CredentialSet": {"fields": {"account_sid": "ACowned"}, "secret": "stolen"},
+    "WebhookCreate": {"url": "https://a.example.test/hook"},
+    "WebhookUpdate": {"url": "https://a.example.test/hijack"},
+}
+
+
+@pytest_asyncio.fixture
+async def api(settings):
+    live, runner = await start_live_api(with_overrides(settings, limits=high_limits()))
+    try:
+        yield live
+    finally:
+        await stop_live_api(live, runner)
+
+
+async def _provision_b(api) -> dict[str, str]:
+    tenant_b, key_b = await api.tenant_with_key("tenant-b")
+    ids = {"tenant_id": tenant_b, "provider": "twilio", "version": "1"}
+    _, agent, _ = await api.call("POST", "/api/v1/agents", key_b, json={"name": "b-agent", "system_prompt": "b"})
+    ids["agent_id"] = agent["id"]
+    _, profile, _ = await api.call("POST", "/api/v1/voice-profiles", key_b, json={"name": "b-voice"})
+    ids["profile_id"] = profile["id"]
+    _, number, _ = await api.call("POST", "/api/v1/numbers", api.admin_key, tenant_id=tenant_b,
+                                  json={"e164": "+15550109999", "provider": "twilio", "agent_id": agent["id"]})
+    ids["number_id"] = number["id"]
+    status, _, _ = await api.call("PUT", "/api/v1/credentials/twilio", api.admin_key, tenant_id=tenant_b,
+                                  json={"fields": {"account_sid": "ACbbbb"}, "secret": "b-secret-token"})
+    assert status == 200
+    _, hook, _ = await api.call("POST", "/api/v1/webhooks", key_b, json={"url": "https://b.example.test/h"})
+    ids["webhook_id"] = hook["id"]
+    _, keys, _ = await api.call("GET", "/api/v1/auth/api-keys", key_b)
+    ids["key_id"] = keys["items"][0]["id"]
+    # A call with a transcript and an event, as the runtime plane will write them.
+    call_id, now = new_id("call"), now_iso()
+    store = api.control.store
+    await store.voice_calls.insert({
+        "id": call_id, "tenant_id": tenant_b, "agent_id": agent["id"], "agent_version": 1, "number_id": number["id"],
+        "provider": "twilio", "provider_call_id": "CAb", "direction": "inbound", "from_number": "+15550000001",
+        "to_number": "+15550109999", "status": "ended", "end_reason": "hangup", "hangup_by": "caller",
+        "started_at": now, "connected_at": now, "ended_at": now, "duration_ms": 1000, "summary": {},
+        "latency": {}, "metadata": {}, "trace_id": "tr", "created_at": now, "updated_at": now,
+    })
+    await store.transcripts.insert({
+        "id": new_id("trn"), "tenant_id": tenant_b, "call_id": call_id, "seq": 1, "role": "caller",
+        "text": "b's private words", "start_ms": 0, "end_ms": 900, "interrupted": False, "created_at": now,
+    })
+    await store.call_events.insert({
+        "id": new_id("evt"), "tenant_id": tenant_b, "call_id": call_id, "seq": 1, "topic": "voice.call.completed",
+        "payload": {}, "trace_id": "tr", "created_at": now,
+    })
+    ids["call_id"] = call_id
+    return ids
+
+
+async def _snapshot(api, tenant_id: str) -> dict[str, list]:
+    snapshot = {}
+    for spec in ALL_SPECS:
+        rows, _ = await Table(spec, api.control.store.db).list(tenant_id=tenant_id, limit=1000)
+        snapshot[spec.name] = rows
+    snapshot["secret"] = [await api.control.credentials.secret(tenant_id, "twilio")]
+    return snapshot
+
+
+def _body_for(route, ids: dict[str, str]):
+    if route.body is None:
+        return None
+    body = SAMPLE_BODIES[route.body.__name__]
+    return {k: ids["tenant_id"] if v == "<tenant_b>" else ids["agent_id"] if v == "<agent_id>" else v
+            for k, v in body.items()}
+
+
+async def test_openapi_lists_exactly_the_routes_of_the_router(api):
+    served = {
+        (route.method, route.resource.canonical)
+        for route in api.app.router.routes()
+        if route.method != "HEAD"
+    }
+    _, doc, _ = await api.call("GET", "/api/v1/openapi.json")
+    documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+    assert served == documented
+
+
+async def test_runtime_key_of_a_cannot_read_or_change_anything_of_b(api):
+    tenant_a, key_a = await api.tenant_with_key("tenant-a")
+    ids = await _provision_b(api)
+    tenant_b = ids["tenant_id"]
+    before = await _snapshot(api, tenant_b)
+    b_markers = {v for k, v in ids.items() if k.endswith("_id")} | {"tenant-b", "b-agent", "b-voice",
+                                                                     "+15550109999", "b's private words"}
+    routes = api.app[ROUTES]
+    tried = 0
+    for route in routes:
+        if route.auth == "public":
+            continue
+        path = PARAM.sub(lambda m: ids[m.group(1)], route.path)
+        status, body, _ = await api.call(route.method, path, key_a, tenant_id=tenant_b, json=_body_for(route, ids))
+        tried += 1
+        assert status < 500, (route.method, route.path, status, body)
+        # Nothing of B in the answer beyond what A itself sent (an error may echo the id asked for).
+        sent = path + str(_body_for(route, ids))
+        leaked = [m for m in b_markers if m in str(body) and m not in sent]
+        assert not leaked, (route.method, route.path, leaked, body)
+        if PARAM.search(route.path):
+            # Every route that names one of B's resources: as if it did not exist, or admin-only.
+            assert status in (403, 404), (route.method, route.path, status, body)
+    assert tried >= 25
+    after = await _snapshot(api, tenant_b)
+    assert after == before
+    # And the ids are real: B's own key and the admin key do reach them.
+    for route in routes:
+        if route.method == "GET" and PARAM.search(route.path):
+            path = PARAM.sub(lambda m: ids[m.group(1)], route.path)
+            status, body, _ = await api.call("GET", path, api.admin_key, tenant_id=tenant_b)
+            assert status == 200, (path, status, body)
+
+
+async def test_x_tenant_id_does_not_widen_a_runtime_key(api):
+    tenant_a, key_a = await api.tenant_with_key("tenant-a")
+    ids = await _provision_b(api)
+    status, page, _ = await api.call("GET", "/api/v1/agents", key_a, tenant_id=ids["tenant_id"])
+    assert status == 200 and page["total"] == 0
+    status, page, _ = await api.call("GET", "/api/v1/tenants", key_a)
+    assert [t["id"] for t in page["items"]] == [tenant_a]
+    status, page, _ = await api.call("GET", "/api/v1/auth/api-keys", key_a)
+    assert {k["tenant_id"] for k in page["items"]} == {tenant_a}
