@@ -274,8 +274,13 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def build_settings(data: dict[str, Any], base_dir: Path, source: str = "config") -> Settings:
+    # Merge over the full defaults, so a partial section (e.g. only
+    # limits.rate_limits.runtime.read.limit) keeps the defaults of its siblings.
+    defaults = Settings(base_dir=base_dir).model_dump()
+    if "base_dir" in data:  # a field, but not a key: the config file's folder decides it
+        raise ConfigError(f"invalid configuration in {source}:\n  base_dir: unknown key (not a config key)")
     try:
-        return Settings.model_validate({**data, "base_dir": base_dir})
+        return Settings.model_validate({**_merge(defaults, data), "base_dir": base_dir})
     except ValidationError as exc:
         lines = "\n".join("  " + _describe(e) for e in exc.errors())
         raise ConfigError(f"invalid configuration in {source}:\n{lines}") from None

@@ -10,6 +10,7 @@ Nothing here ever prompts: CI and systemd have no stdin.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import secrets as _random
 import threading
@@ -68,34 +69,57 @@ def read_master_key(path: Path) -> str:
     return key
 
 
-def _cryptfile_backend(path: Path, master_key: str) -> SecretBackend:
+@functools.cache
+def _cryptfile_class() -> type:
+    """Defined once: keyring registers every backend subclass it sees."""
     from keyrings.cryptfile.cryptfile import CryptFileKeyring
 
-    class _VoicectlCryptFile(CryptFileKeyring):
+    class VoicectlCryptFile(CryptFileKeyring):
         # The master key is 256 random bits, not a password: Argon2 stretching adds no
         # strength, so keep it cheap enough for per-call lookups.
         time_cost = 2
         memory_cost = 2**13
         parallelism = 1
 
-    backend = _VoicectlCryptFile()
+    return VoicectlCryptFile
+
+
+def _cryptfile_backend(path: Path, master_key: str) -> SecretBackend:
+    backend = _cryptfile_class()()
     backend.file_path = str(path)
-    backend.keyring_key = master_key
+    try:
+        backend.keyring_key = master_key  # unlocks (checks the key against) an existing file at once
+    except ValueError as exc:  # AES-GCM tag mismatch or "Incorrect Password"
+        raise SecretsError(
+            f"cannot decrypt the keyring file {path}: wrong master key? "
+            f"(check {MASTER_KEY_ENV} and the master-key file)"
+        ) from exc
     return backend
+
+
+def _is_os_keyring(backend: object) -> bool:
+    from keyring.backends import chainer, fail
+
+    name = (type(backend).__module__ + "." + type(backend).__name__).lower()
+    if isinstance(backend, (fail.Keyring, chainer.ChainerBackend)) or "plaintext" in name or "null" in name:
+        return False
+    # File keyrings (keyrings.cryptfile, keyrings.alt, and our own cryptfile subclass, which
+    # keyring registers as a backend too) are no OS keyring: through keyring they prompt for
+    # a password, and their chain ends in a plaintext file.
+    return not any(cls.__module__.startswith(("keyrings.cryptfile", "keyrings.alt")) for cls in type(backend).__mro__)
 
 
 def _system_backend() -> SecretBackend | None:
-    """The OS keyring if a real one is there (never fail, null or plaintext backends)."""
+    """The OS keyring if a real one is there (never fail, null, plaintext or file backends)."""
     import keyring
-    from keyring.backends import chainer, fail
+    from keyring.backends import chainer
 
     backend = keyring.get_keyring()
-    name = type(backend).__module__ + "." + type(backend).__name__
-    if isinstance(backend, fail.Keyring) or "plaintext" in name.lower() or "null" in name.lower():
-        return None
-    if isinstance(backend, chainer.ChainerBackend) and not backend.backends:
-        return None
-    return backend
+    if isinstance(backend, chainer.ChainerBackend):
+        # The chain holds every installed backend by priority, file and plaintext ones included.
+        real = [b for b in backend.backends if _is_os_keyring(b)]
+        return real[0] if real else None
+    return backend if _is_os_keyring(backend) else None
 
 
 class SecretStore:

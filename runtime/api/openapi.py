@@ -45,9 +45,7 @@ def _dataclass_ref(cls: type, components: dict[str, Any]) -> dict[str, Any]:
 def _errors_for(route: Route) -> list[int]:
     codes = set(route.errors)
     if route.auth != "public":
-        codes |= {401, 429}
-        if route.auth in ("admin", "tenant_admin"):
-            codes.add(403)
+        codes |= {401, 403, 429}  # 403: admin-only routes, and any key of a disabled tenant
         if route.auth in ("tenant", "tenant_admin"):
             codes |= {400, 403, 404}
     if _PATH_PARAM.search(route.path):

@@ -71,19 +71,28 @@ class CredentialService:
         if spec.secret_required and not has_secret:
             raise Invalid(f"{provider} credentials need the {spec.secret} as the secret", {"secret": "missing"})
         ref = secret_ref(tenant_id, provider) if has_secret else None
+        previous = self.secrets.get(ref) if data.secret is not None else None
         if data.secret is not None:
             self.secrets.set(ref, data.secret)
         now = now_iso()
-        if existing is None:
-            row = await self.store.credentials.insert({
-                "id": new_id("crd"), "tenant_id": tenant_id, "provider": provider, "fields": dict(data.fields),
-                "secret_ref": ref, "created_at": now, "updated_at": now,
-            })
-        else:
-            row = await self.store.credentials.update(
-                existing["id"], {"fields": dict(data.fields), "secret_ref": ref, "updated_at": now},
-                tenant_id=tenant_id,
-            )
+        try:
+            if existing is None:
+                row = await self.store.credentials.insert({
+                    "id": new_id("crd"), "tenant_id": tenant_id, "provider": provider,
+                    "fields": dict(data.fields), "secret_ref": ref, "created_at": now, "updated_at": now,
+                })
+            else:
+                row = await self.store.credentials.update(
+                    existing["id"], {"fields": dict(data.fields), "secret_ref": ref, "updated_at": now},
+                    tenant_id=tenant_id,
+                )
+        except BaseException:
+            # The row did not change: put the keyring back as it was, no orphan or lost secret.
+            if data.secret is not None and previous:
+                self.secrets.set(ref, previous)
+            elif data.secret is not None:
+                self.secrets.delete(ref)
+            raise
         return self._public(row)
 
     async def get(self, tenant_id: str, provider: str) -> Credential:

@@ -10,6 +10,7 @@ from runtime.control.errors import BadRequest
 T = TypeVar("T")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+MAX_OFFSET = 2**63 - 1  # the largest OFFSET both backends take
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,10 @@ class PageRequest:
             off = 0 if offset in (None, "") else int(offset)
         except (TypeError, ValueError):
             raise BadRequest("limit and offset must be integers", {"limit": limit, "offset": offset}) from None
-        if not 1 <= lim <= MAX_LIMIT or off < 0:
-            raise BadRequest(f"limit must be 1..{MAX_LIMIT} and offset >= 0", {"limit": lim, "offset": off})
+        if not 1 <= lim <= MAX_LIMIT or not 0 <= off <= MAX_OFFSET:
+            # The raw values: a parsed int beyond 64 bits cannot be serialised into the error body.
+            raise BadRequest(f"limit must be 1..{MAX_LIMIT} and offset 0..{MAX_OFFSET}",
+                             {"limit": limit, "offset": offset})
         return cls(lim, off)
 
 

@@ -37,10 +37,14 @@ class WebhookService:
         signing_secret = "whsec_" + secrets.token_urlsafe(32)
         self.secrets.set(ref, signing_secret)
         now = now_iso()
-        row = await self.store.webhook_configs.insert({
-            "id": webhook_id, "tenant_id": tenant_id, **data.model_dump(), "secret_ref": ref,
-            "created_at": now, "updated_at": now,
-        })
+        try:
+            row = await self.store.webhook_configs.insert({
+                "id": webhook_id, "tenant_id": tenant_id, **data.model_dump(), "secret_ref": ref,
+                "created_at": now, "updated_at": now,
+            })
+        except BaseException:
+            self.secrets.delete(ref)  # no orphan secret for a row that was never written
+            raise
         return from_row(WebhookConfig, row), signing_secret
 
     async def get(self, tenant_id: str, webhook_id: str) -> WebhookConfig:
@@ -54,7 +58,10 @@ class WebhookService:
         return Page([from_row(WebhookConfig, r) for r in rows], total, page.limit, page.offset)
 
     async def update(self, tenant_id: str, webhook_id: str, data: WebhookUpdate) -> WebhookConfig:
-        changes = data.model_dump(exclude_unset=True, exclude_none=True)
+        changes = data.model_dump(exclude_unset=True)
+        nulls = [k for k in ("url", "events", "active") if k in changes and changes[k] is None]
+        if nulls:
+            raise Invalid(f"{', '.join(nulls)} cannot be null", {"fields": nulls})
         if "events" in changes:
             _check_events(changes["events"])
         if changes:
@@ -68,7 +75,8 @@ class WebhookService:
         config = await self.get(tenant_id, webhook_id)
         signing_secret = "whsec_" + secrets.token_urlsafe(32)
         self.secrets.set(config.secret_ref, signing_secret)
-        return await self.update(tenant_id, webhook_id, WebhookUpdate()), signing_secret
+        row = await self.store.webhook_configs.update(webhook_id, {"updated_at": now_iso()}, tenant_id=tenant_id)
+        return from_row(WebhookConfig, row), signing_secret
 
     async def delete(self, tenant_id: str, webhook_id: str) -> None:
         config = await self.get(tenant_id, webhook_id)

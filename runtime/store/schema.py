@@ -2,7 +2,9 @@
 
 Type words in braces go through a small per-dialect map. Timestamps are
 fixed-width ISO-8601 UTC text on both backends (see runtime.ids.now_iso), so
-values are byte-identical across backends and sort as times.
+values are byte-identical across backends and sort as times. JSON is plain
+``JSON`` on PostgreSQL, not ``JSONB``: it keeps the document as written (key
+order, number forms), so JSON columns also read back identically on both.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 TYPE_MAP = {
     "sqlite": {"json": "TEXT", "bool": "INTEGER", "real": "REAL", "bigint": "INTEGER", "ts": "TEXT"},
-    "postgres": {"json": "JSONB", "bool": "BOOLEAN", "real": "DOUBLE PRECISION", "bigint": "BIGINT", "ts": "TEXT"},
+    "postgres": {"json": "JSON", "bool": "BOOLEAN", "real": "DOUBLE PRECISION", "bigint": "BIGINT", "ts": "TEXT"},
 }
 
 

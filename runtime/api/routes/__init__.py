@@ -7,7 +7,15 @@ from runtime.api.endpoint import Route
 
 def all_routes() -> list[Route]:
     from runtime.api.routes import (
-        agents, calls, credentials, keys, numbers, ops, tenants, voices, webhooks,
+        agents,
+        calls,
+        credentials,
+        keys,
+        numbers,
+        ops,
+        tenants,
+        voices,
+        webhooks,
     )
 
     routes: list[Route] = []

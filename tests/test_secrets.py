@@ -1,0 +1,152 @@
+"""SecretStore: the cryptfile backend keyed by the master key, and how 'auto' picks a backend."""
+
+from __future__ import annotations
+
+import os
+
+import keyring
+import pytest
+from keyring.backends import fail
+from keyrings.cryptfile.file import PlaintextKeyring
+
+from runtime.config import build_settings
+from runtime.secrets import MASTER_KEY_ENV, SecretsError, SecretStore, read_master_key, write_master_key
+
+PLAINTEXT = "sk-live-7f3a9c1e-very-secret-value"
+
+
+@pytest.fixture
+def settings(tmp_path):
+    """Overrides the shared fixture: no database needed here."""
+    built = build_settings({"secrets": {"backend": "cryptfile"}}, tmp_path)
+    write_master_key(built.master_key_path)
+    return built
+
+
+def test_cryptfile_round_trip_and_file_is_encrypted(settings):
+    store = SecretStore.from_settings(settings)
+    assert store.description.startswith("cryptfile:")
+    store.set("tenant/t1/credential/twilio", PLAINTEXT)
+    store.set("tenant/t1/webhook/w1", "whsec_other")
+    assert store.get("tenant/t1/credential/twilio") == PLAINTEXT
+    assert store.get("tenant/t1/credential/twilio", cached=True) == PLAINTEXT
+    assert store.get("tenant/t1/missing") is None
+
+    # A second instance (another process) reads what the first wrote.
+    again = SecretStore.from_settings(settings)
+    assert again.get("tenant/t1/credential/twilio") == PLAINTEXT
+    assert again.get("tenant/t1/webhook/w1") == "whsec_other"
+
+    raw = settings.keyring_path.read_bytes()
+    assert PLAINTEXT.encode() not in raw and b"whsec_other" not in raw
+    assert PLAINTEXT[:12].encode() not in raw
+    assert settings.master_key_path.read_text().strip().encode() not in raw
+
+    store.set("tenant/t1/credential/twilio", "replaced")
+    assert again.get("tenant/t1/credential/twilio") == "replaced"
+    store.delete("tenant/t1/credential/twilio")
+    assert again.get("tenant/t1/credential/twilio") is None
+    store.delete("tenant/t1/credential/twilio")  # deleting a missing entry is fine
+    with pytest.raises(SecretsError):
+        store.set("x", "")
+
+
+def test_master_key_file_is_private(settings):
+    assert settings.master_key_path.stat().st_mode & 0o777 == 0o600
+    key = read_master_key(settings.master_key_path)
+    assert len(key) >= 32
+    assert write_master_key(settings.master_key_path) == key  # never overwritten
+
+
+def test_wrong_master_key_gives_secrets_error(settings, monkeypatch):
+    SecretStore.from_settings(settings).set("a", PLAINTEXT)
+    monkeypatch.setenv(MASTER_KEY_ENV, "a-different-master-key-of-decent-length")
+    with pytest.raises(SecretsError, match="master key"):
+        SecretStore.from_settings(settings).get("a")
+
+
+def test_group_readable_master_key_file_is_refused(settings):
+    os.chmod(settings.master_key_path, 0o644)
+    with pytest.raises(SecretsError, match="chmod 600"):
+        read_master_key(settings.master_key_path)
+    with pytest.raises(SecretsError):
+        SecretStore.from_settings(settings)
+
+
+def test_missing_or_short_master_key(tmp_path):
+    settings = build_settings({"secrets": {"backend": "cryptfile"}}, tmp_path)
+    with pytest.raises(SecretsError, match="voicectl init"):
+        SecretStore.from_settings(settings)
+    fd = os.open(settings.master_key_path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"short\n")
+    os.close(fd)
+    with pytest.raises(SecretsError, match="too short"):
+        read_master_key(settings.master_key_path)
+
+
+def test_env_master_key_takes_precedence(settings, monkeypatch):
+    env_key = "env-master-key-0123456789abcdef"
+    monkeypatch.setenv(MASTER_KEY_ENV, env_key + "\n")
+    assert read_master_key(settings.master_key_path) == env_key
+    SecretStore.from_settings(settings).set("a", PLAINTEXT)
+    # Even a refused (0644) file does not matter while the variable is set.
+    os.chmod(settings.master_key_path, 0o644)
+    assert SecretStore.from_settings(settings).get("a") == PLAINTEXT
+    # Without the variable, the file's key cannot open what the env key wrote.
+    os.chmod(settings.master_key_path, 0o600)
+    monkeypatch.delenv(MASTER_KEY_ENV)
+    with pytest.raises(SecretsError):
+        SecretStore.from_settings(settings).get("a")
+    # The variable alone is enough: no file needed.
+    settings.master_key_path.unlink()
+    monkeypatch.setenv(MASTER_KEY_ENV, env_key)
+    assert SecretStore.from_settings(settings).get("a") == PLAINTEXT
+
+
+def _auto(tmp_path, backend="auto"):
+    settings = build_settings({"secrets": {"backend": backend}}, tmp_path)
+    write_master_key(settings.master_key_path)
+    return SecretStore.from_settings(settings)
+
+
+def test_auto_on_this_headless_box_is_cryptfile(tmp_path):
+    for attempt in range(2):  # the second time after a cryptfile store exists in this process
+        store = _auto(tmp_path / str(attempt))
+        assert store.description.startswith("cryptfile:"), store.description
+        store.set("k", PLAINTEXT)
+        assert store.get("k") == PLAINTEXT
+
+
+@pytest.mark.parametrize("fallback", [fail.Keyring, PlaintextKeyring], ids=["fail", "plaintext"])
+def test_auto_never_uses_fail_or_plaintext_backends(tmp_path, monkeypatch, fallback):
+    monkeypatch.setattr(keyring, "get_keyring", lambda: fallback())
+    store = _auto(tmp_path)
+    assert store.description.startswith("cryptfile:")
+    with pytest.raises(SecretsError, match="no OS keyring"):
+        _auto(tmp_path / "strict", backend="keyring")
+
+
+class _FakeOSKeyring:
+    """Duck-typed: a KeyringBackend subclass would register itself with keyring for the whole session."""
+
+    def __init__(self):
+        self.data = {}
+
+    def get_password(self, service, username):
+        return self.data.get((service, username))
+
+    def set_password(self, service, username, password):
+        self.data[(service, username)] = password
+
+    def delete_password(self, service, username):
+        self.data.pop((service, username))
+
+
+def test_auto_prefers_a_real_os_keyring(tmp_path, monkeypatch):
+    fake = _FakeOSKeyring()
+    monkeypatch.setattr(keyring, "get_keyring", lambda: fake)
+    store = _auto(tmp_path)
+    assert store.description == "keyring:_FakeOSKeyring"
+    store.set("k", PLAINTEXT)
+    assert fake.data == {("voicectl", "k"): PLAINTEXT}
+    assert not (tmp_path / "secrets.cfg").exists()
