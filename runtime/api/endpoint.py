@@ -80,6 +80,7 @@ class Route:
     tag: str = "misc"
     rate_class: RouteClass | None = None
     errors: tuple[int, ...] = field(default=())
+    media_type: str = "application/json"  # of the success body, for the OpenAPI document
 
     @property
     def effective_rate_class(self) -> RouteClass | None:

@@ -100,8 +100,10 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
                 }
         elif route.paged:
             schema = {"$ref": _REF.format(model="Page")}
+        if route.media_type != "application/json":
+            schema = {"type": "string"}
         op["responses"][str(route.status)] = {
-            "description": "success", "content": {"application/json": {"schema": schema}},
+            "description": "success", "content": {route.media_type: {"schema": schema}},
         }
     for code in _errors_for(route):
         op["responses"][str(code)] = {

@@ -74,7 +74,12 @@ class AgentService:
 
     async def list(self, tenant_id: str, page: PageRequest) -> Page[Agent]:
         rows, total = await self.store.agents.list(tenant_id=tenant_id, limit=page.limit, offset=page.offset)
-        return Page([from_row(Agent, r) for r in rows], total, page.limit, page.offset)
+        active = {
+            v["agent_id"]: from_row(AgentVersion, v)
+            for v in await self.store.active_versions(tenant_id, [r["id"] for r in rows])
+        }
+        items = [from_row(Agent, {**r, "active": active.get(r["id"])}) for r in rows]
+        return Page(items, total, page.limit, page.offset)
 
     async def update(self, tenant_id: str, agent_id: str, data: AgentUpdate) -> Agent:
         row = await self._row(tenant_id, agent_id)

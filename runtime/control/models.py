@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
+from functools import cache
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
+@cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
+@cache
+def _public_names(cls: type) -> tuple[str, ...]:
+    hidden = set(getattr(cls, "_hidden", ()))
+    return tuple(f.name for f in fields(cls) if f.name not in hidden)
+
+
 def from_row(cls: type[T], row: dict[str, Any]) -> T:
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    names = _field_names(cls)
     return cls(**{k: v for k, v in row.items() if k in names})
+
+
+def _plain(value: Any) -> Any:
+    """A field value as plain data, containers copied (what dataclasses.asdict gives, minus its deepcopy)."""
+    if isinstance(value, Public):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value
 
 
 class Public:
@@ -19,10 +44,8 @@ class Public:
     _hidden: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)  # type: ignore[call-overload]
-        for name in self._hidden:
-            data.pop(name, None)
-        return data
+        # On every API response: hidden fields are skipped, not converted and dropped.
+        return {name: _plain(getattr(self, name)) for name in _public_names(type(self))}
 
 
 @dataclass(frozen=True)

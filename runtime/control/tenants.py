@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.control.errors import Conflict, NotFound
+from runtime.control.errors import Conflict, Invalid, NotFound
 from runtime.control.models import Tenant, from_row
 from runtime.control.pagination import Page, PageRequest
 from runtime.control.schemas import TenantCreate, TenantUpdate
@@ -47,6 +47,9 @@ class TenantService:
 
     async def update(self, tenant_id: str, data: TenantUpdate) -> Tenant:
         changes = data.model_dump(exclude_unset=True)
+        nulls = [k for k, v in changes.items() if v is None]  # every tenant column is NOT NULL
+        if nulls:
+            raise Invalid(f"{', '.join(nulls)} cannot be null", {"fields": nulls})
         if not changes:
             return await self.get(tenant_id)
         changes["updated_at"] = now_iso()

@@ -151,6 +151,16 @@ class Tables:
         )
         return [r["secret_ref"] for r in rows]
 
+    async def active_versions(self, tenant_id: str, agent_ids: list[str]) -> list[Row]:
+        if not agent_ids:
+            return []
+        marks = ", ".join("?" for _ in agent_ids)
+        rows = await self.executor.fetchall(
+            f"SELECT * FROM agent_versions WHERE tenant_id = ? AND status = 'active' AND agent_id IN ({marks})",
+            (tenant_id, *agent_ids),
+        )
+        return [decode(AGENT_VERSIONS, r) for r in rows]
+
     async def set_agent_versions_status(self, tenant_id: str, agent_id: str, from_status: str, to_status: str) -> None:
         await self.executor.execute(
             "UPDATE agent_versions SET status = ? WHERE tenant_id = ? AND agent_id = ? AND status = ?",

@@ -58,7 +58,7 @@ ROUTES = [
           "Rename an agent and/or change settings (a settings change creates a draft version)",
           body=AgentUpdate, response=Agent, tag="agents"),
     Route("DELETE", "/api/v1/agents/{agent_id}", delete_agent, "Delete an agent (not while numbers route to it)",
-          status=204, tag="agents"),
+          status=204, tag="agents", errors=(409,)),
     Route("GET", "/api/v1/agents/{agent_id}/versions", list_versions, "List an agent's versions",
           response=AgentVersion, paged=True, query=PAGE, tag="agents"),
     Route("GET", "/api/v1/agents/{agent_id}/versions/{version}", get_version, "Show one version",

@@ -30,7 +30,7 @@ async def revoke_key(ctx: Ctx) -> ApiKey:
 ROUTES = [
     Route("POST", "/api/v1/auth/api-keys", create_key,
           "Create an API key (shown once; tenant_id required for runtime keys, absent for admin keys)",
-          auth="admin", body=ApiKeyCreate, status=201, response=ApiKey, tag="auth"),
+          auth="admin", body=ApiKeyCreate, status=201, response=ApiKey, tag="auth", errors=(404,)),
     Route("GET", "/api/v1/auth/api-keys", list_keys, "List API keys (prefix and last four only)", auth="any",
           response=ApiKey, paged=True, query=(*PAGE, QueryParam("tenant_id", description="admin: filter")),
           tag="auth"),

@@ -42,6 +42,6 @@ ROUTES = [
     Route("GET", "/healthz", healthz, "Liveness", auth="public", tag="ops"),
     Route("GET", "/readyz", readyz, "Readiness: database reachable, migrations current", auth="public",
           tag="ops", errors=(503,)),
-    Route("GET", "/metrics", metrics, "Prometheus metrics", auth="public", tag="ops"),
+    Route("GET", "/metrics", metrics, "Prometheus metrics", auth="public", tag="ops", media_type="text/plain"),
     Route("GET", "/api/v1/openapi.json", openapi, "This OpenAPI document", auth="public", tag="ops"),
 ]

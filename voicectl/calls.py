@@ -1,0 +1,109 @@
+"""voicectl calls list|show: the call log (read only; the runtime writes it)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from voicectl.common import (
+    JsonOpt,
+    LimitOpt,
+    MaybeTenantOpt,
+    OffsetOpt,
+    TenantOpt,
+    new_app,
+    owning_tenant,
+    page,
+    print_details,
+    print_json,
+    print_table,
+    resolve_tenant,
+    run,
+    say,
+    when,
+)
+
+app = new_app("Call log: list calls, show one with its transcript and events.")
+
+
+async def _all(fetch: Any) -> list[dict[str, Any]]:
+    """Every item of a paged read (200 at a time)."""
+    items: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        result = await fetch(page(200, offset))
+        items.extend(result.items)
+        offset += len(result.items)
+        if not result.items or offset >= result.total:
+            return items
+
+
+def _duration(ms: Any) -> str:
+    if ms is None:
+        return "-"
+    seconds = int(ms) // 1000
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+@app.command("list")
+def list_(
+    tenant: TenantOpt,
+    status: Annotated[str | None, typer.Option("--status", help="Only calls in this state, e.g. ended.")] = None,
+    limit: LimitOpt = 50,
+    offset: OffsetOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List a tenant's calls, newest first."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id = await resolve_tenant(plane, tenant)
+        return (await plane.calls.list(tenant_id, page(limit, offset), status=status)).to_dict()
+
+    result = run(go)
+    if as_json:
+        print_json(result)
+        return
+    print_table(
+        ["id", "started", "direction", "from", "to", "status", "duration", "end reason", "agent"],
+        [[c["id"], when(c["started_at"]), c["direction"], c["from_number"], c["to_number"], c["status"],
+          _duration(c["duration_ms"]), c["end_reason"], c["agent_id"]] for c in result["items"]],
+        title="calls", total=result["total"], offset=offset, empty="no calls yet",
+    )
+
+
+@app.command("show")
+def show(
+    call_id: Annotated[str, typer.Argument(help="Call id.", show_default=False)],
+    tenant: MaybeTenantOpt = None,
+    events: Annotated[bool, typer.Option("--events", help="Also show the call's events.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a call with its transcript (and events with --events)."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id = await owning_tenant(plane, tenant, "voice_calls", call_id, "call")
+        call = await plane.calls.get(tenant_id, call_id)
+        data = {**call, "transcript": await _all(lambda p: plane.calls.transcripts(tenant_id, call_id, p))}
+        if events:
+            data["events"] = await _all(lambda p: plane.calls.events(tenant_id, p, call_id=call_id))
+        return data
+
+    data = run(go)
+    if as_json:
+        print_json(data)
+        return
+    print_details({k: v for k, v in data.items() if k not in ("transcript", "events")}, title=f"call {call_id}")
+    if data["transcript"]:
+        say("")
+        for line in data["transcript"]:
+            mark = " (interrupted)" if line.get("interrupted") else ""
+            say(f"  {line['role']:>9}: {line['text']}{mark}")
+    else:
+        say("no transcript")
+    if events:
+        print_table(
+            ["seq", "time", "topic", "payload"],
+            [[e["seq"], when(e["created_at"]), e["topic"], e["payload"]] for e in data["events"]],
+            title="events", empty="none",
+        )

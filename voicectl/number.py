@@ -1,0 +1,182 @@
+"""voicectl number add|list|show|update|remove: phone numbers (routes) to agents."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from voicectl.common import (
+    EXIT_USAGE,
+    JsonOpt,
+    LimitOpt,
+    MaybeTenantOpt,
+    OffsetOpt,
+    TenantOpt,
+    fail,
+    new_app,
+    page,
+    print_details,
+    print_json,
+    print_table,
+    resolve_tenant,
+    run,
+    say,
+)
+
+app = new_app("Phone numbers (routes): E.164 number -> tenant -> agent.")
+
+
+class Provider(StrEnum):
+    twilio = "twilio"
+    goto = "goto"
+    livekit = "livekit"
+    webrtc = "webrtc"
+
+
+NumberArg = Annotated[str, typer.Argument(help="Number id or the E.164 number.", show_default=False)]
+AgentOpt = Annotated[str, typer.Option("--agent", "-a", help="Agent id or name.", show_default=False, metavar="AGENT")]
+PinOpt = Annotated[
+    int | None, typer.Option("--pinned-version", help="Answer with this agent version instead of the active one.")
+]
+LabelOpt = Annotated[str | None, typer.Option("--label", help="A note for humans.")]
+
+
+def _normalise(ref: str) -> str:
+    """E.164 refs are compacted (+1 555-123-0001 -> +15551230001) before lookups."""
+    if not ref.startswith("+"):
+        return ref
+    from runtime.control.schemas import check_e164
+
+    try:
+        return check_e164(ref) or ref
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+async def _number(plane: Any, tenant: str | None, ref: str) -> tuple[str, Any]:
+    ref = _normalise(ref)
+    if tenant:
+        tenant_id = await resolve_tenant(plane, tenant)
+    else:
+        from runtime.control.errors import NotFound
+        from runtime.store.tables import ALL_TENANTS
+
+        if ref.startswith("+"):
+            row = await plane.store.number_by_e164(ref)
+        else:
+            row = await plane.store.phone_numbers.get(ref, tenant_id=ALL_TENANTS)
+        if row is None:
+            raise NotFound(f"no number {ref!r}", {"number": ref})
+        tenant_id = row["tenant_id"]
+    return tenant_id, await plane.numbers.resolve(tenant_id, ref)
+
+
+def _show(data: dict[str, Any], as_json: bool, verb: str | None = None) -> None:
+    if as_json:
+        print_json(data)
+        return
+    if verb:
+        say(f"{verb} number {data['e164']} ({data['id']})")
+    print_details(data)
+
+
+@app.command("add")
+def add(
+    e164: Annotated[str, typer.Argument(help="The number in E.164 form, e.g. +15551230001.", show_default=False)],
+    tenant: TenantOpt,
+    agent: AgentOpt,
+    provider: Annotated[Provider, typer.Option("--provider", help="Who delivers the calls.")],
+    pinned_version: PinOpt = None,
+    label: LabelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Route a number to an agent (numbers are unique across tenants)."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        from runtime.control.schemas import NumberCreate
+
+        tenant_id = await resolve_tenant(plane, tenant)
+        target = await plane.agents.resolve(tenant_id, agent)
+        data = NumberCreate(e164=e164, provider=provider.value, agent_id=target.id,
+                            pinned_version=pinned_version, label=label)
+        return (await plane.numbers.add(tenant_id, data)).to_dict()
+
+    _show(run(go), as_json, "added")
+
+
+@app.command("list")
+def list_(tenant: TenantOpt, limit: LimitOpt = 50, offset: OffsetOpt = 0, as_json: JsonOpt = False) -> None:
+    """List a tenant's numbers."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id = await resolve_tenant(plane, tenant)
+        return (await plane.numbers.list(tenant_id, page(limit, offset))).to_dict()
+
+    result = run(go)
+    if as_json:
+        print_json(result)
+        return
+    print_table(
+        ["id", "number", "provider", "agent", "pinned version", "label"],
+        [[n["id"], n["e164"], n["provider"], n["agent_id"], n["pinned_version"], n["label"]]
+         for n in result["items"]],
+        title="numbers", total=result["total"], offset=offset,
+    )
+
+
+@app.command("show")
+def show(number: NumberArg, tenant: MaybeTenantOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a number's route."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        return (await _number(plane, tenant, number))[1].to_dict()
+
+    _show(run(go), as_json)
+
+
+@app.command("update")
+def update(
+    number: NumberArg,
+    tenant: MaybeTenantOpt = None,
+    agent: Annotated[str | None, typer.Option("--agent", "-a", help="Route to this agent (id or name).")] = None,
+    pinned_version: PinOpt = None,
+    unpin: Annotated[bool, typer.Option("--unpin", help="Answer with the active version again.")] = False,
+    label: LabelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-route a number, pin or unpin a version, change its label."""
+    if unpin and pinned_version is not None:
+        fail("give --pinned-version or --unpin, not both", EXIT_USAGE)
+
+    async def go(plane: Any) -> dict[str, Any]:
+        from runtime.control.schemas import NumberUpdate
+
+        tenant_id, found = await _number(plane, tenant, number)
+        changes: dict[str, Any] = {}
+        if agent is not None:
+            changes["agent_id"] = (await plane.agents.resolve(tenant_id, agent)).id
+        if pinned_version is not None or unpin:
+            changes["pinned_version"] = pinned_version
+        if label is not None:
+            changes["label"] = label
+        return (await plane.numbers.update(tenant_id, found.id, NumberUpdate(**changes))).to_dict()
+
+    _show(run(go), as_json, "updated")
+
+
+@app.command("remove")
+def remove(number: NumberArg, tenant: MaybeTenantOpt = None, as_json: JsonOpt = False) -> None:
+    """Remove a number's route (calls to it are no longer answered)."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id, found = await _number(plane, tenant, number)
+        await plane.numbers.remove(tenant_id, found.id)
+        return {"id": found.id, "e164": found.e164, "deleted": True}
+
+    data = run(go)
+    if as_json:
+        print_json(data)
+    else:
+        say(f"removed number {data['e164']} ({data['id']})")

@@ -1,0 +1,168 @@
+"""voicectl webhook create|list|show|update|delete|rotate-secret: signed outbound event webhooks."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from voicectl.common import (
+    JsonOpt,
+    LimitOpt,
+    MaybeTenantOpt,
+    OffsetOpt,
+    TenantOpt,
+    new_app,
+    owning_tenant,
+    page,
+    print_details,
+    print_json,
+    print_table,
+    resolve_tenant,
+    run,
+    say,
+    show_once,
+)
+
+app = new_app("Webhook configs: URL, event filter, signing secret (shown once).")
+
+WebhookArg = Annotated[str, typer.Argument(help="Webhook id.", show_default=False)]
+EventOpt = Annotated[
+    list[str] | None,
+    typer.Option("--event", "-e", metavar="PATTERN", help="Topic or glob to deliver, e.g. voice.call.* (repeatable; default: *).",
+                 show_default=False),
+]
+DescriptionOpt = Annotated[str | None, typer.Option("--description", help="A note for humans.")]
+
+
+async def _tenant(plane: Any, tenant: str | None, webhook_id: str) -> str:
+    return await owning_tenant(plane, tenant, "webhook_configs", webhook_id, "webhook")
+
+
+def _show(data: dict[str, Any], as_json: bool, verb: str | None = None) -> None:
+    if as_json:
+        print_json(data)
+        return
+    if verb:
+        say(f"{verb} webhook {data['id']} -> {data['url']}")
+    print_details({k: v for k, v in data.items() if k != "signing_secret"})
+
+
+@app.command("create")
+def create(
+    tenant: TenantOpt,
+    url: Annotated[str, typer.Option("--url", help="Where events are POSTed (http/https).", show_default=False)],
+    event: EventOpt = None,
+    description: DescriptionOpt = None,
+    inactive: Annotated[bool, typer.Option("--inactive", help="Create it switched off.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a webhook; its signing secret is printed once."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        from runtime.control.schemas import WebhookCreate
+
+        tenant_id = await resolve_tenant(plane, tenant)
+        values: dict[str, Any] = {"url": url, "active": not inactive, "description": description}
+        if event:
+            values["events"] = list(event)
+        config, secret = await plane.webhooks.create(tenant_id, WebhookCreate(**values))
+        return {**config.to_dict(), "signing_secret": secret}
+
+    data = run(go)
+    _show(data, as_json, "created")
+    if not as_json:
+        show_once("signing secret", data["signing_secret"])
+
+
+@app.command("list")
+def list_(tenant: TenantOpt, limit: LimitOpt = 50, offset: OffsetOpt = 0, as_json: JsonOpt = False) -> None:
+    """List a tenant's webhooks."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id = await resolve_tenant(plane, tenant)
+        return (await plane.webhooks.list(tenant_id, page(limit, offset))).to_dict()
+
+    result = run(go)
+    if as_json:
+        print_json(result)
+        return
+    print_table(
+        ["id", "url", "events", "active", "description"],
+        [[w["id"], w["url"], w["events"], w["active"], w["description"]] for w in result["items"]],
+        title="webhooks", total=result["total"], offset=offset,
+    )
+
+
+@app.command("show")
+def show(webhook: WebhookArg, tenant: MaybeTenantOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a webhook (never its secret)."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id = await _tenant(plane, tenant, webhook)
+        return (await plane.webhooks.get(tenant_id, webhook)).to_dict()
+
+    _show(run(go), as_json)
+
+
+@app.command("update")
+def update(
+    webhook: WebhookArg,
+    tenant: MaybeTenantOpt = None,
+    url: Annotated[str | None, typer.Option("--url", help="New URL.")] = None,
+    event: EventOpt = None,
+    description: DescriptionOpt = None,
+    active: Annotated[bool | None, typer.Option("--active/--inactive", help="Switch delivery on or off.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a webhook's URL, events, description or state."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        from runtime.control.schemas import WebhookUpdate
+
+        tenant_id = await _tenant(plane, tenant, webhook)
+        values: dict[str, Any] = {}
+        if url is not None:
+            values["url"] = url
+        if event:
+            values["events"] = list(event)
+        if description is not None:
+            values["description"] = description
+        if active is not None:
+            values["active"] = active
+        return (await plane.webhooks.update(tenant_id, webhook, WebhookUpdate(**values))).to_dict()
+
+    _show(run(go), as_json, "updated")
+
+
+@app.command("rotate-secret")
+def rotate_secret(webhook: WebhookArg, tenant: MaybeTenantOpt = None, as_json: JsonOpt = False) -> None:
+    """Replace the signing secret; the new one is printed once."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id = await _tenant(plane, tenant, webhook)
+        config, secret = await plane.webhooks.rotate_secret(tenant_id, webhook)
+        return {**config.to_dict(), "signing_secret": secret}
+
+    data = run(go)
+    if as_json:
+        print_json(data)
+        return
+    say(f"rotated the signing secret of webhook {data['id']}")
+    show_once("signing secret", data["signing_secret"])
+
+
+@app.command("delete")
+def delete(webhook: WebhookArg, tenant: MaybeTenantOpt = None, as_json: JsonOpt = False) -> None:
+    """Delete a webhook and its secret."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id = await _tenant(plane, tenant, webhook)
+        await plane.webhooks.delete(tenant_id, webhook)
+        return {"id": webhook, "deleted": True}
+
+    data = run(go)
+    if as_json:
+        print_json(data)
+    else:
+        say(f"deleted webhook {data['id']}")
