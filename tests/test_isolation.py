@@ -12,7 +12,6 @@ import re
 import pytest_asyncio
 
 from runtime.api.appkeys import ROUTES
-
 from runtime.ids import new_id, now_iso
 from runtime.store.store import ALL_SPECS, Table
 from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides

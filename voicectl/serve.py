@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from voicectl.common import errors, fail, load_settings
+from voicectl.common import errors, load_settings
 
 
 def serve(
@@ -18,16 +18,16 @@ def serve(
         int | None, typer.Option("--port", "-p", help="TCP port (default: server.port, 8080).", min=1, max=65535,
                                  show_default=False)
     ] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="Config file (same as the global --config).",
+                                 show_default=False)
+    ] = None,
 ) -> None:
     """Run the runtime: migrates the database, then serves until SIGTERM/Ctrl-C."""
     with errors():
-        settings = load_settings()
-        try:
-            from runtime.api.server import run as run_server
-        except ModuleNotFoundError as exc:
-            if exc.name and "runtime.api.server".startswith(exc.name):
-                fail("the HTTP runtime (runtime.api.server) is not part of this installation")
-            raise
+        settings = load_settings(config)
+        from runtime.api.server import run as run_server
+
         try:
             run_server(settings, host=host or settings.server.host, port=port or settings.server.port)
         except KeyboardInterrupt:

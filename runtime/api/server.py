@@ -19,6 +19,11 @@ def run(settings: Settings, host: str | None = None, port: int | None = None) ->
     host = host or settings.server.host
     port = port or settings.server.port
     log.info("voicectl serving", extra={"host": host, "port": port})
+
+    async def log_shutdown(app: web.Application) -> None:
+        log.info("voicectl shutting down", extra={"host": host, "port": port})
+
+    app.on_shutdown.append(log_shutdown)
     web.run_app(
         app,
         host=host,
