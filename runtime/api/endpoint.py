@@ -152,10 +152,25 @@ async def _read_body(route: Route, request: web.Request) -> Any:
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
+    _refuse_nul(data, "the request body")
     try:
         return route.body.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed(exc) from None
+
+
+def _refuse_nul(value: Any, where: str) -> None:
+    """PostgreSQL text cannot hold NUL characters: refuse them up front, on both backends alike."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise BadRequest(f"{where} contains a NUL character", {"where": where})
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul(key, where)
+            _refuse_nul(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_nul(item, where)
 
 
 class ValidationFailed(ControlError):
@@ -196,6 +211,8 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRe
         try:
             if principal is not None:
                 tenant_id = await _tenant_scope(route, request, principal)
+            _refuse_nul(dict(request.match_info), "the path")
+            _refuse_nul([v for q in route.query for v in request.query.getall(q.name, [])], "the query")
             body = await _read_body(route, request) if route.body is not None else None
             result = await route.handler(Ctx(request, request.app[CONTROL], principal, tenant_id, body))
         except ControlError as exc:

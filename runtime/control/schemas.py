@@ -19,6 +19,7 @@ BUILTIN_TOOLS = (
     "end_call", "transfer_to_human", "log_note", "check_availability", "create_booking", "create_order",
 )
 NUMBER_PROVIDERS = ("twilio", "goto", "livekit", "webrtc")
+MAX_VERSION = 2**31 - 1  # agent versions are INTEGER columns (32-bit on PostgreSQL)
 
 
 class Input(BaseModel):
@@ -218,7 +219,7 @@ class AgentUpdate(Input):
 
 
 class PromoteRequest(Input):
-    version: int | None = Field(None, ge=1, description="default: the latest version")
+    version: int | None = Field(None, ge=1, le=MAX_VERSION, description="default: the latest version")
 
 
 # Voice profiles
@@ -247,7 +248,7 @@ class NumberCreate(Input):
     e164: str
     provider: Literal["twilio", "goto", "livekit", "webrtc"]
     agent_id: str
-    pinned_version: int | None = Field(None, ge=1)
+    pinned_version: int | None = Field(None, ge=1, le=MAX_VERSION)
     label: str | None = Field(None, max_length=100)
 
     _e164 = field_validator("e164")(check_e164)
@@ -255,7 +256,7 @@ class NumberCreate(Input):
 
 class NumberUpdate(Input):
     agent_id: str | None = None
-    pinned_version: int | None = Field(None, ge=1)
+    pinned_version: int | None = Field(None, ge=1, le=MAX_VERSION)
     label: str | None = Field(None, max_length=100)
 
 

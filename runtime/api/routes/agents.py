@@ -5,7 +5,7 @@ from __future__ import annotations
 from runtime.api.endpoint import PAGE, Ctx, Route
 from runtime.control.errors import BadRequest
 from runtime.control.models import Agent, AgentVersion
-from runtime.control.schemas import AgentCreate, AgentUpdate, PromoteRequest
+from runtime.control.schemas import MAX_VERSION, AgentCreate, AgentUpdate, PromoteRequest
 
 
 async def create_agent(ctx: Ctx) -> Agent:
@@ -34,8 +34,9 @@ async def list_versions(ctx: Ctx):
 
 def _version(ctx: Ctx) -> int:
     raw = ctx.param("version")
-    if not raw.isdigit() or int(raw) < 1:
-        raise BadRequest("version must be a positive integer", {"version": raw})
+    # ASCII digits only ("²".isdigit() is true), and few enough for int() to take.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or not 1 <= int(raw) <= MAX_VERSION:
+        raise BadRequest(f"version must be an integer 1..{MAX_VERSION}", {"version": raw})
     return int(raw)
 
 
