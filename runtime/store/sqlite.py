@@ -1,8 +1,12 @@
-"""SQLite backend: WAL, foreign keys on, one writer thread, reads on a small thread pool.
+"""SQLite backend: WAL, foreign keys on, one writer thread, short reads on the event loop.
 
-Every call leaves the event loop: writes queue on a single thread (SQLite has one
-writer anyway), reads run on reader threads with their own connections, which WAL
-lets proceed while the writer commits.
+Writes queue on a single thread (SQLite has one writer anyway, and a write may wait
+for another process's lock). Reads never wait for a lock under WAL, and the API's
+reads are index lookups of a few microseconds, far less than the ~30 us of CPU a hop
+to a thread costs (plus the GIL hand-offs, which on a loaded core add milliseconds).
+So a read first runs on the event loop with a CPU budget (half a millisecond); one
+that goes over it is interrupted and re-run on a reader thread, and its statement
+goes straight to the threads from then on.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -22,13 +27,19 @@ from runtime.store.base import Database, Executor, Params, Row, is_read
 from runtime.store.errors import DatabaseUnavailable, ForeignKeyViolation, StoreError, UniqueViolation
 
 BUSY_TIMEOUT_MS = 5000
+# CPU a read may use on the event loop before it is moved to a reader thread; the API's
+# reads take a few to a few tens of microseconds. Checked every _CHECK_STEPS SQLite VM
+# steps (~10-30 ns each). Thread CPU time, so a preempted process does not count.
+INLINE_READ_BUDGET_S = 0.0005
+_CHECK_STEPS = 1000
+_SLOW_STATEMENTS_MAX = 1024
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+def _connect(path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
 
@@ -84,6 +95,10 @@ class SQLiteDatabase(Database):
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
         self._write_lock = asyncio.Lock()
+        self._loop_conn: sqlite3.Connection | None = None  # reads on the event loop
+        self._slow: set[str] = set()  # statements that went over the inline budget once
+        self._inline_deadline = 0.0  # thread CPU time at which the running inline read is stopped
+        self.inline_fallbacks = 0
 
     async def connect(self) -> None:
         if self._writer is not None:
@@ -102,12 +117,23 @@ class SQLiteDatabase(Database):
             return conn
 
         self._writer = await loop.run_in_executor(self._write_pool, open_writer)
+        try:
+            # Never waits for a lock: a busy read goes to a reader thread instead.
+            self._loop_conn = _connect(self.path, busy_timeout_ms=0)
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(f"cannot open {self.path}: {exc}") from exc
+        # Non-zero interrupts the statement. (SQLite counts VM steps per prepared statement
+        # across runs, so the handler also fires in short reads: hence a clock, not a count.)
+        self._loop_conn.set_progress_handler(lambda: time.thread_time() > self._inline_deadline, _CHECK_STEPS)
 
     async def close(self) -> None:
         if self._writer is None:
             return
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._write_pool, self._writer.close)
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
         with self._read_conns_lock:
             for conn in self._read_conns:
                 conn.close()
@@ -129,6 +155,24 @@ class SQLiteDatabase(Database):
     def _read(self, sql: str, params: Params) -> list[Row]:
         return _run(self._reader(), sql, params, True)
 
+    def _read_inline(self, sql: str, params: Params) -> list[Row] | None:
+        """Run a read on the event loop; None when it went over budget or was busy (the caller retries)."""
+        self._inline_deadline = time.thread_time() + INLINE_READ_BUDGET_S
+        try:
+            cursor = self._loop_conn.execute(sql, tuple(params))
+            return [dict(row) for row in cursor.fetchall()]
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if text == "interrupted":
+                if len(self._slow) < _SLOW_STATEMENTS_MAX:
+                    self._slow.add(sql)
+            elif "locked" not in text and "busy" not in text:
+                raise _translate(exc) from exc
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+        self.inline_fallbacks += 1
+        return None
+
     async def _on_writer(self, fn: Any, *args: Any) -> Any:
         if self._writer is None:
             raise DatabaseUnavailable("database is not connected")
@@ -141,8 +185,12 @@ class SQLiteDatabase(Database):
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         if is_read(sql):
-            if self._read_pool is None:
+            if self._read_pool is None or self._loop_conn is None:
                 raise DatabaseUnavailable("database is not connected")
+            if sql not in self._slow:
+                rows = self._read_inline(sql, params)
+                if rows is not None:
+                    return rows
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._read_pool, self._read, sql, params)
         async with self._write_lock:  # INSERT/UPDATE ... RETURNING
