@@ -208,15 +208,7 @@ async def owning_tenant(
 
 async def resolve_voice_profile(plane: ControlPlane, tenant_id: str, ref: str) -> Any:
     """A voice profile by id or by name within the tenant."""
-    from runtime.control.errors import NotFound
-    from runtime.control.models import VoiceProfile, from_row
-
-    row = await plane.store.voice_profiles.get(ref, tenant_id=tenant_id)
-    if row is None:
-        row = await plane.store.voice_profiles.find(tenant_id=tenant_id, name=ref)
-    if row is None:
-        raise NotFound(f"no voice profile with id or name {ref!r}", {"voice_profile": ref})
-    return from_row(VoiceProfile, row)
+    return await plane.voices.resolve(tenant_id, ref)
 
 
 def parse_pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:

@@ -29,6 +29,15 @@ class VoiceProfileService:
             raise NotFound(f"voice profile {profile_id} not found", {"voice_profile_id": profile_id})
         return from_row(VoiceProfile, row)
 
+    async def resolve(self, tenant_id: str, ref: str) -> VoiceProfile:
+        """An id or a unique name within the tenant."""
+        row = await self.store.voice_profiles.get(ref, tenant_id=tenant_id)
+        if row is None:
+            row = await self.store.voice_profiles.find(tenant_id=tenant_id, name=ref)
+        if row is None:
+            raise NotFound(f"no voice profile with id or name {ref!r}", {"voice_profile": ref})
+        return from_row(VoiceProfile, row)
+
     async def list(self, tenant_id: str, page: PageRequest) -> Page[VoiceProfile]:
         rows, total = await self.store.voice_profiles.list(tenant_id=tenant_id, limit=page.limit, offset=page.offset)
         return Page([from_row(VoiceProfile, r) for r in rows], total, page.limit, page.offset)
