@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from runtime.api.appkeys import CONTROL, METRICS, RATE_LIMITER, ROUTES, SETTINGS
+from runtime.api.appkeys import BUS, CONTROL, METRICS, RATE_LIMITER, ROUTES, SETTINGS, TRACKER
 from runtime.api.endpoint import make_handler
 from runtime.api.metrics import Metrics
 from runtime.api.middlewares import errors_and_ids
 from runtime.api.ratelimit import RateLimiter
 from runtime.api.routes import all_routes
+from runtime.calls.tracker import CallTracker
 from runtime.config import Settings
 from runtime.control.plane import ControlPlane
+from runtime.events.bus import EventBus
+
+log = logging.getLogger("voicectl.api")
 
 
 def create_app(settings: Settings, control: ControlPlane | None = None) -> web.Application:
@@ -34,5 +39,16 @@ def create_app(settings: Settings, control: ControlPlane | None = None) -> web.A
         if owned:
             await app[CONTROL].close()
 
+    async def call_engine(app: web.Application) -> AsyncIterator[None]:
+        store = app[CONTROL].store
+        app[BUS] = EventBus(store)
+        app[TRACKER] = CallTracker(store, app[BUS], max_calls=settings.limits.max_calls)
+        recovered = await app[TRACKER].recover()
+        if recovered:
+            log.warning("calls left live by a previous run marked failed", extra={"calls": recovered})
+        yield
+        await app[TRACKER].drain(settings.server.shutdown_grace_s)
+
     app.cleanup_ctx.append(control_plane)
+    app.cleanup_ctx.append(call_engine)
     return app

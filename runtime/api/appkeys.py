@@ -9,11 +9,15 @@ from aiohttp import web
 if TYPE_CHECKING:
     from runtime.api.metrics import Metrics
     from runtime.api.ratelimit import RateLimiter
+    from runtime.calls.tracker import CallTracker
     from runtime.config import Settings
     from runtime.control.plane import ControlPlane
+    from runtime.events.bus import EventBus
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 CONTROL: web.AppKey[ControlPlane] = web.AppKey("control")
 RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 ROUTES: web.AppKey[list] = web.AppKey("routes")
+BUS: web.AppKey[EventBus] = web.AppKey("bus")
+TRACKER: web.AppKey[CallTracker] = web.AppKey("tracker")

@@ -161,6 +161,9 @@ class Tables:
         )
         return [decode(AGENT_VERSIONS, r) for r in rows]
 
+    async def max_event_seq(self, call_id: str) -> int | None:
+        return await self.executor.fetchval("SELECT MAX(seq) AS s FROM call_events WHERE call_id = ?", (call_id,))
+
     async def set_agent_versions_status(self, tenant_id: str, agent_id: str, from_status: str, to_status: str) -> None:
         await self.executor.execute(
             "UPDATE agent_versions SET status = ? WHERE tenant_id = ? AND agent_id = ? AND status = ?",

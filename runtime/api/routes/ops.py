@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runtime.api.appkeys import CONTROL, METRICS
+from runtime.api.appkeys import CONTROL, METRICS, TRACKER
 from runtime.api.endpoint import Ctx, Route
 from runtime.api.responses import json_response
 from runtime.store import migrate
@@ -24,6 +24,14 @@ async def readyz(ctx: Ctx) -> web.Response:
         status = await migrate.status(db)
         checks["migrations"] = "ok" if status.up_to_date else f"at {status.current}, need {status.latest}"
         ready = status.up_to_date
+    tracker = ctx.request.app.get(TRACKER)
+    if tracker is not None:
+        if not tracker.accepting:
+            checks["calls"], ready = "draining", False
+        elif tracker.at_capacity:
+            checks["calls"], ready = f"at limits.max_calls ({tracker.max_calls})", False
+        else:
+            checks["calls"] = f"{len(tracker.live)} of {tracker.max_calls}"
     return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 

@@ -1,0 +1,1 @@
+"""Calls: routing, the CallSession state machine, the tracker of live calls."""

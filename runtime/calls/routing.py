@@ -1,0 +1,94 @@
+"""Routing: dialled number -> phone_numbers row -> tenant -> agent -> active (or pinned) version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from runtime.store.store import Store
+from runtime.store.tables import ALL_TENANTS
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class RouteRejected(Exception):
+    """The call cannot be served; ``reason`` is a stable word, ``tenant_id`` set where the tenant is known."""
+
+    def __init__(self, reason: str, message: str, tenant_id: str | None = None, number_id: str | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.tenant_id = tenant_id
+        self.number_id = number_id
+
+
+@dataclass(frozen=True)
+class CallRoute:
+    tenant: dict[str, Any]
+    number: dict[str, Any]
+    agent_id: str
+    version: int
+    config: dict[str, Any]
+    after_hours: bool
+
+    @property
+    def tenant_id(self) -> str:
+        return self.tenant["id"]
+
+    @property
+    def max_duration_s(self) -> int:
+        """The shorter of the tenant's and the version's limits."""
+        limits = [self.tenant["max_call_duration_s"], self.config.get("max_duration_s")]
+        return min(v for v in limits if v)
+
+    @property
+    def greeting(self) -> str | None:
+        if self.after_hours and self.config.get("after_hours", {}).get("greeting"):
+            return self.config["after_hours"]["greeting"]
+        return self.config.get("greeting")
+
+    @property
+    def system_prompt(self) -> str:
+        if self.after_hours and self.config.get("after_hours", {}).get("system_prompt"):
+            return self.config["after_hours"]["system_prompt"]
+        return self.config["system_prompt"]
+
+    @property
+    def transfer_now(self) -> bool:
+        """After hours with mode=transfer and somewhere to transfer to."""
+        return (self.after_hours and self.config.get("after_hours", {}).get("mode") == "transfer"
+                and bool(self.config.get("escalation_target")))
+
+
+def within_hours(hours: dict[str, Any] | None, timezone: str, now: datetime) -> bool:
+    """True when there is no schedule, or ``now`` falls in one of today's ranges (tenant time zone)."""
+    if not hours:
+        return True
+    local = now.astimezone(ZoneInfo(timezone))
+    hhmm = local.strftime("%H:%M")
+    for item in hours.get("schedule", {}).get(WEEKDAYS[local.weekday()], []):
+        start, end = item.split("-")
+        if start <= hhmm < end:
+            return True
+    return False
+
+
+async def route_call(store: Store, e164: str, now: datetime) -> CallRoute:
+    number = await store.number_by_e164(e164)
+    if number is None:
+        raise RouteRejected("unknown_number", f"{e164} is not routed")
+    tenant = await store.tenants.get(number["tenant_id"], tenant_id=ALL_TENANTS)
+    if tenant is None or tenant["status"] != "active":
+        raise RouteRejected("tenant_disabled", "the tenant is disabled", number["tenant_id"], number["id"])
+    agent = await store.agents.get(number["agent_id"], tenant_id=tenant["id"])
+    version = number["pinned_version"] or (agent or {}).get("active_version")
+    if agent is None or version is None:
+        raise RouteRejected("no_active_version", "the agent has no promoted version", tenant["id"], number["id"])
+    row = await store.agent_versions.find(tenant_id=tenant["id"], agent_id=agent["id"], version=version)
+    if row is None:
+        raise RouteRejected("no_active_version", f"agent version {version} is missing", tenant["id"], number["id"])
+    config = row["config"]
+    after_hours = not within_hours(config.get("hours"), tenant["timezone"], now)
+    return CallRoute(tenant, number, agent["id"], version, config, after_hours)

@@ -1,0 +1,204 @@
+"""CallSession: the state machine of one call; every transition is an event.
+
+States: ringing -> connected -> (transferring ->) ended | failed. Illegal
+transitions raise. The bridge that carries the call registers a ``CallControl``
+so the engine can hang up or transfer without knowing the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from runtime.calls.routing import CallRoute
+from runtime.events.bus import EventBus
+from runtime.events.models import (
+    CallCompleted,
+    CallConnected,
+    CallFailed,
+    CallStarted,
+    Event,
+    Payload,
+    StateChanged,
+    TransferRequested,
+)
+from runtime.ids import new_id, now_iso
+from runtime.store.store import Store
+
+log = logging.getLogger("voicectl.calls")
+
+RINGING, CONNECTED, TRANSFERRING, ENDED, FAILED = "ringing", "connected", "transferring", "ended", "failed"
+LIVE_STATES = (RINGING, CONNECTED, TRANSFERRING)
+TRANSITIONS: dict[str, frozenset[str]] = {
+    RINGING: frozenset({CONNECTED, ENDED, FAILED}),
+    CONNECTED: frozenset({TRANSFERRING, ENDED, FAILED}),
+    TRANSFERRING: frozenset({CONNECTED, ENDED, FAILED}),
+    ENDED: frozenset(),
+    FAILED: frozenset(),
+}
+# Call logging never blocks teardown: the archive write gets this long, then is logged as an error.
+ARCHIVE_TIMEOUT_S = 5.0
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+class AudioSink(Protocol):
+    """Receives the call's audio as the bridge sees it (recorder, meters): PCM16 mono frames."""
+
+    def inbound(self, pcm: bytes, sample_rate: int) -> None: ...
+    def outbound(self, pcm: bytes, sample_rate: int) -> None: ...
+
+
+class CallControl(Protocol):
+    """What a bridge lets the engine do to its call."""
+
+    async def hangup(self, reason: str) -> None: ...
+    async def transfer(self, target: str) -> None: ...
+
+
+@dataclass
+class CallSession:
+    id: str
+    tenant_id: str
+    provider: str
+    direction: str
+    from_number: str | None
+    to_number: str | None
+    store: Store
+    bus: EventBus
+    route: CallRoute | None = None
+    provider_call_id: str | None = None
+    trace_id: str = field(default_factory=lambda: new_id("tr"))
+    state: str = RINGING
+    started_at: str = field(default_factory=now_iso)
+    connected_at: str | None = None
+    control: CallControl | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
+    _seq: int = 0
+    _started_mono: float = field(default_factory=time.monotonic)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    on_end: list[Callable[[CallSession], Awaitable[None] | None]] = field(default_factory=list)
+    audio_sinks: list[AudioSink] = field(default_factory=list)
+
+    def tap_inbound(self, pcm: bytes, sample_rate: int) -> None:
+        for sink in self.audio_sinks:
+            sink.inbound(pcm, sample_rate)
+
+    def tap_outbound(self, pcm: bytes, sample_rate: int) -> None:
+        for sink in self.audio_sinks:
+            sink.outbound(pcm, sample_rate)
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+    @property
+    def duration_ms(self) -> int:
+        return int((time.monotonic() - self._started_mono) * 1000)
+
+    async def emit(self, payload: Payload) -> Event:
+        """Commit and publish an event of this call with the next sequence number."""
+        self._seq += 1
+        event = Event.of(payload, tenant_id=self.tenant_id, call_id=self.id, seq=self._seq, trace_id=self.trace_id)
+        await self.bus.publish(event)
+        return event
+
+    async def insert_row(self) -> None:
+        now = now_iso()
+        route = self.route
+        await self.store.voice_calls.insert({
+            "id": self.id, "tenant_id": self.tenant_id, "agent_id": route.agent_id if route else None,
+            "agent_version": route.version if route else None,
+            "number_id": route.number["id"] if route else None, "provider": self.provider,
+            "provider_call_id": self.provider_call_id, "direction": self.direction,
+            "from_number": self.from_number, "to_number": self.to_number, "status": RINGING,
+            "end_reason": None, "hangup_by": None, "started_at": self.started_at, "connected_at": None,
+            "ended_at": None, "duration_ms": None, "summary": {}, "latency": {},
+            "metadata": {"after_hours": route.after_hours} if route else {}, "trace_id": self.trace_id,
+            "created_at": now, "updated_at": now,
+        })
+        await self.emit(CallStarted(
+            provider=self.provider, direction=self.direction, from_number=self.from_number,
+            to_number=self.to_number, agent_id=route.agent_id if route else None,
+            agent_version=route.version if route else None,
+        ))
+
+    async def _transition(self, to: str, reason: str | None, changes: dict[str, Any]) -> str:
+        if to not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"call {self.id}: {self.state} -> {to} is not allowed")
+        before, self.state = self.state, to
+        await self.store.voice_calls.update(
+            self.id, {"status": to, "updated_at": now_iso(), **changes}, tenant_id=self.tenant_id
+        )
+        await self.emit(StateChanged(from_state=before, to_state=to, reason=reason))
+        return before
+
+    async def connect(self) -> None:
+        async with self._lock:
+            self.connected_at = now_iso()
+            await self._transition(CONNECTED, None, {"connected_at": self.connected_at})
+            await self.emit(CallConnected(provider=self.provider))
+
+    async def transfer(self, target: str, reason: str | None = None) -> None:
+        """Ask the bridge to transfer; the call then ends with reason=transferred when the bridge says so."""
+        async with self._lock:
+            await self._transition(TRANSFERRING, reason, {})
+            await self.emit(TransferRequested(target=target, reason=reason))
+        if self.control is not None:
+            await self.control.transfer(target)
+
+    async def hangup(self, reason: str) -> None:
+        """The engine ends the call: tell the bridge, then archive."""
+        if self.control is not None and self.live:
+            try:
+                await self.control.hangup(reason)
+            except Exception:  # the provider may already have gone; the archive must still happen
+                log.exception("hangup through the bridge failed", extra={"call_id": self.id})
+        await self.end(reason, hangup_by="agent")
+
+    async def end(self, reason: str, hangup_by: str | None = None) -> None:
+        await self._finish(ENDED, reason, hangup_by, None)
+
+    async def fail(self, reason: str, message: str | None = None) -> None:
+        await self._finish(FAILED, reason, None, message)
+
+    async def _finish(self, state: str, reason: str, hangup_by: str | None, message: str | None) -> None:
+        async with self._lock:
+            if not self.live:
+                return  # ending twice (bridge stop + status callback) is normal
+            duration = self.duration_ms
+            changes = {
+                "end_reason": reason, "hangup_by": hangup_by, "ended_at": now_iso(), "duration_ms": duration,
+                "summary": self.summary, "latency": self.latency,
+            }
+            try:
+                await asyncio.wait_for(self._archive(state, reason, hangup_by, message, changes, duration),
+                                       ARCHIVE_TIMEOUT_S)
+            except Exception:
+                # Never let logging block teardown; the state is final in memory either way.
+                self.state = state
+                log.exception("archiving the call failed", extra={"call_id": self.id, "reason": reason})
+        self.ended.set()
+        for callback in list(self.on_end):
+            try:
+                result = callback(self)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("call end hook failed", extra={"call_id": self.id})
+
+    async def _archive(self, state: str, reason: str, hangup_by: str | None, message: str | None,
+                       changes: dict[str, Any], duration: int) -> None:
+        await self._transition(state, reason, changes)
+        if state == ENDED:
+            await self.emit(CallCompleted(reason=reason, hangup_by=hangup_by, duration_ms=duration))
+        else:
+            await self.emit(CallFailed(reason=reason, message=message))

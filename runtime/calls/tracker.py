@@ -1,0 +1,118 @@
+"""The tracker of live calls: box and tenant limits, crash recovery, drain on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from runtime.calls.routing import CallRoute, RouteRejected, route_call
+from runtime.calls.session import LIVE_STATES, CallSession
+from runtime.events.bus import EventBus
+from runtime.events.models import CallFailed, Event, StateChanged
+from runtime.ids import new_id, now_iso
+from runtime.store.store import Store
+from runtime.store.tables import ALL_TENANTS
+
+log = logging.getLogger("voicectl.calls")
+
+
+class CallTracker:
+    def __init__(self, store: Store, bus: EventBus, *, max_calls: int) -> None:
+        self.store = store
+        self.bus = bus
+        self.max_calls = max_calls
+        self.live: dict[str, CallSession] = {}
+        self.accepting = True
+
+    @property
+    def at_capacity(self) -> bool:
+        return len(self.live) >= self.max_calls
+
+    def live_for(self, tenant_id: str) -> int:
+        return sum(1 for s in self.live.values() if s.tenant_id == tenant_id)
+
+    def get(self, call_id: str) -> CallSession | None:
+        return self.live.get(call_id)
+
+    async def open_call(
+        self, *, to_number: str, from_number: str | None, provider: str, direction: str = "inbound",
+        provider_call_id: str | None = None, tenant_hint: str | None = None, now: datetime | None = None,
+    ) -> CallSession:
+        """Route and register a call. A rejected call whose tenant is known keeps a failed row and
+        a voice.call.failed event; RouteRejected is raised for the bridge to answer the caller."""
+        try:
+            if not self.accepting:
+                raise RouteRejected("shutting_down", "the runtime is shutting down", tenant_hint)
+            if self.at_capacity:
+                raise RouteRejected("busy", "the runtime is at its call limit", tenant_hint)
+            route = await route_call(self.store, to_number, now or datetime.now(UTC))
+            if self.live_for(route.tenant_id) >= route.tenant["max_concurrent_calls"]:
+                raise RouteRejected("tenant_call_limit", "the tenant is at its concurrent-call limit",
+                                    route.tenant_id, route.number["id"])
+        except RouteRejected as rejected:
+            tenant_id = rejected.tenant_id or tenant_hint
+            if tenant_id is not None:
+                session = self._session(tenant_id, None, provider, direction, from_number, to_number,
+                                        provider_call_id)
+                await session.insert_row()
+                await session.fail(rejected.reason, rejected.message)
+            raise
+        session = self._session(route.tenant_id, route, provider, direction, from_number, to_number, provider_call_id)
+        self.live[session.id] = session
+        session.on_end.append(self._release)
+        await session.insert_row()
+        return session
+
+    def _session(self, tenant_id: str, route: CallRoute | None, provider: str, direction: str,
+                 from_number: str | None, to_number: str | None, provider_call_id: str | None) -> CallSession:
+        return CallSession(
+            id=new_id("call"), tenant_id=tenant_id, provider=provider, direction=direction,
+            from_number=from_number, to_number=to_number, store=self.store, bus=self.bus, route=route,
+            provider_call_id=provider_call_id,
+        )
+
+    def _release(self, session: CallSession) -> None:
+        self.live.pop(session.id, None)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop accepting; let live calls finish for up to ``grace_s``, then end them (reason=shutdown)."""
+        self.accepting = False
+        if self.live:
+            log.info("draining live calls", extra={"calls": len(self.live), "grace_s": grace_s})
+            waits = [s.ended.wait() for s in self.live.values()]
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits), grace_s)
+            except TimeoutError:
+                pass
+        for session in list(self.live.values()):
+            await session.hangup("shutdown")
+
+    async def recover(self) -> int:
+        """Calls left live by a previous run become failed (reason=runtime_restart), with events."""
+        count = 0
+        for status in LIVE_STATES:
+            while True:
+                rows, _ = await self.store.voice_calls.list(
+                    tenant_id=ALL_TENANTS, equals={"status": status}, limit=200, count=False
+                )
+                if not rows:
+                    break
+                for row in rows:
+                    await self._fail_stale(row)
+                    count += 1
+        return count
+
+    async def _fail_stale(self, row: dict) -> None:
+        now = now_iso()
+        await self.store.voice_calls.update(
+            row["id"], {"status": "failed", "end_reason": "runtime_restart", "ended_at": now, "updated_at": now},
+            tenant_id=row["tenant_id"],
+        )
+        seq = int(await self.store.max_event_seq(row["id"]) or 0)
+        for offset, payload in enumerate(
+            (StateChanged(from_state=row["status"], to_state="failed", reason="runtime_restart"),
+             CallFailed(reason="runtime_restart", message="the runtime restarted during the call")), start=1
+        ):
+            await self.bus.publish(Event.of(payload, tenant_id=row["tenant_id"], call_id=row["id"],
+                                            seq=seq + offset, trace_id=row["trace_id"]))

@@ -1,0 +1,99 @@
+"""The event bus: commit first, then publish in-process; never blocks a call.
+
+``publish`` writes the event to ``call_events`` and, in the same transaction, one
+outbox row per matching active webhook config of the tenant (so a delivery can
+never be lost between the two). Only then is the event handed to in-process
+subscribers, each through a bounded queue: a subscriber that falls behind is
+dropped (its ``on_overflow`` is called), never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from runtime.events.models import Event
+from runtime.events.topics import matches
+from runtime.ids import new_id, now_iso
+from runtime.store.store import Store
+
+log = logging.getLogger("voicectl.events")
+
+DEFAULT_QUEUE = 1000
+
+
+@dataclass(eq=False)
+class Subscription:
+    """In-process listener: events of one tenant matching its topic globs (optionally one call)."""
+
+    tenant_id: str | None  # None: every tenant (runtime internals only)
+    topics: list[str] = field(default_factory=lambda: ["*"])
+    call_id: str | None = None
+    queue: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(DEFAULT_QUEUE))
+    on_overflow: Callable[[Subscription], None] | None = None
+    dropped: bool = False
+
+    def wants(self, event: Event) -> bool:
+        if self.tenant_id is not None and event.tenant_id != self.tenant_id:
+            return False
+        if self.call_id is not None and event.call_id != self.call_id:
+            return False
+        return matches(event.topic, self.topics)
+
+
+class EventBus:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._subscriptions: set[Subscription] = set()
+        self.published = 0
+        # Called after each commit that queued outbox rows (the delivery worker wakes up).
+        self.on_outbox: Callable[[], None] | None = None
+
+    def subscribe(self, subscription: Subscription) -> Subscription:
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    async def publish(self, event: Event) -> None:
+        queued = await self._commit(event)
+        self.published += 1
+        if queued and self.on_outbox is not None:
+            self.on_outbox()
+        self.fan_out(event)
+
+    async def _commit(self, event: Event) -> int:
+        now = now_iso()
+        hooks, _ = await self.store.webhook_configs.list(
+            tenant_id=event.tenant_id, equals={"active": True}, limit=200, count=False
+        )
+        targets = [h for h in hooks if matches(event.topic, h["events"])]
+        async with self.store.atomic() as tx:
+            await tx.call_events.insert({
+                "id": event.id, "tenant_id": event.tenant_id, "call_id": event.call_id, "seq": event.seq,
+                "topic": event.topic, "payload": event.data, "trace_id": event.trace_id, "created_at": event.ts,
+            })
+            for hook in targets:
+                await tx.webhook_deliveries.insert({
+                    "id": new_id("dlv"), "tenant_id": event.tenant_id, "webhook_id": hook["id"],
+                    "event_id": event.id, "topic": event.topic, "payload": event.to_dict(), "status": "pending",
+                    "attempts": 0, "next_attempt_at": now, "last_status_code": None, "last_error": None,
+                    "created_at": now, "updated_at": now, "delivered_at": None,
+                })
+        return len(targets)
+
+    def fan_out(self, event: Event) -> None:
+        for sub in list(self._subscriptions):
+            if sub.dropped or not sub.wants(event):
+                continue
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                sub.dropped = True
+                self._subscriptions.discard(sub)
+                log.warning("dropping a slow event subscriber", extra={"tenant_id": sub.tenant_id})
+                if sub.on_overflow is not None:
+                    sub.on_overflow(sub)

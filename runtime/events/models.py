@@ -1,0 +1,175 @@
+"""Typed events: one payload dataclass per topic of DESIGN.md, wrapped in an Event envelope.
+
+Every event carries id, tenant_id, call_id, a per-call sequence number, a
+timestamp and a trace id. ``Event.to_dict()`` is the wire shape used by the
+store, WebSocket subscribers and outbound webhooks alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from runtime.ids import new_id, now_iso
+
+
+@dataclass(frozen=True)
+class Payload:
+    topic: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class CallStarted(Payload):
+    topic: ClassVar[str] = "voice.call.started"
+    provider: str
+    direction: str
+    from_number: str | None
+    to_number: str | None
+    agent_id: str | None
+    agent_version: int | None
+
+
+@dataclass(frozen=True)
+class CallConnected(Payload):
+    topic: ClassVar[str] = "call.connected"
+    provider: str
+
+
+@dataclass(frozen=True)
+class StateChanged(Payload):
+    topic: ClassVar[str] = "call.state_changed"
+    from_state: str
+    to_state: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class SpeechStarted(Payload):
+    topic: ClassVar[str] = "speech.started"
+    role: str = "caller"
+    offset_ms: int = 0
+
+
+@dataclass(frozen=True)
+class SpeechEnded(Payload):
+    topic: ClassVar[str] = "speech.ended"
+    role: str = "caller"
+    offset_ms: int = 0
+
+
+@dataclass(frozen=True)
+class TranscriptInterim(Payload):
+    topic: ClassVar[str] = "transcript.interim"
+    role: str
+    text: str
+
+
+@dataclass(frozen=True)
+class TranscriptCreated(Payload):
+    topic: ClassVar[str] = "transcript.created"
+    role: str
+    text: str
+    start_ms: int | None = None
+    end_ms: int | None = None
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class DtmfReceived(Payload):
+    topic: ClassVar[str] = "dtmf.received"
+    digit: str
+
+
+@dataclass(frozen=True)
+class AgentInterrupted(Payload):
+    topic: ClassVar[str] = "agent.interrupted"
+    heard_text: str = ""
+    played_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ToolCalled(Payload):
+    topic: ClassVar[str] = "tool.called"
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    status: str = "ok"
+    latency_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class TransferRequested(Payload):
+    topic: ClassVar[str] = "transfer.requested"
+    target: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TurnLatency(Payload):
+    topic: ClassVar[str] = "turn.latency"
+    stt_ms: float | None = None
+    llm_first_token_ms: float | None = None
+    tts_first_audio_ms: float | None = None
+    first_frame_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class DurationWarning(Payload):
+    topic: ClassVar[str] = "call.duration_warning"
+    remaining_s: int
+    limit_s: int
+
+
+@dataclass(frozen=True)
+class ProviderFailedOver(Payload):
+    topic: ClassVar[str] = "provider.failed_over"
+    modality: str
+    from_provider: str
+    to_provider: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CallCompleted(Payload):
+    topic: ClassVar[str] = "voice.call.completed"
+    reason: str
+    hangup_by: str | None
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class CallFailed(Payload):
+    topic: ClassVar[str] = "voice.call.failed"
+    reason: str
+    message: str | None = None
+
+
+PAYLOAD_TYPES: dict[str, type[Payload]] = {
+    cls.topic: cls
+    for cls in (CallStarted, CallConnected, StateChanged, SpeechStarted, SpeechEnded, TranscriptInterim,
+                TranscriptCreated, DtmfReceived, AgentInterrupted, ToolCalled, TransferRequested, TurnLatency,
+                DurationWarning, ProviderFailedOver, CallCompleted, CallFailed)
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    topic: str
+    tenant_id: str
+    call_id: str | None
+    seq: int
+    ts: str
+    trace_id: str | None
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, payload: Payload, *, tenant_id: str, call_id: str | None, seq: int, trace_id: str | None) -> Event:
+        return cls(new_id("evt"), payload.topic, tenant_id, call_id, seq, now_iso(), trace_id, asdict(payload))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Event:
+        return cls(row["id"], row["topic"], row["tenant_id"], row["call_id"], row["seq"], row["created_at"],
+                   row["trace_id"], row["payload"])
