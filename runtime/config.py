@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ENV_PREFIX = "VOICECTL_"
 # Variables with the prefix that are not config overrides.
-ENV_RESERVED = {"VOICECTL_CONFIG", "VOICECTL_MASTER_KEY"}
+ENV_RESERVED = {"VOICECTL_CONFIG", "VOICECTL_MASTER_KEY", "VOICECTL_API_KEY"}
 DEFAULT_CONFIG_NAME = "config.yaml"
 
 

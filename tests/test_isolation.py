@@ -11,7 +11,7 @@ import re
 
 import pytest_asyncio
 
-from runtime.api.appkeys import ROUTES
+from runtime.api.appkeys import ROUTES, SETTINGS
 from runtime.ids import new_id, now_iso
 from runtime.store.store import ALL_SPECS, Table
 from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides
@@ -80,6 +80,16 @@ async def _provision_b(api) -> dict[str, str]:
         "payload": {}, "trace_id": "tr", "created_at": now,
     })
     ids["call_id"] = call_id
+    # A recording of that call, with its file (the audio route streams it to B and the admin).
+    recording_id, uri = new_id("rec"), f"{tenant_b}/{call_id}/mixed.wav"
+    path = api.app[SETTINGS].recording_dir / uri
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"RIFF-placeholder-audio")
+    await store.recordings.insert({
+        "id": recording_id, "tenant_id": tenant_b, "call_id": call_id, "kind": "mixed", "storage": "local",
+        "uri": uri, "format": "wav", "duration_ms": 1000, "size_bytes": path.stat().st_size, "created_at": now,
+    })
+    ids["recording_id"] = recording_id
     return ids
 
 

@@ -18,7 +18,7 @@ from runtime.store.tables import ALL_TENANTS
 EXPECTED_TABLES = {
     "tenants", "api_keys", "agents", "agent_versions", "voice_profiles", "phone_numbers", "credentials",
     "webhook_configs", "voice_calls", "transcripts", "call_events", "tool_calls", "recordings",
-    "webhook_deliveries", "evaluations", "callback_tasks",
+    "webhook_deliveries", "webhook_delivery_attempts", "evaluations", "callback_tasks",
 }
 
 
@@ -109,6 +109,10 @@ async def fill_tenant(store: Store, tenant_id: str) -> dict[str, str]:
         "id": ids["webhook_deliveries"], "tenant_id": t, "webhook_id": ids["webhook_configs"], "event_id": "ev1",
         "topic": "call.connected", "payload": {}, "status": "pending", "attempts": 0, "created_at": now,
         "updated_at": now,
+    })
+    await store.webhook_delivery_attempts.insert({
+        "id": ids["webhook_delivery_attempts"], "tenant_id": t, "delivery_id": ids["webhook_deliveries"],
+        "attempt": 1, "status_code": 500, "error": "HTTP 500", "duration_ms": 12, "created_at": now,
     })
     await store.evaluations.insert({
         "id": ids["evaluations"], "tenant_id": t, "agent_id": ids["agents"], "agent_version": 1, "call_id": call,

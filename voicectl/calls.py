@@ -12,6 +12,8 @@ from voicectl.common import (
     MaybeTenantOpt,
     OffsetOpt,
     TenantOpt,
+    errors,
+    load_settings,
     new_app,
     owning_tenant,
     page,
@@ -107,3 +109,47 @@ def show(
             [[e["seq"], when(e["created_at"]), e["topic"], e["payload"]] for e in data["events"]],
             title="events", empty="none",
         )
+
+
+@app.command("recording")
+def recording(
+    call_id: Annotated[str, typer.Argument(help="Call id.", show_default=False)],
+    tenant: MaybeTenantOpt = None,
+    kind: Annotated[str, typer.Option("--kind", help="mixed, caller or agent.")] = "mixed",
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Copy the WAV to this file.",
+                                            show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Locate a call's recording (or copy it to --out)."""
+    from runtime.recording.storage import LocalStorage
+
+    with errors():
+        settings = load_settings()
+
+    async def go(plane: Any) -> dict[str, Any]:
+        from runtime.control.errors import NotFound
+
+        tenant_id = await owning_tenant(plane, tenant, "voice_calls", call_id, "call")
+        await plane.calls.get(tenant_id, call_id)
+        rows, _ = await plane.store.recordings.list(tenant_id=tenant_id, equals={"call_id": call_id}, limit=10)
+        row = next((r for r in rows if r["kind"] == kind), None)
+        if row is None:
+            raise NotFound(f"call {call_id} has no {kind} recording", {"call_id": call_id, "kind": kind})
+        path = LocalStorage(settings.recording_dir).resolve(row["uri"])
+        if not path.is_file():
+            raise NotFound(f"the recording file {path} is missing", {"recording_id": row["id"]})
+        return {**row, "path": str(path)}
+
+    data = run(go, settings=settings)
+    if out:
+        import shutil
+
+        with errors():
+            shutil.copyfile(data["path"], out)
+        data["written_to"] = out
+    if as_json:
+        print_json(data)
+    elif out:
+        say(f"wrote {data['kind']} recording of {call_id} ({data['duration_ms'] / 1000:.1f} s) to {out}")
+    else:
+        say(data["path"])

@@ -18,6 +18,7 @@ from voicectl import (
     credential,
     db,
     demo,
+    events,
     init,
     key,
     number,
@@ -75,6 +76,7 @@ app.add_typer(number.app, name="number")
 app.add_typer(credential.app, name="credential")
 app.add_typer(webhook.app, name="webhook")
 app.add_typer(calls.app, name="calls")
+app.add_typer(events.app, name="events")
 app.add_typer(db.app, name="db")
 app.add_typer(config_cmd.app, name="config")
 app.command("serve")(serve.serve)

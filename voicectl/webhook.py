@@ -1,4 +1,4 @@
-"""voicectl webhook create|list|show|update|delete|rotate-secret: signed outbound event webhooks."""
+"""voicectl webhook create|list|show|update|delete|rotate-secret|deliveries|test: signed outbound event webhooks."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from voicectl.common import (
     run,
     say,
     show_once,
+    when,
 )
 
 app = new_app("Webhook configs: URL, event filter, signing secret (shown once).")
@@ -166,3 +167,54 @@ def delete(webhook: WebhookArg, tenant: MaybeTenantOpt = None, as_json: JsonOpt 
         print_json(data)
     else:
         say(f"deleted webhook {data['id']}")
+
+
+@app.command("deliveries")
+def deliveries(webhook: WebhookArg, tenant: MaybeTenantOpt = None, limit: LimitOpt = 50, offset: OffsetOpt = 0,
+               as_json: JsonOpt = False) -> None:
+    """Show a webhook's deliveries, newest first, with the outcome of every attempt."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id = await _tenant(plane, tenant, webhook)
+        return (await plane.webhooks.deliveries(tenant_id, webhook, page(limit, offset))).to_dict()
+
+    result = run(go)
+    if as_json:
+        print_json(result)
+        return
+
+    def last(d: dict[str, Any]) -> str:
+        if d["status"] == "delivered":
+            return str(d["last_status_code"])
+        return d["last_error"] or "-"
+
+    print_table(
+        ["id", "created", "topic", "event", "status", "attempts", "last result", "next attempt"],
+        [[d["id"], when(d["created_at"]), d["topic"], d["event_id"], d["status"], d["attempts"], last(d),
+          when(d["next_attempt_at"]) if d["status"] == "pending" else "-"] for d in result["items"]],
+        title="deliveries", total=result["total"], offset=offset,
+    )
+
+
+@app.command("test")
+def test(webhook: WebhookArg, tenant: MaybeTenantOpt = None, as_json: JsonOpt = False) -> None:
+    """Send a signed sample event (topic webhook.test) now and show the outcome."""
+    from voicectl.common import errors, load_settings
+
+    with errors():
+        settings = load_settings()
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id = await _tenant(plane, tenant, webhook)
+        result = await plane.webhooks.send_test(tenant_id, webhook, timeout_s=settings.events.webhooks.timeout_s)
+        return result.to_dict()
+
+    data = run(go, settings=settings)
+    if as_json:
+        print_json(data)
+    elif data["delivered"]:
+        say(f"delivered: HTTP {data['status_code']} in {data['duration_ms']} ms (event {data['event_id']})")
+    else:
+        say(f"not delivered: {data['error']} after {data['duration_ms']} ms (event {data['event_id']})")
+    if not data["delivered"]:
+        raise typer.Exit(1)

@@ -7,7 +7,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from runtime.api.appkeys import BUS, CONTROL, METRICS, RATE_LIMITER, ROUTES, SETTINGS, TRACKER
+from runtime.api.appkeys import (
+    BUS,
+    CONTROL,
+    DELIVERY,
+    EVENT_SOCKETS,
+    METRICS,
+    RATE_LIMITER,
+    ROUTES,
+    SETTINGS,
+    TRACKER,
+)
 from runtime.api.endpoint import make_handler
 from runtime.api.metrics import Metrics
 from runtime.api.middlewares import errors_and_ids
@@ -17,6 +27,8 @@ from runtime.calls.tracker import CallTracker
 from runtime.config import Settings
 from runtime.control.plane import ControlPlane
 from runtime.events.bus import EventBus
+from runtime.events.delivery import DeliveryWorker
+from runtime.events.websocket import close_event_sockets
 
 log = logging.getLogger("voicectl.api")
 
@@ -29,6 +41,8 @@ def create_app(settings: Settings, control: ControlPlane | None = None) -> web.A
     app[RATE_LIMITER] = RateLimiter(settings.limits.rate_limits)
     routes = all_routes()
     app[ROUTES] = routes
+    app[EVENT_SOCKETS] = set()
+    app.on_shutdown.append(close_event_sockets)
     for route in routes:
         app.router.add_route(route.method, route.path, make_handler(route))
 
@@ -42,12 +56,22 @@ def create_app(settings: Settings, control: ControlPlane | None = None) -> web.A
     async def call_engine(app: web.Application) -> AsyncIterator[None]:
         store = app[CONTROL].store
         app[BUS] = EventBus(store)
-        app[TRACKER] = CallTracker(store, app[BUS], max_calls=settings.limits.max_calls)
+        app[DELIVERY] = DeliveryWorker(store, app[CONTROL].secrets, settings.events.webhooks)
+        app[BUS].on_outbox = app[DELIVERY].wake
+        await app[DELIVERY].start()
+        app[TRACKER] = CallTracker(store, app[BUS], max_calls=settings.limits.max_calls,
+                                   recording_dir=settings.recording_dir)
         recovered = await app[TRACKER].recover()
         if recovered:
             log.warning("calls left live by a previous run marked failed", extra={"calls": recovered})
+        from runtime.calls.retention import RETENTION, RetentionJob
+
+        app[RETENTION] = RetentionJob(store, settings.recording_dir)
+        app[RETENTION].start()
         yield
+        await app[RETENTION].stop()
         await app[TRACKER].drain(settings.server.shutdown_grace_s)
+        await app[DELIVERY].stop()
 
     app.cleanup_ctx.append(control_plane)
     app.cleanup_ctx.append(call_engine)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from runtime.config import Settings
     from runtime.control.plane import ControlPlane
     from runtime.events.bus import EventBus
+    from runtime.events.delivery import DeliveryWorker
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 CONTROL: web.AppKey[ControlPlane] = web.AppKey("control")
@@ -21,3 +22,5 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 ROUTES: web.AppKey[list] = web.AppKey("routes")
 BUS: web.AppKey[EventBus] = web.AppKey("bus")
 TRACKER: web.AppKey[CallTracker] = web.AppKey("tracker")
+DELIVERY: web.AppKey[DeliveryWorker] = web.AppKey("delivery")
+EVENT_SOCKETS: web.AppKey[set] = web.AppKey("event_sockets")  # open /api/v1/events/ws sockets

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from runtime.calls.routing import CallRoute
+from runtime.calls.watchdog import DurationWatchdog
 from runtime.events.bus import EventBus
 from runtime.events.models import (
     CallCompleted,
@@ -87,6 +89,18 @@ class CallSession:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     on_end: list[Callable[[CallSession], Awaitable[None] | None]] = field(default_factory=list)
     audio_sinks: list[AudioSink] = field(default_factory=list)
+    # Called at T-2 min and T-30 s of the duration limit with (session, remaining_s); the pipeline speaks.
+    on_duration_warning: list[Callable[[CallSession, int], Awaitable[None]]] = field(default_factory=list)
+    watchdog: DurationWatchdog | None = None
+    _latency_samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def observe_latency(self, stage: str, ms: float) -> None:
+        """One latency sample of a pipeline stage (stt, llm_first_token, tts_first_audio, ...);
+        aggregated into ``latency`` when the call ends."""
+        self._latency_samples.setdefault(stage, []).append(float(ms))
+
+    def latency_aggregates(self) -> dict[str, dict[str, float | int]]:
+        return {stage: aggregate(samples) for stage, samples in self._latency_samples.items() if samples}
 
     def tap_inbound(self, pcm: bytes, sample_rate: int) -> None:
         for sink in self.audio_sinks:
@@ -146,6 +160,13 @@ class CallSession:
             self.connected_at = now_iso()
             await self._transition(CONNECTED, None, {"connected_at": self.connected_at})
             await self.emit(CallConnected(provider=self.provider))
+            self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        limit = self.route.max_duration_s if self.route is not None else None
+        if limit and self.watchdog is None:
+            self.watchdog = DurationWatchdog(self, limit)
+            self.watchdog.start()
 
     async def transfer(self, target: str, reason: str | None = None) -> None:
         """Ask the bridge to transfer; the call then ends with reason=transferred when the bridge says so."""
@@ -174,6 +195,10 @@ class CallSession:
         async with self._lock:
             if not self.live:
                 return  # ending twice (bridge stop + status callback) is normal
+            if self.watchdog is not None:
+                self.watchdog.cancel()
+            if self._latency_samples:
+                self.latency = {**self.latency, **self.latency_aggregates()}
             duration = self.duration_ms
             changes = {
                 "end_reason": reason, "hangup_by": hangup_by, "ended_at": now_iso(), "duration_ms": duration,
@@ -202,3 +227,14 @@ class CallSession:
             await self.emit(CallCompleted(reason=reason, hangup_by=hangup_by, duration_ms=duration))
         else:
             await self.emit(CallFailed(reason=reason, message=message))
+
+
+def aggregate(samples: list[float]) -> dict[str, float | int]:
+    """count, mean, p50, p95 and max of latency samples in ms (nearest-rank percentiles)."""
+    ordered = sorted(samples)
+
+    def rank(p: float) -> float:
+        return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+    return {"count": len(ordered), "mean_ms": round(sum(ordered) / len(ordered), 1), "p50_ms": rank(0.5),
+            "p95_ms": rank(0.95), "max_ms": ordered[-1]}

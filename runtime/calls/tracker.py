@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 
 from runtime.calls.routing import CallRoute, RouteRejected, route_call
 from runtime.calls.session import LIVE_STATES, CallSession
 from runtime.events.bus import EventBus
 from runtime.events.models import CallFailed, Event, StateChanged
 from runtime.ids import new_id, now_iso
+from runtime.recording.recorder import CallRecorder
+from runtime.recording.storage import LocalStorage
 from runtime.store.store import Store
 from runtime.store.tables import ALL_TENANTS
 
@@ -18,10 +21,12 @@ log = logging.getLogger("voicectl.calls")
 
 
 class CallTracker:
-    def __init__(self, store: Store, bus: EventBus, *, max_calls: int) -> None:
+    def __init__(self, store: Store, bus: EventBus, *, max_calls: int, recording_dir: Path | None = None) -> None:
         self.store = store
         self.bus = bus
         self.max_calls = max_calls
+        # Where recordings go (tenants with recording_enabled); None: nothing is recorded.
+        self.recording = LocalStorage(recording_dir) if recording_dir is not None else None
         self.live: dict[str, CallSession] = {}
         self.accepting = True
 
@@ -62,7 +67,18 @@ class CallTracker:
         self.live[session.id] = session
         session.on_end.append(self._release)
         await session.insert_row()
+        if self.recording is not None and route.tenant.get("recording_enabled"):
+            self._record(session)
         return session
+
+    def _record(self, session: CallSession) -> None:
+        recorder = CallRecorder(self.recording, session.tenant_id, session.id)
+        session.audio_sinks.append(recorder)
+
+        async def finalize(ended: CallSession) -> None:
+            await recorder.finalize(self.store)
+
+        session.on_end.append(finalize)
 
     def _session(self, tenant_id: str, route: CallRoute | None, provider: str, direction: str,
                  from_number: str | None, to_number: str | None, provider_call_id: str | None) -> CallSession:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING, Any
 
 from runtime.control.errors import Invalid, NotFound
 from runtime.control.models import WebhookConfig, from_row
@@ -12,6 +13,9 @@ from runtime.events.topics import TOPICS, unknown_patterns
 from runtime.ids import new_id, now_iso
 from runtime.secrets import SecretStore
 from runtime.store.store import Store
+
+if TYPE_CHECKING:
+    from runtime.events.delivery import WebhookDelivery, WebhookTestResult
 
 
 def _check_events(events: list[str]) -> None:
@@ -82,6 +86,27 @@ class WebhookService:
         config = await self.get(tenant_id, webhook_id)
         await self.store.webhook_configs.delete(webhook_id, tenant_id=tenant_id)
         self.secrets.delete(config.secret_ref)
+
+    async def deliveries(self, tenant_id: str, webhook_id: str, page: PageRequest) -> Page[WebhookDelivery]:
+        """The webhook's outbox rows, newest first, each with its attempts."""
+        from runtime.events.delivery import delivery_from_rows
+
+        await self.get(tenant_id, webhook_id)
+        rows, total = await self.store.webhook_deliveries.list(
+            tenant_id=tenant_id, equals={"webhook_id": webhook_id}, limit=page.limit, offset=page.offset,
+            descending=True,
+        )
+        attempts: dict[str, list[dict[str, Any]]] = {r["id"]: [] for r in rows}
+        for attempt in await self.store.delivery_attempts_for(tenant_id, list(attempts)):
+            attempts[attempt["delivery_id"]].append(attempt)
+        return Page([delivery_from_rows(r, attempts[r["id"]]) for r in rows], total, page.limit, page.offset)
+
+    async def send_test(self, tenant_id: str, webhook_id: str, *, timeout_s: float,
+                        http: Any = None) -> WebhookTestResult:
+        """POST a signed sample event (topic webhook.test) to the webhook now and report the outcome."""
+        from runtime.events.delivery import send_test
+
+        return await send_test(self.store, self.secrets, tenant_id, webhook_id, timeout_s=timeout_s, http=http)
 
     async def signing_secret(self, tenant_id: str, webhook_id: str) -> str | None:
         config = await self.get(tenant_id, webhook_id)

@@ -252,5 +252,24 @@ INITIAL = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (INITIAL,)
+DELIVERY_ATTEMPTS = Migration(
+    2,
+    "webhook delivery attempts",
+    (
+        f"""CREATE TABLE webhook_delivery_attempts (
+            id TEXT PRIMARY KEY,
+            {_T},
+            delivery_id TEXT NOT NULL REFERENCES webhook_deliveries(id) ON DELETE CASCADE,
+            attempt INTEGER NOT NULL,
+            status_code INTEGER,
+            error TEXT,
+            duration_ms {{bigint}} NOT NULL,
+            created_at {{ts}} NOT NULL
+        )""",
+        "CREATE INDEX webhook_delivery_attempts_delivery ON webhook_delivery_attempts (delivery_id, attempt)",
+        "CREATE INDEX webhook_deliveries_webhook ON webhook_deliveries (webhook_id, created_at)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS)
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -82,6 +82,11 @@ WEBHOOK_DELIVERIES = TableSpec(
      "last_status_code", "last_error", "created_at", "updated_at", "delivered_at"),
     json_columns=frozenset({"payload"}),
 )
+WEBHOOK_DELIVERY_ATTEMPTS = TableSpec(
+    "webhook_delivery_attempts",
+    ("id", "tenant_id", "delivery_id", "attempt", "status_code", "error", "duration_ms", "created_at"),
+    order_by="attempt",
+)
 EVALUATIONS = TableSpec(
     "evaluations",
     ("id", "tenant_id", "agent_id", "agent_version", "call_id", "status", "score", "rubric", "notes", "created_at"),
@@ -95,7 +100,7 @@ CALLBACK_TASKS = TableSpec(
 
 ALL_SPECS = (TENANTS, API_KEYS, VOICE_PROFILES, AGENTS, AGENT_VERSIONS, PHONE_NUMBERS, CREDENTIALS,
              WEBHOOK_CONFIGS, VOICE_CALLS, TRANSCRIPTS, CALL_EVENTS, TOOL_CALLS, RECORDINGS,
-             WEBHOOK_DELIVERIES, EVALUATIONS, CALLBACK_TASKS)
+             WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_ATTEMPTS, EVALUATIONS, CALLBACK_TASKS)
 
 
 class Tables:
@@ -117,6 +122,7 @@ class Tables:
         self.tool_calls = Table(TOOL_CALLS, executor)
         self.recordings = Table(RECORDINGS, executor)
         self.webhook_deliveries = Table(WEBHOOK_DELIVERIES, executor)
+        self.webhook_delivery_attempts = Table(WEBHOOK_DELIVERY_ATTEMPTS, executor)
         self.evaluations = Table(EVALUATIONS, executor)
         self.callback_tasks = Table(CALLBACK_TASKS, executor)
 
@@ -137,6 +143,17 @@ class Tables:
         """Routing: the dialled number decides the tenant, so this lookup is global."""
         row = await self.executor.fetchone("SELECT * FROM phone_numbers WHERE e164 = ?", (e164,))
         return decode(PHONE_NUMBERS, row) if row else None
+
+    async def twilio_tenant_by_account_sid(self, account_sid: str) -> str | None:
+        """The Twilio bridge: the tenant whose twilio credential has this account SID (global lookup)."""
+        rows = await self.executor.fetchall(
+            "SELECT tenant_id, fields FROM credentials WHERE provider = 'twilio' ORDER BY created_at", ()
+        )
+        for row in rows:
+            fields = decode(CREDENTIALS, dict(row))["fields"] or {}
+            if fields.get("account_sid") == account_sid:
+                return row["tenant_id"]
+        return None
 
     async def count_numbers_for_agent(self, tenant_id: str, agent_id: str) -> int:
         return int(await self.executor.fetchval(
@@ -163,6 +180,77 @@ class Tables:
 
     async def max_event_seq(self, call_id: str) -> int | None:
         return await self.executor.fetchval("SELECT MAX(seq) AS s FROM call_events WHERE call_id = ?", (call_id,))
+
+    # The webhook outbox (runtime.events.delivery): claims are global, every row keeps its tenant.
+
+    async def claim_deliveries(self, now: str, limit: int) -> list[Row]:
+        """Mark up to ``limit`` due pending deliveries ``sending`` and return them. On PostgreSQL the
+        rows are locked with SKIP LOCKED, so several runtimes never claim the same row; on SQLite
+        the statement runs on the single writer."""
+        lock = " FOR UPDATE SKIP LOCKED" if self.executor.dialect == "postgres" else ""
+        rows = await self.executor.fetchall(
+            "UPDATE webhook_deliveries SET status = 'sending', updated_at = ? WHERE id IN ("
+            "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ? "
+            f"ORDER BY next_attempt_at LIMIT ?{lock}) RETURNING *",
+            (now, now, limit),
+        )
+        return [decode(WEBHOOK_DELIVERIES, r) for r in rows]
+
+    async def requeue_stale_deliveries(self, claimed_before: str, now: str) -> int:
+        """Deliveries left ``sending`` (by a process that died) since before ``claimed_before``: pending again."""
+        return await self.executor.execute(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, updated_at = ? "
+            "WHERE status = 'sending' AND updated_at < ?",
+            (now, now, claimed_before),
+        )
+
+    async def release_delivery(self, delivery_id: str, now: str) -> int:
+        """A claimed delivery whose attempt did not finish: pending again, due now."""
+        return await self.executor.execute(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, updated_at = ? "
+            "WHERE id = ? AND status = 'sending'",
+            (now, now, delivery_id),
+        )
+
+    async def next_delivery_due(self) -> str | None:
+        return await self.executor.fetchval(
+            "SELECT MIN(next_attempt_at) AS t FROM webhook_deliveries WHERE status = 'pending'"
+        )
+
+    async def delivery_attempts_for(self, tenant_id: str, delivery_ids: list[str]) -> list[Row]:
+        if not delivery_ids:
+            return []
+        marks = ", ".join("?" for _ in delivery_ids)
+        return await self.executor.fetchall(
+            f"SELECT * FROM webhook_delivery_attempts WHERE tenant_id = ? AND delivery_id IN ({marks}) "
+            "ORDER BY delivery_id, attempt",
+            (tenant_id, *delivery_ids),
+        )
+
+    async def expired_call_ids(self, tenant_id: str, before: str, limit: int = 500) -> list[str]:
+        """Retention: a tenant's finished calls created before ``before`` (ISO, oldest first)."""
+        rows = await self.executor.fetchall(
+            "SELECT id FROM voice_calls WHERE tenant_id = ? AND created_at < ? AND status IN ('ended', 'failed') "
+            "ORDER BY created_at LIMIT ?",
+            (tenant_id, before, limit),
+        )
+        return [r["id"] for r in rows]
+
+    async def delete_calls(self, tenant_id: str, call_ids: list[str]) -> dict[str, int]:
+        """Retention: delete calls with their transcripts, events, tool calls and recordings rows;
+        rows deleted per table. Run inside ``atomic()``."""
+        if not call_ids:
+            return {}
+        marks = ", ".join("?" for _ in call_ids)
+        counts = {}
+        for table in ("transcripts", "call_events", "tool_calls", "recordings"):
+            counts[table] = await self.executor.execute(
+                f"DELETE FROM {table} WHERE tenant_id = ? AND call_id IN ({marks})", (tenant_id, *call_ids)
+            )
+        counts["voice_calls"] = await self.executor.execute(
+            f"DELETE FROM voice_calls WHERE tenant_id = ? AND id IN ({marks})", (tenant_id, *call_ids)
+        )
+        return counts
 
     async def set_agent_versions_status(self, tenant_id: str, agent_id: str, from_status: str, to_status: str) -> None:
         await self.executor.execute(

@@ -10,15 +10,18 @@ def all_routes() -> list[Route]:
         agents,
         calls,
         credentials,
+        events,
         keys,
         numbers,
         ops,
+        recordings,
         tenants,
+        twilio,
         voices,
         webhooks,
     )
 
     routes: list[Route] = []
-    for module in (ops, tenants, keys, agents, voices, numbers, credentials, webhooks, calls):
+    for module in (ops, tenants, keys, agents, voices, numbers, credentials, webhooks, calls, recordings, twilio, events):
         routes.extend(module.ROUTES)
     return routes

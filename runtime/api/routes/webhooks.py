@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.api.appkeys import DELIVERY, SETTINGS
 from runtime.api.endpoint import PAGE, Ctx, Route
 from runtime.control.models import WebhookConfig
 from runtime.control.schemas import WebhookCreate, WebhookUpdate
+from runtime.events.delivery import WebhookDelivery, WebhookTestResult
 
 
 async def create_webhook(ctx: Ctx) -> dict[str, Any]:
@@ -35,6 +37,19 @@ async def delete_webhook(ctx: Ctx) -> None:
     await ctx.control.webhooks.delete(ctx.tenant, ctx.param("webhook_id"))
 
 
+async def list_deliveries(ctx: Ctx):
+    return await ctx.control.webhooks.deliveries(ctx.tenant, ctx.param("webhook_id"), ctx.page())
+
+
+async def test_webhook(ctx: Ctx) -> WebhookTestResult:
+    app = ctx.request.app
+    worker = app.get(DELIVERY)
+    return await ctx.control.webhooks.send_test(
+        ctx.tenant, ctx.param("webhook_id"), timeout_s=app[SETTINGS].events.webhooks.timeout_s,
+        http=worker.http if worker is not None else None,
+    )
+
+
 ROUTES = [
     Route("GET", "/api/v1/webhooks", list_webhooks, "List webhook configs", response=WebhookConfig,
           paged=True, query=PAGE, tag="webhooks"),
@@ -48,4 +63,10 @@ ROUTES = [
           "Replace the signing secret (shown once)", response=WebhookConfig, tag="webhooks"),
     Route("DELETE", "/api/v1/webhooks/{webhook_id}", delete_webhook, "Delete a webhook config",
           status=204, tag="webhooks"),
+    Route("GET", "/api/v1/webhooks/{webhook_id}/deliveries", list_deliveries,
+          "List the webhook's deliveries, newest first, with their attempts", response=WebhookDelivery,
+          paged=True, query=PAGE, tag="webhooks"),
+    Route("POST", "/api/v1/webhooks/{webhook_id}/test", test_webhook,
+          "Send a signed sample event (topic webhook.test) now and return the outcome",
+          response=WebhookTestResult, tag="webhooks"),
 ]

@@ -1,0 +1,118 @@
+"""Shared by bench/calls.py and bench/webhooks.py: a throw-away runtime with a Twilio tenant,
+served by `voicectl serve` pinned to core 0 (the load generator goes to core 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api import (  # noqa: E402  (bench/api.py's orchestration helpers)
+    GENERATOR_CORE,
+    REPO,
+    SERVER_CORE,
+    _free_port,
+    _log,
+    _pinned,
+    _server_env,
+    _stop,
+    _wait_ready,
+)
+
+ACCOUNT_SID = "AC" + "b" * 32
+AUTH_TOKEN = "bench-twilio-auth-token"
+NUMBER = "+15550170000"
+__all__ = ["GENERATOR_CORE", "REPO", "SERVER_CORE", "Runtime", "proc_cpu_s", "proc_rss_kb", "_log", "_pinned",
+           "_stop"]
+
+
+def proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def _provision(config: Path) -> None:
+    from runtime.config import load_settings
+    from runtime.control.plane import ControlPlane
+    from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate
+    from runtime.secrets import write_master_key
+    from runtime.store.tables import ALL_TENANTS
+
+    settings = load_settings(config, environ={})
+    write_master_key(settings.master_key_path)
+    control = await ControlPlane.open(settings)
+    try:
+        tenant = await control.tenants.create(TenantCreate(name="bench-twilio"))
+        await control.store.tenants.update(tenant.id, {"max_concurrent_calls": 1_000_000}, tenant_id=ALL_TENANTS)
+        agent = await control.agents.create(tenant.id, AgentCreate(name="bench", system_prompt="bench"))
+        await control.numbers.add(tenant.id, NumberCreate(e164=NUMBER, provider="twilio", agent_id=agent.id))
+        await control.credentials.set(tenant.id, "twilio", CredentialSet(fields={"account_sid": ACCOUNT_SID},
+                                                                         secret=AUTH_TOKEN))
+    finally:
+        await control.close()
+
+
+class Runtime:
+    """`voicectl serve` on a fresh SQLite state dir, pinned to SERVER_CORE."""
+
+    def __init__(self, pin: bool = True) -> None:
+        self.pin = pin
+        self.tmp = tempfile.TemporaryDirectory(prefix="voicectl-bench-")
+        self.state = Path(self.tmp.name)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Runtime:
+        import yaml
+
+        big = {"limit": 1_000_000_000, "window_s": 60}
+        config = {
+            "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace_s": 1},
+            "database": {"url": "sqlite:///voicectl.db"},
+            "secrets": {"backend": "cryptfile", "master_key_file": "master.key"},
+            "limits": {"max_calls": 1_000_000, "rate_limits": {"runtime": {
+                name: big for name in ("read", "write", "session", "realtime", "recording")}}},
+            "telephony": {"twilio": {"api_base_url": "http://127.0.0.1:9"}},
+            "logging": {"level": "warning", "format": "json"},
+        }
+        path = self.state / "config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        asyncio.run(_provision(path))
+        cmd, preexec = _pinned([sys.executable, "-m", "voicectl", "serve", "--config", str(path)],
+                               SERVER_CORE if self.pin else None)
+        log_path = self.state / "server.log"
+        self.log_file = open(log_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, cwd=REPO,
+                                     preexec_fn=preexec, env=_server_env())
+        _wait_ready(self.url + "/healthz", self.proc, 30, log_path)
+        print(f"server pid {self.proc.pid} on core {SERVER_CORE if self.pin else '-'}", flush=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _stop(self.proc)
+        self.log_file.close()
+        self.tmp.cleanup()
+
+    def generator(self, script: Path, spec: str) -> subprocess.Popen:
+        cmd, preexec = _pinned([sys.executable, str(script), "--generator"], GENERATOR_CORE if self.pin else None)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+                                preexec_fn=preexec)
+        assert proc.stdin is not None
+        proc.stdin.write(spec)
+        proc.stdin.close()
+        return proc

@@ -1,0 +1,204 @@
+"""``GET /api/v1/events/ws``: live event subscriptions for a tenant's runtime key.
+
+The key comes in ``Authorization: Bearer`` or ``?token=`` (browsers cannot set
+headers on a WebSocket); it is checked, and the realtime rate class counted,
+before the upgrade, so refusals are ordinary JSON errors. Then:
+
+    -> {"type": "subscribe", "topics": ["voice.call.*", "transcript.*"], "call_id": "call_..."}
+    <- {"type": "subscribed", "topics": [...], "call_id": ...}
+    -> {"type": "unsubscribe", "topics": [...], "call_id": ...}
+    <- {"type": "unsubscribed", "topics": [...], "call_id": ...}
+    <- {"type": "event", "event": {...}}
+    <- {"type": "error", "message": "..."}   (bad messages; the socket stays open)
+
+One bus subscription per socket with a bounded queue: a socket that falls behind
+is closed with code 4008, never waited for. aiohttp's heartbeat pings the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from runtime.api.appkeys import BUS, CONTROL, EVENT_SOCKETS, METRICS, RATE_LIMITER
+from runtime.api.endpoint import Ctx, bearer_key
+from runtime.api.responses import error_response
+from runtime.control.errors import BadRequest, Forbidden, Unauthorized
+from runtime.events.bus import Subscription
+from runtime.events.models import Event
+from runtime.events.topics import TOPICS, matches, unknown_patterns
+
+log = logging.getLogger("voicectl.events")
+
+QUEUE_SIZE = 1000  # events buffered per socket before it counts as too slow
+HEARTBEAT_S = 20.0
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_FILTERS = 100
+MAX_TOPICS = 50
+CLOSE_TOO_SLOW = 4008
+
+FilterKey = tuple[tuple[str, ...], str | None]
+
+
+@dataclass(eq=False)
+class SocketSubscription(Subscription):
+    """Several topic/call filters of one socket over one bounded queue (an event is sent once)."""
+
+    filters: dict[FilterKey, None] = field(default_factory=dict)
+
+    def wants(self, event: Event) -> bool:
+        if event.tenant_id != self.tenant_id:
+            return False
+        return any((call_id is None or event.call_id == call_id) and matches(event.topic, topics)
+                   for topics, call_id in self.filters)
+
+
+def _parse_filter(message: dict[str, Any]) -> FilterKey:
+    topics = message.get("topics")
+    if not isinstance(topics, list) or not topics or len(topics) > MAX_TOPICS or not all(
+        isinstance(t, str) and t and len(t) <= 200 for t in topics
+    ):
+        raise ValueError(f"topics must be a list of 1 to {MAX_TOPICS} topic patterns (strings)")
+    unknown = unknown_patterns(topics)
+    if unknown:
+        raise ValueError(f"patterns {unknown} match no topic; topics are: {', '.join(TOPICS)}")
+    call_id = message.get("call_id")
+    if call_id is not None and (not isinstance(call_id, str) or not call_id or len(call_id) > 200):
+        raise ValueError("call_id must be a call id (string)")
+    return tuple(sorted(set(topics))), call_id
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return orjson.dumps(data).decode()
+
+
+async def events_ws(ctx: Ctx) -> web.StreamResponse:
+    request = ctx.request
+    app = request.app
+    key = bearer_key(request) or (request.query.get("token") or "").strip() or None
+    if key is None:
+        app[METRICS].auth_failures.inc()
+        raise Unauthorized("missing API key: send Authorization: Bearer <key> or ?token=<key>")
+    try:
+        principal = await app[CONTROL].keys.authenticate(key)
+    except Unauthorized:
+        app[METRICS].auth_failures.inc()
+        raise
+    if principal.is_admin or principal.tenant_id is None:
+        raise Forbidden("event subscriptions need a tenant runtime key, not an admin key")
+    headers: dict[str, str] = {}
+    decision = app[RATE_LIMITER].check(principal.key_id, principal.scope, "realtime")
+    if decision is not None:
+        headers = decision.headers()
+        if not decision.allowed:
+            app[METRICS].rate_limited.labels("realtime").inc()
+            retry = int(headers["Retry-After"])
+            return error_response(
+                429, f"rate limit for realtime requests reached; retry in {retry} s",
+                {"route_class": "realtime", "retry_after": retry, "limit": decision.limit, "remaining": 0,
+                 "reset": decision.reset_at},
+                headers=headers,
+            )
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_MESSAGE_BYTES)
+    if not ws.can_prepare(request).ok:
+        raise BadRequest("this endpoint speaks WebSocket: send an Upgrade request")
+    ws.headers.update(headers)
+    await ws.prepare(request)
+    await EventSocket(ws, app, principal.tenant_id).serve()
+    return ws
+
+
+class EventSocket:
+    def __init__(self, ws: web.WebSocketResponse, app: web.Application, tenant_id: str) -> None:
+        self.ws = ws
+        self.app = app
+        self.bus = app[BUS]
+        self.sub = SocketSubscription(tenant_id=tenant_id, queue=asyncio.Queue(QUEUE_SIZE),
+                                      on_overflow=self._overflow)
+        self._sender: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[Any] | None = None
+
+    def _overflow(self, _sub: Subscription) -> None:
+        log.warning("closing a slow event socket", extra={"tenant_id": self.sub.tenant_id})
+        if self._sender is not None:
+            self._sender.cancel()
+        self._closer = asyncio.create_task(
+            self.ws.close(code=CLOSE_TOO_SLOW, message=b"subscriber too slow: events were dropped")
+        )
+
+    async def _send_events(self) -> None:
+        queue = self.sub.queue
+        while True:
+            event = await queue.get()
+            await self.ws.send_str(_dumps({"type": "event", "event": event.to_dict()}))
+
+    async def serve(self) -> None:
+        sockets = self.app[EVENT_SOCKETS]  # closed on shutdown (aiohttp would wait for them)
+        sockets.add(self.ws)
+        self.bus.subscribe(self.sub)
+        self._sender = asyncio.create_task(self._send_events())
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._handle(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await self._error("send JSON text messages")
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        except ConnectionResetError:
+            pass
+        finally:
+            self.bus.unsubscribe(self.sub)
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+            if self._closer is not None:
+                await asyncio.gather(self._closer, return_exceptions=True)
+            sockets.discard(self.ws)
+
+    async def _error(self, message: str) -> None:
+        if not self.ws.closed:
+            await self.ws.send_str(_dumps({"type": "error", "message": message}))
+
+    async def _handle(self, raw: str) -> None:
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            await self._error("message is not valid JSON")
+            return
+        if not isinstance(message, dict):
+            await self._error("message must be a JSON object")
+            return
+        kind = message.get("type")
+        if kind not in ("subscribe", "unsubscribe"):
+            await self._error(f"unknown message type {kind!r}; expected subscribe or unsubscribe")
+            return
+        try:
+            key = _parse_filter(message)
+        except ValueError as exc:
+            await self._error(str(exc))
+            return
+        topics, call_id = key
+        if kind == "subscribe":
+            if key not in self.sub.filters and len(self.sub.filters) >= MAX_FILTERS:
+                await self._error(f"at most {MAX_FILTERS} subscriptions per socket")
+                return
+            self.sub.filters[key] = None
+            reply = "subscribed"
+        else:
+            if key not in self.sub.filters:
+                await self._error("no such subscription (unsubscribe with the same topics and call_id)")
+                return
+            del self.sub.filters[key]
+            reply = "unsubscribed"
+        await self.ws.send_str(_dumps({"type": reply, "topics": list(topics), "call_id": call_id}))
+
+
+async def close_event_sockets(app: web.Application) -> None:
+    """on_shutdown: close every open event socket (1001 going away)."""
+    for ws in list(app[EVENT_SOCKETS]):
+        await ws.close(code=1001, message=b"server shutting down")

@@ -1,0 +1,1 @@
+"""The call pipeline: audio codecs and resampling, outbound pacing (VAD, STT/LLM/TTS come later)."""

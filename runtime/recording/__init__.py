@@ -1,0 +1,1 @@
+"""Call recording: a recorder (an AudioSink) and where its files live."""

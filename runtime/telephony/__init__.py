@@ -1,0 +1,1 @@
+"""Telephony bridges: provider wire formats <-> call sessions and audio frames."""

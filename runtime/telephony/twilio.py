@@ -1,0 +1,261 @@
+"""Twilio voice and status webhooks: signature verification, routing, TwiML.
+
+The signature is checked before any other work, with the auth token of the tenant found
+from ``To`` (or, for an unknown number, from ``AccountSid``). Requests for which no tenant is
+known get a 403 and a metric, and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+from xml.sax.saxutils import escape, quoteattr
+
+from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
+from prometheus_client import Counter
+
+from runtime.api.appkeys import CONTROL, METRICS, SETTINGS, TRACKER
+from runtime.api.responses import error_response
+from runtime.calls.routing import RouteRejected
+from runtime.events.models import TransferRequested
+from runtime.telephony.stream_tokens import StreamTokens
+
+if TYPE_CHECKING:
+    from runtime.calls.session import CallSession
+    from runtime.telephony.twilio_media import MediaStream
+
+log = logging.getLogger("voicectl.twilio")
+
+MEDIA_PATH = "/media/twilio"
+XML = "text/xml"
+# A call answered with <Connect><Stream> whose stream never starts is failed after this long.
+STREAM_START_GRACE_S = 5.0
+REJECTION_SPEECH = {
+    "unknown_number": "Sorry, this number is not in service. Goodbye.",
+    "tenant_call_limit": "Sorry, all of our lines are busy right now. Please call again later. Goodbye.",
+}
+GENERIC_REJECTION = "Sorry, this line is not available right now. Please try again later. Goodbye."
+BUSY_REASONS = frozenset({"busy", "shutting_down"})
+FAILED_STATUSES = frozenset({"busy", "no-answer", "failed", "canceled"})
+
+
+# Signatures
+
+
+def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]] = ()) -> str:
+    """X-Twilio-Signature: base64 HMAC-SHA1 of the URL followed by each ``key + value``, sorted
+    (repeated keys: their distinct values sorted, as the official validator does)."""
+    data = url + "".join(k + v for k, v in sorted(set(params)))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def url_variants(url: str) -> list[str]:
+    """The URL as given, and with the scheme's default port removed or added (as Twilio's validator)."""
+    parts = urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    variants = [url]
+    if default is None or parts.hostname is None:
+        return variants
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    userinfo = parts.netloc.rpartition("@")[0]
+    prefix = f"{userinfo}@" if userinfo else ""
+    if parts.port == default:
+        variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}")))
+    elif parts.port is None:
+        variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}")))
+    return variants
+
+
+def signature_valid(auth_token: str, url: str, params: Iterable[tuple[str, str]], signature: str | None) -> bool:
+    if not signature:
+        return False
+    items = list(params)
+    return any(hmac.compare_digest(twilio_signature(auth_token, u, items).encode(), signature.encode())
+               for u in url_variants(url))
+
+
+def public_request_url(request: web.Request) -> str:
+    """The URL Twilio called: server.public_url + path and query behind a proxy, else the request's own."""
+    public = request.app[SETTINGS].server.public_url
+    if public:
+        return public.rstrip("/") + request.raw_path
+    return f"{request.scheme}://{request.host}{request.raw_path}"
+
+
+def media_stream_url(request: web.Request) -> str:
+    public = request.app[SETTINGS].server.public_url
+    base = public.rstrip("/") if public else f"{request.scheme}://{request.host}"
+    scheme, _, rest = base.partition("://")
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{MEDIA_PATH}"
+
+
+# TwiML
+
+
+def twiml(body: str) -> web.Response:
+    return web.Response(text=f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>', content_type=XML)
+
+
+def stream_twiml(url: str, token: str) -> web.Response:
+    return twiml(f"<Connect><Stream url={quoteattr(url)}>"
+                 f'<Parameter name="token" value={quoteattr(token)}/></Stream></Connect>')
+
+
+def rejection_twiml(rejected: RouteRejected) -> web.Response:
+    if rejected.reason in BUSY_REASONS:
+        return twiml('<Reject reason="busy"/>')
+    return twiml(f"<Say>{escape(REJECTION_SPEECH.get(rejected.reason, GENERIC_REJECTION))}</Say><Hangup/>")
+
+
+# Per-app bridge state
+
+
+class TwilioBridge:
+    """Stream tokens, CallSid -> call id, live media streams and the bridge's metric."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.tokens = StreamTokens()
+        self.by_sid: dict[str, str] = {}
+        self.streams: dict[str, MediaStream] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.refused = Counter(
+            "voicectl_twilio_webhooks_refused", "Twilio webhooks refused before any work, by reason",
+            ("reason",), registry=app[METRICS].registry,
+        )
+        for reason in ("unknown_tenant", "bad_signature", "no_credential"):
+            self.refused.labels(reason)
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+_BRIDGES: weakref.WeakKeyDictionary[web.Application, TwilioBridge] = weakref.WeakKeyDictionary()
+
+
+def bridge(app: web.Application) -> TwilioBridge:
+    found = _BRIDGES.get(app)
+    if found is None:
+        found = _BRIDGES[app] = TwilioBridge(app)
+    return found
+
+
+# Webhooks
+
+
+async def _form(request: web.Request) -> MultiDictProxy[str]:
+    if request.content_type != "application/x-www-form-urlencoded":
+        await request.read()
+        return MultiDictProxy(MultiDict())
+    form = await request.post()
+    return MultiDictProxy(MultiDict((k, v) for k, v in form.items() if isinstance(v, str)))
+
+
+async def _tenant_for(request: web.Request, form: MultiDictProxy[str]) -> str | None:
+    store = request.app[CONTROL].store
+    to = form.get("To")
+    if to:
+        number = await store.number_by_e164(to)
+        if number is not None:
+            return number["tenant_id"]
+    account_sid = form.get("AccountSid")
+    if account_sid:
+        return await store.twilio_tenant_by_account_sid(account_sid)
+    return None
+
+
+async def verified_tenant(request: web.Request) -> tuple[str, MultiDictProxy[str]] | web.Response:
+    """The tenant of a correctly signed webhook, or the 403 to answer with."""
+    br = bridge(request.app)
+    form = await _form(request)
+    tenant_id = await _tenant_for(request, form)
+    if tenant_id is None:
+        br.refused.labels("unknown_tenant").inc()
+        return error_response(403, "the request names no known number or Twilio account")
+    token = await request.app[CONTROL].credentials.secret(tenant_id, "twilio")
+    if not token:
+        br.refused.labels("no_credential").inc()
+        return error_response(403, "the request cannot be verified")
+    if not signature_valid(token, public_request_url(request), form.items(),
+                           request.headers.get("X-Twilio-Signature")):
+        br.refused.labels("bad_signature").inc()
+        return error_response(403, "invalid or missing X-Twilio-Signature")
+    return tenant_id, form
+
+
+async def voice_webhook(request: web.Request) -> web.Response:
+    verified = await verified_tenant(request)
+    if isinstance(verified, web.Response):
+        return verified
+    tenant_id, form = verified
+    call_sid, to = form.get("CallSid"), form.get("To")
+    if not call_sid or not to:
+        return error_response(400, "CallSid and To are required", {"missing": [
+            k for k in ("CallSid", "To") if not form.get(k)]})
+    br = bridge(request.app)
+    tracker = request.app[TRACKER]
+    existing = tracker.get(br.by_sid.get(call_sid, ""))
+    if existing is not None:  # Twilio retried the webhook: same call, a fresh token
+        if existing.state == "ringing":
+            return stream_twiml(media_stream_url(request), br.tokens.issue(existing.id))
+        return twiml("<Hangup/>")
+    try:
+        session = await tracker.open_call(
+            to_number=to, from_number=form.get("From"), provider="twilio", provider_call_id=call_sid,
+            tenant_hint=tenant_id,
+        )
+    except RouteRejected as rejected:
+        log.info("twilio call rejected", extra={"reason": rejected.reason, "tenant_id": rejected.tenant_id})
+        return rejection_twiml(rejected)
+    if session.route is not None and session.route.transfer_now:
+        target = session.route.config["escalation_target"]
+        await session.emit(TransferRequested(target=target, reason="after_hours"))
+        await session.end("after_hours_transfer")
+        return twiml(f"<Dial>{escape(target)}</Dial>")
+    br.by_sid[call_sid] = session.id
+    session.on_end.append(lambda s: _forget(br, s, call_sid))
+    token = br.tokens.issue(session.id)
+    loop = asyncio.get_running_loop()
+    loop.call_later(br.tokens.ttl_s + STREAM_START_GRACE_S, lambda: br.spawn(_stream_never_started(session)))
+    return stream_twiml(media_stream_url(request), token)
+
+
+def _forget(br: TwilioBridge, session: CallSession, call_sid: str) -> None:
+    if br.by_sid.get(call_sid) == session.id:
+        del br.by_sid[call_sid]
+    br.tokens.revoke_call(session.id)
+
+
+async def _stream_never_started(session: CallSession) -> None:
+    if session.state == "ringing":
+        await session.fail("stream_not_started", "the media stream did not start")
+
+
+async def status_webhook(request: web.Request) -> web.Response:
+    verified = await verified_tenant(request)
+    if isinstance(verified, web.Response):
+        return verified
+    tenant_id, form = verified
+    status, call_sid = form.get("CallStatus", ""), form.get("CallSid", "")
+    br = bridge(request.app)
+    session = request.app[TRACKER].get(br.by_sid.get(call_sid, ""))
+    if session is None or session.tenant_id != tenant_id or not session.live:
+        return web.Response(status=204)  # unknown or already finished: nothing to do (idempotent)
+    if status == "completed":
+        await session.end("completed", hangup_by="caller")
+    elif status in FAILED_STATUSES:
+        if session.state == "ringing":
+            await session.fail(status.replace("-", "_"))
+        else:
+            await session.end(status.replace("-", "_"), hangup_by="caller")
+    return web.Response(status=204)

@@ -1,0 +1,295 @@
+"""A Twilio-protocol test caller: what Twilio does for an inbound call, against our runtime.
+
+It signs the voice webhook as Twilio does, posts it, reads the TwiML, follows
+``<Connect><Stream>`` to the WebSocket, sends ``connected`` and ``start`` (with the
+``<Parameter>`` values as customParameters), streams 20 ms mu-law frames from a WAV (any rate)
+in real time or faster, sends DTMF and ``stop``, and collects what the runtime sends back
+(decoded to PCM16, with arrival times) and its marks. Used by the tests, the benchmarks and
+later ``voicectl call``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from runtime.pipeline.audio import Audio, read_wav, ulaw_frames, ulaw_to_pcm16
+from runtime.telephony.twilio import twilio_signature
+
+FRAME_S = 0.020
+
+
+def new_sid(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+@dataclass
+class TwimlAnswer:
+    status: int
+    text: str
+    stream_url: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+    verbs: list[str] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> bool:
+        return self.stream_url is None
+
+
+def parse_twiml(status: int, text: str) -> TwimlAnswer:
+    answer = TwimlAnswer(status, text)
+    if status != 200:
+        return answer
+    root = ET.fromstring(text)
+    answer.verbs = [child.tag for child in root]
+    stream = root.find("./Connect/Stream")
+    if stream is not None:
+        answer.stream_url = stream.get("url")
+        answer.parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    return answer
+
+
+@dataclass
+class CallResult:
+    call_sid: str
+    answer: TwimlAnswer
+    stream_sid: str = ""
+    frames_sent: int = 0
+    frames_received: int = 0
+    received_pcm: bytearray = field(default_factory=bytearray)
+    arrivals: list[float] = field(default_factory=list)  # monotonic arrival time of each outbound frame
+    marks: list[str] = field(default_factory=list)
+    clears: int = 0
+    close_code: int | None = None
+    close_reason: str = ""
+    started_at: float = 0.0
+    ended_at: float = 0.0
+
+    @property
+    def received_s(self) -> float:
+        return len(self.received_pcm) / 2 / 8000
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended_at - self.started_at
+
+
+class MediaLeg:
+    """The WebSocket side of one call; raw access (``send_raw``) for protocol tests."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, result: CallResult) -> None:
+        self.ws = ws
+        self.result = result
+        self.closed = asyncio.Event()
+        self.first_media = asyncio.Event()
+        self.mark_seen = asyncio.Event()
+        self._seq = 0
+        self._chunk = 0
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    def _next(self) -> str:
+        self._seq += 1
+        return str(self._seq)
+
+    async def send_raw(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def send(self, message: dict) -> None:
+        await self.ws.send_str(orjson.dumps(message).decode())
+
+    async def connected(self) -> None:
+        await self.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+    async def start(self, parameters: dict[str, str], account_sid: str, call_sid: str,
+                    media_format: dict | None = None) -> None:
+        self.result.stream_sid = new_sid("MZ")
+        fmt = media_format or {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+        await self.send({
+            "event": "start", "sequenceNumber": self._next(), "streamSid": self.result.stream_sid,
+            "start": {"streamSid": self.result.stream_sid, "accountSid": account_sid, "callSid": call_sid,
+                      "tracks": ["inbound"], "customParameters": parameters, "mediaFormat": fmt},
+        })
+
+    async def media(self, ulaw: bytes) -> None:
+        self._chunk += 1
+        sid = self.result.stream_sid
+        await self.ws.send_str(
+            '{"event":"media","sequenceNumber":"' + self._next() + '","streamSid":"' + sid
+            + '","media":{"track":"inbound","chunk":"' + str(self._chunk) + '","timestamp":"'
+            + str((self._chunk - 1) * 20) + '","payload":"' + base64.b64encode(ulaw).decode() + '"}}'
+        )
+        self.result.frames_sent += 1
+
+    async def stream(self, frames: Sequence[bytes], speed: float = 1.0, stop_when_closed: bool = True) -> None:
+        """Frames on an absolute clock (``speed`` > 1 sends faster; 0 or less: as fast as possible)."""
+        period = FRAME_S / speed if speed > 0 else 0.0
+        anchor = time.monotonic()
+        for n, frame in enumerate(frames):
+            if stop_when_closed and self.closed.is_set():
+                return
+            if period:
+                delay = anchor + n * period - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            try:
+                await self.media(frame)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def dtmf(self, digit: str) -> None:
+        await self.send({"event": "dtmf", "sequenceNumber": self._next(), "streamSid": self.result.stream_sid,
+                         "dtmf": {"track": "inbound_track", "digit": digit}})
+
+    async def mark(self, name: str) -> None:
+        await self.send({"event": "mark", "sequenceNumber": self._next(), "streamSid": self.result.stream_sid,
+                         "mark": {"name": name}})
+
+    async def stop(self, account_sid: str, call_sid: str) -> None:
+        await self.send({"event": "stop", "sequenceNumber": self._next(), "streamSid": self.result.stream_sid,
+                         "stop": {"accountSid": account_sid, "callSid": call_sid}})
+
+    async def _read(self) -> None:
+        result = self.result
+        try:
+            async for msg in self.ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    continue
+                data = orjson.loads(msg.data)
+                event = data.get("event")
+                if event == "media":
+                    result.arrivals.append(time.monotonic())
+                    result.received_pcm += ulaw_to_pcm16(base64.b64decode(data["media"]["payload"]))
+                    result.frames_received += 1
+                    self.first_media.set()
+                elif event == "mark":
+                    name = data["mark"]["name"]
+                    result.marks.append(name)
+                    self.mark_seen.set()
+                    await self.mark(name)  # Twilio echoes a mark once the audio before it has played
+                elif event == "clear":
+                    result.clears += 1
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            result.close_code = self.ws.close_code
+            ext = self.ws.exception()
+            result.close_reason = str(ext) if ext else ""
+            result.ended_at = time.monotonic()
+            self.closed.set()
+
+    async def wait_closed(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self.closed.wait(), timeout)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.wait_for(self.closed.wait(), 5)
+
+
+class TwilioCaller:
+    def __init__(self, base_url: str, account_sid: str, auth_token: str, *, public_url: str | None = None,
+                 http: aiohttp.ClientSession | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.public_url = (public_url or base_url).rstrip("/")
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self._http = http
+        self._own_http = http is None
+
+    async def __aenter__(self) -> TwilioCaller:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._own_http and self._http is not None:
+            await self._http.close()
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    def sign(self, path: str, params: Iterable[tuple[str, str]]) -> str:
+        return twilio_signature(self.auth_token, self.public_url + path, params)
+
+    async def post_signed(self, path: str, params: dict[str, str], *, signature: str | None = None,
+                          sign: bool = True) -> tuple[int, str]:
+        headers = {}
+        if sign:
+            headers["X-Twilio-Signature"] = signature or self.sign(path, params.items())
+        async with self.http.post(self.base_url + path, data=params, headers=headers) as resp:
+            return resp.status, await resp.text()
+
+    def voice_params(self, to: str, from_: str, call_sid: str) -> dict[str, str]:
+        return {"CallSid": call_sid, "AccountSid": self.account_sid, "From": from_, "To": to,
+                "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
+
+    async def dial(self, to: str, from_: str = "+15550001111", call_sid: str | None = None) -> tuple[str, TwimlAnswer]:
+        call_sid = call_sid or new_sid("CA")
+        status, text = await self.post_signed("/webhooks/twilio/voice", self.voice_params(to, from_, call_sid))
+        return call_sid, parse_twiml(status, text)
+
+    async def status(self, call_sid: str, status: str, to: str, from_: str = "+15550001111") -> int:
+        params = {"CallSid": call_sid, "AccountSid": self.account_sid, "From": from_, "To": to,
+                  "Direction": "inbound", "CallStatus": status}
+        code, _ = await self.post_signed("/webhooks/twilio/status", params)
+        return code
+
+    def ws_url(self, stream_url: str) -> str:
+        """The stream URL of the TwiML, pointed at the server we actually reach (public_url may be a proxy)."""
+        parts = urlsplit(stream_url)
+        base = urlsplit(self.base_url)
+        scheme = "wss" if base.scheme == "https" else "ws"
+        return f"{scheme}://{base.netloc}{parts.path}"
+
+    async def open_stream(self, call_sid: str, answer: TwimlAnswer, media_format: dict | None = None,
+                          parameters: dict[str, str] | None = None) -> MediaLeg:
+        assert answer.stream_url, f"no <Stream> in the TwiML: {answer.text}"
+        ws = await self.http.ws_connect(self.ws_url(answer.stream_url), autoping=True, max_msg_size=0)
+        result = CallResult(call_sid, answer, started_at=time.monotonic())
+        leg = MediaLeg(ws, result)
+        await leg.connected()
+        await leg.start(answer.parameters if parameters is None else parameters, self.account_sid, call_sid,
+                        media_format)
+        return leg
+
+    async def call(self, to: str, *, audio: Audio | str | Path | None = None, seconds: float | None = None,
+                   speed: float = 1.0, dtmf: Sequence[str] = (), wait_for_mark: str | None = None,
+                   hangup: bool = True, from_: str = "+15550001111", timeout: float = 30.0) -> CallResult:
+        """A whole call: dial, stream ``audio`` (or ``seconds`` of silence), optional DTMF, then stop."""
+        call_sid, answer = await self.dial(to, from_)
+        if answer.rejected:
+            return CallResult(call_sid, answer)
+        leg = await self.open_stream(call_sid, answer)
+        if isinstance(audio, (str, Path)):
+            audio = read_wav(audio)
+        frames = ulaw_frames(audio) if audio is not None else []
+        if seconds is not None:
+            wanted = int(seconds / FRAME_S)
+            frames = (frames * (wanted // max(1, len(frames)) + 1))[:wanted] if frames else [b"\xff" * 160] * wanted
+        await leg.stream(frames, speed)
+        for digit in dtmf:
+            await leg.dtmf(digit)
+        if wait_for_mark:
+            deadline = time.monotonic() + timeout
+            while wait_for_mark not in leg.result.marks and not leg.closed.is_set():
+                leg.mark_seen.clear()
+                try:
+                    await asyncio.wait_for(leg.mark_seen.wait(), max(0.01, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+        if hangup and not leg.closed.is_set():
+            await leg.stop(self.account_sid, call_sid)
+        await leg.wait_closed(timeout)
+        return leg.result

@@ -1,0 +1,319 @@
+"""The Twilio Media Streams WebSocket of one call.
+
+Inbound: ``connected``, ``start`` (stream token, media format), ``media`` (base64 mu-law,
+20 ms), ``dtmf``, ``mark``, ``stop``. Outbound: ``media``, ``mark``, ``clear``, paced by
+runtime.pipeline.pacer. Until the conversation pipeline lands, a connected call plays the
+packaged greeting once (then a ``greeting`` mark) and counts inbound audio.
+
+Bad input closes this call's socket with a close code and fails the call; nothing else is
+touched. Per frame: one orjson parse, one base64 decode, one mu-law decode, no other objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from runtime.api.appkeys import CONTROL, SETTINGS, TRACKER
+from runtime.api.responses import error_response
+from runtime.calls.session import CallSession
+from runtime.events.models import DtmfReceived
+from runtime.pipeline.audio import GREETING_WAV, TELEPHONY_RATE, read_wav, ulaw_frames, ulaw_to_pcm16
+from runtime.pipeline.pacer import Frame, Pacer
+from runtime.telephony.stream_tokens import StreamTokenError
+from runtime.telephony.twilio import TwilioBridge, bridge
+from runtime.telephony.twilio_rest import TwilioRest
+
+log = logging.getLogger("voicectl.twilio")
+
+MAX_TEXT_BYTES = 64 * 1024  # a text frame larger than this is refused (4413)
+MAX_PAYLOAD_BYTES = TELEPHONY_RATE  # one second of mu-law in one media message is refused (4413)
+_MAX_B64 = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
+DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
+GREETING_MARK = "greeting"
+
+CLOSE_NORMAL = 1000
+CLOSE_BAD_MESSAGE = 4400
+CLOSE_PROTOCOL = 4409
+CLOSE_GONE = 4410
+CLOSE_TOO_BIG = 4413
+CLOSE_MEDIA_FORMAT = 4415
+
+
+class StreamAbort(Exception):
+    def __init__(self, code: int, reason: str, fail_reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason, self.fail_reason = code, reason, fail_reason
+
+
+@functools.cache
+def greeting_frames() -> tuple[tuple[bytes, str], ...]:
+    """The packaged greeting as (mu-law frame, base64) pairs, loaded once per process."""
+    return tuple((f, base64.b64encode(f).decode()) for f in ulaw_frames(read_wav(GREETING_WAV)))
+
+
+class TwilioControl:
+    """CallControl over Twilio's REST API: the engine hangs up or transfers the call."""
+
+    def __init__(self, rest: TwilioRest, call_sid: str) -> None:
+        self.rest, self.call_sid = rest, call_sid
+
+    async def hangup(self, reason: str) -> None:
+        await self.rest.hangup(self.call_sid)
+
+    async def transfer(self, target: str) -> None:
+        await self.rest.transfer(self.call_sid, target)
+
+
+@dataclass
+class StreamCounters:
+    inbound_frames: int = 0
+    inbound_bytes: int = 0
+    marks_received: list[str] = field(default_factory=list)
+    dtmf: int = 0
+
+
+class MediaStream:
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
+        self.request = request
+        self.app = request.app
+        self.ws = ws
+        self.bridge: TwilioBridge = bridge(request.app)
+        self.session: CallSession | None = None
+        self.stream_sid = ""
+        self.call_sid = ""
+        self.counters = StreamCounters()
+        self.pacer = Pacer(self._send_frame)
+        self._media_prefix = ""
+        self._started = time.monotonic()
+        self._ended_by_stop = False
+
+    # The receive loop
+
+    async def run(self) -> None:
+        ws = self.ws
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg.type is WSMsgType.TEXT:
+                    data = msg.data
+                    if len(data) > MAX_TEXT_BYTES:
+                        raise StreamAbort(CLOSE_TOO_BIG, f"text frame larger than {MAX_TEXT_BYTES} bytes",
+                                          "oversized_media_message")
+                    if await self._handle(data):
+                        break
+                elif msg.type is WSMsgType.BINARY:
+                    raise StreamAbort(CLOSE_BAD_MESSAGE, "binary frames are not part of the protocol",
+                                      "bad_media_message")
+                elif msg.type is WSMsgType.ERROR:
+                    raise StreamAbort(CLOSE_TOO_BIG, "unreadable or oversized frame", "oversized_media_message")
+                else:  # CLOSE, CLOSING, CLOSED
+                    break
+        except StreamAbort as abort:
+            log.info("twilio media stream refused", extra={"code": abort.code, "reason": abort.reason,
+                                                            "call_id": self.session.id if self.session else None})
+            await self._close(abort.code, abort.reason)
+            self._record_counts()
+            if self.session is not None and self.session.live:
+                await self.session.fail(abort.fail_reason, abort.reason)
+        finally:
+            await self.pacer.close()
+            session = self.session
+            if session is not None:
+                self.bridge.streams.pop(session.id, None)
+                self._record_counts()
+                if session.live:  # the socket went away without a stop
+                    if session.state == "transferring":
+                        await session.end("transferred")
+                    else:
+                        await session.fail("stream_lost", "the media stream closed without a stop message")
+            if not ws.closed:
+                await ws.close()
+
+    async def _close(self, code: int, reason: str) -> None:
+        if not self.ws.closed:
+            await self.ws.close(code=code, message=reason.encode()[:120])
+
+    async def _handle(self, data: str) -> bool:
+        """One inbound message; True when the stream is over."""
+        try:
+            msg = orjson.loads(data)
+            event = msg["event"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise StreamAbort(CLOSE_BAD_MESSAGE, "malformed JSON message", "bad_media_message") from None
+        if event == "media":
+            self._media(msg)
+            return False
+        if event == "mark":
+            self._mark(msg)
+            return False
+        if event == "dtmf":
+            await self._dtmf(msg)
+            return False
+        if event == "start":
+            await self._start(msg)
+            return False
+        if event == "connected":
+            return False
+        if event == "stop":
+            await self._stop()
+            return True
+        raise StreamAbort(CLOSE_BAD_MESSAGE, f"unknown event {str(event)[:40]!r}", "bad_media_message")
+
+    def _media(self, msg: dict) -> None:
+        session = self.session
+        if session is None:
+            raise StreamAbort(CLOSE_PROTOCOL, "media before start", "bad_media_message")
+        try:
+            payload = msg["media"]["payload"]
+        except (KeyError, TypeError):
+            raise StreamAbort(CLOSE_BAD_MESSAGE, "media message without a payload", "bad_media_message") from None
+        if not isinstance(payload, str):
+            raise StreamAbort(CLOSE_BAD_MESSAGE, "media payload is not a string", "bad_media_message")
+        if len(payload) > _MAX_B64:
+            raise StreamAbort(CLOSE_TOO_BIG, f"media payload over {MAX_PAYLOAD_BYTES} bytes (1 s)",
+                              "oversized_media_message")
+        try:
+            ulaw = binascii.a2b_base64(payload, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise StreamAbort(CLOSE_BAD_MESSAGE, "media payload is not valid base64", "bad_media_message") from None
+        counters = self.counters
+        counters.inbound_frames += 1
+        counters.inbound_bytes += len(ulaw)
+        if session.audio_sinks:
+            session.tap_inbound(ulaw_to_pcm16(ulaw), TELEPHONY_RATE)
+
+    def _mark(self, msg: dict) -> None:
+        try:
+            name = msg["mark"]["name"]
+        except (KeyError, TypeError):
+            raise StreamAbort(CLOSE_BAD_MESSAGE, "mark message without a name", "bad_media_message") from None
+        self.counters.marks_received.append(str(name)[:200])
+
+    async def _dtmf(self, msg: dict) -> None:
+        if self.session is None:
+            raise StreamAbort(CLOSE_PROTOCOL, "dtmf before start", "bad_media_message")
+        try:
+            digit = msg["dtmf"]["digit"]
+        except (KeyError, TypeError):
+            raise StreamAbort(CLOSE_BAD_MESSAGE, "dtmf message without a digit", "bad_media_message") from None
+        if not isinstance(digit, str) or len(digit) != 1 or digit not in DTMF_DIGITS:
+            raise StreamAbort(CLOSE_BAD_MESSAGE, "dtmf digit is not one of 0-9 * # A-D", "bad_media_message")
+        self.counters.dtmf += 1
+        await self.session.emit(DtmfReceived(digit=digit.upper()))
+
+    async def _start(self, msg: dict) -> None:
+        if self.session is not None:
+            raise StreamAbort(CLOSE_PROTOCOL, "a second start message", "bad_media_message")
+        start = msg.get("start")
+        if not isinstance(start, dict):
+            raise StreamAbort(CLOSE_BAD_MESSAGE, "start message without a start object", "bad_media_message")
+        params = start.get("customParameters")
+        token = params.get("token") if isinstance(params, dict) else None
+        try:
+            call_id = self.bridge.tokens.consume(token)
+        except StreamTokenError as exc:
+            raise StreamAbort(exc.code, exc.reason, "") from None
+        session = self.app[TRACKER].get(call_id)
+        if session is None or session.state != "ringing":
+            raise StreamAbort(CLOSE_GONE, "the call is no longer waiting for its stream", "")
+        self.session = session
+        fmt = start.get("mediaFormat")
+        if not (isinstance(fmt, dict) and fmt.get("encoding") == "audio/x-mulaw"
+                and str(fmt.get("sampleRate")) == "8000" and str(fmt.get("channels", 1)) == "1"):
+            raise StreamAbort(CLOSE_MEDIA_FORMAT, "media format must be audio/x-mulaw, 8000 Hz, mono",
+                              "unsupported_media_format")
+        sid = start.get("streamSid") or msg.get("streamSid")
+        if not isinstance(sid, str) or not sid or len(sid) > 64 or '"' in sid or "\\" in sid:
+            raise StreamAbort(CLOSE_BAD_MESSAGE, "start message without a valid streamSid", "bad_media_message")
+        self.stream_sid = sid
+        self.call_sid = str(start.get("callSid") or session.provider_call_id or "")
+        self._media_prefix = '{"event":"media","streamSid":"' + sid + '","media":{"payload":"'
+        session.control = await self._control(session, start)
+        session.on_end.append(self._on_session_end)
+        self.bridge.streams[session.id] = self
+        await session.connect()
+        self.pacer.start()
+        for ulaw, encoded in greeting_frames():
+            self.pacer.push(ulaw, encoded=encoded)
+        self.pacer.push_mark(GREETING_MARK)
+
+    async def _control(self, session: CallSession, start: dict) -> TwilioControl | None:
+        control = self.app[CONTROL]
+        token = await control.credentials.secret(session.tenant_id, "twilio")
+        cred = await control.store.credentials.find(tenant_id=session.tenant_id, provider="twilio")
+        account_sid = (cred or {}).get("fields", {}).get("account_sid") or start.get("accountSid")
+        if not token or not account_sid or not self.call_sid:
+            return None
+        api = self.app[SETTINGS].telephony.twilio.api_base_url
+        return TwilioControl(TwilioRest(api, account_sid, token), self.call_sid)
+
+    def _record_counts(self) -> None:
+        """The stream's counters go into the call's summary (archived with the call row)."""
+        if self.session is not None and self.session.live:
+            self.session.summary.update({
+                "inbound_frames": self.counters.inbound_frames, "inbound_bytes": self.counters.inbound_bytes,
+                "outbound_frames": self.pacer.stats.frames_sent, "outbound_late": self.pacer.stats.late,
+                "dtmf": self.counters.dtmf,
+            })
+
+    async def _stop(self) -> None:
+        session = self.session
+        if session is None or not session.live:
+            return
+        self._record_counts()
+        if session.state == "transferring":
+            await session.end("transferred")
+        else:
+            await session.end("caller_hangup", hangup_by="caller")
+
+    # Outbound
+
+    async def _send_frame(self, frame: Frame) -> None:
+        ws = self.ws
+        if ws.closed:
+            await self.pacer.close()
+            return
+        try:
+            if frame.payload is None:
+                await ws.send_str(orjson.dumps({"event": "mark", "streamSid": self.stream_sid,
+                                                "mark": {"name": frame.mark}}).decode())
+                return
+            encoded = frame.encoded or base64.b64encode(frame.payload).decode()
+            await ws.send_str(self._media_prefix + encoded + '"}}')
+        except (ConnectionError, RuntimeError):
+            self.pacer.closed = True
+            return
+        session = self.session
+        if session is not None and session.audio_sinks:
+            session.tap_outbound(ulaw_to_pcm16(frame.payload), TELEPHONY_RATE)
+
+    async def clear(self) -> int:
+        """Drop queued outbound audio and tell Twilio to drop what it buffered; only when there is any."""
+        dropped = self.pacer.clear()
+        unheard = self.pacer.stats.marks_sent > len(self.counters.marks_received)
+        if (dropped or unheard) and not self.ws.closed:
+            await self.ws.send_str(orjson.dumps({"event": "clear", "streamSid": self.stream_sid}).decode())
+        return dropped
+
+    async def _on_session_end(self, session: CallSession) -> None:
+        # Ended elsewhere (status callback, engine hang-up): the archive is written; just close.
+        await self.pacer.close()
+        await self._close(CLOSE_NORMAL, f"call {session.state}")
+
+
+async def serve(request: web.Request) -> web.StreamResponse:
+    ws = web.WebSocketResponse(max_msg_size=1024 * 1024, autoping=True, compress=False)
+    if not ws.can_prepare(request).ok:
+        return error_response(426, "this is the Twilio Media Streams WebSocket: connect with a WebSocket upgrade",
+                              error="upgrade_required", headers={"Upgrade": "websocket"})
+    await ws.prepare(request)
+    await MediaStream(request, ws).run()
+    return ws

@@ -1,0 +1,54 @@
+"""Twilio's REST call update: transfer (new <Dial> TwiML) and hang-up (Status=completed)."""
+
+from __future__ import annotations
+
+import base64
+from xml.sax.saxutils import escape
+
+import aiohttp
+
+TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
+
+
+class TwilioApiError(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"Twilio API answered {status}: {body[:300]}")
+        self.status = status
+        self.body = body
+
+
+def dial_twiml(target: str) -> str:
+    return f"<Response><Dial>{escape(target)}</Dial></Response>"
+
+
+class TwilioRest:
+    def __init__(self, api_base_url: str, account_sid: str, auth_token: str,
+                 http: aiohttp.ClientSession | None = None) -> None:
+        self.base = api_base_url.rstrip("/")
+        self.account_sid = account_sid
+        basic = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {basic}"}
+        self._http = http
+
+    async def update_call(self, call_sid: str, form: dict[str, str]) -> dict:
+        url = f"{self.base}/2010-04-01/Accounts/{self.account_sid}/Calls/{call_sid}.json"
+        if self._http is not None:
+            return await self._post(self._http, url, form)
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+            return await self._post(http, url, form)
+
+    async def _post(self, http: aiohttp.ClientSession, url: str, form: dict[str, str]) -> dict:
+        async with http.post(url, data=form, headers=self._headers, timeout=TIMEOUT) as resp:
+            text = await resp.text()
+            if resp.status >= 300:
+                raise TwilioApiError(resp.status, text)
+            try:
+                return await resp.json(content_type=None)
+            except ValueError:
+                return {}
+
+    async def transfer(self, call_sid: str, target: str) -> dict:
+        return await self.update_call(call_sid, {"Twiml": dial_twiml(target)})
+
+    async def hangup(self, call_sid: str) -> dict:
+        return await self.update_call(call_sid, {"Status": "completed"})

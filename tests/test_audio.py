@@ -1,0 +1,53 @@
+"""Codecs and resampling (audioop in C) and the packaged greeting."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+from runtime.pipeline.audio import (
+    GREETING_WAV,
+    Resampler,
+    pcm16_to_ulaw,
+    read_wav,
+    rms,
+    ulaw_frames,
+    ulaw_to_pcm16,
+    write_wav,
+)
+
+
+def _tone(rate: int, seconds: float, hz: float = 440.0, amp: int = 8000) -> bytes:
+    n = int(rate * seconds)
+    return struct.pack(f"<{n}h", *(int(amp * math.sin(2 * math.pi * hz * i / rate)) for i in range(n)))
+
+
+def test_mulaw_round_trip_keeps_the_signal() -> None:
+    pcm = _tone(8000, 0.1)
+    back = ulaw_to_pcm16(pcm16_to_ulaw(pcm))
+    assert len(back) == len(pcm) and len(pcm16_to_ulaw(pcm)) == len(pcm) // 2
+    assert abs(rms(back) - rms(pcm)) / rms(pcm) < 0.05
+
+
+def test_streaming_resampler_keeps_duration_across_chunks() -> None:
+    pcm = _tone(16000, 1.0)
+    resampler = Resampler(16000, 8000)
+    out = b"".join(resampler(pcm[i:i + 640]) for i in range(0, len(pcm), 640))
+    assert abs(len(out) / 2 - 8000) <= 2
+    assert abs(rms(out) - rms(pcm)) / rms(pcm) < 0.1
+
+
+def test_wav_of_any_rate_becomes_20ms_mulaw_frames(tmp_path) -> None:
+    path = tmp_path / "tone.wav"
+    write_wav(path, _tone(22050, 0.5), 22050)
+    audio = read_wav(path)
+    assert audio.rate == 22050 and abs(audio.duration_s - 0.5) < 0.001
+    frames = ulaw_frames(audio)
+    assert len(frames) == 25 and {len(f) for f in frames} == {160}
+
+
+def test_the_packaged_greeting_is_small_8khz_and_not_silent() -> None:
+    assert GREETING_WAV.stat().st_size < 60_000
+    audio = read_wav(GREETING_WAV)
+    assert audio.rate == 8000 and 3.0 < audio.duration_s < 8.0
+    assert rms(audio.pcm) > 500

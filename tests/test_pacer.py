@@ -1,0 +1,72 @@
+"""Outbound pacing: an absolute 20 ms clock, no burst at the start, clear and stale generations."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from runtime.pipeline.pacer import Frame, Pacer
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.frames: list[Frame] = []
+
+    async def __call__(self, frame: Frame) -> None:
+        self.times.append(time.monotonic())
+        self.frames.append(frame)
+
+
+async def test_frames_go_out_on_a_20ms_clock_without_a_burst() -> None:
+    sink = Sink()
+    pacer = Pacer(sink)
+    pacer.start()
+    for i in range(25):
+        pacer.push(bytes([i]) * 160)
+    pacer.push_mark("end")
+    while pacer.busy:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.01)
+    await pacer.close()
+    audio = [t for t, f in zip(sink.times, sink.frames, strict=True) if f.payload is not None]
+    assert len(audio) == 25 and sink.frames[-1].mark == "end"
+    assert audio[9] - audio[0] >= 0.15  # generous: 9 intervals of 20 ms, no burst
+    assert audio[-1] - audio[0] < 0.8
+    gaps = [b - a for a, b in zip(audio, audio[1:], strict=False)]
+    assert min(gaps) > 0.005
+    assert pacer.stats.frames_sent == 25 and pacer.stats.marks_sent == 1
+
+
+async def test_clear_drops_what_is_queued() -> None:
+    sink = Sink()
+    pacer = Pacer(sink)
+    pacer.start()
+    for _ in range(50):
+        pacer.push(b"\xff" * 160)
+    await asyncio.sleep(0.1)
+    dropped = pacer.clear()
+    sent = len(sink.frames)
+    assert 40 <= dropped <= 49 and pacer.queued == 0
+    await asyncio.sleep(0.1)
+    assert len(sink.frames) <= sent + 1
+    assert pacer.clear() == 0
+    await pacer.close()
+
+
+async def test_stale_generations_are_dropped() -> None:
+    sink = Sink()
+    pacer = Pacer(sink)
+    for _ in range(5):
+        pacer.push(b"\x01" * 160)
+    pacer.push_mark("old")
+    gen = pacer.new_generation()
+    for _ in range(3):
+        pacer.push(b"\x02" * 160, generation=gen)
+    assert pacer.drop_stale() == 5
+    pacer.start()
+    while pacer.busy:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.03)
+    await pacer.close()
+    assert [f.payload[:1] for f in sink.frames] == [b"\x02"] * 3
