@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-import pytest_asyncio
-
-from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides
-
-
-@pytest_asyncio.fixture
-async def api(settings):
-    live, runner = await start_live_api(with_overrides(settings, limits=high_limits()))
-    try:
-        yield live
-    finally:
-        await stop_live_api(live, runner)
+from tests.api_support import start_live_api, stop_live_api, with_overrides
 
 
 def assert_error(body, error: str | None = None) -> None:

@@ -6,22 +6,12 @@ import asyncio
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from runtime.api.appkeys import BUS
 from runtime.events import websocket
 from runtime.events.models import CallConnected, DtmfReceived, Event, TranscriptCreated
-from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides
+from tests.api_support import start_live_api, stop_live_api, with_overrides
 from tests.test_events_bus import _call
-
-
-@pytest_asyncio.fixture
-async def api(settings):
-    live, runner = await start_live_api(with_overrides(settings, limits=high_limits()))
-    try:
-        yield live
-    finally:
-        await stop_live_api(live, runner)
 
 
 def _ws_url(api, token: str | None = None) -> str:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import re
 
-import pytest_asyncio
-
 from runtime.api.appkeys import ROUTES, SETTINGS
 from runtime.ids import new_id, now_iso
 from runtime.store.store import ALL_SPECS, Table
-from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides
 
 PARAM = re.compile(r"{(\w+)}")
 
@@ -33,15 +30,6 @@ SAMPLE_BODIES = {
     "WebhookCreate": {"url": "https://a.example.test/hook"},
     "WebhookUpdate": {"url": "https://a.example.test/hijack"},
 }
-
-
-@pytest_asyncio.fixture
-async def api(settings):
-    live, runner = await start_live_api(with_overrides(settings, limits=high_limits()))
-    try:
-        yield live
-    finally:
-        await stop_live_api(live, runner)
 
 
 async def _provision_b(api) -> dict[str, str]:

@@ -12,7 +12,6 @@ from runtime.api.appkeys import SETTINGS, TRACKER
 from runtime.api.routes.recordings import ROUTES
 from runtime.recording.recorder import CallRecorder
 from runtime.recording.storage import LocalStorage, UnsafePath
-from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides
 from tests.test_calls_support import engine, provision
 
 FRAME = 160  # 20 ms at 8 kHz
@@ -129,15 +128,6 @@ async def test_tracker_records_calls_of_tenants_with_recording_on(control, tmp_p
     assert unrecorded.audio_sinks == []
     _, total = await control.store.recordings.list(tenant_id=quiet.tenant_id)
     assert total == 0
-
-
-@pytest.fixture
-async def api(settings):
-    live, runner = await start_live_api(with_overrides(settings, limits=high_limits()))
-    try:
-        yield live
-    finally:
-        await stop_live_api(live, runner)
 
 
 async def test_recordings_api_is_tenant_scoped(api):
