@@ -69,8 +69,9 @@ async def _provision(config: Path) -> None:
 class Runtime:
     """`voicectl serve` on a fresh SQLite state dir, pinned to SERVER_CORE."""
 
-    def __init__(self, pin: bool = True) -> None:
+    def __init__(self, pin: bool = True, twilio: dict[str, Any] | None = None) -> None:
         self.pin = pin
+        self.twilio = twilio or {}  # extra telephony.twilio keys (bench/calls.py: a looping greeting)
         self.tmp = tempfile.TemporaryDirectory(prefix="voicectl-bench-")
         self.state = Path(self.tmp.name)
         self.port = _free_port()
@@ -87,7 +88,7 @@ class Runtime:
             "secrets": {"backend": "cryptfile", "master_key_file": "master.key"},
             "limits": {"max_calls": 1_000_000, "rate_limits": {"runtime": {
                 name: big for name in ("read", "write", "session", "realtime", "recording")}}},
-            "telephony": {"twilio": {"api_base_url": "http://127.0.0.1:9"}},
+            "telephony": {"twilio": {"api_base_url": "http://127.0.0.1:9", **self.twilio}},
             "logging": {"level": "warning", "format": "json"},
         }
         path = self.state / "config.yaml"

@@ -1,11 +1,16 @@
 """Signed Twilio voice webhooks per second against one `voicectl serve` process (SQLite).
 
     python bench/webhooks.py [--rates 250,500,1000,1500] [--step 10] [--quick] [--json out.json]
+                             [--profile PREFIX]
 
 Open loop: each webhook is scheduled on an absolute clock at the offered rate and its latency
 runs from the scheduled time to the end of the response (no coordinated omission). Every
 webhook is a new CallSid for a routed number: signature check, routing, a call row and its
-voice.call.started event, TwiML with a stream token. The runtime is on core 0, the generator
+voice.call.started event, TwiML with a stream token. As on a real box, calls also end:
+``--hold`` seconds after its voice webhook each call gets its signed status callback
+(``CallStatus=completed``), so the live set stays at rate x hold calls instead of growing
+without bound (``--hold 0`` keeps every call ringing until the stream-start timeout).
+Status callbacks are timed and reported separately. The runtime is on core 0, the generator
 (aiohttp client, one process) on core 1; its send lag is reported so a saturated generator shows.
 """
 
@@ -24,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calls import _pct  # noqa: E402
 
 
-async def _step(caller, rate: float, seconds: float) -> dict:
+async def _step(caller, rate: float, seconds: float, hold: float = 0.0) -> dict:
     from twilio_common import NUMBER
 
     from runtime.telephony.twilio_caller import new_sid
@@ -32,7 +37,9 @@ async def _step(caller, rate: float, seconds: float) -> dict:
     n = int(rate * seconds)
     lat: list[float] = []
     lags: list[float] = []
+    status_lat: list[float] = []
     errors: dict[str, int] = {}
+    enders: list[asyncio.Task] = []
     prepared = []
     for _ in range(n):
         params = caller.voice_params(NUMBER, "+15550001111", new_sid("CA"))
@@ -46,8 +53,22 @@ async def _step(caller, rate: float, seconds: float) -> dict:
                 errors[str(status)] = errors.get(str(status), 0) + 1
                 return
             lat.append(time.monotonic() - due)
+            if hold > 0:
+                enders.append(asyncio.create_task(end(due + hold, params["CallSid"])))
         except Exception as exc:  # noqa: BLE001
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+
+    async def end(due: float, call_sid: str) -> None:
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        started = time.monotonic()
+        try:
+            status = await caller.status(call_sid, "completed", NUMBER)
+            if status >= 300:
+                errors[f"status:{status}"] = errors.get(f"status:{status}", 0) + 1
+            else:
+                status_lat.append(time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001
+            errors["status:" + type(exc).__name__] = errors.get("status:" + type(exc).__name__, 0) + 1
 
     start = time.monotonic() + 0.05
     tasks = []
@@ -59,10 +80,12 @@ async def _step(caller, rate: float, seconds: float) -> dict:
         tasks.append(asyncio.create_task(one(due, params, signature)))
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - start
+    await asyncio.gather(*enders)
     ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
     return {"offered": rate, "sent": n, "ok": len(lat), "achieved": round(len(lat) / elapsed, 1),
             "p50_ms": ms(_pct(lat, 0.5)), "p99_ms": ms(_pct(lat, 0.99)), "max_ms": ms(max(lat) if lat else None),
-            "send_lag_p99_ms": ms(_pct(lags, 0.99)), "errors": errors}
+            "send_lag_p99_ms": ms(_pct(lags, 0.99)), "status_p99_ms": ms(_pct(status_lat, 0.99)),
+            "errors": errors}
 
 
 async def _generate(spec: dict) -> list[dict]:
@@ -74,9 +97,9 @@ async def _generate(spec: dict) -> list[dict]:
     steps = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http:
         caller = TwilioCaller(spec["url"], ACCOUNT_SID, AUTH_TOKEN, http=http)
-        await _step(caller, 20, 0.5)  # warm-up
+        await _step(caller, 20, 0.5, spec["hold"])  # warm-up
         for rate in spec["rates"]:
-            steps.append(await _step(caller, rate, spec["step"]))
+            steps.append(await _step(caller, rate, spec["step"], spec["hold"]))
             print(json.dumps(steps[-1]), flush=True)
     return steps
 
@@ -86,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="250,500,1000,1500")
     parser.add_argument("--step", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="100 and 200/s, 2 s each")
+    parser.add_argument("--hold", type=float, default=1.0,
+                        help="seconds until each call's status callback ends it (0: never)")
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", metavar="PREFIX",
+                        help="sample the server with py-spy into PREFIX.sqlite.txt (collapsed stacks)")
     parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.generator:
@@ -95,21 +122,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rates = [100, 200] if args.quick else [int(r) for r in args.rates.split(",")]
     step = 2.0 if args.quick else args.step
-    from twilio_common import Runtime, proc_cpu_s
+    from api import _start_profiler, _stop_profiler
+    from twilio_common import GENERATOR_CORE, Runtime, proc_cpu_s
 
     rows = []
     with Runtime(pin=not args.no_pin) as rt:
-        gen = rt.generator(Path(__file__), json.dumps({"url": rt.url, "rates": rates, "step": step}))
-        cpu = proc_cpu_s(rt.proc.pid)
-        t = time.monotonic()
-        for line in gen.stdout:
-            row = json.loads(line)
-            now_cpu, now = proc_cpu_s(rt.proc.pid), time.monotonic()
-            row["server_cpu"] = round((now_cpu - cpu) / (now - t), 2)
-            cpu, t = now_cpu, now
-            rows.append(row)
-        gen.wait(60)
-    cols = ("offered", "achieved", "p50_ms", "p99_ms", "max_ms", "send_lag_p99_ms", "server_cpu", "errors")
+        profiler = _start_profiler(rt.proc.pid, args, "sqlite", None if args.no_pin else GENERATOR_CORE)
+        try:
+            gen = rt.generator(Path(__file__), json.dumps({"url": rt.url, "rates": rates, "step": step, "hold": args.hold}))
+            cpu = proc_cpu_s(rt.proc.pid)
+            t = time.monotonic()
+            for line in gen.stdout:
+                row = json.loads(line)
+                now_cpu, now = proc_cpu_s(rt.proc.pid), time.monotonic()
+                row["server_cpu"] = round((now_cpu - cpu) / (now - t), 2)
+                # Server CPU per webhook answered (the generator's warm-up falls in the first step).
+                row["server_us"] = round((now_cpu - cpu) / row["ok"] * 1e6) if row["ok"] else None
+                cpu, t = now_cpu, now
+                rows.append(row)
+            gen.wait(60)
+        finally:
+            _stop_profiler(profiler, args)
+    cols = ("offered", "achieved", "p50_ms", "p99_ms", "max_ms", "status_p99_ms", "send_lag_p99_ms", "server_cpu",
+            "server_us", "errors")
     print("\n" + "  ".join(f"{c:>15}" for c in cols))
     for row in rows:
         print("  ".join(f"{str(row[c] if row[c] is not None else '-'):>15}" for c in cols))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from runtime.pipeline.pacer import Frame, Pacer
+from runtime.pipeline.pacer import Frame, Pacer, ticker
 
 
 class Sink:
@@ -70,3 +70,60 @@ async def test_stale_generations_are_dropped() -> None:
     await asyncio.sleep(0.03)
     await pacer.close()
     assert [f.payload[:1] for f in sink.frames] == [b"\x02"] * 3
+
+
+async def test_many_pacers_share_one_tick_and_the_ticker_stops_when_idle() -> None:
+    sinks = [Sink() for _ in range(50)]
+    pacers = [Pacer(sink) for sink in sinks]
+    for pacer in pacers:
+        pacer.start()
+        for _ in range(10):
+            pacer.push(b"\xff" * 160)
+    tick = ticker()
+    assert len(tick.active) == 50
+    while any(p.busy for p in pacers):
+        await asyncio.sleep(0.02)
+    for n in range(10):  # the n-th frame of every call went out in the same loop iteration
+        times = [sink.times[n] for sink in sinks]
+        assert max(times) - min(times) < 0.01
+    for sink in sinks:
+        gaps = [b - a for a, b in zip(sink.times, sink.times[1:], strict=False)]
+        assert min(gaps) > 0.005 and sink.times[-1] - sink.times[0] >= 0.15
+    await asyncio.sleep(0.05)
+    assert not tick.active and tick._task is not None and tick._task.done()  # no wakeups while idle
+    for pacer in pacers:
+        await pacer.close()
+
+
+async def test_a_stalled_loop_is_counted_late_and_not_caught_up_with_a_burst() -> None:
+    sink = Sink()
+    pacer = Pacer(sink)
+    pacer.start()
+    for _ in range(20):
+        pacer.push(b"\xff" * 160)
+    while len(sink.times) < 3:
+        await asyncio.sleep(0.005)
+    time.sleep(0.15)  # the event loop is blocked for 7 frames
+    while pacer.busy:
+        await asyncio.sleep(0.02)
+    await pacer.close()
+    gaps = [b - a for a, b in zip(sink.times, sink.times[1:], strict=False)]
+    assert len(sink.times) == 20 and pacer.stats.late >= 1
+    assert sum(1 for g in gaps if g < 0.005) == 0, gaps  # one frame a tick, even right after the stall
+
+
+async def test_a_send_that_raises_stops_only_that_pacer() -> None:
+    good = Sink()
+
+    async def bad(frame: Frame) -> None:
+        raise ValueError("boom")
+
+    pacers = [Pacer(bad), Pacer(good)]
+    for pacer in pacers:
+        pacer.start()
+        for _ in range(5):
+            pacer.push(b"\xff" * 160)
+    await asyncio.sleep(0.2)
+    assert pacers[0].closed and len(good.frames) == 5
+    for pacer in pacers:
+        await pacer.close()

@@ -348,6 +348,74 @@ async def test_raw_transaction_rolls_back(store):
     assert await store.db.fetchval("SELECT COUNT(*) AS n FROM tenants") == 0
 
 
+# Write batches (run_batch): one transaction, all or nothing
+
+
+async def test_write_batch_commits_together(store):
+    batch = store.batch()
+    a, b = tenant_row(), tenant_row()
+    await batch.tenants.insert(a)
+    await batch.tenants.insert(b)
+    assert await store.tenants.get(a["id"], tenant_id=ALL_TENANTS) is None  # nothing runs before commit
+    assert await batch.commit() == [1, 1]
+    assert await store.tenants.get(a["id"], tenant_id=ALL_TENANTS) is not None
+    assert await store.tenants.get(b["id"], tenant_id=ALL_TENANTS) is not None
+    assert await batch.commit() == []  # the statements went with the first commit
+
+
+async def test_write_batch_is_all_or_nothing(store):
+    taken = await store.tenants.insert(tenant_row())
+    fresh = tenant_row()
+    batch = store.batch()
+    await batch.tenants.insert(fresh)
+    await batch.tenants.insert(tenant_row(name=taken["name"]))  # names are unique
+    with pytest.raises(UniqueViolation):
+        await batch.commit()
+    assert await store.tenants.get(fresh["id"], tenant_id=ALL_TENANTS) is None
+    with pytest.raises(ForeignKeyViolation):
+        await store.db.run_batch([
+            ("INSERT INTO tenants (id, name, status, timezone, max_concurrent_calls, max_call_duration_s, "
+             "recording_enabled, retention_days, metadata, created_at, updated_at) "
+             "VALUES (?, ?, 'active', 'UTC', 1, 60, ?, 1, '{}', ?, ?)",
+             (fresh["id"], fresh["name"], False, fresh["created_at"], fresh["created_at"])),
+            ("INSERT INTO agents (id, tenant_id, name, active_version, latest_version, created_at, updated_at) "
+             "VALUES (?, ?, 'a', NULL, 0, ?, ?)", ("agt_x", "ten_missing", fresh["created_at"], fresh["created_at"])),
+        ])
+    assert await store.tenants.get(fresh["id"], tenant_id=ALL_TENANTS) is None
+    # The database is usable afterwards (no transaction left open).
+    await store.tenants.insert(fresh)
+    assert await store.tenants.get(fresh["id"], tenant_id=ALL_TENANTS) is not None
+
+
+async def test_write_batch_cannot_read(store):
+    batch = store.batch()
+    with pytest.raises(TypeError):
+        await batch.tenants.get("x", tenant_id=ALL_TENANTS)
+
+
+async def test_concurrent_batches_fail_alone(store):
+    """Batches in flight together (merged into one SQLite transaction) keep their own outcome."""
+    taken = await store.tenants.insert(tenant_row())
+    good = [tenant_row() for _ in range(20)]
+
+    async def commit(rows):
+        batch = store.batch()
+        for row in rows:
+            await batch.tenants.insert(row)
+        return await batch.commit()
+
+    jobs = [commit([row]) for row in good[:10]]
+    jobs.append(commit([tenant_row(), tenant_row(name=taken["name"])]))
+    jobs += [commit([row]) for row in good[10:]]
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    assert isinstance(results[10], UniqueViolation)
+    assert all(r == [1] for i, r in enumerate(results) if i != 10)
+    total = await store.db.fetchval("SELECT COUNT(*) AS n FROM tenants")
+    assert total == 21
+    if store.db.dialect == "sqlite":
+        assert store.db.batch_groups < len(jobs)  # merged: fewer writer hops than batches
+
+
 # Tenant scoping
 
 

@@ -8,7 +8,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from runtime.store.store import Store
-from runtime.store.tables import ALL_TENANTS
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -76,17 +75,16 @@ def within_hours(hours: dict[str, Any] | None, timezone: str, now: datetime) -> 
 
 
 async def route_call(store: Store, e164: str, now: datetime) -> CallRoute:
-    number = await store.number_by_e164(e164)
-    if number is None:
+    found = await store.route_by_e164(e164)  # number, tenant, agent and version in one read
+    if found is None:
         raise RouteRejected("unknown_number", f"{e164} is not routed")
-    tenant = await store.tenants.get(number["tenant_id"], tenant_id=ALL_TENANTS)
+    number, tenant, agent = found["number"], found["tenant"], found["agent"]
     if tenant is None or tenant["status"] != "active":
         raise RouteRejected("tenant_disabled", "the tenant is disabled", number["tenant_id"], number["id"])
-    agent = await store.agents.get(number["agent_id"], tenant_id=tenant["id"])
     version = number["pinned_version"] or (agent or {}).get("active_version")
     if agent is None or version is None:
         raise RouteRejected("no_active_version", "the agent has no promoted version", tenant["id"], number["id"])
-    row = await store.agent_versions.find(tenant_id=tenant["id"], agent_id=agent["id"], version=version)
+    row = found["version"]
     if row is None:
         raise RouteRejected("no_active_version", f"agent version {version} is missing", tenant["id"], number["id"])
     config = row["config"]

@@ -29,7 +29,7 @@ from runtime.events.models import (
     TransferRequested,
 )
 from runtime.ids import new_id, now_iso
-from runtime.store.store import Store
+from runtime.store.store import Store, WriteBatch
 
 log = logging.getLogger("voicectl.calls")
 
@@ -118,17 +118,20 @@ class CallSession:
     def duration_ms(self) -> int:
         return int((time.monotonic() - self._started_mono) * 1000)
 
-    async def emit(self, payload: Payload) -> Event:
-        """Commit and publish an event of this call with the next sequence number."""
+    async def emit(self, payload: Payload, batch: WriteBatch | None = None) -> Event:
+        """Commit and publish an event of this call with the next sequence number (with ``batch``:
+        the caller's writes, committed in the same transaction before the event)."""
         self._seq += 1
         event = Event.of(payload, tenant_id=self.tenant_id, call_id=self.id, seq=self._seq, trace_id=self.trace_id)
-        await self.bus.publish(event)
+        await self.bus.publish(event, batch)
         return event
 
     async def insert_row(self) -> None:
         now = now_iso()
         route = self.route
-        await self.store.voice_calls.insert({
+        # The row and its voice.call.started commit together: one transaction, one writer hop.
+        batch = self.store.batch()
+        await batch.voice_calls.insert({
             "id": self.id, "tenant_id": self.tenant_id, "agent_id": route.agent_id if route else None,
             "agent_version": route.version if route else None,
             "number_id": route.number["id"] if route else None, "provider": self.provider,
@@ -143,7 +146,7 @@ class CallSession:
             provider=self.provider, direction=self.direction, from_number=self.from_number,
             to_number=self.to_number, agent_id=route.agent_id if route else None,
             agent_version=route.version if route else None,
-        ))
+        ), batch)
 
     async def _transition(self, to: str, reason: str | None, changes: dict[str, Any]) -> str:
         if to not in TRANSITIONS[self.state]:

@@ -20,6 +20,66 @@ from runtime.store.tables import ALL_TENANTS
 log = logging.getLogger("voicectl.calls")
 
 
+class LiveCalls(dict[str, CallSession]):
+    """call id -> live session, with a count per tenant kept as calls come and go, so the
+    tenant limit check on every new call is O(1) (a scan was O(live calls) per call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.per_tenant: dict[str, int] = {}
+
+    def _added(self, session: CallSession) -> None:
+        self.per_tenant[session.tenant_id] = self.per_tenant.get(session.tenant_id, 0) + 1
+
+    def _removed(self, session: CallSession) -> None:
+        left = self.per_tenant.get(session.tenant_id, 0) - 1
+        if left > 0:
+            self.per_tenant[session.tenant_id] = left
+        else:
+            self.per_tenant.pop(session.tenant_id, None)
+
+    def __setitem__(self, call_id: str, session: CallSession) -> None:
+        old = self.get(call_id)
+        if old is not None:
+            self._removed(old)
+        super().__setitem__(call_id, session)
+        self._added(session)
+
+    def __delitem__(self, call_id: str) -> None:
+        session = self[call_id]
+        super().__delitem__(call_id)
+        self._removed(session)
+
+    _MISSING = object()
+
+    def pop(self, call_id: str, default: object = _MISSING) -> object:
+        if call_id in self:
+            session = super().pop(call_id)
+            self._removed(session)
+            return session
+        if default is LiveCalls._MISSING:
+            raise KeyError(call_id)
+        return default
+
+    def popitem(self) -> tuple[str, CallSession]:
+        call_id, session = super().popitem()
+        self._removed(session)
+        return call_id, session
+
+    def clear(self) -> None:
+        super().clear()
+        self.per_tenant.clear()
+
+    def setdefault(self, call_id: str, session: CallSession) -> CallSession:  # type: ignore[override]
+        if call_id not in self:
+            self[call_id] = session
+        return self[call_id]
+
+    def update(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        for call_id, session in dict(*args, **kwargs).items():
+            self[call_id] = session
+
+
 class CallTracker:
     def __init__(self, store: Store, bus: EventBus, *, max_calls: int, recording_dir: Path | None = None) -> None:
         self.store = store
@@ -27,7 +87,7 @@ class CallTracker:
         self.max_calls = max_calls
         # Where recordings go (tenants with recording_enabled); None: nothing is recorded.
         self.recording = LocalStorage(recording_dir) if recording_dir is not None else None
-        self.live: dict[str, CallSession] = {}
+        self.live: LiveCalls = LiveCalls()
         self.accepting = True
 
     @property
@@ -35,7 +95,7 @@ class CallTracker:
         return len(self.live) >= self.max_calls
 
     def live_for(self, tenant_id: str) -> int:
-        return sum(1 for s in self.live.values() if s.tenant_id == tenant_id)
+        return self.live.per_tenant.get(tenant_id, 0)
 
     def get(self, call_id: str) -> CallSession | None:
         return self.live.get(call_id)

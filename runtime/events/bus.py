@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runtime.events.models import Event
 from runtime.events.topics import matches
 from runtime.ids import new_id, now_iso
-from runtime.store.store import Store
+from runtime.store.errors import ForeignKeyViolation
+from runtime.store.store import Store, WriteBatch
+from runtime.store.tables import WRITES
 
 log = logging.getLogger("voicectl.events")
 
 DEFAULT_QUEUE = 1000
+# The active webhook configs of a tenant are read once per HOOKS_TTL_S at most (see EventBus._hooks).
+HOOKS_TTL_S = 1.0
+HOOKS_CACHE_MAX = 10_000
 
 
 @dataclass(eq=False)
@@ -50,6 +56,7 @@ class EventBus:
         self.published = 0
         # Called after each commit that queued outbox rows (the delivery worker wakes up).
         self.on_outbox: Callable[[], None] | None = None
+        self._hooks_cache: dict[str, tuple[tuple[int, int], float, list[dict]]] = {}
 
     def subscribe(self, subscription: Subscription) -> Subscription:
         self._subscriptions.add(subscription)
@@ -58,32 +65,67 @@ class EventBus:
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
 
-    async def publish(self, event: Event) -> None:
-        queued = await self._commit(event)
+    async def publish(self, event: Event, batch: WriteBatch | None = None) -> None:
+        """Commit, then fan out. ``batch``: writes of the caller committed in the event's own
+        transaction, before it (a call's row with its voice.call.started)."""
+        queued = await self._commit(event, batch)
         self.published += 1
         if queued and self.on_outbox is not None:
             self.on_outbox()
         self.fan_out(event)
 
-    async def _commit(self, event: Event) -> int:
-        now = now_iso()
+    async def _hooks(self, tenant_id: str, fresh: bool = False) -> tuple[list[dict], bool]:
+        """The tenant's active webhook configs, and whether they came from the cache. Cached for
+        HOOKS_TTL_S, and dropped at once when this process writes webhook_configs or tenants (so
+        the API's changes apply to the next event); the CLI's, from another process, within the TTL."""
+        generation = (WRITES.get("webhook_configs", 0), WRITES.get("tenants", 0))
+        now = time.monotonic()
+        cached = None if fresh else self._hooks_cache.get(tenant_id)
+        if cached is not None and cached[0] == generation and now < cached[1]:
+            return cached[2], True
         hooks, _ = await self.store.webhook_configs.list(
-            tenant_id=event.tenant_id, equals={"active": True}, limit=200, count=False
+            tenant_id=tenant_id, equals={"active": True}, limit=200, count=False
         )
-        targets = [h for h in hooks if matches(event.topic, h["events"])]
-        async with self.store.atomic() as tx:
-            await tx.call_events.insert({
-                "id": event.id, "tenant_id": event.tenant_id, "call_id": event.call_id, "seq": event.seq,
-                "topic": event.topic, "payload": event.data, "trace_id": event.trace_id, "created_at": event.ts,
-            })
-            for hook in targets:
-                await tx.webhook_deliveries.insert({
-                    "id": new_id("dlv"), "tenant_id": event.tenant_id, "webhook_id": hook["id"],
-                    "event_id": event.id, "topic": event.topic, "payload": event.to_dict(), "status": "pending",
-                    "attempts": 0, "next_attempt_at": now, "last_status_code": None, "last_error": None,
-                    "created_at": now, "updated_at": now, "delivered_at": None,
-                })
+        if len(self._hooks_cache) >= HOOKS_CACHE_MAX:
+            self._hooks_cache.clear()
+        self._hooks_cache[tenant_id] = (generation, now + HOOKS_TTL_S, hooks)
+        return hooks, False
+
+    async def _commit(self, event: Event, batch: WriteBatch | None = None) -> int:
+        hooks, cached = await self._hooks(event.tenant_id)
+        # One batch: the caller's writes, the event and its outbox rows commit together
+        # (one writer hop on SQLite).
+        tx = batch if batch is not None else self.store.batch()
+        before = list(tx.statements)
+        targets = await self._stage(tx, event, hooks)
+        try:
+            await tx.commit()
+        except ForeignKeyViolation:
+            if not cached or not targets:
+                raise
+            # A cached webhook config was deleted (by another process): read them again, once.
+            tx.statements[:] = before
+            hooks, _ = await self._hooks(event.tenant_id, fresh=True)
+            targets = await self._stage(tx, event, hooks)
+            await tx.commit()
         return len(targets)
+
+    @staticmethod
+    async def _stage(tx: WriteBatch, event: Event, hooks: list[dict]) -> list[dict]:
+        now = now_iso()
+        targets = [h for h in hooks if matches(event.topic, h["events"])]
+        await tx.call_events.insert({
+            "id": event.id, "tenant_id": event.tenant_id, "call_id": event.call_id, "seq": event.seq,
+            "topic": event.topic, "payload": event.data, "trace_id": event.trace_id, "created_at": event.ts,
+        })
+        for hook in targets:
+            await tx.webhook_deliveries.insert({
+                "id": new_id("dlv"), "tenant_id": event.tenant_id, "webhook_id": hook["id"],
+                "event_id": event.id, "topic": event.topic, "payload": event.to_dict(), "status": "pending",
+                "attempts": 0, "next_attempt_at": now, "last_status_code": None, "last_error": None,
+                "created_at": now, "updated_at": now, "delivered_at": None,
+            })
+        return targets
 
     def fan_out(self, event: Event) -> None:
         for sub in list(self._subscriptions):

@@ -1,9 +1,12 @@
 """Outbound pacing: 20 ms frames sent on an absolute clock, never in bursts.
 
-Frames go out one per tick of a clock anchored when playback starts (``anchor + n * 20 ms``),
-so sleep overshoot does not accumulate, and the start of a reply is not sent back to back
-(which would fill the provider's buffer and make ``clear`` useless). Anchors sit on a
-process-wide 20 ms grid, so the timers of all calls fire together in one loop iteration.
+One ``Ticker`` per event loop drives every call's pacer: it wakes on a process-wide 20 ms grid
+(``anchor + n * 20 ms``, so sleep overshoot does not accumulate) and, in that one loop
+iteration, sends each busy pacer's next audio frame. N calls cost one timer a tick, not N
+sleeping tasks. A pacer sends at most one audio frame a tick, so the start of a reply is not
+sent back to back (which would fill the provider's buffer and make ``clear`` useless), and a
+late tick is not caught up with a burst: the clock re-anchors and the frame counts as late.
+The ticker only runs while some pacer has something queued.
 
 A mark is sent right after the frame queued before it. Every item carries the generation
 id of the reply it belongs to: ``drop_stale(g)`` discards anything older (barge-in), and
@@ -13,11 +16,16 @@ id of the reply it belongs to: ``drop_stale(g)`` discards anything older (barge-
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
+import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+
+log = logging.getLogger("voicectl.pacer")
+_monotonic = time.monotonic
 
 FRAME_S = 0.020
 # Behind the clock by more than this: the frame is counted late and the clock re-anchored
@@ -30,7 +38,7 @@ class Frame:
     payload: bytes | None  # mu-law audio; None for a mark
     generation: int = 0
     mark: str | None = None
-    encoded: str | None = None  # the wire form (base64), when the producer has it already
+    encoded: str | bytes | None = None  # the wire form (base64), when the producer has it already
 
 
 @dataclass(slots=True)
@@ -45,16 +53,70 @@ class PacerStats:
 SendFrame = Callable[[Frame], Awaitable[None]]
 
 
-class Pacer:
-    def __init__(self, send: SendFrame, *, frame_s: float = FRAME_S, clock: Callable[[], float] = time.monotonic,
-                 grid: bool = True) -> None:
-        self._send = send
-        self.frame_s = frame_s
-        self._clock = clock
-        self._grid = grid
-        self._queue: deque[Frame] = deque()
-        self._wake = asyncio.Event()
+class Ticker:
+    """The shared 20 ms clock of one event loop; see the module docstring."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, frame_s: float = FRAME_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.loop, self.frame_s, self._clock = loop, frame_s, clock
+        self.active: dict[Pacer, None] = {}  # insertion-ordered set of pacers with work queued
         self._task: asyncio.Task[None] | None = None
+        self.ticks = 0
+        self.late_ticks = 0
+
+    def add(self, pacer: Pacer) -> None:
+        self.active[pacer] = None
+        if self._task is None or self._task.done():
+            self._task = self.loop.create_task(self._run(), name="pacer-ticker")
+
+    def discard(self, pacer: Pacer) -> None:
+        self.active.pop(pacer, None)
+
+    async def _run(self) -> None:
+        clock, frame_s, active = self._clock, self.frame_s, self.active
+        anchor, n = math.ceil(clock() / frame_s) * frame_s, 0
+        while active:
+            due = anchor + n * frame_s
+            delay = due - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lag = clock() - due
+            if lag > LATE_S:  # the loop stalled: no catch-up burst, re-anchor on the grid
+                self.late_ticks += 1
+                anchor, n = math.ceil(clock() / frame_s) * frame_s, 0
+            else:
+                n += 1
+            self.ticks += 1
+            for pacer in list(active):
+                try:
+                    if await pacer._tick(due):
+                        continue
+                except Exception:  # one call's broken sender must not stop the others
+                    log.exception("outbound frame send failed; that call's pacer stops")
+                    pacer.closed = True
+                active.pop(pacer, None)
+
+
+_tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Ticker] = weakref.WeakKeyDictionary()
+
+
+def ticker() -> Ticker:
+    """This event loop's ticker."""
+    loop = asyncio.get_running_loop()
+    tick = _tickers.get(loop)
+    if tick is None:
+        tick = _tickers[loop] = Ticker(loop)
+    return tick
+
+
+class Pacer:
+    __slots__ = ("_send", "_queue", "_ticker", "_started", "generation", "stats", "closed", "__weakref__")
+
+    def __init__(self, send: SendFrame) -> None:
+        self._send = send
+        self._queue: deque[Frame] = deque()
+        self._ticker: Ticker | None = None
+        self._started = False
         self.generation = 0
         self.stats = PacerStats()
         self.closed = False
@@ -63,11 +125,20 @@ class Pacer:
 
     def push(self, payload: bytes, generation: int | None = None, encoded: str | None = None) -> None:
         self._queue.append(Frame(payload, self.generation if generation is None else generation, None, encoded))
-        self._wake.set()
+        self._wake()
 
     def push_mark(self, name: str, generation: int | None = None) -> None:
         self._queue.append(Frame(None, self.generation if generation is None else generation, name))
-        self._wake.set()
+        self._wake()
+
+    def extend(self, frames: Iterable[Frame]) -> None:
+        """Queue ready-made frames (shared, never mutated: e.g. a cached greeting)."""
+        self._queue.extend(frames)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._started and not self.closed and self._ticker is not None:
+            self._ticker.add(self)
 
     @property
     def queued(self) -> int:
@@ -100,59 +171,49 @@ class Pacer:
         self.stats.dropped += dropped
         return dropped
 
-    # The sending task
+    # Sending (driven by the loop's ticker)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="pacer")
+        if not self._started:
+            self._started = True
+            self._ticker = ticker()
+            if self._queue:
+                self._ticker.add(self)
 
     async def close(self) -> None:
         self.closed = True
         self._queue.clear()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        if self._ticker is not None:
+            self._ticker.discard(self)
 
-    def _anchor(self) -> float:
-        now = self._clock()
-        if not self._grid:
-            return now
-        return math.ceil(now / self.frame_s) * self.frame_s
+    async def _tick(self, due: float) -> bool:
+        """One tick: marks up to and one audio frame, then the marks right after it.
 
-    async def _run(self) -> None:
-        stats, frame_s = self.stats, self.frame_s
-        while not self.closed:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
+        False when there is nothing left to send (the ticker forgets this pacer until a push)."""
+        queue, stats, generation, send = self._queue, self.stats, self.generation, self._send
+        sent_audio = False
+        while queue and not self.closed:
+            frame = queue[0]
+            if frame.generation < generation:
+                queue.popleft()
+                if frame.payload is not None:
+                    stats.dropped += 1
                 continue
-            anchor, n = self._anchor(), 0
-            while self._queue and not self.closed:
-                frame = self._queue.popleft()
-                if frame.generation < self.generation:
-                    if frame.payload is not None:
-                        stats.dropped += 1
-                    continue
-                if frame.payload is None:
-                    await self._send(frame)
-                    stats.marks_sent += 1
-                    continue
-                due = anchor + n * frame_s
-                delay = due - self._clock()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                    if self.closed:
-                        return
-                lag = self._clock() - due
-                if lag > stats.max_lag_s:
-                    stats.max_lag_s = lag
-                if lag > LATE_S:
-                    stats.late += 1
-                    anchor, n = self._clock(), 0  # re-anchor: no catch-up burst
-                await self._send(frame)
-                stats.frames_sent += 1
-                n += 1
+            if frame.payload is None:
+                queue.popleft()
+                await send(frame)
+                stats.marks_sent += 1
+                continue
+            if sent_audio:
+                return True
+            queue.popleft()
+            lag = _monotonic() - due
+            if lag > stats.max_lag_s:
+                stats.max_lag_s = lag
+            if lag > LATE_S:
+                stats.late += 1
+            await send(frame)
+            stats.frames_sent += 1
+            sent_audio = True
+            generation = self.generation  # the send may have started a new reply
+        return bool(queue) and not self.closed

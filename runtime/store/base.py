@@ -52,6 +52,16 @@ class Database(Executor):
     def transaction(self) -> AbstractAsyncContextManager[Executor]:
         """All statements on the yielded executor commit together or not at all."""
 
+    async def run_batch(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
+        """Run write statements as one transaction, all or nothing; their changed-row counts.
+
+        For a few small writes known up front (a call row, an event and its outbox rows): the
+        SQLite backend runs the whole batch in one hop to its writer thread (and merges batches
+        that queue up meanwhile into one SQLite transaction), where ``transaction()`` costs a
+        hop per statement. Here (PostgreSQL): one transaction on one connection."""
+        async with self.transaction() as tx:
+            return [await tx.execute(sql, params) for sql, params in statements]
+
     @abstractmethod
     async def ping(self) -> bool: ...
 

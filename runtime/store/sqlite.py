@@ -15,7 +15,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -66,6 +66,43 @@ def _run(conn: sqlite3.Connection, sql: str, params: Params, fetch: bool) -> Any
         raise _translate(exc) from exc
 
 
+def _run_group(conn: sqlite3.Connection, batches: list[list[tuple[str, tuple]]]) -> list[list[int] | StoreError]:
+    """Writer thread: several batches in one SQLite transaction, each in a savepoint of its own, so
+    one batch's error undoes that batch alone; per batch its row counts or its error. An error of
+    BEGIN or COMMIT (a lock held by another process past the busy timeout) fails them all."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise _translate(exc) from exc
+    results: list[list[int] | StoreError] = []
+    try:
+        single = len(batches) == 1
+        for statements in batches:
+            if not single:
+                conn.execute("SAVEPOINT batch")
+            try:
+                counts = [conn.execute(sql, params).rowcount for sql, params in statements]
+            except sqlite3.Error as exc:
+                if single:
+                    conn.execute("ROLLBACK")
+                    return [_translate(exc)]
+                conn.execute("ROLLBACK TO batch")
+                conn.execute("RELEASE batch")
+                results.append(_translate(exc))
+            else:
+                if not single:
+                    conn.execute("RELEASE batch")
+                results.append(counts)
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise _translate(exc) from exc
+        raise
+    return results
+
+
 class _WriterExecutor(Executor):
     """Statements inside a transaction: all on the writer thread and connection."""
 
@@ -99,6 +136,10 @@ class SQLiteDatabase(Database):
         self._slow: set[str] = set()  # statements that went over the inline budget once
         self._inline_deadline = 0.0  # thread CPU time at which the running inline read is stopped
         self.inline_fallbacks = 0
+        # run_batch: batches waiting for the writer, and the task that hands them over (group commit).
+        self._batches: list[tuple[list[tuple[str, tuple]], asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
+        self.batch_groups = 0  # writer hops made by run_batch (a hop may carry several batches)
 
     async def connect(self) -> None:
         if self._writer is not None:
@@ -129,6 +170,8 @@ class SQLiteDatabase(Database):
     async def close(self) -> None:
         if self._writer is None:
             return
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._write_pool, self._writer.close)
         if self._loop_conn is not None:
@@ -195,6 +238,39 @@ class SQLiteDatabase(Database):
             return await loop.run_in_executor(self._read_pool, self._read, sql, params)
         async with self._write_lock:  # INSERT/UPDATE ... RETURNING
             return await self._on_writer(_run, sql, params, True)
+
+    async def run_batch(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
+        """One writer hop for the whole batch. Batches that arrive while a hop is in flight wait
+        for it and then go together in the next hop, one SQLite transaction with a savepoint per
+        batch (group commit): each batch is still all or nothing, and done only once committed."""
+        if self._writer is None:
+            raise DatabaseUnavailable("database is not connected")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._batches.append(([(sql, tuple(params)) for sql, params in statements], future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_batches())
+        return await future
+
+    async def _flush_batches(self) -> None:
+        while self._batches:
+            group, self._batches = self._batches, []
+            async with self._write_lock:
+                self.batch_groups += 1
+                try:
+                    results = await self._on_writer(_run_group, [statements for statements, _ in group])
+                except Exception as exc:  # BEGIN or COMMIT failed: nothing of the group was written
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+            for (_, future), result in zip(group, results, strict=True):
+                if future.done():  # the caller was cancelled; its batch may still have committed
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Executor]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
-from runtime.store.base import Database, Executor, Row
+from runtime.store.base import Database, Executor, Params, Row
 from runtime.store.tables import Table, TableSpec, decode
 
 TENANTS = TableSpec(
@@ -108,23 +109,75 @@ class Tables:
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
-        self.tenants = Table(TENANTS, executor)
-        self.api_keys = Table(API_KEYS, executor)
-        self.voice_profiles = Table(VOICE_PROFILES, executor)
-        self.agents = Table(AGENTS, executor)
-        self.agent_versions = Table(AGENT_VERSIONS, executor)
-        self.phone_numbers = Table(PHONE_NUMBERS, executor)
-        self.credentials = Table(CREDENTIALS, executor)
-        self.webhook_configs = Table(WEBHOOK_CONFIGS, executor)
-        self.voice_calls = Table(VOICE_CALLS, executor)
-        self.transcripts = Table(TRANSCRIPTS, executor)
-        self.call_events = Table(CALL_EVENTS, executor)
-        self.tool_calls = Table(TOOL_CALLS, executor)
-        self.recordings = Table(RECORDINGS, executor)
-        self.webhook_deliveries = Table(WEBHOOK_DELIVERIES, executor)
-        self.webhook_delivery_attempts = Table(WEBHOOK_DELIVERY_ATTEMPTS, executor)
-        self.evaluations = Table(EVALUATIONS, executor)
-        self.callback_tasks = Table(CALLBACK_TASKS, executor)
+
+    # Each table is bound on first use (a transaction or a write batch touches one or two).
+    @cached_property
+    def tenants(self) -> Table:
+        return Table(TENANTS, self.executor)
+
+    @cached_property
+    def api_keys(self) -> Table:
+        return Table(API_KEYS, self.executor)
+
+    @cached_property
+    def voice_profiles(self) -> Table:
+        return Table(VOICE_PROFILES, self.executor)
+
+    @cached_property
+    def agents(self) -> Table:
+        return Table(AGENTS, self.executor)
+
+    @cached_property
+    def agent_versions(self) -> Table:
+        return Table(AGENT_VERSIONS, self.executor)
+
+    @cached_property
+    def phone_numbers(self) -> Table:
+        return Table(PHONE_NUMBERS, self.executor)
+
+    @cached_property
+    def credentials(self) -> Table:
+        return Table(CREDENTIALS, self.executor)
+
+    @cached_property
+    def webhook_configs(self) -> Table:
+        return Table(WEBHOOK_CONFIGS, self.executor)
+
+    @cached_property
+    def voice_calls(self) -> Table:
+        return Table(VOICE_CALLS, self.executor)
+
+    @cached_property
+    def transcripts(self) -> Table:
+        return Table(TRANSCRIPTS, self.executor)
+
+    @cached_property
+    def call_events(self) -> Table:
+        return Table(CALL_EVENTS, self.executor)
+
+    @cached_property
+    def tool_calls(self) -> Table:
+        return Table(TOOL_CALLS, self.executor)
+
+    @cached_property
+    def recordings(self) -> Table:
+        return Table(RECORDINGS, self.executor)
+
+    @cached_property
+    def webhook_deliveries(self) -> Table:
+        return Table(WEBHOOK_DELIVERIES, self.executor)
+
+    @cached_property
+    def webhook_delivery_attempts(self) -> Table:
+        return Table(WEBHOOK_DELIVERY_ATTEMPTS, self.executor)
+
+    @cached_property
+    def evaluations(self) -> Table:
+        return Table(EVALUATIONS, self.executor)
+
+    @cached_property
+    def callback_tasks(self) -> Table:
+        return Table(CALLBACK_TASKS, self.executor)
 
     # Special queries: lookups that are not by id within a tenant.
 
@@ -143,6 +196,20 @@ class Tables:
         """Routing: the dialled number decides the tenant, so this lookup is global."""
         row = await self.executor.fetchone("SELECT * FROM phone_numbers WHERE e164 = ?", (e164,))
         return decode(PHONE_NUMBERS, row) if row else None
+
+    async def route_by_e164(self, e164: str) -> dict[str, Row | None] | None:
+        """Routing in one read: the number and, scoped to the number's tenant, the tenant, the agent
+        and the agent version that would answer (pinned, else active). None: no such number; a
+        missing tenant, agent or version is None under its key."""
+        row = await self.executor.fetchone(_ROUTE_SQL, (e164,))
+        if row is None:
+            return None
+        out: dict[str, Row | None] = {}
+        for key, spec in _ROUTE_PARTS:
+            prefix = f"{key}__"
+            part = {col: row[prefix + col] for col in spec.columns}
+            out[key] = None if part["id"] is None else decode(spec, part)
+        return out
 
     async def twilio_tenant_by_account_sid(self, account_sid: str) -> str | None:
         """The Twilio bridge: the tenant whose twilio credential has this account SID (global lookup)."""
@@ -259,6 +326,18 @@ class Tables:
         )
 
 
+_ROUTE_PARTS = (("number", PHONE_NUMBERS), ("tenant", TENANTS), ("agent", AGENTS), ("version", AGENT_VERSIONS))
+_ROUTE_SQL = (
+    "SELECT " + ", ".join(f"{key[0]}.{col} AS {key}__{col}" for key, spec in _ROUTE_PARTS for col in spec.columns)
+    + " FROM phone_numbers n"
+    " LEFT JOIN tenants t ON t.id = n.tenant_id"
+    " LEFT JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id"
+    " LEFT JOIN agent_versions v ON v.tenant_id = n.tenant_id AND v.agent_id = a.id"
+    " AND v.version = COALESCE(n.pinned_version, a.active_version)"
+    " WHERE n.e164 = ?"
+)
+
+
 class Store(Tables):
     def __init__(self, db: Database) -> None:
         super().__init__(db)
@@ -267,6 +346,47 @@ class Store(Tables):
     def atomic(self) -> _Atomic:
         """``async with store.atomic() as tx:`` gives Tables bound to one transaction."""
         return _Atomic(self.db)
+
+    def batch(self) -> WriteBatch:
+        """Writes collected now and committed together by ``await batch.commit()``; see WriteBatch."""
+        return WriteBatch(self.db)
+
+
+class _Recorder(Executor):
+    """Collects write statements instead of running them (no reads: nothing has run yet)."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        self.statements: list[tuple[str, Params]] = []
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        self.statements.append((sql, params))
+        return 0  # not known until the batch commits
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        raise TypeError("a write batch cannot read or return rows; use store.atomic()")
+
+
+class WriteBatch(Tables):
+    """Tables whose inserts, deletes and plain statements are collected, then committed as one
+    transaction (all or nothing) by ``commit()``: one round trip to the SQLite writer thread
+    instead of one per statement. Methods that read or use RETURNING (get, list, update) raise."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._recorder = _Recorder(db.dialect)
+        super().__init__(self._recorder)
+
+    @property
+    def statements(self) -> list[tuple[str, Params]]:
+        return self._recorder.statements
+
+    async def commit(self) -> list[int]:
+        """Run the collected statements atomically; their changed-row counts."""
+        statements, self._recorder.statements = self._recorder.statements, []
+        if not statements:
+            return []
+        return await self._db.run_batch(statements)
 
 
 class _Atomic:

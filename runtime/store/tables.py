@@ -59,6 +59,15 @@ def decode(spec: TableSpec, row: Row) -> Row:
     return row
 
 
+# Writes through Table per table name, in this process: a cache of a table's rows can tell that
+# this process changed the table since it read it. (Other processes, e.g. the CLI: see the cache's TTL.)
+WRITES: dict[str, int] = {}
+
+
+def _wrote(name: str) -> None:
+    WRITES[name] = WRITES.get(name, 0) + 1
+
+
 class Table:
     def __init__(self, spec: TableSpec, db: Executor) -> None:
         self.spec = spec
@@ -82,6 +91,7 @@ class Table:
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         await self.db.execute(f"INSERT INTO {self.spec.name} ({cols}) VALUES ({marks})", list(values.values()))
+        _wrote(self.spec.name)
         return decode(self.spec, dict(values))
 
     async def get(self, id_: str, *, tenant_id: TenantScope) -> Row | None:
@@ -141,9 +151,13 @@ class Table:
             f"UPDATE {self.spec.name} SET {sets} WHERE {' AND '.join(where)} RETURNING *",
             [*values.values(), *params],
         )
+        _wrote(self.spec.name)
         return decode(self.spec, row) if row else None
 
     async def delete(self, id_: str, *, tenant_id: TenantScope) -> bool:
         where, params = ["id = ?"], [id_]
         self._scope(tenant_id, where, params)
-        return await self.db.execute(f"DELETE FROM {self.spec.name} WHERE {' AND '.join(where)}", params) > 0
+        try:
+            return await self.db.execute(f"DELETE FROM {self.spec.name} WHERE {' AND '.join(where)}", params) > 0
+        finally:
+            _wrote(self.spec.name)

@@ -2,8 +2,10 @@
 
 Inbound: ``connected``, ``start`` (stream token, media format), ``media`` (base64 mu-law,
 20 ms), ``dtmf``, ``mark``, ``stop``. Outbound: ``media``, ``mark``, ``clear``, paced by
-runtime.pipeline.pacer. Until the conversation pipeline lands, a connected call plays the
-packaged greeting once (then a ``greeting`` mark) and counts inbound audio.
+runtime.pipeline.pacer. Until the conversation pipeline lands, a connected call plays a WAV
+(``telephony.twilio.greeting_wav``, default the packaged greeting) once, or with
+``greeting_loop`` again and again until the call ends, with a ``greeting`` mark after every
+pass, and counts inbound audio.
 
 Bad input closes this call's socket with a close code and fails the call; nothing else is
 touched. Per frame: one orjson parse, one base64 decode, one mu-law decode, no other objects.
@@ -15,8 +17,10 @@ import base64
 import binascii
 import functools
 import logging
+import struct
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -34,12 +38,17 @@ from runtime.telephony.twilio_rest import TwilioRest
 log = logging.getLogger("voicectl.twilio")
 
 MAX_TEXT_BYTES = 64 * 1024  # a text frame larger than this is refused (4413)
+# Outbound frames are dropped, never waited for, while more than this sits unsent in the transport
+# (after the kernel's socket buffer is full): a send then could wait for the peer (asyncio's
+# low-water mark is 16 KiB) and the shared ticker would stall every call.
+MAX_OUTBOUND_BUFFER = 16 * 1024
 MAX_PAYLOAD_BYTES = TELEPHONY_RATE  # one second of mu-law in one media message is refused (4413)
 _MAX_B64 = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
 DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 GREETING_MARK = "greeting"
 
 CLOSE_NORMAL = 1000
+CLOSE_SERVER_ERROR = 1011
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_PROTOCOL = 4409
 CLOSE_GONE = 4410
@@ -54,9 +63,11 @@ class StreamAbort(Exception):
 
 
 @functools.cache
-def greeting_frames() -> tuple[tuple[bytes, str], ...]:
-    """The packaged greeting as (mu-law frame, base64) pairs, loaded once per process."""
-    return tuple((f, base64.b64encode(f).decode()) for f in ulaw_frames(read_wav(GREETING_WAV)))
+def greeting_frames(path: Path = GREETING_WAV) -> tuple[Frame, ...]:
+    """A WAV as ready-to-send frames (mu-law, base64 wire form) then the ``greeting`` mark;
+    loaded once per process and shared by every call (frames are never mutated)."""
+    frames = [Frame(f, 0, None, base64.b64encode(f)) for f in ulaw_frames(read_wav(path))]
+    return (*frames, Frame(None, 0, GREETING_MARK))
 
 
 class TwilioControl:
@@ -78,6 +89,7 @@ class StreamCounters:
     inbound_bytes: int = 0
     marks_received: list[str] = field(default_factory=list)
     dtmf: int = 0
+    outbound_backlogged: int = 0  # outbound frames and marks dropped because the peer stopped reading
 
 
 class MediaStream:
@@ -91,7 +103,10 @@ class MediaStream:
         self.call_sid = ""
         self.counters = StreamCounters()
         self.pacer = Pacer(self._send_frame)
-        self._media_prefix = ""
+        self._media_prefix = b""
+        self._greeting: tuple[Frame, ...] = ()
+        self._greeting_loop = False
+        self._transport = request.transport
         self._started = time.monotonic()
         self._ended_by_stop = False
 
@@ -235,15 +250,26 @@ class MediaStream:
             raise StreamAbort(CLOSE_BAD_MESSAGE, "start message without a valid streamSid", "bad_media_message")
         self.stream_sid = sid
         self.call_sid = str(start.get("callSid") or session.provider_call_id or "")
-        self._media_prefix = '{"event":"media","streamSid":"' + sid + '","media":{"payload":"'
+        self._media_prefix = b'{"event":"media","streamSid":"' + sid.encode() + b'","media":{"payload":"'
+        self._load_greeting()
         session.control = await self._control(session, start)
         session.on_end.append(self._on_session_end)
         self.bridge.streams[session.id] = self
         await session.connect()
         self.pacer.start()
-        for ulaw, encoded in greeting_frames():
-            self.pacer.push(ulaw, encoded=encoded)
-        self.pacer.push_mark(GREETING_MARK)
+        self.pacer.extend(self._greeting)
+
+    def _load_greeting(self) -> None:
+        settings = self.app[SETTINGS]
+        conf = settings.telephony.twilio
+        path = settings.resolve_path(conf.greeting_wav) if conf.greeting_wav else GREETING_WAV
+        try:
+            self._greeting = greeting_frames(path)
+        except (OSError, ValueError, struct.error) as exc:
+            log.error("telephony.twilio.greeting_wav is unreadable", extra={"path": str(path), "error": str(exc)})
+            raise StreamAbort(CLOSE_SERVER_ERROR, "the configured greeting audio is unreadable",
+                              "greeting_unreadable") from None
+        self._greeting_loop = conf.greeting_loop and len(self._greeting) > 1  # never loop a mark alone
 
     async def _control(self, session: CallSession, start: dict) -> TwilioControl | None:
         control = self.app[CONTROL]
@@ -262,6 +288,7 @@ class MediaStream:
                 "inbound_frames": self.counters.inbound_frames, "inbound_bytes": self.counters.inbound_bytes,
                 "outbound_frames": self.pacer.stats.frames_sent, "outbound_late": self.pacer.stats.late,
                 "dtmf": self.counters.dtmf,
+                "outbound_backlogged": self.counters.outbound_backlogged,
             })
 
     async def _stop(self) -> None:
@@ -277,17 +304,27 @@ class MediaStream:
     # Outbound
 
     async def _send_frame(self, frame: Frame) -> None:
+        """Called by the loop's shared ticker for every call in one iteration: must not wait."""
         ws = self.ws
         if ws.closed:
             await self.pacer.close()
             return
+        payload = frame.payload
+        transport = self._transport
+        if transport is None or transport.get_write_buffer_size() > MAX_OUTBOUND_BUFFER:
+            self.counters.outbound_backlogged += 1  # the peer is not reading: drop, never block
+            return
         try:
-            if frame.payload is None:
-                await ws.send_str(orjson.dumps({"event": "mark", "streamSid": self.stream_sid,
-                                                "mark": {"name": frame.mark}}).decode())
+            if payload is None:
+                await ws.send_frame(orjson.dumps({"event": "mark", "streamSid": self.stream_sid,
+                                                  "mark": {"name": frame.mark}}), WSMsgType.TEXT)
+                if frame.mark == GREETING_MARK and self._greeting_loop and self.pacer.generation == 0:
+                    self.pacer.extend(self._greeting)  # the next pass starts on the next tick
                 return
-            encoded = frame.encoded or base64.b64encode(frame.payload).decode()
-            await ws.send_str(self._media_prefix + encoded + '"}}')
+            encoded = frame.encoded or base64.b64encode(payload)
+            if encoded.__class__ is str:
+                encoded = encoded.encode()
+            await ws.send_frame(b"".join((self._media_prefix, encoded, b'"}}')), WSMsgType.TEXT)
         except (ConnectionError, RuntimeError):
             self.pacer.closed = True
             return
