@@ -20,7 +20,7 @@ def new_id(prefix: str) -> str:
 
 def now_iso() -> str:
     """UTC timestamp with a fixed width so strings sort like times in both backends."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).isoformat(timespec="microseconds")[:-6] + "Z"  # as strftime("...%S.%fZ"), faster
 
 
 def parse_iso(value: str) -> datetime:

@@ -123,8 +123,8 @@ def test_latency_aggregate():
     assert (many["p50_ms"], many["p95_ms"], many["max_ms"]) == (50.0, 95.0, 100.0)
 
 
-class _HangingCalls:
-    """voice_calls whose final (archive) update never returns."""
+class _HangingBatch:
+    """A write batch whose commit never returns once it holds the final (archive) update."""
 
     def __init__(self, real) -> None:
         self.real = real
@@ -132,16 +132,18 @@ class _HangingCalls:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    async def update(self, id_, changes, *, tenant_id):
-        if "end_reason" in changes:
+    async def commit(self):
+        if any(sql.startswith("UPDATE voice_calls") and "end_reason" in sql for sql, _ in self.real.statements):
             await asyncio.Event().wait()
-        return await self.real.update(id_, changes, tenant_id=tenant_id)
+        return await self.real.commit()
 
 
 class _HangingStore:
     def __init__(self, real) -> None:
         self.real = real
-        self.voice_calls = _HangingCalls(real.voice_calls)
+
+    def batch(self):
+        return _HangingBatch(self.real.batch())
 
     def __getattr__(self, name):
         return getattr(self.real, name)

@@ -322,3 +322,25 @@ def test_parse_twiml_reads_the_stream() -> None:
                               '<Parameter name="token" value="t1"/></Stream></Connect></Response>')
     assert answer.stream_url == "wss://h/media/twilio" and answer.parameters == {"token": "t1"}
     assert re.match(r"CA[0-9a-f]{32}$", new_sid("CA"))
+
+
+async def test_a_stream_that_never_starts_fails_the_call_and_a_started_one_does_not(world, monkeypatch) -> None:
+    import runtime.telephony.twilio as twilio_mod
+
+    monkeypatch.setattr(twilio_mod, "STREAM_START_GRACE_S", 0.0)
+    tokens = bridge(world.api.app).tokens
+    monkeypatch.setattr(tokens, "ttl_s", 0.3)
+    caller = world.caller()
+    silent_sid, _ = await caller.dial(NUMBER)
+    streamed_sid, answer = await caller.dial(NUMBER)
+    leg = await caller.open_stream(streamed_sid, answer)
+    await leg.first_media.wait()
+    for _ in range(100):
+        row = await world.call_by_sid(silent_sid)
+        if row["status"] == "failed":
+            break
+        await asyncio.sleep(0.05)
+    assert row["status"] == "failed" and row["end_reason"] == "stream_not_started"
+    assert (await world.call_by_sid(streamed_sid))["status"] == "connected"
+    await leg.stop(ACCOUNT_SID, streamed_sid)
+    await leg.wait_closed()

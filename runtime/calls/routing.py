@@ -74,8 +74,11 @@ def within_hours(hours: dict[str, Any] | None, timezone: str, now: datetime) -> 
     return False
 
 
-async def route_call(store: Store, e164: str, now: datetime) -> CallRoute:
-    found = await store.route_by_e164(e164)  # number, tenant, agent and version in one read
+async def route_call(store: Store, e164: str, now: datetime,
+                     found: dict[str, Any] | None = None) -> CallRoute:
+    """``found``: the ``store.route_by_e164(e164)`` result when the caller has just read it."""
+    if found is None:
+        found = await store.route_by_e164(e164)  # number, tenant, agent and version in one read
     if found is None:
         raise RouteRejected("unknown_number", f"{e164} is not routed")
     number, tenant, agent = found["number"], found["tenant"], found["agent"]

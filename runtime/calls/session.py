@@ -64,7 +64,7 @@ class CallControl(Protocol):
     async def transfer(self, target: str) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class CallSession:
     id: str
     tenant_id: str
@@ -85,14 +85,36 @@ class CallSession:
     latency: dict[str, Any] = field(default_factory=dict)
     _seq: int = 0
     _started_mono: float = field(default_factory=time.monotonic)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # Created on first use: most calls never contend, and tens of thousands may be live at once.
+    _lock_obj: asyncio.Lock | None = None
+    _ended: asyncio.Event | None = None
+    _ended_flag: bool = False
     on_end: list[Callable[[CallSession], Awaitable[None] | None]] = field(default_factory=list)
     audio_sinks: list[AudioSink] = field(default_factory=list)
     # Called at T-2 min and T-30 s of the duration limit with (session, remaining_s); the pipeline speaks.
     on_duration_warning: list[Callable[[CallSession, int], Awaitable[None]]] = field(default_factory=list)
     watchdog: DurationWatchdog | None = None
     _latency_samples: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def _lock(self) -> asyncio.Lock:
+        if self._lock_obj is None:
+            self._lock_obj = asyncio.Lock()
+        return self._lock_obj
+
+    @property
+    def ended(self) -> asyncio.Event:
+        """Set once the call has ended and been archived."""
+        if self._ended is None:
+            self._ended = asyncio.Event()
+            if self._ended_flag:
+                self._ended.set()
+        return self._ended
+
+    def _set_ended(self) -> None:
+        self._ended_flag = True
+        if self._ended is not None:
+            self._ended.set()
 
     def observe_latency(self, stage: str, ms: float) -> None:
         """One latency sample of a pipeline stage (stt, llm_first_token, tts_first_audio, ...);
@@ -121,10 +143,17 @@ class CallSession:
     async def emit(self, payload: Payload, batch: WriteBatch | None = None) -> Event:
         """Commit and publish an event of this call with the next sequence number (with ``batch``:
         the caller's writes, committed in the same transaction before the event)."""
-        self._seq += 1
-        event = Event.of(payload, tenant_id=self.tenant_id, call_id=self.id, seq=self._seq, trace_id=self.trace_id)
+        event = self._event(payload)
         await self.bus.publish(event, batch)
         return event
+
+    def _event(self, payload: Payload) -> Event:
+        self._seq += 1
+        return Event.of(payload, tenant_id=self.tenant_id, call_id=self.id, seq=self._seq, trace_id=self.trace_id)
+
+    async def _emit_all(self, payloads: list[Payload], batch: WriteBatch) -> None:
+        """Events of this call committed with ``batch`` in one transaction, then published in order."""
+        await self.bus.publish_all([self._event(p) for p in payloads], batch)
 
     async def insert_row(self) -> None:
         now = now_iso()
@@ -148,21 +177,25 @@ class CallSession:
             agent_version=route.version if route else None,
         ), batch)
 
-    async def _transition(self, to: str, reason: str | None, changes: dict[str, Any]) -> str:
+    async def _transition(self, to: str, reason: str | None, changes: dict[str, Any],
+                          *then: Payload) -> str:
+        """The row's UPDATE, call.state_changed and the ``then`` events: one transaction (one
+        writer hop), published after the commit."""
         if to not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"call {self.id}: {self.state} -> {to} is not allowed")
         before, self.state = self.state, to
-        await self.store.voice_calls.update(
+        batch = self.store.batch()
+        await batch.voice_calls.set(
             self.id, {"status": to, "updated_at": now_iso(), **changes}, tenant_id=self.tenant_id
         )
-        await self.emit(StateChanged(from_state=before, to_state=to, reason=reason))
+        await self._emit_all([StateChanged(from_state=before, to_state=to, reason=reason), *then], batch)
         return before
 
     async def connect(self) -> None:
         async with self._lock:
             self.connected_at = now_iso()
-            await self._transition(CONNECTED, None, {"connected_at": self.connected_at})
-            await self.emit(CallConnected(provider=self.provider))
+            await self._transition(CONNECTED, None, {"connected_at": self.connected_at},
+                                   CallConnected(provider=self.provider))
             self._start_watchdog()
 
     def _start_watchdog(self) -> None:
@@ -174,8 +207,7 @@ class CallSession:
     async def transfer(self, target: str, reason: str | None = None) -> None:
         """Ask the bridge to transfer; the call then ends with reason=transferred when the bridge says so."""
         async with self._lock:
-            await self._transition(TRANSFERRING, reason, {})
-            await self.emit(TransferRequested(target=target, reason=reason))
+            await self._transition(TRANSFERRING, reason, {}, TransferRequested(target=target, reason=reason))
         if self.control is not None:
             await self.control.transfer(target)
 
@@ -214,7 +246,7 @@ class CallSession:
                 # Never let logging block teardown; the state is final in memory either way.
                 self.state = state
                 log.exception("archiving the call failed", extra={"call_id": self.id, "reason": reason})
-        self.ended.set()
+        self._set_ended()
         for callback in list(self.on_end):
             try:
                 result = callback(self)
@@ -225,11 +257,9 @@ class CallSession:
 
     async def _archive(self, state: str, reason: str, hangup_by: str | None, message: str | None,
                        changes: dict[str, Any], duration: int) -> None:
-        await self._transition(state, reason, changes)
-        if state == ENDED:
-            await self.emit(CallCompleted(reason=reason, hangup_by=hangup_by, duration_ms=duration))
-        else:
-            await self.emit(CallFailed(reason=reason, message=message))
+        final: Payload = (CallCompleted(reason=reason, hangup_by=hangup_by, duration_ms=duration) if state == ENDED
+                          else CallFailed(reason=reason, message=message))
+        await self._transition(state, reason, changes, final)
 
 
 def aggregate(samples: list[float]) -> dict[str, float | int]:

@@ -103,6 +103,7 @@ class CallTracker:
     async def open_call(
         self, *, to_number: str, from_number: str | None, provider: str, direction: str = "inbound",
         provider_call_id: str | None = None, tenant_hint: str | None = None, now: datetime | None = None,
+        routing: dict | None = None,
     ) -> CallSession:
         """Route and register a call. A rejected call whose tenant is known keeps a failed row and
         a voice.call.failed event; RouteRejected is raised for the bridge to answer the caller."""
@@ -111,7 +112,7 @@ class CallTracker:
                 raise RouteRejected("shutting_down", "the runtime is shutting down", tenant_hint)
             if self.at_capacity:
                 raise RouteRejected("busy", "the runtime is at its call limit", tenant_hint)
-            route = await route_call(self.store, to_number, now or datetime.now(UTC))
+            route = await route_call(self.store, to_number, now or datetime.now(UTC), routing)
             if self.live_for(route.tenant_id) >= route.tenant["max_concurrent_calls"]:
                 raise RouteRejected("tenant_call_limit", "the tenant is at its concurrent-call limit",
                                     route.tenant_id, route.number["id"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from runtime.control.errors import Invalid, NotFound
@@ -11,6 +12,12 @@ from runtime.control.schemas import CredentialSet
 from runtime.ids import new_id, now_iso
 from runtime.secrets import SecretStore
 from runtime.store.store import Store
+from runtime.store.tables import WRITES
+
+# The runtime's secret lookups (a signature check per webhook) read a credential row at most once
+# per SECRET_REF_TTL_S; a write to credentials in this process drops the cache at once.
+SECRET_REF_TTL_S = 1.0
+SECRET_REF_CACHE_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class CredentialService:
     def __init__(self, store: Store, secrets: SecretStore) -> None:
         self.store = store
         self.secrets = secrets
+        self._refs: dict[tuple[str, str], tuple[int, float, str | None]] = {}
 
     @staticmethod
     def _public(row: dict) -> Credential:
@@ -113,7 +121,16 @@ class CredentialService:
 
     async def secret(self, tenant_id: str, provider: str) -> str | None:
         """For the runtime only (signature checks, provider clients); never printed or returned by the API."""
-        row = await self.store.credentials.find(tenant_id=tenant_id, provider=provider)
-        if row is None or row["secret_ref"] is None:
+        key, generation, now = (tenant_id, provider), WRITES.get("credentials", 0), time.monotonic()
+        cached = self._refs.get(key)
+        if cached is not None and cached[0] == generation and now < cached[1]:
+            ref = cached[2]
+        else:
+            row = await self.store.credentials.find(tenant_id=tenant_id, provider=provider)
+            ref = None if row is None else row["secret_ref"]
+            if len(self._refs) >= SECRET_REF_CACHE_MAX:
+                self._refs.clear()
+            self._refs[key] = (generation, now + SECRET_REF_TTL_S, ref)
+        if ref is None:
             return None
-        return self.secrets.get(row["secret_ref"], cached=True)
+        return self.secrets.get(ref, cached=True)

@@ -68,11 +68,17 @@ class EventBus:
     async def publish(self, event: Event, batch: WriteBatch | None = None) -> None:
         """Commit, then fan out. ``batch``: writes of the caller committed in the event's own
         transaction, before it (a call's row with its voice.call.started)."""
-        queued = await self._commit(event, batch)
-        self.published += 1
+        await self.publish_all((event,), batch)
+
+    async def publish_all(self, events: tuple[Event, ...] | list[Event], batch: WriteBatch | None = None) -> None:
+        """Several events of one tenant (in order) committed in one transaction with ``batch``,
+        then fanned out in that order."""
+        queued = await self._commit(events, batch)
+        self.published += len(events)
         if queued and self.on_outbox is not None:
             self.on_outbox()
-        self.fan_out(event)
+        for event in events:
+            self.fan_out(event)
 
     async def _hooks(self, tenant_id: str, fresh: bool = False) -> tuple[list[dict], bool]:
         """The tenant's active webhook configs, and whether they came from the cache. Cached for
@@ -91,13 +97,14 @@ class EventBus:
         self._hooks_cache[tenant_id] = (generation, now + HOOKS_TTL_S, hooks)
         return hooks, False
 
-    async def _commit(self, event: Event, batch: WriteBatch | None = None) -> int:
-        hooks, cached = await self._hooks(event.tenant_id)
+    async def _commit(self, events: tuple[Event, ...] | list[Event], batch: WriteBatch | None = None) -> int:
+        tenant_id = events[0].tenant_id
+        hooks, cached = await self._hooks(tenant_id)
         # One batch: the caller's writes, the event and its outbox rows commit together
         # (one writer hop on SQLite).
         tx = batch if batch is not None else self.store.batch()
         before = list(tx.statements)
-        targets = await self._stage(tx, event, hooks)
+        targets = await self._stage_all(tx, events, hooks)
         try:
             await tx.commit()
         except ForeignKeyViolation:
@@ -105,10 +112,18 @@ class EventBus:
                 raise
             # A cached webhook config was deleted (by another process): read them again, once.
             tx.statements[:] = before
-            hooks, _ = await self._hooks(event.tenant_id, fresh=True)
-            targets = await self._stage(tx, event, hooks)
+            hooks, _ = await self._hooks(tenant_id, fresh=True)
+            targets = await self._stage_all(tx, events, hooks)
             await tx.commit()
         return len(targets)
+
+    @classmethod
+    async def _stage_all(cls, tx: WriteBatch, events: tuple[Event, ...] | list[Event],
+                         hooks: list[dict]) -> list[dict]:
+        targets: list[dict] = []
+        for event in events:
+            targets += await cls._stage(tx, event, hooks)
+        return targets
 
     @staticmethod
     async def _stage(tx: WriteBatch, event: Event, hooks: list[dict]) -> list[dict]:

@@ -154,6 +154,16 @@ class Table:
         _wrote(self.spec.name)
         return decode(self.spec, row) if row else None
 
+    async def set(self, id_: str, changes: dict[str, Any], *, tenant_id: TenantScope) -> None:
+        """``update`` without reading the row back (no RETURNING): usable in a WriteBatch."""
+        values = _encode(self.spec, changes)
+        sets = ", ".join(f"{k} = ?" for k in values)
+        where, params = ["id = ?"], [id_]
+        self._scope(tenant_id, where, params)
+        await self.db.execute(f"UPDATE {self.spec.name} SET {sets} WHERE {' AND '.join(where)}",
+                              [*values.values(), *params])
+        _wrote(self.spec.name)
+
     async def delete(self, id_: str, *, tenant_id: TenantScope) -> bool:
         where, params = ["id = ?"], [id_]
         self._scope(tenant_id, where, params)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 DEFAULT_TTL_S = 30.0
 # Used tokens are remembered this long past their expiry, so a replay says "reused", not "unknown".
@@ -27,11 +26,9 @@ class StreamTokenError(Exception):
 UNKNOWN, EXPIRED, REUSED = 4401, 4401, 4403
 
 
-@dataclass(slots=True)
-class _Entry:
-    call_id: str
-    expires: float
-    used: bool = False
+# A token's entry: (call_id, expires, used). A tuple of atoms (replaced, never mutated) so the
+# cyclic GC untracks it: a busy box remembers hundreds of thousands of tokens.
+_Entry = tuple[str, float, bool]
 
 
 class StreamTokens:
@@ -39,12 +36,19 @@ class StreamTokens:
         self.ttl_s = ttl_s
         self._clock = clock
         self._tokens: dict[str, _Entry] = {}
+        # call id -> its token (a tuple of them if the webhook was retried): revoke_call is O(1).
+        self._by_call: dict[str, str | tuple[str, ...]] = {}
         self._next_purge = 0.0
 
     def issue(self, call_id: str) -> str:
         self._purge()
         token = secrets.token_urlsafe(24)
-        self._tokens[token] = _Entry(call_id, self._clock() + self.ttl_s)
+        self._tokens[token] = (call_id, self._clock() + self.ttl_s, False)
+        held = self._by_call.get(call_id)
+        if held is None:
+            self._by_call[call_id] = token
+        else:
+            self._by_call[call_id] = (held, token) if isinstance(held, str) else (*held, token)
         return token
 
     def consume(self, token: str | None) -> str:
@@ -52,17 +56,22 @@ class StreamTokens:
         entry = self._tokens.get(token) if isinstance(token, str) else None
         if entry is None:
             raise StreamTokenError(UNKNOWN, "unknown stream token")
-        if entry.used:
+        call_id, expires, used = entry
+        if used:
             raise StreamTokenError(REUSED, "stream token already used")
-        if self._clock() > entry.expires:
+        if self._clock() > expires:
             raise StreamTokenError(EXPIRED, "stream token expired")
-        entry.used = True
-        return entry.call_id
+        self._tokens[token] = (call_id, expires, True)  # type: ignore[index]
+        return call_id
 
     def revoke_call(self, call_id: str) -> None:
-        for entry in self._tokens.values():
-            if entry.call_id == call_id:
-                entry.used = True
+        held = self._by_call.pop(call_id, None)
+        if held is None:
+            return
+        for token in (held,) if isinstance(held, str) else held:
+            entry = self._tokens.get(token)
+            if entry is not None and not entry[2]:
+                self._tokens[token] = (entry[0], entry[1], True)
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -72,6 +81,12 @@ class StreamTokens:
         if now < self._next_purge:
             return
         self._next_purge = now + 10.0
-        stale = [t for t, e in self._tokens.items() if now > e.expires + REMEMBER_S]
+        stale = [t for t, e in self._tokens.items() if now > e[1] + REMEMBER_S]
         for token in stale:
-            del self._tokens[token]
+            call_id = self._tokens.pop(token)[0]
+            held = self._by_call.get(call_id)
+            if held == token:
+                del self._by_call[call_id]
+            elif isinstance(held, tuple) and token in held:
+                rest = tuple(t for t in held if t != token)
+                self._by_call[call_id] = rest[0] if len(rest) == 1 else rest

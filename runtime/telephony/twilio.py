@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import heapq
 import hmac
 import logging
 import weakref
@@ -30,6 +31,7 @@ from runtime.telephony.stream_tokens import StreamTokens
 
 if TYPE_CHECKING:
     from runtime.calls.session import CallSession
+    from runtime.calls.tracker import CallTracker
     from runtime.telephony.twilio_media import MediaStream
 
 log = logging.getLogger("voicectl.twilio")
@@ -127,12 +129,37 @@ class TwilioBridge:
         self.by_sid: dict[str, str] = {}
         self.streams: dict[str, MediaStream] = {}
         self.tasks: set[asyncio.Task] = set()
+        self._stream_deadlines: list[tuple[float, str]] = []
+        self._sweep: asyncio.TimerHandle | None = None
+        self._tracker: CallTracker | None = None
         self.refused = Counter(
             "voicectl_twilio_webhooks_refused", "Twilio webhooks refused before any work, by reason",
             ("reason",), registry=app[METRICS].registry,
         )
         for reason in ("unknown_tenant", "bad_signature", "no_credential"):
             self.refused.labels(reason)
+
+    def expect_stream(self, tracker: CallTracker, call_id: str) -> None:
+        """Fail the call (stream_not_started) if it is still ringing when its token has expired plus
+        STREAM_START_GRACE_S. One shared timer over a deadline heap (by call id, so an ended call
+        is not kept alive), not a timer and a closure per call."""
+        loop = asyncio.get_running_loop()
+        self._tracker = tracker
+        heapq.heappush(self._stream_deadlines, (loop.time() + self.tokens.ttl_s + STREAM_START_GRACE_S, call_id))
+        if self._sweep is None:
+            self._sweep = loop.call_at(self._stream_deadlines[0][0], self._sweep_streams)
+
+    def _sweep_streams(self) -> None:
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        now, heap, tracker = loop.time(), self._stream_deadlines, self._tracker
+        while heap and heap[0][0] <= now:
+            _, call_id = heapq.heappop(heap)
+            session = tracker.get(call_id) if tracker is not None else None
+            if session is not None and session.state == "ringing":
+                self.spawn(_stream_never_started(session))
+        if heap:
+            self._sweep = loop.call_at(heap[0][0], self._sweep_streams)
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -161,11 +188,20 @@ async def _form(request: web.Request) -> MultiDictProxy[str]:
     return MultiDictProxy(MultiDict((k, v) for k, v in form.items() if isinstance(v, str)))
 
 
-async def _tenant_for(request: web.Request, form: MultiDictProxy[str]) -> str | None:
+async def _tenant_for(request: web.Request, form: MultiDictProxy[str],
+                      routing: dict | None = None) -> str | None:
+    """With ``routing`` (a dict), the number is read with its whole route (``store.route_by_e164``)
+    and that is kept in ``routing["found"]``, so the voice webhook routes without reading it again."""
     store = request.app[CONTROL].store
     to = form.get("To")
     if to:
-        number = await store.number_by_e164(to)
+        if routing is not None:
+            found = await store.route_by_e164(to)
+            number = found["number"] if found is not None else None
+            if number is not None:
+                routing["found"] = found
+        else:
+            number = await store.number_by_e164(to)
         if number is not None:
             return number["tenant_id"]
     account_sid = form.get("AccountSid")
@@ -174,11 +210,12 @@ async def _tenant_for(request: web.Request, form: MultiDictProxy[str]) -> str | 
     return None
 
 
-async def verified_tenant(request: web.Request) -> tuple[str, MultiDictProxy[str]] | web.Response:
+async def verified_tenant(request: web.Request,
+                          routing: dict | None = None) -> tuple[str, MultiDictProxy[str]] | web.Response:
     """The tenant of a correctly signed webhook, or the 403 to answer with."""
     br = bridge(request.app)
     form = await _form(request)
-    tenant_id = await _tenant_for(request, form)
+    tenant_id = await _tenant_for(request, form, routing)
     if tenant_id is None:
         br.refused.labels("unknown_tenant").inc()
         return error_response(403, "the request names no known number or Twilio account")
@@ -194,7 +231,8 @@ async def verified_tenant(request: web.Request) -> tuple[str, MultiDictProxy[str
 
 
 async def voice_webhook(request: web.Request) -> web.Response:
-    verified = await verified_tenant(request)
+    routing: dict = {}
+    verified = await verified_tenant(request, routing)
     if isinstance(verified, web.Response):
         return verified
     tenant_id, form = verified
@@ -212,7 +250,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     try:
         session = await tracker.open_call(
             to_number=to, from_number=form.get("From"), provider="twilio", provider_call_id=call_sid,
-            tenant_hint=tenant_id,
+            tenant_hint=tenant_id, routing=routing.get("found"),
         )
     except RouteRejected as rejected:
         log.info("twilio call rejected", extra={"reason": rejected.reason, "tenant_id": rejected.tenant_id})
@@ -225,8 +263,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     br.by_sid[call_sid] = session.id
     session.on_end.append(lambda s: _forget(br, s, call_sid))
     token = br.tokens.issue(session.id)
-    loop = asyncio.get_running_loop()
-    loop.call_later(br.tokens.ttl_s + STREAM_START_GRACE_S, lambda: br.spawn(_stream_never_started(session)))
+    br.expect_stream(tracker, session.id)
     return stream_twiml(media_stream_url(request), token)
 
 

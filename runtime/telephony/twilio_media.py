@@ -295,6 +295,7 @@ class MediaStream:
         session = self.session
         if session is None or not session.live:
             return
+        await self.pacer.close()  # the caller has gone: nothing more is sent, so the counts are final
         self._record_counts()
         if session.state == "transferring":
             await session.end("transferred")
