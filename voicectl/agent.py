@@ -24,7 +24,7 @@ from voicectl.common import (
     page,
     print_details,
     print_json,
-    print_table,
+    print_page,
     resolve_tenant,
     resolve_voice_profile,
     run,
@@ -217,10 +217,8 @@ def list_(tenant: TenantOpt, limit: LimitOpt = 50, offset: OffsetOpt = 0, as_jso
         return (await plane.agents.list(tenant_id, page(limit, offset))).to_dict()
 
     result = run(go)
-    if as_json:
-        print_json(result)
-        return
-    print_table(
+    print_page(
+        result, as_json,
         ["id", "name", "active version", "latest version", "created", "updated"],
         [[a["id"], a["name"], a["active_version"], a["latest_version"], when(a["created_at"]), when(a["updated_at"])]
          for a in result["items"]],
@@ -305,10 +303,8 @@ def versions(
         return (await plane.agents.versions(tenant_id, found.id, page(limit, offset))).to_dict()
 
     result = run(go)
-    if as_json:
-        print_json(result)
-        return
-    print_table(
+    print_page(
+        result, as_json,
         ["version", "status", "note", "llm", "created", "promoted"],
         [[v["version"], v["status"], v["note"], (v["config"].get("llm") or {}).get("provider") or "default",
           when(v["created_at"]), when(v["promoted_at"])] for v in result["items"]],

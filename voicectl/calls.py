@@ -19,6 +19,7 @@ from voicectl.common import (
     page,
     print_details,
     print_json,
+    print_page,
     print_table,
     resolve_tenant,
     run,
@@ -63,10 +64,8 @@ def list_(
         return (await plane.calls.list(tenant_id, page(limit, offset), status=status)).to_dict()
 
     result = run(go)
-    if as_json:
-        print_json(result)
-        return
-    print_table(
+    print_page(
+        result, as_json,
         ["id", "started", "direction", "from", "to", "status", "duration", "end reason", "agent"],
         [[c["id"], when(c["started_at"]), c["direction"], c["from_number"], c["to_number"], c["status"],
           _duration(c["duration_ms"]), c["end_reason"], c["agent_id"]] for c in result["items"]],

@@ -314,6 +314,26 @@ def print_table(
         say(f"showing {offset + 1}-{offset + len(rows)} of {total} (use --offset/--limit)")
 
 
+def print_page(result: Mapping[str, Any], as_json: bool, columns: Sequence[str],
+               rows: Iterable[Sequence[Any]], **table: Any) -> None:
+    """A list result: the JSON envelope for scripts, else a table."""
+    if as_json:
+        print_json(result)
+        return
+    print_table(columns, rows, **table)
+
+
+def show_record(data: Mapping[str, Any], as_json: bool, headline: str | None = None,
+                details: Mapping[str, Any] | None = None) -> None:
+    """One record: JSON for scripts, else an optional headline and its fields."""
+    if as_json:
+        print_json(data)
+        return
+    if headline:
+        say(headline)
+    print_details(data if details is None else details)
+
+
 def print_details(data: Mapping[str, Any], *, title: str | None = None) -> None:
     """Key/value pairs as a two-column table."""
     from rich.table import Table

@@ -21,12 +21,12 @@ from voicectl.common import (
     new_app,
     page,
     parse_pairs,
-    print_details,
     print_json,
-    print_table,
+    print_page,
     resolve_tenant,
     run,
     say,
+    show_record,
     when,
 )
 
@@ -54,13 +54,8 @@ def read_secret(provider: str, label: str, required: bool) -> str | None:
 
 
 def _show(data: dict[str, Any], as_json: bool, verb: str | None = None) -> None:
-    if as_json:
-        print_json(data)
-        return
-    if verb:
-        say(f"{verb} {data['provider']} credential ({data['id']}); secret stored: "
-            f"{'yes' if data['secret_set'] else 'no'}")
-    print_details(data)
+    secret = "yes" if data["secret_set"] else "no"
+    show_record(data, as_json, verb and f"{verb} {data['provider']} credential ({data['id']}); secret stored: {secret}")
 
 
 @app.command("set")
@@ -115,10 +110,8 @@ def list_(tenant: TenantOpt, limit: LimitOpt = 50, offset: OffsetOpt = 0, as_jso
         return (await plane.credentials.list(tenant_id, page(limit, offset))).to_dict()
 
     result = run(go)
-    if as_json:
-        print_json(result)
-        return
-    print_table(
+    print_page(
+        result, as_json,
         ["provider", "id", "fields", "secret stored", "updated"],
         [[c["provider"], c["id"], c["fields"], c["secret_set"], when(c["updated_at"])] for c in result["items"]],
         title="credentials", total=result["total"], offset=offset,

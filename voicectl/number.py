@@ -17,12 +17,12 @@ from voicectl.common import (
     fail,
     new_app,
     page,
-    print_details,
     print_json,
-    print_table,
+    print_page,
     resolve_tenant,
     run,
     say,
+    show_record,
 )
 
 app = new_app("Phone numbers (routes): E.164 number -> tenant -> agent.")
@@ -74,12 +74,7 @@ async def _number(plane: Any, tenant: str | None, ref: str) -> tuple[str, Any]:
 
 
 def _show(data: dict[str, Any], as_json: bool, verb: str | None = None) -> None:
-    if as_json:
-        print_json(data)
-        return
-    if verb:
-        say(f"{verb} number {data['e164']} ({data['id']})")
-    print_details(data)
+    show_record(data, as_json, verb and f"{verb} number {data['e164']} ({data['id']})")
 
 
 @app.command("add")
@@ -115,10 +110,8 @@ def list_(tenant: TenantOpt, limit: LimitOpt = 50, offset: OffsetOpt = 0, as_jso
         return (await plane.numbers.list(tenant_id, page(limit, offset))).to_dict()
 
     result = run(go)
-    if as_json:
-        print_json(result)
-        return
-    print_table(
+    print_page(
+        result, as_json,
         ["id", "number", "provider", "agent", "pinned version", "label"],
         [[n["id"], n["e164"], n["provider"], n["agent_id"], n["pinned_version"], n["label"]]
          for n in result["items"]],

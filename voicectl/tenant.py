@@ -13,11 +13,11 @@ from voicectl.common import (
     YesOpt,
     new_app,
     page,
-    print_details,
     print_json,
-    print_table,
+    print_page,
     run,
     say,
+    show_record,
     when,
 )
 
@@ -48,12 +48,7 @@ def _fields(
 
 
 def _show(data: dict[str, Any], as_json: bool, verb: str | None = None) -> None:
-    if as_json:
-        print_json(data)
-        return
-    if verb:
-        say(f"{verb} tenant {data['name']} ({data['id']})")
-    print_details(data)
+    show_record(data, as_json, verb and f"{verb} tenant {data['name']} ({data['id']})")
 
 
 @app.command("create")
@@ -87,10 +82,8 @@ def list_(limit: LimitOpt = 50, offset: OffsetOpt = 0, as_json: JsonOpt = False)
         return (await plane.tenants.list(page(limit, offset))).to_dict()
 
     result = run(go)
-    if as_json:
-        print_json(result)
-        return
-    print_table(
+    print_page(
+        result, as_json,
         ["id", "name", "status", "timezone", "max calls", "max duration s", "recording", "retention d", "created"],
         [
             [t["id"], t["name"], t["status"], t["timezone"], t["max_concurrent_calls"], t["max_call_duration_s"],

@@ -15,13 +15,13 @@ from voicectl.common import (
     new_app,
     owning_tenant,
     page,
-    print_details,
     print_json,
-    print_table,
+    print_page,
     resolve_tenant,
     resolve_voice_profile,
     run,
     say,
+    show_record,
 )
 
 app = new_app("Voice profiles: TTS provider, voice id, language and speed.")
@@ -44,12 +44,7 @@ async def _profile(plane: Any, tenant: str | None, ref: str) -> tuple[str, Any]:
 
 
 def _show(data: dict[str, Any], as_json: bool, verb: str | None = None) -> None:
-    if as_json:
-        print_json(data)
-        return
-    if verb:
-        say(f"{verb} voice profile {data['name']} ({data['id']})")
-    print_details(data)
+    show_record(data, as_json, verb and f"{verb} voice profile {data['name']} ({data['id']})")
 
 
 @app.command("create")
@@ -83,10 +78,8 @@ def list_(tenant: TenantOpt, limit: LimitOpt = 50, offset: OffsetOpt = 0, as_jso
         return (await plane.voices.list(tenant_id, page(limit, offset))).to_dict()
 
     result = run(go)
-    if as_json:
-        print_json(result)
-        return
-    print_table(
+    print_page(
+        result, as_json,
         ["id", "name", "provider", "voice id", "language", "speed"],
         [[v["id"], v["name"], v["provider"], v["voice_id"], v["language"], v["speed"]] for v in result["items"]],
         title="voice profiles", total=result["total"], offset=offset,

@@ -15,13 +15,14 @@ from voicectl.common import (
     new_app,
     owning_tenant,
     page,
-    print_details,
     print_json,
+    print_page,
     print_table,
     resolve_tenant,
     run,
     say,
     show_once,
+    show_record,
     when,
 )
 
@@ -41,12 +42,8 @@ async def _tenant(plane: Any, tenant: str | None, webhook_id: str) -> str:
 
 
 def _show(data: dict[str, Any], as_json: bool, verb: str | None = None) -> None:
-    if as_json:
-        print_json(data)
-        return
-    if verb:
-        say(f"{verb} webhook {data['id']} -> {data['url']}")
-    print_details({k: v for k, v in data.items() if k != "signing_secret"})
+    details = {k: v for k, v in data.items() if k != "signing_secret"}
+    show_record(data, as_json, verb and f"{verb} webhook {data['id']} -> {data['url']}", details)
 
 
 @app.command("create")
@@ -85,10 +82,8 @@ def list_(tenant: TenantOpt, limit: LimitOpt = 50, offset: OffsetOpt = 0, as_jso
         return (await plane.webhooks.list(tenant_id, page(limit, offset))).to_dict()
 
     result = run(go)
-    if as_json:
-        print_json(result)
-        return
-    print_table(
+    print_page(
+        result, as_json,
         ["id", "url", "events", "active", "description"],
         [[w["id"], w["url"], w["events"], w["active"], w["description"]] for w in result["items"]],
         title="webhooks", total=result["total"], offset=offset,
