@@ -7,9 +7,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from runtime.control.schemas import WEEKDAYS
 from runtime.store.store import Store
-
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class RouteRejected(Exception):

@@ -18,7 +18,6 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 BUILTIN_TOOLS = (
     "end_call", "transfer_to_human", "log_note", "check_availability", "create_booking", "create_order",
 )
-NUMBER_PROVIDERS = ("twilio", "goto", "livekit", "webrtc")
 MAX_VERSION = 2**31 - 1  # agent versions are INTEGER columns (32-bit on PostgreSQL)
 
 
