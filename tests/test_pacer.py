@@ -127,3 +127,28 @@ async def test_a_send_that_raises_stops_only_that_pacer() -> None:
     assert pacers[0].closed and len(good.frames) == 5
     for pacer in pacers:
         await pacer.close()
+
+
+async def test_queued_counts_audio_frames_through_every_operation() -> None:
+    sink = Sink()
+    pacer = Pacer(sink)
+    pacer.push(b"\x00" * 160, generation=0)
+    pacer.push_mark("m")
+    pacer.extend([Frame(b"\x01" * 160), Frame(None, 0, "shared"), Frame(b"\x02" * 160)])
+    assert pacer.queued == 3
+    pacer.new_generation()
+    pacer.push(b"\x03" * 160)
+    assert pacer.drop_stale() == 3 and pacer.queued == 1
+    pacer.push(b"\x04" * 160)
+    pacer.start()
+    while pacer.busy:
+        await asyncio.sleep(0.02)
+    assert pacer.queued == 0 and pacer.stats.frames_sent == 2
+    pacer.push(b"\x05" * 160, generation=0)  # stale when it reaches the ticker
+    pacer.push(b"\x06" * 160)
+    while pacer.busy:
+        await asyncio.sleep(0.02)
+    assert pacer.queued == 0 and pacer.stats.frames_sent == 3
+    pacer.push(b"\x07" * 160)
+    assert pacer.clear() == 1 and pacer.queued == 0
+    await pacer.close()

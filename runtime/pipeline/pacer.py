@@ -110,11 +110,13 @@ def ticker() -> Ticker:
 
 
 class Pacer:
-    __slots__ = ("_send", "_queue", "_ticker", "_started", "generation", "stats", "closed", "__weakref__")
+    __slots__ = ("_send", "_queue", "_queued_audio", "_ticker", "_started", "generation", "stats", "closed",
+                 "__weakref__")
 
     def __init__(self, send: SendFrame) -> None:
         self._send = send
         self._queue: deque[Frame] = deque()
+        self._queued_audio = 0  # audio frames in _queue (kept, not counted: asked on every inbound frame)
         self._ticker: Ticker | None = None
         self._started = False
         self.generation = 0
@@ -125,6 +127,7 @@ class Pacer:
 
     def push(self, payload: bytes, generation: int | None = None, encoded: str | None = None) -> None:
         self._queue.append(Frame(payload, self.generation if generation is None else generation, None, encoded))
+        self._queued_audio += 1
         self._wake()
 
     def push_mark(self, name: str, generation: int | None = None) -> None:
@@ -133,7 +136,9 @@ class Pacer:
 
     def extend(self, frames: Iterable[Frame]) -> None:
         """Queue ready-made frames (shared, never mutated: e.g. a cached greeting)."""
+        before = len(self._queue)
         self._queue.extend(frames)
+        self._queued_audio += sum(1 for i in range(before, len(self._queue)) if self._queue[i].payload is not None)
         self._wake()
 
     def _wake(self) -> None:
@@ -143,7 +148,7 @@ class Pacer:
     @property
     def queued(self) -> int:
         """Audio frames waiting to be sent."""
-        return sum(1 for f in self._queue if f.payload is not None)
+        return self._queued_audio
 
     @property
     def busy(self) -> bool:
@@ -151,8 +156,9 @@ class Pacer:
 
     def clear(self) -> int:
         """Drop everything queued; returns the number of audio frames dropped."""
-        dropped = self.queued
+        dropped = self._queued_audio
         self._queue.clear()
+        self._queued_audio = 0
         self.stats.dropped += dropped
         return dropped
 
@@ -168,6 +174,7 @@ class Pacer:
         dropped = sum(1 for f in self._queue if f.generation < keep_from and f.payload is not None)
         if len(kept) != before:
             self._queue = deque(kept)
+            self._queued_audio -= dropped
         self.stats.dropped += dropped
         return dropped
 
@@ -183,6 +190,7 @@ class Pacer:
     async def close(self) -> None:
         self.closed = True
         self._queue.clear()
+        self._queued_audio = 0
         if self._ticker is not None:
             self._ticker.discard(self)
 
@@ -198,6 +206,7 @@ class Pacer:
                 queue.popleft()
                 if frame.payload is not None:
                     stats.dropped += 1
+                    self._queued_audio -= 1
                 continue
             if frame.payload is None:
                 queue.popleft()
@@ -207,6 +216,7 @@ class Pacer:
             if sent_audio:
                 return True
             queue.popleft()
+            self._queued_audio -= 1
             lag = _monotonic() - due
             if lag > stats.max_lag_s:
                 stats.max_lag_s = lag

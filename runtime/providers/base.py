@@ -1,0 +1,291 @@
+"""The streaming interfaces every STT, LLM and TTS engine implements, and the failure rules
+they share.
+
+Adapters only speak their engine (``_open`` / ``_stream`` / ``_synthesize``); the public
+methods here add what is the same for all of them: a first-byte timeout, retries with
+exponential backoff and jitter for retryable errors (honouring ``Retry-After``), and one
+error type, ``ProviderError``, whose ``kind`` tells the pipeline whether to retry, fail over
+at once (bad key) or give up for the turn.
+
+Audio is PCM16 little-endian mono at the rate each object states; the pipeline resamples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ErrorKind = Literal["auth", "rate_limit", "server", "timeout", "protocol", "unavailable", "bad_request"]
+RETRYABLE: frozenset[str] = frozenset({"rate_limit", "server", "timeout", "unavailable"})
+
+
+class ProviderError(Exception):
+    """A provider failed. ``kind``: auth (401/403: never retried), rate_limit (429), server (5xx),
+    timeout (no first byte in time), protocol (a malformed answer), unavailable (cannot connect),
+    bad_request (our request was refused: never retried)."""
+
+    def __init__(self, provider: str, kind: ErrorKind, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider, self.kind, self.status, self.retry_after = provider, kind, status, retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    retries: int = 2  # attempts after the first (providers.retries)
+    first_byte_timeout_s: float = 2.0  # providers.first_byte_timeout_ms / 1000
+    backoff_base_s: float = 0.2
+    backoff_cap_s: float = 2.0
+
+    def delay(self, attempt: int, error: ProviderError) -> float:
+        """Seconds before retry ``attempt`` (1-based): Retry-After when given, else full-jitter backoff."""
+        if error.retry_after is not None:
+            return min(error.retry_after, self.backoff_cap_s * 4)
+        return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1)))
+
+
+# Speech to text
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    text: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """A transcript of the caller. ``final``: this segment's text will not change (a turn's
+    text is the finals of its segments joined); interim results have ``final=False``.
+    Times are ms from the start of the stream."""
+
+    text: str
+    final: bool
+    start_ms: int | None = None
+    end_ms: int | None = None
+    words: tuple[Word, ...] = ()
+    confidence: float | None = None
+    speech_final: bool = False  # the engine itself saw the end of an utterance (Deepgram speech_final)
+
+
+class SttStream(ABC):
+    """One call's recognition stream. ``push`` caller audio (20 ms frames at ``rate``); iterate
+    for transcripts; ``flush`` when the caller pauses: the engine then emits a final for the
+    audio since the last final (an utterance engine decodes it now, a streaming engine sends its
+    finalize message). ``close`` ends the stream and the iteration."""
+
+    rate: int
+
+    @abstractmethod
+    async def push(self, pcm: bytes) -> None: ...
+
+    @abstractmethod
+    async def flush(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[Transcript]: ...
+
+
+class SpeechToText(ABC):
+    name: str = "stt"
+    # The rate the engine wants; the pipeline resamples caller audio to it.
+    rate: int = 16_000
+    # True when the engine produces interim results while the caller speaks.
+    interim_results: bool = False
+
+    def __init__(self, policy: RetryPolicy | None = None) -> None:
+        self.policy = policy or RetryPolicy()
+
+    async def open(self) -> SttStream:
+        """A new stream, retried like any request (connecting is the 'first byte')."""
+        return await with_retries(self.name, self.policy, self._open)
+
+    @abstractmethod
+    async def _open(self) -> SttStream: ...
+
+    async def aclose(self) -> None:
+        """Release engine resources (models, pools); the default has none."""
+
+
+# Language models
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Message:
+    """One entry of the conversation history. ``role``: user, assistant or tool. An interrupted
+    assistant message holds only the words the caller heard."""
+
+    role: Literal["user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None  # for role=tool: the call it answers
+    name: str | None = None  # for role=tool: the tool's name
+    interrupted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRequest:
+    call: ToolCall
+
+
+@dataclass(frozen=True, slots=True)
+class LlmDone:
+    stop_reason: str = "end_turn"  # end_turn | tool_use | max_tokens | ...
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+LlmEvent = TextDelta | ToolCallRequest | LlmDone
+
+
+@dataclass(frozen=True, slots=True)
+class LlmRequest:
+    system: str
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+class LanguageModel(ABC):
+    name: str = "llm"
+
+    def __init__(self, policy: RetryPolicy | None = None) -> None:
+        self.policy = policy or RetryPolicy()
+
+    async def stream(self, request: LlmRequest) -> AsyncIterator[LlmEvent]:
+        """Text deltas and tool calls of one reply, ending with ``LlmDone``. Retries (with
+        backoff) happen only before the first event; a stream that breaks after it raises
+        ``ProviderError`` so the pipeline can finish the turn elsewhere."""
+        async for event in first_byte_guarded(self.name, self.policy, lambda: self._stream(request)):
+            yield event
+
+    @abstractmethod
+    def _stream(self, request: LlmRequest) -> AsyncIterator[LlmEvent]: ...
+
+    async def aclose(self) -> None:
+        """Release clients and pools; the default has none."""
+
+
+# Text to speech
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """Synthesised audio and the text it speaks (the pipeline uses the pairing to know which
+    words the caller heard when a reply is cut off)."""
+
+    pcm: bytes
+    rate: int
+    text: str = ""
+
+
+class TextToSpeech(ABC):
+    name: str = "tts"
+
+    def __init__(self, policy: RetryPolicy | None = None) -> None:
+        self.policy = policy or RetryPolicy()
+
+    async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+        """Audio for ``text`` in chunks, the first as early as the engine allows."""
+        async for chunk in first_byte_guarded(self.name, self.policy, lambda: self._synthesize(text)):
+            yield chunk
+
+    @abstractmethod
+    def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]: ...
+
+    async def aclose(self) -> None:
+        """Release models and clients; the default has none."""
+
+
+# Shared failure handling
+
+
+async def with_retries(provider: str, policy: RetryPolicy, attempt_once):  # type: ignore[no-untyped-def]
+    """``await attempt_once()`` under the first-byte timeout, retried on retryable errors."""
+    attempt = 0
+    while True:
+        try:
+            return await asyncio.wait_for(attempt_once(), policy.first_byte_timeout_s)
+        except TimeoutError:
+            error = ProviderError(provider, "timeout", f"no answer within {policy.first_byte_timeout_s:g} s")
+        except ProviderError as exc:
+            error = exc
+        attempt += 1
+        if not error.retryable or attempt > policy.retries:
+            raise error
+        await asyncio.sleep(policy.delay(attempt, error))
+
+
+async def first_byte_guarded(provider: str, policy: RetryPolicy, start) -> AsyncIterator[Any]:  # type: ignore[no-untyped-def]
+    """Iterate ``start()``; until its first item arrives, a timeout or retryable error starts a
+    new attempt (with backoff). After the first item, errors propagate as ``ProviderError``."""
+    attempt = 0
+    while True:
+        iterator = start().__aiter__()
+        began = time.monotonic()
+        try:
+            first = await asyncio.wait_for(iterator.__anext__(), policy.first_byte_timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            await _aclose(iterator)
+            error = ProviderError(provider, "timeout",
+                                  f"no first byte within {policy.first_byte_timeout_s:g} s "
+                                  f"(waited {time.monotonic() - began:.2f} s)")
+        except ProviderError as exc:
+            await _aclose(iterator)
+            error = exc
+        else:
+            break
+        attempt += 1
+        if not error.retryable or attempt > policy.retries:
+            raise error
+        await asyncio.sleep(policy.delay(attempt, error))
+    try:
+        yield first
+        async for item in iterator:
+            yield item
+    finally:
+        await _aclose(iterator)
+
+
+async def _aclose(iterator: Any) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:  # closing a broken stream must not hide the error being handled
+            pass

@@ -1,0 +1,1 @@
+"""Tools the agent can call: built-ins, the sample booking pack, and tenant HTTP tools."""
