@@ -2,12 +2,13 @@
 
     python bench/calls.py [--calls 200] [--duration 60] [--quick] [--json out.json]
 
-The runtime runs on core 0 (taskset), the callers in one process on core 1. The runtime is
-configured with ``telephony.twilio.greeting_wav`` = a generated 10 s speech-like WAV (a
-syllable-rate amplitude envelope over a gliding tone plus noise: every 20 ms frame distinct)
-and ``greeting_loop: true``, so every call carries outbound audio for its whole length; the
-callers stream 20 ms mu-law frames inbound in real time for the whole duration, from one
-shared absolute 20 ms clock.
+The runtime runs on core 0 (taskset), the callers in one process on core 1. The runtime is the
+real app (bridge, conversation pipeline, store, events) with bench/fake_engines.py's instant
+engines: the agent's greeting is spoken with a generated speech-like WAV (a syllable-rate
+amplitude envelope over a gliding tone plus noise: every 20 ms frame distinct) as long as the
+call, so every call carries outbound audio for its whole length. The callers stream 20 ms
+mu-law frames of quiet line noise inbound in real time for the whole duration, from one shared
+absolute 20 ms clock: every frame goes through the pipeline's VAD, none starts a turn.
 
 Measured at the caller (arrival = when the bytes reach the call's socket protocol; the callers'
 own 20 ms clock runs half a frame off the runtime's grid), per call and over all calls (first 1 s of each call's outbound audio
@@ -56,6 +57,17 @@ def _pct(values, p: float) -> float | None:
     return values[min(len(values), max(1, math.ceil(p * len(values)))) - 1]
 
 
+def make_line_noise(path: Path, seconds: float = 10.0, rate: int = 8000, seed: int = 11) -> None:
+    """Quiet line noise (about -50 dBFS): what an open phone line sends while the caller listens."""
+    rnd = random.Random(seed)
+    samples = array("h", (int(rnd.gauss(0, 100)) for _ in range(int(seconds * rate))))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+
+
 def make_wav(path: Path, seconds: float = 10.0, rate: int = 8000, seed: int = 7) -> None:
     """Speech-like test audio: 4-6 Hz syllable envelope, gliding 110-330 Hz tone + harmonics, noise."""
     rnd = random.Random(seed)
@@ -89,7 +101,8 @@ async def _generate(spec: dict) -> dict:
     index = {base64.b64encode(f).decode(): i for i, f in enumerate(wav_frames)}
     loop_len = len(wav_frames)
     unique = len(index) == loop_len
-    inbound = [base64.b64encode(f).decode() for f in wav_frames]
+    inbound = [base64.b64encode(f).decode() for f in ulaw_frames(read_wav(spec["inbound_wav"]))]
+    inbound_len = len(inbound)
     connector = aiohttp.TCPConnector(limit=0)
     results: list[dict] = []
     legs: dict[int, list] = {}  # i -> [ws, stream_sid, seq, sent]
@@ -118,7 +131,7 @@ async def _generate(spec: dict) -> dict:
                     await ws.send_str('{"event":"media","sequenceNumber":"' + str(seq + 3) + '","streamSid":"'
                                       + sid + '","media":{"track":"inbound","chunk":"' + str(seq + 1)
                                       + '","timestamp":"' + str(seq * 20) + '","payload":"'
-                                      + inbound[seq % loop_len] + '"}}')
+                                      + inbound[seq % inbound_len] + '"}}')
                     leg[3] += 1
                 except (ConnectionError, RuntimeError):
                     pass
@@ -303,13 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     from twilio_common import Runtime, proc_cpu_s, proc_rss_kb
 
     with tempfile.TemporaryDirectory(prefix="voicectl-bench-wav-") as tmp:
-        wav = Path(tmp) / "speech-like-10s.wav"
-        make_wav(wav)
-        with Runtime(pin=not args.no_pin, twilio={"greeting_wav": str(wav), "greeting_loop": True}) as rt:
+        wav = Path(tmp) / "speech-like.wav"
+        make_wav(wav, seconds=args.duration + ramp + 10)
+        noise = Path(tmp) / "line-noise.wav"
+        make_line_noise(noise)
+        with Runtime(pin=not args.no_pin, clip=wav) as rt:
             pid = rt.proc.pid
             rss0 = proc_rss_kb(pid)
             gen = rt.generator(Path(__file__), json.dumps(
-                {"url": rt.url, "calls": args.calls, "duration": args.duration, "ramp": ramp, "wav": str(wav)}))
+                {"url": rt.url, "calls": args.calls, "duration": args.duration, "ramp": ramp, "wav": str(wav),
+                 "inbound_wav": str(noise)}))
             time.sleep(ramp + 1.5)
             cpu0, gcpu0, t0 = proc_cpu_s(pid), proc_cpu_s(gen.pid), time.monotonic()
             peak_rss = rss0

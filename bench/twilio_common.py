@@ -45,7 +45,7 @@ def proc_rss_kb(pid: int) -> int:
     return 0
 
 
-async def _provision(config: Path) -> None:
+async def _provision(config: Path, greeting: str | None = None) -> None:
     from runtime.config import load_settings
     from runtime.control.plane import ControlPlane
     from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate
@@ -58,7 +58,8 @@ async def _provision(config: Path) -> None:
     try:
         tenant = await control.tenants.create(TenantCreate(name="bench-twilio"))
         await control.store.tenants.update(tenant.id, {"max_concurrent_calls": 1_000_000}, tenant_id=ALL_TENANTS)
-        agent = await control.agents.create(tenant.id, AgentCreate(name="bench", system_prompt="bench"))
+        agent = await control.agents.create(tenant.id, AgentCreate(
+            name="bench", system_prompt="bench", greeting=greeting, turn={"silence_reprompt_s": 120}))
         await control.numbers.add(tenant.id, NumberCreate(e164=NUMBER, provider="twilio", agent_id=agent.id))
         await control.credentials.set(tenant.id, "twilio", CredentialSet(fields={"account_sid": ACCOUNT_SID},
                                                                          secret=AUTH_TOKEN))
@@ -67,11 +68,14 @@ async def _provision(config: Path) -> None:
 
 
 class Runtime:
-    """`voicectl serve` on a fresh SQLite state dir, pinned to SERVER_CORE."""
+    """The runtime on a fresh SQLite state dir, pinned to SERVER_CORE: `voicectl serve`, or with
+    ``clip`` the same app with bench/fake_engines.py's instant engines, whose TTS speaks the
+    clip (bench/calls.py: the agent's greeting plays it, so every call has outbound audio)."""
 
-    def __init__(self, pin: bool = True, twilio: dict[str, Any] | None = None) -> None:
+    def __init__(self, pin: bool = True, twilio: dict[str, Any] | None = None, clip: Path | None = None) -> None:
         self.pin = pin
-        self.twilio = twilio or {}  # extra telephony.twilio keys (bench/calls.py: a looping greeting)
+        self.twilio = twilio or {}  # extra telephony.twilio keys
+        self.clip = clip
         self.tmp = tempfile.TemporaryDirectory(prefix="voicectl-bench-")
         self.state = Path(self.tmp.name)
         self.port = _free_port()
@@ -93,9 +97,10 @@ class Runtime:
         }
         path = self.state / "config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        asyncio.run(_provision(path))
-        cmd, preexec = _pinned([sys.executable, "-m", "voicectl", "serve", "--config", str(path)],
-                               SERVER_CORE if self.pin else None)
+        asyncio.run(_provision(path, greeting="Hello." if self.clip else None))
+        serve = ([sys.executable, str(REPO / "bench" / "fake_engines.py"), "--config", str(path), "--clip",
+                  str(self.clip)] if self.clip else [sys.executable, "-m", "voicectl", "serve", "--config", str(path)])
+        cmd, preexec = _pinned(serve, SERVER_CORE if self.pin else None)
         log_path = self.state / "server.log"
         self.log_file = open(log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, cwd=REPO,

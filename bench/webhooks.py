@@ -1,7 +1,7 @@
 """Signed Twilio voice webhooks per second against one `voicectl serve` process (SQLite).
 
     python bench/webhooks.py [--rates 250,500,1000,1500] [--step 10] [--quick] [--json out.json]
-                             [--profile PREFIX]
+                             [--profile PREFIX] [--quiet-wait S]
 
 Open loop: each webhook is scheduled on an absolute clock at the offered rate and its latency
 runs from the scheduled time to the end of the response (no coordinated omission). Every
@@ -11,7 +11,9 @@ voice.call.started event, TwiML with a stream token. As on a real box, calls als
 (``CallStatus=completed``), so the live set stays at rate x hold calls instead of growing
 without bound (``--hold 0`` keeps every call ringing until the stream-start timeout).
 Status callbacks are timed and reported separately. The runtime is on core 0, the generator
-(aiohttp client, one process) on core 1; its send lag is reported so a saturated generator shows.
+(aiohttp client, one process) on core 1; its send lag and CPU (``gen%``) are reported so a saturated
+generator shows, and ``oth%`` is the CPU everything else on the box used meanwhile (``noisy`` above 10 % of a core:
+not comparable). A full run first waits (``--quiet-wait``, 60 s) for the box to go idle.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, default=1.0,
                         help="seconds until each call's status callback ends it (0: never)")
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--quiet-wait", type=float,
+                        help="wait up to this many seconds for the machine to go idle first (default 60, quick 0)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", metavar="PREFIX",
                         help="sample the server with py-spy into PREFIX.sqlite.txt (collapsed stacks)")
@@ -122,32 +126,39 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rates = [100, 200] if args.quick else [int(r) for r in args.rates.split(",")]
     step = 2.0 if args.quick else args.step
-    from api import _start_profiler, _stop_profiler
+    from api import _start_profiler, _stop_profiler, _wait_quiet
+    from loadgen import busy_cpu_s
     from twilio_common import GENERATOR_CORE, Runtime, proc_cpu_s
 
+    _wait_quiet((0.0 if args.quick else 60.0) if args.quiet_wait is None else args.quiet_wait)
     rows = []
     with Runtime(pin=not args.no_pin) as rt:
         profiler = _start_profiler(rt.proc.pid, args, "sqlite", None if args.no_pin else GENERATOR_CORE)
         try:
             gen = rt.generator(Path(__file__), json.dumps({"url": rt.url, "rates": rates, "step": step, "hold": args.hold}))
-            cpu = proc_cpu_s(rt.proc.pid)
+            cpu, gen_cpu, busy = proc_cpu_s(rt.proc.pid), proc_cpu_s(gen.pid), busy_cpu_s()
             t = time.monotonic()
             for line in gen.stdout:
                 row = json.loads(line)
-                now_cpu, now = proc_cpu_s(rt.proc.pid), time.monotonic()
+                now_cpu, now_gen, now_busy, now = (proc_cpu_s(rt.proc.pid), proc_cpu_s(gen.pid), busy_cpu_s(),
+                                                   time.monotonic())
                 row["server_cpu"] = round((now_cpu - cpu) / (now - t), 2)
                 # Server CPU per webhook answered (the generator's warm-up falls in the first step).
                 row["server_us"] = round((now_cpu - cpu) / row["ok"] * 1e6) if row["ok"] else None
-                cpu, t = now_cpu, now
+                other = (now_busy - busy) - (now_cpu - cpu) - (now_gen - gen_cpu)
+                row["gen%"] = round(100 * (now_gen - gen_cpu) / (now - t))
+                row["oth%"] = max(0, round(100 * other / (now - t)))
+                cpu, gen_cpu, busy, t = now_cpu, now_gen, now_busy, now
                 rows.append(row)
             gen.wait(60)
         finally:
             _stop_profiler(profiler, args)
     cols = ("offered", "achieved", "p50_ms", "p99_ms", "max_ms", "status_p99_ms", "send_lag_p99_ms", "server_cpu",
-            "server_us", "errors")
+            "server_us", "gen%", "oth%", "errors")
     print("\n" + "  ".join(f"{c:>15}" for c in cols))
     for row in rows:
-        print("  ".join(f"{str(row[c] if row[c] is not None else '-'):>15}" for c in cols))
+        noisy = "  noisy" if row["oth%"] > 10 else ""
+        print("  ".join(f"{str(row[c] if row[c] is not None else '-'):>15}" for c in cols) + noisy)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -106,9 +106,6 @@ class LimitsSettings(_Model):
 
 class TwilioSettings(_Model):
     api_base_url: str = "https://api.twilio.com"
-    # Until the conversation pipeline lands: what a connected call plays (None = the packaged greeting).
-    greeting_wav: str | None = None
-    greeting_loop: bool = False
 
 
 class GotoSettings(_Model):

@@ -6,7 +6,6 @@ import math
 import struct
 
 from runtime.pipeline.audio import (
-    GREETING_WAV,
     Resampler,
     pcm16_to_ulaw,
     read_wav,
@@ -44,10 +43,3 @@ def test_wav_of_any_rate_becomes_20ms_mulaw_frames(tmp_path) -> None:
     assert audio.rate == 22050 and abs(audio.duration_s - 0.5) < 0.001
     frames = ulaw_frames(audio)
     assert len(frames) == 25 and {len(f) for f in frames} == {160}
-
-
-def test_the_packaged_greeting_is_small_8khz_and_not_silent() -> None:
-    assert GREETING_WAV.stat().st_size < 60_000
-    audio = read_wav(GREETING_WAV)
-    assert audio.rate == 8000 and 3.0 < audio.duration_s < 8.0
-    assert rms(audio.pcm) > 500

@@ -136,15 +136,23 @@ def _port_is_free(port: int) -> bool:
 
 
 @pytest.mark.slow
-def test_demo_runs_init_serves_and_answers(env: dict[str, str], tmp_path: Path) -> None:
+def test_demo_runs_init_serves_and_books_a_table_over_a_real_call(env: dict[str, str], tmp_path: Path) -> None:
     proc = run(env, "demo", "--json")
     data = json.loads(proc.stdout)
     assert data["admin_key"].startswith("vk_admin_") and data["runtime_key"].startswith("vk_rt_")
     assert data["number"] == "+15550100001" and data["status"] == 200
     agents = data["agents"]["items"]
     assert [(a["id"], a["name"]) for a in agents] == [(data["agent_id"], "booking")]
+    call = data["call"]
+    assert call["status"] == "ended" and call["hung_up_by"] == "agent", call
+    assert [t["name"] for t in call["tool_calls"]] == ["check_availability", "create_booking", "end_call"]
+    assert call["tool_calls"][1]["arguments"]["party_size"] == 2
+    assert [t["role"] for t in call["transcript"]].count("caller") == 3
+    assert call["latency"]["v2v"]["count"] >= 3
     port = int(data["server"].rsplit(":", 1)[1])
     assert _port_is_free(port), "the demo left its server running"
-    # A second run finds everything and still answers.
-    again = run_json(env, "demo")
+    # The call is in the archive; a second run finds everything it provisioned.
+    listed = run_json(env, "calls", "list", "--tenant", "demo")
+    assert [c["id"] for c in listed["items"]] == [call["call_id"]]
+    again = run_json(env, "demo", "--provision-only")
     assert again["agent_id"] == data["agent_id"] and "admin_key" not in again

@@ -18,7 +18,7 @@ from runtime.store.tables import ALL_TENANTS
 EXPECTED_TABLES = {
     "tenants", "api_keys", "agents", "agent_versions", "voice_profiles", "phone_numbers", "credentials",
     "webhook_configs", "voice_calls", "transcripts", "call_events", "tool_calls", "recordings",
-    "webhook_deliveries", "webhook_delivery_attempts", "evaluations", "callback_tasks",
+    "webhook_deliveries", "webhook_delivery_attempts", "evaluations", "callback_tasks", "bookings", "orders",
 }
 
 
@@ -121,6 +121,15 @@ async def fill_tenant(store: Store, tenant_id: str) -> dict[str, str]:
     await store.callback_tasks.insert({
         "id": ids["callback_tasks"], "tenant_id": t, "call_id": call, "status": "open", "created_at": now,
         "updated_at": now,
+    })
+    await store.bookings.insert({
+        "id": ids["bookings"], "tenant_id": t, "call_id": call, "reference": "ABC234", "day": "2030-01-01",
+        "time": "19:00", "slot": "19:00", "table_no": 1, "party_size": 2, "status": "confirmed", "created_at": now,
+    })
+    await store.orders.insert({
+        "id": ids["orders"], "tenant_id": t, "call_id": call, "reference": "ABC234",
+        "items": [{"name": "tiramisu", "qty": 1}], "total_cents": 650, "currency": "USD", "status": "placed",
+        "created_at": now,
     })
     return ids
 

@@ -1,11 +1,14 @@
-"""End to end on both backends: number -> signed webhook -> TwiML -> Media Streams -> greeting back,
-inbound frames counted, DTMF, events and the archived call row."""
+"""End to end on both backends: number -> signed webhook -> TwiML -> Media Streams -> the agent's
+synthesised greeting back (transcribed by the local STT), inbound frames counted, DTMF, events
+and the archived call row."""
 
 from __future__ import annotations
 
 import pytest_asyncio
 
-from runtime.pipeline.audio import GREETING_WAV, read_wav, rms
+from runtime.pipeline.audio import resample, rms
+from runtime.providers.local_stt import LocalWhisperSTT
+from runtime.telephony.scripted_caller import agent_quiet
 from tests.twilio_support import NUMBER, start_world, stop_world
 
 
@@ -18,37 +21,42 @@ async def world(settings):
         await stop_world(w)
 
 
-async def test_a_call_connects_plays_the_greeting_and_ends(world) -> None:
-    greeting = read_wav(GREETING_WAV)
+async def test_a_call_connects_speaks_the_synthesised_greeting_and_ends(world) -> None:
     caller = world.caller()
     call_sid, answer = await caller.dial(NUMBER)
     assert answer.status == 200 and answer.stream_url, answer.text
     assert answer.stream_url.startswith("ws://127.0.0.1:") and answer.stream_url.endswith("/media/twilio")
     assert answer.parameters["token"]
     leg = await caller.open_stream(call_sid, answer)
-    # Caller audio: 2 s of (non-silent) greeting back at the runtime, in real time, then a DTMF key.
-    inbound = [bytes([0x20 + (i % 64)]) * 160 for i in range(100)]
-    await leg.stream(inbound, speed=1.0)
+    # Caller audio: 2 s of line silence in real time, while the greeting plays.
+    await leg.stream([b"\xff" * 160] * 100, speed=1.0)
+    first = await agent_quiet(leg, 0.5, 0.0, 10.0)
+    assert first is not None, "no greeting audio arrived"
+    greeting_pcm = bytes(leg.result.received_pcm)
     await leg.dtmf("5")
-    while "greeting" not in leg.result.marks:
-        leg.mark_seen.clear()
-        await leg.mark_seen.wait()
     await leg.stop(caller.account_sid, call_sid)
     await leg.wait_closed()
     result = leg.result
     assert result.close_code == 1000
-    # The whole greeting came back, paced in real time, and it is not silence.
-    assert abs(result.received_s - greeting.duration_s) < 0.05, result.received_s
+    # The greeting is speech, paced in real time, and says what the agent version says.
+    seconds = len(greeting_pcm) / 2 / 8000
+    assert 0.8 < seconds < 4.0 and rms(greeting_pcm) > 300, seconds
     span = result.arrivals[-1] - result.arrivals[0]
-    assert span >= greeting.duration_s * 0.8, span
-    assert rms(bytes(result.received_pcm)) > 500
+    assert span >= seconds * 0.8, span
+    heard = await LocalWhisperSTT().transcribe(resample(greeting_pcm, 8000, 16000))
+    assert heard is not None and "front desk" in heard.text.lower(), heard
     row = await world.final_call(call_sid)
     assert row["status"] == "ended" and row["hangup_by"] == "caller" and row["end_reason"] == "caller_hangup"
-    assert row["duration_ms"] >= 4000 and row["connected_at"]
+    assert row["duration_ms"] >= 1500 and row["connected_at"]
     assert row["summary"]["inbound_frames"] == 100 and row["summary"]["inbound_bytes"] == 16000
     assert row["summary"]["outbound_frames"] == len(result.arrivals) and row["summary"]["dtmf"] == 1
+    transcripts, _ = await world.api.control.store.transcripts.list(tenant_id=world.tenant_id,
+                                                                    equals={"call_id": row["id"]})
+    assert [(t["role"], t["text"], t["interrupted"]) for t in transcripts][:1] == [
+        ("agent", "Hello, front desk.", False)]
     topics = await world.events(row["id"])
     assert topics[0] == "voice.call.started"
-    for topic in ("call.connected", "call.state_changed", "dtmf.received", "voice.call.completed"):
+    for topic in ("call.connected", "call.state_changed", "dtmf.received", "transcript.created",
+                  "voice.call.completed"):
         assert topic in topics, topics
     assert topics[-1] == "voice.call.completed"

@@ -109,6 +109,7 @@ async def start_world(settings, *, max_calls: int = 200, server: dict | None = N
         assert status == 200, body
     status, agent, _ = await api.call("POST", "/api/v1/agents", key,
                                       json={"name": "front-desk", "system_prompt": "be brief",
+                                            "greeting": "Hello, front desk.",
                                             "escalation_target": "+15550109000"})
     assert status == 201, agent
     status, body, _ = await api.call("POST", "/api/v1/numbers", api.admin_key, tenant_id=tenant_id,

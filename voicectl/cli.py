@@ -13,6 +13,7 @@ import typer
 
 from voicectl import (
     agent,
+    call,
     calls,
     config_cmd,
     credential,
@@ -75,6 +76,7 @@ app.add_typer(voice.app, name="voice")
 app.add_typer(number.app, name="number")
 app.add_typer(credential.app, name="credential")
 app.add_typer(webhook.app, name="webhook")
+app.command("call")(call.call)
 app.add_typer(calls.app, name="calls")
 app.add_typer(events.app, name="events")
 app.add_typer(db.app, name="db")

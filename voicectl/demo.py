@@ -8,13 +8,16 @@ stops the server.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from voicectl.common import config_path, errors, fail, load_settings, print_json, run, say
+from voicectl.call import place as _place
+from voicectl.common import config_path, errors, fail, load_settings, print_json, run, run_async, say
 from voicectl.init import ConfigOpt, initialise
 
 TENANT = "demo"
@@ -26,8 +29,12 @@ PROMPT = (
     "then read the booking back and confirm it. Keep every answer short and friendly. "
     "If the caller wants anything else, offer to transfer them to a person."
 )
-GREETING = "Hello, thanks for calling Trattoria Demo! I can book a table for you. For which day?"
-TOOLS = ["check_availability", "create_booking", "transfer_to_human", "end_call"]
+GREETING = "Hello, thanks for calling Trattoria Demo! How can I help you?"
+TOOLS = ["check_availability", "create_booking", "create_order", "transfer_to_human", "end_call", "log_note"]
+ESCALATION = "+15550100099"
+# What the demo caller says, each line when the agent has stopped talking.
+CALLER_LINES = ("I'd like to book a table for two at seven.", "Yes please.", "No thanks, goodbye.")
+CALLER_NUMBER = "+15550001111"
 READY_TIMEOUT_S = 60.0
 
 
@@ -47,8 +54,11 @@ async def provision(plane: Any) -> dict[str, Any]:
     try:
         agent = await plane.agents.resolve(tenant.id, AGENT)
     except NotFound:
+        from runtime.providers.rules import DEMO_BOOKING_RULES
+
         agent = await plane.agents.create(tenant.id, AgentCreate(
             name=AGENT, system_prompt=PROMPT, greeting=GREETING, llm={"provider": "rules"}, tools=TOOLS,
+            rules=DEMO_BOOKING_RULES, escalation_target=ESCALATION, dtmf_tools={"0": "transfer_to_human"},
         ))
         made.append("agent")
     try:
@@ -101,9 +111,9 @@ def _log_tail(log: Any, lines: int = 20) -> str:
     return "\n".join(text[-lines:])
 
 
-def _show_api(path: Path, runtime_key: str) -> dict[str, Any]:
-    """Start `voicectl serve`, wait for /readyz, GET /api/v1/agents, stop; returns what it saw."""
-    import json
+@contextlib.contextmanager
+def _served(path: Path) -> Iterator[str]:
+    """`voicectl serve` on a free loopback port, ready (GET /readyz answered 200); yields its base URL."""
     import signal
     import subprocess
     import tempfile
@@ -130,14 +140,7 @@ def _show_api(path: Path, runtime_key: str) -> dict[str, Any]:
                 if time.monotonic() > deadline:
                     fail(f"voicectl serve was not ready after {READY_TIMEOUT_S:.0f} s:\n{_log_tail(log)}")
                 time.sleep(0.2)
-            status, body = _get(f"{base}/api/v1/agents", {"Authorization": f"Bearer {runtime_key}"})
-            try:
-                answer: Any = json.loads(body)
-            except ValueError:
-                answer = body.decode(errors="replace")
-            if status != 200:
-                fail(f"GET /api/v1/agents answered {status}: {answer}")
-            return {"server": base, "status": status, "agents": answer}
+            yield base
         finally:
             if server.poll() is None:
                 server.send_signal(signal.SIGTERM)
@@ -146,6 +149,20 @@ def _show_api(path: Path, runtime_key: str) -> dict[str, Any]:
                 except subprocess.TimeoutExpired:
                     server.kill()
                     server.wait()
+
+
+def _show_api(base: str, runtime_key: str) -> dict[str, Any]:
+    """GET /api/v1/agents with the runtime key; returns what it saw."""
+    import json
+
+    status, body = _get(f"{base}/api/v1/agents", {"Authorization": f"Bearer {runtime_key}"})
+    try:
+        answer: Any = json.loads(body)
+    except ValueError:
+        answer = body.decode(errors="replace")
+    if status != 200:
+        fail(f"GET /api/v1/agents answered {status}: {answer}")
+    return {"server": base, "status": status, "agents": answer}
 
 
 def demo(
@@ -180,13 +197,19 @@ def demo(
             output["runtime_key"] = key
             if not as_json:
                 say("starting voicectl serve ...")
-            output.update(_show_api(path, key))
+            with _served(path) as base:
+                output.update(_show_api(base, key))
+                if not as_json:
+                    say(f"the runtime answers at {base}; placing a call to {output['number']} ...")
+                output["call"] = run_async(_place(
+                    settings, output["number"], base, list(CALLER_LINES), [], CALLER_NUMBER, None, None,
+                    quiet_ms=900, timeout_s=120.0, as_json=as_json))
     if as_json:
         print_json(output)
         return
     if not provision_only:
-        import json
+        from voicectl.call import print_summary
 
-        say(f"GET {output['server']}/api/v1/agents (runtime key {output['runtime_key']}):")
-        say(json.dumps(output["agents"], indent=2))
-        say("server stopped. Run it yourself with: voicectl serve")
+        print_summary(output["call"])
+        say(f"server stopped. The call is stored: voicectl calls list --tenant {TENANT}; "
+            "run the runtime yourself with: voicectl serve")

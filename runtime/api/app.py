@@ -13,6 +13,7 @@ from runtime.api.appkeys import (
     DELIVERY,
     EVENT_SOCKETS,
     METRICS,
+    PIPELINE,
     RATE_LIMITER,
     ROUTES,
     SETTINGS,
@@ -29,12 +30,16 @@ from runtime.control.plane import ControlPlane
 from runtime.events.bus import EventBus
 from runtime.events.delivery import DeliveryWorker
 from runtime.events.websocket import close_event_sockets
+from runtime.providers.registry import ProviderRegistry
 
 log = logging.getLogger("voicectl.api")
 
 
-def create_app(settings: Settings, control: ControlPlane | None = None) -> web.Application:
-    """Build the app; without ``control`` one is opened (and migrated) on startup and closed on cleanup."""
+def create_app(settings: Settings, control: ControlPlane | None = None,
+               providers: ProviderRegistry | None = None) -> web.Application:
+    """Build the app; without ``control`` one is opened (and migrated) on startup and closed on cleanup.
+    ``providers``: the engines calls get (default: the registry for ``settings``; the offline
+    models are loaded at startup)."""
     app = web.Application(middlewares=[errors_and_ids], client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
@@ -68,9 +73,15 @@ def create_app(settings: Settings, control: ControlPlane | None = None) -> web.A
 
         app[RETENTION] = RetentionJob(store, settings.recording_dir)
         app[RETENTION].start()
+        from runtime.pipeline.engine import ConversationEngine
+
+        app[PIPELINE] = ConversationEngine(providers or ProviderRegistry(settings), app[CONTROL],
+                                           app[METRICS].registry)
+        await app[PIPELINE].start()
         yield
         await app[RETENTION].stop()
         await app[TRACKER].drain(settings.server.shutdown_grace_s)
+        await app[PIPELINE].stop()
         await app[DELIVERY].stop()
 
     app.cleanup_ctx.append(control_plane)

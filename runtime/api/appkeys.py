@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from runtime.control.plane import ControlPlane
     from runtime.events.bus import EventBus
     from runtime.events.delivery import DeliveryWorker
+    from runtime.pipeline.engine import ConversationEngine
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 CONTROL: web.AppKey[ControlPlane] = web.AppKey("control")
@@ -24,3 +25,4 @@ BUS: web.AppKey[EventBus] = web.AppKey("bus")
 TRACKER: web.AppKey[CallTracker] = web.AppKey("tracker")
 DELIVERY: web.AppKey[DeliveryWorker] = web.AppKey("delivery")
 EVENT_SOCKETS: web.AppKey[set] = web.AppKey("event_sockets")  # open /api/v1/events/ws sockets
+PIPELINE: web.AppKey[ConversationEngine] = web.AppKey("pipeline")  # builds each call's conversation

@@ -6,11 +6,14 @@ import logging
 import re
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from runtime.api.appkeys import METRICS
+from runtime.api.metrics import Metrics
 from runtime.api.responses import error_response
 from runtime.control.errors import ControlError
 from runtime.store.errors import DatabaseUnavailable
@@ -18,11 +21,30 @@ from runtime.store.errors import DatabaseUnavailable
 log = logging.getLogger("voicectl.api")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Per app's Metrics: (method, route, status) -> its request counter and latency histogram children.
+# labels() validates and locks on every call; the children never change once made.
+_CHILDREN: weakref.WeakKeyDictionary[Metrics, dict[tuple[str, str, int], tuple[Any, Any]]] = (
+    weakref.WeakKeyDictionary())
+_CHILDREN_MAX = 4096  # methods come from clients: past this, labels() as before, nothing kept
 
 
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-ID", "")
     return given if _REQUEST_ID.match(given) else secrets.token_hex(8)
+
+
+def _observe(metrics: Metrics, method: str, route: str, status: int, seconds: float) -> None:
+    children = _CHILDREN.get(metrics)
+    if children is None:
+        children = _CHILDREN[metrics] = {}
+    key = (method, route, status)
+    pair = children.get(key)
+    if pair is None:
+        pair = (metrics.requests.labels(method, route, str(status)), metrics.latency.labels(route))
+        if len(children) < _CHILDREN_MAX:
+            children[key] = pair
+    pair[0].inc()
+    pair[1].observe(seconds)
 
 
 def _http_error(exc: web.HTTPException) -> web.Response:
@@ -58,8 +80,7 @@ async def errors_and_ids(request: web.Request, handler: Handler) -> web.StreamRe
                                   {"request_id": request_id})
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-    metrics = request.app[METRICS]
-    metrics.requests.labels(request.method, route, str(response.status)).inc()
-    metrics.latency.labels(route).observe(time.perf_counter() - started)
+    resource = request.match_info.route.resource
+    _observe(request.app[METRICS], request.method, resource.canonical if resource else "unmatched", response.status,
+             time.perf_counter() - started)
     return response

@@ -10,6 +10,7 @@ from aiohttp import web
 from runtime.api.app import create_app
 from runtime.config import Settings
 from runtime.logs import configure_logging
+from runtime.providers.registry import ProviderRegistry
 
 log = logging.getLogger("voicectl.server")
 
@@ -28,9 +29,11 @@ async def tune_gc_for_live_calls(app: web.Application) -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def run(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+def run(settings: Settings, host: str | None = None, port: int | None = None,
+        providers: ProviderRegistry | None = None) -> None:
+    """``providers``: the engines calls get (default: the config's; bench/fake_engines.py passes its own)."""
     configure_logging(settings.logging)
-    app = create_app(settings)
+    app = create_app(settings, providers=providers)
     host = host or settings.server.host
     port = port or settings.server.port
     log.info("voicectl serving", extra={"host": host, "port": port})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -9,6 +11,10 @@ from zoneinfo import ZoneInfo
 
 from runtime.control.schemas import WEEKDAYS
 from runtime.store.store import Store
+from runtime.store.tables import WRITES
+
+# The tables a number's route (store.route_by_e164) is read from.
+ROUTE_TABLES = ("phone_numbers", "tenants", "agents", "agent_versions")
 
 
 class RouteRejected(Exception):
@@ -22,8 +28,38 @@ class RouteRejected(Exception):
         self.number_id = number_id
 
 
+class ReadCache:
+    """A global read (``read(key)``) cached per key for ``ttl_s``: each call's voice webhook and
+    status callback would otherwise each read its number's route. A write by this process to one
+    of ``tables`` drops every entry at once (so the API's changes apply to the next call); another
+    process's (the CLI's) applies within the TTL. Bounded: emptied when full. The results are
+    shared between callers: read-only."""
+
+    def __init__(self, read: Callable[[Any], Awaitable[Any]], tables: tuple[str, ...], *,
+                 ttl_s: float = 1.0, max_entries: int = 10_000) -> None:
+        self._read = read
+        self._tables = tables
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[Any, tuple[tuple[int, ...], float, Any]] = {}
+
+    async def get(self, key: Any) -> Any:
+        generation = tuple([WRITES.get(t, 0) for t in self._tables])  # before the read: a write during it drops it
+        now = time.monotonic()
+        cached = self._entries.get(key)
+        if cached is not None and cached[0] == generation and now < cached[1]:
+            return cached[2]
+        value = await self._read(key)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = (generation, now + self.ttl_s, value)
+        return value
+
+
 @dataclass(frozen=True)
 class CallRoute:
+    """The rows may come from a ReadCache, shared by the calls to one number: read-only."""
+
     tenant: dict[str, Any]
     number: dict[str, Any]
     agent_id: str

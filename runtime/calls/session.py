@@ -26,6 +26,7 @@ from runtime.events.models import (
     Event,
     Payload,
     StateChanged,
+    TranscriptCreated,
     TransferRequested,
 )
 from runtime.ids import new_id, now_iso
@@ -84,6 +85,7 @@ class CallSession:
     summary: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
     _seq: int = 0
+    _transcript_seq: int = 0
     _started_mono: float = field(default_factory=time.monotonic)
     # Created on first use: most calls never contend, and tens of thousands may be live at once.
     _lock_obj: asyncio.Lock | None = None
@@ -123,6 +125,19 @@ class CallSession:
 
     def latency_aggregates(self) -> dict[str, dict[str, float | int]]:
         return {stage: aggregate(samples) for stage, samples in self._latency_samples.items() if samples}
+
+    async def add_transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
+                             interrupted: bool) -> None:
+        """A final utterance: the ``transcripts`` row and ``transcript.created`` in one transaction."""
+        self._transcript_seq += 1
+        batch = self.store.batch()
+        await batch.transcripts.insert({
+            "id": new_id("tsc"), "tenant_id": self.tenant_id, "call_id": self.id, "seq": self._transcript_seq,
+            "role": role, "text": text, "start_ms": start_ms, "end_ms": end_ms, "interrupted": interrupted,
+            "created_at": now_iso(),
+        })
+        await self.emit(TranscriptCreated(role=role, text=text, start_ms=start_ms, end_ms=end_ms,
+                                          interrupted=interrupted), batch)
 
     def tap_inbound(self, pcm: bytes, sample_rate: int) -> None:
         for sink in self.audio_sinks:
@@ -240,8 +255,9 @@ class CallSession:
                 "summary": self.summary, "latency": self.latency,
             }
             try:
-                await asyncio.wait_for(self._archive(state, reason, hangup_by, message, changes, duration),
-                                       ARCHIVE_TIMEOUT_S)
+                # A timeout scope, not wait_for: no task per call ending (the write rarely waits at all).
+                async with asyncio.timeout(ARCHIVE_TIMEOUT_S):
+                    await self._archive(state, reason, hangup_by, message, changes, duration)
             except Exception:
                 # Never let logging block teardown; the state is final in memory either way.
                 self.state = state

@@ -39,6 +39,7 @@ PROVIDERS: dict[str, ProviderSpec] = {
     "chatterbox": ProviderSpec(("base_url",), secret_required=False),
     "s3": ProviderSpec(("endpoint", "region", "bucket", "access_key_id"), secret="secret access key"),
     "n8n": ProviderSpec(("url", "header_name"), secret="header value"),
+    "tools": ProviderSpec(secret="HTTP tool signing secret"),
 }
 
 

@@ -153,6 +153,144 @@ class AfterHours(Input):
     system_prompt: str | None = None
 
 
+# The rules brain (runtime.providers.rules): a scripted, deterministic stand-in for an LLM.
+
+DTMF_KEYS = frozenset("0123456789*#ABCD")
+MAX_PATTERN = 200
+# A quantified group that itself holds a quantifier, e.g. (a+)+ or (\w*)*: the classic catastrophic
+# backtracking shapes. Tenant patterns run on the shared event loop, so they are refused.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)\s*(?:[+*]|\{\d*,)")
+
+
+def check_pattern(value: str) -> str:
+    if len(value) > MAX_PATTERN:
+        raise ValueError(f"patterns are at most {MAX_PATTERN} characters")
+    if _NESTED_QUANTIFIER.search(value):
+        raise ValueError(f"pattern {value!r} nests quantifiers (e.g. (a+)+), which can backtrack for ever")
+    try:
+        re.compile(value, re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from None
+    return value
+
+
+class RuleSlot(Input):
+    """A value the brain extracts from what the caller says (see runtime.providers.rules)."""
+
+    type: Literal["count", "number", "time", "date", "name", "items", "text"]
+    default: str | int | None = Field(None, description='used when never said, e.g. "today" for a date')
+    choices: list[str] = Field(default_factory=list, max_length=200,
+                               description="items: the names to look for (a menu)")
+    pm_hours: tuple[int, int] = Field((5, 11), description="time: bare hours in this range are read as PM")
+    pattern: str | None = Field(None, description="text: a regex whose first group (or match) is the value")
+
+    _pattern = field_validator("pattern")(lambda v: None if v is None else check_pattern(v))
+
+    @field_validator("pm_hours")
+    @classmethod
+    def _pm(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= value[0] <= value[1] <= 11:
+            raise ValueError("pm_hours is a range within 1..11, e.g. [5, 11]")
+        return value
+
+
+class RuleOutcome(Input):
+    """A reply step: what is said, and what the next caller turn is read against."""
+
+    when: dict[str, Any] = Field(default_factory=dict,
+                                 description="after a tool: field values the result must have (empty: any)")
+    reply: str = Field("", max_length=2000)
+    confirm: RuleConfirm | None = None
+    ask: str | None = Field(None, description="a slot the next answer fills, e.g. time after 'full at 7'")
+    reset: bool = Field(False, description="forget the slots once this reply is made (the task is done)")
+
+
+class RuleConfirm(Input):
+    """The reply asked a yes/no question: what a yes or a no does next (an intent's name, or a reply)."""
+
+    yes: str | RuleOutcome | None = None
+    no: str | RuleOutcome | None = None
+
+
+RuleOutcome.model_rebuild()
+
+
+class RuleIntent(Input):
+    name: str
+    keywords: list[str] = Field(default_factory=list, max_length=200)
+    patterns: list[str] = Field(default_factory=list, max_length=50)
+    requires: list[str] = Field(default_factory=list, description="slots that must be known before acting")
+    ask: dict[str, str] = Field(default_factory=dict, description="slot -> the question asked when it is missing")
+    reply: str = Field("", max_length=2000, description="spoken first (before the tool call when there is one)")
+    tool: str | None = None
+    arguments: dict[str, Any] = Field(default_factory=dict, description='tool arguments; "{slot}" passes the value')
+    results: list[RuleOutcome] = Field(default_factory=list, description="replies to the tool result, first match")
+    on_error: RuleOutcome | None = Field(None, description="the reply when the tool fails (default: error_reply)")
+    confirm: RuleConfirm | None = Field(None, description="the reply asked a yes/no question")
+
+    _names = field_validator("name", "tool")(lambda v: v if v is None or TOOL_NAME.match(v) else _bad_name(v))
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        return [check_pattern(p) for p in value]
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, value: list[str]) -> list[str]:
+        cleaned = [k.strip().lower() for k in value]
+        if any(not k or len(k) > 100 for k in cleaned):
+            raise ValueError("keywords are 1 to 100 characters")
+        return cleaned
+
+
+def _bad_name(value: str) -> str:
+    raise ValueError(f"{value!r}: names are letters, digits and underscores, starting with a letter")
+
+
+class RulesConfig(Input):
+    """The rules brain's script: slots, intents in priority order, and the lines it falls back on."""
+
+    slots: dict[str, RuleSlot] = Field(default_factory=dict)
+    intents: list[RuleIntent] = Field(default_factory=list, max_length=200)
+    fallback: str = Field("Sorry, I didn't catch that. How can I help?", min_length=1, max_length=2000)
+    reprompt: str = Field("Sorry, I didn't catch that.", min_length=1, max_length=2000,
+                          description="said before repeating the question for a missing slot")
+    error_reply: str = Field("Sorry, something went wrong on my side.", min_length=1, max_length=2000)
+    yes_words: list[str] = Field(default_factory=lambda: [
+        "yes", "yeah", "yep", "yup", "sure", "ok", "okay", "please do", "go ahead", "correct", "that's right",
+        "sounds good", "perfect", "absolutely", "of course", "definitely", "do it", "book it"])
+    no_words: list[str] = Field(default_factory=lambda: [
+        "no", "nope", "nah", "not really", "don't", "do not", "never mind", "cancel"])
+
+    @model_validator(mode="after")
+    def _references(self) -> RulesConfig:
+        names = [i.name for i in self.intents]
+        if len(set(names)) != len(names):
+            raise ValueError("intent names must be unique")
+        for intent in self.intents:
+            for slot in [*intent.requires, *intent.ask]:
+                if slot not in self.slots:
+                    raise ValueError(f"intent {intent.name}: unknown slot {slot!r}")
+            outcomes = [*intent.results, intent.on_error, RuleOutcome(confirm=intent.confirm)]
+            self._check_outcomes(intent.name, outcomes, set(names), depth=0)
+        return self
+
+    def _check_outcomes(self, intent: str, outcomes: list[RuleOutcome | None], known: set[str], depth: int) -> None:
+        if depth > 8:
+            raise ValueError(f"intent {intent}: yes/no replies nest too deep")
+        for outcome in filter(None, outcomes):
+            if outcome.ask is not None and outcome.ask not in self.slots:
+                raise ValueError(f"intent {intent}: ask refers to unknown slot {outcome.ask!r}")
+            if outcome.confirm is None:
+                continue
+            for target in (outcome.confirm.yes, outcome.confirm.no):
+                if isinstance(target, str) and target not in known:
+                    raise ValueError(f"intent {intent}: confirm refers to unknown intent {target!r}")
+                if isinstance(target, RuleOutcome):
+                    self._check_outcomes(intent, [target], known, depth + 1)
+
+
 class AgentConfig(Input):
     """Everything an agent version holds."""
 
@@ -171,6 +309,9 @@ class AgentConfig(Input):
     hours: OperatingHours | None = None
     after_hours: AfterHours = Field(default_factory=AfterHours)
     knowledge: str = Field("", max_length=200_000)
+    rules: RulesConfig | None = Field(None, description="the script of the rules brain (llm provider: rules)")
+    dtmf_tools: dict[str, str] = Field(
+        default_factory=dict, description="keypad digit -> tool the pipeline runs at once, e.g. {\"0\": \"transfer_to_human\"}")
 
     @field_validator("tools")
     @classmethod
@@ -186,6 +327,16 @@ class AgentConfig(Input):
         if value is None or value.startswith("sip:"):
             return value
         return check_e164(value)
+
+    @model_validator(mode="after")
+    def _dtmf(self) -> AgentConfig:
+        enabled = set(self.tools) | {t.name for t in self.http_tools}
+        for digit, tool in self.dtmf_tools.items():
+            if digit not in DTMF_KEYS:
+                raise ValueError(f"dtmf_tools: {digit!r} is not a keypad key (0-9, *, #, A-D)")
+            if tool not in enabled:
+                raise ValueError(f"dtmf_tools: {tool!r} is not one of this agent's tools")
+        return self
 
 
 class AgentCreate(AgentConfig):
@@ -212,6 +363,8 @@ class AgentUpdate(Input):
     hours: OperatingHours | None = None
     after_hours: AfterHours | None = None
     knowledge: str | None = Field(None, max_length=200_000)
+    rules: RulesConfig | None = None
+    dtmf_tools: dict[str, str] | None = None
 
     def config_changes(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True, exclude={"name", "note"})

@@ -127,12 +127,12 @@ class EventBus:
 
     @staticmethod
     async def _stage(tx: WriteBatch, event: Event, hooks: list[dict]) -> list[dict]:
-        now = now_iso()
         targets = [h for h in hooks if matches(event.topic, h["events"])]
         await tx.call_events.insert({
             "id": event.id, "tenant_id": event.tenant_id, "call_id": event.call_id, "seq": event.seq,
             "topic": event.topic, "payload": event.data, "trace_id": event.trace_id, "created_at": event.ts,
         })
+        now = now_iso() if targets else None  # for the delivery rows alone
         for hook in targets:
             await tx.webhook_deliveries.insert({
                 "id": new_id("dlv"), "tenant_id": event.tenant_id, "webhook_id": hook["id"],

@@ -24,7 +24,6 @@ ULAW_FRAME_BYTES = FRAME_SAMPLES  # one byte a sample
 PCM_FRAME_BYTES = FRAME_SAMPLES * 2
 ULAW_SILENCE = b"\xff"
 WAVE_FORMAT_PCM, WAVE_FORMAT_MULAW = 1, 7
-GREETING_WAV = Path(__file__).resolve().parent.parent / "assets" / "greeting.wav"
 
 
 def ulaw_to_pcm16(data: bytes) -> bytes:

@@ -116,7 +116,7 @@ class SpeechToText(ABC):
     @abstractmethod
     async def _open(self) -> SttStream: ...
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release engine resources (models, pools); the default has none."""
 
 
@@ -195,7 +195,7 @@ class LanguageModel(ABC):
     @abstractmethod
     def _stream(self, request: LlmRequest) -> AsyncIterator[LlmEvent]: ...
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release clients and pools; the default has none."""
 
 
@@ -226,7 +226,7 @@ class TextToSpeech(ABC):
     @abstractmethod
     def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]: ...
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release models and clients; the default has none."""
 
 

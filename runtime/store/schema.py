@@ -271,5 +271,48 @@ DELIVERY_ATTEMPTS = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS)
+# The sample booking pack (runtime.tools.booking). A booking holds one of a slot's tables: the
+# unique (tenant, day, slot, table_no) is what stops two concurrent bookings taking the same one.
+# call_id is SET NULL: retention purging a call keeps the booking it made.
+BOOKINGS_ORDERS = Migration(
+    3,
+    "sample booking pack",
+    (
+        f"""CREATE TABLE bookings (
+            id TEXT PRIMARY KEY,
+            {_T},
+            call_id TEXT REFERENCES voice_calls(id) ON DELETE SET NULL,
+            reference TEXT NOT NULL,
+            day TEXT NOT NULL,
+            time TEXT NOT NULL,
+            slot TEXT NOT NULL,
+            table_no INTEGER NOT NULL,
+            party_size INTEGER NOT NULL,
+            name TEXT,
+            phone TEXT,
+            status TEXT NOT NULL,
+            created_at {{ts}} NOT NULL,
+            UNIQUE (tenant_id, reference),
+            UNIQUE (tenant_id, day, slot, table_no)
+        )""",
+        f"""CREATE TABLE orders (
+            id TEXT PRIMARY KEY,
+            {_T},
+            call_id TEXT REFERENCES voice_calls(id) ON DELETE SET NULL,
+            reference TEXT NOT NULL,
+            items {{json}} NOT NULL,
+            total_cents INTEGER NOT NULL,
+            currency TEXT NOT NULL,
+            pickup_time TEXT,
+            name TEXT,
+            phone TEXT,
+            status TEXT NOT NULL,
+            created_at {{ts}} NOT NULL,
+            UNIQUE (tenant_id, reference)
+        )""",
+        "CREATE INDEX orders_tenant_created ON orders (tenant_id, created_at)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS)
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -6,7 +6,7 @@ from functools import cached_property
 from typing import Any
 
 from runtime.store.base import Database, Executor, Params, Row
-from runtime.store.tables import Table, TableSpec, decode
+from runtime.store.tables import Table, TableSpec, committed, decode
 
 TENANTS = TableSpec(
     "tenants",
@@ -99,9 +99,21 @@ CALLBACK_TASKS = TableSpec(
      "updated_at"),
 )
 
+BOOKINGS = TableSpec(
+    "bookings",
+    ("id", "tenant_id", "call_id", "reference", "day", "time", "slot", "table_no", "party_size", "name", "phone",
+     "status", "created_at"),
+)
+ORDERS = TableSpec(
+    "orders",
+    ("id", "tenant_id", "call_id", "reference", "items", "total_cents", "currency", "pickup_time", "name", "phone",
+     "status", "created_at"),
+    json_columns=frozenset({"items"}),
+)
+
 ALL_SPECS = (TENANTS, API_KEYS, VOICE_PROFILES, AGENTS, AGENT_VERSIONS, PHONE_NUMBERS, CREDENTIALS,
              WEBHOOK_CONFIGS, VOICE_CALLS, TRANSCRIPTS, CALL_EVENTS, TOOL_CALLS, RECORDINGS,
-             WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_ATTEMPTS, EVALUATIONS, CALLBACK_TASKS)
+             WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_ATTEMPTS, EVALUATIONS, CALLBACK_TASKS, BOOKINGS, ORDERS)
 
 
 class Tables:
@@ -178,6 +190,14 @@ class Tables:
     @cached_property
     def callback_tasks(self) -> Table:
         return Table(CALLBACK_TASKS, self.executor)
+
+    @cached_property
+    def bookings(self) -> Table:
+        return Table(BOOKINGS, self.executor)
+
+    @cached_property
+    def orders(self) -> Table:
+        return Table(ORDERS, self.executor)
 
     # Special queries: lookups that are not by id within a tenant.
 
@@ -386,7 +406,10 @@ class WriteBatch(Tables):
         statements, self._recorder.statements = self._recorder.statements, []
         if not statements:
             return []
-        return await self._db.run_batch(statements)
+        try:
+            return await self._db.run_batch(statements)
+        finally:
+            committed(self)
 
 
 class _Atomic:
@@ -397,7 +420,11 @@ class _Atomic:
     async def __aenter__(self) -> Tables:
         self._cm = self._db.transaction()
         executor = await self._cm.__aenter__()
-        return Tables(executor)
+        self._tables = Tables(executor)
+        return self._tables
 
     async def __aexit__(self, *exc: Any) -> bool | None:
-        return await self._cm.__aexit__(*exc)
+        try:
+            return await self._cm.__aexit__(*exc)
+        finally:
+            committed(self._tables)

@@ -33,19 +33,40 @@ class TableSpec:
     bool_columns: frozenset[str] = field(default_factory=frozenset)
     tenant_column: str | None = "tenant_id"
     order_by: str = "created_at, id"
+    column_set: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "column_set", frozenset(self.columns))  # O(1) checks of row keys
 
 
 def _encode(spec: TableSpec, row: dict[str, Any]) -> dict[str, Any]:
     out = {}
+    columns, json_columns, bool_columns = spec.column_set, spec.json_columns, spec.bool_columns
     for key, value in row.items():
-        if key not in spec.columns:
+        if key not in columns:
             raise KeyError(f"{spec.name} has no column {key}")
-        if key in spec.json_columns and value is not None:
-            value = orjson.dumps(value).decode()
-        elif key in spec.bool_columns and value is not None:
-            value = bool(value)
+        if value is not None:
+            if key in json_columns:
+                value = orjson.dumps(value).decode()
+            elif key in bool_columns:
+                value = bool(value)
         out[key] = value
     return out
+
+
+# INSERT statements by table and column list: a call's row and events are inserted with the same
+# keys every time. The keys come from code (checked against the spec), so the set stays small.
+_INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}
+_INSERTS_MAX = 1024
+
+
+def _insert_sql(name: str, keys: tuple[str, ...]) -> str:
+    sql = _INSERTS.get((name, keys))
+    if sql is None:
+        sql = f"INSERT INTO {name} ({', '.join(keys)}) VALUES ({', '.join('?' for _ in keys)})"
+        if len(_INSERTS) < _INSERTS_MAX:
+            _INSERTS[(name, keys)] = sql
+    return sql
 
 
 def decode(spec: TableSpec, row: Row) -> Row:
@@ -68,6 +89,14 @@ def _wrote(name: str) -> None:
     WRITES[name] = WRITES.get(name, 0) + 1
 
 
+def committed(tables: object) -> None:
+    """Count again, once a transaction or write batch has committed, the writes of the tables it
+    used: a cache filled between a statement and its commit (old rows, new count) is dropped too."""
+    for value in vars(tables).values():
+        if isinstance(value, Table):
+            _wrote(value.spec.name)
+
+
 class Table:
     def __init__(self, spec: TableSpec, db: Executor) -> None:
         self.spec = spec
@@ -88,9 +117,7 @@ class Table:
 
     async def insert(self, row: dict[str, Any]) -> Row:
         values = _encode(self.spec, row)
-        cols = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
-        await self.db.execute(f"INSERT INTO {self.spec.name} ({cols}) VALUES ({marks})", list(values.values()))
+        await self.db.execute(_insert_sql(self.spec.name, tuple(values)), list(values.values()))
         _wrote(self.spec.name)
         return decode(self.spec, dict(values))
 
@@ -118,7 +145,7 @@ class Table:
         params: list[Any] = []
         self._scope(tenant_id, where, params)
         for key, value in (equals or {}).items():
-            if key not in self.spec.columns:
+            if key not in self.spec.column_set:
                 raise KeyError(f"{self.spec.name} has no column {key}")
             if value is None:
                 where.append(f"{key} IS NULL")

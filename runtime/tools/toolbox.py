@@ -1,0 +1,201 @@
+"""CallToolBox: the ToolBox of one call, built from its agent version's config.
+
+``CallToolBox.for_call`` takes the enabled built-ins (``tools``: call control and the sample
+booking pack) and the tenant's ``http_tools``. ``call`` checks the arguments against the tool's
+JSON schema (required fields, types, enums; a minimal check, not a full validator), runs the tool
+under its time limit, then stores a ``tool_calls`` row and emits ``tool.called`` in one
+transaction. It never raises into the pipeline: an unknown tool, bad arguments, a timeout or a
+crash inside a tool all come back as error results the model can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+
+from runtime.events.models import Payload, ToolCalled
+from runtime.ids import new_id, now_iso
+from runtime.providers.base import ToolCall, ToolSpec
+from runtime.store.store import Store, WriteBatch
+from runtime.tools.base import ToolContext, ToolResult
+from runtime.tools.booking import BookingPack, BookingPolicy
+from runtime.tools.builtin import BUILTINS, Tool, error_result
+from runtime.tools.http import HttpTool, SecretLookup
+
+log = logging.getLogger("voicectl.tools")
+
+# CallSession.emit: commits ``batch`` (here: the tool_calls row) with the event, then publishes.
+Emit = Callable[[Payload, WriteBatch | None], Awaitable[Any]]
+
+
+class CallToolBox:
+    def __init__(self, tools: Mapping[str, Tool], *, store: Store, emit: Emit,
+                 dtmf_tools: Mapping[str, str] | None = None) -> None:
+        self.tools = dict(tools)
+        self.store = store
+        self.emit = emit
+        self.dtmf_tools = {d: t for d, t in (dtmf_tools or {}).items() if t in self.tools}
+
+    @classmethod
+    def for_call(
+        cls, config: Mapping[str, Any], *, store: Store, emit: Emit, timezone: str = "UTC",
+        http: aiohttp.ClientSession | None = None, signing_secret: SecretLookup | None = None,
+        policy: BookingPolicy | None = None, clock: Callable[[], datetime] | None = None,
+    ) -> CallToolBox:
+        """``config``: the agent version's config (a validated AgentConfig dump, as stored).
+        ``timezone``: the tenant's (booking dates and times are local). ``http``: the app's shared
+        client session. ``signing_secret``: tenant_id -> secret for HTTP tool requests, e.g.
+        ``lambda t: control.credentials.secret(t, "tools")``."""
+        pack = BookingPack(store, timezone, policy or BookingPolicy())
+        if clock is not None:
+            pack.clock = clock
+        pack_tools = pack.tools()
+        tools: dict[str, Tool] = {}
+        for name in config.get("tools") or ():
+            if name in BUILTINS:
+                tools[name] = BUILTINS[name]()
+            elif name in pack_tools:
+                tools[name] = pack_tools[name]
+            else:
+                log.warning("unknown built-in tool in agent config", extra={"tool": name})
+        for entry in config.get("http_tools") or ():
+            if entry["name"] in tools:
+                log.warning("http tool shadowed by a built-in of the same name", extra={"tool": entry["name"]})
+                continue
+            tools[entry["name"]] = HttpTool.from_config(entry, http=http, signing_secret=signing_secret)
+        return cls(tools, store=store, emit=emit, dtmf_tools=config.get("dtmf_tools"))
+
+    def specs(self) -> tuple[ToolSpec, ...]:
+        return tuple(tool.spec for tool in self.tools.values())
+
+    def dtmf_tool(self, digit: str) -> str | None:
+        """The tool a keypad digit runs at once (AgentConfig.dtmf_tools), if any."""
+        return self.dtmf_tools.get(digit)
+
+    async def call(self, call: ToolCall, ctx: ToolContext) -> ToolResult:
+        started = time.perf_counter()
+        result = await self._run(call, ctx)
+        result = replace(result, latency_ms=int((time.perf_counter() - started) * 1000))
+        await self._record(call, ctx, result)
+        return result
+
+    async def _run(self, call: ToolCall, ctx: ToolContext) -> ToolResult:
+        tool = self.tools.get(call.name)
+        if tool is None:
+            return error_result(f"there is no tool named {call.name!r}; available: {', '.join(self.tools) or 'none'}")
+        arguments = call.arguments if isinstance(call.arguments, dict) else {}
+        arguments, problems = check_arguments(tool.spec.parameters, arguments)
+        if problems:
+            return error_result(f"{call.name} was not run, its arguments are invalid: {'; '.join(problems)}")
+        try:
+            async with asyncio.timeout(tool.timeout_s):
+                return await tool.run(arguments, ctx)
+        except TimeoutError:
+            return error_result(f"{call.name} did not finish within {tool.timeout_s:g} s", "timeout")
+        except Exception:
+            log.exception("tool failed", extra={"tool": call.name, "call_id": ctx.call_id})
+            return error_result(f"{call.name} failed unexpectedly")
+
+    async def _record(self, call: ToolCall, ctx: ToolContext, result: ToolResult) -> None:
+        """The tool_calls row and the tool.called event, committed together; a failure here is
+        logged, never passed on (the caller is still on the line)."""
+        arguments = call.arguments if isinstance(call.arguments, dict) else {}
+        try:
+            batch = self.store.batch()
+            await batch.tool_calls.insert({
+                "id": new_id("tc"), "tenant_id": ctx.tenant_id, "call_id": ctx.call_id, "name": call.name,
+                "arguments": arguments, "result": result.content, "status": result.status,
+                "latency_ms": result.latency_ms, "created_at": now_iso(),
+            })
+            await self.emit(ToolCalled(call.name, arguments, result.status, result.latency_ms), batch)
+        except Exception:
+            log.exception("could not record a tool call", extra={"tool": call.name, "call_id": ctx.call_id})
+
+
+# A minimal JSON-schema check: what a model most often gets wrong.
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,), "array": (list,),
+    "object": (dict,), "null": (type(None),),
+}
+
+
+def check_arguments(schema: Mapping[str, Any], arguments: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``arguments`` checked against an object schema: (arguments with numeric strings coerced and
+    nulls of optional fields dropped, problems)."""
+    return _check_object("", schema, arguments)
+
+
+def _check_object(path: str, schema: Mapping[str, Any], value: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    props: Mapping[str, Any] = schema.get("properties") or {}
+    required = list(schema.get("required") or ())
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, item in value.items():
+        if item is None:  # left out: fine when optional, reported below when required
+            continue
+        prop = props.get(name)
+        if prop is None:
+            if schema.get("additionalProperties") is False:
+                problems.append(f"{path}{name} is not an argument of this tool")
+                continue
+            out[name] = item
+            continue
+        out[name], found = _check_value(f"{path}{name}", prop, item)
+        problems.extend(found)
+    problems.extend(f"{path}{name} is required" for name in required if value.get(name) is None)
+    return out, problems
+
+
+def _check_value(path: str, schema: Mapping[str, Any], value: Any) -> tuple[Any, list[str]]:
+    kinds = schema.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds or ())
+    if kinds:
+        value = _coerce(value, kinds)
+        if not any(_is(value, kind) for kind in kinds):
+            return value, [f"{path} must be {' or '.join(kinds)}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return value, [f"{path} must be one of {schema['enum']}"]
+    if isinstance(value, dict) and ("properties" in schema or "required" in schema):
+        return _check_object(f"{path}.", schema, value)
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        items, problems = [], []
+        for i, item in enumerate(value):
+            checked, found = _check_value(f"{path}[{i}]", schema["items"], item)
+            items.append(checked)
+            problems.extend(found)
+        return items, problems
+    return value, []
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind not in _TYPES:
+        return True  # a type we do not check
+    if kind in ("integer", "number") and isinstance(value, bool):
+        return False
+    if kind == "integer" and isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, _TYPES[kind])
+
+
+def _coerce(value: Any, kinds: list[str]) -> Any:
+    """Numbers sent as strings ("2") or integers sent as 2.0: what models commonly do."""
+    if "integer" in kinds and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and "string" not in kinds:
+        text = value.strip()
+        if "integer" in kinds and text.lstrip("-").isdigit():
+            return int(text)
+        if "number" in kinds:
+            try:
+                return float(text)
+            except ValueError:
+                return value
+    return value

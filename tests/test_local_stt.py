@@ -1,0 +1,182 @@
+"""The offline whisper STT on speech the packaged piper voice makes at test time, sent the
+telephony way (22.05 kHz -> 8 kHz -> 16 kHz), plus the model hash check."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.pipeline.audio import resample
+from runtime.providers.base import ProviderError, RetryPolicy, SttStream, Transcript
+from runtime.providers.local_stt import LocalWhisperSTT, collapse_repeats
+from runtime.providers.local_tts import PiperTTS
+from runtime.providers.models import WHISPER_TINY_EN, ModelSpec, verified_dir
+
+BOOKING = "I would like to book a table for two at seven tonight."
+HOURS = "Can you tell me when you open on Sunday?"
+FRAME = 640  # 20 ms at 16 kHz
+
+
+async def _telephony_speech(text: str) -> bytes:
+    chunks = [c async for c in PiperTTS().synthesize(text)]
+    return resample(resample(b"".join(c.pcm for c in chunks), chunks[0].rate, 8000), 8000, 16000)
+
+
+@pytest.fixture(scope="module")
+def speech() -> dict[str, bytes]:
+    async def make() -> dict[str, bytes]:
+        return {BOOKING: await _telephony_speech(BOOKING), HOURS: await _telephony_speech(HOURS)}
+
+    return asyncio.run(make())
+
+
+@pytest.fixture
+async def stt() -> LocalWhisperSTT:
+    engine = LocalWhisperSTT()
+    await engine.warm_up()  # the shared model loads once per process
+    return engine
+
+
+async def _push(stream: SttStream, pcm: bytes) -> None:
+    for i in range(0, len(pcm), FRAME):
+        await stream.push(pcm[i:i + FRAME])
+
+
+async def _next(stream: SttStream) -> Transcript:
+    return await asyncio.wait_for(anext(aiter(stream)), 20)
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+async def test_transcribes_telephony_speech(stt, speech) -> None:
+    stream = await stt.open()
+    assert stream.rate == 16000
+    await _push(stream, speech[BOOKING])
+    await stream.flush()
+    transcript = await _next(stream)
+    words = _words(transcript.text)
+    assert {"book", "table"} <= words
+    assert words & {"two", "2"} and words & {"seven", "7"}
+    assert transcript.final and transcript.speech_final
+    duration_ms = len(speech[BOOKING]) // 32
+    assert 0 <= transcript.start_ms < transcript.end_ms <= duration_ms + 100
+    assert transcript.start_ms is not None and transcript.end_ms > transcript.start_ms
+    assert 0 < transcript.confidence <= 1
+    await stream.close()
+
+
+async def test_silence_only_yields_nothing_and_offsets_count_from_stream_start(stt, speech) -> None:
+    stream = await stt.open()
+    await _push(stream, bytes(32000 * 2))  # 2 s of silence
+    await stream.flush()
+    await _push(stream, speech[HOURS])
+    await stream.flush()
+    await stream.close()
+    transcripts = [t async for t in stream]
+    assert len(transcripts) == 1  # the silent utterance produced no transcript, not an empty one
+    assert {"open", "sunday"} <= _words(transcripts[0].text)
+    assert transcripts[0].start_ms >= 2000
+
+
+def _noises() -> dict[str, bytes]:
+    """Two seconds each of sounds that are not speech; raw tiny.en hears "Oh"/"Ah" in the breaths."""
+    rate, out = 16000, {}
+    t = np.arange(2 * rate) / rate
+    for seed in (0, 4):
+        rng = np.random.default_rng(seed)
+        out[f"breath {seed}"] = np.convolve(rng.standard_normal(t.size), np.ones(8) / 8, "same") \
+            * np.exp(-(((t - 1) / 0.3) ** 2)) * 0.1
+    out["white"] = np.random.default_rng(1).standard_normal(t.size) * 0.03
+    out["buzz"] = sum(0.05 / k * np.sin(2 * np.pi * 60 * k * t) for k in (1, 3, 5))
+    return {name: (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes() for name, x in out.items()}
+
+
+async def test_noise_is_not_transcribed_but_a_short_answer_is(stt) -> None:
+    noises = _noises()
+    heard = await asyncio.gather(*(stt.transcribe(pcm) for pcm in noises.values()))
+    assert dict(zip(noises, heard, strict=True)) == dict.fromkeys(noises)
+    yes = await stt.transcribe(await _telephony_speech("Yes."))
+    assert yes is not None and "yes" in _words(yes.text)
+
+
+async def test_two_streams_decode_concurrently(stt, speech) -> None:
+    streams = [await stt.open(), await stt.open()]
+    for stream, text in zip(streams, (BOOKING, HOURS), strict=True):
+        await _push(stream, speech[text])
+    await asyncio.gather(*(s.flush() for s in streams))
+    booking, hours = await asyncio.gather(*(_next(s) for s in streams))
+    assert "table" in _words(booking.text) and "sunday" in _words(hours.text)
+    await asyncio.gather(*(s.close() for s in streams))
+
+
+async def test_decoding_never_blocks_the_event_loop(stt, speech) -> None:
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = loop.time()
+        while not done.is_set():
+            await asyncio.sleep(0.005)
+            gaps.append(loop.time() - last)
+            last = loop.time()
+
+    stream = await stt.open()
+    await _push(stream, speech[BOOKING])
+    ticking = asyncio.create_task(ticker())
+    began = loop.time()
+    await stream.flush()
+    assert loop.time() - began < 0.05  # flush hands the decode to the worker pool
+    await _next(stream)
+    decode_s = loop.time() - began
+    done.set()
+    await ticking
+    assert max(gaps) < min(0.2, decode_s / 2), (max(gaps), decode_s)
+    await stream.close()
+
+
+def _spec_with_a_bad_file(tmp_path: Path) -> ModelSpec:
+    """A model folder whose vocabulary.txt is not the pinned one."""
+    name, digest = WHISPER_TINY_EN.files[-1]
+    (tmp_path / name).write_bytes(b"not the model")
+    return ModelSpec("whisper under test", "local", lambda: tmp_path, ((name, digest),))
+
+
+def test_model_hash_mismatch_is_a_clear_provider_error(tmp_path) -> None:
+    spec = _spec_with_a_bad_file(tmp_path)
+    with pytest.raises(ProviderError) as caught:
+        verified_dir(spec)
+    assert caught.value.kind == "unavailable"
+    assert "vocabulary.txt" in str(caught.value) and "does not match its pinned sha256" in str(caught.value)
+    assert verified_dir(WHISPER_TINY_EN).is_dir()  # the installed files pass
+
+
+async def test_stt_with_a_bad_model_fails_to_open(tmp_path) -> None:
+    stt = LocalWhisperSTT(RetryPolicy(retries=0, first_byte_timeout_s=10), model=_spec_with_a_bad_file(tmp_path))
+    with pytest.raises(ProviderError) as caught:
+        await stt.open()
+    assert caught.value.kind == "unavailable" and "sha256" in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("No... No... No...", ("No.", True)),
+    ("Yes, please. Yes, please. Yes,", ("Yes, please.", True)),
+    ("Yes? Yes? Yes? Yes", ("Yes?", True)),
+    ("I'd like to book a table for two at seven.", ("I'd like to book a table for two at seven.", False)),
+    ("Table for two, two people.", ("Table for two, two people.", False)),
+])
+def test_a_looping_short_window_decode_is_collapsed(text: str, expected: tuple[str, bool]) -> None:
+    assert collapse_repeats(text) == expected
+
+
+@pytest.mark.parametrize("answer", ["No.", "Yes please.", "Okay, thanks.", "No thanks, goodbye."])
+async def test_short_answers_decode_without_looping(stt, answer: str) -> None:
+    heard = await stt.transcribe(await _telephony_speech(answer))
+    assert heard is not None
+    assert _words(heard.text) == _words(answer), heard.text
