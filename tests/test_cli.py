@@ -572,6 +572,24 @@ def test_demo_provision_only_is_idempotent(cli: Cli) -> None:
     assert re.fullmatch(r"AC[0-9a-f]{32}", cred["fields"]["account_sid"]) and cred["secret_set"]
 
 
+def test_call_text_chats_with_the_demo_agent_and_archives_it(cli: Cli) -> None:
+    cli.json("demo", "--provision-only")
+    chat = cli.json("call", "+15550100001", "--text", "--say", "A table for two at seven please",
+                    "--say", "yes please", "--say", "no thanks, goodbye")
+    assert chat["status"] == "ended" and chat["hung_up_by"] == "agent" and chat["end_reason"] == "agent_ended"
+    said = [(t["role"], t["text"]) for t in chat["transcript"]]
+    assert said[0][0] == "agent" and said[1] == ("caller", "A table for two at seven please")
+    assert [t["name"] for t in chat["tool_calls"]] == ["check_availability", "create_booking", "end_call"]
+    assert chat["tool_calls"][1]["arguments"]["party_size"] == 2
+    assert chat["tool_calls"][1]["arguments"]["time"] == "19:00"
+    shown = cli.json("calls", "show", chat["call_id"], "--tenant", "demo")
+    assert shown["provider"] == "chat" and shown["status"] == "ended"
+    # Lines from stdin work the same; an unknown number is a clear error.
+    piped = cli.json("call", "+15550100001", "--text", input="hello\nno thanks, goodbye\n")
+    assert [t["role"] for t in piped["transcript"]][:2] == ["agent", "caller"]
+    assert "is not routed" in cli("call", "+15559999999", "--text", "--say", "hi", code=3).output
+
+
 # Help, completion and the README
 
 

@@ -8,6 +8,7 @@ the store as the runtime writes them, and the per-turn latency table is printed 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -175,6 +176,42 @@ async def place(settings: Any, number: str, url: str, texts: list[str], wavs: li
         await plane.close()
 
 
+async def chat(settings: Any, number: str, lines: list[str], from_: str, *, as_json: bool,
+               timeout_s: float) -> dict[str, Any]:
+    """``--text``: a typed chat through the same conversation engine (runtime.pipeline.text_chat)."""
+    from runtime.calls.routing import RouteRejected
+    from runtime.control.plane import ControlPlane
+    from runtime.pipeline.text_chat import text_chat
+
+    def show(role: str, text: str) -> None:
+        if not as_json:
+            say(f"{role:>9}: {text}")
+
+    plane = await ControlPlane.open(settings, migrate=False)
+    try:
+        try:
+            call_id = await text_chat(plane, settings, number, lines, from_number=from_, reply_timeout_s=timeout_s,
+                                      on_utterance=show)
+        except RouteRejected as exc:
+            fail(f"{number}: {exc.message} ({exc.reason})", 3 if exc.reason == "unknown_number" else 4)
+        rows = await plane.store.db.fetchall("SELECT tenant_id FROM voice_calls WHERE id = ?", (call_id,))
+        call = {"id": call_id, "tenant_id": rows[0]["tenant_id"]}
+        row = await plane.store.voice_calls.get(call_id, tenant_id=call["tenant_id"])
+        transcripts = await _rows(plane.store.transcripts, call)
+        tools = await _rows(plane.store.tool_calls, call)
+        return {
+            "call_id": call_id, "tenant_id": call["tenant_id"], "status": row["status"],
+            "end_reason": row["end_reason"], "hung_up_by": row["hangup_by"] or "caller",
+            "transcript": [{"role": t["role"], "text": t["text"], "interrupted": bool(t["interrupted"])}
+                           for t in transcripts],
+            "tool_calls": [{"name": t["name"], "arguments": t["arguments"], "result": t["result"],
+                            "status": t["status"], "latency_ms": t["latency_ms"]} for t in tools],
+            "latency": row.get("latency") or {}, "caller_turns": [],
+        }
+    finally:
+        await plane.close()
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
@@ -197,11 +234,24 @@ def call(
     quiet_ms: Annotated[int, typer.Option("--quiet-ms", help="Agent silence that counts as 'done talking'.",
                                           min=200, max=5000)] = 900,
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds.")] = 120.0,
+    text: Annotated[bool, typer.Option("--text", help="A typed chat instead of a call: no audio, the --say "
+                                       "lines (or lines from stdin) go to the agent as text; archived as a call "
+                                       "with provider chat. Runs here, against the store.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object when the call ends.")] = False,
 ) -> None:
     """Place a synthetic call to NUMBER over the Twilio protocol and show the conversation."""
     with errors():
         settings = load_settings()
+        if text:
+            lines = list(say_ or [])
+            if not lines and not sys.stdin.isatty():
+                lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+            result = run_async(chat(settings, number, lines, from_, as_json=as_json, timeout_s=timeout))
+            if as_json:
+                print_json(result)
+            else:
+                print_summary(result)
+            return
         base = (url or f"http://{_connect_host(settings.server.host)}:{settings.server.port}").rstrip("/")
         if not base.startswith(("http://", "https://")):
             fail(f"--url must be an http(s) URL, not {base!r}", 2)
@@ -228,6 +278,10 @@ def print_summary(result: dict[str, Any]) -> None:
         print_table(["stage", *columns], [[stage, *(values.get(c) for c in columns)]
                                           for stage, values in latency.items() if isinstance(values, dict)],
                     title="latency per turn (ms)")
+    if result["tool_calls"]:
+        print_table(["tool", "arguments", "status", "ms"],
+                    [[t["name"], _args(t["arguments"]), t["status"], t["latency_ms"]] for t in result["tool_calls"]],
+                    title="tool calls")
     turns = [t for t in result["caller_turns"] if t["voice_to_voice_ms"] is not None]
     if turns:
         print_table(["caller said", "voice to voice (ms)"], [[t["text"], t["voice_to_voice_ms"]] for t in turns],

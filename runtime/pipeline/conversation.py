@@ -232,6 +232,19 @@ class Conversation:
         else:
             self._dtmf_task = self._spawn(self._dtmf_after_gap())
 
+    def feed_text(self, text: str) -> None:
+        """A whole caller turn as text (a typed chat: ``voicectl call --text``): stored as the
+        caller's transcript and answered like a spoken turn; it interrupts the agent."""
+        text = text.strip()
+        if not self._live or not text:
+            return
+        self._barge_in()
+        self._silence_prompts = 0
+        self._mark_quiet()
+        self._store_transcript("caller", text, None, None, False)
+        self.history.add_user(text)
+        self._start_reply("text", self._respond)
+
     async def say(self, text: str) -> None:
         """Speak a line now (e.g. a duration warning): after what the agent is saying, never
         cutting it off. Returns once the line has played (or was interrupted)."""
