@@ -95,7 +95,10 @@ class ClipTts(TextToSpeech):
         self.clip = clip
 
     async def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:  # type: ignore[override]
-        yield AudioChunk(self.clip.pcm, self.clip.rate, text)
+        """The clip in 1 s pieces, as a streaming engine hands over audio (the text with the first)."""
+        step = self.clip.rate * 2
+        for i in range(0, len(self.clip.pcm), step):
+            yield AudioChunk(self.clip.pcm[i:i + step], self.clip.rate, text if i == 0 else "")
 
 
 def tone(seconds: float = 1.0, rate: int = 8000, hz: float = 220.0) -> Audio:

@@ -38,6 +38,10 @@ class Reply:
     task: asyncio.Task[None] | None = None
 
 
+MAX_AHEAD_MS = 3000
+AHEAD_POLL_S = 0.1
+
+
 class Voice:
     """One call's way out: the generation counter, the TTS and the transport."""
 
@@ -78,6 +82,12 @@ class Voice:
                         await self.clearing
                         if reply.generation != self.generation:
                             return
+                # Keep at most a few seconds queued ahead of playback: a long reply is handed over as
+                # it plays (bounded memory per call, less to drop on barge-in).
+                while transport.queued_ms() > MAX_AHEAD_MS:
+                    await clock.sleep(AHEAD_POLL_S)
+                    if reply.generation != self.generation:
+                        return
                 transport.send_audio(pcm, reply.generation)
                 reply.ledger.audio(pcm_ms(pcm, rate), chunk.text)
                 if first:

@@ -306,11 +306,13 @@ class SQLiteDatabase(Database):
                 except sqlite3.Error as exc:
                     if _retry_on_writer(exc):
                         raise
+                    deadline = self._inline_deadline
                     self._inline_deadline = math.inf  # undoing must not be interrupted
                     conn.execute("ROLLBACK" if single else "ROLLBACK TO batch")
                     if single:
                         return [_translate(exc)]
                     conn.execute("RELEASE batch")
+                    self._inline_deadline = deadline  # the batches after it keep to the budget
                     results.append(_translate(exc))
                 else:
                     if not single:
