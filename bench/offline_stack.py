@@ -1,7 +1,7 @@
 """Figures for the embedded offline speech stack: whisper STT, piper TTS, the VADs.
 
     .venv/bin/python bench/offline_stack.py              # everything
-    .venv/bin/python bench/offline_stack.py --only vad   # stt | tts | vad
+    .venv/bin/python bench/offline_stack.py --only vad   # stt | tts | wer | vad
     .venv/bin/python bench/offline_stack.py --repeats 9 --concurrency 2
 
 All audio is made here by the piper voice (speech) and numpy (silence, white noise, line
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -203,9 +204,58 @@ async def bench_vad(tts: PiperTTS) -> None:
                       f"{gate_starts(vad, scene, rate):7d}")
 
 
+# Caller lines of the kind the demo hears; WER over them, telephony path (8 kHz and back).
+WER_LINES = (
+    "I'd like to book a table for two at seven.", "Yes please.", "No thanks, goodbye.",
+    "Can you tell me when you open on Sunday?", "My name is Sarah Johnson.",
+    "Do you have anything available tomorrow evening?", "I want to order two pizzas and a salad for pickup.",
+    "What time do you close tonight?", "Could I speak to a person please?", "That's all, thank you very much.",
+    "We are four people, around eight thirty.", "Is there parking near the restaurant?", "Cancel my booking for Friday.",
+    "Do you have vegetarian options?", "Okay, that works for me.", "Can we sit outside on the terrace?",
+    "I'm calling about my reservation.", "Actually make it six people instead.", "How much is the tasting menu?",
+    "No.", "Sure.", "Maybe later.",
+)
+_DIGITS = {"two": "2", "four": "4", "six": "6", "seven": "7", "eight": "8"}
+
+
+def _words(text: str) -> list[str]:
+    return [_DIGITS.get(w, w) for w in re.findall(r"[a-z0-9']+", text.lower().replace("-", " "))]
+
+
+def edit_distance(ref: list[str], hyp: list[str]) -> int:
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+async def bench_wer(tts: PiperTTS) -> None:
+    """Word error rate and time per utterance with the short (10 s) and whisper's own (30 s) window."""
+    audio = []
+    for text in WER_LINES:
+        pcm, rate = await speak(tts, text)
+        audio.append(telephony_16k(pcm, rate))
+    print(f"\nWER over {len(WER_LINES)} caller lines (piper voice, telephony path; digits normalised)")
+    for context in (10.0, 30.0):
+        stt = LocalWhisperSTT(context_s=context)
+        await stt.warm_up()
+        errors = words = 0
+        began = time.perf_counter()
+        for text, pcm in zip(WER_LINES, audio, strict=True):
+            heard = await stt.transcribe(pcm)
+            ref = _words(text)
+            errors += edit_distance(ref, _words(heard.text if heard else ""))
+            words += len(ref)
+        per = (time.perf_counter() - began) / len(WER_LINES) * 1000
+        print(f"  encoder window {context:>4.0f} s: WER {errors / words:.3f} ({errors}/{words} words), "
+              f"{per:.0f} ms per utterance")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("stt", "tts", "vad"))
+    parser.add_argument("--only", choices=("stt", "tts", "vad", "wer"))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--concurrency", type=int, default=2, help="parallel decodes in the throughput run")
     args = parser.parse_args()
@@ -214,6 +264,8 @@ async def main() -> None:
         await bench_tts(tts, args.repeats)
     if args.only in (None, "stt"):
         await bench_stt(tts, args.repeats, args.concurrency)
+    if args.only in (None, "wer"):
+        await bench_wer(tts)
     if args.only in (None, "vad"):
         await bench_vad(tts)
 

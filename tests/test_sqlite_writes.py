@@ -52,7 +52,7 @@ async def db(tmp_path):
         await database.close()
 
 
-def fresh(db: SQLiteDatabase) -> sqlite3.Connection:
+def fresh(db: SQLiteDatabase) -> closing[sqlite3.Connection]:
     """A connection of its own: sees only what was committed."""
     return closing(sqlite3.connect(db.path, isolation_level=None))
 
@@ -308,8 +308,9 @@ async def test_wal_is_checkpointed_by_the_writer_and_stays_small(db, monkeypatch
     assert db.inline_writes >= sqlite_store.CHECKPOINT_EVERY
     wal = db.path + "-wal"
     assert os.path.getsize(wal) < 8 * 1024 * 1024
-    # The last checkpoint copied the whole WAL (its second pass holds the write lock), so the next
-    # write starts it over from the beginning.
+    # A checkpoint copies the whole WAL (its second pass holds the write lock), so the next write
+    # starts it over from the beginning.
+    await db._checkpoint_wal()
     await db.run_batch([(INSERT, (n, "last"))])
     with fresh(db) as conn:
         _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
