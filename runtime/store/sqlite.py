@@ -177,7 +177,7 @@ class SQLiteDatabase(Database):
         self._write_lock = asyncio.Lock()
         self._loop_conn: sqlite3.Connection | None = None  # reads on the event loop
         self._slow: set[str] = set()  # statements that went over the inline budget once
-        self._inline_deadline = 0.0  # thread CPU time at which the running inline read is stopped
+        self._inline_deadline = math.inf  # thread CPU time at which the running inline read or write is stopped (none yet)
         self.inline_fallbacks = 0
         # run_batch: batches waiting for the writer, and the task that hands them over (group commit);
         # each with whether it may still be tried on the loop (not if it was busy or too slow there).
