@@ -21,15 +21,12 @@ from runtime.providers.base import (
     ToolCallRequest,
     ToolSpec,
 )
-from runtime.providers.rules import (
-    BASIC_RULES,
-    DEMO_BOOKING_RULES,
-    RulesBrain,
+from runtime.providers.rules import BASIC_RULES, DEMO_BOOKING_RULES, RulesBrain, parse_result
+from runtime.providers.rules_slots import (
     date_spoken,
     extract,
     normalize,
     number_words,
-    parse_result,
     time_spoken,
     word_number,
 )
