@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.config import Settings
-from runtime.providers.base import LanguageModel, RetryPolicy, SpeechToText, TextToSpeech
+from runtime.providers.base import LanguageModel, ProviderError, RetryPolicy, SpeechToText, TextToSpeech
 
 log = logging.getLogger("voicectl.providers")
 
@@ -61,11 +61,17 @@ class ProviderRegistry:
         return self._tts
 
     async def warm_up(self) -> None:
-        """Load the offline models before the first call (a cold load takes seconds)."""
-        for engine in (self.local_stt(), self.local_tts()):
-            warm = getattr(engine, "warm_up", None)
-            if warm is not None:
-                await warm()
+        """Load the offline models before the first call (a cold load takes seconds). A piper
+        voice that cannot load (missing, or failing its hash check) is replaced by espeak-ng,
+        the tiny fallback, so calls are still answered."""
+        await self.local_stt().warm_up()  # type: ignore[attr-defined]
+        try:
+            await self.local_tts().warm_up()  # type: ignore[attr-defined]
+        except ProviderError as exc:
+            from runtime.providers.local_tts import EspeakTTS
+
+            log.error("the piper voice cannot be used; speaking with espeak-ng", extra={"error": str(exc)})
+            self._tts = EspeakTTS(policy=self.policy)
 
     def chosen(self, config: dict[str, Any], modality: str) -> str:
         choice = (config.get(modality) or {}).get("provider")

@@ -1,0 +1,37 @@
+"""Which engines a call gets: the offline defaults, a named provider this build lacks, and
+espeak-ng standing in for a piper voice that cannot load."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.config import Settings
+from runtime.providers.base import ProviderError
+from runtime.providers.local_stt import LocalWhisperSTT
+from runtime.providers.local_tts import EspeakTTS, PiperTTS
+from runtime.providers.registry import ProviderRegistry
+from runtime.providers.rules import RulesBrain
+
+
+def test_offline_engines_by_default_and_substitutions_are_reported() -> None:
+    registry = ProviderRegistry(Settings())
+    chosen = registry.for_call({"system_prompt": "x"})
+    assert isinstance(chosen.stt, LocalWhisperSTT) and isinstance(chosen.llm, RulesBrain)
+    assert isinstance(chosen.tts, PiperTTS) and chosen.substitutions == []
+    wanted = registry.for_call({"system_prompt": "x", "llm": {"provider": "anthropic"}, "stt": {"provider": "deepgram"}})
+    assert [(s.modality, s.wanted, s.used) for s in wanted.substitutions] == [
+        ("stt", "deepgram", "local"), ("llm", "anthropic", "rules")]
+    assert chosen.stt is wanted.stt  # the shared engines, loaded once
+
+
+async def test_an_unusable_piper_voice_falls_back_to_espeak(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(self: PiperTTS) -> None:
+        raise ProviderError("local", "unavailable", "en_US-joe-medium.onnx: sha256 mismatch")
+
+    monkeypatch.setattr(PiperTTS, "warm_up", broken)
+    registry = ProviderRegistry(Settings())
+    await registry.warm_up()
+    tts = registry.for_call({"system_prompt": "x"}).tts
+    assert isinstance(tts, EspeakTTS)
+    chunks = [c async for c in tts.synthesize("Hello there.")]
+    assert chunks and sum(len(c.pcm) for c in chunks) > 0
