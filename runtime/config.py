@@ -128,7 +128,7 @@ class TelephonySettings(_Model):
 
 
 class ProviderDefaults(_Model):
-    stt: Literal["local", "deepgram"] = "local"
+    stt: Literal["local", "pocketsphinx", "deepgram"] = "local"
     llm: Literal["rules", "anthropic", "openai"] = "rules"
     tts: Literal["local", "chatterbox"] = "local"
 

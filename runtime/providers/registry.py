@@ -19,6 +19,9 @@ from runtime.providers.base import LanguageModel, ProviderError, RetryPolicy, Sp
 log = logging.getLogger("voicectl.providers")
 
 OFFLINE = {"stt": "local", "llm": "rules", "tts": "local"}
+# Offline engines a version may name besides the defaults above.
+OFFLINE_CHOICES = {"stt": frozenset({"local", "pocketsphinx"}), "llm": frozenset({"rules"}),
+                   "tts": frozenset({"local"})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,11 @@ class ProviderRegistry:
             self._stt = LocalWhisperSTT(policy=self.policy)
         return self._stt
 
+    def sphinx_stt(self) -> SpeechToText:
+        from runtime.providers.sphinx_stt import PocketSphinxSTT
+
+        return PocketSphinxSTT(policy=self.policy)  # cheap: each stream loads its own decoder
+
     def local_tts(self) -> TextToSpeech:
         if self._tts is None:
             from runtime.providers.local_tts import PiperTTS
@@ -84,6 +92,8 @@ class ProviderRegistry:
 
         def offline(modality: str) -> str:
             wanted = self.chosen(config, modality)
+            if wanted in OFFLINE_CHOICES[modality]:
+                return wanted
             if wanted != OFFLINE[modality]:
                 substitutions.append(Substitution(modality, wanted, OFFLINE[modality],
                                                   f"no {wanted} adapter in this build"))
@@ -91,12 +101,12 @@ class ProviderRegistry:
                             extra={"modality": modality, "wanted": wanted})
             return OFFLINE[modality]
 
-        offline("stt")
+        stt = self.sphinx_stt() if offline("stt") == "pocketsphinx" else self.local_stt()
         offline("tts")
         offline("llm")
         from runtime.providers.rules import RulesBrain
 
-        return CallProviders(self.local_stt(), RulesBrain(config.get("rules"), timezone=timezone, policy=self.policy),
+        return CallProviders(stt, RulesBrain(config.get("rules"), timezone=timezone, policy=self.policy),
                              self.local_tts(), substitutions)
 
     async def aclose(self) -> None:
