@@ -588,6 +588,9 @@ def test_call_text_chats_with_the_demo_agent_and_archives_it(cli: Cli) -> None:
     piped = cli.json("call", "+15550100001", "--text", input="hello\nno thanks, goodbye\n")
     assert [t["role"] for t in piped["transcript"]][:2] == ["agent", "caller"]
     assert "is not routed" in cli("call", "+15559999999", "--text", "--say", "hi", code=3).output
+    # A call to a runtime that is not there: a readable error and exit code 8.
+    down = cli("call", "+15550100001", "--url", "http://127.0.0.1:9", "--say", "hi", code=8)
+    assert "cannot reach the runtime at http://127.0.0.1:9" in down.output
 
 
 # Help, completion and the README

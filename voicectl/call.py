@@ -17,6 +17,7 @@ import typer
 from voicectl.common import errors, fail, load_settings, print_json, print_table, run_async, say
 
 POLL_S = 0.25
+CALL_FAILED = 8  # the runtime was unreachable, refused the call, or it did not finish
 
 
 async def _credential(plane: Any, number: str, account_sid: str | None, auth_token: str | None) -> tuple[str, str]:
@@ -25,12 +26,12 @@ async def _credential(plane: Any, number: str, account_sid: str | None, auth_tok
         return account_sid or "AC" + "0" * 32, auth_token
     row = await plane.store.number_by_e164(number)
     if row is None:
-        fail(f"no tenant has the number {number}: pass --auth-token to call it anyway", 4)
+        fail(f"no tenant has the number {number}: pass --auth-token to call it anyway", 3)
     token = await plane.credentials.secret(row["tenant_id"], "twilio")
     cred = await plane.store.credentials.find(tenant_id=row["tenant_id"], provider="twilio")
     if not token or cred is None:
         fail(f"the tenant of {number} has no twilio credential: set one with "
-             "`voicectl credential set --tenant T twilio`, or pass --auth-token", 4)
+             "`voicectl credential set --tenant T twilio`, or pass --auth-token", 3)
     return account_sid or cred["fields"].get("account_sid") or "AC" + "0" * 32, token
 
 
@@ -114,6 +115,8 @@ async def place(settings: Any, number: str, url: str, texts: list[str], wavs: li
                 as_json: bool) -> dict[str, Any]:
     import asyncio
 
+    import aiohttp
+
     from runtime.control.plane import ControlPlane
     from runtime.telephony.scripted_caller import scripted_call
     from runtime.telephony.twilio_caller import TwilioCaller
@@ -137,17 +140,19 @@ async def place(settings: Any, number: str, url: str, texts: list[str], wavs: li
                     scripted_call(caller, number, lines, from_=from_, quiet_s=quiet_ms / 1000, on_dial=dialled),
                     timeout_s)
             except TimeoutError:
-                fail(f"the call did not finish within {timeout_s:g} s", 5)
+                fail(f"the call did not finish within {timeout_s:g} s", CALL_FAILED)
+            except (aiohttp.ClientError, OSError) as exc:
+                fail(f"cannot reach the runtime at {url} ({exc}); is `voicectl serve` running there?", CALL_FAILED)
             finally:
                 if watch_task is not None:
                     watch_task.cancel()
         if result.call.answer.rejected:
             fail(f"the runtime rejected the call ({result.call.answer.status}): "
-                 f"{result.call.answer.text.strip()[:300]}", 5)
+                 f"{result.call.answer.text.strip()[:300]}", CALL_FAILED)
         assert watcher is not None
         call = await watcher.find_call()
         if call is None:
-            fail("the runtime answered but stored no call row", 5)
+            fail("the runtime answered but stored no call row", CALL_FAILED)
         # The runtime archives the call right after the stream stops: wait briefly for the final row.
         for _ in range(40):
             row = await plane.store.voice_calls.get(call["id"], tenant_id=call["tenant_id"])
