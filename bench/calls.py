@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         make_wav(wav, seconds=args.duration + ramp + 10)
         noise = Path(tmp) / "line-noise.wav"
         make_line_noise(noise)
-        with Runtime(pin=not args.no_pin, clip=wav) as rt:
+        with Runtime(pin=not args.no_pin, clip=wav,
+                     agent={"greeting": "Hello.", "turn": {"silence_reprompt_s": 120}}) as rt:
             pid = rt.proc.pid
             rss0 = proc_rss_kb(pid)
             gen = rt.generator(Path(__file__), json.dumps(

@@ -31,30 +31,15 @@ import argparse
 import asyncio
 import json
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from api import (  # noqa: E402
-    GENERATOR_CORE,
-    REPO,
-    SERVER_CORE,
-    _free_port,
-    _log,
-    _pinned,
-    _server_env,
-    _stop,
-    _wait_ready,
-)
+from twilio_common import ACCOUNT_SID, AUTH_TOKEN, NUMBER, Runtime, _log, proc_cpu_s  # noqa: E402
 
-ACCOUNT_SID = "AC" + "c" * 32
-AUTH_TOKEN = "bench-pipeline-auth-token"
-NUMBER = "+15550180000"
 FAKE_GREETING = "Hello."
 LINE = "I'd like to book a table for two at seven."
 MIN_INTERRUPTION_MS = 300  # the agent versions' default (turn.min_interruption_ms)
@@ -68,104 +53,32 @@ def pct(values: list[float], p: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, max(0, int(round(p * len(ordered))) - 1))], 1)
 
 
-def proc_cpu_s(pid: int) -> float:
-    import os
+def runtime(fake: bool, pin: bool) -> Runtime:
+    """The runtime under test: instant engines and a plain agent, or the offline stack and the
+    demo's booking agent."""
+    if fake:
+        return Runtime(pin=pin, instant=True, agent={"greeting": FAKE_GREETING, "turn": {"silence_reprompt_s": 120}})
+    from runtime.providers.rules import DEMO_BOOKING_RULES
+    from voicectl.demo import GREETING, PROMPT, TOOLS
 
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# The runtime under test
-
-
-async def _provision(config: Path, booking: bool) -> None:
-    from runtime.config import load_settings
-    from runtime.control.plane import ControlPlane
-    from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate
-    from runtime.secrets import write_master_key
-    from runtime.store.tables import ALL_TENANTS
-
-    settings = load_settings(config, environ={})
-    write_master_key(settings.master_key_path)
-    control = await ControlPlane.open(settings)
-    try:
-        tenant = await control.tenants.create(TenantCreate(name="bench-pipeline"))
-        await control.store.tenants.update(tenant.id, {"max_concurrent_calls": 10_000}, tenant_id=ALL_TENANTS)
-        if booking:
-            from runtime.providers.rules import DEMO_BOOKING_RULES
-            from voicectl.demo import GREETING, PROMPT, TOOLS
-
-            agent = AgentCreate(name="bench", system_prompt=PROMPT, greeting=GREETING, llm={"provider": "rules"},
-                                tools=TOOLS, rules=DEMO_BOOKING_RULES)
-        else:
-            agent = AgentCreate(name="bench", system_prompt="bench", greeting=FAKE_GREETING,
-                                turn={"silence_reprompt_s": 120})
-        made = await control.agents.create(tenant.id, agent)
-        await control.numbers.add(tenant.id, NumberCreate(e164=NUMBER, provider="twilio", agent_id=made.id))
-        await control.credentials.set(tenant.id, "twilio", CredentialSet(fields={"account_sid": ACCOUNT_SID},
-                                                                         secret=AUTH_TOKEN))
-    finally:
-        await control.close()
+    return Runtime(pin=pin, agent={"system_prompt": PROMPT, "greeting": GREETING, "llm": {"provider": "rules"},
+                                   "tools": TOOLS, "rules": DEMO_BOOKING_RULES})
 
 
-class Runtime:
-    """A runtime on a fresh SQLite state dir, pinned to SERVER_CORE: ``voicectl serve`` (offline
-    stack) or bench/fake_engines.py (instant engines)."""
+def generate(rt: Runtime, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the callers (this script with --generator) pinned to the generator core."""
+    proc = rt.generator(Path(__file__).resolve(), json.dumps({**spec, "url": rt.url}))
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        raise RuntimeError(f"generator failed (exit {proc.returncode}); see its stderr above")
+    return json.loads(out)
 
-    def __init__(self, fake: bool, pin: bool = True) -> None:
-        self.fake, self.pin = fake, pin
-        self.tmp = tempfile.TemporaryDirectory(prefix="voicectl-bench-pipeline-")
-        self.state = Path(self.tmp.name)
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> Runtime:
-        import yaml
-
-        big = {"limit": 1_000_000_000, "window_s": 60}
-        config = {
-            "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace_s": 1},
-            "database": {"url": "sqlite:///voicectl.db"},
-            "secrets": {"backend": "cryptfile", "master_key_file": "master.key"},
-            "limits": {"max_calls": 10_000, "rate_limits": {"runtime": {
-                name: big for name in ("read", "write", "session", "realtime", "recording")}}},
-            "telephony": {"twilio": {"api_base_url": "http://127.0.0.1:9"}},
-            "logging": {"level": "warning", "format": "json"},
-        }
-        path = self.state / "config.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        asyncio.run(_provision(path, booking=not self.fake))
-        serve = ([sys.executable, str(REPO / "bench" / "fake_engines.py"), "--config", str(path)] if self.fake
-                 else [sys.executable, "-m", "voicectl", "serve", "--config", str(path)])
-        cmd, preexec = _pinned(serve, SERVER_CORE if self.pin else None)
-        log_path = self.state / "server.log"
-        self.log_file = open(log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, cwd=REPO,
-                                     preexec_fn=preexec, env=_server_env())
-        _wait_ready(self.url + "/readyz", self.proc, 90, log_path)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        _stop(self.proc)
-        self.log_file.close()
-        self.tmp.cleanup()
-
-    def generate(self, spec: dict[str, Any]) -> dict[str, Any]:
-        cmd, preexec = _pinned([sys.executable, str(Path(__file__).resolve()), "--generator"],
-                               GENERATOR_CORE if self.pin else None)
-        proc = subprocess.run(cmd, input=json.dumps({**spec, "url": self.url}), capture_output=True, text=True,
-                              cwd=REPO, preexec_fn=preexec, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"generator failed:\n{proc.stderr[-3000:]}")
-        return json.loads(proc.stdout)
-
-    def turn_latency(self) -> list[dict[str, Any]]:
-        """Every ``turn.latency`` event the runtime stored."""
-        with sqlite3.connect(self.state / "voicectl.db") as db:
-            rows = db.execute("SELECT payload FROM call_events WHERE topic = 'turn.latency'").fetchall()
-        return [json.loads(r[0]) for r in rows]
+def turn_latency(rt: Runtime) -> list[dict[str, Any]]:
+    """Every ``turn.latency`` event the runtime stored."""
+    with sqlite3.connect(rt.state / "voicectl.db") as db:
+        rows = db.execute("SELECT payload FROM call_events WHERE topic = 'turn.latency'").fetchall()
+    return [json.loads(r[0]) for r in rows]
 
 
 # The callers (generator process)
@@ -264,7 +177,7 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def generator_main() -> int:
-    spec = json.loads(sys.stdin.read())
+    spec = json.loads(sys.stdin.read())  # written by Runtime.generator
     print(json.dumps(asyncio.run(_generate(spec))))
     return 0
 
@@ -277,13 +190,13 @@ def _stage(events: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def run_fake(args: argparse.Namespace) -> dict[str, Any]:
-    with Runtime(fake=True, pin=not args.no_pin) as rt:
+    with runtime(True, not args.no_pin) as rt:
         cpu0 = proc_cpu_s(rt.proc.pid)
         began = time.monotonic()
-        gen = rt.generate({"part": "fake", "calls": args.calls, "turns": args.turns, "ramp_s": args.ramp})
+        gen = generate(rt, {"part": "fake", "calls": args.calls, "turns": args.turns, "ramp_s": args.ramp})
         wall = time.monotonic() - began
         cpu = proc_cpu_s(rt.proc.pid) - cpu0
-        events = rt.turn_latency()
+        events = turn_latency(rt)
     first = _stage(events, "first_frame_ms")
     return {
         "part": "fake", "calls": args.calls, "turns_per_call": args.turns, "failed_calls": gen["failed"],
@@ -303,13 +216,13 @@ def run_fake(args: argparse.Namespace) -> dict[str, Any]:
 def run_offline(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for level in args.levels:
-        with Runtime(fake=False, pin=not args.no_pin) as rt:
+        with runtime(False, not args.no_pin) as rt:
             cpu0 = proc_cpu_s(rt.proc.pid)
             began = time.monotonic()
-            gen = rt.generate({"part": "offline", "calls": level})
+            gen = generate(rt, {"part": "offline", "calls": level})
             wall = time.monotonic() - began
             cpu = proc_cpu_s(rt.proc.pid) - cpu0
-            events = rt.turn_latency()
+            events = turn_latency(rt)
         v2v = _stage(events, "v2v_ms")
         rows.append({
             "part": "offline", "concurrent_calls": level, "failed_calls": gen["failed"], "errors": gen["errors"],

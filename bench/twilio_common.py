@@ -45,7 +45,7 @@ def proc_rss_kb(pid: int) -> int:
     return 0
 
 
-async def _provision(config: Path, greeting: str | None = None) -> None:
+async def _provision(config: Path, agent: dict[str, Any]) -> None:
     from runtime.config import load_settings
     from runtime.control.plane import ControlPlane
     from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate
@@ -58,9 +58,9 @@ async def _provision(config: Path, greeting: str | None = None) -> None:
     try:
         tenant = await control.tenants.create(TenantCreate(name="bench-twilio"))
         await control.store.tenants.update(tenant.id, {"max_concurrent_calls": 1_000_000}, tenant_id=ALL_TENANTS)
-        agent = await control.agents.create(tenant.id, AgentCreate(
-            name="bench", system_prompt="bench", greeting=greeting, turn={"silence_reprompt_s": 120}))
-        await control.numbers.add(tenant.id, NumberCreate(e164=NUMBER, provider="twilio", agent_id=agent.id))
+        made = await control.agents.create(tenant.id, AgentCreate(**{"name": "bench", "system_prompt": "bench",
+                                                                     **agent}))
+        await control.numbers.add(tenant.id, NumberCreate(e164=NUMBER, provider="twilio", agent_id=made.id))
         await control.credentials.set(tenant.id, "twilio", CredentialSet(fields={"account_sid": ACCOUNT_SID},
                                                                          secret=AUTH_TOKEN))
     finally:
@@ -68,14 +68,18 @@ async def _provision(config: Path, greeting: str | None = None) -> None:
 
 
 class Runtime:
-    """The runtime on a fresh SQLite state dir, pinned to SERVER_CORE: `voicectl serve`, or with
-    ``clip`` the same app with bench/fake_engines.py's instant engines, whose TTS speaks the
-    clip (bench/calls.py: the agent's greeting plays it, so every call has outbound audio)."""
+    """The runtime on a fresh SQLite state dir, pinned to SERVER_CORE, with one tenant, number and
+    agent (``agent``: AgentCreate fields over a plain default). ``instant``: the same app with
+    bench/fake_engines.py's instant engines instead of `voicectl serve`'s offline stack; their
+    TTS speaks ``clip`` (bench/calls.py: the agent's greeting plays it, so every call has
+    outbound audio), else a tone."""
 
-    def __init__(self, pin: bool = True, twilio: dict[str, Any] | None = None, clip: Path | None = None) -> None:
+    def __init__(self, pin: bool = True, twilio: dict[str, Any] | None = None, *, instant: bool = False,
+                 clip: Path | None = None, agent: dict[str, Any] | None = None) -> None:
         self.pin = pin
         self.twilio = twilio or {}  # extra telephony.twilio keys
-        self.clip = clip
+        self.instant, self.clip = instant or clip is not None, clip
+        self.agent = agent or {}
         self.tmp = tempfile.TemporaryDirectory(prefix="voicectl-bench-")
         self.state = Path(self.tmp.name)
         self.port = _free_port()
@@ -97,15 +101,18 @@ class Runtime:
         }
         path = self.state / "config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        asyncio.run(_provision(path, greeting="Hello." if self.clip else None))
-        serve = ([sys.executable, str(REPO / "bench" / "fake_engines.py"), "--config", str(path), "--clip",
-                  str(self.clip)] if self.clip else [sys.executable, "-m", "voicectl", "serve", "--config", str(path)])
+        asyncio.run(_provision(path, self.agent))
+        if self.instant:
+            serve = [sys.executable, str(REPO / "bench" / "fake_engines.py"), "--config", str(path),
+                     *(["--clip", str(self.clip)] if self.clip else [])]
+        else:
+            serve = [sys.executable, "-m", "voicectl", "serve", "--config", str(path)]
         cmd, preexec = _pinned(serve, SERVER_CORE if self.pin else None)
         log_path = self.state / "server.log"
         self.log_file = open(log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, cwd=REPO,
                                      preexec_fn=preexec, env=_server_env())
-        _wait_ready(self.url + "/healthz", self.proc, 30, log_path)
+        _wait_ready(self.url + "/readyz", self.proc, 90, log_path)
         print(f"server pid {self.proc.pid} on core {SERVER_CORE if self.pin else '-'}", flush=True)
         return self
 
