@@ -275,7 +275,8 @@ def _connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def print_summary(result: dict[str, Any]) -> None:
+def print_summary(result: dict[str, Any], voicectl: str = "voicectl") -> None:
+    """``voicectl``: how to invoke the CLI in the hints (the demo adds its --config)."""
     say(f"call {result['call_id']}: {result['status']} ({result['end_reason']}), hung up by {result['hung_up_by']}")
     latency = result["latency"]
     if latency:
@@ -291,4 +292,4 @@ def print_summary(result: dict[str, Any]) -> None:
     if turns:
         print_table(["caller said", "voice to voice (ms)"], [[t["text"], t["voice_to_voice_ms"]] for t in turns],
                     title="as the caller heard it")
-    say(f"stored: voicectl calls show {result['call_id']} --tenant {result['tenant_id']}")
+    say(f"stored: {voicectl} calls show {result['call_id']} --tenant {result['tenant_id']}")

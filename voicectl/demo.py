@@ -210,6 +210,8 @@ def demo(
     if not provision_only:
         from voicectl.call import print_summary
 
-        print_summary(output["call"])
-        say(f"server stopped. The call is stored: voicectl calls list --tenant {TENANT}; "
-            "run the runtime yourself with: voicectl serve")
+        program = sys.argv[0] if Path(sys.argv[0]).name == "voicectl" else "voicectl"
+        cli = f"{program} --config {path}"
+        print_summary(output["call"], cli)
+        say(f"server stopped. All calls: {cli} calls list --tenant {TENANT}; "
+            f"run the runtime yourself: {cli} serve")
