@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from runtime.pipeline.audio import FRAME_MS, resample  # noqa: E402
-from runtime.pipeline.vad import SileroVad, SpeechGate, VoiceActivity, WebRtcVad  # noqa: E402
+from runtime.pipeline.turns import Signal, TurnDetector  # noqa: E402
+from runtime.pipeline.vad import SileroVad, VoiceActivity, WebRtcVad  # noqa: E402
 from runtime.providers.local_stt import LocalWhisperSTT  # noqa: E402
 from runtime.providers.local_tts import PiperTTS  # noqa: E402
 
@@ -183,10 +184,12 @@ def score(vad: VoiceActivity, scene: Scene, rate: int) -> tuple[float, float, fl
 
 
 def gate_starts(vad: VoiceActivity, scene: Scene, rate: int) -> int:
-    """Speech starts a default ``SpeechGate`` on this detector reports (4 sentences: ~4)."""
-    gate = SpeechGate(vad)
-    gate.reset()
-    return sum(gate.feed(f) == "start" for f in frames_of(scene.pcm, rate))
+    """Speech starts (new turn or speech resuming) the pipeline's turn detector sees over this
+    VAD (4 sentences: 4 or a few more; noise: 0)."""
+    vad.reset()
+    detector = TurnDetector()
+    return sum(bool(detector.frame(vad.is_speech(f), 20) & (Signal.STARTED | Signal.RESUMED))
+               for f in frames_of(scene.pcm, rate))
 
 
 async def bench_vad(tts: PiperTTS) -> None:

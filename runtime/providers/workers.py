@@ -39,12 +39,3 @@ def pool(name: str, size: int | None = None) -> ThreadPoolExecutor:
 async def run_in(name: str, fn: Callable[..., T], *args: object) -> T:
     """``fn(*args)`` on pool ``name``, awaited without blocking the event loop."""
     return await asyncio.get_running_loop().run_in_executor(pool(name), fn, *args)
-
-
-def shutdown_all() -> None:
-    """Stop every pool (server shutdown, test teardown); queued jobs are dropped."""
-    with _lock:
-        executors = list(_pools.values())
-        _pools.clear()
-    for executor in executors:
-        executor.shutdown(wait=False, cancel_futures=True)
