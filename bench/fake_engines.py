@@ -117,7 +117,7 @@ class InstantRegistry(ProviderRegistry):
     async def warm_up(self) -> None:
         return None
 
-    def for_call(self, config: dict[str, Any], timezone: str = "UTC") -> CallProviders:
+    async def for_call(self, config: dict[str, Any], timezone: str = "UTC", **_: Any) -> CallProviders:
         return CallProviders(InstantStt(self.policy), InstantLlm(self.policy), self.tts)
 
     async def aclose(self) -> None:

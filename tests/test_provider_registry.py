@@ -13,14 +13,16 @@ from runtime.providers.registry import ProviderRegistry
 from runtime.providers.rules import RulesBrain
 
 
-def test_offline_engines_by_default_and_substitutions_are_reported() -> None:
+async def test_offline_engines_by_default_and_substitutions_are_reported() -> None:
     registry = ProviderRegistry(Settings())
-    chosen = registry.for_call({"system_prompt": "x"})
+    chosen = await registry.for_call({"system_prompt": "x"})
     assert isinstance(chosen.stt, LocalWhisperSTT) and isinstance(chosen.llm, RulesBrain)
     assert isinstance(chosen.tts, PiperTTS) and chosen.substitutions == []
-    wanted = registry.for_call({"system_prompt": "x", "llm": {"provider": "anthropic"}, "stt": {"provider": "deepgram"}})
+    wanted = await registry.for_call({"system_prompt": "x", "llm": {"provider": "anthropic"}, "stt": {"provider": "deepgram"}})
     assert [(s.modality, s.wanted, s.used) for s in wanted.substitutions] == [
         ("stt", "deepgram", "local"), ("llm", "anthropic", "rules")]
+    assert {s.reason for s in wanted.substitutions} == {"the tenant has no deepgram credential",
+                                                         "the tenant has no anthropic credential"}
     assert chosen.stt is wanted.stt  # the shared engines, loaded once
 
 
@@ -31,7 +33,7 @@ async def test_an_unusable_piper_voice_falls_back_to_espeak(monkeypatch: pytest.
     monkeypatch.setattr(PiperTTS, "warm_up", broken)
     registry = ProviderRegistry(Settings())
     await registry.warm_up()
-    tts = registry.for_call({"system_prompt": "x"}).tts
+    tts = (await registry.for_call({"system_prompt": "x"})).tts
     assert isinstance(tts, EspeakTTS)
     chunks = [c async for c in tts.synthesize("Hello there.")]
     assert chunks and sum(len(c.pcm) for c in chunks) > 0

@@ -49,6 +49,6 @@ async def test_interims_while_speaking_then_a_final_on_flush() -> None:
     assert max(gaps) < 0.05  # pushing never waits for the decoder
 
 
-def test_a_version_picks_pocketsphinx() -> None:
-    chosen = ProviderRegistry(Settings()).for_call({"system_prompt": "x", "stt": {"provider": "pocketsphinx"}})
+async def test_a_version_picks_pocketsphinx() -> None:
+    chosen = await ProviderRegistry(Settings()).for_call({"system_prompt": "x", "stt": {"provider": "pocketsphinx"}})
     assert isinstance(chosen.stt, PocketSphinxSTT) and chosen.substitutions == []

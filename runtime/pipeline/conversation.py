@@ -151,6 +151,8 @@ class Conversation:
         self._events: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writer: asyncio.Task[None] | None = None
+        # Awaited last by close(): what was made for this call only (e.g. its cloud provider clients).
+        self.closers: list[Callable[[], Awaitable[Any]]] = []
         self._dtmf: list[str] = []
         self._dtmf_task: asyncio.Task[None] | None = None
         self._last_speech_at: float | None = None
@@ -287,6 +289,11 @@ class Conversation:
             stopping.append(writer)
         if stopping:
             await asyncio.wait(stopping, timeout=EVENT_DRAIN_S)
+        for closer in self.closers:
+            try:
+                await closer()
+            except Exception:
+                log.exception("releasing the call's providers failed", extra={"call_id": self.session.id})
 
     # Caller audio -> turns
 
@@ -378,8 +385,8 @@ class Conversation:
                 if item.__class__ is ControlFrame:
                     await stream.flush()
                     continue
-                if resampler is None or resampler.src != item.rate:
-                    resampler = Resampler(item.rate, self.stt.rate)
+                if resampler is None or resampler.src != item.rate or resampler.dst != stream.rate:
+                    resampler = Resampler(item.rate, stream.rate)  # a fallback engine may want another rate
                 await stream.push(resampler(item.pcm))
             except asyncio.CancelledError:
                 raise
@@ -446,6 +453,11 @@ class Conversation:
                      timing: TurnTiming | None = None) -> Reply:
         if self._reply is not None:  # one voice at a time: whatever is still speaking is cut
             self._barge_in()
+        if kind != "line":  # a new caller turn: engines standing in for this turn only step back
+            for engine in (self.stt, self.llm, self.tts):
+                turn_started = getattr(engine, "turn_started", None)
+                if turn_started is not None:
+                    turn_started()
         reply = Reply(self.voice.next_generation(), kind, timing)
         self._reply = reply
         reply.task = self._spawn(self._run_reply(reply, body))
@@ -727,6 +739,10 @@ class Conversation:
 
     def _emit(self, payload: Payload) -> None:
         self._events.put_nowait(partial(self.session.emit, payload))
+
+    def emit(self, payload: Payload) -> None:
+        """An event of this call, written in order with the conversation's own."""
+        self._emit(payload)
 
     async def _write_events(self) -> None:
         queue = self._events

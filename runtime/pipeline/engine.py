@@ -21,6 +21,8 @@ from runtime.pipeline.metrics import PipelineMetrics
 from runtime.pipeline.settings import ConversationSettings
 from runtime.pipeline.transport import Transport
 from runtime.pipeline.vad import default_vad
+from runtime.providers.cloud import ProviderCredential
+from runtime.providers.failover import Failover
 from runtime.providers.registry import ProviderRegistry
 from runtime.tools.toolbox import CallToolBox
 
@@ -51,13 +53,32 @@ class ConversationEngine:
             raise ValueError(f"call {session.id} has no route: nothing to converse with")
         config = route.config
         timezone = route.tenant.get("timezone") or "UTC"
-        chosen = self.providers.for_call(config, timezone=timezone)
+        secrets, store, tenant_id = self.control.credentials, self.control.store, session.tenant_id
+        conversation: Conversation | None = None
+
+        async def credential(provider: str) -> ProviderCredential | None:
+            row = await store.credentials.find(tenant_id=tenant_id, provider=provider)
+            if row is None:
+                return None
+            return ProviderCredential(dict(row.get("fields") or {}), await secrets.secret(tenant_id, provider))
+
+        def failed_over(switch: Failover) -> None:
+            self.metrics.failovers.labels(switch.modality, switch.from_provider, switch.to_provider).inc()
+            payload = ProviderFailedOver(modality=switch.modality, from_provider=switch.from_provider,
+                                         to_provider=switch.to_provider, reason=switch.reason)
+            if conversation is not None:
+                conversation.emit(payload)  # in order with the call's other events
+
+        chosen = await self.providers.for_call(config, timezone=timezone, transport_rate=transport.rate,
+                                               credentials=credential, report=failed_over)
         for sub in chosen.substitutions:
+            self.metrics.failovers.labels(sub.modality, sub.wanted, sub.used).inc()
             await session.emit(ProviderFailedOver(modality=sub.modality, from_provider=sub.wanted,
                                                   to_provider=sub.used, reason=sub.reason))
-        secrets = self.control.credentials
-        toolbox = CallToolBox.for_call(config, store=self.control.store, emit=session.emit, timezone=timezone,
+        toolbox = CallToolBox.for_call(config, store=store, emit=session.emit, timezone=timezone,
                                        http=self._http, signing_secret=lambda t: secrets.secret(t, "tools"))
-        return Conversation(session, stt=chosen.stt, llm=chosen.llm, tts=chosen.tts, transport=transport,
-                            settings=ConversationSettings.from_route(route, **overrides),
-                            vad=default_vad(transport.rate), toolbox=toolbox, metrics=self.metrics)
+        conversation = Conversation(session, stt=chosen.stt, llm=chosen.llm, tts=chosen.tts, transport=transport,
+                                    settings=ConversationSettings.from_route(route, **overrides),
+                                    vad=default_vad(transport.rate), toolbox=toolbox, metrics=self.metrics)
+        conversation.closers.append(chosen.aclose)
+        return conversation

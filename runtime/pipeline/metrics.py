@@ -31,6 +31,10 @@ class PipelineMetrics:
             "voicectl_pipeline_provider_errors", "Provider failures during a call, by modality and kind",
             ("modality", "kind"), registry=registry,
         )
+        self.failovers = Counter(
+            "voicectl_provider_failovers", "Calls moved to the next engine of a fallback chain (or started on it)",
+            ("modality", "from_provider", "to_provider"), registry=registry,
+        )
         self.silence_prompts = Counter(
             "voicectl_silence_prompts", "Re-prompts and hang-ups after caller silence", ("action",),
             registry=registry,

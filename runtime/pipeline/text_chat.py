@@ -27,6 +27,7 @@ from runtime.pipeline.conversation import Conversation
 from runtime.pipeline.metrics import PipelineMetrics
 from runtime.pipeline.settings import ConversationSettings
 from runtime.providers.base import AudioChunk, SpeechToText, SttStream, TextToSpeech, Transcript
+from runtime.providers.cloud import ProviderCredential
 from runtime.providers.registry import ProviderRegistry
 from runtime.tools.toolbox import CallToolBox
 
@@ -125,7 +126,17 @@ async def text_chat(plane: ControlPlane, settings: Any, number: str, lines: list
     await session.connect()
     registry = ProviderRegistry(settings)
     timezone = route.tenant.get("timezone") or "UTC"
-    brain = registry.for_call(route.config, timezone=timezone).llm  # engines load lazily: only the brain is used
+    secrets, tenant_id = plane.credentials, route.tenant_id
+
+    async def credential(provider: str) -> ProviderCredential | None:
+        row = await plane.store.credentials.find(tenant_id=tenant_id, provider=provider)
+        if row is None:
+            return None
+        return ProviderCredential(dict(row.get("fields") or {}), await secrets.secret(tenant_id, provider))
+
+    # Engines load lazily: only the brain (the version's LLM chain) is used.
+    chosen = await registry.for_call(route.config, timezone=timezone, credentials=credential)
+    brain = chosen.llm
     http_tools = None
     try:
         import aiohttp
@@ -146,6 +157,7 @@ async def text_chat(plane: ControlPlane, settings: Any, number: str, lines: list
             conversation.feed_text(line)
             await _answered(conversation, session, reply_timeout_s)
         await conversation.close()
+        await chosen.aclose()
         if session.live:
             await session.end("caller_hangup", hangup_by="caller")
     finally:

@@ -38,6 +38,9 @@ class ProviderError(Exception):
     def retryable(self) -> bool:
         return self.kind in RETRYABLE
 
+    def retry_under(self, policy: RetryPolicy) -> bool:
+        return self.retryable and (self.kind != "timeout" or policy.retry_timeouts)
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -45,6 +48,8 @@ class RetryPolicy:
     first_byte_timeout_s: float = 2.0  # providers.first_byte_timeout_ms / 1000
     backoff_base_s: float = 0.2
     backoff_cap_s: float = 2.0
+    # False in a fallback chain: a missed first byte goes to the next engine at once (for the turn).
+    retry_timeouts: bool = True
 
     def delay(self, attempt: int, error: ProviderError) -> float:
         """Seconds before retry ``attempt`` (1-based): Retry-After when given, else full-jitter backoff."""
@@ -244,7 +249,7 @@ async def with_retries(provider: str, policy: RetryPolicy, attempt_once):  # typ
         except ProviderError as exc:
             error = exc
         attempt += 1
-        if not error.retryable or attempt > policy.retries:
+        if not error.retry_under(policy) or attempt > policy.retries:
             raise error
         await asyncio.sleep(policy.delay(attempt, error))
 
@@ -271,7 +276,7 @@ async def first_byte_guarded(provider: str, policy: RetryPolicy, start) -> Async
         else:
             break
         attempt += 1
-        if not error.retryable or attempt > policy.retries:
+        if not error.retry_under(policy) or attempt > policy.retries:
             raise error
         await asyncio.sleep(policy.delay(attempt, error))
     try:

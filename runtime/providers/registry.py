@@ -1,20 +1,25 @@
-"""Which engines a call gets: the agent version's choice, else the appliance defaults.
+"""Which engines a call gets: the agent version's choice and its fallbacks, then the offline
+engine as the last resort.
 
 One registry per runtime process holds the engines that are expensive to make (the offline
 models are loaded once and shared by every call); per-call objects (the rules brain with the
-version's ruleset) are cheap and made per call. A provider this build has no adapter for is
-not silently replaced: the call uses the offline engine and the swap is reported (the
-providers issue adds the cloud adapters and failover chains).
+version's ruleset, cloud adapters with their own clients) are made per call. A modality's chain
+is ``[provider] + fallback``, ending with the offline default if it has no offline engine; an entry this build has no adapter for, or
+whose tenant credential is missing, is skipped and the skip reported (``provider.failed_over``
+at the start of the call). A chain of one engine is that engine; longer ones are wrapped in
+runtime.providers.failover, which switches engines during the call.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runtime.config import Settings
 from runtime.providers.base import LanguageModel, ProviderError, RetryPolicy, SpeechToText, TextToSpeech
+from runtime.providers.cloud import CLOUD, CredentialLookup, MissingCredential, build
+from runtime.providers.failover import FailoverLLM, FailoverSTT, FailoverTTS, Report
 
 log = logging.getLogger("voicectl.providers")
 
@@ -22,6 +27,7 @@ OFFLINE = {"stt": "local", "llm": "rules", "tts": "local"}
 # Offline engines a version may name besides the defaults above.
 OFFLINE_CHOICES = {"stt": frozenset({"local", "pocketsphinx"}), "llm": frozenset({"rules"}),
                    "tts": frozenset({"local"})}
+MODALITIES = ("stt", "llm", "tts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +43,14 @@ class CallProviders:
     stt: SpeechToText
     llm: LanguageModel
     tts: TextToSpeech
-    # Engines the version asked for that this build could not provide (reported as events).
+    # Engines the version asked for that this call cannot have (reported as events).
     substitutions: list[Substitution] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        """Close what was made for this call (cloud clients); shared offline engines stay."""
+        for engine in (self.stt, self.llm, self.tts):
+            if isinstance(engine, FailoverSTT | FailoverLLM | FailoverTTS):
+                await engine.aclose()
 
 
 class ProviderRegistry:
@@ -85,29 +97,69 @@ class ProviderRegistry:
         choice = (config.get(modality) or {}).get("provider")
         return choice or getattr(self.settings.providers.defaults, modality)
 
-    def for_call(self, config: dict[str, Any], timezone: str = "UTC") -> CallProviders:
+    def chain(self, config: dict[str, Any], modality: str) -> list[str]:
+        """Provider names to try, in order: the version's choice, its fallbacks, and the offline
+        default when no offline engine is among them (the call is always answered)."""
+        names = [self.chosen(config, modality), *((config.get(modality) or {}).get("fallback") or [])]
+        if not any(name in OFFLINE_CHOICES[modality] for name in names):
+            names.append(OFFLINE[modality])
+        return list(dict.fromkeys(names))
+
+    async def for_call(self, config: dict[str, Any], timezone: str = "UTC", *, transport_rate: int = 8000,
+                       credentials: CredentialLookup | None = None, report: Report | None = None) -> CallProviders:
         """The engines for one call of an agent version (``config``: the version's config dict;
-        ``timezone``: the tenant's, for the rules brain's dates)."""
+        ``timezone``: the tenant's, for the rules brain's dates; ``credentials``: the tenant's,
+        by provider; ``report``: told about every switch of engine during the call)."""
         substitutions: list[Substitution] = []
+        chains: dict[str, tuple[list[tuple[str, Any]], set[str]]] = {}
+        for modality in MODALITIES:
+            names = self.chain(config, modality)
+            engines: list[tuple[str, Any]] = []
+            owned: set[str] = set()
+            skipped: list[tuple[str, str]] = []
+            for position, name in enumerate(names):
+                last = position == len(names) - 1
+                # Before the last engine a missed first byte moves on at once rather than retrying.
+                policy = self.policy if last else replace(self.policy, retry_timeouts=False)
+                choice = (config.get(modality) or {}) if position == 0 else {}
+                try:
+                    engine = await self._engine(modality, name, config, choice, timezone, transport_rate,
+                                                credentials, policy)
+                except (MissingCredential, ValueError) as exc:
+                    skipped.append((name, str(exc)))
+                    continue
+                if name in CLOUD[modality]:
+                    owned.add(name)
+                for wanted, reason in skipped:
+                    substitutions.append(Substitution(modality, wanted, name, reason))
+                    log.warning("provider not available; using the next in its chain",
+                                extra={"modality": modality, "wanted": wanted, "used": name, "reason": reason})
+                skipped = []
+                engines.append((name, engine))
+            chains[modality] = (engines, owned)
 
-        def offline(modality: str) -> str:
-            wanted = self.chosen(config, modality)
-            if wanted in OFFLINE_CHOICES[modality]:
-                return wanted
-            if wanted != OFFLINE[modality]:
-                substitutions.append(Substitution(modality, wanted, OFFLINE[modality],
-                                                  f"no {wanted} adapter in this build"))
-                log.warning("provider not available; using the offline engine",
-                            extra={"modality": modality, "wanted": wanted})
-            return OFFLINE[modality]
+        def pick(modality: str, wrapper: Any) -> Any:
+            engines, owned = chains[modality]
+            return engines[0][1] if len(engines) == 1 else wrapper(engines, report, owned)
 
-        stt = self.sphinx_stt() if offline("stt") == "pocketsphinx" else self.local_stt()
-        offline("tts")
-        offline("llm")
+        return CallProviders(pick("stt", FailoverSTT), pick("llm", FailoverLLM), pick("tts", FailoverTTS),
+                             substitutions)
+
+    async def _engine(self, modality: str, name: str, config: dict[str, Any], choice: dict[str, Any],
+                      timezone: str, transport_rate: int, credentials: CredentialLookup | None,
+                      policy: RetryPolicy) -> Any:
+        if name in CLOUD[modality]:
+            credential = await credentials(name) if credentials is not None else None
+            return build(modality, name, self.settings.providers, choice, credential, policy, transport_rate)
+        if name not in OFFLINE_CHOICES[modality]:
+            raise ValueError(f"no {name} {modality} adapter in this build")
+        if modality == "stt":
+            return self.sphinx_stt() if name == "pocketsphinx" else self.local_stt()
+        if modality == "tts":
+            return self.local_tts()
         from runtime.providers.rules import RulesBrain
 
-        return CallProviders(stt, RulesBrain(config.get("rules"), timezone=timezone, policy=self.policy),
-                             self.local_tts(), substitutions)
+        return RulesBrain(config.get("rules"), timezone=timezone, policy=policy)
 
     async def aclose(self) -> None:
         for engine in (self._stt, self._tts):
