@@ -1,0 +1,37 @@
+"""voicectl doctor: check the providers a tenant's agents use (credential, reachable, key accepted)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from voicectl.common import JsonOpt, TenantOpt, load_settings, print_json, print_table, resolve_tenant, run, say
+
+# Some provider is not usable: calls would fall back (or fail) until it is fixed.
+EXIT_PROVIDER_PROBLEM = 9
+
+
+def doctor(tenant: TenantOpt, as_json: JsonOpt = False) -> None:
+    """Check each provider the tenant's agents name (and each AI credential it holds): credential
+    present, server reachable, key accepted. Prints a table; no secret is ever printed. Exit code 9
+    when any provider is not usable."""
+    settings = load_settings()
+
+    async def go(plane: Any) -> list[dict[str, Any]]:
+        from runtime.providers.doctor import diagnose
+
+        tenant_id = await resolve_tenant(plane, tenant)
+        return [check.to_dict() for check in await diagnose(plane, settings, tenant_id)]
+
+    results = run(go, settings=settings)
+    if as_json:
+        print_json({"tenant": tenant, "ok": all(r["ok"] for r in results), "providers": results})
+    elif not results:
+        say("No providers to check: the tenant has no agent with an active version and no AI credentials.")
+    else:
+        print_table(["modality", "provider", "used by", "credential", "status", "detail"],
+                    [[r["modality"], r["provider"], ", ".join(r["used_by"]) or "-", r["credential"], r["status"],
+                      r["detail"]] for r in results])
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(EXIT_PROVIDER_PROBLEM)
