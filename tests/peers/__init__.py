@@ -1,0 +1,1 @@
+"""Local servers that speak external providers' wire protocols, driven by tests and benchmarks."""

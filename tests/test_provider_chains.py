@@ -1,0 +1,95 @@
+"""Chains made from an agent version and the tenant's credentials (runtime.providers.registry),
+and `voicectl doctor`'s checks (runtime.providers.doctor), with the real Claude and
+OpenAI-compatible adapters against local servers speaking their wire protocols."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from runtime.control.plane import ControlPlane
+from runtime.control.schemas import AgentCreate, CredentialSet, TenantCreate
+from runtime.providers.anthropic_llm import AnthropicLLM
+from runtime.providers.base import LlmDone, LlmRequest, Message, TextDelta
+from runtime.providers.cloud import ProviderCredential
+from runtime.providers.doctor import diagnose
+from runtime.providers.failover import Failover, FailoverLLM
+from runtime.providers.openai_llm import OpenAICompatibleLLM
+from runtime.providers.registry import ProviderRegistry
+from runtime.providers.rules import RulesBrain
+from tests.api_support import with_overrides
+from tests.peers import openai_server
+from tests.peers.anthropic_server import AnthropicServer
+from tests.peers.openai_server import OpenAIServer
+
+KEY = "sk-ant-test-0123456789"
+
+
+def lookup(creds: dict[str, ProviderCredential]) -> Any:
+    async def credential(provider: str) -> ProviderCredential | None:
+        return creds.get(provider)
+    return credential
+
+
+async def test_a_version_chain_with_credentials_fails_over_to_the_next_llm(settings) -> None:
+    async with AnthropicServer(api_key=KEY) as claude, OpenAIServer() as local:
+        conf = with_overrides(settings, providers={"anthropic": {"base_url": claude.base_url},
+                                                   "openai": {"base_url": local.base_url, "model": "llama3.2"}})
+        registry = ProviderRegistry(conf)
+        version = {"system_prompt": "x", "llm": {"provider": "anthropic", "model": "claude-opus-4-1",
+                                                  "fallback": ["openai"]}}
+        switches: list[Failover] = []
+        chosen = await registry.for_call(version, credentials=lookup({"anthropic": ProviderCredential({}, "sk-wrong")}),
+                                         report=switches.append)
+        llm = chosen.llm
+        assert isinstance(llm, FailoverLLM)
+        assert [(name, type(engine)) for name, engine in llm.chain.engines] == [
+            ("anthropic", AnthropicLLM), ("openai", OpenAICompatibleLLM), ("rules", RulesBrain)]
+        local.push(openai_server.text_reply("Hello from the local model."))
+        request = LlmRequest(system="x", messages=(Message("user", "hi"),), model="claude-opus-4-1")
+        events = [e async for e in llm.stream(request)]
+        assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello from the local model."
+        assert isinstance(events[-1], LlmDone)
+        assert len(claude.message_requests) == 1  # a refused key is not retried
+        assert local.completion_requests[0].body["model"] == "llama3.2"  # the fallback's own model
+        assert [(s.from_provider, s.to_provider, s.reason) for s in switches] == [
+            ("anthropic", "openai", "the tenant's anthropic credential was refused (401)")]
+        assert "sk-wrong" not in repr(switches)
+        await chosen.aclose()
+
+
+async def test_a_missing_credential_skips_the_provider_and_says_so(settings) -> None:
+    registry = ProviderRegistry(settings)
+    chosen = await registry.for_call({"system_prompt": "x", "llm": {"provider": "anthropic", "fallback": ["openai"]}},
+                                     credentials=lookup({}))
+    # openai needs no key (a local server): it is the first usable engine, rules stays behind it.
+    assert [name for name, _ in chosen.llm.chain.engines] == ["openai", "rules"]  # type: ignore[attr-defined]
+    assert [(s.wanted, s.used, s.reason) for s in chosen.substitutions] == [
+        ("anthropic", "openai", "the tenant has no anthropic credential")]
+    await chosen.aclose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_doctor_reports_key_refused_unreachable_and_ok_without_secrets(settings) -> None:
+    async with AnthropicServer(api_key=KEY) as claude:
+        conf = with_overrides(settings, providers={"anthropic": {"base_url": claude.base_url},
+                                                   "openai": {"base_url": "http://127.0.0.1:9/v1"}})
+        plane = await ControlPlane.open(conf)
+        try:
+            tenant = await plane.tenants.create(TenantCreate(name="acme"))
+            await plane.agents.create(tenant.id, AgentCreate(
+                name="sales", system_prompt="x", llm={"provider": "anthropic", "fallback": ["openai"]}))
+            await plane.credentials.set(tenant.id, "anthropic", CredentialSet(secret=KEY))
+            checks = {c.provider: c for c in await diagnose(plane, conf, tenant.id) if c.modality == "llm"}
+            assert checks["anthropic"].ok and checks["anthropic"].credential == "set"
+            assert checks["anthropic"].used_by == ["sales"]
+            assert checks["openai"].status == "unreachable" and not checks["openai"].ok
+            assert checks["rules"].ok
+            await plane.credentials.set(tenant.id, "anthropic", CredentialSet(secret="sk-ant-wrong-key"))
+            checks = {c.provider: c for c in await diagnose(plane, conf, tenant.id)}
+            assert checks["anthropic"].status == "key refused" and checks["anthropic"].detail == "HTTP 401"
+            assert "sk-ant" not in repr([c.to_dict() for c in checks.values()])
+        finally:
+            await plane.close()
+
