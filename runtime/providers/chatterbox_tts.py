@@ -1,0 +1,195 @@
+"""Chatterbox TTS through its OpenAI-compatible server (travisvn/chatterbox-tts-api and kin, port
+4123 by default), over aiohttp.
+
+Streaming (the default): ``POST /v1/audio/speech/stream`` with ``stream_format: "sse"``; audio is
+handed on delta by delta, so the caller hears the start of a sentence before the server has
+synthesised the end of it. A server that answers that path with a streamed WAV instead (what
+travisvn's does) is read the same way. Non-streaming: ``POST /v1/audio/speech``, one WAV per
+sentence.
+
+Text goes one sentence per request (the first sentence's audio comes sooner, and a failure costs
+at most the sentence in progress). Chunk text: streamed audio carries no alignment, so a
+sentence's text rides on a zero-length chunk after its last audio: the pipeline's failover counts
+a sentence as spoken only when all its audio was handed over, and repeats a sentence cut off by a
+broken stream on the fallback engine. Unstreamed, each chunk is a whole sentence with its text.
+Either way the texts of the chunks concatenate to the input.
+
+Audio is PCM16 mono at the server's rate (24 kHz for Chatterbox, or what ``speech.audio.info``
+says); the pipeline resamples it to the transport's rate. Errors: 401/403 ``auth`` (never
+retried), 429 ``rate_limit`` with ``Retry-After``, 5xx ``server``, no connection ``unavailable``,
+an answer that does not parse ``protocol``. A stream that breaks after audio was handed over
+raises ``ProviderError`` (the base class retries only before the first chunk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from runtime.providers import chatterbox_wire as wire
+from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy, TextToSpeech, with_retries
+from runtime.providers.local_tts import split_sentences
+from runtime.providers.wire_errors import redact, status_error
+
+DEFAULT_BASE_URL = "http://127.0.0.1:4123"
+SPEECH_PATH = "/v1/audio/speech"
+STREAM_PATH = "/v1/audio/speech/stream"
+MAX_INPUT = 3000  # the server refuses longer inputs
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 30.0  # between two reads of an answer: a server that stalls mid-sentence
+MAX_ERROR_BODY = 4096
+
+
+class ChatterboxTTS(TextToSpeech):
+    name = "chatterbox"
+    rate = wire.NATIVE_RATE
+    read_timeout_s: float = READ_TIMEOUT_S
+
+    def __init__(self, api_key: str | None, *, base_url: str = DEFAULT_BASE_URL, voice: str = "default",
+                 exaggeration: float | None = None, cfg_weight: float | None = None,
+                 temperature: float | None = None, stream: bool = True, policy: RetryPolicy | None = None) -> None:
+        super().__init__(policy)
+        _check_range("exaggeration", exaggeration, 0.25, 2.0)
+        _check_range("cfg_weight", cfg_weight, 0.0, 1.0)
+        _check_range("temperature", temperature, 0.05, 5.0)
+        url = base_url.strip().rstrip("/")
+        self.base_url = url[:-3] if url.endswith("/v1") else url  # OpenAI-style base URLs end in /v1
+        self.voice, self.stream = voice, stream
+        self.exaggeration, self.cfg_weight, self.temperature = exaggeration, cfg_weight, temperature
+        self._api_key = api_key or None
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:  # never the key
+        return f"ChatterboxTTS(base_url={self.base_url!r}, voice={self.voice!r}, stream={self.stream})"
+
+    async def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+        for sentence in split_sentences(text):
+            for piece in wire.split_input(sentence, MAX_INPUT):
+                if not any(ch.isalnum() for ch in piece):  # nothing to say: its text goes on
+                    yield AudioChunk(b"", self.rate, piece)
+                elif self.stream:
+                    async for chunk in self._streamed(piece):
+                        yield chunk
+                else:
+                    yield await self._whole(piece)
+
+    async def _streamed(self, piece: str) -> AsyncIterator[AudioChunk]:
+        rate = self.rate
+        try:
+            async with self._http().post(self.base_url + STREAM_PATH, json=self._body(piece, True)) as response:
+                if response.status != 200:
+                    raise await self._refused(response)
+                chunks = response.content.iter_any()
+                if response.content_type == "text/event-stream":
+                    async for pcm in wire.sse_audio(chunks):
+                        rate = pcm.rate
+                        yield AudioChunk(pcm.data, pcm.rate, "")
+                elif response.content_type.startswith("audio/"):
+                    wav = wire.WavStream()
+                    async for data in chunks:
+                        if pcm := wav.feed(data):
+                            rate = wav.rate or rate
+                            yield AudioChunk(pcm, rate, "")
+                    wav.finish()
+                else:
+                    raise ProviderError(self.name, "protocol", f"unexpected content type {response.content_type!r}")
+        except (aiohttp.ClientError, TimeoutError, wire.Malformed, wire.ServerFailed) as exc:
+            raise self._failure(exc) from None
+        yield AudioChunk(b"", rate, piece)  # all of the sentence's audio has been handed over
+
+    async def _whole(self, piece: str) -> AudioChunk:
+        try:
+            async with self._http().post(self.base_url + SPEECH_PATH, json=self._body(piece, False)) as response:
+                if response.status != 200:
+                    raise await self._refused(response)
+                pcm = wire.whole_wav(await response.read())
+        except (aiohttp.ClientError, TimeoutError, wire.Malformed) as exc:
+            raise self._failure(exc) from None
+        return AudioChunk(pcm.data, pcm.rate, piece)
+
+    async def check(self) -> None:
+        """For ``voicectl doctor``: the server answers and takes the key (``GET /v1/models``, or
+        ``/health`` on servers without it). Raises ``ProviderError``."""
+        await with_retries(self.name, self.policy, self._probe)
+
+    async def _probe(self) -> None:
+        try:
+            for path in ("/v1/models", "/health"):
+                async with self._http().get(self.base_url + path) as response:
+                    if response.status == 404 and path != "/health":
+                        continue
+                    if response.status >= 400:
+                        raise await self._refused(response)
+                    return
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._failure(exc) from None
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    # Helpers
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The adapter's session, made on first use (it needs the running loop)."""
+        if self._session is None or self._session.closed:
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            self._session = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=self.read_timeout_s))
+        return self._session
+
+    def _body(self, text: str, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"input": text.strip(), "voice": self.voice, "response_format": "wav"}
+        if stream:
+            body["stream_format"] = "sse"
+        for key in ("exaggeration", "cfg_weight", "temperature"):
+            if (value := getattr(self, key)) is not None:
+                body[key] = value
+        return body
+
+    async def _refused(self, response: aiohttp.ClientResponse) -> ProviderError:
+        try:
+            raw = await asyncio.wait_for(response.content.read(MAX_ERROR_BODY), 1.0)
+        except (aiohttp.ClientError, TimeoutError):
+            raw = b""
+        return status_error(self.name, response.status, response.headers, _error_message(raw), self._api_key)
+
+    def _failure(self, exc: BaseException) -> ProviderError:
+        if isinstance(exc, wire.Malformed):
+            return ProviderError(self.name, "protocol", f"malformed answer: {exc}")
+        if isinstance(exc, wire.ServerFailed):
+            return ProviderError(self.name, "server", f"the server failed mid-stream: {redact(str(exc), self._api_key)}")
+        if isinstance(exc, TimeoutError):  # aiohttp's read and connect timeouts are TimeoutErrors too
+            return ProviderError(self.name, "timeout", f"the server stopped answering ({type(exc).__name__})")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return ProviderError(self.name, "unavailable", f"cannot connect ({type(exc).__name__})")
+        return ProviderError(self.name, "unavailable", f"the connection failed or broke ({type(exc).__name__})")
+
+
+def _error_message(raw: bytes) -> str:
+    """The message of an error body: FastAPI's ``{"detail": {"error": {"message"}}}``, OpenAI's
+    ``{"error": {"message"}}``, a plain ``detail``, or the text."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", errors="replace").strip()
+    if isinstance(body, dict):
+        node: Any = body.get("detail", body)
+        if isinstance(node, dict):
+            node = node.get("error", node)
+        if isinstance(node, dict):
+            node = node.get("message", "")
+        if isinstance(node, list):  # a validation error list
+            node = "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in node)
+        return str(node)
+    return str(body)
+
+
+def _check_range(name: str, value: float | None, low: float, high: float) -> None:
+    if value is not None and not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, not {value}")

@@ -1,0 +1,61 @@
+"""HTTP statuses of the Deepgram and Chatterbox adapters as ``ProviderError`` kinds, ``Retry-After``
+and keeping a key out of error text.
+
+401/403: a bad key (never retried); 429: rate limited (retried, honouring ``Retry-After``); 408:
+timed out; other 5xx: the server; other 4xx: our request was refused (never retried).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+
+from runtime.providers.base import ErrorKind, ProviderError
+
+MAX_DETAIL = 200
+
+
+def status_kind(status: int) -> ErrorKind:
+    if status in (401, 403):
+        return "auth"
+    if status == 429:
+        return "rate_limit"
+    if status == 408:
+        return "timeout"
+    if status >= 500:
+        return "server"
+    return "bad_request"
+
+
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from ``Retry-After`` (seconds or an HTTP date); None when absent or unreadable."""
+    value = headers.get("Retry-After") if headers else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` cut short, with the key masked in case a server echoed it."""
+    if secret and len(secret) >= 4:
+        text = text.replace(secret, "[redacted]")
+    return text[:MAX_DETAIL]
+
+
+def status_error(provider: str, status: int, headers: Mapping[str, str] | None = None, detail: str = "",
+                 secret: str | None = None) -> ProviderError:
+    kind = status_kind(status)
+    message = f"HTTP {status}" + (f": {redact(detail, secret)}" if detail else "")
+    if kind == "auth":
+        message += " (the key was refused: check the tenant's credential)"
+    return ProviderError(provider, kind, message, status=status,
+                         retry_after=retry_after(headers) if kind in ("rate_limit", "server") else None)
