@@ -14,7 +14,9 @@ from voicectl.common import (
     MaybeTenantOpt,
     OffsetOpt,
     TenantOpt,
+    errors,
     fail,
+    load_settings,
     new_app,
     page,
     print_json,
@@ -85,9 +87,17 @@ def add(
     provider: Annotated[Provider, typer.Option("--provider", help="Who delivers the calls.")],
     pinned_version: PinOpt = None,
     label: LabelOpt = None,
+    goto_new_channel: Annotated[bool, typer.Option(
+        "--goto-new-channel",
+        help="GoTo: register a new notification channel (and webhook token) even if the tenant has one.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Route a number to an agent (numbers are unique across tenants)."""
+    """Route a number to an agent (numbers are unique across tenants).
+
+    With --provider goto, the tenant's GoTo notification channel and call-events subscription
+    are registered through GoTo's API first (once per tenant), with its goto credential."""
+    with errors():
+        settings = load_settings()
 
     async def go(plane: Any) -> dict[str, Any]:
         from runtime.control.schemas import NumberCreate
@@ -96,9 +106,41 @@ def add(
         target = await plane.agents.resolve(tenant_id, agent)
         data = NumberCreate(e164=e164, provider=provider.value, agent_id=target.id,
                             pinned_version=pinned_version, label=label)
-        return (await plane.numbers.add(tenant_id, data)).to_dict()
+        goto = None
+        if provider is Provider.goto:
+            goto = await _register_goto(plane, settings, tenant_id, data.e164, goto_new_channel)
+        number = (await plane.numbers.add(tenant_id, data)).to_dict()
+        return {**number, "goto": goto} if goto is not None else number
 
-    _show(run(go), as_json, "added")
+    result = run(go, settings=settings)
+    goto = result.pop("goto", None)
+    if as_json:
+        print_json({**result, "goto": goto} if goto is not None else result)
+        return
+    _show(result, as_json, "added")
+    if goto is not None:
+        if goto["registered"]:
+            say(f"goto: registered notification channel {goto['channel_id']} and the call-events subscription "
+                "(STARTING, ACTIVE, ENDING)")
+        else:
+            say(f"goto: the tenant's notification channel {goto['channel_id']} is already registered "
+                "(--goto-new-channel replaces it)")
+
+
+async def _register_goto(plane: Any, settings: Any, tenant_id: str, e164: str, again: bool) -> dict[str, Any]:
+    """Register the tenant's GoTo channel before the number is stored: a refusal stores nothing."""
+    from runtime.control.errors import Conflict
+    from runtime.telephony.goto_api import open_account
+    from runtime.telephony.goto_channels import active_channel, register_channel, require_public_url
+
+    if await plane.store.number_by_e164(e164) is not None:
+        raise Conflict(f"{e164} is already routed", {"e164": e164})  # checked before GoTo is asked
+    if again or await active_channel(plane.store, tenant_id) is None:
+        await open_account(plane.credentials, tenant_id)  # a missing credential first: the likelier mistake
+        if not require_public_url(settings).startswith("https://"):
+            say("warning: server.public_url is not https: GoTo only calls HTTPS webhooks on port 443", err=True)
+    registration = await register_channel(plane, settings, tenant_id, again=again)
+    return {"channel_id": registration.channel_id, "registered": registration.registered}
 
 
 @app.command("list")

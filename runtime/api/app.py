@@ -64,15 +64,23 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         app[DELIVERY] = DeliveryWorker(store, app[CONTROL].secrets, settings.events.webhooks)
         app[BUS].on_outbox = app[DELIVERY].wake
         await app[DELIVERY].start()
+        from runtime.recording.objects import RECORDING_OBJECTS, RecordingObjects
+        from runtime.recording.storage import LocalStorage
+        from runtime.recording.upload import RECORDING_UPLOADS, RecordingUploader, UploadPolicy
+
+        app[RECORDING_OBJECTS] = RecordingObjects.from_settings(app[CONTROL].credentials, settings.recording.s3)
+        app[RECORDING_UPLOADS] = RecordingUploader(store, LocalStorage(settings.recording_dir), app[RECORDING_OBJECTS],
+                                                   UploadPolicy.from_settings(settings.recording.s3))
         app[TRACKER] = CallTracker(store, app[BUS], max_calls=settings.limits.max_calls,
-                                   recording_dir=settings.recording_dir)
+                                   recording_dir=settings.recording_dir, uploader=app[RECORDING_UPLOADS])
         recovered = await app[TRACKER].recover()
         if recovered:
             log.warning("calls left live by a previous run marked failed", extra={"calls": recovered})
         from runtime.calls.retention import RETENTION, RetentionJob
 
-        app[RETENTION] = RetentionJob(store, settings.recording_dir)
+        app[RETENTION] = RetentionJob(store, settings.recording_dir, objects=app[RECORDING_OBJECTS])
         app[RETENTION].start()
+        app[RECORDING_UPLOADS].start()  # background: uploads a restart interrupted
         from runtime.pipeline.engine import ConversationEngine
 
         app[PIPELINE] = ConversationEngine(providers or ProviderRegistry(settings), app[CONTROL],
@@ -81,6 +89,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         yield
         await app[RETENTION].stop()
         await app[TRACKER].drain(settings.server.shutdown_grace_s)
+        await app[RECORDING_UPLOADS].close()
         await app[PIPELINE].stop()
         await app[DELIVERY].stop()
 

@@ -22,6 +22,10 @@ async def tune_gc_for_live_calls(app: web.Application) -> None:
     live call would get a late frame; after ``gc.freeze`` full passes only walk what calls
     allocate (bench/calls.py: 300 calls clean with it, a late frame on every call without).
     """
+    # The WebRTC media stack (aiortc, PyAV: ~20k objects) is imported at a call's first use;
+    # import it now so the freeze covers it too and full passes during calls do not walk it.
+    import runtime.telephony.webrtc  # noqa: F401
+
     gc.freeze()
     # Fewer, larger young collections and half as many full-collection attempts: with tens of
     # thousands of live sessions a full pass costs tens of ms (bench/webhooks.py --hold 0 at

@@ -14,6 +14,7 @@ from runtime.events.models import CallFailed, Event, StateChanged
 from runtime.ids import new_id, now_iso
 from runtime.recording.recorder import CallRecorder
 from runtime.recording.storage import LocalStorage
+from runtime.recording.upload import RecordingUploader
 from runtime.store.store import Store
 from runtime.store.tables import ALL_TENANTS
 
@@ -81,12 +82,15 @@ class LiveCalls(dict[str, CallSession]):
 
 
 class CallTracker:
-    def __init__(self, store: Store, bus: EventBus, *, max_calls: int, recording_dir: Path | None = None) -> None:
+    def __init__(self, store: Store, bus: EventBus, *, max_calls: int, recording_dir: Path | None = None,
+                 uploader: RecordingUploader | None = None) -> None:
         self.store = store
         self.bus = bus
         self.max_calls = max_calls
         # Where recordings go (tenants with recording_enabled); None: nothing is recorded.
         self.recording = LocalStorage(recording_dir) if recording_dir is not None else None
+        # Copies finished recordings to tenants' S3 storage in the background; None: local only.
+        self.uploader = uploader
         self.live: LiveCalls = LiveCalls()
         self.accepting = True
 
@@ -101,7 +105,7 @@ class CallTracker:
         return self.live.get(call_id)
 
     async def open_call(
-        self, *, to_number: str, from_number: str | None, provider: str, direction: str = "inbound",
+        self, *, to_number: str | None, from_number: str | None, provider: str, direction: str = "inbound",
         provider_call_id: str | None = None, tenant_hint: str | None = None, now: datetime | None = None,
         routing: dict | None = None,
     ) -> CallSession:
@@ -137,7 +141,9 @@ class CallTracker:
         session.audio_sinks.append(recorder)
 
         async def finalize(ended: CallSession) -> None:
-            await recorder.finalize(self.store)
+            rows = await recorder.finalize(self.store)
+            if self.uploader is not None:
+                self.uploader.schedule(ended.tenant_id, ended.id, rows)  # starts a task; never waits
 
         session.on_end.append(finalize)
 

@@ -11,7 +11,9 @@ def all_routes() -> list[Route]:
         calls,
         credentials,
         events,
+        goto,
         keys,
+        livekit,
         numbers,
         ops,
         recordings,
@@ -19,9 +21,11 @@ def all_routes() -> list[Route]:
         twilio,
         voices,
         webhooks,
+        webrtc,
     )
 
     routes: list[Route] = []
-    for module in (ops, tenants, keys, agents, voices, numbers, credentials, webhooks, calls, recordings, twilio, events):
+    for module in (ops, tenants, keys, agents, voices, numbers, credentials, webhooks, calls, recordings, twilio, goto,
+                   livekit, webrtc, events):
         routes.extend(module.ROUTES)
     return routes

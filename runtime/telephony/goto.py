@@ -1,0 +1,339 @@
+"""GoTo Connect notification-channel webhook: ``/webhooks/goto/{token}``.
+
+The path token is verified (SHA-256, constant-time compare against the tenant's channel row)
+before anything else; an unknown token gets a 404 and a metric, and nothing is stored. GoTo's URL
+validation (OPTIONS) is answered once the token is known. Deliveries are parsed by
+runtime.telephony.goto_events (where every guess about GoTo's payloads lives) and are either call
+events (STARTING opens and routes the call, ACTIVE is acknowledged, ENDING ends it) or
+web-call offers, answered over WebRTC by runtime.telephony.goto_answer.
+
+Deliveries are de-duplicated per conversation by sequence number (in memory; after a restart a
+STARTING for a conversation already in the archive does not open it again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import Counter
+
+from runtime.api.appkeys import CONTROL, METRICS, SETTINGS, TRACKER
+from runtime.api.responses import error_response, json_response
+from runtime.calls.routing import ROUTE_TABLES, ReadCache, RouteRejected
+from runtime.calls.session import CallSession
+from runtime.control.errors import ControlError
+from runtime.ids import new_id
+from runtime.store.errors import DatabaseUnavailable
+from runtime.telephony.goto_api import TokenCache
+from runtime.telephony.goto_channels import hash_token, plausible_token, token_matches
+from runtime.telephony.goto_events import CallEvent, GotoPayloadError, WebCallOffer, parse_delivery
+
+log = logging.getLogger("voicectl.goto")
+
+PROVIDER = "goto"
+# Conversations remembered after their call finished (for duplicate and late deliveries).
+RECENT_CONVERSATIONS = 10_000
+# A GoTo call that is still ringing this long after STARTING (no web-call offer answered) fails.
+RING_TIMEOUT_S = 60.0
+REFUSALS = ("unknown_token", "malformed_json", "bad_payload")
+
+NEW, LIVE, REJECTED, DECLINED, FINISHED, OUTBOUND = "new", "live", "rejected", "declined", "finished", "outbound"
+
+
+@dataclass(eq=False)
+class Conversation:
+    """What this process knows of one GoTo conversation (call) of one tenant."""
+
+    tenant_id: str
+    conversation_id: str
+    outcome: str = NEW
+    call_id: str | None = None
+    reason: str | None = None
+    web_call_id: str | None = None
+    answered: bool = False
+    seen: set[int] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ring_timer: asyncio.TimerHandle | None = None
+
+
+class GotoBridge:
+    """Per-app state: channel and route caches, live conversations, the OAuth token cache, metrics."""
+
+    def __init__(self, app: web.Application) -> None:
+        registry = app[METRICS].registry
+        self.refused = Counter("voicectl_goto_webhooks_refused", "GoTo webhook deliveries refused, by reason",
+                               ("reason",), registry=registry)
+        for reason in REFUSALS:
+            self.refused.labels(reason)
+        self.duplicates = Counter("voicectl_goto_duplicate_deliveries",
+                                  "GoTo deliveries already seen (same conversation and sequence number)",
+                                  registry=registry)
+        self.live: dict[tuple[str, str], Conversation] = {}
+        self.recent: OrderedDict[tuple[str, str], Conversation] = OrderedDict()
+        self.tokens = TokenCache()
+        self.tasks: set[asyncio.Task] = set()
+        self.ring_timeout_s = RING_TIMEOUT_S
+        self._channels: ReadCache | None = None
+        self._routes: ReadCache | None = None
+
+    def channels(self, store: Any) -> ReadCache:
+        if self._channels is None:
+            self._channels = ReadCache(store.goto_channel_by_token_hash, ("goto_channels",))
+        return self._channels
+
+    def routes(self, store: Any) -> ReadCache:
+        if self._routes is None:
+            self._routes = ReadCache(store.route_by_e164, ROUTE_TABLES)
+        return self._routes
+
+    def conversation(self, tenant_id: str, conversation_id: str) -> Conversation | None:
+        key = (tenant_id, conversation_id)
+        return self.live.get(key) or self.recent.get(key)
+
+    def track(self, tenant_id: str, conversation_id: str) -> Conversation:
+        conv = Conversation(tenant_id, conversation_id)
+        self.live[(tenant_id, conversation_id)] = conv
+        return conv
+
+    def retire(self, conv: Conversation, outcome: str = FINISHED) -> None:
+        """The conversation's call is over (or was never ours): keep it only for de-duplication."""
+        conv.outcome = outcome
+        if conv.ring_timer is not None:
+            conv.ring_timer.cancel()
+            conv.ring_timer = None
+        key = (conv.tenant_id, conv.conversation_id)
+        self.live.pop(key, None)
+        self.recent[key] = conv
+        self.recent.move_to_end(key)
+        while len(self.recent) > RECENT_CONVERSATIONS:
+            self.recent.popitem(last=False)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+_BRIDGES: weakref.WeakKeyDictionary[web.Application, GotoBridge] = weakref.WeakKeyDictionary()
+
+
+def bridge(app: web.Application) -> GotoBridge:
+    found = _BRIDGES.get(app)
+    if found is None:
+        found = _BRIDGES[app] = GotoBridge(app)
+    return found
+
+
+# Verification
+
+
+async def verified_channel(request: web.Request) -> dict[str, Any] | web.Response:
+    """The channel row whose token is in the path, or the 404 to answer with (and a metric)."""
+    br = bridge(request.app)
+    token = request.match_info.get("token", "")
+    row = None
+    if plausible_token(token):
+        digest = hash_token(token)
+        row = await br.channels(request.app[CONTROL].store).get(digest)
+        if not token_matches(row, digest):
+            row = None
+    if row is None:
+        br.refused.labels("unknown_token").inc()
+        return error_response(404, "unknown GoTo webhook")
+    return row
+
+
+async def validate(request: web.Request) -> web.Response:
+    """GoTo's URL validation (OPTIONS) when the channel is created: 200 for a known token."""
+    channel = await verified_channel(request)
+    if isinstance(channel, web.Response):
+        return channel
+    return web.Response(status=200, headers={"Allow": "OPTIONS, POST"})
+
+
+async def webhook(request: web.Request) -> web.Response:
+    try:
+        return await _webhook(request)
+    except (web.HTTPException, ControlError, DatabaseUnavailable):
+        raise  # answered by the error middleware, which logs no path
+    except Exception:
+        # Logged here without the path: the middleware would log it, and the path holds the token.
+        log.exception("goto webhook failed")
+        return error_response(500, "internal error while handling the GoTo delivery")
+
+
+async def _webhook(request: web.Request) -> web.Response:
+    channel = await verified_channel(request)
+    if isinstance(channel, web.Response):
+        return channel
+    br = bridge(request.app)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].server.max_body_bytes
+        return error_response(413, f"request body is larger than {limit} bytes", {"max_bytes": limit})
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        br.refused.labels("malformed_json").inc()
+        return error_response(400, f"the body is not valid JSON: {exc}")
+    try:
+        item = parse_delivery(body)
+    except GotoPayloadError as exc:
+        br.refused.labels("bad_payload").inc()
+        return error_response(400, exc.message, exc.details)
+    if isinstance(item, WebCallOffer):
+        from runtime.telephony.goto_answer import answer_web_call
+
+        return await answer_web_call(request, channel, item)
+    return await on_call_event(request, channel["tenant_id"], item)
+
+
+# Call events
+
+
+async def on_call_event(request: web.Request, tenant_id: str, event: CallEvent) -> web.Response:
+    br = bridge(request.app)
+    conv = br.conversation(tenant_id, event.conversation_id)
+    if conv is not None and event.sequence in conv.seen:
+        br.duplicates.inc()
+        return _outcome("duplicate", conv, sequence=event.sequence)
+    if conv is None:
+        if event.state != "STARTING":
+            return await _unknown_conversation(request, tenant_id, event)
+        conv = br.track(tenant_id, event.conversation_id)
+    conv.seen.add(event.sequence)  # before any await: a concurrent redelivery is a duplicate
+    try:
+        async with conv.lock:
+            if event.state == "STARTING":
+                return await _starting(request, conv, event)
+            if event.state == "ACTIVE":
+                return await _active(request, conv, event)
+            return await _ending(request, conv, event)
+    except BaseException:
+        # Not handled: GoTo's redelivery must be handled, not taken for a duplicate.
+        conv.seen.discard(event.sequence)
+        if conv.outcome == NEW:
+            br.live.pop((tenant_id, event.conversation_id), None)
+        raise
+
+
+def _outcome(status: str, conv: Conversation | None = None, **extra: Any) -> web.Response:
+    body: dict[str, Any] = {"status": status}
+    if conv is not None:
+        body["conversation_id"] = conv.conversation_id
+        if conv.call_id:
+            body["call_id"] = conv.call_id
+    return json_response({**body, **{k: v for k, v in extra.items() if v is not None}})
+
+
+async def _archived_call(request: web.Request, tenant_id: str, conversation_id: str) -> dict | None:
+    rows, _ = await request.app[CONTROL].store.voice_calls.list(
+        tenant_id=tenant_id, equals={"provider": PROVIDER, "provider_call_id": conversation_id}, limit=1,
+        count=False)
+    return rows[0] if rows else None
+
+
+async def _unknown_conversation(request: web.Request, tenant_id: str, event: CallEvent) -> web.Response:
+    """ACTIVE/ENDING for a conversation this process does not track: finished already (say so), or unknown."""
+    row = await _archived_call(request, tenant_id, event.conversation_id)
+    if row is not None:
+        return json_response({"status": "ignored", "reason": "call_finished", "call_id": row["id"],
+                              "conversation_id": event.conversation_id})
+    return error_response(404, f"no call for GoTo conversation {event.conversation_id}",
+                          {"conversation_id": event.conversation_id, "state": event.state})
+
+
+async def _starting(request: web.Request, conv: Conversation, event: CallEvent) -> web.Response:
+    if conv.outcome != NEW:
+        return _outcome("ignored", conv, reason="already_started")
+    br = bridge(request.app)
+    if event.direction == "OUTBOUND":
+        br.retire(conv, OUTBOUND)
+        return _outcome("ignored", conv, reason="outbound")
+    archived = await _archived_call(request, conv.tenant_id, conv.conversation_id)
+    if archived is not None:  # a STARTING redelivered after a restart
+        conv.call_id = archived["id"]
+        br.retire(conv)
+        return _outcome("ignored", conv, reason="already_started")
+    store = request.app[CONTROL].store
+    found = await br.routes(store).get(event.dialled) if event.dialled else None
+    if found is None or found["number"]["tenant_id"] != conv.tenant_id:
+        # Another tenant's number is as unknown as no number: never route across tenants.
+        await _reject_unrouted(request, conv, event)
+        return error_response(404, f"the dialled number {event.dialled or '(none)'} is not routed",
+                              {"reason": "unknown_number", "call_id": conv.call_id,
+                               "conversation_id": conv.conversation_id})
+    tracker = request.app[TRACKER]
+    try:
+        session = await tracker.open_call(
+            to_number=event.dialled, from_number=event.caller, provider=PROVIDER,
+            provider_call_id=conv.conversation_id, tenant_hint=conv.tenant_id, routing=found)
+    except RouteRejected as rejected:
+        log.info("goto call rejected", extra={"reason": rejected.reason, "tenant_id": conv.tenant_id})
+        row = await _archived_call(request, conv.tenant_id, conv.conversation_id)
+        conv.call_id, conv.reason = (row["id"] if row else None), rejected.reason
+        br.retire(conv, REJECTED)
+        return _outcome("rejected", conv, reason=rejected.reason)
+    conv.call_id, conv.outcome = session.id, LIVE
+    if session.route is not None and session.route.transfer_now:
+        # GoTo's API documents no transfer: after hours the call is left to GoTo's own routing
+        # (its offer, if any, is rejected) instead of pretending to transfer it.
+        conv.reason = "after_hours_declined"
+        await session.end("after_hours_declined")
+        br.retire(conv, DECLINED)
+        return _outcome("declined", conv, reason="after_hours")
+    session.on_end.append(lambda s: br.retire(conv))
+    conv.ring_timer = asyncio.get_running_loop().call_later(
+        br.ring_timeout_s, lambda: br.spawn(_ring_timeout(session)))
+    return _outcome("opened", conv)
+
+
+async def _reject_unrouted(request: web.Request, conv: Conversation, event: CallEvent) -> None:
+    """A failed call row and voice.call.failed for the tenant whose channel received the call."""
+    tracker = request.app[TRACKER]
+    session = CallSession(id=new_id("call"), tenant_id=conv.tenant_id, provider=PROVIDER, direction="inbound",
+                          from_number=event.caller, to_number=event.dialled, store=tracker.store, bus=tracker.bus,
+                          provider_call_id=conv.conversation_id)
+    await session.insert_row()
+    await session.fail("unknown_number", f"{event.dialled or 'no dialled number'} is not routed")
+    conv.call_id, conv.reason = session.id, "unknown_number"
+    bridge(request.app).retire(conv, REJECTED)
+
+
+async def _ring_timeout(session: CallSession) -> None:
+    if session.state == "ringing":
+        await session.fail("not_answered", "no web-call offer was answered in time")
+
+
+async def _active(request: web.Request, conv: Conversation, event: CallEvent) -> web.Response:
+    """Acknowledged only: the WebRTC bridge connects an answered call when its media is up (a call
+    connected here first would never start its conversation), and GoTo may report ACTIVE for a
+    call answered on another device."""
+    session = request.app[TRACKER].get(conv.call_id or "")
+    if session is None or not session.live:
+        return _outcome("ignored", conv, reason="call_finished")
+    return _outcome("updated", conv, state=session.state, answered=conv.answered,
+                    caller_status=event.caller_status())
+
+
+async def _ending(request: web.Request, conv: Conversation, event: CallEvent) -> web.Response:
+    session = request.app[TRACKER].get(conv.call_id or "")
+    if session is None or not session.live:
+        return _outcome("ignored", conv, reason="call_finished")
+    from runtime.telephony import webrtc
+
+    peer = webrtc.bridge(request.app).peers.get(session.id) if conv.answered else None
+    if peer is not None:
+        # Through the peer: its conversation's last transcripts are written before the final event.
+        await peer.finish("end", "completed", hangup_by="caller")
+    else:
+        await session.end("completed", hangup_by="caller")
+    return _outcome("ended", conv)

@@ -1,0 +1,143 @@
+"""Answering a GoTo web call over WebRTC: GoTo's SDP offer in, our answer out through the web-calls API.
+
+For a call opened on STARTING, GoTo's offer is checked by the WebRTC bridge's offer check (audio
+section, ICE credentials, DTLS, a codec we speak) before GoTo hears anything; then the line is
+marked ringing, the aiortc bridge (runtime.telephony.webrtc.answer_offer) builds the peer wired to
+the conversation and returns the answer, which is posted to ``/web-calls/v1/calls/{id}/answer``
+with our channel as the in-call channel. The bridge connects the call when the media is up. Any
+failure fails this call (voice.call.failed) with a clear JSON error and touches nothing else; the
+web call is rejected at GoTo where that is still possible.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from runtime.api.appkeys import CONTROL, SETTINGS, TRACKER
+from runtime.api.responses import error_response, json_response
+from runtime.calls.session import CallSession
+from runtime.control.errors import NotFound
+from runtime.telephony.goto import DECLINED, REJECTED, Conversation, bridge
+from runtime.telephony.goto_api import GotoApi, GotoApiError, api_for, open_account
+from runtime.telephony.goto_events import WebCallOffer
+
+log = logging.getLogger("voicectl.goto")
+
+
+class GotoControl:
+    """CallControl for a GoTo web call: the engine hangs up through GoTo's API (after the WebRTC
+    bridge's own control has kept its media counts); the peer closes with the session."""
+
+    def __init__(self, app: web.Application, session: CallSession, web_call_id: str, inner: Any = None) -> None:
+        self.app, self.session, self.web_call_id, self.inner = app, session, web_call_id, inner
+
+    async def hangup(self, reason: str) -> None:
+        if self.inner is not None:
+            await self.inner.hangup(reason)
+        async with aiohttp.ClientSession() as http:
+            api = await _api(self.app, self.session.tenant_id, http)
+            await api.hangup(self.web_call_id)
+
+    async def transfer(self, target: str) -> None:
+        # GoTo's web-calls API documents no transfer: end the call rather than leave it hanging
+        # in "transferring" (the agent has already told the caller).
+        log.warning("goto calls cannot be transferred; hanging up", extra={"call_id": self.session.id})
+        await self.session.hangup("transfer_unsupported")
+
+
+async def _api(app: web.Application, tenant_id: str, http: aiohttp.ClientSession) -> GotoApi:
+    control = app[CONTROL]
+    account = await open_account(control.credentials, tenant_id)
+    return api_for(app[SETTINGS], account, http, bridge(app).tokens, control.credentials)
+
+
+async def _reject_quietly(api: GotoApi | None, web_call_id: str) -> None:
+    if api is None:
+        return
+    try:
+        await api.reject(web_call_id)
+    except GotoApiError as exc:
+        log.warning("rejecting the goto web call failed", extra={"step": exc.step, "status": exc.http_status})
+
+
+async def _failed(session: CallSession, reason: str, message: str, status: int, api: GotoApi | None,
+                  web_call_id: str) -> web.Response:
+    await session.fail(reason, message)
+    await _reject_quietly(api, web_call_id)
+    return error_response(status, message, {"reason": reason, "call_id": session.id},
+                          error="provider_error" if status == 502 else None)
+
+
+async def answer_web_call(request: web.Request, channel: dict[str, Any], offer: WebCallOffer) -> web.Response:
+    br = bridge(request.app)
+    tenant_id = channel["tenant_id"]
+    conv = br.conversation(tenant_id, offer.conversation_id)
+    if conv is None:
+        return error_response(404, f"no call for GoTo conversation {offer.conversation_id}",
+                              {"conversation_id": offer.conversation_id, "web_call_id": offer.call_id})
+    async with conv.lock:
+        if conv.web_call_id == offer.call_id:
+            br.duplicates.inc()
+            return json_response({"status": "duplicate", "call_id": conv.call_id, "web_call_id": offer.call_id})
+        if conv.outcome in (REJECTED, DECLINED):
+            conv.web_call_id = offer.call_id
+            async with aiohttp.ClientSession() as http:
+                await _reject_quietly(await _api_or_none(request.app, tenant_id, http), offer.call_id)
+            return json_response({"status": "rejected", "call_id": conv.call_id, "reason": conv.reason})
+        session = request.app[TRACKER].get(conv.call_id or "")
+        if session is None or session.state != "ringing" or conv.web_call_id is not None:
+            return error_response(409, "the call is not ringing (finished, or answered with another web call)",
+                                  {"call_id": conv.call_id, "web_call_id": offer.call_id})
+        conv.web_call_id = offer.call_id
+        return await _answer(request, channel, conv, session, offer)
+
+
+async def _api_or_none(app: web.Application, tenant_id: str, http: aiohttp.ClientSession) -> GotoApi | None:
+    try:
+        return await _api(app, tenant_id, http)
+    except NotFound:
+        return None
+
+
+async def _answer(request: web.Request, channel: dict[str, Any], conv: Conversation, session: CallSession,
+                  offer: WebCallOffer) -> web.Response:
+    from runtime.telephony import webrtc
+    from runtime.telephony.webrtc_sdp import check_offer
+
+    app = request.app
+    async with aiohttp.ClientSession() as http:
+        api = await _api_or_none(app, session.tenant_id, http)
+        try:
+            check_offer(offer.sdp)  # before GoTo is told the line rings
+        except webrtc.SdpRejected as exc:
+            return await _failed(session, exc.reason, exc.message, 400, api, offer.call_id)
+        if api is None:
+            return await _failed(session, "no_credential", "the tenant has no usable goto credential", 409,
+                                 None, offer.call_id)
+        if not channel.get("channel_id"):
+            return await _failed(session, "channel_pending", "the GoTo channel is not registered yet", 409,
+                                 api, offer.call_id)
+        try:
+            await api.ringing(offer.call_id)
+            answer_sdp = await webrtc.answer_offer(app, session, offer.sdp)
+        except GotoApiError as exc:
+            return await _failed(session, "provider_error", exc.message, 502, api, offer.call_id)
+        except webrtc.SdpRejected as exc:  # the call is failed already
+            return await _failed(session, exc.reason, exc.message, 400, api, offer.call_id)
+        except webrtc.AnswerFailed as exc:
+            return await _failed(session, exc.reason, exc.message, exc.status, api, offer.call_id)
+        try:
+            await api.answer(offer.call_id, answer_sdp, channel["channel_id"])
+        except GotoApiError as exc:
+            await session.fail("provider_error", exc.message)  # the peer goes with the call
+            return error_response(502, exc.message, {"reason": "provider_error", "call_id": session.id},
+                                  error="provider_error")
+    peer = webrtc.bridge(app).peers.get(session.id)
+    session.control = GotoControl(app, session, offer.call_id,
+                                  webrtc.WebRtcControl(peer) if peer is not None else None)
+    conv.answered = True
+    return json_response({"status": "answered", "call_id": session.id, "web_call_id": offer.call_id})

@@ -1,0 +1,267 @@
+"""GoTo Connect's REST API: OAuth access tokens from a tenant's refresh token, and the few calls
+voicectl makes (notification channel, call-events subscription, web-call ringing/answer/reject/hang-up).
+
+Paths and bodies follow GoTo's developer guides as summarised in PROTOCOLS.md; the one endpoint
+that is a guess (hang-up) says so. The refresh token is sent with the client id in the form body
+(a public OAuth client): the ``goto`` credential holds client_id, account_key and the refresh
+token, and no client secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from runtime.control.errors import ControlError, NotFound
+from runtime.control.schemas import CredentialSet
+
+log = logging.getLogger("voicectl.goto")
+
+CALL_EVENTS = ("STARTING", "ACTIVE", "ENDING")
+# An access token is refreshed this long before GoTo says it expires (clock skew, request time).
+EXPIRY_MARGIN_S = 60.0
+DEFAULT_EXPIRES_IN_S = 3600  # GoTo's documented access-token lifetime, when a response omits it
+_MAX_ERROR_BODY = 300
+
+
+class GotoApiError(ControlError):
+    """GoTo refused a request or could not be reached. The API answers 502; the CLI exits 8."""
+
+    status = 502
+    code = "provider_error"
+    exit_code = 8
+
+    def __init__(self, step: str, http_status: int | None, body: str = "") -> None:
+        what = f"HTTP {http_status}" if http_status is not None else "no answer"
+        detail = body.strip().replace("\n", " ")[:_MAX_ERROR_BODY]
+        super().__init__(f"GoTo {step} failed ({what}){': ' + detail if detail else ''}",
+                         {"step": step, "status": http_status})
+        self.step = step
+        self.http_status = http_status
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    value: str
+    expires_at: float  # on the cache's clock
+    rotated_refresh_token: str | None  # GoTo issued a new refresh token: store it, the old one expires
+
+
+class TokenCache:
+    """Access tokens per (client id, refresh token), reused until EXPIRY_MARGIN_S before expiry;
+    one refresh at a time per key, so a burst of calls makes one token request."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_entries: int = 10_000) -> None:
+        self._clock = clock
+        self._tokens: dict[str, AccessToken] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.max_entries = max_entries
+        self.requests = 0  # token requests made (for tests and metrics)
+
+    @staticmethod
+    def _key(client_id: str, refresh_token: str) -> str:
+        # Hashed: the refresh token itself is not kept as a dict key.
+        return hashlib.sha256(f"{client_id}\0{refresh_token}".encode()).hexdigest()
+
+    def drop(self, client_id: str, refresh_token: str) -> None:
+        self._tokens.pop(self._key(client_id, refresh_token), None)
+
+    async def get(self, http: aiohttp.ClientSession, auth_url: str, client_id: str, refresh_token: str,
+                  timeout: aiohttp.ClientTimeout) -> AccessToken:
+        key = self._key(client_id, refresh_token)
+        cached = self._tokens.get(key)
+        if cached is not None and self._clock() < cached.expires_at:
+            return cached
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            cached = self._tokens.get(key)
+            if cached is not None and self._clock() < cached.expires_at:
+                return cached
+            token = await self._refresh(http, auth_url, client_id, refresh_token, timeout)
+            if len(self._tokens) >= self.max_entries:
+                self._tokens.clear()
+                self._locks = {key: lock}
+            self._tokens[key] = token
+            return token
+
+    async def _refresh(self, http: aiohttp.ClientSession, auth_url: str, client_id: str, refresh_token: str,
+                       timeout: aiohttp.ClientTimeout) -> AccessToken:
+        self.requests += 1
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id}
+        try:
+            async with http.post(auth_url, data=form, headers={"Accept": "application/json"},
+                                 timeout=timeout) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    raise GotoApiError("OAuth token refresh", resp.status, _oauth_error(text))
+                data = _json(text)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise GotoApiError("OAuth token refresh", None, f"cannot reach {auth_url}: {exc}") from None
+        value, expires_in = data.get("access_token"), data.get("expires_in", DEFAULT_EXPIRES_IN_S)
+        if not isinstance(value, str) or not value:
+            raise GotoApiError("OAuth token refresh", 200, "the answer has no access_token")
+        if not isinstance(expires_in, (int, float)) or isinstance(expires_in, bool) or expires_in <= 0:
+            expires_in = DEFAULT_EXPIRES_IN_S
+        rotated = data.get("refresh_token")
+        rotated = rotated if isinstance(rotated, str) and rotated and rotated != refresh_token else None
+        return AccessToken(value, self._clock() + max(0.0, float(expires_in) - EXPIRY_MARGIN_S), rotated)
+
+
+def _json(text: str) -> dict[str, Any]:
+    import orjson
+
+    try:
+        data = orjson.loads(text) if text else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _oauth_error(text: str) -> str:
+    """OAuth errors as ``error: description`` (never echoing the request, which holds the token)."""
+    data = _json(text)
+    if data.get("error"):
+        return f"{data['error']}: {data.get('error_description', '')}".rstrip(": ")
+    return text
+
+
+@dataclass(frozen=True)
+class GotoAccount:
+    """A tenant's ``goto`` credential, opened: fields from the database, refresh token from the keyring."""
+
+    tenant_id: str
+    client_id: str
+    account_key: str
+    refresh_token: str
+    fields: dict[str, str]
+
+
+async def open_account(credentials: Any, tenant_id: str) -> GotoAccount:
+    """The tenant's GoTo credential (runtime.control.credentials.CredentialService), or NotFound
+    with how to set it."""
+    how = ("set it with `voicectl credential set --tenant T goto --field client_id=... "
+           "--field account_key=...` and the OAuth refresh token on stdin")
+    try:
+        cred = await credentials.get(tenant_id, "goto")
+    except NotFound:
+        raise NotFound(f"this tenant has no goto credential: {how}", {"provider": "goto"}) from None
+    secret = await credentials.secret(tenant_id, "goto")
+    client_id, account_key = cred.fields.get("client_id"), cred.fields.get("account_key")
+    if not secret or not client_id or not account_key:
+        raise NotFound(f"this tenant's goto credential is incomplete: {how}", {"provider": "goto"})
+    return GotoAccount(tenant_id, client_id, account_key, secret, dict(cred.fields))
+
+
+class GotoApi:
+    """One tenant's view of GoTo's REST API. ``on_rotated`` stores a refresh token GoTo replaced."""
+
+    def __init__(self, base_url: str, auth_url: str, account: GotoAccount, http: aiohttp.ClientSession,
+                 tokens: TokenCache, *, timeout_s: float = 10.0,
+                 on_rotated: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.base = base_url.rstrip("/")
+        self.auth_url = auth_url
+        self.account = account
+        self.http = http
+        self.tokens = tokens
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.on_rotated = on_rotated
+        self._refresh_token = account.refresh_token
+
+    async def _access_token(self) -> str:
+        token = await self.tokens.get(self.http, self.auth_url, self.account.client_id, self._refresh_token,
+                                      self.timeout)
+        if token.rotated_refresh_token is not None:
+            rotated, self._refresh_token = token.rotated_refresh_token, token.rotated_refresh_token
+            if self.on_rotated is not None:
+                await self.on_rotated(rotated)
+        return token.value
+
+    async def _request(self, method: str, path: str, step: str, body: Any = None,
+                       ok: tuple[int, ...] = (200, 201, 204)) -> tuple[int, dict[str, Any]]:
+        url = self.base + path
+        for attempt in (1, 2):
+            headers = {"Authorization": f"Bearer {await self._access_token()}", "Accept": "application/json"}
+            try:
+                async with self.http.request(method, url, json=body, headers=headers, timeout=self.timeout) as resp:
+                    text = await resp.text()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise GotoApiError(step, None, f"cannot reach {self.base}: {exc}") from None
+            if status == 401 and attempt == 1:
+                # The cached access token was revoked or expired early: refresh once and retry.
+                self.tokens.drop(self.account.client_id, self._refresh_token)
+                continue
+            if status not in ok:
+                raise GotoApiError(step, status, text)
+            return status, _json(text)
+        raise AssertionError("unreachable")
+
+    async def create_channel(self, nickname: str, webhook_url: str) -> dict[str, Any]:
+        """POST /notification-channel/v1/channels/{nickname}: GoTo validates the URL with an OPTIONS
+        request before it answers; the answer carries ``channelId`` ("Webhook.<uuid>")."""
+        body = {"channelType": "Webhook", "webhookChannelData": {"webhook": {"url": webhook_url}}}
+        _, data = await self._request("POST", f"/notification-channel/v1/channels/{quote(nickname, safe='')}",
+                                      "notification channel creation", body)
+        if not isinstance(data.get("channelId"), str) or not data["channelId"]:
+            raise GotoApiError("notification channel creation", 201, "the answer has no channelId")
+        return data
+
+    async def subscribe_call_events(self, channel_id: str, events: tuple[str, ...] = CALL_EVENTS) -> list[dict]:
+        """POST /call-events/v1/subscriptions: 207 Multi-Status with a status per account key; any
+        account refused fails the whole subscription."""
+        body = {"channelId": channel_id, "accountKeys": [{"id": self.account.account_key, "events": list(events)}]}
+        status, data = await self._request("POST", "/call-events/v1/subscriptions", "call-events subscription",
+                                           body, ok=(200, 201, 207))
+        accounts = data.get("accountKeys")
+        if not isinstance(accounts, list):
+            raise GotoApiError("call-events subscription", status, "the answer has no accountKeys")
+        for item in accounts:
+            code = item.get("status") if isinstance(item, dict) else None
+            if not isinstance(code, int) or not 200 <= code < 300:
+                message = item.get("message", "") if isinstance(item, dict) else ""
+                raise GotoApiError("call-events subscription", code if isinstance(code, int) else status,
+                                   f"account {item.get('id') if isinstance(item, dict) else '?'}: {message}")
+        return accounts
+
+    def _call_path(self, call_id: str, action: str = "") -> str:
+        return f"/web-calls/v1/calls/{quote(call_id, safe='')}{'/' + action if action else ''}"
+
+    async def ringing(self, call_id: str) -> None:
+        """POST /web-calls/v1/calls/{id}/ringing: our line rings (before the answer)."""
+        await self._request("POST", self._call_path(call_id, "ringing"), "web-call ringing")
+
+    async def answer(self, call_id: str, sdp: str, in_call_channel_id: str) -> None:
+        """POST /web-calls/v1/calls/{id}/answer {sdp, inCallChannelId}: our SDP answer; in-call
+        notifications go to our notification channel."""
+        await self._request("POST", self._call_path(call_id, "answer"), "web-call answer",
+                            {"sdp": sdp, "inCallChannelId": in_call_channel_id})
+
+    async def reject(self, call_id: str) -> None:
+        """POST /web-calls/v1/calls/{id}/reject: refuse a ringing web call."""
+        await self._request("POST", self._call_path(call_id, "reject"), "web-call reject")
+
+    async def hangup(self, call_id: str) -> None:
+        """ASSUMPTION: an answered web call is hung up with DELETE /web-calls/v1/calls/{id} (the
+        guides name answer, reject, hold, unhold and offer, not the hang-up)."""
+        await self._request("DELETE", self._call_path(call_id), "web-call hang-up")
+
+
+def api_for(settings: Any, account: GotoAccount, http: aiohttp.ClientSession, tokens: TokenCache,
+            credentials: Any) -> GotoApi:
+    """A GotoApi from ``settings.telephony.goto`` that stores rotated refresh tokens in the keyring."""
+    goto = settings.telephony.goto
+
+    async def store_rotated(refresh_token: str) -> None:
+        await credentials.set(account.tenant_id, "goto", CredentialSet(fields=account.fields, secret=refresh_token))
+        log.info("goto refresh token rotated and stored", extra={"tenant_id": account.tenant_id})
+
+    return GotoApi(goto.api_base_url, goto.auth_url, account, http, tokens, timeout_s=goto.request_timeout_s,
+                   on_rotated=store_rotated)

@@ -1,0 +1,187 @@
+"""Per-app state of the LiveKit bridge: live calls by room and participant, recently seen rooms,
+webhook event ids (de-duplication), egress -> call, background tasks and the bridge's metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from runtime.api.appkeys import METRICS
+from runtime.calls.routing import ROUTE_TABLES, ReadCache
+from runtime.store.tables import ALL_TENANTS
+
+if TYPE_CHECKING:
+    from runtime.calls.session import CallSession
+    from runtime.store.store import Store
+    from runtime.telephony.livekit_room import RoomAgent
+    from runtime.telephony.livekit_server import LiveKitServer
+
+# Webhook events counted by name; anything else is counted as "other" (a bounded label set).
+KNOWN_EVENTS = ("room_started", "room_finished", "participant_joined", "participant_left",
+                "participant_connection_aborted", "track_published", "track_unpublished", "egress_started",
+                "egress_updated", "egress_ended", "ingress_started", "ingress_ended", "agent_job_started",
+                "agent_job_ended")
+REFUSALS = ("missing_token", "bad_token", "unknown_key", "bad_signature", "stale", "bad_body_hash", "bad_body",
+            "malformed")
+# Rooms and egresses are remembered this long after their call ends (room_finished, egress_ended
+# usually arrive after participant_left).
+RECENT_TTL_S = 3600.0
+MAX_REMEMBERED = 100_000
+
+
+class ExpiringSet:
+    """Keys remembered for ``ttl_s`` (insertion order = expiry order), at most ``max_entries``."""
+
+    def __init__(self, ttl_s: float, max_entries: int = MAX_REMEMBERED) -> None:
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+
+    def _purge(self, now: float) -> None:
+        entries = self._entries
+        while entries and (next(iter(entries.values()))[0] <= now or len(entries) > self.max_entries):
+            entries.popitem(last=False)
+
+    def add(self, key: Any, value: Any = True) -> bool:
+        """False when ``key`` is already there (and not expired)."""
+        now = time.monotonic()
+        self._purge(now)
+        if key in self._entries:
+            return False
+        self._entries[key] = (now + self.ttl_s, value)
+        return True
+
+    def put(self, key: Any, value: Any) -> None:
+        self._entries.pop(key, None)
+        self.add(key, value)
+
+    def get(self, key: Any) -> Any:
+        found = self._entries.get(key)
+        if found is None or found[0] <= time.monotonic():
+            return None
+        return found[1]
+
+    def discard(self, key: Any) -> None:
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(eq=False)
+class LiveKitCall:
+    """One caller in one room, served by one call session."""
+
+    session: CallSession
+    server: LiveKitServer  # the project the room lives on (whose key signed the webhook)
+    room: str
+    identity: str  # the caller's participant identity
+    participant_sid: str
+    sip: bool
+    agent: RoomAgent | None = None
+    tracks: list[str] = field(default_factory=list)
+    egress_ids: list[str] = field(default_factory=list)
+
+
+class LiveKitBridge:
+    def __init__(self, app: web.Application) -> None:
+        self.rooms: dict[str, dict[str, LiveKitCall]] = {}  # room -> caller identity -> live call
+        self.by_call: dict[str, LiveKitCall] = {}  # call id -> live call
+        self.opening: set[tuple[str, str]] = set()  # (room, identity) whose call is being set up
+        self.recent_rooms = ExpiringSet(RECENT_TTL_S)  # room -> tenant id of its last call
+        self.egress = ExpiringSet(RECENT_TTL_S)  # egress id -> (tenant id, call id)
+        self.tasks: set[asyncio.Task] = set()
+        self._routes: ReadCache | None = None
+        self._keys: ReadCache | None = None
+        registry = app[METRICS].registry
+        self.refused = Counter("voicectl_livekit_webhooks_refused",
+                               "LiveKit webhooks refused before any work, by reason", ("reason",), registry=registry)
+        for reason in REFUSALS:
+            self.refused.labels(reason)
+        self.received = Counter("voicectl_livekit_webhooks", "Verified LiveKit webhooks by event", ("event",),
+                                registry=registry)
+        self.duplicates = Counter("voicectl_livekit_webhook_duplicates",
+                                  "Verified LiveKit webhooks dropped as repeats of an event id", registry=registry)
+        self.seen: ExpiringSet | None = None  # sized from the config on first use
+
+    def seen_ids(self, max_age_s: float) -> ExpiringSet:
+        # An id must be remembered at least as long as a delivery of it can still verify.
+        if self.seen is None:
+            self.seen = ExpiringSet(max_age_s + 120.0)
+        return self.seen
+
+    def routes(self, store: Store) -> ReadCache:
+        """Dialled number -> ``store.route_by_e164`` (None: unknown), cached as the Twilio bridge does."""
+        if self._routes is None:
+            self._routes = ReadCache(store.route_by_e164, ROUTE_TABLES)
+        return self._routes
+
+    def key_tenants(self, store: Store) -> ReadCache:
+        """LiveKit API key -> ids of the tenants whose livekit credential has it (cached: a flood of
+        forged webhooks must not scan the credentials table once each)."""
+        if self._keys is None:
+            async def read(api_key: str) -> tuple[str, ...]:
+                found: list[str] = []
+                offset = 0
+                while True:
+                    rows, _ = await store.credentials.list(tenant_id=ALL_TENANTS, equals={"provider": "livekit"},
+                                                           limit=200, offset=offset, count=False)
+                    found += [r["tenant_id"] for r in rows if (r.get("fields") or {}).get("api_key") == api_key]
+                    if len(rows) < 200:
+                        return tuple(found)
+                    offset += 200
+
+            self._keys = ReadCache(read, ("credentials", "tenants"))
+        return self._keys
+
+    # Calls
+
+    def add(self, call: LiveKitCall) -> None:
+        self.rooms.setdefault(call.room, {})[call.identity] = call
+        self.by_call[call.session.id] = call
+        self.recent_rooms.put(call.room, call.session.tenant_id)
+
+    def forget(self, call: LiveKitCall) -> None:
+        if self.by_call.get(call.session.id) is call:
+            del self.by_call[call.session.id]
+        in_room = self.rooms.get(call.room)
+        if in_room is not None and in_room.get(call.identity) is call:
+            del in_room[call.identity]
+            if not in_room:
+                del self.rooms[call.room]
+
+    def call(self, room: str, identity: str, scope: str | None) -> LiveKitCall | None:
+        """The live call of ``identity`` in ``room``, if it belongs to ``scope`` (None: any tenant)."""
+        found = self.rooms.get(room, {}).get(identity)
+        if found is None or (scope is not None and found.session.tenant_id != scope):
+            return None
+        return found
+
+    def in_room(self, room: str, scope: str | None) -> list[LiveKitCall]:
+        return [c for c in self.rooms.get(room, {}).values() if scope is None or c.session.tenant_id == scope]
+
+    def knows_room(self, room: str, scope: str | None) -> bool:
+        tenant = self.recent_rooms.get(room)
+        return tenant is not None and (scope is None or tenant == scope)
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+
+_BRIDGES: weakref.WeakKeyDictionary[web.Application, LiveKitBridge] = weakref.WeakKeyDictionary()
+
+
+def bridge(app: web.Application) -> LiveKitBridge:
+    found = _BRIDGES.get(app)
+    if found is None:
+        found = _BRIDGES[app] = LiveKitBridge(app)
+    return found

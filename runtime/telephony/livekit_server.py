@@ -1,0 +1,204 @@
+"""LiveKit projects and their server API (Twirp, through ``livekit-api``).
+
+A project is a URL, an API key and its secret: the appliance's (``telephony.livekit`` with the
+secret in the keyring under ``APPLIANCE_SECRET_REF``) or a tenant's (``livekit`` credential:
+fields url and api_key, the secret in the keyring). Everything said to a LiveKit server goes
+through ``LiveKitServer``: tokens (signed locally), agent dispatch, SIP transfer, participant
+removal, room egress. The SDK is imported when used, never at import time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from runtime.control.errors import ControlError
+
+if TYPE_CHECKING:
+    from livekit.protocol.agent_dispatch import AgentDispatch
+    from livekit.protocol.egress import EgressInfo
+
+    from runtime.config import Settings
+    from runtime.control.plane import ControlPlane
+
+log = logging.getLogger("voicectl.livekit")
+
+# Keyring reference of the appliance's LiveKit API secret (set with `voicectl livekit set-secret`).
+APPLIANCE_SECRET_REF = "appliance/livekit/api_secret"
+API_TIMEOUT_S = 10.0
+# Twirp request timeout for a SIP transfer: it rings the target first.
+TRANSFER_TIMEOUT_S = 40.0
+STS_TRANSFER_FAILED = 1  # livekit.protocol.sip.TransferSIPParticipantResponse.Status
+
+
+class LiveKitUnavailable(ControlError):
+    """The LiveKit server refused or could not be reached; ``details`` carry its Twirp code."""
+
+    status = 502
+    code = "livekit_error"
+
+
+class LiveKitNotConfigured(ControlError):
+    """Neither the tenant nor the appliance has a LiveKit project: the tenant can fix that (409)."""
+
+    status = 409
+    code = "livekit_not_configured"
+
+
+@dataclass(frozen=True)
+class LiveKitServer:
+    url: str
+    api_key: str
+    api_secret: str = field(repr=False)
+    tenant_id: str | None = None  # the tenant whose credential this is; None: the appliance's
+
+    @property
+    def rtc_url(self) -> str:
+        """The URL clients and the agent connect to (ws/wss)."""
+        if self.url.startswith("http"):
+            return "ws" + self.url[4:]
+        return self.url
+
+    # Tokens (local JWTs, HS256 with the API secret)
+
+    def participant_token(self, room: str, identity: str, *, name: str = "", ttl_s: int = 3600,
+                          metadata: str = "", can_publish: bool = True, can_subscribe: bool = True) -> str:
+        from livekit import api
+
+        grants = api.VideoGrants(room_join=True, room=room, can_publish=can_publish,
+                                 can_subscribe=can_subscribe, can_publish_data=True)
+        token = (api.AccessToken(self.api_key, self.api_secret).with_identity(identity).with_grants(grants)
+                 .with_ttl(datetime.timedelta(seconds=ttl_s)))
+        if name:
+            token = token.with_name(name)
+        if metadata:
+            token = token.with_metadata(metadata)
+        return token.to_jwt()
+
+    def agent_token(self, room: str, identity: str, ttl_s: int = 6 * 3600) -> str:
+        """The runtime's own participant in a call's room: kind agent, publish and subscribe."""
+        from livekit import api
+
+        grants = api.VideoGrants(room_join=True, room=room, agent=True, can_publish=True, can_subscribe=True)
+        return (api.AccessToken(self.api_key, self.api_secret).with_identity(identity).with_kind("agent")
+                .with_name("voicectl agent").with_grants(grants)
+                .with_ttl(datetime.timedelta(seconds=ttl_s)).to_jwt())
+
+    # Server API
+
+    def _client(self, timeout_s: float = API_TIMEOUT_S) -> Any:
+        from livekit import api
+
+        # failover off: a self-hosted server has no other regions to try.
+        return api.LiveKitAPI(self.url, self.api_key, self.api_secret,
+                              timeout=aiohttp.ClientTimeout(total=timeout_s), failover=False)
+
+    async def _call(self, what: str, fn: Any, timeout_s: float = API_TIMEOUT_S) -> Any:
+        from livekit.api import ServerError
+
+        try:
+            async with self._client(timeout_s) as lk:
+                return await fn(lk)
+        except ServerError as exc:
+            log.warning("livekit API call refused", extra={"call": what, "code": exc.code, "status": exc.status})
+            raise LiveKitUnavailable(f"LiveKit refused {what}: {exc.message or exc.code}",
+                                     {"livekit_code": exc.code, "livekit_status": exc.status}) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("livekit API unreachable", extra={"call": what, "error": type(exc).__name__})
+            raise LiveKitUnavailable(f"LiveKit server unreachable for {what}",
+                                     {"error": type(exc).__name__}) from None
+
+    async def create_dispatch(self, room: str, agent_name: str, metadata: str) -> AgentDispatch:
+        from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
+
+        req = CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=metadata)
+        return await self._call("CreateDispatch", lambda lk: lk.agent_dispatch.create_dispatch(req))
+
+    async def list_dispatches(self, room: str) -> list[AgentDispatch]:
+        return await self._call("ListDispatch", lambda lk: lk.agent_dispatch.list_dispatch(room))
+
+    async def delete_dispatch(self, dispatch_id: str, room: str) -> AgentDispatch:
+        return await self._call("DeleteDispatch", lambda lk: lk.agent_dispatch.delete_dispatch(dispatch_id, room))
+
+    async def transfer_sip(self, room: str, identity: str, target: str) -> None:
+        """TransferSIPParticipant (SIP REFER); raises unless LiveKit reports the transfer done."""
+        from livekit.protocol.sip import TransferSIPParticipantRequest
+
+        transfer_to = target if target.startswith(("tel:", "sip:", "sips:")) else f"tel:{target}"
+        req = TransferSIPParticipantRequest(participant_identity=identity, room_name=room,
+                                            transfer_to=transfer_to, play_dialtone=False)
+        resp = await self._call("TransferSIPParticipant",
+                                lambda lk: lk.sip.transfer_sip_participant(req, timeout=TRANSFER_TIMEOUT_S),
+                                TRANSFER_TIMEOUT_S + 5)
+        # ONGOING (0, also what an older server's empty answer reads as) or SUCCESSFUL: accepted.
+        if resp is not None and resp.status == STS_TRANSFER_FAILED:
+            raise LiveKitUnavailable("LiveKit reports the SIP transfer failed",
+                                     {"transfer_reason": int(resp.reason), "sip_status": int(resp.sip_status.code)})
+
+    async def remove_participant(self, room: str, identity: str) -> None:
+        """Removing a SIP participant hangs up its phone call."""
+        from livekit.protocol.room import RoomParticipantIdentity
+
+        req = RoomParticipantIdentity(room=room, identity=identity)
+        await self._call("RemoveParticipant", lambda lk: lk.room.remove_participant(req))
+
+    async def start_room_egress(self, room: str, filepath: str, s3: dict[str, Any] | None) -> EgressInfo:
+        """Audio-only room composite to one OGG file (to S3-compatible storage when ``s3`` is given)."""
+        from livekit.protocol.egress import (
+            EncodedFileOutput,
+            EncodedFileType,
+            RoomCompositeEgressRequest,
+            S3Upload,
+        )
+
+        output = EncodedFileOutput(file_type=EncodedFileType.OGG, filepath=filepath)
+        if s3 is not None:
+            output.s3.CopyFrom(S3Upload(**s3))
+        req = RoomCompositeEgressRequest(room_name=room, audio_only=True, file_outputs=[output])
+        return await self._call("StartRoomCompositeEgress", lambda lk: lk.egress.start_room_composite_egress(req))
+
+    async def stop_egress(self, egress_id: str) -> EgressInfo:
+        from livekit.protocol.egress import StopEgressRequest
+
+        req = StopEgressRequest(egress_id=egress_id)
+        return await self._call("StopEgress", lambda lk: lk.egress.stop_egress(req))
+
+
+# Which project: the appliance's or a tenant's
+
+
+def appliance_server(settings: Settings, control: ControlPlane) -> LiveKitServer | None:
+    conf = settings.telephony.livekit
+    if not conf.url or not conf.api_key:
+        return None
+    secret = control.secrets.get(APPLIANCE_SECRET_REF, cached=True)
+    if not secret:
+        return None
+    return LiveKitServer(conf.url, conf.api_key, secret, None)
+
+
+async def tenant_credential_server(control: ControlPlane, tenant_id: str) -> LiveKitServer | None:
+    row = await control.store.credentials.find(tenant_id=tenant_id, provider="livekit")
+    if row is None:
+        return None
+    fields = row.get("fields") or {}
+    secret = await control.credentials.secret(tenant_id, "livekit")
+    if not secret or not fields.get("url") or not fields.get("api_key"):
+        return None
+    return LiveKitServer(str(fields["url"]).rstrip("/"), str(fields["api_key"]), secret, tenant_id)
+
+
+async def server_for_tenant(settings: Settings, control: ControlPlane, tenant_id: str) -> LiveKitServer:
+    """The tenant's own project, else the appliance's; LiveKitNotConfigured when neither is set up."""
+    found = await tenant_credential_server(control, tenant_id)
+    if found is None:
+        found = appliance_server(settings, control)
+    if found is None:
+        raise LiveKitNotConfigured(
+            "LiveKit is not configured: set the tenant's livekit credential (url, api_key, secret) "
+            "or telephony.livekit.url/api_key with `voicectl livekit set-secret`", {"provider": "livekit"})
+    return found

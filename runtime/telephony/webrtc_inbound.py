@@ -1,0 +1,146 @@
+"""The caller's audio, decoded in the event loop as each RTP packet arrives.
+
+aiortc's ``RTCRtpReceiver`` hands every packet to a decoder thread of its own (one per call) and
+every decoded frame back to the loop with ``run_coroutine_threadsafe``, behind a jitter buffer
+that holds four frames (80 ms) before it releases one and stalls up to 320 ms on a lost packet.
+Measured with 30 calls (bench/webrtc.py, py-spy --gil), the thread hand-offs alone were a third
+of the runtime's time. So the bridge receives the caller's RTP itself: ``attach`` points the
+call's aiortc receiver at ``CallerAudio.handle_rtp_packet`` (the method aiortc's RTP router
+calls for that receiver, after SRTP), which decodes in place: Opus with one libopus decoder per
+call (mono at 48 kHz, then FFmpeg's resampler to the pipeline rate), G.711 with ``audioop``. Packets are played
+in sequence order: a late or duplicate packet is dropped, a gap of up to ``MAX_FILL`` frames is
+filled with silence (the pipeline's timeline stays true), a longer one resynchronises. aiortc
+still negotiates, decrypts, routes, sends RTCP and ends the track on an RTCP BYE; its decoder
+thread stays idle. The seam is one attribute of the receiver instance, checked by
+``tests/test_webrtc_units.py`` against the pinned aiortc.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import av
+
+from runtime.pipeline.audio import FRAME_MS
+
+with warnings.catch_warnings():  # see runtime.pipeline.audio
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
+OPUS_DECODE_RATE = 48000  # libopus in FFmpeg decodes at 48 kHz whatever is asked
+MAX_FILL = 10  # frames of silence put in for lost packets (200 ms); longer gaps are skipped
+RESYNC_LATE = 50  # this many "late" packets in a row: the sender restarted its sequence, follow it
+MAX_PAYLOAD = 1500
+_SEQ_MOD = 1 << 16
+
+
+class UnusableAudio(ValueError):
+    """The caller's packets cannot be decoded; ends that call only."""
+
+
+@dataclass(slots=True)
+class InboundStats:
+    packets: int = 0
+    frames: int = 0  # frames handed to the pipeline (silence fills included)
+    missing: int = 0  # frames lost in the network or never sent (sequence gaps)
+    late: int = 0  # packets that came after a later one had been played (dropped)
+    ignored: int = 0  # packets of another payload type
+    decode_errors: int = 0
+
+
+class CallerAudio:
+    """One call's inbound audio: RTP packets in, PCM16 mono frames at ``rate`` out (``deliver``)."""
+
+    def __init__(self, codec: str, payload_type: int, rate: int, deliver: Callable[[bytes], None],
+                 on_error: Callable[[Exception], None]) -> None:
+        self.codec, self.payload_type, self.rate = codec, payload_type, rate
+        self.deliver, self.on_error = deliver, on_error
+        self.stats = InboundStats()
+        self.silence = bytes(rate * FRAME_MS // 1000 * 2)
+        self._next_seq: int | None = None
+        self._ssrc: int | None = None
+        self._late_run = 0
+        self._failed = False
+        self.last_packet = 0.0  # time.monotonic() of the last packet of this call's audio
+        self._decoder: Any = None
+        self._resampler: Any = None
+        if codec == "opus":
+            decoder = av.CodecContext.create("libopus", "r")
+            decoder.format, decoder.layout, decoder.sample_rate = "s16", "mono", OPUS_DECODE_RATE
+            self._decoder = decoder
+            # Straight from the decoder's frames (no copy of the 48 kHz audio); a proper low-pass,
+            # and less CPU than audioop.ratecv here (bench: 7.8 vs 9.3 us a frame).
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+        elif codec == "pcmu":
+            self._g711 = audioop.ulaw2lin
+        elif codec == "pcma":
+            self._g711 = audioop.alaw2lin
+        else:
+            raise ValueError(f"no decoder for {codec}")
+
+    def attach(self, receiver: Any) -> None:
+        """Receive ``receiver``'s RTP here instead of in its decoder thread (see the module docstring)."""
+        if not callable(getattr(receiver, "_handle_rtp_packet", None)):
+            raise RuntimeError("this aiortc has no RTCRtpReceiver._handle_rtp_packet: check runtime.telephony."
+                               "webrtc_inbound against it")
+        receiver._handle_rtp_packet = self.handle_rtp_packet
+
+    async def handle_rtp_packet(self, packet: Any, arrival_time_ms: int) -> None:
+        """aiortc's RTP router calls this for every packet of the call's audio (already decrypted)."""
+        if self._failed:
+            return
+        stats = self.stats
+        if packet.payload_type != self.payload_type:
+            stats.ignored += 1
+            return
+        stats.packets += 1
+        self.last_packet = time.monotonic()
+        seq = packet.sequence_number
+        expected = self._next_seq
+        if packet.ssrc != self._ssrc:  # a new stream (or the first): start from its sequence
+            self._ssrc, expected = packet.ssrc, None
+        if expected is not None:
+            ahead = (seq - expected) % _SEQ_MOD
+            if ahead >= _SEQ_MOD // 2:  # behind what was played: late or a duplicate
+                stats.late += 1
+                self._late_run += 1
+                if self._late_run < RESYNC_LATE:
+                    return
+                ahead = 0
+            self._late_run = 0
+            if ahead:
+                stats.missing += ahead
+                if ahead <= MAX_FILL:
+                    for _ in range(ahead):
+                        stats.frames += 1
+                        self.deliver(self.silence)
+        self._next_seq = (seq + 1) % _SEQ_MOD
+        payload = packet.payload
+        if not payload or len(payload) > MAX_PAYLOAD:
+            return  # an empty (keep-alive) or impossible packet carries no audio
+        try:
+            pcm = self._decode(payload)
+        except Exception as exc:  # a packet we cannot decode ends this call, nothing else
+            stats.decode_errors += 1
+            self._failed = True
+            self.on_error(exc)
+            return
+        if pcm:
+            stats.frames += 1
+            self.deliver(pcm)
+
+    def _decode(self, payload: bytes) -> bytes:
+        if self._decoder is None:
+            return self._g711(payload, 2)
+        parts = []
+        for decoded in self._decoder.decode(av.Packet(payload)):
+            decoded.pts = None  # the resampler keeps its own timeline
+            for frame in self._resampler.resample(decoded):
+                if frame.format.name != "s16" or frame.format.is_planar or len(frame.layout.channels) != 1:
+                    raise UnusableAudio(f"the resampler gave {frame.format.name} {frame.layout.name} audio")
+                parts.append(bytes(memoryview(frame.planes[0])[:frame.samples * 2]))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
