@@ -75,9 +75,11 @@ class Runtime:
     outbound audio), else a tone."""
 
     def __init__(self, pin: bool = True, twilio: dict[str, Any] | None = None, *, instant: bool = False,
-                 clip: Path | None = None, agent: dict[str, Any] | None = None) -> None:
+                 clip: Path | None = None, agent: dict[str, Any] | None = None,
+                 webrtc: dict[str, Any] | None = None) -> None:
         self.pin = pin
         self.twilio = twilio or {}  # extra telephony.twilio keys
+        self.webrtc = webrtc or {}  # telephony.webrtc keys (bench/webrtc.py)
         self.instant, self.clip = instant or clip is not None, clip
         self.agent = agent or {}
         self.tmp = tempfile.TemporaryDirectory(prefix="voicectl-bench-")
@@ -96,7 +98,7 @@ class Runtime:
             "secrets": {"backend": "cryptfile", "master_key_file": "master.key"},
             "limits": {"max_calls": 1_000_000, "rate_limits": {"runtime": {
                 name: big for name in ("read", "write", "session", "realtime", "recording")}}},
-            "telephony": {"twilio": {"api_base_url": "http://127.0.0.1:9", **self.twilio}},
+            "telephony": {"twilio": {"api_base_url": "http://127.0.0.1:9", **self.twilio}, "webrtc": self.webrtc},
             "logging": {"level": "warning", "format": "json"},
         }
         path = self.state / "config.yaml"

@@ -110,14 +110,83 @@ class TwilioSettings(_Model):
 
 class GotoSettings(_Model):
     api_base_url: str = "https://api.goto.com"
+    # GoTo's OAuth token endpoint (refresh token -> access token).
+    auth_url: str = "https://authentication.logmeininc.com/oauth/token"
+    # Per request to GoTo's API (OAuth, channel, subscription, web-call answer).
+    request_timeout_s: float = Field(10.0, gt=0, le=60)
 
 
 class LiveKitSettings(_Model):
+    """The appliance's own LiveKit project (tenants may bring theirs as a ``livekit`` credential).
+    Its API secret is never a config key: it lives in the keyring (``voicectl livekit set-secret``)."""
+
     url: str | None = None
+    api_key: str | None = None
+    agent_name: str = Field("voicectl", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    webhook_max_age_s: float = Field(300.0, gt=0, le=3600)
+    join_timeout_s: float = Field(15.0, gt=0, le=120)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("ws", "wss", "http", "https") or not parsed.netloc:
+            raise ValueError("expected the LiveKit server URL, e.g. wss://example.livekit.cloud")
+        return value.rstrip("/")
+
+
+class IceServer(_Model):
+    """A STUN/TURN server with credentials (TURN); a plain URL string needs none."""
+
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: str | None = None
+
+
+class OpusSettings(_Model):
+    # libopus complexity (its default is 10): 3 halves the encode time at 16 kHz (73 vs 137 us
+    # a frame here) for speech of near the same fidelity (waveform SNR 14.0 vs 14.2 dB).
+    complexity: int = Field(3, ge=0, le=10)
+    bitrate: int = Field(32000, ge=6000, le=128000)
 
 
 class WebRTCSettings(_Model):
-    ice_servers: list[str] = Field(default_factory=list)
+    ice_servers: list[str | IceServer] = Field(default_factory=list)
+    # Extra local addresses to gather ICE host candidates on. aioice leaves 127.0.0.1 out of
+    # the interface addresses it gathers; list it here to take calls from the same box.
+    host_candidates: list[str] = Field(default_factory=list)
+    # The pipeline's sample rate on Opus calls (G.711 calls run at 8000).
+    opus_pipeline_rate: Literal[8000, 16000] = 16000
+    opus: OpusSettings = Field(default_factory=OpusSettings)
+    # ICE + DTLS must be up this long after the answer, or the call fails (ice_timeout).
+    connect_timeout_s: float = Field(15.0, gt=0, le=120)
+    # No audio from a connected peer for this long ends the call (peer_silent).
+    silence_timeout_s: float = Field(10.0, gt=0, le=600)
+    # Browser tokens (POST /api/v1/webrtc/tokens) live at most this long.
+    token_max_ttl_s: int = Field(3600, ge=30, le=86400)
+
+    @field_validator("host_candidates")
+    @classmethod
+    def _check_addresses(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address (e.g. 127.0.0.1)") from None
+        return value
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _check_ice_urls(cls, value: list[str | IceServer]) -> list[str | IceServer]:
+        for item in value:
+            for url in [item] if isinstance(item, str) else item.urls:
+                if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                    raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL")
+        return value
 
 
 class TelephonySettings(_Model):
@@ -140,7 +209,7 @@ class DeepgramSettings(_Model):
 
 class AnthropicSettings(_Model):
     base_url: str = "https://api.anthropic.com"
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
 
 
 class OpenAISettings(_Model):
@@ -173,8 +242,18 @@ class EventsSettings(_Model):
     webhooks: WebhookDeliverySettings = Field(default_factory=WebhookDeliverySettings)
 
 
+class RecordingS3Settings(_Model):
+    """Uploads to a tenant's S3-compatible storage (tenants with an ``s3`` credential)."""
+
+    attempts: int = Field(4, ge=1, le=20)
+    backoff_s: float = Field(1.0, gt=0, le=60)
+    attempt_timeout_s: float = Field(120.0, gt=0, le=3600)
+    connect_timeout_s: float = Field(5.0, gt=0, le=60)
+
+
 class RecordingSettings(_Model):
     dir: str = "recordings"
+    s3: RecordingS3Settings = Field(default_factory=RecordingS3Settings)
 
 
 class LoggingSettings(_Model):

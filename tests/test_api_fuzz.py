@@ -92,6 +92,7 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "PUT /api/v1/credentials/{provider}": {"fields": {"account_sid": "ACfuzz"}, "secret": "fuzz-token"},
     "POST /api/v1/webhooks": {"url": "https://hooks.example.test/made", "events": ["voice.call.*"]},
     "PATCH /api/v1/webhooks/{webhook_id}": {"active": False, "description": "paused by the fuzz"},
+    "POST /api/v1/webrtc/tokens": {"agent_id": REAL, "ttl_s": 60},
 }
 
 

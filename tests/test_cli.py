@@ -644,3 +644,20 @@ def test_every_command_is_in_the_readme_cli_reference() -> None:
     section = rest[: end.start()] if end else rest
     missing = [c for c in registered_commands() if not re.search(re.escape(c) + r"(?![\w-])", section)]
     assert not missing, f"commands missing from README.md's CLI reference: {missing}"
+
+
+def test_doctor_checks_the_chains_of_the_tenants_agents(ready: Cli) -> None:
+    """Offline engines pass on their hash-checked models; a cloud provider without the tenant's
+    credential is reported, not crashed on, and the exit code says something is not usable."""
+    report = ready.json("doctor", "--tenant", "acme")
+    rows = {(r["modality"], r["provider"]): r for r in report["providers"]}
+    assert report["ok"] is True and set(rows) == {("stt", "local"), ("llm", "rules"), ("tts", "local")}
+    assert rows[("stt", "local")]["used_by"] == ["sales"] and rows[("stt", "local")]["status"] == "ok"
+    ready("agent", "update", "sales", "--tenant", "acme", "--llm", "anthropic")
+    ready("agent", "promote", "sales", "--tenant", "acme")
+    result = ready("doctor", "--tenant", "acme", code=9)
+    assert "anthropic" in result.stdout and "missing credential" in result.stdout
+    report = json.loads(ready("doctor", "--tenant", "acme", "--json", code=9).stdout)
+    anthropic = next(r for r in report["providers"] if r["provider"] == "anthropic")
+    assert anthropic["credential"] == "missing" and not anthropic["ok"] and report["ok"] is False
+    ready("doctor", "--tenant", "nobody", code=3)

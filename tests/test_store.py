@@ -19,6 +19,7 @@ EXPECTED_TABLES = {
     "tenants", "api_keys", "agents", "agent_versions", "voice_profiles", "phone_numbers", "credentials",
     "webhook_configs", "voice_calls", "transcripts", "call_events", "tool_calls", "recordings",
     "webhook_deliveries", "webhook_delivery_attempts", "evaluations", "callback_tasks", "bookings", "orders",
+    "goto_channels",
 }
 
 
@@ -130,6 +131,11 @@ async def fill_tenant(store: Store, tenant_id: str) -> dict[str, str]:
         "id": ids["orders"], "tenant_id": t, "call_id": call, "reference": "ABC234",
         "items": [{"name": "tiramisu", "qty": 1}], "total_cents": 650, "currency": "USD", "status": "placed",
         "created_at": now,
+    })
+    await store.goto_channels.insert({
+        "id": ids["goto_channels"], "tenant_id": t, "account_key": "1234", "nickname": "voicectl-x",
+        "token_hash": new_id("h"), "channel_id": "Webhook.x", "status": "active", "subscription": {},
+        "created_at": now, "updated_at": now,
     })
     return ids
 

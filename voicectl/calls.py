@@ -119,7 +119,7 @@ def recording(
                                             show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Locate a call's recording (or copy it to --out)."""
+    """Locate a call's recording (or copy it to --out); one in S3 storage is fetched with the tenant's credential."""
     from runtime.recording.storage import LocalStorage
 
     with errors():
@@ -134,21 +134,31 @@ def recording(
         row = next((r for r in rows if r["kind"] == kind), None)
         if row is None:
             raise NotFound(f"call {call_id} has no {kind} recording", {"call_id": call_id, "kind": kind})
+        if row["storage"] == "s3":
+            if out:
+                from pathlib import Path
+
+                from runtime.recording.objects import RecordingObjects
+
+                objects = RecordingObjects.from_settings(plane.credentials, settings.recording.s3)
+                await objects.download_to(tenant_id, row["uri"], Path(out))
+            return {**row, "path": None}
         path = LocalStorage(settings.recording_dir).resolve(row["uri"])
         if not path.is_file():
             raise NotFound(f"the recording file {path} is missing", {"recording_id": row["id"]})
         return {**row, "path": str(path)}
 
     data = run(go, settings=settings)
-    if out:
+    if out and data["path"] is not None:
         import shutil
 
         with errors():
             shutil.copyfile(data["path"], out)
+    if out:
         data["written_to"] = out
     if as_json:
         print_json(data)
     elif out:
         say(f"wrote {data['kind']} recording of {call_id} ({data['duration_ms'] / 1000:.1f} s) to {out}")
     else:
-        say(data["path"])
+        say(data["path"] or data["uri"])

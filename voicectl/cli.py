@@ -19,9 +19,11 @@ from voicectl import (
     credential,
     db,
     demo,
+    doctor,
     events,
     init,
     key,
+    livekit,
     number,
     serve,
     tenant,
@@ -75,6 +77,7 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(voice.app, name="voice")
 app.add_typer(number.app, name="number")
 app.add_typer(credential.app, name="credential")
+app.add_typer(livekit.app, name="livekit")
 app.add_typer(webhook.app, name="webhook")
 app.command("call")(call.call)
 app.add_typer(calls.app, name="calls")
@@ -83,6 +86,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(config_cmd.app, name="config")
 app.command("serve")(serve.serve)
 app.command("demo")(demo.demo)
+app.command("doctor")(doctor.doctor)
 
 
 def main() -> None:

@@ -42,6 +42,17 @@ class LocalStorage:
             raise UnsafePath(f"recording uri {uri!r} points outside the recording dir")
         return path
 
+    def remove(self, uri: str) -> None:
+        """Delete one file (once it is safely elsewhere) and its call's folder once empty. The tenant
+        folder stays: another call's recorder may be creating its own folder in it right now."""
+        path = self.resolve(uri)
+        path.unlink(missing_ok=True)
+        if len(path.relative_to(self.root.resolve()).parts) >= 3:  # <tenant>/<call>/<file>
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass  # other files of the call are still here
+
     def delete_call(self, tenant_id: str, call_id: str) -> int:
         """Remove a call's folder; the number of files removed."""
         folder = self.call_dir(tenant_id, call_id)

@@ -314,5 +314,43 @@ BOOKINGS_ORDERS = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS)
+# GoTo Connect notification channels (runtime.telephony.goto_channels). The webhook path token is
+# kept only as its SHA-256 (like API keys): the URL registered with GoTo is its one copy. A tenant
+# may briefly hold two rows while a channel is re-registered; the old one goes once the new is active.
+GOTO_CHANNELS = Migration(
+    4,
+    "goto notification channels",
+    (
+        f"""CREATE TABLE goto_channels (
+            id TEXT PRIMARY KEY,
+            {_T},
+            account_key TEXT NOT NULL,
+            nickname TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            channel_id TEXT,
+            status TEXT NOT NULL,
+            subscription {{json}} NOT NULL,
+            created_at {{ts}} NOT NULL,
+            updated_at {{ts}} NOT NULL
+        )""",
+        "CREATE INDEX goto_channels_tenant ON goto_channels (tenant_id)",
+    ),
+)
+
+# Recordings uploaded to the tenant's S3-compatible storage (runtime.recording.upload). upload_status
+# is NULL for tenants without an ``s3`` credential (local files, the default), else pending -> uploaded
+# (storage becomes 's3', uri 's3://<bucket>/<key>') or failed (the file stays local).
+RECORDING_UPLOADS = Migration(
+    5,
+    "recording uploads",
+    (
+        "ALTER TABLE recordings ADD COLUMN upload_status TEXT",
+        "ALTER TABLE recordings ADD COLUMN upload_attempts INTEGER",
+        "ALTER TABLE recordings ADD COLUMN upload_error TEXT",
+        "ALTER TABLE recordings ADD COLUMN uploaded_at {ts}",
+        "CREATE INDEX recordings_upload_status ON recordings (upload_status)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS, GOTO_CHANNELS, RECORDING_UPLOADS)
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -75,7 +75,8 @@ TOOL_CALLS = TableSpec(
 )
 RECORDINGS = TableSpec(
     "recordings",
-    ("id", "tenant_id", "call_id", "kind", "storage", "uri", "format", "duration_ms", "size_bytes", "created_at"),
+    ("id", "tenant_id", "call_id", "kind", "storage", "uri", "format", "duration_ms", "size_bytes", "created_at",
+     "upload_status", "upload_attempts", "upload_error", "uploaded_at"),
 )
 WEBHOOK_DELIVERIES = TableSpec(
     "webhook_deliveries",
@@ -111,9 +112,17 @@ ORDERS = TableSpec(
     json_columns=frozenset({"items"}),
 )
 
+GOTO_CHANNELS = TableSpec(
+    "goto_channels",
+    ("id", "tenant_id", "account_key", "nickname", "token_hash", "channel_id", "status", "subscription",
+     "created_at", "updated_at"),
+    json_columns=frozenset({"subscription"}),
+)
+
 ALL_SPECS = (TENANTS, API_KEYS, VOICE_PROFILES, AGENTS, AGENT_VERSIONS, PHONE_NUMBERS, CREDENTIALS,
              WEBHOOK_CONFIGS, VOICE_CALLS, TRANSCRIPTS, CALL_EVENTS, TOOL_CALLS, RECORDINGS,
-             WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_ATTEMPTS, EVALUATIONS, CALLBACK_TASKS, BOOKINGS, ORDERS)
+             WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_ATTEMPTS, EVALUATIONS, CALLBACK_TASKS, BOOKINGS, ORDERS,
+             GOTO_CHANNELS)
 
 
 class Tables:
@@ -199,6 +208,10 @@ class Tables:
     def orders(self) -> Table:
         return Table(ORDERS, self.executor)
 
+    @cached_property
+    def goto_channels(self) -> Table:
+        return Table(GOTO_CHANNELS, self.executor)
+
     # Special queries: lookups that are not by id within a tenant.
 
     async def api_key_by_hash(self, key_hash: str) -> Row | None:
@@ -241,6 +254,11 @@ class Tables:
             if fields.get("account_sid") == account_sid:
                 return row["tenant_id"]
         return None
+
+    async def goto_channel_by_token_hash(self, token_hash: str) -> Row | None:
+        """The GoTo webhook: the path token's hash decides the tenant, so this lookup is global."""
+        row = await self.executor.fetchone("SELECT * FROM goto_channels WHERE token_hash = ?", (token_hash,))
+        return decode(GOTO_CHANNELS, row) if row else None
 
     async def count_numbers_for_agent(self, tenant_id: str, agent_id: str) -> int:
         return int(await self.executor.fetchval(
@@ -322,6 +340,17 @@ class Tables:
             (tenant_id, before, limit),
         )
         return [r["id"] for r in rows]
+
+    async def recordings_of_calls(self, tenant_id: str, call_ids: list[str]) -> list[Row]:
+        """Retention: a tenant's recordings rows of these calls (their objects go with them)."""
+        if not call_ids:
+            return []
+        marks = ", ".join("?" for _ in call_ids)
+        rows = await self.executor.fetchall(
+            f"SELECT * FROM recordings WHERE tenant_id = ? AND call_id IN ({marks}) ORDER BY call_id, id",
+            (tenant_id, *call_ids),
+        )
+        return [decode(RECORDINGS, r) for r in rows]
 
     async def delete_calls(self, tenant_id: str, call_ids: list[str]) -> dict[str, int]:
         """Retention: delete calls with their transcripts, events, tool calls and recordings rows;
