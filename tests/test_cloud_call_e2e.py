@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate
+from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate, VoiceProfileCreate
 from runtime.pipeline.audio import ulaw_frames
 from runtime.telephony.scripted_caller import OpenLine, agent_quiet
 from runtime.telephony.twilio_caller import TwilioCaller
@@ -60,10 +60,13 @@ async def test_a_call_through_deepgram_claude_and_chatterbox(settings, caplog, t
         try:
             plane = api.control
             tenant = await plane.tenants.create(TenantCreate(name="acme"))
+            # The voice profile makes Chatterbox the TTS and chooses its voice; the version tunes it.
+            profile = await plane.voices.create(tenant.id, VoiceProfileCreate(
+                name="desk voice", provider="chatterbox", voice_id="narrator"))
             agent = await plane.agents.create(tenant.id, AgentCreate(
                 name="front desk", system_prompt="You answer the phone for Acme.", greeting="Hello, Acme here.",
-                stt={"provider": "deepgram"}, llm={"provider": "anthropic", "fallback": ["rules"]},
-                tts={"provider": "chatterbox"}, tools=["log_note"]))
+                stt={"provider": "deepgram", "endpointing_ms": 400}, llm={"provider": "anthropic", "fallback": ["rules"]},
+                tts={"exaggeration": 0.8, "cfg_weight": 0.3}, voice_profile_id=profile.id, tools=["log_note"]))
             await plane.numbers.add(tenant.id, NumberCreate(e164=NUMBER, provider="twilio", agent_id=agent.id))
             for provider, secret, fields in (("deepgram", DEEPGRAM_KEY, {}), ("anthropic", ANTHROPIC_KEY, {}),
                                              ("chatterbox", CHATTERBOX_KEY, {"base_url": chatterbox.base_url}),
@@ -136,6 +139,7 @@ async def _check_the_call(plane, tenant_id: str, row: dict, deepgram, claude, ch
     assert first.headers.get("Authorization") == f"Token {DEEPGRAM_KEY}"
     assert first.query["encoding"] == "mulaw" and first.query["sample_rate"] == "8000"
     assert first.query["model"] == "nova-3" and first.query["interim_results"] == "true"
+    assert first.query["endpointing"] == "400" and first.query["language"] == "en"
     transcript = await _rows(plane, "transcripts", tenant_id, row["id"])
     callers = [t["text"] for t in transcript if t["role"] == "caller"]
     assert callers == HEARD, transcript
@@ -163,6 +167,8 @@ async def _check_the_call(plane, tenant_id: str, row: dict, deepgram, claude, ch
     assert spoken[0] == "Hello, Acme here." and "Goodbye, and thanks for calling!" in spoken
     assert all(r.path == "/v1/audio/speech/stream" for r in chatterbox.requests)
     assert all(r.headers.get("Authorization") == f"Bearer {CHATTERBOX_KEY}" for r in chatterbox.requests)
+    assert {(r.body["voice"], r.body["exaggeration"], r.body["cfg_weight"]) for r in chatterbox.requests} == {
+        ("narrator", 0.8, 0.3)}
 
 
 def _check_no_secret_leaked(caplog, tmp_path: Path, conf, tenant_id: str, call_id: str) -> None:

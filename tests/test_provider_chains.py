@@ -93,3 +93,51 @@ async def test_doctor_reports_key_refused_unreachable_and_ok_without_secrets(set
         finally:
             await plane.close()
 
+
+
+async def test_the_versions_provider_settings_reach_the_adapters(settings) -> None:
+    from runtime.providers.chatterbox_tts import ChatterboxTTS
+    from runtime.providers.deepgram_stt import DeepgramSTT
+
+    registry = ProviderRegistry(settings)
+    version = {"system_prompt": "x", "language": "de",
+               "stt": {"provider": "deepgram", "endpointing_ms": 450, "utterance_end_ms": 1500},
+               "tts": {"provider": "chatterbox", "voice": "narrator", "exaggeration": 0.9, "cfg_weight": 0.2,
+                       "temperature": 0.7}}
+    chosen = await registry.for_call(version, credentials=lookup({"deepgram": ProviderCredential({}, "dg-key")}))
+    stt = dict(chosen.stt.chain.engines)["deepgram"]  # type: ignore[attr-defined]
+    tts = dict(chosen.tts.chain.engines)["chatterbox"]  # type: ignore[attr-defined]
+    assert isinstance(stt, DeepgramSTT) and isinstance(tts, ChatterboxTTS)
+    query = stt.options.query()
+    assert (query["endpointing"], query["utterance_end_ms"], query["language"]) == ("450", "1500", "de")
+    assert (tts.voice, tts.exaggeration, tts.cfg_weight, tts.temperature) == ("narrator", 0.9, 0.2, 0.7)
+    await chosen.aclose()
+
+
+@pytest.mark.parametrize(("choices", "message"), [
+    ({"llm": {"voice": "narrator"}}, "llm.voice: only for tts"),
+    ({"tts": {"endpointing_ms": 300}}, "tts.endpointing_ms: only for stt"),
+    ({"stt": {"max_tokens": 10}}, "stt.max_tokens: only for llm"),
+    ({"tts": {"temperature": 0.01}}, "tts.temperature: at least 0.05"),
+])
+def test_provider_settings_belong_to_their_modality(choices, message) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message.replace(".", r"\.")):
+        AgentCreate(name="a", system_prompt="x", **choices)
+
+
+def test_a_chatterbox_voice_profile_chooses_the_tts_and_its_voice() -> None:
+    from runtime.providers.voice_profile import apply_voice_profile
+
+    profile = {"provider": "chatterbox", "voice_id": "narrator"}
+    version = {"system_prompt": "x", "tts": {"exaggeration": 0.8}}
+    assert apply_voice_profile(version, profile)["tts"] == {"provider": "chatterbox", "voice": "narrator",
+                                                            "exaggeration": 0.8}
+    assert version["tts"] == {"exaggeration": 0.8}  # the version's own config is not changed
+    own_voice = {"system_prompt": "x", "tts": {"provider": "chatterbox", "voice": "calm"}}
+    assert apply_voice_profile(own_voice, profile)["tts"]["voice"] == "calm"
+    other_tts = {"system_prompt": "x", "tts": {"provider": "local"}}
+    assert apply_voice_profile(other_tts, profile) is other_tts
+    assert apply_voice_profile(version, {"provider": "local", "voice_id": "x"}) is version
+    assert apply_voice_profile(version, None) is version

@@ -102,9 +102,27 @@ class ProviderChoice(Input):
     provider: str | None = Field(None, description="null: the appliance default (providers.defaults)")
     model: str | None = None
     base_url: str | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
+    temperature: float | None = Field(None, ge=0, le=2, description="llm sampling; tts: Chatterbox's")
     max_tokens: int | None = Field(None, ge=1, le=32_000)
     fallback: list[str] = Field(default_factory=list)
+    # Speech to text (Deepgram)
+    endpointing_ms: int | None = Field(None, ge=10, le=5000,
+                                       description="stt: silence (ms) after which Deepgram marks speech final")
+    utterance_end_ms: int | None = Field(None, ge=1000, le=5000,
+                                         description="stt: gap between words (ms) that sends Deepgram's UtteranceEnd")
+    # Text to speech (Chatterbox)
+    voice: str | None = Field(None, min_length=1, max_length=200,
+                              description="tts: the voice (default: the version's chatterbox voice profile, "
+                                          "else providers.chatterbox.voice)")
+    exaggeration: float | None = Field(None, ge=0.25, le=2.0, description="tts: Chatterbox emotion exaggeration")
+    cfg_weight: float | None = Field(None, ge=0, le=1, description="tts: Chatterbox pace/guidance weight")
+
+
+# The ProviderChoice fields that mean something for some modalities only (the rest: for every one).
+CHOICE_FIELD_MODALITIES = {
+    "endpointing_ms": ("stt",), "utterance_end_ms": ("stt",), "max_tokens": ("llm",), "temperature": ("llm", "tts"),
+    "voice": ("tts",), "exaggeration": ("tts",), "cfg_weight": ("tts",),
+}
 
 
 class TurnSettings(Input):
@@ -327,6 +345,17 @@ class AgentConfig(Input):
         if value is None or value.startswith("sip:"):
             return value
         return check_e164(value)
+
+    @model_validator(mode="after")
+    def _choice_fields(self) -> AgentConfig:
+        for modality in ("stt", "llm", "tts"):
+            choice: ProviderChoice = getattr(self, modality)
+            for name, modalities in CHOICE_FIELD_MODALITIES.items():
+                if modality not in modalities and getattr(choice, name) is not None:
+                    raise ValueError(f"{modality}.{name}: only for {' and '.join(modalities)}")
+        if self.tts.temperature is not None and self.tts.temperature < 0.05:
+            raise ValueError("tts.temperature: at least 0.05 (Chatterbox's lowest)")
+        return self
 
     @model_validator(mode="after")
     def _dtmf(self) -> AgentConfig:

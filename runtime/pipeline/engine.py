@@ -24,6 +24,7 @@ from runtime.pipeline.vad import default_vad
 from runtime.providers.cloud import ProviderCredential
 from runtime.providers.failover import Failover
 from runtime.providers.registry import ProviderRegistry
+from runtime.providers.voice_profile import apply_voice_profile
 from runtime.tools.toolbox import CallToolBox
 
 log = logging.getLogger("voicectl.pipeline")
@@ -51,9 +52,12 @@ class ConversationEngine:
         route = session.route
         if route is None:
             raise ValueError(f"call {session.id} has no route: nothing to converse with")
-        config = route.config
         timezone = route.tenant.get("timezone") or "UTC"
         secrets, store, tenant_id = self.control.credentials, self.control.store, session.tenant_id
+        config = route.config
+        if config.get("voice_profile_id"):
+            profile = await store.voice_profiles.get(config["voice_profile_id"], tenant_id=tenant_id)
+            config = apply_voice_profile(config, profile)
         conversation: Conversation | None = None
 
         async def credential(provider: str) -> ProviderCredential | None:

@@ -36,14 +36,8 @@ from runtime.providers.base import (
     ToolCall,
     ToolCallRequest,
 )
-from runtime.providers.llm_http import (
-    is_transport_error,
-    parse_arguments,
-    redact,
-    retry_after,
-    status_kind,
-    transport_error,
-)
+from runtime.providers.llm_http import is_transport_error, parse_arguments, transport_error
+from runtime.providers.wire_errors import redact, retry_after, status_kind
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 # The longest silence inside a stream (Anthropic sends pings while the model thinks) and the

@@ -41,9 +41,10 @@ class MissingCredential(Exception):
 
 def build(modality: str, name: str, settings: ProvidersSettings, choice: dict[str, Any],
           credential: ProviderCredential | None, policy: RetryPolicy, transport_rate: int = 8000,
-          ) -> SpeechToText | LanguageModel | TextToSpeech:
+          language: str = "en") -> SpeechToText | LanguageModel | TextToSpeech:
     """The adapter ``name`` for one call. ``choice``: the version's settings for this modality
-    (model, base_url, temperature, max_tokens) when ``name`` is its first choice, else empty."""
+    (ProviderChoice: model, base_url, sampling, Deepgram's endpointing, Chatterbox's voice...)
+    when ``name`` is its first choice, else empty; ``language``: the version's."""
     secret = credential.secret if credential is not None else None
     fields = credential.fields if credential is not None else {}
     if name in SECRET_REQUIRED and not secret:
@@ -57,32 +58,30 @@ def build(modality: str, name: str, settings: ProvidersSettings, choice: dict[st
         narrow = transport_rate == 8000
         return DeepgramSTT(secret or "", url=base_url or conf.url, model=model or conf.model,
                            encoding="mulaw" if narrow else "linear16", sample_rate=8000 if narrow else 16000,
+                           language=language, **_given(choice, "endpointing_ms", "utterance_end_ms"),
                            policy=policy)
     if name == "anthropic":
         from runtime.providers.anthropic_llm import AnthropicLLM
 
         conf = settings.anthropic
         return AnthropicLLM(secret or "", base_url=base_url or conf.base_url, model=model or conf.model,
-                            **_sampling(choice), policy=policy)
+                            **_given(choice, "max_tokens", "temperature"), policy=policy)
     if name == "openai":
         from runtime.providers.openai_llm import OpenAICompatibleLLM
 
         conf = settings.openai
         return OpenAICompatibleLLM(secret, base_url=base_url or fields.get("base_url") or conf.base_url,
-                                   model=model or conf.model, **_sampling(choice), policy=policy)
+                                   model=model or conf.model, **_given(choice, "max_tokens", "temperature"), policy=policy)
     if name == "chatterbox":
         from runtime.providers.chatterbox_tts import ChatterboxTTS
 
         conf = settings.chatterbox
         return ChatterboxTTS(secret, base_url=base_url or fields.get("base_url") or conf.base_url,
-                             voice=choice.get("voice") or conf.voice, policy=policy)
+                             voice=choice.get("voice") or conf.voice,
+                             **_given(choice, "exaggeration", "cfg_weight", "temperature"), policy=policy)
     raise ValueError(f"no {modality} adapter named {name!r}")
 
 
-def _sampling(choice: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if choice.get("max_tokens") is not None:
-        out["max_tokens"] = choice["max_tokens"]
-    if choice.get("temperature") is not None:
-        out["temperature"] = choice["temperature"]
-    return out
+def _given(choice: dict[str, Any], *names: str) -> dict[str, Any]:
+    """The settings among ``names`` the version sets (the rest keep the adapter's defaults)."""
+    return {name: choice[name] for name in names if choice.get(name) is not None}

@@ -20,6 +20,7 @@ from runtime.control.plane import ControlPlane
 from runtime.providers.base import ProviderError, RetryPolicy
 from runtime.providers.cloud import CLOUD, SECRET_REQUIRED, MissingCredential, ProviderCredential, build
 from runtime.providers.registry import MODALITIES, OFFLINE_CHOICES, ProviderRegistry
+from runtime.providers.voice_profile import apply_voice_profile
 
 CHECK_TIMEOUT_S = 10.0
 # What a failed check's kind means to an operator.
@@ -56,6 +57,9 @@ async def diagnose(plane: ControlPlane, settings: Settings, tenant_id: str) -> l
             config = agent.active.config if agent.active else None
             if not config:
                 continue
+            if config.get("voice_profile_id"):
+                config = apply_voice_profile(
+                    config, await plane.store.voice_profiles.get(config["voice_profile_id"], tenant_id=tenant_id))
             for modality in MODALITIES:
                 for name in registry.chain(config, modality):
                     check = checks.setdefault((modality, name), ProviderCheck(name, modality))

@@ -1,6 +1,6 @@
 """What the HTTP language-model adapters (Anthropic, OpenAI-compatible) share: turning HTTP
-statuses and transport failures into ``ProviderError`` kinds, reading ``Retry-After``, parsing a
-tool call's JSON arguments, and keeping API keys out of error messages.
+transport failures into ``ProviderError`` kinds and parsing a tool call's JSON arguments
+(statuses, ``Retry-After`` and key redaction are wire_errors', as for every adapter).
 
 Both official SDKs are generated the same way on ``httpx2``; each adapter maps its SDK's
 exception classes and calls these helpers.
@@ -8,64 +8,14 @@ exception classes and calls these helpers.
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
-from collections.abc import Mapping
 from typing import Any
 
 import httpx2  # the HTTP client of both SDKs (anthropic>=2, openai>=3): mid-stream failures surface raw
 
-from runtime.providers.base import ErrorKind, ProviderError
+from runtime.providers.base import ProviderError
 
-MAX_DETAIL = 200
 FAILED_TOOL_STATUSES = frozenset({"error", "timeout", "cancelled"})
-
-
-def status_kind(status: int) -> ErrorKind:
-    """401/403: a bad key (never retried); 429 and Anthropic's 529 (overloaded): rate limited;
-    408: timed out; other 5xx: the server; other 4xx: our request was refused."""
-    if status in (401, 403):
-        return "auth"
-    if status in (429, 529):
-        return "rate_limit"
-    if status == 408:
-        return "timeout"
-    if status >= 500:
-        return "server"
-    return "bad_request"
-
-
-def retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` (OpenAI), or ``Retry-After`` as seconds or an
-    HTTP date; None when absent or unreadable."""
-    if not headers:
-        return None
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def redact(text: str, secret: str | None) -> str:
-    """``text`` cut to a log-friendly length, with the API key (if a server echoed it) masked."""
-    if secret and len(secret) >= 4:
-        text = text.replace(secret, "[redacted]")
-    return text[:MAX_DETAIL]
 
 
 def transport_error(provider: str, exc: httpx2.HTTPError | httpx2.StreamError) -> ProviderError:

@@ -34,14 +34,8 @@ from runtime.providers.base import (
     ToolCall,
     ToolCallRequest,
 )
-from runtime.providers.llm_http import (
-    is_transport_error,
-    parse_arguments,
-    redact,
-    retry_after,
-    status_kind,
-    transport_error,
-)
+from runtime.providers.llm_http import is_transport_error, parse_arguments, transport_error
+from runtime.providers.wire_errors import redact, retry_after, status_kind
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434/v1"  # Ollama
 NO_KEY = "not-needed"  # local servers ignore the key, the SDK insists on one

@@ -150,7 +150,8 @@ class ProviderRegistry:
                       policy: RetryPolicy) -> Any:
         if name in CLOUD[modality]:
             credential = await credentials(name) if credentials is not None else None
-            return build(modality, name, self.settings.providers, choice, credential, policy, transport_rate)
+            return build(modality, name, self.settings.providers, choice, credential, policy, transport_rate,
+                         language=config.get("language") or "en")
         if name not in OFFLINE_CHOICES[modality]:
             raise ValueError(f"no {name} {modality} adapter in this build")
         if modality == "stt":

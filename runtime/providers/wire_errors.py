@@ -1,8 +1,9 @@
-"""HTTP statuses of the Deepgram and Chatterbox adapters as ``ProviderError`` kinds, ``Retry-After``
-and keeping a key out of error text.
+"""Provider HTTP statuses as ``ProviderError`` kinds, ``Retry-After``, and keeping a key out of
+error text: shared by every adapter (Deepgram, Chatterbox, and the LLMs through llm_http).
 
-401/403: a bad key (never retried); 429: rate limited (retried, honouring ``Retry-After``); 408:
-timed out; other 5xx: the server; other 4xx: our request was refused (never retried).
+401/403: a bad key (never retried); 429 and 529: rate limited (retried, honouring
+``Retry-After``); 408: timed out; other 5xx: the server; other 4xx: our request was refused
+(never retried).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ MAX_DETAIL = 200
 def status_kind(status: int) -> ErrorKind:
     if status in (401, 403):
         return "auth"
-    if status == 429:
+    if status in (429, 529):  # 529: Anthropic's "overloaded"
         return "rate_limit"
     if status == 408:
         return "timeout"
@@ -29,8 +30,18 @@ def status_kind(status: int) -> ErrorKind:
 
 
 def retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from ``Retry-After`` (seconds or an HTTP date); None when absent or unreadable."""
-    value = headers.get("Retry-After") if headers else None
+    """Seconds to wait from ``retry-after-ms`` (OpenAI), or ``Retry-After`` as seconds or an HTTP
+    date; None when absent or unreadable. ``headers`` must look names up case-insensitively (as
+    aiohttp's, httpx's and websockets' do)."""
+    if not headers:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
     if not value:
         return None
     try:
