@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp  # noqa: E402
-
 from calls import _pct  # noqa: E402
 
 from runtime.providers.base import LlmRequest, Message, RetryPolicy, TextDelta  # noqa: E402
@@ -68,12 +67,11 @@ def _row(name: str, adapter: list[float], bare: list[float] | None) -> dict:
 
 
 async def _llm_rows(turns: int) -> list[dict]:
+    from runtime.providers.anthropic_llm import AnthropicLLM
+    from runtime.providers.openai_llm import OpenAICompatibleLLM
     from tests.peers import anthropic_server, openai_server
     from tests.peers.anthropic_server import AnthropicServer
     from tests.peers.openai_server import OpenAIServer
-
-    from runtime.providers.anthropic_llm import AnthropicLLM
-    from runtime.providers.openai_llm import OpenAICompatibleLLM
 
     rows = []
     request = LlmRequest(system="You are a booking agent.", messages=(Message("user", "A table for two at seven?"),))
@@ -117,10 +115,9 @@ async def _llm_rows(turns: int) -> list[dict]:
 
 
 async def _stt_rows(turns: int) -> list[dict]:
-    from tests.peers.deepgram_server import DeepgramScript, DeepgramServer
-
     from runtime.pipeline.audio import pcm16_to_ulaw
     from runtime.providers.deepgram_stt import DeepgramSTT
+    from tests.peers.deepgram_server import DeepgramScript, DeepgramServer
 
     speech = (3000).to_bytes(2, "little", signed=True) * 160  # 20 ms of loud audio at 8 kHz
     utterance = [speech] * 15  # 300 ms
@@ -174,10 +171,9 @@ async def _stt_rows(turns: int) -> list[dict]:
 
 
 async def _tts_rows(turns: int) -> list[dict]:
-    from tests.peers.chatterbox_server import ChatterboxScript, ChatterboxServer
-
     from runtime.providers.chatterbox_tts import ChatterboxTTS
     from runtime.providers.local_tts import EspeakTTS, PiperTTS
+    from tests.peers.chatterbox_server import ChatterboxScript, ChatterboxServer
 
     async def first_chunk(engine) -> tuple[float, None]:
         t0 = time.perf_counter()

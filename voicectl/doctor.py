@@ -6,7 +6,16 @@ from typing import Any
 
 import typer
 
-from voicectl.common import JsonOpt, TenantOpt, load_settings, print_json, print_table, resolve_tenant, run, say
+from voicectl.common import (
+    JsonOpt,
+    TenantOpt,
+    load_settings,
+    print_json,
+    print_table,
+    resolve_tenant,
+    run,
+    say,
+)
 
 # Some provider is not usable: calls would fall back (or fail) until it is fixed.
 EXIT_PROVIDER_PROBLEM = 9
