@@ -245,3 +245,29 @@ async def test_drain_returns_at_once_when_all_calls_end_early(control):
     assert time.monotonic() - started < 1
     row = await control.store.voice_calls.get(call.id, tenant_id=world.tenant_id)
     assert row["end_reason"] == "hangup"
+
+
+async def test_drain_hangs_up_side_by_side_and_does_not_wait_on_a_stuck_provider(control, monkeypatch):
+    from runtime.calls import tracker as tracker_mod
+
+    monkeypatch.setattr(tracker_mod, "HANGUP_TIMEOUT_S", 0.3)
+    world = await provision(control)
+    tracker = engine(control)
+
+    class StuckProvider(FakeControl):
+        async def hangup(self, reason: str) -> None:
+            await super().hangup(reason)
+            await asyncio.sleep(30)  # an unreachable provider
+
+    calls = [(await _open(control, world, tracker))[2] for _ in range(4)]
+    for call in calls:
+        await call.connect()
+        call.control = StuckProvider()
+    started = time.monotonic()
+    await tracker.drain(0.01)
+    assert time.monotonic() - started < 1.5  # not 4 x the hangup bound, let alone 4 x 30 s
+    assert tracker.live == {}
+    for call in calls:
+        row = await control.store.voice_calls.get(call.id, tenant_id=world.tenant_id)
+        assert (row["status"], row["end_reason"], row["hangup_by"]) == ("ended", "shutdown", "agent")
+        assert call.control.calls == [("hangup", "shutdown")]

@@ -90,6 +90,15 @@ async def test_doctor_reports_key_refused_unreachable_and_ok_without_secrets(set
             checks = {c.provider: c for c in await diagnose(plane, conf, tenant.id)}
             assert checks["anthropic"].status == "key refused" and checks["anthropic"].detail == "HTTP 401"
             assert "sk-ant" not in repr([c.to_dict() for c in checks.values()])
+
+            # A version naming its own server is checked against that server, in a row of its own.
+            async with OpenAIServer() as local:
+                await plane.agents.create(tenant.id, AgentCreate(
+                    name="local", system_prompt="x", llm={"provider": "openai", "base_url": local.base_url,
+                                                          "model": "llama3.2"}))
+                rows = [c for c in await diagnose(plane, conf, tenant.id) if c.provider == "openai"]
+            assert [(c.base_url, c.model, c.used_by, c.status) for c in rows] == [
+                (None, None, ["sales"], "unreachable"), (local.base_url, "llama3.2", ["local"], "ok")]
         finally:
             await plane.close()
 

@@ -332,6 +332,28 @@ async def test_uploads_cut_short_by_a_restart_resume(control, settings, moto):
     await uploader.close()
 
 
+async def test_a_resume_racing_the_calls_own_upload_uploads_once_and_keeps_the_outcome(control, settings, moto):
+    """The resume lists a pending row, the call's own upload finishes it, then the resume's stale
+    copy of the row comes up: it must neither upload again nor mark the uploaded row failed."""
+    world = await provision(control, recording=True)
+    bucket = moto.new_bucket()
+    await control.credentials.set(world.tenant_id, "s3", CredentialSet(fields=moto.fields(bucket), secret=moto.secret))
+    tracker = CallTracker(control.store, EventBus(control.store), max_calls=10, recording_dir=settings.recording_dir)
+    call = await _recorded_call(control, tracker, world)
+    stale = list((await _rows(control, world.tenant_id, call.id)).values())
+    uploader = RecordingUploader(control.store, LocalStorage(settings.recording_dir),
+                                 RecordingObjects.from_settings(control.credentials, settings.recording.s3))
+    own = uploader.schedule(world.tenant_id, call.id, stale)
+    racing = uploader.schedule(world.tenant_id, call.id, stale, reread=True)  # claimed: nothing to do
+    assert await racing == []
+    assert {o.status for o in await own} == {UPLOADED}
+    late = uploader.schedule(world.tenant_id, call.id, stale, reread=True)  # the rows are in s3 now
+    assert await late == []
+    rows = await _rows(control, world.tenant_id, call.id)
+    assert {(r["storage"], r["upload_status"], r["upload_attempts"]) for r in rows.values()} == {("s3", UPLOADED, 1)}
+    await uploader.close()
+
+
 async def test_cli_copies_a_recording_from_s3(control, settings, moto, tmp_path):
     import yaml
     from typer.testing import CliRunner

@@ -39,8 +39,8 @@ def doctor(tenant: TenantOpt, as_json: JsonOpt = False) -> None:
     elif not results:
         say("No providers to check: the tenant has no agent with an active version and no AI credentials.")
     else:
-        print_table(["modality", "provider", "used by", "credential", "status", "detail"],
-                    [[r["modality"], r["provider"], ", ".join(r["used_by"]) or "-", r["credential"], r["status"],
-                      r["detail"]] for r in results])
+        print_table(["modality", "provider", "server / model", "used by", "credential", "status", "detail"],
+                    [[r["modality"], r["provider"], " ".join(p for p in (r["base_url"], r["model"]) if p) or "default",
+                      ", ".join(r["used_by"]) or "-", r["credential"], r["status"], r["detail"]] for r in results])
     if not all(r["ok"] for r in results):
         raise typer.Exit(EXIT_PROVIDER_PROBLEM)

@@ -226,11 +226,14 @@ class CallSession:
         if self.control is not None:
             await self.control.transfer(target)
 
-    async def hangup(self, reason: str) -> None:
-        """The engine ends the call: tell the bridge, then archive."""
+    async def hangup(self, reason: str, bridge_timeout_s: float | None = None) -> None:
+        """The engine ends the call: tell the bridge (waiting at most ``bridge_timeout_s``), then
+        archive."""
         if self.control is not None and self.live:
             try:
-                await self.control.hangup(reason)
+                await asyncio.wait_for(self.control.hangup(reason), bridge_timeout_s)
+            except TimeoutError:
+                log.warning("hangup through the bridge timed out", extra={"call_id": self.id, "reason": reason})
             except Exception:  # the provider may already have gone; the archive must still happen
                 log.exception("hangup through the bridge failed", extra={"call_id": self.id})
         await self.end(reason, hangup_by="agent")

@@ -19,6 +19,9 @@ from runtime.store.store import Store
 from runtime.store.tables import ALL_TENANTS
 
 log = logging.getLogger("voicectl.calls")
+# At shutdown: provider hangups in flight at once, and how long one may take.
+HANGUP_CONCURRENCY = 64
+HANGUP_TIMEOUT_S = 3.0
 
 
 class LiveCalls(dict[str, CallSession]):
@@ -168,8 +171,19 @@ class CallTracker:
                 await asyncio.wait_for(asyncio.gather(*waits), grace_s)
             except TimeoutError:
                 pass
-        for session in list(self.live.values()):
-            await session.hangup("shutdown")
+        await self._hang_up_all(list(self.live.values()))
+
+    async def _hang_up_all(self, sessions: list[CallSession]) -> None:
+        """Hang up the remaining calls side by side: each hangup may be a provider request (Twilio,
+        LiveKit, GoTo) that takes seconds when the provider is unreachable; past a bound the call is
+        archived without waiting for its provider."""
+        gate = asyncio.Semaphore(HANGUP_CONCURRENCY)
+
+        async def one(session: CallSession) -> None:
+            async with gate:
+                await session.hangup("shutdown", bridge_timeout_s=HANGUP_TIMEOUT_S)
+
+        await asyncio.gather(*(one(s) for s in sessions))
 
     async def recover(self) -> int:
         """Calls left live by a previous run become failed (reason=runtime_restart), with events."""

@@ -37,19 +37,28 @@ class ProviderCheck:
     credential: str = "-"  # set | missing | not needed
     status: str = "ok"  # ok | key refused | unreachable | missing credential | ...
     detail: str = ""
+    # The version's own server and model when it names them (else the credential's or appliance's).
+    base_url: str | None = None
+    model: str | None = None
+
+    @property
+    def target(self) -> str:
+        return " ".join(part for part in (self.base_url, self.model) if part)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"provider": self.provider, "modality": self.modality, "used_by": self.used_by,
-                "credential": self.credential, "status": self.status, "ok": self.ok, "detail": self.detail}
+        return {"provider": self.provider, "modality": self.modality, "base_url": self.base_url, "model": self.model,
+                "used_by": self.used_by, "credential": self.credential, "status": self.status, "ok": self.ok,
+                "detail": self.detail}
 
 
 async def diagnose(plane: ControlPlane, settings: Settings, tenant_id: str) -> list[ProviderCheck]:
     registry = ProviderRegistry(settings)
-    checks: dict[tuple[str, str], ProviderCheck] = {}
+    # One check per provider and server: two versions naming different servers get two rows.
+    checks: dict[tuple[str, str, str | None, str | None], ProviderCheck] = {}
     offset = 0
     while True:
         agents = await plane.agents.list(tenant_id, PageRequest(limit=200, offset=offset))
@@ -61,19 +70,24 @@ async def diagnose(plane: ControlPlane, settings: Settings, tenant_id: str) -> l
                 config = apply_voice_profile(
                     config, await plane.store.voice_profiles.get(config["voice_profile_id"], tenant_id=tenant_id))
             for modality in MODALITIES:
-                for name in registry.chain(config, modality):
-                    check = checks.setdefault((modality, name), ProviderCheck(name, modality))
+                for position, name in enumerate(registry.chain(config, modality)):
+                    # As in a call, the version's base_url and model belong to its first choice.
+                    choice = (config.get(modality) or {}) if position == 0 else {}
+                    url, model = choice.get("base_url"), choice.get("model")
+                    check = checks.setdefault((modality, name, url, model),
+                                              ProviderCheck(name, modality, base_url=url, model=model))
                     check.used_by.append(agent.name)
         offset += len(agents.items)
         if not agents.items or offset >= agents.total:
             break
     for modality, names in CLOUD.items():  # credentials held but not (yet) used by an agent
         for name in sorted(names):
-            if await plane.store.credentials.find(tenant_id=tenant_id, provider=name) is not None:
-                checks.setdefault((modality, name), ProviderCheck(name, modality))
+            if await plane.store.credentials.find(tenant_id=tenant_id, provider=name) is not None and not any(
+                    key[:2] == (modality, name) for key in checks):
+                checks.setdefault((modality, name, None, None), ProviderCheck(name, modality))
     results = list(checks.values())
     await asyncio.gather(*(_run(plane, settings, registry, tenant_id, check) for check in results))
-    return sorted(results, key=lambda c: (MODALITIES.index(c.modality), c.provider))
+    return sorted(results, key=lambda c: (MODALITIES.index(c.modality), c.provider, c.target))
 
 
 async def _run(plane: ControlPlane, settings: Settings, registry: ProviderRegistry, tenant_id: str,
@@ -96,10 +110,14 @@ async def _cloud(plane: ControlPlane, settings: Settings, tenant_id: str, check:
     else:
         check.credential = "set" if secret else "fields only"
     policy = RetryPolicy(retries=0, first_byte_timeout_s=CHECK_TIMEOUT_S)
+    choice = {"base_url": check.base_url, "model": check.model}
     try:
-        engine = build(check.modality, check.provider, settings.providers, {}, credential, policy)
+        engine = build(check.modality, check.provider, settings.providers, choice, credential, policy)
     except MissingCredential as exc:
         check.status, check.detail = "missing credential", f"{exc}: voicectl credential set --tenant T {check.provider}"
+        return
+    except ValueError as exc:  # a setting the adapter refuses (a bad URL): this row, not the others
+        check.status, check.detail = "misconfigured", str(exc)[:200]
         return
     try:
         await asyncio.wait_for(engine.check(), CHECK_TIMEOUT_S)  # type: ignore[union-attr]

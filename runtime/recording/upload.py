@@ -80,6 +80,7 @@ class RecordingUploader:
         self.policy = policy or UploadPolicy()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gate = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
+        self._in_flight: set[str] = set()  # recording ids a task is uploading: never two at once
         self.closed = False
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -88,17 +89,33 @@ class RecordingUploader:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def schedule(self, tenant_id: str, call_id: str, rows: list[dict[str, Any]]) -> asyncio.Task[Any] | None:
-        """Upload a finished call's recordings in the background (a no-op for tenants without s3)."""
+    def schedule(self, tenant_id: str, call_id: str, rows: list[dict[str, Any]],
+                 reread: bool = False) -> asyncio.Task[Any] | None:
+        """Upload a finished call's recordings in the background (a no-op for tenants without s3).
+        ``reread``: the rows may be stale (read a while ago): fetch them again first."""
         if self.closed or not rows:
             return None
-        return self._spawn(self.upload_call(tenant_id, call_id, rows), f"recording-upload-{call_id}")
+        return self._spawn(self.upload_call(tenant_id, call_id, rows, reread), f"recording-upload-{call_id}")
 
     def start(self) -> None:
         self._spawn(self._resume(), "recording-upload-resume")
 
-    async def upload_call(self, tenant_id: str, call_id: str, rows: list[dict[str, Any]]) -> list[UploadOutcome]:
-        rows = [r for r in rows if r["storage"] == LOCAL and r["tenant_id"] == tenant_id]
+    async def upload_call(self, tenant_id: str, call_id: str, rows: list[dict[str, Any]],
+                          reread: bool = False) -> list[UploadOutcome]:
+        # Claimed before the first await, so a resume racing a call's own upload skips its rows.
+        rows = [r for r in rows if r["tenant_id"] == tenant_id and r["id"] not in self._in_flight]
+        claimed = {r["id"] for r in rows}
+        self._in_flight |= claimed
+        try:
+            if reread:
+                fresh = [await self.store.recordings.get(r["id"], tenant_id=tenant_id) for r in rows]
+                rows = [r for r in fresh if r is not None]
+            rows = [r for r in rows if r["storage"] == LOCAL]
+            return await self._upload_call(tenant_id, call_id, rows)
+        finally:
+            self._in_flight -= claimed
+
+    async def _upload_call(self, tenant_id: str, call_id: str, rows: list[dict[str, Any]]) -> list[UploadOutcome]:
         try:
             try:
                 target = await self.objects.target(tenant_id)
@@ -190,7 +207,7 @@ class RecordingUploader:
                         if await asyncio.to_thread(self._on_disk, row["uri"]):
                             calls.setdefault((row["tenant_id"], row["call_id"]), []).append(row)
             for (tenant_id, call_id), rows in calls.items():
-                self.schedule(tenant_id, call_id, rows)
+                self.schedule(tenant_id, call_id, rows, reread=True)
             if calls:
                 log.info("resuming recording uploads", extra={"calls": len(calls)})
             return len(calls)
