@@ -72,6 +72,7 @@ class LiveKitPeer:
     rtc_mode: str = "refuse"
     transfer_status: int = 2  # STS_TRANSFER_SUCCESSFUL
     fail: dict[str, tuple[int, str]] = field(default_factory=dict)  # method -> (HTTP status, twirp code)
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)  # method -> answered once the event is set
     calls: list[tuple[str, Any, Any]] = field(default_factory=list)  # (method, request message, claims)
     rtc_tokens: list[Any] = field(default_factory=list)  # claims of the agent's join tokens
     dispatches: dict[str, list[agent_dispatch.AgentDispatch]] = field(default_factory=dict)
@@ -101,6 +102,8 @@ class LiveKitPeer:
 
     async def stop(self) -> None:
         self._release.set()
+        for gate in self.gates.values():
+            gate.set()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -128,6 +131,8 @@ class LiveKitPeer:
         kind, grant = self.METHODS[method]
         msg = kind.FromString(await request.read())
         self.calls.append((method, msg, claims))
+        if method in self.gates:  # lets a test act while the request is in flight
+            await self.gates[method].wait()
         allowed = {"room_admin": bool(claims.video and claims.video.room_admin),
                    "room_record": bool(claims.video and claims.video.room_record),
                    "sip_call": bool(claims.sip and claims.sip.call and claims.video and claims.video.room_admin)}

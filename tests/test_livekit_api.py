@@ -265,3 +265,44 @@ async def test_after_hours_a_sip_caller_is_transferred_without_the_agent(world) 
     assert (req.room_name, req.participant_identity, req.transfer_to) == ("late-room", "sip_late", "tel:+15550109000")
     assert "transfer.requested" in await world.events(row["id"])
     assert world.peer.rtc_tokens == []  # no agent joined
+
+
+async def test_a_call_can_be_recorded_again_once_its_egress_stopped_or_ended(world) -> None:
+    session = await live_call(world, "again-room", "sip_ag")
+    url = f"/api/v1/livekit/calls/{session.id}/egress"
+    status, first, _ = await world.api.call("POST", url, world.key)
+    assert status == 201, first
+    status, stopped, _ = await world.api.call("DELETE", f"{url}/{first['egress_id']}", world.key)
+    assert status == 200, stopped
+    status, second, _ = await world.api.call("POST", url, world.key)
+    assert status == 201 and second["egress_id"] != first["egress_id"], second
+    status, busy, _ = await world.api.call("POST", url, world.key)
+    assert status == 409 and busy["details"] == {"egress_id": second["egress_id"]}, busy
+    # LiveKit ends the second egress itself (a failure here): the call may be recorded again.
+    ended = egress.EgressInfo(egress_id=second["egress_id"], room_name="again-room",
+                              status=egress.EgressStatus.EGRESS_FAILED)
+    status, data = await world.post(event_json("egress_ended", egress_info=ended))
+    assert status == 200 and data["call_id"] == session.id, data
+    status, third, _ = await world.api.call("POST", url, world.key)
+    assert status == 201, third
+    # A late egress_started of an egress already noted adds nothing to the history.
+    late = egress.EgressInfo(egress_id=third["egress_id"], room_name="again-room",
+                             status=egress.EgressStatus.EGRESS_ACTIVE)
+    status, data = await world.post(event_json("egress_started", egress_info=late))
+    assert status == 200 and data["call_id"] == session.id, data
+    assert session.summary["livekit"]["egress_ids"] == [first["egress_id"], second["egress_id"], third["egress_id"]]
+
+
+async def test_two_concurrent_egress_starts_record_the_call_once(world) -> None:
+    session = await live_call(world, "race-room", "sip_race")
+    url = f"/api/v1/livekit/calls/{session.id}/egress"
+    gate = world.peer.gates["Egress/StartRoomCompositeEgress"] = asyncio.Event()
+    first = asyncio.create_task(world.api.call("POST", url, world.key))
+    await wait_for(lambda: world.peer.requests("Egress/StartRoomCompositeEgress"))  # in flight, held
+    second = asyncio.create_task(world.api.call("POST", url, world.key))
+    await wait_for(lambda: second.done() or len(world.peer.requests("Egress/StartRoomCompositeEgress")) > 1)
+    gate.set()
+    (status1, body1, _), (status2, body2, _) = await asyncio.gather(first, second)
+    assert (status1, status2) == (201, 409), (body1, body2)
+    assert len(world.peer.requests("Egress/StartRoomCompositeEgress")) == 1
+    assert session.summary["livekit"]["egress_ids"] == [body1["egress_id"]]

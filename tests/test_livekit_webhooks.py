@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import re
+import secrets
 
 import pytest
 import pytest_asyncio
@@ -290,3 +291,58 @@ async def test_a_caller_leaving_while_the_agent_joins_ends_the_call_and_the_join
 
     br = bridge(world.api.app)
     await wait_for(lambda: not br.rooms and not br.by_call)
+
+
+async def test_forged_keys_cost_at_most_one_credentials_scan(world, monkeypatch) -> None:
+    from runtime.telephony import livekit_bridge
+
+    monkeypatch.setattr(livekit_bridge, "KEY_MAP_TTL_S", 60.0, raising=False)  # the whole test in one TTL
+    table = world.api.control.store.credentials
+    real, reads = table.list, []
+
+    async def counting(**kwargs):
+        reads.append(kwargs)
+        return await real(**kwargs)
+
+    monkeypatch.setattr(table, "list", counting)
+    body = event_json("participant_joined", room_name="flood", participant=sip_participant(identity="sip_f"))
+
+    async def forged() -> tuple[int, dict]:
+        return await world.post(body, sign(body, f"APIforged{secrets.token_hex(6)}", API_SECRET))
+
+    answers = list(await asyncio.gather(*(forged() for _ in range(10))))
+    answers += [await forged() for _ in range(10)]
+    assert all(status == 403 and data["details"]["reason"] == "unknown_key" for status, data in answers), answers
+    assert len(reads) <= 1, reads
+    assert await world.calls() == []
+
+
+async def test_a_refused_delivery_is_handled_when_livekit_redelivers_it(world) -> None:
+    # participant_left overtakes participant_joined: refused (404), so LiveKit redelivers it later.
+    left = event_json("participant_left", room_name="late-join", participant=sip_participant(identity="sip_lj"),
+                      event_id="EV_left_early")
+    status, data = await world.post(left)
+    assert status == 404, data
+    _, joined = await join(world, room="late-join", identity="sip_lj")
+    status, data = await world.post(left)  # the same event id, a fresh token
+    assert status == 200 and data.get("call_id") == joined["call_id"], data
+    row = await world.final(joined["call_id"])
+    assert (row["status"], row["end_reason"]) == ("ended", "caller_hangup")
+    status, data = await world.post(left)  # handled now: a further redelivery is a duplicate
+    assert status == 200 and data["duplicate"] is True, data
+
+
+async def test_another_tenants_key_does_not_learn_of_a_known_egress(world) -> None:
+    _, joined = await join(world, room="eg-room", identity="sip_eg")
+    started = egress.EgressInfo(egress_id="EG_mine", room_name="eg-room", status=egress.EgressStatus.EGRESS_ACTIVE)
+    status, data = await world.post(event_json("egress_started", egress_info=started))
+    assert status == 200 and data["call_id"] == joined["call_id"], data
+    other_id, _ = await world.api.tenant_with_key("other-project")
+    other = ("APIotherproject", "other-livekit-secret-0123456789abcdef")
+    status, body, _ = await world.api.call("PUT", "/api/v1/credentials/livekit", world.api.admin_key,
+                                           tenant_id=other_id, json={"fields": {"url": world.peer.url,
+                                                                                "api_key": other[0]},
+                                                                     "secret": other[1]})
+    assert status == 200, body
+    status, data = await world.post(event_json("egress_started", egress_info=started), sign_with=other)
+    assert status == 404 and joined["call_id"] not in str(data), data

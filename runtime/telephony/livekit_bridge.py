@@ -34,6 +34,10 @@ REFUSALS = ("missing_token", "bad_token", "unknown_key", "bad_signature", "stale
 # usually arrive after participant_left).
 RECENT_TTL_S = 3600.0
 MAX_REMEMBERED = 100_000
+# The livekit key map is re-read this often (credential writes by this process drop it at once;
+# another process's, e.g. the CLI's, apply within this).
+KEY_MAP_TTL_S = 1.0
+KEY_PAGE = 200
 
 
 class ExpiringSet:
@@ -86,7 +90,9 @@ class LiveKitCall:
     sip: bool
     agent: RoomAgent | None = None
     tracks: list[str] = field(default_factory=list)
-    egress_ids: list[str] = field(default_factory=list)
+    egress_ids: list[str] = field(default_factory=list)  # every egress of the call (its summary)
+    recording: list[str] = field(default_factory=list)  # those not stopped or ended yet
+    egress_starting: bool = False  # an API start is waiting for LiveKit
 
 
 class LiveKitBridge:
@@ -99,6 +105,7 @@ class LiveKitBridge:
         self.tasks: set[asyncio.Task] = set()
         self._routes: ReadCache | None = None
         self._keys: ReadCache | None = None
+        self._keys_lock = asyncio.Lock()
         registry = app[METRICS].registry
         self.refused = Counter("voicectl_livekit_webhooks_refused",
                                "LiveKit webhooks refused before any work, by reason", ("reason",), registry=registry)
@@ -122,23 +129,15 @@ class LiveKitBridge:
             self._routes = ReadCache(store.route_by_e164, ROUTE_TABLES)
         return self._routes
 
-    def key_tenants(self, store: Store) -> ReadCache:
-        """LiveKit API key -> ids of the tenants whose livekit credential has it (cached: a flood of
-        forged webhooks must not scan the credentials table once each)."""
+    async def key_tenants(self, store: Store, api_key: str) -> tuple[str, ...]:
+        """Ids of the tenants whose livekit credential has ``api_key``, the unverified ``iss`` of a
+        delivery: looked up in one cached map of every livekit key, so forged deliveries with ever
+        new keys cost no query while the map is fresh (and one scan per KEY_MAP_TTL_S at most)."""
         if self._keys is None:
-            async def read(api_key: str) -> tuple[str, ...]:
-                found: list[str] = []
-                offset = 0
-                while True:
-                    rows, _ = await store.credentials.list(tenant_id=ALL_TENANTS, equals={"provider": "livekit"},
-                                                           limit=200, offset=offset, count=False)
-                    found += [r["tenant_id"] for r in rows if (r.get("fields") or {}).get("api_key") == api_key]
-                    if len(rows) < 200:
-                        return tuple(found)
-                    offset += 200
-
-            self._keys = ReadCache(read, ("credentials", "tenants"))
-        return self._keys
+            self._keys = ReadCache(lambda _: _key_map(store), ("credentials", "tenants"), ttl_s=KEY_MAP_TTL_S)
+        async with self._keys_lock:  # concurrent deliveries wait for one refresh instead of each scanning
+            keys = await self._keys.get(None)
+        return keys.get(api_key, ())
 
     # Calls
 
@@ -170,11 +169,44 @@ class LiveKitBridge:
         tenant = self.recent_rooms.get(room)
         return tenant is not None and (scope is None or tenant == scope)
 
+    # Room egress
+
+    def egress_started(self, call: LiveKitCall, egress_id: str) -> None:
+        """Note a running egress of ``call`` (started through the API or announced by egress_started)."""
+        if egress_id not in call.recording:
+            call.recording.append(egress_id)
+        if egress_id not in call.egress_ids:
+            call.egress_ids.append(egress_id)
+            call.session.summary.setdefault("livekit", {})["egress_ids"] = list(call.egress_ids)
+        self.egress.put(egress_id, (call.session.tenant_id, call.session.id))
+
+    def egress_stopped(self, call_id: str, egress_id: str) -> None:
+        """Stopped or ended: the call (if still live) may be recorded again."""
+        call = self.by_call.get(call_id)
+        if call is not None and egress_id in call.recording:
+            call.recording.remove(egress_id)
+
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+
+async def _key_map(store: Store) -> dict[str, tuple[str, ...]]:
+    """API key -> ids of the tenants whose livekit credential has it (read-only: shared)."""
+    found: dict[str, list[str]] = {}
+    offset = 0
+    while True:
+        rows, _ = await store.credentials.list(tenant_id=ALL_TENANTS, equals={"provider": "livekit"},
+                                               limit=KEY_PAGE, offset=offset, count=False)
+        for row in rows:
+            api_key = (row.get("fields") or {}).get("api_key")
+            if isinstance(api_key, str) and api_key:
+                found.setdefault(api_key, []).append(row["tenant_id"])
+        if len(rows) < KEY_PAGE:
+            return {k: tuple(v) for k, v in found.items()}
+        offset += KEY_PAGE
 
 
 _BRIDGES: weakref.WeakKeyDictionary[web.Application, LiveKitBridge] = weakref.WeakKeyDictionary()

@@ -181,13 +181,17 @@ async def _s3_output(control: ControlPlane, tenant_id: str) -> dict[str, Any] | 
 
 async def start_egress(control: ControlPlane, br: LiveKitBridge, tenant_id: str, call_id: str) -> LiveKitEgress:
     call = _live_call(br, tenant_id, call_id)
-    if call.egress_ids:
-        raise Conflict("the call is already being recorded by a room egress", {"egress_id": call.egress_ids[-1]})
-    s3 = await _s3_output(control, tenant_id)
-    info = await call.server.start_room_egress(call.room, f"{tenant_id}/{call_id}.ogg", s3)
-    call.egress_ids.append(info.egress_id)
-    call.session.summary.setdefault("livekit", {})["egress_ids"] = list(call.egress_ids)
-    br.egress.put(info.egress_id, (tenant_id, call_id))
+    # Checked and claimed before the first await: of two concurrent starts only one records.
+    if call.recording or call.egress_starting:
+        raise Conflict("the call is already being recorded by a room egress",
+                       {"egress_id": call.recording[-1] if call.recording else None})
+    call.egress_starting = True
+    try:
+        s3 = await _s3_output(control, tenant_id)
+        info = await call.server.start_room_egress(call.room, f"{tenant_id}/{call_id}.ogg", s3)
+    finally:
+        call.egress_starting = False
+    br.egress_started(call, info.egress_id)
     return LiveKitEgress(info.egress_id, call_id, call.room, int(info.status))
 
 
@@ -196,4 +200,5 @@ async def stop_egress(br: LiveKitBridge, tenant_id: str, call_id: str, egress_id
     if egress_id not in call.egress_ids:
         raise NotFound(f"egress {egress_id} is not this call's", {"egress_id": egress_id})
     info = await call.server.stop_egress(egress_id)
+    br.egress_stopped(call_id, egress_id)
     return LiveKitEgress(egress_id, call_id, call.room, int(info.status))

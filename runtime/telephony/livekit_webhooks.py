@@ -14,8 +14,9 @@
   recordings.
 
 A delivery only ever touches calls of the tenant whose key signed it (any tenant for the
-appliance's key). The same event id is handled once. Events naming a room, participant or egress
-this runtime does not know answer 404; everything else answers 200 ``{"received": true, ...}``.
+appliance's key). An event id once answered 2xx is not handled again (a refused or failed
+delivery is, when LiveKit redelivers it). Events naming a room, participant or egress this runtime
+does not know answer 404; everything else answers 200 ``{"received": true, ...}``.
 """
 
 from __future__ import annotations
@@ -73,12 +74,14 @@ async def livekit_webhook(request: web.Request) -> web.StreamResponse:
     if dedupe_key is not None and not seen.add(dedupe_key):
         br.duplicates.inc()
         return _ok(name, duplicate=True)
+    handled = False
     try:
-        return await _handle(request.app, br, verified)
-    except BaseException:
-        if dedupe_key is not None:
-            seen.discard(dedupe_key)  # not handled: a redelivery may try again
-        raise
+        response = await _handle(request.app, br, verified)
+        handled = response.status < 300
+        return response
+    finally:
+        if dedupe_key is not None and not handled:
+            seen.discard(dedupe_key)  # refused or failed: LiveKit's redelivery must be handled, not a duplicate
 
 
 async def _handle(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
@@ -281,15 +284,14 @@ def _egress_started(br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
         return error_response(400, "egress_started without egressInfo.egressId", {"missing": ["egressInfo.egressId"]})
     known = br.egress.get(info.egress_id)
     if known is not None:
+        if verified.scope is not None and known[0] != verified.scope:  # another tenant's: unknown here
+            return _unknown("this egress", {"egress_id": info.egress_id, "room": info.room_name})
         return _ok(verified.event.event, call_id=known[1])
     calls = br.in_room(info.room_name, verified.scope)
     if not calls:
         return _unknown("this egress's room", {"room": info.room_name, "egress_id": info.egress_id})
-    call = calls[0]
-    call.egress_ids.append(info.egress_id)
-    call.session.summary.setdefault("livekit", {})["egress_ids"] = list(call.egress_ids)
-    br.egress.put(info.egress_id, (call.session.tenant_id, call.session.id))
-    return _ok(verified.event.event, call_id=call.session.id)
+    br.egress_started(calls[0], info.egress_id)
+    return _ok(verified.event.event, call_id=calls[0].session.id)
 
 
 async def _egress_ended(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
@@ -301,6 +303,7 @@ async def _egress_ended(app: web.Application, br: LiveKitBridge, verified: Verif
     if known is None or (verified.scope is not None and known[0] != verified.scope):
         return _unknown("this egress", {"egress_id": info.egress_id, "room": info.room_name})
     tenant_id, call_id = known
+    br.egress_stopped(call_id, info.egress_id)
     if info.status != EGRESS_COMPLETE:
         log.warning("livekit egress did not complete",
                     extra={"call_id": call_id, "egress_id": info.egress_id, "status": int(info.status)})
