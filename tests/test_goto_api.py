@@ -91,6 +91,29 @@ async def test_a_rotated_refresh_token_is_handed_over_for_storage(peer) -> None:
     assert [f["refresh_token"] for f in peer.token_requests] == [REFRESH_TOKEN, "goto-refresh-token-two"]
 
 
+async def test_a_rotation_is_stored_once_and_neither_token_refreshes_again(peer) -> None:
+    stored: list[str] = []
+
+    async def on_rotated(token: str) -> None:
+        stored.append(token)
+
+    peer.rotate_to = "goto-refresh-token-two"
+    tokens = TokenCache()
+    async with aiohttp.ClientSession() as http:
+        api = GotoApi(peer.url, peer.token_url, account(), http, tokens, on_rotated=on_rotated)
+        await api.ringing("wc-1")
+        await api.ringing("wc-2")
+        # Other instances: one still holding the old refresh token, one opened with the new one.
+        old = GotoApi(peer.url, peer.token_url, account(), http, tokens, on_rotated=on_rotated)
+        await old.ringing("wc-3")
+        new = GotoApi(peer.url, peer.token_url, account("goto-refresh-token-two"), http, tokens,
+                      on_rotated=on_rotated)
+        await new.ringing("wc-4")
+    assert stored == ["goto-refresh-token-two"]
+    assert len(peer.token_requests) == 1
+    assert all(r["authorized"] for r in peer.requests)
+
+
 async def test_refused_refresh_token_is_a_readable_error_without_the_token(peer) -> None:
     async with aiohttp.ClientSession() as http:
         api = GotoApi(peer.url, peer.token_url, account("not-the-refresh-token"), http, TokenCache())
@@ -138,6 +161,24 @@ async def test_assumes_hangup_is_delete_on_the_web_call(peer) -> None:
     async with aiohttp.ClientSession() as http:
         await GotoApi(peer.url, peer.token_url, account(), http, TokenCache()).hangup("wc-9")
     assert [(r["method"], r["path"]) for r in peer.requests] == [("DELETE", "/web-calls/v1/calls/wc-9")]
+
+
+@pytest.mark.parametrize("status", [404, 405])
+async def test_a_hangup_goto_does_not_take_is_quiet(peer, caplog, status: int) -> None:
+    """The assumed DELETE unsupported, or the call already gone: logged, not raised."""
+    peer.refuse["hangup"] = (status, {"errorCode": "NOT_FOUND"})
+    async with aiohttp.ClientSession() as http:
+        with caplog.at_level("INFO", logger="voicectl.goto"):
+            await GotoApi(peer.url, peer.token_url, account(), http, TokenCache()).hangup("wc-9")
+    quiet = [r for r in caplog.records if r.name == "voicectl.goto" and "hang-up" in r.getMessage()]
+    assert [(r.levelname, r.status) for r in quiet] == [("INFO", status)]
+
+
+async def test_a_hangup_goto_fails_still_raises(peer) -> None:
+    peer.refuse["hangup"] = (500, {"errorCode": "INTERNAL"})
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(GotoApiError, match="web-call hang-up failed \\(HTTP 500\\)"):
+            await GotoApi(peer.url, peer.token_url, account(), http, TokenCache()).hangup("wc-9")
 
 
 async def test_unreachable_goto_is_a_readable_error() -> None:

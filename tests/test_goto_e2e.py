@@ -153,3 +153,29 @@ async def test_ending_mid_greeting_writes_the_transcript_before_the_final_event(
         assert topics[-1] == "voice.call.completed" and "transcript.created" in topics, topics
     finally:
         await remote.close()
+
+
+async def test_an_agent_hangup_goto_does_not_take_logs_no_error(world, caplog) -> None:
+    """The assumed hang-up endpoint answering 404 (or the call gone at GoTo) is no failure: the
+    peer close ends the media and the call ends as the agent asked."""
+    from runtime.api.appkeys import TRACKER
+    from runtime.telephony import webrtc
+
+    remote = RemoteEnd()
+    world.peer.on_answer = remote.answered
+    world.peer.refuse["hangup"] = (404, {"errorCode": "NOT_FOUND"})
+    try:
+        _, body = await world.deliver(call_event("conv-z", "STARTING", 1))
+        call_id = body["call_id"]
+        status, body = await world.deliver(web_call_offer("conv-z", "wc-z", await remote.offer()))
+        assert status == 200 and body["status"] == "answered", body
+        session = world.api.app[TRACKER].get(call_id)
+        with caplog.at_level("INFO"):
+            await session.hangup("agent_done")
+        assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+        row = await world.call(call_id)
+        assert (row["status"], row["end_reason"], row["hangup_by"]) == ("ended", "agent_done", "agent")
+        assert ("DELETE", "/web-calls/v1/calls/wc-z") in [(r["method"], r["path"]) for r in world.peer.requests]
+        assert call_id not in webrtc.bridge(world.api.app).peers
+    finally:
+        await remote.close()

@@ -248,6 +248,37 @@ async def test_answer_offer_serves_a_call_opened_by_another_bridge(world: World)
     await client.close()
 
 
+@pytest.mark.parametrize("broken", ["connect", "start"])
+async def test_a_call_that_cannot_start_once_connected_fails(world: World, monkeypatch, broken: str) -> None:
+    """The database gone at connect, or the conversation refusing to start: the call fails
+    instead of staying "ringing" with the media up."""
+    from runtime.calls.session import CallSession
+    from runtime.store.errors import DatabaseUnavailable
+
+    session = await world.api.app[TRACKER].open_call(to_number=world.number, from_number=None, provider="goto")
+    client = ClientPeer()
+    answer = await answer_offer(world.api.app, session, await client.offer())
+    if broken == "connect":
+        connect = CallSession.connect
+
+        async def unavailable(self: CallSession) -> None:
+            if self is session:
+                raise DatabaseUnavailable("the database is unavailable")
+            await connect(self)
+
+        monkeypatch.setattr(CallSession, "connect", unavailable)
+    else:
+        async def refuse() -> None:
+            raise RuntimeError("no engine")
+
+        bridge(world.api.app).peers[session.id].conversation.start = refuse
+    await client.accept(answer)
+    row = await world.final_row(session.id, timeout=CONNECT_TIMEOUT_S + 5)
+    assert (row["status"], row["end_reason"]) == ("failed", "pipeline_unavailable")
+    assert session.id not in bridge(world.api.app).peers
+    await client.close()
+
+
 async def test_answer_offer_fails_the_call_on_a_bad_offer(world: World) -> None:
     session = await world.api.app[TRACKER].open_call(to_number=world.number, from_number=None, provider="goto")
     with pytest.raises(SdpRejected) as caught:
@@ -389,6 +420,18 @@ async def test_an_agent_without_an_active_version_fails_its_call(world: World) -
 async def test_bad_session_bodies(world: World, body: dict, status: int) -> None:
     got, answer, _ = await world.api.call("POST", "/api/v1/webrtc/sessions", world.key, json=body)
     assert got == status and set(answer) == {"error", "message", "details"}, answer
+
+
+# The sessions route defers its body (Route.defer_body): the caller is checked first.
+@pytest.mark.parametrize(("credential", "kwargs"), [
+    (None, {"json": {"type": "offer"}}),  # fields missing: was a 422 naming them
+    ("vk_rt_notakey", {"json": {"type": "answer", "sdp": 5}}),
+    (None, {"data": b"v=0", "headers": {"Content-Type": "application/sdp"}}),  # was a 415
+    ("wrtc_garbage.sig", {"data": b"{not json", "headers": {"Content-Type": "application/json"}}),  # was a 400
+])
+async def test_a_stranger_is_refused_before_the_body_is_looked_at(world: World, credential, kwargs) -> None:
+    status, body, _ = await world.api.call("POST", "/api/v1/webrtc/sessions", credential, **kwargs)
+    assert status == 401 and set(body) == {"error", "message", "details"}, body
 
 
 @pytest.mark.parametrize(("body", "status"), [

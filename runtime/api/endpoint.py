@@ -45,6 +45,14 @@ class Ctx:
     principal: Principal | None
     tenant_id: str | None
     body: Any = None
+    route: Route | None = None
+
+    async def read_body(self) -> Any:
+        """The route's body, read and validated now (a ``defer_body`` route calls this once it
+        has authenticated its caller); errors are the endpoint's own 400/413/415/422."""
+        if self.body is None and self.route is not None and self.route.body is not None:
+            self.body = await _read_body(self.route, self.request)
+        return self.body
 
     def param(self, name: str) -> str:
         return self.request.match_info[name]
@@ -81,6 +89,9 @@ class Route:
     rate_class: RouteClass | None = None
     errors: tuple[int, ...] = field(default=())
     media_type: str = "application/json"  # of the success body, for the OpenAPI document
+    # A public route that authenticates in its handler: the body (still documented) is read and
+    # validated only when the handler calls ctx.read_body(), so strangers get 401, not 422.
+    defer_body: bool = False
 
     @property
     def effective_rate_class(self) -> RouteClass | None:
@@ -213,8 +224,9 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRe
                 tenant_id = await _tenant_scope(route, request, principal)
             _refuse_nul(dict(request.match_info), "the path")
             _refuse_nul([v for q in route.query for v in request.query.getall(q.name, [])], "the query")
-            body = await _read_body(route, request) if route.body is not None else None
-            result = await route.handler(Ctx(request, request.app[CONTROL], principal, tenant_id, body))
+            read_now = route.body is not None and not route.defer_body
+            body = await _read_body(route, request) if read_now else None
+            result = await route.handler(Ctx(request, request.app[CONTROL], principal, tenant_id, body, route))
         except ControlError as exc:
             return error_response(exc.status, exc.message, exc.details, error=exc.code, headers=limit_headers)
         if isinstance(result, web.StreamResponse):

@@ -30,6 +30,8 @@ CALL_EVENTS = ("STARTING", "ACTIVE", "ENDING")
 EXPIRY_MARGIN_S = 60.0
 DEFAULT_EXPIRES_IN_S = 3600  # GoTo's documented access-token lifetime, when a response omits it
 _MAX_ERROR_BODY = 300
+# Answers to the assumed hang-up (see GotoApi.hangup) that are no failure of ours.
+HANGUP_UNSUPPORTED = (404, 405)
 
 
 class GotoApiError(ControlError):
@@ -52,12 +54,23 @@ class GotoApiError(ControlError):
 class AccessToken:
     value: str
     expires_at: float  # on the cache's clock
-    rotated_refresh_token: str | None  # GoTo issued a new refresh token: store it, the old one expires
+    # GoTo replaced the refresh token this was looked up with: its holder should use this one now.
+    rotated_refresh_token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    token: AccessToken
+    refreshed: bool  # a token request was made for this lookup (not a cache hit)
 
 
 class TokenCache:
     """Access tokens per (client id, refresh token), reused until EXPIRY_MARGIN_S before expiry;
-    one refresh at a time per key, so a burst of calls makes one token request."""
+    one refresh at a time per key, so a burst of calls makes one token request.
+
+    After a rotation the token is cached under both refresh tokens: under the new one with no
+    rotation pending, under the old one pointing at the new one (for holders of the old token),
+    so neither makes another token request while the access token lasts."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, max_entries: int = 10_000) -> None:
         self._clock = clock
@@ -71,26 +84,35 @@ class TokenCache:
         # Hashed: the refresh token itself is not kept as a dict key.
         return hashlib.sha256(f"{client_id}\0{refresh_token}".encode()).hexdigest()
 
-    def drop(self, client_id: str, refresh_token: str) -> None:
-        self._tokens.pop(self._key(client_id, refresh_token), None)
+    def drop(self, access_token: str) -> None:
+        """Forget a refused access token under every refresh token it is cached for."""
+        for key in [k for k, t in self._tokens.items() if t.value == access_token]:
+            del self._tokens[key]
+
+    def _fresh(self, key: str) -> AccessToken | None:
+        cached = self._tokens.get(key)
+        return cached if cached is not None and self._clock() < cached.expires_at else None
 
     async def get(self, http: aiohttp.ClientSession, auth_url: str, client_id: str, refresh_token: str,
-                  timeout: aiohttp.ClientTimeout) -> AccessToken:
+                  timeout: aiohttp.ClientTimeout) -> Lookup:
         key = self._key(client_id, refresh_token)
-        cached = self._tokens.get(key)
-        if cached is not None and self._clock() < cached.expires_at:
-            return cached
+        cached = self._fresh(key)
+        if cached is not None:
+            return Lookup(cached, refreshed=False)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            cached = self._tokens.get(key)
-            if cached is not None and self._clock() < cached.expires_at:
-                return cached
+            cached = self._fresh(key)
+            if cached is not None:
+                return Lookup(cached, refreshed=False)
             token = await self._refresh(http, auth_url, client_id, refresh_token, timeout)
-            if len(self._tokens) >= self.max_entries:
+            if len(self._tokens) >= self.max_entries - 1:
                 self._tokens.clear()
                 self._locks = {key: lock}
             self._tokens[key] = token
-            return token
+            if token.rotated_refresh_token is not None:
+                self._tokens[self._key(client_id, token.rotated_refresh_token)] = AccessToken(
+                    token.value, token.expires_at, None)
+            return Lookup(token, refreshed=True)
 
     async def _refresh(self, http: aiohttp.ClientSession, auth_url: str, client_id: str, refresh_token: str,
                        timeout: aiohttp.ClientTimeout) -> AccessToken:
@@ -176,19 +198,23 @@ class GotoApi:
         self._refresh_token = account.refresh_token
 
     async def _access_token(self) -> str:
-        token = await self.tokens.get(self.http, self.auth_url, self.account.client_id, self._refresh_token,
+        found = await self.tokens.get(self.http, self.auth_url, self.account.client_id, self._refresh_token,
                                       self.timeout)
-        if token.rotated_refresh_token is not None:
-            rotated, self._refresh_token = token.rotated_refresh_token, token.rotated_refresh_token
-            if self.on_rotated is not None:
+        rotated = found.token.rotated_refresh_token
+        if rotated is not None:
+            self._refresh_token = rotated
+            # Stored only by the refresh that received it: a cache hit under the old token must
+            # not write it again (nor over a newer one stored since).
+            if found.refreshed and self.on_rotated is not None:
                 await self.on_rotated(rotated)
-        return token.value
+        return found.token.value
 
     async def _request(self, method: str, path: str, step: str, body: Any = None,
                        ok: tuple[int, ...] = (200, 201, 204)) -> tuple[int, dict[str, Any]]:
         url = self.base + path
         for attempt in (1, 2):
-            headers = {"Authorization": f"Bearer {await self._access_token()}", "Accept": "application/json"}
+            access = await self._access_token()
+            headers = {"Authorization": f"Bearer {access}", "Accept": "application/json"}
             try:
                 async with self.http.request(method, url, json=body, headers=headers, timeout=self.timeout) as resp:
                     text = await resp.text()
@@ -197,7 +223,7 @@ class GotoApi:
                 raise GotoApiError(step, None, f"cannot reach {self.base}: {exc}") from None
             if status == 401 and attempt == 1:
                 # The cached access token was revoked or expired early: refresh once and retry.
-                self.tokens.drop(self.account.client_id, self._refresh_token)
+                self.tokens.drop(access)
                 continue
             if status not in ok:
                 raise GotoApiError(step, status, text)
@@ -250,8 +276,14 @@ class GotoApi:
 
     async def hangup(self, call_id: str) -> None:
         """ASSUMPTION: an answered web call is hung up with DELETE /web-calls/v1/calls/{id} (the
-        guides name answer, reject, hold, unhold and offer, not the hang-up)."""
-        await self._request("DELETE", self._call_path(call_id), "web-call hang-up")
+        guides name answer, reject, hold, unhold and offer, not the hang-up). Should the guess be
+        wrong (404/405: no such endpoint) or the call already gone at GoTo (404), that is logged,
+        not raised: closing our WebRTC peer ends the media either way."""
+        status, _ = await self._request("DELETE", self._call_path(call_id), "web-call hang-up",
+                                        ok=(200, 202, 204, *HANGUP_UNSUPPORTED))
+        if status in HANGUP_UNSUPPORTED:
+            log.info("goto did not take the web-call hang-up; the peer close ends the media",
+                     extra={"tenant_id": self.account.tenant_id, "status": status})
 
 
 def api_for(settings: Any, account: GotoAccount, http: aiohttp.ClientSession, tokens: TokenCache,

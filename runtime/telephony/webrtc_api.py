@@ -10,6 +10,7 @@ while the key that minted it is valid and its tenant active. Offers count agains
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -93,8 +94,9 @@ def _target(caller: Caller, req: SessionRequest) -> CallTarget:
     return CallTarget(grant.agent_id, grant.number)
 
 
-async def create_session(request: web.Request, req: SessionRequest) -> web.Response:
+async def create_session(request: web.Request, read_body: Callable[[], Awaitable[SessionRequest]]) -> web.Response:
     caller = await _caller(request)
+    req = await read_body()  # after the caller is known: strangers learn nothing of the body's shape
     target = _target(caller, req)
     headers: dict[str, str] = {}
     decision = request.app[RATE_LIMITER].check(caller.key_id, caller.scope, "session")

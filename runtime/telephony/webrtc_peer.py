@@ -197,8 +197,13 @@ class WebRtcPeer:
         if self.closed or session.state != "ringing" or conversation is None:
             return
         self._connected_at = time.monotonic()
-        await session.connect()
-        await conversation.start()
+        try:
+            await session.connect()
+            await conversation.start()
+        except Exception:
+            # A spawned task: unhandled, the call would stay "ringing" with the media up.
+            log.exception("starting the webrtc call failed", extra={"call_id": session.id})
+            await self.finish("fail", "pipeline_unavailable", "the agent could not be started")
 
     # Media
 

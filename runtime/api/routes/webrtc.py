@@ -48,7 +48,7 @@ async def create_token(ctx: Ctx) -> BrowserToken:
 async def create_session(ctx: Ctx) -> web.Response:
     from runtime.telephony.webrtc_api import create_session as create
 
-    return await create(ctx.request, ctx.body)
+    return await create(ctx.request, ctx.read_body)
 
 
 async def ice_servers(ctx: Ctx) -> IceServers:
@@ -77,7 +77,8 @@ ROUTES = [
           status=201, response=BrowserToken, tag="webrtc", rate_class="realtime", errors=(404, 422)),
     Route("POST", "/api/v1/webrtc/sessions", create_session,
           f"Place a WebRTC call: SDP offer in, answer out ({KEY_OR_TOKEN})", auth="public", body=SessionRequest,
-          status=201, response=SessionAnswer, tag="webrtc", errors=(400, 401, 403, 404, 409, 422, 429, 503)),
+          defer_body=True, status=201, response=SessionAnswer, tag="webrtc",
+          errors=(400, 401, 403, 404, 409, 422, 429, 503)),
     Route("GET", "/api/v1/webrtc/ice-servers", ice_servers,
           f"The STUN/TURN servers a browser should use ({KEY_OR_TOKEN})", auth="public", response=IceServers,
           tag="webrtc", errors=(400, 401, 403, 404)),
