@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import gc
 import json
-import math
 import resource
 import shutil
 import subprocess
@@ -44,16 +43,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from calls import _pct  # noqa: E402
+
 WARMUP_S = 1.0
 FRAME_S = 0.020
 LATE_S = 0.040
 
 
-def _pct(values, p: float) -> float | None:
-    if not len(values):
-        return None
-    values = sorted(values)
-    return values[min(len(values), max(1, math.ceil(p * len(values)))) - 1]
 
 
 class ReplaySource:

@@ -53,16 +53,54 @@ class PacerStats:
 SendFrame = Callable[[Frame], Awaitable[None]]
 
 
+class Grid:
+    """Due times every ``step`` seconds on a fixed grid: ``next()`` sleeps until the next one.
+    After a stall of more than LATE_S the grid is re-anchored on the present: no catch-up burst."""
+
+    __slots__ = ("_clock", "step", "_start", "_n", "ticks", "late_ticks")
+
+    def __init__(self, clock: Callable[[], float], step: float) -> None:
+        self._clock, self.step = clock, step
+        self._start, self._n = 0.0, 0
+        self.ticks = 0
+        self.late_ticks = 0
+
+    def anchor(self) -> None:
+        self._start, self._n = math.ceil(self._clock() / self.step) * self.step, 0
+
+    async def next(self) -> tuple[float, float]:
+        """(due time, how late it was served)."""
+        due = self._start + self._n * self.step
+        delay = due - self._clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lag = self._clock() - due
+        if lag > LATE_S:
+            self.late_ticks += 1
+            self.anchor()
+        else:
+            self._n += 1
+        self.ticks += 1
+        return due, lag
+
+
 class Ticker:
     """The shared 20 ms clock of one event loop; see the module docstring."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, frame_s: float = FRAME_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.loop, self.frame_s, self._clock = loop, frame_s, clock
+        self.loop, self.frame_s = loop, frame_s
+        self.grid = Grid(clock, frame_s)
         self.active: dict[Pacer, None] = {}  # insertion-ordered set of pacers with work queued
         self._task: asyncio.Task[None] | None = None
-        self.ticks = 0
-        self.late_ticks = 0
+
+    @property
+    def ticks(self) -> int:
+        return self.grid.ticks
+
+    @property
+    def late_ticks(self) -> int:
+        return self.grid.late_ticks
 
     def add(self, pacer: Pacer) -> None:
         self.active[pacer] = None
@@ -73,20 +111,10 @@ class Ticker:
         self.active.pop(pacer, None)
 
     async def _run(self) -> None:
-        clock, frame_s, active = self._clock, self.frame_s, self.active
-        anchor, n = math.ceil(clock() / frame_s) * frame_s, 0
+        grid, active = self.grid, self.active
+        grid.anchor()
         while active:
-            due = anchor + n * frame_s
-            delay = due - clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            lag = clock() - due
-            if lag > LATE_S:  # the loop stalled: no catch-up burst, re-anchor on the grid
-                self.late_ticks += 1
-                anchor, n = math.ceil(clock() / frame_s) * frame_s, 0
-            else:
-                n += 1
-            self.ticks += 1
+            due, _ = await grid.next()
             for pacer in list(active):
                 try:
                     if await pacer._tick(due):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import weakref
 from collections import deque
@@ -28,6 +27,7 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from runtime.pipeline.audio import FRAME_MS
+from runtime.pipeline.pacer import Grid
 from runtime.telephony.webrtc_codecs import AgentEncoder
 
 log = logging.getLogger("voicectl.webrtc")
@@ -201,11 +201,18 @@ class MediaClock:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, frame_s: float = FRAME_S, phases: int = PHASES,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.loop, self.frame_s, self.phases, self._clock = loop, frame_s, phases, clock
+        self.loop, self.frame_s, self.phases = loop, frame_s, phases
+        self.grid = Grid(clock, frame_s / phases)
         self.slots: list[dict[AgentAudioTrack, None]] = [{} for _ in range(phases)]  # insertion-ordered sets
         self._task: asyncio.Task[None] | None = None
-        self.ticks = 0
-        self.late_ticks = 0
+
+    @property
+    def ticks(self) -> int:
+        return self.grid.ticks
+
+    @property
+    def late_ticks(self) -> int:
+        return self.grid.late_ticks
 
     @property
     def tracks(self) -> int:
@@ -222,21 +229,11 @@ class MediaClock:
         self.slots[track._phase].pop(track, None)
 
     async def _run(self) -> None:
-        clock, slots, phases = self._clock, self.slots, self.phases
-        step = self.frame_s / phases
-        anchor, n, k = math.ceil(clock() / step) * step, 0, 0
+        grid, slots, phases = self.grid, self.slots, self.phases
+        grid.anchor()
+        k = 0
         while any(slots):
-            due = anchor + n * step
-            delay = due - clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            lag = clock() - due
-            if lag > LATE_S:  # the loop stalled: no catch-up burst, re-anchor on the grid
-                self.late_ticks += 1
-                anchor, n = math.ceil(clock() / step) * step, 0
-            else:
-                n += 1
-            self.ticks += 1
+            due, lag = await grid.next()
             slot = slots[k % phases]
             k += 1
             for track in list(slot):
