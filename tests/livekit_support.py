@@ -243,3 +243,10 @@ async def start_world(settings, *, rtc_mode: str = "refuse", appliance: bool = F
 async def stop_world(world: LiveKitWorld) -> None:
     await stop_live_api(world.api, world.runner)
     await world.peer.stop()
+
+
+async def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)

@@ -23,6 +23,7 @@ from tests.livekit_support import (
     sip_participant,
     start_world,
     stop_world,
+    wait_for,
 )
 
 
@@ -38,13 +39,6 @@ async def world(settings):
         yield w
     finally:
         await stop_world(w)
-
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_client_token_carries_the_room_grants_and_verifies(world) -> None:

@@ -27,6 +27,7 @@ from tests.livekit_support import (
     sip_participant,
     start_world,
     stop_world,
+    wait_for,
 )
 
 
@@ -42,13 +43,6 @@ async def world(settings):
         yield w
     finally:
         await stop_world(w)
-
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def metric(world, name: str, **labels: str) -> float:
