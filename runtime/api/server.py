@@ -56,3 +56,6 @@ def run(settings: Settings, host: str | None = None, port: int | None = None,
         shutdown_timeout=settings.server.shutdown_grace_s,
         handle_signals=True,
     )
+    from runtime.telephony.livekit_room import release_sdk
+
+    release_sdk()

@@ -201,3 +201,16 @@ class LiveKitControl:
             await self.call.server.remove_participant(self.call.room, self.call.identity)
         except LiveKitUnavailable:
             pass  # the caller may already be gone
+
+
+def release_sdk() -> None:
+    """Shut the LiveKit SDK's native runtime down while the interpreter is still whole (when the
+    SDK was loaded at all). The SDK's own atexit hook runs during interpreter teardown, and a room
+    connect still retrying in a native thread then calls back into it and aborts the process
+    (exit 134). Call once the event loop is done with LiveKit."""
+    import sys
+
+    ffi = sys.modules.get("livekit.rtc._ffi_client")
+    client = getattr(getattr(ffi, "FfiClient", None), "_instance", None)
+    if client is not None:
+        client._dispose()  # what the SDK's atexit hook calls; idempotent
