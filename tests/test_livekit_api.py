@@ -13,6 +13,7 @@ import pytest_asyncio
 from livekit import api
 from livekit.protocol import egress, models
 
+from runtime.telephony.livekit_bridge import RECENT_TTL_S, ExpiringSet, bridge
 from tests.livekit_support import (
     API_KEY,
     API_SECRET,
@@ -300,3 +301,28 @@ async def test_two_concurrent_egress_starts_record_the_call_once(world) -> None:
     assert (status1, status2) == (201, 409), (body1, body2)
     assert len(world.peer.requests("Egress/StartRoomCompositeEgress")) == 1
     assert session.summary["livekit"]["egress_ids"] == [body1["egress_id"]]
+
+
+async def test_an_egress_ended_after_a_restart_still_finds_its_call(world) -> None:
+    session = await live_call(world, "restart-room", "sip_rs")
+    status, started, _ = await world.api.call("POST", f"/api/v1/livekit/calls/{session.id}/egress", world.key)
+    assert status == 201, started
+    await world.post(event_json("room_finished", room_name="restart-room"))
+    # A restart: this process's memory of rooms and egresses is gone, the store's link is not.
+    br = bridge(world.api.app)
+    br.egress = ExpiringSet(RECENT_TTL_S)
+    br.recent_rooms = ExpiringSet(RECENT_TTL_S)
+    late = egress.EgressInfo(egress_id=started["egress_id"], room_name="restart-room",
+                             status=egress.EgressStatus.EGRESS_ACTIVE)
+    status, data = await world.post(event_json("egress_started", egress_info=late))  # a redelivery: known
+    assert status == 200 and data["call_id"] == session.id, data
+    ended = egress.EgressInfo(egress_id=started["egress_id"], room_name="restart-room",
+                              status=egress.EgressStatus.EGRESS_COMPLETE)
+    ended.file_results.add(filename=f"{world.tenant_id}/{session.id}.ogg", location="https://calls/r.ogg")
+    status, data = await world.post(event_json("egress_ended", egress_info=ended))
+    assert status == 200 and data["call_id"] == session.id and len(data["recordings"]) == 1, data
+    rows, _ = await world.api.control.store.recordings.list(tenant_id=world.tenant_id,
+                                                            equals={"call_id": session.id})
+    assert [(r["kind"], r["uri"]) for r in rows] == [("room", "https://calls/r.ogg")]
+    # Another tenant's key does not learn of it.
+    assert await br.egress_call(world.api.control.store, started["egress_id"], "ten_someone_else") is None

@@ -19,7 +19,7 @@ EXPECTED_TABLES = {
     "tenants", "api_keys", "agents", "agent_versions", "voice_profiles", "phone_numbers", "credentials",
     "webhook_configs", "voice_calls", "transcripts", "call_events", "tool_calls", "recordings",
     "webhook_deliveries", "webhook_delivery_attempts", "evaluations", "callback_tasks", "bookings", "orders",
-    "goto_channels",
+    "goto_channels", "livekit_egresses",
 }
 
 
@@ -137,6 +137,8 @@ async def fill_tenant(store: Store, tenant_id: str) -> dict[str, str]:
         "token_hash": new_id("h"), "channel_id": "Webhook.x", "status": "active", "subscription": {},
         "created_at": now, "updated_at": now,
     })
+    await store.livekit_egresses.insert({"id": ids["livekit_egresses"], "tenant_id": t, "call_id": call,
+                                         "created_at": now})
     return ids
 
 

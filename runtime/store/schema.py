@@ -352,5 +352,22 @@ RECORDING_UPLOADS = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS, GOTO_CHANNELS, RECORDING_UPLOADS)
+# LiveKit room egresses by LiveKit's egress id (runtime.telephony.livekit_*): egress_ended can come
+# long after its call, or after a restart, and must still find the call its files belong to.
+LIVEKIT_EGRESSES = Migration(
+    6,
+    "livekit egresses",
+    (
+        f"""CREATE TABLE livekit_egresses (
+            id TEXT PRIMARY KEY,
+            {_T},
+            call_id TEXT NOT NULL,
+            created_at {{ts}} NOT NULL
+        )""",
+        "CREATE INDEX livekit_egresses_call ON livekit_egresses (tenant_id, call_id)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS, GOTO_CHANNELS, RECORDING_UPLOADS,
+                                     LIVEKIT_EGRESSES)
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -119,10 +119,12 @@ GOTO_CHANNELS = TableSpec(
     json_columns=frozenset({"subscription"}),
 )
 
+LIVEKIT_EGRESSES = TableSpec("livekit_egresses", ("id", "tenant_id", "call_id", "created_at"))
+
 ALL_SPECS = (TENANTS, API_KEYS, VOICE_PROFILES, AGENTS, AGENT_VERSIONS, PHONE_NUMBERS, CREDENTIALS,
              WEBHOOK_CONFIGS, VOICE_CALLS, TRANSCRIPTS, CALL_EVENTS, TOOL_CALLS, RECORDINGS,
              WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_ATTEMPTS, EVALUATIONS, CALLBACK_TASKS, BOOKINGS, ORDERS,
-             GOTO_CHANNELS)
+             GOTO_CHANNELS, LIVEKIT_EGRESSES)
 
 
 class Tables:
@@ -211,6 +213,10 @@ class Tables:
     @cached_property
     def goto_channels(self) -> Table:
         return Table(GOTO_CHANNELS, self.executor)
+
+    @cached_property
+    def livekit_egresses(self) -> Table:
+        return Table(LIVEKIT_EGRESSES, self.executor)
 
     # Special queries: lookups that are not by id within a tenant.
 
@@ -359,7 +365,7 @@ class Tables:
             return {}
         marks = ", ".join("?" for _ in call_ids)
         counts = {}
-        for table in ("transcripts", "call_events", "tool_calls", "recordings"):
+        for table in ("transcripts", "call_events", "tool_calls", "recordings", "livekit_egresses"):
             counts[table] = await self.executor.execute(
                 f"DELETE FROM {table} WHERE tenant_id = ? AND call_id IN ({marks})", (tenant_id, *call_ids)
             )

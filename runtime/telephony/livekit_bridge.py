@@ -15,6 +15,8 @@ from prometheus_client import Counter
 
 from runtime.api.appkeys import METRICS
 from runtime.calls.routing import ROUTE_TABLES, ReadCache
+from runtime.ids import now_iso
+from runtime.store.errors import UniqueViolation
 from runtime.store.tables import ALL_TENANTS
 
 if TYPE_CHECKING:
@@ -179,6 +181,27 @@ class LiveKitBridge:
             call.egress_ids.append(egress_id)
             call.session.summary.setdefault("livekit", {})["egress_ids"] = list(call.egress_ids)
         self.egress.put(egress_id, (call.session.tenant_id, call.session.id))
+
+    async def record_egress(self, store: Store, call: LiveKitCall, egress_id: str) -> None:
+        """``egress_started``, and the egress -> call link stored: its egress_ended may come after
+        a restart, or after the call and this process's memory of it are gone."""
+        self.egress_started(call, egress_id)
+        try:
+            await store.livekit_egresses.insert({"id": egress_id, "tenant_id": call.session.tenant_id,
+                                                 "call_id": call.session.id, "created_at": now_iso()})
+        except UniqueViolation:  # a redelivered egress_started, or the API start's own
+            pass
+
+    async def egress_call(self, store: Store, egress_id: str, scope: str | None) -> tuple[str, str] | None:
+        """(tenant id, call id) of an egress this runtime recorded (memory, then the store);
+        ``scope``: the tenant whose key signed the delivery (None: the appliance's)."""
+        known = self.egress.get(egress_id)
+        if known is None:
+            row = await store.livekit_egresses.get(egress_id, tenant_id=scope or ALL_TENANTS)
+            known = (row["tenant_id"], row["call_id"]) if row is not None else None
+        if known is None or (scope is not None and known[0] != scope):
+            return None
+        return known
 
     def egress_stopped(self, call_id: str, egress_id: str) -> None:
         """Stopped or ended: the call (if still live) may be recorded again."""

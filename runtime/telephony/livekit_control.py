@@ -191,7 +191,7 @@ async def start_egress(control: ControlPlane, br: LiveKitBridge, tenant_id: str,
         info = await call.server.start_room_egress(call.room, f"{tenant_id}/{call_id}.ogg", s3)
     finally:
         call.egress_starting = False
-    br.egress_started(call, info.egress_id)
+    await br.record_egress(control.store, call, info.egress_id)
     return LiveKitEgress(info.egress_id, call_id, call.room, int(info.status))
 
 

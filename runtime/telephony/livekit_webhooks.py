@@ -98,7 +98,7 @@ async def _handle(app: web.Application, br: LiveKitBridge, verified: VerifiedEve
     if name == "track_published":
         return _track_published(br, verified)
     if name == "egress_started":
-        return _egress_started(br, verified)
+        return await _egress_started(app, br, verified)
     if name == "egress_ended":
         return await _egress_ended(app, br, verified)
     return _ok(name, ignored=True)  # room_started, egress_updated, track_unpublished, ingress_*, agent_job_*
@@ -278,29 +278,30 @@ def _track_published(br: LiveKitBridge, verified: VerifiedEvent) -> web.Response
 # Room egress (recordings)
 
 
-def _egress_started(br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
+async def _egress_started(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
     info = verified.event.egress_info
     if not info.egress_id:
         return error_response(400, "egress_started without egressInfo.egressId", {"missing": ["egressInfo.egressId"]})
-    known = br.egress.get(info.egress_id)
+    store = app[CONTROL].store
+    # Known (started through the API, or a redelivery, possibly after its egress_ended): nothing new.
+    known = await br.egress_call(store, info.egress_id, verified.scope)
     if known is not None:
-        if verified.scope is not None and known[0] != verified.scope:  # another tenant's: unknown here
-            return _unknown("this egress", {"egress_id": info.egress_id, "room": info.room_name})
         return _ok(verified.event.event, call_id=known[1])
     calls = br.in_room(info.room_name, verified.scope)
     if not calls:
         return _unknown("this egress's room", {"room": info.room_name, "egress_id": info.egress_id})
-    br.egress_started(calls[0], info.egress_id)
+    await br.record_egress(store, calls[0], info.egress_id)
     return _ok(verified.event.event, call_id=calls[0].session.id)
 
 
 async def _egress_ended(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
     info = verified.event.egress_info
-    known = br.egress.get(info.egress_id) if info.egress_id else None
+    store = app[CONTROL].store
+    known = await br.egress_call(store, info.egress_id, verified.scope) if info.egress_id else None
     if known is None:
         calls = br.in_room(info.room_name, verified.scope)
         known = (calls[0].session.tenant_id, calls[0].session.id) if calls else None
-    if known is None or (verified.scope is not None and known[0] != verified.scope):
+    if known is None:
         return _unknown("this egress", {"egress_id": info.egress_id, "room": info.room_name})
     tenant_id, call_id = known
     br.egress_stopped(call_id, info.egress_id)
@@ -308,7 +309,6 @@ async def _egress_ended(app: web.Application, br: LiveKitBridge, verified: Verif
         log.warning("livekit egress did not complete",
                     extra={"call_id": call_id, "egress_id": info.egress_id, "status": int(info.status)})
         return _ok(verified.event.event, call_id=call_id, recordings=[], egress_status=int(info.status))
-    store = app[CONTROL].store
     stored = []
     for result in list(info.file_results)[:16]:
         where = result.location or result.filename
