@@ -12,6 +12,7 @@ from runtime.api.app import create_app
 from runtime.config import Settings, build_settings
 from runtime.control.plane import ControlPlane
 from runtime.control.schemas import ApiKeyCreate
+from tests.loopback import serve_loopback
 
 
 @dataclass
@@ -68,11 +69,7 @@ async def start_live_api(settings: Settings) -> tuple[LiveApi, web.AppRunner]:
     control = await ControlPlane.open(settings)
     _, admin_key = await control.keys.create(ApiKeyCreate(scope="admin"))
     app = create_app(settings, control)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await serve_loopback(app)
     http = aiohttp.ClientSession()
     return LiveApi(f"http://127.0.0.1:{port}", admin_key, control, http, app), runner
 

@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.api_support import LiveApi, high_limits, start_live_api, stop_live_api, with_overrides
+from tests.loopback import serve_loopback
 
 CLIENT_ID = "goto-client-id"
 ACCOUNT_KEY = "1234567890123456789"
@@ -53,11 +54,8 @@ class GotoPeer:
         app.router.add_post("/call-events/v1/subscriptions", self._subscribe)
         app.router.add_post("/web-calls/v1/calls/{id}/{action}", self._web_call)
         app.router.add_delete("/web-calls/v1/calls/{id}", self._hangup)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.runner, port = await serve_loopback(app)
+        self.url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
         if self.runner is not None:

@@ -21,6 +21,7 @@ from livekit import api
 from livekit.protocol import agent_dispatch, egress, models, room, sip, webhook
 
 from tests.api_support import LiveApi, high_limits, start_live_api, stop_live_api, with_overrides
+from tests.loopback import serve_loopback
 
 API_KEY = "APItenantkey1"
 API_SECRET = "tenant-livekit-secret-0123456789abcdef"
@@ -94,11 +95,8 @@ class LiveKitPeer:
         app = web.Application()
         app.router.add_post("/twirp/livekit.{service}/{method}", self._twirp)
         app.router.add_get("/rtc{tail:.*}", self._rtc)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.runner, port = await serve_loopback(app)
+        self.url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
         self._release.set()

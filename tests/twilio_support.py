@@ -12,6 +12,7 @@ from aiohttp import web
 
 from runtime.telephony.twilio_caller import TwilioCaller
 from tests.api_support import LiveApi, high_limits, start_live_api, stop_live_api, with_overrides
+from tests.loopback import serve_loopback
 
 ACCOUNT_SID = "AC" + "1" * 32
 AUTH_TOKEN = "twilio-test-auth-token"
@@ -32,11 +33,8 @@ class RestPeer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{ac}/Calls/{ca}.json", self._update)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.runner, port = await serve_loopback(app)
+        self.url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
         if self.runner is not None:

@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from tests.loopback import serve_loopback
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -95,11 +97,7 @@ class ChatterboxServer:
         app.router.add_post("/v1/audio/speech/stream", self._speech)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_loopback(app, handle_signals=False)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

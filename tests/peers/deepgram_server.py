@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from runtime.pipeline.audio import rms, ulaw_to_pcm16
+from tests.loopback import serve_loopback
 
 FRAME_MS = 20
 
@@ -212,11 +213,7 @@ class DeepgramServer:
     async def __aenter__(self) -> DeepgramServer:
         app = web.Application()
         app.router.add_get("/v1/listen", self._listen)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_loopback(app, handle_signals=False)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

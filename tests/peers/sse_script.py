@@ -25,6 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.loopback import serve_loopback
+
 
 @dataclass(frozen=True)
 class Recorded:
@@ -90,11 +92,8 @@ class ScriptedServer:
         app = web.Application()
         app.add_routes(self.routes())
         # Handlers stop when the client goes away, and teardown never waits on a sleeping one.
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_loopback(app, self.host, handler_cancellation=True,
+                                                       shutdown_timeout=0.5, access_log=None)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
