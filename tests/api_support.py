@@ -52,6 +52,21 @@ class LiveApi:
         assert status == 201, key
         return tenant["id"], key["key"]
 
+    async def front_desk(self, tenant_id: str, key: str, e164: str, provider: str, fields: dict[str, Any],
+                         secret: str, **agent: Any) -> str:
+        """A "front-desk" agent answering ``e164`` through ``provider``, with the tenant's
+        ``provider`` credential set; the agent's id."""
+        status, made, _ = await self.call("POST", "/api/v1/agents", key, json={
+            "name": "front-desk", "system_prompt": "be brief", "greeting": "Hello, front desk.", **agent})
+        assert status == 201, made
+        status, body, _ = await self.call("POST", "/api/v1/numbers", self.admin_key, tenant_id=tenant_id,
+                                          json={"e164": e164, "provider": provider, "agent_id": made["id"]})
+        assert status == 201, body
+        status, body, _ = await self.call("PUT", f"/api/v1/credentials/{provider}", self.admin_key,
+                                          tenant_id=tenant_id, json={"fields": fields, "secret": secret})
+        assert status == 200, body
+        return made["id"]
+
 
 def high_limits() -> dict[str, Any]:
     unlimited = {"limit": 1_000_000, "window_s": 60}

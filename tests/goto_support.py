@@ -204,18 +204,10 @@ class GotoWorld:
 
 async def add_goto_tenant(api: LiveApi, peer: GotoPeer, name: str, number: str) -> tuple[str, str, str]:
     tenant_id, key = await api.tenant_with_key(name)
-    status, agent, _ = await api.call("POST", "/api/v1/agents", key,
-                                      json={"name": "front-desk", "system_prompt": "be brief",
-                                            "greeting": "Hello, front desk."})
-    assert status == 201, agent
-    status, body, _ = await api.call("POST", "/api/v1/numbers", api.admin_key, tenant_id=tenant_id,
-                                     json={"e164": number, "provider": "goto", "agent_id": agent["id"]})
-    assert status == 201, body
-    status, body, _ = await api.call("PUT", "/api/v1/credentials/goto", api.admin_key, tenant_id=tenant_id,
-                                     json={"fields": {"client_id": peer.client_id, "account_key": peer.account_key},
-                                           "secret": peer.refresh_token})
-    assert status == 200, body
-    return tenant_id, key, agent["id"]
+    agent_id = await api.front_desk(tenant_id, key, number, "goto",
+                                    {"client_id": peer.client_id, "account_key": peer.account_key},
+                                    peer.refresh_token)
+    return tenant_id, key, agent_id
 
 
 async def register(api: LiveApi, tenant_id: str, peer: GotoPeer) -> str:

@@ -224,18 +224,9 @@ async def start_world(settings, *, rtc_mode: str = "refuse", appliance: bool = F
 
         live.control.secrets.set(APPLIANCE_SECRET_REF, APPLIANCE_SECRET)
     tenant_id, key = await live.tenant_with_key("livekit-tenant")
-    status, agent, _ = await live.call("POST", "/api/v1/agents", key,
-                                       json={"name": "front-desk", "system_prompt": "be brief",
-                                             "greeting": "Hello, front desk.",
-                                             "escalation_target": "+15550109000"})
-    assert status == 201, agent
-    status, body, _ = await live.call("POST", "/api/v1/numbers", live.admin_key, tenant_id=tenant_id,
-                                      json={"e164": NUMBER, "provider": "livekit", "agent_id": agent["id"]})
-    assert status == 201, body
-    status, body, _ = await live.call("PUT", "/api/v1/credentials/livekit", live.admin_key, tenant_id=tenant_id,
-                                      json={"fields": {"url": peer.url, "api_key": API_KEY}, "secret": API_SECRET})
-    assert status == 200, body
-    return LiveKitWorld(live, runner, peer, tenant_id, key, agent["id"])
+    agent_id = await live.front_desk(tenant_id, key, NUMBER, "livekit", {"url": peer.url, "api_key": API_KEY},
+                                     API_SECRET, escalation_target="+15550109000")
+    return LiveKitWorld(live, runner, peer, tenant_id, key, agent_id)
 
 
 async def stop_world(world: LiveKitWorld) -> None:

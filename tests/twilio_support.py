@@ -105,18 +105,9 @@ async def start_world(settings, *, max_calls: int = 200, server: dict | None = N
         status, body, _ = await api.call("PATCH", f"/api/v1/tenants/{tenant_id}", api.admin_key,
                                          json={"max_concurrent_calls": tenant_limit})
         assert status == 200, body
-    status, agent, _ = await api.call("POST", "/api/v1/agents", key,
-                                      json={"name": "front-desk", "system_prompt": "be brief",
-                                            "greeting": "Hello, front desk.",
-                                            "escalation_target": "+15550109000"})
-    assert status == 201, agent
-    status, body, _ = await api.call("POST", "/api/v1/numbers", api.admin_key, tenant_id=tenant_id,
-                                     json={"e164": NUMBER, "provider": "twilio", "agent_id": agent["id"]})
-    assert status == 201, body
-    status, body, _ = await api.call("PUT", "/api/v1/credentials/twilio", api.admin_key, tenant_id=tenant_id,
-                                     json={"fields": {"account_sid": ACCOUNT_SID}, "secret": AUTH_TOKEN})
-    assert status == 200, body
-    return TwilioWorld(api, runner, rest, tenant_id, key, agent["id"])
+    agent_id = await api.front_desk(tenant_id, key, NUMBER, "twilio", {"account_sid": ACCOUNT_SID}, AUTH_TOKEN,
+                                    escalation_target="+15550109000")
+    return TwilioWorld(api, runner, rest, tenant_id, key, agent_id)
 
 
 async def stop_world(world: TwilioWorld) -> None:
