@@ -260,9 +260,16 @@ class Conversation:
 
     async def close(self) -> None:
         """Stop: cancel the work in flight (the words played so far are kept in the transcript),
-        close the STT stream, and write the events still queued."""
+        close the STT stream, and write the events still queued. Never raises: it runs in every
+        bridge's teardown, which must go on (a failure is logged)."""
         if self._closed:
             return
+        try:
+            await self._close()
+        except Exception:
+            log.exception("closing the conversation failed", extra={"call_id": self.session.id})
+
+    async def _close(self) -> None:
         self._closed, self._live = True, False
         hooks = getattr(self.session, "on_duration_warning", None)
         if isinstance(hooks, list) and self._duration_warning in hooks:

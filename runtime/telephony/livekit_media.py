@@ -211,10 +211,7 @@ class LiveKitMedia:
         await self.pacer.close()
         conversation, self.conversation = self.conversation, None
         if conversation is not None:
-            try:
-                await conversation.close()
-            except Exception:
-                log.exception("closing the conversation failed", extra={"call_id": self.session.id})
+            await conversation.close()
         self._wake.set()
         if self._stream is not None:
             try:

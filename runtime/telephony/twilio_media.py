@@ -381,10 +381,7 @@ class MediaStream:
     async def _close_conversation(self) -> None:
         conversation, self.conversation = self.conversation, None
         if conversation is not None:
-            try:
-                await conversation.close()
-            except Exception:
-                log.exception("closing the conversation failed", extra={"call_id": self.session and self.session.id})
+            await conversation.close()
 
     async def _on_session_end(self, session: CallSession) -> None:
         # Ended elsewhere (status callback, engine hang-up): the archive is written; just close.

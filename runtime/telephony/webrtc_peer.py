@@ -338,10 +338,7 @@ class WebRtcPeer:
     async def _close_conversation(self) -> None:
         conversation, self.conversation = self.conversation, None
         if conversation is not None:
-            try:
-                await conversation.close()
-            except Exception:
-                log.exception("closing the conversation failed", extra={"call_id": self.session.id})
+            await conversation.close()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
