@@ -19,10 +19,11 @@ import asyncio
 import logging
 import math
 import time
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+
+from runtime.one_per import OnePer
 
 log = logging.getLogger("voicectl.pacer")
 _monotonic = time.monotonic
@@ -125,16 +126,12 @@ class Ticker:
                 active.pop(pacer, None)
 
 
-_tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Ticker] = weakref.WeakKeyDictionary()
+_tickers: OnePer[asyncio.AbstractEventLoop, Ticker] = OnePer(Ticker)
 
 
 def ticker() -> Ticker:
     """This event loop's ticker."""
-    loop = asyncio.get_running_loop()
-    tick = _tickers.get(loop)
-    if tick is None:
-        tick = _tickers[loop] = Ticker(loop)
-    return tick
+    return _tickers(asyncio.get_running_loop())
 
 
 class Pacer:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from runtime.calls.routing import ROUTE_TABLES, ReadCache, RouteRejected
 from runtime.calls.session import CallSession
 from runtime.control.errors import ControlError
 from runtime.ids import new_id
+from runtime.one_per import OnePer
 from runtime.store.errors import DatabaseUnavailable
 from runtime.telephony.goto_api import TokenCache
 from runtime.telephony.goto_channels import hash_token, plausible_token, token_matches
@@ -121,14 +121,8 @@ class GotoBridge:
         task.add_done_callback(self.tasks.discard)
 
 
-_BRIDGES: weakref.WeakKeyDictionary[web.Application, GotoBridge] = weakref.WeakKeyDictionary()
-
-
-def bridge(app: web.Application) -> GotoBridge:
-    found = _BRIDGES.get(app)
-    if found is None:
-        found = _BRIDGES[app] = GotoBridge(app)
-    return found
+# The app's bridge: bridge(app).
+bridge: OnePer[web.Application, GotoBridge] = OnePer(GotoBridge)
 
 
 # Verification

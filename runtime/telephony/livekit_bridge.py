@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from prometheus_client import Counter
 from runtime.api.appkeys import METRICS
 from runtime.calls.routing import ROUTE_TABLES, ReadCache
 from runtime.ids import now_iso
+from runtime.one_per import OnePer
 from runtime.store.errors import UniqueViolation
 from runtime.store.tables import ALL_TENANTS
 
@@ -232,11 +232,5 @@ async def _key_map(store: Store) -> dict[str, tuple[str, ...]]:
         offset += KEY_PAGE
 
 
-_BRIDGES: weakref.WeakKeyDictionary[web.Application, LiveKitBridge] = weakref.WeakKeyDictionary()
-
-
-def bridge(app: web.Application) -> LiveKitBridge:
-    found = _BRIDGES.get(app)
-    if found is None:
-        found = _BRIDGES[app] = LiveKitBridge(app)
-    return found
+# The app's bridge: bridge(app).
+bridge: OnePer[web.Application, LiveKitBridge] = OnePer(LiveKitBridge)

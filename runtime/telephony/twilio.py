@@ -12,7 +12,6 @@ import base64
 import heapq
 import hmac
 import logging
-import weakref
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ from runtime.api.appkeys import CONTROL, METRICS, SETTINGS, TRACKER
 from runtime.api.responses import error_response
 from runtime.calls.routing import ROUTE_TABLES, ReadCache, RouteRejected
 from runtime.events.models import TransferRequested
+from runtime.one_per import OnePer
 from runtime.telephony.stream_tokens import StreamTokens
 
 if TYPE_CHECKING:
@@ -192,14 +192,8 @@ class TwilioBridge:
         task.add_done_callback(self.tasks.discard)
 
 
-_BRIDGES: weakref.WeakKeyDictionary[web.Application, TwilioBridge] = weakref.WeakKeyDictionary()
-
-
-def bridge(app: web.Application) -> TwilioBridge:
-    found = _BRIDGES.get(app)
-    if found is None:
-        found = _BRIDGES[app] = TwilioBridge(app)
-    return found
+# The app's bridge: bridge(app).
+bridge: OnePer[web.Application, TwilioBridge] = OnePer(TwilioBridge)
 
 
 # Webhooks

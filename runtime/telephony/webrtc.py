@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +35,7 @@ from runtime.calls.routing import RouteRejected
 from runtime.calls.session import CallSession
 from runtime.control.errors import ControlError, NotFound
 from runtime.events.models import TransferRequested
+from runtime.one_per import OnePer
 from runtime.store.tables import ALL_TENANTS
 from runtime.telephony.webrtc_peer import AnswerFailed, WebRtcPeer
 from runtime.telephony.webrtc_sdp import SdpRejected, check_offer
@@ -92,14 +92,8 @@ class WebRtcBridge:
                                             f"no audio from the caller for {settings.silence_timeout_s:g} s"))
 
 
-_BRIDGES: weakref.WeakKeyDictionary[web.Application, WebRtcBridge] = weakref.WeakKeyDictionary()
-
-
-def bridge(app: web.Application) -> WebRtcBridge:
-    found = _BRIDGES.get(app)
-    if found is None:
-        found = _BRIDGES[app] = WebRtcBridge(app)
-    return found
+# The app's bridge: bridge(app).
+bridge: OnePer[web.Application, WebRtcBridge] = OnePer(WebRtcBridge)
 
 
 async def answer_offer(app: web.Application, session: CallSession, offer_sdp: str) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from runtime.one_per import OnePer
 from runtime.pipeline.audio import FRAME_MS
 from runtime.pipeline.pacer import Grid
 from runtime.telephony.webrtc_codecs import AgentEncoder
@@ -245,13 +245,9 @@ class MediaClock:
                     track.fail(exc)
 
 
-_clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MediaClock] = weakref.WeakKeyDictionary()
+_clocks: OnePer[asyncio.AbstractEventLoop, MediaClock] = OnePer(MediaClock)
 
 
 def media_clock() -> MediaClock:
     """This event loop's media clock."""
-    loop = asyncio.get_running_loop()
-    found = _clocks.get(loop)
-    if found is None:
-        found = _clocks[loop] = MediaClock(loop)
-    return found
+    return _clocks(asyncio.get_running_loop())

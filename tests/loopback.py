@@ -1,0 +1,16 @@
+"""An aiohttp app on a free loopback port: the local peers and the live API of the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+
+async def serve_loopback(app: web.Application, host: str = "127.0.0.1", **runner_options: Any,
+                         ) -> tuple[web.AppRunner, int]:
+    """(runner, port); ``runner.cleanup()`` stops it."""
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    await web.TCPSite(runner, host, 0).start()
+    return runner, runner.addresses[0][1]
