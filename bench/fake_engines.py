@@ -39,7 +39,7 @@ from runtime.providers.base import (  # noqa: E402
     TextToSpeech,
     Transcript,
 )
-from runtime.providers.registry import CallProviders, ProviderRegistry  # noqa: E402
+from runtime.providers.chains import CallProviders, ProviderRegistry  # noqa: E402
 
 HEARD = "I'd like to book a table for two at seven."
 REPLY = "Sure. I have a table for two at seven. Shall I book it?"

@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 from runtime.pipeline.audio import FRAME_MS, resample  # noqa: E402
 from runtime.pipeline.turns import Signal, TurnDetector  # noqa: E402
 from runtime.pipeline.vad import SileroVad, VoiceActivity, WebRtcVad  # noqa: E402
-from runtime.providers.local_stt import LocalWhisperSTT  # noqa: E402
-from runtime.providers.local_tts import PiperTTS  # noqa: E402
+from runtime.providers.stt.local import LocalWhisperSTT  # noqa: E402
+from runtime.providers.tts.local import PiperTTS  # noqa: E402
 
 SENTENCES = (
     "I would like to book a table for two at seven tonight.",

@@ -58,7 +58,7 @@ def runtime(fake: bool, pin: bool) -> Runtime:
     demo's booking agent."""
     if fake:
         return Runtime(pin=pin, instant=True, agent={"greeting": FAKE_GREETING, "turn": {"silence_reprompt_s": 120}})
-    from runtime.providers.rules import DEMO_BOOKING_RULES
+    from runtime.providers.llm.rules import DEMO_BOOKING_RULES
     from voicectl.demo import GREETING, PROMPT, TOOLS
 
     return Runtime(pin=pin, agent={"system_prompt": PROMPT, "greeting": GREETING, "llm": {"provider": "rules"},
@@ -86,7 +86,7 @@ def turn_latency(rt: Runtime) -> list[dict[str, Any]]:
 
 async def _speech(text: str) -> Any:
     from runtime.pipeline.audio import Audio
-    from runtime.providers.local_tts import PiperTTS
+    from runtime.providers.tts.local import PiperTTS
 
     chunks = [c async for c in PiperTTS().synthesize(text)]
     return Audio(b"".join(c.pcm for c in chunks), chunks[0].rate)

@@ -67,8 +67,8 @@ def _row(name: str, adapter: list[float], bare: list[float] | None) -> dict:
 
 
 async def _llm_rows(turns: int) -> list[dict]:
-    from runtime.providers.anthropic_llm import AnthropicLLM
-    from runtime.providers.openai_llm import OpenAICompatibleLLM
+    from runtime.providers.llm.anthropic import AnthropicLLM
+    from runtime.providers.llm.openai import OpenAICompatibleLLM
     from tests.peers import anthropic_server, openai_server
     from tests.peers.anthropic_server import AnthropicServer
     from tests.peers.openai_server import OpenAIServer
@@ -116,7 +116,7 @@ async def _llm_rows(turns: int) -> list[dict]:
 
 async def _stt_rows(turns: int) -> list[dict]:
     from runtime.pipeline.audio import pcm16_to_ulaw
-    from runtime.providers.deepgram_stt import DeepgramSTT
+    from runtime.providers.stt.deepgram import DeepgramSTT
     from tests.peers.deepgram_server import DeepgramScript, DeepgramServer
 
     speech = (3000).to_bytes(2, "little", signed=True) * 160  # 20 ms of loud audio at 8 kHz
@@ -171,8 +171,8 @@ async def _stt_rows(turns: int) -> list[dict]:
 
 
 async def _tts_rows(turns: int) -> list[dict]:
-    from runtime.providers.chatterbox_tts import ChatterboxTTS
-    from runtime.providers.local_tts import EspeakTTS, PiperTTS
+    from runtime.providers.tts.chatterbox import ChatterboxTTS
+    from runtime.providers.tts.local import EspeakTTS, PiperTTS
     from tests.peers.chatterbox_server import ChatterboxScript, ChatterboxServer
 
     async def first_chunk(engine) -> tuple[float, None]:

@@ -12,7 +12,6 @@ from dataclasses import replace
 import pytest
 
 from runtime.pipeline.history import History
-from runtime.providers.anthropic_llm import AnthropicLLM
 from runtime.providers.base import (
     LlmDone,
     LlmRequest,
@@ -24,6 +23,7 @@ from runtime.providers.base import (
     ToolCallRequest,
     ToolSpec,
 )
+from runtime.providers.llm.anthropic import AnthropicLLM
 from runtime.tools.builtin import error_result
 from tests.peers import anthropic_server as peer
 from tests.peers.anthropic_server import AnthropicServer, presented_key

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy
-from runtime.providers.chatterbox_tts import ChatterboxTTS
+from runtime.providers.tts.chatterbox import ChatterboxTTS
 from tests.peers.chatterbox_server import ChatterboxScript, ChatterboxServer, Fault
 
 FAST = RetryPolicy(retries=2, first_byte_timeout_s=0.5, backoff_base_s=0.01, backoff_cap_s=0.1)

@@ -10,7 +10,7 @@ import time
 import pytest_asyncio
 
 from runtime.pipeline.audio import Audio, ulaw_frames
-from runtime.providers.local_tts import PiperTTS
+from runtime.providers.tts.local import PiperTTS
 from runtime.telephony.scripted_caller import OpenLine, agent_quiet, scripted_call
 from runtime.telephony.twilio_caller import TwilioCaller
 from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides

@@ -14,7 +14,7 @@ import pytest
 
 from runtime.pipeline.audio import pcm16_to_ulaw
 from runtime.providers.base import ProviderError, RetryPolicy, Transcript
-from runtime.providers.deepgram_stt import DeepgramSTT
+from runtime.providers.stt.deepgram import DeepgramSTT
 from tests.peers.deepgram_server import (
     DEFAULT_GARBAGE,
     DOCUMENTED_EXAMPLES,

@@ -13,7 +13,7 @@ from aiohttp import web
 from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate
 from runtime.events.delivery import verify
 from runtime.pipeline.text_chat import text_chat
-from runtime.providers.rules import DEMO_BOOKING_RULES
+from runtime.providers.llm.rules import DEMO_BOOKING_RULES
 
 SECRET = "tool-signing-secret"
 NUMBER = "+15550104242"

@@ -12,9 +12,9 @@ import pytest
 
 from runtime.pipeline.audio import resample
 from runtime.providers.base import ProviderError, RetryPolicy, SttStream, Transcript
-from runtime.providers.local_stt import LocalWhisperSTT, collapse_repeats
-from runtime.providers.local_tts import PiperTTS
 from runtime.providers.models import WHISPER_TINY_EN, ModelSpec, verified_dir
+from runtime.providers.stt.local import LocalWhisperSTT, collapse_repeats
+from runtime.providers.tts.local import PiperTTS
 
 BOOKING = "I would like to book a table for two at seven tonight."
 HOURS = "Can you tell me when you open on Sunday?"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from runtime.providers.base import ProviderError, RetryPolicy
-from runtime.providers.local_tts import EspeakTTS, PiperTTS, split_sentences
+from runtime.providers.tts.local import EspeakTTS, PiperTTS, split_sentences
 
 THREE = ("Thanks for calling the Blue Door restaurant. We are open every day from noon until ten. "
          "Would you like to book a table for tonight?")

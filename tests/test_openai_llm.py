@@ -22,7 +22,7 @@ from runtime.providers.base import (
     ToolCallRequest,
     ToolSpec,
 )
-from runtime.providers.openai_llm import OpenAICompatibleLLM
+from runtime.providers.llm.openai import OpenAICompatibleLLM
 from tests.peers import openai_server as peer
 from tests.peers.openai_server import OpenAIServer
 

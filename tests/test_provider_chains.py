@@ -1,4 +1,4 @@
-"""Chains made from an agent version and the tenant's credentials (runtime.providers.registry),
+"""Chains made from an agent version and the tenant's credentials (runtime.providers.chains),
 and `voicectl doctor`'s checks (runtime.providers.doctor), with the real Claude and
 OpenAI-compatible adapters against local servers speaking their wire protocols."""
 
@@ -10,14 +10,14 @@ import pytest
 
 from runtime.control.plane import ControlPlane
 from runtime.control.schemas import AgentCreate, CredentialSet, TenantCreate
-from runtime.providers.anthropic_llm import AnthropicLLM
 from runtime.providers.base import LlmDone, LlmRequest, Message, TextDelta
+from runtime.providers.chains import ProviderRegistry
 from runtime.providers.cloud import ProviderCredential
 from runtime.providers.doctor import diagnose
 from runtime.providers.failover import Failover, FailoverLLM
-from runtime.providers.openai_llm import OpenAICompatibleLLM
-from runtime.providers.registry import ProviderRegistry
-from runtime.providers.rules import RulesBrain
+from runtime.providers.llm.anthropic import AnthropicLLM
+from runtime.providers.llm.openai import OpenAICompatibleLLM
+from runtime.providers.llm.rules import RulesBrain
 from tests.api_support import with_overrides
 from tests.peers import openai_server
 from tests.peers.anthropic_server import AnthropicServer
@@ -105,8 +105,8 @@ async def test_doctor_reports_key_refused_unreachable_and_ok_without_secrets(set
 
 
 async def test_the_versions_provider_settings_reach_the_adapters(settings) -> None:
-    from runtime.providers.chatterbox_tts import ChatterboxTTS
-    from runtime.providers.deepgram_stt import DeepgramSTT
+    from runtime.providers.stt.deepgram import DeepgramSTT
+    from runtime.providers.tts.chatterbox import ChatterboxTTS
 
     registry = ProviderRegistry(settings)
     version = {"system_prompt": "x", "language": "de",

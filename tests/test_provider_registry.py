@@ -7,10 +7,10 @@ import pytest
 
 from runtime.config import Settings
 from runtime.providers.base import ProviderError
-from runtime.providers.local_stt import LocalWhisperSTT
-from runtime.providers.local_tts import EspeakTTS, PiperTTS
-from runtime.providers.registry import ProviderRegistry
-from runtime.providers.rules import RulesBrain
+from runtime.providers.chains import ProviderRegistry
+from runtime.providers.llm.rules import RulesBrain
+from runtime.providers.stt.local import LocalWhisperSTT
+from runtime.providers.tts.local import EspeakTTS, PiperTTS
 
 
 async def test_offline_engines_by_default_and_substitutions_are_reported() -> None:

@@ -21,8 +21,8 @@ from runtime.providers.base import (
     ToolCallRequest,
     ToolSpec,
 )
-from runtime.providers.rules import BASIC_RULES, DEMO_BOOKING_RULES, RulesBrain, parse_result
-from runtime.providers.rules_slots import (
+from runtime.providers.llm.rules import BASIC_RULES, DEMO_BOOKING_RULES, RulesBrain, parse_result
+from runtime.providers.llm.rules_slots import (
     date_spoken,
     extract,
     normalize,

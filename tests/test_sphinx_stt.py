@@ -8,9 +8,9 @@ import re
 
 from runtime.config import Settings
 from runtime.pipeline.audio import resample
-from runtime.providers.local_tts import PiperTTS
-from runtime.providers.registry import ProviderRegistry
-from runtime.providers.sphinx_stt import PocketSphinxSTT
+from runtime.providers.chains import ProviderRegistry
+from runtime.providers.stt.sphinx import PocketSphinxSTT
+from runtime.providers.tts.local import PiperTTS
 
 FRAME = 640  # 20 ms at 16 kHz
 

@@ -21,7 +21,7 @@ from runtime.events.delivery import SIGNATURE_HEADER, verify
 from runtime.events.models import Payload, ToolCalled
 from runtime.ids import new_id, now_iso
 from runtime.providers.base import LlmRequest, Message, TextDelta, ToolCall, ToolCallRequest
-from runtime.providers.rules import DEMO_BOOKING_RULES, RulesBrain
+from runtime.providers.llm.rules import DEMO_BOOKING_RULES, RulesBrain
 from runtime.store.store import WriteBatch
 from runtime.tools.base import ToolContext, ToolResult
 from runtime.tools.booking import BookingPack, BookingPolicy

@@ -15,7 +15,7 @@ import pytest
 from runtime.pipeline.audio import resample
 from runtime.pipeline.turns import Signal, TurnDetector
 from runtime.pipeline.vad import SileroVad, VoiceActivity, WebRtcVad, default_vad
-from runtime.providers.local_tts import PiperTTS
+from runtime.providers.tts.local import PiperTTS
 
 RATE = 8000
 FRAME = RATE // 50  # samples in 20 ms

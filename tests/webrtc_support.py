@@ -31,7 +31,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 async def piper_speech(text: str) -> Audio:
-    from runtime.providers.local_tts import PiperTTS
+    from runtime.providers.tts.local import PiperTTS
 
     chunks = [c async for c in PiperTTS().synthesize(text)]
     return Audio(b"".join(c.pcm for c in chunks), chunks[0].rate)

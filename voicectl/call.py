@@ -40,7 +40,7 @@ async def _speak_lines(texts: list[str], wavs: list[Path]) -> list[tuple[str, An
 
     lines: list[tuple[str, Any]] = [(f"<{p.name}>", read_wav(p)) for p in wavs]
     if texts:
-        from runtime.providers.local_tts import PiperTTS
+        from runtime.providers.tts.local import PiperTTS
 
         tts = PiperTTS()
         for text in texts:

@@ -54,7 +54,7 @@ async def provision(plane: Any) -> dict[str, Any]:
     try:
         agent = await plane.agents.resolve(tenant.id, AGENT)
     except NotFound:
-        from runtime.providers.rules import DEMO_BOOKING_RULES
+        from runtime.providers.llm.rules import DEMO_BOOKING_RULES
 
         agent = await plane.agents.create(tenant.id, AgentCreate(
             name=AGENT, system_prompt=PROMPT, greeting=GREETING, llm={"provider": "rules"}, tools=TOOLS,

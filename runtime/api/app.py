@@ -30,7 +30,7 @@ from runtime.control.plane import ControlPlane
 from runtime.events.bus import EventBus
 from runtime.events.delivery import DeliveryWorker
 from runtime.events.websocket import close_event_sockets
-from runtime.providers.registry import ProviderRegistry
+from runtime.providers.chains import ProviderRegistry
 
 log = logging.getLogger("voicectl.api")
 

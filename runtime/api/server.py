@@ -10,7 +10,7 @@ from aiohttp import web
 from runtime.api.app import create_app
 from runtime.config import Settings
 from runtime.logs import configure_logging
-from runtime.providers.registry import ProviderRegistry
+from runtime.providers.chains import ProviderRegistry
 
 log = logging.getLogger("voicectl.server")
 

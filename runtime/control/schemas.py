@@ -171,7 +171,7 @@ class AfterHours(Input):
     system_prompt: str | None = None
 
 
-# The rules brain (runtime.providers.rules): a scripted, deterministic stand-in for an LLM.
+# The rules brain (runtime.providers.llm.rules): a scripted, deterministic stand-in for an LLM.
 
 DTMF_KEYS = frozenset("0123456789*#ABCD")
 MAX_PATTERN = 200
@@ -193,7 +193,7 @@ def check_pattern(value: str) -> str:
 
 
 class RuleSlot(Input):
-    """A value the brain extracts from what the caller says (see runtime.providers.rules)."""
+    """A value the brain extracts from what the caller says (see runtime.providers.llm.rules)."""
 
     type: Literal["count", "number", "time", "date", "name", "items", "text"]
     default: str | int | None = Field(None, description='used when never said, e.g. "today" for a date')

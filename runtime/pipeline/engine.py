@@ -21,9 +21,9 @@ from runtime.pipeline.metrics import PipelineMetrics
 from runtime.pipeline.settings import ConversationSettings
 from runtime.pipeline.transport import Transport
 from runtime.pipeline.vad import default_vad
+from runtime.providers.chains import ProviderRegistry
 from runtime.providers.cloud import ProviderCredential
 from runtime.providers.failover import Failover
-from runtime.providers.registry import ProviderRegistry
 from runtime.providers.voice_profile import apply_voice_profile
 from runtime.tools.toolbox import CallToolBox
 

@@ -27,8 +27,8 @@ from runtime.pipeline.conversation import Conversation
 from runtime.pipeline.metrics import PipelineMetrics
 from runtime.pipeline.settings import ConversationSettings
 from runtime.providers.base import AudioChunk, SpeechToText, SttStream, TextToSpeech, Transcript
+from runtime.providers.chains import ProviderRegistry
 from runtime.providers.cloud import ProviderCredential
-from runtime.providers.registry import ProviderRegistry
 from runtime.tools.toolbox import CallToolBox
 
 RATE = 8000

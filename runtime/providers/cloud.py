@@ -51,7 +51,7 @@ def build(modality: str, name: str, settings: ProvidersSettings, choice: dict[st
         raise MissingCredential(f"the tenant has no {name} credential")
     model, base_url = choice.get("model"), choice.get("base_url")
     if name == "deepgram":
-        from runtime.providers.deepgram_stt import DeepgramSTT
+        from runtime.providers.stt.deepgram import DeepgramSTT
 
         conf = settings.deepgram
         # Telephony audio goes as it arrives (mu-law 8 kHz: half the bytes); wideband as 16 kHz PCM.
@@ -61,19 +61,19 @@ def build(modality: str, name: str, settings: ProvidersSettings, choice: dict[st
                            language=language, **_given(choice, "endpointing_ms", "utterance_end_ms"),
                            policy=policy)
     if name == "anthropic":
-        from runtime.providers.anthropic_llm import AnthropicLLM
+        from runtime.providers.llm.anthropic import AnthropicLLM
 
         conf = settings.anthropic
         return AnthropicLLM(secret or "", base_url=base_url or conf.base_url, model=model or conf.model,
                             **_given(choice, "max_tokens", "temperature"), policy=policy)
     if name == "openai":
-        from runtime.providers.openai_llm import OpenAICompatibleLLM
+        from runtime.providers.llm.openai import OpenAICompatibleLLM
 
         conf = settings.openai
         return OpenAICompatibleLLM(secret, base_url=base_url or fields.get("base_url") or conf.base_url,
                                    model=model or conf.model, **_given(choice, "max_tokens", "temperature"), policy=policy)
     if name == "chatterbox":
-        from runtime.providers.chatterbox_tts import ChatterboxTTS
+        from runtime.providers.tts.chatterbox import ChatterboxTTS
 
         conf = settings.chatterbox
         return ChatterboxTTS(secret, base_url=base_url or fields.get("base_url") or conf.base_url,

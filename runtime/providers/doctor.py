@@ -18,8 +18,8 @@ from runtime.config import Settings
 from runtime.control.pagination import PageRequest
 from runtime.control.plane import ControlPlane
 from runtime.providers.base import ProviderError, RetryPolicy
+from runtime.providers.chains import MODALITIES, OFFLINE_CHOICES, ProviderRegistry
 from runtime.providers.cloud import CLOUD, SECRET_REQUIRED, MissingCredential, ProviderCredential, build
-from runtime.providers.registry import MODALITIES, OFFLINE_CHOICES, ProviderRegistry
 from runtime.providers.voice_profile import apply_voice_profile
 
 CHECK_TIMEOUT_S = 10.0

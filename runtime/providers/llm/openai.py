@@ -21,7 +21,6 @@ from typing import Any
 
 import openai
 
-from runtime.providers import openai_messages as fmt
 from runtime.providers.base import (
     ErrorKind,
     LanguageModel,
@@ -34,7 +33,8 @@ from runtime.providers.base import (
     ToolCall,
     ToolCallRequest,
 )
-from runtime.providers.llm_http import is_transport_error, parse_arguments, transport_error
+from runtime.providers.llm import openai_messages as fmt
+from runtime.providers.llm.llm_http import is_transport_error, parse_arguments, transport_error
 from runtime.providers.wire_errors import redact, retry_after, status_kind
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434/v1"  # Ollama

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime.providers.base import Message, ToolSpec
-from runtime.providers.llm_http import tool_failed
+from runtime.providers.llm.llm_http import tool_failed
 
 CACHE = {"type": "ephemeral"}
 CALL_STARTED = "[the call started]"

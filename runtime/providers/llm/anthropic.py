@@ -24,7 +24,6 @@ from typing import Any
 
 import anthropic
 
-from runtime.providers import anthropic_messages as fmt
 from runtime.providers.base import (
     LanguageModel,
     LlmDone,
@@ -36,7 +35,8 @@ from runtime.providers.base import (
     ToolCall,
     ToolCallRequest,
 )
-from runtime.providers.llm_http import is_transport_error, parse_arguments, transport_error
+from runtime.providers.llm import anthropic_messages as fmt
+from runtime.providers.llm.llm_http import is_transport_error, parse_arguments, transport_error
 from runtime.providers.wire_errors import redact, retry_after, status_kind
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"

@@ -1,6 +1,6 @@
 """The ``rules`` brain's reading and speaking of values: numbers, counts, times, dates, names
 and menu items pulled out of a caller's words, and the spoken forms and templates of replies.
-Hand-written parsers (see runtime.providers.rules for what they accept)."""
+Hand-written parsers (see runtime.providers.llm.rules for what they accept)."""
 
 from __future__ import annotations
 

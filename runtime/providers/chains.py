@@ -63,19 +63,19 @@ class ProviderRegistry:
 
     def local_stt(self) -> SpeechToText:
         if self._stt is None:
-            from runtime.providers.local_stt import LocalWhisperSTT
+            from runtime.providers.stt.local import LocalWhisperSTT
 
             self._stt = LocalWhisperSTT(policy=self.policy)
         return self._stt
 
     def sphinx_stt(self) -> SpeechToText:
-        from runtime.providers.sphinx_stt import PocketSphinxSTT
+        from runtime.providers.stt.sphinx import PocketSphinxSTT
 
         return PocketSphinxSTT(policy=self.policy)  # cheap: each stream loads its own decoder
 
     def local_tts(self) -> TextToSpeech:
         if self._tts is None:
-            from runtime.providers.local_tts import PiperTTS
+            from runtime.providers.tts.local import PiperTTS
 
             self._tts = PiperTTS(policy=self.policy)
         return self._tts
@@ -88,7 +88,7 @@ class ProviderRegistry:
         try:
             await self.local_tts().warm_up()  # type: ignore[attr-defined]
         except ProviderError as exc:
-            from runtime.providers.local_tts import EspeakTTS
+            from runtime.providers.tts.local import EspeakTTS
 
             log.error("the piper voice cannot be used; speaking with espeak-ng", extra={"error": str(exc)})
             self._tts = EspeakTTS(policy=self.policy)
@@ -158,7 +158,7 @@ class ProviderRegistry:
             return self.sphinx_stt() if name == "pocketsphinx" else self.local_stt()
         if modality == "tts":
             return self.local_tts()
-        from runtime.providers.rules import RulesBrain
+        from runtime.providers.llm.rules import RulesBrain
 
         return RulesBrain(config.get("rules"), timezone=timezone, policy=policy)
 

@@ -49,7 +49,7 @@ from runtime.providers.base import (
     ToolCall,
     ToolCallRequest,
 )
-from runtime.providers.rules_slots import (
+from runtime.providers.llm.rules_slots import (
     FIELD,
     MAX_TEXT,
     WHOLE_FIELD,

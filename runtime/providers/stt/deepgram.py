@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.pipeline.audio import pcm16_to_ulaw
-from runtime.providers import deepgram_wire as wire
 from runtime.providers.base import (
     ProviderError,
     RetryPolicy,
@@ -46,6 +45,7 @@ from runtime.providers.base import (
     Word,
     with_retries,
 )
+from runtime.providers.stt import deepgram_wire as wire
 
 log = logging.getLogger("voicectl.providers.deepgram")
 

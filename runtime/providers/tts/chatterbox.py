@@ -30,9 +30,9 @@ from typing import Any
 
 import aiohttp
 
-from runtime.providers import chatterbox_wire as wire
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy, TextToSpeech, with_retries
-from runtime.providers.local_tts import split_sentences
+from runtime.providers.tts import chatterbox_wire as wire
+from runtime.providers.tts.local import split_sentences
 from runtime.providers.wire_errors import redact, status_error
 
 DEFAULT_BASE_URL = "http://127.0.0.1:4123"

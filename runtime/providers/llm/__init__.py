@@ -1,0 +1,1 @@
+"""LLM adapters: one module per provider (listed in runtime.providers.chains)."""

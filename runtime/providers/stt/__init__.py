@@ -1,0 +1,1 @@
+"""STT adapters: one module per provider (listed in runtime.providers.chains)."""

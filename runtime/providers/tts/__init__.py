@@ -1,0 +1,1 @@
+"""TTS adapters: one module per provider (listed in runtime.providers.chains)."""
