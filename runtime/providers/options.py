@@ -1,0 +1,126 @@
+"""The settings each provider takes, as pydantic models (no SDK imports, so they load fast).
+
+Two kinds per provider, both named in its registry entry (runtime.providers.registry):
+
+- *appliance settings*: its section under ``providers:`` in config.yaml (server URL, default model
+  and voice), the operator's defaults for every tenant;
+- *version options*: the vendor keys an agent version may set beside ``provider``, ``model``,
+  ``base_url`` and ``fallback`` in its ``stt``/``llm``/``tts`` choice (flat in the stored JSON,
+  e.g. ``tts: {provider: chatterbox, voice: narrator, exaggeration: 0.7}``).
+
+Unset options are ``None``: the adapter keeps its own default.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ProviderSettings(BaseModel):
+    """An appliance settings section (config.yaml ``providers.<section>``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VersionOptions(BaseModel):
+    """The vendor keys of one provider in an agent version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NoSettings(ProviderSettings):
+    pass
+
+
+class NoOptions(VersionOptions):
+    pass
+
+
+# Speech to text
+
+
+class DeepgramSettings(ProviderSettings):
+    url: str = "wss://api.deepgram.com"
+    model: str = "nova-3"
+
+
+class DeepgramOptions(VersionOptions):
+    endpointing_ms: int | None = Field(None, ge=10, le=5000,
+                                       description="silence (ms) after which Deepgram marks speech final")
+    utterance_end_ms: int | None = Field(None, ge=1000, le=5000,
+                                         description="gap between words (ms) that sends Deepgram's UtteranceEnd")
+
+
+# Language models
+
+
+class AnthropicSettings(ProviderSettings):
+    base_url: str = "https://api.anthropic.com"
+    model: str = "claude-sonnet-4-6"
+
+
+class OpenAISettings(ProviderSettings):
+    base_url: str = "http://127.0.0.1:11434/v1"
+    model: str = "llama3.2"
+
+
+class SamplingOptions(VersionOptions):
+    temperature: float | None = Field(None, ge=0, le=2, description="sampling temperature")
+    max_tokens: int | None = Field(None, ge=1, le=32_000, description="longest reply, in tokens")
+
+
+# Text to speech
+
+
+class ChatterboxSettings(ProviderSettings):
+    base_url: str = "http://127.0.0.1:4123"
+    voice: str = "default"
+
+
+class ChatterboxOptions(VersionOptions):
+    voice: str | None = Field(None, min_length=1, max_length=200,
+                              description="the voice (default: the version's voice profile, else providers.chatterbox.voice)")
+    exaggeration: float | None = Field(None, ge=0.25, le=2.0, description="emotion exaggeration")
+    cfg_weight: float | None = Field(None, ge=0, le=1, description="pace/guidance weight")
+    temperature: float | None = Field(None, ge=0.05, le=2, description="sampling temperature")
+
+
+class ElevenLabsSettings(ProviderSettings):
+    # "Rachel", a voice of ElevenLabs' default library.
+    voice: str = "21m00Tcm4TlvDq8ikWAM"
+    model: str = "eleven_flash_v2_5"
+    url: str = "wss://api.elevenlabs.io"
+
+
+class ElevenLabsOptions(VersionOptions):
+    voice: str | None = Field(None, min_length=1, max_length=200, description="an ElevenLabs voice id")
+    speed: float | None = Field(None, ge=0.7, le=1.2, description="speaking rate (ElevenLabs: 0.7 to 1.2)")
+    stability: float | None = Field(None, ge=0, le=1, description="voice stability")
+    similarity_boost: float | None = Field(None, ge=0, le=1, description="similarity to the original voice")
+
+
+class CartesiaSettings(ProviderSettings):
+    # "Barbershop Man", a voice of Cartesia's default library.
+    voice: str = "a0e99841-438c-4a64-b679-ae501e7d6091"
+    model: str = "sonic-2"
+    url: str = "https://api.cartesia.ai"
+
+
+class CartesiaOptions(VersionOptions):
+    voice: str | None = Field(None, min_length=1, max_length=200, description="a Cartesia voice id")
+    speed: float | None = Field(None, ge=0.6, le=1.5, description="speaking rate (Cartesia: 0.6 to 1.5)")
+
+
+class OpenAITTSSettings(ProviderSettings):
+    # The public OpenAI API: providers.openai.base_url points at a local chat server, which has
+    # no speech route.
+    voice: str = "alloy"
+    model: str = "gpt-4o-mini-tts"
+    base_url: str = "https://api.openai.com/v1"
+
+
+class OpenAITTSOptions(VersionOptions):
+    voice: str | None = Field(None, min_length=1, max_length=200,
+                              description="alloy, ash, ballad, coral, echo, fable, onyx, nova, sage, shimmer, verse, ...")
+    speed: float | None = Field(None, ge=0.25, le=4.0, description="speaking rate (OpenAI: 0.25 to 4.0)")
+    instructions: str | None = Field(None, max_length=4000, description="how to speak (gpt-4o-mini-tts)")

@@ -1,0 +1,247 @@
+"""Every provider the appliance knows, in one list: the only place a provider's name is written.
+
+An entry names one adapter module and says what it is: modality, offline or cloud, the tenant
+credential it uses, its appliance settings section (config.yaml ``providers.<section>``), the
+vendor keys a version may set (``options``), how to build it for a call (``factory``: a
+``module:function`` imported only when a call or check needs it) and what it can do
+(``Capabilities``). Config validation, agent-version validation, credentials, voice profiles,
+``doctor`` and the CLI's choices all read this module; it imports no SDK and no adapter, so
+``voicectl --help`` stays fast.
+
+Credentials that are not AI providers (telephony, storage, n8n, tool signing) are listed here too,
+beside the AI providers' own, as the one table of what a tenant can store.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from runtime.providers import options as opt
+
+if TYPE_CHECKING:
+    from runtime.providers.base import RetryPolicy
+
+Modality = Literal["stt", "llm", "tts"]
+MODALITIES: tuple[Modality, ...] = ("stt", "llm", "tts")
+# Keys every version choice has, whatever the provider; the rest are the provider's options.
+COMMON_CHOICE_KEYS = ("provider", "model", "base_url", "fallback")
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialSpec:
+    """What a tenant stores for one provider: fields (database) and a secret (keyring)."""
+
+    provider: str
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    secret: str = "API key"
+    secret_required: bool = True
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (*self.required, *self.optional)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    interim_transcripts: bool = False  # stt: partial results while the caller speaks
+    word_timings: bool = False  # stt: per-word start and end
+    streaming_text_input: bool = False  # tts: takes text as the LLM writes it (one connection a reply)
+    voices: bool = False  # tts: more than one voice, chosen by ``voice`` (and by voice profiles)
+    speed: bool = False  # tts: the speaking rate can be set (voice profiles' ``speed``)
+    warm_up: bool = False  # loads a model before the first call (offline engines)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCredential:
+    """A tenant's credential for one provider: its fields (database) and secret (keyring)."""
+
+    fields: dict[str, Any]
+    secret: str | None
+
+
+CredentialLookup = Callable[[str], Awaitable[ProviderCredential | None]]
+
+
+class MissingCredential(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What a factory gets to make one engine for one call (or one ``doctor`` check)."""
+
+    entry: ProviderEntry
+    settings: Any  # the entry's appliance settings (``providers.<section>``), a ProviderSettings
+    options: Any  # the version's options for this entry (defaults when it is a fallback), a VersionOptions
+    model: str | None  # the version's model / base_url when this is its first choice
+    base_url: str | None
+    credential: ProviderCredential | None
+    policy: RetryPolicy
+    transport_rate: int = 8000
+    language: str = "en"
+    timezone: str = "UTC"
+    rules: Any = None  # the version's rules script (the rules brain)
+    shared: Callable[[str, Callable[[], Any]], Any] | None = None  # process-wide engines, by key
+
+    @property
+    def secret(self) -> str | None:
+        return self.credential.secret if self.credential is not None else None
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return self.credential.fields if self.credential is not None else {}
+
+    def require_secret(self) -> str:
+        if not self.secret:
+            raise MissingCredential(f"the tenant has no {self.entry.credential_name} credential")
+        return self.secret
+
+    def given(self, *names: str) -> dict[str, Any]:
+        """The options among ``names`` the version sets (the rest keep the adapter's defaults)."""
+        return {name: value for name in names if (value := getattr(self.options, name, None)) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEntry:
+    name: str
+    modality: Modality
+    offline: bool
+    factory: str  # "module:function", the function taking a BuildContext
+    summary: str
+    credential: CredentialSpec | None = None
+    settings_section: str | None = None  # config.yaml providers.<section>
+    settings_model: type[opt.ProviderSettings] = opt.NoSettings
+    options: type[opt.VersionOptions] = opt.NoOptions
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    stand_in: str | None = None  # offline: the engine used when this one cannot load
+
+    @property
+    def credential_name(self) -> str:
+        return self.credential.provider if self.credential is not None else self.name
+
+    @property
+    def option_keys(self) -> tuple[str, ...]:
+        return tuple(self.options.model_fields)
+
+    def settings(self, providers: Any) -> Any:
+        """This entry's appliance settings from ``Settings.providers``."""
+        if self.settings_section is None:
+            return opt.NoSettings()
+        return getattr(providers, self.settings_section)
+
+    def build(self, context: BuildContext) -> Any:
+        module, _, function = self.factory.partition(":")
+        return getattr(importlib.import_module(module), function)(context)
+
+
+_DEEPGRAM_KEY = CredentialSpec("deepgram")
+_ANTHROPIC_KEY = CredentialSpec("anthropic")
+# Local OpenAI-compatible servers usually need no key; the public API does (the adapter says so).
+_OPENAI_KEY = CredentialSpec("openai", optional=("base_url",), secret_required=False)
+
+PROVIDERS: tuple[ProviderEntry, ...] = (
+    # Speech to text
+    ProviderEntry("local", "stt", True, "runtime.providers.stt.local:build",
+                  "faster-whisper with the packaged Whisper model",
+                  capabilities=Capabilities(word_timings=True, warm_up=True)),
+    ProviderEntry("pocketsphinx", "stt", True, "runtime.providers.stt.sphinx:build",
+                  "CMU PocketSphinx with its packaged US English model",
+                  capabilities=Capabilities(interim_transcripts=True)),
+    ProviderEntry("deepgram", "stt", False, "runtime.providers.stt.deepgram:build",
+                  "Deepgram live streaming (WebSocket)", _DEEPGRAM_KEY, "deepgram",
+                  opt.DeepgramSettings, opt.DeepgramOptions,
+                  Capabilities(interim_transcripts=True, word_timings=True)),
+    # Language models
+    ProviderEntry("rules", "llm", True, "runtime.providers.llm.rules:build",
+                  "the deterministic rules brain (the version's rules script)"),
+    ProviderEntry("anthropic", "llm", False, "runtime.providers.llm.anthropic:build",
+                  "Claude through the Anthropic Messages API", _ANTHROPIC_KEY, "anthropic",
+                  opt.AnthropicSettings, opt.SamplingOptions),
+    ProviderEntry("openai", "llm", False, "runtime.providers.llm.openai:build",
+                  "any OpenAI-compatible chat completions server (OpenAI, Ollama, vLLM, llama.cpp)",
+                  _OPENAI_KEY, "openai", opt.OpenAISettings, opt.SamplingOptions),
+    # Text to speech
+    ProviderEntry("local", "tts", True, "runtime.providers.tts.local:build_piper",
+                  "piper with the packaged voice", capabilities=Capabilities(warm_up=True), stand_in="espeak"),
+    ProviderEntry("espeak", "tts", True, "runtime.providers.tts.local:build_espeak",
+                  "espeak-ng (the stand-in when the piper voice cannot load)"),
+    ProviderEntry("chatterbox", "tts", False, "runtime.providers.tts.chatterbox:build",
+                  "a Chatterbox TTS server (OpenAI-compatible speech API)",
+                  CredentialSpec("chatterbox", required=("base_url",), secret_required=False), "chatterbox",
+                  opt.ChatterboxSettings, opt.ChatterboxOptions, Capabilities(voices=True)),
+    ProviderEntry("elevenlabs", "tts", False, "runtime.providers.tts.elevenlabs:build",
+                  "ElevenLabs streaming text-to-speech (WebSocket stream-input)",
+                  CredentialSpec("elevenlabs", optional=("base_url",)), "elevenlabs",
+                  opt.ElevenLabsSettings, opt.ElevenLabsOptions,
+                  Capabilities(streaming_text_input=True, voices=True, speed=True)),
+    ProviderEntry("cartesia", "tts", False, "runtime.providers.tts.cartesia:build",
+                  "Cartesia Sonic over its WebSocket (contexts)",
+                  CredentialSpec("cartesia", optional=("base_url",)), "cartesia",
+                  opt.CartesiaSettings, opt.CartesiaOptions,
+                  Capabilities(streaming_text_input=True, voices=True, speed=True)),
+    ProviderEntry("openai", "tts", False, "runtime.providers.tts.openai:build",
+                  "OpenAI speech (audio.speech, streamed PCM)", _OPENAI_KEY, "openai_tts",
+                  opt.OpenAITTSSettings, opt.OpenAITTSOptions, Capabilities(voices=True, speed=True)),
+)
+
+# Credentials a tenant can hold that are not AI providers.
+OTHER_CREDENTIALS: tuple[CredentialSpec, ...] = (
+    CredentialSpec("twilio", ("account_sid",), secret="auth token"),
+    CredentialSpec("goto", ("client_id", "account_key"), secret="OAuth refresh token"),
+    CredentialSpec("livekit", ("url", "api_key"), secret="API secret"),
+    CredentialSpec("s3", ("endpoint", "region", "bucket", "access_key_id"), secret="secret access key"),
+    CredentialSpec("n8n", ("url", "header_name"), secret="header value"),
+    CredentialSpec("tools", secret="HTTP tool signing secret"),
+)
+
+
+def _credentials() -> dict[str, CredentialSpec]:
+    table: dict[str, CredentialSpec] = {}
+    for spec in [*(e.credential for e in PROVIDERS if e.credential is not None), *OTHER_CREDENTIALS]:
+        if table.setdefault(spec.provider, spec) != spec:  # two entries sharing a credential agree on it
+            raise RuntimeError(f"two different credential specs for {spec.provider}")
+    return table
+
+
+CREDENTIALS: dict[str, CredentialSpec] = _credentials()
+_BY_KEY: dict[tuple[str, str], ProviderEntry] = {(e.modality, e.name): e for e in PROVIDERS}
+
+
+def names(modality: str, *, offline: bool | None = None) -> tuple[str, ...]:
+    """Provider names of ``modality`` in registry order (only offline or cloud ones when asked)."""
+    return tuple(e.name for e in PROVIDERS if e.modality == modality and (offline is None or e.offline == offline))
+
+
+def find(modality: str, name: str) -> ProviderEntry | None:
+    return _BY_KEY.get((modality, name))
+
+
+def get(modality: str, name: str) -> ProviderEntry:
+    entry = _BY_KEY.get((modality, name))
+    if entry is None:
+        raise UnknownProvider(modality, name)
+    return entry
+
+
+class UnknownProvider(ValueError):
+    def __init__(self, modality: str, name: str) -> None:
+        super().__init__(f"unknown {modality} provider {name!r}; known: {', '.join(names(modality))}")
+        self.modality, self.name = modality, name
+
+
+def credential_spec(provider: str) -> CredentialSpec | None:
+    return CREDENTIALS.get(provider)
+
+
+def settings_sections() -> dict[str, type[opt.ProviderSettings]]:
+    """config.yaml ``providers.<section>`` -> its settings model, for every entry that has one."""
+    return {e.settings_section: e.settings_model for e in PROVIDERS if e.settings_section is not None}
+
+
+def option_owners(modality: str, key: str) -> tuple[str, ...]:
+    """The providers of ``modality`` whose version options include ``key``."""
+    return tuple(e.name for e in PROVIDERS if e.modality == modality and key in e.options.model_fields)
