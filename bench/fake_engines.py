@@ -39,7 +39,7 @@ from runtime.providers.base import (  # noqa: E402
     TextToSpeech,
     Transcript,
 )
-from runtime.providers.chains import CallProviders, ProviderRegistry  # noqa: E402
+from runtime.providers.chains import CallProviders, ProviderChains  # noqa: E402
 
 HEARD = "I'd like to book a table for two at seven."
 REPLY = "Sure. I have a table for two at seven. Shall I book it?"
@@ -107,7 +107,7 @@ def tone(seconds: float = 1.0, rate: int = 8000, hz: float = 220.0) -> Audio:
     return Audio(pcm, rate)
 
 
-class InstantRegistry(ProviderRegistry):
+class InstantRegistry(ProviderChains):
     """Every call gets the instant engines (the TTS clip is shared)."""
 
     def __init__(self, settings: Any, clip: Audio) -> None:
@@ -117,7 +117,7 @@ class InstantRegistry(ProviderRegistry):
     async def warm_up(self) -> None:
         return None
 
-    async def for_call(self, config: dict[str, Any], timezone: str = "UTC", **_: Any) -> CallProviders:
+    async def for_call(self, config: Any, timezone: str = "UTC", **_: Any) -> CallProviders:
         return CallProviders(InstantStt(self.policy), InstantLlm(self.policy), self.tts)
 
     async def aclose(self) -> None:

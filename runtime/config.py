@@ -12,7 +12,9 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from runtime.providers import options as opt
 
 ENV_PREFIX = "VOICECTL_"
 # Variables with the prefix that are not config overrides.
@@ -197,39 +199,36 @@ class TelephonySettings(_Model):
 
 
 class ProviderDefaults(_Model):
-    stt: Literal["local", "pocketsphinx", "deepgram"] = "local"
-    llm: Literal["rules", "anthropic", "openai"] = "rules"
-    tts: Literal["local", "chatterbox"] = "local"
+    """The engines a version gets when it names none (offline by default)."""
 
+    stt: str = "local"
+    llm: str = "rules"
+    tts: str = "local"
 
-class DeepgramSettings(_Model):
-    url: str = "wss://api.deepgram.com"
-    model: str = "nova-3"
+    @field_validator("stt", "llm", "tts")
+    @classmethod
+    def _known(cls, value: str, info: ValidationInfo) -> str:
+        from runtime.providers import registry
 
-
-class AnthropicSettings(_Model):
-    base_url: str = "https://api.anthropic.com"
-    model: str = "claude-sonnet-4-6"
-
-
-class OpenAISettings(_Model):
-    base_url: str = "http://127.0.0.1:11434/v1"
-    model: str = "llama3.2"
-
-
-class ChatterboxSettings(_Model):
-    base_url: str = "http://127.0.0.1:4123"
-    voice: str = "default"
+        if registry.find(info.field_name, value) is None:
+            raise ValueError(f"one of {', '.join(registry.names(info.field_name))}")
+        return value
 
 
 class ProvidersSettings(_Model):
+    """``providers:``; one section per provider that has appliance settings (the registry's
+    ``settings_section``; a test keeps the two in step)."""
+
     defaults: ProviderDefaults = Field(default_factory=ProviderDefaults)
     retries: int = Field(2, ge=0, le=10)
     first_byte_timeout_ms: int = Field(2000, ge=50)
-    deepgram: DeepgramSettings = Field(default_factory=DeepgramSettings)
-    anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
-    openai: OpenAISettings = Field(default_factory=OpenAISettings)
-    chatterbox: ChatterboxSettings = Field(default_factory=ChatterboxSettings)
+    deepgram: opt.DeepgramSettings = Field(default_factory=opt.DeepgramSettings)
+    anthropic: opt.AnthropicSettings = Field(default_factory=opt.AnthropicSettings)
+    openai: opt.OpenAISettings = Field(default_factory=opt.OpenAISettings)
+    chatterbox: opt.ChatterboxSettings = Field(default_factory=opt.ChatterboxSettings)
+    elevenlabs: opt.ElevenLabsSettings = Field(default_factory=opt.ElevenLabsSettings)
+    cartesia: opt.CartesiaSettings = Field(default_factory=opt.CartesiaSettings)
+    openai_tts: opt.OpenAITTSSettings = Field(default_factory=opt.OpenAITTSSettings)
 
 
 class WebhookDeliverySettings(_Model):

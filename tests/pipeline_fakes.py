@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from runtime.control.schemas import AgentConfig
 from runtime.events.models import Payload
 from runtime.pipeline.audio import rms
 from runtime.pipeline.clock import ManualClock
@@ -361,7 +362,8 @@ class Harness:
         self.transport = FakeTransport(self.clock)
         self.toolbox = FakeToolBox(self.clock, tools or {}, tool_delays) if tools is not None else None
         conf = {"system_prompt": "You are a test agent.", "greeting": greeting, **(config or {})}
-        self.settings = ConversationSettings.from_config(conf, agent_id="agt_test", **settings)
+        self.settings = ConversationSettings.from_config(AgentConfig.model_validate(conf), agent_id="agt_test",
+                                                         **settings)
         self.registry = CollectorRegistry()
         self.metrics = PipelineMetrics(self.registry)
         self.conv = Conversation(self.session, stt=self.stt, llm=self.llm, tts=self.tts, transport=self.transport,

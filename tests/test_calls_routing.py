@@ -8,7 +8,7 @@ import pytest
 
 from runtime.api.appkeys import TRACKER
 from runtime.calls.routing import CallRoute, RouteRejected, route_call, within_hours
-from runtime.control.schemas import AgentUpdate, NumberUpdate, TenantUpdate
+from runtime.control.schemas import AgentConfig, AgentUpdate, NumberUpdate, OperatingHours, TenantUpdate
 from runtime.store.tables import ALL_TENANTS
 from tests.api_support import start_live_api, stop_live_api, with_overrides
 from tests.test_calls_support import engine, events_of, provision
@@ -133,11 +133,12 @@ async def test_readyz_reports_capacity_and_draining(settings):
     (datetime(2024, 1, 8, 12, 0, tzinfo=UTC), "UTC", True),
 ])
 def test_within_hours_in_the_tenant_time_zone(when, tz, expected):
-    assert within_hours(HOURS, tz, when) is expected
+    assert within_hours(OperatingHours.model_validate(HOURS), tz, when) is expected
 
 
 def test_no_schedule_is_always_open():
-    assert within_hours(None, "UTC", MONDAY_NOON) and within_hours({}, "Asia/Tokyo", MONDAY_NOON)
+    assert within_hours(None, "UTC", MONDAY_NOON)
+    assert within_hours(OperatingHours(schedule={}), "Asia/Tokyo", MONDAY_NOON) is False  # every day closed
 
 
 async def test_after_hours_greeting_and_prompt(control):
@@ -161,20 +162,20 @@ async def test_after_hours_transfer_mode(control):
     world = await provision(control, hours=HOURS, escalation_target="+15550109999",
                             after_hours={"mode": "transfer"})
     night = await route_call(control.store, world.e164, datetime(2024, 1, 9, 3, 0, tzinfo=UTC))
-    assert night.transfer_now and night.config["escalation_target"] == "+15550109999"
+    assert night.transfer_now and night.config.escalation_target == "+15550109999"
     assert night.greeting == "hello" and night.system_prompt == "day prompt"  # no after-hours overrides
     day = await route_call(control.store, world.e164, MONDAY_NOON)
     assert not day.transfer_now
     # Transfer mode without a target: nowhere to go, so the call is taken.
     no_target = CallRoute(night.tenant, night.number, night.agent_id, 1,
-                          {**night.config, "escalation_target": None}, True)
+                          night.config.model_copy(update={"escalation_target": None}), True)
     assert not no_target.transfer_now
 
 
 def test_max_duration_is_the_shorter_of_tenant_and_version():
     def route(tenant_s, version_s):
         return CallRoute({"id": "t", "max_call_duration_s": tenant_s}, {"id": "n"}, "a", 1,
-                         {"max_duration_s": version_s, "system_prompt": "p"}, False)
+                         AgentConfig(max_duration_s=version_s, system_prompt="p"), False)
 
     assert route(1800, 600).max_duration_s == 600
     assert route(600, 1800).max_duration_s == 600

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from runtime.control.schemas import AgentConfig
 from runtime.pipeline.chunker import Chunker, speakable
 from runtime.pipeline.clock import ManualClock
 from runtime.pipeline.history import History, SpokenLedger, heard_prefix
@@ -257,15 +258,16 @@ def test_user_messages_merge_and_snapshot_starts_with_a_user() -> None:
 
 
 def test_settings_from_an_agent_config() -> None:
-    settings = ConversationSettings.from_config({
+    settings = ConversationSettings.from_config(AgentConfig.model_validate({
         "system_prompt": "Be brief.", "greeting": "Hi!", "knowledge": "Open 9-5.",
         "turn": {"endpointing_silence_ms": 700, "min_interruption_ms": 250, "silence_reprompt_s": 5},
-        "llm": {"model": "m", "temperature": 0.2}, "escalation_target": "+15550002222", "dtmf_tools": {"0": "x"},
-    }, agent_id="agt_1")
+        "llm": {"model": "m", "temperature": 0.2}, "escalation_target": "+15550002222",
+        "tools": ["transfer_to_human"], "dtmf_tools": {"0": "transfer_to_human"},
+    }), agent_id="agt_1")
     assert settings.turn.endpoint_ms == 700 and settings.turn.min_interruption_ms == 250
     assert settings.silence_reprompt_s == 5 and settings.greeting == "Hi!" and settings.model == "m"
     assert settings.system_prompt.startswith("Be brief.") and "Open 9-5." in settings.system_prompt
-    assert settings.dtmf_tools == {"0": "x"} and settings.agent_id == "agt_1"
+    assert settings.dtmf_tools == {"0": "transfer_to_human"} and settings.agent_id == "agt_1"
     assert Phrases().duration_warning(120) == "We have about two minutes left."
     assert Phrases().duration_warning(30) == "We have about thirty seconds left."
 

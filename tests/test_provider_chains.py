@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 
 from runtime.control.plane import ControlPlane
-from runtime.control.schemas import AgentCreate, CredentialSet, TenantCreate
+from runtime.control.schemas import AgentConfig, AgentCreate, CredentialSet, TenantCreate
 from runtime.providers.base import LlmDone, LlmRequest, Message, TextDelta
-from runtime.providers.chains import ProviderRegistry
-from runtime.providers.cloud import ProviderCredential
+from runtime.providers.chains import ProviderChains
 from runtime.providers.doctor import diagnose
 from runtime.providers.failover import Failover, FailoverLLM
 from runtime.providers.llm.anthropic import AnthropicLLM
 from runtime.providers.llm.openai import OpenAICompatibleLLM
 from runtime.providers.llm.rules import RulesBrain
+from runtime.providers.registry import ProviderCredential
 from tests.api_support import with_overrides
 from tests.peers import openai_server
 from tests.peers.anthropic_server import AnthropicServer
@@ -36,9 +36,9 @@ async def test_a_version_chain_with_credentials_fails_over_to_the_next_llm(setti
     async with AnthropicServer(api_key=KEY) as claude, OpenAIServer() as local:
         conf = with_overrides(settings, providers={"anthropic": {"base_url": claude.base_url},
                                                    "openai": {"base_url": local.base_url, "model": "llama3.2"}})
-        registry = ProviderRegistry(conf)
-        version = {"system_prompt": "x", "llm": {"provider": "anthropic", "model": "claude-opus-4-1",
-                                                  "fallback": ["openai"]}}
+        registry = ProviderChains(conf)
+        version = AgentConfig.model_validate({"system_prompt": "x", "llm": {
+            "provider": "anthropic", "model": "claude-opus-4-1", "fallback": ["openai"]}})
         switches: list[Failover] = []
         chosen = await registry.for_call(version, credentials=lookup({"anthropic": ProviderCredential({}, "sk-wrong")}),
                                          report=switches.append)
@@ -60,8 +60,8 @@ async def test_a_version_chain_with_credentials_fails_over_to_the_next_llm(setti
 
 
 async def test_a_missing_credential_skips_the_provider_and_says_so(settings) -> None:
-    registry = ProviderRegistry(settings)
-    chosen = await registry.for_call({"system_prompt": "x", "llm": {"provider": "anthropic", "fallback": ["openai"]}},
+    registry = ProviderChains(settings)
+    chosen = await registry.for_call(AgentConfig.model_validate({"system_prompt": "x", "llm": {"provider": "anthropic", "fallback": ["openai"]}}),
                                      credentials=lookup({}))
     # openai needs no key (a local server): it is the first usable engine, rules stays behind it.
     assert [name for name, _ in chosen.llm.chain.engines] == ["openai", "rules"]  # type: ignore[attr-defined]
@@ -108,11 +108,12 @@ async def test_the_versions_provider_settings_reach_the_adapters(settings) -> No
     from runtime.providers.stt.deepgram import DeepgramSTT
     from runtime.providers.tts.chatterbox import ChatterboxTTS
 
-    registry = ProviderRegistry(settings)
-    version = {"system_prompt": "x", "language": "de",
-               "stt": {"provider": "deepgram", "endpointing_ms": 450, "utterance_end_ms": 1500},
-               "tts": {"provider": "chatterbox", "voice": "narrator", "exaggeration": 0.9, "cfg_weight": 0.2,
-                       "temperature": 0.7}}
+    registry = ProviderChains(settings)
+    version = AgentConfig.model_validate({
+        "system_prompt": "x", "language": "de",
+        "stt": {"provider": "deepgram", "endpointing_ms": 450, "utterance_end_ms": 1500},
+        "tts": {"provider": "chatterbox", "voice": "narrator", "exaggeration": 0.9, "cfg_weight": 0.2,
+                "temperature": 0.7}})
     chosen = await registry.for_call(version, credentials=lookup({"deepgram": ProviderCredential({}, "dg-key")}))
     stt = dict(chosen.stt.chain.engines)["deepgram"]  # type: ignore[attr-defined]
     tts = dict(chosen.tts.chain.engines)["chatterbox"]  # type: ignore[attr-defined]
@@ -127,7 +128,12 @@ async def test_the_versions_provider_settings_reach_the_adapters(settings) -> No
     ({"llm": {"voice": "narrator"}}, "llm.voice: only for tts"),
     ({"tts": {"endpointing_ms": 300}}, "tts.endpointing_ms: only for stt"),
     ({"stt": {"max_tokens": 10}}, "stt.max_tokens: only for llm"),
-    ({"tts": {"temperature": 0.01}}, "tts.temperature: at least 0.05"),
+    ({"tts": {"temperature": 0.01}}, "tts.temperature: Input should be greater than or equal to 0.05"),
+    ({"tts": {"provider": "chatterbx"}}, "tts.provider: unknown provider 'chatterbx'; known: local, espeak"),
+    ({"tts": {"provider": "local", "fallback": ["elevenlab"]}}, "unknown provider 'elevenlab'"),
+    ({"tts": {"provider": "elevenlabs", "exaggeration": 0.5}}, "tts.exaggeration: only for chatterbox"),
+    ({"tts": {"provider": "openai", "speed": 9}}, "tts.speed: Input should be less than or equal to 4"),
+    ({"stt": {"provider": "deepgram", "colour": "red"}}, "stt.colour: not a setting of any provider"),
 ])
 def test_provider_settings_belong_to_their_modality(choices, message) -> None:
     from pydantic import ValidationError
@@ -139,14 +145,36 @@ def test_provider_settings_belong_to_their_modality(choices, message) -> None:
 def test_a_chatterbox_voice_profile_chooses_the_tts_and_its_voice() -> None:
     from runtime.providers.voice_profile import apply_voice_profile
 
-    profile = {"provider": "chatterbox", "voice_id": "narrator"}
-    version = {"system_prompt": "x", "tts": {"exaggeration": 0.8}}
-    assert apply_voice_profile(version, profile)["tts"] == {"provider": "chatterbox", "voice": "narrator",
-                                                            "exaggeration": 0.8}
-    assert version["tts"] == {"exaggeration": 0.8}  # the version's own config is not changed
-    own_voice = {"system_prompt": "x", "tts": {"provider": "chatterbox", "voice": "calm"}}
-    assert apply_voice_profile(own_voice, profile)["tts"]["voice"] == "calm"
-    other_tts = {"system_prompt": "x", "tts": {"provider": "local"}}
+    def agent(**values: Any) -> AgentConfig:
+        return AgentConfig.model_validate({"system_prompt": "x", **values})
+
+    profile = {"provider": "chatterbox", "voice_id": "narrator", "speed": 1.0}
+    version = agent(tts={"exaggeration": 0.8})
+    applied = apply_voice_profile(version, profile)
+    assert applied.tts.provider == "chatterbox" and applied.tts.option_values == {"voice": "narrator",
+                                                                                  "exaggeration": 0.8}
+    assert version.tts.provider is None  # the version's own config is not changed
+    own_voice = agent(tts={"provider": "chatterbox", "voice": "calm"})
+    assert apply_voice_profile(own_voice, profile).tts.option_values["voice"] == "calm"
+    other_tts = agent(tts={"provider": "local"})
     assert apply_voice_profile(other_tts, profile) is other_tts
     assert apply_voice_profile(version, {"provider": "local", "voice_id": "x"}) is version
     assert apply_voice_profile(version, None) is version
+
+
+@pytest.mark.parametrize(("provider", "speed", "expected"), [
+    ("elevenlabs", 1.5, 1.2), ("elevenlabs", 0.9, 0.9), ("cartesia", 0.5, 0.6), ("openai", 2.0, 2.0)])
+def test_voice_profiles_of_the_new_tts_providers_set_voice_and_speed(provider, speed, expected) -> None:
+    from runtime.providers.voice_profile import apply_voice_profile
+
+    version = AgentConfig(system_prompt="x")
+    applied = apply_voice_profile(version, {"provider": provider, "voice_id": "v-123", "speed": speed})
+    assert applied.tts.provider == provider
+    assert applied.tts.option_values == {"voice": "v-123", "speed": expected}  # kept within the provider's range
+    # The engine the call gets is built with them.
+    from runtime.config import Settings
+    from runtime.providers import registry
+
+    options = applied.tts.options_for(registry.get("tts", provider))
+    assert (options.voice, options.speed) == ("v-123", expected)
+    assert ProviderChains(Settings()).first_choice(applied, "tts").provider == provider

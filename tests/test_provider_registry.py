@@ -6,19 +6,21 @@ from __future__ import annotations
 import pytest
 
 from runtime.config import Settings
+from runtime.control.schemas import AgentConfig
 from runtime.providers.base import ProviderError
-from runtime.providers.chains import ProviderRegistry
+from runtime.providers.chains import ProviderChains
 from runtime.providers.llm.rules import RulesBrain
 from runtime.providers.stt.local import LocalWhisperSTT
 from runtime.providers.tts.local import EspeakTTS, PiperTTS
 
 
 async def test_offline_engines_by_default_and_substitutions_are_reported() -> None:
-    registry = ProviderRegistry(Settings())
-    chosen = await registry.for_call({"system_prompt": "x"})
+    registry = ProviderChains(Settings())
+    chosen = await registry.for_call(AgentConfig(system_prompt="x"))
     assert isinstance(chosen.stt, LocalWhisperSTT) and isinstance(chosen.llm, RulesBrain)
     assert isinstance(chosen.tts, PiperTTS) and chosen.substitutions == []
-    wanted = await registry.for_call({"system_prompt": "x", "llm": {"provider": "anthropic"}, "stt": {"provider": "deepgram"}})
+    wanted = await registry.for_call(AgentConfig.model_validate({"system_prompt": "x", "llm": {"provider": "anthropic"},
+                                                                "stt": {"provider": "deepgram"}}))
     assert [(s.modality, s.wanted, s.used) for s in wanted.substitutions] == [
         ("stt", "deepgram", "local"), ("llm", "anthropic", "rules")]
     assert {s.reason for s in wanted.substitutions} == {"the tenant has no deepgram credential",
@@ -31,9 +33,9 @@ async def test_an_unusable_piper_voice_falls_back_to_espeak(monkeypatch: pytest.
         raise ProviderError("local", "unavailable", "en_US-joe-medium.onnx: sha256 mismatch")
 
     monkeypatch.setattr(PiperTTS, "warm_up", broken)
-    registry = ProviderRegistry(Settings())
+    registry = ProviderChains(Settings())
     await registry.warm_up()
-    tts = (await registry.for_call({"system_prompt": "x"})).tts
+    tts = (await registry.for_call(AgentConfig(system_prompt="x"))).tts
     assert isinstance(tts, EspeakTTS)
     chunks = [c async for c in tts.synthesize("Hello there.")]
     assert chunks and sum(len(c.pcm) for c in chunks) > 0

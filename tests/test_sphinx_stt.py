@@ -7,8 +7,9 @@ import asyncio
 import re
 
 from runtime.config import Settings
+from runtime.control.schemas import AgentConfig
 from runtime.pipeline.audio import resample
-from runtime.providers.chains import ProviderRegistry
+from runtime.providers.chains import ProviderChains
 from runtime.providers.stt.sphinx import PocketSphinxSTT
 from runtime.providers.tts.local import PiperTTS
 
@@ -50,5 +51,5 @@ async def test_interims_while_speaking_then_a_final_on_flush() -> None:
 
 
 async def test_a_version_picks_pocketsphinx() -> None:
-    chosen = await ProviderRegistry(Settings()).for_call({"system_prompt": "x", "stt": {"provider": "pocketsphinx"}})
+    chosen = await ProviderChains(Settings()).for_call(AgentConfig.model_validate({"system_prompt": "x", "stt": {"provider": "pocketsphinx"}}))
     assert isinstance(chosen.stt, PocketSphinxSTT) and chosen.substitutions == []

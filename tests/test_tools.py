@@ -16,7 +16,8 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from runtime.control.schemas import TOOL_NAME
+from runtime.control.schemas import TOOL_NAME, AgentConfig
+from runtime.control.schemas import HttpTool as HttpToolConfig
 from runtime.events.delivery import SIGNATURE_HEADER, verify
 from runtime.events.models import Payload, ToolCalled
 from runtime.ids import new_id, now_iso
@@ -223,7 +224,7 @@ async def test_create_order(control, two_tenants):
 async def test_toolbox_stores_rows_and_emits_events(control, two_tenants):
     a, call_a, _, _ = two_tenants
     emit = Recorder()
-    box = CallToolBox.for_call({"tools": ALL_BUILTINS}, store=control.store, emit=emit, clock=lambda: NOON)
+    box = CallToolBox.for_call(AgentConfig(system_prompt="x", tools=ALL_BUILTINS), store=control.store, emit=emit, clock=lambda: NOON)
     assert [s.name for s in box.specs()] == ALL_BUILTINS
     ctx = ctx_for(a.tenant_id, call_a)
 
@@ -284,7 +285,7 @@ async def test_toolbox_never_raises_when_recording_fails(control, two_tenants):
     async def failing_emit(payload: Payload, batch: WriteBatch | None = None) -> None:
         raise RuntimeError("bus down")
 
-    box = CallToolBox.for_call({"tools": ["end_call"]}, store=control.store, emit=failing_emit)
+    box = CallToolBox.for_call(AgentConfig(system_prompt="x", tools=["end_call"]), store=control.store, emit=failing_emit)
     result = await box.call(ToolCall("t1", "end_call", {}), ctx_for(a.tenant_id, "call_missing"))
     assert result.end_call
 
@@ -295,7 +296,7 @@ async def test_toolbox_with_a_real_session(control):
     session = await engine(control).open_call(to_number=world.e164, from_number=CALLER, provider="twilio")
     box = CallToolBox.for_call(session.route.config, store=control.store, emit=session.emit)
     assert box.dtmf_tool("0") == "transfer_to_human" and box.dtmf_tool("1") is None
-    ctx = ctx_for(world.tenant_id, session.id, escalation_target=session.route.config["escalation_target"])
+    ctx = ctx_for(world.tenant_id, session.id, escalation_target=session.route.config.escalation_target)
     result = await box.call(ToolCall("t1", "transfer_to_human", {"reason": "asked"}), ctx)
     assert result.transfer_to == "+15550109999"
     events = [e for e in await events_of(control, world.tenant_id, session.id) if e["topic"] == "tool.called"]
@@ -366,7 +367,7 @@ async def fixed_secret(tenant_id: str) -> str | None:
 
 
 async def test_http_tool_posts_signed_json(endpoint):
-    tool = HttpTool.from_config(http_tool(endpoint, "ok"), signing_secret=fixed_secret)
+    tool = HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, "ok")), signing_secret=fixed_secret)
     result = await tool.run({"city": "Rome"}, ToolContext("ten_1", "call_1"))
     assert result.status == "ok" and result.content == {"open": True, "echo": {"city": "Rome"}}
     (got,) = endpoint.received
@@ -379,7 +380,7 @@ async def test_http_tool_unsigned_without_a_secret(endpoint):
         return None
 
     for lookup in (None, none):
-        result = await HttpTool.from_config(http_tool(endpoint, "ok"), signing_secret=lookup).run(
+        result = await HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, "ok")), signing_secret=lookup).run(
             {"city": "Oslo"}, ToolContext("ten_1", "call_1"))
         assert result.status == "ok"
     assert [SIGNATURE_HEADER in r["headers"] for r in endpoint.received] == [False, False]
@@ -389,7 +390,7 @@ async def test_http_tool_refuses_to_go_unsigned_when_the_secret_is_unreadable(en
     async def broken(tenant_id: str) -> str | None:
         raise OSError("keyring locked")
 
-    result = await HttpTool.from_config(http_tool(endpoint, "ok"), signing_secret=broken).run(
+    result = await HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, "ok")), signing_secret=broken).run(
         {"city": "Oslo"}, ToolContext("ten_1", "call_1"))
     assert result.status == "error" and not endpoint.received
 
@@ -402,13 +403,13 @@ async def test_http_tool_refuses_to_go_unsigned_when_the_secret_is_unreadable(en
     ("missing", "error", "HTTP 404"),
 ])
 async def test_http_tool_failures_are_results(endpoint, name, status, words):
-    tool = HttpTool.from_config(http_tool(endpoint, name, timeout_s=0.3))
+    tool = HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, name, timeout_s=0.3)))
     result = await tool.run({"city": "Rome"}, ToolContext("ten_1", "call_1"))
     assert result.status == status and words in result.content["error"]
 
 
 async def test_http_tool_non_object_json_and_unreachable(endpoint):
-    listed = await HttpTool.from_config(http_tool(endpoint, "list")).run({"city": "x"}, ToolContext("t", "c"))
+    listed = await HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, "list"))).run({"city": "x"}, ToolContext("t", "c"))
     assert listed.content == {"result": [1, 2]}
     gone = await HttpTool("gone", "d", {}, "http://127.0.0.1:9/").run({}, ToolContext("t", "c"))
     assert gone.status == "error" and "could not be reached" in gone.content["error"]
@@ -425,7 +426,7 @@ async def test_http_tools_in_the_toolbox_with_the_tools_credential(control, endp
                                             "fields": {}, "secret_ref": ref, "created_at": now, "updated_at": now})
     route = await control.store.agent_versions.find(tenant_id=world.tenant_id, agent_id=world.agent_id)
     emit = Recorder()
-    box = CallToolBox.for_call(route["config"], store=control.store, emit=emit,
+    box = CallToolBox.for_call(AgentConfig.from_stored(route["config"]), store=control.store, emit=emit,
                                signing_secret=lambda t: control.credentials.secret(t, "tools"))
     assert [s.name for s in box.specs()] == ["ok"]
     ctx = ctx_for(world.tenant_id, call_id)
@@ -446,9 +447,9 @@ async def test_demo_booking_call_end_to_end(control):
                             escalation_target="+15550109999", dtmf_tools={"0": "transfer_to_human"})
     session = await engine(control).open_call(to_number=world.e164, from_number=CALLER, provider="twilio")
     config = session.route.config
-    brain = RulesBrain(config["rules"], timezone="UTC", clock=lambda: NOON)
+    brain = RulesBrain(config.rules, timezone="UTC", clock=lambda: NOON)
     box = CallToolBox.for_call(config, store=control.store, emit=session.emit, clock=lambda: NOON)
-    ctx = ToolContext(world.tenant_id, session.id, world.agent_id, CALLER, config["escalation_target"])
+    ctx = ToolContext(world.tenant_id, session.id, world.agent_id, CALLER, config.escalation_target)
     history: list[Message] = []
     effects: list[ToolResult] = []
 
@@ -456,7 +457,7 @@ async def test_demo_booking_call_end_to_end(control):
         history.append(Message("user", text))
         spoken = []
         for _ in range(4):
-            events = [e async for e in brain.stream(LlmRequest(config["system_prompt"], tuple(history), box.specs()))]
+            events = [e async for e in brain.stream(LlmRequest(config.system_prompt, tuple(history), box.specs()))]
             said = "".join(e.text for e in events if isinstance(e, TextDelta))
             calls = tuple(e.call for e in events if isinstance(e, ToolCallRequest))
             history.append(Message("assistant", said, tool_calls=calls))

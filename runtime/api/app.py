@@ -30,13 +30,13 @@ from runtime.control.plane import ControlPlane
 from runtime.events.bus import EventBus
 from runtime.events.delivery import DeliveryWorker
 from runtime.events.websocket import close_event_sockets
-from runtime.providers.chains import ProviderRegistry
+from runtime.providers.chains import ProviderChains
 
 log = logging.getLogger("voicectl.api")
 
 
 def create_app(settings: Settings, control: ControlPlane | None = None,
-               providers: ProviderRegistry | None = None) -> web.Application:
+               providers: ProviderChains | None = None) -> web.Application:
     """Build the app; without ``control`` one is opened (and migrated) on startup and closed on cleanup.
     ``providers``: the engines calls get (default: the registry for ``settings``; the offline
     models are loaded at startup)."""
@@ -83,7 +83,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         app[RECORDING_UPLOADS].start()  # background: uploads a restart interrupted
         from runtime.pipeline.engine import ConversationEngine
 
-        app[PIPELINE] = ConversationEngine(providers or ProviderRegistry(settings), app[CONTROL],
+        app[PIPELINE] = ConversationEngine(providers or ProviderChains(settings), app[CONTROL],
                                            app[METRICS].registry)
         await app[PIPELINE].start()
         yield

@@ -10,7 +10,7 @@ from aiohttp import web
 from runtime.api.app import create_app
 from runtime.config import Settings
 from runtime.logs import configure_logging
-from runtime.providers.chains import ProviderRegistry
+from runtime.providers.chains import ProviderChains
 
 log = logging.getLogger("voicectl.server")
 
@@ -34,7 +34,7 @@ async def tune_gc_for_live_calls(app: web.Application) -> None:
 
 
 def run(settings: Settings, host: str | None = None, port: int | None = None,
-        providers: ProviderRegistry | None = None) -> None:
+        providers: ProviderChains | None = None) -> None:
     """``providers``: the engines calls get (default: the config's; bench/fake_engines.py passes its own)."""
     configure_logging(settings.logging)
     app = create_app(settings, providers=providers)

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from runtime.control.schemas import WEEKDAYS
+from runtime.control.schemas import WEEKDAYS, AgentConfig, OperatingHours
 from runtime.store.store import Store
 from runtime.store.tables import WRITES
 
@@ -64,7 +64,7 @@ class CallRoute:
     number: dict[str, Any]
     agent_id: str
     version: int
-    config: dict[str, Any]
+    config: AgentConfig
     after_hours: bool
 
     @property
@@ -74,35 +74,35 @@ class CallRoute:
     @property
     def max_duration_s(self) -> int:
         """The shorter of the tenant's and the version's limits."""
-        limits = [self.tenant["max_call_duration_s"], self.config.get("max_duration_s")]
+        limits = [self.tenant["max_call_duration_s"], self.config.max_duration_s]
         return min(v for v in limits if v)
 
     @property
     def greeting(self) -> str | None:
-        if self.after_hours and self.config.get("after_hours", {}).get("greeting"):
-            return self.config["after_hours"]["greeting"]
-        return self.config.get("greeting")
+        if self.after_hours and self.config.after_hours.greeting:
+            return self.config.after_hours.greeting
+        return self.config.greeting
 
     @property
     def system_prompt(self) -> str:
-        if self.after_hours and self.config.get("after_hours", {}).get("system_prompt"):
-            return self.config["after_hours"]["system_prompt"]
-        return self.config["system_prompt"]
+        if self.after_hours and self.config.after_hours.system_prompt:
+            return self.config.after_hours.system_prompt
+        return self.config.system_prompt
 
     @property
     def transfer_now(self) -> bool:
         """After hours with mode=transfer and somewhere to transfer to."""
-        return (self.after_hours and self.config.get("after_hours", {}).get("mode") == "transfer"
-                and bool(self.config.get("escalation_target")))
+        return (self.after_hours and self.config.after_hours.mode == "transfer"
+                and bool(self.config.escalation_target))
 
 
-def within_hours(hours: dict[str, Any] | None, timezone: str, now: datetime) -> bool:
+def within_hours(hours: OperatingHours | None, timezone: str, now: datetime) -> bool:
     """True when there is no schedule, or ``now`` falls in one of today's ranges (tenant time zone)."""
-    if not hours:
+    if hours is None:
         return True
     local = now.astimezone(ZoneInfo(timezone))
     hhmm = local.strftime("%H:%M")
-    for item in hours.get("schedule", {}).get(WEEKDAYS[local.weekday()], []):
+    for item in hours.schedule.get(WEEKDAYS[local.weekday()], []):
         start, end = item.split("-")
         if start <= hhmm < end:
             return True
@@ -125,6 +125,24 @@ async def route_call(store: Store, e164: str, now: datetime,
     row = found["version"]
     if row is None:
         raise RouteRejected("no_active_version", f"agent version {version} is missing", tenant["id"], number["id"])
-    config = row["config"]
-    after_hours = not within_hours(config.get("hours"), tenant["timezone"], now)
+    config = stored_config(row)
+    after_hours = not within_hours(config.hours, tenant["timezone"], now)
     return CallRoute(tenant, number, agent["id"], version, config, after_hours)
+
+
+# Versions never change once written: each is validated once per process, then shared.
+_CONFIGS: dict[str, AgentConfig] = {}
+MAX_CACHED_CONFIGS = 10_000
+
+
+def stored_config(row: dict[str, Any]) -> AgentConfig:
+    """The typed config of an agent_versions row."""
+    key = row.get("id")
+    config = _CONFIGS.get(key) if key is not None else None
+    if config is None:
+        config = AgentConfig.from_stored(row["config"])
+        if key is not None:
+            if len(_CONFIGS) >= MAX_CACHED_CONFIGS:
+                _CONFIGS.clear()
+            _CONFIGS[key] = config
+    return config

@@ -82,7 +82,7 @@ class DurationWatchdog:
     async def _expire(self) -> None:
         session = self.session
         self.fired.append(0)
-        target = (session.route.config.get("escalation_target") if session.route else None) or None
+        target = (session.route.config.escalation_target if session.route else None) or None
         log.info("call reached its maximum duration",
                  extra={"call_id": session.id, "limit_s": self.limit_s, "transfer": bool(target)})
         if target and session.state == "connected":

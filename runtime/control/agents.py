@@ -17,15 +17,16 @@ class AgentService:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def _check_refs(self, tenant_id: str, config: dict[str, Any]) -> None:
-        profile = config.get("voice_profile_id")
+    async def _check_refs(self, tenant_id: str, config: AgentConfig) -> None:
+        profile = config.voice_profile_id
         if profile and await self.store.voice_profiles.get(profile, tenant_id=tenant_id) is None:
             raise Invalid(f"voice profile {profile} not found", {"voice_profile_id": profile})
 
     async def create(self, tenant_id: str, data: AgentCreate) -> Agent:
         """Version 1 is created and made active at once."""
-        config = AgentConfig.model_validate(data.model_dump(exclude={"name"})).model_dump()
-        await self._check_refs(tenant_id, config)
+        validated = AgentConfig.model_validate(data.model_dump(exclude={"name"}))
+        await self._check_refs(tenant_id, validated)
+        config = validated.model_dump()
         now = now_iso()
         agent_id = new_id("agt")
         try:
@@ -94,10 +95,11 @@ class AgentService:
                                                       version=row["latest_version"])
                 merged = {**latest["config"], **changes}
                 try:
-                    config = AgentConfig.model_validate(merged).model_dump()
+                    validated = AgentConfig.model_validate(merged)
                 except ValueError as exc:
                     raise Invalid("the changed agent settings are not valid", {"errors": str(exc)}) from None
-                await self._check_refs(tenant_id, config)
+                await self._check_refs(tenant_id, validated)
+                config = validated.model_dump()
                 version = row["latest_version"] + 1
                 await self._insert_version(tx, tenant_id, agent_id, version, config, "draft", data.note, now)
                 agent_changes["latest_version"] = version

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from runtime.control.errors import Invalid, NotFound
 from runtime.control.models import Credential, from_row
 from runtime.control.pagination import Page, PageRequest
 from runtime.control.schemas import CredentialSet
 from runtime.ids import new_id, now_iso
+from runtime.providers import registry
+from runtime.providers.registry import CredentialSpec, ProviderCredential
 from runtime.secrets import SecretStore
 from runtime.store.store import Store
 from runtime.store.tables import WRITES
@@ -20,37 +21,16 @@ SECRET_REF_TTL_S = 1.0
 SECRET_REF_CACHE_MAX = 10_000
 
 
-@dataclass(frozen=True)
-class ProviderSpec:
-    required: tuple[str, ...] = ()
-    optional: tuple[str, ...] = ()
-    secret: str = "API key"
-    secret_required: bool = True
-
-
-# The table in DESIGN.md: which fields each provider keeps, and what its secret is.
-PROVIDERS: dict[str, ProviderSpec] = {
-    "twilio": ProviderSpec(("account_sid",), secret="auth token"),
-    "goto": ProviderSpec(("client_id", "account_key"), secret="OAuth refresh token"),
-    "livekit": ProviderSpec(("url", "api_key"), secret="API secret"),
-    "deepgram": ProviderSpec(),
-    "anthropic": ProviderSpec(),
-    "openai": ProviderSpec(optional=("base_url",), secret_required=False),
-    "chatterbox": ProviderSpec(("base_url",), secret_required=False),
-    "s3": ProviderSpec(("endpoint", "region", "bucket", "access_key_id"), secret="secret access key"),
-    "n8n": ProviderSpec(("url", "header_name"), secret="header value"),
-    "tools": ProviderSpec(secret="HTTP tool signing secret"),
-}
-
-
 def secret_ref(tenant_id: str, provider: str) -> str:
     return f"tenant/{tenant_id}/credential/{provider}"
 
 
-def provider_spec(provider: str) -> ProviderSpec:
-    spec = PROVIDERS.get(provider)
+def provider_spec(provider: str) -> CredentialSpec:
+    """What a tenant stores for ``provider`` (the registry's table of credentials)."""
+    spec = registry.credential_spec(provider)
     if spec is None:
-        raise NotFound(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}", {"provider": provider})
+        raise NotFound(f"unknown provider {provider!r}; known: {', '.join(registry.CREDENTIALS)}",
+                       {"provider": provider})
     return spec
 
 
@@ -119,6 +99,13 @@ class CredentialService:
         cred = await self.get(tenant_id, provider)
         await self.store.credentials.delete(cred.id, tenant_id=tenant_id)
         self.secrets.delete(secret_ref(tenant_id, provider))
+
+    async def for_engine(self, tenant_id: str, provider: str) -> ProviderCredential | None:
+        """The credential an engine is built with (runtime only: it holds the secret)."""
+        row = await self.store.credentials.find(tenant_id=tenant_id, provider=provider)
+        if row is None:
+            return None
+        return ProviderCredential(dict(row.get("fields") or {}), await self.secret(tenant_id, provider))
 
     async def secret(self, tenant_id: str, provider: str) -> str | None:
         """For the runtime only (signature checks, provider clients); never printed or returned by the API."""

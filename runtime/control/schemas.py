@@ -6,10 +6,21 @@ The same models produce the request-body JSON schemas in the OpenAPI document.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from runtime.providers import registry
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 HHMM_RANGE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
@@ -22,7 +33,7 @@ MAX_VERSION = 2**31 - 1  # agent versions are INTEGER columns (32-bit on Postgre
 
 
 class Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
 
 def check_timezone(value: str | None) -> str | None:
@@ -99,36 +110,95 @@ class ApiKeyCreate(Input):
 
 
 class ProviderChoice(Input):
+    """A version's choice for one modality: ``provider`` (null: the appliance default), ``model``,
+    ``base_url``, ``fallback`` and, flat beside them, the provider's own options (the registry
+    entry's options model: Deepgram's ``endpointing_ms``, Chatterbox's ``exaggeration``, a TTS
+    ``voice``...). Which keys a provider takes is checked against the registry by AgentConfig,
+    which knows the modality."""
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True, frozen=True)
+
     provider: str | None = Field(None, description="null: the appliance default (providers.defaults)")
     model: str | None = None
     base_url: str | None = None
-    temperature: float | None = Field(None, ge=0, le=2, description="llm sampling; tts: Chatterbox's")
-    max_tokens: int | None = Field(None, ge=1, le=32_000)
-    fallback: list[str] = Field(default_factory=list)
-    # Speech to text (Deepgram)
-    endpointing_ms: int | None = Field(None, ge=10, le=5000,
-                                       description="stt: silence (ms) after which Deepgram marks speech final")
-    utterance_end_ms: int | None = Field(None, ge=1000, le=5000,
-                                         description="stt: gap between words (ms) that sends Deepgram's UtteranceEnd")
-    # Text to speech (Chatterbox)
-    voice: str | None = Field(None, min_length=1, max_length=200,
-                              description="tts: the voice (default: the version's chatterbox voice profile, "
-                                          "else providers.chatterbox.voice)")
-    exaggeration: float | None = Field(None, ge=0.25, le=2.0, description="tts: Chatterbox emotion exaggeration")
-    cfg_weight: float | None = Field(None, ge=0, le=1, description="tts: Chatterbox pace/guidance weight")
+    fallback: list[str] = Field(default_factory=list, description="providers to try next, in order")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unset_options(cls, data: Any) -> Any:
+        # Versions written by earlier releases hold every vendor key, unset ones as null.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k in _COMMON_CHOICE_KEYS}
+        return data
+
+    @property
+    def option_values(self) -> dict[str, Any]:
+        """The vendor keys this choice sets."""
+        return dict(self.model_extra or {})
+
+    def options_for(self, entry: registry.ProviderEntry) -> Any:
+        """The options of ``entry`` this choice sets, typed by its options model (keys of other
+        providers, which only stored versions can hold, are left out)."""
+        fields = entry.options.model_fields
+        return entry.options.model_validate({k: v for k, v in self.option_values.items() if k in fields})
+
+    def with_provider(self, name: str) -> ProviderChoice:
+        return self.model_copy(update={"provider": name})
+
+    def check(self, modality: str, *, stored: bool = False) -> None:
+        """Provider names known to the registry, and each vendor key one the provider takes, in
+        its range. ``stored``: a version read back (an earlier release may have saved what
+        today's registry refuses; calls skip what they cannot use), so only names are checked
+        loosely: nothing is raised."""
+        if stored:
+            return
+        for name in [self.provider, *self.fallback]:
+            if name is not None and registry.find(modality, name) is None:
+                raise ValueError(f"{modality}.provider: unknown provider {name!r}; "
+                                 f"known: {', '.join(registry.names(modality))}")
+        values = self.option_values
+        entry = registry.find(modality, self.provider) if self.provider else None
+        for key, value in values.items():
+            owners = registry.option_owners(modality, key)
+            if entry is not None and key not in entry.options.model_fields or not owners:
+                raise ValueError(f"{modality}.{key}: {_owned_by(modality, key, owners)}")
+            # With no provider named, a key is checked against the providers that take it.
+            models = [entry.options] if entry is not None else [registry.get(modality, o).options for o in owners]
+            errors = [_option_error(model, key, value) for model in models]
+            if all(errors):
+                raise ValueError(f"{modality}.{key}: {errors[0]}")
 
 
-# The ProviderChoice fields that mean something for some modalities only (the rest: for every one).
-CHOICE_FIELD_MODALITIES = {
-    "endpointing_ms": ("stt",), "utterance_end_ms": ("stt",), "max_tokens": ("llm",), "temperature": ("llm", "tts"),
-    "voice": ("tts",), "exaggeration": ("tts",), "cfg_weight": ("tts",),
-}
+_COMMON_CHOICE_KEYS = frozenset(registry.COMMON_CHOICE_KEYS)
+
+
+def _owned_by(modality: str, key: str, owners: tuple[str, ...]) -> str:
+    if owners:
+        return f"only for {', '.join(owners)}"
+    others = [m for m in registry.MODALITIES if m != modality and registry.option_owners(m, key)]
+    if others:
+        return f"only for {' and '.join(others)}"
+    return "not a setting of any provider"
+
+
+def _option_error(model: type[BaseModel], key: str, value: Any) -> str | None:
+    try:
+        model.model_validate({key: value})
+    except ValidationError as exc:
+        return exc.errors()[0]["msg"].removeprefix("Value error, ")
+    return None
+
+
+# Turn-taking defaults (the pipeline's TurnPolicy and ConversationSettings use these too).
+ENDPOINTING_SILENCE_MS = 500
+MIN_INTERRUPTION_MS = 300
+SILENCE_REPROMPT_S = 8.0
 
 
 class TurnSettings(Input):
-    endpointing_silence_ms: int = Field(500, ge=100, le=5000)
-    min_interruption_ms: int = Field(300, ge=0, le=5000)
-    silence_reprompt_s: float = Field(8.0, ge=1, le=120)
+    endpointing_silence_ms: int = Field(ENDPOINTING_SILENCE_MS, ge=100, le=5000)
+    min_interruption_ms: int = Field(MIN_INTERRUPTION_MS, ge=0, le=5000)
+    silence_reprompt_s: float = Field(SILENCE_REPROMPT_S, ge=1, le=120)
 
 
 class HttpTool(Input):
@@ -310,7 +380,8 @@ class RulesConfig(Input):
 
 
 class AgentConfig(Input):
-    """Everything an agent version holds."""
+    """Everything an agent version holds. Frozen: the runtime reads a call's settings from it
+    (``from_stored``) as the API validated them."""
 
     system_prompt: str = Field(min_length=1, max_length=100_000)
     greeting: str | None = Field(None, max_length=2000)
@@ -347,14 +418,10 @@ class AgentConfig(Input):
         return check_e164(value)
 
     @model_validator(mode="after")
-    def _choice_fields(self) -> AgentConfig:
-        for modality in ("stt", "llm", "tts"):
-            choice: ProviderChoice = getattr(self, modality)
-            for name, modalities in CHOICE_FIELD_MODALITIES.items():
-                if modality not in modalities and getattr(choice, name) is not None:
-                    raise ValueError(f"{modality}.{name}: only for {' and '.join(modalities)}")
-        if self.tts.temperature is not None and self.tts.temperature < 0.05:
-            raise ValueError("tts.temperature: at least 0.05 (Chatterbox's lowest)")
+    def _choices(self, info: ValidationInfo) -> AgentConfig:
+        stored = bool(info.context and info.context.get("stored"))
+        for modality in registry.MODALITIES:
+            getattr(self, modality).check(modality, stored=stored)
         return self
 
     @model_validator(mode="after")
@@ -366,6 +433,14 @@ class AgentConfig(Input):
             if tool not in enabled:
                 raise ValueError(f"dtmf_tools: {tool!r} is not one of this agent's tools")
         return self
+
+
+    @classmethod
+    def from_stored(cls, raw: Mapping[str, Any]) -> AgentConfig:
+        """A version's config as stored, including those written by earlier releases: a provider
+        or vendor key today's registry does not know is kept (a call skips what it cannot use)
+        rather than refusing the whole version."""
+        return cls.model_validate(raw, context={"stored": True})
 
 
 class AgentCreate(AgentConfig):
@@ -406,20 +481,30 @@ class PromoteRequest(Input):
 # Voice profiles
 
 
+def check_tts_provider(value: str | None) -> str | None:
+    if value is not None and registry.find("tts", value) is None:
+        raise ValueError(f"unknown tts provider {value!r}; known: {', '.join(registry.names('tts'))}")
+    return value
+
+
 class VoiceProfileCreate(Input):
     name: str = Field(min_length=1, max_length=100)
-    provider: Literal["local", "chatterbox", "espeak"] = "local"
+    provider: str = Field("local", description="a TTS provider; the voice and speed apply where it has voices")
     voice_id: str = Field("default", min_length=1, max_length=200)
     language: str = Field("en", min_length=2, max_length=16)
     speed: float = Field(1.0, ge=0.5, le=2.0)
 
+    _provider = field_validator("provider")(check_tts_provider)
+
 
 class VoiceProfileUpdate(Input):
     name: str | None = Field(None, min_length=1, max_length=100)
-    provider: Literal["local", "chatterbox", "espeak"] | None = None
+    provider: str | None = None
     voice_id: str | None = Field(None, min_length=1, max_length=200)
     language: str | None = Field(None, min_length=2, max_length=16)
     speed: float | None = Field(None, ge=0.5, le=2.0)
+
+    _provider = field_validator("provider")(check_tts_provider)
 
 
 # Phone numbers

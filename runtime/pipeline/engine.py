@@ -21,9 +21,9 @@ from runtime.pipeline.metrics import PipelineMetrics
 from runtime.pipeline.settings import ConversationSettings
 from runtime.pipeline.transport import Transport
 from runtime.pipeline.vad import default_vad
-from runtime.providers.chains import ProviderRegistry
-from runtime.providers.cloud import ProviderCredential
+from runtime.providers.chains import ProviderChains
 from runtime.providers.failover import Failover
+from runtime.providers.registry import ProviderCredential
 from runtime.providers.voice_profile import apply_voice_profile
 from runtime.tools.toolbox import CallToolBox
 
@@ -31,7 +31,7 @@ log = logging.getLogger("voicectl.pipeline")
 
 
 class ConversationEngine:
-    def __init__(self, providers: ProviderRegistry, control: ControlPlane, registry: CollectorRegistry) -> None:
+    def __init__(self, providers: ProviderChains, control: ControlPlane, registry: CollectorRegistry) -> None:
         self.providers = providers
         self.control = control
         self.metrics = PipelineMetrics(registry)
@@ -55,16 +55,13 @@ class ConversationEngine:
         timezone = route.tenant.get("timezone") or "UTC"
         secrets, store, tenant_id = self.control.credentials, self.control.store, session.tenant_id
         config = route.config
-        if config.get("voice_profile_id"):
-            profile = await store.voice_profiles.get(config["voice_profile_id"], tenant_id=tenant_id)
+        if config.voice_profile_id:
+            profile = await store.voice_profiles.get(config.voice_profile_id, tenant_id=tenant_id)
             config = apply_voice_profile(config, profile)
         conversation: Conversation | None = None
 
         async def credential(provider: str) -> ProviderCredential | None:
-            row = await store.credentials.find(tenant_id=tenant_id, provider=provider)
-            if row is None:
-                return None
-            return ProviderCredential(dict(row.get("fields") or {}), await secrets.secret(tenant_id, provider))
+            return await secrets.for_engine(tenant_id, provider)
 
         def failed_over(switch: Failover) -> None:
             self.metrics.failovers.labels(switch.modality, switch.from_provider, switch.to_provider).inc()

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.control.schemas import SILENCE_REPROMPT_S, AgentConfig
 from runtime.pipeline.turns import TurnPolicy
 
 _WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 10: "ten", 15: "fifteen", 20: "twenty", 30: "thirty"}
@@ -38,7 +39,7 @@ class ConversationSettings:
     system_prompt: str
     greeting: str | None = None
     turn: TurnPolicy = field(default_factory=TurnPolicy)
-    silence_reprompt_s: float = 8.0
+    silence_reprompt_s: float = SILENCE_REPROMPT_S
     escalation_target: str | None = None
     agent_id: str | None = None
     dtmf_tools: Mapping[str, str] = field(default_factory=dict)  # digit -> tool called directly
@@ -52,24 +53,22 @@ class ConversationSettings:
     phrases: Phrases = field(default_factory=Phrases)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, agent_id: str | None = None, greeting: Any = _UNSET,
+    def from_config(cls, config: AgentConfig, *, agent_id: str | None = None, greeting: Any = _UNSET,
                     system_prompt: str | None = None, **overrides: Any) -> ConversationSettings:
-        """From an agent version's config dict (``AgentConfig`` dumped); ``overrides`` set fields."""
-        turn = config.get("turn") or {}
-        llm = config.get("llm") or {}
-        prompt = system_prompt or config.get("system_prompt") or ""
-        if config.get("knowledge"):
-            prompt = f"{prompt}\n\nReference information:\n{config['knowledge']}"
+        """From an agent version's config; ``overrides`` set fields."""
+        turn, llm = config.turn, config.llm.option_values
+        prompt = system_prompt or config.system_prompt
+        if config.knowledge:
+            prompt = f"{prompt}\n\nReference information:\n{config.knowledge}"
         return cls(**{
             "system_prompt": prompt,
-            "greeting": config.get("greeting") if greeting is _UNSET else greeting,
-            "turn": TurnPolicy(endpoint_ms=int(turn.get("endpointing_silence_ms", 500)),
-                               min_interruption_ms=int(turn.get("min_interruption_ms", 300))),
-            "silence_reprompt_s": float(turn.get("silence_reprompt_s", 8.0)),
-            "escalation_target": config.get("escalation_target"),
+            "greeting": config.greeting if greeting is _UNSET else greeting,
+            "turn": TurnPolicy(endpoint_ms=turn.endpointing_silence_ms, min_interruption_ms=turn.min_interruption_ms),
+            "silence_reprompt_s": turn.silence_reprompt_s,
+            "escalation_target": config.escalation_target,
             "agent_id": agent_id,
-            "dtmf_tools": dict(config.get("dtmf_tools") or {}),
-            "model": llm.get("model"), "temperature": llm.get("temperature"), "max_tokens": llm.get("max_tokens"),
+            "dtmf_tools": dict(config.dtmf_tools),
+            "model": config.llm.model, "temperature": llm.get("temperature"), "max_tokens": llm.get("max_tokens"),
             **overrides,
         })
 

@@ -27,8 +27,8 @@ from runtime.pipeline.conversation import Conversation
 from runtime.pipeline.metrics import PipelineMetrics
 from runtime.pipeline.settings import ConversationSettings
 from runtime.providers.base import AudioChunk, SpeechToText, SttStream, TextToSpeech, Transcript
-from runtime.providers.chains import ProviderRegistry
-from runtime.providers.cloud import ProviderCredential
+from runtime.providers.chains import ProviderChains
+from runtime.providers.registry import ProviderCredential
 from runtime.tools.toolbox import CallToolBox
 
 RATE = 8000
@@ -124,18 +124,15 @@ async def text_chat(plane: ControlPlane, settings: Any, number: str, lines: list
     session.on_utterance = on_utterance
     await session.insert_row()
     await session.connect()
-    registry = ProviderRegistry(settings)
+    chains = ProviderChains(settings)
     timezone = route.tenant.get("timezone") or "UTC"
     secrets, tenant_id = plane.credentials, route.tenant_id
 
     async def credential(provider: str) -> ProviderCredential | None:
-        row = await plane.store.credentials.find(tenant_id=tenant_id, provider=provider)
-        if row is None:
-            return None
-        return ProviderCredential(dict(row.get("fields") or {}), await secrets.secret(tenant_id, provider))
+        return await secrets.for_engine(tenant_id, provider)
 
     # Engines load lazily: only the brain (the version's LLM chain) is used.
-    chosen = await registry.for_call(route.config, timezone=timezone, credentials=credential)
+    chosen = await chains.for_call(route.config, timezone=timezone, credentials=credential)
     brain = chosen.llm
     http_tools = None
     try:

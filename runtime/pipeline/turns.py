@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum, IntFlag
 
+from runtime.control.schemas import ENDPOINTING_SILENCE_MS, MIN_INTERRUPTION_MS
+
 IDLE, SPEAKING, PAUSED = 0, 1, 2
 
 
@@ -46,8 +48,8 @@ class Completeness(Enum):
 
 @dataclass(frozen=True, slots=True)
 class TurnPolicy:
-    endpoint_ms: int = 500
-    min_interruption_ms: int = 300
+    endpoint_ms: int = ENDPOINTING_SILENCE_MS
+    min_interruption_ms: int = MIN_INTERRUPTION_MS
     confirm_ms: int = 60
     incomplete_min_ms: int = 1500
     final_timeout_ms: int = 1500

@@ -58,6 +58,27 @@ class RetryPolicy:
         return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1)))
 
 
+class Engine:
+    """What every engine has: a name, a retry policy, and the optional hooks the pipeline and
+    ``doctor`` call (each a no-op unless the adapter overrides it)."""
+
+    name: str = "engine"
+
+    def __init__(self, policy: RetryPolicy | None = None) -> None:
+        self.policy = policy or RetryPolicy()
+
+    async def warm_up(self) -> None:  # noqa: B027 (optional hook, not abstract)
+        """Load models before the first call (offline engines); the default has none."""
+
+    async def check(self) -> str | None:
+        """For ``voicectl doctor``: a cheap proof that the engine can serve (an authenticated
+        request, a hash-checked model). Raises ``ProviderError``; returns a detail or None."""
+        return None
+
+    async def aclose(self) -> None:  # noqa: B027 (optional hook, not abstract)
+        """Release clients, pools and models; the default has none."""
+
+
 # Speech to text
 
 
@@ -104,15 +125,12 @@ class SttStream(ABC):
     def __aiter__(self) -> AsyncIterator[Transcript]: ...
 
 
-class SpeechToText(ABC):
+class SpeechToText(Engine, ABC):
     name: str = "stt"
     # The rate the engine wants; the pipeline resamples caller audio to it.
     rate: int = 16_000
     # True when the engine produces interim results while the caller speaks.
     interim_results: bool = False
-
-    def __init__(self, policy: RetryPolicy | None = None) -> None:
-        self.policy = policy or RetryPolicy()
 
     async def open(self) -> SttStream:
         """A new stream, retried like any request (connecting is the 'first byte')."""
@@ -120,9 +138,6 @@ class SpeechToText(ABC):
 
     @abstractmethod
     async def _open(self) -> SttStream: ...
-
-    async def aclose(self) -> None:  # noqa: B027 (optional hook, not abstract)
-        """Release engine resources (models, pools); the default has none."""
 
 
 # Language models
@@ -184,11 +199,8 @@ class LlmRequest:
     max_tokens: int | None = None
 
 
-class LanguageModel(ABC):
+class LanguageModel(Engine, ABC):
     name: str = "llm"
-
-    def __init__(self, policy: RetryPolicy | None = None) -> None:
-        self.policy = policy or RetryPolicy()
 
     async def stream(self, request: LlmRequest) -> AsyncIterator[LlmEvent]:
         """Text deltas and tool calls of one reply, ending with ``LlmDone``. Retries (with
@@ -199,9 +211,6 @@ class LanguageModel(ABC):
 
     @abstractmethod
     def _stream(self, request: LlmRequest) -> AsyncIterator[LlmEvent]: ...
-
-    async def aclose(self) -> None:  # noqa: B027 (optional hook, not abstract)
-        """Release clients and pools; the default has none."""
 
 
 # Text to speech
@@ -217,11 +226,8 @@ class AudioChunk:
     text: str = ""
 
 
-class TextToSpeech(ABC):
+class TextToSpeech(Engine, ABC):
     name: str = "tts"
-
-    def __init__(self, policy: RetryPolicy | None = None) -> None:
-        self.policy = policy or RetryPolicy()
 
     async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
         """Audio for ``text`` in chunks, the first as early as the engine allows."""
@@ -230,9 +236,6 @@ class TextToSpeech(ABC):
 
     @abstractmethod
     def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]: ...
-
-    async def aclose(self) -> None:  # noqa: B027 (optional hook, not abstract)
-        """Release models and clients; the default has none."""
 
 
 # Shared failure handling

@@ -1,33 +1,40 @@
 """Which engines a call gets: the agent version's choice and its fallbacks, then the offline
 engine as the last resort.
 
-One registry per runtime process holds the engines that are expensive to make (the offline
-models are loaded once and shared by every call); per-call objects (the rules brain with the
-version's ruleset, cloud adapters with their own clients) are made per call. A modality's chain
-is ``[provider] + fallback``, ending with the offline default if it has no offline engine; an entry this build has no adapter for, or
-whose tenant credential is missing, is skipped and the skip reported (``provider.failed_over``
-at the start of the call). A chain of one engine is that engine; longer ones are wrapped in
-runtime.providers.failover, which switches engines during the call.
+One ``ProviderChains`` per runtime process holds the engines that are expensive to make (the
+offline models are loaded once and shared by every call); per-call objects (the rules brain with
+the version's ruleset, cloud adapters with their own clients) are made per call by the registry
+entry's factory. A modality's chain is ``[provider] + fallback``, ending with the offline default
+if it has no offline engine; an entry whose tenant credential is missing (or that refuses its
+settings) is skipped and the skip reported (``provider.failed_over`` at the start of the call). A
+chain of one engine is that engine; longer ones are wrapped in runtime.providers.failover, which
+switches engines during the call.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.config import Settings
-from runtime.providers.base import LanguageModel, ProviderError, RetryPolicy, SpeechToText, TextToSpeech
-from runtime.providers.cloud import CLOUD, CredentialLookup, MissingCredential, build
+from runtime.providers import registry
+from runtime.providers.base import (
+    Engine,
+    LanguageModel,
+    ProviderError,
+    RetryPolicy,
+    SpeechToText,
+    TextToSpeech,
+)
 from runtime.providers.failover import FailoverLLM, FailoverSTT, FailoverTTS, Report
+from runtime.providers.registry import MODALITIES, BuildContext, CredentialLookup, MissingCredential
+
+if TYPE_CHECKING:
+    from runtime.control.schemas import AgentConfig, ProviderChoice
 
 log = logging.getLogger("voicectl.providers")
-
-OFFLINE = {"stt": "local", "llm": "rules", "tts": "local"}
-# Offline engines a version may name besides the defaults above.
-OFFLINE_CHOICES = {"stt": frozenset({"local", "pocketsphinx"}), "llm": frozenset({"rules"}),
-                   "tts": frozenset({"local"})}
-MODALITIES = ("stt", "llm", "tts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,67 +60,85 @@ class CallProviders:
                 await engine.aclose()
 
 
-class ProviderRegistry:
+class ProviderChains:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         conf = settings.providers
         self.policy = RetryPolicy(retries=conf.retries, first_byte_timeout_s=conf.first_byte_timeout_ms / 1000)
-        self._stt: SpeechToText | None = None
-        self._tts: TextToSpeech | None = None
+        self._shared: dict[str, Engine] = {}
 
-    def local_stt(self) -> SpeechToText:
-        if self._stt is None:
-            from runtime.providers.stt.local import LocalWhisperSTT
+    def shared(self, key: str, make: Callable[[], Any]) -> Any:
+        """The process's one engine under ``key`` (offline models: loaded once, used by every call)."""
+        engine = self._shared.get(key)
+        if engine is None:
+            engine = self._shared[key] = make()
+        return engine
 
-            self._stt = LocalWhisperSTT(policy=self.policy)
-        return self._stt
-
-    def sphinx_stt(self) -> SpeechToText:
-        from runtime.providers.stt.sphinx import PocketSphinxSTT
-
-        return PocketSphinxSTT(policy=self.policy)  # cheap: each stream loads its own decoder
-
-    def local_tts(self) -> TextToSpeech:
-        if self._tts is None:
-            from runtime.providers.tts.local import PiperTTS
-
-            self._tts = PiperTTS(policy=self.policy)
-        return self._tts
+    def engine(self, modality: str, name: str, choice: ProviderChoice | None = None, *,
+               credential: registry.ProviderCredential | None = None, agent: AgentConfig | None = None,
+               timezone: str = "UTC", transport_rate: int = 8000, policy: RetryPolicy | None = None) -> Any:
+        """Engine ``name`` of ``modality`` made by its registry entry. ``choice``: the version's
+        choice when ``name`` is its first (its model, base_url and options), else None."""
+        entry = registry.get(modality, name)
+        first = choice is not None and choice.provider == name
+        return entry.build(BuildContext(
+            entry=entry, settings=entry.settings(self.settings.providers),
+            options=choice.options_for(entry) if first else entry.options(),
+            model=choice.model if first else None, base_url=choice.base_url if first else None,
+            credential=credential, policy=policy or self.policy, transport_rate=transport_rate,
+            language=agent.language if agent is not None else "en", timezone=timezone,
+            rules=agent.rules if agent is not None else None, shared=self.shared))
 
     async def warm_up(self) -> None:
-        """Load the offline models before the first call (a cold load takes seconds). A piper
-        voice that cannot load (missing, or failing its hash check) is replaced by espeak-ng,
-        the tiny fallback, so calls are still answered."""
-        await self.local_stt().warm_up()  # type: ignore[attr-defined]
-        try:
-            await self.local_tts().warm_up()  # type: ignore[attr-defined]
-        except ProviderError as exc:
-            from runtime.providers.tts.local import EspeakTTS
+        """Load the default offline models before the first call (a cold load takes seconds). An
+        engine that cannot load (a piper voice missing or failing its hash check) is replaced by
+        its entry's stand-in (espeak-ng), so calls are still answered."""
+        for modality in MODALITIES:
+            name = self.offline_default(modality)
+            entry = registry.get(modality, name)
+            if not entry.capabilities.warm_up:
+                continue
+            engine = self.engine(modality, name)
+            try:
+                await engine.warm_up()
+            except ProviderError as exc:
+                if entry.stand_in is None:
+                    raise
+                log.error("the offline engine cannot be used; its stand-in speaks instead",
+                          extra={"provider": name, "stand_in": entry.stand_in, "error": str(exc)})
+                self._shared[f"{modality}.{name}"] = self.engine(modality, entry.stand_in)
 
-            log.error("the piper voice cannot be used; speaking with espeak-ng", extra={"error": str(exc)})
-            self._tts = EspeakTTS(policy=self.policy)
+    def offline_default(self, modality: str) -> str:
+        """The offline engine that ends every chain: the configured default when it is offline."""
+        default = getattr(self.settings.providers.defaults, modality)
+        return default if registry.get(modality, default).offline else registry.names(modality, offline=True)[0]
 
-    def chosen(self, config: dict[str, Any], modality: str) -> str:
-        choice = (config.get(modality) or {}).get("provider")
-        return choice or getattr(self.settings.providers.defaults, modality)
+    def chosen(self, agent: AgentConfig, modality: str) -> str:
+        return getattr(agent, modality).provider or getattr(self.settings.providers.defaults, modality)
 
-    def chain(self, config: dict[str, Any], modality: str) -> list[str]:
+    def chain(self, agent: AgentConfig, modality: str) -> list[str]:
         """Provider names to try, in order: the version's choice, its fallbacks, and the offline
         default when no offline engine is among them (the call is always answered)."""
-        names = [self.chosen(config, modality), *((config.get(modality) or {}).get("fallback") or [])]
-        if not any(name in OFFLINE_CHOICES[modality] for name in names):
-            names.append(OFFLINE[modality])
+        names = [self.chosen(agent, modality), *getattr(agent, modality).fallback]
+        if not any((entry := registry.find(modality, name)) is not None and entry.offline for name in names):
+            names.append(self.offline_default(modality))
         return list(dict.fromkeys(names))
 
-    async def for_call(self, config: dict[str, Any], timezone: str = "UTC", *, transport_rate: int = 8000,
+    def first_choice(self, agent: AgentConfig, modality: str) -> ProviderChoice:
+        """The version's choice with its provider resolved (null: the appliance default)."""
+        choice = getattr(agent, modality)
+        return choice if choice.provider else choice.with_provider(self.chosen(agent, modality))
+
+    async def for_call(self, agent: AgentConfig, timezone: str = "UTC", *, transport_rate: int = 8000,
                        credentials: CredentialLookup | None = None, report: Report | None = None) -> CallProviders:
-        """The engines for one call of an agent version (``config``: the version's config dict;
-        ``timezone``: the tenant's, for the rules brain's dates; ``credentials``: the tenant's,
-        by provider; ``report``: told about every switch of engine during the call)."""
+        """The engines for one call of an agent version (``timezone``: the tenant's, for the rules
+        brain's dates; ``credentials``: the tenant's, by credential name; ``report``: told about
+        every switch of engine during the call)."""
         substitutions: list[Substitution] = []
         chains: dict[str, tuple[list[tuple[str, Any]], set[str]]] = {}
         for modality in MODALITIES:
-            names = self.chain(config, modality)
+            names = self.chain(agent, modality)
+            choice = self.first_choice(agent, modality)
             engines: list[tuple[str, Any]] = []
             owned: set[str] = set()
             skipped: list[tuple[str, str]] = []
@@ -121,14 +146,17 @@ class ProviderRegistry:
                 last = position == len(names) - 1
                 # Before the last engine a missed first byte moves on at once rather than retrying.
                 policy = self.policy if last else replace(self.policy, retry_timeouts=False)
-                choice = (config.get(modality) or {}) if position == 0 else {}
                 try:
-                    engine = await self._engine(modality, name, config, choice, timezone, transport_rate,
-                                                credentials, policy)
+                    entry = registry.get(modality, name)
+                    credential = None
+                    if entry.credential is not None and credentials is not None:
+                        credential = await credentials(entry.credential_name)
+                    engine = self.engine(modality, name, choice, credential=credential, agent=agent,
+                                         timezone=timezone, transport_rate=transport_rate, policy=policy)
                 except (MissingCredential, ValueError) as exc:
                     skipped.append((name, str(exc)))
                     continue
-                if name in CLOUD[modality]:
+                if not entry.offline:
                     owned.add(name)
                 for wanted, reason in skipped:
                     substitutions.append(Substitution(modality, wanted, name, reason))
@@ -145,24 +173,7 @@ class ProviderRegistry:
         return CallProviders(pick("stt", FailoverSTT), pick("llm", FailoverLLM), pick("tts", FailoverTTS),
                              substitutions)
 
-    async def _engine(self, modality: str, name: str, config: dict[str, Any], choice: dict[str, Any],
-                      timezone: str, transport_rate: int, credentials: CredentialLookup | None,
-                      policy: RetryPolicy) -> Any:
-        if name in CLOUD[modality]:
-            credential = await credentials(name) if credentials is not None else None
-            return build(modality, name, self.settings.providers, choice, credential, policy, transport_rate,
-                         language=config.get("language") or "en")
-        if name not in OFFLINE_CHOICES[modality]:
-            raise ValueError(f"no {name} {modality} adapter in this build")
-        if modality == "stt":
-            return self.sphinx_stt() if name == "pocketsphinx" else self.local_stt()
-        if modality == "tts":
-            return self.local_tts()
-        from runtime.providers.llm.rules import RulesBrain
-
-        return RulesBrain(config.get("rules"), timezone=timezone, policy=policy)
-
     async def aclose(self) -> None:
-        for engine in (self._stt, self._tts):
-            if engine is not None:
-                await engine.aclose()
+        engines, self._shared = list(self._shared.values()), {}
+        for engine in engines:
+            await engine.aclose()

@@ -10,16 +10,17 @@ result: errors are described by kind and status.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.config import Settings
 from runtime.control.pagination import PageRequest
 from runtime.control.plane import ControlPlane
+from runtime.control.schemas import AgentConfig, ProviderChoice
+from runtime.providers import registry
 from runtime.providers.base import ProviderError, RetryPolicy
-from runtime.providers.chains import MODALITIES, OFFLINE_CHOICES, ProviderRegistry
-from runtime.providers.cloud import CLOUD, SECRET_REQUIRED, MissingCredential, ProviderCredential, build
+from runtime.providers.chains import ProviderChains
+from runtime.providers.registry import MODALITIES, MissingCredential
 from runtime.providers.voice_profile import apply_voice_profile
 
 CHECK_TIMEOUT_S = 10.0
@@ -56,102 +57,80 @@ class ProviderCheck:
 
 
 async def diagnose(plane: ControlPlane, settings: Settings, tenant_id: str) -> list[ProviderCheck]:
-    registry = ProviderRegistry(settings)
+    chains = ProviderChains(settings)
     # One check per provider and server: two versions naming different servers get two rows.
-    checks: dict[tuple[str, str, str | None, str | None], ProviderCheck] = {}
+    checks: dict[tuple[str, str, str | None, str | None], tuple[ProviderCheck, ProviderChoice | None]] = {}
     offset = 0
     while True:
         agents = await plane.agents.list(tenant_id, PageRequest(limit=200, offset=offset))
         for agent in agents.items:
-            config = agent.active.config if agent.active else None
-            if not config:
+            if not agent.active or not agent.active.config:
                 continue
-            if config.get("voice_profile_id"):
+            config = AgentConfig.from_stored(agent.active.config)
+            if config.voice_profile_id:
                 config = apply_voice_profile(
-                    config, await plane.store.voice_profiles.get(config["voice_profile_id"], tenant_id=tenant_id))
+                    config, await plane.store.voice_profiles.get(config.voice_profile_id, tenant_id=tenant_id))
             for modality in MODALITIES:
-                for position, name in enumerate(registry.chain(config, modality)):
-                    # As in a call, the version's base_url and model belong to its first choice.
-                    choice = (config.get(modality) or {}) if position == 0 else {}
-                    url, model = choice.get("base_url"), choice.get("model")
-                    check = checks.setdefault((modality, name, url, model),
-                                              ProviderCheck(name, modality, base_url=url, model=model))
+                for position, name in enumerate(chains.chain(config, modality)):
+                    # As in a call, the version's base_url, model and options belong to its first choice.
+                    choice = chains.first_choice(config, modality) if position == 0 else None
+                    url, model = (choice.base_url, choice.model) if choice is not None else (None, None)
+                    check, _ = checks.setdefault((modality, name, url, model),
+                                                 (ProviderCheck(name, modality, base_url=url, model=model), choice))
                     check.used_by.append(agent.name)
         offset += len(agents.items)
         if not agents.items or offset >= agents.total:
             break
-    for modality, names in CLOUD.items():  # credentials held but not (yet) used by an agent
-        for name in sorted(names):
-            if await plane.store.credentials.find(tenant_id=tenant_id, provider=name) is not None and not any(
-                    key[:2] == (modality, name) for key in checks):
-                checks.setdefault((modality, name, None, None), ProviderCheck(name, modality))
+    for entry in registry.PROVIDERS:  # credentials held but not (yet) used by an agent
+        if entry.credential is None or any(key[:2] == (entry.modality, entry.name) for key in checks):
+            continue
+        if await plane.store.credentials.find(tenant_id=tenant_id, provider=entry.credential_name) is not None:
+            checks[(entry.modality, entry.name, None, None)] = (ProviderCheck(entry.name, entry.modality), None)
     results = list(checks.values())
-    await asyncio.gather(*(_run(plane, settings, registry, tenant_id, check) for check in results))
-    return sorted(results, key=lambda c: (MODALITIES.index(c.modality), c.provider, c.target))
+    await asyncio.gather(*(_run(plane, chains, tenant_id, check, choice) for check, choice in results))
+    return sorted((check for check, _ in results),
+                  key=lambda c: (MODALITIES.index(c.modality), c.provider, c.target))
 
 
-async def _run(plane: ControlPlane, settings: Settings, registry: ProviderRegistry, tenant_id: str,
-               check: ProviderCheck) -> None:
-    if check.provider in CLOUD.get(check.modality, ()):
-        await _cloud(plane, settings, tenant_id, check)
-    elif check.provider in OFFLINE_CHOICES.get(check.modality, ()):
-        check.credential = "not needed"
-        await _offline(check)
-    else:
+async def _run(plane: ControlPlane, chains: ProviderChains, tenant_id: str, check: ProviderCheck,
+               choice: ProviderChoice | None) -> None:
+    entry = registry.find(check.modality, check.provider)
+    if entry is None:
         check.status, check.detail = "unknown provider", f"no {check.provider} {check.modality} adapter in this build"
-
-
-async def _cloud(plane: ControlPlane, settings: Settings, tenant_id: str, check: ProviderCheck) -> None:
-    row = await plane.store.credentials.find(tenant_id=tenant_id, provider=check.provider)
-    secret = await plane.credentials.secret(tenant_id, check.provider) if row is not None else None
-    credential = ProviderCredential(dict(row.get("fields") or {}), secret) if row is not None else None
-    if credential is None:
-        check.credential = "missing" if check.provider in SECRET_REQUIRED else "not set (optional)"
+        return
+    credential = None
+    if entry.credential is None:
+        check.credential = "not needed"
     else:
-        check.credential = "set" if secret else "fields only"
+        credential = await plane.credentials.for_engine(tenant_id, entry.credential_name)
+        if credential is None:
+            check.credential = "missing" if entry.credential.secret_required else "not set (optional)"
+        else:
+            check.credential = "set" if credential.secret else "fields only"
     policy = RetryPolicy(retries=0, first_byte_timeout_s=CHECK_TIMEOUT_S)
-    choice = {"base_url": check.base_url, "model": check.model}
     try:
-        engine = build(check.modality, check.provider, settings.providers, choice, credential, policy)
+        # Offline engines are built apart from any call's (a check never loads a model).
+        engine = ProviderChains(chains.settings).engine(check.modality, check.provider, choice,
+                                                         credential=credential, policy=policy)
     except MissingCredential as exc:
-        check.status, check.detail = "missing credential", f"{exc}: voicectl credential set --tenant T {check.provider}"
+        check.status = "missing credential"
+        check.detail = f"{exc}: voicectl credential set --tenant T {entry.credential_name}"
         return
     except ValueError as exc:  # a setting the adapter refuses (a bad URL): this row, not the others
         check.status, check.detail = "misconfigured", str(exc)[:200]
         return
     try:
-        await asyncio.wait_for(engine.check(), CHECK_TIMEOUT_S)  # type: ignore[union-attr]
+        detail = await asyncio.wait_for(engine.check(), CHECK_TIMEOUT_S)
+        check.detail = detail or ""
     except ProviderError as exc:
-        check.status = VERDICTS.get(exc.kind, exc.kind)
-        check.detail = f"HTTP {exc.status}" if exc.status else exc.kind
+        if entry.offline:
+            check.status, check.detail = "unavailable", str(exc)[:200]
+        else:
+            check.status = VERDICTS.get(exc.kind, exc.kind)
+            check.detail = f"HTTP {exc.status}" if exc.status else exc.kind
     except TimeoutError:
         check.status, check.detail = "no answer in time", f"nothing within {CHECK_TIMEOUT_S:g} s"
     except Exception as exc:  # an adapter bug must not hide the other rows
         check.status, check.detail = "check failed", type(exc).__name__
     finally:
         await engine.aclose()
-
-
-async def _offline(check: ProviderCheck) -> None:
-    from runtime.providers import models
-
-    try:
-        if check.provider == "local" and check.modality == "stt":
-            await asyncio.to_thread(models.verified_dir, models.WHISPER_TINY_EN)
-            check.detail = models.WHISPER_TINY_EN.name
-        elif check.provider == "local" and check.modality == "tts":
-            try:
-                await asyncio.to_thread(models.verified_dir, models.PIPER_JOE_MEDIUM)
-                check.detail = models.PIPER_JOE_MEDIUM.name
-            except ProviderError:
-                if shutil.which("espeak-ng") is None:
-                    raise
-                check.detail = "piper voice unusable: espeak-ng speaks instead"
-        elif check.provider == "pocketsphinx":
-            import pocketsphinx  # noqa: F401
-
-            check.detail = "pocketsphinx"
-        else:
-            check.detail = "built in"
-    except (ProviderError, ImportError) as exc:
-        check.status, check.detail = "unavailable", str(exc)[:200]

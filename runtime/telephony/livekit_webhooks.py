@@ -200,7 +200,7 @@ async def _open(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent
     call = LiveKitCall(session, server, room, participant.identity, participant.sid, sip)
     session.summary["livekit"] = {"room": room, "participant": participant.identity, "sip": sip}
     if session.route is not None and session.route.transfer_now and sip:
-        target = session.route.config["escalation_target"]
+        target = session.route.config.escalation_target
         await session.emit(TransferRequested(target=target, reason="after_hours"))
         br.recent_rooms.put(room, session.tenant_id)
         br.spawn(_transfer_after_hours(server, call, target))

@@ -271,7 +271,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
         log.info("twilio call rejected", extra={"reason": rejected.reason, "tenant_id": rejected.tenant_id})
         return rejection_twiml(rejected)
     if session.route is not None and session.route.transfer_now:
-        target = session.route.config["escalation_target"]
+        target = session.route.config.escalation_target
         await session.emit(TransferRequested(target=target, reason="after_hours"))
         await session.end("after_hours_transfer")
         return twiml(f"<Dial>{escape(target)}</Dial>")

@@ -208,7 +208,7 @@ async def open_browser_call(app: web.Application, tenant_id: str, target: CallTa
         log.info("webrtc call rejected", extra={"reason": rejected.reason, "tenant_id": tenant_id})
         raise CallRefused(REJECTION_STATUS.get(rejected.reason, 409), rejected.reason, rejected.message) from None
     if session.route is not None and session.route.transfer_now:
-        await session.emit(TransferRequested(target=session.route.config["escalation_target"], reason="after_hours"))
+        await session.emit(TransferRequested(target=session.route.config.escalation_target, reason="after_hours"))
         await session.end("after_hours_transfer")
         raise CallRefused(409, "after_hours", "the agent is closed and transfers calls to a phone line",
                           session.id)

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from runtime.control.schemas import HttpTool as HttpToolConfig
 from runtime.events.delivery import SIGNATURE_HEADER, sign
 from runtime.providers.base import ToolSpec
 from runtime.tools.base import ToolContext, ToolResult
@@ -54,12 +55,11 @@ class HttpTool:
     signing_secret: SecretLookup | None = None  # tenant_id -> secret of its `tools` credential
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], *, http: aiohttp.ClientSession | None = None,
+    def from_config(cls, config: HttpToolConfig, *, http: aiohttp.ClientSession | None = None,
                     signing_secret: SecretLookup | None = None) -> HttpTool:
-        """From one entry of AgentConfig.http_tools (as stored)."""
-        return cls(config["name"], config["description"],
-                   config.get("parameters") or {"type": "object", "properties": {}}, config["url"],
-                   float(config.get("timeout_s", 5.0)), http, signing_secret)
+        """From one entry of AgentConfig.http_tools."""
+        return cls(config.name, config.description, dict(config.parameters), config.url, config.timeout_s,
+                   http, signing_secret)
 
     @property
     def spec(self) -> ToolSpec:

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from runtime.control.schemas import AgentConfig
 from runtime.events.models import Payload, ToolCalled
 from runtime.ids import new_id, now_iso
 from runtime.providers.base import ToolCall, ToolSpec
@@ -45,11 +46,11 @@ class CallToolBox:
 
     @classmethod
     def for_call(
-        cls, config: Mapping[str, Any], *, store: Store, emit: Emit, timezone: str = "UTC",
+        cls, config: AgentConfig, *, store: Store, emit: Emit, timezone: str = "UTC",
         http: aiohttp.ClientSession | None = None, signing_secret: SecretLookup | None = None,
         policy: BookingPolicy | None = None, clock: Callable[[], datetime] | None = None,
     ) -> CallToolBox:
-        """``config``: the agent version's config (a validated AgentConfig dump, as stored).
+        """``config``: the agent version's config.
         ``timezone``: the tenant's (booking dates and times are local). ``http``: the app's shared
         client session. ``signing_secret``: tenant_id -> secret for HTTP tool requests, e.g.
         ``lambda t: control.credentials.secret(t, "tools")``."""
@@ -58,19 +59,19 @@ class CallToolBox:
             pack.clock = clock
         pack_tools = pack.tools()
         tools: dict[str, Tool] = {}
-        for name in config.get("tools") or ():
+        for name in config.tools:
             if name in BUILTINS:
                 tools[name] = BUILTINS[name]()
             elif name in pack_tools:
                 tools[name] = pack_tools[name]
             else:
                 log.warning("unknown built-in tool in agent config", extra={"tool": name})
-        for entry in config.get("http_tools") or ():
-            if entry["name"] in tools:
-                log.warning("http tool shadowed by a built-in of the same name", extra={"tool": entry["name"]})
+        for entry in config.http_tools:
+            if entry.name in tools:
+                log.warning("http tool shadowed by a built-in of the same name", extra={"tool": entry.name})
                 continue
-            tools[entry["name"]] = HttpTool.from_config(entry, http=http, signing_secret=signing_secret)
-        return cls(tools, store=store, emit=emit, dtmf_tools=config.get("dtmf_tools"))
+            tools[entry.name] = HttpTool.from_config(entry, http=http, signing_secret=signing_secret)
+        return cls(tools, store=store, emit=emit, dtmf_tools=config.dtmf_tools)
 
     def specs(self) -> tuple[ToolSpec, ...]:
         return tuple(tool.spec for tool in self.tools.values())

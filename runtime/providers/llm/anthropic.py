@@ -37,6 +37,7 @@ from runtime.providers.base import (
 )
 from runtime.providers.llm import anthropic_messages as fmt
 from runtime.providers.llm.llm_http import is_transport_error, parse_arguments, transport_error
+from runtime.providers.registry import BuildContext
 from runtime.providers.wire_errors import redact, retry_after, status_kind
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -245,3 +246,9 @@ class _Reply:
             value = getattr(usage, key, None)
             if isinstance(value, int):
                 self.usage[key] = value
+
+
+def build(ctx: BuildContext) -> AnthropicLLM:
+    conf = ctx.settings
+    return AnthropicLLM(ctx.require_secret(), base_url=ctx.base_url or conf.base_url, model=ctx.model or conf.model,
+                        **ctx.given("max_tokens", "temperature"), policy=ctx.policy)

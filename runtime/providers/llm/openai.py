@@ -35,6 +35,7 @@ from runtime.providers.base import (
 )
 from runtime.providers.llm import openai_messages as fmt
 from runtime.providers.llm.llm_http import is_transport_error, parse_arguments, transport_error
+from runtime.providers.registry import BuildContext
 from runtime.providers.wire_errors import redact, retry_after, status_kind
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434/v1"  # Ollama
@@ -251,3 +252,12 @@ class _Reply:
         cached = getattr(details, "cached_tokens", None)
         if isinstance(cached, int):
             self.usage["cache_read_input_tokens"] = cached
+
+
+def build(ctx: BuildContext) -> OpenAICompatibleLLM:
+    """Local OpenAI-compatible servers usually need no key; the tenant's credential may name its
+    own server (``base_url`` field)."""
+    conf = ctx.settings
+    return OpenAICompatibleLLM(ctx.secret, base_url=ctx.base_url or ctx.fields.get("base_url") or conf.base_url,
+                               model=ctx.model or conf.model, **ctx.given("max_tokens", "temperature"),
+                               policy=ctx.policy)

@@ -59,6 +59,7 @@ from runtime.providers.llm.rules_slots import (
     render,
     template_values,
 )
+from runtime.providers.registry import BuildContext
 
 WORDS_PER_DELTA = 4
 
@@ -286,6 +287,9 @@ class RulesBrain(LanguageModel):
         config = rules if isinstance(rules, RulesConfig) else RulesConfig.model_validate(rules or BASIC_RULES)
         self.script = Script(config, timezone, clock)
 
+    async def check(self) -> str:
+        return "built in"
+
     async def _stream(self, request: LlmRequest) -> AsyncIterator[LlmEvent]:
         tools = frozenset(t.name for t in request.tools)
         action = self.script.respond(request.messages, tools)
@@ -412,3 +416,8 @@ DEMO_BOOKING_RULES: dict[str, Any] = {
     "fallback": "Sorry, I didn't catch that. I can book a table, take a pickup order, or put you through to a "
                 "member of staff.",
 }
+
+
+def build(ctx: BuildContext) -> RulesBrain:
+    """A brain per call: the version's script, the tenant's time zone."""
+    return RulesBrain(ctx.rules, timezone=ctx.timezone, policy=ctx.policy)

@@ -45,6 +45,7 @@ from runtime.providers.base import (
     Word,
     with_retries,
 )
+from runtime.providers.registry import BuildContext
 from runtime.providers.stt import deepgram_wire as wire
 
 log = logging.getLogger("voicectl.providers.deepgram")
@@ -457,3 +458,12 @@ def _merge(pending: _Flush, at_ms: int) -> Transcript:
                       tuple(w for t in held for w in t.words),
                       round(sum(confidences) / len(confidences), 3) if confidences else None,
                       speech_final=pending.speech_final or any(t.speech_final for t in held))
+
+
+def build(ctx: BuildContext) -> DeepgramSTT:
+    conf = ctx.settings
+    # Telephony audio goes as it arrives (mu-law 8 kHz: half the bytes); wideband as 16 kHz PCM.
+    narrow = ctx.transport_rate == 8000
+    return DeepgramSTT(ctx.require_secret(), url=ctx.base_url or conf.url, model=ctx.model or conf.model,
+                       encoding="mulaw" if narrow else "linear16", sample_rate=8000 if narrow else 16000,
+                       language=ctx.language, **ctx.given("endpointing_ms", "utterance_end_ms"), policy=ctx.policy)

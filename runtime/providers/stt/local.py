@@ -38,6 +38,7 @@ from runtime.pipeline.audio import rms
 from runtime.providers import workers
 from runtime.providers.base import ProviderError, RetryPolicy, SpeechToText, SttStream, Transcript
 from runtime.providers.models import WHISPER_TINY_EN, ModelSpec, offline, verified_dir
+from runtime.providers.registry import BuildContext
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,11 @@ class LocalWhisperSTT(SpeechToText):
         """Load and warm the model now (server startup) so the first call does not pay ~1 s."""
         await workers.run_in(POOL, self._engine.model)
 
+    async def check(self) -> str:
+        """The model files are there and pass their hash check."""
+        await asyncio.to_thread(verified_dir, self._engine.spec)
+        return self._engine.spec.name
+
     async def _open(self) -> SttStream:
         if not self._engine.loaded:  # no pool hop once loaded: the pool is every call's
             await self.warm_up()
@@ -291,3 +297,10 @@ class WhisperStream(SttStream):
             if isinstance(item, ProviderError):
                 raise item
             yield item
+
+
+def build(ctx: BuildContext) -> LocalWhisperSTT:
+    """The process's one faster-whisper engine (its model is loaded once and shared by every call)."""
+    if ctx.shared is None:
+        return LocalWhisperSTT(policy=ctx.policy)
+    return ctx.shared("stt.local", lambda: LocalWhisperSTT(policy=ctx.policy))

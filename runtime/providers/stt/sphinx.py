@@ -18,6 +18,7 @@ from typing import Any
 
 from runtime.providers import workers
 from runtime.providers.base import ProviderError, SpeechToText, SttStream, Transcript
+from runtime.providers.registry import BuildContext
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,13 @@ class PocketSphinxSTT(SpeechToText):
     name = "pocketsphinx"
     rate = RATE
     interim_results = True
+
+    async def check(self) -> str:
+        try:
+            import pocketsphinx  # noqa: F401
+        except ImportError as exc:
+            raise ProviderError(self.name, "unavailable", f"pocketsphinx is not installed: {exc}") from None
+        return "pocketsphinx"
 
     async def _open(self) -> SttStream:
         try:
@@ -127,3 +135,7 @@ class SphinxStream(SttStream):
             if isinstance(item, ProviderError):
                 raise item
             yield item
+
+
+def build(ctx: BuildContext) -> PocketSphinxSTT:
+    return PocketSphinxSTT(policy=ctx.policy)  # cheap: each stream loads its own decoder

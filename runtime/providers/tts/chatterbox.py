@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy, TextToSpeech, with_retries
+from runtime.providers.registry import BuildContext
 from runtime.providers.tts import chatterbox_wire as wire
 from runtime.providers.tts.local import split_sentences
 from runtime.providers.wire_errors import redact, status_error
@@ -193,3 +194,10 @@ def _error_message(raw: bytes) -> str:
 def _check_range(name: str, value: float | None, low: float, high: float) -> None:
     if value is not None and not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+
+
+def build(ctx: BuildContext) -> ChatterboxTTS:
+    conf = ctx.settings
+    return ChatterboxTTS(ctx.secret, base_url=ctx.base_url or ctx.fields.get("base_url") or conf.base_url,
+                         voice=ctx.options.voice or conf.voice,
+                         **ctx.given("exaggeration", "cfg_weight", "temperature"), policy=ctx.policy)

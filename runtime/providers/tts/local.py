@@ -31,6 +31,7 @@ import numpy as np
 from runtime.providers import workers
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy, TextToSpeech
 from runtime.providers.models import PIPER_JOE_MEDIUM, ModelSpec, verified_dir
+from runtime.providers.registry import BuildContext
 
 POOL = "tts"
 PIPER_RATE = 22_050  # the packaged voice's native rate (checked against its config at load)
@@ -188,6 +189,16 @@ class PiperTTS(TextToSpeech):
         """Load the voice now (server startup): ~2.5 s that no caller should wait for."""
         await workers.run_in(POOL, self._voice.voice)
 
+    async def check(self) -> str:
+        """The voice files pass their hash check (else: espeak-ng speaks instead, when installed)."""
+        try:
+            await asyncio.to_thread(verified_dir, self._voice.spec)
+        except ProviderError:
+            if shutil.which("espeak-ng") is None:
+                raise
+            return "piper voice unusable: espeak-ng speaks instead"
+        return self._voice.spec.name
+
     async def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
         if not self._voice.loaded:  # no pool hop once loaded: the pool is every call's
             await self.warm_up()
@@ -215,6 +226,11 @@ class EspeakTTS(TextToSpeech):
                  words_per_minute: int = 165, binary: str = "espeak-ng") -> None:
         super().__init__(policy)
         self.voice, self.words_per_minute, self.binary = voice, words_per_minute, binary
+
+    async def check(self) -> str:
+        if shutil.which(self.binary) is None:
+            raise ProviderError(self.name, "unavailable", f"{self.binary} is not installed (apt-get install espeak-ng)")
+        return self.binary
 
     async def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
         path = shutil.which(self.binary)
@@ -253,3 +269,14 @@ def _wav_pcm16(data: bytes, provider: str) -> bytes:
             return wav.readframes(wav.getnframes())
     except (wave.Error, EOFError) as exc:
         raise ProviderError(provider, "protocol", f"unreadable WAV from espeak-ng: {exc}") from exc
+
+
+def build_piper(ctx: BuildContext) -> TextToSpeech:
+    """The process's one piper voice (loaded once, shared by every call)."""
+    if ctx.shared is None:
+        return PiperTTS(policy=ctx.policy)
+    return ctx.shared("tts.local", lambda: PiperTTS(policy=ctx.policy))
+
+
+def build_espeak(ctx: BuildContext) -> EspeakTTS:
+    return EspeakTTS(policy=ctx.policy)
