@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from runtime.providers import options as opt
+from runtime.providers import registry
 
 ENV_PREFIX = "VOICECTL_"
 # Variables with the prefix that are not config overrides.
@@ -201,15 +202,13 @@ class TelephonySettings(_Model):
 class ProviderDefaults(_Model):
     """The engines a version gets when it names none (offline by default)."""
 
-    stt: str = "local"
-    llm: str = "rules"
-    tts: str = "local"
+    stt: str = Field(default_factory=lambda: registry.offline_default("stt"))
+    llm: str = Field(default_factory=lambda: registry.offline_default("llm"))
+    tts: str = Field(default_factory=lambda: registry.offline_default("tts"))
 
     @field_validator("stt", "llm", "tts")
     @classmethod
     def _known(cls, value: str, info: ValidationInfo) -> str:
-        from runtime.providers import registry
-
         if registry.find(info.field_name, value) is None:
             raise ValueError(f"one of {', '.join(registry.names(info.field_name))}")
         return value

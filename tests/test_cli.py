@@ -254,6 +254,10 @@ def test_schema_validation_errors_name_the_field(ready: Cli) -> None:
     assert "unknown built-in tools" in result.stderr
     result = ready("agent", "create", "--tenant", "acme", "--name", "t", code=2)
     assert "system prompt" in result.stderr
+    result = ready("agent", "create", "--tenant", "acme", "--name", "t", "--prompt", "p", "--tts", "chatterbx", code=2)
+    assert "unknown tts provider 'chatterbx'; known: local, espeak, chatterbox" in result.stderr
+    result = ready("voice", "create", "--tenant", "acme", "--name", "v", "--provider", "elevenlab", code=2)
+    assert "unknown tts provider 'elevenlab'" in result.stderr
     result = ready("key", "create", "--scope", "admin", "--tenant", "acme", code=2)
     assert "admin keys belong to no tenant" in result.stderr
     result = ready("key", "create", "--scope", "runtime", code=2)

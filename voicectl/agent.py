@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from voicectl.common import (
+    provider_option,
     EXIT_USAGE,
     JsonOpt,
     LimitOpt,
@@ -41,11 +42,11 @@ PromptFileOpt = Annotated[
 ]
 GreetingOpt = Annotated[str | None, typer.Option("--greeting", help="First thing the agent says.")]
 LanguageOpt = Annotated[str | None, typer.Option("--language", help="Language code, e.g. en or de-DE.")]
-LlmOpt = Annotated[str | None, typer.Option("--llm", help="LLM provider: rules, anthropic, openai.")]
+LlmOpt = Annotated[str | None, provider_option("llm", "--llm", "LLM provider")]
 LlmModelOpt = Annotated[str | None, typer.Option("--llm-model", help="LLM model name.")]
-SttOpt = Annotated[str | None, typer.Option("--stt", help="STT provider: local, deepgram.")]
+SttOpt = Annotated[str | None, provider_option("stt", "--stt", "STT provider")]
 SttModelOpt = Annotated[str | None, typer.Option("--stt-model", help="STT model name.")]
-TtsOpt = Annotated[str | None, typer.Option("--tts", help="TTS provider: local, chatterbox.")]
+TtsOpt = Annotated[str | None, provider_option("tts", "--tts", "TTS provider")]
 TtsModelOpt = Annotated[str | None, typer.Option("--tts-model", help="TTS model name.")]
 VoiceOpt = Annotated[str | None, typer.Option("--voice-profile", help="Voice profile id or name.")]
 ToolOpt = Annotated[

@@ -52,6 +52,22 @@ OffsetOpt = Annotated[int, typer.Option("--offset", help="Items to skip.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
+def provider_option(modality: str, flag: str, what: str) -> Any:
+    """An option naming a provider of ``modality``: its choices and help come from the provider
+    registry (a name-only module: cheap to import), so a misspelt name is refused (exit 2)."""
+    from runtime.providers import registry
+
+    names = registry.names(modality)
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in names:
+            raise typer.BadParameter(f"unknown {modality} provider {value!r}; known: {', '.join(names)}")
+        return value
+
+    return typer.Option(flag, help=f"{what}: {', '.join(names)}.", callback=check, metavar="|".join(names),
+                        show_default=False)
+
+
 def new_app(help: str) -> typer.Typer:
     """A command group. Help is plain click formatting (rich_markup_mode=None): typer's rich help
     imports rich, rich.markdown and markdown-it (~60-80 ms), which would double `--help` time."""

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from voicectl.common import (
+    provider_option,
     JsonOpt,
     LimitOpt,
     MaybeTenantOpt,
@@ -27,7 +28,7 @@ from voicectl.common import (
 app = new_app("Voice profiles: TTS provider, voice id, language and speed.")
 
 ProfileArg = Annotated[str, typer.Argument(help="Voice profile id, or its name with --tenant.", show_default=False)]
-ProviderOpt = Annotated[str | None, typer.Option("--provider", help="TTS provider: local, chatterbox, espeak.")]
+ProviderOpt = Annotated[str | None, provider_option("tts", "--provider", "TTS provider")]
 VoiceIdOpt = Annotated[str | None, typer.Option("--voice-id", help="The provider's voice id.")]
 LanguageOpt = Annotated[str | None, typer.Option("--language", help="Language code, e.g. en.")]
 SpeedOpt = Annotated[float | None, typer.Option("--speed", help="Speaking rate, 0.5-2.0.")]

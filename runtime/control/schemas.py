@@ -489,7 +489,8 @@ def check_tts_provider(value: str | None) -> str | None:
 
 class VoiceProfileCreate(Input):
     name: str = Field(min_length=1, max_length=100)
-    provider: str = Field("local", description="a TTS provider; the voice and speed apply where it has voices")
+    provider: str = Field(default_factory=lambda: registry.offline_default("tts"),
+                          description="a TTS provider; the voice and speed apply where it has voices")
     voice_id: str = Field("default", min_length=1, max_length=200)
     language: str = Field("en", min_length=2, max_length=16)
     speed: float = Field(1.0, ge=0.5, le=2.0)

@@ -102,13 +102,16 @@ class ElevenLabsOptions(VersionOptions):
 class CartesiaSettings(ProviderSettings):
     # "Barbershop Man", a voice of Cartesia's default library.
     voice: str = "a0e99841-438c-4a64-b679-ae501e7d6091"
-    model: str = "sonic-2"
+    # cartesia 4.x lists sonic-3, sonic-3.5 and sonic-latest (types/tts_model.py); speed
+    # (generation_config) works on Sonic 3 models only.
+    model: str = "sonic-3"
     url: str = "https://api.cartesia.ai"
 
 
 class CartesiaOptions(VersionOptions):
     voice: str | None = Field(None, min_length=1, max_length=200, description="a Cartesia voice id")
-    speed: float | None = Field(None, ge=0.6, le=1.5, description="speaking rate (Cartesia: 0.6 to 1.5)")
+    speed: float | None = Field(None, ge=0.6, le=1.5,
+                                description="speaking rate (Cartesia generation_config.speed: 0.6 to 1.5, Sonic 3 models)")
 
 
 class OpenAITTSSettings(ProviderSettings):
@@ -121,6 +124,7 @@ class OpenAITTSSettings(ProviderSettings):
 
 class OpenAITTSOptions(VersionOptions):
     voice: str | None = Field(None, min_length=1, max_length=200,
-                              description="alloy, ash, ballad, coral, echo, fable, onyx, nova, sage, shimmer, verse, ...")
+                              description="alloy, ash, ballad, coral, echo, fable, onyx, nova, sage, shimmer, verse, "
+                                          "marin, cedar, ... or a custom voice id (voice_...)")
     speed: float | None = Field(None, ge=0.25, le=4.0, description="speaking rate (OpenAI: 0.25 to 4.0)")
     instructions: str | None = Field(None, max_length=4000, description="how to speak (gpt-4o-mini-tts)")

@@ -8,6 +8,9 @@ vendor keys a version may set (``options``), how to build it for a call (``facto
 ``doctor`` and the CLI's choices all read this module; it imports no SDK and no adapter, so
 ``voicectl --help`` stays fast.
 
+Settings and options models are named, not imported (``runtime.providers.options``, loaded on
+first use): reading names and capabilities costs nothing.
+
 Credentials that are not AI providers (telephony, storage, n8n, tool signing) are listed here too,
 beside the AI providers' own, as the one table of what a tenant can store.
 """
@@ -19,10 +22,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from runtime.providers import options as opt
-
 if TYPE_CHECKING:
     from runtime.providers.base import RetryPolicy
+    from runtime.providers.options import ProviderSettings, VersionOptions
+
+OPTIONS_MODULE = "runtime.providers.options"
 
 Modality = Literal["stt", "llm", "tts"]
 MODALITIES: tuple[Modality, ...] = ("stt", "llm", "tts")
@@ -114,8 +118,8 @@ class ProviderEntry:
     summary: str
     credential: CredentialSpec | None = None
     settings_section: str | None = None  # config.yaml providers.<section>
-    settings_model: type[opt.ProviderSettings] = opt.NoSettings
-    options: type[opt.VersionOptions] = opt.NoOptions
+    settings_name: str = "NoSettings"  # its model in runtime.providers.options
+    options_name: str = "NoOptions"  # the version options model in runtime.providers.options
     capabilities: Capabilities = field(default_factory=Capabilities)
     stand_in: str | None = None  # offline: the engine used when this one cannot load
 
@@ -124,13 +128,17 @@ class ProviderEntry:
         return self.credential.provider if self.credential is not None else self.name
 
     @property
-    def option_keys(self) -> tuple[str, ...]:
-        return tuple(self.options.model_fields)
+    def settings_model(self) -> type[ProviderSettings]:
+        return getattr(importlib.import_module(OPTIONS_MODULE), self.settings_name)
+
+    @property
+    def options(self) -> type[VersionOptions]:
+        return getattr(importlib.import_module(OPTIONS_MODULE), self.options_name)
 
     def settings(self, providers: Any) -> Any:
         """This entry's appliance settings from ``Settings.providers``."""
         if self.settings_section is None:
-            return opt.NoSettings()
+            return self.settings_model()
         return getattr(providers, self.settings_section)
 
     def build(self, context: BuildContext) -> Any:
@@ -153,17 +161,17 @@ PROVIDERS: tuple[ProviderEntry, ...] = (
                   capabilities=Capabilities(interim_transcripts=True)),
     ProviderEntry("deepgram", "stt", False, "runtime.providers.stt.deepgram:build",
                   "Deepgram live streaming (WebSocket)", _DEEPGRAM_KEY, "deepgram",
-                  opt.DeepgramSettings, opt.DeepgramOptions,
+                  "DeepgramSettings", "DeepgramOptions",
                   Capabilities(interim_transcripts=True, word_timings=True)),
     # Language models
     ProviderEntry("rules", "llm", True, "runtime.providers.llm.rules:build",
                   "the deterministic rules brain (the version's rules script)"),
     ProviderEntry("anthropic", "llm", False, "runtime.providers.llm.anthropic:build",
                   "Claude through the Anthropic Messages API", _ANTHROPIC_KEY, "anthropic",
-                  opt.AnthropicSettings, opt.SamplingOptions),
+                  "AnthropicSettings", "SamplingOptions"),
     ProviderEntry("openai", "llm", False, "runtime.providers.llm.openai:build",
                   "any OpenAI-compatible chat completions server (OpenAI, Ollama, vLLM, llama.cpp)",
-                  _OPENAI_KEY, "openai", opt.OpenAISettings, opt.SamplingOptions),
+                  _OPENAI_KEY, "openai", "OpenAISettings", "SamplingOptions"),
     # Text to speech
     ProviderEntry("local", "tts", True, "runtime.providers.tts.local:build_piper",
                   "piper with the packaged voice", capabilities=Capabilities(warm_up=True), stand_in="espeak"),
@@ -172,20 +180,20 @@ PROVIDERS: tuple[ProviderEntry, ...] = (
     ProviderEntry("chatterbox", "tts", False, "runtime.providers.tts.chatterbox:build",
                   "a Chatterbox TTS server (OpenAI-compatible speech API)",
                   CredentialSpec("chatterbox", required=("base_url",), secret_required=False), "chatterbox",
-                  opt.ChatterboxSettings, opt.ChatterboxOptions, Capabilities(voices=True)),
+                  "ChatterboxSettings", "ChatterboxOptions", Capabilities(voices=True)),
     ProviderEntry("elevenlabs", "tts", False, "runtime.providers.tts.elevenlabs:build",
                   "ElevenLabs streaming text-to-speech (WebSocket stream-input)",
                   CredentialSpec("elevenlabs", optional=("base_url",)), "elevenlabs",
-                  opt.ElevenLabsSettings, opt.ElevenLabsOptions,
+                  "ElevenLabsSettings", "ElevenLabsOptions",
                   Capabilities(streaming_text_input=True, voices=True, speed=True)),
     ProviderEntry("cartesia", "tts", False, "runtime.providers.tts.cartesia:build",
                   "Cartesia Sonic over its WebSocket (contexts)",
                   CredentialSpec("cartesia", optional=("base_url",)), "cartesia",
-                  opt.CartesiaSettings, opt.CartesiaOptions,
+                  "CartesiaSettings", "CartesiaOptions",
                   Capabilities(streaming_text_input=True, voices=True, speed=True)),
     ProviderEntry("openai", "tts", False, "runtime.providers.tts.openai:build",
                   "OpenAI speech (audio.speech, streamed PCM)", _OPENAI_KEY, "openai_tts",
-                  opt.OpenAITTSSettings, opt.OpenAITTSOptions, Capabilities(voices=True, speed=True)),
+                  "OpenAITTSSettings", "OpenAITTSOptions", Capabilities(voices=True, speed=True)),
 )
 
 # Credentials a tenant can hold that are not AI providers.
@@ -216,6 +224,11 @@ def names(modality: str, *, offline: bool | None = None) -> tuple[str, ...]:
     return tuple(e.name for e in PROVIDERS if e.modality == modality and (offline is None or e.offline == offline))
 
 
+def offline_default(modality: str) -> str:
+    """The engine a modality gets when nothing else is named: its first offline entry."""
+    return names(modality, offline=True)[0]
+
+
 def find(modality: str, name: str) -> ProviderEntry | None:
     return _BY_KEY.get((modality, name))
 
@@ -237,7 +250,7 @@ def credential_spec(provider: str) -> CredentialSpec | None:
     return CREDENTIALS.get(provider)
 
 
-def settings_sections() -> dict[str, type[opt.ProviderSettings]]:
+def settings_sections() -> dict[str, type[ProviderSettings]]:
     """config.yaml ``providers.<section>`` -> its settings model, for every entry that has one."""
     return {e.settings_section: e.settings_model for e in PROVIDERS if e.settings_section is not None}
 

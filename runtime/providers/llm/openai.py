@@ -131,28 +131,34 @@ class OpenAICompatibleLLM(LanguageModel):
             await client.close()
 
     def _error(self, exc: BaseException) -> ProviderError:
-        if isinstance(exc, ProviderError):
-            return exc
-        if isinstance(exc, openai.APIStatusError):
-            error_type, detail = _describe(exc.body)
-            return ProviderError(self.name, status_kind(exc.status_code),
-                                 f"HTTP {exc.status_code}: {error_type} {redact(detail, self._api_key)}".strip(),
-                                 status=exc.status_code, retry_after=retry_after(exc.response.headers))
-        if isinstance(exc, openai.APITimeoutError):
-            return ProviderError(self.name, "timeout", "the request timed out")
-        if isinstance(exc, openai.APIConnectionError):
-            return ProviderError(self.name, "unavailable", "the connection failed or broke")
-        if isinstance(exc, openai.APIResponseValidationError):
-            return ProviderError(self.name, "protocol", "unreadable answer")
-        if isinstance(exc, openai.APIError):  # an error object inside the stream
-            error_type, detail = _describe(exc.body)
-            return ProviderError(self.name, _stream_error_kind(error_type),
-                                 f"error in the stream: {error_type} {redact(detail, self._api_key)}".strip())
-        if is_transport_error(exc):
-            return transport_error(self.name, exc)  # type: ignore[arg-type]
-        if isinstance(exc, ValueError | openai.OpenAIError):  # undecodable SSE data
-            return ProviderError(self.name, "protocol", f"unreadable answer ({type(exc).__name__})")
-        raise exc  # our own bug: not the provider's failure
+        return sdk_error(self.name, self._api_key, exc)
+
+
+def sdk_error(provider: str, api_key: str | None, exc: BaseException) -> ProviderError:
+    """The ``openai`` SDK's exceptions as ProviderError (statuses, Retry-After, transport
+    failures; the key redacted), for every adapter built on the SDK."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, openai.APIStatusError):
+        error_type, detail = _describe(exc.body)
+        return ProviderError(provider, status_kind(exc.status_code),
+                             f"HTTP {exc.status_code}: {error_type} {redact(detail, api_key)}".strip(),
+                             status=exc.status_code, retry_after=retry_after(exc.response.headers))
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError(provider, "timeout", "the request timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError(provider, "unavailable", "the connection failed or broke")
+    if isinstance(exc, openai.APIResponseValidationError):
+        return ProviderError(provider, "protocol", "unreadable answer")
+    if isinstance(exc, openai.APIError):  # an error object inside the stream
+        error_type, detail = _describe(exc.body)
+        return ProviderError(provider, _stream_error_kind(error_type),
+                             f"error in the stream: {error_type} {redact(detail, api_key)}".strip())
+    if is_transport_error(exc):
+        return transport_error(provider, exc)  # type: ignore[arg-type]
+    if isinstance(exc, ValueError | openai.OpenAIError):  # undecodable SSE data
+        return ProviderError(provider, "protocol", f"unreadable answer ({type(exc).__name__})")
+    raise exc  # our own bug: not the provider's failure
 
 
 def _describe(body: object) -> tuple[str, str]:
