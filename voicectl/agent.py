@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 
 from voicectl.common import (
-    provider_option,
     EXIT_USAGE,
     JsonOpt,
     LimitOpt,
@@ -26,6 +25,7 @@ from voicectl.common import (
     print_details,
     print_json,
     print_page,
+    provider_option,
     resolve_tenant,
     resolve_voice_profile,
     run,

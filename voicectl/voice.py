@@ -7,7 +7,6 @@ from typing import Annotated, Any
 import typer
 
 from voicectl.common import (
-    provider_option,
     JsonOpt,
     LimitOpt,
     MaybeTenantOpt,
@@ -18,6 +17,7 @@ from voicectl.common import (
     page,
     print_json,
     print_page,
+    provider_option,
     resolve_tenant,
     resolve_voice_profile,
     run,
