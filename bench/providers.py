@@ -7,8 +7,9 @@ local server's same answer (aiohttp, no SDK, no parsing beyond finding the first
 
 - LLM (Claude, OpenAI-compatible): request -> first text delta, and -> end of the reply;
 - STT (Deepgram): ``flush()`` (Finalize) -> the final transcript, on one open stream;
-- TTS (Chatterbox SSE stream, Chatterbox WAV stream, Chatterbox non-streamed, piper, espeak-ng):
-  text -> first audio chunk.
+- TTS (Chatterbox SSE stream, Chatterbox WAV stream, Chatterbox non-streamed, ElevenLabs
+  stream-input WebSocket, Cartesia WebSocket, OpenAI streamed speech, piper, espeak-ng): text ->
+  first audio chunk (the vendors' rows come from bench/tts_<vendor>.py).
 
 "added" is the adapter's p50/p99 minus the bare client's p50 for the same exchange: the time
 our code and the SDK add between the provider's bytes and the pipeline. The servers are
@@ -201,6 +202,12 @@ async def _tts_rows(turns: int) -> list[dict]:
                 await engine.aclose()
             label = f"chatterbox {'streamed ' + answer.upper() if stream else 'non-streamed WAV'}: first audio"
             rows.append(_row(label, ours["first"], raw["first"]))
+    import tts_cartesia
+    import tts_elevenlabs
+    import tts_openai
+
+    for vendor in (tts_elevenlabs, tts_cartesia, tts_openai):  # one module per vendor: its peer and bare client
+        rows += await vendor.rows(turns, _timed, _row)
     for name, engine in (("piper (local): first audio", PiperTTS(policy=POLICY)),
                          ("espeak-ng (local): first audio", EspeakTTS(policy=POLICY))):
         try:

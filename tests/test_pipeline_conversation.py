@@ -439,7 +439,7 @@ async def test_dtmf_digits_reach_the_model_as_text() -> None:
 
 async def test_dtmf_mapped_to_a_tool_calls_it_directly() -> None:
     h = Harness(greeting="Welcome to the restaurant, how can I help you today?",
-                config={"dtmf_tools": {"0": "transfer_to_human"}},
+                config={"tools": ["transfer_to_human"], "dtmf_tools": {"0": "transfer_to_human"}},
                 tools={"transfer_to_human": lambda a: ToolResult({"transferring": True}, transfer_to="+15550002222")})
     await h.start()
     await h.wait(0.5)

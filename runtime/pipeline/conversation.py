@@ -462,9 +462,7 @@ class Conversation:
             self._barge_in()
         if kind != "line":  # a new caller turn: engines standing in for this turn only step back
             for engine in (self.stt, self.llm, self.tts):
-                turn_started = getattr(engine, "turn_started", None)
-                if turn_started is not None:
-                    turn_started()
+                engine.turn_started()
         reply = Reply(self.voice.next_generation(), kind, timing)
         self._reply = reply
         reply.task = self._spawn(self._run_reply(reply, body))

@@ -7,9 +7,11 @@ audio each piece became. Audio of a generation that is no longer current is neve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Any
 
 from runtime.pipeline.audio import Resampler
 from runtime.pipeline.clock import Clock
@@ -17,7 +19,7 @@ from runtime.pipeline.frames import pcm_ms
 from runtime.pipeline.history import SpokenLedger
 from runtime.pipeline.metrics import TurnTiming
 from runtime.pipeline.transport import Transport
-from runtime.providers.base import Message, TextToSpeech, ToolCall
+from runtime.providers.base import AudioChunk, Message, TextToSpeech, ToolCall
 
 
 @dataclass(eq=False, slots=True)
@@ -40,6 +42,8 @@ class Reply:
 
 MAX_AHEAD_MS = 3000
 AHEAD_POLL_S = 0.1
+# Streaming TTS: a pause in the reply's text longer than this closes the engine's context.
+STREAM_GAP_S = 0.5
 
 
 class Voice:
@@ -61,41 +65,75 @@ class Voice:
     async def synthesize(self, reply: Reply, text: str, message: Message | None) -> None:
         """One piece of text: TTS audio, resampled, to the transport with the reply's generation."""
         reply.ledger.begin(text, message)
-        timing, transport, rate, clock = reply.timing, self.transport, self.transport.rate, self.clock
-        if timing is not None and timing.tts_request_at is None:
-            timing.tts_request_at = clock.now()
+        self._requested(reply)
         async with aclosing(self.tts.synthesize(text)) as chunks:
             async for chunk in chunks:
+                if not await self._send(reply, chunk):
+                    return
+
+    async def synthesize_stream(self, reply: Reply, pieces: AsyncIterator[tuple[str, Message | None]]) -> None:
+        """Pieces of one reply as they are written, on the engine's one context
+        (``streaming_text_input``). Chunk texts tell where a piece's audio ends: the next audio
+        starts the next piece in the ledger."""
+        self._requested(reply)
+        waiting: deque[tuple[str, Message | None]] = deque()
+        current: list[Any] = [None, 0]  # the piece being spoken, and how much of its text came back
+
+        async def texts() -> AsyncIterator[str]:
+            async for text, message in pieces:
+                waiting.append((text, message))
+                yield text
+
+        async with aclosing(self.tts.synthesize_stream(texts())) as chunks:
+            async for chunk in chunks:
+                if current[0] is None and waiting:
+                    current[0] = waiting.popleft()
+                    reply.ledger.begin(*current[0])
+                if not await self._send(reply, chunk):
+                    return
+                if chunk.text and current[0] is not None:
+                    current[1] += len(chunk.text)
+                    if current[1] >= len(current[0][0]):
+                        current[0], current[1] = None, 0
+
+    def _requested(self, reply: Reply) -> None:
+        if reply.timing is not None and reply.timing.tts_request_at is None:
+            reply.timing.tts_request_at = self.clock.now()
+
+    async def _send(self, reply: Reply, chunk: AudioChunk) -> bool:
+        """``chunk`` to the transport; False when the reply is no longer current (stop)."""
+        if reply.generation != self.generation:
+            return False  # a newer reply owns the line: this audio is stale
+        timing, transport, rate, clock = reply.timing, self.transport, self.transport.rate, self.clock
+        resampler = reply.resamplers.get(chunk.rate)
+        if resampler is None:
+            resampler = reply.resamplers[chunk.rate] = Resampler(chunk.rate, rate)
+        pcm = resampler(chunk.pcm)
+        if not pcm:
+            return True
+        first = reply.first_audio_at is None
+        if first:
+            if timing is not None:
+                timing.tts_first_audio_at = clock.now()
+            if self.clearing is not None:
+                await self.clearing
                 if reply.generation != self.generation:
-                    return  # a newer reply owns the line: this audio is stale
-                resampler = reply.resamplers.get(chunk.rate)
-                if resampler is None:
-                    resampler = reply.resamplers[chunk.rate] = Resampler(chunk.rate, rate)
-                pcm = resampler(chunk.pcm)
-                if not pcm:
-                    continue
-                first = reply.first_audio_at is None
-                if first:
-                    if timing is not None:
-                        timing.tts_first_audio_at = clock.now()
-                    if self.clearing is not None:
-                        await self.clearing
-                        if reply.generation != self.generation:
-                            return
-                # Keep at most a few seconds queued ahead of playback: a long reply is handed over as
-                # it plays (bounded memory per call, less to drop on barge-in).
-                while transport.queued_ms() > MAX_AHEAD_MS:
-                    await clock.sleep(AHEAD_POLL_S)
-                    if reply.generation != self.generation:
-                        return
-                transport.send_audio(pcm, reply.generation)
-                reply.ledger.audio(pcm_ms(pcm, rate), chunk.text)
-                if first:
-                    reply.first_audio_at = clock.now()
-                    if timing is not None:
-                        timing.first_frame_at = reply.first_audio_at
-                    if self.on_first_audio is not None:
-                        self.on_first_audio(reply)
+                    return False
+        # Keep at most a few seconds queued ahead of playback: a long reply is handed over as
+        # it plays (bounded memory per call, less to drop on barge-in).
+        while transport.queued_ms() > MAX_AHEAD_MS:
+            await clock.sleep(AHEAD_POLL_S)
+            if reply.generation != self.generation:
+                return False
+        transport.send_audio(pcm, reply.generation)
+        reply.ledger.audio(pcm_ms(pcm, rate), chunk.text)
+        if first:
+            reply.first_audio_at = clock.now()
+            if timing is not None:
+                timing.first_frame_at = reply.first_audio_at
+            if self.on_first_audio is not None:
+                self.on_first_audio(reply)
+        return True
 
     async def wait_played(self, reply: Reply) -> None:
         """Until the transport has played everything queued (nothing to wait for when the reply
@@ -141,11 +179,54 @@ class Speaker:
             self._task = None
 
     async def _run(self) -> None:
+        if self._voice.tts.streaming_text_input:
+            await self._run_streams()
+            return
         while (item := await self._queue.get()) is not None:
             if self.error is not None:
                 continue
             try:
                 await self._voice.synthesize(self._reply, *item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.error = exc
+
+    async def _run_streams(self) -> None:
+        """Streaming engines: the pieces go to one context while they keep coming; a pause longer
+        than STREAM_GAP_S (the model calling a tool, a reply done) ends it, the next piece opens
+        another, so no context idles at the provider."""
+        ended = False
+
+        async def segment(first: tuple[str, Message | None]) -> AsyncIterator[tuple[str, Message | None]]:
+            nonlocal ended
+            yield first
+            clock = self._voice.clock
+            while True:
+                if self._queue.empty():
+                    get = asyncio.ensure_future(self._queue.get())
+                    timer = asyncio.ensure_future(clock.sleep(STREAM_GAP_S))
+                    try:
+                        await asyncio.wait({get, timer}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        timer.cancel()
+                        if not get.done():
+                            get.cancel()
+                    if not get.done() or get.cancelled():
+                        return
+                    item = get.result()
+                else:
+                    item = self._queue.get_nowait()
+                if item is None:
+                    ended = True
+                    return
+                yield item
+
+        while not ended and (item := await self._queue.get()) is not None:
+            if self.error is not None:
+                continue
+            try:
+                await self._voice.synthesize_stream(self._reply, segment(item))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

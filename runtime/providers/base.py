@@ -75,6 +75,9 @@ class Engine:
         request, a hash-checked model). Raises ``ProviderError``; returns a detail or None."""
         return None
 
+    def turn_started(self) -> None:  # noqa: B027 (optional hook, not abstract)
+        """A new caller turn began (a fallback chain's engines standing in for one turn step back)."""
+
     async def aclose(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release clients, pools and models; the default has none."""
 
@@ -228,14 +231,62 @@ class AudioChunk:
 
 class TextToSpeech(Engine, ABC):
     name: str = "tts"
+    # True when the engine takes a reply's text as it is written, on one connection and context
+    # (``synthesize_stream``): the next piece is being made while this one plays, with the
+    # prosody of one utterance. The registry's ``streaming_text_input`` capability says the same.
+    streaming_text_input: bool = False
 
     async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
         """Audio for ``text`` in chunks, the first as early as the engine allows."""
         async for chunk in first_byte_guarded(self.name, self.policy, lambda: self._synthesize(text)):
             yield chunk
 
+    async def synthesize_stream(self, pieces: AsyncIterator[str]) -> AsyncIterator[AudioChunk]:
+        """Audio for text pieces that arrive over time (a reply as the model writes it). The
+        chunks' texts concatenate to the pieces', each piece's text with or after its audio and
+        never spanning two pieces. Engines without streaming input speak the pieces one by one."""
+        if not self.streaming_text_input:
+            async for text in pieces:
+                async for chunk in self.synthesize(text):
+                    yield chunk
+            return
+        replay = Replay(pieces)  # a retry before the first audio starts over with the pieces taken
+        async for chunk in first_byte_guarded(self.name, self.policy, lambda: self._synthesize_stream(replay.again())):
+            yield chunk
+
     @abstractmethod
     def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]: ...
+
+    def _synthesize_stream(self, pieces: AsyncIterator[str]) -> AsyncIterator[AudioChunk]:
+        """Engines with ``streaming_text_input`` speak ``pieces`` on one context."""
+        raise NotImplementedError
+
+
+class Replay:
+    """An async iterator of text pieces that can be iterated again from the start (the pieces
+    taken so far, then the rest of the source): one attempt at a time."""
+
+    __slots__ = ("_source", "taken")
+
+    def __init__(self, source: AsyncIterator[str]) -> None:
+        self._source = source
+        self.taken: list[str] = []
+
+    async def again(self, skip_chars: int = 0) -> AsyncIterator[str]:
+        """The pieces from the start, less their first ``skip_chars`` characters (already spoken)."""
+        for text in list(self.taken):
+            if skip_chars >= len(text):
+                skip_chars -= len(text)
+                continue
+            yield text[skip_chars:]
+            skip_chars = 0
+        async for text in self._source:
+            self.taken.append(text)
+            if skip_chars >= len(text):
+                skip_chars -= len(text)
+                continue
+            yield text[skip_chars:]
+            skip_chars = 0
 
 
 # Shared failure handling

@@ -31,6 +31,7 @@ from runtime.providers.base import (
     LlmRequest,
     Message,
     ProviderError,
+    Replay,
     SpeechToText,
     SttStream,
     TextDelta,
@@ -272,6 +273,26 @@ class FailoverTTS(TextToSpeech):
                     left = rest[len(heard):].lstrip()
                     if not left:
                         return
+
+    @property
+    def streaming_text_input(self) -> bool:  # type: ignore[override]
+        return self.chain.current[1].streaming_text_input
+
+    async def synthesize_stream(self, pieces: AsyncIterator[str]) -> AsyncIterator[AudioChunk]:
+        """As ``synthesize``, for a stream of pieces: on a failure the next engine gets what the
+        failed one had not spoken yet (the rest of the pieces it had taken), then the pieces still
+        to come."""
+        replay, spoken = Replay(pieces), 0
+        while True:
+            try:
+                async for chunk in self.chain.current[1].synthesize_stream(replay.again(spoken)):
+                    spoken += len(chunk.text)
+                    yield chunk
+                return
+            except Exception as exc:
+                if not self.chain.has_next():
+                    raise
+                self.chain.advance(exc)
 
     def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:  # pragma: no cover
         raise NotImplementedError
