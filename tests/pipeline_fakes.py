@@ -206,6 +206,32 @@ class FakeTts(TextToSpeech):
                 raise self.error or RuntimeError("tts broke")
 
 
+class FakeStreamingTts(FakeTts):
+    """A FakeTts that takes a reply's pieces on one stream (``streaming_text_input``), as the
+    streaming engines do: each piece's audio (text ``""``), then a zero-length chunk with its
+    text. ``streams``: the pieces each stream got, in order."""
+
+    name = "fake-streaming-tts"
+    streaming_text_input = True
+
+    def __init__(self, clock: ManualClock, **kwargs: Any) -> None:
+        super().__init__(clock, **kwargs)
+        self.streams: list[list[str]] = []
+
+    async def _synthesize_stream(self, pieces: AsyncIterator[str]) -> AsyncIterator[AudioChunk]:
+        stream: list[str] = []
+        self.streams.append(stream)
+        async for text in pieces:
+            stream.append(text)
+            self.texts.append(text)
+            if self.delay_s:
+                await self.clock.sleep(self.delay_s)
+            yield AudioChunk(self._pcm(text), self.rate, "")
+            if self.fail_on is not None and self.fail_on in text:
+                raise self.error or RuntimeError("tts broke")
+            yield AudioChunk(b"", self.rate, text)
+
+
 # Transport
 
 
@@ -358,7 +384,8 @@ class Harness:
         self.session = FakeSession()
         self.stt = FakeStt(self.clock, script, decode_s=decode_s, interim_results=interim_results)
         self.llm = FakeLlm(self.clock, replies)
-        self.tts = FakeTts(self.clock, **(tts or {}))
+        tts = dict(tts or {})
+        self.tts = (FakeStreamingTts if tts.pop("streaming", False) else FakeTts)(self.clock, **tts)
         self.transport = FakeTransport(self.clock)
         self.toolbox = FakeToolBox(self.clock, tools or {}, tool_delays) if tools is not None else None
         conf = {"system_prompt": "You are a test agent.", "greeting": greeting, **(config or {})}
