@@ -178,3 +178,29 @@ def test_voice_profiles_of_the_new_tts_providers_set_voice_and_speed(provider, s
     options = applied.tts.options_for(registry.get("tts", provider))
     assert (options.voice, options.speed) == ("v-123", expected)
     assert ProviderChains(Settings()).first_choice(applied, "tts").provider == provider
+
+
+async def test_a_calls_tts_engine_gets_the_voice_profiles_voice_and_speed() -> None:
+    """Through the chain a call is built with: the engine made speaks with the profile's voice,
+    at its speed (within what the provider takes)."""
+    from runtime.config import Settings
+    from runtime.providers.tts.cartesia import CartesiaTTS
+    from runtime.providers.tts.elevenlabs import ElevenLabsTTS
+    from runtime.providers.tts.openai import OpenAITTS
+    from runtime.providers.voice_profile import apply_voice_profile
+
+    creds = lookup({"elevenlabs": ProviderCredential({}, "el-key"), "cartesia": ProviderCredential({}, "ca-key"),
+                    "openai": ProviderCredential({}, "sk-key")})
+    chains = ProviderChains(Settings())
+    engines = {}
+    for provider in ("elevenlabs", "cartesia", "openai"):
+        config = apply_voice_profile(AgentConfig(system_prompt="x"),
+                                     {"provider": provider, "voice_id": f"{provider}-voice", "speed": 1.1})
+        chosen = await chains.for_call(config, credentials=creds)
+        engines[provider] = dict(chosen.tts.chain.engines)[provider]  # type: ignore[attr-defined]
+        await chosen.aclose()
+    eleven, cartesia, openai_tts = engines["elevenlabs"], engines["cartesia"], engines["openai"]
+    assert isinstance(eleven, ElevenLabsTTS) and eleven.voice == "elevenlabs-voice"
+    assert eleven.voice_settings == {"speed": 1.1}
+    assert isinstance(cartesia, CartesiaTTS) and (cartesia.voice, cartesia.speed) == ("cartesia-voice", 1.1)
+    assert isinstance(openai_tts, OpenAITTS) and (openai_tts.voice, openai_tts.speed) == ("openai-voice", 1.1)
