@@ -8,13 +8,15 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import numpy as np
 import pytest
 
 from runtime.providers import registry
-from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy
+from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy, TextToSpeech
+from runtime.providers.failover import Failover, FailoverTTS
 from runtime.providers.options import CartesiaOptions, CartesiaSettings
 from runtime.providers.registry import BuildContext, MissingCredential, ProviderCredential
 from runtime.providers.tts.cartesia import CartesiaTTS, build
@@ -73,7 +75,7 @@ async def test_streams_mulaw_at_8k_in_one_context_before_the_piece_is_made() -> 
     assert [(m["transcript"], m["continue"], m.get("flush", False)) for m in sent] == [
         (SENTENCES[0], True, False), ("", True, True), (SENTENCES[1], False, False)]
     assert sent[0] == {"context_id": context_id, "model_id": "sonic-3", "transcript": SENTENCES[0],
-                       "voice": {"id": VOICE}, "language": "en", "continue": True,
+                       "voice": {"id": VOICE}, "language": "en", "continue": True, "max_buffer_delay_ms": 0,
                        "output_format": {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 8000}}
     assert not server.cancels
 
@@ -403,6 +405,249 @@ async def test_text_without_words_is_passed_on_without_a_request() -> None:
         await tts.aclose()
     assert [(c.pcm, c.text) for c in chunks] == [(b"", "...")]
     assert "".join(c.text for c in leading) == "... Right." and len(server.contexts) == 1
+
+
+# Text arriving over time (synthesize_stream): one context for the stream
+
+
+class Paced:
+    """Pieces as a model writes them: the first at once, each next after ``gap`` seconds.
+    Records when each was handed out and whether the source ran to its end or was closed."""
+
+    def __init__(self, pieces: list[str], gap: float = 0.05) -> None:
+        self.pieces, self.gap = pieces, gap
+        self.handed: list[tuple[str, float]] = []
+        self.ended = False  # every piece was handed out and the source returned
+        self.closed = False  # the source was closed or cancelled before its end
+
+    async def stream(self) -> AsyncIterator[str]:
+        try:
+            for index, piece in enumerate(self.pieces):
+                if index:
+                    await asyncio.sleep(self.gap)
+                self.handed.append((piece, time.monotonic()))
+                yield piece
+            self.ended = True
+        except BaseException:
+            self.closed = True
+            raise
+
+
+async def collect_stream(tts: TextToSpeech, pieces: Paced) -> tuple[list[AudioChunk], list[float]]:
+    chunks, times = [], []
+    async for chunk in tts.synthesize_stream(pieces.stream()):
+        chunks.append(chunk)
+        times.append(time.monotonic())
+    return chunks, times
+
+
+def shape(chunks: list[AudioChunk]) -> list[str]:
+    """The chunks as texts, each run of audio chunks as one "<audio>"."""
+    out: list[str] = []
+    for chunk in chunks:
+        assert not (chunk.pcm and chunk.text)  # audio carries no text, texts come on empty chunks
+        if chunk.text:
+            out.append(chunk.text)
+        elif chunk.pcm and (not out or out[-1] != "<audio>"):
+            out.append("<audio>")
+    return out
+
+
+def inputs(server: CartesiaServer, context_id: str) -> list[tuple[str, bool, bool]]:
+    return [(m["transcript"], m["continue"], m.get("flush", False)) for m in server.context_requests(context_id)]
+
+
+STREAM = ["Hello there. How are you today? ", "I can help ", "with that. ", "Bye."]
+STREAM_SENTENCES = ["Hello there. ", "How are you today? ", "I can help ", "with that. ", "Bye."]
+
+
+async def test_a_stream_of_pieces_is_one_context_sent_as_the_pieces_arrive() -> None:
+    assert CartesiaTTS.streaming_text_input is True
+    async with CartesiaServer(CartesiaScript(chunks_per_input=4, chunk_gap_s=0.03)) as server:
+        tts = adapter(server)
+        pieces = Paced(STREAM)
+        chunks, times = await collect_stream(tts, pieces)
+        # A later segment of the same reply (after a pause): a new context on the same socket.
+        again, _ = await collect_stream(tts, Paced(["And again. "]))
+        await tts.aclose()
+    first, second = list(server.contexts)
+    assert server.accepted == 1 and [r.message["context_id"] for r in server.requests].count(first) == 11
+    # One context for the whole stream: each sentence with continue, a flush after it; then the
+    # end Cartesia documents for a last transcript not known in advance.
+    expected: list[tuple[str, bool, bool]] = []
+    for sentence in STREAM_SENTENCES:
+        expected += [(sentence, True, False), ("", True, True)]
+    assert inputs(server, first) == [*expected, ("", False, False)]
+    assert all(m["max_buffer_delay_ms"] == 0 for m in server.context_requests(first))
+    flush_ids = [c.flush_id for c in server.chunks if c.context_id == first]
+    assert list(dict.fromkeys(flush_ids)) == [1, 2, 3, 4, 5] and flush_ids == sorted(flush_ids)
+    assert server.contexts[first].finished and not server.cancels and pieces.ended
+    # Exact audio in order; the texts concatenate to the pieces, each sentence's text right after
+    # its last audio.
+    assert b"".join(c.pcm for c in chunks) == b"".join(server.pcm(s) for s in STREAM_SENTENCES)
+    assert "".join(c.text for c in chunks) == "".join(STREAM)
+    assert shape(chunks) == [part for s in STREAM_SENTENCES for part in ("<audio>", s)]
+    for number, sentence in enumerate(STREAM_SENTENCES):
+        at = [c.text for c in chunks].index(sentence)
+        assert b"".join(c.pcm for c in chunks[:at]) == b"".join(server.pcm(s) for s in STREAM_SENTENCES[:number + 1])
+    # The next piece was at Cartesia while the first was still being handed over.
+    second_piece_at = next(r.at for r in server.requests if r.message["transcript"] == "I can help ")
+    last_audio_of_first_piece = times[[c.text for c in chunks].index("How are you today? ") - 1]
+    assert second_piece_at < last_audio_of_first_piece
+    assert b"".join(c.pcm for c in again) == server.pcm("And again. ")
+    assert inputs(server, second) == [("And again. ", True, False), ("", True, True), ("", False, False)]
+
+
+async def test_pieces_without_words_keep_their_place_in_the_texts() -> None:
+    async with CartesiaServer() as server:
+        tts = adapter(server)
+        pieces = ["...", "Hi there. ", " ", "Bye.", "?!"]
+        chunks, _ = await collect_stream(tts, Paced(pieces, gap=0.01))
+        # Nothing to say at all: the texts go on, no context is begun.
+        silent, _ = await collect_stream(tts, Paced(["...", " "], gap=0.01))
+        await tts.aclose()
+    assert shape(chunks) == ["...", "<audio>", "Hi there. ", " ", "<audio>", "Bye.", "?!"]
+    assert b"".join(c.pcm for c in chunks) == server.pcm("Hi there. ") + server.pcm("Bye.")
+    (context_id,) = server.contexts
+    assert [t for t, _, _ in inputs(server, context_id) if t] == ["Hi there. ", "Bye."]
+    assert [(c.pcm, c.text) for c in silent] == [(b"", "..."), (b"", " ")]
+    assert len(server.contexts) == 1 and not server.cancels
+
+
+@pytest.mark.parametrize("how", ["closed", "cancelled"])
+async def test_a_stream_stopped_mid_way_cancels_its_context_and_its_sender(how: str) -> None:
+    async with CartesiaServer(CartesiaScript(chunks_per_input=4, chunk_gap_s=0.05)) as server:
+        tts = adapter(server)
+        pieces = Paced(["Hello there. ", "How are you? ", "Bye now."], gap=0.1)
+        got: list[AudioChunk] = []
+        if how == "closed":  # the reply is stale: the pipeline closes the generator
+            async with aclosing(tts.synthesize_stream(pieces.stream())) as chunks:
+                async for chunk in chunks:
+                    got.append(chunk)
+                    break
+        else:  # barge-in: the speaking task is cancelled
+            first = asyncio.Event()
+
+            async def speak() -> None:
+                async for chunk in tts.synthesize_stream(pieces.stream()):
+                    got.append(chunk)
+                    first.set()
+
+            task = asyncio.create_task(speak())
+            await asyncio.wait_for(first.wait(), 2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        (context_id,) = server.contexts
+        await asyncio.sleep(0.05)
+        assert [c.message for c in server.cancels] == [{"cancel": True, "context_id": context_id}]
+        # The sender stopped: it read no further piece and sent nothing more.
+        assert pieces.closed and [p for p, _ in pieces.handed] == ["Hello there. "]
+        received = len(server.requests)
+        await asyncio.sleep(0.25)
+        assert len(server.requests) == received == 2
+        assert inputs(server, context_id) == [("Hello there. ", True, False), ("", True, True)]
+        assert "".join(c.text for c in got) == "" and got[0].pcm
+        # The adapter goes on: same socket, a new context.
+        chunks, _ = await collect(tts, "Sure.")
+        await tts.aclose()
+    assert server.accepted == 1 and b"".join(c.pcm for c in chunks) == server.pcm("Sure.")
+
+
+@pytest.mark.parametrize(("fault", "kind"), [(Fault(error_status=503, error_at=5), "server"),
+                                             (Fault(drop_after_chunks=5), "unavailable"),
+                                             (Fault(done_at=5), "server")])
+async def test_a_failure_mid_stream_raises_after_the_audio_handed_over(fault: Fault, kind: str) -> None:
+    async with CartesiaServer(CartesiaScript(chunks_per_input=4, chunk_gap_s=0.02, faults=[fault])) as server:
+        tts = adapter(server)
+        pieces = Paced(STREAM)
+        got: list[AudioChunk] = []
+        with pytest.raises(ProviderError) as caught:
+            async for chunk in tts.synthesize_stream(pieces.stream()):
+                got.append(chunk)
+        assert caught.value.kind == kind and len(server.contexts) == 1  # not retried after audio
+        expected = b"".join(server.pcm(s) for s in STREAM_SENTENCES)
+        audio = b"".join(c.pcm for c in got)
+        assert audio and expected.startswith(audio)
+        assert "".join(STREAM).startswith("".join(c.text for c in got))
+        chunks, _ = await collect(tts, "Fine.")  # the adapter stays usable
+        await tts.aclose()
+    assert b"".join(c.pcm for c in chunks) == server.pcm("Fine.")
+    assert server.accepted == (2 if kind == "unavailable" else 1)
+    assert not server.cancels  # the context was over (error and done say so; a dropped socket takes none)
+
+
+async def test_a_stream_whose_server_stalls_times_out() -> None:
+    async with CartesiaServer(CartesiaScript(chunks_per_input=3, chunk_gap_s=0.5)) as server:
+        tts = adapter(server)
+        tts.read_timeout_s = 0.2
+        got: list[AudioChunk] = []
+        started = time.monotonic()
+        with pytest.raises(ProviderError) as caught:
+            async for chunk in tts.synthesize_stream(Paced(["Hello there. ", "Bye."]).stream()):
+                got.append(chunk)
+        # The timer ran from the last input sent (the second piece, 0.05 s in), not from the start.
+        assert caught.value.kind == "timeout" and len(got) == 1 and time.monotonic() - started >= 0.25
+        tts.read_timeout_s = 5.0
+        chunks, _ = await collect(tts, "Ok.")  # the stalled socket is not used again
+        await tts.aclose()
+    assert server.accepted == 2 and b"".join(c.pcm for c in chunks) == server.pcm("Ok.")
+
+
+async def test_a_retry_before_the_first_audio_replays_the_pieces() -> None:
+    async with CartesiaServer(CartesiaScript(chunk_gap_s=0.02, faults=[Fault(error_status=500)])) as server:
+        tts = adapter(server)
+        pieces = Paced(STREAM)
+        chunks, _ = await collect_stream(tts, pieces)
+        await tts.aclose()
+    failed, retried = list(server.contexts)
+    assert inputs(server, failed)[0] == ("Hello there. ", True, False)
+    assert [t for t, _, _ in inputs(server, retried) if t] == STREAM_SENTENCES
+    assert inputs(server, retried)[-1] == ("", False, False)
+    assert b"".join(c.pcm for c in chunks) == b"".join(server.pcm(s) for s in STREAM_SENTENCES)
+    assert "".join(c.text for c in chunks) == "".join(STREAM)
+    assert [p for p, _ in pieces.handed] == STREAM and pieces.ended  # the source was read once
+    assert not server.cancels  # the failed context was over (its error said done)
+
+
+class Fallback(TextToSpeech):
+    """A second engine: a fixed tone per piece, and the texts it was given."""
+
+    name = "fallback"
+
+    def __init__(self) -> None:
+        super().__init__(FAST)
+        self.texts: list[str] = []
+
+    async def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+        self.texts.append(text)
+        yield AudioChunk(b"\x01\x00" * 80, 8000, "")
+        yield AudioChunk(b"", 8000, text)
+
+
+async def test_failover_speaks_the_rest_of_a_stream_on_the_next_engine() -> None:
+    # Two chunks a sentence: the error replaces the second sentence's second chunk, after the first
+    # sentence's text was handed over (its audio is all out once the second sentence's begins).
+    script = CartesiaScript(chunks_per_input=2, chunk_gap_s=0.02, faults=[Fault(error_status=503, error_at=3)])
+    async with CartesiaServer(script) as server:
+        cartesia, fallback, switches = adapter(server), Fallback(), []
+        chain = FailoverTTS([("cartesia", cartesia), ("fallback", fallback)], report=switches.append)
+        assert chain.streaming_text_input
+        pieces = Paced(["Hello there. ", "How are you? ", "Bye now."])
+        chunks = [chunk async for chunk in chain.synthesize_stream(pieces.stream())]
+        await cartesia.aclose()
+    switch: Failover = switches[0]
+    assert (switch.from_provider, switch.to_provider, switch.kind) == ("cartesia", "fallback", "server")
+    # The next engine speaks exactly what Cartesia had not claimed, pieces still to come included.
+    assert fallback.texts == ["How are you? ", "Bye now."]
+    assert "".join(c.text for c in chunks) == "Hello there. How are you? Bye now."
+    assert [p for p, _ in pieces.handed] == ["Hello there. ", "How are you? ", "Bye now."] and pieces.ended
+    # Cartesia's audio (the first sentence, then the second's first chunk), then the fallback's.
+    switched = next(i for i, c in enumerate(chunks) if c.pcm == b"\x01\x00" * 80)
+    first, second = server.pcm("Hello there. "), server.pcm("How are you? ")
+    assert b"".join(c.pcm for c in chunks[:switched]) == first + second[:len(second) // 2]
+    assert [c.text for c in chunks[switched:] if c.text] == ["How are you? ", "Bye now."]
+    assert len(server.contexts) == 1
 
 
 def _context(entry, **changes):  # type: ignore[no-untyped-def]

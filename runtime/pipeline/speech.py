@@ -197,6 +197,7 @@ class Speaker:
         than STREAM_GAP_S (the model calling a tool, a reply done) ends it, the next piece opens
         another, so no context idles at the provider."""
         ended = False
+        carried: list[tuple[str, Message | None] | None] = []  # a piece taken as its segment was cut
 
         async def segment(first: tuple[str, Message | None]) -> AsyncIterator[tuple[str, Message | None]]:
             nonlocal ended
@@ -208,6 +209,10 @@ class Speaker:
                     timer = asyncio.ensure_future(clock.sleep(STREAM_GAP_S))
                     try:
                         await asyncio.wait({get, timer}, return_when=asyncio.FIRST_COMPLETED)
+                    except BaseException:
+                        if get.done() and not get.cancelled():
+                            carried.append(get.result())  # cut (cancelled) just as it came: keep it
+                        raise
                     finally:
                         timer.cancel()
                         if not get.done():
@@ -222,7 +227,10 @@ class Speaker:
                     return
                 yield item
 
-        while not ended and (item := await self._queue.get()) is not None:
+        async def next_item() -> tuple[str, Message | None] | None:
+            return carried.pop(0) if carried else await self._queue.get()
+
+        while not ended and (item := await next_item()) is not None:
             if self.error is not None:
                 continue
             try:

@@ -12,9 +12,14 @@ Sources (what each behaviour follows):
   status_code, context_id}``, ``timestamps{word_timestamps{words, start, end}}``, ``error{done,
   error, status_code, context_id}``; auth there: ``X-API-Key`` header or ``?api_key=``.
 - docs.cartesia.ai/api-reference/tts/working-with-web-sockets/contexts: ``continue`` (default
-  false); an empty transcript with ``continue: false`` ends a context; every input of a context
+  false); inputs of a context may arrive over time (input streaming: each with ``continue: true``
+  while more may follow), and "if you do not know the last transcript in advance, you can send an
+  input with an empty transcript and ``continue`` set to ``false``"; every input of a context
   keeps the same fields except ``transcript``/``continue``/``duration``; transcripts are
-  concatenated verbatim.
+  concatenated verbatim; outputs come in the order of the inputs, ``done`` only after the whole
+  context.
+- docs.cartesia.ai/use-the-api/tts-websocket/buffering: ``max_buffer_delay_ms`` 0-5000 (this
+  server never buffers: it generates each input as it arrives, which is what 0 asks for).
 - docs.cartesia.ai/use-the-api/tts-websocket/context-flushing-and-flush-i-ds: ``flush: true``
   (with ``continue: true`` and an empty transcript) increments the context's ``flush_id``; chunks
   of transcript 1 carry ``flush_id`` 1, after the flush 2.
@@ -30,14 +35,21 @@ Sources (what each behaviour follows):
 Not settled by any document, chosen here (and labelled in the code): what a refused upgrade's
 body looks like (``{"title", "message", "status_code"}``), that a cancelled context gets no reply
 at all, that ``flush_done`` is sent after the flushed transcript's audio, the reply to an input
-on a finished context (an error 400), and the body of REST errors.
+on a finished context (an error 400), and the body of REST errors. Contexts never expire here
+(Cartesia: 1 s after their last audio, with "undefined behavior" for a later input).
+
+A context is generated input by input as its inputs arrive: a transcript's audio, ``flush_done``
+after a flush (the next transcript's chunks carry the next ``flush_id``), ``done`` after the input
+with ``continue: false`` (an empty transcript included), whenever it comes.
 
 The audio for a text is deterministic (``audio_for``: a tone ``ms_per_char`` long per character)
 and encoded as asked, so a test can check every sample. Faults are scripted: ``handshakes`` (one
 per connection attempt: refuse the upgrade with a status and ``Retry-After``) and ``faults`` (one
 per context, in the order contexts start: a slow first chunk, a dropped connection after some
-chunks, a malformed frame, an error message). Everything received is recorded: connections (path,
-query, headers), generation requests, cancels, REST probes.
+chunks, a malformed frame, an error message, an early done; chunk numbers count a context's
+chunks across all of its inputs). Everything received is recorded: connections (path, query,
+headers), generation requests (with their arrival time), cancels, REST probes; and every audio
+chunk sent (context, flush_id, size, time).
 """
 
 from __future__ import annotations
@@ -64,7 +76,8 @@ with warnings.catch_warnings():  # as runtime/pipeline/audio.py: stdlib audioop 
 API_VERSION = "2026-08-14"  # the version cartesia 4.x sends (its MIGRATING.md)
 ENCODINGS = ("pcm_f32le", "pcm_s16le", "pcm_mulaw", "pcm_alaw")
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
-SAME_FIELDS = ("model_id", "voice", "output_format", "language", "generation_config", "add_timestamps")
+SAME_FIELDS = ("model_id", "voice", "output_format", "language", "generation_config", "add_timestamps",
+               "max_buffer_delay_ms")
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,9 @@ class Fault:
     malformed_at: int = 1  # the malformed frame replaces chunk number N
     error_status: int | None = None  # an error message (done: true) replaces chunk number error_at
     error_at: int = 0
+    # A done message replaces chunk number N: the context ends before its input did (UNSETTLED:
+    # what Cartesia does with a context that expired while more input was to come).
+    done_at: int | None = None
 
 
 @dataclass
@@ -114,6 +130,14 @@ class Connection:
 class Received:
     connection: int  # index into ``connections``
     message: dict[str, Any]
+    at: float
+
+
+@dataclass(frozen=True)
+class SentChunk:
+    context_id: str
+    flush_id: int
+    size: int
     at: float
 
 
@@ -150,6 +174,7 @@ class CartesiaServer:
         self.connections: list[Connection] = []
         self.requests: list[Received] = []  # generation requests, in arrival order
         self.cancels: list[Received] = []
+        self.chunks: list[SentChunk] = []  # audio chunks sent, in order
         self.probes: list[Connection] = []  # REST requests
         self.contexts: dict[str, _Context] = {}
         self.dropped = 0
@@ -337,6 +362,10 @@ class CartesiaServer:
                         await send(_error(context.id, fault.error_status, "Scripted failure",
                                           f"scripted failure {fault.error_status}"))
                         return
+                    if fault.done_at is not None and number == fault.done_at:
+                        context.finished = True
+                        await send({"type": "done", "done": True, "status_code": 206, "context_id": context.id})
+                        return
                     if fault.malformed is not None and number == fault.malformed_at:
                         await send(_malformed(fault.malformed, context.id, piece))
                         number += 1
@@ -344,6 +373,7 @@ class CartesiaServer:
                     done = script.done_in_last_chunk and last_input and position == len(pieces) - 1
                     await send({"type": "chunk", "data": base64.b64encode(piece).decode(), "done": done,
                                 "status_code": 206, "step_time": 1.0, "context_id": context.id, "flush_id": flush_id})
+                    self.chunks.append(SentChunk(context.id, flush_id, len(piece), time.monotonic()))
                     number += 1
                 if message.get("flush"):
                     # UNSETTLED: sent here after the flushed audio (the docs only call it an acknowledgement).
@@ -382,6 +412,9 @@ def _invalid(message: dict[str, Any]) -> str | None:
             return "generation_config.speed must be between 0.6 and 1.5"
         if volume is not None and not (isinstance(volume, int | float) and 0.5 <= volume <= 2.0):
             return "generation_config.volume must be between 0.5 and 2.0"
+    delay = message.get("max_buffer_delay_ms")
+    if delay is not None and not (isinstance(delay, int) and not isinstance(delay, bool) and 0 <= delay <= 5000):
+        return "max_buffer_delay_ms must be an integer between 0 and 5000"
     for flag in ("continue", "flush", "add_timestamps"):
         if flag in message and not isinstance(message[flag], bool):
             return f"{flag} must be a boolean"

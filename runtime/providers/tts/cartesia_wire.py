@@ -5,9 +5,21 @@ Sources read (cited beside each shape below):
 - [WS]    docs.cartesia.ai/2024-11-13/api-reference/tts/websocket: the message examples (generation
           request, cancel, chunk, flush_done, done, timestamps, error) and docs.cartesia.ai/
           api-reference/tts/websocket.md (contexts; "do many generations over a single WebSocket").
-- [CTX]   docs.cartesia.ai/api-reference/tts/working-with-web-sockets/contexts: ``continue``; "inputs
-          on the same context must keep all fields except transcript, continue, and duration the
-          same"; "transcripts are concatenated verbatim".
+- [CTX]   docs.cartesia.ai/api-reference/tts/working-with-web-sockets/contexts (the same page in
+          github.com/cartesia-ai/docs, fern/api-reference/contexts.mdx): ``continue``; "inputs on
+          the same context must keep all fields except transcript, continue, and duration the
+          same"; "transcripts are concatenated verbatim"; "To finish a context, just set
+          ``continue`` to ``false``. If you do not know the last transcript in advance, you can send
+          an input with an empty transcript and ``continue`` set to ``false``"; "You will only
+          receive ``done: true`` after outputs for the entire context have been returned";
+          "Contexts automatically expire 1 second after the last output has been streamed out.
+          Attempting to send another input on the same context ID immediately after expiry has
+          undefined behavior".
+- [BUF]   docs.cartesia.ai/use-the-api/tts-websocket/buffering: ``max_buffer_delay_ms`` "Range:
+          0-5000ms, Default: 3000ms"; "Custom buffering: ... send complete phrases or sentences ...
+          Set ``max_buffer_delay_ms`` to ``0`` so the API generates speech immediately"; "Avoid the
+          middle ground: ... aggregate text client-side into sentences ... and use the default
+          ... the API may wait up to 3000ms for additional input before generating speech".
 - [FLUSH] docs.cartesia.ai/use-the-api/tts-websocket/context-flushing-and-flush-i-ds: a flush is
           ``continue: true, flush: true`` with an empty transcript; "all audio chunks from
           transcript 1 will have flush_id=1 ... from transcript 2 ... flush_id=2".
@@ -16,6 +28,7 @@ Sources read (cited beside each shape below):
           variants to enum-like output values" (so unknown message types are ignored here).
 - [SDK]   cartesia 4.2.0 (the installed package; github.com/cartesia-ai/cartesia-python):
           ``lib/_tts.py`` (``AsyncWebSocketContext.send``/``cancel``, the URL ``/tts/websocket``),
+          ``AsyncWebSocketContext.no_more_inputs`` (``transcript: "", continue: false``),
           ``types/generation_request_param.py``, ``types/raw_output_format_param.py``,
           ``types/raw_encoding.py``, ``types/generation_config_param.py`` (speed 0.6-1.5, Sonic 3
           only), ``types/websocket_response.py`` (Chunk, FlushDone, Done, Timestamps, Error),
@@ -39,6 +52,9 @@ WS_PATH = "/tts/websocket"  # [SDK] lib/_tts.py _prepare_url
 MIN_SPEED, MAX_SPEED = 0.6, 1.5  # [SDK] generation_config_param.py: "[0.6, 1.5] inclusive"
 # [SDK] raw_output_format_param.py: sample_rate is one of these.
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+# [BUF] custom buffering: the adapter sends whole sentences, so the server should not hold them
+# back waiting for more text (its default would wait up to 3000 ms on every ``continue: true``).
+MAX_BUFFER_DELAY_MS = 0
 
 
 class Malformed(Exception):
@@ -99,7 +115,10 @@ def generation_request(*, context_id: str, model: str, voice: str, transcript: s
     [SDK] MIGRATING.md gives for Cartesia-Version 2026-08-14 (the version the SDK sends; the
     2024-11-13 docs show ``{"mode": "id", "id": ...}``). ``flush``: [FLUSH]. ``speed``:
     ``generation_config.speed`` ([SDK] generation_config_param.py; Sonic 3 models only).
-    Word timestamps are not asked for (the text is paired with audio through flush ids)."""
+    ``max_buffer_delay_ms``: 0, [BUF] (sent on every input: [CTX] a context's inputs keep their
+    fields). Word timestamps are not asked for (the text is paired with audio through flush ids).
+    The end of a context whose last transcript was not known when it was sent: ``transcript=""``,
+    ``more=False`` ([CTX]; the SDK's ``no_more_inputs`` sends the same)."""
     request: dict[str, Any] = {
         "context_id": context_id,
         "model_id": model,
@@ -108,6 +127,7 @@ def generation_request(*, context_id: str, model: str, voice: str, transcript: s
         "output_format": output,
         "language": language,
         "continue": more,
+        "max_buffer_delay_ms": MAX_BUFFER_DELAY_MS,
     }
     if flush:
         request["flush"] = True
