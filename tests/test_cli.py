@@ -317,8 +317,12 @@ def test_credential_set_reads_stdin_and_never_prints_the_secret(ready: Cli) -> N
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
 
-    # Empty stdin keeps the stored secret (fields-only update).
-    ready("credential", "set", "--tenant", "acme", "twilio", "--field", "account_sid=AC" + "2" * 32)
+    # Empty stdin is refused (an unset variable is not a secret); --no-secret keeps the stored one.
+    empty = ready("credential", "set", "--tenant", "acme", "twilio", "--field", "account_sid=AC" + "2" * 32, code=2)
+    assert "stdin is empty" in empty.stderr and "--no-secret" in empty.stderr
+    kept = ready("credential", "set", "--tenant", "acme", "twilio", "--field", "account_sid=AC" + "2" * 32,
+                 "--no-secret")
+    assert "kept" in kept.stdout
     assert ready.plane(lambda plane: plane.credentials.secret(tenant_id, "twilio")) == secret
 
     ready("credential", "delete", "twilio", "--tenant", "acme")
@@ -554,6 +558,7 @@ def test_serve_passes_host_and_port(ready: Cli, monkeypatch) -> None:
         seen.update(settings=settings, host=host, port=port)
 
     monkeypatch.setattr(server, "run", fake_run)
+    monkeypatch.setattr("voicectl.serve.check_can_listen", lambda host, port: None)  # tests/test_cli_edges.py
     ready("serve", "--host", "0.0.0.0", "--port", "9123")
     assert (seen["host"], seen["port"]) == ("0.0.0.0", 9123)
     assert seen["settings"].base_dir == ready.config.parent.resolve()

@@ -111,6 +111,11 @@ def test_every_entry_builds_from_its_factory_and_declares_its_models() -> None:
         assert engine.name == entry.name or entry.name == "local", entry
         kind = {"stt": SpeechToText, "llm": LanguageModel, "tts": TextToSpeech}[entry.modality]
         assert isinstance(engine, kind)
+        # What the entry declares is what the engine does.
+        if entry.modality == "stt":
+            assert engine.interim_results == entry.capabilities.interim_transcripts, entry.name
+        if entry.modality == "tts":
+            assert engine.streaming_text_input == entry.capabilities.streaming_text_input, entry.name
     assert len({(e.modality, e.name) for e in registry.PROVIDERS}) == len(registry.PROVIDERS)
 
 

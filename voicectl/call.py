@@ -14,7 +14,16 @@ from typing import Annotated, Any
 
 import typer
 
-from voicectl.common import errors, fail, load_settings, print_json, print_table, run_async, say
+from voicectl.common import (
+    cli_invocation,
+    errors,
+    fail,
+    load_settings,
+    print_json,
+    print_table,
+    run_async,
+    say,
+)
 
 POLL_S = 0.25
 CALL_FAILED = 8  # the runtime was unreachable, refused the call, or it did not finish
@@ -255,7 +264,7 @@ def call(
             if as_json:
                 print_json(result)
             else:
-                print_summary(result)
+                print_summary(result, cli_invocation())
             return
         base = (url or f"http://{_connect_host(settings.server.host)}:{settings.server.port}").rstrip("/")
         if not base.startswith(("http://", "https://")):
@@ -268,7 +277,7 @@ def call(
     if as_json:
         print_json(result)
         return
-    print_summary(result)
+    print_summary(result, cli_invocation())
 
 
 def _connect_host(host: str) -> str:
@@ -276,7 +285,7 @@ def _connect_host(host: str) -> str:
 
 
 def print_summary(result: dict[str, Any], voicectl: str = "voicectl") -> None:
-    """``voicectl``: how to invoke the CLI in the hints (the demo adds its --config)."""
+    """``voicectl``: how to invoke the CLI in the hints (``cli_invocation()``)."""
     say(f"call {result['call_id']}: {result['status']} ({result['end_reason']}), hung up by {result['hung_up_by']}")
     latency = result["latency"]
     if latency:

@@ -20,14 +20,16 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Exit codes. ControlError subclasses carry their own (2 bad input, 3 not found,
-# 4 conflict, 7 unauthorized); the rest are mapped here.
+# Exit codes (README.md lists them all). ControlError subclasses carry their own (2 bad input,
+# 3 not found, 4 conflict, 7 unauthorized); the rest are mapped here.
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CONFLICT = 4
 EXIT_CONFIG = 5
 EXIT_SECRETS = 5
 EXIT_DATABASE = 6
+EXIT_RUNTIME_UNREACHABLE = 8  # `call`, `events tail`: the runtime was unreachable or refused
+EXIT_CANNOT_LISTEN = 10  # `serve`: the host/port cannot be bound (in use, not ours, not permitted)
 EXIT_INTERRUPTED = 130
 
 
@@ -368,3 +370,14 @@ def show_once(label: str, value: str) -> None:
     """A secret that is printed exactly once (API key, signing secret)."""
     say(f"{label}: {value}")
     say("  store it now: it is not shown again", err=True)
+
+
+def cli_invocation(config: Any = None) -> str:
+    """How this voicectl was run, with the config file it used (``config``, else --config,
+    $VOICECTL_CONFIG or ./config.yaml): the command hints printed after a call work when copied
+    as they are, e.g. ``.venv/bin/voicectl --config config.yaml calls show ...``."""
+    import shlex
+    from pathlib import Path
+
+    program = sys.argv[0] if Path(sys.argv[0]).name == "voicectl" else "voicectl"
+    return f"{shlex.quote(program)} --config {shlex.quote(str(config_path(config)))}"

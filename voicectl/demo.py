@@ -209,9 +209,9 @@ def demo(
         return
     if not provision_only:
         from voicectl.call import print_summary
+        from voicectl.common import cli_invocation
 
-        program = sys.argv[0] if Path(sys.argv[0]).name == "voicectl" else "voicectl"
-        cli = f"{program} --config {path}"
+        cli = cli_invocation(path)
         print_summary(output["call"], cli)
         say(f"server stopped. All calls: {cli} calls list --tenant {TENANT}; "
             f"run the runtime yourself: {cli} serve")

@@ -12,7 +12,15 @@ from typing import Annotated, Any
 
 import typer
 
-from voicectl.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, fail, new_app, say
+from voicectl.common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME_UNREACHABLE,
+    EXIT_USAGE,
+    fail,
+    new_app,
+    say,
+)
 
 app = new_app("Live events: follow a tenant's calls as they happen (needs a running `voicectl serve`).")
 
@@ -43,7 +51,8 @@ def _ws_url(url: str) -> str:
 
 
 async def _tail(url: str, key: str, topics: list[str], call_id: str | None, as_json: bool,
-                count: int | None) -> int:
+                count: int | None, base: str | None = None) -> int:
+    """``url``: the WebSocket's; ``base``: the runtime's URL as the user gave it (for messages)."""
     import aiohttp
     import orjson
 
@@ -107,11 +116,15 @@ async def _tail(url: str, key: str, topics: list[str], call_id: str | None, as_j
         if exc.status == 429:
             say("error: rate limited; try again shortly", err=True)
             return EXIT_ERROR
-        say(f"error: the runtime refused the WebSocket (HTTP {exc.status})", err=True)
-        return EXIT_ERROR
-    except aiohttp.ClientError as exc:
-        say(f"error: cannot reach the runtime at {url}: {exc}", err=True)
-        return EXIT_ERROR
+        say(f"error: the runtime at {base or url} refused the WebSocket (HTTP {exc.status}); "
+            "is --url a voicectl runtime?", err=True)
+        return EXIT_RUNTIME_UNREACHABLE
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        # The same exit code and words as `voicectl call` for a runtime that is not there.
+        detail = str(exc) or type(exc).__name__
+        say(f"error: cannot reach the runtime at {base or url} ({detail}); is `voicectl serve` running there?",
+            err=True)
+        return EXIT_RUNTIME_UNREACHABLE
 
 
 @app.command("tail")
@@ -132,7 +145,10 @@ def tail(
         int | None, typer.Option("--count", min=1, help="Exit after this many events.", show_default=False)
     ] = None,
 ) -> None:
-    """Follow a tenant's events live (one line per event)."""
+    """Follow a tenant's events live (one line per event).
+
+    Exits 8 when the runtime cannot be reached at --url (as `voicectl call` does).
+    """
     api_key = key or os.environ.get("VOICECTL_API_KEY")
     if not api_key:
         fail("pass --key or set VOICECTL_API_KEY to a tenant runtime key", EXIT_USAGE)
@@ -140,7 +156,7 @@ def tail(
     import asyncio
 
     try:
-        code = asyncio.run(_tail(ws_url, api_key, list(topic or ["*"]), call, as_json, count))
+        code = asyncio.run(_tail(ws_url, api_key, list(topic or ["*"]), call, as_json, count, url.rstrip("/")))
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if code:

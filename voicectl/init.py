@@ -11,6 +11,7 @@ import typer
 from voicectl.common import (
     EXIT_CONFLICT,
     JsonOpt,
+    cli_invocation,
     config_path,
     errors,
     fail,
@@ -133,4 +134,4 @@ def init(
     say(f"master key {data['master_key_file']} (mode 0600): back it up; stored secrets need it")
     say(f"secrets in {data['secrets']}")
     show_once("admin key", data["admin_key"])
-    say("next: voicectl tenant create NAME")
+    say(f"next: {cli_invocation(config)} tenant create NAME")
