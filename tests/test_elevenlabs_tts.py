@@ -8,19 +8,25 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import numpy as np
 import pytest
 
 from runtime.pipeline.audio import ulaw_to_pcm16
+from runtime.pipeline.clock import SystemClock
+from runtime.pipeline.frames import pcm_ms
+from runtime.pipeline.speech import Reply, Speaker, Voice
 from runtime.providers import registry
-from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy
+from runtime.providers.base import AudioChunk, Message, ProviderError, RetryPolicy, TextToSpeech
+from runtime.providers.failover import Failover, FailoverTTS
 from runtime.providers.options import ElevenLabsOptions, ElevenLabsSettings
 from runtime.providers.registry import BuildContext, MissingCredential, ProviderCredential
 from runtime.providers.tts import elevenlabs_wire as wire
 from runtime.providers.tts.elevenlabs import ElevenLabsTTS, build
 from tests.peers.elevenlabs_server import ElevenLabsScript, ElevenLabsServer, Fault, Refusal
+from tests.pipeline_fakes import FakeTransport
 
 KEY = "el-test-key"
 FAST = RetryPolicy(retries=2, first_byte_timeout_s=0.5, backoff_base_s=0.01, backoff_cap_s=0.1)
@@ -445,3 +451,319 @@ def test_server_messages_are_read_in_both_casings() -> None:
     assert wire.close_kind(1008, "Invalid API key") == "auth" and wire.close_kind(1006, "") == "unavailable"
     with pytest.raises(wire.Malformed):
         wire.parse('{"isFinal": "yes"}')
+
+
+# A reply's text as it is written (synthesize_stream)
+
+
+class Source:
+    """The pieces of a reply as a model writes them: ``gap`` seconds apart, each noted with the
+    time it was given; ``ended``: all were given; ``stopped``: the iteration was cut inside it."""
+
+    def __init__(self, pieces: list[str], gap: float = 0.05) -> None:
+        self.pieces, self.gap = pieces, gap
+        self.given: list[tuple[str, float]] = []
+        self.ended = self.stopped = False
+
+    async def __call__(self) -> AsyncIterator[str]:
+        try:
+            for number, piece in enumerate(self.pieces):
+                if number and self.gap:
+                    await asyncio.sleep(self.gap)
+                self.given.append((piece, time.monotonic()))
+                yield piece
+        except BaseException:
+            self.stopped = True
+            raise
+        self.ended = True
+
+
+def per_piece(chunks: list[AudioChunk]) -> tuple[list[tuple[bytes, str]], bytes]:
+    """(the audio before each text chunk, its text) in order, and the audio after the last text.
+    Text chunks must be zero-length."""
+    spoken, audio = [], b""
+    for chunk in chunks:
+        if chunk.text:
+            assert chunk.pcm == b""
+            spoken.append((audio, chunk.text))
+            audio = b""
+        else:
+            audio += chunk.pcm
+    return spoken, audio
+
+
+def says(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
+
+
+PIECES = ["Hello there. ", "I can book a table for two at seven. ", " ... ", "Shall I?"]
+
+
+@pytest.mark.parametrize(("generation", "snake_case"), [("interleaved", False), ("sequential", True)])
+async def test_a_stream_sends_each_piece_as_it_comes_on_one_socket(generation: str, snake_case: bool) -> None:
+    script = ElevenLabsScript(chunks=5, chunk_gap_s=0.05, generation=generation,  # type: ignore[arg-type]
+                              snake_case=snake_case)
+    async with ElevenLabsServer(script) as server:
+        tts = engine(server)
+        assert tts.streaming_text_input
+        source = Source(PIECES, gap=0.05)
+        got: list[tuple[AudioChunk, float]] = []
+        async for chunk in tts.synthesize_stream(source()):
+            got.append((chunk, time.monotonic()))
+        await tts.aclose()
+    chunks = [chunk for chunk, _ in got]
+    # One handshake; one context per piece with words, each sent with the documented messages.
+    assert len(server.connections) == 1 and tts.connects == 1
+    conn, contexts = server.connections[0], server.context_list()
+    assert [c.texts for c in contexts] == [[p.strip()] for p in PIECES if says(p)]
+    expected = []
+    for context, piece in zip(conn.contexts, [p for p in PIECES if says(p)], strict=True):
+        expected += [{"text": " ", "context_id": context}, {"text": piece.strip() + " ", "context_id": context,
+                                                            "flush": True},
+                     {"context_id": context, "close_context": True}]
+    assert conn.messages == [*expected, {"close_socket": True}]
+    # Every sample in piece order; each piece's text on a zero-length chunk after its last audio.
+    spoken, rest = per_piece(chunks)
+    assert spoken == [(server.expected(p) if says(p) else b"", p) for p in PIECES] and rest == b""
+    assert "".join(c.text for c in chunks) == "".join(PIECES) and {c.rate for c in chunks} == {8000}
+    # Pipelined: piece 2 reached the server while piece 1 was still being made and handed over.
+    first, second = contexts[0], contexts[1]
+    first_done = next(at for chunk, at in got if chunk.text == PIECES[0])
+    last_audio = max(at for chunk, at in got if chunk.pcm and at <= first_done)
+    assert second.opened_at < last_audio and second.flushed_at < first.final_at  # type: ignore[operator]
+    assert source.given[1][1] <= second.opened_at < source.given[1][1] + 0.1  # sent when it came
+    if generation == "interleaved":  # its audio was being made while piece 1 played
+        assert second.first_audio_at < first_done  # type: ignore[operator]
+    assert source.ended and not source.stopped
+
+
+async def test_audio_of_a_later_piece_made_first_waits_for_the_earlier_piece() -> None:
+    pieces = ["This one is slow to start. ", "Quick."]
+    async with ElevenLabsServer(ElevenLabsScript(chunks=3, faults=[Fault(first_byte_delay_s=0.2)])) as server:
+        tts = engine(server)
+        chunks = [chunk async for chunk in tts.synthesize_stream(Source(pieces, gap=0)())]
+        await tts.aclose()
+    slow, quick = server.context_list()
+    assert quick.final_at < slow.first_audio_at  # type: ignore[operator]
+    spoken, rest = per_piece(chunks)
+    assert spoken == [(server.expected(p), p) for p in pieces] and rest == b""
+
+
+async def test_at_most_five_contexts_are_open_on_the_socket() -> None:
+    pieces = [f"Sentence number {n}. " for n in range(8)]
+    async with ElevenLabsServer(ElevenLabsScript(chunks=2, chunk_gap_s=0.03)) as server:
+        tts = engine(server)
+        chunks = [chunk async for chunk in tts.synthesize_stream(Source(pieces, gap=0)())]
+        await tts.aclose()
+    conn, contexts = server.connections[0], server.context_list()
+    assert conn.most_open == wire.MAX_CONTEXTS == 5 and conn.server_closed == "close_socket"
+    assert len(contexts) == 8 and contexts[5].opened_at >= contexts[0].final_at  # type: ignore[operator]
+    spoken, rest = per_piece(chunks)
+    assert spoken == [(server.expected(p), p) for p in pieces] and rest == b""
+
+
+async def test_the_peer_refuses_a_context_beyond_its_limit_as_reported() -> None:
+    # A server allowing fewer contexts than the guide's 5 (only to see the refusal): the error
+    # message agents-js#1985 quotes, then a 1008 close; the adapter reads it as a rate limit.
+    pieces = ["One sentence. ", "Two sentences. ", "Three sentences. "]
+    async with ElevenLabsServer(ElevenLabsScript(max_contexts=2, chunk_gap_s=0.05)) as server:
+        tts = engine(server, policy=RetryPolicy(retries=0, first_byte_timeout_s=0.5))
+        with pytest.raises(ProviderError) as caught:
+            async for _ in tts.synthesize_stream(Source(pieces, gap=0)()):
+                pass
+        await tts.aclose()
+    assert caught.value.kind == "rate_limit" and "max_active_conversations" in str(caught.value)
+    assert server.connections[0].server_closed == "max_active_conversations"
+    assert server.connections[0].most_open == 2 and len(server.context_list()) == 2
+
+
+@pytest.mark.parametrize("how", ["close", "cancel"])
+async def test_stopping_a_stream_closes_the_socket_and_stops_taking_pieces(how: str) -> None:
+    pieces = ["First sentence here. ", "Second one. ", "Third one. ", "Fourth one. ", "Fifth one. ", "Sixth."]
+    async with ElevenLabsServer(ElevenLabsScript(chunks=8, chunk_gap_s=0.05)) as server:
+        tts = engine(server)
+        source = Source(pieces, gap=0.05)
+        got: list[AudioChunk] = []
+        if how == "close":  # the pipeline's aclosing when the reply is no longer current
+            async with aclosing(tts.synthesize_stream(source())) as chunks:
+                async for chunk in chunks:
+                    got.append(chunk)
+                    break
+        else:  # the speaking task cancelled (barge-in)
+            async def speak() -> None:
+                async for chunk in tts.synthesize_stream(source()):
+                    got.append(chunk)
+
+            task = asyncio.create_task(speak())
+            await until(lambda: bool(got))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert got[0].pcm and not any(c.text for c in got)
+        await until(lambda: source.stopped and server.connections[0].closed_at is not None)
+        conn = server.connections[0]
+        assert conn.client_closed and conn.client_close_code == 1000 and tts.cancels == 1
+        taken, contexts = len(source.given), server.context_list()
+        made = [c.chunks_sent for c in contexts]
+        await asyncio.sleep(0.25)
+        assert len(source.given) == taken < len(pieces)  # no piece taken after the cut
+        assert server.context_list() == contexts and [c.chunks_sent for c in contexts] == made
+        assert all(c.cut or c.final_sent for c in contexts) and contexts[0].cut
+        # The adapter still works: the socket opened at the cut serves the next call.
+        await until(lambda: len(server.connections) == 2)
+        chunks, _ = await collect(tts, "Sure, go ahead.")
+        await tts.aclose()
+    assert b"".join(c.pcm for c in chunks) == server.expected("Sure, go ahead.")
+    assert len(server.connections) == 2 and server.connections[1].contexts == [server.context_list()[-1].id]
+
+
+async def test_an_error_mid_stream_raises_after_the_audio_handed_over() -> None:
+    pieces = ["Hello there. ", "I can book a table. ", "Shall I?"]
+    faults = [None, Fault(error="quota_exceeded", at_chunk=1)]
+    async with ElevenLabsServer(ElevenLabsScript(chunks=3, faults=faults)) as server:
+        tts = engine(server)
+        got: list[AudioChunk] = []
+        with pytest.raises(ProviderError) as caught:
+            async for chunk in tts.synthesize_stream(Source(pieces, gap=0.05)()):
+                got.append(chunk)
+        chunks, _ = await collect(tts, "Still here.")
+        await tts.aclose()
+    assert caught.value.kind == "auth" and "quota_exceeded" in str(caught.value)
+    spoken, rest = per_piece(got)
+    assert spoken == [(server.expected(pieces[0]), pieces[0])]  # piece 2 is not claimed as spoken
+    second = server.expected(pieces[1])
+    assert rest and second.startswith(rest) and len(rest) < len(second)  # its first audio message only
+    # No retry after audio; the next call goes on a new socket.
+    assert [c.texts[0] for c in server.context_list()] == ["Hello there.", "I can book a table.", "Still here."]
+    assert len(server.connections) == 2 and b"".join(c.pcm for c in chunks) == server.expected("Still here.")
+
+
+async def test_a_stalled_stream_times_out_between_messages() -> None:
+    pieces = ["Hello there. ", "And now nothing comes. "]
+    async with ElevenLabsServer(ElevenLabsScript(chunks=2, faults=[None, Fault(first_byte_delay_s=2.0)])) as server:
+        tts = engine(server)
+        tts.read_timeout_s = 0.2
+        got: list[AudioChunk] = []
+        started = time.monotonic()
+        with pytest.raises(ProviderError) as caught:
+            async for chunk in tts.synthesize_stream(Source(pieces, gap=0.05)()):
+                got.append(chunk)
+        waited = time.monotonic() - started
+        await until(lambda: server.connections[0].closed_at is not None)
+        await tts.aclose()
+    assert caught.value.kind == "timeout" and 0.2 <= waited < 1.0
+    assert per_piece(got) == ([(server.expected(pieces[0]), pieces[0])], b"")
+    assert server.context_list()[1].cut  # the socket was closed: nothing more is made for it
+
+
+async def test_a_refused_handshake_is_retried_with_the_pieces_taken_so_far() -> None:
+    pieces = ["Hello there. ", "I can book a table. ", "Shall I?"]
+    refusal = Refusal(429, retry_after="0.1", detail="too_many_concurrent_requests")
+    async with ElevenLabsServer(ElevenLabsScript(refusals=[refusal])) as server:
+        tts = engine(server)
+        source = Source(pieces, gap=0.05)
+        chunks = [chunk async for chunk in tts.synthesize_stream(source())]
+        await tts.aclose()
+    first, second = server.connections
+    assert (first.refused, second.refused, tts.connects) == (429, None, 1)
+    assert second.opened_at - first.opened_at >= 0.1  # Retry-After
+    # Pieces 1 and 2 were taken by the refused attempt and replayed; the source gave each once.
+    assert source.given[1][1] < second.opened_at
+    assert [p for p, _ in source.given] == pieces and source.ended and not source.stopped
+    assert [c.texts for c in server.context_list()] == [[p.strip()] for p in pieces]
+    spoken, rest = per_piece(chunks)
+    assert spoken == [(server.expected(p), p) for p in pieces] and rest == b""
+
+
+async def test_a_stream_on_a_socket_closed_while_idle_moves_to_a_new_socket_without_a_retry() -> None:
+    no_retries = RetryPolicy(retries=0, first_byte_timeout_s=0.5)
+    pieces = ["Two. ", "Three."]
+    async with ElevenLabsServer(ElevenLabsScript(idle_close_s=0.15)) as server:
+        tts = engine(server, policy=no_retries)
+        await collect(tts, "One.")
+        await until(lambda: server.connections[0].server_closed == "idle")
+        chunks = [chunk async for chunk in tts.synthesize_stream(Source(pieces, gap=0.02)())]
+        await tts.aclose()
+    assert len(server.connections) == 2 and tts.connects == 2
+    assert [server.contexts[f"1:{c}"].texts for c in server.connections[1].contexts] == [["Two."], ["Three."]]
+    spoken, rest = per_piece(chunks)
+    assert spoken == [(server.expected(p), p) for p in pieces] and rest == b""
+
+
+class Backup(TextToSpeech):
+    """A second engine: 8 kHz PCM with a pattern per character, its text after its audio."""
+
+    name = "backup"
+    rate = 8000
+
+    def __init__(self) -> None:
+        super().__init__(FAST)
+        self.texts: list[str] = []
+
+    @staticmethod
+    def pcm(text: str) -> bytes:
+        return b"\x11\x22" * 4 * len(text)
+
+    async def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+        self.texts.append(text)
+        yield AudioChunk(self.pcm(text), self.rate, "")
+        yield AudioChunk(b"", self.rate, text)
+
+
+async def test_failover_gives_the_next_engine_exactly_the_rest_of_a_broken_stream() -> None:
+    pieces = ["Hello there. ", "I can book a table. ", "For two? ", "Shall I?"]
+    faults = [None, Fault(error="system_busy", at_chunk=1)]
+    switches: list[Failover] = []
+    async with ElevenLabsServer(ElevenLabsScript(chunks=3, faults=faults)) as server:
+        tts, backup = engine(server), Backup()
+        chain = FailoverTTS([("elevenlabs", tts), ("backup", backup)], report=switches.append)
+        assert chain.streaming_text_input
+        source = Source(pieces, gap=0.05)
+        chunks = [chunk async for chunk in chain.synthesize_stream(source())]
+        await tts.aclose()
+    assert [(s.from_provider, s.to_provider, s.kind) for s in switches] == [("elevenlabs", "backup", "rate_limit")]
+    assert backup.texts == pieces[1:]  # piece 2 whole (its audio was cut), then the rest as it came
+    assert [p for p, _ in source.given] == pieces and source.ended and not source.stopped
+    spoken, rest = per_piece(chunks)
+    assert [text for _, text in spoken] == pieces and rest == b""
+    assert "".join(c.text for c in chunks) == "".join(pieces)
+    assert spoken[0][0] == server.expected(pieces[0])
+    broken, redone = spoken[1][0][:-len(Backup.pcm(pieces[1]))], spoken[1][0][-len(Backup.pcm(pieces[1])):]
+    assert redone == Backup.pcm(pieces[1]) and broken and server.expected(pieces[1]).startswith(broken)
+    assert [audio for audio, _ in spoken[2:]] == [Backup.pcm(p) for p in pieces[2:]]
+
+
+async def test_the_pipeline_notes_each_piece_with_its_own_audio() -> None:
+    pieces = ["Hello there. ", "I can book a table for two. ", "Shall I?"]
+    async with ElevenLabsServer(ElevenLabsScript(chunks=3, chunk_gap_s=0.02)) as server:
+        tts = engine(server)
+        clock = SystemClock()
+        voice = Voice(tts, FakeTransport(clock), clock)  # type: ignore[arg-type]
+        reply = Reply(voice.next_generation(), "turn")
+        speaker = Speaker(voice, reply)
+        message = Message("assistant", "".join(pieces))
+        for number, piece in enumerate(pieces):
+            if number:
+                await asyncio.sleep(0.05)
+            speaker.say(piece, message)
+        await speaker.finish()
+        await tts.aclose()
+    assert len(server.connections) == 1 and len(server.context_list()) == 3
+    assert [(e.text, e.ms) for e in reply.ledger.entries] == [(p, pcm_ms(server.expected(p), 8000)) for p in pieces]
+
+
+async def test_a_missed_first_byte_retries_the_stream_with_the_pieces_intact() -> None:
+    policy = RetryPolicy(retries=1, first_byte_timeout_s=0.3, backoff_base_s=0.01, backoff_cap_s=0.02)
+    pieces = ["Hello there. ", "I can book a table. ", "Shall I?"]
+    async with ElevenLabsServer(ElevenLabsScript(faults=[Fault(first_byte_delay_s=1.0)])) as server:
+        tts = engine(server, policy=policy)
+        source = Source(pieces, gap=0.2)  # the first byte is given up on while piece 3 is awaited
+        chunks = [chunk async for chunk in tts.synthesize_stream(source())]
+        await tts.aclose()
+    contexts = server.context_list()
+    assert contexts[0].cut and contexts[0].chunks_sent == 0 and tts.cancels == 1  # its socket was closed
+    # The timed-out attempt did not end the pieces: the retry replayed them and took the rest.
+    assert [p for p, _ in source.given] == pieces and source.ended and not source.stopped
+    assert [c.texts for c in contexts[-3:]] == [[p.strip()] for p in pieces]
+    spoken, rest = per_piece(chunks)
+    assert spoken == [(server.expected(p), p) for p in pieces] and rest == b""

@@ -231,9 +231,10 @@ class AudioChunk:
 
 class TextToSpeech(Engine, ABC):
     name: str = "tts"
-    # True when the engine takes a reply's text as it is written, on one connection and context
-    # (``synthesize_stream``): the next piece is being made while this one plays, with the
-    # prosody of one utterance. The registry's ``streaming_text_input`` capability says the same.
+    # True when the engine takes a reply's text as it is written, on one connection
+    # (``synthesize_stream``): the next piece is being made while this one plays (and, where the
+    # provider continues one context across pieces, with the prosody of one utterance). The
+    # registry's ``streaming_text_input`` capability says the same.
     streaming_text_input: bool = False
 
     async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:

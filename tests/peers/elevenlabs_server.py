@@ -26,6 +26,18 @@ audio (a flushed context "will continue flushing"), then ``isFinal``. The client
 socket stops every generation at once (``cut``). The audio for a text is deterministic
 (``audio_for``: a tone ``ms_per_char`` long per character), so a test can check every sample.
 
+Several contexts on one socket: each is its own stream (the spec: "multiple independent audio
+generation streams (contexts) over a single WebSocket connection ... concurrent or interleaved
+audio generations"), and at most ``max_contexts`` (5, the guide's limit) are open at once; one
+more is refused with the error agents-js#1985 quotes (``max_active_conversations``, code 1008)
+and the socket closed. Not settled by any document, so chosen here: whether the server generates
+contexts at the same time (``generation="interleaved"``, the default: each flush's audio goes out
+as it is made, messages of different contexts interleaved, a short context's ``isFinal`` possibly
+before a longer, earlier one's) or one after the other in flush order (``"sequential"``); and
+when a context stops counting against the limit (here: once its ``isFinal`` is sent). The peer
+records when each client message came (``Connection.received_at``), and per context when it was
+opened, flushed and closed and when each audio message and its ``isFinal`` went out.
+
 ``Refusal`` entries (one per connection attempt, in order) answer the handshake with a status
 (and ``Retry-After``); ``Fault`` entries (one per context, in order) delay the first audio, drop
 the TCP connection, send a malformed message, an error message, or close with a code.
@@ -52,6 +64,9 @@ IDLE_REASON = ("Have not received a new text input within the timeout of 20 seco
                "(empty string \"\") when done.")
 VOICE_SETTINGS_REASON = ("voice_settings field must be provided in the first message and then either be not "
                          "provided or not change.")
+# The refusal of a context beyond the limit, as agents-js#1985 quotes it (error, message and code).
+TOO_MANY_CONTEXTS = ("Maximum simultaneous contexts per WebSocket connection exceeded (5). Please close an existing "
+                     "context before opening a new one.")
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,11 @@ class ElevenLabsScript:
     snake_case: bool = False  # context_id / is_final (and flush_done) instead of contextId / isFinal
     alignment: bool = True  # alignment and normalizedAlignment on audio messages
     idle_close_s: float | None = None  # close a socket idle this long (no message, nothing generating)
+    # Several contexts flushed on one socket: generated at the same time, their audio messages
+    # interleaved ("interleaved"), or one after the other in the order of their flushes
+    # ("sequential"). No document says which the server does (see the module docstring).
+    generation: Literal["interleaved", "sequential"] = "interleaved"
+    max_contexts: int = 5  # open contexts per socket ([guide] "limited to 5 concurrent contexts")
     models: tuple[str, ...] = ("eleven_flash_v2_5", "eleven_turbo_v2_5", "eleven_multilingual_v2")
     probe_refusals: list[Refusal | None] = field(default_factory=list)  # per GET /v1/models
 
@@ -102,8 +122,12 @@ class Context:
     final_sent: bool = False
     cut: bool = False  # the socket closed before its isFinal
     fault: Fault = field(default_factory=Fault)
-    opened_at: float = 0.0
+    opened_at: float = 0.0  # when its first message came
+    flushed_at: float | None = None  # when its first flush came
+    close_at: float | None = None  # when its close_context came
     first_audio_at: float | None = None
+    chunk_times: list[float] = field(default_factory=list)  # when each audio message went out
+    final_at: float | None = None  # when its isFinal went out
 
 
 @dataclass(eq=False)
@@ -116,7 +140,9 @@ class Connection:
     opened_at: float
     refused: int | None = None  # the handshake status when refused
     messages: list[Any] = field(default_factory=list)  # what the client sent, parsed
+    received_at: list[float] = field(default_factory=list)  # when each of ``messages`` came
     contexts: list[str] = field(default_factory=list)
+    most_open: int = 0  # the most contexts open at once (opened, isFinal not sent yet)
     client_closed: bool = False  # the client sent a close frame
     client_close_code: int | None = None
     server_closed: str | None = None  # why the server closed it
@@ -258,6 +284,7 @@ class _Session:
         self.first = True
         self.done = False
         self.last_activity = time.monotonic()
+        self.turn = asyncio.Lock()  # generation="sequential": one generation at a time, in flush order
 
     async def run(self) -> None:
         idle = self.script.idle_close_s
@@ -281,6 +308,7 @@ class _Session:
                 return
 
     async def handle(self, data: str) -> None:
+        self.conn.received_at.append(time.monotonic())
         try:
             message = json.loads(data)
         except ValueError:
@@ -309,6 +337,9 @@ class _Session:
         context_id = message.get("context_id", message.get("contextId")) or ""
         ctx = self.contexts.get(context_id)
         if ctx is None:
+            if self.open_contexts() >= self.script.max_contexts:
+                await self.error("max_active_conversations", TOO_MANY_CONTEXTS)
+                return
             faults = self.script.faults
             number = len(self.server.contexts)
             fault = faults[number] if number < len(faults) else None
@@ -317,11 +348,13 @@ class _Session:
             self.contexts[context_id] = ctx
             self.server.contexts[f"{self.conn.index}:{context_id}"] = ctx
             self.conn.contexts.append(context_id)
+            self.conn.most_open = max(self.conn.most_open, self.open_contexts())
         elif "voice_settings" in message and message["voice_settings"] != ctx.voice_settings:
             await self.close(1008, VOICE_SETTINGS_REASON, why="voice_settings")
             return
         if message.get("close_context") is True:
             ctx.closed = True
+            ctx.close_at = time.monotonic()
             if not ctx.generating:
                 await self.finish(ctx)
             return
@@ -331,6 +364,8 @@ class _Session:
         if message.get("flush") is True:
             spoken, ctx.buffer = ctx.buffer.strip(), ""
             if spoken:
+                if ctx.flushed_at is None:
+                    ctx.flushed_at = time.monotonic()
                 ctx.flushes += 1
                 ctx.texts.append(spoken)
                 ctx.generating += 1
@@ -338,37 +373,18 @@ class _Session:
                 self.generations.add(task)
                 task.add_done_callback(self.generations.discard)
 
+    def open_contexts(self) -> int:
+        """Contexts that count against the limit: opened, isFinal not sent. When the real server
+        frees a context's place is not documented; here, when its isFinal goes out."""
+        return sum(1 for ctx in self.contexts.values() if not ctx.final_sent and not ctx.cut)
+
     async def generate(self, ctx: Context, text: str, first_flush: bool) -> None:
-        script, fault = self.script, ctx.fault if first_flush else Fault()
         try:
-            data = self.server.speech(text, f"{'ulaw' if self.mulaw else 'pcm'}_{self.rate}")
-            pieces = _split(data, script.chunks, 1 if self.mulaw else 2)
-            ctx.chunks_planned += len(pieces)
-            if fault.first_byte_delay_s:
-                await asyncio.sleep(fault.first_byte_delay_s)
-            for number, piece in enumerate(pieces):
-                if number and script.chunk_gap_s:
-                    await asyncio.sleep(script.chunk_gap_s)
-                if self.ws.closed or self.done:
-                    return
-                if fault.drop_after_chunks is not None and number >= fault.drop_after_chunks:
-                    self.drop()
-                    return
-                if number == fault.at_chunk:
-                    if fault.error is not None:
-                        await self.error(fault.error, f"scripted {fault.error}", context=ctx.id)
-                        return
-                    if fault.close_code is not None:
-                        await self.close(fault.close_code, "scripted close", why="scripted")
-                        return
-                    if fault.malformed is not None:
-                        await self.malformed(fault.malformed, ctx)
-                await self.ws.send_str(json.dumps(self.audio_message(ctx, piece, text, number, len(pieces))))
-                ctx.chunks_sent += 1
-                if ctx.first_audio_at is None:
-                    ctx.first_audio_at = time.monotonic()
-            if script.snake_case:
-                await self.ws.send_str(json.dumps({"type": "flush_done", "context_id": ctx.id}))
+            if self.script.generation == "sequential":
+                async with self.turn:  # FIFO: the flushes' order
+                    await self.speak(ctx, text, first_flush)
+            else:
+                await self.speak(ctx, text, first_flush)
         except (ConnectionError, RuntimeError):
             return
         finally:
@@ -376,6 +392,39 @@ class _Session:
             self.last_activity = time.monotonic()
         if ctx.closed and not ctx.generating:
             await self.finish(ctx)
+
+    async def speak(self, ctx: Context, text: str, first_flush: bool) -> None:
+        """One flush's audio messages (``chunk_gap_s`` apart), with the context's fault if any."""
+        script, fault = self.script, ctx.fault if first_flush else Fault()
+        data = self.server.speech(text, f"{'ulaw' if self.mulaw else 'pcm'}_{self.rate}")
+        pieces = _split(data, script.chunks, 1 if self.mulaw else 2)
+        ctx.chunks_planned += len(pieces)
+        if fault.first_byte_delay_s:
+            await asyncio.sleep(fault.first_byte_delay_s)
+        for number, piece in enumerate(pieces):
+            if number and script.chunk_gap_s:
+                await asyncio.sleep(script.chunk_gap_s)
+            if self.ws.closed or self.done:
+                return
+            if fault.drop_after_chunks is not None and number >= fault.drop_after_chunks:
+                self.drop()
+                return
+            if number == fault.at_chunk:
+                if fault.error is not None:
+                    await self.error(fault.error, f"scripted {fault.error}", context=ctx.id)
+                    return
+                if fault.close_code is not None:
+                    await self.close(fault.close_code, "scripted close", why="scripted")
+                    return
+                if fault.malformed is not None:
+                    await self.malformed(fault.malformed, ctx)
+            await self.ws.send_str(json.dumps(self.audio_message(ctx, piece, text, number, len(pieces))))
+            ctx.chunks_sent += 1
+            ctx.chunk_times.append(time.monotonic())
+            if ctx.first_audio_at is None:
+                ctx.first_audio_at = ctx.chunk_times[-1]
+        if script.snake_case:
+            await self.ws.send_str(json.dumps({"type": "flush_done", "context_id": ctx.id}))
 
     def audio_message(self, ctx: Context, piece: bytes, text: str, number: int, count: int) -> dict[str, Any]:
         snake = self.script.snake_case
@@ -394,6 +443,7 @@ class _Session:
         if ctx.final_sent or self.ws.closed:
             return
         ctx.final_sent = True
+        ctx.final_at = time.monotonic()
         key = ("is_final", "context_id") if self.script.snake_case else ("isFinal", "contextId")
         await self.ws.send_str(json.dumps({key[0]: True, key[1]: ctx.id}))
 

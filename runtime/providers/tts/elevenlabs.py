@@ -10,8 +10,7 @@ cost a new handshake. The multi-context socket has a per-context ``isFinal``: on
 the whole call (ElevenLabs' guide: "Establish one WebSocket connection for each end-user
 session"), one context per piece.
 
-Per piece (one ``synthesize`` call; pieces are spoken one at a time, in order), on context
-``<adapter id>-<n>``:
+Per piece, on its own context ``<adapter id>-<n>``:
 
 1. ``{"text": " ", "context_id", "voice_settings"?}``: the context's first message carries the
    voice settings (speed, stability, similarity_boost: only those the version sets);
@@ -20,34 +19,62 @@ Per piece (one ``synthesize`` call; pieces are spoken one at a time, in order), 
    ``isFinal`` follows its last audio.
 
 Audio messages of the context are decoded (``ulaw_8000`` for telephony, decoded to PCM16 8 kHz;
-``pcm_16000`` or ``pcm_24000`` otherwise) and handed on as they come, with text ``""``; after
-``isFinal`` a zero-length chunk carries the piece's text (as Chatterbox does: the failover counts
-a piece as spoken only when all its audio was handed over). The texts concatenate to the input.
-Alignment is not asked for (``sync_alignment`` stays off) and is ignored when sent: no document
-promises that its ``chars`` give back our text exactly (clients strip leading spaces and split
-multi-character entries to use it), and the zero-length chunk is exact.
+``pcm_16000`` or ``pcm_24000`` otherwise) and handed on with text ``""``; after its ``isFinal``
+a zero-length chunk carries the piece's text (as Chatterbox does: the failover counts a piece as
+spoken only when all its audio was handed over). The texts concatenate to the input. A piece
+without a letter or digit makes no request: just its text chunk, in its place. Alignment is not
+asked for (``sync_alignment`` stays off) and is ignored when sent: no document promises that its
+``chars`` give back our text exactly (clients strip leading spaces and split multi-character
+entries to use it), and the zero-length chunk is exact.
+
+A reply as it is written (``synthesize_stream``, ``streaming_text_input``): the pipeline passes a
+segment of the reply's pieces as the model writes them (ending after a 0.5 s pause or with the
+reply), on the one socket. Why still a context per piece: within one context nothing documented
+marks where a flush's audio ends (the spec's ``is_final`` "is sent when a context is closed"; the
+``flush_done`` message LiveKit reports is in no schema), and the pipeline needs each piece's end.
+The cost: no prosody is carried from one piece to the next (each is voiced on its own, as before).
+So the contexts are pipelined: a taker task reads the pieces as they come; a pump task sends each
+at once on a fresh context (steps 1-3, while the audio of earlier pieces is still being made or
+handed over: the next piece is being made while this one plays) and files every message it reads
+by its context id; the caller's generator hands over the head piece's audio as it comes, keeps
+later pieces' audio (the spec calls contexts "independent audio generation streams", for
+"concurrent or interleaved audio generations": a later context's audio, even its ``isFinal``, may
+come first), and after the head's ``isFinal`` gives its text chunk and moves to the next piece.
+At most ``MAX_CONTEXTS`` (5, the guide's limit per socket) are live at once; a sixth piece waits
+for the oldest's ``isFinal`` (that a context stops counting once its ``isFinal`` is sent is not
+documented). When the pieces end, the contexts still live are finished, then the call returns.
+``synthesize`` is the same with one piece. One call at a time per adapter (the ``_busy`` lock).
 
 Cancel (barge-in): when the consumer stops early (the generator is closed: GeneratorExit, or the
 task is cancelled; also a missed first byte), the adapter closes the socket (close frame 1000),
-and a new socket is opened at once in the background for the next piece. Why not
-``close_context``: the piece's context was already flushed and closed (steps 2-3), and the docs
-say a flushed context "will continue flushing" after ``close_context`` (and after
-``close_socket``); only closing the socket stops the generation for sure. Audio already on the
-way is never handed on. The adapter stays usable: the next ``synthesize`` takes the new socket.
+and a new socket is opened at once in the background for the next call. Why not
+``close_context``: every context was already flushed and closed (steps 2-3), and the docs say a
+flushed context "will continue flushing" after ``close_context`` (and after ``close_socket``);
+only closing the socket stops the generation for sure. Audio already on the way is never handed
+on. The taker is cancelled, which ends the pieces' iteration, except when nothing had been handed
+over yet (it may be the base class's first-byte timeout, and the retry or the next engine goes on
+with the same pieces): then, as after an error, the taker is let finish the read it is in (the
+piece lands in the caller's ``Replay``) and stops there, so the pieces stay usable. That wait lasts
+until the next piece or the end of the pieces (in the pipeline at most its 0.5 s pause); the
+adapter's lock is released before it. The adapter stays usable: the next call takes the new socket.
 
-Reuse: the socket stays open between pieces (``inactivity_timeout=180``, the documented maximum).
-Nothing reads it between pieces, so a server's close of an idle socket is seen only when the next
-piece sends or reads: if that happens before the piece's first message, the socket is replaced
-once, transparently (no retry, no backoff). Pieces go one at a time per adapter (a lock; the
-pipeline speaks a reply's pieces in order).
+Reuse: the socket stays open between calls (``inactivity_timeout=180``, the documented maximum).
+Nothing reads it between calls, so a server's close of an idle socket is seen only when the next
+call sends or reads: if that happens before any message of the call's contexts, the socket is
+replaced once, transparently (no retry, no backoff), and the contexts sent so far go again on new
+contexts of the new socket.
 
 Errors: a refused handshake by status (401/403 ``auth``, never retried; 429 ``rate_limit`` with
 ``Retry-After``; 5xx ``server``); no connection ``unavailable``; an error message from the server
 by its id (``invalid_api_key`` and ``quota_exceeded`` ``auth``, ``too_many_concurrent_requests``
 ``rate_limit``, ``voice_not_found`` ``bad_request``, else ``server``); a close without one by its
 code (1011-1014 ``server``, 1008 by its reason, else ``unavailable``); a message that does not
-parse ``protocol``; no message for ``read_timeout_s`` mid-piece ``timeout``. The base class
-retries and times the first byte; after audio was handed over errors propagate. The key goes
+parse ``protocol``; no message for ``read_timeout_s`` while a context is live ``timeout``; a
+message without a context id while several are live ``protocol``. A failure mid-stream is raised
+after the audio and texts that came before it (so ``FailoverTTS`` gives the next engine the rest:
+the piece that broke, whole, and the pieces after it). The base class retries before the first
+chunk (the pieces taken are replayed) and times the first byte; after that errors propagate; a
+send that fails waits up to ``CLOSE_TIMEOUT_S`` for the reader to say why. The key goes
 only in the ``xi-api-key`` header: never in the URL, a message, a log line or ``repr``, and any
 text a server echoes is masked.
 """
@@ -58,8 +85,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -99,6 +129,7 @@ class _Dropped(Exception):
 
 class ElevenLabsTTS(TextToSpeech):
     name = "elevenlabs"
+    streaming_text_input = True  # synthesize_stream: the pieces of a reply pipelined on the socket
     read_timeout_s: float = READ_TIMEOUT_S
 
     def __init__(self, api_key: str, *, voice: str = wire.DEFAULT_VOICE, model: str = wire.DEFAULT_MODEL,
@@ -122,7 +153,7 @@ class ElevenLabsTTS(TextToSpeech):
         self._api_key = api_key
         self._session: aiohttp.ClientSession | None = None
         self._ws: Socket | None = None
-        self._reused = False  # the current socket has finished a piece
+        self._reused = False  # the current socket has served a call (a message of one of its contexts came)
         self._connecting: asyncio.Task[Socket] | None = None  # the socket opened after a cancel
         self._busy = asyncio.Lock()  # one piece at a time on the socket
         self._ids = itertools.count(1)
@@ -138,57 +169,12 @@ class ElevenLabsTTS(TextToSpeech):
 
     # Synthesis
 
-    async def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
-        self._closed = False
-        if not any(ch.isalnum() for ch in text):  # nothing to say: its text goes on
-            yield AudioChunk(b"", self.rate, text)
-            return
-        async with self._busy:
-            ws, context, frame = await self._open_piece(text)
-            decode = self._decoder()
-            try:
-                while not frame.final:
-                    if pcm := decode(frame.audio):
-                        yield AudioChunk(pcm, self.rate, "")
-                    frame = await self._receive(ws, context)
-            except _Dropped as exc:
-                self._discard(ws)
-                raise exc.error from None
-            except (GeneratorExit, asyncio.CancelledError):
-                self._cancelled(ws, context)
-                raise
-            except BaseException:
-                self._discard(ws)
-                raise
-            if self._ws is ws:
-                self._reused = True
-        yield AudioChunk(b"", self.rate, text)  # all of the piece's audio has been handed over
+    def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+        """One piece: a stream of one (a text without words makes no request)."""
+        return _Stream(self, _once(text)).chunks()
 
-    async def _open_piece(self, text: str) -> tuple[Socket, str, wire.Frame]:
-        """Send the piece on the socket (opened or reused) and wait for its first message; a
-        reused socket found closed is replaced once."""
-        for attempt in (1, 2):
-            ws: Socket | None = None
-            reused = False
-            context = f"{self._prefix}-{next(self._ids)}"
-            try:
-                ws, reused = await self._socket()
-                await self._send_piece(ws, context, text)
-                return ws, context, await self._receive(ws, context)
-            except _Dropped as exc:
-                self._discard(ws)
-                if reused and attempt == 1 and exc.error.kind in RETRYABLE:
-                    log.info("elevenlabs: the idle socket was closed; reconnecting", extra={"why": str(exc.error)})
-                    continue
-                error = exc.error
-            except asyncio.CancelledError:  # a missed first byte, or the consumer gave up
-                self._cancelled(ws, context)
-                raise
-            except BaseException:
-                self._discard(ws)
-                raise
-            raise error
-        raise AssertionError("unreachable")
+    def _synthesize_stream(self, pieces: AsyncIterator[str]) -> AsyncIterator[AudioChunk]:
+        return _Stream(self, pieces).chunks()
 
     async def _send_piece(self, ws: Socket, context: str, text: str) -> None:
         try:
@@ -199,13 +185,10 @@ class ElevenLabsTTS(TextToSpeech):
             raise _Dropped(ProviderError(self.name, "unavailable",
                                          f"the socket closed while sending ({type(exc).__name__})")) from None
 
-    async def _receive(self, ws: Socket, context: str) -> wire.Frame:
-        """The next message of ``context`` (other contexts' messages and unknown types skipped)."""
+    async def _read(self, ws: Socket) -> wire.Frame:
+        """The next audio or isFinal message, of any context (unknown message types skipped)."""
         while True:
-            try:
-                message = await ws.receive(timeout=self.read_timeout_s)
-            except TimeoutError:
-                raise ProviderError(self.name, "timeout", f"no message for {self.read_timeout_s:g} s") from None
+            message = await ws.receive()
             kind = message.type
             if kind == WSMsgType.TEXT:
                 try:
@@ -217,19 +200,22 @@ class ElevenLabsTTS(TextToSpeech):
                 if isinstance(frame, wire.Other):
                     log.debug("elevenlabs: %s message ignored", frame.kind[:40])
                     continue
-                if frame.context is not None and frame.context != context:
-                    continue  # a context given up on earlier
                 return frame
             if kind == WSMsgType.BINARY:
                 raise ProviderError(self.name, "protocol", "a binary message (the protocol sends JSON text)")
             if kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                code = ws.close_code if ws.close_code is not None else (message.data if kind == WSMsgType.CLOSE else None)
+                # The close frame's own code first: aiohttp overwrites ``close_code`` with 1006 when its
+                # answering close frame cannot be written (the server may drop the TCP right away).
+                code = message.data if kind == WSMsgType.CLOSE else ws.close_code
                 reason = message.extra if kind == WSMsgType.CLOSE and isinstance(message.extra, str) else ""
                 raise _Dropped(self._close_error(code, reason))
             if kind == WSMsgType.ERROR:
                 raise _Dropped(ProviderError(self.name, "unavailable",
                                              f"the connection broke ({type(message.data).__name__})"))
             # PING/PONG: aiohttp answers pings itself
+
+    def _context_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
 
     def _decoder(self) -> Callable[[bytes], bytes]:
         if self.format.mulaw:
@@ -282,11 +268,11 @@ class ElevenLabsTTS(TextToSpeech):
             return ws
         raise error  # outside the except: no chained exception to carry anything of the request
 
-    def _cancelled(self, ws: Socket | None, context: str) -> None:
-        """The consumer stopped before the piece's end: close the socket (no more audio is made for
-        it) and open the next one now."""
+    def _cancelled(self, ws: Socket | None) -> None:
+        """The consumer stopped before the end: close the socket (no more audio is made for its
+        contexts) and open the next one now."""
         self.cancels += 1
-        log.debug("elevenlabs: piece cut off; closing its socket", extra={"context": context})
+        log.debug("elevenlabs: speech cut off; closing its socket")
         self._discard(ws, reopen=True)
 
     def _discard(self, ws: Socket | None, *, reopen: bool = False) -> None:
@@ -393,6 +379,262 @@ class ElevenLabsTTS(TextToSpeech):
         if isinstance(exc, aiohttp.ClientConnectorError):
             return ProviderError(self.name, "unavailable", f"cannot connect ({type(exc).__name__})")
         return ProviderError(self.name, "unavailable", f"the connection failed or broke ({type(exc).__name__})")
+
+
+@dataclass(eq=False, slots=True)
+class _Piece:
+    """A piece of a stream: its text, its context once sent, its audio not handed over yet."""
+
+    text: str
+    decode: Callable[[bytes], bytes] | None  # None: nothing to say (no context)
+    context: str | None = None
+    audio: deque[bytes] = field(default_factory=deque)
+    final: bool = False  # its isFinal came (or it has nothing to say): all its audio is in ``audio``
+
+
+class _Stream:
+    """One ``synthesize`` / ``synthesize_stream`` call. Three parties:
+
+    - the taker (a task) reads the pieces as they come and queues them (``order``: every piece, in
+      order, until handed over; ``unsent``: those with words, until sent);
+    - the pump (a task) owns the socket: it opens (or reuses) it, sends each queued piece on a new
+      context (``initialise``, ``text`` with ``flush``, ``close_context``) as soon as fewer than
+      ``MAX_CONTEXTS`` contexts are live, and files every message it reads under its context
+      (``live``: contexts sent whose isFinal has not come);
+    - ``chunks`` (the caller's generator) hands over the head piece's audio as it comes, then, after
+      its isFinal, a zero-length chunk with its text, and moves on to the next piece.
+    """
+
+    def __init__(self, tts: ElevenLabsTTS, pieces: AsyncIterator[str]) -> None:
+        self.tts, self.pieces = tts, pieces
+        self.order: deque[_Piece] = deque()
+        self.unsent: deque[_Piece] = deque()
+        self.live: dict[str, _Piece] = {}
+        self.error: BaseException | None = None
+        self.taken_all = False  # the pieces ended
+        self.stopping = False  # the taker stops after the piece it is waiting for
+        self.ws: Socket | None = None
+        self.reused = False  # the socket had served an earlier call
+        self.heard = False  # a message of one of our contexts came (the socket works)
+        self.replaced = False
+        self._changed = asyncio.Event()  # for chunks: a piece, audio, an isFinal, an error, the end
+        self._news = asyncio.Event()  # for the pump: a piece to send, or the end of the pieces
+        self._taker: asyncio.Task[None] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._locked = False  # holds the adapter's ``_busy``
+
+    async def chunks(self) -> AsyncIterator[AudioChunk]:
+        tts = self.tts
+        tts._closed = False
+        await tts._busy.acquire()  # one call at a time on the socket
+        self._locked = True
+        loop = asyncio.get_running_loop()
+        self._taker = loop.create_task(self._take())
+        self._pump = loop.create_task(self._run_pump())
+        handed = False
+        try:
+            while True:
+                if self.order:
+                    head = self.order[0]
+                    if head.audio:
+                        handed = True
+                        yield AudioChunk(head.audio.popleft(), tts.rate, "")
+                        continue
+                    if head.final:  # all of the piece's audio has been handed over
+                        self.order.popleft()
+                        handed = True
+                        yield AudioChunk(b"", tts.rate, head.text)
+                        continue
+                if self.error is not None:  # after the audio that came before it
+                    raise self.error
+                if self.taken_all and not self.order:
+                    break
+                self._changed.clear()
+                await self._changed.wait()
+            # Every context has had its isFinal: the pump is returning, the taker has returned.
+            await asyncio.wait([self._pump, self._taker])
+        except GeneratorExit:  # the consumer stopped (barge-in)
+            await self._stop(prompt=True, cancelled=True)
+            raise
+        except asyncio.CancelledError:
+            # Before the first chunk this may be the first-byte timeout, and a retry (or the next
+            # engine) goes on with the pieces: the taker must not be cancelled inside them.
+            await self._stop(prompt=handed, cancelled=True)
+            raise
+        except BaseException:
+            await self._stop(prompt=False, cancelled=False)
+            raise
+        finally:
+            self._unlock()
+
+    async def _stop(self, *, prompt: bool, cancelled: bool) -> None:
+        """End the pump (closing the socket if it still had work: no more audio is made for our
+        contexts), free the adapter, and end the taker: at once (``prompt``), or after the piece it
+        is waiting for (the pieces taken are kept by the caller's ``Replay``; cancelling the taker
+        inside the pieces would end them for a retry or the next engine too)."""
+        pump, taker = self._pump, self._taker
+        if pump is not None and not pump.done():
+            pump.cancel()
+            if cancelled:
+                self.tts._cancelled(self.ws)
+            else:
+                self.tts._discard(self.ws, reopen=True)
+            await asyncio.wait([pump])
+        self._unlock()  # the socket is done with: the next call need not wait for the taker
+        if taker is not None and not taker.done():
+            if prompt:
+                taker.cancel()
+            self.stopping = True
+            try:
+                await asyncio.wait([taker])
+            except asyncio.CancelledError:
+                taker.cancel()
+                raise
+
+    def _unlock(self) -> None:
+        if self._locked:
+            self._locked = False
+            self.tts._busy.release()
+
+    def _fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        self._changed.set()
+
+    # The taker
+
+    async def _take(self) -> None:
+        try:
+            async for text in self.pieces:
+                piece = _Piece(text, self.tts._decoder() if _speakable(text) else None)
+                self.order.append(piece)
+                if piece.decode is None:
+                    piece.final = True
+                else:
+                    self.unsent.append(piece)
+                    self._news.set()
+                self._changed.set()
+                if self.stopping:
+                    return
+        except Exception as exc:  # the pieces' source broke: its error goes to the consumer as it is
+            self._fail(exc)
+        finally:
+            if not self.stopping:
+                self.taken_all = True
+                self._news.set()
+                self._changed.set()
+
+    # The pump
+
+    async def _run_pump(self) -> None:
+        try:
+            await self._pump_socket()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.tts._discard(self.ws)
+            self._fail(exc.error if isinstance(exc, _Dropped) else exc)
+
+    async def _pump_socket(self) -> None:
+        tts, loop = self.tts, asyncio.get_running_loop()
+        read: asyncio.Task[wire.Frame] | None = None
+        news: asyncio.Task[Any] | None = None
+        waiting_since = loop.time()  # of the last message, or since a context went out with none live
+        broken: ProviderError | None = None  # a send failed: the reader may still say why
+        broken_at = 0.0
+        try:
+            while True:
+                try:
+                    if news is None:  # armed before looking at ``unsent``: a piece queued meanwhile wakes us
+                        self._news.clear()
+                        news = loop.create_task(self._news.wait())
+                    if self.ws is None and self.unsent:
+                        self.ws, self.reused = await tts._socket()
+                    while broken is None and self.unsent and len(self.live) < wire.MAX_CONTEXTS:
+                        piece = self.unsent.popleft()
+                        if not self.live:
+                            waiting_since = loop.time()
+                        piece.context = tts._context_id()
+                        self.live[piece.context] = piece
+                        try:
+                            await tts._send_piece(self.ws, piece.context, piece.text)  # type: ignore[arg-type]
+                        except _Dropped as exc:
+                            broken, broken_at = exc.error, loop.time()
+                    if self.taken_all and not self.unsent and not self.live:
+                        return
+                    if read is None and self.ws is not None:
+                        read = loop.create_task(tts._read(self.ws))
+                    deadline = None
+                    if self.live:
+                        deadline = waiting_since + tts.read_timeout_s
+                    if broken is not None:
+                        deadline = min(deadline or math.inf, broken_at + CLOSE_TIMEOUT_S)
+                    timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                    done, _ = await asyncio.wait([news] if read is None else [read, news], timeout=timeout,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if news in done:
+                        news = None
+                    if read is not None and read in done:
+                        task, read = read, None
+                        self._route(task.result())
+                        waiting_since = loop.time()
+                    elif not done:
+                        if broken is not None:
+                            raise _Dropped(broken)
+                        raise ProviderError(tts.name, "timeout", f"no message for {tts.read_timeout_s:g} s")
+                except _Dropped as exc:
+                    if not (self.reused and not self.heard and not self.replaced and exc.error.kind in RETRYABLE):
+                        raise
+                    # The socket kept from an earlier call was closed while idle: a new one, once, with
+                    # the contexts sent so far sent again (no message of theirs came: nothing was heard).
+                    log.info("elevenlabs: the idle socket was closed; reconnecting", extra={"why": str(exc.error)})
+                    if read is not None:
+                        read.cancel()
+                        read = None
+                    tts._discard(self.ws)
+                    self.replaced, broken = True, None
+                    self.unsent.extendleft(reversed(list(self.live.values())))
+                    self.live.clear()
+                    self.ws, self.reused = await tts._socket()
+        finally:
+            pending = [t for t in (read, news) if t is not None]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                for task in pending:
+                    if not task.cancelled():
+                        task.exception()  # seen (a read that failed as it was given up)
+
+    def _route(self, frame: wire.Frame) -> None:
+        """File a message under its context (messages of contexts not live are skipped)."""
+        if frame.context is None:  # no id: only one context can be meant
+            if len(self.live) > 1:
+                raise ProviderError(self.tts.name, "protocol",
+                                    f"a message without a context id while {len(self.live)} contexts are live")
+            piece = next(iter(self.live.values()), None)
+        else:
+            piece = self.live.get(frame.context)
+        if piece is None:
+            return  # a context given up on earlier, or finished
+        if not self.heard:
+            self.heard = True
+            if self.tts._ws is self.ws:
+                self.tts._reused = True  # it has served: if found closed by the next call, replaced
+        if frame.audio and (pcm := piece.decode(frame.audio)):  # type: ignore[misc]
+            piece.audio.append(pcm)
+        if frame.final:
+            piece.final = True
+            del self.live[piece.context]  # type: ignore[arg-type]
+        self._changed.set()
+
+
+def _speakable(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
+
+
+async def _once(text: str) -> AsyncIterator[str]:
+    yield text
 
 
 async def _close(ws: Socket) -> None:

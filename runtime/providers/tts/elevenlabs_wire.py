@@ -45,6 +45,15 @@ Not settled by any document (and what is done here):
   languages, as pipecat's ``tts_base.py`` lists them; other models get none.
 - The alignment field names: the spec writes ``charsDurationsMs``, the SDK ``charDurationsMs``.
   Alignment is not used here (see the adapter), so neither matters.
+- Several contexts on one socket: whether the server makes them at the same time (their messages
+  interleaved, a later context's ``isFinal`` possibly first) or in turn. The spec's channel speaks
+  of "concurrent or interleaved audio generations"; the adapter files every message by its
+  context id and hands the audio over in piece order either way.
+- When a context stops counting against the 5 [guide]: taken to be once its ``isFinal`` came (the
+  adapter never has more than ``MAX_CONTEXTS`` sent and not final).
+- A message without a context id: [spec] AudioOutputMulti and FinalOutputMulti have ``contextId``
+  but do not list it as required. One without it is taken as the only live context's, and
+  refused (``protocol``) when several are live.
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ AUTH_HEADER = "xi-api-key"  # [guide] headers: {'xi-api-key': ...}; [sdk] client
 STREAM_PATH = "/v1/text-to-speech/{voice_id}/multi-stream-input"  # [spec] channel
 MODELS_PATH = "/v1/models"  # [sdk] models/raw_client.py: a JSON list of Model{model_id, ...}
 INACTIVITY_TIMEOUT_S = 180  # [spec] inactivity_timeout: "can be up to 180 seconds" (default 20)
-MAX_CONTEXTS = 5  # [guide] "Each connection is limited to 5 concurrent contexts"
+MAX_CONTEXTS = 5  # [guide] "Each connection is limited to 5 concurrent contexts": a stream's contexts in flight
 
 # [impl] pipecat tts_base.py ELEVENLABS_V2_5_LANGUAGES / ELEVENLABS_MODEL_LANGUAGES.
 V2_5_LANGUAGES = frozenset({
