@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -20,7 +19,9 @@ from runtime.providers.failover import Failover, FailoverTTS
 from runtime.providers.options import CartesiaOptions, CartesiaSettings
 from runtime.providers.registry import BuildContext, MissingCredential, ProviderCredential
 from runtime.providers.tts.cartesia import CartesiaTTS, build
+from tests import tts_support
 from tests.peers.cartesia_server import CartesiaScript, CartesiaServer, Fault, Refusal
+from tests.tts_support import free_port
 
 KEY = "test-key"
 FAST = RetryPolicy(retries=2, first_byte_timeout_s=0.5, backoff_base_s=0.01, backoff_cap_s=0.1)
@@ -35,17 +36,7 @@ def adapter(server: CartesiaServer, key: str = KEY, **options) -> CartesiaTTS:  
 
 
 async def collect(tts: CartesiaTTS, text: str = TEXT) -> tuple[list[AudioChunk], list[float]]:
-    chunks, times, started = [], [], time.monotonic()
-    async for chunk in tts.synthesize(text):
-        chunks.append(chunk)
-        times.append(time.monotonic() - started)
-    return chunks, times
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return await tts_support.collect(tts, text)
 
 
 async def test_streams_mulaw_at_8k_in_one_context_before_the_piece_is_made() -> None:

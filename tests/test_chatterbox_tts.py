@@ -5,15 +5,15 @@ sample the adapter hands over is checked."""
 from __future__ import annotations
 
 import logging
-import socket
-import time
 
 import numpy as np
 import pytest
 
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy
 from runtime.providers.tts.chatterbox import ChatterboxTTS
+from tests import tts_support
 from tests.peers.chatterbox_server import ChatterboxScript, ChatterboxServer, Fault
+from tests.tts_support import free_port
 
 FAST = RetryPolicy(retries=2, first_byte_timeout_s=0.5, backoff_base_s=0.01, backoff_cap_s=0.1)
 TEXT = "Hello there. How can I help you today?"
@@ -21,17 +21,7 @@ SENTENCES = ["Hello there. ", "How can I help you today?"]
 
 
 async def collect(tts: ChatterboxTTS, text: str = TEXT) -> tuple[list[AudioChunk], list[float]]:
-    chunks, times, started = [], [], time.monotonic()
-    async for chunk in tts.synthesize(text):
-        chunks.append(chunk)
-        times.append(time.monotonic() - started)
-    return chunks, times
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return await tts_support.collect(tts, text)
 
 
 async def test_streams_sse_audio_before_the_sentence_is_synthesised() -> None:

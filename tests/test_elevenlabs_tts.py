@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -25,8 +24,10 @@ from runtime.providers.options import ElevenLabsOptions, ElevenLabsSettings
 from runtime.providers.registry import BuildContext, MissingCredential, ProviderCredential
 from runtime.providers.tts import elevenlabs_wire as wire
 from runtime.providers.tts.elevenlabs import ElevenLabsTTS, build
+from tests import tts_support
 from tests.peers.elevenlabs_server import ElevenLabsScript, ElevenLabsServer, Fault, Refusal
 from tests.pipeline_fakes import FakeTransport
+from tests.tts_support import free_port
 
 KEY = "el-test-key"
 FAST = RetryPolicy(retries=2, first_byte_timeout_s=0.5, backoff_base_s=0.01, backoff_cap_s=0.1)
@@ -38,17 +39,7 @@ def engine(server: ElevenLabsServer, key: str = KEY, policy: RetryPolicy = FAST,
 
 
 async def collect(tts: ElevenLabsTTS, text: str = TEXT) -> tuple[list[AudioChunk], list[float]]:
-    chunks, times, started = [], [], time.monotonic()
-    async for chunk in tts.synthesize(text):
-        chunks.append(chunk)
-        times.append(time.monotonic() - started)
-    return chunks, times
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return await tts_support.collect(tts, text)
 
 
 async def until(condition, timeout: float = 2.0) -> None:  # type: ignore[no-untyped-def]

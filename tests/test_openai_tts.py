@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from contextlib import aclosing
 
@@ -17,8 +16,10 @@ from runtime.providers import registry
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy
 from runtime.providers.options import OpenAITTSOptions, OpenAITTSSettings
 from runtime.providers.tts.openai import OpenAITTS, build
+from tests import tts_support
 from tests.peers.openai_server import error_reply
 from tests.peers.openai_speech_server import OpenAISpeechServer, Speech
+from tests.tts_support import free_port
 
 FAST = RetryPolicy(retries=2, first_byte_timeout_s=0.5, backoff_base_s=0.01, backoff_cap_s=0.1)
 KEY = "sk-test-0123456789abcdef"
@@ -27,17 +28,7 @@ SENTENCES = ["Hello there. ", "How can I help you today?"]
 
 
 async def collect(tts: OpenAITTS, text: str = TEXT) -> tuple[list[AudioChunk], list[float]]:
-    chunks, times, started = [], [], time.monotonic()
-    async for chunk in tts.synthesize(text):
-        chunks.append(chunk)
-        times.append(time.monotonic() - started)
-    return chunks, times
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return await tts_support.collect(tts, text)
 
 
 async def eventually(condition, timeout: float = 1.0) -> bool:  # type: ignore[no-untyped-def]

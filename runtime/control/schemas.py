@@ -147,9 +147,8 @@ class ProviderChoice(Input):
 
     def check(self, modality: str, *, stored: bool = False) -> None:
         """Provider names known to the registry, and each vendor key one the provider takes, in
-        its range. ``stored``: a version read back (an earlier release may have saved what
-        today's registry refuses; calls skip what they cannot use), so only names are checked
-        loosely: nothing is raised."""
+        its range. ``stored``: a version read back, not checked (an earlier release may have
+        saved what today's registry refuses; a call skips what it cannot use)."""
         if stored:
             return
         for name in [self.provider, *self.fallback]:
