@@ -281,7 +281,7 @@ def _server_pacing(db: Path) -> dict:
     time.sleep(1.0)  # the last calls' archive writes
     try:
         with sqlite3.connect(db) as conn:
-            rows = [json.loads(r[0] or "{}") for r in conn.execute("SELECT summary FROM voice_calls")]
+            rows = [json.loads(r[0] or "{}").get("media", {}) for r in conn.execute("SELECT summary FROM voice_calls")]
     except sqlite3.Error as exc:
         return {"server_late": None, "server_error": str(exc)}
     return {"server_calls_archived": len(rows), "server_late": sum(int(r.get("outbound_late", 0)) for r in rows),

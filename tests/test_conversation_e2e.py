@@ -62,6 +62,9 @@ async def test_a_caller_books_a_table_and_the_agent_ends_the_call(demo) -> None:
     assert [t.agent_answered is not None for t in result.turns] == [True, True, True]
     row = await _final_row(api, made["tenant_id"], dialled[0])
     assert row["status"] == "ended" and row["end_reason"] == "agent_ended" and row["hangup_by"] == "agent"
+    # The media counters are kept whoever ends the call (they were lost when the agent hung up).
+    media = row["summary"]["media"]
+    assert media["inbound_frames"] > 100 and media["outbound_frames"] > 100 and media["outbound_late"] >= 0
 
     tools = await _rows(api, "tool_calls", made["tenant_id"], row["id"])
     by_name = {t["name"]: t for t in tools}

@@ -92,7 +92,7 @@ async def test_the_agent_greets_through_the_sdk_and_the_callers_frames_reach_the
     await session.end("caller_hangup", hangup_by="caller")
     row = await world.final(session.id)
     summary = row["summary"]
-    assert summary["inbound_frames"] == media.counters.inbound_frames and summary["outbound_frames"] >= 40
+    assert summary["media"]["inbound_frames"] == media.counters.inbound_frames and summary["media"]["outbound_frames"] >= 40
     transcripts, _ = await world.api.control.store.transcripts.list(tenant_id=world.tenant_id,
                                                                     equals={"call_id": session.id})
     assert [(t["role"], t["text"]) for t in transcripts][:1] == [("agent", "Hello, front desk.")]

@@ -244,7 +244,7 @@ async def test_bad_input_ends_only_that_call(world, case: str) -> None:
     await ok.stop(ACCOUNT_SID, sid_ok)
     await ok.wait_closed()
     row = await world.final_call(sid_ok)
-    assert row["status"] == "ended" and row["summary"]["inbound_frames"] == 25
+    assert row["status"] == "ended" and row["summary"]["media"]["inbound_frames"] == 25
 
 
 # Status callbacks

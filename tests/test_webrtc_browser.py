@@ -81,8 +81,8 @@ async def test_a_browser_calls_the_agent_from_the_call_page(tmp_path) -> None:
 
         row = await wait_for(ended, 10, "the call to end")
         assert (row["status"], row["end_reason"], row["hangup_by"]) == ("ended", "caller_hangup", "caller")
-        assert row["provider"] == "webrtc" and row["summary"]["codec"] == "opus"
-        assert row["summary"]["inbound_frames"] > 300 and row["summary"]["outbound_frames"] > 100
+        assert row["provider"] == "webrtc" and row["summary"]["media"]["codec"] == "opus"
+        assert row["summary"]["media"]["inbound_frames"] > 300 and row["summary"]["media"]["outbound_frames"] > 100
         await browser.until("window.voicectlState().status.startsWith('ended')", 5)
     except BaseException:
         if browser is not None and browser.ws is not None and not browser.ws.closed:

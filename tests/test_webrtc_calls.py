@@ -138,8 +138,8 @@ async def test_a_caller_talks_with_the_agent_over_webrtc(world: World) -> None:
     row = await world.final_row(call_id)
     assert (row["status"], row["end_reason"], row["hangup_by"]) == ("ended", "caller_hangup", "caller")
     summary = row["summary"]
-    assert summary["codec"] == "opus" and summary["inbound_frames"] > 300 and summary["outbound_frames"] > 200
-    assert summary["outbound_late"] <= 2, summary
+    assert summary["media"]["codec"] == "opus" and summary["media"]["inbound_frames"] > 300 and summary["media"]["outbound_frames"] > 200
+    assert summary["media"]["outbound_late"] <= 2, summary
     assert row["latency"]["v2v"]["count"] >= 1
     topics = await world.topics(call_id)
     for topic in ("voice.call.started", "call.connected", "transcript.created", "turn.latency", "speech.started",
@@ -165,7 +165,7 @@ async def test_a_pcmu_caller_is_answered_in_pcmu_and_the_agent_can_hang_up(world
     await session.hangup("agent_ended")
     row = await world.final_row(call_id)
     assert (row["status"], row["end_reason"], row["hangup_by"]) == ("ended", "agent_ended", "agent")
-    assert row["summary"]["codec"] == "pcmu" and row["summary"]["outbound_frames"] > 50
+    assert row["summary"]["media"]["codec"] == "pcmu" and row["summary"]["media"]["outbound_frames"] > 50
     await wait_for(lambda: _async([m for m in client.messages if m["type"] == "bye"]), 3, "the bye message")
     await client.close()
 
@@ -499,6 +499,6 @@ async def test_dtmf_from_the_page_reaches_the_agent_and_a_transfer_ends_the_brow
     assert (row["status"], row["end_reason"], row["hangup_by"]) == ("ended", "transfer_unsupported", "agent")
     topics = await world.topics(call_id)
     assert topics.count("dtmf.received") == 1 and "transfer.requested" in topics
-    assert row["summary"]["dtmf"] == 1
+    assert row["summary"]["media"]["dtmf"] == 1
     await wait_for(lambda: _async([m for m in client.messages if m["type"] == "bye"]), 3, "the bye message")
     await client.close()

@@ -84,6 +84,8 @@ class CallSession:
     control: CallControl | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
+    # The bridge's media counters, read when the call ends whoever ends it (summary.media).
+    media_counts: Callable[[], dict[str, Any]] | None = None
     _seq: int = 0
     _transcript_seq: int = 0
     _started_mono: float = field(default_factory=time.monotonic)
@@ -252,6 +254,11 @@ class CallSession:
                 self.watchdog.cancel()
             if self._latency_samples:
                 self.latency = {**self.latency, **self.latency_aggregates()}
+            if self.media_counts is not None:
+                try:
+                    self.summary["media"] = self.media_counts()
+                except Exception:  # the counters must never keep a call from ending
+                    log.exception("media counters unreadable", extra={"call_id": self.id})
             duration = self.duration_ms
             changes = {
                 "end_reason": reason, "hangup_by": hangup_by, "ended_at": now_iso(), "duration_ms": duration,

@@ -94,6 +94,7 @@ class LiveKitMedia:
         from livekit import rtc
 
         self.app, self.session = app, session
+        session.media_counts = self.media_counts
         self.source = source if source is not None else rtc.AudioSource(LIVEKIT_RATE, 1, queue_size_ms=SOURCE_QUEUE_MS)
         self.pacer = Pacer(self._send_frame)
         self.transport = LiveKitTransport(self)
@@ -193,20 +194,18 @@ class LiveKitMedia:
 
     # Teardown
 
-    def record_counts(self) -> None:
-        """The adapter's counters go into the call's summary (archived with the call row)."""
-        if self.session.live:
-            c = self.counters
-            self.session.summary.update({
-                "inbound_frames": c.inbound_frames, "inbound_bytes": c.inbound_bytes,
-                "outbound_frames": self.pacer.stats.frames_sent, "outbound_late": self.pacer.stats.late,
-                "outbound_backlogged": c.outbound_backlogged, "clears": c.clears,
-            })
+    def media_counts(self) -> dict[str, Any]:
+        """The adapter's counters (the call's ``summary.media``, read when it ends)."""
+        c = self.counters
+        return {
+            "inbound_frames": c.inbound_frames, "inbound_bytes": c.inbound_bytes,
+            "outbound_frames": self.pacer.stats.frames_sent, "outbound_late": self.pacer.stats.late,
+            "outbound_backlogged": c.outbound_backlogged, "clears": c.clears,
+        }
 
     async def close(self) -> None:
         if self.closed:
             return
-        self.record_counts()
         self.closed = True
         await self.pacer.close()
         conversation, self.conversation = self.conversation, None

@@ -16,6 +16,7 @@ import binascii
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -169,7 +170,6 @@ class MediaStream:
             log.info("twilio media stream refused", extra={"code": abort.code, "reason": abort.reason,
                                                             "call_id": self.session.id if self.session else None})
             await self._close(abort.code, abort.reason)
-            self._record_counts()
             if self.session is not None and self.session.live:
                 await self.session.fail(abort.fail_reason, abort.reason)
         finally:
@@ -178,7 +178,6 @@ class MediaStream:
             session = self.session
             if session is not None:
                 self.bridge.streams.pop(session.id, None)
-                self._record_counts()
                 if session.live:  # the socket went away without a stop
                     if session.state == "transferring":
                         await session.end("transferred")
@@ -280,6 +279,7 @@ class MediaStream:
         if session is None or session.state != "ringing":
             raise StreamAbort(CLOSE_GONE, "the call is no longer waiting for its stream", "")
         self.session = session
+        session.media_counts = self.media_counts
         fmt = start.get("mediaFormat")
         if not (isinstance(fmt, dict) and fmt.get("encoding") == "audio/x-mulaw"
                 and str(fmt.get("sampleRate")) == "8000" and str(fmt.get("channels", 1)) == "1"):
@@ -314,15 +314,13 @@ class MediaStream:
         api = self.app[SETTINGS].telephony.twilio.api_base_url
         return TwilioControl(TwilioRest(api, account_sid, token), self.call_sid)
 
-    def _record_counts(self) -> None:
-        """The stream's counters go into the call's summary (archived with the call row)."""
-        if self.session is not None and self.session.live:
-            self.session.summary.update({
-                "inbound_frames": self.counters.inbound_frames, "inbound_bytes": self.counters.inbound_bytes,
-                "outbound_frames": self.pacer.stats.frames_sent, "outbound_late": self.pacer.stats.late,
-                "dtmf": self.counters.dtmf,
-                "outbound_backlogged": self.counters.outbound_backlogged,
-            })
+    def media_counts(self) -> dict[str, Any]:
+        """The stream's counters (the call's ``summary.media``, read when it ends)."""
+        return {
+            "inbound_frames": self.counters.inbound_frames, "inbound_bytes": self.counters.inbound_bytes,
+            "outbound_frames": self.pacer.stats.frames_sent, "outbound_late": self.pacer.stats.late,
+            "dtmf": self.counters.dtmf, "outbound_backlogged": self.counters.outbound_backlogged,
+        }
 
     async def _stop(self) -> None:
         session = self.session
@@ -330,7 +328,6 @@ class MediaStream:
             return
         await self.pacer.close()  # the caller has gone: nothing more is sent, so the counts are final
         await self._close_conversation()  # its transcripts and events are written before the call ends
-        self._record_counts()
         if session.state == "transferring":
             await session.end("transferred")
         else:

@@ -143,8 +143,7 @@ class WebRtcControl:
         self.peer = peer
 
     async def hangup(self, reason: str) -> None:
-        # The session ends right after this (and closes the peer): keep the media counts.
-        self.peer.record_counts()
+        pass  # the session ends right after this (and closes the peer); it reads the media counts itself
 
     async def transfer(self, target: str) -> None:
         log.warning("browser calls cannot be transferred; hanging up", extra={"call_id": self.peer.session.id})

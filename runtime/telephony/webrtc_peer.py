@@ -82,6 +82,7 @@ class WebRtcPeer:
     def __init__(self, app: web.Application, session: CallSession, offer: OfferInfo) -> None:
         self.app = app
         self.session = session
+        session.media_counts = self.media_counts
         self.offer = offer
         settings = app[SETTINGS].telephony.webrtc
         self.settings = settings
@@ -278,7 +279,6 @@ class WebRtcPeer:
             return
         self.transport.close()
         await self._close_conversation()
-        self.record_counts()
         if kind == "fail":
             await session.fail(reason, message)
         elif session.state == "transferring":
@@ -287,11 +287,10 @@ class WebRtcPeer:
             await session.end(reason, hangup_by=hangup_by)
         await self.close(reason)  # normally done already by the session's on_end
 
-    def record_counts(self) -> None:
-        if not self.session.live:
-            return
+    def media_counts(self) -> dict[str, Any]:
+        """The call's counters (its ``summary.media``, read when it ends)."""
         stats, inbound = self.transport.stats, self.inbound.stats
-        self.session.summary.update({
+        return {
             "codec": self.offer.codec, "inbound_packets": inbound.packets, "inbound_frames": inbound.frames,
             "inbound_bytes": self.counters.inbound_bytes, "inbound_missing": inbound.missing,
             "inbound_late": inbound.late, "outbound_frames": stats.frames_sent,
@@ -299,14 +298,13 @@ class WebRtcPeer:
             "outbound_backlogged": stats.backlogged, "outbound_dropped": stats.dropped,
             "outbound_max_lag_ms": round(stats.max_lag_s * 1000, 1),
             "dtmf": self.counters.dtmf,
-        })
+        }
 
     async def close(self, reason: str | None = None) -> None:
         """Release everything of this call (idempotent); the session's ``on_end`` calls it."""
         if self.closed:
             return
         self.closed = True
-        self.record_counts()
         self.transport.close()
         self.track.stop()
         if self.subscription is not None:
