@@ -45,7 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/api.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check voicectl runtime tests bench
+	$(BIN)/ruff check voicectl runtime tests bench peers
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis demo artifacts

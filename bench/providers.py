@@ -13,7 +13,7 @@ local server's same answer (aiohttp, no SDK, no parsing beyond finding the first
 
 "added" is the adapter's p50/p99 minus the bare client's p50 for the same exchange: the time
 our code and the SDK add between the provider's bytes and the pipeline. The servers are
-tests/peers (the protocol servers the tests use); everything runs in this one process, on one
+peers/ (the protocol servers the tests use); everything runs in this one process, on one
 event loop, as in the runtime. Wall-clock figures: run on a quiet machine.
 """
 
@@ -68,11 +68,11 @@ def _row(name: str, adapter: list[float], bare: list[float] | None) -> dict:
 
 
 async def _llm_rows(turns: int) -> list[dict]:
+    from peers import anthropic_server, openai_server
+    from peers.anthropic_server import AnthropicServer
+    from peers.openai_server import OpenAIServer
     from runtime.providers.llm.anthropic import AnthropicLLM
     from runtime.providers.llm.openai import OpenAICompatibleLLM
-    from tests.peers import anthropic_server, openai_server
-    from tests.peers.anthropic_server import AnthropicServer
-    from tests.peers.openai_server import OpenAIServer
 
     rows = []
     request = LlmRequest(system="You are a booking agent.", messages=(Message("user", "A table for two at seven?"),))
@@ -116,9 +116,9 @@ async def _llm_rows(turns: int) -> list[dict]:
 
 
 async def _stt_rows(turns: int) -> list[dict]:
+    from peers.deepgram_server import DeepgramScript, DeepgramServer
     from runtime.pipeline.audio import pcm16_to_ulaw
     from runtime.providers.stt.deepgram import DeepgramSTT
-    from tests.peers.deepgram_server import DeepgramScript, DeepgramServer
 
     speech = (3000).to_bytes(2, "little", signed=True) * 160  # 20 ms of loud audio at 8 kHz
     utterance = [speech] * 15  # 300 ms
@@ -172,9 +172,9 @@ async def _stt_rows(turns: int) -> list[dict]:
 
 
 async def _tts_rows(turns: int) -> list[dict]:
+    from peers.chatterbox_server import ChatterboxScript, ChatterboxServer
     from runtime.providers.tts.chatterbox import ChatterboxTTS
     from runtime.providers.tts.local import EspeakTTS, PiperTTS
-    from tests.peers.chatterbox_server import ChatterboxScript, ChatterboxServer
 
     async def first_chunk(engine) -> tuple[float, None]:
         t0 = time.perf_counter()

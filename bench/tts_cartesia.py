@@ -1,7 +1,7 @@
 """Cartesia TTS: text -> first audio chunk through ``CartesiaTTS`` (the cartesia SDK's WebSocket,
 one socket for all turns, a context a turn) against a bare aiohttp WebSocket client doing the
 same exchange (one generation request, read until the context's first chunk, then cancel) with
-the same local server (tests/peers/cartesia_server.py).
+the same local server (peers/cartesia_server.py).
 
 bench/providers.py calls ``rows(turns, _timed, _row)``; alone:
 
@@ -40,9 +40,9 @@ Once = Callable[[], Awaitable[tuple[float, float | None]]]
 
 async def rows(turns: int, timed: Callable[[int, Once], Awaitable[dict[str, list[float]]]],
                row: Callable[[str, list[float], list[float] | None], dict]) -> list[dict]:
+    from peers.cartesia_server import API_VERSION, CartesiaScript, CartesiaServer
     from runtime.providers.tts.cartesia import CartesiaTTS
     from runtime.providers.tts.cartesia_wire import generation_request, output_format
-    from tests.peers.cartesia_server import API_VERSION, CartesiaScript, CartesiaServer
 
     out = []
     for transport, label in ((8000, "pcm_mulaw 8 kHz"), (24_000, "pcm_s16le 24 kHz")):

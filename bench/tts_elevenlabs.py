@@ -1,6 +1,6 @@
 """ElevenLabs TTS: text -> first audio chunk through the adapter (runtime.providers.tts.elevenlabs)
 and through a bare aiohttp WebSocket client doing the same exchange, against the local protocol
-server (tests/peers/elevenlabs_server.py: answers at once, ``ulaw_8000`` as on a phone line).
+server (peers/elevenlabs_server.py: answers at once, ``ulaw_8000`` as on a phone line).
 
 Two paths, each a row:
 
@@ -35,10 +35,10 @@ Row = Callable[[str, list[float], "list[float] | None"], dict]
 async def rows(turns: int, timed: Timed, row: Row) -> list[dict]:
     import aiohttp
 
+    from peers.elevenlabs_server import ElevenLabsScript, ElevenLabsServer
     from runtime.providers.base import RetryPolicy
     from runtime.providers.tts import elevenlabs_wire as wire
     from runtime.providers.tts.elevenlabs import ElevenLabsTTS
-    from tests.peers.elevenlabs_server import ElevenLabsScript, ElevenLabsServer
 
     policy = RetryPolicy(retries=0, first_byte_timeout_s=10.0)
     out = []

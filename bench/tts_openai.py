@@ -1,5 +1,5 @@
 """OpenAI speech: what OpenAITTS (the openai SDK, streamed PCM) adds between the server's bytes and
-the pipeline, against tests/peers/openai_speech_server.py answering at once.
+the pipeline, against peers/openai_speech_server.py answering at once.
 
 For one sentence, the adapter (``synthesize``: request -> first audio chunk, and -> the end of
 the sentence) and a bare aiohttp POST of the same request to the same server (-> the first
@@ -33,8 +33,8 @@ Timed = Callable[[int, Callable[[], Awaitable[tuple[float, float | None]]]], Awa
 
 
 async def rows(turns: int, timed: Timed, row: Callable[[str, list[float], list[float] | None], dict]) -> list[dict]:
+    from peers.openai_speech_server import OpenAISpeechServer, Speech
     from runtime.providers.tts.openai import OpenAITTS
-    from tests.peers.openai_speech_server import OpenAISpeechServer, Speech
 
     async with OpenAISpeechServer(api_key=KEY) as server, aiohttp.ClientSession() as http:
         server.repeat = Speech(pieces=8)

@@ -8,11 +8,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from peers.loopback import serve_loopback
 from runtime.api.app import create_app
 from runtime.config import Settings, build_settings
 from runtime.control.plane import ControlPlane
 from runtime.control.schemas import ApiKeyCreate
-from tests.loopback import serve_loopback
 
 
 @dataclass

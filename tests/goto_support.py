@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from peers.loopback import serve_loopback
 from tests.api_support import LiveApi, high_limits, start_live_api, stop_live_api, with_overrides
-from tests.loopback import serve_loopback
 
 CLIENT_ID = "goto-client-id"
 ACCOUNT_KEY = "1234567890123456789"

@@ -20,8 +20,8 @@ from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.protocol import agent_dispatch, egress, models, room, sip, webhook
 
+from peers.loopback import serve_loopback
 from tests.api_support import LiveApi, high_limits, start_live_api, stop_live_api, with_overrides
-from tests.loopback import serve_loopback
 
 API_KEY = "APItenantkey1"
 API_SECRET = "tenant-livekit-secret-0123456789abcdef"

@@ -1,5 +1,5 @@
 """AnthropicLLM: the real ``anthropic`` SDK against a local server speaking the Messages API's
-SSE event sequence (tests/peers/anthropic_server.py builds its frames from ``anthropic.types``)."""
+SSE event sequence (peers/anthropic_server.py builds its frames from ``anthropic.types``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from dataclasses import replace
 
 import pytest
 
+from peers import anthropic_server as peer
+from peers.anthropic_server import AnthropicServer, presented_key
 from runtime.pipeline.history import History
 from runtime.providers.base import (
     LlmDone,
@@ -25,8 +27,6 @@ from runtime.providers.base import (
 )
 from runtime.providers.llm.anthropic import AnthropicLLM
 from runtime.tools.builtin import error_result
-from tests.peers import anthropic_server as peer
-from tests.peers.anthropic_server import AnthropicServer, presented_key
 
 # The SDK warns that the default model retires on 2026-11-30; the default is the registry's to change.
 

@@ -1,5 +1,5 @@
 """CartesiaTTS: the official ``cartesia`` SDK against a local server speaking Cartesia's TTS
-WebSocket protocol (tests/peers/cartesia_server.py). The server's audio for a text is
+WebSocket protocol (peers/cartesia_server.py). The server's audio for a text is
 deterministic, so every sample the adapter hands over is checked."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from contextlib import aclosing
 import numpy as np
 import pytest
 
+from peers.cartesia_server import CartesiaScript, CartesiaServer, Fault, Refusal
 from runtime.providers import registry
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy, TextToSpeech
 from runtime.providers.failover import Failover, FailoverTTS
@@ -20,7 +21,6 @@ from runtime.providers.options import CartesiaOptions, CartesiaSettings
 from runtime.providers.registry import BuildContext, MissingCredential, ProviderCredential
 from runtime.providers.tts.cartesia import CartesiaTTS, build
 from tests import tts_support
-from tests.peers.cartesia_server import CartesiaScript, CartesiaServer, Fault, Refusal
 from tests.tts_support import free_port
 
 KEY = "test-key"

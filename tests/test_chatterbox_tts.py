@@ -1,5 +1,5 @@
 """ChatterboxTTS: aiohttp against a local server speaking the Chatterbox (OpenAI-compatible) API
-(tests/peers/chatterbox_server.py). The server's audio for a text is deterministic, so every
+(peers/chatterbox_server.py). The server's audio for a text is deterministic, so every
 sample the adapter hands over is checked."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import logging
 import numpy as np
 import pytest
 
+from peers.chatterbox_server import ChatterboxScript, ChatterboxServer, Fault
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy
 from runtime.providers.tts.chatterbox import ChatterboxTTS
 from tests import tts_support
-from tests.peers.chatterbox_server import ChatterboxScript, ChatterboxServer, Fault
 from tests.tts_support import free_port
 
 FAST = RetryPolicy(retries=2, first_byte_timeout_s=0.5, backoff_base_s=0.01, backoff_cap_s=0.1)

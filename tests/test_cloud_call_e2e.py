@@ -16,14 +16,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from peers.anthropic_server import AnthropicServer, text_reply, tool_reply
+from peers.chatterbox_server import ChatterboxScript, ChatterboxServer
+from peers.deepgram_server import DeepgramScript, DeepgramServer
 from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate, VoiceProfileCreate
 from runtime.pipeline.audio import ulaw_frames
 from runtime.telephony.scripted_caller import OpenLine, agent_quiet
 from runtime.telephony.twilio_caller import TwilioCaller
 from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides
-from tests.peers.anthropic_server import AnthropicServer, text_reply, tool_reply
-from tests.peers.chatterbox_server import ChatterboxScript, ChatterboxServer
-from tests.peers.deepgram_server import DeepgramScript, DeepgramServer
 from tests.test_conversation_e2e import speech
 from voicectl.cli import app as cli_app
 

@@ -1,5 +1,5 @@
 """DeepgramSTT: the real deepgram-sdk client against a local server speaking the listen protocol
-(tests/peers/deepgram_server.py). Speech is a loud tone, silence is zeros; the server "hears" each
+(peers/deepgram_server.py). Speech is a loud tone, silence is zeros; the server "hears" each
 run of tone as the next scripted utterance."""
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import time
 import numpy as np
 import pytest
 
-from runtime.pipeline.audio import pcm16_to_ulaw
-from runtime.providers.base import ProviderError, RetryPolicy, Transcript
-from runtime.providers.stt.deepgram import DeepgramSTT
-from tests.peers.deepgram_server import (
+from peers.deepgram_server import (
     DEFAULT_GARBAGE,
     DOCUMENTED_EXAMPLES,
     DeepgramScript,
     DeepgramServer,
     Reject,
 )
+from runtime.pipeline.audio import pcm16_to_ulaw
+from runtime.providers.base import ProviderError, RetryPolicy, Transcript
+from runtime.providers.stt.deepgram import DeepgramSTT
 
 # deepgram-sdk 7 connects through websockets.legacy, which warns on import: the SDK's choice, not ours.
 pytestmark = [pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning"),

@@ -1,5 +1,5 @@
 """ElevenLabsTTS: aiohttp's WebSocket client against a local server speaking ElevenLabs'
-multi-context stream-input protocol (tests/peers/elevenlabs_server.py). The server's audio for a
+multi-context stream-input protocol (peers/elevenlabs_server.py). The server's audio for a
 text is deterministic, so every sample the adapter hands over is checked."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from contextlib import aclosing
 import numpy as np
 import pytest
 
+from peers.elevenlabs_server import ElevenLabsScript, ElevenLabsServer, Fault, Refusal
 from runtime.pipeline.audio import ulaw_to_pcm16
 from runtime.pipeline.clock import SystemClock
 from runtime.pipeline.frames import pcm_ms
@@ -25,7 +26,6 @@ from runtime.providers.registry import BuildContext, MissingCredential, Provider
 from runtime.providers.tts import elevenlabs_wire as wire
 from runtime.providers.tts.elevenlabs import ElevenLabsTTS, build
 from tests import tts_support
-from tests.peers.elevenlabs_server import ElevenLabsScript, ElevenLabsServer, Fault, Refusal
 from tests.pipeline_fakes import FakeTransport
 from tests.tts_support import free_port
 

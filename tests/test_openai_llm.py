@@ -1,5 +1,5 @@
 """OpenAICompatibleLLM: the real ``openai`` SDK against a local chat completions server
-(tests/peers/openai_server.py builds its chunks from ``openai.types.chat.ChatCompletionChunk``)."""
+(peers/openai_server.py builds its chunks from ``openai.types.chat.ChatCompletionChunk``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from dataclasses import replace
 
 import pytest
 
+from peers import openai_server as peer
+from peers.openai_server import OpenAIServer
 from runtime.pipeline.history import History
 from runtime.providers.base import (
     LlmDone,
@@ -23,8 +25,6 @@ from runtime.providers.base import (
     ToolSpec,
 )
 from runtime.providers.llm.openai import OpenAICompatibleLLM
-from tests.peers import openai_server as peer
-from tests.peers.openai_server import OpenAIServer
 
 KEY = "sk-proj-test-0123456789abcdef"
 FAST = RetryPolicy(retries=2, first_byte_timeout_s=0.5, backoff_base_s=0.01, backoff_cap_s=0.05)

@@ -1,4 +1,4 @@
-"""OpenAITTS: the openai SDK against a local speech server (tests/peers/openai_speech_server.py)
+"""OpenAITTS: the openai SDK against a local speech server (peers/openai_speech_server.py)
 speaking POST /v1/audio/speech with streamed raw PCM. The server's audio for a text is
 deterministic, so every sample the adapter hands over is checked."""
 
@@ -12,13 +12,13 @@ from contextlib import aclosing
 import numpy as np
 import pytest
 
+from peers.openai_server import error_reply
+from peers.openai_speech_server import OpenAISpeechServer, Speech
 from runtime.providers import registry
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy
 from runtime.providers.options import OpenAITTSOptions, OpenAITTSSettings
 from runtime.providers.tts.openai import OpenAITTS, build
 from tests import tts_support
-from tests.peers.openai_server import error_reply
-from tests.peers.openai_speech_server import OpenAISpeechServer, Speech
 from tests.tts_support import free_port
 
 FAST = RetryPolicy(retries=2, first_byte_timeout_s=0.5, backoff_base_s=0.01, backoff_cap_s=0.1)

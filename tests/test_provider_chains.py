@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 
+from peers import openai_server
+from peers.anthropic_server import AnthropicServer
+from peers.openai_server import OpenAIServer
 from runtime.control.plane import ControlPlane
 from runtime.control.schemas import AgentConfig, AgentCreate, CredentialSet, TenantCreate
 from runtime.providers.base import LlmDone, LlmRequest, Message, TextDelta
@@ -19,9 +22,6 @@ from runtime.providers.llm.openai import OpenAICompatibleLLM
 from runtime.providers.llm.rules import RulesBrain
 from runtime.providers.registry import ProviderCredential
 from tests.api_support import with_overrides
-from tests.peers import openai_server
-from tests.peers.anthropic_server import AnthropicServer
-from tests.peers.openai_server import OpenAIServer
 
 KEY = "sk-ant-test-0123456789"
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
+from peers.loopback import serve_loopback
 from runtime.telephony.twilio_caller import TwilioCaller
 from tests.api_support import LiveApi, high_limits, start_live_api, stop_live_api, with_overrides
-from tests.loopback import serve_loopback
 
 ACCOUNT_SID = "AC" + "1" * 32
 AUTH_TOKEN = "twilio-test-auth-token"

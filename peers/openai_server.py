@@ -29,7 +29,7 @@ from openai.types.chat.chat_completion_chunk import (
     ChoiceDeltaToolCallFunction,
 )
 
-from tests.peers.sse_script import Recorded, Reply, ScriptedServer, json_reply, split, sse
+from peers.sse_script import Recorded, Reply, ScriptedServer, json_reply, split, sse
 
 MODEL = "llama3.2"
 DONE = sse("[DONE]")

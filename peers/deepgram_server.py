@@ -32,8 +32,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from peers.loopback import serve_loopback
 from runtime.pipeline.audio import rms, ulaw_to_pcm16
-from tests.loopback import serve_loopback
 
 FRAME_MS = 20
 

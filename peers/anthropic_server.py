@@ -41,7 +41,7 @@ from anthropic.types import (
 from anthropic.types import TextDelta as SdkTextDelta
 from anthropic.types.raw_message_delta_event import Delta
 
-from tests.peers.sse_script import Recorded, Reply, ScriptedServer, json_reply, split, sse
+from peers.sse_script import Recorded, Reply, ScriptedServer, json_reply, split, sse
 
 MODEL = "claude-sonnet-4-6"
 _ids = itertools.count(1)

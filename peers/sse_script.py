@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.loopback import serve_loopback
+from peers.loopback import serve_loopback
 
 
 @dataclass(frozen=True)

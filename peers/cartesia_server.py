@@ -67,7 +67,7 @@ from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
-from tests.loopback import serve_loopback
+from peers.loopback import serve_loopback
 
 with warnings.catch_warnings():  # as runtime/pipeline/audio.py: stdlib audioop is deprecated in 3.11/3.12
     warnings.simplefilter("ignore", DeprecationWarning)

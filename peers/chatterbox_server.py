@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from tests.loopback import serve_loopback
+from peers.loopback import serve_loopback
 
 
 @dataclass(frozen=True)

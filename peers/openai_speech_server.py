@@ -1,5 +1,5 @@
 """A local OpenAI speech server (``POST /v1/audio/speech``, ``GET /v1/models``) for tests and
-benchmarks, in the style of tests/peers/openai_server.py (the chat peer, which stays as it is).
+benchmarks, in the style of peers/openai_server.py (the chat peer, which stays as it is).
 
 Request, as documented (the openai SDK's ``resources/audio/speech.py`` and
 ``types/audio/speech_create_params.py``): a JSON body with ``model``, ``input`` (1 to 4096
@@ -19,7 +19,7 @@ type, or replaced by another body (a malformed answer). The content type OpenAI 
 is not documented; ``audio/pcm`` (PCM_TYPE) is what OpenAI-compatible servers send, and is this
 peer's label, not a capture of OpenAI's.
 
-The audio for a text is deterministic (``audio_for``, tests/peers/chatterbox_server.py's tone), so
+The audio for a text is deterministic (``audio_for``, peers/chatterbox_server.py's tone), so
 a test can check every sample. Errors use ``error_reply`` (openai_server.py: the status, OpenAI's
 error body, ``retry-after``/``retry-after-ms``). A wrong key gets a 401 whose message echoes the
 key it was given, in full (OpenAI masks it; echoing it whole proves the adapter redacts).
@@ -42,9 +42,9 @@ from typing import Any
 from aiohttp import web
 from openai.types import Model
 
-from tests.peers.chatterbox_server import audio_for
-from tests.peers.openai_server import error_body, error_reply
-from tests.peers.sse_script import Recorded, Reply, ScriptedServer, json_reply
+from peers.chatterbox_server import audio_for
+from peers.openai_server import error_body, error_reply
+from peers.sse_script import Recorded, Reply, ScriptedServer, json_reply
 
 RATE = 24_000
 PCM_TYPE = "audio/pcm"  # OpenAI-compatible servers' label; OpenAI's own is undocumented
