@@ -48,7 +48,7 @@ NEW, LIVE, REJECTED, DECLINED, FINISHED, OUTBOUND = "new", "live", "rejected", "
 
 
 @dataclass(eq=False)
-class Conversation:
+class GotoConversation:
     """What this process knows of one GoTo conversation (call) of one tenant."""
 
     tenant_id: str
@@ -75,8 +75,8 @@ class GotoBridge:
         self.duplicates = Counter("voicectl_goto_duplicate_deliveries",
                                   "GoTo deliveries already seen (same conversation and sequence number)",
                                   registry=registry)
-        self.live: dict[tuple[str, str], Conversation] = {}
-        self.recent: OrderedDict[tuple[str, str], Conversation] = OrderedDict()
+        self.live: dict[tuple[str, str], GotoConversation] = {}
+        self.recent: OrderedDict[tuple[str, str], GotoConversation] = OrderedDict()
         self.tokens = TokenCache()
         self.tasks: set[asyncio.Task] = set()
         self.ring_timeout_s = RING_TIMEOUT_S
@@ -93,16 +93,16 @@ class GotoBridge:
             self._routes = ReadCache(store.route_by_e164, ROUTE_TABLES)
         return self._routes
 
-    def conversation(self, tenant_id: str, conversation_id: str) -> Conversation | None:
+    def conversation(self, tenant_id: str, conversation_id: str) -> GotoConversation | None:
         key = (tenant_id, conversation_id)
         return self.live.get(key) or self.recent.get(key)
 
-    def track(self, tenant_id: str, conversation_id: str) -> Conversation:
-        conv = Conversation(tenant_id, conversation_id)
+    def track(self, tenant_id: str, conversation_id: str) -> GotoConversation:
+        conv = GotoConversation(tenant_id, conversation_id)
         self.live[(tenant_id, conversation_id)] = conv
         return conv
 
-    def retire(self, conv: Conversation, outcome: str = FINISHED) -> None:
+    def retire(self, conv: GotoConversation, outcome: str = FINISHED) -> None:
         """The conversation's call is over (or was never ours): keep it only for de-duplication."""
         conv.outcome = outcome
         if conv.ring_timer is not None:
@@ -219,7 +219,7 @@ async def on_call_event(request: web.Request, tenant_id: str, event: CallEvent) 
         raise
 
 
-def _outcome(status: str, conv: Conversation | None = None, **extra: Any) -> web.Response:
+def _outcome(status: str, conv: GotoConversation | None = None, **extra: Any) -> web.Response:
     body: dict[str, Any] = {"status": status}
     if conv is not None:
         body["conversation_id"] = conv.conversation_id
@@ -245,7 +245,7 @@ async def _unknown_conversation(request: web.Request, tenant_id: str, event: Cal
                           {"conversation_id": event.conversation_id, "state": event.state})
 
 
-async def _starting(request: web.Request, conv: Conversation, event: CallEvent) -> web.Response:
+async def _starting(request: web.Request, conv: GotoConversation, event: CallEvent) -> web.Response:
     if conv.outcome != NEW:
         return _outcome("ignored", conv, reason="already_started")
     br = bridge(request.app)
@@ -290,7 +290,7 @@ async def _starting(request: web.Request, conv: Conversation, event: CallEvent) 
     return _outcome("opened", conv)
 
 
-async def _reject_unrouted(request: web.Request, conv: Conversation, event: CallEvent) -> None:
+async def _reject_unrouted(request: web.Request, conv: GotoConversation, event: CallEvent) -> None:
     """A failed call row and voice.call.failed for the tenant whose channel received the call."""
     tracker = request.app[TRACKER]
     session = CallSession(id=new_id("call"), tenant_id=conv.tenant_id, provider=PROVIDER, direction="inbound",
@@ -307,7 +307,7 @@ async def _ring_timeout(session: CallSession) -> None:
         await session.fail("not_answered", "no web-call offer was answered in time")
 
 
-async def _active(request: web.Request, conv: Conversation, event: CallEvent) -> web.Response:
+async def _active(request: web.Request, conv: GotoConversation, event: CallEvent) -> web.Response:
     """Acknowledged only: the WebRTC bridge connects an answered call when its media is up (a call
     connected here first would never start its conversation), and GoTo may report ACTIVE for a
     call answered on another device."""
@@ -318,7 +318,7 @@ async def _active(request: web.Request, conv: Conversation, event: CallEvent) ->
                     caller_status=event.caller_status())
 
 
-async def _ending(request: web.Request, conv: Conversation, event: CallEvent) -> web.Response:
+async def _ending(request: web.Request, conv: GotoConversation, event: CallEvent) -> web.Response:
     session = request.app[TRACKER].get(conv.call_id or "")
     if session is None or not session.live:
         return _outcome("ignored", conv, reason="call_finished")

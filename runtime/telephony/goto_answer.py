@@ -21,7 +21,7 @@ from runtime.api.appkeys import CONTROL, SETTINGS, TRACKER
 from runtime.api.responses import error_response, json_response
 from runtime.calls.session import CallSession
 from runtime.control.errors import NotFound
-from runtime.telephony.goto import DECLINED, REJECTED, Conversation, bridge
+from runtime.telephony.goto import DECLINED, REJECTED, GotoConversation, bridge
 from runtime.telephony.goto_api import GotoApi, GotoApiError, api_for, open_account
 from runtime.telephony.goto_events import WebCallOffer
 
@@ -103,7 +103,7 @@ async def _api_or_none(app: web.Application, tenant_id: str, http: aiohttp.Clien
         return None
 
 
-async def _answer(request: web.Request, channel: dict[str, Any], conv: Conversation, session: CallSession,
+async def _answer(request: web.Request, channel: dict[str, Any], conv: GotoConversation, session: CallSession,
                   offer: WebCallOffer) -> web.Response:
     from runtime.telephony import webrtc
     from runtime.telephony.webrtc_sdp import check_offer
