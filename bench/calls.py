@@ -94,7 +94,7 @@ async def _generate(spec: dict) -> dict:
     from twilio_common import ACCOUNT_SID, AUTH_TOKEN, NUMBER
 
     from runtime.pipeline.audio import read_wav, ulaw_frames
-    from runtime.telephony.twilio_caller import TwilioCaller
+    from runtime.telephony.twilio.caller import TwilioCaller
 
     n, duration, ramp = spec["calls"], spec["duration"], spec["ramp"]
     wav_frames = ulaw_frames(read_wav(spec["wav"]))

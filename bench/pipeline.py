@@ -106,7 +106,7 @@ def speech_onset_s(frames: list[bytes], threshold: int = 300) -> float:
 async def _fake_call(url: str, frames: list[bytes], turns: int, stagger_s: float) -> dict[str, Any]:
     """Say the line, wait for the reply; every other turn talk over the reply 0.4 s into it."""
     from runtime.telephony.scripted_caller import OpenLine, agent_quiet
-    from runtime.telephony.twilio_caller import TwilioCaller
+    from runtime.telephony.twilio.caller import TwilioCaller
 
     await asyncio.sleep(stagger_s)
     onset = speech_onset_s(frames)
@@ -148,7 +148,7 @@ async def _fake_call(url: str, frames: list[bytes], turns: int, stagger_s: float
 
 async def _booking_call(url: str, lines: list[tuple[str, Any]], stagger_s: float) -> dict[str, Any]:
     from runtime.telephony.scripted_caller import scripted_call
-    from runtime.telephony.twilio_caller import TwilioCaller
+    from runtime.telephony.twilio.caller import TwilioCaller
 
     await asyncio.sleep(stagger_s)
     async with TwilioCaller(url, ACCOUNT_SID, AUTH_TOKEN) as caller:

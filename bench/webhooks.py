@@ -34,7 +34,7 @@ from calls import _pct  # noqa: E402
 async def _step(caller, rate: float, seconds: float, hold: float = 0.0) -> dict:
     from twilio_common import NUMBER
 
-    from runtime.telephony.twilio_caller import new_sid
+    from runtime.telephony.twilio.caller import new_sid
 
     n = int(rate * seconds)
     lat: list[float] = []
@@ -96,7 +96,7 @@ async def _generate(spec: dict) -> list[dict]:
     import aiohttp
     from twilio_common import ACCOUNT_SID, AUTH_TOKEN
 
-    from runtime.telephony.twilio_caller import TwilioCaller
+    from runtime.telephony.twilio.caller import TwilioCaller
 
     # The generator's own GC passes (its prepared requests and tasks) would stall it and count as
     # server latency (latency runs from the scheduled time): it collects only between steps.

@@ -10,7 +10,7 @@ The agent's greeting is a speech-like clip as long as the call, so the runtime e
 agent audio for the whole call; the callers send quiet line noise (pre-encoded once, replayed
 from one shared 20 ms clock), which the runtime decodes, resamples and runs through the VAD. The
 callers decode what they hear in their event loop with the runtime's own receive path
-(runtime.telephony.webrtc_inbound), so the generator is cheap enough to drive more calls than
+(runtime.telephony.webrtc.inbound), so the generator is cheap enough to drive more calls than
 the runtime.
 
 Measured, after a 1 s warm-up per call:
@@ -59,7 +59,7 @@ class ReplaySource:
     def __init__(self, payloads: list[bytes], clock_step: int, offset: int) -> None:
         import fractions
 
-        from runtime.telephony.webrtc_media import OutboundStats
+        from runtime.telephony.webrtc.media import OutboundStats
 
         self.payloads, self.n = payloads, offset
         self.base = fractions.Fraction(1, 48000 if clock_step == 960 else 8000)
@@ -80,7 +80,7 @@ def _encode_noise(codec: str, seconds: float = 10.0) -> tuple[list[bytes], int]:
     import random
 
     from runtime.config import OpusSettings
-    from runtime.telephony.webrtc_codecs import G711AgentEncoder, OpusAgentEncoder
+    from runtime.telephony.webrtc.codecs import G711AgentEncoder, OpusAgentEncoder
 
     rate = 48000 if codec == "opus" else 8000
     rnd = random.Random(11)
@@ -96,9 +96,9 @@ async def _generate(spec: dict) -> dict:
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
     from aiortc.mediastreams import MediaStreamError
 
-    from runtime.telephony.webrtc_inbound import CallerAudio
-    from runtime.telephony.webrtc_media import AgentAudioTrack, media_clock
-    from runtime.telephony.webrtc_sdp import check_offer
+    from runtime.telephony.webrtc.inbound import CallerAudio
+    from runtime.telephony.webrtc.media import AgentAudioTrack, media_clock
+    from runtime.telephony.webrtc.sdp import check_offer
 
     n, duration, ramp, codec = spec["calls"], spec["duration"], spec["ramp"], spec["codec"]
     payloads, step = _encode_noise(codec)

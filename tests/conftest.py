@@ -136,6 +136,6 @@ async def api(settings: Settings):
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # As `voicectl serve` does after its loop: a LiveKit room connect still retrying in the SDK's
     # native thread must not call back into a finalizing interpreter (that aborts the run).
-    from runtime.telephony.livekit_room import release_sdk
+    from runtime.telephony.livekit.room import release_sdk
 
     release_sdk()

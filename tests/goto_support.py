@@ -214,7 +214,7 @@ async def register(api: LiveApi, tenant_id: str, peer: GotoPeer) -> str:
     """Register the tenant's channel through the peer (which validates against the live runtime);
     the webhook path the peer was given."""
     from runtime.api.appkeys import SETTINGS
-    from runtime.telephony.goto_channels import register_channel
+    from runtime.telephony.goto.channels import register_channel
 
     public = with_overrides(api.app[SETTINGS], server={"public_url": api.base_url})
     before = len(peer.webhook_urls)

@@ -220,7 +220,7 @@ async def start_world(settings, *, rtc_mode: str = "refuse", appliance: bool = F
                            telephony={"livekit": {**lk, "join_timeout_s": 5, **(livekit or {})}})
     live, runner = await start_live_api(built)
     if appliance:
-        from runtime.telephony.livekit_server import APPLIANCE_SECRET_REF
+        from runtime.telephony.livekit.server import APPLIANCE_SECRET_REF
 
         live.control.secrets.set(APPLIANCE_SECRET_REF, APPLIANCE_SECRET)
     tenant_id, key = await live.tenant_with_key("livekit-tenant")

@@ -22,7 +22,7 @@ from peers.deepgram_server import DeepgramScript, DeepgramServer
 from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate, VoiceProfileCreate
 from runtime.pipeline.audio import ulaw_frames
 from runtime.telephony.scripted_caller import OpenLine, agent_quiet
-from runtime.telephony.twilio_caller import TwilioCaller
+from runtime.telephony.twilio.caller import TwilioCaller
 from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides
 from tests.test_conversation_e2e import speech
 from voicectl.cli import app as cli_app

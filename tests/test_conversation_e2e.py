@@ -12,7 +12,7 @@ import pytest_asyncio
 from runtime.pipeline.audio import Audio, ulaw_frames
 from runtime.providers.tts.local import PiperTTS
 from runtime.telephony.scripted_caller import OpenLine, agent_quiet, scripted_call
-from runtime.telephony.twilio_caller import TwilioCaller
+from runtime.telephony.twilio.caller import TwilioCaller
 from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides
 from voicectl.demo import provision
 

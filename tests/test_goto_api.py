@@ -8,7 +8,7 @@ import pytest_asyncio
 
 from runtime.control.errors import NotFound
 from runtime.control.schemas import CredentialSet, TenantCreate
-from runtime.telephony.goto_api import (
+from runtime.telephony.goto.api import (
     EXPIRY_MARGIN_S,
     GotoAccount,
     GotoApi,
@@ -201,7 +201,7 @@ async def test_open_account_needs_fields_and_refresh_token(control) -> None:
 
 
 async def test_api_for_stores_a_rotated_refresh_token_in_the_keyring(control, settings, peer) -> None:
-    from runtime.telephony.goto_api import api_for
+    from runtime.telephony.goto.api import api_for
     from tests.goto_support import goto_settings
 
     tenant = await control.tenants.create(TenantCreate(name="acme"))

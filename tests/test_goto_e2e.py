@@ -159,7 +159,7 @@ async def test_an_agent_hangup_goto_does_not_take_logs_no_error(world, caplog) -
     """The assumed hang-up endpoint answering 404 (or the call gone at GoTo) is no failure: the
     peer close ends the media and the call ends as the agent asked."""
     from runtime.api.appkeys import TRACKER
-    from runtime.telephony import webrtc
+    from runtime.telephony.webrtc import bridge as webrtc
 
     remote = RemoteEnd()
     world.peer.on_answer = remote.answered

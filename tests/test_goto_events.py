@@ -1,5 +1,5 @@
 """GoTo payload parsing: each test named test_assumes_* pins one guess about GoTo's payloads
-(runtime.telephony.goto_events); if GoTo's real payloads differ, these are the tests to change."""
+(runtime.telephony.goto.events); if GoTo's real payloads differ, these are the tests to change."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from runtime.telephony.goto_events import CallEvent, GotoPayloadError, WebCallOffer, parse_delivery
+from runtime.telephony.goto.events import CallEvent, GotoPayloadError, WebCallOffer, parse_delivery
 from tests.goto_support import CALLER, NUMBER, call_event, web_call_offer
 
 

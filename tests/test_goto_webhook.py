@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 from runtime.store.tables import ALL_TENANTS
-from runtime.telephony.goto import bridge
+from runtime.telephony.goto.bridge import bridge
 from tests.goto_support import (
     CALLER,
     NUMBER,

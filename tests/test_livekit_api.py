@@ -13,7 +13,7 @@ import pytest_asyncio
 from livekit import api
 from livekit.protocol import egress, models
 
-from runtime.telephony.livekit_bridge import RECENT_TTL_S, ExpiringSet, bridge
+from runtime.telephony.livekit.bridge import RECENT_TTL_S, ExpiringSet, bridge
 from tests.livekit_support import (
     API_KEY,
     API_SECRET,

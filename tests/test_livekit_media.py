@@ -16,7 +16,7 @@ from livekit import rtc
 from runtime.api.appkeys import TRACKER
 from runtime.pipeline.audio import rms
 from runtime.providers.stt.local import LocalWhisperSTT
-from runtime.telephony.livekit_media import FRAME_BYTES, FRAME_SAMPLES, LIVEKIT_RATE, LiveKitMedia
+from runtime.telephony.livekit.media import FRAME_BYTES, FRAME_SAMPLES, LIVEKIT_RATE, LiveKitMedia
 from tests.livekit_support import CALLER, NUMBER, start_world, stop_world
 
 

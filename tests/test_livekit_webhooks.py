@@ -281,14 +281,14 @@ async def test_a_caller_leaving_while_the_agent_joins_ends_the_call_and_the_join
     assert status == 200
     row = await world.final(joined["call_id"])
     assert (row["status"], row["end_reason"]) == ("ended", "connection_aborted")
-    from runtime.telephony.livekit_bridge import bridge
+    from runtime.telephony.livekit.bridge import bridge
 
     br = bridge(world.api.app)
     await wait_for(lambda: not br.rooms and not br.by_call)
 
 
 async def test_forged_keys_cost_at_most_one_credentials_scan(world, monkeypatch) -> None:
-    from runtime.telephony import livekit_bridge
+    from runtime.telephony.livekit import bridge as livekit_bridge
 
     monkeypatch.setattr(livekit_bridge, "KEY_MAP_TTL_S", 60.0, raising=False)  # the whole test in one TTL
     table = world.api.control.store.credentials

@@ -11,8 +11,8 @@ import pytest_asyncio
 from twilio.request_validator import RequestValidator
 
 from runtime.store.tables import ALL_TENANTS
-from runtime.telephony.twilio import bridge, twilio_signature, url_variants
-from runtime.telephony.twilio_caller import new_sid, parse_twiml
+from runtime.telephony.twilio.bridge import bridge, twilio_signature, url_variants
+from runtime.telephony.twilio.caller import new_sid, parse_twiml
 from tests.twilio_support import ACCOUNT_SID, AUTH_TOKEN, NUMBER, start_world, stop_world
 
 
@@ -305,7 +305,7 @@ async def test_transfer_and_hangup_use_the_rest_api(world) -> None:
 
 
 async def test_rest_errors_surface_with_the_status(world) -> None:
-    from runtime.telephony.twilio_rest import TwilioApiError, TwilioRest
+    from runtime.telephony.twilio.rest import TwilioApiError, TwilioRest
 
     world.rest.fail_with = 404
     rest = TwilioRest(world.rest.url, ACCOUNT_SID, AUTH_TOKEN)
@@ -325,7 +325,7 @@ def test_parse_twiml_reads_the_stream() -> None:
 
 
 async def test_a_stream_that_never_starts_fails_the_call_and_a_started_one_does_not(world, monkeypatch) -> None:
-    import runtime.telephony.twilio as twilio_mod
+    import runtime.telephony.twilio.bridge as twilio_mod
 
     monkeypatch.setattr(twilio_mod, "STREAM_START_GRACE_S", 0.0)
     tokens = bridge(world.api.app).tokens

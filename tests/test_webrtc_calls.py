@@ -17,9 +17,9 @@ from runtime.api.appkeys import TRACKER
 from runtime.config import build_settings
 from runtime.pipeline.audio import Audio
 from runtime.secrets import write_master_key
-from runtime.telephony.webrtc import AnswerFailed, SdpRejected, answer_offer, bridge
-from runtime.telephony.webrtc_ice import add_host_candidates, with_candidates
-from runtime.telephony.webrtc_tokens import BrowserGrant
+from runtime.telephony.webrtc.bridge import AnswerFailed, SdpRejected, answer_offer, bridge
+from runtime.telephony.webrtc.ice import add_host_candidates, with_candidates
+from runtime.telephony.webrtc.tokens import BrowserGrant
 from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides
 from tests.webrtc_support import ClientPeer, WavTrack, piper_speech, wait_for, with_silence
 from voicectl.demo import provision

@@ -16,12 +16,12 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from runtime.config import OpusSettings, WebRTCSettings, build_settings
 from runtime.control.errors import Unauthorized
-from runtime.telephony.webrtc_codecs import OPUS_SILENCE, G711AgentEncoder, OpusAgentEncoder
-from runtime.telephony.webrtc_ice import browser_ice_servers, rtc_configuration, with_candidates
-from runtime.telephony.webrtc_inbound import MAX_FILL, RESYNC_LATE, CallerAudio
-from runtime.telephony.webrtc_media import AgentAudioTrack, MediaClock, WebRtcTransport
-from runtime.telephony.webrtc_sdp import SdpRejected, check_offer, with_static_rtpmaps
-from runtime.telephony.webrtc_tokens import BrowserGrant, BrowserTokens
+from runtime.telephony.webrtc.codecs import OPUS_SILENCE, G711AgentEncoder, OpusAgentEncoder
+from runtime.telephony.webrtc.ice import browser_ice_servers, rtc_configuration, with_candidates
+from runtime.telephony.webrtc.inbound import MAX_FILL, RESYNC_LATE, CallerAudio
+from runtime.telephony.webrtc.media import AgentAudioTrack, MediaClock, WebRtcTransport
+from runtime.telephony.webrtc.sdp import SdpRejected, check_offer, with_static_rtpmaps
+from runtime.telephony.webrtc.tokens import BrowserGrant, BrowserTokens
 
 
 async def _offer(codecs: list[str] | None = None, data_channel: bool = False) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from peers.loopback import serve_loopback
-from runtime.telephony.twilio_caller import TwilioCaller
+from runtime.telephony.twilio.caller import TwilioCaller
 from tests.api_support import LiveApi, high_limits, start_live_api, stop_live_api, with_overrides
 
 ACCOUNT_SID = "AC" + "1" * 32

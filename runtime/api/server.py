@@ -24,7 +24,7 @@ async def tune_gc_for_live_calls(app: web.Application) -> None:
     """
     # The WebRTC media stack (aiortc, PyAV: ~20k objects) is imported at a call's first use;
     # import it now so the freeze covers it too and full passes during calls do not walk it.
-    import runtime.telephony.webrtc  # noqa: F401
+    import runtime.telephony.webrtc.bridge  # noqa: F401
 
     gc.freeze()
     # Fewer, larger young collections and half as many full-collection attempts: with tens of
@@ -56,6 +56,6 @@ def run(settings: Settings, host: str | None = None, port: int | None = None,
         shutdown_timeout=settings.server.shutdown_grace_s,
         handle_signals=True,
     )
-    from runtime.telephony.livekit_room import release_sdk
+    from runtime.telephony.livekit.room import release_sdk
 
     release_sdk()

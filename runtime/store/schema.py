@@ -314,7 +314,7 @@ BOOKINGS_ORDERS = Migration(
     ),
 )
 
-# GoTo Connect notification channels (runtime.telephony.goto_channels). The webhook path token is
+# GoTo Connect notification channels (runtime.telephony.goto.channels). The webhook path token is
 # kept only as its SHA-256 (like API keys): the URL registered with GoTo is its one copy. A tenant
 # may briefly hold two rows while a channel is re-registered; the old one goes once the new is active.
 GOTO_CHANNELS = Migration(
@@ -352,7 +352,7 @@ RECORDING_UPLOADS = Migration(
     ),
 )
 
-# LiveKit room egresses by LiveKit's egress id (runtime.telephony.livekit_*): egress_ended can come
+# LiveKit room egresses by LiveKit's egress id (runtime.telephony.livekit): egress_ended can come
 # long after its call, or after a restart, and must still find the call its files belong to.
 LIVEKIT_EGRESSES = Migration(
     6,

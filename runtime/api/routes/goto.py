@@ -8,13 +8,13 @@ from runtime.api.endpoint import Ctx, Route
 
 
 async def goto_webhook(ctx: Ctx) -> web.StreamResponse:
-    from runtime.telephony.goto import webhook
+    from runtime.telephony.goto.bridge import webhook
 
     return await webhook(ctx.request)
 
 
 async def goto_validate(ctx: Ctx) -> web.StreamResponse:
-    from runtime.telephony.goto import validate
+    from runtime.telephony.goto.bridge import validate
 
     return await validate(ctx.request)
 

@@ -7,7 +7,7 @@ from aiohttp import web
 from runtime.api.appkeys import SETTINGS
 from runtime.api.endpoint import Ctx, QueryParam, Route
 from runtime.control.errors import BadRequest
-from runtime.telephony.livekit_control import (
+from runtime.telephony.livekit.control import (
     DispatchRequest,
     LiveKitDispatch,
     LiveKitEgress,
@@ -21,19 +21,19 @@ LIVEKIT_ERRORS = (409, 502)
 
 
 async def livekit_webhook(ctx: Ctx) -> web.StreamResponse:
-    from runtime.telephony.livekit_webhooks import livekit_webhook as handle
+    from runtime.telephony.livekit.webhooks import livekit_webhook as handle
 
     return await handle(ctx.request)
 
 
 async def create_token(ctx: Ctx) -> LiveKitToken:
-    from runtime.telephony.livekit_control import mint_token
+    from runtime.telephony.livekit.control import mint_token
 
     return await mint_token(ctx.request.app[SETTINGS], ctx.control, ctx.tenant, ctx.body)
 
 
 async def create_dispatch(ctx: Ctx) -> LiveKitDispatch:
-    from runtime.telephony.livekit_control import create_dispatch as dispatch
+    from runtime.telephony.livekit.control import create_dispatch as dispatch
 
     return await dispatch(ctx.request.app[SETTINGS], ctx.control, ctx.tenant, ctx.body)
 
@@ -41,7 +41,7 @@ async def create_dispatch(ctx: Ctx) -> LiveKitDispatch:
 def _room(ctx: Ctx) -> str:
     import re
 
-    from runtime.telephony.livekit_control import NAME_PATTERN
+    from runtime.telephony.livekit.control import NAME_PATTERN
 
     room = ctx.query("room")
     if not room or not re.match(NAME_PATTERN, room):
@@ -50,28 +50,28 @@ def _room(ctx: Ctx) -> str:
 
 
 async def list_dispatches(ctx: Ctx) -> dict:
-    from runtime.telephony.livekit_control import list_dispatches as listed
+    from runtime.telephony.livekit.control import list_dispatches as listed
 
     items = await listed(ctx.request.app[SETTINGS], ctx.control, ctx.tenant, _room(ctx))
     return {"items": [d.to_dict() for d in items]}
 
 
 async def delete_dispatch(ctx: Ctx) -> None:
-    from runtime.telephony.livekit_control import delete_dispatch as delete
+    from runtime.telephony.livekit.control import delete_dispatch as delete
 
     await delete(ctx.request.app[SETTINGS], ctx.control, ctx.tenant, _room(ctx), ctx.param("dispatch_id"))
 
 
 async def start_egress(ctx: Ctx) -> LiveKitEgress:
-    from runtime.telephony.livekit_bridge import bridge
-    from runtime.telephony.livekit_control import start_egress as start
+    from runtime.telephony.livekit.bridge import bridge
+    from runtime.telephony.livekit.control import start_egress as start
 
     return await start(ctx.control, bridge(ctx.request.app), ctx.tenant, ctx.param("call_id"))
 
 
 async def stop_egress(ctx: Ctx) -> LiveKitEgress:
-    from runtime.telephony.livekit_bridge import bridge
-    from runtime.telephony.livekit_control import stop_egress as stop
+    from runtime.telephony.livekit.bridge import bridge
+    from runtime.telephony.livekit.control import stop_egress as stop
 
     return await stop(bridge(ctx.request.app), ctx.tenant, ctx.param("call_id"), ctx.param("egress_id"))
 

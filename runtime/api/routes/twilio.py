@@ -8,19 +8,19 @@ from runtime.api.endpoint import Ctx, Route
 
 
 async def twilio_voice(ctx: Ctx) -> web.StreamResponse:
-    from runtime.telephony.twilio import voice_webhook
+    from runtime.telephony.twilio.bridge import voice_webhook
 
     return await voice_webhook(ctx.request)
 
 
 async def twilio_status(ctx: Ctx) -> web.StreamResponse:
-    from runtime.telephony.twilio import status_webhook
+    from runtime.telephony.twilio.bridge import status_webhook
 
     return await status_webhook(ctx.request)
 
 
 async def twilio_media(ctx: Ctx) -> web.StreamResponse:
-    from runtime.telephony.twilio_media import serve
+    from runtime.telephony.twilio.media import serve
 
     return await serve(ctx.request)
 

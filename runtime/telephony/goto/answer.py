@@ -2,7 +2,7 @@
 
 For a call opened on STARTING, GoTo's offer is checked by the WebRTC bridge's offer check (audio
 section, ICE credentials, DTLS, a codec we speak) before GoTo hears anything; then the line is
-marked ringing, the aiortc bridge (runtime.telephony.webrtc.answer_offer) builds the peer wired to
+marked ringing, the aiortc bridge (runtime.telephony.webrtc.bridge.answer_offer) builds the peer wired to
 the conversation and returns the answer, which is posted to ``/web-calls/v1/calls/{id}/answer``
 with our channel as the in-call channel. The bridge connects the call when the media is up. Any
 failure fails this call (voice.call.failed) with a clear JSON error and touches nothing else; the
@@ -21,9 +21,9 @@ from runtime.api.appkeys import CONTROL, SETTINGS, TRACKER
 from runtime.api.responses import error_response, json_response
 from runtime.calls.session import CallSession
 from runtime.control.errors import NotFound
-from runtime.telephony.goto import DECLINED, REJECTED, GotoConversation, bridge
-from runtime.telephony.goto_api import GotoApi, GotoApiError, api_for, open_account
-from runtime.telephony.goto_events import WebCallOffer
+from runtime.telephony.goto.api import GotoApi, GotoApiError, api_for, open_account
+from runtime.telephony.goto.bridge import DECLINED, REJECTED, GotoConversation, bridge
+from runtime.telephony.goto.events import WebCallOffer
 
 log = logging.getLogger("voicectl.goto")
 
@@ -105,8 +105,8 @@ async def _api_or_none(app: web.Application, tenant_id: str, http: aiohttp.Clien
 
 async def _answer(request: web.Request, channel: dict[str, Any], conv: GotoConversation, session: CallSession,
                   offer: WebCallOffer) -> web.Response:
-    from runtime.telephony import webrtc
-    from runtime.telephony.webrtc_sdp import check_offer
+    from runtime.telephony.webrtc import bridge as webrtc
+    from runtime.telephony.webrtc.sdp import check_offer
 
     app = request.app
     async with aiohttp.ClientSession() as http:

@@ -36,8 +36,8 @@ from runtime.pipeline.audio import (
 from runtime.pipeline.conversation import Conversation
 from runtime.pipeline.pacer import Frame, Pacer
 from runtime.telephony.stream_tokens import StreamTokenError
-from runtime.telephony.twilio import TwilioBridge, bridge
-from runtime.telephony.twilio_rest import TwilioRest
+from runtime.telephony.twilio.bridge import TwilioBridge, bridge
+from runtime.telephony.twilio.rest import TwilioRest
 
 log = logging.getLogger("voicectl.twilio")
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from runtime.api.appkeys import CONTROL, SETTINGS
-from runtime.telephony.livekit_bridge import bridge
-from runtime.telephony.livekit_server import LiveKitServer, appliance_server, tenant_credential_server
+from runtime.telephony.livekit.bridge import bridge
+from runtime.telephony.livekit.server import LiveKitServer, appliance_server, tenant_credential_server
 
 if TYPE_CHECKING:
     from livekit.protocol.webhook import WebhookEvent

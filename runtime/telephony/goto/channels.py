@@ -20,7 +20,7 @@ import aiohttp
 from runtime.config import ConfigError, Settings
 from runtime.ids import new_id, now_iso
 from runtime.store.store import Store
-from runtime.telephony.goto_api import TokenCache, api_for, open_account
+from runtime.telephony.goto.api import TokenCache, api_for, open_account
 
 WEBHOOK_PATH = "/webhooks/goto/"
 PENDING, ACTIVE = "pending", "active"

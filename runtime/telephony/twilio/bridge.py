@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from runtime.calls.session import CallSession
     from runtime.calls.tracker import CallTracker
     from runtime.store.store import Store
-    from runtime.telephony.twilio_media import MediaStream
+    from runtime.telephony.twilio.media import MediaStream
 
 log = logging.getLogger("voicectl.twilio")
 

@@ -15,9 +15,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from runtime.api.appkeys import SETTINGS
-from runtime.telephony.livekit_bridge import LiveKitCall, bridge
-from runtime.telephony.livekit_media import LiveKitMedia
-from runtime.telephony.livekit_server import LiveKitUnavailable
+from runtime.telephony.livekit.bridge import LiveKitCall, bridge
+from runtime.telephony.livekit.media import LiveKitMedia
+from runtime.telephony.livekit.server import LiveKitUnavailable
 
 if TYPE_CHECKING:
     from aiohttp import web

@@ -22,8 +22,8 @@ from runtime.store.tables import ALL_TENANTS
 if TYPE_CHECKING:
     from runtime.calls.session import CallSession
     from runtime.store.store import Store
-    from runtime.telephony.livekit_room import RoomAgent
-    from runtime.telephony.livekit_server import LiveKitServer
+    from runtime.telephony.livekit.room import RoomAgent
+    from runtime.telephony.livekit.server import LiveKitServer
 
 # Webhook events counted by name; anything else is counted as "other" (a bounded label set).
 KNOWN_EVENTS = ("room_started", "room_finished", "participant_joined", "participant_left",

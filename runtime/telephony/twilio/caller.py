@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 
 from runtime.pipeline.audio import Audio, read_wav, ulaw_frames, ulaw_to_pcm16
-from runtime.telephony.twilio import twilio_signature
+from runtime.telephony.twilio.bridge import twilio_signature
 
 FRAME_S = 0.020
 

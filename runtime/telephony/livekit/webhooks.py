@@ -1,9 +1,9 @@
-"""``POST /webhooks/livekit``: verified deliveries (runtime.telephony.livekit_auth) turned into calls.
+"""``POST /webhooks/livekit``: verified deliveries (runtime.telephony.livekit.auth) turned into calls.
 
 - ``participant_joined`` of a SIP participant: the dialled number (attribute
   ``sip.trunkPhoneNumber``) is routed like any call (tenant, agent version, limits, hours); the
   caller id is ``sip.phoneNumber``. A routed call gets its row and session and the agent joins
-  the room (runtime.telephony.livekit_room); a refused one is hung up (RemoveParticipant) and,
+  the room (runtime.telephony.livekit.room); a refused one is hung up (RemoveParticipant) and,
   where the tenant is known, kept as a failed call with ``voice.call.failed``.
 - ``participant_joined`` of a standard participant (a browser or app with a token from
   ``POST /api/v1/livekit/tokens``): served when the room holds this runtime's agent dispatch,
@@ -32,10 +32,10 @@ from runtime.api.responses import error_response, json_response
 from runtime.calls.routing import RouteRejected
 from runtime.events.models import TransferRequested
 from runtime.ids import new_id, now_iso
-from runtime.telephony.livekit_auth import VerifiedEvent, WebhookRefused, verify
-from runtime.telephony.livekit_bridge import KNOWN_EVENTS, LiveKitBridge, LiveKitCall, bridge
-from runtime.telephony.livekit_room import LiveKitControl, RoomAgent, end_call
-from runtime.telephony.livekit_server import LiveKitServer, LiveKitUnavailable
+from runtime.telephony.livekit.auth import VerifiedEvent, WebhookRefused, verify
+from runtime.telephony.livekit.bridge import KNOWN_EVENTS, LiveKitBridge, LiveKitCall, bridge
+from runtime.telephony.livekit.room import LiveKitControl, RoomAgent, end_call
+from runtime.telephony.livekit.server import LiveKitServer, LiveKitUnavailable
 
 log = logging.getLogger("voicectl.livekit")
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from runtime.control.schemas import Input, check_e164
-from runtime.telephony.webrtc_sdp import MAX_SDP_BYTES
+from runtime.telephony.webrtc.sdp import MAX_SDP_BYTES
 
 SESSION_PATH = "/api/v1/webrtc/sessions"
 

@@ -19,8 +19,8 @@ from runtime.config import Settings
 from runtime.control.errors import Conflict, Invalid, NotFound
 from runtime.control.plane import ControlPlane
 from runtime.control.schemas import Input, check_e164
-from runtime.telephony.livekit_bridge import LiveKitBridge
-from runtime.telephony.livekit_server import LiveKitServer, server_for_tenant
+from runtime.telephony.livekit.bridge import LiveKitBridge
+from runtime.telephony.livekit.server import LiveKitServer, server_for_tenant
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:=-]{1,100}$"
 ROOM_SEPARATOR = "--"

@@ -1,9 +1,9 @@
 """One WebRTC call: the aiortc peer connection, wired to the call's conversation.
 
 Inbound: the caller's RTP packets are decoded in the event loop as they arrive
-(runtime.telephony.webrtc_inbound) into PCM16 mono at the pipeline rate, for
+(runtime.telephony.webrtc.inbound) into PCM16 mono at the pipeline rate, for
 ``Conversation.feed_audio`` and the call's audio sinks. Outbound: the agent's audio leaves through ``WebRtcTransport`` and
-``AgentAudioTrack``, paced by the loop's media clock (runtime.telephony.webrtc_media).
+``AgentAudioTrack``, paced by the loop's media clock (runtime.telephony.webrtc.media).
 
 When ICE and DTLS are up the call is connected and the conversation starts (the greeting).
 The call ends with a reason when the peer hangs up (a ``hangup`` message on the data channel,
@@ -35,11 +35,11 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from runtime.api.appkeys import BUS, PIPELINE, SETTINGS
 from runtime.calls.session import CallSession
 from runtime.events.bus import Subscription
-from runtime.telephony.webrtc_codecs import agent_encoder
-from runtime.telephony.webrtc_ice import add_host_candidates, rtc_configuration, with_candidates
-from runtime.telephony.webrtc_inbound import CallerAudio
-from runtime.telephony.webrtc_media import AgentAudioTrack, WebRtcTransport
-from runtime.telephony.webrtc_sdp import CODEC_PREFERENCE, OfferInfo, SdpRejected
+from runtime.telephony.webrtc.codecs import agent_encoder
+from runtime.telephony.webrtc.ice import add_host_candidates, rtc_configuration, with_candidates
+from runtime.telephony.webrtc.inbound import CallerAudio
+from runtime.telephony.webrtc.media import AgentAudioTrack, WebRtcTransport
+from runtime.telephony.webrtc.sdp import CODEC_PREFERENCE, OfferInfo, SdpRejected
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -104,7 +104,7 @@ class WebRtcPeer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reader: asyncio.Task[None] | None = None
 
-    # Setup (runtime.telephony.webrtc.answer_offer)
+    # Setup (runtime.telephony.webrtc.bridge.answer_offer)
 
     async def negotiate(self) -> str:
         """The answer SDP; the conversation is built but starts only once the media is up."""

@@ -28,7 +28,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from runtime.one_per import OnePer
 from runtime.pipeline.audio import FRAME_MS
 from runtime.pipeline.pacer import Grid
-from runtime.telephony.webrtc_codecs import AgentEncoder
+from runtime.telephony.webrtc.codecs import AgentEncoder
 
 log = logging.getLogger("voicectl.webrtc")
 

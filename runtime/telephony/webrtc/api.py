@@ -20,9 +20,9 @@ from runtime.api.endpoint import authenticate, bearer_key
 from runtime.api.responses import error_response, json_response
 from runtime.control.errors import BadRequest, Forbidden, Invalid, NotFound, Unauthorized
 from runtime.store.tables import ALL_TENANTS
-from runtime.telephony.webrtc import CallTarget, bridge, open_browser_call
-from runtime.telephony.webrtc_ice import browser_ice_servers
-from runtime.telephony.webrtc_models import (
+from runtime.telephony.webrtc.bridge import CallTarget, bridge, open_browser_call
+from runtime.telephony.webrtc.ice import browser_ice_servers
+from runtime.telephony.webrtc.models import (
     SESSION_PATH,
     BrowserToken,
     BrowserTokenRequest,
@@ -30,7 +30,7 @@ from runtime.telephony.webrtc_models import (
     SessionAnswer,
     SessionRequest,
 )
-from runtime.telephony.webrtc_tokens import BrowserGrant, is_browser_token
+from runtime.telephony.webrtc.tokens import BrowserGrant, is_browser_token
 
 # Tokens
 

@@ -3,9 +3,9 @@
 The path token is verified (SHA-256, constant-time compare against the tenant's channel row)
 before anything else; an unknown token gets a 404 and a metric, and nothing is stored. GoTo's URL
 validation (OPTIONS) is answered once the token is known. Deliveries are parsed by
-runtime.telephony.goto_events (where every guess about GoTo's payloads lives) and are either call
+runtime.telephony.goto.events (where every guess about GoTo's payloads lives) and are either call
 events (STARTING opens and routes the call, ACTIVE is acknowledged, ENDING ends it) or
-web-call offers, answered over WebRTC by runtime.telephony.goto_answer.
+web-call offers, answered over WebRTC by runtime.telephony.goto.answer.
 
 Deliveries are de-duplicated per conversation by sequence number (in memory; after a restart a
 STARTING for a conversation already in the archive does not open it again).
@@ -31,9 +31,9 @@ from runtime.control.errors import ControlError
 from runtime.ids import new_id
 from runtime.one_per import OnePer
 from runtime.store.errors import DatabaseUnavailable
-from runtime.telephony.goto_api import TokenCache
-from runtime.telephony.goto_channels import hash_token, plausible_token, token_matches
-from runtime.telephony.goto_events import CallEvent, GotoPayloadError, WebCallOffer, parse_delivery
+from runtime.telephony.goto.api import TokenCache
+from runtime.telephony.goto.channels import hash_token, plausible_token, token_matches
+from runtime.telephony.goto.events import CallEvent, GotoPayloadError, WebCallOffer, parse_delivery
 
 log = logging.getLogger("voicectl.goto")
 
@@ -184,7 +184,7 @@ async def _webhook(request: web.Request) -> web.Response:
         br.refused.labels("bad_payload").inc()
         return error_response(400, exc.message, exc.details)
     if isinstance(item, WebCallOffer):
-        from runtime.telephony.goto_answer import answer_web_call
+        from runtime.telephony.goto.answer import answer_web_call
 
         return await answer_web_call(request, channel, item)
     return await on_call_event(request, channel["tenant_id"], item)
@@ -322,7 +322,7 @@ async def _ending(request: web.Request, conv: GotoConversation, event: CallEvent
     session = request.app[TRACKER].get(conv.call_id or "")
     if session is None or not session.live:
         return _outcome("ignored", conv, reason="call_finished")
-    from runtime.telephony import webrtc
+    from runtime.telephony.webrtc import bridge as webrtc
 
     peer = webrtc.bridge(request.app).peers.get(session.id) if conv.answered else None
     if peer is not None:

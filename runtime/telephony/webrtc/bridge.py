@@ -4,7 +4,7 @@ Two ways in, one path:
 
 - ``answer_offer(app, session, offer_sdp)``: for a call already opened, routed and ringing
   (the GoTo Connect bridge answers web calls with it; the browser sessions below use it too).
-  It checks the offer, builds the peer (runtime.telephony.webrtc_peer), wires it to the call's
+  It checks the offer, builds the peer (runtime.telephony.webrtc.peer), wires it to the call's
   conversation and returns the answer SDP. The peer then belongs to the call: it is closed
   when the session ends, whoever ends it. On any failure the call is failed with the reason
   (voice.call.failed), the peer is closed and ``AnswerFailed`` is raised; an offer that cannot
@@ -37,9 +37,9 @@ from runtime.control.errors import ControlError, NotFound
 from runtime.events.models import TransferRequested
 from runtime.one_per import OnePer
 from runtime.store.tables import ALL_TENANTS
-from runtime.telephony.webrtc_peer import AnswerFailed, WebRtcPeer
-from runtime.telephony.webrtc_sdp import SdpRejected, check_offer
-from runtime.telephony.webrtc_tokens import BrowserTokens
+from runtime.telephony.webrtc.peer import AnswerFailed, WebRtcPeer
+from runtime.telephony.webrtc.sdp import SdpRejected, check_offer
+from runtime.telephony.webrtc.tokens import BrowserTokens
 
 if TYPE_CHECKING:
     from runtime.store.store import Store

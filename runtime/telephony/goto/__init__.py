@@ -1,0 +1,1 @@
+"""GoTo Connect: the notification channel, call events and web-call answers."""

@@ -1,0 +1,1 @@
+"""LiveKit: verified webhooks, SIP callers in rooms, tokens, dispatch, transfers and egress."""

@@ -1,0 +1,1 @@
+"""WebRTC: browser and aiortc callers, offer/answer, the media and the /call page."""
