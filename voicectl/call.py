@@ -128,7 +128,7 @@ async def place(settings: Any, number: str, url: str, texts: list[str], wavs: li
 
     from runtime.control.plane import ControlPlane
     from runtime.telephony.scripted_caller import scripted_call
-    from runtime.telephony.twilio_caller import TwilioCaller
+    from runtime.telephony.twilio.caller import TwilioCaller
 
     plane = await ControlPlane.open(settings, migrate=False)
     try:

@@ -27,7 +27,7 @@ def set_secret(as_json: JsonOpt = False) -> None:
 
     async def go(plane: Any) -> dict[str, Any]:
         from runtime.control.errors import Invalid
-        from runtime.telephony.livekit_server import APPLIANCE_SECRET_REF
+        from runtime.telephony.livekit.server import APPLIANCE_SECRET_REF
 
         if not secret:
             raise Invalid("no secret given (pipe it on stdin, or run in a terminal to be asked for it)")
@@ -46,7 +46,7 @@ def delete_secret(as_json: JsonOpt = False) -> None:
     """Remove the appliance's LiveKit API secret from the keyring."""
 
     async def go(plane: Any) -> dict[str, Any]:
-        from runtime.telephony.livekit_server import APPLIANCE_SECRET_REF
+        from runtime.telephony.livekit.server import APPLIANCE_SECRET_REF
 
         plane.secrets.delete(APPLIANCE_SECRET_REF)
         return {"deleted": True}

@@ -130,8 +130,8 @@ def add(
 async def _register_goto(plane: Any, settings: Any, tenant_id: str, e164: str, again: bool) -> dict[str, Any]:
     """Register the tenant's GoTo channel before the number is stored: a refusal stores nothing."""
     from runtime.control.errors import Conflict
-    from runtime.telephony.goto_api import open_account
-    from runtime.telephony.goto_channels import active_channel, register_channel, require_public_url
+    from runtime.telephony.goto.api import open_account
+    from runtime.telephony.goto.channels import active_channel, register_channel, require_public_url
 
     if await plane.store.number_by_e164(e164) is not None:
         raise Conflict(f"{e164} is already routed", {"e164": e164})  # checked before GoTo is asked
