@@ -116,7 +116,8 @@ class ProviderChoice(Input):
     ``voice``...). Which keys a provider takes is checked against the registry by AgentConfig,
     which knows the modality."""
 
-    model_config = ConfigDict(extra="allow", str_strip_whitespace=True, frozen=True)
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True, frozen=True,
+                              json_schema_extra=lambda schema: schema.update(_vendor_keys_schema()))
 
     provider: str | None = Field(None, description="null: the appliance default (providers.defaults)")
     model: str | None = None
@@ -169,6 +170,17 @@ class ProviderChoice(Input):
 
 
 _COMMON_CHOICE_KEYS = frozenset(registry.COMMON_CHOICE_KEYS)
+
+
+def _vendor_keys_schema() -> dict[str, Any]:
+    """OpenAPI: the vendor keys a choice may carry beside the common ones, by provider (from the
+    registry; which apply is checked against the modality and the provider when saved)."""
+    by_key: dict[str, list[str]] = {}
+    for entry in registry.PROVIDERS:
+        for key in entry.options.model_fields:
+            by_key.setdefault(key, []).append(f"{entry.modality}:{entry.name}")
+    return {"description": "Vendor keys, flat beside provider/model/base_url/fallback; each for the providers "
+                           "named: " + "; ".join(f"{key} ({', '.join(owners)})" for key, owners in by_key.items())}
 
 
 def _owned_by(modality: str, key: str, owners: tuple[str, ...]) -> str:

@@ -11,7 +11,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
 
 from runtime.pipeline.audio import Resampler
 from runtime.pipeline.clock import Clock
@@ -77,7 +76,8 @@ class Voice:
         starts the next piece in the ledger."""
         self._requested(reply)
         waiting: deque[tuple[str, Message | None]] = deque()
-        current: list[Any] = [None, 0]  # the piece being spoken, and how much of its text came back
+        current: tuple[str, Message | None] | None = None  # the piece being spoken
+        returned = 0  # how much of its text the engine has given back
 
         async def texts() -> AsyncIterator[str]:
             async for text, message in pieces:
@@ -86,15 +86,15 @@ class Voice:
 
         async with aclosing(self.tts.synthesize_stream(texts())) as chunks:
             async for chunk in chunks:
-                if current[0] is None and waiting:
-                    current[0] = waiting.popleft()
-                    reply.ledger.begin(*current[0])
+                if current is None and waiting:
+                    current = waiting.popleft()
+                    reply.ledger.begin(*current)
                 if not await self._send(reply, chunk):
                     return
-                if chunk.text and current[0] is not None:
-                    current[1] += len(chunk.text)
-                    if current[1] >= len(current[0][0]):
-                        current[0], current[1] = None, 0
+                if chunk.text and current is not None:
+                    returned += len(chunk.text)
+                    if returned >= len(current[0]):
+                        current, returned = None, 0
 
     def _requested(self, reply: Reply) -> None:
         if reply.timing is not None and reply.timing.tts_request_at is None:

@@ -275,19 +275,19 @@ class Replay:
 
     async def again(self, skip_chars: int = 0) -> AsyncIterator[str]:
         """The pieces from the start, less their first ``skip_chars`` characters (already spoken)."""
-        for text in list(self.taken):
+        async for text in self._all():
             if skip_chars >= len(text):
                 skip_chars -= len(text)
                 continue
             yield text[skip_chars:]
             skip_chars = 0
+
+    async def _all(self) -> AsyncIterator[str]:
+        for text in list(self.taken):
+            yield text
         async for text in self._source:
             self.taken.append(text)
-            if skip_chars >= len(text):
-                skip_chars -= len(text)
-                continue
-            yield text[skip_chars:]
-            skip_chars = 0
+            yield text
 
 
 # Shared failure handling
