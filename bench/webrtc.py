@@ -235,7 +235,8 @@ def _server_side(db: Path) -> dict:
 
     time.sleep(1.0)  # the last calls' archive writes
     with sqlite3.connect(db) as conn:
-        rows = [(json.loads(r[0] or "{}"), r[1]) for r in conn.execute("SELECT summary, end_reason FROM voice_calls")]
+        rows = [(json.loads(r[0] or "{}").get("media", {}), r[1])
+                for r in conn.execute("SELECT summary, end_reason FROM voice_calls")]
     summaries = [s for s, _ in rows]
     total = lambda key: sum(int(s.get(key, 0)) for s in summaries)  # noqa: E731
     return {

@@ -20,17 +20,18 @@ from runtime.api.appkeys import (
     TRACKER,
 )
 from runtime.api.endpoint import make_handler
-from runtime.api.metrics import Metrics
+from runtime.api.event_socket import close_event_sockets
 from runtime.api.middlewares import errors_and_ids
-from runtime.api.ratelimit import RateLimiter
 from runtime.api.routes import all_routes
 from runtime.calls.tracker import CallTracker
 from runtime.config import Settings
 from runtime.control.plane import ControlPlane
 from runtime.events.bus import EventBus
 from runtime.events.delivery import DeliveryWorker
-from runtime.events.websocket import close_event_sockets
 from runtime.providers.chains import ProviderChains
+from runtime.telephony.services import SERVICES, BridgeServices
+from runtime.web.metrics import Metrics
+from runtime.web.ratelimit import RateLimiter
 
 log = logging.getLogger("voicectl.api")
 
@@ -86,6 +87,8 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         app[PIPELINE] = ConversationEngine(providers or ProviderChains(settings), app[CONTROL],
                                            app[METRICS].registry)
         await app[PIPELINE].start()
+        app[SERVICES] = BridgeServices(settings, app[CONTROL], app[TRACKER], app[BUS], app[PIPELINE], app[METRICS],
+                                       app[RATE_LIMITER])
         yield
         await app[RETENTION].stop()
         await app[TRACKER].drain(settings.server.shutdown_grace_s)

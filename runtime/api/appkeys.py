@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from runtime.api.metrics import Metrics
-    from runtime.api.ratelimit import RateLimiter
     from runtime.calls.tracker import CallTracker
     from runtime.config import Settings
     from runtime.control.plane import ControlPlane
     from runtime.events.bus import EventBus
     from runtime.events.delivery import DeliveryWorker
     from runtime.pipeline.engine import ConversationEngine
+    from runtime.web.metrics import Metrics
+    from runtime.web.ratelimit import RateLimiter
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 CONTROL: web.AppKey[ControlPlane] = web.AppKey("control")

@@ -13,12 +13,12 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from runtime.api.appkeys import CONTROL, METRICS, RATE_LIMITER, SETTINGS
-from runtime.api.responses import error_response, json_response
 from runtime.control.errors import BadRequest, ControlError, Forbidden, NotFound, Unauthorized
 from runtime.control.models import Principal
 from runtime.control.pagination import PageRequest
 from runtime.control.plane import ControlPlane
 from runtime.store.tables import ALL_TENANTS
+from runtime.web.responses import error_response, json_response
 
 # public: no key. admin: admin keys only, no tenant context. tenant: runtime key (its own
 # tenant) or admin key naming the tenant in X-Tenant-ID. tenant_admin: as tenant, admin keys only.

@@ -13,10 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from runtime.api.appkeys import METRICS
-from runtime.api.metrics import Metrics
-from runtime.api.responses import error_response
 from runtime.control.errors import ControlError
 from runtime.store.errors import DatabaseUnavailable
+from runtime.web.metrics import Metrics
+from runtime.web.responses import error_response
 
 log = logging.getLogger("voicectl.api")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")

@@ -11,7 +11,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from runtime.api.appkeys import ROUTES
 from runtime.api.endpoint import Route
-from runtime.api.responses import ERROR_WORDS
+from runtime.web.responses import ERROR_WORDS
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
 _REF = "#/components/schemas/{model}"

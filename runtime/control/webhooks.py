@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from runtime.control.errors import Invalid, NotFound
-from runtime.control.models import WebhookConfig, from_row
+from runtime.control.models import Public, WebhookConfig, from_row
 from runtime.control.pagination import Page, PageRequest
 from runtime.control.schemas import WebhookCreate, WebhookUpdate
 from runtime.events.topics import TOPICS, unknown_patterns
@@ -15,7 +16,50 @@ from runtime.secrets import SecretStore
 from runtime.store.store import Store
 
 if TYPE_CHECKING:
-    from runtime.events.delivery import WebhookDelivery, WebhookTestResult
+    import aiohttp
+
+
+# What the API and CLI show of deliveries
+
+
+@dataclass(frozen=True)
+class DeliveryAttempt(Public):
+    attempt: int
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    created_at: str
+
+
+@dataclass(frozen=True)
+class WebhookDelivery(Public):
+    id: str
+    webhook_id: str
+    event_id: str
+    topic: str
+    status: str  # pending | sending | delivered | failed | skipped
+    attempts: int
+    next_attempt_at: str | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: str
+    updated_at: str
+    delivered_at: str | None
+    attempt_log: list[DeliveryAttempt] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WebhookTestResult(Public):
+    webhook_id: str
+    event_id: str
+    delivered: bool
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+
+
+def delivery_from_rows(row: dict[str, Any], attempts: list[dict[str, Any]]) -> WebhookDelivery:
+    return from_row(WebhookDelivery, {**row, "attempt_log": [from_row(DeliveryAttempt, a) for a in attempts]})
 
 
 def _check_events(events: list[str]) -> None:
@@ -89,8 +133,6 @@ class WebhookService:
 
     async def deliveries(self, tenant_id: str, webhook_id: str, page: PageRequest) -> Page[WebhookDelivery]:
         """The webhook's outbox rows, newest first, each with its attempts."""
-        from runtime.events.delivery import delivery_from_rows
-
         await self.get(tenant_id, webhook_id)
         rows, total = await self.store.webhook_deliveries.list(
             tenant_id=tenant_id, equals={"webhook_id": webhook_id}, limit=page.limit, offset=page.offset,
@@ -102,11 +144,33 @@ class WebhookService:
         return Page([delivery_from_rows(r, attempts[r["id"]]) for r in rows], total, page.limit, page.offset)
 
     async def send_test(self, tenant_id: str, webhook_id: str, *, timeout_s: float,
-                        http: Any = None) -> WebhookTestResult:
-        """POST a signed sample event (topic webhook.test) to the webhook now and report the outcome."""
-        from runtime.events.delivery import send_test
+                        http: aiohttp.ClientSession | None = None) -> WebhookTestResult:
+        """POST a signed sample event (topic webhook.test) to the webhook now, through the delivery's
+        own signing code, and report the outcome."""
+        import aiohttp  # the CLI's other commands never load the HTTP client
+        import orjson
 
-        return await send_test(self.store, self.secrets, tenant_id, webhook_id, timeout_s=timeout_s, http=http)
+        from runtime.events.delivery import TEST_TOPIC, n8n_header, post_signed
+        from runtime.events.models import Event
+
+        config = await self.get(tenant_id, webhook_id)
+        secret = self.secrets.get(config.secret_ref, cached=True)
+        if secret is None:
+            raise Invalid("the webhook's signing secret is missing: rotate it", {"webhook_id": webhook_id})
+        event = Event(new_id("evt"), TEST_TOPIC, tenant_id, None, 0, now_iso(), None,
+                      {"webhook_id": webhook_id, "message": "a test delivery from voicectl"})
+        body = orjson.dumps(event.to_dict())
+        extra = await n8n_header(self.store, self.secrets, tenant_id, config.url)
+        owned = http is None
+        session = aiohttp.ClientSession() if owned else http
+        try:
+            outcome = await post_signed(session, config.url, body, secret=secret, event_id=event.id,
+                                        timeout_s=timeout_s, extra_headers=extra)
+        finally:
+            if owned:
+                await session.close()
+        return WebhookTestResult(webhook_id, event.id, outcome.delivered, outcome.status_code, outcome.duration_ms,
+                                 outcome.error)
 
     async def signing_secret(self, tenant_id: str, webhook_id: str) -> str | None:
         config = await self.get(tenant_id, webhook_id)

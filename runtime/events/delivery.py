@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -33,8 +33,6 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
-from runtime.control.models import Public, from_row
-from runtime.events.models import Event
 from runtime.ids import new_id, now_iso
 from runtime.store.errors import ForeignKeyViolation, StoreError
 
@@ -79,49 +77,6 @@ def verify(secret: str, header: str | None, body: bytes, tolerance_s: float = 30
         return False
     expected = sign(secret, body, t).split("v1=", 1)[1]
     return any(hmac.compare_digest(expected, c) for c in candidates)
-
-
-# What the API and CLI show
-
-
-@dataclass(frozen=True)
-class DeliveryAttempt(Public):
-    attempt: int
-    status_code: int | None
-    error: str | None
-    duration_ms: int
-    created_at: str
-
-
-@dataclass(frozen=True)
-class WebhookDelivery(Public):
-    id: str
-    webhook_id: str
-    event_id: str
-    topic: str
-    status: str  # pending | sending | delivered | failed | skipped
-    attempts: int
-    next_attempt_at: str | None
-    last_status_code: int | None
-    last_error: str | None
-    created_at: str
-    updated_at: str
-    delivered_at: str | None
-    attempt_log: list[DeliveryAttempt] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class WebhookTestResult(Public):
-    webhook_id: str
-    event_id: str
-    delivered: bool
-    status_code: int | None
-    duration_ms: int
-    error: str | None
-
-
-def delivery_from_rows(row: dict[str, Any], attempts: list[dict[str, Any]]) -> WebhookDelivery:
-    return from_row(WebhookDelivery, {**row, "attempt_log": [from_row(DeliveryAttempt, a) for a in attempts]})
 
 
 # One signed POST
@@ -208,35 +163,6 @@ async def n8n_header(store: Store, secrets: SecretStore, tenant_id: str, url: st
         return {}
     value = secrets.get(cred["secret_ref"], cached=True)
     return {name: value} if value else {}
-
-
-async def send_test(
-    store: Store, secrets: SecretStore, tenant_id: str, webhook_id: str, *, timeout_s: float,
-    http: aiohttp.ClientSession | None = None,
-) -> WebhookTestResult:
-    """Send a signed sample event (topic ``webhook.test``) now, through the same signing code."""
-    from runtime.control.errors import Invalid, NotFound
-
-    hook = await store.webhook_configs.get(webhook_id, tenant_id=tenant_id)
-    if hook is None:
-        raise NotFound(f"webhook {webhook_id} not found", {"webhook_id": webhook_id})
-    secret = secrets.get(hook["secret_ref"], cached=True)
-    if secret is None:
-        raise Invalid("the webhook's signing secret is missing: rotate it", {"webhook_id": webhook_id})
-    event = Event(new_id("evt"), TEST_TOPIC, tenant_id, None, 0, now_iso(), None,
-                  {"webhook_id": webhook_id, "message": "a test delivery from voicectl"})
-    body = orjson.dumps(event.to_dict())
-    extra = await n8n_header(store, secrets, tenant_id, hook["url"])
-    owned = http is None
-    session = aiohttp.ClientSession() if owned else http
-    try:
-        outcome = await post_signed(session, hook["url"], body, secret=secret, event_id=event.id,
-                                    timeout_s=timeout_s, extra_headers=extra)
-    finally:
-        if owned:
-            await session.close()
-    return WebhookTestResult(webhook_id, event.id, outcome.delivered, outcome.status_code, outcome.duration_ms,
-                             outcome.error)
 
 
 # The worker

@@ -1,5 +1,5 @@
 """Prometheus metrics of the conversation pipeline, registered in the registry the app gives
-(one per app, as ``runtime.api.metrics``: tests run several apps in one process)."""
+(one per app, as ``runtime.web.metrics``: tests run several apps in one process)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runtime.api.endpoint import QueryParam, Route
-from runtime.events.websocket import events_ws
+from runtime.api.event_socket import events_ws
 
 ROUTES = [
     # auth="public": the handler authenticates itself (it also takes ?token=, which browsers need),

@@ -6,8 +6,8 @@ from aiohttp import web
 
 from runtime.api.appkeys import CONTROL, METRICS, TRACKER
 from runtime.api.endpoint import Ctx, Route
-from runtime.api.responses import json_response
 from runtime.store import migrate
+from runtime.web.responses import json_response
 
 
 async def healthz(ctx: Ctx) -> dict[str, str]:

@@ -8,7 +8,7 @@ from runtime.api.appkeys import DELIVERY, SETTINGS
 from runtime.api.endpoint import PAGE, Ctx, Route
 from runtime.control.models import WebhookConfig
 from runtime.control.schemas import WebhookCreate, WebhookUpdate
-from runtime.events.delivery import WebhookDelivery, WebhookTestResult
+from runtime.control.webhooks import WebhookDelivery, WebhookTestResult
 
 
 async def create_webhook(ctx: Ctx) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def _static(name: str) -> web.Response:
 
 
 async def create_token(ctx: Ctx) -> BrowserToken:
-    from runtime.telephony.webrtc.api import mint_token
+    from runtime.api.webrtc_sessions import mint_token
 
     principal = ctx.principal
     assert principal is not None  # an authenticated route
@@ -46,13 +46,13 @@ async def create_token(ctx: Ctx) -> BrowserToken:
 
 
 async def create_session(ctx: Ctx) -> web.Response:
-    from runtime.telephony.webrtc.api import create_session as create
+    from runtime.api.webrtc_sessions import create_session as create
 
     return await create(ctx.request, ctx.read_body)
 
 
 async def ice_servers(ctx: Ctx) -> IceServers:
-    from runtime.telephony.webrtc.api import ice_servers as listed
+    from runtime.api.webrtc_sessions import ice_servers as listed
 
     return await listed(ctx.request)
 

@@ -17,13 +17,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from runtime.api.appkeys import CONTROL, SETTINGS, TRACKER
-from runtime.api.responses import error_response, json_response
 from runtime.calls.session import CallSession
 from runtime.control.errors import NotFound
 from runtime.telephony.goto.api import GotoApi, GotoApiError, api_for, open_account
 from runtime.telephony.goto.bridge import DECLINED, REJECTED, GotoConversation, bridge
 from runtime.telephony.goto.events import WebCallOffer
+from runtime.telephony.services import services
+from runtime.web.responses import error_response, json_response
 
 log = logging.getLogger("voicectl.goto")
 
@@ -50,9 +50,9 @@ class GotoControl:
 
 
 async def _api(app: web.Application, tenant_id: str, http: aiohttp.ClientSession) -> GotoApi:
-    control = app[CONTROL]
+    control = services(app).control
     account = await open_account(control.credentials, tenant_id)
-    return api_for(app[SETTINGS], account, http, bridge(app).tokens, control.credentials)
+    return api_for(services(app).settings, account, http, bridge(app).tokens, control.credentials)
 
 
 async def _reject_quietly(api: GotoApi | None, web_call_id: str) -> None:
@@ -88,7 +88,7 @@ async def answer_web_call(request: web.Request, channel: dict[str, Any], offer: 
             async with aiohttp.ClientSession() as http:
                 await _reject_quietly(await _api_or_none(request.app, tenant_id, http), offer.call_id)
             return json_response({"status": "rejected", "call_id": conv.call_id, "reason": conv.reason})
-        session = request.app[TRACKER].get(conv.call_id or "")
+        session = services(request.app).tracker.get(conv.call_id or "")
         if session is None or session.state != "ringing" or conv.web_call_id is not None:
             return error_response(409, "the call is not ringing (finished, or answered with another web call)",
                                   {"call_id": conv.call_id, "web_call_id": offer.call_id})

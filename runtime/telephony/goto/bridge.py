@@ -23,8 +23,6 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from runtime.api.appkeys import CONTROL, METRICS, SETTINGS, TRACKER
-from runtime.api.responses import error_response, json_response
 from runtime.calls.routing import ROUTE_TABLES, ReadCache, RouteRejected
 from runtime.calls.session import CallSession
 from runtime.control.errors import ControlError
@@ -34,6 +32,8 @@ from runtime.store.errors import DatabaseUnavailable
 from runtime.telephony.goto.api import TokenCache
 from runtime.telephony.goto.channels import hash_token, plausible_token, token_matches
 from runtime.telephony.goto.events import CallEvent, GotoPayloadError, WebCallOffer, parse_delivery
+from runtime.telephony.services import services
+from runtime.web.responses import error_response, json_response
 
 log = logging.getLogger("voicectl.goto")
 
@@ -67,7 +67,7 @@ class GotoBridge:
     """Per-app state: channel and route caches, live conversations, the OAuth token cache, metrics."""
 
     def __init__(self, app: web.Application) -> None:
-        registry = app[METRICS].registry
+        registry = services(app).metrics.registry
         self.refused = Counter("voicectl_goto_webhooks_refused", "GoTo webhook deliveries refused, by reason",
                                ("reason",), registry=registry)
         for reason in REFUSALS:
@@ -135,7 +135,7 @@ async def verified_channel(request: web.Request) -> dict[str, Any] | web.Respons
     row = None
     if plausible_token(token):
         digest = hash_token(token)
-        row = await br.channels(request.app[CONTROL].store).get(digest)
+        row = await br.channels(services(request.app).control.store).get(digest)
         if not token_matches(row, digest):
             row = None
     if row is None:
@@ -171,7 +171,7 @@ async def _webhook(request: web.Request) -> web.Response:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS].server.max_body_bytes
+        limit = services(request.app).settings.server.max_body_bytes
         return error_response(413, f"request body is larger than {limit} bytes", {"max_bytes": limit})
     try:
         body = orjson.loads(raw)
@@ -229,7 +229,7 @@ def _outcome(status: str, conv: GotoConversation | None = None, **extra: Any) ->
 
 
 async def _archived_call(request: web.Request, tenant_id: str, conversation_id: str) -> dict | None:
-    rows, _ = await request.app[CONTROL].store.voice_calls.list(
+    rows, _ = await services(request.app).control.store.voice_calls.list(
         tenant_id=tenant_id, equals={"provider": PROVIDER, "provider_call_id": conversation_id}, limit=1,
         count=False)
     return rows[0] if rows else None
@@ -257,7 +257,7 @@ async def _starting(request: web.Request, conv: GotoConversation, event: CallEve
         conv.call_id = archived["id"]
         br.retire(conv)
         return _outcome("ignored", conv, reason="already_started")
-    store = request.app[CONTROL].store
+    store = services(request.app).control.store
     found = await br.routes(store).get(event.dialled) if event.dialled else None
     if found is None or found["number"]["tenant_id"] != conv.tenant_id:
         # Another tenant's number is as unknown as no number: never route across tenants.
@@ -265,7 +265,7 @@ async def _starting(request: web.Request, conv: GotoConversation, event: CallEve
         return error_response(404, f"the dialled number {event.dialled or '(none)'} is not routed",
                               {"reason": "unknown_number", "call_id": conv.call_id,
                                "conversation_id": conv.conversation_id})
-    tracker = request.app[TRACKER]
+    tracker = services(request.app).tracker
     try:
         session = await tracker.open_call(
             to_number=event.dialled, from_number=event.caller, provider=PROVIDER,
@@ -292,7 +292,7 @@ async def _starting(request: web.Request, conv: GotoConversation, event: CallEve
 
 async def _reject_unrouted(request: web.Request, conv: GotoConversation, event: CallEvent) -> None:
     """A failed call row and voice.call.failed for the tenant whose channel received the call."""
-    tracker = request.app[TRACKER]
+    tracker = services(request.app).tracker
     session = CallSession(id=new_id("call"), tenant_id=conv.tenant_id, provider=PROVIDER, direction="inbound",
                           from_number=event.caller, to_number=event.dialled, store=tracker.store, bus=tracker.bus,
                           provider_call_id=conv.conversation_id)
@@ -311,7 +311,7 @@ async def _active(request: web.Request, conv: GotoConversation, event: CallEvent
     """Acknowledged only: the WebRTC bridge connects an answered call when its media is up (a call
     connected here first would never start its conversation), and GoTo may report ACTIVE for a
     call answered on another device."""
-    session = request.app[TRACKER].get(conv.call_id or "")
+    session = services(request.app).tracker.get(conv.call_id or "")
     if session is None or not session.live:
         return _outcome("ignored", conv, reason="call_finished")
     return _outcome("updated", conv, state=session.state, answered=conv.answered,
@@ -319,7 +319,7 @@ async def _active(request: web.Request, conv: GotoConversation, event: CallEvent
 
 
 async def _ending(request: web.Request, conv: GotoConversation, event: CallEvent) -> web.Response:
-    session = request.app[TRACKER].get(conv.call_id or "")
+    session = services(request.app).tracker.get(conv.call_id or "")
     if session is None or not session.live:
         return _outcome("ignored", conv, reason="call_finished")
     from runtime.telephony.webrtc import bridge as webrtc

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from runtime.api.appkeys import CONTROL, SETTINGS
 from runtime.telephony.livekit.bridge import bridge
 from runtime.telephony.livekit.server import LiveKitServer, appliance_server, tenant_credential_server
+from runtime.telephony.services import services
 
 if TYPE_CHECKING:
     from livekit.protocol.webhook import WebhookEvent
@@ -59,7 +59,7 @@ def _issuer(token: str) -> str:
 
 
 async def _candidates(app: web.Application, api_key: str) -> list[LiveKitServer]:
-    control, settings = app[CONTROL], app[SETTINGS]
+    control, settings = services(app).control, services(app).settings
     found: list[LiveKitServer] = []
     appliance = appliance_server(settings, control)
     if appliance is not None and appliance.api_key == api_key:
@@ -117,7 +117,7 @@ async def verify(app: web.Application, raw: bytes, authorization: str | None) ->
             break
     else:
         raise WebhookRefused(401, "bad_signature", "the webhook token's signature does not verify")
-    max_age = app[SETTINGS].telephony.livekit.webhook_max_age_s
+    max_age = services(app).settings.telephony.livekit.webhook_max_age_s
     if event.created_at and time.time() - event.created_at > max_age:
         raise WebhookRefused(401, "stale", f"the event was created more than {max_age:g} s ago")
     return VerifiedEvent(event, server)

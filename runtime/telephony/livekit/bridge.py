@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import Counter
 
-from runtime.api.appkeys import METRICS
 from runtime.calls.routing import ROUTE_TABLES, ReadCache
 from runtime.ids import now_iso
 from runtime.one_per import OnePer
 from runtime.store.errors import UniqueViolation
 from runtime.store.tables import ALL_TENANTS
+from runtime.telephony.services import services
 
 if TYPE_CHECKING:
     from runtime.calls.session import CallSession
@@ -108,7 +108,7 @@ class LiveKitBridge:
         self._routes: ReadCache | None = None
         self._keys: ReadCache | None = None
         self._keys_lock = asyncio.Lock()
-        registry = app[METRICS].registry
+        registry = services(app).metrics.registry
         self.refused = Counter("voicectl_livekit_webhooks_refused",
                                "LiveKit webhooks refused before any work, by reason", ("reason",), registry=registry)
         for reason in REFUSALS:

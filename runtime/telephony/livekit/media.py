@@ -18,9 +18,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from runtime.api.appkeys import PIPELINE
 from runtime.pipeline.audio import FRAME_MS
 from runtime.pipeline.pacer import Frame, Pacer
+from runtime.telephony.services import services
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -113,7 +113,7 @@ class LiveKitMedia:
 
         self._stream = rtc.AudioStream(track, sample_rate=LIVEKIT_RATE, num_channels=1, frame_size_ms=FRAME_MS)
         self._tasks.append(asyncio.get_running_loop().create_task(self._read(self._stream)))
-        conversation = await self.app[PIPELINE].conversation(self.session, self.transport)
+        conversation = await services(self.app).conversations.conversation(self.session, self.transport)
         await self.session.connect()
         self.start_output()
         self.conversation = conversation

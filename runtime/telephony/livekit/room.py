@@ -14,10 +14,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from runtime.api.appkeys import SETTINGS
 from runtime.telephony.livekit.bridge import LiveKitCall, bridge
 from runtime.telephony.livekit.media import LiveKitMedia
 from runtime.telephony.livekit.server import LiveKitUnavailable
+from runtime.telephony.services import services
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -37,7 +37,7 @@ def agent_identity(agent_name: str, call_id: str) -> str:
 class RoomAgent:
     def __init__(self, app: web.Application, call: LiveKitCall) -> None:
         self.app, self.call = app, call
-        self.identity = agent_identity(app[SETTINGS].telephony.livekit.agent_name, call.session.id)
+        self.identity = agent_identity(services(app).settings.telephony.livekit.agent_name, call.session.id)
         self.room: Any = None
         self.media: LiveKitMedia | None = None
         self._caller_track: asyncio.Future[Any] | None = None
@@ -50,7 +50,7 @@ class RoomAgent:
     async def run(self) -> None:
         """The join task of one call: join, then start the media; fail the call if that cannot be done."""
         session = self.call.session
-        timeout = self.app[SETTINGS].telephony.livekit.join_timeout_s
+        timeout = services(self.app).settings.telephony.livekit.join_timeout_s
         try:
             async with asyncio.timeout(timeout):
                 track = await self._join(timeout)

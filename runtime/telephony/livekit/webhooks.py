@@ -27,8 +27,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from runtime.api.appkeys import CONTROL, SETTINGS, TRACKER
-from runtime.api.responses import error_response, json_response
 from runtime.calls.routing import RouteRejected
 from runtime.events.models import TransferRequested
 from runtime.ids import new_id, now_iso
@@ -36,6 +34,8 @@ from runtime.telephony.livekit.auth import VerifiedEvent, WebhookRefused, verify
 from runtime.telephony.livekit.bridge import KNOWN_EVENTS, LiveKitBridge, LiveKitCall, bridge
 from runtime.telephony.livekit.room import LiveKitControl, RoomAgent, end_call
 from runtime.telephony.livekit.server import LiveKitServer, LiveKitUnavailable
+from runtime.telephony.services import services
+from runtime.web.responses import error_response, json_response
 
 log = logging.getLogger("voicectl.livekit")
 
@@ -69,7 +69,7 @@ async def livekit_webhook(request: web.Request) -> web.StreamResponse:
     event = verified.event
     name = event.event
     br.received.labels(name if name in KNOWN_EVENTS else "other").inc()
-    seen = br.seen_ids(request.app[SETTINGS].telephony.livekit.webhook_max_age_s)
+    seen = br.seen_ids(services(request.app).settings.telephony.livekit.webhook_max_age_s)
     dedupe_key = (verified.server.api_key, event.id) if event.id else None
     if dedupe_key is not None and not seen.add(dedupe_key):
         br.duplicates.inc()
@@ -154,7 +154,7 @@ async def _caller_joined(app: web.Application, br: LiveKitBridge, verified: Veri
 
 async def _dispatched_number(app: web.Application, verified: VerifiedEvent) -> tuple[str, str] | None:
     """(number, tenant id) of this runtime's agent dispatch in the room, if the tenant is in scope."""
-    agent_name = app[SETTINGS].telephony.livekit.agent_name
+    agent_name = services(app).settings.telephony.livekit.agent_name
     try:
         dispatches = await verified.server.list_dispatches(verified.event.room.name)
     except LiveKitUnavailable:
@@ -182,14 +182,14 @@ async def _open(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent
     event, server = verified.event, verified.server
     scope = verified.scope if scope is None else scope
     participant, room = event.participant, event.room.name
-    found = await br.routes(app[CONTROL].store).get(dialled)
+    found = await br.routes(services(app).control.store).get(dialled)
     try:
         if found is not None and scope is not None and found["number"]["tenant_id"] != scope:
             # Another tenant's number reached through this tenant's project: unknown here, no row.
             log.warning("livekit call for another tenant's number refused", extra={"tenant_id": scope})
             raise RouteRejected("unknown_number", f"{dialled} is not routed")
         # Unknown numbers of a known tenant (scope) are kept as failed calls, as the Twilio bridge does.
-        session = await app[TRACKER].open_call(
+        session = await services(app).tracker.open_call(
             to_number=dialled, from_number=caller, provider="livekit", provider_call_id=provider_call_id,
             tenant_hint=scope, routing=found)
     except RouteRejected as rejected:
@@ -282,7 +282,7 @@ async def _egress_started(app: web.Application, br: LiveKitBridge, verified: Ver
     info = verified.event.egress_info
     if not info.egress_id:
         return error_response(400, "egress_started without egressInfo.egressId", {"missing": ["egressInfo.egressId"]})
-    store = app[CONTROL].store
+    store = services(app).control.store
     # Known (started through the API, or a redelivery, possibly after its egress_ended): nothing new.
     known = await br.egress_call(store, info.egress_id, verified.scope)
     if known is not None:
@@ -296,7 +296,7 @@ async def _egress_started(app: web.Application, br: LiveKitBridge, verified: Ver
 
 async def _egress_ended(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
     info = verified.event.egress_info
-    store = app[CONTROL].store
+    store = services(app).control.store
     known = await br.egress_call(store, info.egress_id, verified.scope) if info.egress_id else None
     if known is None:
         calls = br.in_room(info.room_name, verified.scope)

@@ -22,12 +22,12 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 from prometheus_client import Counter
 
-from runtime.api.appkeys import CONTROL, METRICS, SETTINGS, TRACKER
-from runtime.api.responses import error_response
 from runtime.calls.routing import ROUTE_TABLES, ReadCache, RouteRejected
 from runtime.events.models import TransferRequested
 from runtime.one_per import OnePer
+from runtime.telephony.services import services
 from runtime.telephony.stream_tokens import StreamTokens
+from runtime.web.responses import error_response
 
 if TYPE_CHECKING:
     from runtime.calls.session import CallSession
@@ -97,14 +97,14 @@ def signature_valid(auth_token: str, url: str, params: Iterable[tuple[str, str]]
 
 def public_request_url(request: web.Request) -> str:
     """The URL Twilio called: server.public_url + path and query behind a proxy, else the request's own."""
-    public = request.app[SETTINGS].server.public_url
+    public = services(request.app).settings.server.public_url
     if public:
         return public.rstrip("/") + request.raw_path
     return f"{request.scheme}://{request.host}{request.raw_path}"
 
 
 def media_stream_url(request: web.Request) -> str:
-    public = request.app[SETTINGS].server.public_url
+    public = services(request.app).settings.server.public_url
     base = public.rstrip("/") if public else f"{request.scheme}://{request.host}"
     scheme, _, rest = base.partition("://")
     return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{MEDIA_PATH}"
@@ -146,7 +146,7 @@ class TwilioBridge:
         self._accounts: ReadCache | None = None
         self.refused = Counter(
             "voicectl_twilio_webhooks_refused", "Twilio webhooks refused before any work, by reason",
-            ("reason",), registry=app[METRICS].registry,
+            ("reason",), registry=services(app).metrics.registry,
         )
         for reason in ("unknown_tenant", "bad_signature", "no_credential"):
             self.refused.labels(reason)
@@ -210,7 +210,7 @@ async def _tenant_for(request: web.Request, form: MultiDictProxy[str],
                       routing: dict | None = None) -> str | None:
     """The number is read with its whole route (``store.route_by_e164``); with ``routing`` (a dict)
     that is kept in ``routing["found"]``, so the voice webhook routes without reading it again."""
-    store = request.app[CONTROL].store
+    store = services(request.app).control.store
     br = bridge(request.app)
     to = form.get("To")
     if to:
@@ -234,7 +234,7 @@ async def verified_tenant(request: web.Request,
     if tenant_id is None:
         br.refused.labels("unknown_tenant").inc()
         return error_response(403, "the request names no known number or Twilio account")
-    token = await request.app[CONTROL].credentials.secret(tenant_id, "twilio")
+    token = await services(request.app).control.credentials.secret(tenant_id, "twilio")
     if not token:
         br.refused.labels("no_credential").inc()
         return error_response(403, "the request cannot be verified")
@@ -256,7 +256,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
         return error_response(400, "CallSid and To are required", {"missing": [
             k for k in ("CallSid", "To") if not form.get(k)]})
     br = bridge(request.app)
-    tracker = request.app[TRACKER]
+    tracker = services(request.app).tracker
     existing = tracker.get(br.by_sid.get(call_sid, ""))
     if existing is not None:  # Twilio retried the webhook: same call, a fresh token
         if existing.state == "ringing":
@@ -300,7 +300,7 @@ async def status_webhook(request: web.Request) -> web.Response:
     tenant_id, form = verified
     status, call_sid = form.get("CallStatus", ""), form.get("CallSid", "")
     br = bridge(request.app)
-    session = request.app[TRACKER].get(br.by_sid.get(call_sid, ""))
+    session = services(request.app).tracker.get(br.by_sid.get(call_sid, ""))
     if session is None or session.tenant_id != tenant_id or not session.live:
         return web.Response(status=204)  # unknown or already finished: nothing to do (idempotent)
     if status == "completed":

@@ -21,8 +21,6 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from runtime.api.appkeys import CONTROL, PIPELINE, SETTINGS, TRACKER
-from runtime.api.responses import error_response
 from runtime.calls.session import CallSession
 from runtime.events.models import DtmfReceived
 from runtime.pipeline.audio import (
@@ -35,9 +33,11 @@ from runtime.pipeline.audio import (
 )
 from runtime.pipeline.conversation import Conversation
 from runtime.pipeline.pacer import Frame, Pacer
+from runtime.telephony.services import services
 from runtime.telephony.stream_tokens import StreamTokenError
 from runtime.telephony.twilio.bridge import TwilioBridge, bridge
 from runtime.telephony.twilio.rest import TwilioRest
+from runtime.web.responses import error_response
 
 log = logging.getLogger("voicectl.twilio")
 
@@ -275,7 +275,7 @@ class MediaStream:
             call_id = self.bridge.tokens.consume(token)
         except StreamTokenError as exc:
             raise StreamAbort(exc.code, exc.reason, "") from None
-        session = self.app[TRACKER].get(call_id)
+        session = services(self.app).tracker.get(call_id)
         if session is None or session.state != "ringing":
             raise StreamAbort(CLOSE_GONE, "the call is no longer waiting for its stream", "")
         self.session = session
@@ -295,7 +295,7 @@ class MediaStream:
         session.on_end.append(self._on_session_end)
         self.bridge.streams[session.id] = self
         try:
-            conversation = await self.app[PIPELINE].conversation(session, self.transport)
+            conversation = await services(self.app).conversations.conversation(session, self.transport)
         except Exception as exc:
             log.exception("the call's conversation could not be set up", extra={"call_id": session.id})
             raise StreamAbort(CLOSE_SERVER_ERROR, "the agent could not be started", "pipeline_unavailable") from exc
@@ -305,13 +305,13 @@ class MediaStream:
         await conversation.start()
 
     async def _control(self, session: CallSession, start: dict) -> TwilioControl | None:
-        control = self.app[CONTROL]
+        control = services(self.app).control
         token = await control.credentials.secret(session.tenant_id, "twilio")
         cred = await control.store.credentials.find(tenant_id=session.tenant_id, provider="twilio")
         account_sid = (cred or {}).get("fields", {}).get("account_sid") or start.get("accountSid")
         if not token or not account_sid or not self.call_sid:
             return None
-        api = self.app[SETTINGS].telephony.twilio.api_base_url
+        api = services(self.app).settings.telephony.twilio.api_base_url
         return TwilioControl(TwilioRest(api, account_sid, token), self.call_sid)
 
     def media_counts(self) -> dict[str, Any]:

@@ -29,17 +29,17 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import Counter
 
-from runtime.api.appkeys import CONTROL, METRICS, SETTINGS, TRACKER
-from runtime.api.responses import ERROR_WORDS
 from runtime.calls.routing import RouteRejected
 from runtime.calls.session import CallSession
 from runtime.control.errors import ControlError, NotFound
 from runtime.events.models import TransferRequested
 from runtime.one_per import OnePer
 from runtime.store.tables import ALL_TENANTS
+from runtime.telephony.services import services
 from runtime.telephony.webrtc.peer import AnswerFailed, WebRtcPeer
 from runtime.telephony.webrtc.sdp import SdpRejected, check_offer
 from runtime.telephony.webrtc.tokens import BrowserTokens
+from runtime.web.responses import ERROR_WORDS
 
 if TYPE_CHECKING:
     from runtime.store.store import Store
@@ -64,7 +64,7 @@ class WebRtcBridge:
         self._watch: asyncio.Task[None] | None = None
         self.refused = Counter(
             "voicectl_webrtc_sessions_refused", "WebRTC offers refused, by reason", ("reason",),
-            registry=app[METRICS].registry,
+            registry=services(app).metrics.registry,
         )
 
     def add(self, peer: WebRtcPeer) -> None:
@@ -77,7 +77,7 @@ class WebRtcBridge:
             del self.peers[peer.session.id]
 
     async def _watch_peers(self) -> None:
-        settings = self.app[SETTINGS].telephony.webrtc
+        settings = services(self.app).settings.telephony.webrtc
         while self.peers:
             await asyncio.sleep(WATCH_INTERVAL_S)
             now = time.monotonic()
@@ -190,7 +190,7 @@ async def open_browser_call(app: web.Application, tenant_id: str, target: CallTa
     except SdpRejected as exc:
         br.refused.labels(exc.reason).inc()
         raise CallRefused(400, exc.reason, exc.message) from None
-    store = app[CONTROL].store
+    store = services(app).control.store
     if target.number is not None:
         routing = await store.route_by_e164(target.number)
         if routing is None or routing["number"]["tenant_id"] != tenant_id:
@@ -200,7 +200,7 @@ async def open_browser_call(app: web.Application, tenant_id: str, target: CallTa
     else:
         raise CallRefused(400, "no_target", "name the agent_id or the number to call")
     try:
-        session = await app[TRACKER].open_call(
+        session = await services(app).tracker.open_call(
             to_number=target.number, from_number=None, provider="webrtc", tenant_hint=tenant_id, routing=routing)
     except RouteRejected as rejected:
         br.refused.labels(rejected.reason).inc()

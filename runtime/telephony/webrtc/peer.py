@@ -32,9 +32,9 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
-from runtime.api.appkeys import BUS, PIPELINE, SETTINGS
 from runtime.calls.session import CallSession
 from runtime.events.bus import Subscription
+from runtime.telephony.services import services
 from runtime.telephony.webrtc.codecs import agent_encoder
 from runtime.telephony.webrtc.ice import add_host_candidates, rtc_configuration, with_candidates
 from runtime.telephony.webrtc.inbound import CallerAudio
@@ -84,7 +84,7 @@ class WebRtcPeer:
         self.session = session
         session.media_counts = self.media_counts
         self.offer = offer
-        settings = app[SETTINGS].telephony.webrtc
+        settings = services(app).settings.telephony.webrtc
         self.settings = settings
         self.pc = RTCPeerConnection(rtc_configuration(settings))
         encoder = agent_encoder(offer.codec, settings.opus_pipeline_rate, settings.opus)
@@ -125,7 +125,7 @@ class WebRtcPeer:
             self.inbound.attach(transceiver.receiver)
             extra = await add_host_candidates(pc, list(self.settings.host_candidates))
             if self.offer.data_channel:
-                self.subscription = self.app[BUS].subscribe(Subscription(
+                self.subscription = services(self.app).bus.subscribe(Subscription(
                     self.session.tenant_id, list(PAGE_TOPICS), call_id=self.session.id,
                     queue=asyncio.Queue(PAGE_QUEUE)))
         except Exception as exc:
@@ -133,7 +133,7 @@ class WebRtcPeer:
             log.exception("setting up the webrtc peer failed", extra={"call_id": self.session.id})
             raise AnswerFailed("webrtc_error", f"the peer could not be set up ({type(exc).__name__})") from exc
         try:
-            self.conversation = await self.app[PIPELINE].conversation(self.session, self.transport)
+            self.conversation = await services(self.app).conversations.conversation(self.session, self.transport)
         except Exception as exc:
             self._check_open()
             log.exception("the call's conversation could not be set up", extra={"call_id": self.session.id})
@@ -308,7 +308,7 @@ class WebRtcPeer:
         self.transport.close()
         self.track.stop()
         if self.subscription is not None:
-            self.app[BUS].unsubscribe(self.subscription)
+            services(self.app).bus.unsubscribe(self.subscription)
         await self._say_bye(reason or self.session.state)
         await self._close_conversation()
         current = asyncio.current_task()

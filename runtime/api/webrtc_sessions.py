@@ -17,7 +17,6 @@ from aiohttp import web
 
 from runtime.api.appkeys import CONTROL, RATE_LIMITER, SETTINGS
 from runtime.api.endpoint import authenticate, bearer_key
-from runtime.api.responses import error_response, json_response
 from runtime.control.errors import BadRequest, Forbidden, Invalid, NotFound, Unauthorized
 from runtime.store.tables import ALL_TENANTS
 from runtime.telephony.webrtc.bridge import CallTarget, bridge, open_browser_call
@@ -31,6 +30,7 @@ from runtime.telephony.webrtc.models import (
     SessionRequest,
 )
 from runtime.telephony.webrtc.tokens import BrowserGrant, is_browser_token
+from runtime.web.responses import error_response, json_response
 
 # Tokens
 

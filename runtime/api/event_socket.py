@@ -27,11 +27,11 @@ from aiohttp import WSMsgType, web
 
 from runtime.api.appkeys import BUS, CONTROL, EVENT_SOCKETS, METRICS, RATE_LIMITER
 from runtime.api.endpoint import Ctx, bearer_key
-from runtime.api.responses import error_response
 from runtime.control.errors import BadRequest, Forbidden, Unauthorized
 from runtime.events.bus import Subscription
 from runtime.events.models import Event
 from runtime.events.topics import TOPICS, matches, unknown_patterns
+from runtime.web.responses import error_response
 
 log = logging.getLogger("voicectl.events")
 

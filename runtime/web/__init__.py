@@ -1,0 +1,1 @@
+"""HTTP glue shared by the API and the bridges: JSON responses, the metrics registry, rate limits."""
