@@ -1,6 +1,6 @@
 # voicectl: `make demo` and `make test` are the quick start on a fresh machine.
 #
-#   make install   create .venv (if missing) and install the pinned lock (constraints.txt)
+#   make install   create .venv (if missing) and install the pinned lock (constraints.txt), every extra
 #   make demo      install, then run the demo on the embedded default (SQLite, offline providers)
 #   make test      install, then run the test suite    (extra pytest args: make test PYTEST_ARGS='-k store -x')
 #   make bench     install, then run the API benchmark
@@ -31,8 +31,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# Every extra (all: offline, cloud, livekit, s3) and the test tools: the demo and the tests use them all.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	$(PIP) install --quiet -c constraints.txt -e '.[all,test]'
 	@touch $@
 
 demo: $(STAMP)

