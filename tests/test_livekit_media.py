@@ -72,7 +72,7 @@ async def test_the_agent_greets_through_the_sdk_and_the_callers_frames_reach_the
     listener = Listener(rtc.LocalAudioTrack.create_audio_track("agent", media.source))
     try:
         await media.start(caller_track)
-        assert session.state == "connected" and media.conversation is not None
+        assert session.state == "connected" and media.leg.conversation is not None
         # The caller's line: 1.5 s of quiet audio in 20 ms SDK frames, in real time.
         for _ in range(75):
             await caller_source.capture_frame(rtc.AudioFrame(bytes(FRAME_BYTES), LIVEKIT_RATE, 1, FRAME_SAMPLES))
@@ -81,10 +81,10 @@ async def test_the_agent_greets_through_the_sdk_and_the_callers_frames_reach_the
         assert rms(speech) > 300, "no greeting audio reached the agent's track"
         heard = await LocalWhisperSTT().transcribe(speech)
         assert heard is not None and "front desk" in heard.text.lower(), heard
-        counters = media.counters
+        counters = media.leg.counters
         assert counters.inbound_frames >= 60 and counters.inbound_bytes == counters.inbound_frames * FRAME_BYTES
-        assert counters.inbound_foreign == 0
-        assert counters.outbound_captured >= 40 and media.pacer.stats.frames_sent >= 40
+        assert media.counters.inbound_foreign == 0
+        assert media.counters.outbound_captured >= 40 and media.pacer.stats.frames_sent >= 40
     finally:
         await media.close()
         await listener.close()
@@ -92,7 +92,7 @@ async def test_the_agent_greets_through_the_sdk_and_the_callers_frames_reach_the
     await session.end("caller_hangup", hangup_by="caller")
     row = await world.final(session.id)
     summary = row["summary"]
-    assert summary["media"]["inbound_frames"] == media.counters.inbound_frames and summary["media"]["outbound_frames"] >= 40
+    assert summary["media"]["inbound_frames"] == media.leg.counters.inbound_frames and summary["media"]["outbound_frames"] >= 40
     transcripts, _ = await world.api.control.store.transcripts.list(tenant_id=world.tenant_id,
                                                                     equals={"call_id": session.id})
     assert [(t["role"], t["text"]) for t in transcripts][:1] == [("agent", "Hello, front desk.")]

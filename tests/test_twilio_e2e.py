@@ -48,7 +48,7 @@ async def test_a_call_connects_speaks_the_synthesised_greeting_and_ends(world) -
     row = await world.final_call(call_sid)
     assert row["status"] == "ended" and row["hangup_by"] == "caller" and row["end_reason"] == "caller_hangup"
     assert row["duration_ms"] >= 1500 and row["connected_at"]
-    assert row["summary"]["media"]["inbound_frames"] == 100 and row["summary"]["media"]["inbound_bytes"] == 16000
+    assert row["summary"]["media"]["inbound_frames"] == 100 and row["summary"]["media"]["inbound_bytes"] == 32000  # PCM16 at 8 kHz
     assert row["summary"]["media"]["outbound_frames"] == len(result.arrivals) and row["summary"]["media"]["dtmf"] == 1
     transcripts, _ = await world.api.control.store.transcripts.list(tenant_id=world.tenant_id,
                                                                     equals={"call_id": row["id"]})

@@ -271,7 +271,7 @@ async def test_a_call_that_cannot_start_once_connected_fails(world: World, monke
         async def refuse() -> None:
             raise RuntimeError("no engine")
 
-        bridge(world.api.app).peers[session.id].conversation.start = refuse
+        bridge(world.api.app).peers[session.id].leg.conversation.start = refuse
     await client.accept(answer)
     row = await world.final_row(session.id, timeout=CONNECT_TIMEOUT_S + 5)
     assert (row["status"], row["end_reason"]) == ("failed", "pipeline_unavailable")

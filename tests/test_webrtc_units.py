@@ -311,7 +311,8 @@ class _Encoder:
 
 def test_the_transport_keeps_only_the_current_generation() -> None:
     sent: list[bytes] = []
-    transport = WebRtcTransport(_Encoder(), on_audio=sent.append)
+    transport = WebRtcTransport(_Encoder())
+    transport.on_audio = sent.append
     transport.send_audio(b"\x01\x00" * 200, 1)  # 400 bytes: 2 frames, the second padded
     assert transport.queued_ms() == 40
     transport.send_audio(b"\x02\x00" * 160, 2)  # a newer reply: the older frames are stale

@@ -1,10 +1,11 @@
 """The audio adapter between a LiveKit room (``livekit.rtc``) and the conversation pipeline.
 
-Inbound: the caller's track read through ``rtc.AudioStream`` as 16 kHz mono 20 ms frames; each
-frame's PCM16 goes to ``Conversation.feed_audio`` (and the call's audio sinks). Outbound: the
-pipeline's PCM16 cut into 20 ms frames, queued on the call's ``Pacer`` with their generation and
-sent on the loop's shared 20 ms clock into an ``rtc.AudioSource`` (the agent's published track)
-as SDK ``AudioFrame``s. ``capture_frame`` is a coroutine (an FFI round trip) and the ticker
+Inbound: the caller's track read through ``rtc.AudioStream`` as 16 kHz mono 20 ms frames (the SDK
+resamples Opus' 48 kHz itself); each frame's PCM16 goes to the call's ``MediaLeg``
+(runtime.calls.media_leg: the lifecycle, the recording taps, the conversation). Outbound: a
+``PacedTransport`` (runtime.pipeline.paced_transport) of 20 ms PCM16 frames, sent on the loop's
+shared 20 ms clock into an ``rtc.AudioSource`` (the agent's published track) as SDK
+``AudioFrame``s. ``capture_frame`` is a coroutine (an FFI round trip) and the ticker
 must not wait, so one writer task per call hands the paced frames to the SDK; a frame whose
 generation went stale in between is dropped there too. Barge-in clears the pacer, the writer's
 few frames and the source's own queue.
@@ -18,15 +19,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from runtime.calls.media_leg import MediaLeg
 from runtime.pipeline.audio import FRAME_MS
-from runtime.pipeline.pacer import Frame, Pacer
+from runtime.pipeline.paced_transport import PacedTransport
+from runtime.pipeline.pacer import Frame
 from runtime.telephony.services import services
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from runtime.calls.session import CallSession
-    from runtime.pipeline.conversation import Conversation
 
 log = logging.getLogger("voicectl.livekit")
 
@@ -39,48 +41,8 @@ SOURCE_QUEUE_MS = 100
 MAX_WRITER_BACKLOG = 5
 
 
-class LiveKitTransport:
-    """The pipeline's way back to the caller (runtime.pipeline.transport.Transport)."""
-
-    rate = LIVEKIT_RATE
-
-    def __init__(self, media: LiveKitMedia) -> None:
-        self.media = media
-        self.sent_frames: dict[int, int] = {}  # generation -> frames handed to the source
-        self.sent_since_clear = False
-
-    def send_audio(self, pcm: bytes, generation: int) -> None:
-        pacer = self.media.pacer
-        if pacer.closed or generation < pacer.generation:
-            return  # a stale reply: never queued
-        if generation > pacer.generation:
-            pacer.generation = generation
-        tail = len(pcm) % FRAME_BYTES
-        if tail:  # pad the chunk's last frame with silence (under 20 ms between sentences)
-            pcm += bytes(FRAME_BYTES - tail)
-        for i in range(0, len(pcm), FRAME_BYTES):
-            pacer.push(pcm[i:i + FRAME_BYTES], generation)
-
-    def sent_ms(self, generation: int) -> int:
-        return self.sent_frames.get(generation, 0) * FRAME_MS
-
-    def queued_ms(self) -> int:
-        return (self.media.pacer.queued + len(self.media.backlog)) * FRAME_MS
-
-    async def clear(self) -> None:
-        await self.media.clear()
-
-    def drop_stale(self, generation: int) -> None:
-        pacer = self.media.pacer
-        if generation > pacer.generation:
-            pacer.generation = generation
-        pacer.drop_stale(generation)
-
-
 @dataclass
 class MediaCounters:
-    inbound_frames: int = 0
-    inbound_bytes: int = 0
     inbound_foreign: int = 0  # frames not at 16 kHz mono (never expected from AudioStream): skipped
     outbound_captured: int = 0  # frames the SDK accepted
     outbound_backlogged: int = 0
@@ -94,13 +56,14 @@ class LiveKitMedia:
         from livekit import rtc
 
         self.app, self.session = app, session
-        session.media_counts = self.media_counts
         self.source = source if source is not None else rtc.AudioSource(LIVEKIT_RATE, 1, queue_size_ms=SOURCE_QUEUE_MS)
-        self.pacer = Pacer(self._send_frame)
-        self.transport = LiveKitTransport(self)
         self.backlog: deque[Frame] = deque()
+        self.transport = PacedTransport(LIVEKIT_RATE, FRAME_BYTES, self._send_frame, on_clear=self._clear,
+                                        held=self.backlog.__len__)
+        self.pacer = self.transport.pacer
+        self.leg = MediaLeg(session, LIVEKIT_RATE, self.transport, services(app).conversations.conversation,
+                            carrier_counts=self._carrier_counts, release=self._release)
         self.counters = MediaCounters()
-        self.conversation: Conversation | None = None
         self.closed = False
         self._wake = asyncio.Event()
         self._stream: Any = None
@@ -113,36 +76,27 @@ class LiveKitMedia:
 
         self._stream = rtc.AudioStream(track, sample_rate=LIVEKIT_RATE, num_channels=1, frame_size_ms=FRAME_MS)
         self._tasks.append(asyncio.get_running_loop().create_task(self._read(self._stream)))
-        conversation = await services(self.app).conversations.conversation(self.session, self.transport)
-        await self.session.connect()
+        await self.leg.open()
         self.start_output()
-        self.conversation = conversation
-        await conversation.start()
+        await self.leg.connect()
 
     def start_output(self) -> None:
         """Start pacing queued audio into the source (and the writer task that feeds it)."""
         if self._writer is None:
-            self.pacer.start()
+            self.transport.start()
             self._writer = asyncio.get_running_loop().create_task(self._write())
             self._tasks.append(self._writer)
 
     # Inbound
 
     async def _read(self, stream: Any) -> None:
-        counters, session = self.counters, self.session
+        counters, leg = self.counters, self.leg
         async for event in stream:
             frame = event.frame
             if frame.sample_rate != LIVEKIT_RATE or frame.num_channels != 1:
                 counters.inbound_foreign += 1
                 continue
-            pcm = frame.data.tobytes()
-            counters.inbound_frames += 1
-            counters.inbound_bytes += len(pcm)
-            if session.audio_sinks:
-                session.tap_inbound(pcm, LIVEKIT_RATE)
-            conversation = self.conversation
-            if conversation is not None:
-                conversation.feed_audio(pcm, LIVEKIT_RATE)
+            leg.audio(frame.data.tobytes())
 
     # Outbound
 
@@ -156,11 +110,8 @@ class LiveKitMedia:
             return
         self.backlog.append(frame)
         self._wake.set()
-        transport = self.transport
-        transport.sent_frames[frame.generation] = transport.sent_frames.get(frame.generation, 0) + 1
-        transport.sent_since_clear = True
-        if self.session.audio_sinks:
-            self.session.tap_outbound(frame.payload, LIVEKIT_RATE)
+        self.transport.sent(frame.generation)
+        self.leg.sent(frame.payload)
 
     async def _write(self) -> None:
         from livekit import rtc
@@ -183,34 +134,33 @@ class LiveKitMedia:
                 self.counters.outbound_captured += 1
 
     async def clear(self) -> int:
-        """Drop what is queued here and in the source, only when something may be queued."""
-        dropped = self.pacer.clear() + len(self.backlog)
+        """Barge-in: drop what is queued here and in the source (see ``_clear``)."""
+        return await self.transport.clear_all()
+
+    async def _clear(self, dropped: int, sent: bool) -> int:
+        """The writer's frames and the source's queue, only when something may be queued."""
+        held = len(self.backlog)
         self.backlog.clear()
-        sent, self.transport.sent_since_clear = self.transport.sent_since_clear, False
-        if (dropped or sent) and not self.closed:
+        if (dropped or held or sent) and not self.closed:
             self.source.clear_queue()
             self.counters.clears += 1
-        return dropped
+        return held
 
     # Teardown
 
-    def media_counts(self) -> dict[str, Any]:
-        """The adapter's counters (the call's ``summary.media``, read when it ends)."""
-        c = self.counters
-        return {
-            "inbound_frames": c.inbound_frames, "inbound_bytes": c.inbound_bytes,
-            "outbound_frames": self.pacer.stats.frames_sent, "outbound_late": self.pacer.stats.late,
-            "outbound_backlogged": c.outbound_backlogged, "clears": c.clears,
-        }
+    def _carrier_counts(self) -> dict[str, Any]:
+        c, stats = self.counters, self.pacer.stats
+        return {"inbound_foreign": c.inbound_foreign, "outbound_frames": stats.frames_sent,
+                "outbound_late": stats.late, "outbound_backlogged": c.outbound_backlogged, "clears": c.clears}
 
     async def close(self) -> None:
+        """Stop the media (the room is left by the caller of this); idempotent."""
+        await self.leg.release()
+
+    async def _release(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
-        await self.pacer.close()
-        conversation, self.conversation = self.conversation, None
-        if conversation is not None:
-            await conversation.close()
         self._wake.set()
         if self._stream is not None:
             try:

@@ -2,8 +2,9 @@
 
 Inbound: ``connected``, ``start`` (stream token, media format), ``media`` (base64 mu-law,
 20 ms), ``dtmf``, ``mark``, ``stop``. Outbound: ``media``, ``mark``, ``clear``, paced by
-runtime.pipeline.pacer. A connected call gets a ``Conversation`` (runtime.pipeline): inbound
-audio and DTMF feed it, its replies come back through ``TwilioTransport``.
+runtime.pipeline.pacer. The call's ``MediaLeg`` (runtime.calls.media_leg) does the lifecycle:
+inbound audio and DTMF go to it decoded, the replies come back through a ``PacedTransport``
+(runtime.pipeline.paced_transport) of 20 ms mu-law frames, which ``_send_frame`` writes.
 
 Bad input closes this call's socket with a close code and fails the call; nothing else is
 touched. Per frame: one orjson parse, one base64 decode, one mu-law decode, no other objects.
@@ -14,25 +15,23 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
 
+from runtime.calls.media_leg import LegFailed, MediaLeg
 from runtime.calls.session import CallSession
-from runtime.events.models import DtmfReceived
 from runtime.pipeline.audio import (
-    FRAME_MS,
     TELEPHONY_RATE,
     ULAW_FRAME_BYTES,
     ULAW_SILENCE,
     pcm16_to_ulaw,
     ulaw_to_pcm16,
 )
-from runtime.pipeline.conversation import Conversation
-from runtime.pipeline.pacer import Frame, Pacer
+from runtime.pipeline.paced_transport import PacedTransport
+from runtime.pipeline.pacer import Frame
 from runtime.telephony.services import services
 from runtime.telephony.stream_tokens import StreamTokenError
 from runtime.telephony.twilio.bridge import TwilioBridge, bridge
@@ -65,46 +64,6 @@ class StreamAbort(Exception):
         self.code, self.reason, self.fail_reason = code, reason, fail_reason
 
 
-class TwilioTransport:
-    """The pipeline's way back to the caller (runtime.pipeline.transport.Transport): PCM16 at
-    8 kHz cut into 20 ms mu-law frames, queued on the call's pacer with their generation."""
-
-    rate = TELEPHONY_RATE
-
-    def __init__(self, stream: MediaStream) -> None:
-        self.stream = stream
-        self.sent_frames: dict[int, int] = {}  # generation -> audio frames sent
-        self.sent_since_clear = False  # Twilio may still be playing audio we sent
-
-    def send_audio(self, pcm: bytes, generation: int) -> None:
-        pacer = self.stream.pacer
-        if pacer.closed or generation < pacer.generation:
-            return  # a stale reply: never queued
-        if generation > pacer.generation:
-            pacer.generation = generation  # older frames still queued are dropped at the next tick
-        ulaw = pcm16_to_ulaw(pcm)
-        tail = len(ulaw) % ULAW_FRAME_BYTES
-        if tail:  # pad the chunk's last frame: under 20 ms of silence between sentences
-            ulaw += ULAW_SILENCE * (ULAW_FRAME_BYTES - tail)
-        for i in range(0, len(ulaw), ULAW_FRAME_BYTES):
-            pacer.push(ulaw[i:i + ULAW_FRAME_BYTES], generation)
-
-    def sent_ms(self, generation: int) -> int:
-        return self.sent_frames.get(generation, 0) * FRAME_MS
-
-    def queued_ms(self) -> int:
-        return self.stream.pacer.queued * FRAME_MS
-
-    async def clear(self) -> None:
-        await self.stream.clear()
-
-    def drop_stale(self, generation: int) -> None:
-        pacer = self.stream.pacer
-        if generation > pacer.generation:
-            pacer.generation = generation
-        pacer.drop_stale(generation)
-
-
 class TwilioControl:
     """CallControl over Twilio's REST API: the engine hangs up or transfers the call."""
 
@@ -120,10 +79,7 @@ class TwilioControl:
 
 @dataclass
 class StreamCounters:
-    inbound_frames: int = 0
-    inbound_bytes: int = 0
     marks_received: list[str] = field(default_factory=list)
-    dtmf: int = 0
     outbound_backlogged: int = 0  # outbound frames and marks dropped because the peer stopped reading
 
 
@@ -137,13 +93,12 @@ class MediaStream:
         self.stream_sid = ""
         self.call_sid = ""
         self.counters = StreamCounters()
-        self.pacer = Pacer(self._send_frame)
+        self.transport = PacedTransport(TELEPHONY_RATE, ULAW_FRAME_BYTES, self._send_frame, on_clear=self._clear,
+                                        encode=pcm16_to_ulaw, silence=ULAW_SILENCE)
+        self.pacer = self.transport.pacer
+        self.leg: MediaLeg | None = None
         self._media_prefix = b""
-        self.transport = TwilioTransport(self)
-        self.conversation: Conversation | None = None
         self._transport = request.transport
-        self._started = time.monotonic()
-        self._ended_by_stop = False
 
     # The receive loop
 
@@ -170,19 +125,19 @@ class MediaStream:
             log.info("twilio media stream refused", extra={"code": abort.code, "reason": abort.reason,
                                                             "call_id": self.session.id if self.session else None})
             await self._close(abort.code, abort.reason)
-            if self.session is not None and self.session.live:
+            if self.leg is not None:
+                await self.leg.finish("fail", abort.fail_reason, abort.reason)
+            elif self.session is not None and self.session.live and abort.fail_reason:
                 await self.session.fail(abort.fail_reason, abort.reason)
         finally:
-            await self.pacer.close()
-            await self._close_conversation()
-            session = self.session
+            session, leg = self.session, self.leg
             if session is not None:
                 self.bridge.streams.pop(session.id, None)
-                if session.live:  # the socket went away without a stop
-                    if session.state == "transferring":
-                        await session.end("transferred")
-                    else:
-                        await session.fail("stream_lost", "the media stream closed without a stop message")
+            if leg is not None:  # the socket went away without a stop: lost, unless handed over
+                transferring = session is not None and session.state == "transferring"
+                await leg.finish("end" if transferring else "fail", "stream_lost",
+                                 "the media stream closed without a stop message")
+            await self.transport.close()
             if not ws.closed:
                 await ws.close()
 
@@ -204,7 +159,7 @@ class MediaStream:
             self._mark(msg)
             return False
         if event == "dtmf":
-            await self._dtmf(msg)
+            self._dtmf(msg)
             return False
         if event == "start":
             await self._start(msg)
@@ -233,14 +188,7 @@ class MediaStream:
             ulaw = binascii.a2b_base64(payload, strict_mode=True)
         except (binascii.Error, ValueError):
             raise StreamAbort(CLOSE_BAD_MESSAGE, "media payload is not valid base64", "bad_media_message") from None
-        counters = self.counters
-        counters.inbound_frames += 1
-        counters.inbound_bytes += len(ulaw)
-        pcm = ulaw_to_pcm16(ulaw)
-        if session.audio_sinks:
-            session.tap_inbound(pcm, TELEPHONY_RATE)
-        if self.conversation is not None:
-            self.conversation.feed_audio(pcm, TELEPHONY_RATE)
+        self.leg.audio(ulaw_to_pcm16(ulaw))  # type: ignore[union-attr]  # set with the session
 
     def _mark(self, msg: dict) -> None:
         try:
@@ -249,8 +197,8 @@ class MediaStream:
             raise StreamAbort(CLOSE_BAD_MESSAGE, "mark message without a name", "bad_media_message") from None
         self.counters.marks_received.append(str(name)[:200])
 
-    async def _dtmf(self, msg: dict) -> None:
-        if self.session is None:
+    def _dtmf(self, msg: dict) -> None:
+        if self.leg is None:
             raise StreamAbort(CLOSE_PROTOCOL, "dtmf before start", "bad_media_message")
         try:
             digit = msg["dtmf"]["digit"]
@@ -258,10 +206,7 @@ class MediaStream:
             raise StreamAbort(CLOSE_BAD_MESSAGE, "dtmf message without a digit", "bad_media_message") from None
         if not isinstance(digit, str) or len(digit) != 1 or digit not in DTMF_DIGITS:
             raise StreamAbort(CLOSE_BAD_MESSAGE, "dtmf digit is not one of 0-9 * # A-D", "bad_media_message")
-        self.counters.dtmf += 1
-        await self.session.emit(DtmfReceived(digit=digit.upper()))
-        if self.conversation is not None:
-            self.conversation.feed_dtmf(digit.upper())
+        self.leg.dtmf(digit.upper())
 
     async def _start(self, msg: dict) -> None:
         if self.session is not None:
@@ -279,7 +224,6 @@ class MediaStream:
         if session is None or session.state != "ringing":
             raise StreamAbort(CLOSE_GONE, "the call is no longer waiting for its stream", "")
         self.session = session
-        session.media_counts = self.media_counts
         fmt = start.get("mediaFormat")
         if not (isinstance(fmt, dict) and fmt.get("encoding") == "audio/x-mulaw"
                 and str(fmt.get("sampleRate")) == "8000" and str(fmt.get("channels", 1)) == "1"):
@@ -292,17 +236,15 @@ class MediaStream:
         self.call_sid = str(start.get("callSid") or session.provider_call_id or "")
         self._media_prefix = b'{"event":"media","streamSid":"' + sid.encode() + b'","media":{"payload":"'
         session.control = await self._control(session, start)
-        session.on_end.append(self._on_session_end)
         self.bridge.streams[session.id] = self
+        leg = self.leg = MediaLeg(session, TELEPHONY_RATE, self.transport,
+                                  services(self.app).conversations.conversation,
+                                  carrier_counts=self._carrier_counts, release=self._release)
         try:
-            conversation = await services(self.app).conversations.conversation(session, self.transport)
-        except Exception as exc:
-            log.exception("the call's conversation could not be set up", extra={"call_id": session.id})
-            raise StreamAbort(CLOSE_SERVER_ERROR, "the agent could not be started", "pipeline_unavailable") from exc
-        await session.connect()
-        self.pacer.start()
-        self.conversation = conversation
-        await conversation.start()
+            await leg.open()
+        except LegFailed as failed:
+            raise StreamAbort(CLOSE_SERVER_ERROR, failed.message, failed.reason) from None
+        await leg.connect()
 
     async def _control(self, session: CallSession, start: dict) -> TwilioControl | None:
         control = services(self.app).control
@@ -314,24 +256,14 @@ class MediaStream:
         api = services(self.app).settings.telephony.twilio.api_base_url
         return TwilioControl(TwilioRest(api, account_sid, token), self.call_sid)
 
-    def media_counts(self) -> dict[str, Any]:
-        """The stream's counters (the call's ``summary.media``, read when it ends)."""
-        return {
-            "inbound_frames": self.counters.inbound_frames, "inbound_bytes": self.counters.inbound_bytes,
-            "outbound_frames": self.pacer.stats.frames_sent, "outbound_late": self.pacer.stats.late,
-            "dtmf": self.counters.dtmf, "outbound_backlogged": self.counters.outbound_backlogged,
-        }
+    def _carrier_counts(self) -> dict[str, Any]:
+        stats = self.pacer.stats
+        return {"outbound_frames": stats.frames_sent, "outbound_late": stats.late,
+                "outbound_backlogged": self.counters.outbound_backlogged}
 
     async def _stop(self) -> None:
-        session = self.session
-        if session is None or not session.live:
-            return
-        await self.pacer.close()  # the caller has gone: nothing more is sent, so the counts are final
-        await self._close_conversation()  # its transcripts and events are written before the call ends
-        if session.state == "transferring":
-            await session.end("transferred")
-        else:
-            await session.end("caller_hangup", hangup_by="caller")
+        if self.leg is not None:  # the caller hung up (or Twilio handed the call over)
+            await self.leg.finish("end", "caller_hangup", hangup_by="caller")
 
     # Outbound
 
@@ -358,33 +290,26 @@ class MediaStream:
         except (ConnectionError, RuntimeError):
             self.pacer.closed = True
             return
-        way_back = self.transport
-        way_back.sent_frames[frame.generation] = way_back.sent_frames.get(frame.generation, 0) + 1
-        way_back.sent_since_clear = True
-        session = self.session
-        if session is not None and session.audio_sinks:
-            session.tap_outbound(ulaw_to_pcm16(frame.payload), TELEPHONY_RATE)
+        self.transport.sent(frame.generation)
+        leg = self.leg
+        if leg is not None and leg.session.audio_sinks:
+            leg.sent(ulaw_to_pcm16(frame.payload))
 
     async def clear(self) -> int:
-        """Drop queued outbound audio and tell Twilio to drop what it buffered; only when there may
-        be any: frames dropped here, a mark not yet echoed, or audio sent since the last clear."""
-        dropped = self.pacer.clear()
+        """Barge-in: drop queued outbound audio here and at Twilio (see ``_clear``)."""
+        return await self.transport.clear_all()
+
+    async def _clear(self, dropped: int, sent: bool) -> int:
+        """Tell Twilio to drop what it buffered, only when there may be any: frames dropped here, a
+        mark not yet echoed, or audio sent since the last clear."""
         unheard = self.pacer.stats.marks_sent > len(self.counters.marks_received)
-        sent, self.transport.sent_since_clear = self.transport.sent_since_clear, False
         if (dropped or unheard or sent) and not self.ws.closed:
             await self.ws.send_str(orjson.dumps({"event": "clear", "streamSid": self.stream_sid}).decode())
-        return dropped
+        return 0
 
-    async def _close_conversation(self) -> None:
-        conversation, self.conversation = self.conversation, None
-        if conversation is not None:
-            await conversation.close()
-
-    async def _on_session_end(self, session: CallSession) -> None:
-        # Ended elsewhere (status callback, engine hang-up): the archive is written; just close.
-        await self._close_conversation()
-        await self.pacer.close()
-        await self._close(CLOSE_NORMAL, f"call {session.state}")
+    async def _release(self, reason: str) -> None:
+        # The call ended (whoever ended it): the archive is written; close the socket.
+        await self._close(CLOSE_NORMAL, f"call {self.session.state if self.session else reason}")
 
 
 async def serve(request: web.Request) -> web.StreamResponse:

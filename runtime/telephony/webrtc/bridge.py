@@ -126,11 +126,10 @@ async def answer_offer(app: web.Application, session: CallSession, offer_sdp: st
 
 
 def _releaser(br: WebRtcBridge, peer: WebRtcPeer):
-    """The session's on_end hook: the peer goes with the call, whoever ends it."""
+    """The session's on_end hook: the bridge forgets the peer (its media leg releases it)."""
 
-    async def release(ended: CallSession) -> None:
+    def release(ended: CallSession) -> None:
         br.remove(peer)
-        await peer.close(ended.state)
 
     return release
 

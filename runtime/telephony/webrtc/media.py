@@ -54,7 +54,7 @@ class OutboundStats:
 class WebRtcTransport:
     """The pipeline's way back to a WebRTC caller; see the module docstring."""
 
-    def __init__(self, encoder: AgentEncoder, on_audio: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, encoder: AgentEncoder) -> None:
         self.encoder = encoder
         self.rate = encoder.rate
         self._frame_bytes = encoder.frame_bytes
@@ -63,7 +63,7 @@ class WebRtcTransport:
         self.sent_frames: dict[int, int] = {}  # generation -> audio frames sent
         self.stats = OutboundStats()
         self.closed = False
-        self._on_audio = on_audio  # the call's outbound audio taps (recording), per frame sent
+        self.on_audio: Callable[[bytes], None] | None = None  # the call's outbound taps (recording), per frame sent
 
     # Transport (the pipeline's side)
 
@@ -104,7 +104,10 @@ class WebRtcTransport:
         self.stats.dropped += dropped
         return dropped
 
-    def close(self) -> None:
+    def start(self) -> None:
+        """Nothing to start: the track paces from aiortc's first read (``AgentAudioTrack.recv``)."""
+
+    async def close(self) -> None:
         self.closed = True
         self._queue.clear()
 
@@ -124,8 +127,8 @@ class WebRtcTransport:
             if lag > LATE_S:
                 stats.late += 1
             self.sent_frames[generation] = self.sent_frames.get(generation, 0) + 1
-            if self._on_audio is not None:
-                self._on_audio(pcm)
+            if self.on_audio is not None:
+                self.on_audio(pcm)
             return self.encoder.encode(pcm, ts)
         stats.silence_sent += 1
         return self.encoder.silence(ts)

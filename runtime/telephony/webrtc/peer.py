@@ -1,9 +1,10 @@
 """One WebRTC call: the aiortc peer connection, wired to the call's conversation.
 
 Inbound: the caller's RTP packets are decoded in the event loop as they arrive
-(runtime.telephony.webrtc.inbound) into PCM16 mono at the pipeline rate, for
-``Conversation.feed_audio`` and the call's audio sinks. Outbound: the agent's audio leaves through ``WebRtcTransport`` and
-``AgentAudioTrack``, paced by the loop's media clock (runtime.telephony.webrtc.media).
+(runtime.telephony.webrtc.inbound) into PCM16 mono at the pipeline rate, for the call's
+``MediaLeg`` (runtime.calls.media_leg: the lifecycle, the recording taps, the conversation).
+Outbound: the agent's audio leaves through ``WebRtcTransport`` and ``AgentAudioTrack``, paced by
+the loop's media clock (runtime.telephony.webrtc.media).
 
 When ICE and DTLS are up the call is connected and the conversation starts (the greeting).
 The call ends with a reason when the peer hangs up (a ``hangup`` message on the data channel,
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
+from runtime.calls.media_leg import LegFailed, MediaLeg
 from runtime.calls.session import CallSession
 from runtime.events.bus import Subscription
 from runtime.telephony.services import services
@@ -44,7 +45,6 @@ from runtime.telephony.webrtc.sdp import CODEC_PREFERENCE, OfferInfo, SdpRejecte
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from runtime.pipeline.conversation import Conversation
 
 log = logging.getLogger("voicectl.webrtc")
 
@@ -66,12 +66,6 @@ class AnswerFailed(Exception):
         self.reason, self.message, self.status = reason, message, status
 
 
-@dataclass(slots=True)
-class PeerCounters:
-    inbound_bytes: int = 0  # PCM16 at the pipeline rate
-    dtmf: int = 0
-
-
 @cache
 def _codec_preferences() -> list[Any]:
     capabilities = {c.mimeType.split("/", 1)[1].lower(): c for c in RTCRtpSender.getCapabilities("audio").codecs}
@@ -82,24 +76,23 @@ class WebRtcPeer:
     def __init__(self, app: web.Application, session: CallSession, offer: OfferInfo) -> None:
         self.app = app
         self.session = session
-        session.media_counts = self.media_counts
         self.offer = offer
         settings = services(app).settings.telephony.webrtc
         self.settings = settings
         self.pc = RTCPeerConnection(rtc_configuration(settings))
         encoder = agent_encoder(offer.codec, settings.opus_pipeline_rate, settings.opus)
         self.rate = encoder.rate
-        self.transport = WebRtcTransport(encoder, on_audio=self._tap_outbound)
+        self.transport = WebRtcTransport(encoder)
         self.track = AgentAudioTrack(self.transport)
         self.track.on_failure = self._bad_outbound
+        self.leg = MediaLeg(session, encoder.rate, self.transport, services(app).conversations.conversation,
+                            carrier_counts=self._carrier_counts, release=self._release)
+        self.transport.on_audio = self.leg.sent
         self.inbound = CallerAudio(offer.codec, offer.payload_type, encoder.rate, self._deliver, self._bad_audio)
-        self.counters = PeerCounters()
-        self.conversation: Conversation | None = None
         self.channel: RTCDataChannel | None = None
         self.subscription: Subscription | None = None
         self.connected = False
         self.closed = False
-        self._finishing = False
         self.created_at = self._connected_at = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reader: asyncio.Task[None] | None = None
@@ -133,11 +126,10 @@ class WebRtcPeer:
             log.exception("setting up the webrtc peer failed", extra={"call_id": self.session.id})
             raise AnswerFailed("webrtc_error", f"the peer could not be set up ({type(exc).__name__})") from exc
         try:
-            self.conversation = await services(self.app).conversations.conversation(self.session, self.transport)
-        except Exception as exc:
+            await self.leg.open()
+        except LegFailed as failed:
             self._check_open()
-            log.exception("the call's conversation could not be set up", extra={"call_id": self.session.id})
-            raise AnswerFailed("pipeline_unavailable", "the agent could not be started", 503) from exc
+            raise AnswerFailed(failed.reason, failed.message, 503) from None
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
@@ -189,18 +181,15 @@ class WebRtcPeer:
         elif kind == "dtmf":
             digit = data.get("digit")
             if isinstance(digit, str) and len(digit) == 1 and digit.upper() in DTMF_DIGITS:
-                self.counters.dtmf += 1
-                if self.conversation is not None:
-                    self.conversation.feed_dtmf(digit.upper(), emit_event=True)
+                self.leg.dtmf(digit.upper())
 
     async def _start(self) -> None:
-        session, conversation = self.session, self.conversation
-        if self.closed or session.state != "ringing" or conversation is None:
+        session = self.session
+        if self.closed or session.state != "ringing" or self.leg.conversation is None:
             return
         self._connected_at = time.monotonic()
         try:
-            await session.connect()
-            await conversation.start()
+            await self.leg.connect()
         except Exception:
             # A spawned task: unhandled, the call would stay "ringing" with the media up.
             log.exception("starting the webrtc call failed", extra={"call_id": session.id})
@@ -217,14 +206,8 @@ class WebRtcPeer:
         """One frame of the caller's audio (called in the event loop by CallerAudio)."""
         if self.closed:
             return
-        session = self.session
         try:
-            self.counters.inbound_bytes += len(pcm)
-            if session.audio_sinks:
-                session.tap_inbound(pcm, self.rate)
-            conversation = self.conversation
-            if conversation is not None:
-                conversation.feed_audio(pcm, self.rate)
+            self.leg.audio(pcm)
         except Exception as exc:  # never into aiortc's receive loop: that would end the transport
             self._bad_audio(exc)
 
@@ -246,10 +229,6 @@ class WebRtcPeer:
         if not self.closed:
             self._spawn(self.finish("end", "caller_hangup", hangup_by="caller"))
 
-    def _tap_outbound(self, pcm: bytes) -> None:
-        if self.session.audio_sinks:
-            self.session.tap_outbound(pcm, self.rate)
-
     # The page's events
 
     async def _forward_events(self, channel: RTCDataChannel, subscription: Subscription) -> None:
@@ -267,50 +246,32 @@ class WebRtcPeer:
     # The end
 
     async def finish(self, kind: str, reason: str, message: str | None = None, hangup_by: str | None = None) -> None:
-        """The media side ended the call: stop the conversation first (its transcripts and events
-        are written before the call's final event), then end or fail the session. The first
+        """The media side ended the call (runtime.calls.media_leg.MediaLeg.finish): the first
         reason wins (a hang-up message and the DTLS close that follows it are one hang-up)."""
-        session = self.session
-        if self._finishing:
-            return
-        self._finishing = True
-        if self.closed or not session.live:
-            await self.close()
-            return
-        self.transport.close()
-        await self._close_conversation()
-        if kind == "fail":
-            await session.fail(reason, message)
-        elif session.state == "transferring":
-            await session.end("transferred")
-        else:
-            await session.end(reason, hangup_by=hangup_by)
-        await self.close(reason)  # normally done already by the session's on_end
+        await self.leg.finish(kind, reason, message, hangup_by)
 
-    def media_counts(self) -> dict[str, Any]:
-        """The call's counters (its ``summary.media``, read when it ends)."""
+    def _carrier_counts(self) -> dict[str, Any]:
         stats, inbound = self.transport.stats, self.inbound.stats
         return {
-            "codec": self.offer.codec, "inbound_packets": inbound.packets, "inbound_frames": inbound.frames,
-            "inbound_bytes": self.counters.inbound_bytes, "inbound_missing": inbound.missing,
+            "codec": self.offer.codec, "inbound_packets": inbound.packets, "inbound_missing": inbound.missing,
             "inbound_late": inbound.late, "outbound_frames": stats.frames_sent,
             "outbound_silence_frames": stats.silence_sent, "outbound_late": stats.late,
             "outbound_backlogged": stats.backlogged, "outbound_dropped": stats.dropped,
             "outbound_max_lag_ms": round(stats.max_lag_s * 1000, 1),
-            "dtmf": self.counters.dtmf,
         }
 
     async def close(self, reason: str | None = None) -> None:
-        """Release everything of this call (idempotent); the session's ``on_end`` calls it."""
+        """Release everything of this call (idempotent); the session's ``on_end`` does it too."""
+        await self.leg.release(reason)
+
+    async def _release(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
-        self.transport.close()
         self.track.stop()
         if self.subscription is not None:
             services(self.app).bus.unsubscribe(self.subscription)
-        await self._say_bye(reason or self.session.state)
-        await self._close_conversation()
+        await self._say_bye(reason)
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
@@ -332,11 +293,6 @@ class WebRtcPeer:
                 await asyncio.sleep(0.02)
         except Exception:
             return
-
-    async def _close_conversation(self) -> None:
-        conversation, self.conversation = self.conversation, None
-        if conversation is not None:
-            await conversation.close()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
