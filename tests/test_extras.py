@@ -201,3 +201,58 @@ def test_everything_is_installed_here() -> None:
     assert [e.name for e in registry.PROVIDERS if not e.installed] == []
     for part in registry.OTHER_NEEDS:
         registry.require_extra(part)
+
+
+def test_an_install_without_the_offline_extra_starts_and_says_why_a_call_cannot_be_served() -> None:
+    """The offline engines end every chain: without them the start skips their warm-up, a TTS
+    chain left empty speaks with the espeak-ng stand-in, and an STT chain left empty is a clear
+    NoUsableProvider (the call fails pipeline_unavailable), never an ImportError."""
+    result = _run(f"""
+        import asyncio, json, sys
+        for name in {sorted(_registry_needs()["offline"])!r}:
+            sys.modules[name] = None
+        from runtime.config import Settings
+        from runtime.control.schemas import AgentConfig
+        from runtime.providers.chains import NoUsableProvider, ProviderChains
+
+        async def main():
+            chains = ProviderChains(Settings())
+            await chains.warm_up()
+            agent = AgentConfig(system_prompt="x")
+            try:
+                await chains.for_call(agent)
+                outcome = ["served"]
+            except NoUsableProvider as exc:
+                outcome = ["NoUsableProvider", str(exc)]
+            tts = chains._last_resort("tts", [("local", "not installed")], [])
+            print(json.dumps(outcome + [tts[0], type(tts[1]).__name__]))
+            await chains.aclose()
+
+        asyncio.run(main())
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    assert out[0] == "NoUsableProvider" and out[1].startswith("no stt provider can serve this call: local: "), out
+    assert "'offline' extra" in out[1] and out[2] == "espeak", out
+
+
+async def test_a_request_needing_a_missing_extra_gets_501_not_installed() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from runtime.api.appkeys import METRICS
+    from runtime.api.middlewares import errors_and_ids
+    from runtime.providers.registry import MissingExtra
+    from runtime.web.metrics import Metrics
+
+    async def livekit_route(request: web.Request) -> web.Response:
+        raise MissingExtra("LiveKit calls", "livekit", "livekit.rtc")
+
+    app = web.Application(middlewares=[errors_and_ids])
+    app[METRICS] = Metrics()
+    app.router.add_post("/x", livekit_route)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.post("/x")
+        body = await response.json()
+    assert response.status == 501 and body["error"] == "not_installed", body
+    assert body["details"] == {"extra": "livekit"} and "'livekit' extra" in body["message"], body

@@ -22,7 +22,7 @@ DOWNWARD: dict[str, set[str]] = {
     "pipeline": {"calls", "control", "events", "ids", "one_per", "providers", "tools"},
     "tools": {"control", "events", "ids", "providers", "store"},
     "calls": {"control", "events", "ids", "recording", "store"},
-    "recording": {"control", "ids", "store"},
+    "recording": {"control", "ids", "providers", "store"},  # providers: the registry's optional extras
     "events": {"config", "ids", "secrets", "store"},
     "control": {"config", "events", "ids", "providers", "secrets", "store"},
     "providers": {"config"},

@@ -49,6 +49,12 @@ async def _speak_lines(texts: list[str], wavs: list[Path]) -> list[tuple[str, An
 
     lines: list[tuple[str, Any]] = [(f"<{p.name}>", read_wav(p)) for p in wavs]
     if texts:
+        from runtime.providers import registry
+
+        try:  # the caller's voice is the offline piper TTS
+            registry.get("tts", "local").needs.require("voicectl call --say")
+        except registry.MissingExtra as exc:
+            fail(f"{exc}; or pass recorded lines with --wav", 2)
         from runtime.providers.tts.local import PiperTTS
 
         tts = PiperTTS()

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from runtime.api.appkeys import METRICS
 from runtime.control.errors import ControlError
+from runtime.providers.registry import MissingExtra
 from runtime.store.errors import DatabaseUnavailable
 from runtime.web.metrics import Metrics
 from runtime.web.responses import error_response
@@ -71,6 +72,8 @@ async def errors_and_ids(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.status < 400:
             raise
         response = _http_error(exc)
+    except MissingExtra as exc:  # a part whose optional packages this install left out
+        response = error_response(501, str(exc), {"extra": exc.extra}, error="not_installed")
     except DatabaseUnavailable:
         log.error("database unavailable", extra={"request_id": request_id})
         response = error_response(503, "the database is unavailable; try again shortly")

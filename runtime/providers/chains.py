@@ -53,11 +53,32 @@ class CallProviders:
     # Engines the version asked for that this call cannot have (reported as events).
     substitutions: list[Substitution] = field(default_factory=list)
 
+    def _last_resort(self, modality: str, skipped: list[tuple[str, str]],
+                     substitutions: list[Substitution]) -> tuple[str, Any]:
+        """Every engine of a chain was skipped (an install without the offline extra whose agent
+        names no usable cloud provider): the stand-in of one of them, else a clear error."""
+        for wanted, reason in skipped:
+            stand_in = registry.get(modality, wanted).stand_in
+            if stand_in is None:
+                continue
+            try:
+                engine = self.engine(modality, stand_in)
+            except ValueError:
+                continue
+            substitutions.append(Substitution(modality, wanted, stand_in, reason))
+            return stand_in, engine
+        raise NoUsableProvider(f"no {modality} provider can serve this call: "
+                               + "; ".join(f"{name}: {reason}" for name, reason in skipped))
+
     async def aclose(self) -> None:
         """Close what was made for this call (cloud clients); shared offline engines stay."""
         for engine in (self.stt, self.llm, self.tts):
             if isinstance(engine, FailoverSTT | FailoverLLM | FailoverTTS):
                 await engine.aclose()
+
+
+class NoUsableProvider(ValueError):
+    """No engine of a modality's chain can be built here (the call fails pipeline_unavailable)."""
 
 
 class ProviderChains:
@@ -98,7 +119,12 @@ class ProviderChains:
             entry = registry.get(modality, name)
             if not entry.capabilities.warm_up:
                 continue
-            engine = self.engine(modality, name)
+            try:
+                engine = self.engine(modality, name)
+            except registry.MissingExtra as exc:  # a cloud-only install: nothing to load here
+                log.warning("the offline engine is not installed; calls use their agents' cloud providers",
+                            extra={"provider": name, "error": str(exc)})
+                continue
             try:
                 await engine.warm_up()
             except ProviderError as exc:
@@ -164,6 +190,8 @@ class ProviderChains:
                                 extra={"modality": modality, "wanted": wanted, "used": name, "reason": reason})
                 skipped = []
                 engines.append((name, engine))
+            if not engines:
+                engines.append(self._last_resort(modality, skipped, substitutions))
             chains[modality] = (engines, owned)
 
         def pick(modality: str, wrapper: Any) -> Any:
@@ -172,6 +200,23 @@ class ProviderChains:
 
         return CallProviders(pick("stt", FailoverSTT), pick("llm", FailoverLLM), pick("tts", FailoverTTS),
                              substitutions)
+
+    def _last_resort(self, modality: str, skipped: list[tuple[str, str]],
+                     substitutions: list[Substitution]) -> tuple[str, Any]:
+        """Every engine of a chain was skipped (an install without the offline extra whose agent
+        names no usable cloud provider): the stand-in of one of them, else a clear error."""
+        for wanted, reason in skipped:
+            stand_in = registry.get(modality, wanted).stand_in
+            if stand_in is None:
+                continue
+            try:
+                engine = self.engine(modality, stand_in)
+            except ValueError:
+                continue
+            substitutions.append(Substitution(modality, wanted, stand_in, reason))
+            return stand_in, engine
+        raise NoUsableProvider(f"no {modality} provider can serve this call: "
+                               + "; ".join(f"{name}: {reason}" for name, reason in skipped))
 
     async def aclose(self) -> None:
         engines, self._shared = list(self._shared.values()), {}

@@ -116,6 +116,9 @@ async def _run(plane: ControlPlane, chains: ProviderChains, tenant_id: str, chec
         check.status = "missing credential"
         check.detail = f"{exc}: voicectl credential set --tenant T {entry.credential_name}"
         return
+    except registry.MissingExtra as exc:  # the package is not installed here
+        check.status, check.detail = "not installed", str(exc)[:300]
+        return
     except ValueError as exc:  # a setting the adapter refuses (a bad URL): this row, not the others
         check.status, check.detail = "misconfigured", str(exc)[:200]
         return

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from runtime.providers.registry import MissingExtra, require_extra
+
 S3 = "s3"
 URI_SCHEME = "s3://"
 CHUNK = 64 * 1024
@@ -95,11 +97,18 @@ def parse_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def _is_client_error(exc: BaseException) -> bool:
+    """botocore's ClientError (False where the s3 extra is not installed: nothing can have raised it)."""
+    try:
+        from botocore.exceptions import ClientError
+    except ImportError:
+        return False
+    return isinstance(exc, ClientError)
+
+
 def describe_error(exc: BaseException, secret: str | None = None) -> str:
     """A short reason for the row and the log: the store's error code and status, never a secret."""
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, ClientError):
+    if _is_client_error(exc):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         text = f"{error.get('Code') or 'error'} (HTTP {status}): {error.get('Message') or ''}".rstrip(": ")
@@ -114,11 +123,9 @@ def describe_error(exc: BaseException, secret: str | None = None) -> str:
 
 def is_permanent(exc: BaseException) -> bool:
     """True for errors another attempt cannot fix; timeouts, connection errors and 5xx are retried."""
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, InvalidTarget):
+    if isinstance(exc, InvalidTarget | MissingExtra):
         return True
-    if isinstance(exc, ClientError):
+    if _is_client_error(exc):
         code = exc.response.get("Error", {}).get("Code")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return status in _PERMANENT_STATUS and code not in _TRANSIENT_CODES
@@ -126,9 +133,7 @@ def is_permanent(exc: BaseException) -> bool:
 
 
 def is_missing(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError
-
-    return isinstance(exc, ClientError) and (
+    return _is_client_error(exc) and (
         exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
     )
 
@@ -195,6 +200,7 @@ class S3Client:
     def client(self, target: S3Target) -> Any:
         """An async context manager yielding an aiobotocore S3 client for ``target``."""
         if self._session is None:
+            require_extra("s3")  # MissingExtra (permanent) on an install without the s3 extra
             from aiobotocore.session import get_session
             from botocore.config import Config
 

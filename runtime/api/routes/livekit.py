@@ -7,6 +7,7 @@ from aiohttp import web
 from runtime.api.appkeys import SETTINGS
 from runtime.api.endpoint import Ctx, QueryParam, Route
 from runtime.control.errors import BadRequest
+from runtime.providers.registry import require_extra
 from runtime.telephony.livekit.control import (
     DispatchRequest,
     LiveKitDispatch,
@@ -15,24 +16,28 @@ from runtime.telephony.livekit.control import (
     TokenRequest,
 )
 
-# 409: no LiveKit project for the tenant (livekit_not_configured); 502: the LiveKit server refused
-# or could not be reached (livekit_error).
-LIVEKIT_ERRORS = (409, 502)
+# 409: no LiveKit project for the tenant (livekit_not_configured); 501: this install left out the
+# livekit extra (not_installed: every handler checks first); 502: the LiveKit server refused or
+# could not be reached (livekit_error).
+LIVEKIT_ERRORS = (409, 501, 502)
 
 
 async def livekit_webhook(ctx: Ctx) -> web.StreamResponse:
+    require_extra("livekit")
     from runtime.telephony.livekit.webhooks import livekit_webhook as handle
 
     return await handle(ctx.request)
 
 
 async def create_token(ctx: Ctx) -> LiveKitToken:
+    require_extra("livekit")
     from runtime.telephony.livekit.control import mint_token
 
     return await mint_token(ctx.request.app[SETTINGS], ctx.control, ctx.tenant, ctx.body)
 
 
 async def create_dispatch(ctx: Ctx) -> LiveKitDispatch:
+    require_extra("livekit")
     from runtime.telephony.livekit.control import create_dispatch as dispatch
 
     return await dispatch(ctx.request.app[SETTINGS], ctx.control, ctx.tenant, ctx.body)
@@ -50,6 +55,7 @@ def _room(ctx: Ctx) -> str:
 
 
 async def list_dispatches(ctx: Ctx) -> dict:
+    require_extra("livekit")
     from runtime.telephony.livekit.control import list_dispatches as listed
 
     items = await listed(ctx.request.app[SETTINGS], ctx.control, ctx.tenant, _room(ctx))
@@ -57,12 +63,14 @@ async def list_dispatches(ctx: Ctx) -> dict:
 
 
 async def delete_dispatch(ctx: Ctx) -> None:
+    require_extra("livekit")
     from runtime.telephony.livekit.control import delete_dispatch as delete
 
     await delete(ctx.request.app[SETTINGS], ctx.control, ctx.tenant, _room(ctx), ctx.param("dispatch_id"))
 
 
 async def start_egress(ctx: Ctx) -> LiveKitEgress:
+    require_extra("livekit")
     from runtime.telephony.livekit.bridge import bridge
     from runtime.telephony.livekit.control import start_egress as start
 
@@ -70,6 +78,7 @@ async def start_egress(ctx: Ctx) -> LiveKitEgress:
 
 
 async def stop_egress(ctx: Ctx) -> LiveKitEgress:
+    require_extra("livekit")
     from runtime.telephony.livekit.bridge import bridge
     from runtime.telephony.livekit.control import stop_egress as stop
 
@@ -81,7 +90,7 @@ ROOM = (QueryParam("room", description="room name as the tenant named it"),)
 ROUTES = [
     Route("POST", "/webhooks/livekit", livekit_webhook,
           "LiveKit webhook (JWT in Authorization with the body's sha256): SIP callers, leaves, egress",
-          auth="public", tag="telephony", errors=(400, 401, 403, 404, 409, 413)),
+          auth="public", tag="telephony", errors=(400, 401, 403, 404, 409, 413, 501)),
     Route("POST", "/api/v1/livekit/tokens", create_token,
           "Mint a LiveKit room token for a browser/mobile client (optionally dispatching the agent)",
           body=TokenRequest, status=201, response=LiveKitToken, tag="livekit", rate_class="realtime",
