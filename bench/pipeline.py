@@ -2,7 +2,8 @@
 voice-to-voice latency with the offline stack.
 
 Two parts, each against a real runtime process pinned to core 0, with the callers (Twilio
-protocol, real-time audio both ways) in a generator process pinned to core 1:
+protocol, real-time audio both ways) in a generator process pinned to core 1 (and a
+micro-benchmark, ``resample``, in this process):
 
 ``fake``   the runtime with instant engines (bench/fake_engines.py): N concurrent calls, each
            saying a line (speech made by the local TTS) and waiting for the reply, T turns; on
@@ -18,10 +19,15 @@ protocol, real-time audio both ways) in a generator process pinned to core 1:
            once. Figures: voice-to-voice per turn (the caller's last speech frame -> the first
            reply frame, from ``turn.latency`` ``v2v``), STT/TTS stages, runtime CPU per call;
            calls per core = the most concurrent calls with v2v p50 under 900 ms.
+``resample`` (not in ``all``) the old ``audioop.ratecv`` and the pipeline's ``Resampler`` on each
+           rate pair of the audio path, fed 20 ms frames: CPU per frame (best of 5 runs of 2000
+           frames), the level of a tone at 1.5x the target Nyquist (for upsampling: the image
+           of a tone at 0.8x the source Nyquist) and the output's delay behind the input.
 
     .venv/bin/python bench/pipeline.py                        # both parts, default sizes
     .venv/bin/python bench/pipeline.py --part fake --calls 100 --turns 6
     .venv/bin/python bench/pipeline.py --part offline --levels 1,2,3,4
+    .venv/bin/python bench/pipeline.py --part resample
     .venv/bin/python bench/pipeline.py --quick               # a smoke run (tests/test_bench_pipeline_smoke.py)
 """
 
@@ -236,10 +242,93 @@ def run_offline(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+# Resampling (in this process)
+
+RESAMPLE_PAIRS = ((8000, 16000), (16000, 8000), (22050, 8000), (24000, 8000), (22050, 16000), (24000, 16000),
+                  (48000, 8000), (48000, 16000))
+
+
+def _ratecv(src: int, dst: int) -> Any:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+    state = None
+
+    def convert(pcm: bytes) -> bytes:
+        nonlocal state
+        out, state = audioop.ratecv(pcm, 2, 1, src, dst, state)
+        return out
+    return convert
+
+
+def _frames_of(x: Any, rate: int) -> list[bytes]:
+    pcm, step = x.astype("<i2").tobytes(), rate * 2 // 50
+    return [pcm[i:i + step] for i in range(0, len(pcm) - step + 1, step)]
+
+
+def _us_per_frame(make: Any, src: int, dst: int) -> float:
+    import numpy as np
+
+    t = np.arange(src) / src
+    frames = _frames_of(6000 * np.sin(2 * np.pi * 440 * t) + 2000 * np.sin(2 * np.pi * 1900 * t), src)[:50]
+    best = float("inf")
+    for _ in range(5):
+        convert = make(src, dst)
+        convert(frames[0])
+        began = time.perf_counter()
+        for k in range(2000):
+            convert(frames[k % 50])
+        best = min(best, (time.perf_counter() - began) / 2000 * 1e6)
+    return best
+
+
+def _rejection_db(make: Any, src: int, dst: int) -> float:
+    """Downsampling: the output level of a tone at 1.5x the target Nyquist (-83 dB is the floor:
+    silence, under half an LSB); upsampling: the image of a tone at 0.8x the source Nyquist
+    against the tone (dB)."""
+    import numpy as np
+
+    hz = min(0.75 * dst, 0.45 * src) if dst < src else 0.4 * src
+    x = 10000 * np.sin(2 * np.pi * hz * np.arange(src) / src)
+    convert = make(src, dst)
+    y = np.frombuffer(b"".join(convert(f) for f in _frames_of(x, src)), "<i2").astype(float)
+    y = y[len(y) // 4: -len(y) // 4]
+    if dst < src:
+        return round(20 * np.log10(max(float(np.sqrt((y ** 2).mean())), 0.5) / (10000 / np.sqrt(2))), 1)
+    spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+    image = spectrum[np.fft.rfftfreq(len(y), 1 / dst) > src / 2 + 100].max()
+    return round(20 * np.log10(max(image, 1e-9) / spectrum.max()), 1)
+
+
+def _delay_ms(make: Any, src: int, dst: int) -> float:
+    """How far the output runs behind the input after 1 s of 20 ms frames."""
+    import numpy as np
+
+    convert = make(src, dst)
+    out = sum(len(convert(f)) // 2 for f in _frames_of(np.zeros(src), src))
+    return round((dst - out) / dst * 1000, 2)
+
+
+def run_resample() -> list[dict[str, Any]]:
+    from runtime.pipeline.audio import Resampler
+
+    rows = []
+    for src, dst in RESAMPLE_PAIRS:
+        rows.append({
+            "pair": f"{src}->{dst}",
+            "ratecv_us": round(_us_per_frame(_ratecv, src, dst), 2), "new_us": round(_us_per_frame(Resampler, src, dst), 2),
+            "ratecv_rejection_db": _rejection_db(_ratecv, src, dst), "new_rejection_db": _rejection_db(Resampler, src, dst),
+            "new_delay_ms": _delay_ms(Resampler, src, dst),
+        })
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--part", choices=("fake", "offline", "all"), default="all")
+    parser.add_argument("--part", choices=("fake", "offline", "resample", "all"), default="all")
     parser.add_argument("--calls", type=int, default=100, help="fake part: concurrent calls")
     parser.add_argument("--turns", type=int, default=6, help="fake part: caller turns per call")
     parser.add_argument("--ramp", type=float, default=5.0, help="fake part: seconds over which calls start")
@@ -254,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
         args.calls, args.turns, args.ramp, args.levels = 4, 2, 0.5, "1"
     args.levels = [int(x) for x in str(args.levels).split(",") if x]
     out: dict[str, Any] = {}
+    if args.part == "resample":
+        out["resample"] = run_resample()
+        print(f"{'rate pair':14} {'ratecv us/frame':>16} {'new us/frame':>13} {'ratecv tone dB':>15} {'new tone dB':>12} "
+              f"{'new delay ms':>13}")
+        for r in out["resample"]:
+            print(f"{r['pair']:14} {r['ratecv_us']:16.2f} {r['new_us']:13.2f} {r['ratecv_rejection_db']:15.1f} "
+                  f"{r['new_rejection_db']:12.1f} {r['new_delay_ms']:13.2f}", flush=True)
     if args.part in ("fake", "all"):
         _log(f"fake engines: {args.calls} calls x {args.turns} turns ...")
         out["fake"] = run_fake(args)

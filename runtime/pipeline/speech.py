@@ -104,13 +104,26 @@ class Voice:
         """``chunk`` to the transport; False when the reply is no longer current (stop)."""
         if reply.generation != self.generation:
             return False  # a newer reply owns the line: this audio is stale
-        timing, transport, rate, clock = reply.timing, self.transport, self.transport.rate, self.clock
         resampler = reply.resamplers.get(chunk.rate)
         if resampler is None:
-            resampler = reply.resamplers[chunk.rate] = Resampler(chunk.rate, rate)
-        pcm = resampler(chunk.pcm)
+            resampler = reply.resamplers[chunk.rate] = Resampler(chunk.rate, self.transport.rate)
+        return await self._play(reply, resampler(chunk.pcm), chunk.text)
+
+    async def flush(self, reply: Reply) -> None:
+        """The end of a reply's audio: the few ms its resamplers still hold go out too (between
+        pieces they go out with the next piece's first audio, as one continuous stream)."""
+        for resampler in list(reply.resamplers.values()):
+            if reply.generation != self.generation:
+                return
+            tail = resampler.flush()
+            if tail and not await self._play(reply, tail, ""):
+                return
+
+    async def _play(self, reply: Reply, pcm: bytes, text: str) -> bool:
+        """Transport-rate ``pcm`` to the transport; False when the reply is no longer current."""
         if not pcm:
             return True
+        timing, transport, rate, clock = reply.timing, self.transport, self.transport.rate, self.clock
         first = reply.first_audio_at is None
         if first:
             if timing is not None:
@@ -126,7 +139,7 @@ class Voice:
             if reply.generation != self.generation:
                 return False
         transport.send_audio(pcm, reply.generation)
-        reply.ledger.audio(pcm_ms(pcm, rate), chunk.text)
+        reply.ledger.audio(pcm_ms(pcm, rate), text)
         if first:
             reply.first_audio_at = clock.now()
             if timing is not None:
@@ -191,6 +204,7 @@ class Speaker:
                 raise
             except Exception as exc:
                 self.error = exc
+        await self._voice.flush(self._reply)
 
     async def _run_streams(self) -> None:
         """Streaming engines: the pieces go to one context while they keep coming; a pause longer
@@ -239,3 +253,4 @@ class Speaker:
                 raise
             except Exception as exc:
                 self.error = exc
+        await self._voice.flush(self._reply)
