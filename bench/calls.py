@@ -93,7 +93,7 @@ async def _generate(spec: dict) -> dict:
     import orjson
     from twilio_common import ACCOUNT_SID, AUTH_TOKEN, NUMBER
 
-    from runtime.pipeline.audio import read_wav, ulaw_frames
+    from runtime.audio import read_wav, ulaw_frames
     from runtime.telephony.twilio.caller import TwilioCaller
 
     n, duration, ramp = spec["calls"], spec["duration"], spec["ramp"]

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runtime.pipeline.audio import Audio, read_wav  # noqa: E402
+from runtime.audio import Audio, read_wav  # noqa: E402
 from runtime.providers.base import (  # noqa: E402
     AudioChunk,
     LanguageModel,

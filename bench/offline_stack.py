@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from runtime.pipeline.audio import FRAME_MS, resample  # noqa: E402
+from runtime.audio import FRAME_MS, resample  # noqa: E402
 from runtime.pipeline.turns import Signal, TurnDetector  # noqa: E402
 from runtime.pipeline.vad import SileroVad, VoiceActivity, WebRtcVad  # noqa: E402
 from runtime.providers.stt.local import LocalWhisperSTT  # noqa: E402

@@ -91,7 +91,7 @@ def turn_latency(rt: Runtime) -> list[dict[str, Any]]:
 
 
 async def _speech(text: str) -> Any:
-    from runtime.pipeline.audio import Audio
+    from runtime.audio import Audio
     from runtime.providers.tts.local import PiperTTS
 
     chunks = [c async for c in PiperTTS().synthesize(text)]
@@ -101,7 +101,7 @@ async def _speech(text: str) -> Any:
 def speech_onset_s(frames: list[bytes], threshold: int = 300) -> float:
     """Seconds of lead-in before the first frame with speech energy (TTS output starts with a
     little silence; barge-in is timed from the first frame a caller's voice is in)."""
-    from runtime.pipeline.audio import rms, ulaw_to_pcm16
+    from runtime.audio import rms, ulaw_to_pcm16
 
     for i, frame in enumerate(frames):
         if rms(ulaw_to_pcm16(frame)) > threshold:
@@ -164,7 +164,7 @@ async def _booking_call(url: str, lines: list[tuple[str, Any]], stagger_s: float
 
 
 async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
-    from runtime.pipeline.audio import ulaw_frames
+    from runtime.audio import ulaw_frames
 
     if spec["part"] == "fake":
         frames = ulaw_frames(await _speech(LINE))
@@ -312,7 +312,7 @@ def _delay_ms(make: Any, src: int, dst: int) -> float:
 
 
 def run_resample() -> list[dict[str, Any]]:
-    from runtime.pipeline.audio import Resampler
+    from runtime.audio import Resampler
 
     rows = []
     for src, dst in RESAMPLE_PAIRS:

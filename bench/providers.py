@@ -117,7 +117,7 @@ async def _llm_rows(turns: int) -> list[dict]:
 
 async def _stt_rows(turns: int) -> list[dict]:
     from peers.deepgram_server import DeepgramScript, DeepgramServer
-    from runtime.pipeline.audio import pcm16_to_ulaw
+    from runtime.audio import pcm16_to_ulaw
     from runtime.providers.stt.deepgram import DeepgramSTT
 
     speech = (3000).to_bytes(2, "little", signed=True) * 160  # 20 ms of loud audio at 8 kHz

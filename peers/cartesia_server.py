@@ -69,7 +69,7 @@ from aiohttp import WSMsgType, web
 
 from peers.loopback import serve_loopback
 
-with warnings.catch_warnings():  # as runtime/pipeline/audio.py: stdlib audioop is deprecated in 3.11/3.12
+with warnings.catch_warnings():  # as runtime/audio.py: stdlib audioop is deprecated in 3.11/3.12
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 

@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from peers.loopback import serve_loopback
-from runtime.pipeline.audio import rms, ulaw_to_pcm16
+from runtime.audio import rms, ulaw_to_pcm16
 
 FRAME_MS = 20
 

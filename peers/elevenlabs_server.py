@@ -57,7 +57,7 @@ from typing import Any, Literal
 from aiohttp import WSMsgType, web
 
 from peers.loopback import serve_loopback
-from runtime.pipeline.audio import pcm16_to_ulaw, ulaw_to_pcm16
+from runtime.audio import pcm16_to_ulaw, ulaw_to_pcm16
 
 IDLE_REASON = ("Have not received a new text input within the timeout of 20 seconds. Streaming input terminated. "
                "Please make sure to either feed the input in the timely manner, or to send the end of input text "

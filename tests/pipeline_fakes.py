@@ -14,9 +14,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from runtime.audio import rms
 from runtime.control.schemas import AgentConfig
 from runtime.events.models import Payload
-from runtime.pipeline.audio import rms
 from runtime.pipeline.clock import ManualClock
 from runtime.pipeline.conversation import Conversation
 from runtime.pipeline.metrics import PipelineMetrics

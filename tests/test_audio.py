@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import struct
 
-from runtime.pipeline.audio import (
+from runtime.audio import (
     Resampler,
     pcm16_to_ulaw,
     read_wav,

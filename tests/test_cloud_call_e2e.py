@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from peers.anthropic_server import AnthropicServer, text_reply, tool_reply
 from peers.chatterbox_server import ChatterboxScript, ChatterboxServer
 from peers.deepgram_server import DeepgramScript, DeepgramServer
+from runtime.audio import ulaw_frames
 from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate, VoiceProfileCreate
-from runtime.pipeline.audio import ulaw_frames
 from runtime.telephony.scripted_caller import OpenLine, agent_quiet
 from runtime.telephony.twilio.caller import TwilioCaller
 from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides

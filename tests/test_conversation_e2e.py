@@ -9,7 +9,7 @@ import time
 
 import pytest_asyncio
 
-from runtime.pipeline.audio import Audio, ulaw_frames
+from runtime.audio import Audio, ulaw_frames
 from runtime.providers.tts.local import PiperTTS
 from runtime.telephony.scripted_caller import OpenLine, agent_quiet, scripted_call
 from runtime.telephony.twilio.caller import TwilioCaller

@@ -19,7 +19,7 @@ from peers.deepgram_server import (
     DeepgramServer,
     Reject,
 )
-from runtime.pipeline.audio import pcm16_to_ulaw
+from runtime.audio import pcm16_to_ulaw
 from runtime.providers.base import ProviderError, RetryPolicy, Transcript
 from runtime.providers.stt.deepgram import DeepgramSTT
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from peers.elevenlabs_server import ElevenLabsScript, ElevenLabsServer, Fault, Refusal
-from runtime.pipeline.audio import ulaw_to_pcm16
+from runtime.audio import ulaw_to_pcm16
 from runtime.pipeline.clock import SystemClock
 from runtime.pipeline.frames import pcm_ms
 from runtime.pipeline.speech import Reply, Speaker, Voice

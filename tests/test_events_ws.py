@@ -7,8 +7,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from runtime.api.appkeys import BUS
 from runtime.api import event_socket as websocket
+from runtime.api.appkeys import BUS
 from runtime.events.models import CallConnected, DtmfReceived, Event, TranscriptCreated
 from tests.api_support import start_live_api, stop_live_api, with_overrides
 from tests.test_events_bus import _call

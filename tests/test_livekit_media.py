@@ -14,7 +14,7 @@ import pytest_asyncio
 from livekit import rtc
 
 from runtime.api.appkeys import TRACKER
-from runtime.pipeline.audio import rms
+from runtime.audio import rms
 from runtime.providers.stt.local import LocalWhisperSTT
 from runtime.telephony.livekit.media import FRAME_BYTES, FRAME_SAMPLES, LIVEKIT_RATE, LiveKitMedia
 from tests.livekit_support import CALLER, NUMBER, start_world, stop_world

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.pipeline.audio import resample
+from runtime.audio import resample
 from runtime.providers.base import ProviderError, RetryPolicy, SttStream, Transcript
 from runtime.providers.models import WHISPER_TINY_EN, ModelSpec, verified_dir
 from runtime.providers.stt.local import LocalWhisperSTT, collapse_repeats

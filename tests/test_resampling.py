@@ -1,4 +1,4 @@
-"""The audio path's rate conversion (runtime.pipeline.audio.Resampler, FFmpeg's swresample).
+"""The audio path's rate conversion (runtime.audio.Resampler, FFmpeg's swresample).
 
 Bounds, with what bench/pipeline.py --part resample measured on the 2-core box beside them:
 a tone at 1.25x the target Nyquist comes out at least 40 dB down (measured: below one LSB,
@@ -16,7 +16,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from runtime.pipeline.audio import Resampler, resample
+from runtime.audio import Resampler, resample
 from runtime.pipeline.clock import ManualClock
 from runtime.pipeline.speech import Reply, Speaker, Voice
 from runtime.providers.base import AudioChunk

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import re
 
+from runtime.audio import resample
 from runtime.config import Settings
 from runtime.control.schemas import AgentConfig
-from runtime.pipeline.audio import resample
 from runtime.providers.chains import ProviderChains
 from runtime.providers.stt.sphinx import PocketSphinxSTT
 from runtime.providers.tts.local import PiperTTS

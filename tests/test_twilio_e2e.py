@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest_asyncio
 
-from runtime.pipeline.audio import resample, rms
+from runtime.audio import resample, rms
 from runtime.providers.stt.local import LocalWhisperSTT
 from runtime.telephony.scripted_caller import agent_quiet
 from tests.twilio_support import NUMBER, start_world, stop_world

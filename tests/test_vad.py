@@ -12,7 +12,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from runtime.pipeline.audio import resample
+from runtime.audio import resample
 from runtime.pipeline.turns import Signal, TurnDetector
 from runtime.pipeline.vad import SileroVad, VoiceActivity, WebRtcVad, default_vad
 from runtime.providers.tts.local import PiperTTS

@@ -7,8 +7,8 @@ call is saved under artifacts/webrtc/ (git-ignored)."""
 
 from __future__ import annotations
 
+from runtime.audio import write_wav
 from runtime.config import build_settings
-from runtime.pipeline.audio import write_wav
 from runtime.secrets import write_master_key
 from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides
 from tests.webrtc_support import ARTIFACTS, Chromium, piper_speech, require_chromium, wait_for, with_silence

@@ -14,8 +14,8 @@ import pytest_asyncio
 from aiortc import RTCRtpSender
 
 from runtime.api.appkeys import TRACKER
+from runtime.audio import Audio
 from runtime.config import build_settings
-from runtime.pipeline.audio import Audio
 from runtime.secrets import write_master_key
 from runtime.telephony.webrtc.bridge import AnswerFailed, SdpRejected, answer_offer, bridge
 from runtime.telephony.webrtc.ice import add_host_candidates, with_candidates

@@ -23,7 +23,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from runtime.pipeline.audio import Audio, resample, write_wav
+from runtime.audio import Audio, resample, write_wav
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts" / "webrtc"

@@ -45,7 +45,7 @@ async def _credential(plane: Any, number: str, account_sid: str | None, auth_tok
 
 
 async def _speak_lines(texts: list[str], wavs: list[Path]) -> list[tuple[str, Any]]:
-    from runtime.pipeline.audio import Audio, read_wav
+    from runtime.audio import Audio, read_wav
 
     lines: list[tuple[str, Any]] = [(f"<{p.name}>", read_wav(p)) for p in wavs]
     if texts:

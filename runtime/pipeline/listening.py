@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from runtime.audio import Resampler
 from runtime.events.models import TranscriptInterim
-from runtime.pipeline.audio import Resampler
 from runtime.pipeline.clock import Clock
 from runtime.pipeline.frames import AudioFrame, ControlFrame
 from runtime.pipeline.reporting import CallReporter

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from runtime.pipeline.audio import FRAME_MS
+from runtime.audio import FRAME_MS
 from runtime.pipeline.pacer import Frame, Pacer
 
 # (audio frames dropped here, whether audio was sent since the last clear) -> frames dropped by the carrier

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-from runtime.pipeline.audio import Resampler
+from runtime.audio import Resampler
 from runtime.pipeline.clock import Clock
 from runtime.pipeline.frames import pcm_ms
 from runtime.pipeline.history import SpokenLedger

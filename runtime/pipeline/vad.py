@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from runtime.pipeline.audio import FRAME_MS, Resampler
+from runtime.audio import FRAME_MS, Resampler
 
 
 class VoiceActivity(ABC):

@@ -2,7 +2,8 @@
 
 Frames arrive as PCM16 mono (20 ms each, at whatever rate the bridge uses). Each
 leg is written to its own WAV at the rate of its first frame (later frames at
-another rate are converted with ``audioop.ratecv``); the mixed WAV runs at the
+another rate are converted by ``runtime.audio.Resampler``, streaming, one per leg and target); the
+mixed WAV runs at the
 rate of the first frame of the call. Both legs are kept on the wall clock: a leg
 that falls more than ``SLACK_S`` behind the time since the first frame (the agent
 is silent, or the caller's audio has a gap) is padded with silence first, so the
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.audio import Resampler
 from runtime.ids import new_id, now_iso
 from runtime.recording.storage import LOCAL, LocalStorage
 
@@ -65,8 +67,8 @@ class _Leg:
         self.wav: wave.Wave_write | None = None
         self.path: Path | None = None
         self.pending = bytearray()  # at the mix rate, not yet mixed
-        self._to_leg: Any = None  # ratecv states
-        self._to_mix: Any = None
+        self._to_leg: Resampler | None = None  # made when a frame comes at another rate
+        self._to_mix: Resampler | None = None
 
     def open(self, path: Path, rate: int) -> None:
         self.rate, self.path = rate, path
@@ -76,12 +78,16 @@ class _Leg:
         assert self.wav is not None
         own = pcm
         if rate != self.rate:
-            own, self._to_leg = audioop.ratecv(pcm, WIDTH, 1, rate, self.rate, self._to_leg)
+            if self._to_leg is None or self._to_leg.src != rate:
+                self._to_leg = Resampler(rate, self.rate)
+            own = self._to_leg(pcm)
         self.wav.writeframesraw(own)
         self.samples += len(own) // WIDTH
         mix = pcm
         if rate != mix_rate:
-            mix, self._to_mix = audioop.ratecv(pcm, WIDTH, 1, rate, mix_rate, self._to_mix)
+            if self._to_mix is None or self._to_mix.src != rate or self._to_mix.dst != mix_rate:
+                self._to_mix = Resampler(rate, mix_rate)
+            mix = self._to_mix(pcm)
         self.pending += mix
 
     def pad_to(self, seconds: float, mix_rate: int) -> None:

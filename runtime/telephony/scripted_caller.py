@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from runtime.pipeline.audio import ULAW_FRAME_BYTES, ULAW_SILENCE, Audio, ulaw_frames
+from runtime.audio import ULAW_FRAME_BYTES, ULAW_SILENCE, Audio, ulaw_frames
 from runtime.telephony.twilio.caller import FRAME_S, CallResult, MediaLeg, TwilioCaller
 
 SILENCE_FRAME = ULAW_SILENCE * ULAW_FRAME_BYTES

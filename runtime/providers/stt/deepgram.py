@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.pipeline.audio import pcm16_to_ulaw
+from runtime.audio import pcm16_to_ulaw
 from runtime.providers.base import (
     ProviderError,
     RetryPolicy,

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.pipeline.audio import rms
+from runtime.audio import rms
 from runtime.providers import workers
 from runtime.providers.base import ProviderError, RetryPolicy, SpeechToText, SttStream, Transcript
 from runtime.providers.models import WHISPER_TINY_EN, ModelSpec, offline, verified_dir

@@ -84,7 +84,7 @@ from websockets.exceptions import (
 )
 from websockets.protocol import State
 
-from runtime.pipeline.audio import ulaw_to_pcm16
+from runtime.audio import ulaw_to_pcm16
 from runtime.providers.base import (
     AudioChunk,
     ErrorKind,

@@ -94,7 +94,7 @@ from typing import Any
 
 import aiohttp
 
-from runtime.pipeline.audio import ulaw_to_pcm16
+from runtime.audio import ulaw_to_pcm16
 from runtime.providers.base import (
     RETRYABLE,
     AudioChunk,

@@ -19,8 +19,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from runtime.audio import FRAME_MS
 from runtime.calls.media_leg import MediaLeg
-from runtime.pipeline.audio import FRAME_MS
 from runtime.pipeline.paced_transport import PacedTransport
 from runtime.pipeline.pacer import Frame
 from runtime.telephony.services import services

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from runtime.pipeline.audio import Audio, read_wav, ulaw_frames, ulaw_to_pcm16
+from runtime.audio import Audio, read_wav, ulaw_frames, ulaw_to_pcm16
 from runtime.telephony.twilio.bridge import twilio_signature
 
 FRAME_S = 0.020

@@ -21,15 +21,15 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from runtime.calls.media_leg import LegFailed, MediaLeg
-from runtime.calls.session import CallSession
-from runtime.pipeline.audio import (
+from runtime.audio import (
     TELEPHONY_RATE,
     ULAW_FRAME_BYTES,
     ULAW_SILENCE,
     pcm16_to_ulaw,
     ulaw_to_pcm16,
 )
+from runtime.calls.media_leg import LegFailed, MediaLeg
+from runtime.calls.session import CallSession
 from runtime.pipeline.paced_transport import PacedTransport
 from runtime.pipeline.pacer import Frame
 from runtime.telephony.services import services

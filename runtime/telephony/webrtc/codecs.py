@@ -14,10 +14,10 @@ from typing import Protocol
 
 import av
 
+from runtime.audio import FRAME_MS
 from runtime.config import OpusSettings
-from runtime.pipeline.audio import FRAME_MS
 
-with warnings.catch_warnings():  # see runtime.pipeline.audio
+with warnings.catch_warnings():  # see runtime.audio
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import av
 
-from runtime.pipeline.audio import FRAME_MS, Resampler
+from runtime.audio import FRAME_MS, Resampler
 
-with warnings.catch_warnings():  # see runtime.pipeline.audio
+with warnings.catch_warnings():  # see runtime.audio
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from runtime.audio import FRAME_MS
 from runtime.one_per import OnePer
-from runtime.pipeline.audio import FRAME_MS
 from runtime.pipeline.pacer import Grid
 from runtime.telephony.webrtc.codecs import AgentEncoder
 
