@@ -28,7 +28,7 @@ micro-benchmark, ``resample``, in this process):
     .venv/bin/python bench/pipeline.py --part fake --calls 100 --turns 6
     .venv/bin/python bench/pipeline.py --part offline --levels 1,2,3,4
     .venv/bin/python bench/pipeline.py --part resample
-    .venv/bin/python bench/pipeline.py --quick               # a smoke run (tests/test_bench_pipeline_smoke.py)
+    .venv/bin/python bench/pipeline.py --quick               # a smoke run (tests/bench/test_bench_pipeline_smoke.py)
 """
 
 from __future__ import annotations

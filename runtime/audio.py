@@ -52,7 +52,7 @@ class Resampler:
 
     The engine is FFmpeg's swresample (PyAV, already the WebRTC codec library) with its default
     filter (32 taps, Kaiser window, cutoff 0.97). Measured by ``bench/pipeline.py --part
-    resample`` and tests/test_resampling.py, 20 ms frames in, 2-core box:
+    resample`` and tests/pipeline/test_resampling.py, 20 ms frames in, 2-core box:
 
     ==========================  ===============  ================  ==========  =================
     engine                      tone at 1.5x     output behind     8k>16k>8k   µs a frame

@@ -124,7 +124,7 @@ async def control(settings: Settings):
 @pytest_asyncio.fixture
 async def api(settings: Settings):
     """A live API server on a loopback port (rate limits raised), with an admin key."""
-    from tests.api_support import high_limits, start_live_api, stop_live_api, with_overrides
+    from tests.api.support import high_limits, start_live_api, stop_live_api, with_overrides
 
     live, runner = await start_live_api(with_overrides(settings, limits=high_limits()))
     try:

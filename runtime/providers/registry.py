@@ -20,7 +20,7 @@ the modules the adapter imports from it. ``build`` looks for those modules (``fi
 not imported) before it imports the factory, and a missing one is a ``MissingExtra`` (a
 ``ValueError``, as an unknown provider is) saying which extra to install, never an ImportError
 from deep inside an SDK. The parts that are not providers (the LiveKit bridge, S3 storage) are in
-``OTHER_NEEDS``; tests/test_extras.py checks both against pyproject.toml.
+``OTHER_NEEDS``; tests/project/test_extras.py checks both against pyproject.toml.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The option when live partial transcripts matter more than accuracy: it decodes while the
 caller speaks and emits interim results (``transcript.interim``), where the whisper engine
 only decodes at the end of an utterance. Less accurate than whisper tiny.en (measured in
-tests/test_sphinx_stt.py on piper speech: the key words of a booking line, not every word).
+tests/providers/test_sphinx_stt.py on piper speech: the key words of a booking line, not every word).
 
 Decoding runs in the ``stt`` worker pool, 100 ms of audio at a time, in order per stream; each
 stream has its own decoder (a decoder holds one utterance's search).

@@ -4,7 +4,7 @@ GoTo's documentation of these payloads is thin. The shape PROTOCOLS.md gives for
 ``{"content": {"metadata": {"conversationSpaceId", "direction", "callCreated"}, "state": {"type",
 "sequenceNumber", "participants": [{"type": {"value"}, "status": {"value"}}]}}}``. Everything
 beyond it is a guess, and each guess lives in exactly one function below, named in its docstring
-with "ASSUMPTION", and has a test named after it (tests/test_goto_events.py). If GoTo's real
+with "ASSUMPTION", and has a test named after it (tests/goto/test_goto_events.py). If GoTo's real
 payloads differ, only this module changes.
 """
 

@@ -1,0 +1,53 @@
+"""bench/api.py runs end to end: provisions, serves, generates load, prints its table.
+
+Figures are not asserted (they depend on the machine and what else runs on it);
+only that the benchmark works, prints what it promises and cleans up after itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench" / "api.py"
+
+
+def _bench_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("voicectl-bench-*")}
+
+
+def test_bench_api_quick_sqlite_prints_the_table(tmp_path: Path) -> None:
+    before = _bench_dirs()
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--backend", "sqlite", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next((i for i, line in enumerate(lines) if line.lstrip().startswith("offered")), None)
+    assert header is not None, proc.stdout
+    for column in ("reads/s", "writes/s", "p50", "p90", "p99", "max", "errors", "held"):
+        assert column in lines[header]
+    rows = [line for line in lines[header + 1:] if line.strip()[:1].isdigit()]
+    assert [int(r.split()[0]) for r in rows] == [100, 200], proc.stdout
+    assert any(line.startswith("sqlite:") for line in lines), proc.stdout
+
+    report = json.loads(out.read_text())
+    (result,) = report["results"]
+    assert result["backend"] == "sqlite"
+    assert [s["offered"] for s in result["steps"]] == [100, 200]
+    for step in result["steps"]:
+        assert step["read"]["sent"] > 0 and step["write"]["sent"] >= 0
+        assert set(step["read"]) >= {"achieved", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors"}
+    # The server process and the state dir are gone.
+    server_pid = re.search(r"server pid (\d+)", proc.stdout)
+    assert server_pid is not None, proc.stdout
+    cmdline = Path(f"/proc/{server_pid.group(1)}/cmdline")
+    assert not cmdline.exists() or b"runtime.api.server" not in cmdline.read_bytes()
+    assert _bench_dirs() <= before

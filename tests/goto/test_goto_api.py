@@ -1,0 +1,217 @@
+"""GoTo's OAuth and REST client against a local peer that follows the documented shapes."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from runtime.control.errors import NotFound
+from runtime.control.schemas import CredentialSet, TenantCreate
+from runtime.telephony.goto.api import (
+    EXPIRY_MARGIN_S,
+    GotoAccount,
+    GotoApi,
+    GotoApiError,
+    TokenCache,
+    open_account,
+)
+from tests.goto.support import ACCOUNT_KEY, CLIENT_ID, REFRESH_TOKEN, GotoPeer
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+@pytest_asyncio.fixture
+async def peer():
+    p = GotoPeer()
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def account(refresh: str = REFRESH_TOKEN) -> GotoAccount:
+    return GotoAccount("ten_x", CLIENT_ID, ACCOUNT_KEY, refresh, {"client_id": CLIENT_ID, "account_key": ACCOUNT_KEY})
+
+
+async def test_access_token_is_cached_until_shortly_before_expiry(peer) -> None:
+    clock = Clock()
+    tokens = TokenCache(clock)
+    async with aiohttp.ClientSession() as http:
+        api = GotoApi(peer.url, peer.token_url, account(), http, tokens)
+        await api.ringing("wc-1")
+        await api.ringing("wc-2")
+        assert len(peer.token_requests) == 1
+        assert peer.token_requests[0] == {"grant_type": "refresh_token", "refresh_token": REFRESH_TOKEN,
+                                          "client_id": CLIENT_ID}
+        clock.now += 3600 - EXPIRY_MARGIN_S - 1
+        await api.ringing("wc-3")
+        assert len(peer.token_requests) == 1
+        clock.now += 2
+        await api.ringing("wc-4")
+        assert len(peer.token_requests) == 2
+    assert all(r["authorized"] for r in peer.requests)
+
+
+async def test_a_revoked_access_token_is_refreshed_once_and_the_request_retried(peer) -> None:
+    async with aiohttp.ClientSession() as http:
+        api = GotoApi(peer.url, peer.token_url, account(), http, TokenCache())
+        await api.ringing("wc-1")
+        peer.revoked |= peer.issued
+        await api.ringing("wc-2")
+    assert len(peer.token_requests) == 2
+    assert [r["authorized"] for r in peer.requests] == [True, False, True]
+
+
+async def test_a_rotated_refresh_token_is_handed_over_for_storage(peer) -> None:
+    stored: list[str] = []
+
+    async def on_rotated(token: str) -> None:
+        stored.append(token)
+
+    peer.rotate_to = "goto-refresh-token-two"
+    async with aiohttp.ClientSession() as http:
+        api = GotoApi(peer.url, peer.token_url, account(), http, TokenCache(), on_rotated=on_rotated)
+        await api.ringing("wc-1")
+        peer.revoked |= peer.issued  # the next refresh must use the new refresh token
+        await api.ringing("wc-2")
+    assert stored == ["goto-refresh-token-two"]
+    assert [f["refresh_token"] for f in peer.token_requests] == [REFRESH_TOKEN, "goto-refresh-token-two"]
+
+
+async def test_a_rotation_is_stored_once_and_neither_token_refreshes_again(peer) -> None:
+    stored: list[str] = []
+
+    async def on_rotated(token: str) -> None:
+        stored.append(token)
+
+    peer.rotate_to = "goto-refresh-token-two"
+    tokens = TokenCache()
+    async with aiohttp.ClientSession() as http:
+        api = GotoApi(peer.url, peer.token_url, account(), http, tokens, on_rotated=on_rotated)
+        await api.ringing("wc-1")
+        await api.ringing("wc-2")
+        # Other instances: one still holding the old refresh token, one opened with the new one.
+        old = GotoApi(peer.url, peer.token_url, account(), http, tokens, on_rotated=on_rotated)
+        await old.ringing("wc-3")
+        new = GotoApi(peer.url, peer.token_url, account("goto-refresh-token-two"), http, tokens,
+                      on_rotated=on_rotated)
+        await new.ringing("wc-4")
+    assert stored == ["goto-refresh-token-two"]
+    assert len(peer.token_requests) == 1
+    assert all(r["authorized"] for r in peer.requests)
+
+
+async def test_refused_refresh_token_is_a_readable_error_without_the_token(peer) -> None:
+    async with aiohttp.ClientSession() as http:
+        api = GotoApi(peer.url, peer.token_url, account("not-the-refresh-token"), http, TokenCache())
+        with pytest.raises(GotoApiError) as exc:
+            await api.ringing("wc-1")
+    assert exc.value.message == "GoTo OAuth token refresh failed (HTTP 400): invalid_grant: Invalid refresh token"
+    assert "not-the-refresh-token" not in exc.value.message
+    assert exc.value.exit_code == 8 and exc.value.status == 502
+
+
+async def test_channel_and_subscription_follow_the_documented_shapes(peer) -> None:
+    async with aiohttp.ClientSession() as http:
+        api = GotoApi(peer.url, peer.token_url, account(), http, TokenCache())
+        # The peer validates the URL with OPTIONS: point it at itself (the token route answers 405).
+        with pytest.raises(GotoApiError, match="notification channel creation failed \\(HTTP 400\\)"):
+            await api.create_channel("voicectl-ten_x", peer.url + "/oauth/token")
+        assert peer.validations == [405]
+        accounts = await api.subscribe_call_events("Webhook.abc")
+        assert accounts == [{"id": ACCOUNT_KEY, "status": 200, "message": "Success"}]
+        other = GotoApi(peer.url, peer.token_url, GotoAccount("t", CLIENT_ID, "999", REFRESH_TOKEN, {}), http,
+                        TokenCache())
+        with pytest.raises(GotoApiError, match="call-events subscription failed \\(HTTP 403\\): account 999"):
+            await other.subscribe_call_events("Webhook.abc")
+    sub = peer.calls_to("/call-events/v1/subscriptions")[0]["json"]
+    assert sub == {"channelId": "Webhook.abc", "accountKeys": [{"id": ACCOUNT_KEY,
+                                                                "events": ["STARTING", "ACTIVE", "ENDING"]}]}
+    channel = peer.calls_to("/notification-channel/v1/channels/voicectl-ten_x")[0]["json"]
+    assert channel == {"channelType": "Webhook", "webhookChannelData": {"webhook": {"url": peer.url + "/oauth/token"}}}
+
+
+async def test_web_call_paths_and_answer_body(peer) -> None:
+    async with aiohttp.ClientSession() as http:
+        api = GotoApi(peer.url, peer.token_url, account(), http, TokenCache())
+        await api.ringing("wc/1")
+        await api.answer("wc/1", "v=0\r\n", "Webhook.abc")
+        await api.reject("wc-2")
+        await api.hangup("wc-3")
+    assert [(r["method"], r["path"]) for r in peer.requests] == [
+        ("POST", "/web-calls/v1/calls/wc%2F1/ringing"), ("POST", "/web-calls/v1/calls/wc%2F1/answer"),
+        ("POST", "/web-calls/v1/calls/wc-2/reject"), ("DELETE", "/web-calls/v1/calls/wc-3")]
+    assert peer.requests[1]["json"] == {"sdp": "v=0\r\n", "inCallChannelId": "Webhook.abc"}
+
+
+async def test_assumes_hangup_is_delete_on_the_web_call(peer) -> None:
+    async with aiohttp.ClientSession() as http:
+        await GotoApi(peer.url, peer.token_url, account(), http, TokenCache()).hangup("wc-9")
+    assert [(r["method"], r["path"]) for r in peer.requests] == [("DELETE", "/web-calls/v1/calls/wc-9")]
+
+
+@pytest.mark.parametrize("status", [404, 405])
+async def test_a_hangup_goto_does_not_take_is_quiet(peer, caplog, status: int) -> None:
+    """The assumed DELETE unsupported, or the call already gone: logged, not raised."""
+    peer.refuse["hangup"] = (status, {"errorCode": "NOT_FOUND"})
+    async with aiohttp.ClientSession() as http:
+        with caplog.at_level("INFO", logger="voicectl.goto"):
+            await GotoApi(peer.url, peer.token_url, account(), http, TokenCache()).hangup("wc-9")
+    quiet = [r for r in caplog.records if r.name == "voicectl.goto" and "hang-up" in r.getMessage()]
+    assert [(r.levelname, r.status) for r in quiet] == [("INFO", status)]
+
+
+async def test_a_hangup_goto_fails_still_raises(peer) -> None:
+    peer.refuse["hangup"] = (500, {"errorCode": "INTERNAL"})
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(GotoApiError, match="web-call hang-up failed \\(HTTP 500\\)"):
+            await GotoApi(peer.url, peer.token_url, account(), http, TokenCache()).hangup("wc-9")
+
+
+async def test_unreachable_goto_is_a_readable_error() -> None:
+    async with aiohttp.ClientSession() as http:
+        api = GotoApi("http://127.0.0.1:9", "http://127.0.0.1:9/oauth/token", account(), http, TokenCache(),
+                      timeout_s=2)
+        with pytest.raises(GotoApiError) as exc:
+            await api.ringing("wc-1")
+    assert exc.value.message.startswith("GoTo OAuth token refresh failed (no answer): cannot reach")
+
+
+async def test_open_account_needs_fields_and_refresh_token(control) -> None:
+    tenant = await control.tenants.create(TenantCreate(name="acme"))
+    with pytest.raises(NotFound, match="no goto credential: set it with `voicectl credential set"):
+        await open_account(control.credentials, tenant.id)
+    await control.credentials.set(tenant.id, "goto", CredentialSet(
+        fields={"client_id": CLIENT_ID, "account_key": ACCOUNT_KEY}, secret=REFRESH_TOKEN))
+    opened = await open_account(control.credentials, tenant.id)
+    assert (opened.client_id, opened.account_key, opened.refresh_token) == (CLIENT_ID, ACCOUNT_KEY, REFRESH_TOKEN)
+
+
+async def test_api_for_stores_a_rotated_refresh_token_in_the_keyring(control, settings, peer) -> None:
+    from runtime.telephony.goto.api import api_for
+    from tests.goto.support import goto_settings
+
+    tenant = await control.tenants.create(TenantCreate(name="acme"))
+    await control.credentials.set(tenant.id, "goto", CredentialSet(
+        fields={"client_id": CLIENT_ID, "account_key": ACCOUNT_KEY}, secret=REFRESH_TOKEN))
+    peer.rotate_to = "goto-refresh-token-rotated"
+    async with aiohttp.ClientSession() as http:
+        api = api_for(goto_settings(settings, peer), await open_account(control.credentials, tenant.id), http,
+                      TokenCache(), control.credentials)
+        await api.ringing("wc-1")
+    assert await control.credentials.secret(tenant.id, "goto") == "goto-refresh-token-rotated"
+    cred = await control.credentials.get(tenant.id, "goto")
+    assert cred.fields == {"client_id": CLIENT_ID, "account_key": ACCOUNT_KEY}

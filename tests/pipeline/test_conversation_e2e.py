@@ -1,0 +1,128 @@
+"""The conversation end to end over the Twilio bridge, with real audio made at test time by the
+local TTS: the demo's booking agent (rules brain, booking tools) understands a caller who books
+a table, and a caller who talks over the greeting stops the agent (barge-in)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest_asyncio
+
+from runtime.audio import Audio, ulaw_frames
+from runtime.providers.tts.local import PiperTTS
+from runtime.telephony.scripted_caller import OpenLine, agent_quiet, scripted_call
+from runtime.telephony.twilio.caller import TwilioCaller
+from tests.api.support import high_limits, start_live_api, stop_live_api, with_overrides
+from voicectl.demo import provision
+
+LINES = ("I'd like to book a table for two at seven.", "Yes please.", "No thanks, goodbye.")
+
+
+async def speech(text: str) -> Audio:
+    chunks = [c async for c in PiperTTS().synthesize(text)]
+    return Audio(b"".join(c.pcm for c in chunks), chunks[0].rate)
+
+
+@pytest_asyncio.fixture
+async def demo(settings):
+    api, runner = await start_live_api(with_overrides(settings, limits=high_limits()))
+    try:
+        made = await provision(api.control)
+        token = await api.control.credentials.secret(made["tenant_id"], "twilio")
+        cred = await api.control.store.credentials.find(tenant_id=made["tenant_id"], provider="twilio")
+        caller = TwilioCaller(api.base_url, cred["fields"]["account_sid"], token, http=api.http)
+        yield api, made, caller
+    finally:
+        await stop_live_api(api, runner)
+
+
+async def _final_row(api, tenant_id: str, call_sid: str) -> dict:
+    for _ in range(200):
+        rows, _ = await api.control.store.voice_calls.list(tenant_id=tenant_id, equals={"provider_call_id": call_sid})
+        if rows and rows[0]["status"] in ("ended", "failed"):
+            return rows[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"call {call_sid} never ended")
+
+
+async def _rows(api, table: str, tenant_id: str, call_id: str) -> list[dict]:
+    rows, _ = await getattr(api.control.store, table).list(tenant_id=tenant_id, equals={"call_id": call_id},
+                                                           limit=200)
+    return rows
+
+
+async def test_a_caller_books_a_table_and_the_agent_ends_the_call(demo) -> None:
+    api, made, caller = demo
+    lines = [(text, await speech(text)) for text in LINES]
+    dialled: list[str] = []
+    result = await asyncio.wait_for(
+        scripted_call(caller, made["number"], lines, quiet_s=0.9, on_dial=dialled.append), 90)
+    assert result.hung_up_by == "agent", "the agent ends the call after the goodbye"
+    assert [t.agent_answered is not None for t in result.turns] == [True, True, True]
+    row = await _final_row(api, made["tenant_id"], dialled[0])
+    assert row["status"] == "ended" and row["end_reason"] == "agent_ended" and row["hangup_by"] == "agent"
+    # The media counters are kept whoever ends the call (they were lost when the agent hung up).
+    media = row["summary"]["media"]
+    assert media["inbound_frames"] > 100 and media["outbound_frames"] > 100 and media["outbound_late"] >= 0
+
+    tools = await _rows(api, "tool_calls", made["tenant_id"], row["id"])
+    by_name = {t["name"]: t for t in tools}
+    assert list(by_name) == ["check_availability", "create_booking", "end_call"], tools
+    booking = by_name["create_booking"]
+    assert booking["status"] == "ok" and booking["arguments"]["party_size"] == 2
+    assert booking["arguments"]["time"] == "19:00" and booking["result"]["reference"]
+    bookings, _ = await api.control.store.bookings.list(tenant_id=made["tenant_id"])
+    assert [(b["party_size"], b["time"]) for b in bookings] == [(2, "19:00")]
+
+    transcript = await _rows(api, "transcripts", made["tenant_id"], row["id"])
+    said = [(t["role"], t["text"].lower()) for t in transcript]
+    assert said[0] == ("agent", "hello, thanks for calling trattoria demo! how can i help you?")
+    callers = [text for role, text in said if role == "caller"]
+    assert len(callers) == 3 and "table" in callers[0] and "yes" in callers[1] and "goodbye" in callers[2]
+    assert any("reference" in text for role, text in said if role == "agent")
+    assert not any(t["interrupted"] for t in transcript)
+
+    latency = row["latency"]
+    for stage in ("stt", "llm_first_token", "tts_first_audio", "first_frame", "v2v"):
+        assert latency[stage]["count"] >= 3, (stage, latency)
+    topics = [e["topic"] for e in await _rows(api, "call_events", made["tenant_id"], row["id"])]
+    for topic in ("transcript.created", "tool.called", "turn.latency", "speech.started", "speech.ended"):
+        assert topic in topics, topics
+
+
+async def test_talking_over_the_agent_stops_it_within_the_interruption_length(demo) -> None:
+    api, made, caller = demo
+    interrupt = await speech("Sorry, can I order food for pickup?")
+    call_sid, answer = await caller.dial(made["number"])
+    leg = await caller.open_stream(call_sid, answer)
+    line = OpenLine(leg)
+    try:
+        await asyncio.wait_for(leg.first_media.wait(), 10)
+        await asyncio.sleep(1.0)  # one second into the greeting
+        line.say(ulaw_frames(interrupt))
+        while line.first_frame_sent_at is None:
+            await asyncio.sleep(0.005)
+        spoke_at = line.first_frame_sent_at
+        deadline = time.monotonic() + 5
+        while leg.result.clears == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        cleared_at = time.monotonic()
+        assert leg.result.clears >= 1, "the agent was never cut off"
+        # The runtime needs min_interruption_ms (300) of speech; the rest is transport and CI slack.
+        assert cleared_at - spoke_at < 0.3 + 0.4, cleared_at - spoke_at
+        await line.speaking_done.wait()
+        await agent_quiet(leg, 0.9, time.monotonic(), 20)  # the agent answers the interruption
+        await leg.stop(caller.account_sid, call_sid)
+        await leg.wait_closed()
+    finally:
+        await line.close()
+    row = await _final_row(api, made["tenant_id"], call_sid)
+    transcript = await _rows(api, "transcripts", made["tenant_id"], row["id"])
+    greeting = transcript[0]
+    assert greeting["role"] == "agent" and greeting["interrupted"]
+    full = "Hello, thanks for calling Trattoria Demo! How can I help you?"
+    assert greeting["text"] and full.startswith(greeting["text"].rstrip(".…")) and greeting["text"] != full
+    topics = [e["topic"] for e in await _rows(api, "call_events", made["tenant_id"], row["id"])]
+    assert "agent.interrupted" in topics
+    assert any(t["role"] == "caller" and "order" in t["text"].lower() for t in transcript), transcript

@@ -1,0 +1,115 @@
+"""Shared setup of the Twilio tests: a live runtime, a tenant with a number and a twilio credential,
+and a local peer standing in for Twilio's REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from peers.loopback import serve_loopback
+from runtime.telephony.twilio.caller import TwilioCaller
+from tests.api.support import LiveApi, high_limits, start_live_api, stop_live_api, with_overrides
+
+ACCOUNT_SID = "AC" + "1" * 32
+AUTH_TOKEN = "twilio-test-auth-token"
+NUMBER = "+15550107000"
+
+
+@dataclass
+class RestPeer:
+    """Records POSTs to /2010-04-01/Accounts/{AC}/Calls/{CA}.json and checks Basic auth."""
+
+    account_sid: str = ACCOUNT_SID
+    token: str = AUTH_TOKEN
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    fail_with: int | None = None
+    runner: web.AppRunner | None = None
+    url: str = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/2010-04-01/Accounts/{ac}/Calls/{ca}.json", self._update)
+        self.runner, port = await serve_loopback(app)
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _update(self, request: web.Request) -> web.Response:
+        expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.token}".encode()).decode()
+        form = dict(await request.post())
+        authorized = request.headers.get("Authorization") == expected
+        self.requests.append({"account": request.match_info["ac"], "call": request.match_info["ca"],
+                              "form": form, "authorized": authorized})
+        if not authorized:
+            return web.json_response({"code": 20003, "message": "Authenticate"}, status=401)
+        if self.fail_with:
+            return web.json_response({"code": 20404, "message": "not found"}, status=self.fail_with)
+        return web.json_response({"sid": request.match_info["ca"], "status": form.get("Status", "in-progress")})
+
+
+@dataclass
+class TwilioWorld:
+    api: LiveApi
+    runner: web.AppRunner
+    rest: RestPeer
+    tenant_id: str
+    key: str
+    agent_id: str
+    number: str = NUMBER
+
+    def caller(self, token: str = AUTH_TOKEN, account_sid: str = ACCOUNT_SID,
+               public_url: str | None = None) -> TwilioCaller:
+        return TwilioCaller(self.api.base_url, account_sid, token, public_url=public_url, http=self.api.http)
+
+    async def events(self, call_id: str) -> list[str]:
+        rows, _ = await self.api.control.store.call_events.list(tenant_id=self.tenant_id,
+                                                                equals={"call_id": call_id}, limit=200)
+        return [r["topic"] for r in rows]
+
+    async def calls(self) -> list[dict]:
+        rows, _ = await self.api.control.store.voice_calls.list(tenant_id=self.tenant_id, limit=200)
+        return rows
+
+    async def final_call(self, call_sid: str, timeout: float = 5.0) -> dict:
+        """The call row once it is ended or failed (the socket may close just before the archive)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            row = await self.call_by_sid(call_sid)
+            if row is not None and row["status"] in ("ended", "failed"):
+                return row
+            assert asyncio.get_running_loop().time() < deadline, row
+            await asyncio.sleep(0.01)
+
+    async def call_by_sid(self, call_sid: str) -> dict | None:
+        rows, _ = await self.api.control.store.voice_calls.list(
+            tenant_id=self.tenant_id, equals={"provider_call_id": call_sid}, limit=5)
+        return rows[0] if rows else None
+
+
+async def start_world(settings, *, max_calls: int = 200, server: dict | None = None,
+                      tenant_limit: int | None = None) -> TwilioWorld:
+    rest = RestPeer()
+    await rest.start()
+    built = with_overrides(settings, limits={**high_limits(), "max_calls": max_calls},
+                           telephony={"twilio": {"api_base_url": rest.url}},
+                           server={"shutdown_grace_s": 0.2, **(server or {})})
+    api, runner = await start_live_api(built)
+    tenant_id, key = await api.tenant_with_key("twilio-tenant")
+    if tenant_limit is not None:
+        status, body, _ = await api.call("PATCH", f"/api/v1/tenants/{tenant_id}", api.admin_key,
+                                         json={"max_concurrent_calls": tenant_limit})
+        assert status == 200, body
+    agent_id = await api.front_desk(tenant_id, key, NUMBER, "twilio", {"account_sid": ACCOUNT_SID}, AUTH_TOKEN,
+                                    escalation_target="+15550109000")
+    return TwilioWorld(api, runner, rest, tenant_id, key, agent_id)
+
+
+async def stop_world(world: TwilioWorld) -> None:
+    await stop_live_api(world.api, world.runner)
+    await world.rest.stop()
