@@ -76,8 +76,9 @@ class Runtime:
 
     def __init__(self, pin: bool = True, twilio: dict[str, Any] | None = None, *, instant: bool = False,
                  clip: Path | None = None, agent: dict[str, Any] | None = None,
-                 webrtc: dict[str, Any] | None = None) -> None:
+                 webrtc: dict[str, Any] | None = None, limits: dict[str, Any] | None = None) -> None:
         self.pin = pin
+        self.limits = limits or {}  # extra limits keys (bench/overload.py: local_calls)
         self.twilio = twilio or {}  # extra telephony.twilio keys
         self.webrtc = webrtc or {}  # telephony.webrtc keys (bench/webrtc.py)
         self.instant, self.clip = instant or clip is not None, clip
@@ -97,7 +98,7 @@ class Runtime:
             "database": {"url": "sqlite:///voicectl.db"},
             "secrets": {"backend": "cryptfile", "master_key_file": "master.key"},
             "limits": {"max_calls": 1_000_000, "rate_limits": {"runtime": {
-                name: big for name in ("read", "write", "session", "realtime", "recording")}}},
+                name: big for name in ("read", "write", "session", "realtime", "recording")}}, **self.limits},
             "telephony": {"twilio": {"api_base_url": "http://127.0.0.1:9", **self.twilio}, "webrtc": self.webrtc},
             "logging": {"level": "warning", "format": "json"},
         }

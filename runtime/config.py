@@ -20,6 +20,9 @@ from runtime.providers import registry
 ENV_PREFIX = "VOICECTL_"
 # Variables with the prefix that are not config overrides.
 ENV_RESERVED = {"VOICECTL_CONFIG", "VOICECTL_MASTER_KEY", "VOICECTL_API_KEY"}
+# Concurrent calls on the offline stack one core serves with voice-to-voice p95 near 1 s
+# (bench/pipeline.py --part offline: 4 calls on one core, p50 843 ms, p95 1,014 ms).
+LOCAL_CALLS_PER_CORE = 4
 DEFAULT_CONFIG_NAME = "config.yaml"
 
 
@@ -104,6 +107,12 @@ class RateLimitSettings(_Model):
 
 class LimitsSettings(_Model):
     max_calls: int = Field(200, ge=1)
+    # Calls whose speech runs on this box's own engines (offline STT or TTS) at once; more get the
+    # busy answer. Unset: LOCAL_CALLS_PER_CORE for each core this process may use.
+    local_calls: int | None = Field(None, ge=1)
+
+    def local_capacity(self) -> int:
+        return self.local_calls or LOCAL_CALLS_PER_CORE * len(os.sched_getaffinity(0))
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
 
@@ -231,9 +240,13 @@ class ProvidersSettings(_Model):
 
 
 class WebhookDeliverySettings(_Model):
-    attempts: int = Field(8, ge=1, le=50)
-    backoff_cap_s: float = Field(300, gt=0)
+    # The stop rule: a delivery is retried until this long after its event (or its redelivery).
+    retry_for_s: float = Field(86_400, gt=0)
+    attempts: int | None = Field(None, ge=1)  # an optional cap on top of retry_for_s
+    backoff_cap_s: float = Field(3_600, gt=0)
     timeout_s: float = Field(5, gt=0)
+    # Deliveries in a row that failed for good before the webhook is disabled (null: never).
+    disable_after_failures: int | None = Field(100, ge=1)
 
 
 class EventsSettings(_Model):

@@ -72,8 +72,14 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         app[RECORDING_OBJECTS] = RecordingObjects.from_settings(app[CONTROL].credentials, settings.recording.s3)
         app[RECORDING_UPLOADS] = RecordingUploader(store, LocalStorage(settings.recording_dir), app[RECORDING_OBJECTS],
                                                    UploadPolicy.from_settings(settings.recording.s3))
+        from runtime.pipeline.engine import ConversationEngine
+
+        app[PIPELINE] = ConversationEngine(providers or ProviderChains(settings), app[CONTROL],
+                                           app[METRICS].registry)
         app[TRACKER] = CallTracker(store, app[BUS], max_calls=settings.limits.max_calls,
-                                   recording_dir=settings.recording_dir, uploader=app[RECORDING_UPLOADS])
+                                   recording_dir=settings.recording_dir, uploader=app[RECORDING_UPLOADS],
+                                   local_calls=settings.limits.local_capacity(),
+                                   runs_locally=app[PIPELINE].runs_locally)
         recovered = await app[TRACKER].recover()
         if recovered:
             log.warning("calls left live by a previous run marked failed", extra={"calls": recovered})
@@ -82,10 +88,6 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         app[RETENTION] = RetentionJob(store, settings.recording_dir, objects=app[RECORDING_OBJECTS])
         app[RETENTION].start()
         app[RECORDING_UPLOADS].start()  # background: uploads a restart interrupted
-        from runtime.pipeline.engine import ConversationEngine
-
-        app[PIPELINE] = ConversationEngine(providers or ProviderChains(settings), app[CONTROL],
-                                           app[METRICS].registry)
         await app[PIPELINE].start()
         app[SERVICES] = BridgeServices(settings, app[CONTROL], app[TRACKER], app[BUS], app[PIPELINE], app[METRICS],
                                        app[RATE_LIMITER])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -86,10 +87,16 @@ class LiveCalls(dict[str, CallSession]):
 
 class CallTracker:
     def __init__(self, store: Store, bus: EventBus, *, max_calls: int, recording_dir: Path | None = None,
-                 uploader: RecordingUploader | None = None) -> None:
+                 uploader: RecordingUploader | None = None, local_calls: int | None = None,
+                 runs_locally: Callable[[CallRoute], Awaitable[bool]] | None = None) -> None:
         self.store = store
         self.bus = bus
         self.max_calls = max_calls
+        # Calls whose speech runs on this box's own engines, and how many of them it can serve at
+        # once (``limits.local_calls``); ``runs_locally`` tells a routed call's kind.
+        self.local_calls = local_calls
+        self.runs_locally = runs_locally
+        self.local_live: set[str] = set()
         # Where recordings go (tenants with recording_enabled); None: nothing is recorded.
         self.recording = LocalStorage(recording_dir) if recording_dir is not None else None
         # Copies finished recordings to tenants' S3 storage in the background; None: local only.
@@ -100,6 +107,10 @@ class CallTracker:
     @property
     def at_capacity(self) -> bool:
         return len(self.live) >= self.max_calls
+
+    @property
+    def local_at_capacity(self) -> bool:
+        return self.local_calls is not None and len(self.local_live) >= self.local_calls
 
     def live_for(self, tenant_id: str) -> int:
         return self.live.per_tenant.get(tenant_id, 0)
@@ -123,6 +134,10 @@ class CallTracker:
             if self.live_for(route.tenant_id) >= route.tenant["max_concurrent_calls"]:
                 raise RouteRejected("tenant_call_limit", "the tenant is at its concurrent-call limit",
                                     route.tenant_id, route.number["id"])
+            local = self.runs_locally is not None and self.local_calls is not None and await self.runs_locally(route)
+            if local and self.local_at_capacity:  # busy now, not a silent line later
+                raise RouteRejected("busy", "the local speech engines are at capacity", route.tenant_id,
+                                    route.number["id"])
         except RouteRejected as rejected:
             tenant_id = rejected.tenant_id or tenant_hint
             if tenant_id is not None:
@@ -133,6 +148,8 @@ class CallTracker:
             raise
         session = self._session(route.tenant_id, route, provider, direction, from_number, to_number, provider_call_id)
         self.live[session.id] = session
+        if local:
+            self.local_live.add(session.id)
         session.on_end.append(self._release)
         await session.insert_row()
         if self.recording is not None and route.tenant.get("recording_enabled"):
@@ -160,6 +177,7 @@ class CallTracker:
 
     def _release(self, session: CallSession) -> None:
         self.live.pop(session.id, None)
+        self.local_live.discard(session.id)
 
     async def drain(self, grace_s: float) -> None:
         """Stop accepting; let live calls finish for up to ``grace_s``, then end them (reason=shutdown)."""

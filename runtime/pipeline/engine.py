@@ -13,10 +13,12 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from runtime.calls.routing import CallRoute
 from runtime.calls.session import CallSession
 from runtime.control.plane import ControlPlane
 from runtime.events.models import ProviderFailedOver
 from runtime.pipeline.conversation import Conversation
+from runtime.pipeline.line_cache import LineCache
 from runtime.pipeline.metrics import PipelineMetrics
 from runtime.pipeline.settings import ConversationSettings
 from runtime.pipeline.transport import Transport
@@ -35,6 +37,7 @@ class ConversationEngine:
         self.providers = providers
         self.control = control
         self.metrics = PipelineMetrics(registry)
+        self.greetings = LineCache()
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self, warm_up: bool = True) -> None:
@@ -46,6 +49,14 @@ class ConversationEngine:
         if self._http is not None:
             await self._http.close()
         await self.providers.aclose()
+
+    async def runs_locally(self, route: CallRoute) -> bool:
+        """The routed call's speech runs on this box's own engines (its voice profile applied)."""
+        config = route.config
+        if config.voice_profile_id:
+            profile = await self.control.store.voice_profiles.get(config.voice_profile_id, tenant_id=route.tenant_id)
+            config = apply_voice_profile(config, profile)
+        return self.providers.runs_locally(config)
 
     async def conversation(self, session: CallSession, transport: Transport, **overrides: Any) -> Conversation:
         """A ready (not started) conversation for a routed call."""
@@ -82,4 +93,8 @@ class ConversationEngine:
                                     settings=ConversationSettings.from_route(route, **overrides),
                                     vad=default_vad(transport.rate), toolbox=toolbox, metrics=self.metrics)
         conversation.closers.append(chosen.aclose)
+        # The voice a greeting is cached under: the tenant's (a cloned voice is its account's), the
+        # version's TTS choice after its voice profile, and the engine this call really got.
+        voice = (tenant_id, config.tts.model_dump_json(), getattr(chosen.tts, "provider", chosen.tts.name))
+        conversation.voice.greet_from(self.greetings, voice)
         return conversation

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -16,6 +16,7 @@ from runtime.audio import Resampler
 from runtime.pipeline.clock import Clock
 from runtime.pipeline.frames import pcm_ms
 from runtime.pipeline.history import SpokenLedger
+from runtime.pipeline.line_cache import LineCache
 from runtime.pipeline.metrics import TurnTiming
 from runtime.pipeline.transport import Transport
 from runtime.providers.base import AudioChunk, Message, TextToSpeech, ToolCall
@@ -56,6 +57,16 @@ class Voice:
         # A barge-in's transport clear still running: a new reply's first audio waits for it,
         # or the clear would drop it.
         self.clearing: asyncio.Task[None] | None = None
+        self.greetings: LineCache | None = None  # greetings synthesised once per voice and text
+        self.voice_key: Hashable = None
+
+    def greet_from(self, cache: LineCache, voice_key: Hashable) -> None:
+        """Greetings come from ``cache``, made once per ``voice_key`` (what names this call's voice)
+        and text, not synthesised for each call."""
+        self.greetings, self.voice_key = cache, voice_key
+
+    def cached(self, reply: Reply) -> bool:
+        return reply.kind == "greeting" and self.greetings is not None
 
     def next_generation(self) -> int:
         self.generation += 1
@@ -65,7 +76,9 @@ class Voice:
         """One piece of text: TTS audio, resampled, to the transport with the reply's generation."""
         reply.ledger.begin(text, message)
         self._requested(reply)
-        async with aclosing(self.tts.synthesize(text)) as chunks:
+        source = (self.greetings.audio((self.voice_key, text), self.tts, text)  # type: ignore[union-attr]
+                  if self.cached(reply) else self.tts.synthesize(text))
+        async with aclosing(source) as chunks:
             async for chunk in chunks:
                 if not await self._send(reply, chunk):
                     return
@@ -192,7 +205,7 @@ class Speaker:
             self._task = None
 
     async def _run(self) -> None:
-        if self._voice.tts.streaming_text_input:
+        if self._voice.tts.streaming_text_input and not self._voice.cached(self._reply):
             await self._run_streams()
             return
         while (item := await self._queue.get()) is not None:

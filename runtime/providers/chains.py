@@ -122,6 +122,11 @@ class ProviderChains:
         default = getattr(self.settings.providers.defaults, modality)
         return default if registry.get(modality, default).offline else registry.names(modality, offline=True)[0]
 
+    def runs_locally(self, agent: AgentConfig) -> bool:
+        """The agent's speech (its first STT or TTS choice) runs on this box's own engines: the
+        calls the local capacity (``limits.local_calls``) is about."""
+        return any(registry.get(modality, self.chosen(agent, modality)).offline for modality in ("stt", "tts"))
+
     def chosen(self, agent: AgentConfig, modality: str) -> str:
         return getattr(agent, modality).provider or getattr(self.settings.providers.defaults, modality)
 

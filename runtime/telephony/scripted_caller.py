@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from runtime.audio import ULAW_FRAME_BYTES, ULAW_SILENCE, Audio, ulaw_frames
-from runtime.telephony.twilio.caller import FRAME_S, CallResult, MediaLeg, TwilioCaller
+from runtime.telephony.twilio.caller import FRAME_S, CallerStream, CallResult, TwilioCaller
 
 SILENCE_FRAME = ULAW_SILENCE * ULAW_FRAME_BYTES
 
@@ -45,7 +45,7 @@ class ScriptedCallResult:
 class OpenLine:
     """Streams frames to the leg on an absolute 20 ms clock: queued speech, else silence."""
 
-    def __init__(self, leg: MediaLeg) -> None:
+    def __init__(self, leg: CallerStream) -> None:
         self.leg = leg
         self._queue: list[bytes] = []
         self._pos = 0
@@ -89,7 +89,7 @@ class OpenLine:
             pass
 
 
-async def agent_quiet(leg: MediaLeg, quiet_s: float, since: float, timeout_s: float) -> float | None:
+async def agent_quiet(leg: CallerStream, quiet_s: float, since: float, timeout_s: float) -> float | None:
     """Wait until the agent has said something after ``since`` and then been quiet for ``quiet_s``;
     returns the arrival time of its first frame after ``since`` (None on timeout or hang-up)."""
     result = leg.result

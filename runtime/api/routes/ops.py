@@ -30,8 +30,12 @@ async def readyz(ctx: Ctx) -> web.Response:
             checks["calls"], ready = "draining", False
         elif tracker.at_capacity:
             checks["calls"], ready = f"at limits.max_calls ({tracker.max_calls})", False
+        elif tracker.local_at_capacity:
+            checks["calls"], ready = f"local speech engines at limits.local_calls ({tracker.local_calls})", False
         else:
             checks["calls"] = f"{len(tracker.live)} of {tracker.max_calls}"
+            if tracker.local_calls is not None:
+                checks["local_calls"] = f"{len(tracker.local_live)} of {tracker.local_calls}"
     return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 

@@ -84,7 +84,7 @@ class CallResult:
         return self.ended_at - self.started_at
 
 
-class MediaLeg:
+class CallerStream:
     """The WebSocket side of one call; raw access (``send_raw``) for protocol tests."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, result: CallResult) -> None:
@@ -254,11 +254,11 @@ class TwilioCaller:
         return f"{scheme}://{base.netloc}{parts.path}"
 
     async def open_stream(self, call_sid: str, answer: TwimlAnswer, media_format: dict | None = None,
-                          parameters: dict[str, str] | None = None) -> MediaLeg:
+                          parameters: dict[str, str] | None = None) -> CallerStream:
         assert answer.stream_url, f"no <Stream> in the TwiML: {answer.text}"
         ws = await self.http.ws_connect(self.ws_url(answer.stream_url), autoping=True, max_msg_size=0)
         result = CallResult(call_sid, answer, started_at=time.monotonic())
-        leg = MediaLeg(ws, result)
+        leg = CallerStream(ws, result)
         await leg.connected()
         await leg.start(answer.parameters if parameters is None else parameters, self.account_sid, call_sid,
                         media_format)
