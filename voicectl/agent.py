@@ -164,6 +164,8 @@ def _show(data: dict[str, Any], as_json: bool, verb: str | None = None) -> None:
             choice.setdefault("provider", "default")
             shown[kind] = " ".join(f"{k}={v}" for k, v in choice.items())
         print_details(shown, title=f"active version {data['active_version']}")
+    for warning in data.get("warnings") or ():  # parts of a stored version that calls leave out
+        say(f"warning: {warning}")
 
 
 @app.command("create")

@@ -8,6 +8,7 @@ from runtime.control.errors import Conflict, Invalid, NotFound
 from runtime.control.models import Agent, AgentVersion, from_row
 from runtime.control.pagination import Page, PageRequest
 from runtime.control.schemas import AgentConfig, AgentCreate, AgentUpdate
+from runtime.control.version_warnings import version_warnings
 from runtime.ids import new_id, now_iso
 from runtime.store.errors import UniqueViolation
 from runtime.store.store import Store, Tables
@@ -76,7 +77,7 @@ class AgentService:
     async def list(self, tenant_id: str, page: PageRequest) -> Page[Agent]:
         rows, total = await self.store.agents.list(tenant_id=tenant_id, limit=page.limit, offset=page.offset)
         active = {
-            v["agent_id"]: from_row(AgentVersion, v)
+            v["agent_id"]: _version_of(v)
             for v in await self.store.active_versions(tenant_id, [r["id"] for r in rows])
         }
         items = [from_row(Agent, {**r, "active": active.get(r["id"])}) for r in rows]
@@ -128,14 +129,14 @@ class AgentService:
         found = await self.store.agent_versions.find(tenant_id=tenant_id, agent_id=agent_id, version=version)
         if found is None:
             raise NotFound(f"agent {agent_id} has no version {version}", {"version": version})
-        return from_row(AgentVersion, found)
+        return _version_of(found)
 
     async def versions(self, tenant_id: str, agent_id: str, page: PageRequest) -> Page[AgentVersion]:
         await self._row(tenant_id, agent_id)
         rows, total = await self.store.agent_versions.list(
             tenant_id=tenant_id, equals={"agent_id": agent_id}, limit=page.limit, offset=page.offset
         )
-        return Page([from_row(AgentVersion, r) for r in rows], total, page.limit, page.offset)
+        return Page([_version_of(r) for r in rows], total, page.limit, page.offset)
 
     async def delete(self, tenant_id: str, agent_id: str) -> None:
         await self._row(tenant_id, agent_id)
@@ -146,3 +147,8 @@ class AgentService:
                 {"numbers": routed},
             )
         await self.store.agents.delete(agent_id, tenant_id=tenant_id)
+
+
+def _version_of(row: dict[str, Any]) -> AgentVersion:
+    """A stored version, with what calls leave out of it (written by an earlier release)."""
+    return from_row(AgentVersion, {**row, "warnings": version_warnings(row["config"])})

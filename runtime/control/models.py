@@ -102,6 +102,8 @@ class AgentVersion(Public):
     note: str | None
     created_at: str
     promoted_at: str | None
+    # What calls leave out of this version, "field: why" (runtime.control.version_warnings).
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class Agent(Public):
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         data["config"] = self.active.config if self.active else None
+        data["warnings"] = list(self.active.warnings) if self.active else []
         return data
 
 

@@ -2,10 +2,10 @@
 
 ``CallToolBox.for_call`` takes the enabled built-ins (``tools``: call control and the sample
 booking pack) and the tenant's ``http_tools``. ``call`` checks the arguments against the tool's
-JSON schema (required fields, types, enums; a minimal check, not a full validator), runs the tool
-under its time limit, then stores a ``tool_calls`` row and emits ``tool.called`` in one
-transaction. It never raises into the pipeline: an unknown tool, bad arguments, a timeout or a
-crash inside a tool all come back as error results the model can read.
+JSON Schema (runtime.tools.arguments), runs the tool under its time limit, then stores a
+``tool_calls`` row and emits ``tool.called`` in one transaction. It never raises into the pipeline:
+an unknown tool, bad arguments, a timeout or a crash inside a tool all come back as error results
+the model can read.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from runtime.events.models import Payload, ToolCalled
 from runtime.ids import new_id, now_iso
 from runtime.providers.base import ToolCall, ToolSpec
 from runtime.store.store import Store, WriteBatch
+from runtime.tools.arguments import check_arguments
 from runtime.tools.base import ToolContext, ToolResult
 from runtime.tools.booking import BookingPack, BookingPolicy
 from runtime.tools.builtin import BUILTINS, Tool, error_result
@@ -118,85 +119,3 @@ class CallToolBox:
             await self.emit(ToolCalled(call.name, arguments, result.status, result.latency_ms), batch)
         except Exception:
             log.exception("could not record a tool call", extra={"tool": call.name, "call_id": ctx.call_id})
-
-
-# A minimal JSON-schema check: what a model most often gets wrong.
-
-_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,), "array": (list,),
-    "object": (dict,), "null": (type(None),),
-}
-
-
-def check_arguments(schema: Mapping[str, Any], arguments: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``arguments`` checked against an object schema: (arguments with numeric strings coerced and
-    nulls of optional fields dropped, problems)."""
-    return _check_object("", schema, arguments)
-
-
-def _check_object(path: str, schema: Mapping[str, Any], value: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    props: Mapping[str, Any] = schema.get("properties") or {}
-    required = list(schema.get("required") or ())
-    out: dict[str, Any] = {}
-    problems: list[str] = []
-    for name, item in value.items():
-        if item is None:  # left out: fine when optional, reported below when required
-            continue
-        prop = props.get(name)
-        if prop is None:
-            if schema.get("additionalProperties") is False:
-                problems.append(f"{path}{name} is not an argument of this tool")
-                continue
-            out[name] = item
-            continue
-        out[name], found = _check_value(f"{path}{name}", prop, item)
-        problems.extend(found)
-    problems.extend(f"{path}{name} is required" for name in required if value.get(name) is None)
-    return out, problems
-
-
-def _check_value(path: str, schema: Mapping[str, Any], value: Any) -> tuple[Any, list[str]]:
-    kinds = schema.get("type")
-    kinds = [kinds] if isinstance(kinds, str) else list(kinds or ())
-    if kinds:
-        value = _coerce(value, kinds)
-        if not any(_is(value, kind) for kind in kinds):
-            return value, [f"{path} must be {' or '.join(kinds)}"]
-    if "enum" in schema and value not in schema["enum"]:
-        return value, [f"{path} must be one of {schema['enum']}"]
-    if isinstance(value, dict) and ("properties" in schema or "required" in schema):
-        return _check_object(f"{path}.", schema, value)
-    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-        items, problems = [], []
-        for i, item in enumerate(value):
-            checked, found = _check_value(f"{path}[{i}]", schema["items"], item)
-            items.append(checked)
-            problems.extend(found)
-        return items, problems
-    return value, []
-
-
-def _is(value: Any, kind: str) -> bool:
-    if kind not in _TYPES:
-        return True  # a type we do not check
-    if kind in ("integer", "number") and isinstance(value, bool):
-        return False
-    if kind == "integer" and isinstance(value, float):
-        return value.is_integer()
-    return isinstance(value, _TYPES[kind])
-
-
-def _coerce(value: Any, kinds: list[str]) -> Any:
-    """Numbers sent as strings ("2") or integers sent as 2.0: what models commonly do."""
-    if "integer" in kinds and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and "string" not in kinds:
-        text = value.strip()
-        if "integer" in kinds and text.lstrip("-").isdigit():
-            return int(text)
-        if "number" in kinds:
-            try:
-                return float(text)
-            except ValueError:
-                return value
-    return value

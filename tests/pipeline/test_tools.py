@@ -24,11 +24,12 @@ from runtime.ids import new_id, now_iso
 from runtime.providers.base import LlmRequest, Message, TextDelta, ToolCall, ToolCallRequest
 from runtime.providers.llm.rules import DEMO_BOOKING_RULES, RulesBrain
 from runtime.store.store import WriteBatch
+from runtime.tools.arguments import check_arguments
 from runtime.tools.base import ToolContext, ToolResult
 from runtime.tools.booking import BookingPack, BookingPolicy
 from runtime.tools.builtin import EndCall, LogNote, TransferToHuman
 from runtime.tools.http import HttpTool
-from runtime.tools.toolbox import CallToolBox, check_arguments
+from runtime.tools.toolbox import CallToolBox
 from tests.calls.support import engine, events_of, insert_call, provision
 
 NOON = datetime(2030, 6, 4, 12, 0, tzinfo=UTC)  # a Tuesday, in the future for the store's rows

@@ -37,6 +37,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from runtime.control.patterns import TenantRegex, usable_pattern
 from runtime.control.schemas import RuleConfirm, RuleIntent, RuleOutcome, RulesConfig
 from runtime.providers.base import (
     LanguageModel,
@@ -83,7 +84,7 @@ class Action:
 class _Intent:
     rule: RuleIntent
     phrases: tuple[re.Pattern[str], ...]
-    patterns: tuple[re.Pattern[str], ...]
+    patterns: tuple[TenantRegex, ...]
     uses: frozenset[str]  # slots its tool arguments or requirements name
 
     def matches(self, normalized: str, original: str) -> bool:
@@ -223,8 +224,10 @@ def _compile(rule: RuleIntent) -> _Intent:
     for value in rule.arguments.values():
         if isinstance(value, str):
             uses.update(FIELD.findall(value))
-    return _Intent(rule, tuple(phrase(k) for k in rule.keywords),
-                   tuple(re.compile(p, re.IGNORECASE) for p in rule.patterns), frozenset(uses))
+    # The tenant's patterns on RE2 (linear time, case-insensitive); one RE2 refuses (stored by an
+    # earlier release) is left out. Keywords are escaped by the product, so `re` serves them.
+    patterns = tuple(filter(None, map(usable_pattern, rule.patterns)))
+    return _Intent(rule, tuple(phrase(k) for k in rule.keywords), patterns, frozenset(uses))
 
 
 def _default_question(slot: str) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
 from typing import Any
 
+from runtime.control.patterns import usable_pattern
 from runtime.control.schemas import RuleSlot
 
 MAX_TEXT = 500  # characters of a caller turn the parsers look at (bounds regex work per turn)
@@ -287,7 +288,8 @@ def parse_items(text: str, slot: RuleSlot) -> Hit | None:
 def parse_text(original: str, slot: RuleSlot, bare: bool) -> str | None:
     text = original[:MAX_TEXT].strip()
     if slot.pattern:
-        match = re.search(slot.pattern, text, re.IGNORECASE)
+        compiled = usable_pattern(slot.pattern)  # RE2; None: stored, and RE2 refuses it
+        match = compiled.search(text) if compiled is not None else None
         if match:
             return (match[1] if match.groups() and match[1] is not None else match[0]).strip() or None
         return None
