@@ -172,5 +172,10 @@ class WebhookConfig(Public):
     description: str | None
     created_at: str
     updated_at: str
+    # active | inactive (switched off: active false) | disabled (after consecutive_failures
+    # deliveries in a row failed; its deliveries are held until it is switched on)
+    status: str = "active"
+    consecutive_failures: int = 0
+    disabled_at: str | None = None
     secret_ref: str = field(repr=False, default="")
     _hidden = ("secret_ref",)

@@ -19,7 +19,7 @@ from runtime.events.models import Event
 from runtime.events.topics import matches
 from runtime.ids import new_id, now_iso
 from runtime.store.errors import ForeignKeyViolation
-from runtime.store.store import Store, WriteBatch
+from runtime.store.store import Store, Tables, WriteBatch
 from runtime.store.tables import WRITES
 
 log = logging.getLogger("voicectl.events")
@@ -74,6 +74,10 @@ class EventBus:
         """Several events of one tenant (in order) committed in one transaction with ``batch``,
         then fanned out in that order."""
         queued = await self._commit(events, batch)
+        self.committed(events, queued)
+
+    def committed(self, events: tuple[Event, ...] | list[Event], queued: int) -> None:
+        """Hand out events that are committed (``queued``: the outbox rows they added), in order."""
         self.published += len(events)
         if queued and self.on_outbox is not None:
             self.on_outbox()
@@ -126,7 +130,7 @@ class EventBus:
         return targets
 
     @staticmethod
-    async def _stage(tx: WriteBatch, event: Event, hooks: list[dict]) -> list[dict]:
+    async def _stage(tx: Tables, event: Event, hooks: list[dict]) -> list[dict]:
         targets = [h for h in hooks if matches(event.topic, h["events"])]
         await tx.call_events.insert({
             "id": event.id, "tenant_id": event.tenant_id, "call_id": event.call_id, "seq": event.seq,
@@ -154,3 +158,12 @@ class EventBus:
                 log.warning("dropping a slow event subscriber", extra={"tenant_id": sub.tenant_id})
                 if sub.on_overflow is not None:
                     sub.on_overflow(sub)
+
+
+async def stage_in(tx: Tables, event: Event) -> int:
+    """Write ``event`` and one outbox row per matching active webhook config of its tenant in the
+    caller's open transaction (the configs read in it, so they are current); once it commits the
+    caller hands the event to ``EventBus.committed``. The number of outbox rows."""
+    hooks, _ = await tx.webhook_configs.list(tenant_id=event.tenant_id, equals={"active": True}, limit=200,
+                                             count=False)
+    return len(await EventBus._stage(tx, event, hooks))

@@ -1,4 +1,4 @@
-"""Typed events: one payload dataclass per topic of DESIGN.md, wrapped in an Event envelope.
+"""Typed events: one payload dataclass per topic (runtime.events.topics), wrapped in an Event envelope.
 
 Every event carries id, tenant_id, call_id, a per-call sequence number, a
 timestamp and a trace id. ``Event.to_dict()`` is the wire shape used by the
@@ -144,11 +144,22 @@ class CallFailed(Payload):
     message: str | None = None
 
 
+@dataclass(frozen=True)
+class WebhookDisabled(Payload):
+    """A webhook config stopped delivering after ``failures`` deliveries in a row failed for good."""
+
+    topic: ClassVar[str] = "webhook.disabled"
+    webhook_id: str
+    failures: int
+    last_status: int | None
+    last_error: str | None
+
+
 PAYLOAD_TYPES: dict[str, type[Payload]] = {
     cls.topic: cls
     for cls in (CallStarted, CallConnected, StateChanged, SpeechStarted, SpeechEnded, TranscriptInterim,
                 TranscriptCreated, DtmfReceived, AgentInterrupted, ToolCalled, TransferRequested, TurnLatency,
-                DurationWarning, ProviderFailedOver, CallCompleted, CallFailed)
+                DurationWarning, ProviderFailedOver, CallCompleted, CallFailed, WebhookDisabled)
 }
 
 

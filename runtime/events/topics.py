@@ -1,4 +1,5 @@
-"""The event topics, exactly as DESIGN.md lists them (a new topic is added there first)."""
+"""The event topics: DESIGN.md's first 16, then the project's own (each with a typed payload in
+models.py and a row in the README's event table)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ TOPICS: tuple[str, ...] = (
     "provider.failed_over",
     "voice.call.completed",
     "voice.call.failed",
+    "webhook.disabled",
 )
 
 

@@ -368,6 +368,22 @@ LIVEKIT_EGRESSES = Migration(
     ),
 )
 
+# Webhook delivery that outlives an outage (runtime.events.delivery). A config's status is 'active' or
+# 'disabled' (after consecutive_failures deliveries in a row failed for good; its new deliveries are
+# then 'held' until it is switched on). A delivery's retries run from retry_from (NULL: created_at;
+# a redelivery restarts them), and attempts_before counts the attempts made before that.
+WEBHOOK_STATUS = Migration(
+    7,
+    "webhook status and redelivery",
+    (
+        "ALTER TABLE webhook_configs ADD COLUMN status TEXT NOT NULL DEFAULT 'active'",
+        "ALTER TABLE webhook_configs ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE webhook_configs ADD COLUMN disabled_at {ts}",
+        "ALTER TABLE webhook_deliveries ADD COLUMN retry_from {ts}",
+        "ALTER TABLE webhook_deliveries ADD COLUMN attempts_before INTEGER NOT NULL DEFAULT 0",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS, GOTO_CHANNELS, RECORDING_UPLOADS,
-                                     LIVEKIT_EGRESSES)
+                                     LIVEKIT_EGRESSES, WEBHOOK_STATUS)
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -45,7 +45,8 @@ CREDENTIALS = TableSpec(
 )
 WEBHOOK_CONFIGS = TableSpec(
     "webhook_configs",
-    ("id", "tenant_id", "url", "events", "active", "description", "secret_ref", "created_at", "updated_at"),
+    ("id", "tenant_id", "url", "events", "active", "description", "secret_ref", "created_at", "updated_at",
+     "status", "consecutive_failures", "disabled_at"),
     json_columns=frozenset({"events"}),
     bool_columns=frozenset({"active"}),
 )
@@ -81,7 +82,7 @@ RECORDINGS = TableSpec(
 WEBHOOK_DELIVERIES = TableSpec(
     "webhook_deliveries",
     ("id", "tenant_id", "webhook_id", "event_id", "topic", "payload", "status", "attempts", "next_attempt_at",
-     "last_status_code", "last_error", "created_at", "updated_at", "delivered_at"),
+     "last_status_code", "last_error", "created_at", "updated_at", "delivered_at", "retry_from", "attempts_before"),
     json_columns=frozenset({"payload"}),
 )
 WEBHOOK_DELIVERY_ATTEMPTS = TableSpec(
@@ -231,6 +232,18 @@ class Tables:
     async def touch_api_key(self, key_id: str, when: str) -> None:
         await self.executor.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (when, key_id))
 
+    async def api_key_states(self, key_ids: list[str]) -> list[Row]:
+        """Open sockets re-checked in one read: ``id``, ``revoked_at`` and ``tenant_status`` of each
+        key that still exists."""
+        if not key_ids:
+            return []
+        marks = ", ".join("?" for _ in key_ids)
+        return await self.executor.fetchall(
+            "SELECT k.id, k.revoked_at, t.status AS tenant_status FROM api_keys k "
+            f"LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.id IN ({marks})",
+            tuple(key_ids),
+        )
+
     async def number_by_e164(self, e164: str) -> Row | None:
         """Routing: the dialled number decides the tenant, so this lookup is global."""
         row = await self.executor.fetchone("SELECT * FROM phone_numbers WHERE e164 = ?", (e164,))
@@ -260,6 +273,13 @@ class Tables:
             if fields.get("account_sid") == account_sid:
                 return row["tenant_id"]
         return None
+
+    async def call_id_by_provider_call(self, tenant_id: str, provider: str, provider_call_id: str) -> str | None:
+        """A tenant's call with this provider call id (a replayed webhook), by the provider index."""
+        return await self.executor.fetchval(
+            "SELECT id FROM voice_calls WHERE provider = ? AND provider_call_id = ? AND tenant_id = ? LIMIT 1",
+            (provider, provider_call_id, tenant_id),
+        )
 
     async def goto_channel_by_token_hash(self, token_hash: str) -> Row | None:
         """The GoTo webhook: the path token's hash decides the tenant, so this lookup is global."""
@@ -326,6 +346,65 @@ class Tables:
     async def next_delivery_due(self) -> str | None:
         return await self.executor.fetchval(
             "SELECT MIN(next_attempt_at) AS t FROM webhook_deliveries WHERE status = 'pending'"
+        )
+
+    async def count_webhook_failure(self, webhook_id: str) -> Row | None:
+        """One more delivery of the webhook failed for good: its count and status after that."""
+        return await self.executor.fetchone(
+            "UPDATE webhook_configs SET consecutive_failures = consecutive_failures + 1 WHERE id = ? "
+            "RETURNING consecutive_failures, status",
+            (webhook_id,),
+        )
+
+    async def reset_webhook_failures(self, webhook_id: str) -> None:
+        await self.executor.execute(
+            "UPDATE webhook_configs SET consecutive_failures = 0 WHERE id = ? AND consecutive_failures <> 0",
+            (webhook_id,),
+        )
+
+    async def disable_webhook(self, webhook_id: str, now: str) -> bool:
+        """Status 'disabled' and the webhook's pending deliveries held; False if it was not active."""
+        changed = await self.executor.execute(
+            "UPDATE webhook_configs SET status = 'disabled', disabled_at = ?, updated_at = ? "
+            "WHERE id = ? AND status = 'active'",
+            (now, now, webhook_id),
+        )
+        if changed:
+            await self.executor.execute(
+                "UPDATE webhook_deliveries SET status = 'held', next_attempt_at = NULL, updated_at = ? "
+                "WHERE webhook_id = ? AND status = 'pending'",
+                (now, webhook_id),
+            )
+        return changed > 0
+
+    async def hold_delivery(self, delivery_id: str, webhook_id: str, now: str) -> bool:
+        """A claimed delivery of a disabled webhook: 'held' (not retried) until the webhook is switched
+        on. False when it no longer is disabled (on PostgreSQL the config row is share-locked, so a
+        switch-on under way is waited for and seen)."""
+        lock = " FOR SHARE" if self.executor.dialect == "postgres" else ""
+        return await self.executor.execute(
+            "UPDATE webhook_deliveries SET status = 'held', next_attempt_at = NULL, updated_at = ? "
+            "WHERE id = ? AND status = 'sending' AND EXISTS ("
+            f"SELECT 1 FROM webhook_configs WHERE id = ? AND status = 'disabled'{lock})",
+            (now, delivery_id, webhook_id),
+        ) > 0
+
+    async def requeue_webhook_deliveries(self, tenant_id: str, webhook_id: str, now: str, *, statuses: tuple[str, ...],
+                                         event_id: str | None = None, since: str | None = None) -> int:
+        """Deliveries of the webhook in ``statuses`` (optionally one event's, or those created at or
+        after ``since``) due again now, with their retries restarted; how many."""
+        where = ["tenant_id = ?", "webhook_id = ?", f"status IN ({', '.join('?' for _ in statuses)})"]
+        params: list[Any] = [tenant_id, webhook_id, *statuses]
+        if event_id is not None:
+            where.append("event_id = ?")
+            params.append(event_id)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        return await self.executor.execute(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, retry_from = ?, "
+            f"attempts_before = attempts, updated_at = ? WHERE {' AND '.join(where)}",
+            (now, now, now, *params),
         )
 
     async def delivery_attempts_for(self, tenant_id: str, delivery_ids: list[str]) -> list[Row]:

@@ -29,6 +29,7 @@ SAMPLE_BODIES = {
     "CredentialSet": {"fields": {"account_sid": "ACowned"}, "secret": "stolen"},
     "WebhookCreate": {"url": "https://a.example.test/hook"},
     "WebhookUpdate": {"url": "https://a.example.test/hijack"},
+    "WebhookRedeliver": {"failed": True},
     # Calls to B's agent or number: A's key must not reach them.
     "BrowserTokenRequest": {"agent_id": "<agent_id>"},
     "TokenRequest": {"number": "+15550109999", "spawn_agent": True},
