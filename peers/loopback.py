@@ -6,6 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
+# The security.egress.allow of the tests and benchmarks: tenant URLs may reach the peers on loopback.
+LOOPBACK_ALLOW = ("127.0.0.1/32",)
+
 
 async def serve_loopback(app: web.Application, host: str = "127.0.0.1", **runner_options: Any,
                          ) -> tuple[web.AppRunner, int]:

@@ -12,8 +12,17 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
+from runtime.egress.policy import EgressPolicy, format_allow_entry, parse_allow_entry
 from runtime.providers import options as opt
 from runtime.providers import registry
 
@@ -272,6 +281,30 @@ class LoggingSettings(_Model):
     format: Literal["json", "text"] = "json"
 
 
+class EgressSettings(_Model):
+    """Where tenants' URLs may send the runtime (runtime.egress.policy): never to this box or a
+    private network, except what ``allow`` lists."""
+
+    allow: list[str] = Field(default_factory=list)
+    _policy: EgressPolicy = PrivateAttr(default_factory=EgressPolicy)
+
+    @field_validator("allow")
+    @classmethod
+    def _check_allow(cls, value: list[str]) -> list[str]:
+        return [format_allow_entry(parse_allow_entry(entry)) for entry in value]
+
+    def model_post_init(self, context: Any) -> None:
+        self._policy = EgressPolicy.from_entries(self.allow)
+
+    @property
+    def policy(self) -> EgressPolicy:
+        return self._policy
+
+
+class SecuritySettings(_Model):
+    egress: EgressSettings = Field(default_factory=EgressSettings)
+
+
 class Settings(_Model):
     server: ServerSettings = Field(default_factory=ServerSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -282,6 +315,7 @@ class Settings(_Model):
     events: EventsSettings = Field(default_factory=EventsSettings)
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     # Folder of the config file: relative paths resolve against it. Not a YAML key.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

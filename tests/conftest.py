@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from peers.loopback import LOOPBACK_ALLOW
 from runtime.config import Settings, build_settings
 from runtime.control.plane import ControlPlane
 from runtime.secrets import write_master_key
@@ -107,7 +108,9 @@ def db_url(backend: str, tmp_path: Path):
 
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str) -> Settings:
-    built = build_settings({"database": {"url": db_url}, "secrets": {"backend": "cryptfile"}}, tmp_path)
+    # The local peers (webhook receivers, tool endpoints, model servers) listen on loopback.
+    built = build_settings({"database": {"url": db_url}, "secrets": {"backend": "cryptfile"},
+                            "security": {"egress": {"allow": list(LOOPBACK_ALLOW)}}}, tmp_path)
     write_master_key(built.master_key_path)
     return built
 

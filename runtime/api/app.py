@@ -62,7 +62,8 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
     async def call_engine(app: web.Application) -> AsyncIterator[None]:
         store = app[CONTROL].store
         app[BUS] = EventBus(store)
-        app[DELIVERY] = DeliveryWorker(store, app[CONTROL].secrets, settings.events.webhooks)
+        app[DELIVERY] = DeliveryWorker(store, app[CONTROL].secrets, settings.events.webhooks,
+                                       egress=settings.security.egress.policy)
         app[BUS].on_outbox = app[DELIVERY].wake
         await app[DELIVERY].start()
         from runtime.recording.objects import RECORDING_OBJECTS, RecordingObjects

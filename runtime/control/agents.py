@@ -8,15 +8,18 @@ from runtime.control.errors import Conflict, Invalid, NotFound
 from runtime.control.models import Agent, AgentVersion, from_row
 from runtime.control.pagination import Page, PageRequest
 from runtime.control.schemas import AgentConfig, AgentCreate, AgentUpdate
+from runtime.control.tenant_urls import check_urls, version_urls
 from runtime.control.version_warnings import version_warnings
+from runtime.egress.policy import EgressPolicy
 from runtime.ids import new_id, now_iso
 from runtime.store.errors import UniqueViolation
 from runtime.store.store import Store, Tables
 
 
 class AgentService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, egress: EgressPolicy | None = None) -> None:
         self.store = store
+        self.egress = egress or EgressPolicy()
 
     async def _check_refs(self, tenant_id: str, config: AgentConfig) -> None:
         profile = config.voice_profile_id
@@ -26,6 +29,7 @@ class AgentService:
     async def create(self, tenant_id: str, data: AgentCreate) -> Agent:
         """Version 1 is created and made active at once."""
         validated = AgentConfig.model_validate(data.model_dump(exclude={"name"}))
+        check_urls(self.egress, version_urls(validated))
         await self._check_refs(tenant_id, validated)
         config = validated.model_dump()
         now = now_iso()
@@ -99,6 +103,7 @@ class AgentService:
                     validated = AgentConfig.model_validate(merged)
                 except ValueError as exc:
                     raise Invalid("the changed agent settings are not valid", {"errors": str(exc)}) from None
+                check_urls(self.egress, version_urls(validated))  # the whole new version, as every change
                 await self._check_refs(tenant_id, validated)
                 config = validated.model_dump()
                 version = row["latest_version"] + 1

@@ -8,6 +8,8 @@ from runtime.control.errors import Invalid, NotFound
 from runtime.control.models import Credential, from_row
 from runtime.control.pagination import Page, PageRequest
 from runtime.control.schemas import CredentialSet
+from runtime.control.tenant_urls import check_urls, credential_urls
+from runtime.egress.policy import EgressPolicy
 from runtime.ids import new_id, now_iso
 from runtime.providers import registry
 from runtime.providers.registry import CredentialSpec, ProviderCredential
@@ -35,9 +37,10 @@ def provider_spec(provider: str) -> CredentialSpec:
 
 
 class CredentialService:
-    def __init__(self, store: Store, secrets: SecretStore) -> None:
+    def __init__(self, store: Store, secrets: SecretStore, egress: EgressPolicy | None = None) -> None:
         self.store = store
         self.secrets = secrets
+        self.egress = egress or EgressPolicy()
         self._refs: dict[tuple[str, str], tuple[int, float, str | None]] = {}
 
     @staticmethod
@@ -55,6 +58,7 @@ class CredentialService:
         missing = [f for f in spec.required if not data.fields.get(f)]
         if missing:
             raise Invalid(f"{provider} credentials need field(s) {missing}", {"missing": missing})
+        check_urls(self.egress, credential_urls(spec, data.fields))
         existing = await self.store.credentials.find(tenant_id=tenant_id, provider=provider)
         has_secret = data.secret is not None or (existing is not None and existing["secret_ref"] is not None)
         if spec.secret_required and not has_secret:

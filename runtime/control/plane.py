@@ -11,6 +11,7 @@ from runtime.control.numbers import NumberService
 from runtime.control.tenants import TenantService
 from runtime.control.voices import VoiceProfileService
 from runtime.control.webhooks import WebhookService
+from runtime.egress.policy import EgressPolicy
 from runtime.secrets import SecretStore
 from runtime.store import migrate as migrations
 from runtime.store.base import open_database
@@ -18,16 +19,18 @@ from runtime.store.store import Store
 
 
 class ControlPlane:
-    def __init__(self, store: Store, secrets: SecretStore) -> None:
+    def __init__(self, store: Store, secrets: SecretStore, egress: EgressPolicy | None = None) -> None:
         self.store = store
         self.secrets = secrets
+        # Where tenants' URLs may point (security.egress); the strictest policy unless given.
+        self.egress = egress or EgressPolicy()
         self.tenants = TenantService(store, secrets)
         self.keys = KeyService(store)
-        self.agents = AgentService(store)
+        self.agents = AgentService(store, self.egress)
         self.voices = VoiceProfileService(store)
         self.numbers = NumberService(store)
-        self.credentials = CredentialService(store, secrets)
-        self.webhooks = WebhookService(store, secrets)
+        self.credentials = CredentialService(store, secrets, self.egress)
+        self.webhooks = WebhookService(store, secrets, self.egress)
         self.calls = CallReadService(store)
 
     @classmethod
@@ -46,7 +49,7 @@ class ControlPlane:
         except BaseException:
             await db.close()
             raise
-        return cls(Store(db), secrets)
+        return cls(Store(db), secrets, settings.security.egress.policy)
 
     async def close(self) -> None:
         await self.store.db.close()

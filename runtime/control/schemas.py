@@ -23,6 +23,7 @@ from pydantic import (
 
 from runtime.control.patterns import check_pattern
 from runtime.control.tool_schemas import check_tool_schema
+from runtime.egress.policy import WEB, WEB_AND_SOCKETS, url_target
 from runtime.providers import registry
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -58,10 +59,20 @@ def check_e164(value: str | None) -> str | None:
     return compact
 
 
-def check_http_url(value: str | None) -> str | None:
-    if value is not None and not value.startswith(("http://", "https://")):
-        raise ValueError("expected an http(s) URL")
-    return value
+def _tenant_url(schemes: tuple[str, ...]) -> Any:
+    """A validator of a tenant URL's form: scheme, host, port, no user name or password (where it
+    points is checked against the egress policy when it is stored, by the service). A version
+    read back as stored is not checked: the connection is."""
+
+    def check(value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not (info.context and info.context.get("stored")):
+            url_target(value, schemes)  # UrlRefused is a ValueError: a 422 naming the field
+        return value
+
+    return check
+
+
+check_http_url = _tenant_url(WEB)
 
 
 # Tenants
@@ -126,6 +137,8 @@ class ProviderChoice(Input):
     model: str | None = None
     base_url: str | None = None
     fallback: list[str] = Field(default_factory=list, description="providers to try next, in order")
+
+    _base_url = field_validator("base_url")(_tenant_url(WEB_AND_SOCKETS))
 
     @model_validator(mode="before")
     @classmethod

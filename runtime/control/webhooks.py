@@ -10,6 +10,8 @@ from runtime.control.errors import Invalid, NotFound
 from runtime.control.models import Public, WebhookConfig, from_row
 from runtime.control.pagination import Page, PageRequest
 from runtime.control.schemas import WebhookCreate, WebhookUpdate
+from runtime.control.tenant_urls import check_url
+from runtime.egress.policy import REFUSED, EgressPolicy
 from runtime.events.topics import TOPICS, unknown_patterns
 from runtime.ids import new_id, now_iso
 from runtime.secrets import SecretStore
@@ -68,18 +70,30 @@ def _check_events(events: list[str]) -> None:
         raise Invalid(f"event patterns {unknown} match no topic", {"unknown": unknown, "topics": list(TOPICS)})
 
 
+def _test_error(delivered: bool, status_code: int | None, error: str | None) -> str | None:
+    """What a test delivery reports: refused, the answer's status, or unreachable. Never why a
+    connection failed: that would tell a closed port from a listening one."""
+    if delivered:
+        return None
+    if error == REFUSED:
+        return REFUSED
+    return f"HTTP {status_code}" if status_code is not None else "unreachable"
+
+
 def signing_secret_ref(tenant_id: str, webhook_id: str) -> str:
     return f"tenant/{tenant_id}/webhook/{webhook_id}"
 
 
 class WebhookService:
-    def __init__(self, store: Store, secrets_store: SecretStore) -> None:
+    def __init__(self, store: Store, secrets_store: SecretStore, egress: EgressPolicy | None = None) -> None:
         self.store = store
         self.secrets = secrets_store
+        self.egress = egress or EgressPolicy()
 
     async def create(self, tenant_id: str, data: WebhookCreate) -> tuple[WebhookConfig, str]:
         """Returns the config and its signing secret, which is never shown again."""
         _check_events(data.events)
+        check_url(self.egress, "url", data.url)
         webhook_id = new_id("whk")
         ref = signing_secret_ref(tenant_id, webhook_id)
         signing_secret = "whsec_" + secrets.token_urlsafe(32)
@@ -112,6 +126,8 @@ class WebhookService:
             raise Invalid(f"{', '.join(nulls)} cannot be null", {"fields": nulls})
         if "events" in changes:
             _check_events(changes["events"])
+        if changes.get("url") is not None:
+            check_url(self.egress, "url", changes["url"])
         if changes:
             changes["updated_at"] = now_iso()
         row = await self.store.webhook_configs.update(webhook_id, changes, tenant_id=tenant_id)
@@ -147,9 +163,10 @@ class WebhookService:
                         http: aiohttp.ClientSession | None = None) -> WebhookTestResult:
         """POST a signed sample event (topic webhook.test) to the webhook now, through the delivery's
         own signing code, and report the outcome."""
-        import aiohttp  # the CLI's other commands never load the HTTP client
+        # Imported here: the CLI's other commands never load the HTTP client.
         import orjson
 
+        from runtime.egress.aiohttp_client import guarded_session
         from runtime.events.delivery import TEST_TOPIC, n8n_header, post_signed
         from runtime.events.models import Event
 
@@ -162,7 +179,7 @@ class WebhookService:
         body = orjson.dumps(event.to_dict())
         extra = await n8n_header(self.store, self.secrets, tenant_id, config.url)
         owned = http is None
-        session = aiohttp.ClientSession() if owned else http
+        session = guarded_session(self.egress) if owned else http
         try:
             outcome = await post_signed(session, config.url, body, secret=secret, event_id=event.id,
                                         timeout_s=timeout_s, extra_headers=extra)
@@ -170,7 +187,7 @@ class WebhookService:
             if owned:
                 await session.close()
         return WebhookTestResult(webhook_id, event.id, outcome.delivered, outcome.status_code, outcome.duration_ms,
-                                 outcome.error)
+                                 _test_error(outcome.delivered, outcome.status_code, outcome.error))
 
     async def signing_secret(self, tenant_id: str, webhook_id: str) -> str | None:
         config = await self.get(tenant_id, webhook_id)

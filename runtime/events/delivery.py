@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
+from runtime.egress.aiohttp_client import guarded_session
+from runtime.egress.policy import REFUSED, EgressPolicy, refused
 from runtime.ids import new_id, now_iso
 from runtime.store.errors import ForeignKeyViolation, StoreError
 
@@ -135,7 +137,7 @@ async def post_signed(
     except TimeoutError:
         error = f"no response within {timeout_s:g} s"
     except aiohttp.ClientError as exc:
-        error = f"{type(exc).__name__}: {exc}"[:500]
+        error = REFUSED if refused(exc) else f"{type(exc).__name__}: {exc}"[:500]
     except ValueError as exc:  # e.g. an unusable header name or value
         error = f"invalid request: {exc}"[:500]
     duration_ms = int((time.perf_counter() - started) * 1000)
@@ -178,10 +180,12 @@ class DeliveryWorker:
     def __init__(
         self, store: Store, secrets: SecretStore, config: WebhookDeliverySettings, *, concurrency: int = 16,
         poll_s: float = 1.0, base_delay_s: float = 1.0, jitter: Callable[[], float] = random.random,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.store = store
         self.secrets = secrets
         self.config = config
+        self.egress = egress or EgressPolicy()  # where tenants' webhook URLs may connect (security.egress)
         self.concurrency = concurrency
         self.poll_s = poll_s
         self.base_delay_s = base_delay_s
@@ -213,7 +217,7 @@ class DeliveryWorker:
         if requeued:
             log.warning("webhook deliveries left sending by a previous run are pending again",
                         extra={"deliveries": requeued})
-        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.concurrency))
+        self._http = guarded_session(self.egress, limit=self.concurrency)
         self._task = asyncio.create_task(self._run(), name="webhook-delivery")
 
     def wake(self) -> None:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from runtime.calls.routing import CallRoute
 from runtime.calls.session import CallSession
 from runtime.control.plane import ControlPlane
+from runtime.egress.aiohttp_client import guarded_session
 from runtime.events.models import ProviderFailedOver
 from runtime.pipeline.conversation import Conversation
 from runtime.pipeline.line_cache import LineCache
@@ -41,7 +42,8 @@ class ConversationEngine:
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self, warm_up: bool = True) -> None:
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        # Tenant HTTP tools: connections only where security.egress lets tenants' URLs go.
+        self._http = guarded_session(self.control.egress, timeout=aiohttp.ClientTimeout(total=60))
         if warm_up:
             await self.providers.warm_up()
 

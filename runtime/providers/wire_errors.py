@@ -12,6 +12,7 @@ import email.utils
 import time
 from collections.abc import Mapping
 
+from runtime.egress.policy import REFUSED
 from runtime.providers.base import ErrorKind, ProviderError
 
 MAX_DETAIL = 200
@@ -60,6 +61,12 @@ def redact(text: str, secret: str | None) -> str:
     if secret and len(secret) >= 4:
         text = text.replace(secret, "[redacted]")
     return text[:MAX_DETAIL]
+
+
+def egress_refused(provider: str) -> ProviderError:
+    """A tenant's URL the egress guard did not connect to (runtime.egress): no detail about the
+    target, and never retried (another attempt is refused the same way)."""
+    return ProviderError(provider, "bad_request", REFUSED)
 
 
 def status_error(provider: str, status: int, headers: Mapping[str, str] | None = None, detail: str = "",

@@ -46,7 +46,7 @@ class RecordingObjects:
     def from_settings(cls, credentials: CredentialService, settings: Any) -> RecordingObjects:
         """``settings``: the ``recording.s3`` section."""
         return cls(credentials, S3Client(connect_timeout_s=settings.connect_timeout_s,
-                                         read_timeout_s=settings.attempt_timeout_s))
+                                         read_timeout_s=settings.attempt_timeout_s, egress=credentials.egress))
 
     async def target(self, tenant_id: str) -> S3Target | None:
         """The tenant's bucket, or None without an ``s3`` credential (recordings stay local).

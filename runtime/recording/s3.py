@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from runtime.egress.policy import REFUSED, EgressPolicy, refused
+from runtime.egress.resolve import check_literal
 from runtime.providers.registry import MissingExtra, require_extra
 
 S3 = "s3"
@@ -112,6 +114,8 @@ def describe_error(exc: BaseException, secret: str | None = None) -> str:
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         text = f"{error.get('Code') or 'error'} (HTTP {status}): {error.get('Message') or ''}".rstrip(": ")
+    elif refused(exc):
+        text = REFUSED
     elif isinstance(exc, TimeoutError):
         text = "timed out"
     else:
@@ -123,7 +127,7 @@ def describe_error(exc: BaseException, secret: str | None = None) -> str:
 
 def is_permanent(exc: BaseException) -> bool:
     """True for errors another attempt cannot fix; timeouts, connection errors and 5xx are retried."""
-    if isinstance(exc, InvalidTarget | MissingExtra):
+    if isinstance(exc, InvalidTarget | MissingExtra) or refused(exc):
         return True
     if _is_client_error(exc):
         code = exc.response.get("Error", {}).get("Code")
@@ -191,9 +195,11 @@ class S3Client:
     """Makes aiobotocore clients for tenants' buckets. One botocore session per process, made on first
     use: it caches the loaded service model, so later clients are cheap."""
 
-    def __init__(self, *, connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0) -> None:
+    def __init__(self, *, connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0,
+                 egress: EgressPolicy | None = None) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.egress = egress or EgressPolicy()  # tenants' endpoints: where security.egress lets them connect
         self._session: Any = None
         self._config: Any = None
 
@@ -201,16 +207,23 @@ class S3Client:
         """An async context manager yielding an aiobotocore S3 client for ``target``."""
         if self._session is None:
             require_extra("s3")  # MissingExtra (permanent) on an install without the s3 extra
+            from aiobotocore.config import AioConfig
             from aiobotocore.session import get_session
-            from botocore.config import Config
+
+            from runtime.egress.aiohttp_client import GuardedResolver
 
             self._session = get_session()
-            self._config = Config(
+            self._config = AioConfig(
                 signature_version="s3v4", s3={"addressing_style": "path"},
                 connect_timeout=self.connect_timeout_s, read_timeout=self.read_timeout_s,
                 retries={"total_max_attempts": 1, "mode": "standard"},  # one request; retries are ours
                 request_checksum_calculation="when_required", response_checksum_validation="when_required",
+                # Names resolve only to addresses the egress guard permits (a literal is checked below).
+                connector_args={"resolver": GuardedResolver(self.egress)},
             )
+        endpoint = urlsplit(target.endpoint)
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        check_literal(self.egress, endpoint.hostname or "", port)
         return self._session.create_client(
             "s3", region_name=target.region, endpoint_url=target.endpoint,
             aws_access_key_id=target.access_key_id, aws_secret_access_key=target.secret_access_key,

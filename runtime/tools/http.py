@@ -19,13 +19,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
 
 from runtime.control.schemas import HttpTool as HttpToolConfig
+from runtime.egress.aiohttp_client import guarded_session
+from runtime.egress.policy import REFUSED, EgressPolicy, refused
 from runtime.events.delivery import SIGNATURE_HEADER, sign
 from runtime.providers.base import ToolSpec
 from runtime.tools.base import ToolContext, ToolResult
@@ -51,15 +53,16 @@ class HttpTool:
     parameters: dict[str, Any]
     url: str
     request_timeout_s: float = 5.0
-    http: aiohttp.ClientSession | None = None  # shared by the app; None: one session per request
+    http: aiohttp.ClientSession | None = None  # shared by the app (egress-guarded); None: one session per request
     signing_secret: SecretLookup | None = None  # tenant_id -> secret of its `tools` credential
+    egress: EgressPolicy = field(default_factory=EgressPolicy)  # guards the session made per request
 
     @classmethod
     def from_config(cls, config: HttpToolConfig, *, http: aiohttp.ClientSession | None = None,
-                    signing_secret: SecretLookup | None = None) -> HttpTool:
+                    signing_secret: SecretLookup | None = None, egress: EgressPolicy | None = None) -> HttpTool:
         """From one entry of AgentConfig.http_tools."""
         return cls(config.name, config.description, dict(config.parameters), config.url, config.timeout_s,
-                   http, signing_secret)
+                   http, signing_secret, egress or EgressPolicy())
 
     @property
     def spec(self) -> ToolSpec:
@@ -83,7 +86,7 @@ class HttpTool:
             if secret:
                 headers[SIGNATURE_HEADER] = sign(secret, body, int(time.time()))
         owned = self.http is None
-        http = aiohttp.ClientSession() if owned else self.http
+        http = guarded_session(self.egress) if owned else self.http
         try:
             return await self._post(http, body, headers)
         finally:
@@ -100,7 +103,8 @@ class HttpTool:
         except TimeoutError:
             return error_result(f"the {self.name} service did not answer within {limit:g} s", "timeout")
         except aiohttp.ClientError as exc:
-            log.warning("tool endpoint unreachable", extra={"tool": self.name, "error": type(exc).__name__})
+            log.warning("tool endpoint unreachable",
+                        extra={"tool": self.name, "error": REFUSED if refused(exc) else type(exc).__name__})
             return error_result(f"the {self.name} service could not be reached")
         if len(raw) > MAX_RESPONSE_BYTES:
             return error_result(f"the {self.name} service answered more than {MAX_RESPONSE_BYTES} bytes")

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from runtime.control.schemas import AgentConfig
+from runtime.egress.policy import EgressPolicy
 from runtime.events.models import Payload, ToolCalled
 from runtime.ids import new_id, now_iso
 from runtime.providers.base import ToolCall, ToolSpec
@@ -50,10 +51,12 @@ class CallToolBox:
         cls, config: AgentConfig, *, store: Store, emit: Emit, timezone: str = "UTC",
         http: aiohttp.ClientSession | None = None, signing_secret: SecretLookup | None = None,
         policy: BookingPolicy | None = None, clock: Callable[[], datetime] | None = None,
+        egress: EgressPolicy | None = None,
     ) -> CallToolBox:
         """``config``: the agent version's config.
         ``timezone``: the tenant's (booking dates and times are local). ``http``: the app's shared
-        client session. ``signing_secret``: tenant_id -> secret for HTTP tool requests, e.g.
+        client session, egress-guarded (``egress``: the policy of a session made per request without
+        it). ``signing_secret``: tenant_id -> secret for HTTP tool requests, e.g.
         ``lambda t: control.credentials.secret(t, "tools")``."""
         pack = BookingPack(store, timezone, policy or BookingPolicy())
         if clock is not None:
@@ -71,7 +74,7 @@ class CallToolBox:
             if entry.name in tools:
                 log.warning("http tool shadowed by a built-in of the same name", extra={"tool": entry.name})
                 continue
-            tools[entry.name] = HttpTool.from_config(entry, http=http, signing_secret=signing_secret)
+            tools[entry.name] = HttpTool.from_config(entry, http=http, signing_secret=signing_secret, egress=egress)
         return cls(tools, store=store, emit=emit, dtmf_tools=config.dtmf_tools)
 
     def specs(self) -> tuple[ToolSpec, ...]:

@@ -371,7 +371,8 @@ async def test_cli_copies_a_recording_from_s3(control, settings, moto, tmp_path)
     await uploader.wait_idle()
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"database": {"url": settings.database.url},
-                                      "secrets": {"backend": "cryptfile"}}))
+                                      "secrets": {"backend": "cryptfile"},
+                                      "security": {"egress": {"allow": settings.security.egress.allow}}}))
     out = tmp_path / "agent.wav"
     runner = CliRunner()
     result = await asyncio.to_thread(runner.invoke, app, ["--config", str(config), "calls", "recording", call.id,

@@ -44,6 +44,7 @@ def background() -> Iterator[Background]:
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
     monkeypatch.setenv("VOICECTL_SECRETS__BACKEND", "cryptfile")
+    monkeypatch.setenv("VOICECTL_SECURITY__EGRESS__ALLOW", "[127.0.0.1/32]")  # the receiver listens on loopback
     cli = Cli(tmp_path / "conf" / "config.yaml")
     cli.json("init")
     cli.json("tenant", "create", "acme")

@@ -16,8 +16,10 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from peers.loopback import LOOPBACK_ALLOW
 from runtime.control.schemas import TOOL_NAME, AgentConfig
 from runtime.control.schemas import HttpTool as HttpToolConfig
+from runtime.egress.policy import EgressPolicy
 from runtime.events.delivery import SIGNATURE_HEADER, verify
 from runtime.events.models import Payload, ToolCalled
 from runtime.ids import new_id, now_iso
@@ -318,6 +320,7 @@ class Endpoint:
 
 
 SECRET = "whsec_tools_test"
+LOOPBACK = EgressPolicy.from_entries(LOOPBACK_ALLOW)  # the endpoint below listens on loopback
 
 
 @pytest_asyncio.fixture
@@ -368,7 +371,8 @@ async def fixed_secret(tenant_id: str) -> str | None:
 
 
 async def test_http_tool_posts_signed_json(endpoint):
-    tool = HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, "ok")), signing_secret=fixed_secret)
+    tool = HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, "ok")), signing_secret=fixed_secret,
+                                egress=LOOPBACK)
     result = await tool.run({"city": "Rome"}, ToolContext("ten_1", "call_1"))
     assert result.status == "ok" and result.content == {"open": True, "echo": {"city": "Rome"}}
     (got,) = endpoint.received
@@ -381,8 +385,8 @@ async def test_http_tool_unsigned_without_a_secret(endpoint):
         return None
 
     for lookup in (None, none):
-        result = await HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, "ok")), signing_secret=lookup).run(
-            {"city": "Oslo"}, ToolContext("ten_1", "call_1"))
+        result = await HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, "ok")), signing_secret=lookup,
+                                            egress=LOOPBACK).run({"city": "Oslo"}, ToolContext("ten_1", "call_1"))
         assert result.status == "ok"
     assert [SIGNATURE_HEADER in r["headers"] for r in endpoint.received] == [False, False]
 
@@ -404,15 +408,16 @@ async def test_http_tool_refuses_to_go_unsigned_when_the_secret_is_unreadable(en
     ("missing", "error", "HTTP 404"),
 ])
 async def test_http_tool_failures_are_results(endpoint, name, status, words):
-    tool = HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, name, timeout_s=0.3)))
+    tool = HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, name, timeout_s=0.3)), egress=LOOPBACK)
     result = await tool.run({"city": "Rome"}, ToolContext("ten_1", "call_1"))
     assert result.status == status and words in result.content["error"]
 
 
 async def test_http_tool_non_object_json_and_unreachable(endpoint):
-    listed = await HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, "list"))).run({"city": "x"}, ToolContext("t", "c"))
+    listed = await HttpTool.from_config(HttpToolConfig(**http_tool(endpoint, "list")), egress=LOOPBACK).run(
+        {"city": "x"}, ToolContext("t", "c"))
     assert listed.content == {"result": [1, 2]}
-    gone = await HttpTool("gone", "d", {}, "http://127.0.0.1:9/").run({}, ToolContext("t", "c"))
+    gone = await HttpTool("gone", "d", {}, "http://127.0.0.1:9/", egress=LOOPBACK).run({}, ToolContext("t", "c"))
     assert gone.status == "error" and "could not be reached" in gone.content["error"]
 
 
@@ -428,7 +433,7 @@ async def test_http_tools_in_the_toolbox_with_the_tools_credential(control, endp
     route = await control.store.agent_versions.find(tenant_id=world.tenant_id, agent_id=world.agent_id)
     emit = Recorder()
     box = CallToolBox.for_call(AgentConfig.from_stored(route["config"]), store=control.store, emit=emit,
-                               signing_secret=lambda t: control.credentials.secret(t, "tools"))
+                               signing_secret=lambda t: control.credentials.secret(t, "tools"), egress=control.egress)
     assert [s.name for s in box.specs()] == ["ok"]
     ctx = ctx_for(world.tenant_id, call_id)
     missing = await box.call(ToolCall("t1", "ok", {}), ctx)

@@ -18,17 +18,18 @@ RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 DOWNWARD: dict[str, set[str]] = {
     "api": {"calls", "config", "control", "events", "logs", "pipeline", "providers", "recording", "store", "telephony",
             "web"},
-    "telephony": {"audio", "calls", "config", "control", "events", "ids", "one_per", "pipeline", "store", "web"},
-    "pipeline": {"audio", "calls", "control", "events", "ids", "one_per", "providers", "tools"},
-    "tools": {"control", "events", "ids", "providers", "store"},
+    "telephony": {"audio", "calls", "config", "control", "egress", "events", "ids", "one_per", "pipeline", "store",
+                  "web"},
+    "pipeline": {"audio", "calls", "control", "egress", "events", "ids", "one_per", "providers", "tools"},
+    "tools": {"control", "egress", "events", "ids", "providers", "store"},
     "calls": {"control", "events", "ids", "recording", "store"},
-    "recording": {"audio", "control", "ids", "providers", "store"},  # providers: the registry's optional extras
-    "events": {"config", "ids", "secrets", "store"},
-    "control": {"config", "events", "ids", "providers", "secrets", "store"},
-    "providers": {"audio", "config"},
+    "recording": {"audio", "control", "egress", "ids", "providers", "store"},  # providers: the registry's optional extras
+    "events": {"config", "egress", "ids", "secrets", "store"},
+    "control": {"config", "egress", "events", "ids", "providers", "secrets", "store"},
+    "providers": {"audio", "config", "egress"},
     "web": {"config"},  # JSON responses, metrics registry, rate limits: beneath the API and the bridges
     "store": {"ids"},
-    "config": {"providers"},  # the provider registry's names and settings models (no adapters)
+    "config": {"egress", "providers"},  # the provider registry's names and settings models (no adapters)
     "logs": {"config"},
     "secrets": {"config"},
 }

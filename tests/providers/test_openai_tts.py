@@ -12,8 +12,10 @@ from contextlib import aclosing
 import numpy as np
 import pytest
 
+from peers.loopback import LOOPBACK_ALLOW
 from peers.openai_server import error_reply
 from peers.openai_speech_server import OpenAISpeechServer, Speech
+from runtime.egress.policy import EgressPolicy
 from runtime.providers import registry
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy
 from runtime.providers.options import OpenAITTSOptions, OpenAITTSSettings
@@ -295,7 +297,8 @@ async def test_check_lists_models_with_the_key() -> None:
 def context(**overrides: object) -> registry.BuildContext:
     values: dict[str, object] = {
         "entry": registry.get("tts", "openai"), "settings": OpenAITTSSettings(), "options": OpenAITTSOptions(),
-        "model": None, "base_url": None, "credential": registry.ProviderCredential({}, KEY), "policy": FAST}
+        "model": None, "base_url": None, "credential": registry.ProviderCredential({}, KEY), "policy": FAST,
+        "egress": EgressPolicy.from_entries(LOOPBACK_ALLOW)}  # a version's base_url may be the loopback server
     values.update(overrides)
     return registry.BuildContext(**values)  # type: ignore[arg-type]
 

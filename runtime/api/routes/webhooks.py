@@ -67,6 +67,6 @@ ROUTES = [
           "List the webhook's deliveries, newest first, with their attempts", response=WebhookDelivery,
           paged=True, query=PAGE, tag="webhooks"),
     Route("POST", "/api/v1/webhooks/{webhook_id}/test", test_webhook,
-          "Send a signed sample event (topic webhook.test) now and return the outcome",
+          "Send a signed sample event (topic webhook.test) now: delivered or not, and the answer's status code",
           response=WebhookTestResult, tag="webhooks"),
 ]

@@ -24,6 +24,8 @@ from typing import Any
 
 import anthropic
 
+from runtime.egress.httpx_client import guarded_transport
+from runtime.egress.policy import EgressPolicy, refused
 from runtime.providers.base import (
     LanguageModel,
     LlmDone,
@@ -38,7 +40,7 @@ from runtime.providers.base import (
 from runtime.providers.llm import anthropic_messages as fmt
 from runtime.providers.llm.llm_http import is_transport_error, parse_arguments, transport_error
 from runtime.providers.registry import BuildContext
-from runtime.providers.wire_errors import redact, retry_after, status_kind
+from runtime.providers.wire_errors import egress_refused, redact, retry_after, status_kind
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 # The longest silence inside a stream (Anthropic sends pings while the model thinks) and the
@@ -62,10 +64,11 @@ class AnthropicLLM(LanguageModel):
 
     def __init__(self, api_key: str, *, base_url: str = DEFAULT_BASE_URL, model: str = "claude-sonnet-4-6",
                  max_tokens: int = 1024, temperature: float | None = None,
-                 policy: RetryPolicy | None = None) -> None:
+                 policy: RetryPolicy | None = None, egress: EgressPolicy | None = None) -> None:
         super().__init__(policy)
         self._api_key = api_key
         self.base_url = base_url
+        self.egress = egress  # a tenant's server: connect through the egress guard
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -76,9 +79,11 @@ class AnthropicLLM(LanguageModel):
 
     def client(self) -> anthropic.AsyncAnthropic:
         if self._client is None:
+            http = None if self.egress is None else anthropic.DefaultAsyncHttpxClient(
+                transport=guarded_transport(self.egress))
             self._client = anthropic.AsyncAnthropic(
                 api_key=self._api_key, base_url=self.base_url, max_retries=0,
-                timeout=anthropic.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+                timeout=anthropic.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S), http_client=http)
         return self._client
 
     def params(self, request: LlmRequest) -> dict[str, Any]:
@@ -158,6 +163,8 @@ class AnthropicLLM(LanguageModel):
         if isinstance(exc, anthropic.APITimeoutError):
             return ProviderError(self.name, "timeout", "the request timed out")
         if isinstance(exc, anthropic.APIConnectionError):
+            if refused(exc):
+                return egress_refused(self.name)
             return ProviderError(self.name, "unavailable", "the connection failed or broke")
         if is_transport_error(exc):
             return transport_error(self.name, exc)  # type: ignore[arg-type]
@@ -250,5 +257,7 @@ class _Reply:
 
 def build(ctx: BuildContext) -> AnthropicLLM:
     conf = ctx.settings
-    return AnthropicLLM(ctx.require_secret(), base_url=ctx.base_url or conf.base_url, model=ctx.model or conf.model,
-                        **ctx.given("max_tokens", "temperature"), policy=ctx.policy)
+    tenant_url = ctx.tenant_url(credential_field=None)
+    return AnthropicLLM(ctx.require_secret(), base_url=tenant_url or conf.base_url, model=ctx.model or conf.model,
+                        **ctx.given("max_tokens", "temperature"), policy=ctx.policy,
+                        egress=ctx.egress if tenant_url else None)

@@ -13,13 +13,17 @@ from typing import Any
 
 import httpx2  # the HTTP client of both SDKs (anthropic>=2, openai>=3): mid-stream failures surface raw
 
+from runtime.egress.policy import refused
 from runtime.providers.base import ProviderError
+from runtime.providers.wire_errors import egress_refused
 
 FAILED_TOOL_STATUSES = frozenset({"error", "timeout", "cancelled"})
 
 
 def transport_error(provider: str, exc: httpx2.HTTPError | httpx2.StreamError) -> ProviderError:
     """A connection that failed or broke mid-stream (no status to go by)."""
+    if refused(exc):
+        return egress_refused(provider)
     if isinstance(exc, httpx2.TimeoutException):
         return ProviderError(provider, "timeout", f"the connection timed out ({type(exc).__name__})")
     return ProviderError(provider, "unavailable", f"the connection failed or broke ({type(exc).__name__})")

@@ -21,6 +21,8 @@ from typing import Any
 
 import openai
 
+from runtime.egress.httpx_client import guarded_transport
+from runtime.egress.policy import EgressPolicy, refused
 from runtime.providers.base import (
     ErrorKind,
     LanguageModel,
@@ -36,7 +38,7 @@ from runtime.providers.base import (
 from runtime.providers.llm import openai_messages as fmt
 from runtime.providers.llm.llm_http import is_transport_error, parse_arguments, transport_error
 from runtime.providers.registry import BuildContext
-from runtime.providers.wire_errors import redact, retry_after, status_kind
+from runtime.providers.wire_errors import egress_refused, redact, retry_after, status_kind
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434/v1"  # Ollama
 NO_KEY = "not-needed"  # local servers ignore the key, the SDK insists on one
@@ -51,10 +53,11 @@ class OpenAICompatibleLLM(LanguageModel):
 
     def __init__(self, api_key: str | None, *, base_url: str = DEFAULT_BASE_URL, model: str = "llama3.2",
                  max_tokens: int | None = None, temperature: float | None = None,
-                 policy: RetryPolicy | None = None) -> None:
+                 policy: RetryPolicy | None = None, egress: EgressPolicy | None = None) -> None:
         super().__init__(policy)
         self._api_key = api_key
         self.base_url = base_url
+        self.egress = egress  # a tenant's server: connect through the egress guard
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -65,9 +68,11 @@ class OpenAICompatibleLLM(LanguageModel):
 
     def client(self) -> openai.AsyncOpenAI:
         if self._client is None:
+            http = None if self.egress is None else openai.DefaultAsyncHttpxClient(
+                transport=guarded_transport(self.egress))
             self._client = openai.AsyncOpenAI(
                 api_key=self._api_key or NO_KEY, base_url=self.base_url, max_retries=0,
-                timeout=openai.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+                timeout=openai.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S), http_client=http)
         return self._client
 
     def params(self, request: LlmRequest) -> dict[str, Any]:
@@ -147,6 +152,8 @@ def sdk_error(provider: str, api_key: str | None, exc: BaseException) -> Provide
     if isinstance(exc, openai.APITimeoutError):
         return ProviderError(provider, "timeout", "the request timed out")
     if isinstance(exc, openai.APIConnectionError):
+        if refused(exc):
+            return egress_refused(provider)
         return ProviderError(provider, "unavailable", "the connection failed or broke")
     if isinstance(exc, openai.APIResponseValidationError):
         return ProviderError(provider, "protocol", "unreadable answer")
@@ -264,6 +271,7 @@ def build(ctx: BuildContext) -> OpenAICompatibleLLM:
     """Local OpenAI-compatible servers usually need no key; the tenant's credential may name its
     own server (``base_url`` field)."""
     conf = ctx.settings
-    return OpenAICompatibleLLM(ctx.secret, base_url=ctx.base_url or ctx.fields.get("base_url") or conf.base_url,
+    tenant_url = ctx.tenant_url()
+    return OpenAICompatibleLLM(ctx.secret, base_url=tenant_url or conf.base_url,
                                model=ctx.model or conf.model, **ctx.given("max_tokens", "temperature"),
-                               policy=ctx.policy)
+                               policy=ctx.policy, egress=ctx.egress if tenant_url else None)

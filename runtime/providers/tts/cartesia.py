@@ -70,6 +70,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 # Imported with the module (the registry imports it when a call is set up), not on the first
 # piece: importing the SDK takes a few hundred ms.
@@ -85,6 +86,8 @@ from websockets.exceptions import (
 from websockets.protocol import State
 
 from runtime.audio import ulaw_to_pcm16
+from runtime.egress.policy import EgressPolicy, EgressRefused
+from runtime.egress.resolve import open_socket, permitted_addresses
 from runtime.providers.base import (
     AudioChunk,
     ErrorKind,
@@ -96,7 +99,7 @@ from runtime.providers.base import (
 from runtime.providers.registry import BuildContext
 from runtime.providers.tts import cartesia_wire as wire
 from runtime.providers.tts.local import split_sentences
-from runtime.providers.wire_errors import redact, status_error, status_kind
+from runtime.providers.wire_errors import egress_refused, redact, status_error, status_kind
 
 log = logging.getLogger("voicectl.providers.cartesia")
 
@@ -265,8 +268,10 @@ class CartesiaTTS(TextToSpeech):
 
     def __init__(self, api_key: str, *, base_url: str = wire.DEFAULT_URL, voice: str = DEFAULT_VOICE,
                  model: str = DEFAULT_MODEL, speed: float | None = None, language: str = "en",
-                 transport_rate: int = 8000, policy: RetryPolicy | None = None) -> None:
+                 transport_rate: int = 8000, policy: RetryPolicy | None = None,
+                 egress: EgressPolicy | None = None) -> None:
         super().__init__(policy)
+        self.egress = egress  # a tenant's server: connect through the egress guard
         if not api_key:
             raise ValueError("Cartesia needs an API key")
         if not voice or not voice.strip():
@@ -509,9 +514,16 @@ class CartesiaTTS(TextToSpeech):
         ``ProviderError`` (the SDK lets websockets' exceptions through: ``InvalidStatus`` carries
         the HTTP answer)."""
         failure: ProviderError | None = None
+        sock = None
         try:
-            options = {"logger": self._ws_log}  # passed on to websockets' connect()
+            options: dict[str, Any] = {"logger": self._ws_log}  # passed on to websockets' connect()
+            if self.egress is not None:  # a tenant's server: websockets gets a socket the guard connected
+                target = urlsplit(self.ws_url)
+                sock = await open_socket(self.egress, target.hostname or "", target.port or _default_port(target))
+                options["sock"] = sock
             return await self._client.tts.websocket_connect(websocket_connection_options=options).enter()
+        except EgressRefused:
+            failure = egress_refused(self.name)
         except InvalidStatus as exc:
             response = exc.response
             failure = status_error(self.name, response.status_code, response.headers,
@@ -528,6 +540,8 @@ class CartesiaTTS(TextToSpeech):
             failure = ProviderError(self.name, "unavailable", f"cannot connect ({type(exc).__name__})")
         except Exception as exc:  # the SDK's CartesiaError (websockets missing) and the like
             failure = ProviderError(self.name, "unavailable", f"cannot open the WebSocket ({type(exc).__name__})")
+        if sock is not None:
+            sock.close()  # never taken over by a connection (a failed one has closed it already)
         raise failure
 
     # Doctor
@@ -542,8 +556,14 @@ class CartesiaTTS(TextToSpeech):
     async def _probe(self) -> None:
         failure: ProviderError | None = None
         try:
+            if self.egress is not None:
+                # The SDK's REST client cannot take the guard: its host is checked just before (doctor only).
+                target = urlsplit(self.rest_url)
+                await permitted_addresses(self.egress, target.hostname or "", target.port or _default_port(target))
             await self._client.voices.get(self.voice)
             return
+        except EgressRefused:
+            failure = egress_refused(self.name)
         except APIStatusError as exc:
             try:
                 body = exc.response.content  # read by the SDK before it raises
@@ -589,7 +609,12 @@ def _close_code(exc: Any) -> str:
 def build(ctx: BuildContext) -> CartesiaTTS:
     conf = ctx.settings
     # URL precedence: the version's base_url, then the tenant credential's, then the appliance's.
-    url = ctx.base_url or ctx.fields.get("base_url") or conf.url
-    return CartesiaTTS(ctx.require_secret(), base_url=url, voice=getattr(ctx.options, "voice", None) or conf.voice,
-                       model=ctx.model or conf.model, **ctx.given("speed"), language=ctx.language,
-                       transport_rate=ctx.transport_rate, policy=ctx.policy)
+    tenant_url = ctx.tenant_url()
+    return CartesiaTTS(ctx.require_secret(), base_url=tenant_url or conf.url,
+                       voice=getattr(ctx.options, "voice", None) or conf.voice, model=ctx.model or conf.model,
+                       **ctx.given("speed"), language=ctx.language, transport_rate=ctx.transport_rate,
+                       policy=ctx.policy, egress=ctx.egress if tenant_url else None)
+
+
+def _default_port(url: SplitResult) -> int:
+    return 443 if url.scheme in ("https", "wss") else 80

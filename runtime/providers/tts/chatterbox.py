@@ -30,11 +30,13 @@ from typing import Any
 
 import aiohttp
 
+from runtime.egress.aiohttp_client import session_for
+from runtime.egress.policy import EgressPolicy, refused
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy, TextToSpeech, with_retries
 from runtime.providers.registry import BuildContext
 from runtime.providers.tts import chatterbox_wire as wire
 from runtime.providers.tts.local import split_sentences
-from runtime.providers.wire_errors import redact, status_error
+from runtime.providers.wire_errors import egress_refused, redact, status_error
 
 DEFAULT_BASE_URL = "http://127.0.0.1:4123"
 SPEECH_PATH = "/v1/audio/speech"
@@ -52,8 +54,10 @@ class ChatterboxTTS(TextToSpeech):
 
     def __init__(self, api_key: str | None, *, base_url: str = DEFAULT_BASE_URL, voice: str = "default",
                  exaggeration: float | None = None, cfg_weight: float | None = None,
-                 temperature: float | None = None, stream: bool = True, policy: RetryPolicy | None = None) -> None:
+                 temperature: float | None = None, stream: bool = True, policy: RetryPolicy | None = None,
+                 egress: EgressPolicy | None = None) -> None:
         super().__init__(policy)
+        self.egress = egress  # a tenant's server: connect through the egress guard
         _check_range("exaggeration", exaggeration, 0.25, 2.0)
         _check_range("cfg_weight", cfg_weight, 0.0, 1.0)
         _check_range("temperature", temperature, 0.05, 5.0)
@@ -140,7 +144,7 @@ class ChatterboxTTS(TextToSpeech):
         """The adapter's session, made on first use (it needs the running loop)."""
         if self._session is None or self._session.closed:
             headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            self._session = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(
+            self._session = session_for(self.egress, headers=headers, timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=self.read_timeout_s))
         return self._session
 
@@ -167,6 +171,8 @@ class ChatterboxTTS(TextToSpeech):
             return ProviderError(self.name, "server", f"the server failed mid-stream: {redact(str(exc), self._api_key)}")
         if isinstance(exc, TimeoutError):  # aiohttp's read and connect timeouts are TimeoutErrors too
             return ProviderError(self.name, "timeout", f"the server stopped answering ({type(exc).__name__})")
+        if refused(exc):
+            return egress_refused(self.name)
         if isinstance(exc, aiohttp.ClientConnectorError):
             return ProviderError(self.name, "unavailable", f"cannot connect ({type(exc).__name__})")
         return ProviderError(self.name, "unavailable", f"the connection failed or broke ({type(exc).__name__})")
@@ -198,6 +204,7 @@ def _check_range(name: str, value: float | None, low: float, high: float) -> Non
 
 def build(ctx: BuildContext) -> ChatterboxTTS:
     conf = ctx.settings
-    return ChatterboxTTS(ctx.secret, base_url=ctx.base_url or ctx.fields.get("base_url") or conf.base_url,
-                         voice=ctx.options.voice or conf.voice,
-                         **ctx.given("exaggeration", "cfg_weight", "temperature"), policy=ctx.policy)
+    tenant_url = ctx.tenant_url()
+    return ChatterboxTTS(ctx.secret, base_url=tenant_url or conf.base_url, voice=ctx.options.voice or conf.voice,
+                         **ctx.given("exaggeration", "cfg_weight", "temperature"), policy=ctx.policy,
+                         egress=ctx.egress if tenant_url else None)

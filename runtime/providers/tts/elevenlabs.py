@@ -95,6 +95,8 @@ from typing import Any
 import aiohttp
 
 from runtime.audio import ulaw_to_pcm16
+from runtime.egress.aiohttp_client import session_for
+from runtime.egress.policy import EgressPolicy, refused
 from runtime.providers.base import (
     RETRYABLE,
     AudioChunk,
@@ -105,7 +107,7 @@ from runtime.providers.base import (
 )
 from runtime.providers.registry import BuildContext
 from runtime.providers.tts import elevenlabs_wire as wire
-from runtime.providers.wire_errors import redact, status_error
+from runtime.providers.wire_errors import egress_refused, redact, status_error
 
 log = logging.getLogger("voicectl.providers.elevenlabs")
 
@@ -135,8 +137,10 @@ class ElevenLabsTTS(TextToSpeech):
     def __init__(self, api_key: str, *, voice: str = wire.DEFAULT_VOICE, model: str = wire.DEFAULT_MODEL,
                  url: str = wire.DEFAULT_URL, transport_rate: int = 8000, speed: float | None = None,
                  stability: float | None = None, similarity_boost: float | None = None,
-                 language: str | None = None, policy: RetryPolicy | None = None) -> None:
+                 language: str | None = None, policy: RetryPolicy | None = None,
+                 egress: EgressPolicy | None = None) -> None:
         super().__init__(policy)
+        self.egress = egress  # a tenant's server: connect through the egress guard
         if not api_key:
             raise ValueError("ElevenLabs needs an API key")
         if not voice or not model:
@@ -300,7 +304,7 @@ class ElevenLabsTTS(TextToSpeech):
     def _http(self) -> aiohttp.ClientSession:
         """The adapter's session, made on first use (it needs the running loop)."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+            self._session = session_for(self.egress, timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S))
         return self._session
 
@@ -376,6 +380,8 @@ class ElevenLabsTTS(TextToSpeech):
     def _failure(self, exc: BaseException) -> ProviderError:
         if isinstance(exc, TimeoutError):
             return ProviderError(self.name, "timeout", f"the server stopped answering ({type(exc).__name__})")
+        if refused(exc):
+            return egress_refused(self.name)
         if isinstance(exc, aiohttp.ClientConnectorError):
             return ProviderError(self.name, "unavailable", f"cannot connect ({type(exc).__name__})")
         return ProviderError(self.name, "unavailable", f"the connection failed or broke ({type(exc).__name__})")
@@ -659,8 +665,9 @@ def build(ctx: BuildContext) -> ElevenLabsTTS:
     ``providers.elevenlabs.url``. Voice: the version's, else ``providers.elevenlabs.voice``."""
     key = ctx.require_secret()
     settings = ctx.settings
-    url = ctx.base_url or ctx.fields.get("base_url") or settings.url
+    tenant_url = ctx.tenant_url()
     return ElevenLabsTTS(key, voice=getattr(ctx.options, "voice", None) or settings.voice,
-                         model=ctx.model or settings.model, url=url, transport_rate=ctx.transport_rate,
-                         language=ctx.language, **ctx.given("speed", "stability", "similarity_boost"),
-                         policy=ctx.policy)
+                         model=ctx.model or settings.model, url=tenant_url or settings.url,
+                         transport_rate=ctx.transport_rate, language=ctx.language,
+                         **ctx.given("speed", "stability", "similarity_boost"), policy=ctx.policy,
+                         egress=ctx.egress if tenant_url else None)

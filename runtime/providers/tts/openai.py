@@ -69,6 +69,8 @@ from urllib.parse import urlparse
 import httpx2  # the openai SDK's HTTP client
 import openai
 
+from runtime.egress.httpx_client import guarded_transport
+from runtime.egress.policy import EgressPolicy
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy, TextToSpeech
 from runtime.providers.llm.openai import sdk_error
 from runtime.providers.registry import BuildContext, MissingCredential
@@ -102,8 +104,9 @@ class OpenAITTS(TextToSpeech):
 
     def __init__(self, api_key: str | None, *, base_url: str = DEFAULT_BASE_URL, model: str = "gpt-4o-mini-tts",
                  voice: str = "alloy", speed: float | None = None, instructions: str | None = None,
-                 policy: RetryPolicy | None = None) -> None:
+                 policy: RetryPolicy | None = None, egress: EgressPolicy | None = None) -> None:
         super().__init__(policy)
+        self.egress = egress  # a tenant's server: connect through the egress guard
         if speed is not None and not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
             raise ValueError(f"speed must be between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}, not {speed}")
         url = base_url.strip().rstrip("/")
@@ -124,7 +127,10 @@ class OpenAITTS(TextToSpeech):
             timeout = openai.Timeout(self.read_timeout_s, connect=CONNECT_TIMEOUT_S)
             # The SDK's own HTTP client, with the process's one TLS context: building a context
             # reads the CA bundle (~30 ms with the event loop blocked), and adapters are per call.
-            http = openai.DefaultAsyncHttpxClient(verify=_tls_context(), timeout=timeout)
+            if self.egress is None:
+                http = openai.DefaultAsyncHttpxClient(verify=_tls_context(), timeout=timeout)
+            else:
+                http = openai.DefaultAsyncHttpxClient(transport=guarded_transport(self.egress), timeout=timeout)
             self._client = openai.AsyncOpenAI(api_key=self._api_key or NO_KEY, base_url=self.base_url,
                                               max_retries=0, timeout=timeout, http_client=http)
         return self._client
@@ -216,12 +222,14 @@ def build(ctx: BuildContext) -> OpenAITTS:
     points the LLM at a local chat server without a speech route). The key is optional (a local
     speech server may need none) except on the public API."""
     settings = ctx.settings
-    base_url = ctx.base_url or settings.base_url
+    tenant_url = ctx.tenant_url(credential_field=None)
+    base_url = tenant_url or settings.base_url
     if not ctx.secret and is_public(base_url):
         raise MissingCredential(f"the tenant has no {ctx.entry.credential_name} credential")
     voice = getattr(ctx.options, "voice", None) or settings.voice
     return OpenAITTS(ctx.secret, base_url=base_url, model=ctx.model or settings.model, voice=voice,
-                     **ctx.given("speed", "instructions"), policy=ctx.policy)
+                     **ctx.given("speed", "instructions"), policy=ctx.policy,
+                     egress=ctx.egress if tenant_url else None)
 
 
 @functools.cache

@@ -80,6 +80,7 @@ class RoomAgent:
         from livekit import rtc
 
         call = self.call
+        await call.server.check_destination()  # a tenant's LiveKit server: where tenants' URLs may go
         loop = asyncio.get_running_loop()
         self._caller_track = loop.create_future()
         room = self.room = rtc.Room(loop=loop)

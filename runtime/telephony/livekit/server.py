@@ -13,10 +13,14 @@ import datetime
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from runtime.control.errors import ControlError
+from runtime.egress.aiohttp_client import guarded_session
+from runtime.egress.policy import REFUSED, EgressPolicy, refused
+from runtime.egress.resolve import permitted_addresses
 
 if TYPE_CHECKING:
     from livekit.protocol.agent_dispatch import AgentDispatch
@@ -55,6 +59,8 @@ class LiveKitServer:
     api_key: str
     api_secret: str = field(repr=False)
     tenant_id: str | None = None  # the tenant whose credential this is; None: the appliance's
+    # A tenant's server is reached through the egress guard (security.egress); the appliance's is not.
+    egress: EgressPolicy | None = field(default=None, repr=False, compare=False)
 
     @property
     def rtc_url(self) -> str:
@@ -90,18 +96,28 @@ class LiveKitServer:
 
     # Server API
 
-    def _client(self, timeout_s: float = API_TIMEOUT_S) -> Any:
+    def _client(self, timeout_s: float = API_TIMEOUT_S, session: aiohttp.ClientSession | None = None) -> Any:
         from livekit import api
 
         # failover off: a self-hosted server has no other regions to try.
         return api.LiveKitAPI(self.url, self.api_key, self.api_secret,
-                              timeout=aiohttp.ClientTimeout(total=timeout_s), failover=False)
+                              timeout=aiohttp.ClientTimeout(total=timeout_s), session=session, failover=False)
+
+    async def check_destination(self) -> None:
+        """EgressRefused when a tenant's server is somewhere the egress guard does not let tenants'
+        URLs go. For the real-time SDK, which connects by itself: the address is checked just
+        before it connects (it resolves the name again)."""
+        if self.egress is not None:
+            target = urlsplit(self.rtc_url)
+            await permitted_addresses(self.egress, target.hostname or "",
+                                      target.port or (443 if target.scheme == "wss" else 80))
 
     async def _call(self, what: str, fn: Any, timeout_s: float = API_TIMEOUT_S) -> Any:
         from livekit.api import ServerError
 
+        session = guarded_session(self.egress) if self.egress is not None else None
         try:
-            async with self._client(timeout_s) as lk:
+            async with self._client(timeout_s, session) as lk:
                 return await fn(lk)
         except ServerError as exc:
             log.warning("livekit API call refused", extra={"call": what, "code": exc.code, "status": exc.status})
@@ -110,7 +126,10 @@ class LiveKitServer:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("livekit API unreachable", extra={"call": what, "error": type(exc).__name__})
             raise LiveKitUnavailable(f"LiveKit server unreachable for {what}",
-                                     {"error": type(exc).__name__}) from None
+                                     {"error": REFUSED if refused(exc) else type(exc).__name__}) from None
+        finally:
+            if session is not None:  # given to the SDK, which closes only its own
+                await session.close()
 
     async def create_dispatch(self, room: str, agent_name: str, metadata: str) -> AgentDispatch:
         from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
@@ -189,7 +208,7 @@ async def tenant_credential_server(control: ControlPlane, tenant_id: str) -> Liv
     secret = await control.credentials.secret(tenant_id, "livekit")
     if not secret or not fields.get("url") or not fields.get("api_key"):
         return None
-    return LiveKitServer(str(fields["url"]).rstrip("/"), str(fields["api_key"]), secret, tenant_id)
+    return LiveKitServer(str(fields["url"]).rstrip("/"), str(fields["api_key"]), secret, tenant_id, control.egress)
 
 
 async def server_for_tenant(settings: Settings, control: ControlPlane, tenant_id: str) -> LiveKitServer:
