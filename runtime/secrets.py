@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from runtime.files import make_private_folders, private_opener
+
 if TYPE_CHECKING:
     from runtime.config import Settings
 
@@ -42,7 +44,7 @@ def generate_master_key() -> str:
 
 def write_master_key(path: Path) -> str:
     """Create the master-key file (0600) unless it exists; return the key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_folders(path.parent)
     if path.exists():
         return path.read_text().strip()
     key = generate_master_key()
@@ -145,6 +147,7 @@ class SecretStore:
                 )
         path = settings.keyring_path
         master = read_master_key(settings.master_key_path)
+        make_private_folders(path.parent)  # keyrings.cryptfile makes the file 0600, a folder with the default mode
         backend = _cryptfile_backend(path, master)
         return cls(backend, lock_path=path.with_suffix(path.suffix + ".lock"), description=f"cryptfile:{path}")
 
@@ -154,8 +157,8 @@ class SecretStore:
             if self._lock_path is None:
                 yield
                 return
-            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._lock_path, "a") as handle:
+            make_private_folders(self._lock_path.parent)
+            with open(self._lock_path, "a", opener=private_opener) as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 try:
                     yield

@@ -152,8 +152,10 @@ def recording(
     if out and data["path"] is not None:
         import shutil
 
-        with errors():
-            shutil.copyfile(data["path"], out)
+        from runtime.files import private_opener
+
+        with errors(), open(data["path"], "rb") as source, open(out, "wb", opener=private_opener) as copy:
+            shutil.copyfileobj(source, copy)  # a new file 0600, as the recording itself
     if out:
         data["written_to"] = out
     if as_json:

@@ -69,6 +69,7 @@ def initialise(
 ) -> dict[str, Any]:
     """Write the config at ``path`` and set everything up; returns what was made (with the admin key)."""
     from runtime.config import load_settings
+    from runtime.files import make_private_folders, private_opener
     from runtime.secrets import write_master_key
 
     existed = path.exists()
@@ -76,8 +77,9 @@ def initialise(
         fail(f"{path} already exists; not overwriting it (use --force to replace it, or --config PATH "
              "to write another file)", EXIT_CONFLICT)
     previous = path.read_bytes() if existed else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(CONFIG_TEMPLATE.format(database=_yaml_scalar(database), backend=backend))
+    make_private_folders(path.parent)
+    with open(path, "w", opener=private_opener) as handle:  # a database URL may carry a password
+        handle.write(CONFIG_TEMPLATE.format(database=_yaml_scalar(database), backend=backend))
     try:
         settings = load_settings(path)
         write_master_key(settings.master_key_path)

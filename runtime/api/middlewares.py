@@ -77,10 +77,17 @@ async def errors_and_ids(request: web.Request, handler: Handler) -> web.StreamRe
     except DatabaseUnavailable:
         log.error("database unavailable", extra={"request_id": request_id})
         response = error_response(503, "the database is unavailable; try again shortly")
-    except Exception:
-        log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
-        response = error_response(500, "internal error; the request id identifies it in the logs",
-                                  {"request_id": request_id})
+    except Exception as exc:
+        if exc is request.content.exception():
+            # What reading the body ended with (the client left mid-body, a broken chunk): the
+            # client's doing, not a bug of ours, so no traceback for strangers to fill the log with.
+            log.warning("request body cut short or malformed", extra={
+                "request_id": request_id, "path": request.path, "reason": type(exc).__name__})
+            response = error_response(400, "the request body was cut short or is malformed")
+        else:
+            log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+            response = error_response(500, "internal error; the request id identifies it in the logs",
+                                      {"request_id": request_id})
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id
     resource = request.match_info.route.resource

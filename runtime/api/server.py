@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import signal
 
 from aiohttp import web
 
@@ -11,8 +13,10 @@ from runtime.api.app import create_app
 from runtime.config import Settings
 from runtime.logs import configure_logging
 from runtime.providers.chains import ProviderChains
+from runtime.web.http_errors import JsonErrorAppRunner
 
 log = logging.getLogger("voicectl.server")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 async def tune_gc_for_live_calls(app: web.Application) -> None:
@@ -33,6 +37,25 @@ async def tune_gc_for_live_calls(app: web.Application) -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+async def serve_until_signalled(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
+    """What ``web.run_app`` does, with the runner that answers malformed requests in the JSON error
+    shape (run_app makes its own): serve until SIGINT or SIGTERM, then shut down gracefully. A
+    signal during startup stops the runtime as soon as it has started; a second signal stops it at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    runner = JsonErrorAppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        await stop.wait()
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+
+
 def run(settings: Settings, host: str | None = None, port: int | None = None,
         providers: ProviderChains | None = None) -> None:
     """``providers``: the engines calls get (default: the config's; bench/fake_engines.py passes its own)."""
@@ -47,15 +70,7 @@ def run(settings: Settings, host: str | None = None, port: int | None = None,
 
     app.on_shutdown.append(log_shutdown)
     app.on_startup.append(tune_gc_for_live_calls)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=settings.server.shutdown_grace_s,
-        handle_signals=True,
-    )
+    asyncio.run(serve_until_signalled(app, host, port, settings.server.shutdown_grace_s))
     from runtime.telephony.livekit.room import release_sdk
 
     release_sdk()

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from runtime.control.credentials import CredentialService
 from runtime.control.errors import ControlError, NotFound
+from runtime.files import private_opener
 from runtime.recording.s3 import (
     S3,
     DeleteIncomplete,
@@ -82,7 +83,7 @@ class RecordingObjects:
         partial = path.with_name(f".{path.name}.part")
         size = 0
         try:
-            with partial.open("wb") as out:
+            with open(partial, "wb", opener=private_opener) as out:
                 async for chunk in download.chunks():
                     out.write(chunk)
                     size += len(chunk)

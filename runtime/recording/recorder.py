@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.audio import Resampler
+from runtime.files import create_private_file
 from runtime.ids import new_id, now_iso
 from runtime.recording.storage import LOCAL, LocalStorage
 
@@ -52,7 +53,7 @@ class RecordedFile:
 
 
 def _open_wav(path: Path, rate: int) -> wave.Wave_write:
-    wav = wave.open(str(path), "wb")
+    wav = wave.open(str(create_private_file(path)), "wb")  # made 0600, then opened (truncated) by name
     wav.setnchannels(1)
     wav.setsampwidth(WIDTH)
     wav.setframerate(rate)

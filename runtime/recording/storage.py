@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from runtime.files import make_private_folders
+
 LOCAL = "local"
 
 
@@ -27,9 +29,7 @@ class LocalStorage:
         return self.root / tenant_id / call_id
 
     def path_for(self, tenant_id: str, call_id: str, name: str) -> Path:
-        folder = self.call_dir(tenant_id, call_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / name
+        return make_private_folders(self.call_dir(tenant_id, call_id)) / name
 
     def uri(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()

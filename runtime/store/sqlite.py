@@ -32,6 +32,7 @@ from typing import Any
 
 import sqlite_utils
 
+from runtime.files import create_private_file, make_private_folders
 from runtime.store.base import Database, Executor, Params, Row, is_read
 from runtime.store.errors import DatabaseUnavailable, ForeignKeyViolation, StoreError, UniqueViolation
 
@@ -194,7 +195,8 @@ class SQLiteDatabase(Database):
     async def connect(self) -> None:
         if self._writer is not None:
             return
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        make_private_folders(Path(self.path).parent)
+        create_private_file(Path(self.path))  # SQLite gives the WAL and shared-memory files its mode
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._read_pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-reader")
         loop = asyncio.get_running_loop()

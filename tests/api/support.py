@@ -13,6 +13,7 @@ from runtime.api.app import create_app
 from runtime.config import Settings, build_settings
 from runtime.control.plane import ControlPlane
 from runtime.control.schemas import ApiKeyCreate
+from runtime.web.http_errors import JsonErrorAppRunner
 
 
 @dataclass
@@ -84,7 +85,7 @@ async def start_live_api(settings: Settings) -> tuple[LiveApi, web.AppRunner]:
     control = await ControlPlane.open(settings)
     _, admin_key = await control.keys.create(ApiKeyCreate(scope="admin"))
     app = create_app(settings, control)
-    runner, port = await serve_loopback(app)
+    runner, port = await serve_loopback(app, runner_class=JsonErrorAppRunner)  # as `voicectl serve` serves it
     http = aiohttp.ClientSession()
     return LiveApi(f"http://127.0.0.1:{port}", admin_key, control, http, app), runner
 

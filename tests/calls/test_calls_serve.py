@@ -1,4 +1,5 @@
-"""`voicectl serve` as a real subprocess: SIGTERM exits 0 within the grace and marks nothing wrongly."""
+"""`voicectl serve` as a real subprocess: SIGTERM exits 0 within the grace and marks nothing wrongly;
+a malformed request gets the JSON error shape there too."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _raw_exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 async def _seed(settings) -> tuple[str, dict]:
@@ -78,6 +88,7 @@ def test_sigterm_exits_cleanly_within_the_grace(tmp_path: Path):
                 pass
             assert time.monotonic() < deadline, "voicectl serve did not become ready"
             time.sleep(0.05)
+        malformed = _raw_exchange(port, b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=GRACE_S + 10)
@@ -90,5 +101,8 @@ def test_sigterm_exits_cleanly_within_the_grace(tmp_path: Path):
     assert code == 0, output
     assert elapsed < GRACE_S, (elapsed, output)
     assert "Traceback" not in output
+    # An over-long URL: the JSON error shape and one warning line (the serve path's own runner).
+    assert malformed.startswith(b"HTTP/1.0 400") and b"Content-Type: application/json" in malformed, malformed
+    assert output.count("malformed HTTP request refused") == 1 and " ERROR " not in output, output
     after = asyncio.run(_read(settings))
     assert after == before and after[call_id]["status"] == "ended"  # nothing marked failed or shut down

@@ -380,6 +380,7 @@ async def test_cli_copies_a_recording_from_s3(control, settings, moto, tmp_path)
     assert result.exit_code == 0, result.output
     stored = moto.objects(bucket)[f"{world.tenant_id}/{call.id}/agent.wav"]
     assert out.read_bytes() == stored and hashlib.md5(stored).hexdigest()
+    assert out.stat().st_mode & 0o777 == 0o600  # a recording's copy is as private as the recording
     result = await asyncio.to_thread(runner.invoke, app, ["--config", str(config), "calls", "recording", call.id])
     assert result.exit_code == 0 and f"s3://{bucket}/{world.tenant_id}/{call.id}/mixed.wav" in result.stdout
     assert moto.secret not in result.output
