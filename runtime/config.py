@@ -49,6 +49,20 @@ class ServerSettings(_Model):
     public_url: str | None = None
     max_body_bytes: int = Field(1_048_576, ge=1024)
     shutdown_grace_s: float = Field(30.0, ge=0)
+    # Reverse proxies (IPs or CIDR networks) whose X-Forwarded-For names the client; none by default.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/8)") from None
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -123,6 +137,9 @@ class LimitsSettings(_Model):
     def local_capacity(self) -> int:
         return self.local_calls or LOCAL_CALLS_PER_CORE * len(os.sched_getaffinity(0))
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    # Media sockets open but not yet started (no valid stream token), per client address; more are
+    # refused with 429. Room for a box's whole call limit arriving from one carrier address at once.
+    pending_media_sockets_per_address: int = Field(256, ge=1, le=100_000)
 
 
 class TwilioSettings(_Model):
@@ -215,6 +232,8 @@ class TelephonySettings(_Model):
     goto: GotoSettings = Field(default_factory=GotoSettings)
     livekit: LiveKitSettings = Field(default_factory=LiveKitSettings)
     webrtc: WebRTCSettings = Field(default_factory=WebRTCSettings)
+    # A Twilio media socket must send its start message this long after it opens, or it is closed (4408).
+    media_start_timeout_s: float = Field(5.0, ge=1, le=10)
 
 
 class ProviderDefaults(_Model):

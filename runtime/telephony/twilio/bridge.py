@@ -27,6 +27,7 @@ from runtime.events.models import TransferRequested
 from runtime.one_per import OnePer
 from runtime.telephony.services import services
 from runtime.telephony.stream_tokens import StreamTokens
+from runtime.web.client_address import ClientAddresses
 from runtime.web.responses import error_response
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ REJECTION_SPEECH = {
     "tenant_call_limit": "Sorry, all of our lines are busy right now. Please call again later. Goodbye.",
 }
 GENERIC_REJECTION = "Sorry, this line is not available right now. Please try again later. Goodbye."
+# Why media sockets are refused or closed (voicectl_twilio_media_refused_total{reason}).
+MEDIA_REFUSALS = ("pending_limit", "start_timeout", "ahead_of_real_time", "oversized_message")
 BUSY_REASONS = frozenset({"busy", "shutting_down"})
 FAILED_STATUSES = frozenset({"busy", "no-answer", "failed", "canceled"})
 
@@ -113,13 +116,26 @@ def media_stream_url(request: web.Request) -> str:
 # TwiML
 
 
+def twiml_document(body: str) -> str:
+    return f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>'
+
+
+def xml_response(document: str) -> web.Response:
+    return web.Response(text=document, content_type=XML)
+
+
 def twiml(body: str) -> web.Response:
-    return web.Response(text=f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>', content_type=XML)
+    return xml_response(twiml_document(body))
 
 
-def stream_twiml(url: str, token: str) -> web.Response:
-    return twiml(f"<Connect><Stream url={quoteattr(url)}>"
-                 f'<Parameter name="token" value={quoteattr(token)}/></Stream></Connect>')
+def stream_twiml_document(url: str, token: str) -> str:
+    return twiml_document(f"<Connect><Stream url={quoteattr(url)}>"
+                          f'<Parameter name="token" value={quoteattr(token)}/></Stream></Connect>')
+
+
+def reject_twiml() -> web.Response:
+    """``<Reject />``, as the official library renders it: the call is refused before it is answered."""
+    return twiml("<Reject />")
 
 
 def rejection_twiml(rejected: RouteRejected) -> web.Response:
@@ -131,13 +147,44 @@ def rejection_twiml(rejected: RouteRejected) -> web.Response:
 # Per-app bridge state
 
 
+class PendingSockets:
+    """Media sockets open but not yet started, counted per client address."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._counts: dict[str, int] = {}
+
+    def admit(self, address: str) -> bool:
+        held = self._counts.get(address, 0)
+        if held >= self.cap:
+            return False
+        self._counts[address] = held + 1
+        return True
+
+    def release(self, address: str) -> None:
+        held = self._counts.get(address, 0) - 1
+        if held > 0:
+            self._counts[address] = held
+        else:
+            self._counts.pop(address, None)
+
+    def count(self, address: str) -> int:
+        return self._counts.get(address, 0)
+
+
 class TwilioBridge:
-    """Stream tokens, CallSid -> call id, live media streams and the bridge's metric."""
+    """Stream tokens, CallSid -> call id, live media streams, pending sockets and the bridge's metrics."""
 
     def __init__(self, app: web.Application) -> None:
+        settings = services(app).settings
         self.tokens = StreamTokens()
         self.by_sid: dict[str, str] = {}
+        # Voice webhooks of a CallSid being opened now: a concurrent replay waits for the first.
+        self.opening: dict[str, asyncio.Future[None]] = {}
+        self.answers: dict[str, str] = {}  # call id -> the <Connect><Stream> TwiML it was answered with
         self.streams: dict[str, MediaStream] = {}
+        self.client_addresses = ClientAddresses(settings.server.trusted_proxies)
+        self.pending = PendingSockets(settings.limits.pending_media_sockets_per_address)
         self.tasks: set[asyncio.Task] = set()
         self._stream_deadlines: list[tuple[float, str]] = []
         self._sweep: asyncio.TimerHandle | None = None
@@ -150,6 +197,12 @@ class TwilioBridge:
         )
         for reason in ("unknown_tenant", "bad_signature", "no_credential"):
             self.refused.labels(reason)
+        self.media_refused = Counter(
+            "voicectl_twilio_media_refused", "Twilio media sockets refused or closed for what their peer did, "
+            "by reason", ("reason",), registry=services(app).metrics.registry,
+        )
+        for reason in MEDIA_REFUSALS:
+            self.media_refused.labels(reason)
 
     def routes(self, store: Store) -> ReadCache:
         """Dialled number -> ``store.route_by_e164`` (None: unknown), cached (see ReadCache)."""
@@ -256,12 +309,29 @@ async def voice_webhook(request: web.Request) -> web.Response:
         return error_response(400, "CallSid and To are required", {"missing": [
             k for k in ("CallSid", "To") if not form.get(k)]})
     br = bridge(request.app)
+    # A CallSid already seen never opens a second call (a retry, or a captured webhook replayed).
+    while (opening := br.opening.get(call_sid)) is not None:
+        await asyncio.shield(opening)
+    existing = services(request.app).tracker.get(br.by_sid.get(call_sid, ""))
+    if existing is not None:
+        answer = br.answers.get(existing.id)
+        if existing.tenant_id == tenant_id and existing.state == "ringing" and answer is not None:
+            return xml_response(answer)  # the same TwiML: no second token
+        return reject_twiml()
+    opening = br.opening[call_sid] = asyncio.get_running_loop().create_future()
+    try:
+        store = services(request.app).control.store
+        if await store.call_id_by_provider_call(tenant_id, "twilio", call_sid) is not None:
+            return reject_twiml()  # the call has ended (or was refused), maybe before a restart
+        return await _open_call(request, br, tenant_id, call_sid, to, form, routing)
+    finally:
+        del br.opening[call_sid]
+        opening.set_result(None)
+
+
+async def _open_call(request: web.Request, br: TwilioBridge, tenant_id: str, call_sid: str, to: str,
+                     form: MultiDictProxy[str], routing: dict) -> web.Response:
     tracker = services(request.app).tracker
-    existing = tracker.get(br.by_sid.get(call_sid, ""))
-    if existing is not None:  # Twilio retried the webhook: same call, a fresh token
-        if existing.state == "ringing":
-            return stream_twiml(media_stream_url(request), br.tokens.issue(existing.id))
-        return twiml("<Hangup/>")
     try:
         session = await tracker.open_call(
             to_number=to, from_number=form.get("From"), provider="twilio", provider_call_id=call_sid,
@@ -277,14 +347,15 @@ async def voice_webhook(request: web.Request) -> web.Response:
         return twiml(f"<Dial>{escape(target)}</Dial>")
     br.by_sid[call_sid] = session.id
     session.on_end.append(lambda s: _forget(br, s, call_sid))
-    token = br.tokens.issue(session.id)
+    answer = br.answers[session.id] = stream_twiml_document(media_stream_url(request), br.tokens.issue(session.id))
     br.expect_stream(tracker, session.id)
-    return stream_twiml(media_stream_url(request), token)
+    return xml_response(answer)
 
 
 def _forget(br: TwilioBridge, session: CallSession, call_sid: str) -> None:
     if br.by_sid.get(call_sid) == session.id:
         del br.by_sid[call_sid]
+    br.answers.pop(session.id, None)
     br.tokens.revoke_call(session.id)
 
 

@@ -8,6 +8,12 @@ inbound audio and DTMF go to it decoded, the replies come back through a ``Paced
 
 Bad input closes this call's socket with a close code and fails the call; nothing else is
 touched. Per frame: one orjson parse, one base64 decode, one mu-law decode, no other objects.
+
+What one peer can hold or push is bounded: a socket must send ``start`` (with a valid stream
+token) within ``telephony.media_start_timeout_s`` (4408), sockets not yet started are capped per
+client address (429 before the upgrade), inbound audio may run at most ``REALTIME_BURST_S``
+ahead of the wall clock since ``start`` (4429), and a message over ``MAX_TEXT_BYTES`` closes
+with 4413 (aiohttp refuses it unread; its 1009 is answered as 4413).
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from runtime.audio import (
     TELEPHONY_RATE,
@@ -40,7 +48,7 @@ from runtime.web.responses import error_response
 
 log = logging.getLogger("voicectl.twilio")
 
-MAX_TEXT_BYTES = 64 * 1024  # a text frame larger than this is refused (4413)
+MAX_TEXT_BYTES = 64 * 1024  # a message larger than this is refused unread (4413)
 # Outbound frames are dropped, never waited for, while more than this sits unsent in the transport
 # (after the kernel's socket buffer is full): a send then could wait for the peer (asyncio's
 # low-water mark is 16 KiB) and the shared ticker would stall every call.
@@ -48,20 +56,41 @@ MAX_OUTBOUND_BUFFER = 16 * 1024
 MAX_PAYLOAD_BYTES = TELEPHONY_RATE  # one second of mu-law in one media message is refused (4413)
 _MAX_B64 = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
 DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
+# Inbound audio may run this far ahead of the wall clock since start (network jitter, a stall
+# caught up); further ahead, the stream is closed (4429).
+REALTIME_BURST_S = 1.0
+_BURST_BYTES = int(REALTIME_BURST_S * TELEPHONY_RATE)  # mu-law: one byte a sample
+# How long closing waits for the peer's close frame (aiohttp's default is 10 s).
+CLOSE_TIMEOUT_S = 2.0
 
 CLOSE_NORMAL = 1000
 CLOSE_SERVER_ERROR = 1011
 CLOSE_BAD_MESSAGE = 4400
+CLOSE_START_TIMEOUT = 4408
 CLOSE_PROTOCOL = 4409
 CLOSE_GONE = 4410
 CLOSE_TOO_BIG = 4413
 CLOSE_MEDIA_FORMAT = 4415
+CLOSE_TOO_FAST = 4429
+# Closes counted in voicectl_twilio_media_refused_total{reason} (see bridge.MEDIA_REFUSALS).
+COUNTED_CLOSES = {CLOSE_START_TIMEOUT: "start_timeout", CLOSE_TOO_FAST: "ahead_of_real_time",
+                  CLOSE_TOO_BIG: "oversized_message"}
 
 
 class StreamAbort(Exception):
     def __init__(self, code: int, reason: str, fail_reason: str) -> None:
         super().__init__(reason)
         self.code, self.reason, self.fail_reason = code, reason, fail_reason
+
+
+class MediaSocket(web.WebSocketResponse):
+    """aiohttp closes a socket whose message is over ``max_msg_size`` with 1009 itself, before the
+    stream sees it; this protocol's code for that is 4413."""
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG:
+            code, message = CLOSE_TOO_BIG, f"message larger than {MAX_TEXT_BYTES} bytes".encode()
+        return await super().close(code=code, message=message, drain=drain)
 
 
 class TwilioControl:
@@ -84,11 +113,16 @@ class StreamCounters:
 
 
 class MediaStream:
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, address: str) -> None:
         self.request = request
         self.app = request.app
         self.ws = ws
         self.bridge: TwilioBridge = bridge(request.app)
+        self.address = address  # the client's, as counted in bridge.pending until start
+        self._pending = True
+        self._started_at = 0.0  # monotonic time of the start message
+        self._inbound_bytes = 0  # mu-law received since start
+        self._inbound_allowed = _BURST_BYTES  # re-computed from the clock only when passed
         self.session: CallSession | None = None
         self.stream_sid = ""
         self.call_sid = ""
@@ -104,26 +138,38 @@ class MediaStream:
 
     async def run(self) -> None:
         ws = self.ws
+        start_timeout = services(self.app).settings.telephony.media_start_timeout_s
+        start_by = time.monotonic() + start_timeout
         try:
             while True:
-                msg = await ws.receive()
+                if self._pending:
+                    try:
+                        msg = await ws.receive(timeout=max(start_by - time.monotonic(), 0.001))
+                    except TimeoutError:
+                        raise StreamAbort(CLOSE_START_TIMEOUT, f"no start message within {start_timeout:g} s",
+                                          "") from None
+                else:
+                    msg = await ws.receive()
                 if msg.type is WSMsgType.TEXT:
-                    data = msg.data
-                    if len(data) > MAX_TEXT_BYTES:
-                        raise StreamAbort(CLOSE_TOO_BIG, f"text frame larger than {MAX_TEXT_BYTES} bytes",
-                                          "oversized_media_message")
-                    if await self._handle(data):
+                    if await self._handle(msg.data):
                         break
                 elif msg.type is WSMsgType.BINARY:
                     raise StreamAbort(CLOSE_BAD_MESSAGE, "binary frames are not part of the protocol",
                                       "bad_media_message")
                 elif msg.type is WSMsgType.ERROR:
-                    raise StreamAbort(CLOSE_TOO_BIG, "unreadable or oversized frame", "oversized_media_message")
+                    error = msg.data
+                    if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
+                        raise StreamAbort(CLOSE_TOO_BIG, f"message larger than {MAX_TEXT_BYTES} bytes",
+                                          "oversized_media_message")
+                    raise StreamAbort(CLOSE_BAD_MESSAGE, "unreadable frame", "bad_media_message")
                 else:  # CLOSE, CLOSING, CLOSED
                     break
         except StreamAbort as abort:
             log.info("twilio media stream refused", extra={"code": abort.code, "reason": abort.reason,
                                                             "call_id": self.session.id if self.session else None})
+            counted = COUNTED_CLOSES.get(abort.code)
+            if counted is not None:
+                self.bridge.media_refused.labels(counted).inc()
             await self._close(abort.code, abort.reason)
             if self.leg is not None:
                 await self.leg.finish("fail", abort.fail_reason, abort.reason)
@@ -140,6 +186,13 @@ class MediaStream:
             await self.transport.close()
             if not ws.closed:
                 await ws.close()
+            self.release_pending()
+
+    def release_pending(self) -> None:
+        """The socket has started (or is gone): it no longer counts against its address."""
+        if self._pending:
+            self._pending = False
+            self.bridge.pending.release(self.address)
 
     async def _close(self, code: int, reason: str) -> None:
         if not self.ws.closed:
@@ -188,7 +241,19 @@ class MediaStream:
             ulaw = binascii.a2b_base64(payload, strict_mode=True)
         except (binascii.Error, ValueError):
             raise StreamAbort(CLOSE_BAD_MESSAGE, "media payload is not valid base64", "bad_media_message") from None
+        self._inbound_bytes += len(ulaw)
+        if self._inbound_bytes > self._inbound_allowed:
+            self._check_real_time()
         self.leg.audio(ulaw_to_pcm16(ulaw))  # type: ignore[union-attr]  # set with the session
+
+    def _check_real_time(self) -> None:
+        """Inbound audio against the wall clock, read only when the last allowance is used up (about
+        once a second of audio at real time): per frame it costs one addition and one comparison."""
+        allowed = int((time.monotonic() - self._started_at) * TELEPHONY_RATE) + _BURST_BYTES
+        if self._inbound_bytes > allowed:
+            raise StreamAbort(CLOSE_TOO_FAST, f"inbound audio more than {REALTIME_BURST_S:g} s ahead of real time",
+                              "media_ahead_of_real_time")
+        self._inbound_allowed = allowed
 
     def _mark(self, msg: dict) -> None:
         try:
@@ -211,6 +276,7 @@ class MediaStream:
     async def _start(self, msg: dict) -> None:
         if self.session is not None:
             raise StreamAbort(CLOSE_PROTOCOL, "a second start message", "bad_media_message")
+        self._started_at = time.monotonic()  # audio queued behind the start counts from here
         start = msg.get("start")
         if not isinstance(start, dict):
             raise StreamAbort(CLOSE_BAD_MESSAGE, "start message without a start object", "bad_media_message")
@@ -220,6 +286,7 @@ class MediaStream:
             call_id = self.bridge.tokens.consume(token)
         except StreamTokenError as exc:
             raise StreamAbort(exc.code, exc.reason, "") from None
+        self.release_pending()  # authenticated
         session = services(self.app).tracker.get(call_id)
         if session is None or session.state != "ringing":
             raise StreamAbort(CLOSE_GONE, "the call is no longer waiting for its stream", "")
@@ -313,10 +380,27 @@ class MediaStream:
 
 
 async def serve(request: web.Request) -> web.StreamResponse:
-    ws = web.WebSocketResponse(max_msg_size=1024 * 1024, autoping=True, compress=False)
+    # aiohttp refuses a message of max_msg_size bytes or more before buffering it.
+    ws = MediaSocket(max_msg_size=MAX_TEXT_BYTES + 1, autoping=True, compress=False, timeout=CLOSE_TIMEOUT_S)
     if not ws.can_prepare(request).ok:
         return error_response(426, "this is the Twilio Media Streams WebSocket: connect with a WebSocket upgrade",
                               error="upgrade_required", headers={"Upgrade": "websocket"})
-    await ws.prepare(request)
-    await MediaStream(request, ws).run()
+    br = bridge(request.app)
+    address = br.client_addresses.of(request)
+    if not br.pending.admit(address):
+        br.media_refused.labels("pending_limit").inc()
+        retry = math.ceil(services(request.app).settings.telephony.media_start_timeout_s)
+        refusal = error_response(
+            429, "too many media sockets from this address are waiting for their start message",
+            {"limit": br.pending.cap, "retry_after": retry}, error="too_many_pending_sockets",
+            headers={"Retry-After": str(retry)},
+        )
+        refusal.force_close()  # nor is the connection kept open for another try
+        return refusal
+    stream = MediaStream(request, ws, address)
+    try:
+        await ws.prepare(request)
+        await stream.run()
+    finally:
+        stream.release_pending()
     return ws
