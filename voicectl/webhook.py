@@ -1,4 +1,5 @@
-"""voicectl webhook create|list|show|update|delete|rotate-secret|deliveries|test: signed outbound event webhooks."""
+"""voicectl webhook create|list|show|update|delete|rotate-secret|deliveries|redeliver|test: signed outbound
+event webhooks."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from typing import Annotated, Any
 import typer
 
 from voicectl.common import (
+    EXIT_USAGE,
     JsonOpt,
     LimitOpt,
     MaybeTenantOpt,
     OffsetOpt,
     TenantOpt,
+    fail,
     new_app,
     owning_tenant,
     page,
@@ -84,8 +87,9 @@ def list_(tenant: TenantOpt, limit: LimitOpt = 50, offset: OffsetOpt = 0, as_jso
     result = run(go)
     print_page(
         result, as_json,
-        ["id", "url", "events", "active", "description"],
-        [[w["id"], w["url"], w["events"], w["active"], w["description"]] for w in result["items"]],
+        ["id", "url", "events", "status", "failures", "description"],
+        [[w["id"], w["url"], w["events"], w["status"], w["consecutive_failures"], w["description"]]
+         for w in result["items"]],
         title="webhooks", total=result["total"], offset=offset,
     )
 
@@ -108,7 +112,10 @@ def update(
     url: Annotated[str | None, typer.Option("--url", help="New URL.")] = None,
     event: EventOpt = None,
     description: DescriptionOpt = None,
-    active: Annotated[bool | None, typer.Option("--active/--inactive", help="Switch delivery on or off.")] = None,
+    active: Annotated[bool | None, typer.Option(
+        "--active/--inactive",
+        help="Switch delivery on (a disabled webhook too: its failure count resets and its held deliveries go out) "
+             "or off.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a webhook's URL, events, description or state."""
@@ -189,6 +196,45 @@ def deliveries(webhook: WebhookArg, tenant: MaybeTenantOpt = None, limit: LimitO
           when(d["next_attempt_at"]) if d["status"] == "pending" else "-"] for d in result["items"]],
         title="deliveries", total=result["total"], offset=offset,
     )
+
+
+@app.command("redeliver")
+def redeliver(
+    webhook: WebhookArg,
+    tenant: MaybeTenantOpt = None,
+    event: Annotated[str | None, typer.Option("--event", metavar="EVENT_ID", help="The delivery of one event.",
+                                              show_default=False)] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", metavar="TIME", show_default=False,
+        help="Deliveries created since TIME: ISO-8601 (no zone: UTC) or a duration before now, e.g. 2h, 30m, 1d.")] = None,
+    failed: Annotated[bool, typer.Option(
+        "--failed", help="Every delivery that failed for good, was skipped or is held.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send deliveries again, due now, with the same event ids (exactly one of --event, --since, --failed).
+    A disabled webhook is switched back on."""
+    if [event is not None, since is not None, failed].count(True) != 1:
+        fail("give exactly one of --event EVENT_ID, --since TIME or --failed", EXIT_USAGE)
+    from runtime.control.redelivery import WebhookRedeliver, parse_since
+
+    if since is not None:
+        try:
+            since = parse_since(since)
+        except ValueError as exc:
+            fail(f"--since: {exc}", EXIT_USAGE)
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id = await _tenant(plane, tenant, webhook)
+        selection = WebhookRedeliver(event_id=event, since=since, failed=failed)
+        return (await plane.webhooks.redeliver(tenant_id, webhook, selection)).to_dict()
+
+    data = run(go)
+    if as_json:
+        print_json(data)
+    else:
+        n = data["queued"]
+        say(f"queued {n} deliver{'y' if n == 1 else 'ies'} of webhook {webhook} (a running runtime sends "
+            f"{'it' if n == 1 else 'them'} within a second)")
 
 
 @app.command("test")

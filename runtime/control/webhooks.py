@@ -6,16 +6,17 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runtime.control.errors import Invalid, NotFound
+from runtime.control.errors import Conflict, Invalid, NotFound
 from runtime.control.models import Public, WebhookConfig, from_row
 from runtime.control.pagination import Page, PageRequest
+from runtime.control.redelivery import WebhookRedeliver
 from runtime.control.schemas import WebhookCreate, WebhookUpdate
 from runtime.control.tenant_urls import check_url
 from runtime.egress.policy import REFUSED, EgressPolicy
 from runtime.events.topics import TOPICS, unknown_patterns
 from runtime.ids import new_id, now_iso
 from runtime.secrets import SecretStore
-from runtime.store.store import Store
+from runtime.store.store import Store, Tables
 
 if TYPE_CHECKING:
     import aiohttp
@@ -39,7 +40,7 @@ class WebhookDelivery(Public):
     webhook_id: str
     event_id: str
     topic: str
-    status: str  # pending | sending | delivered | failed | skipped
+    status: str  # pending | sending | delivered | failed | skipped | held (its webhook is disabled)
     attempts: int
     next_attempt_at: str | None
     last_status_code: int | None
@@ -60,8 +61,24 @@ class WebhookTestResult(Public):
     error: str | None
 
 
+@dataclass(frozen=True)
+class RedeliveryQueued(Public):
+    queued: int  # deliveries due again now (held ones of a disabled webhook switched back on included)
+
+
 def delivery_from_rows(row: dict[str, Any], attempts: list[dict[str, Any]]) -> WebhookDelivery:
     return from_row(WebhookDelivery, {**row, "attempt_log": [from_row(DeliveryAttempt, a) for a in attempts]})
+
+
+def config_from_row(row: dict[str, Any]) -> WebhookConfig:
+    """The public view: status ``inactive`` when its owner switched it off, else the stored
+    ``active`` or ``disabled``."""
+    return from_row(WebhookConfig, {**row, "status": "inactive" if not row["active"] else row["status"]})
+
+
+# Statuses a redelivery puts back in the queue (never 'sending': that attempt is under way).
+_ANY_SETTLED = ("pending", "delivered", "failed", "skipped", "held")
+_NOT_DELIVERED = ("failed", "skipped", "held")
 
 
 def _check_events(events: list[str]) -> None:
@@ -102,22 +119,22 @@ class WebhookService:
         try:
             row = await self.store.webhook_configs.insert({
                 "id": webhook_id, "tenant_id": tenant_id, **data.model_dump(), "secret_ref": ref,
-                "created_at": now, "updated_at": now,
+                "created_at": now, "updated_at": now, "status": "active", "consecutive_failures": 0,
             })
         except BaseException:
             self.secrets.delete(ref)  # no orphan secret for a row that was never written
             raise
-        return from_row(WebhookConfig, row), signing_secret
+        return config_from_row(row), signing_secret
 
     async def get(self, tenant_id: str, webhook_id: str) -> WebhookConfig:
         row = await self.store.webhook_configs.get(webhook_id, tenant_id=tenant_id)
         if row is None:
             raise NotFound(f"webhook {webhook_id} not found", {"webhook_id": webhook_id})
-        return from_row(WebhookConfig, row)
+        return config_from_row(row)
 
     async def list(self, tenant_id: str, page: PageRequest) -> Page[WebhookConfig]:
         rows, total = await self.store.webhook_configs.list(tenant_id=tenant_id, limit=page.limit, offset=page.offset)
-        return Page([from_row(WebhookConfig, r) for r in rows], total, page.limit, page.offset)
+        return Page([config_from_row(r) for r in rows], total, page.limit, page.offset)
 
     async def update(self, tenant_id: str, webhook_id: str, data: WebhookUpdate) -> WebhookConfig:
         changes = data.model_dump(exclude_unset=True)
@@ -130,17 +147,52 @@ class WebhookService:
             check_url(self.egress, "url", changes["url"])
         if changes:
             changes["updated_at"] = now_iso()
-        row = await self.store.webhook_configs.update(webhook_id, changes, tenant_id=tenant_id)
-        if row is None:
-            raise NotFound(f"webhook {webhook_id} not found", {"webhook_id": webhook_id})
-        return from_row(WebhookConfig, row)
+        async with self.store.atomic() as tx:
+            row = await tx.webhook_configs.update(webhook_id, changes, tenant_id=tenant_id)
+            if row is None:
+                raise NotFound(f"webhook {webhook_id} not found", {"webhook_id": webhook_id})
+            if changes.get("active") is True:
+                row, _ = await self._switch_on(tx, tenant_id, webhook_id)
+        return config_from_row(row)
+
+    @staticmethod
+    async def _switch_on(tx: Tables, tenant_id: str, webhook_id: str) -> tuple[dict[str, Any], int]:
+        """Status active and the failure count reset; the deliveries held while it was disabled are
+        due now (how many: the second value)."""
+        now = now_iso()
+        # The config row first: its lock makes a delivery being held right now wait, then see 'active'.
+        row = await tx.webhook_configs.update(webhook_id, {
+            "status": "active", "consecutive_failures": 0, "disabled_at": None, "updated_at": now,
+        }, tenant_id=tenant_id)
+        released = await tx.requeue_webhook_deliveries(tenant_id, webhook_id, now, statuses=("held",))
+        return row, released
+
+    async def redeliver(self, tenant_id: str, webhook_id: str, selection: WebhookRedeliver) -> RedeliveryQueued:
+        """Put the selected deliveries back in the queue, due now, with fresh retries (the same event
+        id, so receivers that deduplicate can). A disabled webhook is switched back on."""
+        config = await self.get(tenant_id, webhook_id)
+        if not config.active:
+            raise Conflict(f"webhook {webhook_id} is switched off: switch it on first (`voicectl webhook update "
+                           f"{webhook_id} --active`, or PATCH active: true)", {"webhook_id": webhook_id})
+        now = now_iso()
+        async with self.store.atomic() as tx:
+            if selection.event_id is not None and await tx.webhook_deliveries.find(
+                    tenant_id=tenant_id, webhook_id=webhook_id, event_id=selection.event_id) is None:
+                raise NotFound(f"webhook {webhook_id} has no delivery of event {selection.event_id}",
+                               {"webhook_id": webhook_id, "event_id": selection.event_id})
+            queued = await tx.requeue_webhook_deliveries(
+                tenant_id, webhook_id, now, statuses=_NOT_DELIVERED if selection.failed else _ANY_SETTLED,
+                event_id=selection.event_id, since=selection.since)
+            if config.status == "disabled":
+                queued += (await self._switch_on(tx, tenant_id, webhook_id))[1]
+        return RedeliveryQueued(queued)
 
     async def rotate_secret(self, tenant_id: str, webhook_id: str) -> tuple[WebhookConfig, str]:
         config = await self.get(tenant_id, webhook_id)
         signing_secret = "whsec_" + secrets.token_urlsafe(32)
         self.secrets.set(config.secret_ref, signing_secret)
         row = await self.store.webhook_configs.update(webhook_id, {"updated_at": now_iso()}, tenant_id=tenant_id)
-        return from_row(WebhookConfig, row), signing_secret
+        return config_from_row(row), signing_secret
 
     async def delete(self, tenant_id: str, webhook_id: str) -> None:
         config = await self.get(tenant_id, webhook_id)

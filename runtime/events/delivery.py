@@ -10,9 +10,15 @@ event JSON, signed::
 
 A 2xx within ``events.webhooks.timeout_s`` is delivered; anything else is retried
 with exponential backoff and full jitter (1 s doubling to ``backoff_cap_s``;
-``Retry-After`` on 429/503 is honoured, capped) until ``attempts`` are used up,
-then the row is ``failed``. Every attempt is a ``webhook_delivery_attempts`` row.
+``Retry-After`` on 429/503 is honoured, capped) until ``retry_for_s`` after the
+event (or its redelivery), or an optional ``attempts`` cap, then the row is
+``failed`` (see runtime.events.retry). Every attempt is a ``webhook_delivery_attempts`` row.
 Rows left ``sending`` by a process that died are put back to ``pending``.
+
+``disable_after_failures`` deliveries of one webhook in a row ending ``failed``
+disable it (status ``disabled``) with a ``webhook.disabled`` event committed in the
+same transaction; its deliveries are then ``held``, not tried, until its owner
+switches it on again (runtime.control.webhooks), which makes them due.
 Secrets (signing secrets, n8n header values) are never logged or stored in rows.
 """
 
@@ -35,13 +41,17 @@ import orjson
 
 from runtime.egress.aiohttp_client import guarded_session
 from runtime.egress.policy import REFUSED, EgressPolicy, refused
-from runtime.ids import new_id, now_iso
+from runtime.events.bus import stage_in
+from runtime.events.models import Event, WebhookDisabled
+from runtime.events.retry import RetryPolicy
+from runtime.ids import new_id, now_iso, parse_iso
 from runtime.store.errors import ForeignKeyViolation, StoreError
 
 if TYPE_CHECKING:
     from runtime.config import WebhookDeliverySettings
+    from runtime.events.bus import EventBus
     from runtime.secrets import SecretStore
-    from runtime.store.store import Store
+    from runtime.store.store import Store, Tables
 
 log = logging.getLogger("voicectl.webhooks")
 
@@ -175,12 +185,14 @@ def _iso_in(seconds: float) -> str:
 
 
 class DeliveryWorker:
-    """Drains the outbox: wakes on ``wake()`` (the bus's on_outbox) and polls for due retries."""
+    """Drains the outbox: wakes on ``wake()`` (the bus's on_outbox) and polls for due retries.
+    ``bus``: where a webhook.disabled event is handed out once committed (without one it is
+    stored and delivered to webhooks, but no in-process subscriber sees it)."""
 
     def __init__(
         self, store: Store, secrets: SecretStore, config: WebhookDeliverySettings, *, concurrency: int = 16,
         poll_s: float = 1.0, base_delay_s: float = 1.0, jitter: Callable[[], float] = random.random,
-        egress: EgressPolicy | None = None,
+        egress: EgressPolicy | None = None, bus: EventBus | None = None,
     ) -> None:
         self.store = store
         self.secrets = secrets
@@ -188,7 +200,8 @@ class DeliveryWorker:
         self.egress = egress or EgressPolicy()  # where tenants' webhook URLs may connect (security.egress)
         self.concurrency = concurrency
         self.poll_s = poll_s
-        self.base_delay_s = base_delay_s
+        self.policy = RetryPolicy.from_settings(config, first_delay_s=base_delay_s)
+        self.bus = bus
         self._jitter = jitter
         # A row still 'sending' this long after its claim belongs to a process that died.
         self.lease_s = config.timeout_s + 30
@@ -225,10 +238,7 @@ class DeliveryWorker:
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds before the attempt after ``attempt`` (1-based): full jitter over 1 s doubling to the cap."""
-        cap = self.config.backoff_cap_s
-        if retry_after is not None:
-            return min(cap, retry_after)
-        return self._jitter() * min(cap, self.base_delay_s * 2 ** (attempt - 1))
+        return self.policy.backoff(attempt, self._jitter(), retry_after)
 
     async def _run(self) -> None:
         last_sweep = time.monotonic()
@@ -302,6 +312,11 @@ class DeliveryWorker:
                 "updated_at": now_iso(),
             }, tenant_id=tenant_id)
             return
+        if hook["status"] == "disabled":
+            now = now_iso()
+            if not await self.store.hold_delivery(delivery_id, hook["id"], now):
+                await self.store.release_delivery(delivery_id, now)  # switched on meanwhile: due again
+            return
         secret = self.secrets.get(hook["secret_ref"], cached=True)
         if secret is None:
             outcome = Outcome(None, "the webhook's signing secret is missing", 0)
@@ -317,11 +332,16 @@ class DeliveryWorker:
         delay: float | None = None
         if outcome.delivered:
             changes.update(status="delivered", delivered_at=now, next_attempt_at=None)
-        elif attempt >= self.config.attempts:
-            changes.update(status="failed", next_attempt_at=None)
         else:
-            delay = self.backoff(attempt, outcome.retry_after)
-            changes.update(status="pending", next_attempt_at=_iso_in(delay))
+            # The stop rule counts from the event, or from the redelivery that restarted the retries.
+            began = parse_iso(row["retry_from"] or row["created_at"])
+            delay = self.policy.next_delay(attempt - row["attempts_before"], (parse_iso(now) - began).total_seconds(),
+                                           self._jitter(), outcome.retry_after)
+            if delay is None:
+                changes.update(status="failed", next_attempt_at=None)
+            else:
+                changes.update(status="pending", next_attempt_at=_iso_in(delay))
+        disabled: tuple[Event, int] | None = None
         try:
             async with self.store.atomic() as tx:
                 await tx.webhook_delivery_attempts.insert({
@@ -330,6 +350,12 @@ class DeliveryWorker:
                     "created_at": now,
                 })
                 await tx.webhook_deliveries.update(delivery_id, changes, tenant_id=tenant_id)
+                if outcome.delivered:
+                    # The count as read before the request (one counted meanwhile: the next success resets it).
+                    if hook["consecutive_failures"]:
+                        await tx.reset_webhook_failures(hook["id"])
+                elif delay is None:
+                    disabled = await self._count_failure(tx, hook, outcome)
         except ForeignKeyViolation:
             return  # the webhook (and so this delivery) was deleted meanwhile
         if outcome.delivered:
@@ -341,6 +367,28 @@ class DeliveryWorker:
                                "status_code": outcome.status_code})
         else:
             self._wake_in(delay)
+        if disabled is not None:
+            event, queued = disabled
+            log.warning("webhook disabled after deliveries in a row failed",
+                        extra={"tenant_id": tenant_id, "webhook_id": hook["id"], "failures": event.data["failures"]})
+            if self.bus is not None:
+                self.bus.committed((event,), queued)
+            elif queued:
+                self.wake()
+
+    async def _count_failure(self, tx: Tables, hook: dict[str, Any], outcome: Outcome) -> tuple[Event, int] | None:
+        """Count a delivery of ``hook`` that failed for good; at ``disable_after_failures`` in a row,
+        disable the webhook and stage its webhook.disabled event in ``tx`` (returned with its outbox
+        row count, to hand out after the commit)."""
+        counted = await tx.count_webhook_failure(hook["id"])
+        limit = self.config.disable_after_failures
+        if counted is None or limit is None or counted["consecutive_failures"] < limit or counted["status"] != "active":
+            return None
+        event = Event.of(WebhookDisabled(hook["id"], counted["consecutive_failures"], outcome.status_code,
+                                         outcome.error), tenant_id=hook["tenant_id"], call_id=None, seq=0, trace_id=None)
+        queued = await stage_in(tx, event)  # first: the webhook's own copy is then held with the rest
+        await tx.disable_webhook(hook["id"], event.ts)
+        return event, queued
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop claiming; let in-flight requests finish (up to ``grace_s``), put the rest back to pending."""

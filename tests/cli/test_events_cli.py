@@ -156,3 +156,66 @@ def test_events_tail(cli: Cli, background: Background, monkeypatch: pytest.Monke
         assert "match no topic" in bad.stderr
     finally:
         background.run(stop_live_api(live, runner))
+
+
+def test_webhook_redeliver_status_and_switch_on(cli: Cli) -> None:
+    hook = cli.json("webhook", "create", "--tenant", "acme", "--url", "https://hooks.example.com/voicectl")
+
+    async def seed(plane: Any) -> None:
+        from runtime.ids import now_iso
+
+        tenant = await plane.tenants.resolve("acme")
+        now = now_iso()
+        for n, status in enumerate(("failed", "held", "delivered")):
+            await plane.store.webhook_deliveries.insert({
+                "id": f"dlv_{status}", "tenant_id": tenant.id, "webhook_id": hook["id"], "event_id": f"evt_{n}",
+                "topic": "voice.call.failed", "payload": {"id": f"evt_{n}"}, "status": status, "attempts": 1,
+                "next_attempt_at": None, "last_status_code": 500, "last_error": "HTTP 500", "created_at": now,
+                "updated_at": now, "delivered_at": now if status == "delivered" else None,
+            })
+        await _disable(hook["id"])(plane)
+
+    cli.plane(seed)
+    assert "disabled" in cli("webhook", "list", "--tenant", "acme").stdout
+    [listed] = cli.json("webhook", "list", "--tenant", "acme")["items"]
+    assert (listed["status"], listed["consecutive_failures"]) == ("disabled", 100)
+
+    # Exactly one selector; a readable --since error; a missing event.
+    assert "exactly one of --event" in cli("webhook", "redeliver", hook["id"], code=2).stderr
+    assert "exactly one of --event" in cli("webhook", "redeliver", hook["id"], "--failed", "--since", "2h",
+                                           code=2).stderr
+    bad = cli("webhook", "redeliver", hook["id"], "--since", "yesterday", code=2)
+    assert "--since: 'yesterday' is not a time" in bad.stderr and "2h, 30m, 1d" in bad.stderr
+    missing = cli("webhook", "redeliver", hook["id"], "--event", "evt_missing", code=3)
+    assert "no delivery of event evt_missing" in missing.stderr
+
+    # --failed: the failed and held deliveries, and the disabled webhook is switched back on.
+    assert cli.json("webhook", "redeliver", hook["id"], "--failed") == {"queued": 2}
+    shown = cli.json("webhook", "show", hook["id"])
+    assert (shown["status"], shown["consecutive_failures"], shown["disabled_at"]) == ("active", 0, None)
+    page = cli.json("webhook", "deliveries", hook["id"])
+    assert sorted(d["status"] for d in page["items"]) == ["delivered", "pending", "pending"]
+    human = cli("webhook", "redeliver", hook["id"], "--since", "2h", "--tenant", "acme")
+    assert "queued 3 deliveries" in human.stdout
+    assert cli.json("webhook", "redeliver", hook["id"], "--event", "evt_2") == {"queued": 1}
+
+    # update --active resets a disabled webhook; a webhook switched off refuses redelivery (exit 4).
+    cli.plane(_disable(hook["id"]))
+    assert cli.json("webhook", "list", "--tenant", "acme")["items"][0]["status"] == "disabled"
+    switched = cli.json("webhook", "update", hook["id"], "--active")
+    assert (switched["status"], switched["consecutive_failures"]) == ("active", 0)
+    assert cli.json("webhook", "update", hook["id"], "--inactive")["status"] == "inactive"
+    refused = cli("webhook", "redeliver", hook["id"], "--failed", code=4)
+    assert "switch it on first" in refused.stderr
+
+
+def _disable(webhook_id: str) -> Any:
+    """As the delivery worker leaves a webhook after 100 deliveries in a row failed."""
+
+    async def disable(plane: Any) -> None:
+        from runtime.ids import now_iso
+
+        tenant = await plane.tenants.resolve("acme")
+        await plane.store.webhook_configs.update(webhook_id, {
+            "status": "disabled", "consecutive_failures": 100, "disabled_at": now_iso()}, tenant_id=tenant.id)
+    return disable

@@ -7,8 +7,9 @@ from typing import Any
 from runtime.api.appkeys import DELIVERY, SETTINGS
 from runtime.api.endpoint import PAGE, Ctx, Route
 from runtime.control.models import WebhookConfig
+from runtime.control.redelivery import WebhookRedeliver
 from runtime.control.schemas import WebhookCreate, WebhookUpdate
-from runtime.control.webhooks import WebhookDelivery, WebhookTestResult
+from runtime.control.webhooks import RedeliveryQueued, WebhookDelivery, WebhookTestResult
 
 
 async def create_webhook(ctx: Ctx) -> dict[str, Any]:
@@ -24,8 +25,17 @@ async def get_webhook(ctx: Ctx) -> WebhookConfig:
     return await ctx.control.webhooks.get(ctx.tenant, ctx.param("webhook_id"))
 
 
+def _wake_delivery(ctx: Ctx) -> None:
+    """Deliveries made due now go out at once, not at the worker's next poll."""
+    worker = ctx.request.app.get(DELIVERY)
+    if worker is not None:
+        worker.wake()
+
+
 async def update_webhook(ctx: Ctx) -> WebhookConfig:
-    return await ctx.control.webhooks.update(ctx.tenant, ctx.param("webhook_id"), ctx.body)
+    config = await ctx.control.webhooks.update(ctx.tenant, ctx.param("webhook_id"), ctx.body)
+    _wake_delivery(ctx)  # switched on: its held deliveries are due
+    return config
 
 
 async def rotate_secret(ctx: Ctx) -> dict[str, Any]:
@@ -39,6 +49,12 @@ async def delete_webhook(ctx: Ctx) -> None:
 
 async def list_deliveries(ctx: Ctx):
     return await ctx.control.webhooks.deliveries(ctx.tenant, ctx.param("webhook_id"), ctx.page())
+
+
+async def redeliver(ctx: Ctx) -> RedeliveryQueued:
+    queued = await ctx.control.webhooks.redeliver(ctx.tenant, ctx.param("webhook_id"), ctx.body)
+    _wake_delivery(ctx)
+    return queued
 
 
 async def test_webhook(ctx: Ctx) -> WebhookTestResult:
@@ -66,6 +82,10 @@ ROUTES = [
     Route("GET", "/api/v1/webhooks/{webhook_id}/deliveries", list_deliveries,
           "List the webhook's deliveries, newest first, with their attempts", response=WebhookDelivery,
           paged=True, query=PAGE, tag="webhooks"),
+    Route("POST", "/api/v1/webhooks/{webhook_id}/redeliver", redeliver,
+          "Send deliveries again: exactly one of event_id, since (ISO-8601 or 2h/30m/1d) or failed: true; "
+          "a disabled webhook is switched back on", body=WebhookRedeliver, status=202, response=RedeliveryQueued,
+          tag="webhooks", errors=(404, 409)),
     Route("POST", "/api/v1/webhooks/{webhook_id}/test", test_webhook,
           "Send a signed sample event (topic webhook.test) now: delivered or not, and the answer's status code",
           response=WebhookTestResult, tag="webhooks"),
