@@ -21,6 +21,7 @@ from runtime.api.appkeys import (
 )
 from runtime.api.endpoint import make_handler
 from runtime.api.event_socket import close_event_sockets
+from runtime.api.key_watch import KEY_WATCH, KeyWatch
 from runtime.api.middlewares import errors_and_ids
 from runtime.api.routes import all_routes
 from runtime.calls.tracker import CallTracker
@@ -48,6 +49,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
     routes = all_routes()
     app[ROUTES] = routes
     app[EVENT_SOCKETS] = set()
+    app[KEY_WATCH] = KeyWatch(app)  # open event sockets follow their key and tenant
     app.on_shutdown.append(close_event_sockets)
     for route in routes:
         app.router.add_route(route.method, route.path, make_handler(route))
@@ -63,7 +65,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         store = app[CONTROL].store
         app[BUS] = EventBus(store)
         app[DELIVERY] = DeliveryWorker(store, app[CONTROL].secrets, settings.events.webhooks,
-                                       egress=settings.security.egress.policy)
+                                       egress=settings.security.egress.policy, bus=app[BUS])
         app[BUS].on_outbox = app[DELIVERY].wake
         await app[DELIVERY].start()
         from runtime.recording.objects import RECORDING_OBJECTS, RecordingObjects

@@ -12,7 +12,9 @@ before the upgrade, so refusals are ordinary JSON errors. Then:
     <- {"type": "error", "message": "..."}   (bad messages; the socket stays open)
 
 One bus subscription per socket with a bounded queue: a socket that falls behind
-is closed with code 4008, never waited for. aiohttp's heartbeat pings the peer.
+is closed with code 4008, never waited for. aiohttp's heartbeat pings the peer. The
+socket follows its key (runtime.api.key_watch): revoking the key closes it with 4401,
+disabling the tenant with 4403.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from aiohttp import WSMsgType, web
 
 from runtime.api.appkeys import BUS, CONTROL, EVENT_SOCKETS, METRICS, RATE_LIMITER
 from runtime.api.endpoint import Ctx, bearer_key
+from runtime.api.key_watch import KEY_WATCH
 from runtime.control.errors import BadRequest, Forbidden, Unauthorized
 from runtime.events.bus import Subscription
 from runtime.events.models import Event
@@ -109,14 +112,15 @@ async def events_ws(ctx: Ctx) -> web.StreamResponse:
         raise BadRequest("this endpoint speaks WebSocket: send an Upgrade request")
     ws.headers.update(headers)
     await ws.prepare(request)
-    await EventSocket(ws, app, principal.tenant_id).serve()
+    await EventSocket(ws, app, principal.tenant_id, principal.key_id).serve()
     return ws
 
 
 class EventSocket:
-    def __init__(self, ws: web.WebSocketResponse, app: web.Application, tenant_id: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, app: web.Application, tenant_id: str, key_id: str) -> None:
         self.ws = ws
         self.app = app
+        self.key_id = key_id
         self.bus = app[BUS]
         self.sub = SocketSubscription(tenant_id=tenant_id, queue=asyncio.Queue(QUEUE_SIZE),
                                       on_overflow=self._overflow)
@@ -125,11 +129,18 @@ class EventSocket:
 
     def _overflow(self, _sub: Subscription) -> None:
         log.warning("closing a slow event socket", extra={"tenant_id": self.sub.tenant_id})
+        self._close_soon(CLOSE_TOO_SLOW, "subscriber too slow: events were dropped")
+
+    def _refuse(self, code: int, reason: str) -> None:
+        log.info("closing an event socket", extra={"tenant_id": self.sub.tenant_id, "code": code, "reason": reason})
+        self._close_soon(code, reason)
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        """No event is sent from now on; the close itself may wait for the peer, so it runs apart."""
         if self._sender is not None:
             self._sender.cancel()
-        self._closer = asyncio.create_task(
-            self.ws.close(code=CLOSE_TOO_SLOW, message=b"subscriber too slow: events were dropped")
-        )
+        if self._closer is None:
+            self._closer = asyncio.create_task(self.ws.close(code=code, message=reason.encode()))
 
     async def _send_events(self) -> None:
         queue = self.sub.queue
@@ -140,6 +151,8 @@ class EventSocket:
     async def serve(self) -> None:
         sockets = self.app[EVENT_SOCKETS]  # closed on shutdown (aiohttp would wait for them)
         sockets.add(self.ws)
+        watch = self.app[KEY_WATCH]
+        watch.watch(self, self.key_id, self._refuse)
         self.bus.subscribe(self.sub)
         self._sender = asyncio.create_task(self._send_events())
         try:
@@ -153,6 +166,7 @@ class EventSocket:
         except ConnectionResetError:
             pass
         finally:
+            watch.unwatch(self)
             self.bus.unsubscribe(self.sub)
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)

@@ -1,9 +1,10 @@
-"""Event models: exactly the topics of DESIGN.md, one payload type each, and the wire shape."""
+"""Event models: DESIGN.md's first topics kept, one payload type and one README row per topic, the wire shape."""
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,29 @@ def test_the_design_topics_are_all_still_there():
     block = text.split("The topics, exactly:", 1)[1].split("A new topic is added here first", 1)[0]
     first = re.findall(r"`([a-z_.]+)`", block)
     assert len(first) == 16 and [t for t in TOPICS if t in first] == first, (first, TOPICS)
+
+
+def readme_event_table() -> dict[str, list[str]]:
+    """The README's event table (section "Events and webhooks"): topic -> the `names` in its data cell."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Events and webhooks", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) >= 3:
+            rows[cells[0].strip("`")] = re.findall(r"`([a-z0-9_]+)`", cells[1])
+    return rows
+
+
+def test_every_topic_has_a_payload_type_and_a_readme_row():
+    """Topics added after DESIGN.md's 16 (webhook.disabled, ...) are documented like the first ones:
+    a typed payload each, and a row in the README's event table naming exactly its data fields."""
+    assert "webhook.disabled" in TOPICS
+    assert set(PAYLOAD_TYPES) == set(TOPICS)
+    table = readme_event_table()
+    assert sorted(table) == sorted(TOPICS), "the README's event table and TOPICS differ"
+    for topic, payload in PAYLOAD_TYPES.items():
+        assert table[topic] == [f.name for f in fields(payload)], topic
 
 
 def test_event_envelope():
