@@ -335,8 +335,9 @@ class DeliveryWorker:
         else:
             # The stop rule counts from the event, or from the redelivery that restarted the retries.
             began = parse_iso(row["retry_from"] or row["created_at"])
-            delay = self.policy.next_delay(attempt - row["attempts_before"], (parse_iso(now) - began).total_seconds(),
-                                           self._jitter(), outcome.retry_after)
+            delay = None if outcome.error == REFUSED else self.policy.next_delay(  # the policy refuses: no retry helps
+                attempt - row["attempts_before"], (parse_iso(now) - began).total_seconds(), self._jitter(),
+                outcome.retry_after)
             if delay is None:
                 changes.update(status="failed", next_attempt_at=None)
             else:

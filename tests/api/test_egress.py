@@ -212,6 +212,8 @@ async def test_a_refused_delivery_fails_as_egress_refused(settings, rebinding_dn
         attempt = items[0]["attempt_log"][0]
         assert attempt["error"] == "egress_refused" and attempt["status_code"] is None
         assert items[0]["last_error"] == "egress_refused" and hits == []
+        # Refused by the policy: failed at once, not retried for a day (redeliver once it is allowed).
+        assert items[0]["status"] == "failed" and len(items[0]["attempt_log"]) == 1, items[0]
 
 
 async def test_an_allowed_target_reports_only_delivered_and_its_status(settings):
