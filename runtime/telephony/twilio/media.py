@@ -59,7 +59,8 @@ DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 # Inbound audio may run this far ahead of the wall clock since start (network jitter, a stall
 # caught up); further ahead, the stream is closed (4429).
 REALTIME_BURST_S = 1.0
-_BURST_BYTES = int(REALTIME_BURST_S * TELEPHONY_RATE)  # mu-law: one byte a sample
+_PCM_BYTES_PER_S = TELEPHONY_RATE * 2  # the leg counts PCM16 at 8 kHz
+_BURST_BYTES = int(REALTIME_BURST_S * _PCM_BYTES_PER_S)
 # How long closing waits for the peer's close frame (aiohttp's default is 10 s).
 CLOSE_TIMEOUT_S = 2.0
 
@@ -121,8 +122,7 @@ class MediaStream:
         self.address = address  # the client's, as counted in bridge.pending until start
         self._pending = True
         self._started_at = 0.0  # monotonic time of the start message
-        self._inbound_bytes = 0  # mu-law received since start
-        self._inbound_allowed = _BURST_BYTES  # re-computed from the clock only when passed
+        self._inbound_allowed = _BURST_BYTES  # PCM bytes; re-computed from the clock only when passed
         self.session: CallSession | None = None
         self.stream_sid = ""
         self.call_sid = ""
@@ -241,16 +241,19 @@ class MediaStream:
             ulaw = binascii.a2b_base64(payload, strict_mode=True)
         except (binascii.Error, ValueError):
             raise StreamAbort(CLOSE_BAD_MESSAGE, "media payload is not valid base64", "bad_media_message") from None
-        self._inbound_bytes += len(ulaw)
-        if self._inbound_bytes > self._inbound_allowed:
-            self._check_real_time()
-        self.leg.audio(ulaw_to_pcm16(ulaw))  # type: ignore[union-attr]  # set with the session
+        pcm = ulaw_to_pcm16(ulaw)
+        leg = self.leg
+        received = leg.counters.inbound_bytes + len(pcm)  # type: ignore[union-attr]  # set with the session
+        if received > self._inbound_allowed:
+            self._check_real_time(received)
+        leg.audio(pcm)  # type: ignore[union-attr]
 
-    def _check_real_time(self) -> None:
-        """Inbound audio against the wall clock, read only when the last allowance is used up (about
-        once a second of audio at real time): per frame it costs one addition and one comparison."""
-        allowed = int((time.monotonic() - self._started_at) * TELEPHONY_RATE) + _BURST_BYTES
-        if self._inbound_bytes > allowed:
+    def _check_real_time(self, received: int) -> None:
+        """Inbound audio (the leg's count) against the wall clock, read only when the last allowance
+        is used up (about once a second of audio at real time): per frame one addition and one
+        comparison."""
+        allowed = int((time.monotonic() - self._started_at) * _PCM_BYTES_PER_S) + _BURST_BYTES
+        if received > allowed:
             raise StreamAbort(CLOSE_TOO_FAST, f"inbound audio more than {REALTIME_BURST_S:g} s ahead of real time",
                               "media_ahead_of_real_time")
         self._inbound_allowed = allowed
