@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from runtime.audio import FRAME_MS
 from runtime.pipeline.pacer import Frame, Pacer
 
-# (audio frames dropped here, whether audio was sent since the last clear) -> frames dropped by the carrier
-OnClear = Callable[[int, bool], Awaitable[int]]
+# (audio frames dropped here, whether audio was sent since the last clear): the carrier's part
+OnClear = Callable[[int, bool], Awaitable[None]]
 
 
 class PacedTransport:
@@ -62,13 +62,10 @@ class PacedTransport:
         return (self.pacer.queued + held) * FRAME_MS
 
     async def clear(self) -> None:
-        await self.clear_all()
-
-    async def clear_all(self) -> int:
-        """Drop everything queued here and, through ``on_clear``, at the carrier; the frames dropped."""
+        """Drop everything queued here and, through ``on_clear``, at the carrier."""
         dropped = self.pacer.clear()
         sent, self.sent_since_clear = self.sent_since_clear, False
-        return dropped + await self._on_clear(dropped, sent)
+        await self._on_clear(dropped, sent)
 
     def drop_stale(self, generation: int) -> None:
         pacer = self.pacer

@@ -133,18 +133,13 @@ class LiveKitMedia:
                     return
                 self.counters.outbound_captured += 1
 
-    async def clear(self) -> int:
-        """Barge-in: drop what is queued here and in the source (see ``_clear``)."""
-        return await self.transport.clear_all()
-
-    async def _clear(self, dropped: int, sent: bool) -> int:
+    async def _clear(self, dropped: int, sent: bool) -> None:
         """The writer's frames and the source's queue, only when something may be queued."""
         held = len(self.backlog)
         self.backlog.clear()
         if (dropped or held or sent) and not self.closed:
             self.source.clear_queue()
             self.counters.clears += 1
-        return held
 
     # Teardown
 

@@ -365,17 +365,12 @@ class MediaStream:
         if leg is not None and leg.session.audio_sinks:
             leg.sent(ulaw_to_pcm16(frame.payload))
 
-    async def clear(self) -> int:
-        """Barge-in: drop queued outbound audio here and at Twilio (see ``_clear``)."""
-        return await self.transport.clear_all()
-
-    async def _clear(self, dropped: int, sent: bool) -> int:
+    async def _clear(self, dropped: int, sent: bool) -> None:
         """Tell Twilio to drop what it buffered, only when there may be any: frames dropped here, a
         mark not yet echoed, or audio sent since the last clear."""
         unheard = self.pacer.stats.marks_sent > len(self.counters.marks_received)
         if (dropped or unheard or sent) and not self.ws.closed:
             await self.ws.send_str(orjson.dumps({"event": "clear", "streamSid": self.stream_sid}).decode())
-        return 0
 
     async def _release(self, reason: str) -> None:
         # The call ended (whoever ended it): the archive is written; close the socket.

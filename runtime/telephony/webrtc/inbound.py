@@ -81,7 +81,7 @@ class CallerAudio:
         """Receive ``receiver``'s RTP here instead of in its decoder thread (see the module docstring)."""
         if not callable(getattr(receiver, "_handle_rtp_packet", None)):
             raise RuntimeError("this aiortc has no RTCRtpReceiver._handle_rtp_packet: check runtime.telephony."
-                               "webrtc_inbound against it")
+                               "webrtc.inbound against it")
         receiver._handle_rtp_packet = self.handle_rtp_packet
 
     async def handle_rtp_packet(self, packet: Any, arrival_time_ms: int) -> None:
