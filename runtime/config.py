@@ -140,6 +140,8 @@ class LimitsSettings(_Model):
     # Media sockets open but not yet started (no valid stream token), per client address; more are
     # refused with 429. Room for a box's whole call limit arriving from one carrier address at once.
     pending_media_sockets_per_address: int = Field(256, ge=1, le=100_000)
+    # The same for the whole box, so many addresses together cannot hold every file descriptor.
+    pending_media_sockets: int = Field(1024, ge=1, le=100_000)
 
 
 class TwilioSettings(_Model):
@@ -275,6 +277,10 @@ class WebhookDeliverySettings(_Model):
     timeout_s: float = Field(5, gt=0)
     # Deliveries in a row that failed for good before the webhook is disabled (null: never).
     disable_after_failures: int | None = Field(100, ge=1)
+    # Deliveries in flight at once (per runtime), and at most this many of one tenant's, so one
+    # tenant's slow or silent receiver cannot hold every slot and delay the others' events.
+    concurrency: int = Field(16, ge=1, le=256)
+    per_tenant: int = Field(4, ge=1, le=256)
 
 
 class EventsSettings(_Model):

@@ -30,6 +30,7 @@ import hmac
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -190,7 +191,7 @@ class DeliveryWorker:
     stored and delivered to webhooks, but no in-process subscriber sees it)."""
 
     def __init__(
-        self, store: Store, secrets: SecretStore, config: WebhookDeliverySettings, *, concurrency: int = 16,
+        self, store: Store, secrets: SecretStore, config: WebhookDeliverySettings, *,
         poll_s: float = 1.0, base_delay_s: float = 1.0, jitter: Callable[[], float] = random.random,
         egress: EgressPolicy | None = None, bus: EventBus | None = None,
     ) -> None:
@@ -198,7 +199,8 @@ class DeliveryWorker:
         self.secrets = secrets
         self.config = config
         self.egress = egress or EgressPolicy()  # where tenants' webhook URLs may connect (security.egress)
-        self.concurrency = concurrency
+        self.concurrency = config.concurrency
+        self.per_tenant = min(config.per_tenant, config.concurrency)
         self.poll_s = poll_s
         self.policy = RetryPolicy.from_settings(config, first_delay_s=base_delay_s)
         self.bus = bus
@@ -250,7 +252,8 @@ class DeliveryWorker:
             claimed: list[dict[str, Any]] = []
             if free > 0:
                 try:
-                    claimed = await self.store.claim_deliveries(now_iso(), free)
+                    claimed = await self.store.claim_deliveries(now_iso(), free, per_tenant=self.per_tenant,
+                                                                busy=self._busy_tenants())
                 except StoreError as exc:
                     log.error("cannot claim webhook deliveries", extra={"error": str(exc)})
                 for row in claimed:
@@ -271,6 +274,9 @@ class DeliveryWorker:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
             except TimeoutError:
                 pass
+
+    def _busy_tenants(self) -> Counter[str]:
+        return Counter(row["tenant_id"] for row in self._inflight.values())
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         row = self._inflight.pop(task, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
@@ -314,16 +315,31 @@ class Tables:
 
     # The webhook outbox (runtime.events.delivery): claims are global, every row keeps its tenant.
 
-    async def claim_deliveries(self, now: str, limit: int) -> list[Row]:
-        """Mark up to ``limit`` due pending deliveries ``sending`` and return them. On PostgreSQL the
-        rows are locked with SKIP LOCKED, so several runtimes never claim the same row; on SQLite
-        the statement runs on the single writer."""
+    async def claim_deliveries(self, now: str, limit: int, *, per_tenant: int,
+                               busy: Mapping[str, int] | None = None) -> list[Row]:
+        """Mark up to ``limit`` due pending deliveries ``sending`` and return them, oldest first, at
+        most ``per_tenant`` of one tenant's minus what it already has in flight (``busy``). On
+        PostgreSQL the rows are locked with SKIP LOCKED, so several runtimes never claim the same
+        row; on SQLite the statement runs on the single writer."""
         lock = " FOR UPDATE SKIP LOCKED" if self.executor.dialect == "postgres" else ""
+        busy = {t: n for t, n in (busy or {}).items() if n > 0}
+        # Each tenant's share: per_tenant less its deliveries in flight (a CASE over the few busy ones).
+        share = "CAST(? AS INTEGER)"  # typed: PostgreSQL cannot infer a CASE's parameter types
+        params: list[Any] = [now, now]
+        if busy:
+            share = ("CASE tenant_id " + " ".join("WHEN ? THEN CAST(? AS INTEGER)" for _ in busy)
+                     + " ELSE CAST(? AS INTEGER) END")
+            for tenant_id, n in busy.items():
+                params += [tenant_id, max(0, per_tenant - n)]
+        params += [per_tenant, limit]
         rows = await self.executor.fetchall(
             "UPDATE webhook_deliveries SET status = 'sending', updated_at = ? WHERE id IN ("
-            "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ? "
-            f"ORDER BY next_attempt_at LIMIT ?{lock}) RETURNING *",
-            (now, now, limit),
+            "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND id IN ("
+            "SELECT id FROM (SELECT id, tenant_id, next_attempt_at, ROW_NUMBER() OVER ("
+            "PARTITION BY tenant_id ORDER BY next_attempt_at, id) AS turn FROM webhook_deliveries "
+            "WHERE status = 'pending' AND next_attempt_at <= ?) AS due "
+            f"WHERE turn <= {share} ORDER BY next_attempt_at, id LIMIT ?){lock}) RETURNING *",
+            tuple(params),
         )
         return [decode(WEBHOOK_DELIVERIES, r) for r in rows]
 

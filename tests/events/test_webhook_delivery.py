@@ -26,6 +26,7 @@ class Receiver:
     script: list[int] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     delay_s: float = 0.0
+    gate: asyncio.Event | None = None  # when set: every request waits for it (a receiver that hangs)
     url: str = ""
     runner: web.AppRunner | None = None
 
@@ -37,6 +38,8 @@ class Receiver:
         })
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.gate is not None:
+            await self.gate.wait()
         status = self.script.pop(0) if self.script else 200
         headers = {"Retry-After": "0"} if status in (429, 503) else {}
         return web.json_response({"ok": status < 300}, status=status, headers=headers)
@@ -313,3 +316,40 @@ async def test_webhook_test_route(settings, receiver):
         assert status == 404
     finally:
         await stop_live_api(live, runner)
+
+
+async def test_one_tenants_hanging_receiver_does_not_hold_the_others_deliveries(settings, receiver):
+    """20 events to a receiver that never answers take at most ``per_tenant`` (4) of the 16
+    delivery slots: another tenant's events are delivered meanwhile."""
+    hanging = Receiver(gate=asyncio.Event())
+    await hanging.start()
+    live, runner = await start_live_api(_fast(settings, timeout_s=30))
+    try:
+        slow_tenant, slow_key = await live.tenant_with_key("slow")
+        fast_tenant, fast_key = await live.tenant_with_key("fast")
+        slow_hook = await _hook(live, slow_key, hanging.url + "/hook")
+        fast_hook = await _hook(live, fast_key, receiver.url + "/hook")
+        receiver.secret = fast_hook["signing_secret"]
+        for _ in range(20):
+            await _publish(live, slow_tenant)
+        await _wait_for(lambda: _true(len(hanging.requests) >= 4))
+        await _publish(live, fast_tenant)
+        await _wait_for(_settled(live, fast_key, fast_hook["id"], "delivered"))
+        assert receiver.requests[0]["signed"]
+        assert len(hanging.requests) == 4  # the slow tenant's share, not every slot
+        hanging.gate.set()
+        await _wait_for(lambda: _all_delivered(live, slow_key, slow_hook["id"], 20), timeout=30)
+    finally:
+        hanging.gate.set()
+        await stop_live_api(live, runner)
+        await hanging.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _all_delivered(api, key: str, hook_id: str, count: int) -> bool:
+    status, page, _ = await api.call("GET", f"/api/v1/webhooks/{hook_id}/deliveries?limit=100", key)
+    assert status == 200, page
+    return sum(item["status"] == "delivered" for item in page["items"]) == count

@@ -113,6 +113,7 @@ def test_unit_settings():
     assert one["Service.ExecStart"] == f"{EXEC} --config /etc/voicectl/config.yaml serve"
     assert one.get("Service.User") == "voicectl" or one.get("Service.DynamicUser") == "yes"
     assert one["Service.StateDirectory"] == "voicectl"
+    assert one["Service.StateDirectoryMode"] == "0700"  # the database, keyring and recordings: the service's only
     assert one["Service.WorkingDirectory"] == "/var/lib/voicectl"
     assert one["Service.LoadCredential"] == "master.key:/etc/voicectl/master.key"
     assert one["Service.Restart"] == "on-failure"

@@ -148,6 +148,30 @@ async def test_forwarded_for_names_the_client_behind_a_trusted_proxy(settings) -
         await stop_world(world)
 
 
+async def test_pending_sockets_are_capped_for_the_whole_box_too(settings) -> None:
+    """Many addresses together cannot hold more than ``limits.pending_media_sockets``."""
+    overrides = {**WORLD_OVERRIDES, "limits": {"pending_media_sockets_per_address": 3, "pending_media_sockets": 4}}
+    world = await start_world(with_overrides(settings, **overrides), server={"trusted_proxies": ["127.0.0.0/8"]})
+    try:
+        held = [await _pending(world, "203.0.113.1") for _ in range(3)]
+        held.append(await _pending(world, "203.0.113.2"))
+        key = base64.b64encode(os.urandom(16)).decode()
+        upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                   "Sec-WebSocket-Key": key, FORWARDED: "203.0.113.3"}
+        status, body, _ = await world.api.call("GET", "/media/twilio", headers=upgrade)
+        assert status == 429 and body["error"] == "too_many_pending_sockets", body
+        assert body["details"]["scope"] == "box" and body["details"]["limit"] == 4, body
+        await held.pop().close()  # a place given back is free for any address
+        pending = bridge(world.api.app).pending
+        await _until(lambda: pending.total == 3)
+        held.append(await _pending(world, "203.0.113.3"))
+        for ws in held:
+            await ws.close()
+        await _until(lambda: pending.total == 0)
+    finally:
+        await stop_world(world)
+
+
 def test_client_address_walks_forwarded_for_from_the_right() -> None:
     from runtime.web.client_address import ClientAddresses
 

@@ -148,23 +148,32 @@ def rejection_twiml(rejected: RouteRejected) -> web.Response:
 
 
 class PendingSockets:
-    """Media sockets open but not yet started, counted per client address."""
+    """Media sockets open but not yet started, counted per client address and in all."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, total_cap: int) -> None:
         self.cap = cap
+        self.total_cap = total_cap
+        self.total = 0
         self._counts: dict[str, int] = {}
 
-    def admit(self, address: str) -> bool:
+    def admit(self, address: str) -> str | None:
+        """None when admitted; else which limit refused it (``address`` or ``box``)."""
         held = self._counts.get(address, 0)
         if held >= self.cap:
-            return False
+            return "address"
+        if self.total >= self.total_cap:
+            return "box"
         self._counts[address] = held + 1
-        return True
+        self.total += 1
+        return None
 
     def release(self, address: str) -> None:
-        held = self._counts.get(address, 0) - 1
-        if held > 0:
-            self._counts[address] = held
+        held = self._counts.get(address, 0)
+        if held <= 0:
+            return
+        self.total -= 1
+        if held > 1:
+            self._counts[address] = held - 1
         else:
             self._counts.pop(address, None)
 
@@ -184,7 +193,8 @@ class TwilioBridge:
         self.answers: dict[str, str] = {}  # call id -> the <Connect><Stream> TwiML it was answered with
         self.streams: dict[str, MediaStream] = {}
         self.client_addresses = ClientAddresses(settings.server.trusted_proxies)
-        self.pending = PendingSockets(settings.limits.pending_media_sockets_per_address)
+        self.pending = PendingSockets(settings.limits.pending_media_sockets_per_address,
+                                      settings.limits.pending_media_sockets)
         self.tasks: set[asyncio.Task] = set()
         self._stream_deadlines: list[tuple[float, str]] = []
         self._sweep: asyncio.TimerHandle | None = None

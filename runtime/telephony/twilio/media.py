@@ -385,12 +385,14 @@ async def serve(request: web.Request) -> web.StreamResponse:
                               error="upgrade_required", headers={"Upgrade": "websocket"})
     br = bridge(request.app)
     address = br.client_addresses.of(request)
-    if not br.pending.admit(address):
+    refused_by = br.pending.admit(address)
+    if refused_by is not None:
         br.media_refused.labels("pending_limit").inc()
         retry = math.ceil(services(request.app).settings.telephony.media_start_timeout_s)
+        whose, limit = ("this address", br.pending.cap) if refused_by == "address" else ("all", br.pending.total_cap)
         refusal = error_response(
-            429, "too many media sockets from this address are waiting for their start message",
-            {"limit": br.pending.cap, "retry_after": retry}, error="too_many_pending_sockets",
+            429, f"too many media sockets from {whose} are waiting for their start message",
+            {"limit": limit, "scope": refused_by, "retry_after": retry}, error="too_many_pending_sockets",
             headers={"Retry-After": str(retry)},
         )
         refusal.force_close()  # nor is the connection kept open for another try
