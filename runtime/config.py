@@ -150,6 +150,13 @@ class TwilioSettings(_Model):
 
 class GotoSettings(_Model):
     api_base_url: str = "https://api.goto.com"
+    # The web-calls API's host: GoTo's "Make and Receive Calls" guide shows it on a jive.com host,
+    # not api.goto.com (which host a production account uses is not documented: set it if yours differs).
+    webrtc_base_url: str = "https://webrtc.jive.com"
+    # The appliance's GoTo OAuth client (one GoTo app that each tenant authorises); its secret is
+    # set with `voicectl goto set-client-secret`. A tenant may bring its own (client_id on its
+    # goto credential).
+    client_id: str | None = None
     # GoTo's OAuth token endpoint (refresh token -> access token).
     auth_url: str = "https://authentication.logmeininc.com/oauth/token"
     # Per request to GoTo's API (OAuth, channel, subscription, web-call answer).

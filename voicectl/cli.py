@@ -21,6 +21,7 @@ from voicectl import (
     demo,
     doctor,
     events,
+    goto,
     init,
     key,
     livekit,
@@ -77,6 +78,7 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(voice.app, name="voice")
 app.add_typer(number.app, name="number")
 app.add_typer(credential.app, name="credential")
+app.add_typer(goto.app, name="goto")
 app.add_typer(livekit.app, name="livekit")
 app.add_typer(webhook.app, name="webhook")
 app.command("call")(call.call)

@@ -73,6 +73,18 @@ def read_secret(provider: str, label: str, required: bool, existing: bool) -> st
     return value.strip() or None
 
 
+def read_required_secret(provider: str, label: str) -> str:
+    """A secret that must be given (stdin or a hidden prompt); a readable usage error otherwise."""
+    try:
+        secret = read_secret(provider, label, True, False)
+    except EmptyStdin:
+        secret = None
+    if not secret:
+        fail(f"no {provider} {label} given: pipe it on stdin (printf %s \"$SECRET\" | voicectl ...) "
+             "or run in a terminal to be asked for it", EXIT_USAGE)
+    return secret
+
+
 def _secret_note(data: dict[str, Any], replaced: bool) -> str:
     if data.get("secret_updated"):
         return "secret stored: yes (the new one" + (", replacing the old one)" if replaced else ")")

@@ -23,15 +23,16 @@ EXIT_PROVIDER_PROBLEM = 9
 
 def doctor(tenant: TenantOpt, as_json: JsonOpt = False) -> None:
     """Check each provider the tenant's agents name (and each AI credential it holds): credential
-    present, server reachable, key accepted. Prints a table; no secret is ever printed. Exit code 9
-    when any provider is not usable."""
+    present, server reachable, key accepted; and, for a GoTo credential, the scopes its token
+    carries. Prints a table; no secret is ever printed. Exit code 9 when any is not usable."""
     settings = load_settings()
 
     async def go(plane: Any) -> list[dict[str, Any]]:
         from runtime.providers.doctor import diagnose
 
         tenant_id = await resolve_tenant(plane, tenant)
-        return [check.to_dict() for check in await diagnose(plane, settings, tenant_id)]
+        rows = [check.to_dict() for check in await diagnose(plane, settings, tenant_id)]
+        return rows + await _telephony(plane, settings, tenant_id)
 
     results = run(go, settings=settings)
     if as_json:
@@ -44,3 +45,15 @@ def doctor(tenant: TenantOpt, as_json: JsonOpt = False) -> None:
                       ", ".join(r["used_by"]) or "-", r["credential"], r["status"], r["detail"]] for r in results])
     if not all(r["ok"] for r in results):
         raise typer.Exit(EXIT_PROVIDER_PROBLEM)
+
+
+async def _telephony(plane: Any, settings: Any, tenant_id: str) -> list[dict[str, Any]]:
+    """A row for the tenant's GoTo credential, when it has one: the token's scopes."""
+    if await plane.store.credentials.find(tenant_id=tenant_id, provider="goto") is None:
+        return []
+    from runtime.telephony.goto.scopes import check_scopes
+
+    found = await check_scopes(plane, settings, tenant_id)
+    return [{"provider": "goto", "modality": "telephony", "base_url": settings.telephony.goto.api_base_url,
+             "model": None, "used_by": [], "credential": "set", "status": found.status, "ok": found.status == "ok",
+             "detail": found.detail, "missing_scopes": list(found.missing)}]

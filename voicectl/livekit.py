@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from voicectl.common import JsonOpt, new_app, print_json, run, say
-from voicectl.credential import read_secret
+from voicectl.credential import read_required_secret
 
 app = new_app("The appliance's LiveKit API secret (kept in the keyring, never printed).")
 
@@ -23,14 +23,11 @@ def set_secret(as_json: JsonOpt = False) -> None:
     Example:
       printf %s "$LIVEKIT_API_SECRET" | voicectl livekit set-secret
     """
-    secret = read_secret("livekit", "API secret", True)
+    secret = read_required_secret("livekit", "API secret")
 
     async def go(plane: Any) -> dict[str, Any]:
-        from runtime.control.errors import Invalid
         from runtime.telephony.livekit.server import APPLIANCE_SECRET_REF
 
-        if not secret:
-            raise Invalid("no secret given (pipe it on stdin, or run in a terminal to be asked for it)")
         plane.secrets.set(APPLIANCE_SECRET_REF, secret)
         return {"stored": True, "ref": APPLIANCE_SECRET_REF}
 

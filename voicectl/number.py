@@ -94,8 +94,9 @@ def add(
 ) -> None:
     """Route a number to an agent (numbers are unique across tenants).
 
-    With --provider goto, the tenant's GoTo notification channel and call-events subscription
-    are registered through GoTo's API first (once per tenant), with its goto credential."""
+    With --provider goto, the tenant's GoTo notification channel, call-events subscription and
+    web-call device with its extension are registered through GoTo's API first (once per tenant),
+    with its goto credential; the GoTo admin then routes the number to that extension."""
     with errors():
         settings = load_settings()
 
@@ -119,12 +120,25 @@ def add(
         return
     _show(result, as_json, "added")
     if goto is not None:
-        if goto["registered"]:
-            say(f"goto: registered notification channel {goto['channel_id']} and the call-events subscription "
-                "(STARTING, ACTIVE, ENDING)")
-        else:
-            say(f"goto: the tenant's notification channel {goto['channel_id']} is already registered "
-                "(--goto-new-channel replaces it)")
+        _say_goto(goto)
+
+
+def _say_goto(goto: dict[str, Any]) -> None:
+    if goto["registered"]:
+        say(f"goto: registered notification channel {goto['channel_id']}")
+        if goto["removed_channel"]:
+            say(f"goto: deleted the old channel {goto['removed_channel']} and its device at GoTo")
+    else:
+        say(f"goto: the tenant's notification channel {goto['channel_id']} is already registered "
+            "(--goto-new-channel replaces it)")
+    if goto["call_events"] == "subscribed":
+        say("goto: call events (STARTING, ACTIVE, ENDING) subscribed")
+    else:
+        say(f"warning: goto call events not subscribed ({goto['call_events']}); calls still arrive through the "
+            "web-call device, without the caller's number when the offer lacks it", err=True)
+    state = "registered" if goto["device_registered"] else "already registered"
+    say(f"goto: web-call device {goto['device_id']} with extension {goto['extension']} {state}; "
+        f"in GoTo's admin, route the number to extension {goto['extension']}")
 
 
 async def _register_goto(plane: Any, settings: Any, tenant_id: str, e164: str, again: bool) -> dict[str, Any]:
@@ -135,12 +149,14 @@ async def _register_goto(plane: Any, settings: Any, tenant_id: str, e164: str, a
 
     if await plane.store.number_by_e164(e164) is not None:
         raise Conflict(f"{e164} is already routed", {"e164": e164})  # checked before GoTo is asked
+    await open_account(plane.credentials, tenant_id, settings)  # a missing credential first: the likelier mistake
     if again or await active_channel(plane.store, tenant_id) is None:
-        await open_account(plane.credentials, tenant_id)  # a missing credential first: the likelier mistake
         if not require_public_url(settings).startswith("https://"):
             say("warning: server.public_url is not https: GoTo only calls HTTPS webhooks on port 443", err=True)
-    registration = await register_channel(plane, settings, tenant_id, again=again)
-    return {"channel_id": registration.channel_id, "registered": registration.registered}
+    r = await register_channel(plane, settings, tenant_id, again=again)
+    return {"channel_id": r.channel_id, "registered": r.registered, "device_id": r.device_id,
+            "extension": r.extension, "device_registered": r.device_registered, "call_events": r.call_events,
+            "removed_channel": r.removed_channel}
 
 
 @app.command("list")
@@ -205,13 +221,39 @@ def update(
 def remove(number: NumberArg, tenant: MaybeTenantOpt = None, as_json: JsonOpt = False) -> None:
     """Remove a number's route (calls to it are no longer answered)."""
 
+    with errors():
+        settings = load_settings()
+
     async def go(plane: Any) -> dict[str, Any]:
         tenant_id, found = await _number(plane, tenant, number)
         await plane.numbers.remove(tenant_id, found.id)
-        return {"id": found.id, "e164": found.e164, "deleted": True}
+        out: dict[str, Any] = {"id": found.id, "e164": found.e164, "deleted": True}
+        if found.provider == "goto":
+            out["goto_device_removed"] = await _unregister_goto(plane, settings, tenant_id)
+        return out
 
-    data = run(go)
+    data = run(go, settings=settings)
     if as_json:
         print_json(data)
     else:
         say(f"removed number {data['e164']} ({data['id']})")
+        if data.get("goto_device_removed"):
+            say(f"goto: deleted the web-call device {data['goto_device_removed']} (the tenant's last GoTo number)")
+
+
+async def _unregister_goto(plane: Any, settings: Any, tenant_id: str) -> str | None:
+    """The tenant's last GoTo number went: its web-call device goes at GoTo too."""
+    from runtime.control.errors import NotFound
+    from runtime.telephony.goto.api import GotoApiError
+    from runtime.telephony.goto.channels import unregister_device
+
+    rows, _ = await plane.store.phone_numbers.list(tenant_id=tenant_id, equals={"provider": "goto"}, limit=1,
+                                                    count=False)
+    if rows:
+        return None
+    try:
+        return await unregister_device(plane, settings, tenant_id)
+    except (GotoApiError, NotFound) as exc:
+        # The number is gone either way; the device stays known, and the next `number add` reuses it.
+        say(f"warning: the GoTo web-call device was not deleted: {exc}", err=True)
+        return None

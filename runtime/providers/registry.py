@@ -314,7 +314,8 @@ PROVIDERS: tuple[ProviderEntry, ...] = (
 # Credentials a tenant can hold that are not AI providers.
 OTHER_CREDENTIALS: tuple[CredentialSpec, ...] = (
     CredentialSpec("twilio", ("account_sid",), secret="auth token"),
-    CredentialSpec("goto", ("client_id", "account_key"), secret="OAuth refresh token"),
+    CredentialSpec("goto", ("account_key", "organization_id", "extension"), ("client_id",),
+                   secret="OAuth refresh token"),
     CredentialSpec("livekit", ("url", "api_key"), secret="API secret", urls=("url",),
                    url_schemes=_WEB_AND_SOCKETS),
     CredentialSpec("s3", ("endpoint", "region", "bucket", "access_key_id"), secret="secret access key",

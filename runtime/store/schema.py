@@ -384,6 +384,17 @@ WEBHOOK_STATUS = Migration(
     ),
 )
 
+# GoTo web-call devices (runtime.telephony.goto.channels): GoTo offers web calls to a device
+# registered on the tenant's channel with the extension the GoTo admin routes the number to.
+GOTO_DEVICES = Migration(
+    8,
+    "goto web-call devices",
+    (
+        "ALTER TABLE goto_channels ADD COLUMN device_id TEXT",
+        "ALTER TABLE goto_channels ADD COLUMN extension TEXT",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS, GOTO_CHANNELS, RECORDING_UPLOADS,
-                                     LIVEKIT_EGRESSES, WEBHOOK_STATUS)
+                                     LIVEKIT_EGRESSES, WEBHOOK_STATUS, GOTO_DEVICES)
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -117,7 +117,7 @@ ORDERS = TableSpec(
 GOTO_CHANNELS = TableSpec(
     "goto_channels",
     ("id", "tenant_id", "account_key", "nickname", "token_hash", "channel_id", "status", "subscription",
-     "created_at", "updated_at"),
+     "created_at", "updated_at", "device_id", "extension"),
     json_columns=frozenset({"subscription"}),
 )
 

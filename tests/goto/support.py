@@ -1,9 +1,20 @@
-"""Shared setup of the GoTo tests: a local peer standing in for GoTo's API (OAuth token endpoint,
-notification channels with their OPTIONS URL validation, call-events subscriptions, web calls) as
-documented in PROTOCOLS.md, and a live runtime with a tenant whose channel is registered through it."""
+"""Shared setup of the GoTo tests: a local peer standing in for GoTo's API as GoTo documents it, and
+a live runtime with a tenant whose channel is registered through it.
+
+Sources of each shape (see runtime/telephony/goto/api.py): the OAuth token endpoint takes the
+client in Basic auth and a form of grant_type + refresh_token (guide "Refresh an access token";
+screen-pop-demo service/token.ts); notification channels are validated with OPTIONS before the 201
+(guide "Use the Notification Channel API") and deleted by nickname and id (screen-pop-demo
+service/notification.ts); the call-events subscription answers 207 (guide "Use the Call Events
+API"); devices and extensions follow "Make and Receive Calls using the Devices and Calls API".
+Notifications are {"data": {"type", "source", "content"}} (both sample apps); a call event's
+participants carry the caller as type.caller (screen-pop-demo types/callEvents.ts). Where GoTo
+publishes nothing, the peer answers as runtime/telephony/goto/assumptions.py assumes.
+"""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,10 +27,15 @@ from peers.loopback import serve_loopback
 from tests.api.support import LiveApi, high_limits, start_live_api, stop_live_api, with_overrides
 
 CLIENT_ID = "goto-client-id"
+CLIENT_SECRET = "goto-client-secret"
 ACCOUNT_KEY = "1234567890123456789"
+ORGANIZATION_ID = "0127d3e5-3d8e-4e3b-9e1c-55a5d0a1f001"
+EXTENSION = "7001"
 REFRESH_TOKEN = "goto-refresh-token-one"
 NUMBER = "+15550108000"
 CALLER = "+15550001111"
+ALL_SCOPES = ("call-events.v1.notifications.manage call-events.v1.events.read webrtc.v1.read webrtc.v1.write "
+              "users.v1.lines.read")
 
 
 @dataclass
@@ -28,8 +44,11 @@ class GotoPeer:
     validated with OPTIONS (200 required) before a channel is created."""
 
     client_id: str = CLIENT_ID
+    client_secret: str = CLIENT_SECRET
     refresh_token: str = REFRESH_TOKEN
     account_key: str = ACCOUNT_KEY
+    organization_id: str = ORGANIZATION_ID
+    scopes: str = ALL_SCOPES
     expires_in: int = 3600
     rotate_to: str | None = None  # issue this new refresh token on the next refresh
     refuse: dict[str, tuple[int, Any]] = field(default_factory=dict)  # step -> (status, body)
@@ -37,6 +56,8 @@ class GotoPeer:
     requests: list[dict[str, Any]] = field(default_factory=list)
     validations: list[int] = field(default_factory=list)  # status of each OPTIONS validation
     webhook_urls: list[str] = field(default_factory=list)
+    channels: dict[str, str] = field(default_factory=dict)  # channelId -> webhook URL (live ones)
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)  # deviceId -> its registration
     on_answer: Callable[[str, str], Awaitable[None]] | None = None
     issued: set[str] = field(default_factory=set)
     revoked: set[str] = field(default_factory=set)
@@ -51,7 +72,11 @@ class GotoPeer:
         app = web.Application()
         app.router.add_post("/oauth/token", self._token)
         app.router.add_post("/notification-channel/v1/channels/{nickname}", self._channel)
+        app.router.add_delete("/notification-channel/v1/channels/{nickname}/{channel_id}", self._delete_channel)
         app.router.add_post("/call-events/v1/subscriptions", self._subscribe)
+        app.router.add_post("/web-calls/v1/devices", self._device)
+        app.router.add_post("/web-calls/v1/devices/{id}/extensions", self._extensions)
+        app.router.add_delete("/web-calls/v1/devices/{id}", self._delete_device)
         app.router.add_post("/web-calls/v1/calls/{id}/{action}", self._web_call)
         app.router.add_delete("/web-calls/v1/calls/{id}", self._hangup)
         self.runner, port = await serve_loopback(app)
@@ -66,19 +91,21 @@ class GotoPeer:
 
     async def _token(self, request: web.Request) -> web.Response:
         form = dict(await request.post())
-        self.token_requests.append(form)
+        self.token_requests.append({**form, "authorization": request.headers.get("Authorization", "")})
         if "token" in self.refuse:
             status, body = self.refuse["token"]
             return web.json_response(body, status=status)
-        if (form.get("grant_type") != "refresh_token" or form.get("client_id") != self.client_id
-                or form.get("refresh_token") != self.refresh_token):
+        basic = "Basic " + base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+        if request.headers.get("Authorization") != basic:
+            return web.json_response({"error": "invalid_client", "error_description": "Bad client credentials"},
+                                     status=401)
+        if form.get("grant_type") != "refresh_token" or form.get("refresh_token") != self.refresh_token:
             return web.json_response({"error": "invalid_grant", "error_description": "Invalid refresh token"},
                                      status=400)
         access = f"access-{uuid.uuid4().hex}"
         self.issued.add(access)
         body: dict[str, Any] = {"access_token": access, "token_type": "Bearer", "expires_in": self.expires_in,
-                                "scope": "call-events.v1.notifications.manage webrtc.v1.write",
-                                "principal": "admin@example.com"}
+                                "scope": self.scopes, "principal": "admin@example.com"}
         if self.rotate_to:
             body["refresh_token"] = self.refresh_token = self.rotate_to
             self.rotate_to = None
@@ -112,11 +139,73 @@ class GotoPeer:
                                           "message": f"OPTIONS {resp.status}"}, status=400)
         self.webhook_urls.append(url)
         nickname = request.match_info["nickname"]
+        channel_id = f"Webhook.{uuid.uuid4()}"
+        self.channels[channel_id] = url
         return web.json_response({
-            "channelId": f"Webhook.{uuid.uuid4()}", "channelNickname": nickname,
+            "channelId": channel_id, "channelNickname": nickname,
             "webhookChannelData": {"webhook": {"url": url}, "channelType": "Webhook"},
             "channelLifetime": 2147483647, "doNotDisturbAware": False,
         }, status=201)
+
+    async def _delete_channel(self, request: web.Request) -> web.Response:
+        refused = await self._authorized(request, "channel_delete")
+        if refused is not None:
+            return refused
+        gone = self.channels.pop(request.match_info["channel_id"], None)
+        return web.Response(status=204 if gone else 404)
+
+    async def _device(self, request: web.Request) -> web.Response:
+        refused = await self._authorized(request, "device")
+        if refused is not None:
+            return refused
+        body = self.requests[-1]["json"] or {}
+        callback = body.get("callbackReference") or {}
+        incoming, session = callback.get("incomingCallChannelId"), callback.get("sessionManagementChannelId")
+        if not isinstance(body.get("clientInformation"), dict) or incoming not in self.channels \
+                or session not in self.channels:
+            return web.json_response({"errorCode": "INVALID_BODY"}, status=400)
+        device_id = f"dev-{uuid.uuid4().hex[:12]}"
+        self.devices[device_id] = {"incoming": incoming, "session": session, "extensions": []}
+        return web.json_response({"id": device_id, "callbackReference": callback}, status=201)
+
+    async def _extensions(self, request: web.Request) -> web.Response:
+        refused = await self._authorized(request, "extension")
+        if refused is not None:
+            return refused
+        device = self.devices.get(request.match_info["id"])
+        body = self.requests[-1]["json"] or {}
+        numbers = [e.get("number") for e in body.get("extensions", []) if isinstance(e, dict)]
+        if device is None:
+            return web.json_response({"errorCode": "NOT_FOUND"}, status=404)
+        if body.get("organizationId") != self.organization_id or not numbers or not all(numbers):
+            return web.json_response({"errorCode": "INVALID_BODY"}, status=400)
+        device["extensions"].extend(numbers)
+        return web.Response(status=204)
+
+    async def _delete_device(self, request: web.Request) -> web.Response:
+        refused = await self._authorized(request, "device_delete")
+        if refused is not None:
+            return refused
+        gone = self.devices.pop(request.match_info["id"], None)
+        return web.Response(status=204 if gone else 404)
+
+    def device_for(self, extension: str) -> tuple[str, dict[str, Any]]:
+        [(device_id, device)] = [(k, d) for k, d in self.devices.items() if extension in d["extensions"]]
+        return device_id, device
+
+    async def ring(self, extension: str, sdp: str, *, call_id: str | None = None, caller: str | None = CALLER,
+                   conversation_id: str | None = None) -> tuple[int, Any]:
+        """GoTo offers a web call to the device that registered ``extension``: the incoming-call
+        notification goes to the device's incomingCallChannelId's webhook."""
+        _, device = self.device_for(extension)
+        body = web_call_offer(call_id or f"wc-{uuid.uuid4().hex[:10]}", sdp, conversation_id=conversation_id,
+                              caller=caller)
+        return await self.notify(device["incoming"], body)
+
+    async def notify(self, channel_id: str, body: Any) -> tuple[int, Any]:
+        """POST a notification to a channel's webhook, as GoTo does; its answer (status, JSON)."""
+        async with aiohttp.ClientSession() as http, http.post(self.channels[channel_id], json=body) as resp:
+            return resp.status, await resp.json(content_type=None)
 
     async def _subscribe(self, request: web.Request) -> web.Response:
         refused = await self._authorized(request, "subscription")
@@ -142,28 +231,45 @@ class GotoPeer:
         return refused if refused is not None else web.Response(status=204)
 
 
-def call_event(conversation_id: str, state: str, sequence: int, *, dialled: str | None = NUMBER,
-               caller: str | None = CALLER, direction: str = "INBOUND", caller_status: str = "RINGING",
-               wrapped: bool = False) -> dict[str, Any]:
-    """A call-events notification as PROTOCOLS.md gives it (plus our assumed number fields)."""
-    participants = []
-    if caller is not None:
-        participants.append({"id": "p1", "type": {"value": "PHONE_NUMBER", "number": caller},
-                             "status": {"value": caller_status}})
-    if dialled is not None:
-        participants.append({"id": "p2", "type": {"value": "LINE", "number": dialled, "lineId": "line-1"},
+def call_event(conversation_id: str, state: str, sequence: int, *, company: str | None = NUMBER,
+               caller: str | None = CALLER, extension: str | None = EXTENSION, direction: str = "INBOUND",
+               caller_status: str = "RINGING", account_key: str = ACCOUNT_KEY, bare: bool = False) -> dict[str, Any]:
+    """A call-events notification: the content's metadata and state as the Call Events guide and
+    screen-pop-demo's types give them, in the {"data": {...}} envelope of the sample apps (``bare``:
+    the content alone at the top level)."""
+    participants: list[dict[str, Any]] = []
+    if company is not None or caller is not None:
+        kind: dict[str, Any] = {"value": "PHONE_NUMBER", "name": "External"}
+        if company is not None:
+            kind["number"] = company
+        if caller is not None:
+            kind["caller"] = {"name": "Pat Caller", "number": caller}
+        participants.append({"id": "p1", "type": kind, "status": {"value": caller_status}})
+    if extension is not None:
+        participants.append({"id": "p2", "type": {"value": "LINE", "name": "Front desk", "lineId": "line-1",
+                                                  "extensionNumber": extension},
                              "status": {"value": "RINGING" if state == "STARTING" else "ACTIVE"}})
     content = {
         "metadata": {"conversationSpaceId": conversation_id, "direction": direction,
-                     "callCreated": "2026-01-16T10:00:00.000Z", "accountKey": ACCOUNT_KEY},
+                     "callCreated": "2026-01-16T10:00:00.000Z", "accountKey": account_key},
         "state": {"id": f"state-{sequence}", "type": state, "sequenceNumber": sequence,
                   "timestamp": "2026-01-16T10:00:01.000Z", "participants": participants},
     }
-    return {"data": {"content": content}} if wrapped else {"content": content}
+    # The source and type values of call-event notifications are not published (illustrative here).
+    return {"content": content} if bare else {"data": {"source": "call-events", "type": "call-state",
+                                                        "content": content}}
 
 
-def web_call_offer(conversation_id: str, call_id: str, sdp: str) -> dict[str, Any]:
-    return {"content": {"callId": call_id, "conversationSpaceId": conversation_id, "sdp": sdp}}
+def web_call_offer(call_id: str, sdp: str, *, conversation_id: str | None = None,
+                   caller: str | None = CALLER) -> dict[str, Any]:
+    """An incoming web call: the envelope the web-calls guide documents (source WebRTC, type
+    incoming) around the content runtime.telephony.goto.assumptions.incoming_call assumes."""
+    content: dict[str, Any] = {"callId": call_id, "sdp": sdp}
+    if conversation_id is not None:
+        content["conversationSpaceId"] = conversation_id
+    if caller is not None:
+        content["caller"] = {"name": "Pat Caller", "number": caller}
+    return {"data": {"source": "WebRTC", "type": "incoming", "content": content}}
 
 
 @dataclass
@@ -202,11 +308,18 @@ class GotoWorld:
         return text
 
 
-async def add_goto_tenant(api: LiveApi, peer: GotoPeer, name: str, number: str) -> tuple[str, str, str]:
+def goto_fields(peer: GotoPeer, extension: str = EXTENSION) -> dict[str, str]:
+    return {"account_key": peer.account_key, "organization_id": peer.organization_id, "extension": extension}
+
+
+async def add_goto_tenant(api: LiveApi, peer: GotoPeer, name: str, number: str,
+                          extension: str = EXTENSION) -> tuple[str, str, str]:
+    """A tenant with a goto credential (the appliance's OAuth client) and a front-desk agent on ``number``."""
+    from runtime.telephony.goto.api import APPLIANCE_CLIENT_SECRET_REF
+
+    api.control.secrets.set(APPLIANCE_CLIENT_SECRET_REF, peer.client_secret)
     tenant_id, key = await api.tenant_with_key(name)
-    agent_id = await api.front_desk(tenant_id, key, number, "goto",
-                                    {"client_id": peer.client_id, "account_key": peer.account_key},
-                                    peer.refresh_token)
+    agent_id = await api.front_desk(tenant_id, key, number, "goto", goto_fields(peer, extension), peer.refresh_token)
     return tenant_id, key, agent_id
 
 
@@ -225,7 +338,8 @@ async def register(api: LiveApi, tenant_id: str, peer: GotoPeer) -> str:
 
 def goto_settings(settings: Any, peer: GotoPeer, **sections: Any) -> Any:
     return with_overrides(settings, limits={**high_limits(), **sections.pop("limits", {})},
-                          telephony={"goto": {"api_base_url": peer.url, "auth_url": peer.token_url}},
+                          telephony={"goto": {"api_base_url": peer.url, "webrtc_base_url": peer.url,
+                                              "auth_url": peer.token_url, "client_id": peer.client_id}},
                           server={"shutdown_grace_s": 0.2, **sections.pop("server", {})}, **sections)
 
 

@@ -1,7 +1,9 @@
-"""A GoTo call end to end: the local GoTo peer plays GoTo's part with an aiortc client peer as the
-remote WebRTC end. STARTING opens the call, the web-call offer (the client's SDP) is answered by the
-runtime's aiortc bridge and posted back to GoTo's /answer, whose SDP the client applies; the agent's
-greeting must then reach the client as audio, and ENDING ends the call."""
+"""A GoTo call end to end, in the order GoTo's guides give: the local GoTo peer plays GoTo's part with
+an aiortc client peer as the remote WebRTC end. Registration made the channel (OPTIONS-validated),
+the call-events subscription (207), and a web-call device with the tenant's extension; STARTING
+opens the call, GoTo offers the web call to the device (the incoming-call notification, posted by
+the peer to the device's channel), the runtime's aiortc bridge answers through GoTo's /answer, the
+agent's greeting reaches the client as audio, and ENDING ends the call."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
-from tests.goto.support import call_event, web_call_offer
+from tests.goto.support import ACCOUNT_KEY, CALLER, EXTENSION, NUMBER, add_goto_tenant, call_event, register
 
 TIMEOUT_S = 20.0
 
@@ -73,18 +75,45 @@ async def agent_transcript(world, call_id: str) -> dict:
 
 
 async def test_a_goto_call_is_answered_over_webrtc_and_reaches_the_agent(world) -> None:
+    peer = world.peer
+    # Registration, as the guides order it: the channel (validated with OPTIONS), the call-events
+    # subscription (207), a device on the channel and the credential's extension on the device.
+    assert peer.validations == [200]
+    [(channel_id, url)] = peer.channels.items()
+    assert url.endswith(world.webhook_path)
+    subscription = peer.calls_to("/call-events/v1/subscriptions")[0]["json"]
+    assert subscription == {"channelId": channel_id, "accountKeys": [{"id": ACCOUNT_KEY,
+                                                                      "events": ["STARTING", "ACTIVE", "ENDING"]}]}
+    device_id, device = peer.device_for(EXTENSION)
+    assert device["incoming"] == device["session"] == channel_id and device["extensions"] == [EXTENSION]
+    # Basic-auth refresh: the client in the header, never in the form; GoTo rotates the refresh token.
+    assert peer.token_requests[0]["authorization"].startswith("Basic ")
+    assert "client_id" not in peer.token_requests[0] and "client_secret" not in peer.token_requests[0]
+    # Another tenant on another line of the same account: its calls must never reach this tenant.
+    other_id, _, _ = await add_goto_tenant(world.api, peer, "goto-other", "+15550108999", extension="7002")
+    await register(world.api, other_id, peer)
+
     remote = RemoteEnd()
-    world.peer.on_answer = remote.answered
+    peer.on_answer = remote.answered
     try:
-        status, body = await world.deliver(call_event("conv-e2e", "STARTING", 1))
+        # Another line's call (the subscription covers the whole account): 2xx, ignored, no call row.
+        status, body = await peer.notify(channel_id, call_event("conv-other", "STARTING", 1, company="+15550107777",
+                                                                extension="1001"))
+        assert status == 200 and body["status"] == "ignored" and body["reason"] == "not_our_line", body
+        status, body = await peer.notify(channel_id, call_event("conv-e2e", "STARTING", 1))
         assert status == 200 and body["status"] == "opened", body
         call_id = body["call_id"]
-        status, body = await world.deliver(web_call_offer("conv-e2e", "wc-e2e", await remote.offer()))
+        peer.rotate_to = "goto-refresh-token-two"  # the runtime's first refresh gets a new refresh token
+        status, body = await world.peer.ring(EXTENSION, await remote.offer(), call_id="wc-e2e")
         assert status == 200 and body == {"status": "answered", "call_id": call_id, "web_call_id": "wc-e2e"}, body
-        paths = [(r["method"], r["path"]) for r in world.peer.calls_to("/web-calls/")]
+        assert peer.token_requests[-1]["authorization"] == peer.token_requests[0]["authorization"]
+        assert await world.api.control.credentials.secret(world.tenant_id, "goto") == "goto-refresh-token-two"
+        paths = [(r["method"], r["path"]) for r in peer.calls_to("/web-calls/v1/calls")]
         assert paths == [("POST", "/web-calls/v1/calls/wc-e2e/ringing"), ("POST", "/web-calls/v1/calls/wc-e2e/answer")]
-        answer = world.peer.calls_to("/answer")[0]["json"]
-        assert answer["inCallChannelId"].startswith("Webhook.") and answer["sdp"].startswith("v=0")
+        answer = peer.calls_to("/answer")[0]["json"]
+        assert answer["inCallChannelId"] == channel_id and answer["sdp"].startswith("v=0")
+        row = await world.call(call_id)
+        assert (row["to_number"], row["from_number"]) == (NUMBER, CALLER)  # the company number; type.caller
 
         await asyncio.wait_for(remote.heard.wait(), TIMEOUT_S)  # the greeting, over WebRTC
         greeting = await asyncio.wait_for(agent_transcript(world, call_id), TIMEOUT_S)  # played out in full
@@ -99,6 +128,32 @@ async def test_a_goto_call_is_answered_over_webrtc_and_reaches_the_agent(world) 
         topics = await world.events(call_id)
         assert topics[0] == "voice.call.started" and topics[-1] == "voice.call.completed"
         assert "call.connected" in topics
+        assert [c["id"] for c in await world.calls()] == [call_id]  # the other line left no row
+        rows, _ = await world.api.control.store.voice_calls.list(tenant_id=other_id, limit=10)
+        assert rows == []
+    finally:
+        await remote.close()
+
+
+async def test_an_offer_without_call_events_opens_its_own_call_and_starting_joins_it(world) -> None:
+    """Call events may be refused (they need a super-admin) or late: the offer to the device is
+    enough to take the call, routed by the device's extension; a STARTING that follows joins it."""
+    remote = RemoteEnd()
+    world.peer.on_answer = remote.answered
+    try:
+        status, body = await world.peer.ring(EXTENSION, await remote.offer(), call_id="wc-first")
+        assert status == 200 and body["status"] == "answered", body
+        call_id = body["call_id"]
+        row = await world.call(call_id)
+        assert (row["to_number"], row["from_number"], row["provider_call_id"]) == (NUMBER, CALLER, "wc-first")
+        status, body = await world.deliver(call_event("conv-late", "STARTING", 1))
+        assert status == 200 and body["status"] == "updated" and body["call_id"] == call_id, body
+        await asyncio.wait_for(remote.heard.wait(), TIMEOUT_S)
+        status, body = await world.deliver(call_event("conv-late", "ENDING", 2))
+        assert status == 200 and body["status"] == "ended" and body["call_id"] == call_id, body
+        assert [c["id"] for c in await world.calls()] == [call_id]
+        status, body = await world.peer.ring(EXTENSION, "v=0 redelivered", call_id="wc-first")
+        assert status == 200 and body["status"] == "duplicate", body
     finally:
         await remote.close()
 
@@ -112,7 +167,7 @@ async def test_the_engine_ends_a_goto_call_through_gotos_api(world) -> None:
     try:
         _, body = await world.deliver(call_event("conv-x", "STARTING", 1))
         call_id = body["call_id"]
-        status, body = await world.deliver(web_call_offer("conv-x", "wc-x", await remote.offer()))
+        status, body = await world.peer.ring(EXTENSION, await remote.offer(), call_id="wc-x")
         assert status == 200 and body["status"] == "answered", body
         await asyncio.wait_for(agent_transcript(world, call_id), TIMEOUT_S)  # as the agent would: after speaking
         session = world.api.app[TRACKER].get(call_id)
@@ -134,7 +189,7 @@ async def test_ending_mid_greeting_writes_the_transcript_before_the_final_event(
     try:
         _, body = await world.deliver(call_event("conv-y", "STARTING", 1))
         call_id = body["call_id"]
-        status, _ = await world.deliver(web_call_offer("conv-y", "wc-y", await remote.offer()))
+        status, _ = await world.peer.ring(EXTENSION, await remote.offer(), call_id="wc-y")
         assert status == 200
         await asyncio.wait_for(remote.heard.wait(), TIMEOUT_S)  # the greeting is playing
         status, body = await world.deliver(call_event("conv-y", "ENDING", 2))
@@ -157,7 +212,7 @@ async def test_an_agent_hangup_goto_does_not_take_logs_no_error(world, caplog) -
     try:
         _, body = await world.deliver(call_event("conv-z", "STARTING", 1))
         call_id = body["call_id"]
-        status, body = await world.deliver(web_call_offer("conv-z", "wc-z", await remote.offer()))
+        status, body = await world.peer.ring(EXTENSION, await remote.offer(), call_id="wc-z")
         assert status == 200 and body["status"] == "answered", body
         session = world.api.app[TRACKER].get(call_id)
         with caplog.at_level("INFO"):

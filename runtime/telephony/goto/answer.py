@@ -1,6 +1,8 @@
 """Answering a GoTo web call over WebRTC: GoTo's SDP offer in, our answer out through the web-calls API.
 
-For a call opened on STARTING, GoTo's offer is checked by the WebRTC bridge's offer check (audio
+A web call offered to the tenant's device belongs to the call its call-events STARTING opened
+(named by the offer's conversation id, or else the tenant's one call still waiting for an offer);
+without one, the offer opens the call itself, routed by the device's extension. GoTo's offer is checked by the WebRTC bridge's offer check (audio
 section, ICE credentials, DTLS, a codec we speak) before GoTo hears anything; then the line is
 marked ringing, the aiortc bridge (runtime.telephony.webrtc.bridge.answer_offer) builds the peer wired to
 the conversation and returns the answer, which is posted to ``/web-calls/v1/calls/{id}/answer``
@@ -11,6 +13,7 @@ web call is rejected at GoTo where that is still possible.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -19,11 +22,21 @@ from aiohttp import web
 
 from runtime.calls.session import CallSession
 from runtime.control.errors import NotFound
+from runtime.calls.routing import RouteRejected
 from runtime.telephony.goto.api import GotoApi, GotoApiError, api_for, open_account
-from runtime.telephony.goto.bridge import DECLINED, REJECTED, GotoConversation, bridge
-from runtime.telephony.goto.events import WebCallOffer
+from runtime.telephony.goto.assumptions import IncomingCall
+from runtime.telephony.goto.bridge import (
+    DECLINED,
+    LIVE,
+    PROVIDER,
+    REJECTED,
+    GotoConversation,
+    bridge,
+    ignored,
+    route_call,
+)
 from runtime.telephony.services import services
-from runtime.web.responses import error_response, json_response
+from runtime.web.responses import json_response
 
 log = logging.getLogger("voicectl.goto")
 
@@ -51,7 +64,7 @@ class GotoControl:
 
 async def _api(app: web.Application, tenant_id: str, http: aiohttp.ClientSession) -> GotoApi:
     control = services(app).control
-    account = await open_account(control.credentials, tenant_id)
+    account = await open_account(control.credentials, tenant_id, services(app).settings)
     return api_for(services(app).settings, account, http, bridge(app).tokens, control.credentials)
 
 
@@ -66,19 +79,36 @@ async def _reject_quietly(api: GotoApi | None, web_call_id: str) -> None:
 
 async def _failed(session: CallSession, reason: str, message: str, status: int, api: GotoApi | None,
                   web_call_id: str) -> web.Response:
+    """That call failed (and its web call rejected at GoTo); the delivery itself is taken (2xx)."""
     await session.fail(reason, message)
     await _reject_quietly(api, web_call_id)
-    return error_response(status, message, {"reason": reason, "call_id": session.id},
-                          error="provider_error" if status == 502 else None)
+    return json_response({"status": "failed", "reason": reason, "message": message, "call_id": session.id})
 
 
-async def answer_web_call(request: web.Request, channel: dict[str, Any], offer: WebCallOffer) -> web.Response:
+def _waiting_for_offer(app: web.Application, tenant_id: str) -> GotoConversation | None:
+    """The tenant's one call opened by call events that has no web call yet."""
+    tracker = services(app).tracker
+    waiting = [c for c in bridge(app).live.values()
+               if c.tenant_id == tenant_id and c.outcome == LIVE and c.web_call_id is None
+               and c.opened_by_offer_at is None and (s := tracker.get(c.call_id or "")) is not None
+               and s.state == "ringing"]
+    return waiting[0] if len(waiting) == 1 else None
+
+
+async def answer_web_call(request: web.Request, channel: dict[str, Any], offer: IncomingCall) -> web.Response:
     br = bridge(request.app)
     tenant_id = channel["tenant_id"]
-    conv = br.conversation(tenant_id, offer.conversation_id)
+    conv = br.conversation(tenant_id, offer.conversation_id) if offer.conversation_id else None
+    if conv is None and offer.conversation_id is None:
+        conv = _waiting_for_offer(request.app, tenant_id)
     if conv is None:
-        return error_response(404, f"no call for GoTo conversation {offer.conversation_id}",
-                              {"conversation_id": offer.conversation_id, "web_call_id": offer.call_id})
+        known = br.by_web_call(tenant_id, offer.call_id)
+        if known is not None:  # a redelivered offer
+            br.duplicates.inc()
+            return json_response({"status": "duplicate", "call_id": known.call_id, "web_call_id": offer.call_id})
+        conv = await _open_from_offer(request, channel, offer)
+        if isinstance(conv, web.Response):
+            return conv
     async with conv.lock:
         if conv.web_call_id == offer.call_id:
             br.duplicates.inc()
@@ -90,10 +120,40 @@ async def answer_web_call(request: web.Request, channel: dict[str, Any], offer: 
             return json_response({"status": "rejected", "call_id": conv.call_id, "reason": conv.reason})
         session = services(request.app).tracker.get(conv.call_id or "")
         if session is None or session.state != "ringing" or conv.web_call_id is not None:
-            return error_response(409, "the call is not ringing (finished, or answered with another web call)",
-                                  {"call_id": conv.call_id, "web_call_id": offer.call_id})
+            return ignored("call_not_ringing", call_id=conv.call_id, web_call_id=offer.call_id)
         conv.web_call_id = offer.call_id
         return await _answer(request, channel, conv, session, offer)
+
+
+async def _open_from_offer(request: web.Request, channel: dict[str, Any],
+                           offer: IncomingCall) -> GotoConversation | web.Response:
+    """A web call with no call-events conversation to join: its own call, routed by the device's extension."""
+    app, br, tenant_id = request.app, bridge(request.app), channel["tenant_id"]
+    found = await route_call(app, tenant_id, None, offered_to_device=True)
+    if found is None:
+        async with aiohttp.ClientSession() as http:
+            await _reject_quietly(await _api_or_none(app, tenant_id, http), offer.call_id)
+        return ignored("not_routed", web_call_id=offer.call_id)
+    conv = br.track(tenant_id, f"webcall:{offer.call_id}")
+    conv.opened_by_offer_at = asyncio.get_running_loop().time()
+    try:
+        session = await services(app).tracker.open_call(
+            to_number=found["number"]["e164"], from_number=offer.caller, provider=PROVIDER,
+            provider_call_id=offer.call_id, tenant_hint=tenant_id, routing=found)
+    except RouteRejected as rejected:
+        conv.reason = rejected.reason
+        br.retire(conv, REJECTED)
+        async with aiohttp.ClientSession() as http:
+            await _reject_quietly(await _api_or_none(app, tenant_id, http), offer.call_id)
+        return json_response({"status": "rejected", "reason": rejected.reason, "web_call_id": offer.call_id})
+    conv.call_id, conv.outcome = session.id, LIVE
+    if session.route is not None and session.route.transfer_now:
+        conv.reason = "after_hours_declined"
+        await session.end("after_hours_declined")
+        br.retire(conv, DECLINED)
+        return conv  # its offer is rejected below, as for a declined STARTING
+    session.on_end.append(lambda s: br.retire(conv))
+    return conv
 
 
 async def _api_or_none(app: web.Application, tenant_id: str, http: aiohttp.ClientSession) -> GotoApi | None:
@@ -104,7 +164,7 @@ async def _api_or_none(app: web.Application, tenant_id: str, http: aiohttp.Clien
 
 
 async def _answer(request: web.Request, channel: dict[str, Any], conv: GotoConversation, session: CallSession,
-                  offer: WebCallOffer) -> web.Response:
+                  offer: IncomingCall) -> web.Response:
     from runtime.telephony.webrtc import bridge as webrtc
     from runtime.telephony.webrtc.sdp import check_offer
 
@@ -134,8 +194,8 @@ async def _answer(request: web.Request, channel: dict[str, Any], conv: GotoConve
             await api.answer(offer.call_id, answer_sdp, channel["channel_id"])
         except GotoApiError as exc:
             await session.fail("provider_error", exc.message)  # the peer goes with the call
-            return error_response(502, exc.message, {"reason": "provider_error", "call_id": session.id},
-                                  error="provider_error")
+            return json_response({"status": "failed", "reason": "provider_error", "message": exc.message,
+                                  "call_id": session.id})
     peer = webrtc.bridge(app).peers.get(session.id)
     session.control = GotoControl(app, session, offer.call_id,
                                   webrtc.WebRtcControl(peer) if peer is not None else None)

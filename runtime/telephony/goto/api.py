@@ -1,15 +1,24 @@
-"""GoTo Connect's REST API: OAuth access tokens from a tenant's refresh token, and the few calls
-voicectl makes (notification channel, call-events subscription, web-call ringing/answer/reject/hang-up).
+"""GoTo Connect's REST API: OAuth access tokens from a tenant's refresh token, and the calls voicectl
+makes (notification channel, call-events subscription, web-call device and extension, web-call
+ringing/answer/reject/hang-up).
 
-Paths and bodies follow GoTo's developer guides as summarised in PROTOCOLS.md; the one endpoint
-that is a guess (hang-up) says so. The refresh token is sent with the client id in the form body
-(a public OAuth client): the ``goto`` credential holds client_id, account_key and the refresh
-token, and no client secret.
+Sources, cited beside each call: GoTo's developer guides "Use the Notification Channel API" (N),
+"Use the Call Events API" (C), "Make and Receive Calls using the Devices and Calls API" (W),
+"Refresh an access token" (R), and GoTo's sample apps LogMeIn/screen-pop-demo and
+goto-developers/call-events-report-demo (S). What none of them settles is marked ASSUMPTION and
+listed in the README.
+
+The OAuth client is confidential (R, S: ``Authorization: Basic base64(client_id:client_secret)``):
+the appliance's (``telephony.goto.client_id``, its secret set by ``voicectl goto
+set-client-secret``), or a tenant's own (``client_id`` on its ``goto`` credential, its secret set
+by ``voicectl goto set-client-secret --tenant T``). The tenant's refresh token is the credential's
+secret.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import time
@@ -26,6 +35,11 @@ from runtime.control.schemas import CredentialSet
 log = logging.getLogger("voicectl.goto")
 
 CALL_EVENTS = ("STARTING", "ACTIVE", "ENDING")
+# What a tenant's token must carry (C: call events, with a super-admin token; W: web calls; the
+# lines scope reads the account's lines). ``voicectl doctor`` names any that is missing.
+REQUIRED_SCOPES = ("call-events.v1.notifications.manage", "call-events.v1.events.read", "webrtc.v1.read",
+                   "webrtc.v1.write", "users.v1.lines.read")
+APPLIANCE_CLIENT_SECRET_REF = "appliance/goto/client_secret"
 # An access token is refreshed this long before GoTo says it expires (clock skew, request time).
 EXPIRY_MARGIN_S = 60.0
 DEFAULT_EXPIRES_IN_S = 3600  # GoTo's documented access-token lifetime, when a response omits it
@@ -50,12 +64,29 @@ class GotoApiError(ControlError):
         self.http_status = http_status
 
 
+def tenant_client_secret_ref(tenant_id: str) -> str:
+    """Where a tenant that brings its own OAuth client keeps that client's secret."""
+    return f"tenant/{tenant_id}/goto/client_secret"
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClient:
+    client_id: str
+    client_secret: str
+
+    def basic_auth(self) -> str:
+        # R, S (token.ts getBasicAuth): Basic base64(client_id:client_secret).
+        pair = f"{self.client_id}:{self.client_secret}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
+
+
 @dataclass(frozen=True, slots=True)
 class AccessToken:
     value: str
     expires_at: float  # on the cache's clock
     # GoTo replaced the refresh token this was looked up with: its holder should use this one now.
     rotated_refresh_token: str | None
+    scopes: frozenset[str] = frozenset()  # the token answer's space-separated ``scope``
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +124,9 @@ class TokenCache:
         cached = self._tokens.get(key)
         return cached if cached is not None and self._clock() < cached.expires_at else None
 
-    async def get(self, http: aiohttp.ClientSession, auth_url: str, client_id: str, refresh_token: str,
+    async def get(self, http: aiohttp.ClientSession, auth_url: str, client: OAuthClient, refresh_token: str,
                   timeout: aiohttp.ClientTimeout) -> Lookup:
-        key = self._key(client_id, refresh_token)
+        key = self._key(client.client_id, refresh_token)
         cached = self._fresh(key)
         if cached is not None:
             return Lookup(cached, refreshed=False)
@@ -104,23 +135,25 @@ class TokenCache:
             cached = self._fresh(key)
             if cached is not None:
                 return Lookup(cached, refreshed=False)
-            token = await self._refresh(http, auth_url, client_id, refresh_token, timeout)
+            token = await self._refresh(http, auth_url, client, refresh_token, timeout)
             if len(self._tokens) >= self.max_entries - 1:
                 self._tokens.clear()
                 self._locks = {key: lock}
             self._tokens[key] = token
             if token.rotated_refresh_token is not None:
-                self._tokens[self._key(client_id, token.rotated_refresh_token)] = AccessToken(
-                    token.value, token.expires_at, None)
+                self._tokens[self._key(client.client_id, token.rotated_refresh_token)] = AccessToken(
+                    token.value, token.expires_at, None, token.scopes)
             return Lookup(token, refreshed=True)
 
-    async def _refresh(self, http: aiohttp.ClientSession, auth_url: str, client_id: str, refresh_token: str,
+    async def _refresh(self, http: aiohttp.ClientSession, auth_url: str, client: OAuthClient, refresh_token: str,
                        timeout: aiohttp.ClientTimeout) -> AccessToken:
         self.requests += 1
-        form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id}
+        # R, S (token.ts performTokenRefresh): a form with grant_type and refresh_token, the client
+        # in Basic auth; an answer without refresh_token keeps the old one.
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        headers = {"Accept": "application/json", "Authorization": client.basic_auth()}
         try:
-            async with http.post(auth_url, data=form, headers={"Accept": "application/json"},
-                                 timeout=timeout) as resp:
+            async with http.post(auth_url, data=form, headers=headers, timeout=timeout) as resp:
                 text = await resp.text()
                 if resp.status != 200:
                     raise GotoApiError("OAuth token refresh", resp.status, _oauth_error(text))
@@ -134,7 +167,9 @@ class TokenCache:
             expires_in = DEFAULT_EXPIRES_IN_S
         rotated = data.get("refresh_token")
         rotated = rotated if isinstance(rotated, str) and rotated and rotated != refresh_token else None
-        return AccessToken(value, self._clock() + max(0.0, float(expires_in) - EXPIRY_MARGIN_S), rotated)
+        scope = data.get("scope")
+        scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+        return AccessToken(value, self._clock() + max(0.0, float(expires_in) - EXPIRY_MARGIN_S), rotated, scopes)
 
 
 def _json(text: str) -> dict[str, Any]:
@@ -157,38 +192,63 @@ def _oauth_error(text: str) -> str:
 
 @dataclass(frozen=True)
 class GotoAccount:
-    """A tenant's ``goto`` credential, opened: fields from the database, refresh token from the keyring."""
+    """A tenant's ``goto`` credential, opened: fields from the database, the refresh token and the
+    OAuth client's secret from the keyring."""
 
     tenant_id: str
-    client_id: str
     account_key: str
+    organization_id: str
+    extension: str  # the extension number the web-call device registers (W)
+    client: OAuthClient
     refresh_token: str
     fields: dict[str, str]
 
 
-async def open_account(credentials: Any, tenant_id: str) -> GotoAccount:
-    """The tenant's GoTo credential (runtime.control.credentials.CredentialService), or NotFound
-    with how to set it."""
-    how = ("set it with `voicectl credential set --tenant T goto --field client_id=... "
-           "--field account_key=...` and the OAuth refresh token on stdin")
+CREDENTIAL_HOW = ("set it with `voicectl credential set --tenant T goto --field account_key=... "
+                  "--field organization_id=... --field extension=...` and the OAuth refresh token on stdin")
+
+
+async def open_account(credentials: Any, tenant_id: str, settings: Any) -> GotoAccount:
+    """The tenant's GoTo credential with its OAuth client (the tenant's own when its credential
+    names a client_id, else the appliance's), or NotFound saying what is missing."""
     try:
         cred = await credentials.get(tenant_id, "goto")
     except NotFound:
-        raise NotFound(f"this tenant has no goto credential: {how}", {"provider": "goto"}) from None
-    secret = await credentials.secret(tenant_id, "goto")
-    client_id, account_key = cred.fields.get("client_id"), cred.fields.get("account_key")
-    if not secret or not client_id or not account_key:
-        raise NotFound(f"this tenant's goto credential is incomplete: {how}", {"provider": "goto"})
-    return GotoAccount(tenant_id, client_id, account_key, secret, dict(cred.fields))
+        raise NotFound(f"this tenant has no goto credential: {CREDENTIAL_HOW}", {"provider": "goto"}) from None
+    refresh_token = await credentials.secret(tenant_id, "goto")
+    fields = dict(cred.fields)
+    missing = [name for name in ("account_key", "organization_id", "extension") if not fields.get(name)]
+    if missing or not refresh_token:
+        what = ", ".join(missing + ([] if refresh_token else ["the refresh token"]))
+        raise NotFound(f"this tenant's goto credential lacks {what}: {CREDENTIAL_HOW}", {"provider": "goto"})
+    own_client = fields.get("client_id")
+    if own_client:
+        client_id, ref = own_client, tenant_client_secret_ref(tenant_id)
+        how = "voicectl goto set-client-secret --tenant T"
+    else:
+        client_id, ref = settings.telephony.goto.client_id, APPLIANCE_CLIENT_SECRET_REF
+        how = "voicectl goto set-client-secret"
+        if not client_id:
+            raise NotFound("no GoTo OAuth client: set telephony.goto.client_id in the config (the appliance's "
+                           "GoTo app) or client_id on the tenant's goto credential", {"provider": "goto"})
+    client_secret = credentials.secrets.get(ref, cached=True)
+    if not client_secret:
+        raise NotFound(f"the GoTo OAuth client {client_id} has no secret in the keyring: run `{how}`",
+                       {"provider": "goto"})
+    return GotoAccount(tenant_id, fields["account_key"], fields["organization_id"], fields["extension"],
+                       OAuthClient(client_id, client_secret), refresh_token, fields)
 
 
 class GotoApi:
-    """One tenant's view of GoTo's REST API. ``on_rotated`` stores a refresh token GoTo replaced."""
+    """One tenant's view of GoTo's REST API. ``on_rotated`` stores a refresh token GoTo replaced.
+    ``webrtc_base_url``: the host of the web-calls API (W's examples use another host than the
+    REST API's)."""
 
     def __init__(self, base_url: str, auth_url: str, account: GotoAccount, http: aiohttp.ClientSession,
-                 tokens: TokenCache, *, timeout_s: float = 10.0,
+                 tokens: TokenCache, *, webrtc_base_url: str | None = None, timeout_s: float = 10.0,
                  on_rotated: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.base = base_url.rstrip("/")
+        self.webrtc_base = (webrtc_base_url or base_url).rstrip("/")
         self.auth_url = auth_url
         self.account = account
         self.http = http
@@ -197,8 +257,8 @@ class GotoApi:
         self.on_rotated = on_rotated
         self._refresh_token = account.refresh_token
 
-    async def _access_token(self) -> str:
-        found = await self.tokens.get(self.http, self.auth_url, self.account.client_id, self._refresh_token,
+    async def _token(self) -> AccessToken:
+        found = await self.tokens.get(self.http, self.auth_url, self.account.client, self._refresh_token,
                                       self.timeout)
         rotated = found.token.rotated_refresh_token
         if rotated is not None:
@@ -207,20 +267,23 @@ class GotoApi:
             # not write it again (nor over a newer one stored since).
             if found.refreshed and self.on_rotated is not None:
                 await self.on_rotated(rotated)
-        return found.token.value
+        return found.token
 
-    async def _request(self, method: str, path: str, step: str, body: Any = None,
+    async def scopes(self) -> frozenset[str]:
+        """The scopes GoTo granted the tenant's token (its token answer's ``scope``)."""
+        return (await self._token()).scopes
+
+    async def _request(self, method: str, url: str, step: str, body: Any = None,
                        ok: tuple[int, ...] = (200, 201, 204)) -> tuple[int, dict[str, Any]]:
-        url = self.base + path
         for attempt in (1, 2):
-            access = await self._access_token()
+            access = (await self._token()).value
             headers = {"Authorization": f"Bearer {access}", "Accept": "application/json"}
             try:
                 async with self.http.request(method, url, json=body, headers=headers, timeout=self.timeout) as resp:
                     text = await resp.text()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise GotoApiError(step, None, f"cannot reach {self.base}: {exc}") from None
+                raise GotoApiError(step, None, f"cannot reach {url.split('/', 3)[2]}: {exc}") from None
             if status == 401 and attempt == 1:
                 # The cached access token was revoked or expired early: refresh once and retry.
                 self.tokens.drop(access)
@@ -230,22 +293,33 @@ class GotoApi:
             return status, _json(text)
         raise AssertionError("unreachable")
 
+    # Notification channel (N, W)
+
+    def _channel_path(self, nickname: str) -> str:
+        return f"{self.base}/notification-channel/v1/channels/{quote(nickname, safe='')}"
+
     async def create_channel(self, nickname: str, webhook_url: str) -> dict[str, Any]:
-        """POST /notification-channel/v1/channels/{nickname}: GoTo validates the URL with an OPTIONS
-        request before it answers; the answer carries ``channelId`` ("Webhook.<uuid>")."""
+        """N: POST /notification-channel/v1/channels/{nickname} {channelType: Webhook,
+        webhookChannelData.webhook.url}; GoTo validates the URL with an OPTIONS request before it
+        answers 201 with ``channelId`` ("Webhook.<uuid>") and ``channelLifetime``."""
         body = {"channelType": "Webhook", "webhookChannelData": {"webhook": {"url": webhook_url}}}
-        _, data = await self._request("POST", f"/notification-channel/v1/channels/{quote(nickname, safe='')}",
-                                      "notification channel creation", body)
+        _, data = await self._request("POST", self._channel_path(nickname), "notification channel creation", body)
         if not isinstance(data.get("channelId"), str) or not data["channelId"]:
             raise GotoApiError("notification channel creation", 201, "the answer has no channelId")
         return data
 
+    async def delete_channel(self, nickname: str, channel_id: str) -> None:
+        """S (screen-pop-demo notification.ts cleanUpChannel): DELETE
+        /notification-channel/v1/channels/{nickname}/{channelId} -> 204. Gone already (404): done."""
+        await self._request("DELETE", f"{self._channel_path(nickname)}/{quote(channel_id, safe='')}",
+                            "notification channel deletion", ok=(200, 204, 404))
+
     async def subscribe_call_events(self, channel_id: str, events: tuple[str, ...] = CALL_EVENTS) -> list[dict]:
-        """POST /call-events/v1/subscriptions: 207 Multi-Status with a status per account key; any
-        account refused fails the whole subscription."""
+        """C: POST /call-events/v1/subscriptions {channelId, accountKeys: [{id, events}]}: 207
+        Multi-Status with a status per account key; any account refused fails the subscription."""
         body = {"channelId": channel_id, "accountKeys": [{"id": self.account.account_key, "events": list(events)}]}
-        status, data = await self._request("POST", "/call-events/v1/subscriptions", "call-events subscription",
-                                           body, ok=(200, 201, 207))
+        status, data = await self._request("POST", f"{self.base}/call-events/v1/subscriptions",
+                                           "call-events subscription", body, ok=(200, 201, 207))
         accounts = data.get("accountKeys")
         if not isinstance(accounts, list):
             raise GotoApiError("call-events subscription", status, "the answer has no accountKeys")
@@ -257,29 +331,63 @@ class GotoApi:
                                    f"account {item.get('id') if isinstance(item, dict) else '?'}: {message}")
         return accounts
 
-    def _call_path(self, call_id: str, action: str = "") -> str:
-        return f"/web-calls/v1/calls/{quote(call_id, safe='')}{'/' + action if action else ''}"
+    # Web-call device and extension (W)
+
+    async def create_device(self, channel_id: str, client_information: dict[str, str]) -> str:
+        """W: POST /web-calls/v1/devices {clientInformation, callbackReference:
+        {incomingCallChannelId, sessionManagementChannelId}}: both point at our channel, so offers
+        and session notifications reach the webhook. The new device's id is read by
+        ``assumptions.device_id``."""
+        from runtime.telephony.goto.assumptions import device_id
+
+        body = {"clientInformation": client_information,
+                "callbackReference": {"incomingCallChannelId": channel_id, "sessionManagementChannelId": channel_id}}
+        status, data = await self._request("POST", f"{self.webrtc_base}/web-calls/v1/devices",
+                                           "web-call device registration", body)
+        found = device_id(data)
+        if found is None:
+            raise GotoApiError("web-call device registration", status, "the answer names no device id")
+        return found
+
+    async def add_extension(self, device_id: str) -> None:
+        """W: POST /web-calls/v1/devices/{deviceId}/extensions {organizationId, extensions:
+        [{number}]}: the device takes the calls GoTo routes to that extension."""
+        body = {"organizationId": self.account.organization_id, "extensions": [{"number": self.account.extension}]}
+        await self._request("POST", f"{self.webrtc_base}/web-calls/v1/devices/{quote(device_id, safe='')}/extensions",
+                            "web-call extension registration", body)
+
+    async def delete_device(self, device_id: str) -> None:
+        """ASSUMPTION (assumptions.DEVICE_DELETE): DELETE /web-calls/v1/devices/{deviceId} removes
+        the device with its extensions; gone already (404) is done."""
+        await self._request("DELETE", f"{self.webrtc_base}/web-calls/v1/devices/{quote(device_id, safe='')}",
+                            "web-call device removal", ok=(200, 202, 204, 404))
+
+    # Web calls (W)
+
+    def _call_url(self, call_id: str, action: str = "") -> str:
+        return f"{self.webrtc_base}/web-calls/v1/calls/{quote(call_id, safe='')}{'/' + action if action else ''}"
 
     async def ringing(self, call_id: str) -> None:
-        """POST /web-calls/v1/calls/{id}/ringing: our line rings (before the answer)."""
-        await self._request("POST", self._call_path(call_id, "ringing"), "web-call ringing")
+        """W: POST /web-calls/v1/calls/{id}/ringing: our line rings (before the answer). Its body
+        is not documented: none is sent (ASSUMPTION, assumptions.RINGING_BODY)."""
+        await self._request("POST", self._call_url(call_id, "ringing"), "web-call ringing")
 
     async def answer(self, call_id: str, sdp: str, in_call_channel_id: str) -> None:
-        """POST /web-calls/v1/calls/{id}/answer {sdp, inCallChannelId}: our SDP answer; in-call
+        """W: POST /web-calls/v1/calls/{id}/answer {sdp, inCallChannelId}: our SDP answer; in-call
         notifications go to our notification channel."""
-        await self._request("POST", self._call_path(call_id, "answer"), "web-call answer",
+        await self._request("POST", self._call_url(call_id, "answer"), "web-call answer",
                             {"sdp": sdp, "inCallChannelId": in_call_channel_id})
 
     async def reject(self, call_id: str) -> None:
-        """POST /web-calls/v1/calls/{id}/reject: refuse a ringing web call."""
-        await self._request("POST", self._call_path(call_id, "reject"), "web-call reject")
+        """W: POST /web-calls/v1/calls/{id}/reject: refuse a ringing web call."""
+        await self._request("POST", self._call_url(call_id, "reject"), "web-call reject")
 
     async def hangup(self, call_id: str) -> None:
-        """ASSUMPTION: an answered web call is hung up with DELETE /web-calls/v1/calls/{id} (the
-        guides name answer, reject, hold, unhold and offer, not the hang-up). Should the guess be
-        wrong (404/405: no such endpoint) or the call already gone at GoTo (404), that is logged,
-        not raised: closing our WebRTC peer ends the media either way."""
-        status, _ = await self._request("DELETE", self._call_path(call_id), "web-call hang-up",
+        """ASSUMPTION (assumptions.HANGUP): an answered web call is hung up with DELETE
+        /web-calls/v1/calls/{id} (W names answer, reject, hold, unhold and offer, not the hang-up).
+        Should the guess be wrong (404/405: no such endpoint) or the call already gone at GoTo
+        (404), that is logged, not raised: closing our WebRTC peer ends the media either way."""
+        status, _ = await self._request("DELETE", self._call_url(call_id), "web-call hang-up",
                                         ok=(200, 202, 204, *HANGUP_UNSUPPORTED))
         if status in HANGUP_UNSUPPORTED:
             log.info("goto did not take the web-call hang-up; the peer close ends the media",
@@ -295,5 +403,5 @@ def api_for(settings: Any, account: GotoAccount, http: aiohttp.ClientSession, to
         await credentials.set(account.tenant_id, "goto", CredentialSet(fields=account.fields, secret=refresh_token))
         log.info("goto refresh token rotated and stored", extra={"tenant_id": account.tenant_id})
 
-    return GotoApi(goto.api_base_url, goto.auth_url, account, http, tokens, timeout_s=goto.request_timeout_s,
-                   on_rotated=store_rotated)
+    return GotoApi(goto.api_base_url, goto.auth_url, account, http, tokens, webrtc_base_url=goto.webrtc_base_url,
+                   timeout_s=goto.request_timeout_s, on_rotated=store_rotated)

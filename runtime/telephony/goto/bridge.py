@@ -3,9 +3,14 @@
 The path token is verified (SHA-256, constant-time compare against the tenant's channel row)
 before anything else; an unknown token gets a 404 and a metric, and nothing is stored. GoTo's URL
 validation (OPTIONS) is answered once the token is known. Deliveries are parsed by
-runtime.telephony.goto.events (where every guess about GoTo's payloads lives) and are either call
-events (STARTING opens and routes the call, ACTIVE is acknowledged, ENDING ends it) or
-web-call offers, answered over WebRTC by runtime.telephony.goto.answer.
+runtime.telephony.goto.events and are call events (STARTING opens and routes the call, ACTIVE is
+acknowledged, ENDING ends it), web calls offered to the tenant's device (answered over WebRTC by
+runtime.telephony.goto.answer), or something else, which is ignored.
+
+A delivery with a valid token is always answered 2xx (``{"status": "ignored", "reason"}`` where
+nothing is done): GoTo marks a webhook channel unreachable when a delivery gets 404 or 410, and the
+call-events subscription covers the whole account, so other lines' calls arrive here too and are
+ignored without a call row.
 
 Deliveries are de-duplicated per conversation by sequence number (in memory; after a restart a
 STARTING for a conversation already in the archive does not open it again).
@@ -31,7 +36,7 @@ from runtime.one_per import OnePer
 from runtime.store.errors import DatabaseUnavailable
 from runtime.telephony.goto.api import TokenCache
 from runtime.telephony.goto.channels import hash_token, plausible_token, token_matches
-from runtime.telephony.goto.events import CallEvent, GotoPayloadError, WebCallOffer, parse_delivery
+from runtime.telephony.goto.events import CallEvent, GotoPayloadError, Ignored, WebCallOffer, parse_delivery
 from runtime.telephony.services import services
 from runtime.web.responses import error_response, json_response
 
@@ -43,8 +48,11 @@ RECENT_CONVERSATIONS = 10_000
 # A GoTo call that is still ringing this long after STARTING (no web-call offer answered) fails.
 RING_TIMEOUT_S = 60.0
 REFUSALS = ("unknown_token", "malformed_json", "bad_payload")
+# A call event whose conversation this many seconds after a web-call offer opened its own call
+# (the offer named no conversation) is taken for that call's.
+ADOPT_WINDOW_S = 30.0
 
-NEW, LIVE, REJECTED, DECLINED, FINISHED, OUTBOUND = "new", "live", "rejected", "declined", "finished", "outbound"
+NEW, LIVE, REJECTED, DECLINED, FINISHED, IGNORED = "new", "live", "rejected", "declined", "finished", "ignored"
 
 
 @dataclass(eq=False)
@@ -58,6 +66,8 @@ class GotoConversation:
     reason: str | None = None
     web_call_id: str | None = None
     answered: bool = False
+    # Opened by a web-call offer that named no conversation: the call events' STARTING may adopt it.
+    opened_by_offer_at: float | None = None
     seen: set[int] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ring_timer: asyncio.TimerHandle | None = None
@@ -101,6 +111,27 @@ class GotoBridge:
         conv = GotoConversation(tenant_id, conversation_id)
         self.live[(tenant_id, conversation_id)] = conv
         return conv
+
+    def by_web_call(self, tenant_id: str, web_call_id: str) -> GotoConversation | None:
+        """The conversation a web call was offered to (live, or recently finished)."""
+        for table in (self.live, self.recent):
+            for conv in table.values():
+                if conv.tenant_id == tenant_id and conv.web_call_id == web_call_id:
+                    return conv
+        return None
+
+    def rekey(self, conv: GotoConversation, conversation_id: str) -> None:
+        """A call opened by a web-call offer learns its call-events conversation."""
+        self.live.pop((conv.tenant_id, conv.conversation_id), None)
+        conv.conversation_id, conv.opened_by_offer_at = conversation_id, None
+        self.live[(conv.tenant_id, conversation_id)] = conv
+
+    def adoptable(self, tenant_id: str) -> GotoConversation | None:
+        """The oldest call of the tenant opened by an offer without a conversation, if recent."""
+        now = asyncio.get_running_loop().time()
+        found = [c for c in self.live.values() if c.tenant_id == tenant_id and c.opened_by_offer_at is not None
+                 and now - c.opened_by_offer_at < ADOPT_WINDOW_S]
+        return min(found, key=lambda c: c.opened_by_offer_at or 0.0) if found else None
 
     def retire(self, conv: GotoConversation, outcome: str = FINISHED) -> None:
         """The conversation's call is over (or was never ours): keep it only for de-duplication."""
@@ -173,28 +204,39 @@ async def _webhook(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         limit = services(request.app).settings.server.max_body_bytes
         return error_response(413, f"request body is larger than {limit} bytes", {"max_bytes": limit})
+    # From here on the answer is 2xx whatever the body: GoTo marks a channel unreachable after 4xx.
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         br.refused.labels("malformed_json").inc()
-        return error_response(400, f"the body is not valid JSON: {exc}")
+        return ignored("malformed_json", message=f"the body is not valid JSON: {exc}")
     try:
         item = parse_delivery(body)
     except GotoPayloadError as exc:
         br.refused.labels("bad_payload").inc()
-        return error_response(400, exc.message, exc.details)
+        return ignored("bad_payload", message=exc.message, details=exc.details)
+    if isinstance(item, Ignored):
+        return ignored(item.reason)
     if isinstance(item, WebCallOffer):
         from runtime.telephony.goto.answer import answer_web_call
 
-        return await answer_web_call(request, channel, item)
-    return await on_call_event(request, channel["tenant_id"], item)
+        return await answer_web_call(request, channel, item.call)
+    if item.account_key is not None and item.account_key != channel["account_key"]:
+        return ignored("other_account", conversation_id=item.conversation_id)
+    return await on_call_event(request, channel, item)
+
+
+def ignored(reason: str, **extra: Any) -> web.Response:
+    """A delivery we take and do nothing with (never a 4xx: see the module docstring)."""
+    return json_response({"status": "ignored", "reason": reason, **{k: v for k, v in extra.items() if v is not None}})
 
 
 # Call events
 
 
-async def on_call_event(request: web.Request, tenant_id: str, event: CallEvent) -> web.Response:
+async def on_call_event(request: web.Request, channel: dict[str, Any], event: CallEvent) -> web.Response:
     br = bridge(request.app)
+    tenant_id = channel["tenant_id"]
     conv = br.conversation(tenant_id, event.conversation_id)
     if conv is not None and event.sequence in conv.seen:
         br.duplicates.inc()
@@ -202,6 +244,10 @@ async def on_call_event(request: web.Request, tenant_id: str, event: CallEvent) 
     if conv is None:
         if event.state != "STARTING":
             return await _unknown_conversation(request, tenant_id, event)
+        if event.direction == "INBOUND" and (offered := br.adoptable(tenant_id)) is not None:
+            br.rekey(offered, event.conversation_id)  # the call its web-call offer opened already
+            offered.seen.add(event.sequence)
+            return _outcome("updated", offered, reason="opened_by_web_call")
         conv = br.track(tenant_id, event.conversation_id)
     conv.seen.add(event.sequence)  # before any await: a concurrent redelivery is a duplicate
     try:
@@ -239,36 +285,32 @@ async def _unknown_conversation(request: web.Request, tenant_id: str, event: Cal
     """ACTIVE/ENDING for a conversation this process does not track: finished already (say so), or unknown."""
     row = await _archived_call(request, tenant_id, event.conversation_id)
     if row is not None:
-        return json_response({"status": "ignored", "reason": "call_finished", "call_id": row["id"],
-                              "conversation_id": event.conversation_id})
-    return error_response(404, f"no call for GoTo conversation {event.conversation_id}",
-                          {"conversation_id": event.conversation_id, "state": event.state})
+        return ignored("call_finished", call_id=row["id"], conversation_id=event.conversation_id)
+    return ignored("unknown_conversation", conversation_id=event.conversation_id, state=event.state)
 
 
 async def _starting(request: web.Request, conv: GotoConversation, event: CallEvent) -> web.Response:
     if conv.outcome != NEW:
         return _outcome("ignored", conv, reason="already_started")
     br = bridge(request.app)
-    if event.direction == "OUTBOUND":
-        br.retire(conv, OUTBOUND)
-        return _outcome("ignored", conv, reason="outbound")
+    if event.direction != "INBOUND":
+        br.retire(conv, IGNORED)
+        return _outcome("ignored", conv, reason="outbound" if event.direction == "OUTBOUND" else "unknown_direction")
     archived = await _archived_call(request, conv.tenant_id, conv.conversation_id)
     if archived is not None:  # a STARTING redelivered after a restart
         conv.call_id = archived["id"]
         br.retire(conv)
         return _outcome("ignored", conv, reason="already_started")
-    store = services(request.app).control.store
-    found = await br.routes(store).get(event.dialled) if event.dialled else None
-    if found is None or found["number"]["tenant_id"] != conv.tenant_id:
-        # Another tenant's number is as unknown as no number: never route across tenants.
-        await _reject_unrouted(request, conv, event)
-        return error_response(404, f"the dialled number {event.dialled or '(none)'} is not routed",
-                              {"reason": "unknown_number", "call_id": conv.call_id,
-                               "conversation_id": conv.conversation_id})
+    found = await route_call(request.app, conv.tenant_id, event.company_number, event.extensions)
+    if found is None:
+        # Another line of the account (the subscription covers all of them), or another tenant's
+        # number, which is as unknown as no number: never route across tenants.
+        br.retire(conv, IGNORED)
+        return _outcome("ignored", conv, reason="not_our_line")
     tracker = services(request.app).tracker
     try:
         session = await tracker.open_call(
-            to_number=event.dialled, from_number=event.caller, provider=PROVIDER,
+            to_number=found["number"]["e164"], from_number=event.caller, provider=PROVIDER,
             provider_call_id=conv.conversation_id, tenant_hint=conv.tenant_id, routing=found)
     except RouteRejected as rejected:
         log.info("goto call rejected", extra={"reason": rejected.reason, "tenant_id": conv.tenant_id})
@@ -290,16 +332,30 @@ async def _starting(request: web.Request, conv: GotoConversation, event: CallEve
     return _outcome("opened", conv)
 
 
-async def _reject_unrouted(request: web.Request, conv: GotoConversation, event: CallEvent) -> None:
-    """A failed call row and voice.call.failed for the tenant whose channel received the call."""
-    tracker = services(request.app).tracker
-    session = CallSession(id=new_id("call"), tenant_id=conv.tenant_id, provider=PROVIDER, direction="inbound",
-                          from_number=event.caller, to_number=event.dialled, store=tracker.store, bus=tracker.bus,
-                          provider_call_id=conv.conversation_id)
-    await session.insert_row()
-    await session.fail("unknown_number", f"{event.dialled or 'no dialled number'} is not routed")
-    conv.call_id, conv.reason = session.id, "unknown_number"
-    bridge(request.app).retire(conv, REJECTED)
+async def route_call(app: web.Application, tenant_id: str, company_number: str | None,
+                     extensions: tuple[str, ...] = (), *, offered_to_device: bool = False) -> dict[str, Any] | None:
+    """The tenant's GoTo number a call reached, with its route: by the company number the caller
+    dialled, else by the extension of the tenant's web-call device (the GoTo admin routes the
+    number there; a web call offered to the device reached it by definition). None: not this
+    tenant's GoTo line."""
+    store = services(app).control.store
+    routes = bridge(app).routes(store)
+    if company_number:
+        found = await routes.get(company_number)
+        if found is not None and found["number"]["tenant_id"] == tenant_id and found["number"]["provider"] == PROVIDER:
+            return found
+    device = await _device_extension(store, tenant_id)
+    if device is None or not (offered_to_device or device in extensions):
+        return None
+    rows, _ = await store.phone_numbers.list(tenant_id=tenant_id, equals={"provider": PROVIDER}, limit=2, count=False)
+    # The extension names the tenant's one GoTo number; with several, the company number must say which.
+    return await routes.get(rows[0]["e164"]) if len(rows) == 1 else None
+
+
+async def _device_extension(store: Any, tenant_id: str) -> str | None:
+    rows, _ = await store.goto_channels.list(tenant_id=tenant_id, equals={"status": "active"}, limit=1,
+                                             descending=True, count=False)
+    return rows[0]["extension"] if rows and rows[0].get("device_id") else None
 
 
 async def _ring_timeout(session: CallSession) -> None:

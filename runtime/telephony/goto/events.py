@@ -1,11 +1,21 @@
-"""GoTo Connect notification-channel deliveries -> typed events.
+"""GoTo Connect notification-channel deliveries -> typed items.
 
-GoTo's documentation of these payloads is thin. The shape PROTOCOLS.md gives for call events is
-``{"content": {"metadata": {"conversationSpaceId", "direction", "callCreated"}, "state": {"type",
-"sequenceNumber", "participants": [{"type": {"value"}, "status": {"value"}}]}}}``. Everything
-beyond it is a guess, and each guess lives in exactly one function below, named in its docstring
-with "ASSUMPTION", and has a test named after it (tests/goto/test_goto_events.py). If GoTo's real
-payloads differ, only this module changes.
+Sources: GoTo's guides "Use the Call Events API" (C) and "Make and Receive Calls using the Devices
+and Calls API" (W), and the sample apps LogMeIn/screen-pop-demo (S1: types/callEvents.ts,
+service/callEventsWs.ts) and goto-developers/call-events-report-demo (S2: listener.js).
+
+- A notification is ``{"data": {"type", "source", "content"}}`` (S1 handleEvent, S2 onSocketMessage).
+- A web call offered to our device has ``source: "WebRTC"`` and ``type: "incoming"`` (W); its
+  content is read by runtime.telephony.goto.assumptions.incoming_call (not published).
+- A call event's content is ``{"metadata": {"conversationSpaceId", "direction", "accountKey",
+  "callCreated"}, "state": {"id", "type", "sequenceNumber", "timestamp", "participants"}}`` (C, S1
+  Metadata/State). A participant is ``{"id", "type": {"value", "name", ...}, "status": {"value"}}``;
+  on the PHONE_NUMBER participant ``type.caller.{name, number}`` is the caller (S1 InboundCaller)
+  and ``type.number`` the company number it called (C); a LINE participant names the line and
+  extension the call reached as ``type.lineId`` and ``type.extensionNumber`` (C).
+
+C asks clients to ignore what they do not know: unknown attributes, directions, participants
+without a type and notifications of other sources are ignored, never refused.
 """
 
 from __future__ import annotations
@@ -14,17 +24,17 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.telephony.goto.assumptions import ENVELOPE_KEYS, IDENTIFIER, IncomingCall, OfferError, incoming_call
+
 CALL_STATES = frozenset({"STARTING", "ACTIVE", "ENDING"})
 DIRECTIONS = frozenset({"INBOUND", "OUTBOUND"})
-# Identifiers we key live state on: bounded and printable, so a hostile body cannot bloat memory
-# or logs.
-_ID = re.compile(r"^[A-Za-z0-9._:@+\-]{1,200}$")
 _NUMBER = re.compile(r"^\+?[0-9]{3,15}$")
-MAX_SDP_CHARS = 64 * 1024
+_EXTENSION = re.compile(r"^[0-9*#]{1,15}$")
+MAX_PARTICIPANTS = 100
 
 
 class GotoPayloadError(ValueError):
-    """A delivery that is not a call event or web-call offer we understand; ``details`` says where."""
+    """A delivery we recognise but cannot read; ``details`` says where."""
 
     def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -36,7 +46,11 @@ class GotoPayloadError(ValueError):
 class Participant:
     kind: str  # type.value: LINE, PHONE_NUMBER, ...
     status: str | None  # status.value: RINGING, ACTIVE, ...
-    number: str | None  # see participant_number()
+    number: str | None  # PHONE_NUMBER: the company number called (type.number)
+    caller: str | None  # PHONE_NUMBER: the caller (type.caller.number)
+    caller_name: str | None
+    line_id: str | None  # LINE: type.lineId
+    extension: str | None  # LINE: type.extensionNumber
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,70 +60,88 @@ class CallEvent:
     conversation_id: str
     state: str  # STARTING | ACTIVE | ENDING
     sequence: int
-    direction: str | None
-    dialled: str | None
-    caller: str | None
+    direction: str | None  # INBOUND | OUTBOUND; None: a value we do not know
+    account_key: str | None
     participants: tuple[Participant, ...]
 
+    def _phone(self) -> Participant | None:
+        return next((p for p in self.participants if p.kind == "PHONE_NUMBER"), None)
+
+    @property
+    def caller(self) -> str | None:
+        phone = self._phone()
+        return phone.caller if phone else None
+
+    @property
+    def company_number(self) -> str | None:
+        """The company number the caller dialled (the PHONE_NUMBER participant's ``type.number``)."""
+        phone = self._phone()
+        return phone.number if phone else None
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        """The extensions of the LINE participants the call reached."""
+        return tuple(p.extension for p in self.participants if p.kind == "LINE" and p.extension)
+
     def caller_status(self) -> str | None:
-        for p in self.participants:
-            if p.kind == "PHONE_NUMBER":
-                return p.status
-        return None
+        phone = self._phone()
+        return phone.status if phone else None
 
 
 @dataclass(frozen=True, slots=True)
 class WebCallOffer:
-    """An inbound web call (web-calls API) ringing our WebRTC line, with GoTo's SDP offer."""
+    """A web call offered to our device (source WebRTC, type incoming)."""
 
-    call_id: str
-    sdp: str
-    conversation_id: str
+    call: IncomingCall
 
 
-def parse_delivery(body: Any) -> CallEvent | WebCallOffer:
-    """A decoded JSON body -> a call event or a web-call offer; GotoPayloadError otherwise."""
-    content = delivery_content(body)
-    if looks_like_web_call_offer(content):
-        return web_call_offer(content)
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A notification with nothing for us to do (another source or type)."""
+
+    reason: str
+
+
+def parse_delivery(body: Any) -> CallEvent | WebCallOffer | Ignored:
+    """A decoded JSON body -> a call event, a web-call offer or Ignored; GotoPayloadError for one
+    we recognise but cannot read."""
+    if not isinstance(body, dict):
+        raise GotoPayloadError("the body must be a JSON object")
+    envelope = next((body[k] for k in ENVELOPE_KEYS if isinstance(body.get(k), dict)), body)
+    source, kind, content = envelope.get("source"), envelope.get("type"), envelope.get("content")
+    if source == "WebRTC":
+        if kind != "incoming":
+            return Ignored(f"webrtc_{_label(kind)}")
+        if not isinstance(content, dict):
+            raise GotoPayloadError("an incoming web call needs a content object", {"field": "data.content"})
+        try:
+            return WebCallOffer(incoming_call(content, phone_number))
+        except OfferError as exc:
+            raise GotoPayloadError(exc.message, {"field": exc.field}) from None
+    if not isinstance(content, dict):
+        return Ignored(f"no_content_{_label(kind)}" if kind else "no_content")
     metadata, state = content.get("metadata"), content.get("state")
     if not isinstance(metadata, dict) or not isinstance(state, dict):
-        raise GotoPayloadError("content needs the objects metadata and state (a call event) or callId and "
-                               "sdp (a web-call offer)", {"keys": sorted(map(str, content))[:20]})
+        return Ignored(f"not_a_call_event_{_label(source)}" if source else "not_a_call_event")
+    return _call_event(metadata, state)
+
+
+def _call_event(metadata: dict[str, Any], state: dict[str, Any]) -> CallEvent:
     conversation_id = _identifier(metadata.get("conversationSpaceId"), "content.metadata.conversationSpaceId")
     kind = state.get("type")
     if kind not in CALL_STATES:
         raise GotoPayloadError(f"content.state.type must be one of {sorted(CALL_STATES)}",
                                {"field": "content.state.type", "got": _short(kind)})
     direction = metadata.get("direction")
-    if direction is not None and direction not in DIRECTIONS:
-        raise GotoPayloadError("content.metadata.direction must be INBOUND or OUTBOUND",
-                               {"field": "content.metadata.direction", "got": _short(direction)})
-    participants = _participants(state)
-    return CallEvent(conversation_id, kind, sequence_number(state), direction,
-                     dialled_number(metadata, participants), caller_number(participants), participants)
-
-
-# The guesses, one function each.
-
-
-def delivery_content(body: Any) -> dict[str, Any]:
-    """ASSUMPTION: the notification channel delivers the event as ``{"content": ...}`` (PROTOCOLS.md)
-    or wrapped once as ``{"data": {"content": ...}}`` (the envelope other GoTo notifications use)."""
-    if not isinstance(body, dict):
-        raise GotoPayloadError("the body must be a JSON object")
-    content = body.get("content")
-    if content is None and isinstance(body.get("data"), dict):
-        content = body["data"].get("content")
-    if not isinstance(content, dict):
-        raise GotoPayloadError("no content object (expected {\"content\": {...}} or {\"data\": {\"content\": {...}}})",
-                               {"field": "content"})
-    return content
+    account = metadata.get("accountKey")
+    return CallEvent(conversation_id, kind, sequence_number(state),
+                     direction if direction in DIRECTIONS else None,
+                     str(account)[:40] if isinstance(account, (str, int)) and not isinstance(account, bool) else None,
+                     _participants(state))
 
 
 def sequence_number(state: dict[str, Any]) -> int:
-    """ASSUMPTION (PROTOCOLS.md, unconfirmed): the per-conversation sequence number is
-    ``content.state.sequenceNumber``, an integer (a numeric string is accepted)."""
+    """C, S1 State: ``content.state.sequenceNumber``, an integer (a numeric string is accepted)."""
     raw = state.get("sequenceNumber")
     if isinstance(raw, bool):
         raw = None
@@ -121,84 +153,51 @@ def sequence_number(state: dict[str, Any]) -> int:
     return raw
 
 
-def participant_number(kind_obj: dict[str, Any]) -> str | None:
-    """ASSUMPTION: a participant's phone number is ``type.number`` (E.164; spaces and dashes are
-    compacted). Anything that is not a phone number reads as unknown (None)."""
-    raw = kind_obj.get("number")
+def phone_number(raw: Any) -> str | None:
+    """A phone number as GoTo writes it -> compact E.164-ish digits; anything else is unknown."""
     if not isinstance(raw, str):
         return None
     compact = re.sub(r"[\s\-().]", "", raw)
     return compact if _NUMBER.match(compact) else None
 
 
-def dialled_number(metadata: dict[str, Any], participants: tuple[Participant, ...]) -> str | None:
-    """ASSUMPTION: the number the caller dialled is ``content.metadata.dialedNumber`` when present,
-    else the number of the LINE participant (our side of the call)."""
-    raw = metadata.get("dialedNumber")
-    if isinstance(raw, str):
-        number = participant_number({"number": raw})
-        if number is not None:
-            return number
-    for p in participants:
-        if p.kind == "LINE" and p.number:
-            return p.number
-    return None
-
-
-def caller_number(participants: tuple[Participant, ...]) -> str | None:
-    """ASSUMPTION: on an inbound call the caller is the PHONE_NUMBER participant (the external party)."""
-    for p in participants:
-        if p.kind == "PHONE_NUMBER":
-            return p.number
-    return None
-
-
-def looks_like_web_call_offer(content: dict[str, Any]) -> bool:
-    """ASSUMPTION: an inbound web call reaches the same channel as a content object carrying the
-    web call's ``callId`` and GoTo's SDP offer ``sdp`` (no metadata/state)."""
-    return "sdp" in content and "callId" in content
-
-
-def web_call_offer(content: dict[str, Any]) -> WebCallOffer:
-    """ASSUMPTION: the offer names the call-events conversation it belongs to as
-    ``conversationSpaceId``, which is how it is matched to the call opened on STARTING."""
-    call_id = _identifier(content.get("callId"), "content.callId")
-    conversation_id = _identifier(content.get("conversationSpaceId"), "content.conversationSpaceId")
-    sdp = content.get("sdp")
-    if not isinstance(sdp, str) or not sdp.strip():
-        raise GotoPayloadError("content.sdp must be the SDP offer as a string", {"field": "content.sdp"})
-    if len(sdp) > MAX_SDP_CHARS:
-        raise GotoPayloadError(f"content.sdp is longer than {MAX_SDP_CHARS} characters", {"field": "content.sdp"})
-    return WebCallOffer(call_id, sdp, conversation_id)
-
-
-# Documented parts.
-
-
 def _participants(state: dict[str, Any]) -> tuple[Participant, ...]:
     raw = state.get("participants", [])
-    if not isinstance(raw, list) or len(raw) > 100:
-        raise GotoPayloadError("content.state.participants must be a list (at most 100)",
-                               {"field": "content.state.participants"})
+    if not isinstance(raw, list):
+        raise GotoPayloadError("content.state.participants must be a list", {"field": "content.state.participants"})
     out = []
-    for index, item in enumerate(raw):
+    for item in raw[:MAX_PARTICIPANTS]:
         kind_obj = item.get("type") if isinstance(item, dict) else None
         kind = kind_obj.get("value") if isinstance(kind_obj, dict) else None
         if not isinstance(kind, str) or not kind:
-            raise GotoPayloadError("every participant needs type.value",
-                                   {"field": f"content.state.participants[{index}].type.value"})
+            continue  # C: what we do not know is ignored
         status_obj = item.get("status")
         status = status_obj.get("value") if isinstance(status_obj, dict) else None
-        out.append(Participant(kind[:40], status[:40] if isinstance(status, str) else None,
-                               participant_number(kind_obj)))
+        caller = kind_obj.get("caller") if isinstance(kind_obj.get("caller"), dict) else {}
+        name = caller.get("name")
+        line_id = kind_obj.get("lineId")
+        extension = kind_obj.get("extensionNumber")
+        extension = str(extension) if isinstance(extension, (str, int)) and not isinstance(extension, bool) else None
+        out.append(Participant(
+            kind[:40], status[:40] if isinstance(status, str) else None,
+            phone_number(kind_obj.get("number")), phone_number(caller.get("number")),
+            name[:100] if isinstance(name, str) and name else None,
+            line_id if isinstance(line_id, str) and IDENTIFIER.match(line_id) else None,
+            extension if extension and _EXTENSION.match(extension) else None,
+        ))
     return tuple(out)
 
 
 def _identifier(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not IDENTIFIER.match(value):
         raise GotoPayloadError(f"{field} must be an identifier (1-200 characters of letters, digits, ._:@+-)",
                                {"field": field})
     return value
+
+
+def _label(value: Any) -> str:
+    text = value if isinstance(value, str) else type(value).__name__
+    return re.sub(r"[^a-z0-9_]", "_", text.lower())[:40] or "none"
 
 
 def _short(value: Any) -> Any:
