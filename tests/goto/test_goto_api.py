@@ -9,14 +9,30 @@ import pytest_asyncio
 from runtime.control.errors import NotFound
 from runtime.control.schemas import CredentialSet, TenantCreate
 from runtime.telephony.goto.api import (
+    APPLIANCE_CLIENT_SECRET_REF,
     EXPIRY_MARGIN_S,
     GotoAccount,
     GotoApi,
     GotoApiError,
+    OAuthClient,
     TokenCache,
     open_account,
+    tenant_client_secret_ref,
 )
-from tests.goto.support import ACCOUNT_KEY, CLIENT_ID, REFRESH_TOKEN, GotoPeer
+from tests.api.support import with_overrides
+from tests.goto.support import (
+    ACCOUNT_KEY,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    EXTENSION,
+    ORGANIZATION_ID,
+    REFRESH_TOKEN,
+    GotoPeer,
+    goto_settings,
+)
+
+FIELDS = {"account_key": ACCOUNT_KEY, "organization_id": ORGANIZATION_ID, "extension": EXTENSION}
+BASIC = "Basic " + __import__("base64").b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
 
 
 @pytest.fixture
@@ -42,8 +58,9 @@ class Clock:
         return self.now
 
 
-def account(refresh: str = REFRESH_TOKEN) -> GotoAccount:
-    return GotoAccount("ten_x", CLIENT_ID, ACCOUNT_KEY, refresh, {"client_id": CLIENT_ID, "account_key": ACCOUNT_KEY})
+def account(refresh: str = REFRESH_TOKEN, account_key: str = ACCOUNT_KEY,
+            client: OAuthClient = OAuthClient(CLIENT_ID, CLIENT_SECRET)) -> GotoAccount:
+    return GotoAccount("ten_x", account_key, ORGANIZATION_ID, EXTENSION, client, refresh, dict(FIELDS))
 
 
 async def test_access_token_is_cached_until_shortly_before_expiry(peer) -> None:
@@ -54,8 +71,9 @@ async def test_access_token_is_cached_until_shortly_before_expiry(peer) -> None:
         await api.ringing("wc-1")
         await api.ringing("wc-2")
         assert len(peer.token_requests) == 1
+        # "Refresh an access token": the client in Basic auth, the form only grant_type and refresh_token.
         assert peer.token_requests[0] == {"grant_type": "refresh_token", "refresh_token": REFRESH_TOKEN,
-                                          "client_id": CLIENT_ID}
+                                          "authorization": BASIC}
         clock.now += 3600 - EXPIRY_MARGIN_S - 1
         await api.ringing("wc-3")
         assert len(peer.token_requests) == 1
@@ -133,8 +151,7 @@ async def test_channel_and_subscription_follow_the_documented_shapes(peer) -> No
         assert peer.validations == [405]
         accounts = await api.subscribe_call_events("Webhook.abc")
         assert accounts == [{"id": ACCOUNT_KEY, "status": 200, "message": "Success"}]
-        other = GotoApi(peer.url, peer.token_url, GotoAccount("t", CLIENT_ID, "999", REFRESH_TOKEN, {}), http,
-                        TokenCache())
+        other = GotoApi(peer.url, peer.token_url, account(account_key="999"), http, TokenCache())
         with pytest.raises(GotoApiError, match="call-events subscription failed \\(HTTP 403\\): account 999"):
             await other.subscribe_call_events("Webhook.abc")
     sub = peer.calls_to("/call-events/v1/subscriptions")[0]["json"]
@@ -155,12 +172,6 @@ async def test_web_call_paths_and_answer_body(peer) -> None:
         ("POST", "/web-calls/v1/calls/wc%2F1/ringing"), ("POST", "/web-calls/v1/calls/wc%2F1/answer"),
         ("POST", "/web-calls/v1/calls/wc-2/reject"), ("DELETE", "/web-calls/v1/calls/wc-3")]
     assert peer.requests[1]["json"] == {"sdp": "v=0\r\n", "inCallChannelId": "Webhook.abc"}
-
-
-async def test_assumes_hangup_is_delete_on_the_web_call(peer) -> None:
-    async with aiohttp.ClientSession() as http:
-        await GotoApi(peer.url, peer.token_url, account(), http, TokenCache()).hangup("wc-9")
-    assert [(r["method"], r["path"]) for r in peer.requests] == [("DELETE", "/web-calls/v1/calls/wc-9")]
 
 
 @pytest.mark.parametrize("status", [404, 405])
@@ -190,28 +201,74 @@ async def test_unreachable_goto_is_a_readable_error() -> None:
     assert exc.value.message.startswith("GoTo OAuth token refresh failed (no answer): cannot reach")
 
 
-async def test_open_account_needs_fields_and_refresh_token(control) -> None:
+async def test_refresh_with_a_wrong_client_secret_is_refused_by_name(peer) -> None:
+    async with aiohttp.ClientSession() as http:
+        api = GotoApi(peer.url, peer.token_url, account(client=OAuthClient(CLIENT_ID, "wrong")), http, TokenCache())
+        with pytest.raises(GotoApiError) as exc:
+            await api.ringing("wc-1")
+    assert exc.value.message == "GoTo OAuth token refresh failed (HTTP 401): invalid_client: Bad client credentials"
+    assert "wrong" not in exc.value.message
+
+
+async def test_device_and_extension_follow_the_documented_shapes(peer) -> None:
+    async with aiohttp.ClientSession() as http:
+        api = GotoApi(peer.url, peer.token_url, account(), http, TokenCache(), webrtc_base_url=peer.url)
+        peer.channels["Webhook.abc"] = "http://127.0.0.1:9/unused"
+        device_id = await api.create_device("Webhook.abc", {"appId": "voicectl"})
+        await api.add_extension(device_id)
+        await api.delete_device(device_id)
+        await api.delete_device(device_id)  # gone already: done
+    device = peer.calls_to("/web-calls/v1/devices")[0]["json"]
+    assert device == {"clientInformation": {"appId": "voicectl"},
+                      "callbackReference": {"incomingCallChannelId": "Webhook.abc",
+                                            "sessionManagementChannelId": "Webhook.abc"}}
+    extension = peer.calls_to(f"/web-calls/v1/devices/{device_id}/extensions")[0]["json"]
+    assert extension == {"organizationId": ORGANIZATION_ID, "extensions": [{"number": EXTENSION}]}
+
+
+async def test_open_account_needs_fields_refresh_token_and_a_client(control, settings) -> None:
     tenant = await control.tenants.create(TenantCreate(name="acme"))
     with pytest.raises(NotFound, match="no goto credential: set it with `voicectl credential set"):
-        await open_account(control.credentials, tenant.id)
-    await control.credentials.set(tenant.id, "goto", CredentialSet(
-        fields={"client_id": CLIENT_ID, "account_key": ACCOUNT_KEY}, secret=REFRESH_TOKEN))
-    opened = await open_account(control.credentials, tenant.id)
-    assert (opened.client_id, opened.account_key, opened.refresh_token) == (CLIENT_ID, ACCOUNT_KEY, REFRESH_TOKEN)
+        await open_account(control.credentials, tenant.id, settings)
+    await control.credentials.set(tenant.id, "goto", CredentialSet(fields=FIELDS, secret=REFRESH_TOKEN))
+    # A credential stored before organization_id and extension were required.
+    row = await control.store.credentials.find(tenant_id=tenant.id, provider="goto")
+    await control.store.credentials.update(row["id"], {"fields": {"client_id": "x", "account_key": ACCOUNT_KEY}},
+                                           tenant_id=tenant.id)
+    with pytest.raises(NotFound, match="lacks organization_id, extension"):
+        await open_account(control.credentials, tenant.id, settings)
+    await control.credentials.set(tenant.id, "goto", CredentialSet(fields=FIELDS, secret=REFRESH_TOKEN))
+    with pytest.raises(NotFound, match="no GoTo OAuth client: set telephony.goto.client_id"):
+        await open_account(control.credentials, tenant.id, settings)
+    appliance = with_overrides(settings, telephony={"goto": {"client_id": CLIENT_ID}})
+    with pytest.raises(NotFound, match="has no secret in the keyring: run `voicectl goto set-client-secret`"):
+        await open_account(control.credentials, tenant.id, appliance)
+    control.secrets.set(APPLIANCE_CLIENT_SECRET_REF, CLIENT_SECRET)
+    opened = await open_account(control.credentials, tenant.id, appliance)
+    assert (opened.client, opened.account_key, opened.extension, opened.refresh_token) == (
+        OAuthClient(CLIENT_ID, CLIENT_SECRET), ACCOUNT_KEY, EXTENSION, REFRESH_TOKEN)
+    # A tenant with its own GoTo app: its client_id, and its own secret (not the appliance's).
+    await control.credentials.set(tenant.id, "goto", CredentialSet(fields={**FIELDS, "client_id": "own-app"},
+                                                                   secret=REFRESH_TOKEN))
+    with pytest.raises(NotFound, match="set-client-secret --tenant T"):
+        await open_account(control.credentials, tenant.id, appliance)
+    control.secrets.set(tenant_client_secret_ref(tenant.id), "own-secret")
+    opened = await open_account(control.credentials, tenant.id, appliance)
+    assert opened.client == OAuthClient("own-app", "own-secret")
 
 
 async def test_api_for_stores_a_rotated_refresh_token_in_the_keyring(control, settings, peer) -> None:
     from runtime.telephony.goto.api import api_for
-    from tests.goto.support import goto_settings
 
+    built = goto_settings(settings, peer)
+    control.secrets.set(APPLIANCE_CLIENT_SECRET_REF, CLIENT_SECRET)
     tenant = await control.tenants.create(TenantCreate(name="acme"))
-    await control.credentials.set(tenant.id, "goto", CredentialSet(
-        fields={"client_id": CLIENT_ID, "account_key": ACCOUNT_KEY}, secret=REFRESH_TOKEN))
+    await control.credentials.set(tenant.id, "goto", CredentialSet(fields=FIELDS, secret=REFRESH_TOKEN))
     peer.rotate_to = "goto-refresh-token-rotated"
     async with aiohttp.ClientSession() as http:
-        api = api_for(goto_settings(settings, peer), await open_account(control.credentials, tenant.id), http,
+        api = api_for(built, await open_account(control.credentials, tenant.id, built), http,
                       TokenCache(), control.credentials)
         await api.ringing("wc-1")
     assert await control.credentials.secret(tenant.id, "goto") == "goto-refresh-token-rotated"
     cred = await control.credentials.get(tenant.id, "goto")
-    assert cred.fields == {"client_id": CLIENT_ID, "account_key": ACCOUNT_KEY}
+    assert cred.fields == FIELDS

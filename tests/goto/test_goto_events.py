@@ -1,5 +1,6 @@
-"""GoTo payload parsing: each test named test_assumes_* pins one guess about GoTo's payloads
-(runtime.telephony.goto.events); if GoTo's real payloads differ, these are the tests to change."""
+"""GoTo notification parsing against the documented shapes: the {"data": {type, source, content}}
+envelope of GoTo's sample apps, call-event metadata and state from the Call Events guide, the caller
+as screen-pop-demo's InboundCaller reads it, and web-call offers by their documented envelope."""
 
 from __future__ import annotations
 
@@ -7,95 +8,87 @@ import copy
 
 import pytest
 
-from runtime.telephony.goto.events import CallEvent, GotoPayloadError, WebCallOffer, parse_delivery
-from tests.goto.support import CALLER, NUMBER, call_event, web_call_offer
+from runtime.telephony.goto.events import CallEvent, GotoPayloadError, Ignored, WebCallOffer, parse_delivery
+from tests.goto.support import ACCOUNT_KEY, CALLER, EXTENSION, NUMBER, call_event, web_call_offer
 
 
 def test_documented_call_event_shape_parses() -> None:
     event = parse_delivery(call_event("conv-1", "STARTING", 1))
     assert isinstance(event, CallEvent)
-    assert (event.conversation_id, event.state, event.sequence, event.direction) == ("conv-1", "STARTING", 1,
-                                                                                     "INBOUND")
+    assert (event.conversation_id, event.state, event.sequence, event.direction, event.account_key) == (
+        "conv-1", "STARTING", 1, "INBOUND", ACCOUNT_KEY)
     assert [(p.kind, p.status) for p in event.participants] == [("PHONE_NUMBER", "RINGING"), ("LINE", "RINGING")]
     assert event.caller_status() == "RINGING"
 
 
-def test_assumes_content_at_top_level_or_under_data() -> None:
-    top = parse_delivery(call_event("conv-1", "ENDING", 7))
-    wrapped = parse_delivery(call_event("conv-1", "ENDING", 7, wrapped=True))
-    assert top == wrapped
-    with pytest.raises(GotoPayloadError, match="no content object"):
-        parse_delivery({"payload": call_event("conv-1", "ENDING", 7)["content"]})
-
-
-def test_assumes_sequence_number_in_state_sequence_number() -> None:
-    body = call_event("conv-1", "ACTIVE", 3)
-    assert parse_delivery(body).sequence == 3
-    body["content"]["state"]["sequenceNumber"] = "12"
-    assert parse_delivery(body).sequence == 12  # a numeric string is accepted
-    moved = copy.deepcopy(body)
-    moved["content"]["metadata"]["sequenceNumber"] = moved["content"]["state"].pop("sequenceNumber")
-    with pytest.raises(GotoPayloadError) as exc:
-        parse_delivery(moved)
-    assert exc.value.details["field"] == "content.state.sequenceNumber"
-    for bad in (-1, True, 1.5, "x", None, 2**63):
-        body["content"]["state"]["sequenceNumber"] = bad
-        with pytest.raises(GotoPayloadError):
-            parse_delivery(body)
-
-
-def test_assumes_caller_number_on_the_phone_number_participant() -> None:
-    assert parse_delivery(call_event("c", "STARTING", 1, caller="+1 555 000-1111")).caller == CALLER
+def test_the_caller_is_type_caller_number_and_the_company_line_is_type_number() -> None:
+    """screen-pop-demo's InboundCaller reads type.caller.{name, number} on the PHONE_NUMBER participant."""
+    event = parse_delivery(call_event("c", "STARTING", 1, caller="+1 555 000-1111", company="+1 (555) 010-8000"))
+    assert (event.caller, event.company_number) == (CALLER, NUMBER)
+    assert event.participants[0].caller_name == "Pat Caller"
     assert parse_delivery(call_event("c", "STARTING", 1, caller=None)).caller is None
     assert parse_delivery(call_event("c", "STARTING", 1, caller="anonymous")).caller is None
 
 
-def test_assumes_dialled_number_in_metadata_dialed_number() -> None:
-    body = call_event("c", "STARTING", 1, dialled=None)
-    body["content"]["metadata"]["dialedNumber"] = "+1 (555) 010-8000"
-    assert parse_delivery(body).dialled == NUMBER
-
-
-def test_assumes_dialled_number_on_the_line_participant() -> None:
-    assert parse_delivery(call_event("c", "STARTING", 1)).dialled == NUMBER
+def test_the_line_and_extension_the_call_reached() -> None:
+    event = parse_delivery(call_event("c", "STARTING", 1))
+    assert event.extensions == (EXTENSION,) and event.participants[1].line_id == "line-1"
     body = call_event("c", "STARTING", 1)
-    body["content"]["metadata"]["dialedNumber"] = "+15550109999"  # metadata wins when present
-    assert parse_delivery(body).dialled == "+15550109999"
-    assert parse_delivery(call_event("c", "STARTING", 1, dialled=None)).dialled is None
+    body["data"]["content"]["state"]["participants"][1]["type"]["extensionNumber"] = 7001  # a number is read too
+    assert parse_delivery(body).extensions == ("7001",)
 
 
-def test_assumes_web_call_offer_carries_call_id_and_sdp() -> None:
-    offer = parse_delivery(web_call_offer("conv-1", "wc-1", "v=0\r\n"))
+def test_sequence_number_in_state_sequence_number() -> None:
+    body = call_event("conv-1", "ACTIVE", 3)
+    state = body["data"]["content"]["state"]
+    assert parse_delivery(body).sequence == 3
+    state["sequenceNumber"] = "12"
+    assert parse_delivery(body).sequence == 12  # a numeric string is accepted
+    moved = copy.deepcopy(body)
+    content = moved["data"]["content"]
+    content["metadata"]["sequenceNumber"] = content["state"].pop("sequenceNumber")
+    with pytest.raises(GotoPayloadError) as exc:
+        parse_delivery(moved)
+    assert exc.value.details["field"] == "content.state.sequenceNumber"
+    for bad in (-1, True, 1.5, "x", None, 2**63):
+        state["sequenceNumber"] = bad
+        with pytest.raises(GotoPayloadError):
+            parse_delivery(body)
+
+
+def test_what_is_unknown_is_ignored_not_refused() -> None:
+    """The Call Events guide: clients ignore attributes (and values) they do not know."""
+    body = call_event("c", "STARTING", 1, direction="SIDEWAYS")
+    content = body["data"]["content"]
+    content["state"]["participants"].append({"status": {"value": "RINGING"}})  # no type.value
+    content["metadata"]["somethingNew"] = {"x": 1}
+    event = parse_delivery(body)
+    assert event.direction is None and len(event.participants) == 2
+    assert parse_delivery({"data": {"source": "WebRTC", "type": "ended", "content": {}}}) == Ignored("webrtc_ended")
+    assert parse_delivery({"data": {"type": "WEBSOCKET_REFRESH_REQUIRED"}}) == Ignored(
+        "no_content_websocket_refresh_required")
+
+
+def test_a_web_call_offer_is_known_by_its_envelope() -> None:
+    offer = parse_delivery(web_call_offer("wc-1", "v=0\r\n"))
     assert isinstance(offer, WebCallOffer)
-    assert (offer.call_id, offer.sdp) == ("wc-1", "v=0\r\n")
-    wrapped = parse_delivery({"data": web_call_offer("conv-1", "wc-1", "v=0\r\n")})
-    assert wrapped == offer
-
-
-def test_assumes_web_call_offer_names_its_conversation_space_id() -> None:
-    assert parse_delivery(web_call_offer("conv-9", "wc-1", "v=0\r\n")).conversation_id == "conv-9"
-    body = web_call_offer("conv-9", "wc-1", "v=0\r\n")
-    del body["content"]["conversationSpaceId"]
-    with pytest.raises(GotoPayloadError, match="conversationSpaceId"):
-        parse_delivery(body)
+    assert (offer.call.call_id, offer.call.sdp, offer.call.conversation_id) == ("wc-1", "v=0\r\n", None)
+    # The same content without the WebRTC envelope is not an offer.
+    assert isinstance(parse_delivery({"content": web_call_offer("wc-1", "v=0\r\n")["data"]["content"]}), Ignored)
 
 
 @pytest.mark.parametrize("body, where", [
     ([], "JSON object"),
-    ({"content": "x"}, "no content"),
-    ({"content": {"metadata": {}}}, "metadata and state"),
-    ({"content": {"metadata": {"conversationSpaceId": "c"}, "state": {"type": "RINGING", "sequenceNumber": 1}}},
+    ({"data": {"content": {"metadata": {"conversationSpaceId": "c"}, "state": {"type": "RINGING",
+                                                                               "sequenceNumber": 1}}}},
      "state.type"),
-    ({"content": {"metadata": {"conversationSpaceId": "bad id\n"}, "state": {"type": "ACTIVE",
-                                                                             "sequenceNumber": 1}}},
+    ({"data": {"content": {"metadata": {"conversationSpaceId": "bad id\n"}, "state": {"type": "ACTIVE",
+                                                                                      "sequenceNumber": 1}}}},
      "conversationSpaceId"),
-    ({"content": {"metadata": {"conversationSpaceId": "c", "direction": "SIDEWAYS"},
-                  "state": {"type": "ACTIVE", "sequenceNumber": 1}}}, "direction"),
-    ({"content": {"metadata": {"conversationSpaceId": "c"},
-                  "state": {"type": "ACTIVE", "sequenceNumber": 1, "participants": [{"status": {}}]}}},
-     "type.value"),
-    ({"content": {"callId": "wc", "conversationSpaceId": "c", "sdp": ""}}, "sdp"),
-    ({"content": {"callId": "wc", "conversationSpaceId": "c", "sdp": "v=0\r\n" + "a" * 70_000}}, "longer"),
+    ({"data": {"source": "WebRTC", "type": "incoming", "content": {"callId": "wc", "sdp": ""}}}, "sdp"),
+    ({"data": {"source": "WebRTC", "type": "incoming", "content": {"callId": "wc", "sdp": "v=0\r\n" + "a" * 70_000}}},
+     "longer"),
+    ({"data": {"source": "WebRTC", "type": "incoming", "content": {"sdp": "v=0"}}}, "callId"),
 ])
 def test_malformed_payloads_name_the_problem(body, where: str) -> None:
     with pytest.raises(GotoPayloadError) as exc:

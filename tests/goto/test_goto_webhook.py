@@ -12,6 +12,7 @@ from runtime.store.tables import ALL_TENANTS
 from runtime.telephony.goto.bridge import bridge
 from tests.goto.support import (
     CALLER,
+    EXTENSION,
     NUMBER,
     add_goto_tenant,
     call_event,
@@ -64,14 +65,23 @@ async def test_unknown_tokens_get_404_and_a_metric_and_store_nothing(world) -> N
     assert f'{REFUSED}{{reason="unknown_token"}} 4.0' in await world.metrics()
 
 
-async def test_malformed_json_and_unknown_payloads_get_400(world) -> None:
+async def test_every_delivery_with_a_valid_token_is_taken_with_2xx(world) -> None:
+    """GoTo marks a webhook channel unreachable after a 404 or 410: malformed bodies, other
+    sources and unknown shapes are answered 200 "ignored" (and counted), never 4xx."""
     status, body = await world.deliver(None, raw=b'{"content": ')
-    assert status == 400 and body["error"] == "bad_request" and "not valid JSON" in body["message"]
-    status, body = await world.deliver({"content": {"metadata": {}, "state": {}}})
-    assert status == 400 and "conversationSpaceId" in body["message"]
+    assert status == 200 and body["status"] == "ignored" and body["reason"] == "malformed_json"
+    assert "not valid JSON" in body["message"]
+    status, body = await world.deliver({"data": {"source": "call-events", "content": {"metadata": {}, "state": {}}}})
+    assert status == 200 and body["reason"] == "bad_payload"
     assert body["details"] == {"field": "content.metadata.conversationSpaceId"}
     status, body = await world.deliver(call_event("conv-1", "STARTING", "one"))
-    assert status == 400 and body["details"]["field"] == "content.state.sequenceNumber"
+    assert status == 200 and body["details"]["field"] == "content.state.sequenceNumber"
+    for other, reason in ((
+            {"data": {"source": "WebRTC", "type": "session-terminated", "content": {}}}, "webrtc_session_terminated"),
+            ({"data": {"type": "WEBSOCKET_REFRESH_REQUIRED"}}, "no_content_websocket_refresh_required"),
+            ({"data": {"source": "recording", "content": {"id": "r1"}}}, "not_a_call_event_recording")):
+        status, body = await world.deliver(other)
+        assert status == 200 and body == {"status": "ignored", "reason": reason}, body
     assert await world.calls() == []
     metrics = await world.metrics()
     assert f'{REFUSED}{{reason="malformed_json"}} 1.0' in metrics
@@ -82,7 +92,7 @@ async def test_malformed_json_and_unknown_payloads_get_400(world) -> None:
 
 
 async def test_starting_opens_a_routed_call_and_ending_ends_it_once(world) -> None:
-    status, body = await world.deliver(call_event("conv-1", "STARTING", 1, wrapped=True))
+    status, body = await world.deliver(call_event("conv-1", "STARTING", 1, bare=True))  # the content alone
     assert status == 200 and body["status"] == "opened", body
     call_id = body["call_id"]
     row = await world.call(call_id)
@@ -133,44 +143,55 @@ async def test_a_starting_redelivered_after_a_restart_does_not_reopen(world) -> 
     assert len(await world.calls()) == 1
 
 
-async def test_events_for_unknown_conversations_are_clear_404s(world) -> None:
+async def test_events_for_unknown_conversations_are_ignored_with_2xx(world) -> None:
     for state in ("ACTIVE", "ENDING"):
         status, body = await world.deliver(call_event("conv-nope", state, 5))
-        assert status == 404 and body["error"] == "not_found"
-        assert body["details"] == {"conversation_id": "conv-nope", "state": state}
-    status, body = await world.deliver(web_call_offer("conv-nope", "wc-1", "v=0\r\n"))
-    assert status == 404 and body["details"]["conversation_id"] == "conv-nope"
+        assert status == 200 and body == {"status": "ignored", "reason": "unknown_conversation",
+                                          "conversation_id": "conv-nope", "state": state}
     assert await world.calls() == []
 
 
-async def test_outbound_calls_are_not_ours(world) -> None:
+async def test_outbound_and_unknown_directions_are_not_ours(world) -> None:
     status, body = await world.deliver(call_event("conv-out", "STARTING", 1, direction="OUTBOUND"))
     assert status == 200 and body["status"] == "ignored" and body["reason"] == "outbound"
+    status, body = await world.deliver(call_event("conv-odd", "STARTING", 1, direction="INTERNAL_TRANSFER"))
+    assert status == 200 and body["status"] == "ignored" and body["reason"] == "unknown_direction"
     assert await world.calls() == []
 
 
-async def test_unknown_number_fails_the_call_with_a_clear_error(world) -> None:
-    status, body = await world.deliver(call_event("conv-4", "STARTING", 1, dialled="+15550100404"))
-    assert status == 404 and body["error"] == "not_found"
-    assert body["details"]["reason"] == "unknown_number"
-    row = await world.call(body["details"]["call_id"])
-    assert (row["status"], row["end_reason"], row["to_number"]) == ("failed", "unknown_number", "+15550100404")
-    assert (await world.events(row["id"]))[-1] == "voice.call.failed"
-    # The offer that follows is refused at GoTo.
-    status, body = await world.deliver(web_call_offer("conv-4", "wc-4", "v=0\r\n"))
-    assert status == 200 and body["status"] == "rejected" and body["reason"] == "unknown_number"
-    assert [r["path"] for r in world.peer.calls_to("/web-calls/")] == ["/web-calls/v1/calls/wc-4/reject"]
+async def test_other_lines_of_the_account_are_ignored_without_a_call_row(world) -> None:
+    status, body = await world.deliver(call_event("conv-4", "STARTING", 1, company="+15550100404", extension="1001"))
+    assert status == 200 and body["status"] == "ignored" and body["reason"] == "not_our_line", body
+    status, body = await world.deliver(call_event("conv-4b", "STARTING", 1, company=None, extension=None))
+    assert status == 200 and body["reason"] == "not_our_line"  # nothing says it is ours
+    assert await world.calls() == []
+
+
+async def test_the_call_is_routed_by_company_number_or_by_the_device_extension(world) -> None:
+    status, body = await world.deliver(call_event("conv-n", "STARTING", 1, extension="1001"))
+    assert status == 200 and body["status"] == "opened"  # our company number, whichever line rang
+    status, body = await world.deliver(call_event("conv-e", "STARTING", 1, company="+15550100404",
+                                                  extension=EXTENSION))
+    assert status == 200 and body["status"] == "opened"  # another number, routed to our extension
+    row = await world.call(body["call_id"])
+    assert (row["to_number"], row["from_number"]) == (NUMBER, CALLER)
+
+
+async def test_another_account_on_the_channel_is_ignored(world) -> None:
+    status, body = await world.deliver(call_event("conv-acct", "STARTING", 1, account_key="999"))
+    assert status == 200 and body == {"status": "ignored", "reason": "other_account", "conversation_id": "conv-acct"}
+    assert await world.calls() == []
 
 
 async def test_another_tenants_number_is_unknown_to_this_channel(world) -> None:
-    other_id, _, _ = await add_goto_tenant(world.api, world.peer, "other-tenant", "+15550108111")
-    status, body = await world.deliver(call_event("conv-5", "STARTING", 1, dialled="+15550108111"))
-    assert status == 404 and body["details"]["reason"] == "unknown_number"
+    other_id, _, _ = await add_goto_tenant(world.api, world.peer, "other-tenant", "+15550108111", extension="7002")
+    status, body = await world.deliver(call_event("conv-5", "STARTING", 1, company="+15550108111", extension="7002"))
+    assert status == 200 and body["reason"] == "not_our_line"
     rows, _ = await world.api.control.store.voice_calls.list(tenant_id=other_id)
     assert rows == []
     # The other tenant's own channel routes it; the same conversation id stays separate per tenant.
     other_path = await register(world.api, other_id, world.peer)
-    status, body = await world.deliver(call_event("conv-5", "STARTING", 1, dialled="+15550108111"),
+    status, body = await world.deliver(call_event("conv-5", "STARTING", 1, company="+15550108111", extension="7002"),
                                        path=other_path)
     assert status == 200 and body["status"] == "opened"
     row = await world.api.control.store.voice_calls.get(body["call_id"], tenant_id=ALL_TENANTS)
@@ -212,19 +233,19 @@ async def test_malformed_sdp_fails_that_call_only(world) -> None:
     _, other = await world.deliver(call_event("conv-keep", "STARTING", 1))
     _, body = await world.deliver(call_event("conv-9", "STARTING", 1))
     call_id = body["call_id"]
-    status, body = await world.deliver(web_call_offer("conv-9", "wc-9", "v=0\r\ns=-\r\nthis is not sdp\r\n"))
-    assert status == 400 and body["error"] == "bad_request"
-    assert body["message"] == "the offer has no active audio section (m=audio)"
-    assert body["details"] == {"reason": "no_audio", "call_id": call_id}
+    status, body = await world.deliver(web_call_offer("wc-9", "v=0\r\ns=-\r\nthis is not sdp\r\n",
+                                                      conversation_id="conv-9"))
+    assert status == 200 and body == {"status": "failed", "reason": "no_audio", "call_id": call_id,
+                                      "message": "the offer has no active audio section (m=audio)"}
     row = await world.call(call_id)
     assert (row["status"], row["end_reason"]) == ("failed", "no_audio")
     assert (await world.events(call_id))[-1] == "voice.call.failed"
-    assert [r["path"] for r in world.peer.calls_to("/web-calls/")] == ["/web-calls/v1/calls/wc-9/reject"]
-    # A redelivery of that offer is a duplicate; another offer for the failed call is a conflict.
-    status, body = await world.deliver(web_call_offer("conv-9", "wc-9", "v=0\r\n"))
+    assert [r["path"] for r in world.peer.calls_to("/web-calls/v1/calls")] == ["/web-calls/v1/calls/wc-9/reject"]
+    # A redelivery of that offer is a duplicate; another offer for the failed call is ignored.
+    status, body = await world.deliver(web_call_offer("wc-9", "v=0\r\n", conversation_id="conv-9"))
     assert status == 200 and body["status"] == "duplicate"
-    status, body = await world.deliver(web_call_offer("conv-9", "wc-10", "v=0\r\n"))
-    assert status == 409 and body["error"] == "conflict"
+    status, body = await world.deliver(web_call_offer("wc-10", "v=0\r\n", conversation_id="conv-9"))
+    assert status == 200 and body["status"] == "ignored" and body["reason"] == "call_not_ringing"
     assert (await world.call(other["call_id"]))["status"] == "ringing"
     status, body = await world.deliver(call_event("conv-keep", "ENDING", 2))
     assert status == 200 and body["status"] == "ended"
@@ -235,11 +256,19 @@ async def test_unsupported_codecs_are_refused_by_name(world) -> None:
     sdp = ("v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nt=0 0\r\nm=audio 40000 UDP/TLS/RTP/SAVPF 18\r\n"
            "a=rtpmap:18 G729/8000\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef012345\r\n"
            "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\na=rtcp-mux\r\n")
-    status, answer = await world.deliver(web_call_offer("conv-10", "wc-10", sdp))
-    assert status == 400 and "no supported audio codec offered (got g729" in answer["message"]
-    assert answer["details"]["reason"] == "unsupported_codec"
+    status, answer = await world.peer.ring(EXTENSION, sdp, call_id="wc-10")  # matched to the one ringing call
+    assert status == 200 and "no supported audio codec offered (got g729" in answer["message"]
+    assert answer["reason"] == "unsupported_codec" and answer["call_id"] == body["call_id"]
     assert (await world.call(body["call_id"]))["end_reason"] == "unsupported_codec"
-    assert [r["path"] for r in world.peer.calls_to("/web-calls/")] == ["/web-calls/v1/calls/wc-10/reject"]
+    assert [r["path"] for r in world.peer.calls_to("/web-calls/v1/calls")] == ["/web-calls/v1/calls/wc-10/reject"]
+
+
+async def test_an_offer_to_a_device_without_a_routed_number_is_rejected_at_goto(world) -> None:
+    await world.api.control.store.db.execute("DELETE FROM phone_numbers")
+    status, body = await world.peer.ring(EXTENSION, "v=0\r\n", call_id="wc-stray")
+    assert status == 200 and body == {"status": "ignored", "reason": "not_routed", "web_call_id": "wc-stray"}
+    assert [r["path"] for r in world.peer.calls_to("/web-calls/v1/calls")] == ["/web-calls/v1/calls/wc-stray/reject"]
+    assert await world.calls() == []
 
 
 async def test_an_internal_failure_is_a_json_500_that_never_logs_the_token(world, caplog) -> None:

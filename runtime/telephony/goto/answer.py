@@ -27,6 +27,7 @@ from runtime.telephony.goto.api import GotoApi, GotoApiError, api_for, open_acco
 from runtime.telephony.goto.assumptions import IncomingCall
 from runtime.telephony.goto.bridge import (
     DECLINED,
+    IGNORED,
     LIVE,
     PROVIDER,
     REJECTED,
@@ -99,6 +100,8 @@ async def answer_web_call(request: web.Request, channel: dict[str, Any], offer: 
     br = bridge(request.app)
     tenant_id = channel["tenant_id"]
     conv = br.conversation(tenant_id, offer.conversation_id) if offer.conversation_id else None
+    if conv is not None and conv.outcome == IGNORED:
+        conv = None  # its call events named no line of ours, but GoTo offers the call to our device
     if conv is None and offer.conversation_id is None:
         conv = _waiting_for_offer(request.app, tenant_id)
     if conv is None:
