@@ -20,9 +20,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from runtime.calls.routing import RouteRejected
 from runtime.calls.session import CallSession
 from runtime.control.errors import NotFound
-from runtime.calls.routing import RouteRejected
 from runtime.telephony.goto.api import GotoApi, GotoApiError, api_for, open_account
 from runtime.telephony.goto.assumptions import IncomingCall
 from runtime.telephony.goto.bridge import (

@@ -31,7 +31,6 @@ from prometheus_client import Counter
 from runtime.calls.routing import ROUTE_TABLES, ReadCache, RouteRejected
 from runtime.calls.session import CallSession
 from runtime.control.errors import ControlError
-from runtime.ids import new_id
 from runtime.one_per import OnePer
 from runtime.store.errors import DatabaseUnavailable
 from runtime.telephony.goto.api import TokenCache

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
-
-import logging
 
 import aiohttp
 

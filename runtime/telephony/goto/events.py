@@ -24,7 +24,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.telephony.goto.assumptions import ENVELOPE_KEYS, IDENTIFIER, IncomingCall, OfferError, incoming_call
+from runtime.telephony.goto.assumptions import (
+    ENVELOPE_KEYS,
+    IDENTIFIER,
+    IncomingCall,
+    OfferError,
+    incoming_call,
+)
 
 CALL_STATES = frozenset({"STARTING", "ACTIVE", "ENDING"})
 DIRECTIONS = frozenset({"INBOUND", "OUTBOUND"})
