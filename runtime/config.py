@@ -146,6 +146,9 @@ class LimitsSettings(_Model):
 
 class TwilioSettings(_Model):
     api_base_url: str = "https://api.twilio.com"
+    # After a reply's last frame is sent, how long to wait for Twilio's echo of the mark behind it
+    # (the audio has played) before a hang-up or transfer goes ahead anyway.
+    mark_timeout_s: float = Field(3.0, gt=0, le=30)
 
 
 class GotoSettings(_Model):

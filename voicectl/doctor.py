@@ -48,12 +48,21 @@ def doctor(tenant: TenantOpt, as_json: JsonOpt = False) -> None:
 
 
 async def _telephony(plane: Any, settings: Any, tenant_id: str) -> list[dict[str, Any]]:
-    """A row for the tenant's GoTo credential, when it has one: the token's scopes."""
+    """Rows for the carriers the tenant has credentials for: Twilio needs an https public URL (its
+    media streams are wss:// only); GoTo, the scopes its token carries."""
+    rows = []
+    if await plane.store.credentials.find(tenant_id=tenant_id, provider="twilio") is not None:
+        from runtime.telephony.twilio.bridge import INSECURE_STREAM_WARNING, streams_can_be_secure
+
+        ok = streams_can_be_secure(settings)
+        rows.append({"provider": "twilio", "modality": "telephony", "base_url": settings.server.public_url,
+                     "model": None, "used_by": [], "credential": "set", "status": "ok" if ok else "misconfigured",
+                     "ok": ok, "detail": "media streams over wss://" if ok else INSECURE_STREAM_WARNING})
     if await plane.store.credentials.find(tenant_id=tenant_id, provider="goto") is None:
-        return []
+        return rows
     from runtime.telephony.goto.scopes import check_scopes
 
     found = await check_scopes(plane, settings, tenant_id)
-    return [{"provider": "goto", "modality": "telephony", "base_url": settings.telephony.goto.api_base_url,
+    return rows + [{"provider": "goto", "modality": "telephony", "base_url": settings.telephony.goto.api_base_url,
              "model": None, "used_by": [], "credential": "set", "status": found.status, "ok": found.status == "ok",
              "detail": found.detail, "missing_scopes": list(found.missing)}]

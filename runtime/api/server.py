@@ -70,6 +70,9 @@ def run(settings: Settings, host: str | None = None, port: int | None = None,
 
     app.on_shutdown.append(log_shutdown)
     app.on_startup.append(tune_gc_for_live_calls)
+    from runtime.telephony.twilio.bridge import warn_if_streams_would_be_refused
+
+    app.on_startup.append(warn_if_streams_would_be_refused)
     asyncio.run(serve_until_signalled(app, host, port, settings.server.shutdown_grace_s))
     from runtime.telephony.livekit.room import release_sdk
 

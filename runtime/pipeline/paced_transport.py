@@ -7,10 +7,16 @@ sentences) and queues them on the call's ``Pacer`` with the reply's generation; 
 ticker hands each one to the carrier's ``send`` on the 20 ms grid. The carrier reports every frame
 it really sent (``sent``), so ``sent_ms`` is what the caller has been played, and does its own part
 of a barge-in (``on_clear``: Twilio's ``clear`` message, LiveKit's ``clear_queue``).
+
+A carrier that buffers what it was sent and says when it has played it (Twilio echoes a ``mark``
+once the audio queued before it has played) is built with ``confirm_s``: ``played_out`` then
+sends a mark after the reply and waits for the echo (``confirmed``), at most ``confirm_s``, so a
+goodbye is not cut by the hang-up that follows it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from runtime.audio import FRAME_MS
@@ -24,11 +30,11 @@ class PacedTransport:
     """runtime.pipeline.transport.Transport over a Pacer; see the module docstring."""
 
     __slots__ = ("rate", "pacer", "sent_frames", "sent_since_clear", "_frame_bytes", "_encode", "_silence",
-                 "_on_clear", "_held")
+                 "_on_clear", "_held", "_confirm_s", "_awaiting")
 
     def __init__(self, rate: int, frame_bytes: int, send: Callable[[Frame], Awaitable[None]], *,
                  on_clear: OnClear, encode: Callable[[bytes], bytes] | None = None, silence: bytes = b"\x00",
-                 held: Callable[[], int] | None = None) -> None:
+                 held: Callable[[], int] | None = None, confirm_s: float | None = None) -> None:
         self.rate = rate
         self.pacer = Pacer(send)
         self.sent_frames: dict[int, int] = {}  # generation -> audio frames the carrier sent
@@ -36,6 +42,8 @@ class PacedTransport:
         self._frame_bytes, self._encode, self._silence = frame_bytes, encode, silence
         self._on_clear = on_clear
         self._held = held  # frames the carrier took from the pacer but has not sent yet
+        self._confirm_s = confirm_s  # None: the carrier does not confirm playback
+        self._awaiting: dict[str, asyncio.Future[None]] = {}  # mark name -> its echo
 
     # The pipeline's side
 
@@ -61,8 +69,26 @@ class PacedTransport:
         held = self._held() if self._held is not None else 0
         return (self.pacer.queued + held) * FRAME_MS
 
+    async def played_out(self, generation: int) -> bool:
+        """Called once everything queued has been sent: until the carrier has played it (a mark
+        echoed), at most ``confirm_s``. True at once for carriers that do not confirm; False when
+        no echo came in time."""
+        if self._confirm_s is None or self.pacer.closed:
+            return True
+        name = f"played-{generation}"
+        echo = self._awaiting[name] = asyncio.get_running_loop().create_future()
+        self.pacer.push_mark(name, generation)
+        try:
+            await asyncio.wait_for(asyncio.shield(echo), self._confirm_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._awaiting.pop(name, None)
+
     async def clear(self) -> None:
         """Drop everything queued here and, through ``on_clear``, at the carrier."""
+        self._release_awaiting()  # cut audio is not waited for
         dropped = self.pacer.clear()
         sent, self.sent_since_clear = self.sent_since_clear, False
         await self._on_clear(dropped, sent)
@@ -80,10 +106,22 @@ class PacedTransport:
         self.sent_frames[generation] = self.sent_frames.get(generation, 0) + 1
         self.sent_since_clear = True
 
+    def confirmed(self, mark: str) -> None:
+        """The carrier echoed ``mark``: the audio before it has been played."""
+        echo = self._awaiting.get(mark)
+        if echo is not None and not echo.done():
+            echo.set_result(None)
+
+    def _release_awaiting(self) -> None:
+        for echo in self._awaiting.values():
+            if not echo.done():
+                echo.set_result(None)
+
     def start(self) -> None:
         self.pacer.start()
 
     async def close(self) -> None:
+        self._release_awaiting()
         await self.pacer.close()
 
     @property

@@ -7,6 +7,7 @@ audio each piece became. Audio of a generation that is no longer current is neve
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import aclosing
@@ -20,6 +21,8 @@ from runtime.pipeline.line_cache import LineCache
 from runtime.pipeline.metrics import TurnTiming
 from runtime.pipeline.transport import Transport
 from runtime.providers.base import AudioChunk, Message, TextToSpeech, ToolCall
+
+log = logging.getLogger("voicectl.pipeline")
 
 
 @dataclass(eq=False, slots=True)
@@ -168,6 +171,8 @@ class Voice:
             return
         while (queued := self.transport.queued_ms()) > 0:
             await self.clock.sleep(max(queued, 20) / 1000)
+        if not await self.transport.played_out(reply.generation):
+            log.info("the carrier did not confirm the reply was played in time", extra={"generation": reply.generation})
 
 
 class Speaker:

@@ -24,6 +24,11 @@ class Transport(Protocol):
     def queued_ms(self) -> int:
         """Milliseconds of audio waiting to be played."""
 
+    async def played_out(self, generation: int) -> bool:
+        """Once nothing is queued: until the caller's side has played ``generation``'s audio, for
+        carriers that say so (Twilio's mark echo, bounded); True at once for the others, False
+        when the confirmation did not come in time."""
+
     async def clear(self) -> None:
         """Drop everything queued here and at the provider (Twilio ``clear``)."""
 

@@ -670,3 +670,17 @@ def test_doctor_checks_the_chains_of_the_tenants_agents(ready: Cli) -> None:
     anthropic = next(r for r in report["providers"] if r["provider"] == "anthropic")
     assert anthropic["credential"] == "missing" and not anthropic["ok"] and report["ok"] is False
     ready("doctor", "--tenant", "nobody", code=3)
+
+
+def test_doctor_says_twilio_needs_an_https_public_url(ready: Cli, monkeypatch) -> None:
+    """Twilio opens media streams over wss:// only (error 31922 for ws://): the URL comes from
+    server.public_url, so a tenant with Twilio and no https public URL would have every call end."""
+    ready("credential", "set", "--tenant", "acme", "twilio", "--field", "account_sid=AC" + "0" * 32,
+          input="auth-token\n")
+    report = json.loads(ready("doctor", "--tenant", "acme", "--json", code=9).stdout)
+    [twilio] = [r for r in report["providers"] if r["provider"] == "twilio"]
+    assert twilio["status"] == "misconfigured" and "wss" not in twilio["detail"] and "31922" in twilio["detail"]
+    monkeypatch.setenv("VOICECTL_SERVER__PUBLIC_URL", "https://voice.example.com")
+    report = ready.json("doctor", "--tenant", "acme")
+    [twilio] = [r for r in report["providers"] if r["provider"] == "twilio"]
+    assert twilio["ok"] is True and report["ok"] is True

@@ -285,6 +285,9 @@ class FakeTransport:
         self._queue.clear()
         self.clears += 1
 
+    async def played_out(self, generation: int) -> bool:
+        return True  # nothing confirms playback on this way back
+
     def drop_stale(self, generation: int) -> None:
         self._advance()
         self.stale_drops.append(generation)

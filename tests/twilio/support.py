@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,7 @@ class RestPeer:
         form = dict(await request.post())
         authorized = request.headers.get("Authorization") == expected
         self.requests.append({"account": request.match_info["ac"], "call": request.match_info["ca"],
-                              "form": form, "authorized": authorized})
+                              "form": form, "authorized": authorized, "at": time.monotonic()})
         if not authorized:
             return web.json_response({"code": 20003, "message": "Authenticate"}, status=401)
         if self.fail_with:
@@ -97,7 +98,7 @@ async def start_world(settings, *, max_calls: int = 200, server: dict | None = N
     rest = RestPeer()
     await rest.start()
     built = with_overrides(settings, limits={**high_limits(), "max_calls": max_calls},
-                           telephony={"twilio": {"api_base_url": rest.url}},
+                           telephony={"twilio": {**settings.telephony.twilio.model_dump(), "api_base_url": rest.url}},
                            server={"shutdown_grace_s": 0.2, **(server or {})})
     api, runner = await start_live_api(built)
     tenant_id, key = await api.tenant_with_key("twilio-tenant")

@@ -19,6 +19,12 @@ async def twilio_status(ctx: Ctx) -> web.StreamResponse:
     return await status_webhook(ctx.request)
 
 
+async def twilio_stream_status(ctx: Ctx) -> web.StreamResponse:
+    from runtime.telephony.twilio.bridge import stream_status_webhook
+
+    return await stream_status_webhook(ctx.request)
+
+
 async def twilio_media(ctx: Ctx) -> web.StreamResponse:
     from runtime.telephony.twilio.media import serve
 
@@ -32,6 +38,9 @@ ROUTES = [
     Route("POST", "/webhooks/twilio/status", twilio_status,
           "Twilio status callback (X-Twilio-Signature): updates the call", auth="public", tag="telephony",
           status=204, errors=(403,)),
+    Route("POST", "/webhooks/twilio/stream-status", twilio_stream_status,
+          "Twilio <Stream> status callback (X-Twilio-Signature): a stream error fails its call", auth="public",
+          tag="telephony", status=204, errors=(403,)),
     Route("GET", "/media/twilio", twilio_media,
           "Twilio Media Streams WebSocket (stream token from the TwiML)", auth="public", tag="telephony",
           status=101, errors=(426,)),

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape
 
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
@@ -27,6 +27,7 @@ from runtime.events.models import TransferRequested
 from runtime.one_per import OnePer
 from runtime.telephony.services import services
 from runtime.telephony.stream_tokens import StreamTokens
+from runtime.telephony.twilio import twiml
 from runtime.web.client_address import ClientAddresses
 from runtime.web.responses import error_response
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("voicectl.twilio")
 
 MEDIA_PATH = "/media/twilio"
+STREAM_STATUS_PATH = "/webhooks/twilio/stream-status"
 XML = "text/xml"
 # A call answered with <Connect><Stream> whose stream never starts is failed after this long.
 STREAM_START_GRACE_S = 5.0
@@ -106,42 +108,63 @@ def public_request_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}{request.raw_path}"
 
 
-def media_stream_url(request: web.Request) -> str:
+def public_base(request: web.Request) -> str:
     public = services(request.app).settings.server.public_url
-    base = public.rstrip("/") if public else f"{request.scheme}://{request.host}"
-    scheme, _, rest = base.partition("://")
+    return public.rstrip("/") if public else f"{request.scheme}://{request.host}"
+
+
+def media_stream_url(request: web.Request) -> str:
+    scheme, _, rest = public_base(request).partition("://")
+    if scheme != "https":
+        _warn_insecure_stream_once()
     return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{MEDIA_PATH}"
 
 
-# TwiML
+@lru_cache(maxsize=1)
+def _warn_insecure_stream_once() -> None:
+    log.warning(INSECURE_STREAM_WARNING)
 
 
-def twiml_document(body: str) -> str:
-    return f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>'
+def streams_can_be_secure(settings) -> bool:
+    """Twilio connects media streams over wss:// only: the stream URL is built from server.public_url."""
+    return (settings.server.public_url or "").startswith("https://")
+
+
+async def warn_if_streams_would_be_refused(app: web.Application) -> None:
+    """At startup: a box with Twilio numbers and no https public_url answers every call with a
+    ws:// stream URL, which Twilio refuses (the call ends at once)."""
+    svc = services(app)
+    if streams_can_be_secure(svc.settings):
+        return
+    if await svc.control.store.executor.fetchval(
+            "SELECT COUNT(*) AS n FROM phone_numbers WHERE provider = 'twilio'"):
+        log.warning(INSECURE_STREAM_WARNING)
+
+
+INSECURE_STREAM_WARNING = ("server.public_url is not https: Twilio refuses a ws:// media stream (error 31922) and "
+                           "the call ends; set server.public_url to the runtime's public https URL")
+
+
+# TwiML answers (runtime.telephony.twilio.twiml renders them)
 
 
 def xml_response(document: str) -> web.Response:
     return web.Response(text=document, content_type=XML)
 
 
-def twiml(body: str) -> web.Response:
-    return xml_response(twiml_document(body))
-
-
-def stream_twiml_document(url: str, token: str) -> str:
-    return twiml_document(f"<Connect><Stream url={quoteattr(url)}>"
-                          f'<Parameter name="token" value={quoteattr(token)}/></Stream></Connect>')
+def twiml_response(body: str) -> web.Response:
+    return xml_response(twiml.document(body))
 
 
 def reject_twiml() -> web.Response:
-    """``<Reject />``, as the official library renders it: the call is refused before it is answered."""
-    return twiml("<Reject />")
+    """``<Reject />``: the call is refused before it is answered."""
+    return twiml_response(twiml.REJECT)
 
 
 def rejection_twiml(rejected: RouteRejected) -> web.Response:
     if rejected.reason in BUSY_REASONS:
-        return twiml('<Reject reason="busy"/>')
-    return twiml(f"<Say>{escape(REJECTION_SPEECH.get(rejected.reason, GENERIC_REJECTION))}</Say><Hangup/>")
+        return twiml_response(twiml.REJECT_BUSY)
+    return twiml_response(f"<Say>{escape(REJECTION_SPEECH.get(rejected.reason, GENERIC_REJECTION))}</Say><Hangup/>")
 
 
 # Per-app bridge state
@@ -354,10 +377,11 @@ async def _open_call(request: web.Request, br: TwilioBridge, tenant_id: str, cal
         target = session.route.config.escalation_target
         await session.emit(TransferRequested(target=target, reason="after_hours"))
         await session.end("after_hours_transfer")
-        return twiml(f"<Dial>{escape(target)}</Dial>")
+        return twiml_response(twiml.dial(target))
     br.by_sid[call_sid] = session.id
     session.on_end.append(lambda s: _forget(br, s, call_sid))
-    answer = br.answers[session.id] = stream_twiml_document(media_stream_url(request), br.tokens.issue(session.id))
+    answer = br.answers[session.id] = twiml.document(twiml.stream(
+        media_stream_url(request), br.tokens.issue(session.id), public_base(request) + STREAM_STATUS_PATH))
     br.expect_stream(tracker, session.id)
     return xml_response(answer)
 
@@ -384,11 +408,35 @@ async def status_webhook(request: web.Request) -> web.Response:
     session = services(request.app).tracker.get(br.by_sid.get(call_sid, ""))
     if session is None or session.tenant_id != tenant_id or not session.live:
         return web.Response(status=204)  # unknown or already finished: nothing to do (idempotent)
-    if status == "completed":
+    if status == "completed" and session.state == "ringing":
+        # <Connect> fell through: the media stream never connected (a ws:// URL, an unreachable
+        # host), and Twilio completed the call. Not a caller hang-up.
+        await session.fail("stream_not_started", "Twilio completed the call before its media stream started")
+    elif status == "completed":
         await session.end("completed", hangup_by="caller")
     elif status in FAILED_STATUSES:
         if session.state == "ringing":
             await session.fail(status.replace("-", "_"))
         else:
             await session.end(status.replace("-", "_"), hangup_by="caller")
+    return web.Response(status=204)
+
+
+async def stream_status_webhook(request: web.Request) -> web.Response:
+    """``<Stream statusCallback>`` (twilio.com/docs/voice/twiml/stream#statuscallback): a form with
+    AccountSid, CallSid, StreamSid, StreamName, StreamEvent (stream-started | stream-stopped |
+    stream-error), StreamError (its message, on stream-error) and Timestamp. A stream error fails
+    its call with the message; the other events need nothing (the WebSocket says as much)."""
+    verified = await verified_tenant(request)
+    if isinstance(verified, web.Response):
+        return verified
+    tenant_id, form = verified
+    if form.get("StreamEvent") != "stream-error":
+        return web.Response(status=204)
+    call_sid = form.get("CallSid", "")
+    message = (form.get("StreamError") or "unknown stream error")[:300]
+    log.warning("twilio reported a media stream error", extra={"tenant_id": tenant_id, "error": message})
+    session = services(request.app).tracker.get(bridge(request.app).by_sid.get(call_sid, ""))
+    if session is not None and session.tenant_id == tenant_id and session.live:
+        await session.fail("stream_error", f"Twilio: {message}")
     return web.Response(status=204)

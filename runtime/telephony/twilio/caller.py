@@ -69,6 +69,7 @@ class CallResult:
     received_pcm: bytearray = field(default_factory=bytearray)
     arrivals: list[float] = field(default_factory=list)  # monotonic arrival time of each outbound frame
     marks: list[str] = field(default_factory=list)
+    mark_echoes: dict[str, float] = field(default_factory=dict)  # mark name -> monotonic time echoed
     clears: int = 0
     close_code: int | None = None
     close_reason: str = ""
@@ -85,16 +86,26 @@ class CallResult:
 
 
 class CallerStream:
-    """The WebSocket side of one call; raw access (``send_raw``) for protocol tests."""
+    """The WebSocket side of one call; raw access (``send_raw``) for protocol tests.
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, result: CallResult) -> None:
+    It plays what it receives as Twilio does: each 20 ms frame after the ones before it, starting
+    no earlier than ``playout_delay_s`` after it arrived (Twilio's jitter buffer and the network),
+    and echoes a mark only once the audio queued before it has played; a ``clear`` drops what is
+    unplayed and echoes the pending marks at once (twilio.com/docs/voice/media-streams/
+    websocket-messages: "mark", "clear")."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, result: CallResult, playout_delay_s: float = 0.0) -> None:
         self.ws = ws
         self.result = result
         self.closed = asyncio.Event()
         self.first_media = asyncio.Event()
         self.mark_seen = asyncio.Event()
+        self.playout_delay_s = playout_delay_s
         self._seq = 0
         self._chunk = 0
+        self._play_end = 0.0  # monotonic time the audio received so far finishes playing
+        self._pending_marks: dict[str, asyncio.TimerHandle] = {}
+        self._echoes: set[asyncio.Task[None]] = set()
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     def _next(self) -> str:
@@ -167,17 +178,24 @@ class CallerStream:
                 data = orjson.loads(msg.data)
                 event = data.get("event")
                 if event == "media":
-                    result.arrivals.append(time.monotonic())
-                    result.received_pcm += ulaw_to_pcm16(base64.b64decode(data["media"]["payload"]))
+                    now = time.monotonic()
+                    result.arrivals.append(now)
+                    pcm = ulaw_to_pcm16(base64.b64decode(data["media"]["payload"]))
+                    result.received_pcm += pcm
                     result.frames_received += 1
+                    self._play_end = max(self._play_end, now + self.playout_delay_s) + len(pcm) / 2 / 8000
                     self.first_media.set()
                 elif event == "mark":
                     name = data["mark"]["name"]
                     result.marks.append(name)
                     self.mark_seen.set()
-                    await self.mark(name)  # Twilio echoes a mark once the audio before it has played
+                    self._echo_when_played(name)
                 elif event == "clear":
                     result.clears += 1
+                    self._play_end = time.monotonic()
+                    for name in list(self._pending_marks):
+                        self._pending_marks.pop(name).cancel()
+                        self._echo(name)
         except (ConnectionError, RuntimeError):
             pass
         finally:
@@ -186,6 +204,30 @@ class CallerStream:
             result.close_reason = str(ext) if ext else ""
             result.ended_at = time.monotonic()
             self.closed.set()
+
+    def _echo_when_played(self, name: str) -> None:
+        delay = self._play_end - time.monotonic()
+        if delay <= 0:
+            self._echo(name)
+        else:
+            self._pending_marks[name] = asyncio.get_running_loop().call_later(delay, self._echo_later, name)
+
+    def _echo_later(self, name: str) -> None:
+        self._pending_marks.pop(name, None)
+        self._echo(name)
+
+    def _echo(self, name: str) -> None:
+        self.result.mark_echoes[name] = time.monotonic()
+        if not self.ws.closed:
+            task = asyncio.get_running_loop().create_task(self._send_echo(name))
+            self._echoes.add(task)
+            task.add_done_callback(self._echoes.discard)
+
+    async def _send_echo(self, name: str) -> None:
+        try:
+            await self.mark(name)
+        except (ConnectionError, RuntimeError):
+            pass  # the call ended meanwhile
 
     async def wait_closed(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self.closed.wait(), timeout)
@@ -240,6 +282,16 @@ class TwilioCaller:
         status, text = await self.post_signed("/webhooks/twilio/voice", self.voice_params(to, from_, call_sid))
         return call_sid, parse_twiml(status, text)
 
+    async def stream_status(self, call_sid: str, event: str, error: str | None = None, stream_sid: str = "") -> int:
+        """Twilio's <Stream statusCallback> (twilio.com/docs/voice/twiml/stream#statuscallback)."""
+        params = {"AccountSid": self.account_sid, "CallSid": call_sid, "StreamSid": stream_sid or new_sid("MZ"),
+                  "StreamName": stream_sid or "stream", "StreamEvent": event,
+                  "Timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if error is not None:
+            params["StreamError"] = error
+        code, _ = await self.post_signed("/webhooks/twilio/stream-status", params)
+        return code
+
     async def status(self, call_sid: str, status: str, to: str, from_: str = "+15550001111") -> int:
         params = {"CallSid": call_sid, "AccountSid": self.account_sid, "From": from_, "To": to,
                   "Direction": "inbound", "CallStatus": status}
@@ -254,11 +306,11 @@ class TwilioCaller:
         return f"{scheme}://{base.netloc}{parts.path}"
 
     async def open_stream(self, call_sid: str, answer: TwimlAnswer, media_format: dict | None = None,
-                          parameters: dict[str, str] | None = None) -> CallerStream:
+                          parameters: dict[str, str] | None = None, playout_delay_s: float = 0.0) -> CallerStream:
         assert answer.stream_url, f"no <Stream> in the TwiML: {answer.text}"
         ws = await self.http.ws_connect(self.ws_url(answer.stream_url), autoping=True, max_msg_size=0)
         result = CallResult(call_sid, answer, started_at=time.monotonic())
-        leg = CallerStream(ws, result)
+        leg = CallerStream(ws, result, playout_delay_s)
         await leg.connected()
         await leg.start(answer.parameters if parameters is None else parameters, self.account_sid, call_sid,
                         media_format)

@@ -61,6 +61,8 @@ DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 REALTIME_BURST_S = 1.0
 _PCM_BYTES_PER_S = TELEPHONY_RATE * 2  # the leg counts PCM16 at 8 kHz
 _BURST_BYTES = int(REALTIME_BURST_S * _PCM_BYTES_PER_S)
+# Distinct unknown event names logged per stream (the rest are ignored silently).
+MAX_UNKNOWN_EVENT_NAMES = 8
 # How long closing waits for the peer's close frame (aiohttp's default is 10 s).
 CLOSE_TIMEOUT_S = 2.0
 
@@ -109,7 +111,8 @@ class TwilioControl:
 
 @dataclass
 class StreamCounters:
-    marks_received: list[str] = field(default_factory=list)
+    marks_received: int = 0
+    unknown_events: set[str] = field(default_factory=set)  # names logged once each
     outbound_backlogged: int = 0  # outbound frames and marks dropped because the peer stopped reading
 
 
@@ -127,8 +130,10 @@ class MediaStream:
         self.stream_sid = ""
         self.call_sid = ""
         self.counters = StreamCounters()
+        # Twilio echoes a mark once the audio before it has played: replies wait for it.
         self.transport = PacedTransport(TELEPHONY_RATE, ULAW_FRAME_BYTES, self._send_frame, on_clear=self._clear,
-                                        encode=pcm16_to_ulaw, silence=ULAW_SILENCE)
+                                        encode=pcm16_to_ulaw, silence=ULAW_SILENCE,
+                                        confirm_s=services(request.app).settings.telephony.twilio.mark_timeout_s)
         self.pacer = self.transport.pacer
         self.leg: MediaLeg | None = None
         self._media_prefix = b""
@@ -222,7 +227,18 @@ class MediaStream:
         if event == "stop":
             await self._stop()
             return True
-        raise StreamAbort(CLOSE_BAD_MESSAGE, f"unknown event {str(event)[:40]!r}", "bad_media_message")
+        self._unknown(event)
+        return False
+
+    def _unknown(self, event: Any) -> None:
+        """An event this version does not know: Twilio may add some, so it is logged (once per name
+        and stream, a bounded set) and ignored."""
+        name = str(event)[:40]
+        seen = self.counters.unknown_events
+        if name not in seen and len(seen) < MAX_UNKNOWN_EVENT_NAMES:
+            seen.add(name)
+            log.info("twilio media stream: unknown event ignored",
+                     extra={"event": name, "call_id": self.session.id if self.session else None})
 
     def _media(self, msg: dict) -> None:
         session = self.session
@@ -263,7 +279,8 @@ class MediaStream:
             name = msg["mark"]["name"]
         except (KeyError, TypeError):
             raise StreamAbort(CLOSE_BAD_MESSAGE, "mark message without a name", "bad_media_message") from None
-        self.counters.marks_received.append(str(name)[:200])
+        self.counters.marks_received += 1
+        self.transport.confirmed(str(name)[:200])
 
     def _dtmf(self, msg: dict) -> None:
         if self.leg is None:
@@ -368,7 +385,7 @@ class MediaStream:
     async def _clear(self, dropped: int, sent: bool) -> None:
         """Tell Twilio to drop what it buffered, only when there may be any: frames dropped here, a
         mark not yet echoed, or audio sent since the last clear."""
-        unheard = self.pacer.stats.marks_sent > len(self.counters.marks_received)
+        unheard = self.pacer.stats.marks_sent > self.counters.marks_received
         if (dropped or unheard or sent) and not self.ws.closed:
             await self.ws.send_str(orjson.dumps({"event": "clear", "streamSid": self.stream_sid}).decode())
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
-from xml.sax.saxutils import escape
 
 import aiohttp
+
+from runtime.telephony.twilio import twiml
 
 TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
 
@@ -15,10 +16,6 @@ class TwilioApiError(Exception):
         super().__init__(f"Twilio API answered {status}: {body[:300]}")
         self.status = status
         self.body = body
-
-
-def dial_twiml(target: str) -> str:
-    return f"<Response><Dial>{escape(target)}</Dial></Response>"
 
 
 class TwilioRest:
@@ -48,7 +45,7 @@ class TwilioRest:
                 return {}
 
     async def transfer(self, call_sid: str, target: str) -> dict:
-        return await self.update_call(call_sid, {"Twiml": dial_twiml(target)})
+        return await self.update_call(call_sid, {"Twiml": twiml.document(twiml.dial(target))})
 
     async def hangup(self, call_sid: str) -> dict:
         return await self.update_call(call_sid, {"Status": "completed"})
