@@ -149,6 +149,10 @@ class TwilioSettings(_Model):
     # After a reply's last frame is sent, how long to wait for Twilio's echo of the mark behind it
     # (the audio has played) before a hang-up or transfer goes ahead anyway.
     mark_timeout_s: float = Field(3.0, gt=0, le=30)
+    # Also require X-Twilio-Signature on the media WebSocket's upgrade (Twilio signs it over the
+    # stream URL), on top of the single-use stream token. Off by default: behind a proxy the
+    # signed URL must be exactly server.public_url's.
+    require_stream_signature: bool = False
 
 
 class GotoSettings(_Model):

@@ -13,8 +13,8 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 from runtime.telephony.twilio.caller import CallerStream
 from tests.twilio.support import ACCOUNT_SID, NUMBER
 
-# One second of quiet before the agent re-prompts, then says goodbye and hangs up.
-WORLD_OVERRIDES = {"telephony": {"twilio": {"mark_timeout_s": 1.5}}}
+# Every stream here must carry Twilio's signature on its upgrade (the caller signs it as Twilio does).
+WORLD_OVERRIDES = {"telephony": {"twilio": {"mark_timeout_s": 1.5, "require_stream_signature": True}}}
 
 
 @pytest.fixture
@@ -111,3 +111,20 @@ async def test_a_box_with_twilio_numbers_and_no_https_url_warns_at_startup(world
     assert any("error 31922" in r.getMessage() for r in caplog.records), caplog.text
     _, answer = await world.caller().dial(NUMBER)
     assert answer.stream_url.startswith("ws://")  # what Twilio would refuse: hence the warning
+
+
+@pytest.mark.parametrize("signature", [None, "forged"])
+async def test_an_upgrade_without_twilios_signature_is_refused_when_required(world, signature) -> None:
+    from runtime.telephony.twilio.caller import CallResult
+
+    caller = world.caller()
+    call_sid, answer = await caller.dial(NUMBER)
+    headers = {"X-Twilio-Signature": signature} if signature else {}
+    ws = await world.api.http.ws_connect(caller.ws_url(answer.stream_url), headers=headers)
+    leg = CallerStream(ws, CallResult(call_sid, answer))
+    await leg.connected()
+    await leg.start(answer.parameters, ACCOUNT_SID, call_sid)
+    await leg.wait_closed()
+    assert leg.result.close_code == 4403
+    row = await world.final_call(call_sid)
+    assert (row["status"], row["end_reason"]) == ("failed", "bad_stream_signature")

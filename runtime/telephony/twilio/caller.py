@@ -308,7 +308,10 @@ class TwilioCaller:
     async def open_stream(self, call_sid: str, answer: TwimlAnswer, media_format: dict | None = None,
                           parameters: dict[str, str] | None = None, playout_delay_s: float = 0.0) -> CallerStream:
         assert answer.stream_url, f"no <Stream> in the TwiML: {answer.text}"
-        ws = await self.http.ws_connect(self.ws_url(answer.stream_url), autoping=True, max_msg_size=0)
+        # Twilio signs the upgrade over the stream URL of the TwiML (no parameters).
+        signature = twilio_signature(self.auth_token, answer.stream_url)
+        ws = await self.http.ws_connect(self.ws_url(answer.stream_url), autoping=True, max_msg_size=0,
+                                        headers={"X-Twilio-Signature": signature})
         result = CallResult(call_sid, answer, started_at=time.monotonic())
         leg = CallerStream(ws, result, playout_delay_s)
         await leg.connected()

@@ -42,7 +42,7 @@ from runtime.pipeline.paced_transport import PacedTransport
 from runtime.pipeline.pacer import Frame
 from runtime.telephony.services import services
 from runtime.telephony.stream_tokens import StreamTokenError
-from runtime.telephony.twilio.bridge import TwilioBridge, bridge
+from runtime.telephony.twilio.bridge import TwilioBridge, bridge, media_stream_url, signature_valid
 from runtime.telephony.twilio.rest import TwilioRest
 from runtime.web.responses import error_response
 
@@ -69,6 +69,7 @@ CLOSE_TIMEOUT_S = 2.0
 CLOSE_NORMAL = 1000
 CLOSE_SERVER_ERROR = 1011
 CLOSE_BAD_MESSAGE = 4400
+CLOSE_FORBIDDEN = 4403
 CLOSE_START_TIMEOUT = 4408
 CLOSE_PROTOCOL = 4409
 CLOSE_GONE = 4410
@@ -311,6 +312,7 @@ class MediaStream:
         if session is None or session.state != "ringing":
             raise StreamAbort(CLOSE_GONE, "the call is no longer waiting for its stream", "")
         self.session = session
+        await self._check_signature(session)
         fmt = start.get("mediaFormat")
         if not (isinstance(fmt, dict) and fmt.get("encoding") == "audio/x-mulaw"
                 and str(fmt.get("sampleRate")) == "8000" and str(fmt.get("channels", 1)) == "1"):
@@ -332,6 +334,18 @@ class MediaStream:
         except LegFailed as failed:
             raise StreamAbort(CLOSE_SERVER_ERROR, failed.message, failed.reason) from None
         await leg.connect()
+
+    async def _check_signature(self, session: CallSession) -> None:
+        """With telephony.twilio.require_stream_signature: the upgrade's X-Twilio-Signature over
+        the stream URL, with the call's tenant's auth token (known only now, from the token)."""
+        if not services(self.app).settings.telephony.twilio.require_stream_signature:
+            return
+        token = await services(self.app).control.credentials.secret(session.tenant_id, "twilio")
+        if not token or not signature_valid(token, media_stream_url(self.request), (),
+                                            self.request.headers.get("X-Twilio-Signature")):
+            self.bridge.refused.labels("bad_signature").inc()
+            raise StreamAbort(CLOSE_FORBIDDEN, "invalid or missing X-Twilio-Signature on the upgrade",
+                              "bad_stream_signature")
 
     async def _control(self, session: CallSession, start: dict) -> TwilioControl | None:
         control = services(self.app).control
