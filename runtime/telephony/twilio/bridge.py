@@ -34,6 +34,7 @@ from runtime.web.responses import error_response
 if TYPE_CHECKING:
     from runtime.calls.session import CallSession
     from runtime.calls.tracker import CallTracker
+    from runtime.config import Settings
     from runtime.store.store import Store
     from runtime.telephony.twilio.media import MediaStream
 
@@ -125,7 +126,7 @@ def _warn_insecure_stream_once() -> None:
     log.warning(INSECURE_STREAM_WARNING)
 
 
-def streams_can_be_secure(settings) -> bool:
+def streams_can_be_secure(settings: Settings) -> bool:
     """Twilio connects media streams over wss:// only: the stream URL is built from server.public_url."""
     return (settings.server.public_url or "").startswith("https://")
 
