@@ -102,6 +102,9 @@ class RateLimit(_Model):
     window_s: int = Field(ge=1)
 
 
+RATE_CLASSES = ("read", "write", "session", "realtime", "recording", "control")
+
+
 class RateLimitClasses(_Model):
     """A limit per route class; null means unlimited."""
 
@@ -110,6 +113,7 @@ class RateLimitClasses(_Model):
     session: RateLimit | None = None
     realtime: RateLimit | None = None
     recording: RateLimit | None = None
+    control: RateLimit | None = None  # live call control: hangup, transfer, say, pause
 
 
 def _runtime_rate_defaults() -> RateLimitClasses:
@@ -120,6 +124,8 @@ def _runtime_rate_defaults() -> RateLimitClasses:
         session=RateLimit(limit=10, window_s=3600),
         realtime=RateLimit(limit=30, window_s=3600),
         recording=RateLimit(limit=20, window_s=3600),
+        # An integrator's backend drives its live calls: say, pause, hang up, many per call.
+        control=RateLimit(limit=3000, window_s=60),
     )
 
 

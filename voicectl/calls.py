@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from voicectl import live_calls
 from voicectl.common import (
     JsonOpt,
     LimitOpt,
@@ -27,7 +28,7 @@ from voicectl.common import (
     when,
 )
 
-app = new_app("Call log: list calls, show one with its transcript and events.")
+app = new_app("Call log: list calls, show one with its transcript and events; control live calls.")
 
 
 async def _all(fetch: Any) -> list[dict[str, Any]]:
@@ -164,3 +165,6 @@ def recording(
         say(f"wrote {data['kind']} recording of {call_id} ({data['duration_ms'] / 1000:.1f} s) to {out}")
     else:
         say(data["path"] or data["uri"])
+
+
+live_calls.register(app)

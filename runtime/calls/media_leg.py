@@ -91,6 +91,8 @@ class MediaLeg:
         except Exception as exc:
             log.exception("the call's conversation could not be set up", extra={"call_id": self.session.id})
             raise LegFailed("pipeline_unavailable", "the agent could not be started") from exc
+        if hasattr(self.conversation, "say_now"):  # the pipeline's conversation: live control reaches it
+            self.session.conversation = self.conversation  # type: ignore[assignment]
         return self.conversation
 
     async def connect(self) -> None:

@@ -65,6 +65,16 @@ class CallControl(Protocol):
     async def transfer(self, target: str) -> None: ...
 
 
+class Steerable(Protocol):
+    """What live call control reaches in a call's conversation (runtime.pipeline.conversation)."""
+
+    paused: bool
+
+    def say_now(self, text: str, *, interrupt: bool) -> None: ...
+
+    def set_paused(self, paused: bool) -> None: ...
+
+
 @dataclass(slots=True, eq=False)
 class CallSession:
     id: str
@@ -86,6 +96,8 @@ class CallSession:
     latency: dict[str, Any] = field(default_factory=dict)
     # The bridge's media counters, read when the call ends whoever ends it (summary.media).
     media_counts: Callable[[], dict[str, Any]] | None = None
+    # The call's conversation once its media leg built it: live control (say, pause) reaches it here.
+    conversation: Steerable | None = None
     _seq: int = 0
     _transcript_seq: int = 0
     _started_mono: float = field(default_factory=time.monotonic)

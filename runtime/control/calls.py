@@ -4,17 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.control.errors import NotFound
+from runtime.control.errors import BadRequest, NotFound
 from runtime.control.pagination import Page, PageRequest
 from runtime.store.store import Store
+
+LIVE_STATUSES = ("ringing", "connected", "transferring")
+CALL_STATUSES = ("live", *LIVE_STATUSES, "ended", "failed")
 
 
 class CallReadService:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def list(self, tenant_id: str, page: PageRequest, *, status: str | None = None) -> Page[dict[str, Any]]:
-        equals = {"status": status} if status else {}
+    async def list(self, tenant_id: str, page: PageRequest, *, status: str | None = None,
+                   direction: str | None = None) -> Page[dict[str, Any]]:
+        """``status``: one call status, or ``live`` (ringing, connected or transferring)."""
+        equals: dict[str, Any] = {}
+        if status:
+            if status not in CALL_STATUSES:
+                raise BadRequest(f"status must be one of {', '.join(CALL_STATUSES)}", {"query": "status"})
+            equals["status"] = LIVE_STATUSES if status == "live" else status
+        if direction:
+            if direction not in ("inbound", "outbound"):
+                raise BadRequest("direction must be inbound or outbound", {"query": "direction"})
+            equals["direction"] = direction
         rows, total = await self.store.voice_calls.list(
             tenant_id=tenant_id, equals=equals, limit=page.limit, offset=page.offset, descending=True
         )

@@ -111,6 +111,9 @@ class Conversation:
         self.voice = Voice(tts, transport, self.clock, self.reporter.first_audio)
         # Shared by the parts (read through narrow protocols in their modules)
         self.live = False  # started, and not closed nor ended by the agent: the call is heard and answered
+        # Paused by the integrator (PATCH /api/v1/calls/{id} {"ai": "paused"}): the caller is still
+        # heard and transcribed, but the agent does not answer, re-prompt or fill silence.
+        self.paused = False
         self.reply: Reply | None = None  # the agent's utterance on the line (set: the agent is speaking)
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -210,7 +213,8 @@ class Conversation:
         self.silence.mark_quiet()
         self.reporter.transcript("caller", text, None, None, False)
         self.history.add_user(text)
-        self.replies.start("text", self.responder.respond)
+        if not self.paused:
+            self.replies.start("text", self.responder.respond)
 
     async def say(self, text: str) -> None:
         """Speak a line now (e.g. a duration warning): after what the agent is saying, never
@@ -222,6 +226,21 @@ class Conversation:
         reply = self.replies.start_line(text)
         if reply.task is not None:
             await asyncio.wait({reply.task})
+
+    def say_now(self, text: str, *, interrupt: bool) -> None:
+        """A line the integrator asks for (POST /api/v1/calls/{id}/say), as the agent's own (history
+        and transcript): at once, cutting what the agent is saying (``interrupt``), or after it."""
+        if not self.live:
+            return
+        if interrupt:
+            self.replies.start_line(text)
+        else:
+            self._spawn(self.say(text))
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self.silence.reset_prompts()
+        self.silence.mark_quiet()
 
     def emit(self, payload: Payload) -> None:
         """An event of this call, written in order with the conversation's own."""

@@ -28,6 +28,7 @@ class Activity(Protocol):
 
     live: bool
     reply: Reply | None
+    paused: bool  # paused by the integrator: no re-prompts
     replies: Replies
     keypad: Keypad
 
@@ -59,7 +60,8 @@ class SilenceWatch:
             if now < due:
                 await clock.sleep(due - now)
                 continue
-            if conversation.reply is not None or self.detector.state != IDLE or conversation.keypad.collecting:
+            if (conversation.reply is not None or self.detector.state != IDLE or conversation.keypad.collecting
+                    or conversation.paused):
                 self.mark_quiet()  # busy: ending that activity marks the quiet again
                 continue
             self.prompts += 1

@@ -149,6 +149,9 @@ class Table:
                 raise KeyError(f"{self.spec.name} has no column {key}")
             if value is None:
                 where.append(f"{key} IS NULL")
+            elif isinstance(value, tuple):  # any of these values
+                where.append(f"{key} IN ({', '.join('?' for _ in value)})")
+                params.extend(_encode(self.spec, {key: v})[key] for v in value)
             else:
                 where.append(f"{key} = ?")
                 params.append(_encode(self.spec, {key: value})[key])

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from runtime.config import RateLimit, RateLimitSettings
+from runtime.config import RATE_CLASSES, RateLimit, RateLimitSettings
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class RateLimiter:
     def _evict(self, now: float) -> None:
         longest = max(
             (getattr(c, name).window_s for c in (self._settings.admin, self._settings.runtime)
-             for name in ("read", "write", "session", "realtime", "recording") if getattr(c, name)),
+             for name in RATE_CLASSES if getattr(c, name)),
             default=0,
         )
         self._windows = {k: v for k, v in self._windows.items() if v[0] + longest > now}

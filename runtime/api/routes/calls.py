@@ -1,12 +1,38 @@
-"""/api/v1/calls and /api/v1/events: read access to the call archive."""
+"""/api/v1/calls and /api/v1/events: the call archive, and control of live calls."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from runtime.api.appkeys import TRACKER
 from runtime.api.endpoint import PAGE, Ctx, QueryParam, Route
+from runtime.calls.live_control import CallUpdate, HangupRequest, LiveControl, SayRequest, TransferRequest
+from runtime.calls.locator import LocalCalls
 
 
 async def list_calls(ctx: Ctx):
-    return await ctx.control.calls.list(ctx.tenant, ctx.page(), status=ctx.query("status"))
+    return await ctx.control.calls.list(ctx.tenant, ctx.page(), status=ctx.query("status"),
+                                        direction=ctx.query("direction"))
+
+
+def _live(ctx: Ctx) -> LiveControl:
+    return LiveControl(LocalCalls(ctx.request.app[TRACKER]), ctx.control.store)
+
+
+async def hangup_call(ctx: Ctx) -> dict[str, Any]:
+    return await _live(ctx).hangup(ctx.tenant, ctx.param("call_id"), ctx.body)
+
+
+async def transfer_call(ctx: Ctx) -> dict[str, Any]:
+    return await _live(ctx).transfer(ctx.tenant, ctx.param("call_id"), ctx.body)
+
+
+async def say_on_call(ctx: Ctx) -> dict[str, Any]:
+    return await _live(ctx).say(ctx.tenant, ctx.param("call_id"), ctx.body)
+
+
+async def update_call(ctx: Ctx) -> dict[str, Any]:
+    return await _live(ctx).update(ctx.tenant, ctx.param("call_id"), ctx.body)
 
 
 async def get_call(ctx: Ctx):
@@ -27,8 +53,21 @@ async def list_events(ctx: Ctx):
 
 ROUTES = [
     Route("GET", "/api/v1/calls", list_calls, "List calls, newest first", paged=True,
-          query=(*PAGE, QueryParam("status", description="ringing, connected, transferring, ended, failed")),
-          tag="calls"),
+          query=(*PAGE, QueryParam("status", description="live (ringing, connected or transferring), ringing, "
+                                   "connected, transferring, ended, failed"),
+                 QueryParam("direction", description="inbound or outbound")),
+          tag="calls", errors=(400,)),
+    Route("POST", "/api/v1/calls/{call_id}/hangup", hangup_call, "Hang up a live call", body=HangupRequest,
+          tag="calls", rate_class="control", errors=(404, 409)),
+    Route("POST", "/api/v1/calls/{call_id}/transfer", transfer_call,
+          "Transfer a connected call (cold, through its bridge)", body=TransferRequest, tag="calls",
+          rate_class="control", errors=(404, 409)),
+    Route("POST", "/api/v1/calls/{call_id}/say", say_on_call,
+          "The agent says a line now (interrupt) or after what it is saying", body=SayRequest, status=202,
+          tag="calls", rate_class="control", errors=(404, 409)),
+    Route("PATCH", "/api/v1/calls/{call_id}", update_call,
+          "Pause or resume the agent on a live call (the call, transcription and recording go on)",
+          body=CallUpdate, tag="calls", rate_class="control", errors=(404, 409)),
     Route("GET", "/api/v1/calls/{call_id}", get_call, "Show a call with its archive fields", tag="calls"),
     Route("GET", "/api/v1/calls/{call_id}/transcripts", list_transcripts, "A call's transcript", paged=True,
           query=PAGE, tag="calls"),
