@@ -270,6 +270,8 @@ class ProviderDefaults(_Model):
     def _known(cls, value: str, info: ValidationInfo) -> str:
         if registry.find(info.field_name, value) is None:
             raise ValueError(f"one of {', '.join(registry.names(info.field_name))}")
+        if value == "external":  # a version chooses the customer's brain; a box cannot default to none
+            raise ValueError("external cannot be the default llm: name it in an agent version")
         return value
 
 

@@ -89,7 +89,8 @@ class LiveControl:
 
     async def say(self, tenant_id: str, call_id: str, req: SayRequest) -> dict[str, Any]:
         session = await self._live(tenant_id, call_id)
-        self._conversation(session).say_now(req.text, interrupt=req.interrupt)
+        if not self._conversation(session).say_now(req.text, interrupt=req.interrupt):
+            raise Conflict("too many lines are waiting to be said on this call", {"call_id": call_id})
         return {"id": session.id, "queued": True, "interrupt": req.interrupt}
 
     async def update(self, tenant_id: str, call_id: str, req: CallUpdate) -> dict[str, Any]:

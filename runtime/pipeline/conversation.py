@@ -47,6 +47,7 @@ from runtime.pipeline.clock import Clock, SystemClock
 from runtime.pipeline.frames import AudioFrame, Control, ControlFrame
 from runtime.pipeline.history import History
 from runtime.pipeline.keypad import Keypad
+from runtime.pipeline.lines import LineQueue
 from runtime.pipeline.listening import Listener
 from runtime.pipeline.metrics import PipelineMetrics
 from runtime.pipeline.replies import Replies
@@ -128,6 +129,7 @@ class Conversation:
         self.replies = Replies(self, session=session, voice=self.voice, history=self.history, transport=transport,
                                reporter=self.reporter, metrics=metrics, mark_quiet=self.silence.mark_quiet,
                                spawn=spawn)
+        self.lines = LineQueue(self, self.replies, spawn)
         self.responder = Responder(self, settings=settings, history=self.history, voice=self.voice,
                                    replies=self.replies, toolbox=toolbox, tool_context=self.tool_context, clock=clock,
                                    reporter=self.reporter, spawn=spawn, call_id=session.id)
@@ -213,7 +215,7 @@ class Conversation:
         self.silence.mark_quiet()
         self.reporter.transcript("caller", text, None, None, False)
         self.history.add_user(text)
-        if not self.paused:
+        if self.answers_turns:
             self.replies.start("text", self.responder.respond)
 
     async def say(self, text: str) -> None:
@@ -227,15 +229,25 @@ class Conversation:
         if reply.task is not None:
             await asyncio.wait({reply.task})
 
-    def say_now(self, text: str, *, interrupt: bool) -> None:
-        """A line the integrator asks for (POST /api/v1/calls/{id}/say), as the agent's own (history
-        and transcript): at once, cutting what the agent is saying (``interrupt``), or after it."""
+    def say_now(self, text: str, *, interrupt: bool) -> bool:
+        """A line the integrator sends, as the agent's own (history and transcript): after what is
+        being said and the lines before it, or (``interrupt``) at once, cutting it and dropping
+        them. False when the call is over or too many lines wait (runtime.pipeline.lines)."""
         if not self.live:
-            return
+            return False
         if interrupt:
-            self.replies.start_line(text)
-        else:
-            self._spawn(self.say(text))
+            self.lines.flush()
+        return self.lines.say(text)
+
+    def flush_lines(self) -> None:
+        """Cut what is being said and drop the lines waiting (a speaking session's ``flush``)."""
+        if self.live:
+            self.lines.flush()
+
+    @property
+    def answers_turns(self) -> bool:
+        """Whether the agent answers caller turns itself: not while paused, never for an external brain."""
+        return not self.paused and not self.settings.external_brain
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused

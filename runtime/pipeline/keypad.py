@@ -44,6 +44,8 @@ class Keypad:
         return bool(self.digits)
 
     def press(self, digit: str) -> None:
+        if self.settings.external_brain:
+            return  # the integrator hears the dtmf.received event and decides
         tool = self.settings.dtmf_tools.get(digit)
         if tool and not self.digits:
             self.replies.barge_in()  # a key press is deliberate: it interrupts

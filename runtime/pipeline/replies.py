@@ -60,6 +60,7 @@ class Replies:
         self.conversation, self.session, self.voice, self.history = conversation, session, voice, history
         self.transport, self.reporter, self.metrics = transport, reporter, metrics
         self.mark_quiet = mark_quiet  # the silence watch counts quiet from the end of a reply
+        self.on_barge_in: list[Callable[[], None]] = []  # the caller interrupted (e.g. queued lines drop)
         self.spawn = spawn
 
     def start(self, kind: str, body: ReplyBody, timing: TurnTiming | None = None) -> Reply:
@@ -123,6 +124,8 @@ class Replies:
         """Cut the reply on the line, if any (the caller spoke, pressed a key or typed)."""
         if self.conversation.reply is not None:
             self.cut(self.conversation.reply, announce=True)
+        for hook in self.on_barge_in:
+            hook()
 
     def cut(self, reply: Reply, *, announce: bool) -> None:
         """Stop ``reply`` now: new generation, tasks cancelled, stale audio dropped, and the

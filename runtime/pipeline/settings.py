@@ -51,6 +51,8 @@ class ConversationSettings:
     tool_timeout_s: float = 15.0  # backstop over the tools' own limits
     dtmf_gap_s: float = 1.5  # digits pressed closer than this reach the model together
     phrases: Phrases = field(default_factory=Phrases)
+    # The version's llm is ``external``: the integrator's backend answers, never the pipeline.
+    external_brain: bool = False
 
     @classmethod
     def from_config(cls, config: AgentConfig, *, agent_id: str | None = None, greeting: Any = _UNSET,
@@ -69,6 +71,7 @@ class ConversationSettings:
             "agent_id": agent_id,
             "dtmf_tools": dict(config.dtmf_tools),
             "model": config.llm.model, "temperature": llm.get("temperature"), "max_tokens": llm.get("max_tokens"),
+            "external_brain": config.llm.provider == "external",
             **overrides,
         })
 

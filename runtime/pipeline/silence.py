@@ -28,7 +28,7 @@ class Activity(Protocol):
 
     live: bool
     reply: Reply | None
-    paused: bool  # paused by the integrator: no re-prompts
+    answers_turns: bool  # False (paused, external brain): no re-prompts
     replies: Replies
     keypad: Keypad
 
@@ -61,7 +61,7 @@ class SilenceWatch:
                 await clock.sleep(due - now)
                 continue
             if (conversation.reply is not None or self.detector.state != IDLE or conversation.keypad.collecting
-                    or conversation.paused):
+                    or not conversation.answers_turns):
                 self.mark_quiet()  # busy: ending that activity marks the quiet again
                 continue
             self.prompts += 1

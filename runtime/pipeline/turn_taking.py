@@ -49,7 +49,7 @@ class Floor(Protocol):
     """What turn taking reads of the conversation (runtime.pipeline.conversation)."""
 
     reply: Reply | None  # the agent's reply on the line (None: the agent is silent)
-    paused: bool  # the integrator paused the agent: caller turns are kept, not answered
+    answers_turns: bool  # False: paused, or an external brain: caller turns are kept, not answered
     stt: SpeechToText  # whether it sends interim text (a failover wrapper may be put in its place)
 
 
@@ -113,8 +113,8 @@ class TurnTaking:
             return self._count("backchannel")
         self.reporter.transcript("caller", text, finished.start_ms, finished.end_ms, False)
         self.history.add_user(text)
-        if self.conversation.paused:  # heard and kept; the integrator answers, or resumes the agent
-            return self._count("paused")
+        if not self.conversation.answers_turns:  # heard and kept; the integrator answers
+            return self._count("kept")
         self._count("replied")
         timing = TurnTiming(end_at=self.clock.now(), last_speech_at=last_speech_at, flush_at=turn.flush_at,
                             final_at=final_at if final_at is not None and turn.flush_at is not None

@@ -276,6 +276,8 @@ PROVIDERS: tuple[ProviderEntry, ...] = (
     # Language models
     ProviderEntry("rules", "llm", True, "runtime.providers.llm.rules:build",
                   "the deterministic rules brain (the version's rules script)"),
+    ProviderEntry("external", "llm", True, "runtime.providers.llm.external:build",
+                  "the integrator's own backend: transcripts out, speaking sessions in (never a default)"),
     ProviderEntry("anthropic", "llm", False, "runtime.providers.llm.anthropic:build",
                   "Claude through the Anthropic Messages API", _ANTHROPIC_KEY, "anthropic",
                   "AnthropicSettings", "SamplingOptions", needs=_ANTHROPIC),
