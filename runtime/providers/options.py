@@ -72,9 +72,18 @@ class SamplingOptions(VersionOptions):
 # Text to speech
 
 
-class ChatterboxSettings(ProviderSettings):
+class OwnFirstByteTimeout(ProviderSettings):
+    """A section with its own first-byte timeout: for that provider only it replaces
+    ``providers.first_byte_timeout_ms`` (None: the global one applies)."""
+
+    first_byte_timeout_ms: int | None = Field(None, ge=50)
+
+
+class ChatterboxSettings(OwnFirstByteTimeout):
     base_url: str = "http://127.0.0.1:4123"
     voice: str = "default"
+    # First audio takes seconds on a GPU (~4.5 s reported on an A100, ~5 s a sentence on a T4).
+    first_byte_timeout_ms: int | None = Field(8000, ge=50)
 
 
 class ChatterboxOptions(VersionOptions):
