@@ -13,6 +13,8 @@ Unset options are ``None``: the adapter keeps its own default.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -80,10 +82,20 @@ class OwnFirstByteTimeout(ProviderSettings):
 
 
 class ChatterboxSettings(OwnFirstByteTimeout):
+    # travisvn/chatterbox-tts-api's default port (its app/config.py: PORT 4123).
     base_url: str = "http://127.0.0.1:4123"
     voice: str = "default"
     # First audio takes seconds on a GPU (~4.5 s reported on an A100, ~5 s a sentence on a T4).
     first_byte_timeout_ms: int | None = Field(8000, ge=50)
+    # wav: POST /v1/audio/speech/stream (a streamed WAV); sse: POST /v1/audio/speech with
+    # stream_format "sse"; off: one whole WAV a sentence from /v1/audio/speech.
+    stream: Literal["wav", "sse", "off"] = "wav"
+    # How the server cuts a sentence before synthesising it piece by piece (streamed answers only):
+    # "word" packs whole words up to streaming_chunk_size characters (50-500), so the first piece is
+    # short and its audio comes sooner; larger pieces sound smoother. None: the server's default
+    # (sentence, 200). Fields of its TTSRequest (app/models/requests.py).
+    streaming_strategy: Literal["sentence", "paragraph", "fixed", "word"] | None = "word"
+    streaming_chunk_size: int | None = Field(50, ge=50, le=500)
 
 
 class ChatterboxOptions(VersionOptions):

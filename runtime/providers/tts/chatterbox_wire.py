@@ -1,12 +1,21 @@
 """Reading the Chatterbox TTS server's answers as PCM16 as the bytes arrive.
 
-Two streamed shapes exist: the documented SSE stream (``stream_format: "sse"``: events
-``speech.audio.info{sample_rate, channels, bits_per_sample}``, ``speech.audio.delta{audio: base64
-int16 PCM}``, ``speech.audio.done``; only ``data:`` lines carry them) and a streamed WAV (a header
-with an unknown length, then raw PCM: what travisvn/chatterbox-tts-api's ``/v1/audio/speech/stream``
-sends whatever ``stream_format`` says). The non-streamed answer is a whole WAV.
+The server is travisvn/chatterbox-tts-api; each shape below is as its source writes it:
 
-Anything that does not parse raises ``Malformed``; the adapter turns it into a ``protocol`` error.
+- ``POST /v1/audio/speech/stream``: a streamed WAV whatever ``stream_format`` says: a 16-bit mono
+  header whose sizes are unknown (data 0xFFFFFFFF, RIFF 0x7FFFFFFF - 36), then the raw int16 PCM
+  of each text chunk as it is made (app/api/endpoints/speech.py: ``stream_text_to_speech``,
+  ``generate_speech_streaming``, ``create_wav_header``).
+- ``POST /v1/audio/speech`` with ``stream_format: "sse"``: ``data:`` lines only, events
+  ``speech.audio.info{sample_rate, channels, bits_per_sample}``, one ``speech.audio.delta{audio:
+  base64 int16 PCM}`` per text chunk, ``speech.audio.done{usage}`` (speech.py
+  ``generate_speech_sse``; app/models/responses.py ``SSEAudio*``).
+- ``POST /v1/audio/speech`` otherwise: one whole WAV (speech.py ``generate_speech_internal``).
+
+A failure after the server has begun answering (a 200 is sent before synthesis starts) is not
+an event or a status: the server raises inside its response generator and the connection is cut
+short, which the client sees as a broken transfer. Anything that does not parse raises
+``Malformed``; the adapter turns it into a ``protocol`` error.
 """
 
 from __future__ import annotations
