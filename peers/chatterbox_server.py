@@ -19,7 +19,11 @@ Routes and shapes as that server's source has them (PROTOCOLS.md "Chatterbox TTS
 
 The "model" makes float32 samples for a piece (``model_audio``: a tone whose pitch depends on the
 text, ``ms_per_char`` long a character); they become int16 as the server converts them
-(``audio_for``), so a test can check every sample it got. Simplification: the whole WAV is one piece (the server cuts inputs over 280 characters and joins
+(``audio_for``), so a test can check every sample it got. The whole WAV is 16-bit PCM, or 32-bit
+float (``whole_wav``): which one the server sends depends on torchaudio's save backend, not on its
+source (float when FFmpeg is absent); the float layouts are those of libsndfile (IEEE float tag,
+``fact`` and ``PEAK`` chunks) and sox (WAVE_FORMAT_EXTENSIBLE with the float sub-format).
+Simplification: the whole WAV is one piece (the server cuts inputs over 280 characters and joins
 the audio; the adapter sends sentences).
 
 ``Fault`` entries, one per speech request in order, make a request fail: a status (with
@@ -46,6 +50,8 @@ from peers.chatterbox_text import QUALITIES, STRATEGIES, streaming_chunks
 from peers.loopback import serve_loopback
 
 Malformed = Literal["json", "base64", "info", "no_done", "error_event", "riff", "wav_format"]
+# KSDATAFORMAT_SUBTYPE_IEEE_FLOAT: the float tag, then the GUID's fixed tail.
+FLOAT_GUID = struct.pack("<H", 3) + b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class ChatterboxScript:
     ms_per_char: int = 10
     chunk_s: float = 0.0  # the model's time per piece before its audio goes (a T4: seconds)
     faults: list[Fault | None] = field(default_factory=list)  # per speech request, in order
+    whole_wav: Literal["pcm16", "float32", "float32_extensible"] = "pcm16"
     api_key: str | None = None  # a Bearer key wanted by a proxy in front (the server itself has none)
 
 
@@ -97,6 +104,26 @@ def wav_header(rate: int, data_size: int = 0xFFFFFFFF) -> bytes:
     riff = 0x7FFFFFFF - 36 if data_size == 0xFFFFFFFF else 36 + data_size
     return (b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
             + b"data" + struct.pack("<I", data_size))
+
+
+def float_wav(samples: np.ndarray, rate: int, layout: Literal["float32", "float32_extensible"]) -> bytes:
+    """A whole 32-bit float mono WAV as libsndfile ("float32") or sox ("float32_extensible") write it."""
+    data = samples.astype("<f4").tobytes()
+    frames = len(samples)
+    if layout == "float32":  # WAVE_FORMAT_IEEE_FLOAT, cbSize 0, fact, PEAK (value, position)
+        fmt = struct.pack("<HHIIHHH", 3, 1, rate, rate * 4, 4, 32, 0)
+        peak_at = int(np.argmax(np.abs(samples))) if frames else 0
+        peak = float(abs(samples[peak_at])) if frames else 0.0
+        extra = _chunk(b"fact", struct.pack("<I", frames)) + _chunk(b"PEAK", struct.pack("<IIfI", 1, 0, peak, peak_at))
+    else:  # WAVE_FORMAT_EXTENSIBLE: cbSize 22, valid bits, channel mask (front centre), sub-format GUID
+        fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 1, rate, rate * 4, 4, 32, 22, 32, 4) + FLOAT_GUID
+        extra = _chunk(b"fact", struct.pack("<I", frames))
+    body = b"WAVE" + _chunk(b"fmt ", fmt) + extra + _chunk(b"data", data)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _chunk(name: bytes, body: bytes) -> bytes:
+    return name + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) & 1)
 
 
 class ChatterboxServer:
@@ -183,8 +210,13 @@ class ChatterboxServer:
         if stream:
             return await self._sse(request, pieces, text, fault)
         await asyncio.sleep(fault.first_byte_delay_s + self.script.chunk_s)  # the whole input first
-        pcm = self.audio(text)
-        return web.Response(body=wav_header(self.script.sample_rate, len(pcm)) + pcm, content_type="audio/wav",
+        samples = model_audio(text, self.script.sample_rate, self.script.ms_per_char)
+        if self.script.whole_wav == "pcm16":
+            pcm = to_int16(samples)
+            wav = wav_header(self.script.sample_rate, len(pcm)) + pcm
+        else:
+            wav = float_wav(samples, self.script.sample_rate, self.script.whole_wav)
+        return web.Response(body=wav, content_type="audio/wav",
                             headers={"Content-Disposition": "attachment; filename=speech.wav"})
 
     async def _synthesised(self, pieces: tuple[str, ...], fault: Fault):  # type: ignore[no-untyped-def]

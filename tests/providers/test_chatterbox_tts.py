@@ -11,9 +11,10 @@ import aiohttp
 import numpy as np
 import pytest
 
-from peers.chatterbox_server import ChatterboxScript, ChatterboxServer, Fault
+from peers.chatterbox_server import ChatterboxScript, ChatterboxServer, Fault, float_wav, model_audio
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy
 from runtime.providers.options import ChatterboxSettings
+from runtime.providers.tts import chatterbox_wire as wire
 from runtime.providers.tts.chatterbox import ChatterboxTTS
 from tests.providers import tts_support
 from tests.providers.tts_support import free_port
@@ -94,6 +95,31 @@ async def test_non_streaming_posts_speech_and_pairs_each_sentence_with_its_audio
                                                  (SENTENCES[1], server.audio(SENTENCES[1]))]
     assert {r.path for r in server.requests} == {"/v1/audio/speech"}
     assert server.requests[0].body == {"input": "Hello there.", "voice": "default", "response_format": "wav"}
+
+
+@pytest.mark.parametrize("layout", ["float32", "float32_extensible"])
+async def test_a_whole_float_wav_is_converted_to_pcm16(layout: str) -> None:
+    """torchaudio.save of the model's float tensor (speech.py generate_speech_internal) without
+    FFmpeg: 32-bit float, as libsndfile (IEEE float tag, fact, PEAK) or sox (EXTENSIBLE) write it."""
+    async with ChatterboxServer(ChatterboxScript(whole_wav=layout)) as server:
+        tts = ChatterboxTTS(None, base_url=server.base_url, stream="off", policy=FAST)
+        chunks, _ = await collect(tts)
+        await tts.aclose()
+    # The same int16 the server would have streamed (its clamp, * 32767, truncation).
+    assert [(c.text, c.pcm, c.rate) for c in chunks] == [(SENTENCES[0], server.audio("Hello there."), 24_000),
+                                                         (SENTENCES[1], server.audio(SENTENCES[1]), 24_000)]
+
+
+def test_float_samples_split_across_reads_and_out_of_range_are_kept_whole_and_clamped() -> None:
+    samples = np.concatenate([model_audio("Fine."), np.array([1.5, -2.0, np.nan], dtype=np.float32)])
+    raw = float_wav(samples, 16_000, "float32")
+    wav = wire.WavStream()
+    pcm = b"".join(wav.feed(raw[i:i + 7]) for i in range(0, len(raw), 7))  # 7: never a whole sample
+    wav.finish()
+    got = np.frombuffer(pcm, dtype="<i2")
+    assert wav.rate == 16_000 and len(got) == len(samples)
+    assert list(got[-3:]) == [32767, -32767, 0]
+    assert np.array_equal(got[:-3], (samples[:-3] * 32767).astype(np.int16))
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -7,7 +7,8 @@ a streamed WAV (the server ignores ``stream_format`` there); ``stream="sse"``: `
 ``streaming_strategy`` and ``streaming_chunk_size`` make the server cut a sentence into short
 pieces (whole words, "word") and send each piece's audio as soon as it is made, so the caller
 hears the start of a sentence before the end is synthesised. ``stream="off"``: ``POST
-/v1/audio/speech``, one whole WAV a sentence.
+/v1/audio/speech``, one whole WAV a sentence (16-bit, or 32-bit float when the server saves
+without FFmpeg: converted).
 
 Text goes one sentence per request (the first sentence's audio comes sooner, and a failure costs
 at most the sentence in progress). Chunk text: streamed audio carries no alignment, so a
