@@ -70,6 +70,9 @@ class ChatterboxScript:
     chunk_s: float = 0.0  # the model's time per piece before its audio goes (a T4: seconds)
     faults: list[Fault | None] = field(default_factory=list)  # per speech request, in order
     whole_wav: Literal["pcm16", "float32", "float32_extensible"] = "pcm16"
+    # GET /health as the server answers while it loads ("initializing", model_loaded false) or once ready.
+    status: str = "healthy"
+    model_loaded: bool = True
     api_key: str | None = None  # a Bearer key wanted by a proxy in front (the server itself has none)
 
 
@@ -179,8 +182,20 @@ class ChatterboxServer:
             {"id": "chatterbox-tts-1", "object": "model", "created": 1677649963, "owned_by": "resemble-ai"}]})
 
     async def _health(self, request: web.Request) -> web.Response:
+        """health.py ``health_check``: always 200; the state says whether the model is ready."""
         self.probes.append(SpeechRequest(request.path, dict(request.headers), None, time.monotonic()))
-        return web.json_response({"status": "healthy", "model_loaded": True, "device": "cpu", "config": {}})
+        if (refused := self._unauthorised(request)) is not None:
+            return refused
+        state = {"healthy": "ready", "initializing": "initializing", "error": "error"}.get(self.script.status,
+                                                                                           "not_started")
+        return web.json_response({
+            "status": self.script.status, "model_loaded": self.script.model_loaded, "device": "cuda",
+            "config": {"max_chunk_length": 280, "max_total_length": 3000, "voice_sample_path": "./voice-sample.mp3",
+                       "default_exaggeration": 0.5, "default_cfg_weight": 0.5, "default_temperature": 0.8},
+            "memory_info": {"cpu_memory_mb": 2048.0, "gpu_memory_allocated_mb": 3100.0},
+            "initialization_state": state,
+            "initialization_progress": "Model ready" if state == "ready" else "Loading TTS model (this may take a while)...",
+            "initialization_error": "CUDA out of memory" if state == "error" else None})
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -10,8 +10,10 @@ import struct
 import aiohttp
 import numpy as np
 import pytest
+from aiohttp import web
 
 from peers.chatterbox_server import ChatterboxScript, ChatterboxServer, Fault, float_wav, model_audio
+from peers.loopback import serve_loopback
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy
 from runtime.providers.options import ChatterboxSettings
 from runtime.providers.tts import chatterbox_wire as wire
@@ -239,22 +241,55 @@ async def test_connection_refused_is_unavailable() -> None:
     assert caught.value.kind == "unavailable"
 
 
-async def test_check_probes_the_server_with_the_key() -> None:
-    async with ChatterboxServer(ChatterboxScript(api_key="cb-key")) as server:
-        good = ChatterboxTTS("cb-key", base_url=server.base_url, policy=FAST)
-        await good.check()
-        bad = ChatterboxTTS("other", base_url=server.base_url, policy=FAST)
-        with pytest.raises(ProviderError) as caught:
+async def test_check_reads_health_and_wants_the_model_loaded() -> None:
+    """GET /health (health.py): always 200; "healthy" with model_loaded once the model is ready.
+    /v1/models answers 200 while the model loads, so it is not asked."""
+    script = ChatterboxScript(api_key="cb-key", status="initializing", model_loaded=False)
+    async with ChatterboxServer(script) as server:
+        tts = ChatterboxTTS("cb-key", base_url=server.base_url, policy=replace_retries(FAST))
+        with pytest.raises(ProviderError) as loading:
+            await tts.check()
+        script.status = "error"
+        with pytest.raises(ProviderError) as failed:
+            await tts.check()
+        script.status, script.model_loaded = "healthy", True
+        assert await tts.check() == "model loaded on cuda"
+        bad = ChatterboxTTS("other", base_url=server.base_url, policy=replace_retries(FAST))
+        with pytest.raises(ProviderError) as refused:
             await bad.check()
-        await good.aclose()
+        await tts.aclose()
         await bad.aclose()
-    assert server.probes[0].path == "/v1/models" and server.probes[0].headers["Authorization"] == "Bearer cb-key"
-    assert caught.value.kind == "auth" and len(server.probes) == 2 and not server.requests
+    assert (loading.value.kind, loading.value.detail) == ("server", "model not loaded yet (status: initializing)")
+    assert (failed.value.kind, failed.value.detail) == ("server", "the model failed to load (status: error)")
+    assert refused.value.kind == "auth"
+    assert [p.path for p in server.probes] == ["/health"] * 4 and not server.requests
+    assert server.probes[0].headers["Authorization"] == "Bearer cb-key"
     unreachable = ChatterboxTTS(None, base_url=f"http://127.0.0.1:{free_port()}", policy=FAST)
     with pytest.raises(ProviderError) as down:
         await unreachable.check()
     await unreachable.aclose()
     assert down.value.kind == "unavailable"
+
+
+async def test_check_of_a_server_without_health_or_with_another_shape_is_protocol() -> None:
+    """A server that is not travisvn's (no /health, or one of another shape) fails the check as protocol."""
+    async def other(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})  # no model_loaded
+
+    app = web.Application()
+    app.router.add_get("/health", other)
+    runner, port = await serve_loopback(app)
+    try:
+        tts = ChatterboxTTS(None, base_url=f"http://127.0.0.1:{port}", policy=replace_retries(FAST))
+        with pytest.raises(ProviderError) as shaped:
+            await tts.check()
+        tts.base_url += "/elsewhere"
+        with pytest.raises(ProviderError) as missing:
+            await tts.check()
+        await tts.aclose()
+    finally:
+        await runner.cleanup()
+    assert shaped.value.kind == "protocol" and missing.value.kind == "protocol" and missing.value.status == 404
 
 
 async def test_text_without_words_is_passed_on_without_a_request() -> None:
@@ -280,3 +315,7 @@ def test_configuration_is_checked_against_the_servers_ranges() -> None:
     assert (tts.name, tts.rate, tts.base_url) == ("chatterbox", 24_000, "http://tts.local:4123")
     assert "secret-key-123" not in repr(tts)
 
+
+def replace_retries(policy: RetryPolicy) -> RetryPolicy:
+    """``doctor``'s way: one attempt."""
+    return RetryPolicy(retries=0, first_byte_timeout_s=policy.first_byte_timeout_s)

@@ -242,3 +242,25 @@ async def test_chatterbox_has_its_own_first_byte_timeout_and_the_others_keep_the
                                                 "chatterbox": {"first_byte_timeout_ms": None}}))
     assert chains.policy_for(provider_registry.get("tts", "chatterbox")).first_byte_timeout_s == 1.5
 
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_doctor_says_when_the_chatterbox_model_is_still_loading(settings) -> None:
+    """/health (travisvn's health.py) says "initializing" until the model is loaded; doctor says so."""
+    from peers.chatterbox_server import ChatterboxScript, ChatterboxServer
+
+    script = ChatterboxScript(status="initializing", model_loaded=False)
+    async with ChatterboxServer(script) as chatterbox:
+        conf = with_overrides(settings, providers={"chatterbox": {"base_url": chatterbox.base_url}})
+        plane = await ControlPlane.open(conf)
+        try:
+            tenant = await plane.tenants.create(TenantCreate(name="acme"))
+            await plane.agents.create(tenant.id, AgentCreate(name="desk", system_prompt="x",
+                                                             tts={"provider": "chatterbox"}))
+            loading = next(c for c in await diagnose(plane, conf, tenant.id) if c.provider == "chatterbox")
+            script.status, script.model_loaded = "healthy", True
+            ready = next(c for c in await diagnose(plane, conf, tenant.id) if c.provider == "chatterbox")
+        finally:
+            await plane.close()
+    assert (loading.status, loading.detail) == ("server error", "model not loaded yet (status: initializing)")
+    assert (ready.status, ready.detail) == ("ok", "model loaded on cuda")
+    assert {p.path for p in chatterbox.probes} == {"/health"}

@@ -48,6 +48,7 @@ from runtime.providers.wire_errors import egress_refused, redact, status_error
 DEFAULT_BASE_URL = "http://127.0.0.1:4123"
 SPEECH_PATH = "/v1/audio/speech"
 STREAM_PATH = "/v1/audio/speech/stream"
+HEALTH_PATH = "/health"
 MAX_INPUT = 3000  # the server refuses longer inputs (TTSRequest.input: max_length=3000)
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0  # between two reads of an answer: a server that stalls mid-sentence
@@ -135,22 +136,33 @@ class ChatterboxTTS(TextToSpeech):
             raise self._failure(exc) from None
         return AudioChunk(pcm.data, pcm.rate, piece)
 
-    async def check(self) -> None:
-        """For ``voicectl doctor``: the server answers and takes the key (``GET /v1/models``, or
-        ``/health`` on servers without it). Raises ``ProviderError``."""
-        await with_retries(self.name, self.policy, self._probe)
+    async def check(self) -> str:
+        """For ``voicectl doctor``: ``GET /health`` answers and says the model is loaded (the
+        server answers ``/v1/models`` and every other route while the model is still loading).
+        Returns where the model runs; raises ``ProviderError``."""
+        return await with_retries(self.name, self.policy, self._probe)
 
-    async def _probe(self) -> None:
+    async def _probe(self) -> str:
         try:
-            for path in ("/v1/models", "/health"):
-                async with self._http().get(self.base_url + path) as response:
-                    if response.status == 404 and path != "/health":
-                        continue
-                    if response.status >= 400:
-                        raise await self._refused(response)
-                    return
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            async with self._http().get(self.base_url + HEALTH_PATH) as response:
+                if response.status == 404:
+                    raise ProviderError(self.name, "protocol", "no GET /health: not travisvn/chatterbox-tts-api?",
+                                        status=404, detail="no /health (not travisvn/chatterbox-tts-api?)")
+                if response.status != 200:
+                    raise await self._refused(response)
+                health = wire.health(await response.json(content_type=None))
+        except (aiohttp.ClientError, TimeoutError, wire.Malformed) as exc:
             raise self._failure(exc) from None
+        except ValueError:
+            raise ProviderError(self.name, "protocol", "/health did not answer JSON") from None
+        # The server answers, but cannot speak (doctor: "server error" with the reason).
+        if health.status == "error":  # initialisation failed: it stays so until the server restarts
+            raise ProviderError(self.name, "server", "the server failed to load its model",
+                                detail="the model failed to load (status: error)")
+        if not health.ready:
+            detail = f"model not loaded yet (status: {health.status})"
+            raise ProviderError(self.name, "server", detail, detail=detail)
+        return f"model loaded on {health.device}" if health.device else "model loaded"
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

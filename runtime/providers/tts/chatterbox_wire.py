@@ -15,6 +15,8 @@ The server is travisvn/chatterbox-tts-api; each shape below is as its source wri
   choice, not settled by the server's source: 16-bit PCM through FFmpeg, 32-bit float
   (WAVE_FORMAT_IEEE_FLOAT, or EXTENSIBLE with the float sub-format) through soundfile or sox when
   FFmpeg is missing. Both are read; float becomes int16 as the server converts its streamed audio.
+- ``GET /health``: ``status`` (starting | initializing | healthy | error), ``model_loaded``,
+  ``device``, ... (app/api/endpoints/health.py, responses.py ``HealthResponse``).
 
 A failure after the server has begun answering (a 200 is sent before synthesis starts) is not
 an event or a status: the server raises inside its response generator and the connection is cut
@@ -27,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ NATIVE_RATE = 24_000
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # one SSE event (a base64 delta of a few seconds is ~0.5 MB)
 WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT, WAVE_FORMAT_EXTENSIBLE = 1, 3, 0xFFFE
 UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF - 36)  # streamed WAV headers: the length is not known yet
+HEALTH_STATES = ("starting", "initializing", "healthy", "error")  # health.py's status values
 
 
 class Malformed(Exception):
@@ -251,6 +255,31 @@ def whole_wav(raw: bytes) -> Pcm:
     wav.finish()
     assert wav.rate is not None
     return Pcm(pcm, wav.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """``GET /health``: ``status`` one of HEALTH_STATES (else "unknown"); the device the model runs
+    on, when it is a plain name ("cuda", "cpu", "mps")."""
+
+    status: str
+    model_loaded: bool
+    device: str | None
+
+    @property
+    def ready(self) -> bool:
+        # health.py: "healthy" once initialisation is "ready"; model_loaded: the model object exists.
+        return self.status == "healthy" and self.model_loaded
+
+
+def health(body: object) -> Health:
+    if not isinstance(body, dict) or not isinstance(body.get("status"), str) \
+            or not isinstance(body.get("model_loaded"), bool):
+        raise Malformed("/health without a status and model_loaded")
+    status = body["status"] if body["status"] in HEALTH_STATES else "unknown"
+    device = body.get("device")
+    plain = isinstance(device, str) and re.fullmatch(r"[A-Za-z0-9:._-]{1,32}", device) is not None
+    return Health(status, body["model_loaded"], device if plain else None)
 
 
 def split_input(text: str, limit: int) -> Iterator[str]:
