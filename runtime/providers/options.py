@@ -84,6 +84,7 @@ class OwnFirstByteTimeout(ProviderSettings):
 class ChatterboxSettings(OwnFirstByteTimeout):
     # travisvn/chatterbox-tts-api's default port (its app/config.py: PORT 4123).
     base_url: str = "http://127.0.0.1:4123"
+    # A name in the server's voice library; "default" sends none (the server's configured voice).
     voice: str = "default"
     # First audio takes seconds on a GPU (~4.5 s reported on an A100, ~5 s a sentence on a T4).
     first_byte_timeout_ms: int | None = Field(8000, ge=50)
@@ -100,10 +101,13 @@ class ChatterboxSettings(OwnFirstByteTimeout):
 
 class ChatterboxOptions(VersionOptions):
     voice: str | None = Field(None, min_length=1, max_length=200,
-                              description="the voice (default: the version's voice profile, else providers.chatterbox.voice)")
+                              description="a name in the server's voice library (an unknown one silently gets its "
+                                          "default voice; default: the version's voice profile, else "
+                                          "providers.chatterbox.voice)")
     exaggeration: float | None = Field(None, ge=0.25, le=2.0, description="emotion exaggeration")
     cfg_weight: float | None = Field(None, ge=0, le=1, description="pace/guidance weight")
-    temperature: float | None = Field(None, ge=0.05, le=2, description="sampling temperature")
+    # The server's own range (app/models/requests.py TTSRequest: ge=0.05, le=5.0).
+    temperature: float | None = Field(None, ge=0.05, le=5, description="sampling temperature")
 
 
 class ElevenLabsSettings(ProviderSettings):

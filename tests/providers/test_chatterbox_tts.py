@@ -15,7 +15,7 @@ from aiohttp import web
 from peers.chatterbox_server import ChatterboxScript, ChatterboxServer, Fault, float_wav, model_audio
 from peers.loopback import serve_loopback
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy
-from runtime.providers.options import ChatterboxSettings
+from runtime.providers.options import ChatterboxOptions, ChatterboxSettings
 from runtime.providers.tts import chatterbox_wire as wire
 from runtime.providers.tts.chatterbox import ChatterboxTTS
 from tests.providers import tts_support
@@ -69,8 +69,8 @@ async def test_sse_comes_from_the_speech_route_which_alone_honours_stream_format
         chunks, _ = await collect(tts)
         await tts.aclose()
     assert [r.path for r in server.requests] == ["/v1/audio/speech"] * 2
-    assert server.requests[0].body == {"input": "Hello there.", "voice": "default", "response_format": "wav",
-                                       "stream_format": "sse", "streaming_strategy": "word", "streaming_chunk_size": 50}
+    assert server.requests[0].body == {"input": "Hello there.", "response_format": "wav", "stream_format": "sse",
+                                       "streaming_strategy": "word", "streaming_chunk_size": 50}
     assert "Authorization" not in server.requests[0].headers  # no key: no header
     assert {c.rate for c in chunks} == {22_050}
     assert b"".join(c.pcm for c in chunks) == server.audio("Hello there.") + server.audio(SENTENCES[1])
@@ -96,7 +96,7 @@ async def test_non_streaming_posts_speech_and_pairs_each_sentence_with_its_audio
     assert [(c.text, c.pcm) for c in chunks] == [(SENTENCES[0], server.audio("Hello there.")),
                                                  (SENTENCES[1], server.audio(SENTENCES[1]))]
     assert {r.path for r in server.requests} == {"/v1/audio/speech"}
-    assert server.requests[0].body == {"input": "Hello there.", "voice": "default", "response_format": "wav"}
+    assert server.requests[0].body == {"input": "Hello there.", "response_format": "wav"}
 
 
 @pytest.mark.parametrize("layout", ["float32", "float32_extensible"])
@@ -292,6 +292,17 @@ async def test_check_of_a_server_without_health_or_with_another_shape_is_protoco
     assert shaped.value.kind == "protocol" and missing.value.kind == "protocol" and missing.value.status == 404
 
 
+async def test_the_default_voice_is_not_sent() -> None:
+    """Without voice the server uses its configured one (speech.py resolve_voice_path_and_language)."""
+    async with ChatterboxServer() as server:
+        for voice in ("default", "narrator"):
+            tts = ChatterboxTTS(None, base_url=server.base_url, voice=voice, policy=FAST)
+            await collect(tts, "Hi.")
+            await tts.aclose()
+    assert ["voice" in r.body for r in server.requests] == [False, True]
+    assert server.requests[1].body["voice"] == "narrator"
+
+
 async def test_text_without_words_is_passed_on_without_a_request() -> None:
     async with ChatterboxServer(ChatterboxScript()) as server:
         tts = ChatterboxTTS(None, base_url=server.base_url, policy=FAST)
@@ -308,6 +319,9 @@ def test_configuration_is_checked_against_the_servers_ranges() -> None:
         with pytest.raises(ValueError):
             ChatterboxTTS(None, **bad)  # type: ignore[arg-type]
     assert ChatterboxTTS(None, temperature=5.0).temperature == 5.0
+    assert ChatterboxOptions(temperature=5.0).temperature == 5.0
+    with pytest.raises(ValueError):
+        ChatterboxOptions(temperature=5.1)
     defaults = ChatterboxSettings()
     assert (defaults.first_byte_timeout_ms, defaults.stream, defaults.streaming_strategy,
             defaults.streaming_chunk_size, defaults.voice) == (8000, "wav", "word", 50, "default")

@@ -1,5 +1,6 @@
 """Chatterbox TTS through travisvn/chatterbox-tts-api (port 4123 by default), over aiohttp. Other
-Chatterbox servers speak other shapes and are not supported. The wire shapes, with the server's source files, are in chatterbox_wire.py.
+Chatterbox servers (devnen's Chatterbox-TTS-Server among them) speak other shapes and are not
+supported. The wire shapes, with the server's source files, are in chatterbox_wire.py.
 
 Streaming (``stream="wav"``, the default): ``POST /v1/audio/speech/stream``, which always answers
 a streamed WAV (the server ignores ``stream_format`` there); ``stream="sse"``: ``POST
@@ -180,7 +181,12 @@ class ChatterboxTTS(TextToSpeech):
         return self._session
 
     def _body(self, text: str) -> dict[str, Any]:
-        body: dict[str, Any] = {"input": text.strip(), "voice": self.voice, "response_format": "wav"}
+        body: dict[str, Any] = {"input": text.strip(), "response_format": "wav"}
+        # Without a voice the server uses its configured one ("alloy" fills in and resolves to it,
+        # unless the library has a voice or alias of that name: speech.py
+        # resolve_voice_path_and_language); an unknown name also gets that voice, silently.
+        if self.voice and self.voice != "default":
+            body["voice"] = self.voice
         if self.stream == "sse":
             body["stream_format"] = "sse"
         if self.stream != "off":  # the whole-WAV path does not read them (generate_speech_internal)
