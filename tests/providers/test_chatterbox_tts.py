@@ -145,13 +145,13 @@ async def test_a_slow_model_times_out_per_policy(shape: str) -> None:
     """The streamed answers have sent their 200 and WAV header or info event already: the
     timeout is on the first audio, not the first byte of the answer."""
     policy = RetryPolicy(retries=1, first_byte_timeout_s=0.3, backoff_base_s=0.01, backoff_cap_s=0.05)
-    async with ChatterboxServer(ChatterboxScript(faults=[Fault(first_byte_delay_s=1.0)])) as server:
+    async with ChatterboxServer(ChatterboxScript(faults=[Fault(first_byte_delay_s=0.6)])) as server:
         tts = ChatterboxTTS(None, base_url=server.base_url, stream=shape, policy=policy)
         chunks, times = await collect(tts, "Hi.")
         await tts.aclose()
-        assert len(server.requests) == 2 and 0.3 <= times[0] < 0.9
+        assert len(server.requests) == 2 and 0.3 <= times[0] < 0.6
         assert b"".join(c.pcm for c in chunks) == server.audio("Hi.")
-    slow = Fault(first_byte_delay_s=1.0)
+    slow = Fault(first_byte_delay_s=0.6)
     async with ChatterboxServer(ChatterboxScript(faults=[slow, slow])) as server:
         tts = ChatterboxTTS(None, base_url=server.base_url, stream=shape, policy=policy)
         with pytest.raises(ProviderError) as caught:
