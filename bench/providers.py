@@ -7,7 +7,7 @@ local server's same answer (aiohttp, no SDK, no parsing beyond finding the first
 
 - LLM (Claude, OpenAI-compatible): request -> first text delta, and -> end of the reply;
 - STT (Deepgram): ``flush()`` (Finalize) -> the final transcript, on one open stream;
-- TTS (Chatterbox SSE stream, Chatterbox WAV stream, Chatterbox non-streamed, ElevenLabs
+- TTS (Chatterbox SSE, Chatterbox streamed WAV, Chatterbox non-streamed, ElevenLabs
   stream-input WebSocket, Cartesia WebSocket, OpenAI streamed speech, piper, espeak-ng): text ->
   first audio chunk (the vendors' rows come from bench/tts_<vendor>.py).
 
@@ -185,12 +185,18 @@ async def _tts_rows(turns: int) -> list[dict]:
 
     rows = []
     async with aiohttp.ClientSession() as http:
-        for answer, stream in (("sse", True), ("wav", True), ("sse", False)):
-            async with ChatterboxServer(ChatterboxScript(stream_answer=answer)) as server:
+        # The three answers of travisvn's server: SSE from /v1/audio/speech, a streamed WAV from
+        # /v1/audio/speech/stream, one whole WAV from /v1/audio/speech.
+        for stream in ("sse", "wav", "off"):
+            async with ChatterboxServer(ChatterboxScript()) as server:
                 engine = ChatterboxTTS(None, base_url=server.base_url, stream=stream, policy=POLICY)
                 ours = await _timed(turns, lambda engine=engine: first_chunk(engine))
-                path = "/v1/audio/speech/stream" if stream else "/v1/audio/speech"
-                body = {"input": SENTENCE, "voice": "default", "response_format": "wav", "stream_format": "sse"}
+                path = "/v1/audio/speech/stream" if stream == "wav" else "/v1/audio/speech"
+                body = {"input": SENTENCE, "response_format": "wav"}  # the adapter's request (voice: the default)
+                if stream != "off":
+                    body |= {"streaming_strategy": "word", "streaming_chunk_size": 50}
+                if stream == "sse":
+                    body["stream_format"] = "sse"
 
                 async def bare(path=path, body=body, server=server) -> tuple[float, None]:
                     t0 = time.perf_counter()
@@ -200,7 +206,7 @@ async def _tts_rows(turns: int) -> list[dict]:
 
                 raw = await _timed(turns, bare)
                 await engine.aclose()
-            label = f"chatterbox {'streamed ' + answer.upper() if stream else 'non-streamed WAV'}: first audio"
+            label = f"chatterbox {'streamed ' + stream.upper() if stream != 'off' else 'non-streamed WAV'}: first audio"
             rows.append(_row(label, ours["first"], raw["first"]))
     import tts_cartesia
     import tts_elevenlabs

@@ -27,12 +27,14 @@ RETRYABLE: frozenset[str] = frozenset({"rate_limit", "server", "timeout", "unava
 class ProviderError(Exception):
     """A provider failed. ``kind``: auth (401/403: never retried), rate_limit (429), server (5xx),
     timeout (no first byte in time), protocol (a malformed answer), unavailable (cannot connect),
-    bad_request (our request was refused: never retried)."""
+    bad_request (our request was refused: never retried). ``detail``: a short text of the adapter's
+    own words, never the server's, that ``voicectl doctor`` may show (e.g. "model not loaded")."""
 
     def __init__(self, provider: str, kind: ErrorKind, message: str, *, status: int | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, detail: str | None = None) -> None:
         super().__init__(f"{provider}: {message}")
         self.provider, self.kind, self.status, self.retry_after = provider, kind, status, retry_after
+        self.detail = detail
 
     @property
     def retryable(self) -> bool:

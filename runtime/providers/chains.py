@@ -29,6 +29,7 @@ from runtime.providers.base import (
     TextToSpeech,
 )
 from runtime.providers.failover import FailoverLLM, FailoverSTT, FailoverTTS, Report
+from runtime.providers.options import OwnFirstByteTimeout
 from runtime.providers.registry import MODALITIES, BuildContext, CredentialLookup, MissingCredential
 
 if TYPE_CHECKING:
@@ -71,6 +72,14 @@ class ProviderChains:
         self.policy = RetryPolicy(retries=conf.retries, first_byte_timeout_s=conf.first_byte_timeout_ms / 1000)
         self._shared: dict[str, Engine] = {}
 
+    def policy_for(self, entry: registry.ProviderEntry) -> RetryPolicy:
+        """The retry policy of calls to ``entry``: the global one, with the entry's own first-byte
+        timeout when its settings section has one (``providers.chatterbox.first_byte_timeout_ms``)."""
+        settings = entry.settings(self.settings.providers)
+        if isinstance(settings, OwnFirstByteTimeout) and settings.first_byte_timeout_ms is not None:
+            return replace(self.policy, first_byte_timeout_s=settings.first_byte_timeout_ms / 1000)
+        return self.policy
+
     def shared(self, key: str, make: Callable[[], Any]) -> Any:
         """The process's one engine under ``key`` (offline models: loaded once, used by every call)."""
         engine = self._shared.get(key)
@@ -89,7 +98,7 @@ class ProviderChains:
             entry=entry, settings=entry.settings(self.settings.providers),
             options=choice.options_for(entry) if first else entry.options(),
             model=choice.model if first else None, base_url=choice.base_url if first else None,
-            credential=credential, policy=policy or self.policy, transport_rate=transport_rate,
+            credential=credential, policy=policy or self.policy_for(entry), transport_rate=transport_rate,
             language=agent.language if agent is not None else "en", timezone=timezone,
             rules=agent.rules if agent is not None else None, shared=self.shared,
             egress=self.settings.security.egress.policy))
@@ -159,10 +168,11 @@ class ProviderChains:
             skipped: list[tuple[str, str]] = []
             for position, name in enumerate(names):
                 last = position == len(names) - 1
-                # Before the last engine a missed first byte moves on at once rather than retrying.
-                policy = self.policy if last else replace(self.policy, retry_timeouts=False)
                 try:
                     entry = registry.get(modality, name)
+                    # Before the last engine a missed first byte moves on at once rather than retrying.
+                    policy = self.policy_for(entry)
+                    policy = policy if last else replace(policy, retry_timeouts=False)
                     credential = None
                     if entry.credential is not None and credentials is not None:
                         credential = await credentials(entry.credential_name)

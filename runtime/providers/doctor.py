@@ -130,7 +130,7 @@ async def _run(plane: ControlPlane, chains: ProviderChains, tenant_id: str, chec
             check.status, check.detail = "unavailable", str(exc)[:200]
         else:
             check.status = VERDICTS.get(exc.kind, exc.kind)
-            check.detail = f"HTTP {exc.status}" if exc.status else exc.kind
+            check.detail = exc.detail or (f"HTTP {exc.status}" if exc.status else exc.kind)
     except TimeoutError:
         check.status, check.detail = "no answer in time", f"nothing within {CHECK_TIMEOUT_S:g} s"
     except Exception as exc:  # an adapter bug must not hide the other rows

@@ -13,6 +13,8 @@ Unset options are ``None``: the adapter keeps its own default.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -72,17 +74,40 @@ class SamplingOptions(VersionOptions):
 # Text to speech
 
 
-class ChatterboxSettings(ProviderSettings):
+class OwnFirstByteTimeout(ProviderSettings):
+    """A section with its own first-byte timeout: for that provider only it replaces
+    ``providers.first_byte_timeout_ms`` (None: the global one applies)."""
+
+    first_byte_timeout_ms: int | None = Field(None, ge=50)
+
+
+class ChatterboxSettings(OwnFirstByteTimeout):
+    # travisvn/chatterbox-tts-api's default port (its app/config.py: PORT 4123).
     base_url: str = "http://127.0.0.1:4123"
+    # A name in the server's voice library; "default" sends none (the server's configured voice).
     voice: str = "default"
+    # First audio takes seconds on a GPU (~4.5 s reported on an A100, ~5 s a sentence on a T4).
+    first_byte_timeout_ms: int | None = Field(8000, ge=50)
+    # wav: POST /v1/audio/speech/stream (a streamed WAV); sse: POST /v1/audio/speech with
+    # stream_format "sse"; off: one whole WAV a sentence from /v1/audio/speech.
+    stream: Literal["wav", "sse", "off"] = "wav"
+    # How the server cuts a sentence before synthesising it piece by piece (streamed answers only):
+    # "word" packs whole words up to streaming_chunk_size characters (50-500), so the first piece is
+    # short and its audio comes sooner; larger pieces sound smoother. None: the server's default
+    # (sentence, 200). Fields of its TTSRequest (app/models/requests.py).
+    streaming_strategy: Literal["sentence", "paragraph", "fixed", "word"] | None = "word"
+    streaming_chunk_size: int | None = Field(50, ge=50, le=500)
 
 
 class ChatterboxOptions(VersionOptions):
     voice: str | None = Field(None, min_length=1, max_length=200,
-                              description="the voice (default: the version's voice profile, else providers.chatterbox.voice)")
+                              description="a name in the server's voice library (an unknown one silently gets its "
+                                          "default voice; default: the version's voice profile, else "
+                                          "providers.chatterbox.voice)")
     exaggeration: float | None = Field(None, ge=0.25, le=2.0, description="emotion exaggeration")
     cfg_weight: float | None = Field(None, ge=0, le=1, description="pace/guidance weight")
-    temperature: float | None = Field(None, ge=0.05, le=2, description="sampling temperature")
+    # The server's own range (app/models/requests.py TTSRequest: ge=0.05, le=5.0).
+    temperature: float | None = Field(None, ge=0.05, le=5, description="sampling temperature")
 
 
 class ElevenLabsSettings(ProviderSettings):

@@ -291,7 +291,7 @@ PROVIDERS: tuple[ProviderEntry, ...] = (
     ProviderEntry("espeak", "tts", True, "runtime.providers.tts.local:build_espeak",
                   "espeak-ng (the stand-in when the piper voice cannot load)"),
     ProviderEntry("chatterbox", "tts", False, "runtime.providers.tts.chatterbox:build",
-                  "a Chatterbox TTS server (OpenAI-compatible speech API)",
+                  "a Chatterbox TTS server: travisvn/chatterbox-tts-api (OpenAI-style speech API)",
                   CredentialSpec("chatterbox", required=("base_url",), secret_required=False, urls=("base_url",)),
                   "chatterbox",
                   "ChatterboxSettings", "ChatterboxOptions", Capabilities(voices=True)),

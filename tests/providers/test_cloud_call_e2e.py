@@ -48,7 +48,7 @@ async def test_a_call_through_deepgram_claude_and_chatterbox(settings, caplog, t
                                              "Sorry, that's all, goodbye.")]
     async with (DeepgramServer(DeepgramScript(utterances=list(HEARD), api_key=DEEPGRAM_KEY)) as deepgram,
                 AnthropicServer(api_key=ANTHROPIC_KEY) as claude,
-                ChatterboxServer(ChatterboxScript(api_key=CHATTERBOX_KEY, deltas=4)) as chatterbox):
+                ChatterboxServer(ChatterboxScript(api_key=CHATTERBOX_KEY)) as chatterbox):
         conf = with_overrides(settings, limits=high_limits(), providers={
             "deepgram": {"url": deepgram.url}, "anthropic": {"base_url": claude.base_url},
             "chatterbox": {"base_url": chatterbox.base_url}})

@@ -4,6 +4,7 @@ OpenAI-compatible adapters against local servers speaking their wire protocols."
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from peers.anthropic_server import AnthropicServer
 from peers.openai_server import OpenAIServer
 from runtime.control.plane import ControlPlane
 from runtime.control.schemas import AgentConfig, AgentCreate, CredentialSet, TenantCreate
+from runtime.providers import registry as provider_registry
 from runtime.providers.base import LlmDone, LlmRequest, Message, TextDelta
 from runtime.providers.chains import ProviderChains
 from runtime.providers.doctor import diagnose
@@ -204,3 +206,61 @@ async def test_a_calls_tts_engine_gets_the_voice_profiles_voice_and_speed() -> N
     assert eleven.voice_settings == {"speed": 1.1}
     assert isinstance(cartesia, CartesiaTTS) and (cartesia.voice, cartesia.speed) == ("cartesia-voice", 1.1)
     assert isinstance(openai_tts, OpenAITTS) and (openai_tts.voice, openai_tts.speed) == ("openai-voice", 1.1)
+
+
+async def test_chatterbox_has_its_own_first_byte_timeout_and_the_others_keep_the_global_one() -> None:
+    """providers.chatterbox.first_byte_timeout_ms (8 s by default) replaces the global 2 s for
+    Chatterbox only: its first audio after 3 s is heard, while another TTS as slow is failed over."""
+    from peers.chatterbox_server import ChatterboxScript, ChatterboxServer, Fault
+    from peers.openai_speech_server import OpenAISpeechServer, Speech
+    from runtime.config import Settings
+
+    async with (ChatterboxServer(ChatterboxScript(faults=[Fault(first_byte_delay_s=3.0)])) as chatterbox,
+                OpenAISpeechServer() as openai_speech):
+        openai_speech.repeat = Speech(delay_s=3.0)
+        chains = ProviderChains(Settings(providers={"chatterbox": {"base_url": chatterbox.base_url},
+                                                    "openai_tts": {"base_url": openai_speech.base_url}}))
+        assert chains.settings.providers.first_byte_timeout_ms == 2000  # the defaults: nothing set here
+
+        async def speak(provider: str) -> tuple[list[Failover], bytes, float]:
+            switches: list[Failover] = []
+            version = AgentConfig.model_validate({"system_prompt": "x", "tts": {"provider": provider,
+                                                                                "fallback": ["espeak"]}})
+            chosen = await chains.for_call(version, report=switches.append)
+            engine = dict(chosen.tts.chain.engines)[provider]  # type: ignore[attr-defined]
+            audio = b"".join([c.pcm async for c in chosen.tts.synthesize("Hello there.")])
+            await chosen.aclose()
+            return switches, audio, engine.policy.first_byte_timeout_s
+
+        (cb_switches, cb_audio, cb_timeout), (oa_switches, _, oa_timeout) = await asyncio.gather(
+            speak("chatterbox"), speak("openai"))
+    assert (cb_timeout, oa_timeout) == (8.0, 2.0)
+    assert cb_switches == [] and cb_audio == chatterbox.audio("Hello there.") and len(chatterbox.requests) == 1
+    assert [(s.from_provider, s.to_provider, s.kind) for s in oa_switches] == [("openai", "espeak", "timeout")]
+    # null: the global timeout applies to Chatterbox too.
+    chains = ProviderChains(Settings(providers={"first_byte_timeout_ms": 1500,
+                                                "chatterbox": {"first_byte_timeout_ms": None}}))
+    assert chains.policy_for(provider_registry.get("tts", "chatterbox")).first_byte_timeout_s == 1.5
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_doctor_says_when_the_chatterbox_model_is_still_loading(settings) -> None:
+    """/health (travisvn's health.py) says "initializing" until the model is loaded; doctor says so."""
+    from peers.chatterbox_server import ChatterboxScript, ChatterboxServer
+
+    script = ChatterboxScript(status="initializing", model_loaded=False)
+    async with ChatterboxServer(script) as chatterbox:
+        conf = with_overrides(settings, providers={"chatterbox": {"base_url": chatterbox.base_url}})
+        plane = await ControlPlane.open(conf)
+        try:
+            tenant = await plane.tenants.create(TenantCreate(name="acme"))
+            await plane.agents.create(tenant.id, AgentCreate(name="desk", system_prompt="x",
+                                                             tts={"provider": "chatterbox"}))
+            loading = next(c for c in await diagnose(plane, conf, tenant.id) if c.provider == "chatterbox")
+            script.status, script.model_loaded = "healthy", True
+            ready = next(c for c in await diagnose(plane, conf, tenant.id) if c.provider == "chatterbox")
+        finally:
+            await plane.close()
+    assert (loading.status, loading.detail) == ("server error", "model not loaded yet (status: initializing)")
+    assert (ready.status, ready.detail) == ("ok", "model loaded on cuda")
+    assert {p.path for p in chatterbox.probes} == {"/health"}

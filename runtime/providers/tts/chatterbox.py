@@ -1,11 +1,15 @@
-"""Chatterbox TTS through its OpenAI-compatible server (travisvn/chatterbox-tts-api and kin, port
-4123 by default), over aiohttp.
+"""Chatterbox TTS through travisvn/chatterbox-tts-api (port 4123 by default), over aiohttp. Other
+Chatterbox servers (devnen's Chatterbox-TTS-Server among them) speak other shapes and are not
+supported. The wire shapes, with the server's source files, are in chatterbox_wire.py.
 
-Streaming (the default): ``POST /v1/audio/speech/stream`` with ``stream_format: "sse"``; audio is
-handed on delta by delta, so the caller hears the start of a sentence before the server has
-synthesised the end of it. A server that answers that path with a streamed WAV instead (what
-travisvn's does) is read the same way. Non-streaming: ``POST /v1/audio/speech``, one WAV per
-sentence.
+Streaming (``stream="wav"``, the default): ``POST /v1/audio/speech/stream``, which always answers
+a streamed WAV (the server ignores ``stream_format`` there); ``stream="sse"``: ``POST
+/v1/audio/speech`` with ``stream_format: "sse"``, the only route that honours it. Either way
+``streaming_strategy`` and ``streaming_chunk_size`` make the server cut a sentence into short
+pieces (whole words, "word") and send each piece's audio as soon as it is made, so the caller
+hears the start of a sentence before the end is synthesised. ``stream="off"``: ``POST
+/v1/audio/speech``, one whole WAV a sentence (16-bit, or 32-bit float when the server saves
+without FFmpeg: converted).
 
 Text goes one sentence per request (the first sentence's audio comes sooner, and a failure costs
 at most the sentence in progress). Chunk text: streamed audio carries no alignment, so a
@@ -14,11 +18,15 @@ a sentence as spoken only when all its audio was handed over, and repeats a sent
 broken stream on the fallback engine. Unstreamed, each chunk is a whole sentence with its text.
 Either way the texts of the chunks concatenate to the input.
 
-Audio is PCM16 mono at the server's rate (24 kHz for Chatterbox, or what ``speech.audio.info``
-says); the pipeline resamples it to the transport's rate. Errors: 401/403 ``auth`` (never
-retried), 429 ``rate_limit`` with ``Retry-After``, 5xx ``server``, no connection ``unavailable``,
-an answer that does not parse ``protocol``. A stream that breaks after audio was handed over
-raises ``ProviderError`` (the base class retries only before the first chunk).
+First audio takes seconds on a GPU, so this provider has its own first-byte timeout
+(``providers.chatterbox.first_byte_timeout_ms``, 8 s; runtime.providers.chains applies it).
+
+Audio is PCM16 mono at the server's rate (24 kHz for Chatterbox, or what the WAV header or
+``speech.audio.info`` says); the pipeline resamples it to the transport's rate. Errors: 401/403
+``auth`` (never retried; the server has no keys itself, a proxy in front may), 429 ``rate_limit``
+with ``Retry-After``, 5xx ``server``, no connection ``unavailable``, an answer that does not parse
+``protocol``. A stream that breaks after audio was handed over raises ``ProviderError`` (the base
+class retries only before the first chunk).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal, get_args
 
 import aiohttp
 
@@ -41,10 +49,13 @@ from runtime.providers.wire_errors import egress_refused, redact, status_error
 DEFAULT_BASE_URL = "http://127.0.0.1:4123"
 SPEECH_PATH = "/v1/audio/speech"
 STREAM_PATH = "/v1/audio/speech/stream"
-MAX_INPUT = 3000  # the server refuses longer inputs
+HEALTH_PATH = "/health"
+MAX_INPUT = 3000  # the server refuses longer inputs (TTSRequest.input: max_length=3000)
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0  # between two reads of an answer: a server that stalls mid-sentence
 MAX_ERROR_BODY = 4096
+StreamMode = Literal["wav", "sse", "off"]
+Strategy = Literal["sentence", "paragraph", "fixed", "word"]  # TTSRequest.validate_streaming_strategy
 
 
 class ChatterboxTTS(TextToSpeech):
@@ -54,38 +65,48 @@ class ChatterboxTTS(TextToSpeech):
 
     def __init__(self, api_key: str | None, *, base_url: str = DEFAULT_BASE_URL, voice: str = "default",
                  exaggeration: float | None = None, cfg_weight: float | None = None,
-                 temperature: float | None = None, stream: bool = True, policy: RetryPolicy | None = None,
-                 egress: EgressPolicy | None = None) -> None:
+                 temperature: float | None = None, stream: StreamMode = "wav",
+                 streaming_strategy: Strategy | None = "word", streaming_chunk_size: int | None = 50,
+                 policy: RetryPolicy | None = None, egress: EgressPolicy | None = None) -> None:
         super().__init__(policy)
         self.egress = egress  # a tenant's server: connect through the egress guard
+        # The server's ranges (app/models/requests.py TTSRequest); outside them it answers 422.
         _check_range("exaggeration", exaggeration, 0.25, 2.0)
         _check_range("cfg_weight", cfg_weight, 0.0, 1.0)
         _check_range("temperature", temperature, 0.05, 5.0)
+        _check_range("streaming_chunk_size", streaming_chunk_size, 50, 500)
+        if stream not in get_args(StreamMode):
+            raise ValueError(f"stream must be one of {', '.join(get_args(StreamMode))}, not {stream!r}")
+        if streaming_strategy is not None and streaming_strategy not in get_args(Strategy):
+            raise ValueError(f"streaming_strategy must be one of {', '.join(get_args(Strategy))}, "
+                             f"not {streaming_strategy!r}")
         url = base_url.strip().rstrip("/")
         self.base_url = url[:-3] if url.endswith("/v1") else url  # OpenAI-style base URLs end in /v1
         self.voice, self.stream = voice, stream
+        self.streaming_strategy, self.streaming_chunk_size = streaming_strategy, streaming_chunk_size
         self.exaggeration, self.cfg_weight, self.temperature = exaggeration, cfg_weight, temperature
         self._api_key = api_key or None
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:  # never the key
-        return f"ChatterboxTTS(base_url={self.base_url!r}, voice={self.voice!r}, stream={self.stream})"
+        return f"ChatterboxTTS(base_url={self.base_url!r}, voice={self.voice!r}, stream={self.stream!r})"
 
     async def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
         for sentence in split_sentences(text):
             for piece in wire.split_input(sentence, MAX_INPUT):
                 if not any(ch.isalnum() for ch in piece):  # nothing to say: its text goes on
                     yield AudioChunk(b"", self.rate, piece)
-                elif self.stream:
+                elif self.stream == "off":
+                    yield await self._whole(piece)
+                else:
                     async for chunk in self._streamed(piece):
                         yield chunk
-                else:
-                    yield await self._whole(piece)
 
     async def _streamed(self, piece: str) -> AsyncIterator[AudioChunk]:
         rate = self.rate
+        path = STREAM_PATH if self.stream == "wav" else SPEECH_PATH
         try:
-            async with self._http().post(self.base_url + STREAM_PATH, json=self._body(piece, True)) as response:
+            async with self._http().post(self.base_url + path, json=self._body(piece)) as response:
                 if response.status != 200:
                     raise await self._refused(response)
                 chunks = response.content.iter_any()
@@ -108,7 +129,7 @@ class ChatterboxTTS(TextToSpeech):
 
     async def _whole(self, piece: str) -> AudioChunk:
         try:
-            async with self._http().post(self.base_url + SPEECH_PATH, json=self._body(piece, False)) as response:
+            async with self._http().post(self.base_url + SPEECH_PATH, json=self._body(piece)) as response:
                 if response.status != 200:
                     raise await self._refused(response)
                 pcm = wire.whole_wav(await response.read())
@@ -116,22 +137,33 @@ class ChatterboxTTS(TextToSpeech):
             raise self._failure(exc) from None
         return AudioChunk(pcm.data, pcm.rate, piece)
 
-    async def check(self) -> None:
-        """For ``voicectl doctor``: the server answers and takes the key (``GET /v1/models``, or
-        ``/health`` on servers without it). Raises ``ProviderError``."""
-        await with_retries(self.name, self.policy, self._probe)
+    async def check(self) -> str:
+        """For ``voicectl doctor``: ``GET /health`` answers and says the model is loaded (the
+        server answers ``/v1/models`` and every other route while the model is still loading).
+        Returns where the model runs; raises ``ProviderError``."""
+        return await with_retries(self.name, self.policy, self._probe)
 
-    async def _probe(self) -> None:
+    async def _probe(self) -> str:
         try:
-            for path in ("/v1/models", "/health"):
-                async with self._http().get(self.base_url + path) as response:
-                    if response.status == 404 and path != "/health":
-                        continue
-                    if response.status >= 400:
-                        raise await self._refused(response)
-                    return
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            async with self._http().get(self.base_url + HEALTH_PATH) as response:
+                if response.status == 404:
+                    raise ProviderError(self.name, "protocol", "no GET /health: not travisvn/chatterbox-tts-api?",
+                                        status=404, detail="no /health (not travisvn/chatterbox-tts-api?)")
+                if response.status != 200:
+                    raise await self._refused(response)
+                health = wire.health(await response.json(content_type=None))
+        except (aiohttp.ClientError, TimeoutError, wire.Malformed) as exc:
             raise self._failure(exc) from None
+        except ValueError:
+            raise ProviderError(self.name, "protocol", "/health did not answer JSON") from None
+        # The server answers, but cannot speak (doctor: "server error" with the reason).
+        if health.status == "error":  # initialisation failed: it stays so until the server restarts
+            raise ProviderError(self.name, "server", "the server failed to load its model",
+                                detail="the model failed to load (status: error)")
+        if not health.ready:
+            detail = f"model not loaded yet (status: {health.status})"
+            raise ProviderError(self.name, "server", detail, detail=detail)
+        return f"model loaded on {health.device}" if health.device else "model loaded"
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
@@ -148,10 +180,20 @@ class ChatterboxTTS(TextToSpeech):
                 total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=self.read_timeout_s))
         return self._session
 
-    def _body(self, text: str, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"input": text.strip(), "voice": self.voice, "response_format": "wav"}
-        if stream:
+    def _body(self, text: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"input": text.strip(), "response_format": "wav"}
+        # Without a voice the server uses its configured one ("alloy" fills in and resolves to it,
+        # unless the library has a voice or alias of that name: speech.py
+        # resolve_voice_path_and_language); an unknown name also gets that voice, silently.
+        if self.voice and self.voice != "default":
+            body["voice"] = self.voice
+        if self.stream == "sse":
             body["stream_format"] = "sse"
+        if self.stream != "off":  # the whole-WAV path does not read them (generate_speech_internal)
+            if self.streaming_strategy is not None:
+                body["streaming_strategy"] = self.streaming_strategy
+            if self.streaming_chunk_size is not None:
+                body["streaming_chunk_size"] = self.streaming_chunk_size
         for key in ("exaggeration", "cfg_weight", "temperature"):
             if (value := getattr(self, key)) is not None:
                 body[key] = value
@@ -206,5 +248,6 @@ def build(ctx: BuildContext) -> ChatterboxTTS:
     conf = ctx.settings
     tenant_url = ctx.tenant_url()
     return ChatterboxTTS(ctx.secret, base_url=tenant_url or conf.base_url, voice=ctx.options.voice or conf.voice,
-                         **ctx.given("exaggeration", "cfg_weight", "temperature"), policy=ctx.policy,
-                         egress=ctx.egress if tenant_url else None)
+                         **ctx.given("exaggeration", "cfg_weight", "temperature"), stream=conf.stream,
+                         streaming_strategy=conf.streaming_strategy, streaming_chunk_size=conf.streaming_chunk_size,
+                         policy=ctx.policy, egress=ctx.egress if tenant_url else None)

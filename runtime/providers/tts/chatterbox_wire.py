@@ -1,12 +1,27 @@
 """Reading the Chatterbox TTS server's answers as PCM16 as the bytes arrive.
 
-Two streamed shapes exist: the documented SSE stream (``stream_format: "sse"``: events
-``speech.audio.info{sample_rate, channels, bits_per_sample}``, ``speech.audio.delta{audio: base64
-int16 PCM}``, ``speech.audio.done``; only ``data:`` lines carry them) and a streamed WAV (a header
-with an unknown length, then raw PCM: what travisvn/chatterbox-tts-api's ``/v1/audio/speech/stream``
-sends whatever ``stream_format`` says). The non-streamed answer is a whole WAV.
+The server is travisvn/chatterbox-tts-api; each shape below is as its source writes it:
 
-Anything that does not parse raises ``Malformed``; the adapter turns it into a ``protocol`` error.
+- ``POST /v1/audio/speech/stream``: a streamed WAV whatever ``stream_format`` says: a 16-bit mono
+  header whose sizes are unknown (data 0xFFFFFFFF, RIFF 0x7FFFFFFF - 36), then the raw int16 PCM
+  of each text chunk as it is made (app/api/endpoints/speech.py: ``stream_text_to_speech``,
+  ``generate_speech_streaming``, ``create_wav_header``).
+- ``POST /v1/audio/speech`` with ``stream_format: "sse"``: ``data:`` lines only, events
+  ``speech.audio.info{sample_rate, channels, bits_per_sample}``, one ``speech.audio.delta{audio:
+  base64 int16 PCM}`` per text chunk, ``speech.audio.done{usage}`` (speech.py
+  ``generate_speech_sse``; app/models/responses.py ``SSEAudio*``).
+- ``POST /v1/audio/speech`` otherwise: one whole WAV written by ``torchaudio.save`` of the model's
+  float tensor (speech.py ``generate_speech_internal``). Which encoding that gives is torchaudio's
+  choice, not settled by the server's source: 16-bit PCM through FFmpeg, 32-bit float
+  (WAVE_FORMAT_IEEE_FLOAT, or EXTENSIBLE with the float sub-format) through soundfile or sox when
+  FFmpeg is missing. Both are read; float becomes int16 as the server converts its streamed audio.
+- ``GET /health``: ``status`` (starting | initializing | healthy | error), ``model_loaded``,
+  ``device``, ... (app/api/endpoints/health.py, responses.py ``HealthResponse``).
+
+A failure after the server has begun answering (a 200 is sent before synthesis starts) is not
+an event or a status: the server raises inside its response generator and the connection is cut
+short, which the client sees as a broken transfer. Anything that does not parse raises
+``Malformed``; the adapter turns it into a ``protocol`` error.
 """
 
 from __future__ import annotations
@@ -14,14 +29,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+
+import numpy as np
 
 NATIVE_RATE = 24_000
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # one SSE event (a base64 delta of a few seconds is ~0.5 MB)
-WAVE_FORMAT_PCM, WAVE_FORMAT_EXTENSIBLE = 1, 0xFFFE
+WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT, WAVE_FORMAT_EXTENSIBLE = 1, 3, 0xFFFE
 UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF - 36)  # streamed WAV headers: the length is not known yet
+HEALTH_STATES = ("starting", "initializing", "healthy", "error")  # health.py's status values
 
 
 class Malformed(Exception):
@@ -41,18 +60,27 @@ class ServerFailed(Exception):
 
 
 class _Samples:
-    """Keeps PCM16 whole: an odd byte waits for its partner in the next piece."""
+    """Keeps samples whole (a partial one waits for the rest in the next piece) and hands them on
+    as PCM16."""
 
-    __slots__ = ("_carry",)
+    __slots__ = ("_carry", "_convert", "_width")
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 2, convert: Callable[[bytes], bytes] | None = None) -> None:
         self._carry = b""
+        self._width, self._convert = width, convert
 
     def take(self, data: bytes) -> bytes:
         data = self._carry + data
-        cut = len(data) & ~1
+        cut = len(data) - len(data) % self._width
         self._carry = data[cut:]
-        return data[:cut]
+        return self._convert(data[:cut]) if self._convert is not None else data[:cut]
+
+
+def float_to_pcm16(data: bytes) -> bytes:
+    """32-bit float samples as int16, the server's own conversion of its streamed audio
+    (speech.py: ``torch.clamp(audio, -1.0, 1.0)``, ``* 32767``, ``.to(torch.int16)``, which truncates)."""
+    samples = np.nan_to_num(np.frombuffer(data, dtype="<f4"), nan=0.0)
+    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
 async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict]:
@@ -149,7 +177,8 @@ def _format(rate: object, channels: object, bits: object) -> int:
 
 
 class WavStream:
-    """A WAV read as it arrives: ``feed`` bytes, get PCM16 out once the header has passed."""
+    """A WAV read as it arrives: ``feed`` bytes, get PCM16 out once the header has passed. Mono
+    16-bit PCM or 32-bit float (converted)."""
 
     def __init__(self) -> None:
         self._head = bytearray()
@@ -165,7 +194,9 @@ class WavStream:
                 if len(self._head) > 64 * 1024:
                     raise Malformed("no WAV data chunk in the first 64 KB")
                 return b""
-            self.rate, offset, size = parsed
+            self.rate, offset, size, is_float = parsed
+            if is_float:
+                self._samples = _Samples(4, float_to_pcm16)
             self._left = None if size in UNKNOWN_SIZES else size
             data = bytes(self._head[offset:])
             self._head.clear()
@@ -179,30 +210,43 @@ class WavStream:
             raise Malformed("the answer ended inside the WAV header")
 
 
-def _wav_header(raw: bytes) -> tuple[int, int, int] | None:
-    """(rate, offset of the samples, declared data size) once the header is complete, else None."""
+def _wav_header(raw: bytes) -> tuple[int, int, int, bool] | None:
+    """(rate, offset of the samples, declared data size, float samples) once the header is
+    complete, else None."""
     if len(raw) < 12:
         return None
     if raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
         raise Malformed("audio that is not a RIFF/WAVE file")
-    position, rate = 12, None
+    position, fmt = 12, None
     while position + 8 <= len(raw):
         chunk_id, size = raw[position:position + 4], struct.unpack_from("<I", raw, position + 4)[0]
         body = position + 8
         if chunk_id == b"data":
-            if rate is None:
+            if fmt is None:
                 raise Malformed("a WAV data chunk before its fmt chunk")
-            return rate, body, size
+            return fmt[0], body, size, fmt[1]
         if body + size > len(raw):
             return None
         if chunk_id == b"fmt ":
-            if size < 16:
-                raise Malformed("a WAV fmt chunk too short")
-            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", raw, body)
-            if tag not in (WAVE_FORMAT_PCM, WAVE_FORMAT_EXTENSIBLE) or channels != 1 or bits != 16:
-                raise Malformed("audio that is not 16-bit PCM mono")
-        position = body + size + (size & 1)
+            fmt = _fmt(raw[body:body + size])
+        position = body + size + (size & 1)  # other chunks (fact, PEAK, LIST) are skipped
     return None
+
+
+def _fmt(chunk: bytes) -> tuple[int, bool]:
+    """(rate, float samples) of a fmt chunk that is 16-bit PCM or 32-bit float mono."""
+    if len(chunk) < 16:
+        raise Malformed("a WAV fmt chunk too short")
+    tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", chunk)
+    if tag == WAVE_FORMAT_EXTENSIBLE:  # the real format is the first two bytes of the sub-format GUID
+        if len(chunk) < 26:
+            raise Malformed("a WAVE_FORMAT_EXTENSIBLE fmt chunk without its sub-format")
+        tag = struct.unpack_from("<H", chunk, 24)[0]
+    if channels != 1 or (tag, bits) not in ((WAVE_FORMAT_PCM, 16), (WAVE_FORMAT_IEEE_FLOAT, 32)):
+        raise Malformed("audio that is not 16-bit PCM or 32-bit float mono")
+    if not 4000 <= rate <= 192_000:
+        raise Malformed("a WAV without a usable sample rate")
+    return rate, tag == WAVE_FORMAT_IEEE_FLOAT
 
 
 def whole_wav(raw: bytes) -> Pcm:
@@ -211,6 +255,31 @@ def whole_wav(raw: bytes) -> Pcm:
     wav.finish()
     assert wav.rate is not None
     return Pcm(pcm, wav.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """``GET /health``: ``status`` one of HEALTH_STATES (else "unknown"); the device the model runs
+    on, when it is a plain name ("cuda", "cpu", "mps")."""
+
+    status: str
+    model_loaded: bool
+    device: str | None
+
+    @property
+    def ready(self) -> bool:
+        # health.py: "healthy" once initialisation is "ready"; model_loaded: the model object exists.
+        return self.status == "healthy" and self.model_loaded
+
+
+def health(body: object) -> Health:
+    if not isinstance(body, dict) or not isinstance(body.get("status"), str) \
+            or not isinstance(body.get("model_loaded"), bool):
+        raise Malformed("/health without a status and model_loaded")
+    status = body["status"] if body["status"] in HEALTH_STATES else "unknown"
+    device = body.get("device")
+    plain = isinstance(device, str) and re.fullmatch(r"[A-Za-z0-9:._-]{1,32}", device) is not None
+    return Health(status, body["model_loaded"], device if plain else None)
 
 
 def split_input(text: str, limit: int) -> Iterator[str]:
