@@ -268,10 +268,11 @@ class ProviderDefaults(_Model):
     @field_validator("stt", "llm", "tts")
     @classmethod
     def _known(cls, value: str, info: ValidationInfo) -> str:
-        if registry.find(info.field_name, value) is None:
+        entry = registry.find(info.field_name, value)
+        if entry is None:
             raise ValueError(f"one of {', '.join(registry.names(info.field_name))}")
-        if value == "external":  # a version chooses the customer's brain; a box cannot default to none
-            raise ValueError("external cannot be the default llm: name it in an agent version")
+        if not entry.can_be_default:  # e.g. the customer's own brain: a version chooses it
+            raise ValueError(f"{value} cannot be a default: name it in an agent version")
         return value
 
 

@@ -14,6 +14,14 @@ _WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 10: "ten", 15: "fifteen", 
 _UNSET: Any = object()
 
 
+def _integrator_replies(llm: str | None) -> bool:
+    """The version's llm is one that does not reply itself (the integrator's backend does)."""
+    from runtime.providers import registry
+
+    entry = registry.find("llm", llm) if llm else None
+    return entry is not None and not entry.capabilities.replies
+
+
 @dataclass(frozen=True, slots=True)
 class Phrases:
     """What the agent says on its own (English defaults)."""
@@ -71,7 +79,7 @@ class ConversationSettings:
             "agent_id": agent_id,
             "dtmf_tools": dict(config.dtmf_tools),
             "model": config.llm.model, "temperature": llm.get("temperature"), "max_tokens": llm.get("max_tokens"),
-            "external_brain": config.llm.provider == "external",
+            "external_brain": _integrator_replies(config.llm.provider),
             **overrides,
         })
 

@@ -70,6 +70,7 @@ class Capabilities:
     voices: bool = False  # tts: more than one voice, chosen by ``voice`` (and by voice profiles)
     speed: bool = False  # tts: the speaking rate can be set (voice profiles' ``speed``)
     warm_up: bool = False  # loads a model before the first call (offline engines)
+    replies: bool = True  # llm: answers caller turns (False: the integrator's backend does, over the API)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +202,7 @@ class ProviderEntry:
     capabilities: Capabilities = field(default_factory=Capabilities)
     stand_in: str | None = None  # offline: the engine used when this one cannot load
     needs: Needs | None = None  # the optional extra its adapter imports from (None: core packages only)
+    can_be_default: bool = True  # False: only a version names it (providers.defaults refuses it)
 
     @property
     def extra(self) -> str | None:
@@ -277,7 +279,8 @@ PROVIDERS: tuple[ProviderEntry, ...] = (
     ProviderEntry("rules", "llm", True, "runtime.providers.llm.rules:build",
                   "the deterministic rules brain (the version's rules script)"),
     ProviderEntry("external", "llm", True, "runtime.providers.llm.external:build",
-                  "the integrator's own backend: transcripts out, speaking sessions in (never a default)"),
+                  "the integrator's own backend: transcripts out, speaking sessions in (never a default)",
+                  capabilities=Capabilities(replies=False), can_be_default=False),
     ProviderEntry("anthropic", "llm", False, "runtime.providers.llm.anthropic:build",
                   "Claude through the Anthropic Messages API", _ANTHROPIC_KEY, "anthropic",
                   "AnthropicSettings", "SamplingOptions", needs=_ANTHROPIC),
