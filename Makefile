@@ -46,7 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/api.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check voicectl runtime tests bench peers
+	$(BIN)/ruff check voicectl runtime tests bench peers examples
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis demo artifacts

@@ -11,6 +11,15 @@ before the upgrade, so refusals are ordinary JSON errors. Then:
     <- {"type": "event", "event": {...}}
     <- {"type": "error", "message": "..."}   (bad messages; the socket stays open)
 
+Commands, for the lowest latency (a speaking session's say and flush, as over REST):
+
+    -> {"type": "say", "speaking_id", "text", "ref"}  /  {"type": "flush", "speaking_id", "ref"}
+    <- {"type": "ack", "ref"}  or  {"type": "error", "ref", "error": "not_found" | "conflict" |
+       "rate_limited" | "bad_request", "message"}
+
+Topics may also be named as VoIPBIN names them: ``<tenant id>::transcription:*`` and
+``<tenant id>::call:*`` (a tenant may only name itself) stand for our groups (TOPIC_ALIASES).
+
 One bus subscription per socket with a bounded queue: a socket that falls behind
 is closed with code 4008, never waited for. aiohttp's heartbeat pings the peer. The
 socket follows its key (runtime.api.key_watch): revoking the key closes it with 4401,
@@ -61,12 +70,34 @@ class SocketSubscription(Subscription):
                    for topics, call_id in self.filters)
 
 
-def _parse_filter(message: dict[str, Any]) -> FilterKey:
+# Seed 001's topic groups (``<customer>::<group>:*``) -> our topic globs.
+TOPIC_ALIASES = {"transcription": ("transcript.*", "transcription.*", "speech.*"),
+                 "call": ("voice.call.*", "call.*"), "speaking": ("speaking.*",)}
+
+
+def _expand_aliases(topics: list[str], tenant_id: str) -> list[str]:
+    out: list[str] = []
+    for topic in topics:
+        owner, sep, rest = topic.partition("::")
+        if not sep:
+            out.append(topic)
+            continue
+        group, _, glob = rest.partition(":")
+        if owner != tenant_id:
+            raise ValueError(f"{topic!r} names another tenant: a socket hears only its own ({tenant_id}::...)")
+        if group not in TOPIC_ALIASES or glob != "*":
+            raise ValueError(f"{topic!r}: known groups are {', '.join(f'{tenant_id}::{g}:*' for g in TOPIC_ALIASES)}")
+        out.extend(TOPIC_ALIASES[group])
+    return out
+
+
+def _parse_filter(message: dict[str, Any], tenant_id: str) -> FilterKey:
     topics = message.get("topics")
     if not isinstance(topics, list) or not topics or len(topics) > MAX_TOPICS or not all(
         isinstance(t, str) and t and len(t) <= 200 for t in topics
     ):
         raise ValueError(f"topics must be a list of 1 to {MAX_TOPICS} topic patterns (strings)")
+    topics = _expand_aliases(topics, tenant_id)
     unknown = unknown_patterns(topics)
     if unknown:
         raise ValueError(f"patterns {unknown} match no topic; topics are: {', '.join(TOPICS)}")
@@ -188,11 +219,14 @@ class EventSocket:
             await self._error("message must be a JSON object")
             return
         kind = message.get("type")
+        if kind in ("say", "flush"):
+            await self._command(kind, message)
+            return
         if kind not in ("subscribe", "unsubscribe"):
-            await self._error(f"unknown message type {kind!r}; expected subscribe or unsubscribe")
+            await self._error(f"unknown message type {kind!r}; expected subscribe, unsubscribe, say or flush")
             return
         try:
-            key = _parse_filter(message)
+            key = _parse_filter(message, self.sub.tenant_id)
         except ValueError as exc:
             await self._error(str(exc))
             return
@@ -210,6 +244,44 @@ class EventSocket:
             del self.sub.filters[key]
             reply = "unsubscribed"
         await self.ws.send_str(_dumps({"type": reply, "topics": list(topics), "call_id": call_id}))
+
+
+    async def _command(self, kind: str, message: dict[str, Any]) -> None:
+        """A speaking session's say or flush, answered with ack or error (carrying the sender's ref)."""
+        from runtime.api.appkeys import TRACKER
+        from runtime.calls.integrator_control import IntegratorControl
+        from runtime.calls.live_control import MAX_SAY_CHARS
+        from runtime.calls.locator import LocalCalls
+        from runtime.control.errors import ControlError
+
+        ref = message.get("ref")
+        ref = ref if isinstance(ref, (str, int)) and not isinstance(ref, bool) and len(str(ref)) <= 200 else None
+
+        async def answer(error: str | None = None, text: str = "") -> None:
+            body: dict[str, Any] = {"type": "ack", "ref": ref} if error is None else {
+                "type": "error", "ref": ref, "error": error, "message": text}
+            if not self.ws.closed:
+                await self.ws.send_str(_dumps(body))
+
+        decision = self.app[RATE_LIMITER].check(self.key_id, "runtime", "control")
+        if decision is not None and not decision.allowed:
+            self.app[METRICS].rate_limited.labels("control").inc()
+            return await answer("rate_limited", f"rate limit for control requests reached; retry in "
+                                                f"{decision.headers()['Retry-After']} s")
+        speaking_id, text = message.get("speaking_id"), message.get("text")
+        if not isinstance(speaking_id, str) or not speaking_id or len(speaking_id) > 200:
+            return await answer("bad_request", "speaking_id must be a speaking session id")
+        if kind == "say" and (not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY_CHARS):
+            return await answer("bad_request", f"text must be 1 to {MAX_SAY_CHARS} characters")
+        control = IntegratorControl(LocalCalls(self.app[TRACKER]), self.app[CONTROL].store)
+        try:
+            if kind == "say":
+                control.say(self.sub.tenant_id, speaking_id, text)
+            else:
+                control.flush(self.sub.tenant_id, speaking_id)
+        except ControlError as exc:
+            return await answer("not_found" if exc.status == 404 else "conflict", exc.message)
+        await answer()
 
 
 async def close_event_sockets(app: web.Application) -> None:

@@ -56,7 +56,7 @@ class LiveControl:
     def __init__(self, locator: CallLocator, store: Store) -> None:
         self.locator, self.store = locator, store
 
-    async def _live(self, tenant_id: str, call_id: str) -> CallSession:
+    async def live_session(self, tenant_id: str, call_id: str) -> CallSession:
         session = self.locator.live_call(tenant_id, call_id)
         if session is not None:
             return session
@@ -69,12 +69,12 @@ class LiveControl:
         raise Conflict(f"call {call_id} is not live on this runtime", {"call_id": call_id, "status": row["status"]})
 
     async def hangup(self, tenant_id: str, call_id: str, req: HangupRequest) -> dict[str, Any]:
-        session = await self._live(tenant_id, call_id)
+        session = await self.live_session(tenant_id, call_id)
         await session.hangup(req.reason)
         return {"id": session.id, "status": session.state, "end_reason": req.reason}
 
     async def transfer(self, tenant_id: str, call_id: str, req: TransferRequest) -> dict[str, Any]:
-        session = await self._live(tenant_id, call_id)
+        session = await self.live_session(tenant_id, call_id)
         if session.state != "connected":
             raise CallNotConnected(f"call {call_id} is {session.state}: only a connected call can be transferred",
                                    {"call_id": call_id, "status": session.state})
@@ -88,12 +88,12 @@ class LiveControl:
         return session.conversation
 
     async def say(self, tenant_id: str, call_id: str, req: SayRequest) -> dict[str, Any]:
-        session = await self._live(tenant_id, call_id)
+        session = await self.live_session(tenant_id, call_id)
         if not self._conversation(session).say_now(req.text, interrupt=req.interrupt):
             raise Conflict("too many lines are waiting to be said on this call", {"call_id": call_id})
         return {"id": session.id, "queued": True, "interrupt": req.interrupt}
 
     async def update(self, tenant_id: str, call_id: str, req: CallUpdate) -> dict[str, Any]:
-        session = await self._live(tenant_id, call_id)
+        session = await self.live_session(tenant_id, call_id)
         self._conversation(session).set_paused(req.ai == "paused")
         return {"id": session.id, "status": session.state, "ai": req.ai}

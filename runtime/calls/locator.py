@@ -18,6 +18,9 @@ class CallLocator(Protocol):
     def live_call(self, tenant_id: str, call_id: str) -> CallSession | None:
         """The tenant's live call ``call_id``, or None (not live here, or another tenant's)."""
 
+    def live_calls(self, tenant_id: str) -> list[CallSession]:
+        """The tenant's live calls."""
+
 
 class LocalCalls:
     """Calls held by this process."""
@@ -30,3 +33,6 @@ class LocalCalls:
         if session is None or session.tenant_id != tenant_id or not session.live:
             return None
         return session
+
+    def live_calls(self, tenant_id: str) -> list[CallSession]:
+        return [s for s in self.tracker.live.values() if s.tenant_id == tenant_id and s.live]

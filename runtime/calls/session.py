@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from runtime.calls.integrator_sessions import STOPPED, Speaking, Transcribe, transcribe_for
 from runtime.calls.routing import CallRoute
 from runtime.calls.watchdog import DurationWatchdog
 from runtime.events.bus import EventBus
@@ -27,6 +28,8 @@ from runtime.events.models import (
     Payload,
     StateChanged,
     TranscriptCreated,
+    TranscriptionStarted,
+    TranscriptionStopped,
     TransferRequested,
 )
 from runtime.ids import new_id, now_iso
@@ -100,6 +103,9 @@ class CallSession:
     media_counts: Callable[[], dict[str, Any]] | None = None
     # The call's conversation once its media leg built it: live control (say, pause) reaches it here.
     conversation: Steerable | None = None
+    # The integrator's sessions on this call (runtime.calls.integrator_sessions), by id.
+    transcribes: dict[str, Transcribe] = field(default_factory=dict)
+    speakings: dict[str, Speaking] = field(default_factory=dict)
     _seq: int = 0
     _transcript_seq: int = 0
     _started_mono: float = field(default_factory=time.monotonic)
@@ -152,8 +158,21 @@ class CallSession:
             "role": role, "text": text, "start_ms": start_ms, "end_ms": end_ms, "interrupted": interrupted,
             "created_at": now_iso(),
         })
+        direction = "in" if role == "caller" else "out"
         await self.emit(TranscriptCreated(role=role, text=text, start_ms=start_ms, end_ms=end_ms,
-                                          interrupted=interrupted), batch)
+                                          interrupted=interrupted, direction=direction,
+                                          transcribe_id=transcribe_for(self.transcribes, direction)), batch)
+
+    async def start_transcribe(self, direction: str, *, implicit: bool = False) -> Transcribe:
+        transcribe = Transcribe(self.id, self.tenant_id, direction, implicit)
+        self.transcribes[transcribe.id] = transcribe
+        await self.emit(TranscriptionStarted(transcribe_id=transcribe.id, direction=direction))
+        return transcribe
+
+    async def stop_transcribe(self, transcribe: Transcribe, reason: str) -> None:
+        if transcribe.status != STOPPED:
+            transcribe.status, transcribe.stopped_at = STOPPED, now_iso()
+            await self.emit(TranscriptionStopped(transcribe_id=transcribe.id, reason=reason))
 
     def tap_inbound(self, pcm: bytes, sample_rate: int) -> None:
         for sink in self.audio_sinks:
@@ -264,6 +283,10 @@ class CallSession:
         async with self._lock:
             if not self.live:
                 return  # ending twice (bridge stop + status callback) is normal
+            stopped_at = now_iso()
+            for live in (*self.transcribes.values(), *self.speakings.values()):  # they stop with the call
+                if live.status != STOPPED:
+                    live.status, live.stopped_at = STOPPED, stopped_at
             if self.watchdog is not None:
                 self.watchdog.cancel()
             if self._latency_samples:

@@ -420,6 +420,8 @@ class AgentConfig(Input):
     voice_profile_id: str | None = None
     tools: list[str] = Field(default_factory=list, description="built-in tools the agent may call")
     http_tools: list[HttpTool] = Field(default_factory=list)
+    auto_flush: bool = Field(True, description="the caller interrupting drops the integrator's lines still "
+                                               "waiting to be said (speaking sessions)")
     escalation_target: str | None = Field(None, description="E.164 number or sip: URI for transfers")
     max_duration_s: int | None = Field(None, ge=30, le=86_400)
     turn: TurnSettings = Field(default_factory=TurnSettings)
@@ -490,6 +492,7 @@ class AgentUpdate(Input):
     tools: list[str] | None = None
     http_tools: list[HttpTool] | None = None
     escalation_target: str | None = None
+    auto_flush: bool | None = None
     max_duration_s: int | None = Field(None, ge=30, le=86_400)
     turn: TurnSettings | None = None
     hours: OperatingHours | None = None

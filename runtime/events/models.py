@@ -72,6 +72,8 @@ class TranscriptCreated(Payload):
     start_ms: int | None = None
     end_ms: int | None = None
     interrupted: bool = False
+    direction: str | None = None  # in: the caller's words; out: the agent's
+    transcribe_id: str | None = None  # the call's transcribe session of that direction, if any
 
 
 @dataclass(frozen=True)
@@ -155,11 +157,43 @@ class WebhookDisabled(Payload):
     last_error: str | None
 
 
+@dataclass(frozen=True)
+class TranscriptionStarted(Payload):
+    """A transcribe session began (implicit for an external brain, or POST /api/v1/transcribes)."""
+
+    topic: ClassVar[str] = "transcription.started"
+    transcribe_id: str
+    direction: str
+
+
+@dataclass(frozen=True)
+class TranscriptionStopped(Payload):
+    topic: ClassVar[str] = "transcription.stopped"
+    transcribe_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SpeakingStarted(Payload):
+    """A speaking session is active: ``/say`` is spoken on the call."""
+
+    topic: ClassVar[str] = "speaking.started"
+    speaking_id: str
+
+
+@dataclass(frozen=True)
+class SpeakingStopped(Payload):
+    topic: ClassVar[str] = "speaking.stopped"
+    speaking_id: str
+    reason: str
+
+
 PAYLOAD_TYPES: dict[str, type[Payload]] = {
     cls.topic: cls
     for cls in (CallStarted, CallConnected, StateChanged, SpeechStarted, SpeechEnded, TranscriptInterim,
                 TranscriptCreated, DtmfReceived, AgentInterrupted, ToolCalled, TransferRequested, TurnLatency,
-                DurationWarning, ProviderFailedOver, CallCompleted, CallFailed, WebhookDisabled)
+                DurationWarning, ProviderFailedOver, CallCompleted, CallFailed, WebhookDisabled,
+                TranscriptionStarted, TranscriptionStopped, SpeakingStarted, SpeakingStopped)
 }
 
 

@@ -23,6 +23,10 @@ TOPICS: tuple[str, ...] = (
     "voice.call.completed",
     "voice.call.failed",
     "webhook.disabled",
+    "transcription.started",
+    "transcription.stopped",
+    "speaking.started",
+    "speaking.stopped",
 )
 
 

@@ -130,6 +130,7 @@ class Conversation:
                                reporter=self.reporter, metrics=metrics, mark_quiet=self.silence.mark_quiet,
                                spawn=spawn)
         self.lines = LineQueue(self, self.replies, spawn)
+        self.lines.auto_flush = settings.auto_flush
         self.responder = Responder(self, settings=settings, history=self.history, voice=self.voice,
                                    replies=self.replies, toolbox=toolbox, tool_context=self.tool_context, clock=clock,
                                    reporter=self.reporter, spawn=spawn, call_id=session.id)
@@ -170,6 +171,9 @@ class Conversation:
         hooks = getattr(self.session, "on_duration_warning", None)
         if isinstance(hooks, list):
             hooks.append(self._duration_warning)
+        if self.settings.external_brain and hasattr(self.session, "start_transcribe"):
+            # The integrator's backend answers: its transcripts flow from the moment the call connects.
+            await self.session.start_transcribe("in", implicit=True)
         if self.settings.greeting:
             self.replies.start_line(self.settings.greeting, kind="greeting")
 

@@ -61,6 +61,8 @@ class ConversationSettings:
     phrases: Phrases = field(default_factory=Phrases)
     # The version's llm is ``external``: the integrator's backend answers, never the pipeline.
     external_brain: bool = False
+    # The caller interrupting drops the integrator's lines still waiting (speaking sessions).
+    auto_flush: bool = True
 
     @classmethod
     def from_config(cls, config: AgentConfig, *, agent_id: str | None = None, greeting: Any = _UNSET,
@@ -80,6 +82,7 @@ class ConversationSettings:
             "dtmf_tools": dict(config.dtmf_tools),
             "model": config.llm.model, "temperature": llm.get("temperature"), "max_tokens": llm.get("max_tokens"),
             "external_brain": _integrator_replies(config.llm.provider),
+            "auto_flush": config.auto_flush,
             **overrides,
         })
 

@@ -12,6 +12,7 @@ def all_routes() -> list[Route]:
         credentials,
         events,
         goto,
+        integrator,
         keys,
         livekit,
         numbers,
@@ -25,7 +26,7 @@ def all_routes() -> list[Route]:
     )
 
     routes: list[Route] = []
-    for module in (ops, tenants, keys, agents, voices, numbers, credentials, webhooks, calls, recordings, twilio, goto,
-                   livekit, webrtc, events):
+    for module in (ops, tenants, keys, agents, voices, numbers, credentials, webhooks, calls, integrator, recordings,
+                   twilio, goto, livekit, webrtc, events):
         routes.extend(module.ROUTES)
     return routes

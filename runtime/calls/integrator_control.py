@@ -1,0 +1,142 @@
+"""The integrator's transcribe and speaking sessions through the API (seed 001, our naming):
+``/api/v1/transcribes`` and ``/api/v1/speakings``. Sessions belong to a live call of the tenant
+(runtime.calls.integrator_sessions); another tenant's, or none, is 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from runtime.calls.integrator_sessions import ACTIVE, MAX_PER_CALL, STOPPED, Speaking, Transcribe
+from runtime.calls.live_control import MAX_SAY_CHARS, CallNotConnected, LiveControl
+from runtime.calls.locator import CallLocator
+from runtime.control.errors import Conflict, Invalid, NotFound
+from runtime.control.schemas import Input
+from runtime.events.models import SpeakingStarted, SpeakingStopped
+from runtime.ids import now_iso
+from runtime.store.store import Store
+
+Direction = Literal["in", "out", "both"]
+
+
+class SessionStopped(Conflict):
+    code = "session_stopped"
+
+
+class TranscribeCreate(Input):
+    reference_type: Literal["call"] = "call"
+    reference_id: str = Field(description="the call id")
+    direction: Direction = Field("in", description="in: the caller's words, out: the agent's, both")
+
+
+class SpeakingCreate(Input):
+    reference_type: Literal["call"] = "call"
+    reference_id: str = Field(description="the call id")
+    language: str | None = Field(None, max_length=20, description="BCP 47; default: the call's agent version")
+    provider: str | None = Field(None, max_length=40, description="the TTS provider; default: the call's")
+    voice_id: str | None = Field(None, max_length=200, description="default: the call's voice")
+    direction: Direction = Field("in", description="in: the caller hears it (the only side a call has here)")
+
+
+class SayText(Input):
+    text: str = Field(min_length=1, max_length=MAX_SAY_CHARS)
+
+
+class IntegratorControl:
+    def __init__(self, locator: CallLocator, store: Store) -> None:
+        self.locator, self.live = locator, LiveControl(locator, store)
+
+    # Transcribes
+
+    async def create_transcribe(self, tenant_id: str, req: TranscribeCreate) -> dict[str, Any]:
+        session = await self.live.live_session(tenant_id, req.reference_id)
+        if len(session.transcribes) >= MAX_PER_CALL:
+            raise Conflict(f"a call holds at most {MAX_PER_CALL} transcribe sessions", {"call_id": session.id})
+        transcribe = await session.start_transcribe(req.direction)
+        return transcribe.to_dict()
+
+    def _transcribe(self, tenant_id: str, transcribe_id: str) -> tuple[Any, Transcribe]:
+        for session in self.locator.live_calls(tenant_id):
+            found = session.transcribes.get(transcribe_id)
+            if found is not None:
+                return session, found
+        raise NotFound(f"transcribe {transcribe_id} not found on a live call", {"transcribe_id": transcribe_id})
+
+    async def stop_transcribe(self, tenant_id: str, transcribe_id: str) -> dict[str, Any]:
+        session, transcribe = self._transcribe(tenant_id, transcribe_id)
+        await session.stop_transcribe(transcribe, "api")
+        return transcribe.to_dict()
+
+    def get_transcribe(self, tenant_id: str, transcribe_id: str) -> dict[str, Any]:
+        return self._transcribe(tenant_id, transcribe_id)[1].to_dict()
+
+    def list_transcribes(self, tenant_id: str) -> dict[str, Any]:
+        items = [t.to_dict() for s in self.locator.live_calls(tenant_id) for t in s.transcribes.values()]
+        return {"items": items, "total": len(items)}
+
+    # Speakings
+
+    async def create_speaking(self, tenant_id: str, req: SpeakingCreate) -> dict[str, Any]:
+        session = await self.live.live_session(tenant_id, req.reference_id)
+        conversation = session.conversation
+        if session.state != "connected" or conversation is None:
+            raise CallNotConnected(f"call {session.id} is {session.state}: a speaking session needs it connected",
+                                   {"call_id": session.id, "status": session.state})
+        if req.direction != "in":
+            raise Invalid("a call here has one far side: direction must be in", {"field": "direction"})
+        engine = getattr(conversation, "tts", None)
+        if req.provider is not None and req.provider != getattr(engine, "name", None):
+            raise Invalid("speaking sessions use the call's own TTS chain: leave provider unset",
+                          {"field": "provider", "call_provider": getattr(engine, "name", None)})
+        if req.voice_id is not None:
+            raise Invalid("speaking sessions use the call's voice: leave voice_id unset", {"field": "voice_id"})
+        if len(session.speakings) >= MAX_PER_CALL:
+            raise Conflict(f"a call holds at most {MAX_PER_CALL} speaking sessions", {"call_id": session.id})
+        speaking = Speaking(session.id, tenant_id, req.direction, getattr(engine, "name", None), None, req.language)
+        session.speakings[speaking.id] = speaking
+        speaking.status = ACTIVE  # the call's TTS is up already: nothing to connect
+        await session.emit(SpeakingStarted(speaking_id=speaking.id))
+        return speaking.to_dict()
+
+    def _speaking(self, tenant_id: str, speaking_id: str) -> tuple[Any, Speaking]:
+        for session in self.locator.live_calls(tenant_id):
+            found = session.speakings.get(speaking_id)
+            if found is not None:
+                return session, found
+        raise NotFound(f"speaking {speaking_id} not found on a live call", {"speaking_id": speaking_id})
+
+    def _active(self, tenant_id: str, speaking_id: str) -> tuple[Any, Speaking]:
+        session, speaking = self._speaking(tenant_id, speaking_id)
+        if speaking.status != ACTIVE or session.conversation is None:
+            raise SessionStopped(f"speaking {speaking_id} is {speaking.status}", {"speaking_id": speaking_id})
+        return session, speaking
+
+    def say(self, tenant_id: str, speaking_id: str, text: str) -> dict[str, Any]:
+        session, speaking = self._active(tenant_id, speaking_id)
+        if not session.conversation.say_now(text, interrupt=False):
+            raise Conflict("too many lines are waiting to be said on this call", {"speaking_id": speaking_id})
+        speaking.said += 1
+        return speaking.to_dict()
+
+    def flush(self, tenant_id: str, speaking_id: str) -> dict[str, Any]:
+        session, speaking = self._active(tenant_id, speaking_id)
+        session.conversation.flush_lines()
+        return speaking.to_dict()
+
+    async def stop_speaking(self, tenant_id: str, speaking_id: str) -> dict[str, Any]:
+        session, speaking = self._speaking(tenant_id, speaking_id)
+        if speaking.status != STOPPED:
+            speaking.status, speaking.stopped_at = STOPPED, now_iso()
+            if session.conversation is not None:
+                session.conversation.flush_lines()
+            await session.emit(SpeakingStopped(speaking_id=speaking.id, reason="api"))
+        return speaking.to_dict()
+
+    def get_speaking(self, tenant_id: str, speaking_id: str) -> dict[str, Any]:
+        return self._speaking(tenant_id, speaking_id)[1].to_dict()
+
+    def list_speakings(self, tenant_id: str) -> dict[str, Any]:
+        items = [sp.to_dict() for s in self.locator.live_calls(tenant_id) for sp in s.speakings.values()]
+        return {"items": items, "total": len(items)}

@@ -1,0 +1,176 @@
+"""Bring your own brain end to end: a version with ``llm: external``, a Twilio-protocol caller who
+speaks, and examples/external_brain.py as the integrator's backend (events WebSocket in, speaking
+session ``say`` out). The runtime never answers a caller turn itself."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.api.appkeys import TRACKER
+from runtime.telephony.scripted_caller import scripted_call
+from tests.twilio.support import NUMBER
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("external_brain_example", ROOT / "examples/external_brain.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+async def _external_version(world) -> None:
+    status, body, _ = await world.api.call("PATCH", f"/api/v1/agents/{world.agent_id}", world.key,
+                                           json={"llm": {"provider": "external"}})
+    assert status == 200, body
+    status, body, _ = await world.api.call("POST", f"/api/v1/agents/{world.agent_id}/promote", world.api.admin_key,
+                                           tenant_id=world.tenant_id, json={"version": 2})
+    assert status == 200, body
+
+
+async def _caller_lines(texts: list[str]):
+    from runtime.audio import Audio
+    from runtime.providers.tts.local import PiperTTS
+
+    tts, lines = PiperTTS(), []
+    for text in texts:
+        pcm, rate = bytearray(), 22050
+        async for chunk in tts.synthesize(text):
+            pcm += chunk.pcm
+            rate = chunk.rate
+        lines.append((text, Audio(bytes(pcm), rate)))
+    await tts.aclose()
+    return lines
+
+
+async def test_the_integrators_backend_answers_every_turn_through_the_api(world) -> None:
+    await _external_version(world)
+    example = _example()
+    brain = example.ExternalBrain(world.api.base_url, world.key)
+    ready = asyncio.Event()
+    running = asyncio.create_task(brain.run(world.api.http, ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+        lines = await _caller_lines(["I would like a table for two people."])
+        result = await scripted_call(world.caller(), NUMBER, lines, quiet_s=1.2, answer_timeout_s=15)
+        assert result.turns and result.turns[0].agent_answered is not None, "the backend's reply was not heard"
+        call = (await world.calls())[0]
+        transcripts, _ = await world.api.control.store.transcripts.list(tenant_id=world.tenant_id,
+                                                                        equals={"call_id": call["id"]})
+        said = [(t["role"], t["text"]) for t in sorted(transcripts, key=lambda t: t["seq"])]
+        assert said[0] == ("agent", "Hello, front desk.")
+        caller = [text for role, text in said if role == "caller"]
+        assert caller and "table" in caller[0].lower(), said
+        # The backend's line, spoken as the agent's own; nothing else from the agent.
+        assert [text for role, text in said if role == "agent"][1:] == [f"You said: {caller[0]}"], said
+        events, _ = await world.api.control.store.call_events.list(tenant_id=world.tenant_id,
+                                                                   equals={"call_id": call["id"]}, limit=200)
+        topics = [e["topic"] for e in sorted(events, key=lambda e: e["seq"])]
+        assert "transcription.started" in topics and "speaking.started" in topics
+        created = [e["payload"] for e in events if e["topic"] == "transcript.created"]
+        inbound = [p for p in created if p["role"] == "caller"]
+        assert inbound and all(p["direction"] == "in" and p["transcribe_id"].startswith("trs_") for p in inbound)
+        assert brain.replies_sent == len(caller)
+    finally:
+        running.cancel()
+
+
+async def test_speaking_and_transcribe_sessions_by_rest(world) -> None:
+    """The REST side: sessions on a connected call, say/flush/stop, 404 for other tenants, 409 stopped."""
+    caller = world.caller()
+    call_sid, answer = await caller.dial(NUMBER)
+    leg = await caller.open_stream(call_sid, answer)
+    streaming = asyncio.create_task(leg.stream([b"\xff" * 160] * 1000))
+    try:
+        await leg.first_media.wait()
+        call_id = (await world.call_by_sid(call_sid))["id"]
+        api, key = world.api, world.key
+        status, tr, _ = await api.call("POST", "/api/v1/transcribes", key,
+                                       json={"reference_type": "call", "reference_id": call_id, "direction": "both"})
+        assert status == 201 and tr["status"] == "active" and tr["direction"] == "both", tr
+        status, sp, _ = await api.call("POST", "/api/v1/speakings", key, json={"reference_id": call_id})
+        assert status == 201 and sp["status"] == "active", sp
+        for _ in range(3):
+            status, body, _ = await api.call("POST", f"/api/v1/speakings/{sp['id']}/say", key,
+                                             json={"text": "This is a long line that the flush will cut short."})
+            assert status == 202, body
+        await asyncio.sleep(0.3)
+        conversation = api.app[TRACKER].get(call_id).conversation
+        assert conversation.lines.pending >= 1
+        status, body, _ = await api.call("POST", f"/api/v1/speakings/{sp['id']}/flush", key)
+        assert status == 200 and body["said"] == 3 and conversation.lines.pending == 0
+        status, page, _ = await api.call("GET", "/api/v1/speakings", key)
+        assert [s["id"] for s in page["items"]] == [sp["id"]]
+        # Another tenant: not found; bad bodies: 422.
+        _, other = await api.tenant_with_key("other")
+        for method, path in (("GET", f"/api/v1/speakings/{sp['id']}"), ("POST", f"/api/v1/speakings/{sp['id']}/flush"),
+                             ("GET", f"/api/v1/transcribes/{tr['id']}")):
+            status, body, _ = await api.call(method, path, other)
+            assert status == 404, (path, body)
+        status, body, _ = await api.call("POST", "/api/v1/speakings", key,
+                                         json={"reference_id": call_id, "voice_id": "someone-else"})
+        assert status == 422
+        status, body, _ = await api.call("POST", "/api/v1/speakings", key, json={"reference_id": "call_nope"})
+        assert status == 404
+        # Stopped: say is 409; the transcribe stops too.
+        status, body, _ = await api.call("POST", f"/api/v1/speakings/{sp['id']}/stop", key)
+        assert status == 200 and body["status"] == "stopped"
+        status, body, _ = await api.call("POST", f"/api/v1/speakings/{sp['id']}/say", key, json={"text": "hi"})
+        assert status == 409 and body["error"] == "session_stopped"
+        status, body, _ = await api.call("POST", f"/api/v1/transcribes/{tr['id']}/stop", key)
+        assert status == 200 and body["status"] == "stopped"
+        topics = await world.events(call_id)
+        assert {"transcription.started", "transcription.stopped", "speaking.started", "speaking.stopped"} <= set(topics)
+    finally:
+        streaming.cancel()
+        await leg.stop(world.caller().account_sid, call_sid)
+        await leg.wait_closed()
+
+
+async def test_event_socket_commands_and_topic_aliases(world) -> None:
+    caller = world.caller()
+    call_sid, answer = await caller.dial(NUMBER)
+    leg = await caller.open_stream(call_sid, answer)
+    streaming = asyncio.create_task(leg.stream([b"\xff" * 160] * 1000))
+    ws_url = world.api.base_url.replace("http", "ws", 1) + "/api/v1/events/ws"
+    try:
+        await leg.first_media.wait()
+        call_id = (await world.call_by_sid(call_sid))["id"]
+        _, sp, _ = await world.api.call("POST", "/api/v1/speakings", world.key, json={"reference_id": call_id})
+        async with world.api.http.ws_connect(ws_url, headers={"Authorization": f"Bearer {world.key}"}) as ws:
+            await ws.send_json({"type": "subscribe", "topics": [f"{world.tenant_id}::transcription:*",
+                                                                 f"{world.tenant_id}::call:*"]})
+            reply = await ws.receive_json(timeout=5)
+            assert reply["type"] == "subscribed" and "transcript.*" in reply["topics"] and "voice.call.*" in reply["topics"]
+            await ws.send_json({"type": "subscribe", "topics": ["ten_someoneelse::call:*"]})
+            assert (await ws.receive_json(timeout=5))["type"] == "error"
+            await ws.send_json({"type": "say", "speaking_id": sp["id"], "text": "Hello from the socket.", "ref": "r1"})
+            assert await _next_of(ws, {"ack", "error"}) == {"type": "ack", "ref": "r1"}
+            await ws.send_json({"type": "flush", "speaking_id": "spk_nope", "ref": 7})
+            error = await _next_of(ws, {"ack", "error"})
+            assert error["error"] == "not_found" and error["ref"] == 7
+            await ws.send_json({"type": "say", "speaking_id": sp["id"], "text": "", "ref": "r2"})
+            assert (await _next_of(ws, {"ack", "error"}))["error"] == "bad_request"
+    finally:
+        streaming.cancel()
+        await leg.stop(world.caller().account_sid, call_sid)
+        await leg.wait_closed()
+
+
+async def _next_of(ws, types: set[str]) -> dict:
+    while True:
+        message = await ws.receive_json(timeout=5)
+        if message["type"] in types:
+            return message
