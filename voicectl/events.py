@@ -50,9 +50,37 @@ def _ws_url(url: str) -> str:
     return base + "/api/v1/events/ws"
 
 
+# After a lost connection: 1 s, doubling to 30 s, between tries (seed 001's advice to clients).
+RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0
+# Close codes that mean "stop": the key was revoked or the tenant disabled.
+FINAL_CLOSES = {4401: EXIT_UNAUTHORIZED, 4403: EXIT_UNAUTHORIZED}
+
+
+class _Lost(Exception):
+    """The connection went away after it had worked: reconnect."""
+
+
 async def _tail(url: str, key: str, topics: list[str], call_id: str | None, as_json: bool,
-                count: int | None, base: str | None = None) -> int:
-    """``url``: the WebSocket's; ``base``: the runtime's URL as the user gave it (for messages)."""
+                count: int | None, base: str | None = None, *, sleep: Any = None) -> int:
+    """``url``: the WebSocket's; ``base``: the runtime's URL as the user gave it (for messages).
+    A runtime that cannot be reached at first exits 8; once connected, a lost connection is
+    retried with backoff and the subscription sent again."""
+    import asyncio
+
+    sleep = sleep or asyncio.sleep
+    state = {"seen": 0, "connected": False}
+    delay = RECONNECT_FIRST_S
+    while True:
+        try:
+            return await _follow(url, key, topics, call_id, as_json, count, base, state)
+        except _Lost as lost:
+            say(f"{lost}; reconnecting in {delay:g} s", err=True)
+            await sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+
+async def _follow(url: str, key: str, topics: list[str], call_id: str | None, as_json: bool,
+                  count: int | None, base: str | None, state: dict[str, Any]) -> int:
     import aiohttp
     import orjson
 
@@ -61,10 +89,10 @@ async def _tail(url: str, key: str, topics: list[str], call_id: str | None, as_j
         from rich.console import Console
 
         console = Console(highlight=False, soft_wrap=True)
-    seen = 0
     headers = {"Authorization": f"Bearer {key}"}
     try:
         async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers, heartbeat=30) as ws:
+            state["connected"] = True
             subscribe: dict[str, Any] = {"type": "subscribe", "topics": topics}
             if call_id:
                 subscribe["call_id"] = call_id
@@ -98,14 +126,17 @@ async def _tail(url: str, key: str, topics: list[str], call_id: str | None, as_j
                     line.append("  ")
                     line.append(_short(event.get("data") or {}))
                     console.print(line)
-                seen += 1
-                if count is not None and seen >= count:
+                state["seen"] += 1
+                if count is not None and state["seen"] >= count:
                     return 0
-            if ws.close_code == CLOSE_TOO_SLOW:
-                say("error: the runtime dropped this subscriber (too slow to read events)", err=True)
-                return EXIT_ERROR
-            say(f"connection closed by the runtime (code {ws.close_code})", err=True)
-            return EXIT_ERROR
+            code = ws.close_code
+            if code in FINAL_CLOSES:
+                say(f"error: the runtime closed the subscription (code {code}: the key was revoked or the "
+                    "tenant disabled)", err=True)
+                return FINAL_CLOSES[code]
+            if code == CLOSE_TOO_SLOW:
+                raise _Lost("the runtime dropped this subscriber (too slow to read events)")
+            raise _Lost(f"connection closed by the runtime (code {code})")
     except aiohttp.WSServerHandshakeError as exc:
         if exc.status == 401:
             say("error: invalid or missing API key (use --key or VOICECTL_API_KEY)", err=True)
@@ -113,6 +144,8 @@ async def _tail(url: str, key: str, topics: list[str], call_id: str | None, as_j
         if exc.status == 403:
             say("error: refused: events need an active tenant's runtime key (not an admin key)", err=True)
             return EXIT_UNAUTHORIZED
+        if state["connected"]:
+            raise _Lost(f"the runtime refused the reconnection (HTTP {exc.status})") from None
         if exc.status == 429:
             say("error: rate limited; try again shortly", err=True)
             return EXIT_ERROR
@@ -120,8 +153,10 @@ async def _tail(url: str, key: str, topics: list[str], call_id: str | None, as_j
             "is --url a voicectl runtime?", err=True)
         return EXIT_RUNTIME_UNREACHABLE
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        # The same exit code and words as `voicectl call` for a runtime that is not there.
         detail = str(exc) or type(exc).__name__
+        if state["connected"]:
+            raise _Lost(f"lost the runtime at {base or url} ({detail})") from None
+        # The same exit code and words as `voicectl call` for a runtime that is not there.
         say(f"error: cannot reach the runtime at {base or url} ({detail}); is `voicectl serve` running there?",
             err=True)
         return EXIT_RUNTIME_UNREACHABLE

@@ -219,3 +219,48 @@ def _disable(webhook_id: str) -> Any:
         await plane.store.webhook_configs.update(webhook_id, {
             "status": "disabled", "consecutive_failures": 100, "disabled_at": now_iso()}, tenant_id=tenant.id)
     return disable
+
+
+async def test_events_tail_reconnects_with_backoff_and_subscribes_again() -> None:
+    """A runtime that drops the subscriber (a restart: 1012) is reconnected to after 1 s, then
+    2 s, ..., and the subscription is sent again; a revoked key (4401) ends the tail."""
+    from aiohttp import web
+
+    from peers.loopback import serve_loopback
+    from voicectl.events import _tail
+
+    subscribes: list[dict] = []
+    closes = [1012, 1012]  # the first two connections are dropped after the subscription
+
+    async def socket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        message = await ws.receive_json()
+        subscribes.append(message)
+        await ws.send_json({"type": "subscribed", "topics": message["topics"], "call_id": None})
+        if closes:
+            await ws.close(code=closes.pop(0))
+            return ws
+        await ws.send_json({"type": "event", "event": {"topic": "dtmf.received", "call_id": "call_1",
+                                                       "ts": "2026-12-06T10:00:00.000Z", "data": {"digit": "5"}}})
+        await ws.close(code=4401)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/api/v1/events/ws", socket)
+    runner, port = await serve_loopback(app)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    try:
+        url = f"ws://127.0.0.1:{port}/api/v1/events/ws"
+        code = await _tail(url, "vk_rt_x", ["dtmf.*"], None, True, 1, sleep=sleep)
+        assert code == 0 and slept == [1.0, 2.0] and len(subscribes) == 3
+        assert all(s == {"type": "subscribe", "topics": ["dtmf.*"]} for s in subscribes)
+        slept.clear()
+        code = await _tail(url, "vk_rt_x", ["dtmf.*"], None, True, None, sleep=sleep)  # runs until the 4401
+        assert code == 7 and slept == []
+    finally:
+        await runner.cleanup()
