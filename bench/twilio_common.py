@@ -92,13 +92,15 @@ class Runtime:
     def __enter__(self) -> Runtime:
         import yaml
 
+        from runtime.config import RATE_CLASSES
+
         big = {"limit": 1_000_000_000, "window_s": 60}
         config = {
             "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace_s": 1},
             "database": {"url": "sqlite:///voicectl.db"},
             "secrets": {"backend": "cryptfile", "master_key_file": "master.key"},
             "limits": {"max_calls": 1_000_000, "rate_limits": {"runtime": {
-                name: big for name in ("read", "write", "session", "realtime", "recording")}}, **self.limits},
+                name: big for name in RATE_CLASSES}}, **self.limits},
             "telephony": {"twilio": {"api_base_url": "http://127.0.0.1:9", **self.twilio}, "webrtc": self.webrtc},
             "logging": {"level": "warning", "format": "json"},
         }
