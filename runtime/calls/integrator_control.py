@@ -37,7 +37,7 @@ class SpeakingCreate(Input):
     language: str | None = Field(None, max_length=20, description="BCP 47; default: the call's agent version")
     provider: str | None = Field(None, max_length=40, description="the TTS provider; default: the call's")
     voice_id: str | None = Field(None, max_length=200, description="default: the call's voice")
-    direction: Direction = Field("in", description="in: the caller hears it (the only side a call has here)")
+    direction: Direction = Field("in", description="in or both: the caller hears it (a call here has no other side)")
 
 
 class SayText(Input):
@@ -84,8 +84,8 @@ class IntegratorControl:
         if session.state != "connected" or conversation is None:
             raise CallNotConnected(f"call {session.id} is {session.state}: a speaking session needs it connected",
                                    {"call_id": session.id, "status": session.state})
-        if req.direction != "in":
-            raise Invalid("a call here has one far side: direction must be in", {"field": "direction"})
+        if req.direction == "out":  # no connected party besides the caller: "both" is "in"
+            raise Invalid("a call here has one far side: direction must be in (or both)", {"field": "direction"})
         engine = getattr(conversation, "tts", None)
         if req.provider is not None and req.provider != getattr(engine, "name", None):
             raise Invalid("speaking sessions use the call's own TTS chain: leave provider unset",
