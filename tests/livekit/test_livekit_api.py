@@ -20,7 +20,6 @@ from tests.livekit.support import (
     APPLIANCE_SECRET,
     NUMBER,
     event_json,
-    sip_participant,
     start_world,
     stop_world,
     wait_for,
@@ -158,39 +157,9 @@ async def live_call(world, room: str, identity: str):
     """A SIP call whose agent is still joining (the peer holds the signal connection)."""
     from runtime.api.appkeys import TRACKER
 
-    status, data = await world.post(event_json("participant_joined", room_name=room,
-                                               participant=sip_participant(identity=identity)))
+    status, data = await world.sip_joins(room, identity)
     assert status == 200, data
     return world.api.app[TRACKER].get(data["call_id"])
-
-
-async def test_the_engine_transfers_a_sip_caller_through_transfer_sip_participant(world) -> None:
-    session = await live_call(world, "xfer-room", "sip_t")
-    await session.connect()  # as the media start would
-    await session.transfer("+15550109000", reason="caller_asked")
-    [req] = world.peer.requests("SIP/TransferSIPParticipant")
-    assert (req.room_name, req.participant_identity, req.transfer_to, req.play_dialtone) == (
-        "xfer-room", "sip_t", "tel:+15550109000", False)
-    [(_, _, claims)] = [c for c in world.peer.calls if c[0] == "SIP/TransferSIPParticipant"]
-    assert claims.sip.call and claims.video.room_admin and claims.video.room == "xfer-room"
-    assert session.state == "transferring"
-    # LiveKit hands the call over; the SIP participant leaves the room.
-    await world.post(event_json("participant_left", room_name="xfer-room", participant=sip_participant(identity="sip_t")))
-    row = await world.final(session.id)
-    assert (row["status"], row["end_reason"]) == ("ended", "transferred")
-    assert "transfer.requested" in await world.events(session.id)
-
-
-async def test_a_refused_transfer_fails_the_call_and_hangs_up(world) -> None:
-    world.peer.fail["SIP/TransferSIPParticipant"] = (400, "failed_precondition")
-    session = await live_call(world, "xfer-bad", "sip_tb")
-    await session.connect()
-    await session.transfer("sip:desk@pbx.example.com")
-    assert world.peer.requests("SIP/TransferSIPParticipant")[0].transfer_to == "sip:desk@pbx.example.com"
-    row = await world.final(session.id)
-    assert (row["status"], row["end_reason"]) == ("failed", "transfer_failed")
-    assert [(r.room, r.identity) for r in world.peer.requests("RoomService/RemoveParticipant")] == [
-        ("xfer-bad", "sip_tb")]
 
 
 async def test_the_engine_hangs_up_by_removing_the_participant(world) -> None:
@@ -236,25 +205,6 @@ async def test_room_egress_records_a_live_call_to_the_tenants_s3_storage(world) 
     ended.file_results.add(filename=f"{world.tenant_id}/{session.id}.ogg", location="https://calls/x.ogg")
     status, data = await world.post(event_json("egress_ended", egress_info=ended))
     assert status == 200 and len(data["recordings"]) == 1, data
-
-
-async def test_after_hours_a_sip_caller_is_transferred_without_the_agent(world) -> None:
-    status, body, _ = await world.api.call(
-        "PATCH", f"/api/v1/agents/{world.agent_id}", world.key,
-        json={"hours": {"schedule": {}}, "after_hours": {"mode": "transfer"}})
-    assert status == 200, body
-    status, body, _ = await world.api.call("POST", f"/api/v1/agents/{world.agent_id}/promote",
-                                           world.api.admin_key, tenant_id=world.tenant_id, json={"version": 2})
-    assert status == 200, body
-    status, data = await world.post(event_json("participant_joined", room_name="late-room",
-                                               participant=sip_participant(identity="sip_late")))
-    assert status == 200 and data["transferred"] is True, data
-    row = await world.final(data["call_id"])
-    assert (row["status"], row["end_reason"]) == ("ended", "after_hours_transfer")
-    [req] = world.peer.requests("SIP/TransferSIPParticipant")
-    assert (req.room_name, req.participant_identity, req.transfer_to) == ("late-room", "sip_late", "tel:+15550109000")
-    assert "transfer.requested" in await world.events(row["id"])
-    assert world.peer.rtc_tokens == []  # no agent joined
 
 
 async def test_a_call_can_be_recorded_again_once_its_egress_stopped_or_ended(world) -> None:
