@@ -130,6 +130,9 @@ class LiveKitBridge:
                                 registry=registry)
         self.duplicates = Counter("voicectl_livekit_webhook_duplicates",
                                   "Verified LiveKit webhooks dropped as repeats of an event id", registry=registry)
+        self.dropped = Counter("voicectl_livekit_webhooks_dropped",
+                               "Webhooks LiveKit reports it dropped (num_dropped of the deliveries that came)",
+                               registry=registry)
         self.seen: ExpiringSet | None = None  # sized from the config on first use
 
     def seen_ids(self, max_age_s: float) -> ExpiringSet:

@@ -5,6 +5,10 @@
   ``room_finished`` every call in the room; ``track_published`` is noted on the call;
   ``egress_started`` / ``egress_ended`` tie a room egress to its call and store its files as
   recordings.
+- ``num_dropped`` (livekit/protocol webhook/url_notifier.go: deliveries LiveKit dropped since the
+  last one it sent, its queue being full or its few retries spent) is logged and counted, and the
+  reconciler (runtime.telephony.livekit.reconcile) checks the project's rooms for callers whose
+  ``participant_joined`` was lost; ``room_started`` of a room without a call has it checked too.
 
 A delivery only ever touches calls of the tenant whose key signed it (any tenant for the
 appliance's key). An event id once answered 2xx is not handled again (a refused or failed
@@ -23,8 +27,9 @@ from aiohttp import web
 from runtime.ids import new_id, now_iso
 from runtime.telephony.livekit.auth import VerifiedEvent, WebhookRefused, verify
 from runtime.telephony.livekit.bridge import KNOWN_EVENTS, LiveKitBridge, bridge
-from runtime.telephony.livekit.callers import participant_joined
+from runtime.telephony.livekit.callers import KIND_SIP, participant_joined
 from runtime.telephony.livekit.ending import end_call
+from runtime.telephony.livekit.reconcile import reconciler
 from runtime.telephony.services import services
 from runtime.web.responses import error_response, json_response
 
@@ -61,6 +66,11 @@ async def livekit_webhook(request: web.Request) -> web.StreamResponse:
     if dedupe_key is not None and not seen.add(dedupe_key):
         br.duplicates.inc()
         return _ok(name, duplicate=True)
+    if event.num_dropped > 0:  # a retry of this delivery carries the same count: counted once, above
+        log.warning("LiveKit reports dropped webhooks", extra={"dropped": event.num_dropped,
+                                                              "api_key": verified.server.api_key})
+        br.dropped.inc(event.num_dropped)
+        reconciler(request.app).gap(verified.server)
     handled = False
     try:
         response = await _handle(request.app, br, verified)
@@ -78,17 +88,19 @@ async def _handle(app: web.Application, br: LiveKitBridge, verified: VerifiedEve
         return error_response(400, "room name or participant identity too long", {"max": MAX_NAME})
     if name == "participant_joined":
         return await participant_joined(app, br, verified)
+    if name == "room_started":
+        return _room_started(app, br, verified)
     if name in ("participant_left", "participant_connection_aborted"):
         return await _participant_left(br, verified)
     if name == "room_finished":
         return await _room_finished(br, verified)
     if name == "track_published":
-        return _track_published(br, verified)
+        return _track_published(app, br, verified)
     if name == "egress_started":
         return await _egress_started(app, br, verified)
     if name == "egress_ended":
         return await _egress_ended(app, br, verified)
-    return _ok(name, ignored=True)  # room_started, egress_updated, track_unpublished, ingress_*, agent_job_*
+    return _ok(name, ignored=True)  # egress_updated, track_unpublished, ingress_*, agent_job_*
 
 
 # Callers leaving, rooms closing
@@ -117,9 +129,20 @@ async def _room_finished(br: LiveKitBridge, verified: VerifiedEvent) -> web.Resp
     return _ok(event.event, calls_ended=[c.session.id for c in calls])
 
 
-def _track_published(br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
+def _room_started(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
+    """LiveKit SIP creates a caller's room as it joins: if its participant_joined is lost, the
+    reconciler finds the caller."""
+    room = verified.event.room.name
+    if room and not br.in_room(room, verified.scope):
+        reconciler(app).watch(verified.server, room)
+    return _ok(verified.event.event, ignored=True)
+
+
+def _track_published(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
     event = verified.event
     call = br.call(event.room.name, event.participant.identity, verified.scope)
+    if call is None and event.participant.kind == KIND_SIP and event.room.name:
+        reconciler(app).watch(verified.server, event.room.name)  # a SIP caller this runtime never heard join
     if call is None:
         if br.knows_room(event.room.name, verified.scope):
             return _ok(event.event, ignored="not a caller of a live call")
