@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import jwt
-import orjson
 import pytest
 from livekit import api
 from livekit.protocol import egress, models
@@ -54,17 +53,17 @@ async def test_a_client_token_carries_the_room_grants_and_verifies(world) -> Non
     assert world.peer.calls == []  # a token alone asks nothing of the server
 
 
-async def test_a_token_with_a_number_dispatches_the_agent_and_the_client_becomes_a_call(world) -> None:
+async def test_a_token_with_a_number_names_the_call_in_its_attributes_and_the_client_becomes_a_call(world) -> None:
     status, body, _ = await world.api.call("POST", "/api/v1/livekit/tokens", world.key,
-                                           json={"room": "web-1", "number": NUMBER})
-    assert status == 201 and body["agent_spawned"] is True and body["dispatch_id"].startswith("AD_"), body
-    [req] = world.peer.requests("AgentDispatchService/CreateDispatch")
-    assert (req.agent_name, req.room) == ("voicectl", "web-1")
-    assert orjson.loads(req.metadata) == {"tenant_id": world.tenant_id, "number": NUMBER}
-    [(_, _, claims)] = [c for c in world.peer.calls if c[0] == "AgentDispatchService/CreateDispatch"]
-    assert claims.video.room_admin and claims.video.room == "web-1"
-    # The browser joins the room: LiveKit's webhook names a standard participant.
-    browser = models.ParticipantInfo(sid="PA_web", identity=body["identity"],
+                                           json={"room": "web-1", "number": NUMBER, "ttl_s": 86400})
+    assert status == 201 and body["agent_spawned"] is True and body["dispatch_id"] is None, body
+    claims = api.TokenVerifier(API_KEY, API_SECRET).verify(body["token"])
+    assert claims.attributes == {"voicectl.tenant_id": world.tenant_id, "voicectl.number": NUMBER}
+    assert not claims.video.can_update_own_metadata  # the client cannot rename its call
+    assert world.peer.calls == []  # no dispatch: nothing an idle room's closing could take away
+    # The browser joins (hours later: the room is new, with no dispatch); LiveKit's webhook carries
+    # the token's attributes on the participant (livekit/livekit pkg/rtc/participant.go).
+    browser = models.ParticipantInfo(sid="PA_web", identity=body["identity"], attributes=claims.attributes,
                                      kind=models.ParticipantInfo.Kind.STANDARD)
     status, data = await world.post(event_json("participant_joined", room_name="web-1", participant=browser))
     assert status == 200 and data["call_id"], data
@@ -73,10 +72,34 @@ async def test_a_token_with_a_number_dispatches_the_agent_and_the_client_becomes
         "livekit", NUMBER, None, world.agent_id)
     await wait_for(lambda: world.peer.rtc_tokens)
     assert world.peer.rtc_tokens[0].video.room == "web-1"
+    assert world.peer.requests("AgentDispatchService/ListDispatch") == []
     # A second browser in the same room does not start a second agent.
     other = models.ParticipantInfo(sid="PA_web2", identity="user-x", kind=models.ParticipantInfo.Kind.STANDARD)
     status, data2 = await world.post(event_json("participant_joined", room_name="web-1", participant=other))
     assert status == 200 and data2["ignored"] == "the room already has a call", data2
+
+
+async def test_token_attributes_naming_another_tenant_are_not_a_call(world) -> None:
+    # The tenant's own project: its key could mint any attributes, but reaches only its own calls.
+    other_id, _ = await world.api.tenant_with_key("someone-else")
+    forged = models.ParticipantInfo(sid="PA_f", identity="user-f", kind=models.ParticipantInfo.Kind.STANDARD,
+                                    attributes={"voicectl.tenant_id": other_id, "voicectl.number": NUMBER})
+    status, data = await world.post(event_json("participant_joined", room_name="forged", participant=forged))
+    assert status == 200 and data["ignored"] == "no agent dispatch of this runtime in the room", data
+    # The appliance's shared project: a tenant's rooms are "<tenant id>--<name>" and nothing else.
+    status, data = await world.post(event_json("participant_joined", room_name="not-prefixed", participant=forged),
+                                    sign_with=(APPLIANCE_KEY, APPLIANCE_SECRET))
+    assert status == 200 and data["ignored"] == "no agent dispatch of this runtime in the room", data
+    assert await world.calls() == []
+
+
+async def test_a_dispatch_still_names_the_call_for_clients_with_other_tokens(world) -> None:
+    status, made, _ = await world.api.call("POST", "/api/v1/livekit/dispatches", world.key,
+                                           json={"room": "disp-room", "number": NUMBER})
+    assert status == 201, made
+    client = models.ParticipantInfo(sid="PA_c", identity="app-user", kind=models.ParticipantInfo.Kind.STANDARD)
+    status, data = await world.post(event_json("participant_joined", room_name="disp-room", participant=client))
+    assert status == 200 and data["call_id"], data
 
 
 async def test_a_standard_participant_without_a_dispatch_is_not_a_call(world) -> None:
@@ -133,11 +156,12 @@ async def test_unknown_numbers_and_livekit_server_errors_are_json_errors(world) 
                                            json={"number": "+15550100009"})
     assert status == 404 and body["details"] == {"number": "+15550100009"}, body
     world.peer.fail["AgentDispatchService/CreateDispatch"] = (403, "permission_denied")
-    status, body, _ = await world.api.call("POST", "/api/v1/livekit/tokens", world.key, json={"number": NUMBER})
+    dispatch = {"room": "err-room", "number": NUMBER}
+    status, body, _ = await world.api.call("POST", "/api/v1/livekit/dispatches", world.key, json=dispatch)
     assert status == 502 and body["error"] == "livekit_error", body
     assert body["details"] == {"livekit_code": "permission_denied", "livekit_status": 403}
     world.peer.fail["AgentDispatchService/CreateDispatch"] = (500, "internal")
-    status, body, _ = await world.api.call("POST", "/api/v1/livekit/tokens", world.key, json={"number": NUMBER})
+    status, body, _ = await world.api.call("POST", "/api/v1/livekit/dispatches", world.key, json=dispatch)
     assert status == 502, body
 
 
@@ -271,3 +295,4 @@ async def test_an_egress_ended_after_a_restart_still_finds_its_call(world) -> No
     assert [(r["kind"], r["uri"]) for r in rows] == [("room", "https://calls/r.ogg")]
     # Another tenant's key does not learn of it.
     assert await br.egress_call(world.api.control.store, started["egress_id"], "ten_someone_else") is None
+

@@ -8,8 +8,9 @@
 - One call per room: LiveKit SIP mixes every track it subscribes to into the phone call
   (livekit/sip pkg/sip/room.go), and a "callee" dispatch rule puts every caller of a number in one
   room, so a second SIP caller in a room with a live call is refused (``room_busy``).
-- A standard participant (a browser or app): served when the room holds this runtime's agent
-  dispatch, whose metadata names the tenant and the number to route as.
+- A standard participant (a browser or app): served when its token names the tenant and number
+  (attributes ``voicectl.tenant_id`` / ``voicectl.number``, minted by POST /api/v1/livekit/tokens),
+  else when the room holds this runtime's agent dispatch whose metadata names them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from runtime.calls.routing import RouteRejected
 from runtime.events.models import TransferRequested
 from runtime.telephony.livekit.auth import VerifiedEvent
 from runtime.telephony.livekit.bridge import LiveKitBridge, LiveKitCall
+from runtime.telephony.livekit.control import NUMBER_ATTRIBUTE, TENANT_ATTRIBUTE
 from runtime.telephony.livekit.ending import hang_up
 from runtime.telephony.livekit.numbers import caller_id, candidates
 from runtime.telephony.livekit.room import LiveKitControl, RoomAgent
@@ -82,7 +84,7 @@ async def _caller_joined(app: web.Application, br: LiveKitBridge, verified: Veri
     if participant.kind == KIND_STANDARD:
         if br.in_room(room, None):
             return _ok(event.event, ignored="the room already has a call")
-        named = await _dispatched_number(app, verified)
+        named = _token_number(verified) or await _dispatched_number(app, verified)
         if named is None:
             return _ok(event.event, ignored="no agent dispatch of this runtime in the room")
         number, tenant_id = named
@@ -96,6 +98,21 @@ def _room_busy(br: LiveKitBridge, verified: VerifiedEvent) -> bool:
     if any(c.server.url == server.url and c.server.api_key == server.api_key for c in br.in_room(room, None)):
         return True
     return any(r == room and i != identity for r, i in br.opening)
+
+
+def _token_number(verified: VerifiedEvent) -> tuple[str, str] | None:
+    """(number, tenant id) from the participant's token attributes, if the tenant is in scope.
+    Only a holder of the project's secret mints tokens, and clients cannot change their own
+    attributes without canUpdateOwnMetadata (livekit/livekit pkg/rtc/participant.go)."""
+    attributes = verified.event.participant.attributes
+    tenant_id, number = attributes.get(TENANT_ATTRIBUTE), attributes.get(NUMBER_ATTRIBUTE)
+    if not tenant_id or not number:
+        return None
+    if verified.scope is not None and tenant_id != verified.scope:
+        return None  # a tenant's own project names only that tenant
+    if verified.scope is None and not verified.event.room.name.startswith(f"{tenant_id}--"):
+        return None  # the appliance's shared project: every room of a tenant is prefixed with its id
+    return number, tenant_id
 
 
 async def _dispatched_number(app: web.Application, verified: VerifiedEvent) -> tuple[str, str] | None:

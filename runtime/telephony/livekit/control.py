@@ -24,6 +24,10 @@ from runtime.telephony.livekit.server import LiveKitServer, server_for_tenant
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:=-]{1,100}$"
 ROOM_SEPARATOR = "--"
+# A client token's attributes naming the call its holder starts (read by the webhook: callers.py).
+# In the token, they last as long as it does (an agent dispatch goes with the room when an empty
+# room closes, after 5 minutes by default, while a token may live 24 h).
+TENANT_ATTRIBUTE, NUMBER_ATTRIBUTE = "voicectl.tenant_id", "voicectl.number"
 
 
 class TokenRequest(Input):
@@ -32,7 +36,7 @@ class TokenRequest(Input):
     name: str | None = Field(None, max_length=100, description="display name")
     ttl_s: int = Field(3600, ge=60, le=86400, description="token lifetime in seconds")
     number: str | None = Field(None, description="the tenant's number whose agent should answer (E.164)")
-    spawn_agent: bool | None = Field(None, description="dispatch this runtime's agent into the room "
+    spawn_agent: bool | None = Field(None, description="this runtime's agent answers when the client joins "
                                                        "(default: true when a number is given)")
 
     _e164 = field_validator("number")(check_e164)
@@ -59,7 +63,7 @@ class LiveKitToken:
     livekit_url: str
     expires_at: int  # unix seconds
     agent_spawned: bool
-    dispatch_id: str | None
+    dispatch_id: str | None  # null: the call is named in the token (kept for clients that read it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,13 +114,12 @@ async def mint_token(settings: Settings, control: ControlPlane, tenant_id: str, 
     room = scoped_room(server, tenant_id, req.room or f"call-{secrets.token_hex(6)}")
     identity = req.identity or f"user-{secrets.token_hex(6)}"
     spawn = bool(req.number) if req.spawn_agent is None else req.spawn_agent
-    dispatch_id = None
     if req.number:
         await _check_number(control, tenant_id, req.number)
-    if spawn and req.number:
-        dispatch_id = (await _dispatch(server, settings, tenant_id, room, req.number)).id
-    token = server.participant_token(room, identity, name=req.name or "", ttl_s=req.ttl_s)
-    return LiveKitToken(token, room, identity, server.rtc_url, int(time.time()) + req.ttl_s, spawn, dispatch_id)
+    # The call is named in the token itself: no dispatch that an idle room could lose.
+    attributes = {TENANT_ATTRIBUTE: tenant_id, NUMBER_ATTRIBUTE: req.number} if spawn and req.number else None
+    token = server.participant_token(room, identity, name=req.name or "", ttl_s=req.ttl_s, attributes=attributes)
+    return LiveKitToken(token, room, identity, server.rtc_url, int(time.time()) + req.ttl_s, spawn, None)
 
 
 async def create_dispatch(settings: Settings, control: ControlPlane, tenant_id: str,
