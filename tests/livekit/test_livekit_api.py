@@ -211,6 +211,7 @@ async def test_room_egress_records_a_live_call_to_the_tenants_s3_storage(world) 
     assert out.file_type == egress.EncodedFileType.OGG and out.filepath == f"{world.tenant_id}/{session.id}.ogg"
     assert (out.s3.access_key, out.s3.secret, out.s3.bucket, out.s3.region, out.s3.endpoint) == (
         "AKIAX", "s3-secret-value", "calls", "eu-1", "https://s3.example.com")
+    assert out.s3.force_path_style  # telephony.livekit.egress_force_path_style's default
     status, again, _ = await world.api.call("POST", f"/api/v1/livekit/calls/{session.id}/egress", world.key)
     assert status == 409, again
     other_id, other_key = await world.api.tenant_with_key("nosy")
@@ -296,3 +297,41 @@ async def test_an_egress_ended_after_a_restart_still_finds_its_call(world) -> No
     # Another tenant's key does not learn of it.
     assert await br.egress_call(world.api.control.store, started["egress_id"], "ten_someone_else") is None
 
+
+async def test_s3_egress_outputs_can_use_virtual_hosted_addressing(settings) -> None:
+    world = await start_world(settings, rtc_mode="hold", livekit={"egress_force_path_style": False})
+    try:
+        status, body, _ = await world.api.call(
+            "PUT", "/api/v1/credentials/s3", world.api.admin_key, tenant_id=world.tenant_id,
+            json={"fields": {"endpoint": "https://s3.amazonaws.com", "region": "us-east-1", "bucket": "calls",
+                             "access_key_id": "AKIAX"}, "secret": "s3-secret-value"})
+        assert status == 200, body
+        session = await live_call(world, "vhost-room", "sip_v")
+        status, started, _ = await world.api.call("POST", f"/api/v1/livekit/calls/{session.id}/egress", world.key)
+        assert status == 201, started
+        [req] = world.peer.requests("Egress/StartRoomCompositeEgress")
+        assert req.file_outputs[0].s3.bucket == "calls" and req.file_outputs[0].s3.force_path_style is False
+    finally:
+        await stop_world(world)
+
+
+async def test_an_egress_that_reached_its_limit_keeps_its_recording(world) -> None:
+    session = await live_call(world, "limit-room", "sip_lim")
+    status, started, _ = await world.api.call("POST", f"/api/v1/livekit/calls/{session.id}/egress", world.key)
+    assert status == 201, started
+    # livekit/protocol livekit_egress.go SetLimitReached: status EGRESS_LIMIT_REACHED, error
+    # "Session limit reached", details "End reason: Session limit reached"; the file is closed cleanly.
+    ended = egress.EgressInfo(egress_id=started["egress_id"], room_name="limit-room",
+                              status=egress.EgressStatus.EGRESS_LIMIT_REACHED, error="Session limit reached",
+                              error_code=413, details="End reason: Session limit reached")
+    ended.file_results.add(filename=f"{world.tenant_id}/{session.id}.ogg", location="s3://calls/limit.ogg",
+                           duration=3_600_000_000_000, size=10_000_000)
+    status, data = await world.post(event_json("egress_ended", egress_info=ended))
+    assert status == 200 and len(data["recordings"]) == 1, data
+    assert data["egress_status"] == egress.EgressStatus.EGRESS_LIMIT_REACHED
+    rows, _ = await world.api.control.store.recordings.list(tenant_id=world.tenant_id,
+                                                            equals={"call_id": session.id})
+    assert [(r["uri"], r["duration_ms"]) for r in rows] == [("s3://calls/limit.ogg", 3_600_000)]
+    # The call can be recorded again (its egress has ended).
+    status, again, _ = await world.api.call("POST", f"/api/v1/livekit/calls/{session.id}/egress", world.key)
+    assert status == 201, again

@@ -74,7 +74,8 @@ async def start_egress(ctx: Ctx) -> LiveKitEgress:
     from runtime.telephony.livekit.bridge import bridge
     from runtime.telephony.livekit.control import start_egress as start
 
-    return await start(ctx.control, bridge(ctx.request.app), ctx.tenant, ctx.param("call_id"))
+    return await start(ctx.control, bridge(ctx.request.app), ctx.tenant, ctx.param("call_id"),
+                       force_path_style=ctx.request.app[SETTINGS].telephony.livekit.egress_force_path_style)
 
 
 async def stop_egress(ctx: Ctx) -> LiveKitEgress:

@@ -169,7 +169,7 @@ def _live_call(br: LiveKitBridge, tenant_id: str, call_id: str):
     return call
 
 
-async def _s3_output(control: ControlPlane, tenant_id: str) -> dict[str, Any] | None:
+async def _s3_output(control: ControlPlane, tenant_id: str, force_path_style: bool) -> dict[str, Any] | None:
     """The tenant's S3-compatible storage (its ``s3`` credential) as egress upload settings."""
     row = await control.store.credentials.find(tenant_id=tenant_id, provider="s3")
     if row is None:
@@ -179,10 +179,13 @@ async def _s3_output(control: ControlPlane, tenant_id: str) -> dict[str, Any] | 
     if not secret:
         raise Invalid("the tenant's s3 credential has no secret access key", {"provider": "s3"})
     return {"access_key": fields.get("access_key_id", ""), "secret": secret, "region": fields.get("region", ""),
-            "endpoint": fields.get("endpoint", ""), "bucket": fields.get("bucket", ""), "force_path_style": True}
+            "endpoint": fields.get("endpoint", ""), "bucket": fields.get("bucket", ""),
+            "force_path_style": force_path_style}
 
 
-async def start_egress(control: ControlPlane, br: LiveKitBridge, tenant_id: str, call_id: str) -> LiveKitEgress:
+async def start_egress(control: ControlPlane, br: LiveKitBridge, tenant_id: str, call_id: str, *,
+                       force_path_style: bool = True) -> LiveKitEgress:
+    """``force_path_style``: S3 uploads address the bucket in the path (telephony.livekit.egress_force_path_style)."""
     call = _live_call(br, tenant_id, call_id)
     # Checked and claimed before the first await: of two concurrent starts only one records.
     if call.recording or call.egress_starting:
@@ -190,7 +193,7 @@ async def start_egress(control: ControlPlane, br: LiveKitBridge, tenant_id: str,
                        {"egress_id": call.recording[-1] if call.recording else None})
     call.egress_starting = True
     try:
-        s3 = await _s3_output(control, tenant_id)
+        s3 = await _s3_output(control, tenant_id, force_path_style)
         info = await call.server.start_room_egress(call.room, f"{tenant_id}/{call_id}.ogg", s3)
     finally:
         call.egress_starting = False

@@ -4,7 +4,7 @@
 - ``participant_left`` / ``participant_connection_aborted`` end that caller's call,
   ``room_finished`` every call in the room; ``track_published`` is noted on the call;
   ``egress_started`` / ``egress_ended`` tie a room egress to its call and store its files as
-  recordings.
+  recordings (of an egress that completed, or that ended at its session limit: the file is whole).
 - ``num_dropped`` (livekit/protocol webhook/url_notifier.go: deliveries LiveKit dropped since the
   last one it sent, its queue being full or its few retries spent) is logged and counted, and the
   reconciler (runtime.telephony.livekit.reconcile) checks the project's rooms for callers whose
@@ -35,7 +35,10 @@ from runtime.web.responses import error_response, json_response
 
 log = logging.getLogger("voicectl.livekit")
 
-EGRESS_COMPLETE, EGRESS_FAILED = 3, 4  # livekit.protocol.egress.EgressStatus
+# livekit/protocol livekit_egress.proto EgressStatus: an egress that reached its session limit
+# ended its file cleanly (livekit/egress pkg/pipeline/controller.go SendEOS), so it is kept.
+EGRESS_COMPLETE, EGRESS_FAILED, EGRESS_LIMIT_REACHED = 3, 4, 6
+EGRESS_KEPT = (EGRESS_COMPLETE, EGRESS_LIMIT_REACHED)
 MAX_NAME = 256  # room names and identities longer than this are refused
 
 
@@ -183,10 +186,13 @@ async def _egress_ended(app: web.Application, br: LiveKitBridge, verified: Verif
         return _unknown("this egress", {"egress_id": info.egress_id, "room": info.room_name})
     tenant_id, call_id = known
     br.egress_stopped(call_id, info.egress_id)
-    if info.status != EGRESS_COMPLETE:
+    if info.status not in EGRESS_KEPT:
         log.warning("livekit egress did not complete",
                     extra={"call_id": call_id, "egress_id": info.egress_id, "status": int(info.status)})
         return _ok(verified.event.event, call_id=call_id, recordings=[], egress_status=int(info.status))
+    if info.status == EGRESS_LIMIT_REACHED:
+        log.warning("livekit egress ended at its session limit; its file is kept",
+                    extra={"call_id": call_id, "egress_id": info.egress_id, "error": info.error[:200]})
     stored = []
     for result in list(info.file_results)[:16]:
         where = result.location or result.filename
@@ -201,4 +207,4 @@ async def _egress_ended(app: web.Application, br: LiveKitBridge, verified: Verif
         })
         stored.append(row["id"])
     br.egress.discard(info.egress_id)
-    return _ok(verified.event.event, call_id=call_id, recordings=stored)
+    return _ok(verified.event.event, call_id=call_id, recordings=stored, egress_status=int(info.status))
