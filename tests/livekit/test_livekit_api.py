@@ -79,7 +79,7 @@ async def test_a_token_with_a_number_names_the_call_in_its_attributes_and_the_cl
     assert status == 200 and data2["ignored"] == "the room already has a call", data2
 
 
-async def test_token_attributes_naming_another_tenant_are_not_a_call(world) -> None:
+async def test_only_the_signing_tenants_token_attributes_make_a_call(world) -> None:
     # The tenant's own project: its key could mint any attributes, but reaches only its own calls.
     other_id, _ = await world.api.tenant_with_key("someone-else")
     forged = models.ParticipantInfo(sid="PA_f", identity="user-f", kind=models.ParticipantInfo.Kind.STANDARD,
@@ -87,10 +87,16 @@ async def test_token_attributes_naming_another_tenant_are_not_a_call(world) -> N
     status, data = await world.post(event_json("participant_joined", room_name="forged", participant=forged))
     assert status == 200 and data["ignored"] == "no agent dispatch of this runtime in the room", data
     # The appliance's shared project: a tenant's rooms are "<tenant id>--<name>" and nothing else.
-    status, data = await world.post(event_json("participant_joined", room_name="not-prefixed", participant=forged),
+    mine = models.ParticipantInfo(sid="PA_m", identity="user-m", kind=models.ParticipantInfo.Kind.STANDARD,
+                                  attributes={"voicectl.tenant_id": world.tenant_id, "voicectl.number": NUMBER})
+    status, data = await world.post(event_json("participant_joined", room_name="not-prefixed", participant=mine),
                                     sign_with=(APPLIANCE_KEY, APPLIANCE_SECRET))
     assert status == 200 and data["ignored"] == "no agent dispatch of this runtime in the room", data
     assert await world.calls() == []
+    # The same attributes of the signing tenant, in its own project's room: its call.
+    status, data = await world.post(event_json("participant_joined", room_name="mine", participant=mine))
+    assert status == 200 and data["call_id"], data
+    assert [c["to_number"] for c in await world.calls()] == [NUMBER]
 
 
 async def test_a_dispatch_still_names_the_call_for_clients_with_other_tokens(world) -> None:

@@ -67,13 +67,15 @@ async def test_a_room_started_whose_caller_never_joined_is_checked(world) -> Non
     assert world.peer.requests("RoomService/ListRooms") == []  # no gap reported: only that room
 
 
-async def test_rooms_with_their_call_are_not_listed(world) -> None:
+async def test_only_rooms_still_without_a_call_are_listed(world) -> None:
     await world.post(event_json("room_started", room_name="busy-room"))
     status, data = await world.sip_joins("busy-room", "sip_b")
     assert status == 200, data
-    await asyncio.sleep(0.6)
-    assert world.peer.requests("RoomService/ListParticipants") == []
-    assert len(await world.calls()) == 1
+    world.peer.sip_caller("silent-room", "sip_s")
+    await world.post(event_json("room_started", room_name="silent-room"))
+    await call_for(world, "sip_s")
+    assert [r.room for r in world.peer.requests("RoomService/ListParticipants")] == ["silent-room"]
+    assert len(await world.calls()) == 2
 
 
 async def test_a_caller_that_hung_up_meanwhile_is_left_alone(world) -> None:
