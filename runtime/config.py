@@ -176,6 +176,13 @@ class GotoSettings(_Model):
     request_timeout_s: float = Field(10.0, gt=0, le=60)
 
 
+# Countries whose numbering plan the LiveKit bridge knows (runtime/telephony/livekit/numbers.py
+# COUNTRIES: a test keeps the two lists equal).
+TRUNK_COUNTRIES = frozenset({"AE", "AT", "AU", "BE", "BR", "CA", "CH", "CZ", "DE", "DK", "ES", "FI", "FR", "GB",
+                             "GR", "HK", "IE", "IL", "IN", "IT", "JP", "LU", "MX", "NL", "NO", "NZ", "PL", "PR",
+                             "PT", "SE", "SG", "TR", "US", "ZA"})
+
+
 class LiveKitSettings(_Model):
     """The appliance's own LiveKit project (tenants may bring theirs as a ``livekit`` credential).
     Its API secret is never a config key: it lives in the keyring (``voicectl livekit set-secret``)."""
@@ -185,6 +192,22 @@ class LiveKitSettings(_Model):
     agent_name: str = Field("voicectl", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     webhook_max_age_s: float = Field(300.0, gt=0, le=3600)
     join_timeout_s: float = Field(15.0, gt=0, le=120)
+    # ISO 3166 country of the SIP trunks: reads national dialled numbers ("(555) 010-7100") as
+    # E.164; a tenant's livekit credential may name its own (field ``country``).
+    default_country: str | None = None
+    # Rooms that may hold a SIP caller whose participant_joined was lost are checked this often
+    # (ListParticipants); 0 turns the check off.
+    reconcile_interval_s: float = Field(10.0, ge=0, le=600)
+    # S3 uploads of room egresses address the bucket in the path (MinIO, most S3-compatible
+    # stores) rather than as a subdomain (AWS S3's virtual-hosted style).
+    egress_force_path_style: bool = True
+
+    @field_validator("default_country")
+    @classmethod
+    def _check_country(cls, value: str | None) -> str | None:
+        if value is not None and value.upper() not in TRUNK_COUNTRIES:
+            raise ValueError(f"unknown country {value!r}; known: {', '.join(sorted(TRUNK_COUNTRIES))}")
+        return value.upper() if value is not None else None
 
     @field_validator("url")
     @classmethod

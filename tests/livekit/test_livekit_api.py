@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import jwt
-import orjson
 import pytest
 from livekit import api
 from livekit.protocol import egress, models
@@ -20,7 +19,6 @@ from tests.livekit.support import (
     APPLIANCE_SECRET,
     NUMBER,
     event_json,
-    sip_participant,
     start_world,
     stop_world,
     wait_for,
@@ -55,17 +53,17 @@ async def test_a_client_token_carries_the_room_grants_and_verifies(world) -> Non
     assert world.peer.calls == []  # a token alone asks nothing of the server
 
 
-async def test_a_token_with_a_number_dispatches_the_agent_and_the_client_becomes_a_call(world) -> None:
+async def test_a_token_with_a_number_names_the_call_in_its_attributes_and_the_client_becomes_a_call(world) -> None:
     status, body, _ = await world.api.call("POST", "/api/v1/livekit/tokens", world.key,
-                                           json={"room": "web-1", "number": NUMBER})
-    assert status == 201 and body["agent_spawned"] is True and body["dispatch_id"].startswith("AD_"), body
-    [req] = world.peer.requests("AgentDispatchService/CreateDispatch")
-    assert (req.agent_name, req.room) == ("voicectl", "web-1")
-    assert orjson.loads(req.metadata) == {"tenant_id": world.tenant_id, "number": NUMBER}
-    [(_, _, claims)] = [c for c in world.peer.calls if c[0] == "AgentDispatchService/CreateDispatch"]
-    assert claims.video.room_admin and claims.video.room == "web-1"
-    # The browser joins the room: LiveKit's webhook names a standard participant.
-    browser = models.ParticipantInfo(sid="PA_web", identity=body["identity"],
+                                           json={"room": "web-1", "number": NUMBER, "ttl_s": 86400})
+    assert status == 201 and body["agent_spawned"] is True and body["dispatch_id"] is None, body
+    claims = api.TokenVerifier(API_KEY, API_SECRET).verify(body["token"])
+    assert claims.attributes == {"voicectl.tenant_id": world.tenant_id, "voicectl.number": NUMBER}
+    assert not claims.video.can_update_own_metadata  # the client cannot rename its call
+    assert world.peer.calls == []  # no dispatch: nothing an idle room's closing could take away
+    # The browser joins (hours later: the room is new, with no dispatch); LiveKit's webhook carries
+    # the token's attributes on the participant (livekit/livekit pkg/rtc/participant.go).
+    browser = models.ParticipantInfo(sid="PA_web", identity=body["identity"], attributes=claims.attributes,
                                      kind=models.ParticipantInfo.Kind.STANDARD)
     status, data = await world.post(event_json("participant_joined", room_name="web-1", participant=browser))
     assert status == 200 and data["call_id"], data
@@ -74,10 +72,40 @@ async def test_a_token_with_a_number_dispatches_the_agent_and_the_client_becomes
         "livekit", NUMBER, None, world.agent_id)
     await wait_for(lambda: world.peer.rtc_tokens)
     assert world.peer.rtc_tokens[0].video.room == "web-1"
+    assert world.peer.requests("AgentDispatchService/ListDispatch") == []
     # A second browser in the same room does not start a second agent.
     other = models.ParticipantInfo(sid="PA_web2", identity="user-x", kind=models.ParticipantInfo.Kind.STANDARD)
     status, data2 = await world.post(event_json("participant_joined", room_name="web-1", participant=other))
     assert status == 200 and data2["ignored"] == "the room already has a call", data2
+
+
+async def test_only_the_signing_tenants_token_attributes_make_a_call(world) -> None:
+    # The tenant's own project: its key could mint any attributes, but reaches only its own calls.
+    other_id, _ = await world.api.tenant_with_key("someone-else")
+    forged = models.ParticipantInfo(sid="PA_f", identity="user-f", kind=models.ParticipantInfo.Kind.STANDARD,
+                                    attributes={"voicectl.tenant_id": other_id, "voicectl.number": NUMBER})
+    status, data = await world.post(event_json("participant_joined", room_name="forged", participant=forged))
+    assert status == 200 and data["ignored"] == "no agent dispatch of this runtime in the room", data
+    # The appliance's shared project: a tenant's rooms are "<tenant id>--<name>" and nothing else.
+    mine = models.ParticipantInfo(sid="PA_m", identity="user-m", kind=models.ParticipantInfo.Kind.STANDARD,
+                                  attributes={"voicectl.tenant_id": world.tenant_id, "voicectl.number": NUMBER})
+    status, data = await world.post(event_json("participant_joined", room_name="not-prefixed", participant=mine),
+                                    sign_with=(APPLIANCE_KEY, APPLIANCE_SECRET))
+    assert status == 200 and data["ignored"] == "no agent dispatch of this runtime in the room", data
+    assert await world.calls() == []
+    # The same attributes of the signing tenant, in its own project's room: its call.
+    status, data = await world.post(event_json("participant_joined", room_name="mine", participant=mine))
+    assert status == 200 and data["call_id"], data
+    assert [c["to_number"] for c in await world.calls()] == [NUMBER]
+
+
+async def test_a_dispatch_still_names_the_call_for_clients_with_other_tokens(world) -> None:
+    status, made, _ = await world.api.call("POST", "/api/v1/livekit/dispatches", world.key,
+                                           json={"room": "disp-room", "number": NUMBER})
+    assert status == 201, made
+    client = models.ParticipantInfo(sid="PA_c", identity="app-user", kind=models.ParticipantInfo.Kind.STANDARD)
+    status, data = await world.post(event_json("participant_joined", room_name="disp-room", participant=client))
+    assert status == 200 and data["call_id"], data
 
 
 async def test_a_standard_participant_without_a_dispatch_is_not_a_call(world) -> None:
@@ -134,11 +162,12 @@ async def test_unknown_numbers_and_livekit_server_errors_are_json_errors(world) 
                                            json={"number": "+15550100009"})
     assert status == 404 and body["details"] == {"number": "+15550100009"}, body
     world.peer.fail["AgentDispatchService/CreateDispatch"] = (403, "permission_denied")
-    status, body, _ = await world.api.call("POST", "/api/v1/livekit/tokens", world.key, json={"number": NUMBER})
+    dispatch = {"room": "err-room", "number": NUMBER}
+    status, body, _ = await world.api.call("POST", "/api/v1/livekit/dispatches", world.key, json=dispatch)
     assert status == 502 and body["error"] == "livekit_error", body
     assert body["details"] == {"livekit_code": "permission_denied", "livekit_status": 403}
     world.peer.fail["AgentDispatchService/CreateDispatch"] = (500, "internal")
-    status, body, _ = await world.api.call("POST", "/api/v1/livekit/tokens", world.key, json={"number": NUMBER})
+    status, body, _ = await world.api.call("POST", "/api/v1/livekit/dispatches", world.key, json=dispatch)
     assert status == 502, body
 
 
@@ -158,39 +187,9 @@ async def live_call(world, room: str, identity: str):
     """A SIP call whose agent is still joining (the peer holds the signal connection)."""
     from runtime.api.appkeys import TRACKER
 
-    status, data = await world.post(event_json("participant_joined", room_name=room,
-                                               participant=sip_participant(identity=identity)))
+    status, data = await world.sip_joins(room, identity)
     assert status == 200, data
     return world.api.app[TRACKER].get(data["call_id"])
-
-
-async def test_the_engine_transfers_a_sip_caller_through_transfer_sip_participant(world) -> None:
-    session = await live_call(world, "xfer-room", "sip_t")
-    await session.connect()  # as the media start would
-    await session.transfer("+15550109000", reason="caller_asked")
-    [req] = world.peer.requests("SIP/TransferSIPParticipant")
-    assert (req.room_name, req.participant_identity, req.transfer_to, req.play_dialtone) == (
-        "xfer-room", "sip_t", "tel:+15550109000", False)
-    [(_, _, claims)] = [c for c in world.peer.calls if c[0] == "SIP/TransferSIPParticipant"]
-    assert claims.sip.call and claims.video.room_admin and claims.video.room == "xfer-room"
-    assert session.state == "transferring"
-    # LiveKit hands the call over; the SIP participant leaves the room.
-    await world.post(event_json("participant_left", room_name="xfer-room", participant=sip_participant(identity="sip_t")))
-    row = await world.final(session.id)
-    assert (row["status"], row["end_reason"]) == ("ended", "transferred")
-    assert "transfer.requested" in await world.events(session.id)
-
-
-async def test_a_refused_transfer_fails_the_call_and_hangs_up(world) -> None:
-    world.peer.fail["SIP/TransferSIPParticipant"] = (400, "failed_precondition")
-    session = await live_call(world, "xfer-bad", "sip_tb")
-    await session.connect()
-    await session.transfer("sip:desk@pbx.example.com")
-    assert world.peer.requests("SIP/TransferSIPParticipant")[0].transfer_to == "sip:desk@pbx.example.com"
-    row = await world.final(session.id)
-    assert (row["status"], row["end_reason"]) == ("failed", "transfer_failed")
-    assert [(r.room, r.identity) for r in world.peer.requests("RoomService/RemoveParticipant")] == [
-        ("xfer-bad", "sip_tb")]
 
 
 async def test_the_engine_hangs_up_by_removing_the_participant(world) -> None:
@@ -218,6 +217,7 @@ async def test_room_egress_records_a_live_call_to_the_tenants_s3_storage(world) 
     assert out.file_type == egress.EncodedFileType.OGG and out.filepath == f"{world.tenant_id}/{session.id}.ogg"
     assert (out.s3.access_key, out.s3.secret, out.s3.bucket, out.s3.region, out.s3.endpoint) == (
         "AKIAX", "s3-secret-value", "calls", "eu-1", "https://s3.example.com")
+    assert out.s3.force_path_style  # telephony.livekit.egress_force_path_style's default
     status, again, _ = await world.api.call("POST", f"/api/v1/livekit/calls/{session.id}/egress", world.key)
     assert status == 409, again
     other_id, other_key = await world.api.tenant_with_key("nosy")
@@ -236,25 +236,6 @@ async def test_room_egress_records_a_live_call_to_the_tenants_s3_storage(world) 
     ended.file_results.add(filename=f"{world.tenant_id}/{session.id}.ogg", location="https://calls/x.ogg")
     status, data = await world.post(event_json("egress_ended", egress_info=ended))
     assert status == 200 and len(data["recordings"]) == 1, data
-
-
-async def test_after_hours_a_sip_caller_is_transferred_without_the_agent(world) -> None:
-    status, body, _ = await world.api.call(
-        "PATCH", f"/api/v1/agents/{world.agent_id}", world.key,
-        json={"hours": {"schedule": {}}, "after_hours": {"mode": "transfer"}})
-    assert status == 200, body
-    status, body, _ = await world.api.call("POST", f"/api/v1/agents/{world.agent_id}/promote",
-                                           world.api.admin_key, tenant_id=world.tenant_id, json={"version": 2})
-    assert status == 200, body
-    status, data = await world.post(event_json("participant_joined", room_name="late-room",
-                                               participant=sip_participant(identity="sip_late")))
-    assert status == 200 and data["transferred"] is True, data
-    row = await world.final(data["call_id"])
-    assert (row["status"], row["end_reason"]) == ("ended", "after_hours_transfer")
-    [req] = world.peer.requests("SIP/TransferSIPParticipant")
-    assert (req.room_name, req.participant_identity, req.transfer_to) == ("late-room", "sip_late", "tel:+15550109000")
-    assert "transfer.requested" in await world.events(row["id"])
-    assert world.peer.rtc_tokens == []  # no agent joined
 
 
 async def test_a_call_can_be_recorded_again_once_its_egress_stopped_or_ended(world) -> None:
@@ -321,3 +302,42 @@ async def test_an_egress_ended_after_a_restart_still_finds_its_call(world) -> No
     assert [(r["kind"], r["uri"]) for r in rows] == [("room", "https://calls/r.ogg")]
     # Another tenant's key does not learn of it.
     assert await br.egress_call(world.api.control.store, started["egress_id"], "ten_someone_else") is None
+
+
+async def test_s3_egress_outputs_can_use_virtual_hosted_addressing(settings) -> None:
+    world = await start_world(settings, rtc_mode="hold", livekit={"egress_force_path_style": False})
+    try:
+        status, body, _ = await world.api.call(
+            "PUT", "/api/v1/credentials/s3", world.api.admin_key, tenant_id=world.tenant_id,
+            json={"fields": {"endpoint": "https://s3.amazonaws.com", "region": "us-east-1", "bucket": "calls",
+                             "access_key_id": "AKIAX"}, "secret": "s3-secret-value"})
+        assert status == 200, body
+        session = await live_call(world, "vhost-room", "sip_v")
+        status, started, _ = await world.api.call("POST", f"/api/v1/livekit/calls/{session.id}/egress", world.key)
+        assert status == 201, started
+        [req] = world.peer.requests("Egress/StartRoomCompositeEgress")
+        assert req.file_outputs[0].s3.bucket == "calls" and req.file_outputs[0].s3.force_path_style is False
+    finally:
+        await stop_world(world)
+
+
+async def test_an_egress_that_reached_its_limit_keeps_its_recording(world) -> None:
+    session = await live_call(world, "limit-room", "sip_lim")
+    status, started, _ = await world.api.call("POST", f"/api/v1/livekit/calls/{session.id}/egress", world.key)
+    assert status == 201, started
+    # livekit/protocol livekit_egress.go SetLimitReached: status EGRESS_LIMIT_REACHED, error
+    # "Session limit reached", details "End reason: Session limit reached"; the file is closed cleanly.
+    ended = egress.EgressInfo(egress_id=started["egress_id"], room_name="limit-room",
+                              status=egress.EgressStatus.EGRESS_LIMIT_REACHED, error="Session limit reached",
+                              error_code=413, details="End reason: Session limit reached")
+    ended.file_results.add(filename=f"{world.tenant_id}/{session.id}.ogg", location="s3://calls/limit.ogg",
+                           duration=3_600_000_000_000, size=10_000_000)
+    status, data = await world.post(event_json("egress_ended", egress_info=ended))
+    assert status == 200 and len(data["recordings"]) == 1, data
+    assert data["egress_status"] == egress.EgressStatus.EGRESS_LIMIT_REACHED
+    rows, _ = await world.api.control.store.recordings.list(tenant_id=world.tenant_id,
+                                                            equals={"call_id": session.id})
+    assert [(r["uri"], r["duration_ms"]) for r in rows] == [("s3://calls/limit.ogg", 3_600_000)]
+    # The call can be recorded again (its egress has ended).
+    status, again, _ = await world.api.call("POST", f"/api/v1/livekit/calls/{session.id}/egress", world.key)
+    assert status == 201, again

@@ -48,8 +48,11 @@ async def metric(world, name: str, **labels: str) -> float:
 
 
 async def join(world, room: str = "call-room-1", identity: str = "sip_caller_1", **kw) -> tuple[int, dict]:
-    body = event_json("participant_joined", room_name=room, participant=sip_participant(identity=identity, **kw))
-    return await world.post(body)
+    return await world.sip_joins(room, identity, **kw)
+
+
+def removed(world) -> list[tuple[str, str]]:
+    return [(r.room, r.identity) for r in world.peer.requests("RoomService/RemoveParticipant")]
 
 
 async def test_a_sip_caller_becomes_a_call_and_the_agent_joins_its_room(world) -> None:
@@ -90,6 +93,9 @@ async def test_an_agent_that_cannot_join_fails_the_call_with_an_event(settings) 
         assert (row["status"], row["end_reason"]) == ("failed", "agent_join_failed")
         assert (await world.events(row["id"]))[-1] == "voice.call.failed"
         assert world.peer.rtc_tokens, "the SDK never tried the server"
+        # The caller is not left ringing: removed from the room (LiveKit SIP hangs up).
+        await wait_for(lambda: removed(world) == [("call-room-1", "sip_caller_1")])
+        assert "sip_caller_1" not in world.peer.rooms["call-room-1"]
     finally:
         await stop_world(world)
 
@@ -186,16 +192,16 @@ async def test_an_unknown_number_is_a_failed_call_of_the_tenant_and_the_caller_i
     [row] = await world.calls()
     assert (row["status"], row["end_reason"], row["to_number"]) == ("failed", "unknown_number", "+15550100001")
     assert await world.events(row["id"]) == ["voice.call.started", "call.state_changed", "voice.call.failed"]
-    await wait_for(lambda: world.peer.requests("RoomService/RemoveParticipant"))
-    removed = world.peer.requests("RoomService/RemoveParticipant")[0]
-    assert (removed.room, removed.identity) == ("wrong-number", "sip_w")
+    await wait_for(lambda: removed(world) == [("wrong-number", "sip_w")])
+    assert "sip_w" not in world.peer.rooms["wrong-number"]
 
 
 async def test_the_appliance_key_with_an_unknown_number_stores_nothing(world) -> None:
-    body = event_json("participant_joined", room_name="r", participant=sip_participant(dialled="+15550100002"))
-    status, data = await world.post(body, sign_with=(APPLIANCE_KEY, APPLIANCE_SECRET))
+    status, data = await world.sip_joins("r", "sip_u", dialled="+15550100002",
+                                         sign_with=(APPLIANCE_KEY, APPLIANCE_SECRET))
     assert status == 404 and data["error"] == "unknown_number", data
     assert await world.calls() == []
+    await wait_for(lambda: removed(world) == [("r", "sip_u")])  # no tenant to keep a row for; still hung up
 
 
 async def test_a_tenant_key_cannot_route_another_tenants_number(world) -> None:
@@ -226,10 +232,13 @@ async def test_events_for_unknown_rooms_answer_404(world, name) -> None:
 
 
 async def test_bad_participant_joined_payloads_get_400(world) -> None:
-    p = sip_participant()
+    # A dispatch rule with hide_phone_number leaves sip.trunkPhoneNumber out (livekit/protocol
+    # sip/sip.go): nothing to route by, so the caller is removed rather than left ringing.
+    p = world.peer.sip_caller("r", "sip_hidden")
     del p.attributes["sip.trunkPhoneNumber"]
     status, data = await world.post(event_json("participant_joined", room_name="r", participant=p))
     assert status == 400 and data["details"] == {"missing": ["sip.trunkPhoneNumber"]}, data
+    await wait_for(lambda: removed(world) == [("r", "sip_hidden")])
     status, data = await world.post(event_json("participant_joined", participant=sip_participant()))
     assert status == 400 and data["details"] == {"missing": ["room.name"]}, data
     assert await world.calls() == []

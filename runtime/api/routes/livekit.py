@@ -74,7 +74,8 @@ async def start_egress(ctx: Ctx) -> LiveKitEgress:
     from runtime.telephony.livekit.bridge import bridge
     from runtime.telephony.livekit.control import start_egress as start
 
-    return await start(ctx.control, bridge(ctx.request.app), ctx.tenant, ctx.param("call_id"))
+    return await start(ctx.control, bridge(ctx.request.app), ctx.tenant, ctx.param("call_id"),
+                       force_path_style=ctx.request.app[SETTINGS].telephony.livekit.egress_force_path_style)
 
 
 async def stop_egress(ctx: Ctx) -> LiveKitEgress:
@@ -89,10 +90,12 @@ ROOM = (QueryParam("room", description="room name as the tenant named it"),)
 
 ROUTES = [
     Route("POST", "/webhooks/livekit", livekit_webhook,
-          "LiveKit webhook (JWT in Authorization with the body's sha256): SIP callers, leaves, egress",
+          "LiveKit webhook (JWT in Authorization with the body's sha256): SIP and app callers, leaves, egress, "
+          "dropped-webhook counts",
           auth="public", tag="telephony", errors=(400, 401, 403, 404, 409, 413, 501)),
     Route("POST", "/api/v1/livekit/tokens", create_token,
-          "Mint a LiveKit room token for a browser/mobile client (optionally dispatching the agent)",
+          "Mint a LiveKit room token for a browser/mobile client (with a number: the token names the call, "
+          "and the agent answers when the client joins)",
           body=TokenRequest, status=201, response=LiveKitToken, tag="livekit", rate_class="realtime",
           errors=(404, *LIVEKIT_ERRORS)),
     Route("POST", "/api/v1/livekit/dispatches", create_dispatch,

@@ -65,7 +65,7 @@ async def _candidates(app: web.Application, api_key: str) -> list[LiveKitServer]
     if appliance is not None and appliance.api_key == api_key:
         found.append(appliance)
     for tenant_id in await bridge(app).key_tenants(control.store, api_key):
-        server = await tenant_credential_server(control, tenant_id)
+        server = await tenant_credential_server(control, tenant_id, settings.telephony.livekit.default_country)
         if server is not None and server.api_key == api_key:
             found.append(server)
     return found

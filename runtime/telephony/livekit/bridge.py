@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,10 +96,22 @@ class LiveKitCall:
     egress_ids: list[str] = field(default_factory=list)  # every egress of the call (its summary)
     recording: list[str] = field(default_factory=list)  # those not stopped or ended yet
     egress_starting: bool = False  # an API start is waiting for LiveKit
+    # A TransferSIPParticipant request is waiting for LiveKit's answer: the caller leaving meanwhile
+    # is noted in ``left`` and the answer decides how the call ends (transferred or hung up).
+    transfer_in_flight: bool = False
+    left: tuple[str, str | None] | None = None  # (reason, hangup_by)
+
+
+def sdk_room(loop: asyncio.AbstractEventLoop) -> Any:
+    """A room of the real-time SDK (what RoomAgent joins with, unless a test gives its double)."""
+    from livekit import rtc
+
+    return rtc.Room(loop=loop)
 
 
 class LiveKitBridge:
     def __init__(self, app: web.Application) -> None:
+        self.room_factory: Callable[[asyncio.AbstractEventLoop], Any] = sdk_room
         self.rooms: dict[str, dict[str, LiveKitCall]] = {}  # room -> caller identity -> live call
         self.by_call: dict[str, LiveKitCall] = {}  # call id -> live call
         self.opening: set[tuple[str, str]] = set()  # (room, identity) whose call is being set up
@@ -117,6 +130,9 @@ class LiveKitBridge:
                                 registry=registry)
         self.duplicates = Counter("voicectl_livekit_webhook_duplicates",
                                   "Verified LiveKit webhooks dropped as repeats of an event id", registry=registry)
+        self.dropped = Counter("voicectl_livekit_webhooks_dropped",
+                               "Webhooks LiveKit reports it dropped (num_dropped of the deliveries that came)",
+                               registry=registry)
         self.seen: ExpiringSet | None = None  # sized from the config on first use
 
     def seen_ids(self, max_age_s: float) -> ExpiringSet:

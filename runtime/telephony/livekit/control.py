@@ -24,6 +24,10 @@ from runtime.telephony.livekit.server import LiveKitServer, server_for_tenant
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:=-]{1,100}$"
 ROOM_SEPARATOR = "--"
+# A client token's attributes naming the call its holder starts (read by the webhook: callers.py).
+# In the token, they last as long as it does (an agent dispatch goes with the room when an empty
+# room closes, after 5 minutes by default, while a token may live 24 h).
+TENANT_ATTRIBUTE, NUMBER_ATTRIBUTE = "voicectl.tenant_id", "voicectl.number"
 
 
 class TokenRequest(Input):
@@ -32,7 +36,7 @@ class TokenRequest(Input):
     name: str | None = Field(None, max_length=100, description="display name")
     ttl_s: int = Field(3600, ge=60, le=86400, description="token lifetime in seconds")
     number: str | None = Field(None, description="the tenant's number whose agent should answer (E.164)")
-    spawn_agent: bool | None = Field(None, description="dispatch this runtime's agent into the room "
+    spawn_agent: bool | None = Field(None, description="this runtime's agent answers when the client joins "
                                                        "(default: true when a number is given)")
 
     _e164 = field_validator("number")(check_e164)
@@ -59,7 +63,7 @@ class LiveKitToken:
     livekit_url: str
     expires_at: int  # unix seconds
     agent_spawned: bool
-    dispatch_id: str | None
+    dispatch_id: str | None  # null: the call is named in the token (kept for clients that read it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,13 +114,12 @@ async def mint_token(settings: Settings, control: ControlPlane, tenant_id: str, 
     room = scoped_room(server, tenant_id, req.room or f"call-{secrets.token_hex(6)}")
     identity = req.identity or f"user-{secrets.token_hex(6)}"
     spawn = bool(req.number) if req.spawn_agent is None else req.spawn_agent
-    dispatch_id = None
     if req.number:
         await _check_number(control, tenant_id, req.number)
-    if spawn and req.number:
-        dispatch_id = (await _dispatch(server, settings, tenant_id, room, req.number)).id
-    token = server.participant_token(room, identity, name=req.name or "", ttl_s=req.ttl_s)
-    return LiveKitToken(token, room, identity, server.rtc_url, int(time.time()) + req.ttl_s, spawn, dispatch_id)
+    # The call is named in the token itself: no dispatch that an idle room could lose.
+    attributes = {TENANT_ATTRIBUTE: tenant_id, NUMBER_ATTRIBUTE: req.number} if spawn and req.number else None
+    token = server.participant_token(room, identity, name=req.name or "", ttl_s=req.ttl_s, attributes=attributes)
+    return LiveKitToken(token, room, identity, server.rtc_url, int(time.time()) + req.ttl_s, spawn, None)
 
 
 async def create_dispatch(settings: Settings, control: ControlPlane, tenant_id: str,
@@ -166,7 +169,7 @@ def _live_call(br: LiveKitBridge, tenant_id: str, call_id: str):
     return call
 
 
-async def _s3_output(control: ControlPlane, tenant_id: str) -> dict[str, Any] | None:
+async def _s3_output(control: ControlPlane, tenant_id: str, force_path_style: bool) -> dict[str, Any] | None:
     """The tenant's S3-compatible storage (its ``s3`` credential) as egress upload settings."""
     row = await control.store.credentials.find(tenant_id=tenant_id, provider="s3")
     if row is None:
@@ -176,10 +179,13 @@ async def _s3_output(control: ControlPlane, tenant_id: str) -> dict[str, Any] | 
     if not secret:
         raise Invalid("the tenant's s3 credential has no secret access key", {"provider": "s3"})
     return {"access_key": fields.get("access_key_id", ""), "secret": secret, "region": fields.get("region", ""),
-            "endpoint": fields.get("endpoint", ""), "bucket": fields.get("bucket", ""), "force_path_style": True}
+            "endpoint": fields.get("endpoint", ""), "bucket": fields.get("bucket", ""),
+            "force_path_style": force_path_style}
 
 
-async def start_egress(control: ControlPlane, br: LiveKitBridge, tenant_id: str, call_id: str) -> LiveKitEgress:
+async def start_egress(control: ControlPlane, br: LiveKitBridge, tenant_id: str, call_id: str, *,
+                       force_path_style: bool = True) -> LiveKitEgress:
+    """``force_path_style``: S3 uploads address the bucket in the path (telephony.livekit.egress_force_path_style)."""
     call = _live_call(br, tenant_id, call_id)
     # Checked and claimed before the first await: of two concurrent starts only one records.
     if call.recording or call.egress_starting:
@@ -187,7 +193,7 @@ async def start_egress(control: ControlPlane, br: LiveKitBridge, tenant_id: str,
                        {"egress_id": call.recording[-1] if call.recording else None})
     call.egress_starting = True
     try:
-        s3 = await _s3_output(control, tenant_id)
+        s3 = await _s3_output(control, tenant_id, force_path_style)
         info = await call.server.start_room_egress(call.room, f"{tenant_id}/{call_id}.ogg", s3)
     finally:
         call.egress_starting = False

@@ -21,6 +21,7 @@ from runtime.control.errors import ControlError
 from runtime.egress.aiohttp_client import guarded_session
 from runtime.egress.policy import REFUSED, EgressPolicy, refused
 from runtime.egress.resolve import permitted_addresses
+from runtime.telephony.livekit.numbers import check_country
 
 if TYPE_CHECKING:
     from livekit.protocol.agent_dispatch import AgentDispatch
@@ -34,9 +35,15 @@ log = logging.getLogger("voicectl.livekit")
 # Keyring reference of the appliance's LiveKit API secret (set with `voicectl livekit set-secret`).
 APPLIANCE_SECRET_REF = "appliance/livekit/api_secret"
 API_TIMEOUT_S = 10.0
-# Twirp request timeout for a SIP transfer: it rings the target first.
+# Twirp request timeout for a SIP transfer: it rings the target first (LiveKit's own default is
+# 30 s: livekit/livekit pkg/service/sip.go TransferSIPParticipant).
 TRANSFER_TIMEOUT_S = 40.0
-STS_TRANSFER_FAILED = 1  # livekit.protocol.sip.TransferSIPParticipantResponse.Status
+# livekit/protocol livekit_sip.proto: SIPTransferStatus and SIPTransferReason.
+STS_TRANSFER_ONGOING, STS_TRANSFER_FAILED, STS_TRANSFER_SUCCESSFUL = 0, 1, 2
+STR_CALL_ENDED = 2  # "The call ended before the transfer completed: remote BYE, room deleted or local hangup"
+TRANSFER_STATUSES = {0: "ongoing", 1: "failed", 2: "successful"}
+TRANSFER_REASONS = {0: "unspecified", 1: "completed", 2: "call_ended", 3: "rejected", 4: "ringing_timeout",
+                    5: "subscription_terminated", 6: "canceled"}
 
 
 class LiveKitUnavailable(ControlError):
@@ -44,6 +51,33 @@ class LiveKitUnavailable(ControlError):
 
     status = 502
     code = "livekit_error"
+
+
+@dataclass(frozen=True)
+class TransferOutcome:
+    """TransferSIPParticipantResponse (livekit/protocol livekit_sip.proto). A server older than the
+    response's status (it answered google.protobuf.Empty) reads as ongoing with no reason."""
+
+    status: int
+    reason: int = 0
+    sip_status: int = 0
+
+    @property
+    def successful(self) -> bool:
+        return self.status == STS_TRANSFER_SUCCESSFUL
+
+    @property
+    def failed(self) -> bool:
+        return self.status == STS_TRANSFER_FAILED
+
+    @property
+    def caller_hung_up(self) -> bool:
+        """Ongoing, but the call ended first: the caller hung up (or the room went) mid-transfer."""
+        return self.status == STS_TRANSFER_ONGOING and self.reason == STR_CALL_ENDED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": TRANSFER_STATUSES.get(self.status, str(self.status)),
+                "reason": TRANSFER_REASONS.get(self.reason, str(self.reason)), "sip_status": self.sip_status}
 
 
 class LiveKitNotConfigured(ControlError):
@@ -61,6 +95,8 @@ class LiveKitServer:
     tenant_id: str | None = None  # the tenant whose credential this is; None: the appliance's
     # A tenant's server is reached through the egress guard (security.egress); the appliance's is not.
     egress: EgressPolicy | None = field(default=None, repr=False, compare=False)
+    # ISO country of the project's SIP trunks: national dialled numbers are read with it.
+    country: str | None = None
 
     @property
     def rtc_url(self) -> str:
@@ -72,17 +108,22 @@ class LiveKitServer:
     # Tokens (local JWTs, HS256 with the API secret)
 
     def participant_token(self, room: str, identity: str, *, name: str = "", ttl_s: int = 3600,
-                          metadata: str = "", can_publish: bool = True, can_subscribe: bool = True) -> str:
+                          metadata: str = "", attributes: dict[str, str] | None = None, can_publish: bool = True,
+                          can_subscribe: bool = True) -> str:
+        """``attributes`` become the participant's when it joins (livekit/livekit pkg/rtc/participant.go
+        takes them from the token's claims); without canUpdateOwnMetadata the client cannot change them."""
         from livekit import api
 
-        grants = api.VideoGrants(room_join=True, room=room, can_publish=can_publish,
-                                 can_subscribe=can_subscribe, can_publish_data=True)
+        grants = api.VideoGrants(room_join=True, room=room, can_publish=can_publish, can_subscribe=can_subscribe,
+                                 can_publish_data=True, can_update_own_metadata=False)
         token = (api.AccessToken(self.api_key, self.api_secret).with_identity(identity).with_grants(grants)
                  .with_ttl(datetime.timedelta(seconds=ttl_s)))
         if name:
             token = token.with_name(name)
         if metadata:
             token = token.with_metadata(metadata)
+        if attributes:
+            token = token.with_attributes(attributes)
         return token.to_jwt()
 
     def agent_token(self, room: str, identity: str, ttl_s: int = 6 * 3600) -> str:
@@ -143,8 +184,10 @@ class LiveKitServer:
     async def delete_dispatch(self, dispatch_id: str, room: str) -> AgentDispatch:
         return await self._call("DeleteDispatch", lambda lk: lk.agent_dispatch.delete_dispatch(dispatch_id, room))
 
-    async def transfer_sip(self, room: str, identity: str, target: str) -> None:
-        """TransferSIPParticipant (SIP REFER); raises unless LiveKit reports the transfer done."""
+    async def transfer_sip(self, room: str, identity: str, target: str) -> TransferOutcome:
+        """TransferSIPParticipant (SIP REFER). LiveKit refuses a call not yet answered
+        (failed_precondition "can't transfer non established call": livekit/sip pkg/sip/inbound.go
+        newReferReq): LiveKitUnavailable, as for any refusal."""
         from livekit.protocol.sip import TransferSIPParticipantRequest
 
         transfer_to = target if target.startswith(("tel:", "sip:", "sips:")) else f"tel:{target}"
@@ -153,10 +196,9 @@ class LiveKitServer:
         resp = await self._call("TransferSIPParticipant",
                                 lambda lk: lk.sip.transfer_sip_participant(req, timeout=TRANSFER_TIMEOUT_S),
                                 TRANSFER_TIMEOUT_S + 5)
-        # ONGOING (0, also what an older server's empty answer reads as) or SUCCESSFUL: accepted.
-        if resp is not None and resp.status == STS_TRANSFER_FAILED:
-            raise LiveKitUnavailable("LiveKit reports the SIP transfer failed",
-                                     {"transfer_reason": int(resp.reason), "sip_status": int(resp.sip_status.code)})
+        if resp is None:
+            return TransferOutcome(STS_TRANSFER_ONGOING)
+        return TransferOutcome(int(resp.status), int(resp.reason), int(resp.sip_status.code))
 
     async def remove_participant(self, room: str, identity: str) -> None:
         """Removing a SIP participant hangs up its phone call."""
@@ -164,6 +206,21 @@ class LiveKitServer:
 
         req = RoomParticipantIdentity(room=room, identity=identity)
         await self._call("RemoveParticipant", lambda lk: lk.room.remove_participant(req))
+
+    async def list_rooms(self) -> list[str]:
+        """The names of the project's open rooms (RoomService.ListRooms)."""
+        from livekit.protocol.room import ListRoomsRequest
+
+        resp = await self._call("ListRooms", lambda lk: lk.room.list_rooms(ListRoomsRequest()))
+        return [r.name for r in resp.rooms]
+
+    async def list_participants(self, room: str) -> list[Any]:
+        """The room's participants (RoomService.ListParticipants), as ``ParticipantInfo``."""
+        from livekit.protocol.room import ListParticipantsRequest
+
+        resp = await self._call("ListParticipants", lambda lk: lk.room.list_participants(
+            ListParticipantsRequest(room=room)))
+        return list(resp.participants)
 
     async def start_room_egress(self, room: str, filepath: str, s3: dict[str, Any] | None) -> EgressInfo:
         """Audio-only room composite to one OGG file (to S3-compatible storage when ``s3`` is given)."""
@@ -197,10 +254,12 @@ def appliance_server(settings: Settings, control: ControlPlane) -> LiveKitServer
     secret = control.secrets.get(APPLIANCE_SECRET_REF, cached=True)
     if not secret:
         return None
-    return LiveKitServer(conf.url, conf.api_key, secret, None)
+    return LiveKitServer(conf.url, conf.api_key, secret, None, country=conf.default_country)
 
 
-async def tenant_credential_server(control: ControlPlane, tenant_id: str) -> LiveKitServer | None:
+async def tenant_credential_server(control: ControlPlane, tenant_id: str,
+                                   default_country: str | None = None) -> LiveKitServer | None:
+    """``default_country``: the trunks' country when the credential names none (field ``country``)."""
     row = await control.store.credentials.find(tenant_id=tenant_id, provider="livekit")
     if row is None:
         return None
@@ -208,12 +267,20 @@ async def tenant_credential_server(control: ControlPlane, tenant_id: str) -> Liv
     secret = await control.credentials.secret(tenant_id, "livekit")
     if not secret or not fields.get("url") or not fields.get("api_key"):
         return None
-    return LiveKitServer(str(fields["url"]).rstrip("/"), str(fields["api_key"]), secret, tenant_id, control.egress)
+    country = default_country
+    if fields.get("country"):
+        try:
+            country = check_country(str(fields["country"]))
+        except ValueError:
+            log.warning("the tenant's livekit credential names an unknown country; ignored",
+                        extra={"tenant_id": tenant_id})
+    return LiveKitServer(str(fields["url"]).rstrip("/"), str(fields["api_key"]), secret, tenant_id, control.egress,
+                         country)
 
 
 async def server_for_tenant(settings: Settings, control: ControlPlane, tenant_id: str) -> LiveKitServer:
     """The tenant's own project, else the appliance's; LiveKitNotConfigured when neither is set up."""
-    found = await tenant_credential_server(control, tenant_id)
+    found = await tenant_credential_server(control, tenant_id, settings.telephony.livekit.default_country)
     if found is None:
         found = appliance_server(settings, control)
     if found is None:

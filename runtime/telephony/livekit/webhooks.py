@@ -1,22 +1,20 @@
 """``POST /webhooks/livekit``: verified deliveries (runtime.telephony.livekit.auth) turned into calls.
 
-- ``participant_joined`` of a SIP participant: the dialled number (attribute
-  ``sip.trunkPhoneNumber``) is routed like any call (tenant, agent version, limits, hours); the
-  caller id is ``sip.phoneNumber``. A routed call gets its row and session and the agent joins
-  the room (runtime.telephony.livekit.room); a refused one is hung up (RemoveParticipant) and,
-  where the tenant is known, kept as a failed call with ``voice.call.failed``.
-- ``participant_joined`` of a standard participant (a browser or app with a token from
-  ``POST /api/v1/livekit/tokens``): served when the room holds this runtime's agent dispatch,
-  whose metadata names the tenant and the number to route as.
+- ``participant_joined``: a caller arriving (runtime.telephony.livekit.callers).
 - ``participant_left`` / ``participant_connection_aborted`` end that caller's call,
   ``room_finished`` every call in the room; ``track_published`` is noted on the call;
   ``egress_started`` / ``egress_ended`` tie a room egress to its call and store its files as
-  recordings.
+  recordings (of an egress that completed, or that ended at its session limit: the file is whole).
+- ``num_dropped`` (livekit/protocol webhook/url_notifier.go: deliveries LiveKit dropped since the
+  last one it sent, its queue being full or its few retries spent) is logged and counted, and the
+  reconciler (runtime.telephony.livekit.reconcile) checks the project's rooms for callers whose
+  ``participant_joined`` was lost; ``room_started`` of a room without a call has it checked too.
 
 A delivery only ever touches calls of the tenant whose key signed it (any tenant for the
 appliance's key). An event id once answered 2xx is not handled again (a refused or failed
-delivery is, when LiveKit redelivers it). Events naming a room, participant or egress this runtime
-does not know answer 404; everything else answers 200 ``{"received": true, ...}``.
+delivery is, if LiveKit redelivers it: its client, go-retryablehttp, retries a connection error or
+a 5xx a few times, never a 4xx). Events naming a room, participant or egress this runtime does not
+know answer 404; everything else answers 200 ``{"received": true, ...}``.
 """
 
 from __future__ import annotations
@@ -24,26 +22,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from runtime.calls.routing import RouteRejected
-from runtime.events.models import TransferRequested
 from runtime.ids import new_id, now_iso
 from runtime.telephony.livekit.auth import VerifiedEvent, WebhookRefused, verify
-from runtime.telephony.livekit.bridge import KNOWN_EVENTS, LiveKitBridge, LiveKitCall, bridge
-from runtime.telephony.livekit.room import LiveKitControl, RoomAgent, end_call
-from runtime.telephony.livekit.server import LiveKitServer, LiveKitUnavailable
+from runtime.telephony.livekit.bridge import KNOWN_EVENTS, LiveKitBridge, bridge
+from runtime.telephony.livekit.callers import KIND_SIP, participant_joined
+from runtime.telephony.livekit.ending import end_call
+from runtime.telephony.livekit.reconcile import reconciler
 from runtime.telephony.services import services
 from runtime.web.responses import error_response, json_response
 
 log = logging.getLogger("voicectl.livekit")
 
-KIND_STANDARD, KIND_SIP, KIND_AGENT = 0, 3, 4  # livekit.protocol.models.ParticipantInfo.Kind
-EGRESS_COMPLETE, EGRESS_FAILED = 3, 4  # livekit.protocol.egress.EgressStatus
-# A refused call answers 404 for an unknown number and 409 otherwise (busy, tenant_call_limit,
-# shutting_down, tenant_disabled, no_active_version), with the reason as the error word: the caller
-# has been hung up already, so nothing is worth a redelivery (LiveKit retries 5xx).
+# livekit/protocol livekit_egress.proto EgressStatus: an egress that reached its session limit
+# ended its file cleanly (livekit/egress pkg/pipeline/controller.go SendEOS), so it is kept.
+EGRESS_COMPLETE, EGRESS_FAILED, EGRESS_LIMIT_REACHED = 3, 4, 6
+EGRESS_KEPT = (EGRESS_COMPLETE, EGRESS_LIMIT_REACHED)
 MAX_NAME = 256  # room names and identities longer than this are refused
 
 
@@ -74,6 +69,11 @@ async def livekit_webhook(request: web.Request) -> web.StreamResponse:
     if dedupe_key is not None and not seen.add(dedupe_key):
         br.duplicates.inc()
         return _ok(name, duplicate=True)
+    if event.num_dropped > 0:  # a retry of this delivery carries the same count: counted once, above
+        log.warning("LiveKit reports dropped webhooks", extra={"dropped": event.num_dropped,
+                                                              "api_key": verified.server.api_key})
+        br.dropped.inc(event.num_dropped)
+        reconciler(request.app).gap(verified.server)
     handled = False
     try:
         response = await _handle(request.app, br, verified)
@@ -90,150 +90,20 @@ async def _handle(app: web.Application, br: LiveKitBridge, verified: VerifiedEve
     if len(room) > MAX_NAME or len(event.participant.identity) > MAX_NAME:
         return error_response(400, "room name or participant identity too long", {"max": MAX_NAME})
     if name == "participant_joined":
-        return await _participant_joined(app, br, verified)
+        return await participant_joined(app, br, verified)
+    if name == "room_started":
+        return _room_started(app, br, verified)
     if name in ("participant_left", "participant_connection_aborted"):
         return await _participant_left(br, verified)
     if name == "room_finished":
         return await _room_finished(br, verified)
     if name == "track_published":
-        return _track_published(br, verified)
+        return _track_published(app, br, verified)
     if name == "egress_started":
         return await _egress_started(app, br, verified)
     if name == "egress_ended":
         return await _egress_ended(app, br, verified)
-    return _ok(name, ignored=True)  # room_started, egress_updated, track_unpublished, ingress_*, agent_job_*
-
-
-# Callers arriving
-
-
-async def _participant_joined(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
-    event, scope = verified.event, verified.scope
-    participant, room = event.participant, event.room.name
-    if not room or not participant.identity:
-        return error_response(400, "participant_joined without a room name or participant identity",
-                              {"missing": [k for k, v in (("room.name", room), ("participant.identity",
-                                                                                participant.identity)) if not v]})
-    existing = br.call(room, participant.identity, scope)
-    if existing is not None:  # the same caller announced twice (e.g. after a reconnect)
-        return _ok(event.event, call_id=existing.session.id)
-    # One setup at a time per caller (SIP) or per room (clients): the setup awaits the store.
-    key = (room, participant.identity if participant.kind == KIND_SIP else "")
-    if key in br.opening:
-        return _ok(event.event, ignored="the call is being set up")
-    br.opening.add(key)
-    try:
-        return await _caller_joined(app, br, verified)
-    finally:
-        br.opening.discard(key)
-
-
-async def _caller_joined(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
-    event = verified.event
-    participant, room = event.participant, event.room.name
-    if participant.kind == KIND_SIP:
-        attributes = dict(participant.attributes)
-        dialled = attributes.get("sip.trunkPhoneNumber", "").strip()
-        if not dialled:
-            return error_response(400, "SIP participant without the sip.trunkPhoneNumber attribute",
-                                  {"missing": ["sip.trunkPhoneNumber"]})
-        if attributes.get("sip.callStatus") == "hangup":
-            return _ok(event.event, ignored="the SIP call already hung up")
-        return await _open(app, br, verified, dialled, attributes.get("sip.phoneNumber") or None,
-                           attributes.get("sip.callID") or participant.sid, sip=True)
-    if participant.kind == KIND_STANDARD:
-        if br.in_room(room, None):
-            return _ok(event.event, ignored="the room already has a call")
-        dispatched = await _dispatched_number(app, verified)
-        if dispatched is None:
-            return _ok(event.event, ignored="no agent dispatch of this runtime in the room")
-        number, tenant_id = dispatched
-        return await _open(app, br, verified, number, None, participant.sid, sip=False, scope=tenant_id)
-    return _ok(event.event, ignored="not a caller")  # agents (this runtime's own), egress, ingress
-
-
-async def _dispatched_number(app: web.Application, verified: VerifiedEvent) -> tuple[str, str] | None:
-    """(number, tenant id) of this runtime's agent dispatch in the room, if the tenant is in scope."""
-    agent_name = services(app).settings.telephony.livekit.agent_name
-    try:
-        dispatches = await verified.server.list_dispatches(verified.event.room.name)
-    except LiveKitUnavailable:
-        log.warning("listing the room's agent dispatches failed", extra={"room": verified.event.room.name})
-        return None
-    for dispatch in dispatches:
-        if dispatch.agent_name != agent_name:
-            continue
-        try:
-            meta = orjson.loads(dispatch.metadata or "{}")
-        except orjson.JSONDecodeError:
-            continue
-        if not isinstance(meta, dict) or not isinstance(meta.get("number"), str):
-            continue
-        tenant_id = meta.get("tenant_id")
-        if not isinstance(tenant_id, str) or (verified.scope is not None and tenant_id != verified.scope):
-            continue
-        return meta["number"], tenant_id
-    return None
-
-
-async def _open(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent, dialled: str,
-                caller: str | None, provider_call_id: str, *, sip: bool, scope: str | None = None) -> web.Response:
-    """``scope``: the tenant the call must belong to (default: the signing key's)."""
-    event, server = verified.event, verified.server
-    scope = verified.scope if scope is None else scope
-    participant, room = event.participant, event.room.name
-    found = await br.routes(services(app).control.store).get(dialled)
-    try:
-        if found is not None and scope is not None and found["number"]["tenant_id"] != scope:
-            # Another tenant's number reached through this tenant's project: unknown here, no row.
-            log.warning("livekit call for another tenant's number refused", extra={"tenant_id": scope})
-            raise RouteRejected("unknown_number", f"{dialled} is not routed")
-        # Unknown numbers of a known tenant (scope) are kept as failed calls, as the Twilio bridge does.
-        session = await services(app).tracker.open_call(
-            to_number=dialled, from_number=caller, provider="livekit", provider_call_id=provider_call_id,
-            tenant_hint=scope, routing=found)
-    except RouteRejected as rejected:
-        log.info("livekit call rejected", extra={"reason": rejected.reason, "tenant_id": rejected.tenant_id})
-        br.spawn(_hang_up(server, room, participant.identity))
-        return error_response(404 if rejected.reason == "unknown_number" else 409, rejected.message,
-                              {"reason": rejected.reason, "number": dialled}, error=rejected.reason)
-    call = LiveKitCall(session, server, room, participant.identity, participant.sid, sip)
-    session.summary["livekit"] = {"room": room, "participant": participant.identity, "sip": sip}
-    if session.route is not None and session.route.transfer_now and sip:
-        target = session.route.config.escalation_target
-        await session.emit(TransferRequested(target=target, reason="after_hours"))
-        br.recent_rooms.put(room, session.tenant_id)
-        br.spawn(_transfer_after_hours(server, call, target))
-        return _ok(event.event, call_id=session.id, transferred=True)
-    session.control = LiveKitControl(call)
-    br.add(call)
-    session.on_end.append(lambda s: _forget(br, call))
-    call.agent = RoomAgent(app, call)
-    call.agent.start()
-    return _ok(event.event, call_id=session.id)
-
-
-def _forget(br: LiveKitBridge, call: LiveKitCall) -> None:
-    br.forget(call)
-    if call.agent is not None:
-        br.spawn(call.agent.leave())
-
-
-async def _hang_up(server: LiveKitServer, room: str, identity: str) -> None:
-    try:
-        await server.remove_participant(room, identity)
-    except LiveKitUnavailable:
-        pass  # logged by the server client; the caller may have gone already
-
-
-async def _transfer_after_hours(server: LiveKitServer, call: LiveKitCall, target: str) -> None:
-    try:
-        await server.transfer_sip(call.room, call.identity, target)
-    except LiveKitUnavailable as exc:
-        await call.session.fail("transfer_failed", exc.message)
-        await _hang_up(server, call.room, call.identity)
-        return
-    await call.session.end("after_hours_transfer")
+    return _ok(name, ignored=True)  # egress_updated, track_unpublished, ingress_*, agent_job_*
 
 
 # Callers leaving, rooms closing
@@ -262,9 +132,20 @@ async def _room_finished(br: LiveKitBridge, verified: VerifiedEvent) -> web.Resp
     return _ok(event.event, calls_ended=[c.session.id for c in calls])
 
 
-def _track_published(br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
+def _room_started(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
+    """LiveKit SIP creates a caller's room as it joins: if its participant_joined is lost, the
+    reconciler finds the caller."""
+    room = verified.event.room.name
+    if room and not br.in_room(room, verified.scope):
+        reconciler(app).watch(verified.server, room)
+    return _ok(verified.event.event, ignored=True)
+
+
+def _track_published(app: web.Application, br: LiveKitBridge, verified: VerifiedEvent) -> web.Response:
     event = verified.event
     call = br.call(event.room.name, event.participant.identity, verified.scope)
+    if call is None and event.participant.kind == KIND_SIP and event.room.name:
+        reconciler(app).watch(verified.server, event.room.name)  # a SIP caller this runtime never heard join
     if call is None:
         if br.knows_room(event.room.name, verified.scope):
             return _ok(event.event, ignored="not a caller of a live call")
@@ -305,10 +186,13 @@ async def _egress_ended(app: web.Application, br: LiveKitBridge, verified: Verif
         return _unknown("this egress", {"egress_id": info.egress_id, "room": info.room_name})
     tenant_id, call_id = known
     br.egress_stopped(call_id, info.egress_id)
-    if info.status != EGRESS_COMPLETE:
+    if info.status not in EGRESS_KEPT:
         log.warning("livekit egress did not complete",
                     extra={"call_id": call_id, "egress_id": info.egress_id, "status": int(info.status)})
         return _ok(verified.event.event, call_id=call_id, recordings=[], egress_status=int(info.status))
+    if info.status == EGRESS_LIMIT_REACHED:
+        log.warning("livekit egress ended at its session limit; its file is kept",
+                    extra={"call_id": call_id, "egress_id": info.egress_id, "error": info.error[:200]})
     stored = []
     for result in list(info.file_results)[:16]:
         where = result.location or result.filename
@@ -323,4 +207,4 @@ async def _egress_ended(app: web.Application, br: LiveKitBridge, verified: Verif
         })
         stored.append(row["id"])
     br.egress.discard(info.egress_id)
-    return _ok(verified.event.event, call_id=call_id, recordings=stored)
+    return _ok(verified.event.event, call_id=call_id, recordings=stored, egress_status=int(info.status))
