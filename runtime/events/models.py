@@ -145,6 +145,15 @@ class CallFailed(Payload):
 
 
 @dataclass(frozen=True)
+class MachineDetected(Payload):
+    """Who answered an outbound call, as the carrier's answering-machine detection reports it."""
+
+    topic: ClassVar[str] = "call.machine_detected"
+    answered_by: str  # human | machine | fax | unknown
+    detection_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class WebhookDisabled(Payload):
     """A webhook config stopped delivering after ``failures`` deliveries in a row failed for good."""
 
@@ -159,7 +168,7 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
     cls.topic: cls
     for cls in (CallStarted, CallConnected, StateChanged, SpeechStarted, SpeechEnded, TranscriptInterim,
                 TranscriptCreated, DtmfReceived, AgentInterrupted, ToolCalled, TransferRequested, TurnLatency,
-                DurationWarning, ProviderFailedOver, CallCompleted, CallFailed, WebhookDisabled)
+                DurationWarning, ProviderFailedOver, CallCompleted, CallFailed, WebhookDisabled, MachineDetected)
 }
 
 

@@ -23,6 +23,7 @@ TOPICS: tuple[str, ...] = (
     "voice.call.completed",
     "voice.call.failed",
     "webhook.disabled",
+    "call.machine_detected",
 )
 
 
