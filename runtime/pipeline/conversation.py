@@ -227,6 +227,19 @@ class Conversation:
         if reply.task is not None:
             await asyncio.wait({reply.task})
 
+    async def say_uninterruptible(self, text: str) -> None:
+        """A line the caller's speech does not cut (an outbound call's voicemail message, said to a
+        recorder whose noises must not stop it): after what the agent is saying; returns once it
+        has played."""
+        while self.live and self.reply is not None and self.reply.task is not None:
+            await asyncio.wait({self.reply.task})
+        if not self.live:
+            return
+        reply = self.replies.start_line(text)
+        reply.interruptible = False
+        if reply.task is not None:
+            await asyncio.wait({reply.task})
+
     def say_now(self, text: str, *, interrupt: bool) -> None:
         """A line the integrator asks for (POST /api/v1/calls/{id}/say), as the agent's own (history
         and transcript): at once, cutting what the agent is saying (``interrupt``), or after it."""
