@@ -34,6 +34,12 @@ SAMPLE_BODIES = {
     "BrowserTokenRequest": {"agent_id": "<agent_id>"},
     "TokenRequest": {"number": "+15550109999", "spawn_agent": True},
     "DispatchRequest": {"room": "b-room", "number": "+15550109999"},
+    # Live control of B's call, and an outbound call from B's number with B's agent.
+    "HangupRequest": {"reason": "by_a"},
+    "TransferRequest": {"to": "+15550100002"},
+    "SayRequest": {"text": "said by a"},
+    "CallUpdate": {"ai": "paused"},
+    "PlaceCall": {"to": "+15550100001", "from": "+15550109999", "agent_id": "<agent_id>"},
 }
 
 
