@@ -73,6 +73,7 @@ class LiveKitPeer:
     rtc_mode: str = "refuse"
     transfer_status: int = 2  # STS_TRANSFER_SUCCESSFUL
     fail: dict[str, tuple[int, str]] = field(default_factory=dict)  # method -> (HTTP status, twirp code)
+    dial_fails: tuple[int, str] | None = None  # CreateSIPParticipant not answered: (SIP status, reason)
     gates: dict[str, asyncio.Event] = field(default_factory=dict)  # method -> answered once the event is set
     calls: list[tuple[str, Any, Any]] = field(default_factory=list)  # (method, request message, claims)
     rtc_tokens: list[Any] = field(default_factory=list)  # claims of the agent's join tokens
@@ -89,6 +90,7 @@ class LiveKitPeer:
         "RoomService/RemoveParticipant": (room.RoomParticipantIdentity, "room_admin"),
         "Egress/StartRoomCompositeEgress": (egress.RoomCompositeEgressRequest, "room_record"),
         "Egress/StopEgress": (egress.StopEgressRequest, "room_record"),
+        "SIP/CreateSIPParticipant": (sip.CreateSIPParticipantRequest, "sip_dial"),
     }
 
     async def start(self) -> None:
@@ -133,15 +135,26 @@ class LiveKitPeer:
             await self.gates[method].wait()
         allowed = {"room_admin": bool(claims.video and claims.video.room_admin),
                    "room_record": bool(claims.video and claims.video.room_record),
-                   "sip_call": bool(claims.sip and claims.sip.call and claims.video and claims.video.room_admin)}
+                   "sip_call": bool(claims.sip and claims.sip.call and claims.video and claims.video.room_admin),
+                   "sip_dial": bool(claims.sip and claims.sip.call)}
         if not allowed[grant]:
             return web.json_response({"code": "permission_denied", "msg": f"needs {grant}"}, status=403)
         if method in self.fail:
             status, code = self.fail[method]
             return web.json_response({"code": code, "msg": "refused by the test"}, status=status)
+        if method == "SIP/CreateSIPParticipant" and self.dial_fails is not None:
+            # Not answered: the SIP status in the error's metadata, as livekit-api's SipCallError reads
+            # it (which HTTP status and Twirp code LiveKit pairs with each SIP status is not documented).
+            code, reason = self.dial_fails
+            return web.json_response({"code": "unavailable", "msg": f"sip status: {code}: {reason}",
+                                      "meta": {"sip_status_code": str(code), "sip_status": reason}}, status=503)
         return web.Response(body=self._answer(method, msg).SerializeToString(), content_type="application/protobuf")
 
     def _answer(self, method: str, msg: Any) -> Any:
+        if method == "SIP/CreateSIPParticipant":  # answered (wait_until_answered: LiveKit returns then)
+            return sip.SIPParticipantInfo(participant_id=f"PA_{msg.participant_identity}",
+                                          participant_identity=msg.participant_identity, room_name=msg.room_name,
+                                          sip_call_id=f"SCL_{secrets.token_hex(4)}")
         if method == "AgentDispatchService/CreateDispatch":
             made = agent_dispatch.AgentDispatch(id=f"AD_{secrets.token_hex(4)}", agent_name=msg.agent_name,
                                                 room=msg.room, metadata=msg.metadata)
