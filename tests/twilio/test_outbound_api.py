@@ -5,6 +5,7 @@ answered (busy, no answer, Twilio refusing, canceled), and callbacks that are no
 from __future__ import annotations
 
 import asyncio
+import json
 
 from runtime.config import RateLimit, Settings
 from tests.api.support import start_live_api, stop_live_api, with_overrides
@@ -206,3 +207,30 @@ async def test_the_outbound_rate_class(settings: Settings) -> None:
         assert status == 200
     finally:
         await stop_live_api(api, runner)
+
+
+async def test_the_cli_places_a_call_through_the_runtime(world, tmp_path, monkeypatch) -> None:
+    from tests.cli.test_cli import Cli
+
+    cli = Cli(tmp_path / "unused.yaml")  # --url given: no config is read
+    world.rest.calls.callees[CALLEE] = Callee("busy")
+    base = ["--url", world.api.base_url]
+    monkeypatch.setenv("VOICECTL_API_KEY", world.key)
+    result = await asyncio.to_thread(cli, "calls", "place", "--to", CALLEE, "--from", NUMBER, "--var", "name=Ada",
+                                     "--var", "party=2", "--timeout", "15", *base, "--json")
+    made = json.loads(result.stdout)
+    assert made["status"] == "queued"
+    row = await final(world, made["id"])
+    assert (row["end_reason"], row["variables"]) == ("busy", {"name": "Ada", "party": "2"})
+    assert world.rest.calls.created[-1].form["Timeout"] == "15"
+    result = await asyncio.to_thread(cli, "calls", "place", "--to", "+442071838750", "--from", NUMBER, *base, code=2)
+    assert "outbound_allowed_prefixes" in result.stderr
+    await asyncio.to_thread(cli, "calls", "place", "--to", CALLEE, "--from", NUMBER, "--var", "oops", *base, code=2)
+    await asyncio.to_thread(cli, "calls", "place", "--to", CALLEE, "--from", NUMBER, "--agent", "agt_nope", *base,
+                            code=3)
+    monkeypatch.delenv("VOICECTL_API_KEY")
+    admin = ["--key", world.api.admin_key, "--tenant", world.tenant_id]
+    result = await asyncio.to_thread(cli, "calls", "place", "--to", CALLEE, "--from", NUMBER, *base, *admin)
+    assert result.stdout.startswith("placed call_") and result.stdout.endswith("(queued)\n")
+    await asyncio.to_thread(cli, "calls", "place", "--to", CALLEE, "--from", NUMBER, "--url", "http://127.0.0.1:9",
+                            *admin, code=8)
