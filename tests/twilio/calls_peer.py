@@ -27,7 +27,8 @@ resource (``sid``, ``status`` ``queued``, ``direction`` ``outbound-api``). Then 
   ``CallStatus`` ``canceled``); one still queued gets no callbacks at all.
 
 Out of order, as a carrier's separate requests arrive: ``Callee.delays`` holds back one callback
-(``initiated``, ``ringing``, ``answered``, ``completed``, ``amd``) or the ``stop`` message;
+(``initiated``, ``ringing``, ``answered``, ``completed``, ``amd``) or the ``stop`` message,
+``detect_after_end`` the detection result until after ``completed``;
 ``create_delay_s`` holds the 201 while the progress goes out; ``stream_delay_s`` opens the media
 late (after the detection result).
 """
@@ -67,6 +68,7 @@ class Callee:
     stream_delay_s: float = 0.0
     quiet_s: float = 0.8  # how long the agent is quiet before the human says its next line
     hang_up: bool = True  # a human hangs up after its last line (and the agent's answer)
+    detect_after_end: bool = False  # the detection result arrives only after the call's completed callback
 
 
 @dataclass(eq=False)
@@ -82,6 +84,7 @@ class PeerCall:
     twiml_at: float | None = None
     leg: CallerStream | None = None
     beep_ended_at: int | None = None  # bytes of runtime audio received when the beep ended
+    held_detection: tuple[str, dict[str, str]] | None = None  # (url, params) posted after completed
     hung_up: asyncio.Event = field(default_factory=asyncio.Event)  # by the runtime (REST update)
     posts: list[dict[str, Any]] = field(default_factory=list)  # every callback sent, in sending order
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -254,6 +257,9 @@ class CallsPeer:
     def _completed(self, call: PeerCall) -> None:
         took = time.monotonic() - (call.answered_at or time.monotonic())
         self._progress(call, "completed", "completed", SipResponseCode="200", CallDuration=str(int(took)))
+        if call.held_detection is not None:
+            url, params = call.held_detection
+            self._spawn(self._post(call, "amd", url, params, 0.3 + call.callee.delays.get("completed", 0.0)))
 
     def _detect(self, call: PeerCall, answered_by: str, after_ms: float, now: bool = False) -> None:
         url = call.form.get("AsyncAmdStatusCallback")
@@ -261,6 +267,9 @@ class CallsPeer:
             return
         params = {"CallSid": call.sid, "AccountSid": self.account_sid, "AnsweredBy": answered_by,
                   "MachineDetectionDuration": str(int(after_ms))}
+        if call.callee.detect_after_end:
+            call.held_detection = (url, params)
+            return
         wait = 0.0 if now else max(0.0, call.answered_at + after_ms / 1000 - time.monotonic())  # type: ignore[operator]
         self._spawn(self._post(call, "amd", url, params, wait + call.callee.delays.get("amd", 0.0)))
 

@@ -150,13 +150,13 @@ async def test_a_call_hung_up_before_the_answer_is_canceled_and_one_still_queued
 
 async def test_calls_start_at_the_tenants_pace_and_count_as_live(world) -> None:
     world.rest.calls.callees[CALLEE] = Callee("no-answer")
-    made = [await place(world, timeout_s=30) for _ in range(3)]
+    made = [await place(world, timeout_s=30) for _ in range(2)]
     status, page, _ = await world.api.call("GET", "/api/v1/calls?status=live&direction=outbound", world.key)
     assert status == 200 and {c["id"] for c in page["items"]} == {m["id"] for m in made}
     assert {c["status"] for c in page["items"]} <= {"queued", "dialing", "ringing"}
 
     async def all_created() -> bool:
-        return len(world.rest.calls.create_times) == 3
+        return len(world.rest.calls.create_times) == 2
     await until(all_created)
     times = world.rest.calls.create_times
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from runtime.api.appkeys import PIPELINE
 from runtime.audio import Audio
 from tests.twilio.calls_peer import Callee
 from tests.twilio.outbound_support import (
@@ -115,7 +116,7 @@ async def test_completed_before_the_streams_stop_ends_the_call(world) -> None:
 
 async def test_a_detection_result_after_the_call_ended_is_ignored(world) -> None:
     agent_id = await outbound_agent(world)
-    world.rest.calls.callees[CALLEE] = Callee("human", [silence(0.2)], ring_s=0.05, delays={"amd": 6.0})
+    world.rest.calls.callees[CALLEE] = Callee("human", [silence(0.2)], ring_s=0.05, detect_after_end=True)
     made = await place(world, agent_id=agent_id, variables={"name": "Fay"}, machine_detection="detect")
     call = await _placed(world)
     await final(world, made["id"], 20)
@@ -125,5 +126,8 @@ async def test_a_detection_result_after_the_call_ended_is_ignored(world) -> None
     await until(late, 10)
     assert next(p["status"] for p in call.posts if p["kind"] == "amd") == 204
     assert "call.machine_detected" not in [e["topic"] for e in await events(world, made["id"])]
-    # detect mode greets at once, without waiting for the result
+    # detect mode greets at once, without waiting for the result; a greeting with the call's variables
+    # is its own: it never went through the greeting cache.
     assert [t for r, t in await transcript(world, made["id"]) if r == "agent"] == ["Hi Fay, this is the front desk."]
+    greetings = world.api.app[PIPELINE].greetings
+    assert (greetings.hits, greetings.misses) == (0, 0)
