@@ -11,7 +11,7 @@ from runtime.config import RateLimit, Settings
 from tests.api.support import start_live_api, stop_live_api, with_overrides
 from tests.twilio.calls_peer import Callee
 from tests.twilio.outbound_support import CALLEE, events, final, outbound_agent, place, states, until
-from tests.twilio.support import ACCOUNT_SID, NUMBER
+from tests.twilio.support import ACCOUNT_SID, NUMBER, start_world, stop_world
 
 
 async def _outbound_rows(world) -> list[dict]:
@@ -234,3 +234,16 @@ async def test_the_cli_places_a_call_through_the_runtime(world, tmp_path, monkey
     assert result.stdout.startswith("placed call_") and result.stdout.endswith("(queued)\n")
     await asyncio.to_thread(cli, "calls", "place", "--to", CALLEE, "--from", NUMBER, "--url", "http://127.0.0.1:9",
                             *admin, code=8)
+
+
+async def test_a_full_box_answers_busy(settings) -> None:
+    world = await start_world(settings, max_calls=1)
+    try:
+        world.rest.calls.callees[CALLEE] = Callee("no-answer")
+        made = await place(world, timeout_s=30)  # the box's one call, ringing
+        data = await place(world, expect=503)
+        assert data["error"] == "busy" and data["details"] == {"reason": "busy"}
+        await world.api.call("POST", f"/api/v1/calls/{made['id']}/hangup", world.key, json={})
+        await place(world, expect=201)  # the line is free again
+    finally:
+        await stop_world(world)
