@@ -102,7 +102,7 @@ class RateLimit(_Model):
     window_s: int = Field(ge=1)
 
 
-RATE_CLASSES = ("read", "write", "session", "realtime", "recording", "control")
+RATE_CLASSES = ("read", "write", "session", "realtime", "recording", "control", "outbound")
 
 
 class RateLimitClasses(_Model):
@@ -114,6 +114,7 @@ class RateLimitClasses(_Model):
     realtime: RateLimit | None = None
     recording: RateLimit | None = None
     control: RateLimit | None = None  # live call control: hangup, transfer, say, pause
+    outbound: RateLimit | None = None  # placing outbound calls (POST /api/v1/calls)
 
 
 def _runtime_rate_defaults() -> RateLimitClasses:
@@ -126,6 +127,8 @@ def _runtime_rate_defaults() -> RateLimitClasses:
         recording=RateLimit(limit=20, window_s=3600),
         # An integrator's backend drives its live calls: say, pause, hang up, many per call.
         control=RateLimit(limit=3000, window_s=60),
+        # Each placed call costs money: a runaway integration is stopped within a minute.
+        outbound=RateLimit(limit=60, window_s=60),
     )
 
 
@@ -148,6 +151,10 @@ class LimitsSettings(_Model):
     pending_media_sockets_per_address: int = Field(256, ge=1, le=100_000)
     # The same for the whole box, so many addresses together cannot hold every file descriptor.
     pending_media_sockets: int = Field(1024, ge=1, le=100_000)
+    # Outbound calls the box starts per second (all tenants), and per tenant: queued calls wait
+    # for their slot (Twilio's accounts start at 1 call per second; more are queued there too).
+    max_outbound_cps: float = Field(5.0, gt=0, le=1000)
+    max_outbound_cps_per_tenant: float = Field(1.0, gt=0, le=1000)
 
 
 class TwilioSettings(_Model):
@@ -159,6 +166,10 @@ class TwilioSettings(_Model):
     # stream URL), on top of the single-use stream token. Off by default: behind a proxy the
     # signed URL must be exactly server.public_url's.
     require_stream_signature: bool = False
+    # Answering-machine detection on outbound calls: Twilio's MachineDetectionTimeout (seconds it
+    # tries before answering "unknown"); a voicemail call whose result never comes greets anyway
+    # 5 s after this.
+    amd_timeout_s: int = Field(30, ge=3, le=59)
 
 
 class GotoSettings(_Model):

@@ -41,6 +41,8 @@ PromptFileOpt = Annotated[
     Path | None, typer.Option("--prompt-file", help="Read the system prompt from a file.", show_default=False)
 ]
 GreetingOpt = Annotated[str | None, typer.Option("--greeting", help="First thing the agent says.")]
+VoicemailOpt = Annotated[str | None, typer.Option(
+    "--voicemail-message", help="What an outbound call with machine_detection voicemail leaves after the beep.")]
 LanguageOpt = Annotated[str | None, typer.Option("--language", help="Language code, e.g. en or de-DE.")]
 LlmOpt = Annotated[str | None, provider_option("llm", "--llm", "LLM provider")]
 LlmModelOpt = Annotated[str | None, typer.Option("--llm-model", help="LLM model name.")]
@@ -120,8 +122,8 @@ class _Options:
         prompt = self.prompt()
         if prompt is not None:
             out["system_prompt"] = prompt
-        simple = {"greeting": "greeting", "language": "language", "escalation": "escalation_target",
-                  "max_duration": "max_duration_s"}
+        simple = {"greeting": "greeting", "voicemail": "voicemail_message", "language": "language",
+                  "escalation": "escalation_target", "max_duration": "max_duration_s"}
         for option, field in simple.items():
             if v[option] is not None:
                 out[field] = v[option]
@@ -175,6 +177,7 @@ def create(
     prompt: PromptOpt = None,
     prompt_file: PromptFileOpt = None,
     greeting: GreetingOpt = None,
+    voicemail_message: VoicemailOpt = None,
     language: LanguageOpt = None,
     llm: LlmOpt = None,
     llm_model: LlmModelOpt = None,
@@ -191,7 +194,8 @@ def create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create an agent; version 1 is active at once."""
-    options = _Options(prompt=prompt, prompt_file=prompt_file, greeting=greeting, language=language, llm=llm,
+    options = _Options(prompt=prompt, prompt_file=prompt_file, greeting=greeting, voicemail=voicemail_message,
+                       language=language, llm=llm,
                        llm_model=llm_model, stt=stt, stt_model=stt_model, tts=tts, tts_model=tts_model,
                        tools=tool, escalation=escalation, max_duration=max_duration, knowledge_file=knowledge_file)
     base = _read_settings_file(file)
@@ -248,6 +252,7 @@ def update(
     prompt: PromptOpt = None,
     prompt_file: PromptFileOpt = None,
     greeting: GreetingOpt = None,
+    voicemail_message: VoicemailOpt = None,
     language: LanguageOpt = None,
     llm: LlmOpt = None,
     llm_model: LlmModelOpt = None,
@@ -264,7 +269,8 @@ def update(
     as_json: JsonOpt = False,
 ) -> None:
     """Change an agent: new settings become a draft version (activate it with promote)."""
-    options = _Options(prompt=prompt, prompt_file=prompt_file, greeting=greeting, language=language, llm=llm,
+    options = _Options(prompt=prompt, prompt_file=prompt_file, greeting=greeting, voicemail=voicemail_message,
+                       language=language, llm=llm,
                        llm_model=llm_model, stt=stt, stt_model=stt_model, tts=tts, tts_model=tts_model,
                        tools=tool, escalation=escalation, max_duration=max_duration, knowledge_file=knowledge_file)
     base = _read_settings_file(file)

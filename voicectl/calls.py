@@ -53,7 +53,8 @@ def _duration(ms: Any) -> str:
 @app.command("list")
 def list_(
     tenant: TenantOpt,
-    status: Annotated[str | None, typer.Option("--status", help="Only calls in this state, e.g. ended.")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="Only calls in this state, e.g. ended, or live.")] = None,
+    direction: Annotated[str | None, typer.Option("--direction", help="inbound or outbound.")] = None,
     limit: LimitOpt = 50,
     offset: OffsetOpt = 0,
     as_json: JsonOpt = False,
@@ -62,7 +63,7 @@ def list_(
 
     async def go(plane: Any) -> dict[str, Any]:
         tenant_id = await resolve_tenant(plane, tenant)
-        return (await plane.calls.list(tenant_id, page(limit, offset), status=status)).to_dict()
+        return (await plane.calls.list(tenant_id, page(limit, offset), status=status, direction=direction)).to_dict()
 
     result = run(go)
     print_page(

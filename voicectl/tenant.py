@@ -7,10 +7,12 @@ from typing import Annotated, Any
 import typer
 
 from voicectl.common import (
+    EXIT_USAGE,
     JsonOpt,
     LimitOpt,
     OffsetOpt,
     YesOpt,
+    fail,
     new_app,
     page,
     print_json,
@@ -31,11 +33,17 @@ MaxDurationOpt = Annotated[
 ]
 RecordingOpt = Annotated[bool | None, typer.Option("--recording/--no-recording", help="Record calls.")]
 RetentionOpt = Annotated[int | None, typer.Option("--retention-days", help="Keep call data this many days.")]
+PrefixOpt = Annotated[list[str] | None, typer.Option(
+    "--outbound-prefix", metavar="PREFIX", show_default=False,
+    help="A prefix outbound calls may dial, e.g. +1415 (repeatable; replaces the list; default: the country "
+         "codes of the tenant's numbers).")]
+OutboundPerDayOpt = Annotated[int | None, typer.Option(
+    "--max-outbound-per-day", help="Outbound calls per day in the tenant's time zone (0: none; default 100).")]
 
 
 def _fields(
     timezone: str | None, max_calls: int | None, max_duration: int | None, recording: bool | None,
-    retention: int | None,
+    retention: int | None, prefixes: list[str] | None = None, per_day: int | None = None,
 ) -> dict[str, Any]:
     values = {
         "timezone": timezone,
@@ -43,6 +51,8 @@ def _fields(
         "max_call_duration_s": max_duration,
         "recording_enabled": recording,
         "retention_days": retention,
+        "outbound_allowed_prefixes": prefixes or None,
+        "max_outbound_per_day": per_day,
     }
     return {k: v for k, v in values.items() if v is not None}
 
@@ -59,6 +69,8 @@ def create(
     max_call_duration: MaxDurationOpt = None,
     recording: RecordingOpt = None,
     retention_days: RetentionOpt = None,
+    outbound_prefix: PrefixOpt = None,
+    max_outbound_per_day: OutboundPerDayOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a tenant."""
@@ -66,9 +78,8 @@ def create(
     async def go(plane: Any) -> dict[str, Any]:
         from runtime.control.schemas import TenantCreate
 
-        data = TenantCreate(
-            name=name, **_fields(timezone, max_concurrent_calls, max_call_duration, recording, retention_days)
-        )
+        data = TenantCreate(name=name, **_fields(timezone, max_concurrent_calls, max_call_duration, recording,
+                                                 retention_days, outbound_prefix, max_outbound_per_day))
         return (await plane.tenants.create(data)).to_dict()
 
     _show(run(go), as_json, "created")
@@ -113,16 +124,25 @@ def update(
     max_call_duration: MaxDurationOpt = None,
     recording: RecordingOpt = None,
     retention_days: RetentionOpt = None,
+    outbound_prefix: PrefixOpt = None,
+    max_outbound_per_day: OutboundPerDayOpt = None,
+    default_prefixes: Annotated[bool, typer.Option(
+        "--default-outbound-prefixes", help="Back to the country codes of the tenant's numbers.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a tenant's name or limits."""
+    if default_prefixes and outbound_prefix:
+        fail("give --outbound-prefix or --default-outbound-prefixes, not both", EXIT_USAGE)
 
     async def go(plane: Any) -> dict[str, Any]:
         from runtime.control.schemas import TenantUpdate
 
-        changes = _fields(timezone, max_concurrent_calls, max_call_duration, recording, retention_days)
+        changes = _fields(timezone, max_concurrent_calls, max_call_duration, recording, retention_days,
+                          outbound_prefix, max_outbound_per_day)
         if name is not None:
             changes["name"] = name
+        if default_prefixes:
+            changes["outbound_allowed_prefixes"] = None
         data = TenantUpdate(**changes)
         current = await plane.tenants.resolve(tenant)
         return (await plane.tenants.update(current.id, data)).to_dict()

@@ -24,7 +24,7 @@ from runtime.web.responses import error_response, json_response
 # tenant) or admin key naming the tenant in X-Tenant-ID. tenant_admin: as tenant, admin keys only.
 # any: any valid key, the handler scopes by ctx.principal.
 Auth = Literal["public", "admin", "tenant", "tenant_admin", "any"]
-RouteClass = Literal["read", "write", "session", "realtime", "recording", "control"]
+RouteClass = Literal["read", "write", "session", "realtime", "recording", "control", "outbound"]
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,8 @@ class LiveControl:
 
     async def hangup(self, tenant_id: str, call_id: str, req: HangupRequest) -> dict[str, Any]:
         session = await self.live_session(tenant_id, call_id)
-        await session.hangup(req.reason)
-        return {"id": session.id, "status": session.state, "end_reason": req.reason}
+        await session.hangup(req.reason)  # an outbound call not answered yet is canceled
+        return {"id": session.id, "status": session.state, "end_reason": session.end_reason or req.reason}
 
     async def transfer(self, tenant_id: str, call_id: str, req: TransferRequest) -> dict[str, Any]:
         session = await self.live_session(tenant_id, call_id)

@@ -7,7 +7,8 @@ conversation), and gives the leg the way back (a ``Transport``). The leg does th
 for every bridge:
 
 - ``open``: build the conversation (``pipeline_unavailable`` when it cannot be);
-- ``connect``: the call is connected, the way back starts, the conversation starts (greeting);
+- ``connect``: the call is connected, the way back starts, the conversation starts (greeting),
+  then the session's ``on_connected`` hooks run;
 - ``finish``: the media side ended the call: stop sending, close the conversation first (its
   transcripts and events are written before the call's final event), then end or fail the
   session with the reason (``transferred`` when a transfer was under way); the first reason wins;
@@ -103,6 +104,13 @@ class MediaLeg:
         await self.session.connect()
         self.way_back.start()
         await conversation.start()
+        for hook in list(self.session.on_connected):  # e.g. an outbound call's answering-machine handling
+            try:
+                result = hook(self.session)
+                if result is not None:
+                    await result
+            except Exception:
+                log.exception("call connected hook failed", extra={"call_id": self.session.id})
 
     # Media (the hot path: no awaits, no objects per frame)
 

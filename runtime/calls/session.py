@@ -1,7 +1,7 @@
 """CallSession: the state machine of one call; every transition is an event.
 
-States: ringing -> connected -> (transferring ->) ended | failed. Illegal
-transitions raise. The bridge that carries the call registers a ``CallControl``
+States: ringing -> connected -> (transferring ->) ended | failed; an outbound call starts
+queued -> dialing (-> ringing) -> connected (runtime.calls.outbound). Illegal transitions raise. The bridge that carries the call registers a ``CallControl``
 so the engine can hang up or transfer without knowing the provider.
 """
 
@@ -37,9 +37,15 @@ from runtime.store.store import Store, WriteBatch
 
 log = logging.getLogger("voicectl.calls")
 
+QUEUED, DIALING = "queued", "dialing"
 RINGING, CONNECTED, TRANSFERRING, ENDED, FAILED = "ringing", "connected", "transferring", "ended", "failed"
-LIVE_STATES = (RINGING, CONNECTED, TRANSFERRING)
+LIVE_STATES = (QUEUED, DIALING, RINGING, CONNECTED, TRANSFERRING)
+# Waiting for the media: a carrier may connect an outbound call without reporting it ringing.
+AWAITING_MEDIA = (DIALING, RINGING)
+NOT_ANSWERED = (QUEUED, DIALING, RINGING)
 TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({DIALING, ENDED, FAILED}),
+    DIALING: frozenset({RINGING, CONNECTED, ENDED, FAILED}),
     RINGING: frozenset({CONNECTED, ENDED, FAILED}),
     CONNECTED: frozenset({TRANSFERRING, ENDED, FAILED}),
     TRANSFERRING: frozenset({CONNECTED, ENDED, FAILED}),
@@ -77,6 +83,10 @@ class Steerable(Protocol):
 
     def flush_lines(self) -> None: ...
 
+    async def say(self, text: str) -> None: ...
+
+    async def say_uninterruptible(self, text: str) -> None: ...
+
     def set_paused(self, paused: bool) -> None: ...
 
 
@@ -106,6 +116,9 @@ class CallSession:
     # The integrator's sessions on this call (runtime.calls.integrator_sessions), by id.
     transcribes: dict[str, Transcribe] = field(default_factory=dict)
     speakings: dict[str, Speaking] = field(default_factory=dict)
+    # An outbound call's request and progress (runtime.calls.outbound.OutboundCall); None: inbound.
+    outbound: Any = None
+    end_reason: str | None = None
     _seq: int = 0
     _transcript_seq: int = 0
     _started_mono: float = field(default_factory=time.monotonic)
@@ -115,6 +128,8 @@ class CallSession:
     _ended_flag: bool = False
     on_end: list[Callable[[CallSession], Awaitable[None] | None]] = field(default_factory=list)
     audio_sinks: list[AudioSink] = field(default_factory=list)
+    # Called once the call is connected and its conversation has started (runtime.calls.media_leg).
+    on_connected: list[Callable[[CallSession], Awaitable[None] | None]] = field(default_factory=list)
     # Called at T-2 min and T-30 s of the duration limit with (session, remaining_s); the pipeline speaks.
     on_duration_warning: list[Callable[[CallSession, int], Awaitable[None]]] = field(default_factory=list)
     watchdog: DurationWatchdog | None = None
@@ -215,11 +230,12 @@ class CallSession:
             "agent_version": route.version if route else None,
             "number_id": route.number["id"] if route else None, "provider": self.provider,
             "provider_call_id": self.provider_call_id, "direction": self.direction,
-            "from_number": self.from_number, "to_number": self.to_number, "status": RINGING,
+            "from_number": self.from_number, "to_number": self.to_number, "status": self.state,
             "end_reason": None, "hangup_by": None, "started_at": self.started_at, "connected_at": None,
             "ended_at": None, "duration_ms": None, "summary": {}, "latency": {},
             "metadata": {"after_hours": route.after_hours} if route else {}, "trace_id": self.trace_id,
             "created_at": now, "updated_at": now,
+            "variables": self.outbound.variables if self.outbound is not None else None,
         })
         await self.emit(CallStarted(
             provider=self.provider, direction=self.direction, from_number=self.from_number,
@@ -261,9 +277,30 @@ class CallSession:
         if self.control is not None:
             await self.control.transfer(target)
 
+    async def advance(self, to: str, changes: dict[str, Any] | None = None) -> bool:
+        """An outbound call's progress as its carrier reports it (queued -> dialing -> ringing),
+        reports arriving late or twice ignored: True when the state moved."""
+        order = (QUEUED, DIALING, RINGING)
+        async with self._lock:
+            if self.state not in order or order.index(to) <= order.index(self.state):
+                return False
+            if self.state == QUEUED and to == RINGING:
+                await self._transition(DIALING, None, changes or {})
+                changes = None
+            await self._transition(to, None, changes or {})
+            return True
+
     async def hangup(self, reason: str, bridge_timeout_s: float | None = None) -> None:
         """The engine ends the call: tell the bridge (waiting at most ``bridge_timeout_s``), then
-        archive."""
+        archive. An outbound call not answered yet is canceled (failed, reason ``canceled``)."""
+        if self.direction == "outbound" and self.state in NOT_ANSWERED:
+            if self.control is not None:
+                try:
+                    await asyncio.wait_for(self.control.hangup(reason), bridge_timeout_s)
+                except Exception:  # noqa: BLE001 - logged; the call is canceled here either way
+                    log.warning("canceling through the bridge failed", extra={"call_id": self.id, "reason": reason})
+            await self.fail("canceled", f"hung up before the call was answered ({reason})")
+            return
         if self.control is not None and self.live:
             try:
                 await asyncio.wait_for(self.control.hangup(reason), bridge_timeout_s)
@@ -297,6 +334,7 @@ class CallSession:
                 except Exception:  # the counters must never keep a call from ending
                     log.exception("media counters unreadable", extra={"call_id": self.id})
             duration = self.duration_ms
+            self.end_reason = reason
             changes = {
                 "end_reason": reason, "hangup_by": hangup_by, "ended_at": now_iso(), "duration_ms": duration,
                 "summary": self.summary, "latency": self.latency,

@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from runtime.calls.outbound import OutboundCall
 from runtime.calls.routing import CallRoute, RouteRejected, route_call
-from runtime.calls.session import LIVE_STATES, CallSession
+from runtime.calls.session import LIVE_STATES, QUEUED, CallSession
 from runtime.events.bus import EventBus
 from runtime.events.models import CallFailed, Event, StateChanged
 from runtime.ids import new_id, now_iso
@@ -147,6 +148,29 @@ class CallTracker:
                 await session.fail(rejected.reason, rejected.message)
             raise
         session = self._session(route.tenant_id, route, provider, direction, from_number, to_number, provider_call_id)
+        await self._register(session, route, local)
+        return session
+
+    async def open_outbound(self, route: CallRoute, outbound: OutboundCall, *, provider: str, from_number: str,
+                            to_number: str) -> CallSession:
+        """Register an outbound call, ``queued``: it counts against the box's and the tenant's
+        limits from now on. RouteRejected (nothing stored) when a limit is reached."""
+        if not self.accepting:
+            raise RouteRejected("shutting_down", "the runtime is shutting down", route.tenant_id)
+        if self.at_capacity:
+            raise RouteRejected("busy", "the runtime is at its call limit", route.tenant_id)
+        if self.live_for(route.tenant_id) >= route.tenant["max_concurrent_calls"]:
+            raise RouteRejected("tenant_call_limit", "the tenant is at its concurrent-call limit", route.tenant_id)
+        local = self.runs_locally is not None and self.local_calls is not None and await self.runs_locally(route)
+        if local and self.local_at_capacity:
+            raise RouteRejected("busy", "the local speech engines are at capacity", route.tenant_id)
+        session = self._session(route.tenant_id, route, provider, "outbound", from_number, to_number, None)
+        session.state = QUEUED
+        outbound.attach(session)
+        await self._register(session, route, local)
+        return session
+
+    async def _register(self, session: CallSession, route: CallRoute, local: bool) -> None:
         self.live[session.id] = session
         if local:
             self.local_live.add(session.id)
@@ -154,7 +178,6 @@ class CallTracker:
         await session.insert_row()
         if self.recording is not None and route.tenant.get("recording_enabled"):
             self._record(session)
-        return session
 
     def _record(self, session: CallSession) -> None:
         recorder = CallRecorder(self.recording, session.tenant_id, session.id)

@@ -8,7 +8,7 @@ from runtime.control.errors import BadRequest, NotFound
 from runtime.control.pagination import Page, PageRequest
 from runtime.store.store import Store
 
-LIVE_STATUSES = ("ringing", "connected", "transferring")
+LIVE_STATUSES = ("queued", "dialing", "ringing", "connected", "transferring")
 CALL_STATUSES = ("live", *LIVE_STATUSES, "ended", "failed")
 
 

@@ -61,6 +61,8 @@ class Tenant(Public):
     metadata: dict[str, Any]
     created_at: str
     updated_at: str
+    outbound_allowed_prefixes: list[str] | None = None  # None: the country codes of its numbers
+    max_outbound_per_day: int = 100
 
 
 @dataclass(frozen=True)

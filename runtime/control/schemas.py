@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -77,6 +77,24 @@ check_http_url = _tenant_url(WEB)
 
 # Tenants
 
+DIAL_PREFIX = re.compile(r"^\+[1-9]\d{0,14}$")
+MAX_OUTBOUND_PREFIXES = 100
+DEFAULT_OUTBOUND_PER_DAY = 100
+
+
+def check_prefixes(value: list[str] | None) -> list[str] | None:
+    """Outbound prefixes: ``+`` and 1-15 digits each (e.g. +1415, +49), at most 100; None: the
+    default (the country codes of the tenant's own numbers)."""
+    if value is None:
+        return None
+    if len(value) > MAX_OUTBOUND_PREFIXES:
+        raise ValueError(f"at most {MAX_OUTBOUND_PREFIXES} prefixes")
+    compact = [re.sub(r"[\s\-().]", "", v) for v in value]
+    bad = [v for v, c in zip(value, compact, strict=True) if not DIAL_PREFIX.match(c)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a dialling prefix (+ and 1 to 15 digits, e.g. +1415 or +49)")
+    return list(dict.fromkeys(compact))
+
 
 class TenantCreate(Input):
     name: str = Field(min_length=1, max_length=100)
@@ -86,8 +104,14 @@ class TenantCreate(Input):
     recording_enabled: bool = False
     retention_days: int = Field(30, ge=1, le=3650)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    outbound_allowed_prefixes: list[str] | None = Field(
+        None, description="prefixes outbound calls may dial, e.g. [\"+1415\"] (default: the country codes of the "
+                          "tenant's own numbers)")
+    max_outbound_per_day: int = Field(DEFAULT_OUTBOUND_PER_DAY, ge=0, le=1_000_000,
+                                      description="outbound calls per day in the tenant's time zone (0: none)")
 
     _tz = field_validator("timezone")(check_timezone)
+    _prefixes = field_validator("outbound_allowed_prefixes")(check_prefixes)
 
 
 class TenantUpdate(Input):
@@ -99,8 +123,14 @@ class TenantUpdate(Input):
     retention_days: int | None = Field(None, ge=1, le=3650)
     status: Literal["active", "disabled"] | None = None
     metadata: dict[str, Any] | None = None
+    outbound_allowed_prefixes: list[str] | None = Field(None, description="null: back to the default")
+    max_outbound_per_day: int | None = Field(None, ge=0, le=1_000_000)
 
     _tz = field_validator("timezone")(check_timezone)
+    _prefixes = field_validator("outbound_allowed_prefixes")(check_prefixes)
+
+    # Columns that may be set to null (the others are NOT NULL).
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"outbound_allowed_prefixes"})
 
 
 # API keys
@@ -413,6 +443,8 @@ class AgentConfig(Input):
 
     system_prompt: str = Field(min_length=1, max_length=100_000)
     greeting: str | None = Field(None, max_length=2000)
+    voicemail_message: str | None = Field(
+        None, max_length=2000, description="what an outbound call with machine_detection voicemail leaves after the beep")
     language: str = Field("en", min_length=2, max_length=16)
     llm: ProviderChoice = Field(default_factory=ProviderChoice)
     stt: ProviderChoice = Field(default_factory=ProviderChoice)
@@ -484,6 +516,7 @@ class AgentUpdate(Input):
     note: str | None = Field(None, max_length=500)
     system_prompt: str | None = Field(None, min_length=1, max_length=100_000)
     greeting: str | None = Field(None, max_length=2000)
+    voicemail_message: str | None = Field(None, max_length=2000)
     language: str | None = Field(None, min_length=2, max_length=16)
     llm: ProviderChoice | None = None
     stt: ProviderChoice | None = None

@@ -47,7 +47,7 @@ class TenantService:
 
     async def update(self, tenant_id: str, data: TenantUpdate) -> Tenant:
         changes = data.model_dump(exclude_unset=True)
-        nulls = [k for k, v in changes.items() if v is None]  # every tenant column is NOT NULL
+        nulls = [k for k, v in changes.items() if v is None and k not in TenantUpdate.NULLABLE]
         if nulls:
             raise Invalid(f"{', '.join(nulls)} cannot be null", {"fields": nulls})
         if not changes:

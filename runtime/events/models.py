@@ -147,6 +147,15 @@ class CallFailed(Payload):
 
 
 @dataclass(frozen=True)
+class MachineDetected(Payload):
+    """Who answered an outbound call, as the carrier's answering-machine detection reports it."""
+
+    topic: ClassVar[str] = "call.machine_detected"
+    answered_by: str  # human | machine | fax | unknown
+    detection_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class WebhookDisabled(Payload):
     """A webhook config stopped delivering after ``failures`` deliveries in a row failed for good."""
 
@@ -193,7 +202,7 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
     for cls in (CallStarted, CallConnected, StateChanged, SpeechStarted, SpeechEnded, TranscriptInterim,
                 TranscriptCreated, DtmfReceived, AgentInterrupted, ToolCalled, TransferRequested, TurnLatency,
                 DurationWarning, ProviderFailedOver, CallCompleted, CallFailed, WebhookDisabled,
-                TranscriptionStarted, TranscriptionStopped, SpeakingStarted, SpeakingStopped)
+                TranscriptionStarted, TranscriptionStopped, SpeakingStarted, SpeakingStopped, MachineDetected)
 }
 
 

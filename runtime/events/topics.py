@@ -27,6 +27,7 @@ TOPICS: tuple[str, ...] = (
     "transcription.stopped",
     "speaking.started",
     "speaking.stopped",
+    "call.machine_detected",
 )
 
 

@@ -233,6 +233,19 @@ class Conversation:
         if reply.task is not None:
             await asyncio.wait({reply.task})
 
+    async def say_uninterruptible(self, text: str) -> None:
+        """A line the caller's speech does not cut (an outbound call's voicemail message, said to a
+        recorder whose noises must not stop it): after what the agent is saying; returns once it
+        has played."""
+        while self.live and self.reply is not None and self.reply.task is not None:
+            await asyncio.wait({self.reply.task})
+        if not self.live:
+            return
+        reply = self.replies.start_line(text)
+        reply.interruptible = False
+        if reply.task is not None:
+            await asyncio.wait({reply.task})
+
     def say_now(self, text: str, *, interrupt: bool) -> bool:
         """A line the integrator sends, as the agent's own (history and transcript): after what is
         being said and the lines before it, or (``interrupt``) at once, cutting it and dropping

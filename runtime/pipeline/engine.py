@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from runtime.calls.outbound import has_placeholders, render
 from runtime.calls.routing import CallRoute
 from runtime.calls.session import CallSession
 from runtime.control.plane import ControlPlane
@@ -91,12 +92,24 @@ class ConversationEngine:
                                                   to_provider=sub.used, reason=sub.reason))
         toolbox = CallToolBox.for_call(config, store=store, emit=session.emit, timezone=timezone,
                                        http=self._http, signing_secret=lambda t: secrets.secret(t, "tools"))
+        settings = ConversationSettings.from_route(route, **{**_call_texts(session, route), **overrides})
         conversation = Conversation(session, stt=chosen.stt, llm=chosen.llm, tts=chosen.tts, transport=transport,
-                                    settings=ConversationSettings.from_route(route, **overrides),
-                                    vad=default_vad(transport.rate), toolbox=toolbox, metrics=self.metrics)
+                                    settings=settings, vad=default_vad(transport.rate), toolbox=toolbox,
+                                    metrics=self.metrics)
         conversation.closers.append(chosen.aclose)
-        # The voice a greeting is cached under: the tenant's (a cloned voice is its account's), the
-        # version's TTS choice after its voice profile, and the engine this call really got.
-        voice = (tenant_id, config.tts.model_dump_json(), getattr(chosen.tts, "provider", chosen.tts.name))
-        conversation.voice.greet_from(self.greetings, voice)
+        if not has_placeholders(route.greeting):  # a greeting with the call's variables is its own
+            # The voice a greeting is cached under: the tenant's (a cloned voice is its account's), the
+            # version's TTS choice after its voice profile, and the engine this call really got.
+            voice = (tenant_id, config.tts.model_dump_json(), getattr(chosen.tts, "provider", chosen.tts.name))
+            conversation.voice.greet_from(self.greetings, voice)
         return conversation
+
+
+def _call_texts(session: CallSession, route: CallRoute) -> dict[str, Any]:
+    """The greeting and prompt with the call's variables (an outbound call's; none for inbound, so
+    a placeholder says nothing). An outbound call that waits to learn who answered holds its
+    greeting back (runtime.calls.outbound)."""
+    outbound = session.outbound
+    variables = outbound.variables if outbound is not None else {}
+    greeting = None if outbound is not None and outbound.holds_greeting else render(route.greeting, variables)
+    return {"greeting": greeting, "system_prompt": render(route.system_prompt, variables)}

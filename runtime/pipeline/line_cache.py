@@ -7,7 +7,8 @@ call asking meanwhile play its chunks as they come, and later calls replay them 
 synthesis does not belong to any call, so a caller hanging up early does not cut it short for the
 others. An entry is kept only when it completed on the engine it started on (a fail-over
 mid-way is not cached: the next call tries again), and the cache is bounded in bytes (least
-recently used entries go first).
+recently used entries go first). A greeting with ``{{variables}}`` is the call's own and never
+comes from here (runtime.pipeline.engine).
 """
 
 from __future__ import annotations

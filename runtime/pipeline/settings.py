@@ -89,5 +89,6 @@ class ConversationSettings:
     @classmethod
     def from_route(cls, route: Any, **overrides: Any) -> ConversationSettings:
         """From a ``CallRoute`` (after-hours greeting and prompt applied)."""
-        return cls.from_config(route.config, agent_id=route.agent_id, greeting=route.greeting,
-                               system_prompt=route.system_prompt, **overrides)
+        overrides.setdefault("greeting", route.greeting)
+        overrides.setdefault("system_prompt", route.system_prompt)
+        return cls.from_config(route.config, agent_id=route.agent_id, **overrides)

@@ -36,6 +36,7 @@ class Reply:
     messages: list[Message] = field(default_factory=list)  # its assistant messages, in order
     pending_calls: list[ToolCall] = field(default_factory=list)  # tools running for it
     after: tuple[str, str] | None = None  # ("hangup", reason) | ("transfer", target) once played
+    interruptible: bool = True  # False: the caller's speech does not cut it (a voicemail message)
     resamplers: dict[int, Resampler] = field(default_factory=dict)
     first_audio_at: float | None = None
     filler_said: bool = False

@@ -80,7 +80,7 @@ class TurnTaking:
     def caller_interrupts(self) -> None:
         """Caller speech past ``min_interruption_ms`` while the agent speaks."""
         turn = self.turn
-        if turn is None or turn.barged:
+        if turn is None or turn.barged or not self.conversation.reply.interruptible:  # type: ignore[union-attr]
             return
         detector = self.detector
         # A streaming engine already hears "mhm" / "yeah": hold the barge-in for a while.
@@ -102,7 +102,7 @@ class TurnTaking:
         if not text:
             return self._count("empty")
         reply = self.conversation.reply
-        if reply is not None and not turn.barged:
+        if reply is not None and not turn.barged and reply.interruptible:
             if turn.continuation or reply.first_audio_at is None or (turn.deferred and not is_backchannel(text)):
                 # The agent had not made a sound yet, or the held words were more than a backchannel.
                 turn.barged = True

@@ -321,7 +321,7 @@ OTHER_CREDENTIALS: tuple[CredentialSpec, ...] = (
     CredentialSpec("twilio", ("account_sid",), secret="auth token"),
     CredentialSpec("goto", ("account_key", "organization_id", "extension"), ("client_id",),
                    secret="OAuth refresh token"),
-    CredentialSpec("livekit", ("url", "api_key"), ("country",), secret="API secret", urls=("url",),
+    CredentialSpec("livekit", ("url", "api_key"), ("country", "sip_outbound_trunk_id"), secret="API secret", urls=("url",),
                    url_schemes=_WEB_AND_SOCKETS),
     CredentialSpec("s3", ("endpoint", "region", "bucket", "access_key_id"), secret="secret access key",
                    urls=("endpoint",)),

@@ -395,6 +395,20 @@ GOTO_DEVICES = Migration(
     ),
 )
 
+# Outbound calls (runtime.calls.outbound): a call's variables (templated into its prompt and
+# greeting, NULL for inbound calls), and each tenant's toll-fraud bounds: the prefixes its calls may
+# dial (NULL: the country codes of its own numbers) and how many it may place per day.
+OUTBOUND_CALLS = Migration(
+    9,
+    "outbound calls",
+    (
+        "ALTER TABLE voice_calls ADD COLUMN variables {json}",
+        "ALTER TABLE tenants ADD COLUMN outbound_allowed_prefixes {json}",
+        "ALTER TABLE tenants ADD COLUMN max_outbound_per_day INTEGER NOT NULL DEFAULT 100",
+        "CREATE INDEX voice_calls_tenant_direction ON voice_calls (tenant_id, direction, created_at)",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS, GOTO_CHANNELS, RECORDING_UPLOADS,
-                                     LIVEKIT_EGRESSES, WEBHOOK_STATUS, GOTO_DEVICES)
+                                     LIVEKIT_EGRESSES, WEBHOOK_STATUS, GOTO_DEVICES, OUTBOUND_CALLS)
 LATEST_VERSION = MIGRATIONS[-1].version

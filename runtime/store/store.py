@@ -12,8 +12,8 @@ from runtime.store.tables import Table, TableSpec, committed, decode
 TENANTS = TableSpec(
     "tenants",
     ("id", "name", "status", "timezone", "max_concurrent_calls", "max_call_duration_s", "recording_enabled",
-     "retention_days", "metadata", "created_at", "updated_at"),
-    json_columns=frozenset({"metadata"}),
+     "retention_days", "metadata", "created_at", "updated_at", "outbound_allowed_prefixes", "max_outbound_per_day"),
+    json_columns=frozenset({"metadata", "outbound_allowed_prefixes"}),
     bool_columns=frozenset({"recording_enabled"}),
     tenant_column=None,
 )
@@ -55,8 +55,8 @@ VOICE_CALLS = TableSpec(
     "voice_calls",
     ("id", "tenant_id", "agent_id", "agent_version", "number_id", "provider", "provider_call_id", "direction",
      "from_number", "to_number", "status", "end_reason", "hangup_by", "started_at", "connected_at", "ended_at",
-     "duration_ms", "summary", "latency", "metadata", "trace_id", "created_at", "updated_at"),
-    json_columns=frozenset({"summary", "latency", "metadata"}),
+     "duration_ms", "summary", "latency", "metadata", "trace_id", "created_at", "updated_at", "variables"),
+    json_columns=frozenset({"summary", "latency", "metadata", "variables"}),
 )
 TRANSCRIPTS = TableSpec(
     "transcripts",
@@ -281,6 +281,16 @@ class Tables:
             "SELECT id FROM voice_calls WHERE provider = ? AND provider_call_id = ? AND tenant_id = ? LIMIT 1",
             (provider, provider_call_id, tenant_id),
         )
+
+    async def count_outbound_since(self, tenant_id: str, since: str) -> int:
+        """The tenant's outbound calls created at or after ``since`` (its daily cap)."""
+        return int(await self.executor.fetchval(
+            "SELECT COUNT(*) AS n FROM voice_calls WHERE tenant_id = ? AND direction = 'outbound' AND created_at >= ?",
+            (tenant_id, since)) or 0)
+
+    async def tenant_number_e164s(self, tenant_id: str) -> list[str]:
+        rows = await self.executor.fetchall("SELECT e164 FROM phone_numbers WHERE tenant_id = ?", (tenant_id,))
+        return [r["e164"] for r in rows]
 
     async def goto_channel_by_token_hash(self, token_hash: str) -> Row | None:
         """The GoTo webhook: the path token's hash decides the tenant, so this lookup is global."""

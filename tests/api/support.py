@@ -71,7 +71,8 @@ class LiveApi:
 
 def high_limits() -> dict[str, Any]:
     unlimited = {"limit": 1_000_000, "window_s": 60}
-    return {"rate_limits": {"runtime": {c: unlimited for c in ("read", "write", "session", "realtime", "recording")}}}
+    classes = ("read", "write", "session", "realtime", "recording", "control", "outbound")
+    return {"rate_limits": {"runtime": dict.fromkeys(classes, unlimited)}}
 
 
 def with_overrides(settings: Settings, **sections: Any) -> Settings:

@@ -66,7 +66,7 @@ from runtime.secrets import write_master_key
 
 EXAMPLES = int(os.environ.get("VOICECTL_FUZZ_EXAMPLES", "25"))
 AUTH_MODES = ("runtime", "admin", "anonymous")
-ROUTE_CLASSES = ("read", "write", "session", "realtime", "recording")
+ROUTE_CLASSES = ("read", "write", "session", "realtime", "recording", "control", "outbound")
 PATH_PARAM = re.compile(r"{(\w+)}")
 # Markers the hooks draw in place of ids (URL-safe: path parameters are sent quoted); the test
 # swaps in the ids of its auth mode's rows. REAL rows stay; SPARE rows are there to be deleted.
@@ -173,6 +173,8 @@ def _fuzz_settings(tmp: Path) -> Settings:
             "runtime": dict.fromkeys(ROUTE_CLASSES, unlimited),
             "admin": dict.fromkeys(ROUTE_CLASSES, unlimited),
         }},
+        # A call the fuzz manages to place is dialled nowhere: a closed loopback port, not Twilio.
+        "telephony": {"twilio": {"api_base_url": "http://127.0.0.1:9"}},
     }, tmp)
     write_master_key(built.master_key_path)
     return built

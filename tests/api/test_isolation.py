@@ -42,6 +42,7 @@ SAMPLE_BODIES = {
     "TranscribeCreate": {"reference_id": "<call_id>"},
     "SpeakingCreate": {"reference_id": "<call_id>"},
     "SayText": {"text": "words of a"},
+    "PlaceCall": {"to": "+15550100001", "from": "+15550109999", "agent_id": "<agent_id>"},
 }
 # Sessions that exist only on a live call (none here): their ids are reached by no one.
 LIVE_ONLY = ("transcribe_id", "speaking_id")

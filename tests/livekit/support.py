@@ -111,6 +111,7 @@ class LiveKitPeer:
                                          sip.SIPTransferReason.STR_COMPLETED)
     auto_answer: bool = True
     fail: dict[str, tuple[int, str]] = field(default_factory=dict)  # method -> (HTTP status, twirp code)
+    dial_fails: tuple[int, str] | None = None  # CreateSIPParticipant not answered: (SIP status, reason)
     gates: dict[str, asyncio.Event] = field(default_factory=dict)  # method -> answered once the event is set
     calls: list[tuple[str, Any, Any]] = field(default_factory=list)  # (method, request message, claims)
     rtc_tokens: list[Any] = field(default_factory=list)  # claims of the agent's join tokens
@@ -132,6 +133,7 @@ class LiveKitPeer:
         "RoomService/ListRooms": (room.ListRoomsRequest, "room_list"),
         "Egress/StartRoomCompositeEgress": (egress.RoomCompositeEgressRequest, "room_record"),
         "Egress/StopEgress": (egress.StopEgressRequest, "room_record"),
+        "SIP/CreateSIPParticipant": (sip.CreateSIPParticipantRequest, "sip_dial"),
     }
 
     async def start(self) -> None:
@@ -254,18 +256,29 @@ class LiveKitPeer:
         allowed = {"room_admin": bool(claims.video and claims.video.room_admin),
                    "room_list": bool(claims.video and claims.video.room_list),
                    "room_record": bool(claims.video and claims.video.room_record),
-                   "sip_call": bool(claims.sip and claims.sip.call and claims.video and claims.video.room_admin)}
+                   "sip_call": bool(claims.sip and claims.sip.call and claims.video and claims.video.room_admin),
+                   "sip_dial": bool(claims.sip and claims.sip.call)}
         if not allowed[grant]:
             return web.json_response({"code": "permission_denied", "msg": f"needs {grant}"}, status=403)
         if method in self.fail:
             status, code = self.fail[method]
             return web.json_response({"code": code, "msg": "refused by the test"}, status=status)
+        if method == "SIP/CreateSIPParticipant" and self.dial_fails is not None:
+            # Not answered: the SIP status in the error's metadata, as livekit-api's SipCallError reads
+            # it (which HTTP status and Twirp code LiveKit pairs with each SIP status is not documented).
+            code, reason = self.dial_fails
+            return web.json_response({"code": "unavailable", "msg": f"sip status: {code}: {reason}",
+                                      "meta": {"sip_status_code": str(code), "sip_status": reason}}, status=503)
         answer = self._answer(method, msg)
         if isinstance(answer, tuple):  # a Twirp error: (HTTP status, code, msg)
             return web.json_response({"code": answer[1], "msg": answer[2]}, status=answer[0])
         return web.Response(body=answer.SerializeToString(), content_type="application/protobuf")
 
     def _answer(self, method: str, msg: Any) -> Any:
+        if method == "SIP/CreateSIPParticipant":  # answered (wait_until_answered: LiveKit returns then)
+            return sip.SIPParticipantInfo(participant_id=f"PA_{msg.participant_identity}",
+                                          participant_identity=msg.participant_identity, room_name=msg.room_name,
+                                          sip_call_id=f"SCL_{secrets.token_hex(4)}")
         if method == "AgentDispatchService/CreateDispatch":
             made = agent_dispatch.AgentDispatch(id=f"AD_{secrets.token_hex(4)}", agent_name=msg.agent_name,
                                                 room=msg.room, metadata=msg.metadata)

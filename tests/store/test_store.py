@@ -45,7 +45,8 @@ def tenant_row(name: str | None = None, **extra) -> dict:
     row = {
         "id": new_id("ten"), "name": name or new_id("name"), "status": "active", "timezone": "UTC",
         "max_concurrent_calls": 5, "max_call_duration_s": 600, "recording_enabled": False, "retention_days": 30,
-        "metadata": {}, "created_at": now, "updated_at": now,
+        "metadata": {}, "created_at": now, "updated_at": now, "outbound_allowed_prefixes": None,
+        "max_outbound_per_day": 100,
     }
     row.update(extra)
     return row
@@ -262,7 +263,7 @@ def shape(value):
 
 
 async def test_json_and_bool_round_trip(store):
-    row = tenant_row(metadata=JSON_VALUE, recording_enabled=True)
+    row = tenant_row(metadata=JSON_VALUE, recording_enabled=True, outbound_allowed_prefixes=["+1415", "+49"])
     inserted = await store.tenants.insert(dict(row))
     got = await store.tenants.get(row["id"], tenant_id=ALL_TENANTS)
     assert got == inserted == row

@@ -4,16 +4,17 @@ and a local peer standing in for Twilio's REST API."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDict
 
 from peers.loopback import serve_loopback
 from runtime.telephony.twilio.caller import TwilioCaller
 from tests.api.support import LiveApi, high_limits, start_live_api, stop_live_api, with_overrides
+from tests.twilio.calls_peer import CallsPeer, basic_auth
 
 ACCOUNT_SID = "AC" + "1" * 32
 AUTH_TOKEN = "twilio-test-auth-token"
@@ -22,7 +23,10 @@ NUMBER = "+15550107000"
 
 @dataclass
 class RestPeer:
-    """Records POSTs to /2010-04-01/Accounts/{AC}/Calls/{CA}.json and checks Basic auth."""
+    """Twilio's REST API for calls on loopback, Basic auth checked: records POSTs to
+    /2010-04-01/Accounts/{AC}/Calls/{CA}.json (call updates: transfer, hang-up, cancel; a call the
+    runtime placed follows them), and places calls on POST .../Calls.json as Twilio does
+    (tests/twilio/calls_peer.py)."""
 
     account_sid: str = ACCOUNT_SID
     token: str = AUTH_TOKEN
@@ -30,27 +34,42 @@ class RestPeer:
     fail_with: int | None = None
     runner: web.AppRunner | None = None
     url: str = ""
+    calls: CallsPeer = field(default_factory=lambda: CallsPeer(ACCOUNT_SID, AUTH_TOKEN))
 
     async def start(self) -> None:
         app = web.Application()
+        app.router.add_post("/2010-04-01/Accounts/{ac}/Calls.json", self._create)
         app.router.add_post("/2010-04-01/Accounts/{ac}/Calls/{ca}.json", self._update)
         self.runner, port = await serve_loopback(app)
         self.url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
+        await self.calls.close()
         if self.runner is not None:
             await self.runner.cleanup()
 
+    def _authorized(self, request: web.Request) -> bool:
+        return (request.headers.get("Authorization") == basic_auth(self.account_sid, self.token)
+                and request.match_info["ac"] == self.account_sid)
+
+    async def _create(self, request: web.Request) -> web.Response:
+        form = MultiDict(await request.post())
+        if not self._authorized(request):
+            return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
+        return await self.calls.create(request, form)  # type: ignore[arg-type]
+
     async def _update(self, request: web.Request) -> web.Response:
-        expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.token}".encode()).decode()
         form = dict(await request.post())
-        authorized = request.headers.get("Authorization") == expected
+        authorized = self._authorized(request)
         self.requests.append({"account": request.match_info["ac"], "call": request.match_info["ca"],
                               "form": form, "authorized": authorized, "at": time.monotonic()})
         if not authorized:
             return web.json_response({"code": 20003, "message": "Authenticate"}, status=401)
         if self.fail_with:
             return web.json_response({"code": 20404, "message": "not found"}, status=self.fail_with)
+        placed = await self.calls.update(request.match_info["ca"], form)  # type: ignore[arg-type]
+        if placed is not None:
+            return placed
         return web.json_response({"sid": request.match_info["ca"], "status": form.get("Status", "in-progress")})
 
 

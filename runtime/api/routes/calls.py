@@ -8,11 +8,19 @@ from runtime.api.appkeys import TRACKER
 from runtime.api.endpoint import PAGE, Ctx, QueryParam, Route
 from runtime.calls.live_control import CallUpdate, HangupRequest, LiveControl, SayRequest, TransferRequest
 from runtime.calls.locator import LocalCalls
+from runtime.calls.outbound import PlaceCall
 
 
 async def list_calls(ctx: Ctx):
     return await ctx.control.calls.list(ctx.tenant, ctx.page(), status=ctx.query("status"),
                                         direction=ctx.query("direction"))
+
+
+async def place_call(ctx: Ctx) -> dict[str, Any]:
+    from runtime.telephony.outbound import place
+    from runtime.telephony.twilio.bridge import public_base
+
+    return await place(ctx.request.app, ctx.tenant, ctx.body, public_base(ctx.request))
 
 
 def _live(ctx: Ctx) -> LiveControl:
@@ -53,10 +61,13 @@ async def list_events(ctx: Ctx):
 
 ROUTES = [
     Route("GET", "/api/v1/calls", list_calls, "List calls, newest first", paged=True,
-          query=(*PAGE, QueryParam("status", description="live (ringing, connected or transferring), ringing, "
-                                   "connected, transferring, ended, failed"),
+          query=(*PAGE, QueryParam("status", description="live (queued, dialing, ringing, connected or transferring), "
+                                   "queued, dialing, ringing, connected, transferring, ended, failed"),
                  QueryParam("direction", description="inbound or outbound")),
           tag="calls", errors=(400,)),
+    Route("POST", "/api/v1/calls", place_call,
+          "Place an outbound call from one of the tenant's numbers: 201 {id, status: queued}", body=PlaceCall,
+          status=201, tag="calls", rate_class="outbound", errors=(404, 409, 422, 429, 503)),
     Route("POST", "/api/v1/calls/{call_id}/hangup", hangup_call, "Hang up a live call", body=HangupRequest,
           tag="calls", rate_class="control", errors=(404, 409)),
     Route("POST", "/api/v1/calls/{call_id}/transfer", transfer_call,

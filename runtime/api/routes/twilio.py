@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runtime.api.endpoint import Ctx, Route
+from runtime.api.endpoint import Ctx, QueryParam, Route
 
 
 async def twilio_voice(ctx: Ctx) -> web.StreamResponse:
@@ -25,6 +25,12 @@ async def twilio_stream_status(ctx: Ctx) -> web.StreamResponse:
     return await stream_status_webhook(ctx.request)
 
 
+async def twilio_amd(ctx: Ctx) -> web.StreamResponse:
+    from runtime.telephony.twilio.outbound import amd_callback
+
+    return await amd_callback(ctx.request)
+
+
 async def twilio_media(ctx: Ctx) -> web.StreamResponse:
     from runtime.telephony.twilio.media import serve
 
@@ -33,11 +39,16 @@ async def twilio_media(ctx: Ctx) -> web.StreamResponse:
 
 ROUTES = [
     Route("POST", "/webhooks/twilio/voice", twilio_voice,
-          "Twilio voice webhook (X-Twilio-Signature): routes the call, answers TwiML", auth="public",
-          tag="telephony", errors=(400, 403), media_type="text/xml"),
+          "Twilio voice webhook (X-Twilio-Signature): routes the call, or answers an outbound one (?call=&ref=), "
+          "with TwiML", auth="public", tag="telephony", errors=(400, 403), media_type="text/xml",
+          query=(QueryParam("call", description="an outbound call's id (the Url given to Calls.create)"),
+                 QueryParam("ref", description="the outbound call's signed reference"))),
     Route("POST", "/webhooks/twilio/status", twilio_status,
           "Twilio status callback (X-Twilio-Signature): updates the call", auth="public", tag="telephony",
-          status=204, errors=(403,)),
+          status=204, errors=(400, 403), query=(QueryParam("call", description="an outbound call's id"),)),
+    Route("POST", "/webhooks/twilio/amd", twilio_amd,
+          "Twilio AsyncAmdStatusCallback (X-Twilio-Signature): who answered an outbound call", auth="public",
+          tag="telephony", status=204, errors=(400, 403), query=(QueryParam("call", description="the call's id"),)),
     Route("POST", "/webhooks/twilio/stream-status", twilio_stream_status,
           "Twilio <Stream> status callback (X-Twilio-Signature): a stream error fails its call", auth="public",
           tag="telephony", status=204, errors=(403,)),

@@ -4,7 +4,7 @@ A project is a URL, an API key and its secret: the appliance's (``telephony.live
 secret in the keyring under ``APPLIANCE_SECRET_REF``) or a tenant's (``livekit`` credential:
 fields url and api_key, the secret in the keyring). Everything said to a LiveKit server goes
 through ``LiveKitServer``: tokens (signed locally), agent dispatch, SIP transfer, participant
-removal, room egress. The SDK is imported when used, never at import time.
+removal, room egress, outbound SIP calls. The SDK is imported when used, never at import time.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from runtime.telephony.livekit.numbers import check_country
 if TYPE_CHECKING:
     from livekit.protocol.agent_dispatch import AgentDispatch
     from livekit.protocol.egress import EgressInfo
+    from livekit.protocol.sip import SIPParticipantInfo
 
     from runtime.config import Settings
     from runtime.control.plane import ControlPlane
@@ -44,6 +45,8 @@ STR_CALL_ENDED = 2  # "The call ended before the transfer completed: remote BYE,
 TRANSFER_STATUSES = {0: "ongoing", 1: "failed", 2: "successful"}
 TRANSFER_REASONS = {0: "unspecified", 1: "completed", 2: "call_ended", 3: "rejected", 4: "ringing_timeout",
                     5: "subscription_terminated", 6: "canceled"}
+# Twirp request timeout of an outbound dial, beyond its ringing timeout.
+DIAL_MARGIN_S = 15
 
 
 class LiveKitUnavailable(ControlError):
@@ -78,6 +81,15 @@ class TransferOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {"status": TRANSFER_STATUSES.get(self.status, str(self.status)),
                 "reason": TRANSFER_REASONS.get(self.reason, str(self.reason)), "sip_status": self.sip_status}
+
+
+class SipDialFailed(Exception):
+    """An outbound SIP call was not answered: LiveKit's error carries the SIP status (metadata
+    ``sip_status_code`` and ``sip_status``, as livekit-api's SipCallError reads them)."""
+
+    def __init__(self, code: int | None, status: str) -> None:
+        super().__init__(f"SIP {code} {status}")
+        self.code, self.status = code, status
 
 
 class LiveKitNotConfigured(ControlError):
@@ -242,6 +254,31 @@ class LiveKitServer:
 
         req = StopEgressRequest(egress_id=egress_id)
         return await self._call("StopEgress", lambda lk: lk.egress.stop_egress(req))
+
+    async def create_sip_participant(self, *, trunk_id: str, to: str, from_number: str, room: str, identity: str,
+                                     ringing_timeout_s: int, attributes: dict[str, str]) -> SIPParticipantInfo:
+        """SIPService.CreateSIPParticipant: dial ``to`` on the outbound trunk into ``room``, waiting
+        until the callee answers (``wait_until_answered``). SipDialFailed with the SIP status when
+        the call is not answered (busy, no answer, rejected); LiveKitUnavailable otherwise."""
+        from livekit.api import SipCallError
+        from livekit.protocol.sip import CreateSIPParticipantRequest
+
+        req = CreateSIPParticipantRequest(
+            sip_trunk_id=trunk_id, sip_call_to=to, sip_number=from_number, room_name=room,
+            participant_identity=identity, participant_name=to, participant_attributes=attributes,
+            play_dialtone=False, wait_until_answered=True)
+        req.ringing_timeout.seconds = ringing_timeout_s
+
+        async def dial(lk: Any) -> Any:
+            try:
+                return await lk.sip.create_sip_participant(req)
+            except SipCallError as exc:  # not a server failure: the callee's answer
+                return exc
+
+        result = await self._call("CreateSIPParticipant", dial, ringing_timeout_s + DIAL_MARGIN_S)
+        if isinstance(result, SipCallError):
+            raise SipDialFailed(result.sip_status_code, result.sip_status or result.message)
+        return result
 
 
 # Which project: the appliance's or a tenant's

@@ -23,6 +23,7 @@ from multidict import MultiDict, MultiDictProxy
 from prometheus_client import Counter
 
 from runtime.calls.routing import ROUTE_TABLES, ReadCache, RouteRejected
+from runtime.calls.session import AWAITING_MEDIA
 from runtime.events.models import TransferRequested
 from runtime.one_per import OnePer
 from runtime.telephony.services import services
@@ -42,6 +43,8 @@ log = logging.getLogger("voicectl.twilio")
 
 MEDIA_PATH = "/media/twilio"
 STREAM_STATUS_PATH = "/webhooks/twilio/stream-status"
+# The query parameter naming an outbound call in the URLs given to Calls.create.
+OUTBOUND_QUERY = "call"
 XML = "text/xml"
 # A call answered with <Connect><Stream> whose stream never starts is failed after this long.
 STREAM_START_GRACE_S = 5.0
@@ -268,7 +271,7 @@ class TwilioBridge:
         while heap and heap[0][0] <= now:
             _, call_id = heapq.heappop(heap)
             session = tracker.get(call_id) if tracker is not None else None
-            if session is not None and session.state == "ringing":
+            if session is not None and session.state in AWAITING_MEDIA:
                 self.spawn(_stream_never_started(session))
         if heap:
             self._sweep = loop.call_at(heap[0][0], self._sweep_streams)
@@ -315,12 +318,21 @@ async def _tenant_for(request: web.Request, form: MultiDictProxy[str],
 async def verified_tenant(request: web.Request,
                           routing: dict | None = None) -> tuple[str, MultiDictProxy[str]] | web.Response:
     """The tenant of a correctly signed webhook, or the 403 to answer with."""
-    br = bridge(request.app)
     form = await _form(request)
     tenant_id = await _tenant_for(request, form, routing)
+    return await verified_for(request, tenant_id, form)
+
+
+async def verified_for(request: web.Request, tenant_id: str | None,
+                       form: MultiDictProxy[str] | None = None) -> tuple[str, MultiDictProxy[str]] | web.Response:
+    """The webhook's form when it is signed with ``tenant_id``'s auth token (an outbound call's
+    callbacks: the call they name says whose), or the 403 to answer with."""
+    br = bridge(request.app)
+    if form is None:
+        form = await _form(request)
     if tenant_id is None:
         br.refused.labels("unknown_tenant").inc()
-        return error_response(403, "the request names no known number or Twilio account")
+        return error_response(403, "the request names no known number, call or Twilio account")
     token = await services(request.app).control.credentials.secret(tenant_id, "twilio")
     if not token:
         br.refused.labels("no_credential").inc()
@@ -333,6 +345,10 @@ async def verified_tenant(request: web.Request,
 
 
 async def voice_webhook(request: web.Request) -> web.Response:
+    if OUTBOUND_QUERY in request.query:  # an outbound call answered (runtime.telephony.twilio.outbound)
+        from runtime.telephony.twilio.outbound import voice_answer
+
+        return await voice_answer(request)
     routing: dict = {}
     verified = await verified_tenant(request, routing)
     if isinstance(verified, web.Response):
@@ -395,11 +411,15 @@ def _forget(br: TwilioBridge, session: CallSession, call_sid: str) -> None:
 
 
 async def _stream_never_started(session: CallSession) -> None:
-    if session.state == "ringing":
+    if session.state in AWAITING_MEDIA:
         await session.fail("stream_not_started", "the media stream did not start")
 
 
 async def status_webhook(request: web.Request) -> web.Response:
+    if OUTBOUND_QUERY in request.query:
+        from runtime.telephony.twilio.outbound import status_callback
+
+        return await status_callback(request)
     verified = await verified_tenant(request)
     if isinstance(verified, web.Response):
         return verified

@@ -6,13 +6,20 @@ It signs the voice webhook as Twilio does, posts it, reads the TwiML, follows
 in real time or faster, sends DTMF and ``stop``, and collects what the runtime sends back
 (decoded to PCM16, with arrival times) and its marks. Used by the tests, the benchmarks and
 later ``voicectl call``.
+
+For an outbound call the runtime placed, it is Twilio's side of the answered call: ``answer``
+asks the ``Url`` given to Calls.create for TwiML (a signed voice request with ``Direction``
+``outbound-api``), ``post_url`` posts any other signed callback to a URL the runtime gave, and the
+same ``open_stream`` carries the callee's audio (``beep``: the tone a voicemail greeting ends with).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import secrets
+import struct
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
@@ -31,6 +38,13 @@ FRAME_S = 0.020
 
 def new_sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
+
+
+def beep(seconds: float = 0.5, hz: float = 1000.0, rate: int = 8000) -> Audio:
+    """A sine tone: the beep that ends a voicemail greeting."""
+    n = int(seconds * rate)
+    return Audio(b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * hz * i / rate))) for i in range(n)),
+                 rate)
 
 
 @dataclass
@@ -297,6 +311,27 @@ class TwilioCaller:
                   "Direction": "inbound", "CallStatus": status}
         code, _ = await self.post_signed("/webhooks/twilio/status", params)
         return code
+
+    def reachable(self, url: str) -> str:
+        """A URL the runtime gave Twilio, pointed at the server we actually reach."""
+        parts = urlsplit(url)
+        return self.base_url + parts.path + (f"?{parts.query}" if parts.query else "")
+
+    async def post_url(self, url: str, params: dict[str, str]) -> tuple[int, str]:
+        """POST a signed form to an absolute URL the runtime gave Twilio: signed over that URL,
+        query included, as Twilio signs it."""
+        headers = {"X-Twilio-Signature": twilio_signature(self.auth_token, url, params.items())}
+        async with self.http.post(self.reachable(url), data=params, headers=headers) as resp:
+            return resp.status, await resp.text()
+
+    def outbound_voice_params(self, call_sid: str, from_: str, to: str) -> dict[str, str]:
+        """Twilio's request to an outbound call's Url once the callee answers."""
+        return {"CallSid": call_sid, "AccountSid": self.account_sid, "From": from_, "To": to,
+                "CallStatus": "in-progress", "Direction": "outbound-api", "ApiVersion": "2010-04-01"}
+
+    async def answer(self, url: str, call_sid: str, from_: str, to: str) -> TwimlAnswer:
+        status, text = await self.post_url(url, self.outbound_voice_params(call_sid, from_, to))
+        return parse_twiml(status, text)
 
     def ws_url(self, stream_url: str) -> str:
         """The stream URL of the TwiML, pointed at the server we actually reach (public_url may be a proxy)."""

@@ -37,7 +37,7 @@ from runtime.audio import (
     ulaw_to_pcm16,
 )
 from runtime.calls.media_leg import LegFailed, MediaLeg
-from runtime.calls.session import CallSession
+from runtime.calls.session import AWAITING_MEDIA, CallSession
 from runtime.pipeline.paced_transport import PacedTransport
 from runtime.pipeline.pacer import Frame
 from runtime.telephony.services import services
@@ -309,7 +309,7 @@ class MediaStream:
             raise StreamAbort(exc.code, exc.reason, "") from None
         self.release_pending()  # authenticated
         session = services(self.app).tracker.get(call_id)
-        if session is None or session.state != "ringing":
+        if session is None or session.state not in AWAITING_MEDIA:
             raise StreamAbort(CLOSE_GONE, "the call is no longer waiting for its stream", "")
         self.session = session
         await self._check_signature(session)

@@ -1,4 +1,5 @@
-"""Twilio's REST call update: transfer (new <Dial> TwiML) and hang-up (Status=completed)."""
+"""Twilio's REST calls: create (outbound), and update: transfer (new <Dial> TwiML), hang-up
+(Status=completed) and cancel (Status=canceled, for a call not answered yet)."""
 
 from __future__ import annotations
 
@@ -27,14 +28,21 @@ class TwilioRest:
         self._headers = {"Authorization": f"Basic {basic}"}
         self._http = http
 
+    async def create_call(self, form: list[tuple[str, str]]) -> dict:
+        """Calls.create (POST .../Calls.json): the call resource Twilio answers (``sid``, ``status``).
+        A list of pairs: StatusCallbackEvent repeats, one value each."""
+        return await self._send(f"{self.base}/2010-04-01/Accounts/{self.account_sid}/Calls.json", form)
+
     async def update_call(self, call_sid: str, form: dict[str, str]) -> dict:
-        url = f"{self.base}/2010-04-01/Accounts/{self.account_sid}/Calls/{call_sid}.json"
+        return await self._send(f"{self.base}/2010-04-01/Accounts/{self.account_sid}/Calls/{call_sid}.json", form)
+
+    async def _send(self, url: str, form: dict[str, str] | list[tuple[str, str]]) -> dict:
         if self._http is not None:
             return await self._post(self._http, url, form)
         async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
             return await self._post(http, url, form)
 
-    async def _post(self, http: aiohttp.ClientSession, url: str, form: dict[str, str]) -> dict:
+    async def _post(self, http: aiohttp.ClientSession, url: str, form: dict[str, str] | list[tuple[str, str]]) -> dict:
         async with http.post(url, data=form, headers=self._headers, timeout=TIMEOUT) as resp:
             text = await resp.text()
             if resp.status >= 300:
@@ -49,3 +57,7 @@ class TwilioRest:
 
     async def hangup(self, call_sid: str) -> dict:
         return await self.update_call(call_sid, {"Status": "completed"})
+
+    async def cancel(self, call_sid: str) -> dict:
+        """Only a call still queued or ringing can be canceled (Twilio answers an error otherwise)."""
+        return await self.update_call(call_sid, {"Status": "canceled"})

@@ -3,7 +3,7 @@
 Sources: twilio.com/docs/voice/twiml/dial (a SIP target is a ``<Sip>`` noun inside ``<Dial>``;
 a bare ``sip:`` URI as ``<Dial>`` text is not dialled), twilio.com/docs/voice/twiml/stream
 (``<Connect><Stream url statusCallback statusCallbackMethod>`` with ``<Parameter>`` children),
-twilio.com/docs/voice/twiml/reject.
+twilio.com/docs/voice/twiml/reject, twilio.com/docs/voice/twiml/hangup.
 """
 
 from __future__ import annotations
@@ -33,4 +33,5 @@ def stream(url: str, token: str, status_callback: str | None = None) -> str:
 
 
 REJECT = "<Reject />"
+HANGUP = "<Hangup />"
 REJECT_BUSY = '<Reject reason="busy" />'
