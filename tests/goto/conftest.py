@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest_asyncio
 
-from tests.goto.support import start_world, stop_world
+from tests.goto.support import GotoPeer, start_world, stop_world
+
+
+@pytest_asyncio.fixture
+async def peer():
+    """The local GoTo peer alone (for the API client's tests)."""
+    p = GotoPeer()
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
 
 
 @pytest_asyncio.fixture

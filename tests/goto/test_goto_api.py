@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from runtime.control.errors import NotFound
 from runtime.control.schemas import CredentialSet, TenantCreate
@@ -27,27 +28,16 @@ from tests.goto.support import (
     EXTENSION,
     ORGANIZATION_ID,
     REFRESH_TOKEN,
-    GotoPeer,
     goto_settings,
 )
 
 FIELDS = {"account_key": ACCOUNT_KEY, "organization_id": ORGANIZATION_ID, "extension": EXTENSION}
-BASIC = "Basic " + __import__("base64").b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+BASIC = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
 
 
 @pytest.fixture
 def backend() -> str:
     return "sqlite"
-
-
-@pytest_asyncio.fixture
-async def peer():
-    p = GotoPeer()
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.stop()
 
 
 class Clock:

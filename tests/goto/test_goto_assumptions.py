@@ -4,7 +4,6 @@ named test_assumes_*. If GoTo's real payloads differ, these tests and that modul
 from __future__ import annotations
 
 import aiohttp
-import pytest_asyncio
 
 from runtime.telephony.goto import assumptions
 from runtime.telephony.goto.api import GotoAccount, GotoApi, OAuthClient, TokenCache
@@ -21,16 +20,6 @@ from tests.goto.support import (
     call_event,
     web_call_offer,
 )
-
-
-@pytest_asyncio.fixture
-async def peer():
-    p = GotoPeer()
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.stop()
 
 
 def _api(peer: GotoPeer, http: aiohttp.ClientSession) -> GotoApi:

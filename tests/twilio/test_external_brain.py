@@ -14,6 +14,7 @@ import pytest
 from runtime.api.appkeys import TRACKER
 from runtime.telephony.scripted_caller import scripted_call
 from tests.twilio.support import NUMBER
+from voicectl.call import _speak_lines  # the CLI's caller voice (piper)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,21 +41,6 @@ async def _external_version(world) -> None:
     assert status == 200, body
 
 
-async def _caller_lines(texts: list[str]):
-    from runtime.audio import Audio
-    from runtime.providers.tts.local import PiperTTS
-
-    tts, lines = PiperTTS(), []
-    for text in texts:
-        pcm, rate = bytearray(), 22050
-        async for chunk in tts.synthesize(text):
-            pcm += chunk.pcm
-            rate = chunk.rate
-        lines.append((text, Audio(bytes(pcm), rate)))
-    await tts.aclose()
-    return lines
-
-
 async def test_the_integrators_backend_answers_every_turn_through_the_api(world) -> None:
     await _external_version(world)
     example = _example()
@@ -63,7 +49,7 @@ async def test_the_integrators_backend_answers_every_turn_through_the_api(world)
     running = asyncio.create_task(brain.run(world.api.http, ready))
     try:
         await asyncio.wait_for(ready.wait(), 5)
-        lines = await _caller_lines(["I would like a table for two people."])
+        lines = await _speak_lines(["I would like a table for two people."], [])
         result = await scripted_call(world.caller(), NUMBER, lines, quiet_s=1.2, answer_timeout_s=15)
         assert result.turns and result.turns[0].agent_answered is not None, "the backend's reply was not heard"
         call = (await world.calls())[0]
