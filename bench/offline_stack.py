@@ -93,6 +93,34 @@ async def bench_stt(tts: PiperTTS, repeats: int, concurrency: int) -> None:
               f"{len(latencies) / wall:.2f} decodes/s")
     silence = await stt.transcribe(bytes(32000 * 2))
     print(f"2 s of silence -> {silence!r}")
+    await bench_interim(stt, [telephony_16k(*await speak(tts, s)) for s in SENTENCES], max(1, repeats // 3))
+
+
+async def _collect(stream) -> list:
+    return [t async for t in stream]
+
+
+async def bench_interim(stt: LocalWhisperSTT, utterances: list[bytes], repeats: int) -> None:
+    """What partial decoding (``transcript.interim`` wanted) costs: each utterance fed in real time
+    (20 ms frames), then flushed; this process's CPU per second of speech with it off and on."""
+    audio_s = sum(len(u) for u in utterances) / 32000 * repeats
+    for wanted in (False, True):
+        stream = await stt.open()
+        stream.want_interim(wanted)
+        reader = asyncio.create_task(_collect(stream))
+        cpu_start = time.process_time()
+        for _ in range(repeats):
+            for pcm in utterances:
+                for i in range(0, len(pcm), 640):
+                    await stream.push(pcm[i:i + 640])
+                    await asyncio.sleep(0.02)
+                await stream.flush()
+        await stream.close()
+        got = await reader
+        interims, finals = sum(not t.final for t in got), sum(t.final for t in got)
+        cpu = time.process_time() - cpu_start
+        print(f"interim {'on ' if wanted else 'off'}: {cpu / audio_s * 1000:5.0f} CPU-ms per s of speech "
+              f"({interims} partials, {finals} finals, {audio_s:.0f} s of speech)")
 
 
 # TTS

@@ -205,6 +205,9 @@ class CallSession:
     def duration_ms(self) -> int:
         return int((time.monotonic() - self._started_mono) * 1000)
 
+    def listened(self, topic: str) -> bool:
+        return self.bus.listened(self.tenant_id, topic, self.id)
+
     async def emit(self, payload: Payload, batch: WriteBatch | None = None) -> Event:
         """Commit and publish an event of this call with the next sequence number (with ``batch``:
         the caller's writes, committed in the same transaction before the event)."""

@@ -65,6 +65,17 @@ class EventBus:
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
 
+    def listened(self, tenant_id: str, topic: str, call_id: str | None = None) -> bool:
+        """Whether a tenant's subscriber takes ``topic`` (of ``call_id``): a live socket here, or an
+        active webhook config as last read. Events that cost work to make (``transcript.interim``
+        from an offline engine) are made only then."""
+        for sub in self._subscriptions:
+            if (sub.tenant_id == tenant_id and not sub.dropped and sub.call_id in (None, call_id)
+                    and matches(topic, sub.topics)):
+                return True
+        cached = self._hooks_cache.get(tenant_id)
+        return cached is not None and any(matches(topic, hook["events"]) for hook in cached[2])
+
     async def publish(self, event: Event, batch: WriteBatch | None = None) -> None:
         """Commit, then fan out. ``batch``: writes of the caller committed in the event's own
         transaction, before it (a call's row with its voice.call.started)."""

@@ -79,6 +79,10 @@ class CallSink(Protocol):
 
     def observe_latency(self, stage: str, ms: float) -> None: ...
 
+    def listened(self, topic: str) -> bool:
+        """Someone outside takes ``topic`` events of this call (costly ones are made only then)."""
+        ...
+
     async def add_transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
                              interrupted: bool) -> None: ...
 
@@ -319,6 +323,8 @@ class Conversation:
     def _on_signal(self, signal: Signal) -> None:
         if signal & Signal.STARTED:
             self.turn_taking.caller_started()
+            # Offline engines decode partial text at a cost: only when someone reads it.
+            self.listener.want_interim(self.settings.external_brain or self.session.listened("transcript.interim"))
             self._open_gate()
         if signal & Signal.RESUMED:
             self._open_gate()

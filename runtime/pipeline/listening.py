@@ -46,6 +46,13 @@ class Listener:
         self.queue: asyncio.Queue[AudioFrame | ControlFrame] = asyncio.Queue()
         self.stream: SttStream | None = None
         self.final_at: float | None = None  # the latest final transcript arrived (clock time)
+        self.interim_wanted = False  # someone takes transcript.interim: engines that make it on demand do
+
+    def want_interim(self, on: bool) -> None:
+        """Set at each caller turn's start (and kept for a reopened stream)."""
+        self.interim_wanted = on
+        if self.stream is not None:
+            self.stream.want_interim(on)
 
     async def open(self) -> None:
         """The first stream; a failure is reported and left to ``read`` to retry (DTMF and the
@@ -54,6 +61,8 @@ class Listener:
             self.stream = await self.conversation.stt.open()
         except Exception as exc:
             self.reporter.provider_error("stt", exc)
+            return
+        self.stream.want_interim(self.interim_wanted)
 
     async def close(self) -> None:
         stream, self.stream = self.stream, None
@@ -93,6 +102,7 @@ class Listener:
             if stream is None:
                 try:
                     stream = self.stream = await conversation.stt.open()
+                    stream.want_interim(self.interim_wanted)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

@@ -126,6 +126,10 @@ class SttStream(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    def want_interim(self, on: bool) -> None:  # noqa: B027 (optional hook, not abstract)
+        """Someone listens to interim text (or no longer does): an engine that makes it only on
+        demand, at a cost, starts (or stops). Streaming engines send it anyway."""
+
     @abstractmethod
     def __aiter__(self) -> AsyncIterator[Transcript]: ...
 

@@ -186,6 +186,9 @@ class _ChainedStream(SttStream):
     async def close(self) -> None:
         await self.inner.close()
 
+    def want_interim(self, on: bool) -> None:
+        self.inner.want_interim(on)
+
     async def __aiter__(self) -> AsyncIterator[Transcript]:
         try:
             async for transcript in self.inner:

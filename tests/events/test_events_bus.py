@@ -117,6 +117,22 @@ async def test_topic_tenant_and_call_filters(control):
     assert drain(everything_b) == [("transcript.created", call_b)]
 
 
+async def test_listened_says_whether_a_tenants_socket_or_webhook_takes_a_topic(control):
+    a, b = await _tenant(control, "a"), await _tenant(control, "b")
+    call_1, call_2 = await _call(control, a), await _call(control, a)
+    bus = EventBus(control.store)
+    bus.subscribe(Subscription(tenant_id=None))  # the runtime's own listeners do not count
+    bus.subscribe(Subscription(tenant_id=b))
+    assert not bus.listened(a, "transcript.interim", call_1)
+    page = bus.subscribe(Subscription(tenant_id=a, topics=["transcript.*"], call_id=call_2))
+    assert bus.listened(a, "transcript.interim", call_2) and not bus.listened(a, "transcript.interim", call_1)
+    bus.unsubscribe(page)
+    await control.webhooks.create(a, WebhookCreate(url="http://x.test/i", events=["transcript.interim"]))
+    assert not bus.listened(a, "transcript.interim", call_1)  # not read yet: the next event reads the configs
+    await bus.publish(_event(DtmfReceived(digit="1"), a, call_1, 1))
+    assert bus.listened(a, "transcript.interim", call_1) and not bus.listened(a, "speech.started", call_1)
+
+
 async def test_slow_subscriber_is_dropped_without_blocking_publish(control):
     tenant_id = await _tenant(control, "acme")
     bus = EventBus(control.store)

@@ -68,6 +68,7 @@ class FakeSttStream(SttStream):
         self.stt, self.rate = stt, stt.rate
         self.pushed = 0  # bytes
         self.flushes = 0
+        self.interim_asks: list[bool] = []  # want_interim() calls, in order
         self._results: asyncio.Queue[Transcript | Exception | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -88,6 +89,9 @@ class FakeSttStream(SttStream):
 
     def interim(self, text: str) -> None:
         self._results.put_nowait(Transcript(text, final=False))
+
+    def want_interim(self, on: bool) -> None:
+        self.interim_asks.append(on)
 
     def fail(self, error: Exception) -> None:
         self._results.put_nowait(error)
@@ -325,9 +329,13 @@ class FakeSession:
     hangups: list[str] = field(default_factory=list)
     transfers: list[str] = field(default_factory=list)
     on_duration_warning: list[Callable[..., Awaitable[None]]] = field(default_factory=list)
+    listened_topics: tuple[str, ...] = ()  # what a subscriber outside takes (listened())
 
     async def emit(self, payload: Payload) -> None:
         self.events.append(payload)
+
+    def listened(self, topic: str) -> bool:
+        return topic in self.listened_topics
 
     def observe_latency(self, stage: str, ms: float) -> None:
         self.latency.setdefault(stage, []).append(ms)

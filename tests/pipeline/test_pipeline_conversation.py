@@ -498,3 +498,15 @@ async def test_turn_latency_is_recorded() -> None:
                                  "first_frame": [350.0], "v2v": [710.0]}
     assert h.metric("voicectl_turn_latency_seconds_count", stage="v2v") == 1
     await h.close()
+
+
+async def test_offline_interim_decoding_is_asked_for_only_when_someone_listens() -> None:
+    for listened, external, wanted in ((False, False, False), (True, False, True), (False, True, True)):
+        h = Harness(script=["Hello there."], replies=[say("Hi.")], external_brain=external)
+        h.session.listened_topics = ("transcript.interim",) if listened else ()
+        await h.start()
+        await h.speak(400)
+        await h.silence(1000)
+        # at the stream's open (nobody yet), then at the caller's turn
+        assert h.stt.stream.interim_asks == [False, wanted], (listened, external)
+        await h.close()

@@ -180,3 +180,35 @@ async def test_short_answers_decode_without_looping(stt, answer: str) -> None:
     heard = await stt.transcribe(await _telephony_speech(answer))
     assert heard is not None
     assert _words(heard.text) == _words(answer), heard.text
+
+
+async def _push_paced(stream: SttStream, pcm: bytes) -> None:
+    """Frames as a caller sends them, with the loop free between them (partials get to run)."""
+    for i in range(0, len(pcm), FRAME):
+        await stream.push(pcm[i:i + FRAME])
+        await asyncio.sleep(0.004)
+
+
+async def _all(stream: SttStream) -> list[Transcript]:
+    return [t async for t in stream]
+
+
+async def test_interim_text_only_when_wanted_and_never_after_its_final(stt, speech) -> None:
+    quiet = await stt.open()
+    await _push_paced(quiet, speech[BOOKING])
+    await quiet.flush()
+    await quiet.close()
+    assert [t.final for t in await _all(quiet)] == [True]  # nobody listens: no partial decodes
+
+    stream = await stt.open()
+    stream.want_interim(True)
+    await _push_paced(stream, speech[BOOKING])
+    await stream.flush()
+    await _push_paced(stream, speech[HOURS][:FRAME * 10])  # 200 ms of the next turn: no partial yet
+    await stream.close()
+    got = await _all(stream)
+    interims, finals = [t for t in got if not t.final], [t for t in got if t.final]
+    assert len(finals) == 1 and interims, got
+    assert got[-1].final  # every partial came before the final of its utterance
+    assert all(not t.speech_final for t in interims)
+    assert _words(interims[-1].text) & {"book", "table", "like"}  # the utterance so far, in words

@@ -68,6 +68,10 @@ async def test_the_integrators_backend_answers_every_turn_through_the_api(world)
         created = [e["payload"] for e in events if e["topic"] == "transcript.created"]
         inbound = [p for p in created if p["role"] == "caller"]
         assert inbound and all(p["direction"] == "in" and p["transcribe_id"].startswith("trs_") for p in inbound)
+        # The offline STT decodes partial text for an external brain while the caller speaks.
+        first_final = min(e["seq"] for e in events if e["topic"] == "transcript.created" and e["payload"]["role"] == "caller")
+        interims = [e["payload"]["text"] for e in events if e["topic"] == "transcript.interim" and e["seq"] < first_final]
+        assert interims and all(text.strip() for text in interims), topics
         assert brain.replies_sent == len(caller)
     finally:
         running.cancel()

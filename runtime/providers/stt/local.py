@@ -17,6 +17,13 @@ per decode with 2 workers gave the best throughput; two threads per decode did n
 single-decode latency on the 2 cores. No word timings (whisper's alignment pass would cost
 a second decoder run); a final's start and end are the utterance's.
 
+Interim text on demand: a stream told ``want_interim(True)`` (the pipeline does so when the call's
+tenant takes ``transcript.interim`` events, or its brain is external) also decodes the utterance so
+far every ``INTERIM_STEP_S`` of new speech while the caller talks, one partial decode at a time per
+stream, on the short window only (no 30 s retry), and emits it as a non-final transcript. A partial
+that finishes after its utterance was flushed is dropped. It costs CPU (see bench/README.md), so it
+is off unless someone listens.
+
 Empty results: a flush that hears nothing (silence, noise, a rejected hallucination) emits
 no transcript at all; the pipeline treats "no final" as nothing heard.
 """
@@ -50,6 +57,7 @@ MAX_UTTERANCE_S = 29  # a stream never flushed is decoded at this length (plus 1
 MAX_TOKENS = 224
 MIN_UTTERANCE_S = 0.2  # shorter than a syllable: nothing to decode
 SILENCE_RMS = 30  # ~-61 dBFS over the whole utterance (quiet speech at -51 dBFS still decodes)
+INTERIM_STEP_S = 0.8  # new speech between partial decodes (each one costs about a short-window decode)
 
 # Whisper invents text for audio with no speech. Measured on tiny.en: noise, buzz, clicks and
 # tones give " ." with no_speech_prob 0.8-0.96; breath-like noise bursts gave " Oh" / " Ah"
@@ -130,20 +138,21 @@ class _Engine:
         log.info("loaded %s from %s", self.spec.name, root)
         return model
 
-    def decode(self, pcm: bytes, offset_ms: int, options: DecodeOptions) -> Transcript | None:
-        """Transcribe PCM16 16 kHz audio (blocking); None when nothing was said."""
+    def decode(self, pcm: bytes, offset_ms: int, options: DecodeOptions, final: bool = True) -> Transcript | None:
+        """Transcribe PCM16 16 kHz audio (blocking); None when nothing was said. Not ``final``: a
+        partial of an utterance still going on (short window only, no second decode)."""
         if len(pcm) < MIN_UTTERANCE_S * RATE * 2 or rms(pcm) < SILENCE_RMS:
             return None
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         model = self.model()
         result = _decode(model, self._tokenizer, audio, options.context_s)
-        if (result.looped or result.avg_logprob < options.full_context_below_logprob) \
+        if final and (result.looped or result.avg_logprob < options.full_context_below_logprob) \
                 and len(audio) / RATE + 1 < WINDOW_S:
             result = _decode(model, self._tokenizer, audio, WINDOW_S)
         if not _is_speech(result):
             return None
         return Transcript(
-            text=result.text, final=True, speech_final=True, start_ms=offset_ms,
+            text=result.text, final=final, speech_final=final, start_ms=offset_ms,
             end_ms=offset_ms + len(pcm) * 1000 // (2 * RATE),
             confidence=round(math.exp(result.avg_logprob), 3),
         )
@@ -249,6 +258,13 @@ class WhisperStream(SttStream):
         self._results: asyncio.Queue[Transcript | ProviderError | None] = asyncio.Queue()
         self._last_decode: asyncio.Task[None] | None = None
         self._closed = False
+        self._interim = False
+        self._partial: asyncio.Task[None] | None = None  # the partial decode in flight (one at a time)
+        self._partial_at = 0  # buffer length (bytes) at the last partial decode
+        self._utterance = 0  # counts flushes: a partial of an utterance already flushed is dropped
+
+    def want_interim(self, on: bool) -> None:
+        self._interim = on
 
     async def push(self, pcm: bytes) -> None:
         if self._closed:
@@ -256,11 +272,29 @@ class WhisperStream(SttStream):
         self._buffer += pcm
         if len(self._buffer) >= MAX_UTTERANCE_S * RATE * 2:
             await self.flush()
+        elif (self._interim and self._partial is None
+              and len(self._buffer) - self._partial_at >= INTERIM_STEP_S * RATE * 2):
+            self._partial_at = len(self._buffer)
+            self._partial = asyncio.create_task(self._decode_partial(bytes(self._buffer), self._utterance))
+
+    async def _decode_partial(self, pcm: bytes, utterance: int) -> None:
+        try:
+            offset_ms = self._flushed_samples * 1000 // RATE
+            transcript = await workers.run_in(POOL, self._engine.decode, pcm, offset_ms, self._options, False)
+        except Exception:  # a partial is a courtesy: the final's own decode reports failures
+            log.debug("a partial decode failed", exc_info=True)
+            transcript = None
+        finally:
+            self._partial = None
+        if transcript is not None and utterance == self._utterance and not self._closed:
+            self._results.put_nowait(transcript)
 
     async def flush(self) -> None:
         """Start decoding the audio since the last flush; the final arrives via iteration."""
         if not self._buffer:
             return
+        self._utterance += 1
+        self._partial_at = 0
         pcm, self._buffer = bytes(self._buffer), bytearray()
         offset_ms = self._flushed_samples * 1000 // RATE
         self._flushed_samples += len(pcm) // 2
