@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from pydantic import Field
@@ -19,6 +20,9 @@ from runtime.ids import now_iso
 from runtime.store.store import Store
 
 Direction = Literal["in", "out", "both"]
+# (call session, conversation, provider=, voice_id=, language=) -> (engine or None: the call's own, provider
+# name); ValueError: a choice that cannot be made. runtime.pipeline.engine.ConversationEngine.speaking_voice.
+SpeakingVoices = Callable[..., Awaitable[tuple[Any, str]]]
 
 
 class SessionStopped(Conflict):
@@ -34,9 +38,10 @@ class TranscribeCreate(Input):
 class SpeakingCreate(Input):
     reference_type: Literal["call"] = "call"
     reference_id: str = Field(description="the call id")
-    language: str | None = Field(None, max_length=20, description="BCP 47; default: the call's agent version")
-    provider: str | None = Field(None, max_length=40, description="the TTS provider; default: the call's")
-    voice_id: str | None = Field(None, max_length=200, description="default: the call's voice")
+    language: str | None = Field(None, max_length=20, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$",
+                                 description="BCP 47 (es, de-DE); default: the call's agent version")
+    provider: str | None = Field(None, max_length=40, description="a TTS provider; default: the call's chain")
+    voice_id: str | None = Field(None, max_length=200, description="a voice of that provider; default: the call's")
     direction: Direction = Field("in", description="in or both: the caller hears it (a call here has no other side)")
 
 
@@ -45,8 +50,8 @@ class SayText(Input):
 
 
 class IntegratorControl:
-    def __init__(self, locator: CallLocator, store: Store) -> None:
-        self.locator, self.live = locator, LiveControl(locator, store)
+    def __init__(self, locator: CallLocator, store: Store, voices: SpeakingVoices | None = None) -> None:
+        self.locator, self.live, self.voices = locator, LiveControl(locator, store), voices
 
     # Transcribes
 
@@ -86,15 +91,17 @@ class IntegratorControl:
                                    {"call_id": session.id, "status": session.state})
         if req.direction == "out":  # no connected party besides the caller: "both" is "in"
             raise Invalid("a call here has one far side: direction must be in (or both)", {"field": "direction"})
-        engine = getattr(conversation, "tts", None)
-        if req.provider is not None and req.provider != getattr(engine, "name", None):
-            raise Invalid("speaking sessions use the call's own TTS chain: leave provider unset",
-                          {"field": "provider", "call_provider": getattr(engine, "name", None)})
-        if req.voice_id is not None:
-            raise Invalid("speaking sessions use the call's voice: leave voice_id unset", {"field": "voice_id"})
         if len(session.speakings) >= MAX_PER_CALL:
             raise Conflict(f"a call holds at most {MAX_PER_CALL} speaking sessions", {"call_id": session.id})
-        speaking = Speaking(session.id, tenant_id, req.direction, getattr(engine, "name", None), None, req.language)
+        engine, provider = None, getattr(conversation.tts, "provider", conversation.tts.name)
+        if self.voices is not None and (req.provider or req.voice_id or req.language):
+            try:
+                engine, provider = await self.voices(session, conversation, provider=req.provider,
+                                                     voice_id=req.voice_id, language=req.language)
+            except ValueError as exc:
+                field, _, message = str(exc).partition(": ")
+                raise Invalid(message or field, {"field": field if message else None}) from None
+        speaking = Speaking(session.id, tenant_id, req.direction, provider, req.voice_id, req.language, tts=engine)
         session.speakings[speaking.id] = speaking
         speaking.status = ACTIVE  # the call's TTS is up already: nothing to connect
         await session.emit(SpeakingStarted(speaking_id=speaking.id))
@@ -115,7 +122,7 @@ class IntegratorControl:
 
     def say(self, tenant_id: str, speaking_id: str, text: str) -> dict[str, Any]:
         session, speaking = self._active(tenant_id, speaking_id)
-        if not session.conversation.say_now(text, interrupt=False):
+        if not session.conversation.say_now(text, interrupt=False, tts=speaking.tts):
             raise Conflict("too many lines are waiting to be said on this call", {"speaking_id": speaking_id})
         speaking.said += 1
         return speaking.to_dict()

@@ -54,6 +54,7 @@ class Speaking:
     id: str = field(default_factory=lambda: new_id("spk"))
     status: str = INITIATING
     said: int = 0  # lines accepted by say
+    tts: Any = None  # its own engine when it names another provider, voice or language than its call
     created_at: str = field(default_factory=now_iso)
     stopped_at: str | None = None
 

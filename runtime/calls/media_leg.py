@@ -24,14 +24,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from runtime.calls.session import Steerable
+
 if TYPE_CHECKING:
     from runtime.calls.session import CallSession
 
 log = logging.getLogger("voicectl.calls")
 
 
-class Conversation(Protocol):
-    """What the leg needs of the pipeline's conversation (runtime.pipeline.conversation)."""
+class Conversation(Steerable, Protocol):
+    """What the leg needs of the pipeline's conversation (runtime.pipeline.conversation); live
+    call control reaches the rest of it (``Steerable``) through the session."""
 
     def feed_audio(self, pcm: bytes, rate: int) -> None: ...
     def feed_dtmf(self, digit: str, *, emit_event: bool = False) -> None: ...
@@ -92,8 +95,7 @@ class MediaLeg:
         except Exception as exc:
             log.exception("the call's conversation could not be set up", extra={"call_id": self.session.id})
             raise LegFailed("pipeline_unavailable", "the agent could not be started") from exc
-        if hasattr(self.conversation, "say_now"):  # the pipeline's conversation: live control reaches it
-            self.session.conversation = self.conversation  # type: ignore[assignment]
+        self.session.conversation = self.conversation  # live control reaches it there
         return self.conversation
 
     async def connect(self) -> None:

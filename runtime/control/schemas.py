@@ -256,6 +256,8 @@ class TurnSettings(Input):
     endpointing_silence_ms: int = Field(ENDPOINTING_SILENCE_MS, ge=100, le=5000)
     min_interruption_ms: int = Field(MIN_INTERRUPTION_MS, ge=0, le=5000)
     silence_reprompt_s: float = Field(SILENCE_REPROMPT_S, ge=1, le=120)
+    silence_prompts: Literal["auto", "on", "off"] = Field(
+        "auto", description="the re-prompt and the silence hang-up: auto = on, except for an external brain")
 
 
 def _stored(info: ValidationInfo) -> bool:

@@ -250,15 +250,16 @@ class Conversation:
         if reply.task is not None:
             await asyncio.wait({reply.task})
 
-    def say_now(self, text: str, *, interrupt: bool) -> bool:
+    def say_now(self, text: str, *, interrupt: bool, tts: TextToSpeech | None = None) -> bool:
         """A line the integrator sends, as the agent's own (history and transcript): after what is
         being said and the lines before it, or (``interrupt``) at once, cutting it and dropping
-        them. False when the call is over or too many lines wait (runtime.pipeline.lines)."""
+        them; ``tts``: in a speaking session's own voice. False when the call is over or too many
+        lines wait (runtime.pipeline.lines)."""
         if not self.live:
             return False
         if interrupt:
             self.lines.flush()
-        return self.lines.say(text)
+        return self.lines.say(text, tts)
 
     def flush_lines(self) -> None:
         """Cut what is being said and drop the lines waiting (a speaking session's ``flush``)."""
@@ -269,6 +270,13 @@ class Conversation:
     def answers_turns(self) -> bool:
         """Whether the agent answers caller turns itself: not while paused, never for an external brain."""
         return not self.paused and not self.settings.external_brain
+
+    @property
+    def prompts_silence(self) -> bool:
+        """Whether silence draws the re-prompt and the hang-up: never while paused; for an external
+        brain only when the version turns them on (``turn.silence_prompts``)."""
+        mode = self.settings.silence_prompts
+        return not self.paused and (mode == "on" or (mode == "auto" and not self.settings.external_brain))
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused

@@ -12,11 +12,13 @@ from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 from runtime.calls.outbound import has_placeholders, render
 from runtime.calls.routing import CallRoute
 from runtime.calls.session import CallSession
 from runtime.control.plane import ControlPlane
+from runtime.control.schemas import AgentConfig
 from runtime.egress.aiohttp_client import guarded_session
 from runtime.events.models import ProviderFailedOver
 from runtime.pipeline.conversation import Conversation
@@ -25,6 +27,8 @@ from runtime.pipeline.metrics import PipelineMetrics
 from runtime.pipeline.settings import ConversationSettings
 from runtime.pipeline.transport import Transport
 from runtime.pipeline.vad import default_vad
+from runtime.providers import registry
+from runtime.providers.base import TextToSpeech
 from runtime.providers.chains import ProviderChains
 from runtime.providers.failover import Failover
 from runtime.providers.registry import ProviderCredential
@@ -55,11 +59,56 @@ class ConversationEngine:
 
     async def runs_locally(self, route: CallRoute) -> bool:
         """The routed call's speech runs on this box's own engines (its voice profile applied)."""
+        return self.providers.runs_locally(await self._profiled(route))
+
+    async def _profiled(self, route: CallRoute) -> AgentConfig:
         config = route.config
         if config.voice_profile_id:
             profile = await self.control.store.voice_profiles.get(config.voice_profile_id, tenant_id=route.tenant_id)
             config = apply_voice_profile(config, profile)
-        return self.providers.runs_locally(config)
+        return config
+
+    async def speaking_voice(self, session: CallSession, conversation: Conversation, *, provider: str | None,
+                             voice_id: str | None, language: str | None) -> tuple[TextToSpeech | None, str]:
+        """The TTS engine of a speaking session that names another provider, voice or language than
+        its call's version (None: the call's own chain) and the provider's name. The engine lives as
+        long as the call. ValueError: a choice that cannot be made (a 422 naming it)."""
+        route = session.route
+        if route is None:
+            raise ValueError(f"call {session.id} has no agent version")
+        config = await self._profiled(route)
+        current = self.providers.first_choice(config, "tts")
+        name = provider or current.provider or ""
+        entry = registry.find("tts", name)
+        if entry is None:
+            raise ValueError(f"provider: unknown TTS provider {name!r}; known: {', '.join(registry.names('tts'))}")
+        same = name == current.provider
+        if same and voice_id in (None, current.option_values.get("voice")) and language in (None, config.language):
+            return None, name
+        if voice_id is not None and not entry.capabilities.voices:
+            raise ValueError(f"voice_id: {name} has one voice; leave voice_id unset")
+        fields: dict[str, Any] = current.model_dump(exclude_none=True) if same else {}
+        fields = {**fields, "provider": name, "fallback": []}
+        if voice_id is not None:
+            fields["voice"] = voice_id
+        try:
+            choice = type(current).model_validate(fields)
+            choice.check("tts")
+            choice.options_for(entry)
+        except ValidationError as exc:
+            raise ValueError(f"voice_id: {exc.errors()[0]['msg']}") from None
+        credential = None
+        if entry.credential is not None:
+            credential = await self.control.credentials.for_engine(session.tenant_id, entry.credential_name)
+            if credential is None:
+                raise ValueError(f"provider: the tenant has no {entry.credential_name} credential")
+        agent = config.model_copy(update={"tts": choice, "language": language or config.language})
+        engine = self.providers.engine("tts", name, choice, credential=credential, agent=agent,
+                                       timezone=route.tenant.get("timezone") or "UTC",
+                                       transport_rate=conversation.transport.rate)
+        if not entry.offline:  # a client of its own: released with the call
+            conversation.closers.append(engine.aclose)
+        return engine, name
 
     async def conversation(self, session: CallSession, transport: Transport, **overrides: Any) -> Conversation:
         """A ready (not started) conversation for a routed call."""
@@ -68,10 +117,7 @@ class ConversationEngine:
             raise ValueError(f"call {session.id} has no route: nothing to converse with")
         timezone = route.tenant.get("timezone") or "UTC"
         secrets, store, tenant_id = self.control.credentials, self.control.store, session.tenant_id
-        config = route.config
-        if config.voice_profile_id:
-            profile = await store.voice_profiles.get(config.voice_profile_id, tenant_id=tenant_id)
-            config = apply_voice_profile(config, profile)
+        config = await self._profiled(route)
         conversation: Conversation | None = None
 
         async def credential(provider: str) -> ProviderCredential | None:

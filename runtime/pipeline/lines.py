@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from runtime.pipeline.replies import Replies, Reply
+from runtime.providers.base import TextToSpeech
 
 MAX_QUEUED = 100  # lines waiting per call; more are refused (the integrator is far ahead of the caller)
 
@@ -28,7 +29,7 @@ class LineQueue:
                  spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]) -> None:
         self.conversation, self.replies, self.spawn = conversation, replies, spawn
         self.auto_flush = True
-        self._queue: deque[str] = deque()
+        self._queue: deque[tuple[str, TextToSpeech | None]] = deque()
         self._runner: asyncio.Task[None] | None = None
         self._speaking = False  # a line of ours is on the line now
         replies.on_barge_in.append(self._caller_interrupted)
@@ -37,11 +38,11 @@ class LineQueue:
     def pending(self) -> int:
         return len(self._queue)
 
-    def say(self, text: str) -> bool:
-        """Queue ``text``; False when the queue is full."""
+    def say(self, text: str, tts: TextToSpeech | None = None) -> bool:
+        """Queue ``text`` (``tts``: in another voice than the call's); False when the queue is full."""
         if len(self._queue) >= MAX_QUEUED:
             return False
-        self._queue.append(text)
+        self._queue.append((text, tts))
         if self._runner is None or self._runner.done():
             self._runner = self.spawn(self._speak())
         return True
@@ -63,6 +64,7 @@ class LineQueue:
             if current is not None and current.task is not None:
                 await asyncio.wait({current.task})  # after what is being said
                 continue
-            reply = self.replies.start_line(self._queue.popleft())
+            text, tts = self._queue.popleft()
+            reply = self.replies.start_line(text, tts=tts)
             if reply.task is not None:
                 await asyncio.wait({reply.task})

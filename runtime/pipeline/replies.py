@@ -75,9 +75,11 @@ class Replies:
         reply.task = self.spawn(self._run(reply, body))
         return reply
 
-    def start_line(self, text: str, kind: str = "line") -> Reply:
-        """A fixed line (greeting, re-prompt, warning)."""
-        return self.start(kind, partial(self.line, text=text))
+    def start_line(self, text: str, kind: str = "line", tts: TextToSpeech | None = None) -> Reply:
+        """A fixed line (greeting, re-prompt, warning); ``tts``: in another voice than the call's."""
+        reply = self.start(kind, partial(self.line, text=text))
+        reply.tts = tts  # read once its task runs, on the next loop turn
+        return reply
 
     async def _run(self, reply: Reply, body: ReplyBody) -> None:
         speaker = Speaker(self.voice, reply)

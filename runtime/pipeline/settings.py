@@ -48,6 +48,7 @@ class ConversationSettings:
     greeting: str | None = None
     turn: TurnPolicy = field(default_factory=TurnPolicy)
     silence_reprompt_s: float = SILENCE_REPROMPT_S
+    silence_prompts: str = "auto"  # on | off | auto (on unless the brain is external)
     escalation_target: str | None = None
     agent_id: str | None = None
     dtmf_tools: Mapping[str, str] = field(default_factory=dict)  # digit -> tool called directly
@@ -77,6 +78,7 @@ class ConversationSettings:
             "greeting": config.greeting if greeting is _UNSET else greeting,
             "turn": TurnPolicy(endpoint_ms=turn.endpointing_silence_ms, min_interruption_ms=turn.min_interruption_ms),
             "silence_reprompt_s": turn.silence_reprompt_s,
+            "silence_prompts": turn.silence_prompts,
             "escalation_target": config.escalation_target,
             "agent_id": agent_id,
             "dtmf_tools": dict(config.dtmf_tools),

@@ -28,7 +28,7 @@ class Activity(Protocol):
 
     live: bool
     reply: Reply | None
-    answers_turns: bool  # False (paused, external brain): no re-prompts
+    prompts_silence: bool  # False (paused; off; an external brain unless on): no re-prompts
     replies: Replies
     keypad: Keypad
 
@@ -61,7 +61,7 @@ class SilenceWatch:
                 await clock.sleep(due - now)
                 continue
             if (conversation.reply is not None or self.detector.state != IDLE or conversation.keypad.collecting
-                    or not conversation.answers_turns):
+                    or not conversation.prompts_silence):
                 self.mark_quiet()  # busy: ending that activity marks the quiet again
                 continue
             self.prompts += 1

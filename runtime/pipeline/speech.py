@@ -37,6 +37,7 @@ class Reply:
     pending_calls: list[ToolCall] = field(default_factory=list)  # tools running for it
     after: tuple[str, str] | None = None  # ("hangup", reason) | ("transfer", target) once played
     interruptible: bool = True  # False: the caller's speech does not cut it (a voicemail message)
+    tts: TextToSpeech | None = None  # another voice than the call's (a speaking session's own)
     resamplers: dict[int, Resampler] = field(default_factory=dict)
     first_audio_at: float | None = None
     filler_said: bool = False
@@ -72,6 +73,9 @@ class Voice:
     def cached(self, reply: Reply) -> bool:
         return reply.kind == "greeting" and self.greetings is not None
 
+    def engine(self, reply: Reply) -> TextToSpeech:
+        return reply.tts or self.tts
+
     def next_generation(self) -> int:
         self.generation += 1
         return self.generation
@@ -81,7 +85,7 @@ class Voice:
         reply.ledger.begin(text, message)
         self._requested(reply)
         source = (self.greetings.audio((self.voice_key, text), self.tts, text)  # type: ignore[union-attr]
-                  if self.cached(reply) else self.tts.synthesize(text))
+                  if self.cached(reply) else self.engine(reply).synthesize(text))
         async with aclosing(source) as chunks:
             async for chunk in chunks:
                 if not await self._send(reply, chunk):
@@ -101,7 +105,7 @@ class Voice:
                 waiting.append((text, message))
                 yield text
 
-        async with aclosing(self.tts.synthesize_stream(texts())) as chunks:
+        async with aclosing(self.engine(reply).synthesize_stream(texts())) as chunks:
             async for chunk in chunks:
                 if current is None and waiting:
                     current = waiting.popleft()
@@ -211,7 +215,7 @@ class Speaker:
             self._task = None
 
     async def _run(self) -> None:
-        if self._voice.tts.streaming_text_input and not self._voice.cached(self._reply):
+        if self._voice.engine(self._reply).streaming_text_input and not self._voice.cached(self._reply):
             await self._run_streams()
             return
         while (item := await self._queue.get()) is not None:

@@ -14,10 +14,29 @@ from tests.calls.support import engine, provision
 class Conversation:
     """The pipeline's conversation as the leg sees it: records what it is fed."""
 
+    paused = False
+
     def __init__(self) -> None:
         self.frames: list[tuple[int, int]] = []
         self.digits: list[str] = []
+        self.lines: list[str] = []
         self.started = self.closed = 0
+
+    def say_now(self, text: str, *, interrupt: bool, tts=None) -> bool:
+        self.lines.append(text)
+        return True
+
+    def flush_lines(self) -> None:
+        self.lines.clear()
+
+    async def say(self, text: str) -> None:
+        self.lines.append(text)
+
+    async def say_uninterruptible(self, text: str) -> None:
+        self.lines.append(text)
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
 
     def feed_audio(self, pcm: bytes, sample_rate: int) -> None:
         self.frames.append((len(pcm), sample_rate))

@@ -406,6 +406,22 @@ async def test_silence_reprompts_then_says_goodbye_and_hangs_up() -> None:
     await h.close()
 
 
+async def test_silence_prompts_follow_the_version_for_an_external_brain_and_never_while_paused() -> None:
+    for external, mode, prompted in ((True, "auto", False), (True, "on", True), (False, "off", False),
+                                     (False, "auto", True)):
+        h = Harness(greeting="Hi.", external_brain=external, silence_prompts=mode)
+        await h.start()
+        await h.wait(8.5)
+        assert (h.tts.texts[-1] == "Are you still there?") is prompted, (external, mode)
+        await h.close()
+    h = Harness(greeting="Hi.", silence_prompts="on")
+    await h.start()
+    h.conv.set_paused(True)
+    await h.wait(20)
+    assert h.tts.texts == ["Hi."] and h.session.hangups == []
+    await h.close()
+
+
 async def test_caller_speech_resets_the_silence_count() -> None:
     h = Harness(script=["I'm here."], greeting="Hi.")
     await h.start()

@@ -102,16 +102,29 @@ async def test_speaking_and_transcribe_sessions_by_rest(world) -> None:
         status, body, _ = await api.call("POST", f"/api/v1/speakings/{sp['id']}/flush", key)
         assert status == 200 and body["said"] == 3 and conversation.lines.pending == 0
         status, page, _ = await api.call("GET", "/api/v1/speakings", key)
-        assert [s["id"] for s in page["items"]] == [sp["id"]]
+        assert [s["id"] for s in page["items"]] == [sp["id"]] and page["items"][0]["provider"] == "local"
         # Another tenant: not found; bad bodies: 422.
         _, other = await api.tenant_with_key("other")
         for method, path in (("GET", f"/api/v1/speakings/{sp['id']}"), ("POST", f"/api/v1/speakings/{sp['id']}/flush"),
                              ("GET", f"/api/v1/transcribes/{tr['id']}")):
             status, body, _ = await api.call(method, path, other)
             assert status == 404, (path, body)
-        status, body, _ = await api.call("POST", "/api/v1/speakings", key,
-                                         json={"reference_id": call_id, "voice_id": "someone-else"})
-        assert status == 422
+        # Another provider, voice or language than the call's: the session's own engine, or a clear 422.
+        for bad, field in (({"voice_id": "someone-else"}, "voice_id"), ({"provider": "nope"}, "provider"),
+                           ({"provider": "elevenlabs"}, "provider")):  # no credential for it
+            status, body, _ = await api.call("POST", "/api/v1/speakings", key, json={"reference_id": call_id, **bad})
+            assert status == 422 and body["details"]["field"] == field, (bad, body)
+        status, es, _ = await api.call("POST", "/api/v1/speakings", key,
+                                       json={"reference_id": call_id, "provider": "espeak", "language": "es"})
+        assert status == 201 and es["provider"] == "espeak" and es["language"] == "es", es
+        status, body, _ = await api.call("POST", f"/api/v1/speakings/{es['id']}/say", key, json={"text": "Hola, buenos días."})
+        assert status == 202, body
+        for _ in range(50):
+            reply = conversation.reply
+            if reply is not None and reply.tts is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert reply is not None and reply.tts.name == "espeak" and reply.tts.voice == "es", reply
         status, body, _ = await api.call("POST", "/api/v1/speakings", key, json={"reference_id": "call_nope"})
         assert status == 404
         # Stopped: say is 409; the transcribe stops too.

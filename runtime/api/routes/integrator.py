@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.api.appkeys import TRACKER
+from runtime.api.appkeys import PIPELINE, TRACKER
 from runtime.api.endpoint import Ctx, Route
 from runtime.calls.integrator_control import IntegratorControl, SayText, SpeakingCreate, TranscribeCreate
 from runtime.calls.locator import LocalCalls
 
 
 def _control(ctx: Ctx) -> IntegratorControl:
-    return IntegratorControl(LocalCalls(ctx.request.app[TRACKER]), ctx.control.store)
+    app = ctx.request.app
+    return IntegratorControl(LocalCalls(app[TRACKER]), ctx.control.store, app[PIPELINE].speaking_voice)
 
 
 async def create_transcribe(ctx: Ctx) -> dict[str, Any]:

@@ -279,4 +279,6 @@ def build_piper(ctx: BuildContext) -> TextToSpeech:
 
 
 def build_espeak(ctx: BuildContext) -> EspeakTTS:
-    return EspeakTTS(policy=ctx.policy)
+    """espeak-ng speaks the version's language: its voices are named by language code (es, de, fr)."""
+    language = (ctx.language or "en").lower()
+    return EspeakTTS(policy=ctx.policy, voice="en-us" if language in ("en", "en-us") else language)
