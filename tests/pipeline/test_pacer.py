@@ -38,6 +38,24 @@ async def test_frames_go_out_on_a_20ms_clock_without_a_burst() -> None:
     assert pacer.stats.frames_sent == 25 and pacer.stats.marks_sent == 1
 
 
+async def test_an_idle_pacer_sends_the_first_frame_at_once_and_the_rest_on_the_grid() -> None:
+    sink = Sink()
+    pacer = Pacer(sink)
+    pacer.start()
+    for line in range(3):
+        for i in range(5):
+            pacer.push(bytes([line * 10 + i]) * 160)
+        await asyncio.sleep(0)
+        assert len(sink.times) == line * 5 + 1  # sent on the next loop turn, not held for the 20 ms tick
+        while pacer.busy:
+            await asyncio.sleep(0.005)
+        first, second = sink.times[line * 5], sink.times[line * 5 + 1]
+        assert second - first >= 0.005  # then the grid: never two frames back to back
+        await asyncio.sleep(0.05)  # idle again
+    assert [f.payload[0] for f in sink.frames] == [line * 10 + i for line in range(3) for i in range(5)]
+    await pacer.close()
+
+
 async def test_clear_drops_what_is_queued() -> None:
     sink = Sink()
     pacer = Pacer(sink)
@@ -80,7 +98,8 @@ async def test_many_pacers_share_one_tick_and_the_ticker_stops_when_idle() -> No
         for _ in range(10):
             pacer.push(b"\xff" * 160)
     tick = ticker()
-    assert len(tick.active) == 50
+    await asyncio.sleep(0)  # each idle pacer sends its first frame at once, then joins the shared tick
+    assert [len(sink.times) for sink in sinks] == [1] * 50 and len(tick.active) == 50
     while any(p.busy for p in pacers):
         await asyncio.sleep(0.02)
     for n in range(10):  # the n-th frame of every call went out in the same loop iteration
@@ -152,3 +171,19 @@ async def test_queued_counts_audio_frames_through_every_operation() -> None:
     pacer.push(b"\x07" * 160)
     assert pacer.clear() == 1 and pacer.queued == 0
     await pacer.close()
+
+
+async def test_frames_sent_late_in_their_tick_do_not_make_the_next_tick_skip(monkeypatch) -> None:
+    """200 calls in one tick: the last pacer's frame goes out ~18 ms after its due time. The next
+    tick is 20 ms after that due time, so it sends, whatever the previous send's lateness."""
+    from runtime.pipeline import pacer as pacing
+
+    sink = Sink()
+    pacer = Pacer(sink)
+    for _ in range(5):
+        pacer.push(b"\xff" * 160)
+    for n in range(5):
+        due = 100 + n * 0.02
+        monkeypatch.setattr(pacing, "_monotonic", lambda due=due: due + 0.018)
+        await pacer._tick(due)
+    assert len(sink.frames) == 5
