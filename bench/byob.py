@@ -11,7 +11,7 @@ backend says a short line, and the caller hears it. Figures, p50/p99/max in ms:
   transcript   the runtime's end-of-turn decision (its ``speech.ended`` event) -> ``transcript.created``
                read from the socket (event timestamps are the runtime's wall clock, in ms)
   say_to_audio the backend sending ``say`` -> the caller's first frame of that line
-               (the agent's own frames are paced on the 20 ms grid: up to one frame of it)
+               (a quiet call's first frame goes out at once; the rest follow the 20 ms grid)
 
 Targets (the issue): p99 < 20 ms each, with instant engines.
 """
