@@ -19,11 +19,6 @@ from voicectl.call import _speak_lines  # the CLI's caller voice (piper)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def backend() -> str:
-    return "sqlite"
-
-
 def _example():
     spec = importlib.util.spec_from_file_location("external_brain_example", ROOT / "examples/external_brain.py")
     module = importlib.util.module_from_spec(spec)
@@ -41,6 +36,7 @@ async def _external_version(world) -> None:
     assert status == 200, body
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # speech end to end: the store paths of this flow run on both below
 async def test_the_integrators_backend_answers_every_turn_through_the_api(world) -> None:
     await _external_version(world)
     example = _example()

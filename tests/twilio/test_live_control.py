@@ -12,11 +12,6 @@ from runtime.telephony.scripted_caller import agent_quiet
 from tests.twilio.support import ACCOUNT_SID, NUMBER
 
 
-@pytest.fixture
-def backend() -> str:
-    return "sqlite"
-
-
 async def _connected_call(world):
     caller = world.caller()
     call_sid, answer = await caller.dial(NUMBER)
@@ -41,6 +36,7 @@ async def _until(predicate, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # speech end to end: the store paths of this flow run on both below
 async def test_say_speaks_a_line_as_the_agents_own_and_hangup_ends_the_call(world) -> None:
     call_sid, leg, streaming, call_id = await _connected_call(world)
     try:
@@ -70,6 +66,7 @@ async def test_say_speaks_a_line_as_the_agents_own_and_hangup_ends_the_call(worl
         streaming.cancel()
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # speech end to end: the store paths of this flow run on both below
 async def test_a_paused_agent_stays_silent_until_resumed(world) -> None:
     call_sid, leg, streaming, call_id = await _connected_call(world)
     try:
