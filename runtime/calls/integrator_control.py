@@ -63,15 +63,20 @@ class IntegratorControl:
         return transcribe.to_dict()
 
     def _transcribe(self, tenant_id: str, transcribe_id: str) -> tuple[Any, Transcribe]:
+        """(its live call or None: it stopped with its call, the session)."""
         for session in self.locator.live_calls(tenant_id):
             found = session.transcribes.get(transcribe_id)
             if found is not None:
                 return session, found
+        ended = self.locator.ended_session(tenant_id, transcribe_id)
+        if isinstance(ended, Transcribe):
+            return None, ended
         raise NotFound(f"transcribe {transcribe_id} not found on a live call", {"transcribe_id": transcribe_id})
 
     async def stop_transcribe(self, tenant_id: str, transcribe_id: str) -> dict[str, Any]:
         session, transcribe = self._transcribe(tenant_id, transcribe_id)
-        await session.stop_transcribe(transcribe, "api")
+        if session is not None:
+            await session.stop_transcribe(transcribe, "api")
         return transcribe.to_dict()
 
     def get_transcribe(self, tenant_id: str, transcribe_id: str) -> dict[str, Any]:
@@ -108,15 +113,19 @@ class IntegratorControl:
         return speaking.to_dict()
 
     def _speaking(self, tenant_id: str, speaking_id: str) -> tuple[Any, Speaking]:
+        """(its live call or None: it stopped with its call, the session)."""
         for session in self.locator.live_calls(tenant_id):
             found = session.speakings.get(speaking_id)
             if found is not None:
                 return session, found
+        ended = self.locator.ended_session(tenant_id, speaking_id)
+        if isinstance(ended, Speaking):
+            return None, ended
         raise NotFound(f"speaking {speaking_id} not found on a live call", {"speaking_id": speaking_id})
 
     def _active(self, tenant_id: str, speaking_id: str) -> tuple[Any, Speaking]:
         session, speaking = self._speaking(tenant_id, speaking_id)
-        if speaking.status != ACTIVE or session.conversation is None:
+        if speaking.status != ACTIVE or session is None or session.conversation is None:
             raise SessionStopped(f"speaking {speaking_id} is {speaking.status}", {"speaking_id": speaking_id})
         return session, speaking
 
@@ -134,7 +143,7 @@ class IntegratorControl:
 
     async def stop_speaking(self, tenant_id: str, speaking_id: str) -> dict[str, Any]:
         session, speaking = self._speaking(tenant_id, speaking_id)
-        if speaking.status != STOPPED:
+        if speaking.status != STOPPED and session is not None:
             speaking.status, speaking.stopped_at = STOPPED, now_iso()
             if session.conversation is not None:
                 session.conversation.flush_lines()

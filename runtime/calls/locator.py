@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from runtime.calls.integrator_sessions import Speaking, Transcribe
     from runtime.calls.session import CallSession
     from runtime.calls.tracker import CallTracker
 
@@ -20,6 +21,9 @@ class CallLocator(Protocol):
 
     def live_calls(self, tenant_id: str) -> list[CallSession]:
         """The tenant's live calls."""
+
+    def ended_session(self, tenant_id: str, session_id: str) -> Transcribe | Speaking | None:
+        """A transcribe or speaking session of the tenant's that stopped with its call, if still known."""
 
 
 class LocalCalls:
@@ -36,3 +40,7 @@ class LocalCalls:
 
     def live_calls(self, tenant_id: str) -> list[CallSession]:
         return [s for s in self.tracker.live.values() if s.tenant_id == tenant_id and s.live]
+
+    def ended_session(self, tenant_id: str, session_id: str) -> Transcribe | Speaking | None:
+        found = self.tracker.ended_sessions.get(session_id)
+        return found if found is not None and found.tenant_id == tenant_id else None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from runtime.calls.integrator_sessions import Speaking, Transcribe
 from runtime.calls.outbound import OutboundCall
 from runtime.calls.routing import CallRoute, RouteRejected, route_call
 from runtime.calls.session import LIVE_STATES, QUEUED, CallSession
@@ -24,6 +26,7 @@ log = logging.getLogger("voicectl.calls")
 # At shutdown: provider hangups in flight at once, and how long one may take.
 HANGUP_CONCURRENCY = 64
 HANGUP_TIMEOUT_S = 3.0
+ENDED_SESSIONS_KEPT = 10_000  # integrator sessions of ended calls still answered 409 (not 404)
 
 
 class LiveCalls(dict[str, CallSession]):
@@ -103,6 +106,9 @@ class CallTracker:
         # Copies finished recordings to tenants' S3 storage in the background; None: local only.
         self.uploader = uploader
         self.live: LiveCalls = LiveCalls()
+        # Transcribe and speaking sessions of calls that ended here, newest last (bounded): a
+        # ``say`` on one is a 409 ``session_stopped``, not a 404.
+        self.ended_sessions: OrderedDict[str, Transcribe | Speaking] = OrderedDict()
         self.accepting = True
 
     @property
@@ -201,6 +207,11 @@ class CallTracker:
     def _release(self, session: CallSession) -> None:
         self.live.pop(session.id, None)
         self.local_live.discard(session.id)
+        ended = self.ended_sessions
+        for stopped in (*session.transcribes.values(), *session.speakings.values()):
+            ended[stopped.id] = stopped
+        while len(ended) > ENDED_SESSIONS_KEPT:
+            ended.popitem(last=False)
 
     async def drain(self, grace_s: float) -> None:
         """Stop accepting; let live calls finish for up to ``grace_s``, then end them (reason=shutdown)."""

@@ -173,3 +173,45 @@ async def _next_of(ws, types: set[str]) -> dict:
         message = await ws.receive_json(timeout=5)
         if message["type"] in types:
             return message
+
+
+async def test_a_callee_who_hangs_up_mid_say_stops_the_session_and_keeps_what_was_heard(world) -> None:
+    caller = world.caller()
+    call_sid, answer = await caller.dial(NUMBER)
+    leg = await caller.open_stream(call_sid, answer)
+    streaming = asyncio.create_task(leg.stream([b"\xff" * 160] * 1000))
+    try:
+        await leg.first_media.wait()
+        call_id = (await world.call_by_sid(call_sid))["id"]
+        api, key = world.api, world.key
+        status, sp, _ = await api.call("POST", "/api/v1/speakings", key, json={"reference_id": call_id})
+        assert status == 201, sp
+        line = ("Thanks for waiting. I am reading you the whole list of our opening hours for every day of the "
+                "week, including the holidays, so please stay on the line while I go through it.")
+        conversation = api.app[TRACKER].get(call_id).conversation
+        await asyncio.sleep(0.5)  # the greeting's first words
+        conversation.flush_lines()
+        status, body, _ = await api.call("POST", f"/api/v1/speakings/{sp['id']}/say", key, json={"text": line})
+        assert status == 202, body
+        for _ in range(100):  # the line is on the line
+            reply = conversation.reply
+            if reply is not None and reply.first_audio_at is not None and reply.messages[0].content == line:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.6)
+        await leg.stop(world.caller().account_sid, call_sid)  # the callee hangs up mid-line
+        await leg.wait_closed()
+        row = await world.final_call(call_sid)
+        assert (row["status"], row["hangup_by"]) == ("ended", "caller"), row
+        status, body, _ = await api.call("POST", f"/api/v1/speakings/{sp['id']}/say", key, json={"text": "Hello?"})
+        assert status == 409 and body["error"] == "session_stopped", body
+        status, body, _ = await api.call("GET", f"/api/v1/speakings/{sp['id']}", key)
+        assert status == 200 and body["status"] == "stopped" and body["said"] == 1, body
+        _, other = await api.tenant_with_key("other")
+        status, body, _ = await api.call("GET", f"/api/v1/speakings/{sp['id']}", other)
+        assert status == 404, body
+        transcripts, _ = await api.control.store.transcripts.list(tenant_id=world.tenant_id, equals={"call_id": call_id})
+        heard = [t for t in transcripts if t["role"] == "agent" and line.startswith(t["text"][:20])]
+        assert len(heard) == 1 and heard[0]["interrupted"] and len(heard[0]["text"]) < len(line), heard
+    finally:
+        streaming.cancel()
