@@ -136,6 +136,13 @@ async def api(settings: Settings):
         await stop_live_api(live, runner)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist hands its workers the controller's terminal width as COLUMNS; the CLI reads it
+    # when stdout is not a terminal. Workers see what a serial run sees.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.pop("COLUMNS", None)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # As `voicectl serve` does after its loop: a LiveKit room connect still retrying in the SDK's
     # native thread must not call back into a finalizing interpreter (that aborts the run).

@@ -199,6 +199,12 @@ class PiperTTS(TextToSpeech):
             return "piper voice unusable: espeak-ng speaks instead"
         return self._voice.spec.name
 
+    async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+        if not self._voice.loaded:  # a cold load (~2.5 s, more on a busy box) is not a late first byte
+            await self.warm_up()
+        async for chunk in super().synthesize(text):
+            yield chunk
+
     async def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
         if not self._voice.loaded:  # no pool hop once loaded: the pool is every call's
             await self.warm_up()
