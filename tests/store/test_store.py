@@ -46,7 +46,7 @@ def tenant_row(name: str | None = None, **extra) -> dict:
         "id": new_id("ten"), "name": name or new_id("name"), "status": "active", "timezone": "UTC",
         "max_concurrent_calls": 5, "max_call_duration_s": 600, "recording_enabled": False, "retention_days": 30,
         "metadata": {}, "created_at": now, "updated_at": now, "outbound_allowed_prefixes": None,
-        "max_outbound_per_day": 100,
+        "max_outbound_per_day": 100, "callback_sla_minutes": 240, "callback_auto_dial": False,
     }
     row.update(extra)
     return row
@@ -263,11 +263,12 @@ def shape(value):
 
 
 async def test_json_and_bool_round_trip(store):
-    row = tenant_row(metadata=JSON_VALUE, recording_enabled=True, outbound_allowed_prefixes=["+1415", "+49"])
+    row = tenant_row(metadata=JSON_VALUE, recording_enabled=True, outbound_allowed_prefixes=["+1415", "+49"],
+                     callback_auto_dial=True)
     inserted = await store.tenants.insert(dict(row))
     got = await store.tenants.get(row["id"], tenant_id=ALL_TENANTS)
     assert got == inserted == row
-    assert got["recording_enabled"] is True
+    assert got["recording_enabled"] is True and got["callback_auto_dial"] is True
     assert shape(got["metadata"]) == shape(JSON_VALUE)
     listed_row = (await store.tenants.list(tenant_id=ALL_TENANTS))[0][0]
     assert shape(listed_row["metadata"]) == shape(JSON_VALUE)
