@@ -205,14 +205,14 @@ class CallRecordWriter:
         """(source, reason, when) of the follow-up a missed inbound caller gets, if any."""
         if session.direction != "inbound" or not session.from_number:
             return None
-        if outcome == "failed" and facts.end_reason not in NO_FOLLOW_UP:
-            return "failed_call", f"the call failed ({facts.end_reason})", None
-        if outcome == "abandoned":
-            return "abandoned_call", "the caller hung up before the agent spoke", None
         route = session.route
         if route is not None and route.after_hours and route.config.after_hours.callback and outcome != "transferred":
             when = next_opening(route.config.hours, route.tenant.get("timezone") or "UTC", datetime.now(UTC))
             return "after_hours", "called after hours", when
+        if outcome == "failed" and facts.end_reason not in NO_FOLLOW_UP:
+            return "failed_call", f"the call failed ({facts.end_reason})", None
+        if outcome == "abandoned":
+            return "abandoned_call", "the caller hung up before the agent spoke", None
         return None
 
     async def _write(self, session: CallSession, summary: dict[str, Any], outcome: str) -> None:

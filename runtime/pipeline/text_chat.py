@@ -23,6 +23,7 @@ from runtime.calls.routing import route_call
 from runtime.calls.session import CallSession
 from runtime.control.plane import ControlPlane
 from runtime.events.bus import EventBus
+from runtime.events.models import ProviderFailedOver
 from runtime.ids import new_id
 from runtime.pipeline.call_analysis import AnalysisGate, attach
 from runtime.pipeline.conversation import Conversation
@@ -30,6 +31,7 @@ from runtime.pipeline.metrics import PipelineMetrics
 from runtime.pipeline.settings import ConversationSettings
 from runtime.providers.base import AudioChunk, SpeechToText, SttStream, TextToSpeech, Transcript
 from runtime.providers.chains import CallProviders, ProviderChains
+from runtime.providers.failover import Failover
 from runtime.providers.registry import ProviderCredential
 from runtime.tools.toolbox import CallToolBox
 
@@ -136,8 +138,15 @@ async def text_chat(plane: ControlPlane, settings: Any, number: str, lines: list
     async def credential(provider: str) -> ProviderCredential | None:
         return await secrets.for_engine(tenant_id, provider)
 
+    conversation: Conversation | None = None
+
+    def failed_over(switch: Failover) -> None:  # reported as a phone call's are, in order with its events
+        if conversation is not None:
+            conversation.emit(ProviderFailedOver(modality=switch.modality, from_provider=switch.from_provider,
+                                                 to_provider=switch.to_provider, reason=switch.reason))
+
     # Engines load lazily: only the brain (the version's LLM chain) is used.
-    chosen = await chains.for_call(route.config, timezone=timezone, credentials=credential)
+    chosen = await chains.for_call(route.config, timezone=timezone, credentials=credential, report=failed_over)
     brain = chosen.llm
     heard, spoken = TypedInput(), TextOut()  # what the chat really hears and speaks with
     attach(session, CallProviders(heard, brain, spoken), route.config, chains=chains, gate=AnalysisGate(settings.analysis), timezone=timezone,
