@@ -119,8 +119,11 @@ def _variables(task: dict[str, Any], original: dict[str, Any] | None) -> dict[st
 class CallbackJob:
     """On the runtime's periodic scheduler: overdue events, then auto-dial of due scheduled tasks."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, base_url: str | None = None) -> None:
         self.app = app
+        # Where carriers reach this runtime for the calls it places: server.public_url, else the
+        # configured host and port (a runtime on another address, e.g. a test's, sets it).
+        self.base_url = base_url
         self.runs = 0
         self.placed = 0
 
@@ -142,7 +145,7 @@ class CallbackJob:
         except Exception:
             log.exception("claiming due callback tasks failed")
             due = []
-        base = _base_url(svc.settings)
+        base = self.base_url or _base_url(svc.settings)
         for task in due:
             try:
                 await place_callback(self.app, task["tenant_id"], task["id"], CallbackPlace(), base, claimed=task)
