@@ -188,3 +188,27 @@ def test_what_a_model_answers_is_checked_field_by_field() -> None:
             assert type(exc).__name__ == "AnalysisFailed"
         else:
             raise AssertionError(bad)
+
+
+async def test_an_after_hours_caller_is_queued_for_the_next_opening_when_the_version_says_so(control,
+                                                                                            settings) -> None:
+    today = datetime.now(UTC)
+    closed_today = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[today.weekday()]
+    schedule = {day: ["09:00-17:00"] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun") if day != closed_today}
+    tenant_id, _ = await _tenant(control, hours={"schedule": schedule},
+                                 after_hours={"greeting": "We are closed.", "callback": True})
+    row, _ = await _call(control, settings, ["Hello?", "Bye."])
+    assert row["metadata"] == {"after_hours": True} and row["outcome"] == "completed"
+    task = (await control.callbacks.list(tenant_id, PageRequest())).items[0]
+    tomorrow = (today + timedelta(days=1)).date()
+    assert (task["source"], task["number"], task["call_id"], task["status"]) == ("after_hours", CALLER, row["id"],
+                                                                               "scheduled")
+    assert task["scheduled_at"] == f"{tomorrow.isoformat()}T09:00:00.000000Z" and task["reason"] == "called after hours"
+    assert row["summary"]["follow_up"]["callback_id"] == task["id"]
+    # Without the version's say-so, no task.
+    quiet = await control.tenants.create(TenantCreate(name=new_id("t")))
+    made = await control.agents.create(quiet.id, AgentCreate(
+        name="desk", system_prompt="p", rules=RULES, tools=["end_call"], hours={"schedule": schedule}))
+    await control.numbers.add(quiet.id, NumberCreate(e164="+15550104344", provider="twilio", agent_id=made.id))
+    await text_chat(control, settings, "+15550104344", ["Hello?", "Bye."], from_number=CALLER)
+    assert (await control.callbacks.list(quiet.id, PageRequest())).total == 0
