@@ -157,6 +157,23 @@ async def test_migrations_apply_once_and_are_recorded(raw_db):
     assert status.current == LATEST_VERSION and status.up_to_date
 
 
+async def test_a_migration_numbered_below_one_applied_is_reported_and_applied(raw_db, monkeypatch):
+    """Branches merge in any order: a lower number may arrive after a higher one was applied."""
+    from runtime.store.schema import Migration
+
+    await migrations.migrate(raw_db)
+    late = Migration(1000, "a branch merged later", ("CREATE TABLE gap_probe (id TEXT)",))
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*MIGRATIONS, late))
+    monkeypatch.setattr(migrations, "LATEST_VERSION", late.version)
+    await raw_db.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                         (1001, "applied by a build with a higher number", "2030-01-01T00:00:00.000000Z"))
+    status = await migrations.status(raw_db)
+    assert status.current == 1001 and status.missing == (1000,) and not status.up_to_date
+    assert await migrations.migrate(raw_db) == [1000]
+    status = await migrations.status(raw_db)
+    assert status.missing == () and status.up_to_date
+
+
 async def test_concurrent_migrate_applies_each_version_once(db_url):
     dbs = [open_database(db_url) for _ in range(3)]
     for db in dbs:
