@@ -104,6 +104,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         if app[RETENTION].scheduler is not None:  # the runtime's periodic scheduler
             app[CALLBACK_JOB].start(app[RETENTION].scheduler)
         yield
+        await app[CALLBACK_JOB].stop()
         await app[RETENTION].stop()
         await app[TRACKER].drain(settings.server.shutdown_grace_s)
         await app[RECORDING_UPLOADS].close()

@@ -15,6 +15,7 @@ where it was (the error is theirs to read), the scheduler's to ``open`` with the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -126,6 +127,7 @@ class CallbackJob:
         self.base_url = base_url
         self.runs = 0
         self.placed = 0
+        self._running: asyncio.Task[None] | None = None
 
     def start(self, scheduler: AsyncIOScheduler) -> None:
         interval = services(self.app).settings.callbacks.check_interval_s
@@ -133,7 +135,21 @@ class CallbackJob:
                           next_run_time=datetime.now(UTC) + timedelta(seconds=min(interval, 5.0)),
                           max_instances=1, coalesce=True, misfire_grace_time=None)
 
+    async def stop(self) -> None:
+        """A tick under way is stopped (shutdown: the scheduler itself is the retention job's)."""
+        task = self._running
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def run(self) -> None:
+        self._running = asyncio.current_task()
+        try:
+            await self._tick()
+        finally:
+            self._running = None
+
+    async def _tick(self) -> None:
         svc = services(self.app)
         callbacks = svc.control.callbacks
         try:
