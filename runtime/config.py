@@ -387,6 +387,26 @@ class SecuritySettings(_Model):
     egress: EgressSettings = Field(default_factory=EgressSettings)
 
 
+class CallbackSettings(_Model):
+    """The callback queue (runtime.control.callbacks): its scheduler tick, retries, a bound per tenant."""
+
+    check_interval_s: float = Field(60.0, ge=1, le=3600)  # overdue tasks and auto-dial, checked this often
+    max_attempts: int = Field(3, ge=1, le=20)  # calls auto-dial places for one task
+    retry_after_s: int = Field(1800, ge=60, le=7 * 86_400)  # a task whose call was not answered: tried again then
+    max_active_per_tenant: int = Field(10_000, ge=1, le=1_000_000)  # open, scheduled or in progress at once
+
+
+class AnalysisSettings(_Model):
+    """The post-call summary through the tenant's LLM (runtime.pipeline.call_analysis)."""
+
+    enabled: bool = True
+    timeout_s: float = Field(30.0, gt=0, le=300)
+    max_transcript_chars: int = Field(12_000, ge=500, le=200_000)
+    max_tokens: int = Field(600, ge=100, le=4000)
+    concurrency: int = Field(4, ge=1, le=64)  # analyses in flight per runtime
+    max_pending: int = Field(1000, ge=1, le=100_000)  # waiting beyond this: skipped (recorded as such)
+
+
 class Settings(_Model):
     server: ServerSettings = Field(default_factory=ServerSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -398,6 +418,8 @@ class Settings(_Model):
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     # Folder of the config file: relative paths resolve against it. Not a YAML key.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

@@ -25,3 +25,8 @@ def now_iso() -> str:
 
 def parse_iso(value: str) -> datetime:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def iso(moment: datetime) -> str:
+    """``moment`` as the store's fixed-width UTC timestamp (what now_iso gives for now)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

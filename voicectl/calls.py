@@ -82,12 +82,13 @@ def show(
     events: Annotated[bool, typer.Option("--events", help="Also show the call's events.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a call with its transcript (and events with --events)."""
+    """Show a call with its transcript and tool calls (and events with --events)."""
 
     async def go(plane: Any) -> dict[str, Any]:
         tenant_id = await owning_tenant(plane, tenant, "voice_calls", call_id, "call")
         call = await plane.calls.get(tenant_id, call_id)
-        data = {**call, "transcript": await _all(lambda p: plane.calls.transcripts(tenant_id, call_id, p))}
+        data = {**call, "transcript": await _all(lambda p: plane.calls.transcripts(tenant_id, call_id, p)),
+                "tool_calls": await _all(lambda p: plane.calls.tool_calls(tenant_id, call_id, p))}
         if events:
             data["events"] = await _all(lambda p: plane.calls.events(tenant_id, p, call_id=call_id))
         return data
@@ -96,7 +97,12 @@ def show(
     if as_json:
         print_json(data)
         return
-    print_details({k: v for k, v in data.items() if k not in ("transcript", "events")}, title=f"call {call_id}")
+    print_details({k: v for k, v in data.items() if k not in ("transcript", "events", "tool_calls", "summary")},
+                  title=f"call {call_id}")
+    summary = data.get("summary") or {}
+    if summary:
+        print_details({k: summary.get(k) for k in ("text", "outcome", "intent", "entities", "sentiment", "follow_up",
+                                                   "analysis") if k in summary}, title="summary")
     if data["transcript"]:
         say("")
         for line in data["transcript"]:
@@ -104,6 +110,12 @@ def show(
             say(f"  {line['role']:>9}: {line['text']}{mark}")
     else:
         say("no transcript")
+    print_table(
+        ["time", "tool", "arguments", "status", "ms", "result"],
+        [[when(t["created_at"]), t["name"], t["arguments"], t["status"], t["latency_ms"], t["result"]]
+         for t in data["tool_calls"]],
+        title="tool calls", empty="none",
+    )
     if events:
         print_table(
             ["seq", "time", "topic", "payload"],

@@ -13,7 +13,9 @@ import typer
 
 from voicectl import (
     agent,
+    bookings,
     call,
+    callbacks,
     calls,
     config_cmd,
     credential,
@@ -83,6 +85,9 @@ app.add_typer(livekit.app, name="livekit")
 app.add_typer(webhook.app, name="webhook")
 app.command("call")(call.call)
 app.add_typer(calls.app, name="calls")
+app.add_typer(callbacks.app, name="callbacks")
+app.add_typer(bookings.bookings_app, name="bookings")
+app.add_typer(bookings.orders_app, name="orders")
 app.add_typer(events.app, name="events")
 app.add_typer(db.app, name="db")
 app.add_typer(config_cmd.app, name="config")

@@ -52,7 +52,7 @@ def _status_dict(settings: Settings, status: Any) -> dict[str, Any]:
         "current": status.current,
         "latest": status.latest,
         "up_to_date": status.up_to_date,
-        "pending": [{"version": m.version, "name": m.name} for m in MIGRATIONS if m.version > status.current],
+        "pending": [{"version": m.version, "name": m.name} for m in MIGRATIONS if m.version in status.missing],
     }
 
 

@@ -71,10 +71,10 @@ async def _send(base: str, key: str, tenant: str | None, method: str, path: str,
 
 def _control(call_id: str, method: str, path: str, body: dict[str, Any], url: str | None, key: str | None,
              tenant: str | None, as_json: bool, done: str) -> None:
-    _call_api(method, f"/api/v1/calls/{call_id}{path}", body, url, key, tenant, as_json, lambda _: done)
+    call_api(method, f"/api/v1/calls/{call_id}{path}", body, url, key, tenant, as_json, lambda _: done)
 
 
-def _call_api(method: str, path: str, body: dict[str, Any], url: str | None, key: str | None, tenant: str | None,
+def call_api(method: str, path: str, body: dict[str, Any], url: str | None, key: str | None, tenant: str | None,
               as_json: bool, done: Any) -> None:
     api_key = key or os.environ.get("VOICECTL_API_KEY")
     if not api_key:
@@ -122,7 +122,7 @@ def register(app: typer.Typer) -> None:
                                 "machine_detection": machine_detection, "timeout_s": timeout}
         if agent is not None:
             body["agent_id"] = agent
-        _call_api("POST", "/api/v1/calls", body, url, key, tenant, as_json,
+        call_api("POST", "/api/v1/calls", body, url, key, tenant, as_json,
                   lambda data: f"placed {data['id']} ({data['status']})")
 
     @app.command("hangup")

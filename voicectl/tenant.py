@@ -39,11 +39,17 @@ PrefixOpt = Annotated[list[str] | None, typer.Option(
          "codes of the tenant's numbers).")]
 OutboundPerDayOpt = Annotated[int | None, typer.Option(
     "--max-outbound-per-day", help="Outbound calls per day in the tenant's time zone (0: none; default 100).")]
+SlaOpt = Annotated[int | None, typer.Option(
+    "--callback-sla-minutes", help="A callback task is due this long after it is wanted (1-43200; default 240).")]
+AutoDialOpt = Annotated[bool | None, typer.Option(
+    "--callback-auto-dial/--no-callback-auto-dial",
+    help="Dial scheduled callback tasks when their time comes (default off).")]
 
 
 def _fields(
     timezone: str | None, max_calls: int | None, max_duration: int | None, recording: bool | None,
     retention: int | None, prefixes: list[str] | None = None, per_day: int | None = None,
+    sla: int | None = None, auto_dial: bool | None = None,
 ) -> dict[str, Any]:
     values = {
         "timezone": timezone,
@@ -53,6 +59,8 @@ def _fields(
         "retention_days": retention,
         "outbound_allowed_prefixes": prefixes or None,
         "max_outbound_per_day": per_day,
+        "callback_sla_minutes": sla,
+        "callback_auto_dial": auto_dial,
     }
     return {k: v for k, v in values.items() if v is not None}
 
@@ -71,6 +79,8 @@ def create(
     retention_days: RetentionOpt = None,
     outbound_prefix: PrefixOpt = None,
     max_outbound_per_day: OutboundPerDayOpt = None,
+    callback_sla_minutes: SlaOpt = None,
+    callback_auto_dial: AutoDialOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a tenant."""
@@ -79,7 +89,8 @@ def create(
         from runtime.control.schemas import TenantCreate
 
         data = TenantCreate(name=name, **_fields(timezone, max_concurrent_calls, max_call_duration, recording,
-                                                 retention_days, outbound_prefix, max_outbound_per_day))
+                                                 retention_days, outbound_prefix, max_outbound_per_day,
+                                                 callback_sla_minutes, callback_auto_dial))
         return (await plane.tenants.create(data)).to_dict()
 
     _show(run(go), as_json, "created")
@@ -128,6 +139,8 @@ def update(
     max_outbound_per_day: OutboundPerDayOpt = None,
     default_prefixes: Annotated[bool, typer.Option(
         "--default-outbound-prefixes", help="Back to the country codes of the tenant's numbers.")] = False,
+    callback_sla_minutes: SlaOpt = None,
+    callback_auto_dial: AutoDialOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a tenant's name or limits."""
@@ -138,7 +151,7 @@ def update(
         from runtime.control.schemas import TenantUpdate
 
         changes = _fields(timezone, max_concurrent_calls, max_call_duration, recording, retention_days,
-                          outbound_prefix, max_outbound_per_day)
+                          outbound_prefix, max_outbound_per_day, callback_sla_minutes, callback_auto_dial)
         if name is not None:
             changes["name"] = name
         if default_prefixes:

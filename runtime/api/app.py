@@ -64,6 +64,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
     async def call_engine(app: web.Application) -> AsyncIterator[None]:
         store = app[CONTROL].store
         app[BUS] = EventBus(store)
+        app[CONTROL].callbacks.bus = app[BUS]  # callback events reach this runtime's subscribers too
         app[DELIVERY] = DeliveryWorker(store, app[CONTROL].secrets, settings.events.webhooks,
                                        egress=settings.security.egress.policy, bus=app[BUS])
         app[BUS].on_outbox = app[DELIVERY].wake
@@ -79,10 +80,13 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
 
         app[PIPELINE] = ConversationEngine(providers or ProviderChains(settings), app[CONTROL],
                                            app[METRICS].registry)
+        from runtime.calls.call_record import CallRecordWriter
+
         app[TRACKER] = CallTracker(store, app[BUS], max_calls=settings.limits.max_calls,
                                    recording_dir=settings.recording_dir, uploader=app[RECORDING_UPLOADS],
                                    local_calls=settings.limits.local_capacity(),
-                                   runs_locally=app[PIPELINE].runs_locally)
+                                   runs_locally=app[PIPELINE].runs_locally,
+                                   recorder=CallRecordWriter(app[CONTROL].callbacks))
         recovered = await app[TRACKER].recover()
         if recovered:
             log.warning("calls left live by a previous run marked failed", extra={"calls": recovered})
@@ -94,7 +98,13 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         await app[PIPELINE].start()
         app[SERVICES] = BridgeServices(settings, app[CONTROL], app[TRACKER], app[BUS], app[PIPELINE], app[METRICS],
                                        app[RATE_LIMITER])
+        from runtime.telephony.callbacks import CALLBACK_JOB, CallbackJob
+
+        app[CALLBACK_JOB] = CallbackJob(app)
+        if app[RETENTION].scheduler is not None:  # the runtime's periodic scheduler
+            app[CALLBACK_JOB].start(app[RETENTION].scheduler)
         yield
+        await app[CALLBACK_JOB].stop()
         await app[RETENTION].stop()
         await app[TRACKER].drain(settings.server.shutdown_grace_s)
         await app[RECORDING_UPLOADS].close()

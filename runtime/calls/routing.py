@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -107,6 +108,21 @@ def within_hours(hours: OperatingHours | None, timezone: str, now: datetime) -> 
         if start <= hhmm < end:
             return True
     return False
+
+
+def next_opening(hours: OperatingHours | None, timezone: str, now: datetime) -> datetime | None:
+    """When the schedule next opens after ``now`` (UTC), within a week; None without a schedule."""
+    if hours is None:
+        return None
+    zone = ZoneInfo(timezone)
+    local = now.astimezone(zone)
+    for offset in range(8):
+        day = local.date() + timedelta(days=offset)
+        for item in sorted(hours.schedule.get(WEEKDAYS[day.weekday()], [])):
+            opens = datetime.combine(day, clock_time(int(item[:2]), int(item[3:5])), tzinfo=zone)
+            if opens > local:
+                return opens.astimezone(UTC)
+    return None
 
 
 async def route_call(store: Store, e164: str, now: datetime,

@@ -52,6 +52,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     ENDED: frozenset(),
     FAILED: frozenset(),
 }
+ENGINE_COLUMNS = ("stt_provider", "llm_provider", "llm_model", "tts_provider", "tts_voice")
 # Call logging never blocks teardown: the archive write gets this long, then is logged as an error.
 ARCHIVE_TIMEOUT_S = 5.0
 
@@ -119,6 +120,8 @@ class CallSession:
     # An outbound call's request and progress (runtime.calls.outbound.OutboundCall); None: inbound.
     outbound: Any = None
     end_reason: str | None = None
+    hangup_by: str | None = None
+    final_duration_ms: int | None = None  # set when the call ends
     _seq: int = 0
     _transcript_seq: int = 0
     _started_mono: float = field(default_factory=time.monotonic)
@@ -134,6 +137,18 @@ class CallSession:
     on_duration_warning: list[Callable[[CallSession, int], Awaitable[None]]] = field(default_factory=list)
     watchdog: DurationWatchdog | None = None
     _latency_samples: dict[str, list[float]] = field(default_factory=dict)
+    # The operations record (runtime.calls.call_record), filled as the call goes:
+    escalated_to: str | None = None  # the target of the call's transfer, if it asked for one
+    agent_spoke: bool = False  # the caller heard the agent (an agent transcript was written)
+    # The engines and voice serving the call (after any failover), read when it ends (columns).
+    engines_used: Callable[[], dict[str, str | None]] | None = None
+    # What the brain can tell of the call (the rules brain: its intents and slots), and who writes
+    # its summary with a language model: set by the conversation engine.
+    brain_notes: Callable[[], dict[str, Any]] | None = None
+    analyst: Any = None
+    callback_id: str | None = None  # the callback task this call was placed for
+    # Called once every on_end hook has run (the conversation closed, its transcripts written).
+    after_end: list[Callable[[CallSession], Awaitable[None] | None]] = field(default_factory=list)
 
     @property
     def _lock(self) -> asyncio.Lock:
@@ -167,6 +182,8 @@ class CallSession:
                              interrupted: bool) -> None:
         """A final utterance: the ``transcripts`` row and ``transcript.created`` in one transaction."""
         self._transcript_seq += 1
+        if role == "agent":
+            self.agent_spoke = True
         batch = self.store.batch()
         await batch.transcripts.insert({
             "id": new_id("tsc"), "tenant_id": self.tenant_id, "call_id": self.id, "seq": self._transcript_seq,
@@ -211,6 +228,8 @@ class CallSession:
     async def emit(self, payload: Payload, batch: WriteBatch | None = None) -> Event:
         """Commit and publish an event of this call with the next sequence number (with ``batch``:
         the caller's writes, committed in the same transaction before the event)."""
+        if payload.__class__ is TransferRequested:  # an after-hours or watchdog transfer, too
+            self.escalated_to = payload.target  # type: ignore[attr-defined]
         event = self._event(payload)
         await self.bus.publish(event, batch)
         return event
@@ -276,6 +295,7 @@ class CallSession:
     async def transfer(self, target: str, reason: str | None = None) -> None:
         """Ask the bridge to transfer; the call then ends with reason=transferred when the bridge says so."""
         async with self._lock:
+            self.escalated_to = target
             await self._transition(TRANSFERRING, reason, {}, TransferRequested(target=target, reason=reason))
         if self.control is not None:
             await self.control.transfer(target)
@@ -337,10 +357,11 @@ class CallSession:
                 except Exception:  # the counters must never keep a call from ending
                     log.exception("media counters unreadable", extra={"call_id": self.id})
             duration = self.duration_ms
-            self.end_reason = reason
+            self.end_reason, self.hangup_by, self.final_duration_ms = reason, hangup_by, duration
             changes = {
                 "end_reason": reason, "hangup_by": hangup_by, "ended_at": now_iso(), "duration_ms": duration,
-                "summary": self.summary, "latency": self.latency,
+                "summary": self.summary, "latency": self.latency, "escalated_to": self.escalated_to,
+                **self._engines(),
             }
             try:
                 # A timeout scope, not wait_for: no task per call ending (the write rarely waits at all).
@@ -351,13 +372,24 @@ class CallSession:
                 self.state = state
                 log.exception("archiving the call failed", extra={"call_id": self.id, "reason": reason})
         self._set_ended()
-        for callback in list(self.on_end):
-            try:
-                result = callback(self)
-                if asyncio.iscoroutine(result):
-                    await result
-            except Exception:
-                log.exception("call end hook failed", extra={"call_id": self.id})
+        for hooks in (self.on_end, self.after_end):
+            for callback in list(hooks):
+                try:
+                    result = callback(self)
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:
+                    log.exception("call end hook failed", extra={"call_id": self.id})
+
+    def _engines(self) -> dict[str, str | None]:
+        """The engine columns (stt_provider, llm_provider, llm_model, tts_provider, tts_voice)."""
+        if self.engines_used is None:
+            return {}
+        try:
+            return {k: v for k, v in self.engines_used().items() if k in ENGINE_COLUMNS}
+        except Exception:  # never keep a call from ending
+            log.exception("engines unreadable", extra={"call_id": self.id})
+            return {}
 
     async def _archive(self, state: str, reason: str, hangup_by: str | None, message: str | None,
                        changes: dict[str, Any], duration: int) -> None:

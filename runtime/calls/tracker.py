@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from runtime.calls.call_record import CallRecordWriter
 from runtime.calls.integrator_sessions import Speaking, Transcribe
 from runtime.calls.outbound import OutboundCall
 from runtime.calls.routing import CallRoute, RouteRejected, route_call
@@ -27,6 +28,8 @@ log = logging.getLogger("voicectl.calls")
 HANGUP_CONCURRENCY = 64
 HANGUP_TIMEOUT_S = 3.0
 ENDED_SESSIONS_KEPT = 10_000  # integrator sessions of ended calls still answered 409 (not 404)
+# At shutdown: how long the records of the last calls (and their analyses) may still take.
+RECORDS_GRACE_S = 5.0
 
 
 class LiveCalls(dict[str, CallSession]):
@@ -92,7 +95,8 @@ class LiveCalls(dict[str, CallSession]):
 class CallTracker:
     def __init__(self, store: Store, bus: EventBus, *, max_calls: int, recording_dir: Path | None = None,
                  uploader: RecordingUploader | None = None, local_calls: int | None = None,
-                 runs_locally: Callable[[CallRoute], Awaitable[bool]] | None = None) -> None:
+                 runs_locally: Callable[[CallRoute], Awaitable[bool]] | None = None,
+                 recorder: CallRecordWriter | None = None) -> None:
         self.store = store
         self.bus = bus
         self.max_calls = max_calls
@@ -110,6 +114,9 @@ class CallTracker:
         # ``say`` on one is a 409 ``session_stopped``, not a 404.
         self.ended_sessions: OrderedDict[str, Transcribe | Speaking] = OrderedDict()
         self.accepting = True
+        # Writes each ended call's operations record (outcome, follow-up, summary) in a task of its own.
+        self.recorder = recorder
+        self.records: set[asyncio.Task[None]] = set()
 
     @property
     def at_capacity(self) -> bool:
@@ -198,11 +205,30 @@ class CallTracker:
 
     def _session(self, tenant_id: str, route: CallRoute | None, provider: str, direction: str,
                  from_number: str | None, to_number: str | None, provider_call_id: str | None) -> CallSession:
-        return CallSession(
+        session = CallSession(
             id=new_id("call"), tenant_id=tenant_id, provider=provider, direction=direction,
             from_number=from_number, to_number=to_number, store=self.store, bus=self.bus, route=route,
             provider_call_id=provider_call_id,
         )
+        if self.recorder is not None:
+            session.after_end.append(self._spawn_record)
+        return session
+
+    def _spawn_record(self, session: CallSession) -> None:
+        if self.recorder is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.recorder.record(session))
+        self.records.add(task)
+        task.add_done_callback(self.records.discard)
+
+    async def finish_records(self, grace_s: float = RECORDS_GRACE_S) -> None:
+        """Let the records being written finish (up to ``grace_s``), then stop them."""
+        if not self.records:
+            return
+        _, pending = await asyncio.wait(list(self.records), timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def _release(self, session: CallSession) -> None:
         self.live.pop(session.id, None)
@@ -224,6 +250,7 @@ class CallTracker:
             except TimeoutError:
                 pass
         await self._hang_up_all(list(self.live.values()))
+        await self.finish_records()
 
     async def _hang_up_all(self, sessions: list[CallSession]) -> None:
         """Hang up the remaining calls side by side: each hangup may be a provider request (Twilio,

@@ -46,6 +46,14 @@ class CallReadService:
         )
         return Page(rows, total, page.limit, page.offset)
 
+    async def tool_calls(self, tenant_id: str, call_id: str, page: PageRequest) -> Page[dict[str, Any]]:
+        """A call's tool calls in the order they ran: name, arguments, result, status, latency."""
+        await self.get(tenant_id, call_id)
+        rows, total = await self.store.tool_calls.list(
+            tenant_id=tenant_id, equals={"call_id": call_id}, limit=page.limit, offset=page.offset
+        )
+        return Page(rows, total, page.limit, page.offset)
+
     async def events(self, tenant_id: str, page: PageRequest, *, call_id: str | None = None) -> Page[dict[str, Any]]:
         equals: dict[str, Any] = {}
         if call_id is not None:

@@ -63,6 +63,8 @@ class Tenant(Public):
     updated_at: str
     outbound_allowed_prefixes: list[str] | None = None  # None: the country codes of its numbers
     max_outbound_per_day: int = 100
+    callback_sla_minutes: int = 240
+    callback_auto_dial: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from runtime.config import Settings
 from runtime.control.agents import AgentService
+from runtime.control.bookings import BookingReadService
+from runtime.control.callbacks import CallbackPolicy, CallbackService
 from runtime.control.calls import CallReadService
 from runtime.control.credentials import CredentialService
 from runtime.control.keys import KeyService
@@ -19,7 +21,8 @@ from runtime.store.store import Store
 
 
 class ControlPlane:
-    def __init__(self, store: Store, secrets: SecretStore, egress: EgressPolicy | None = None) -> None:
+    def __init__(self, store: Store, secrets: SecretStore, egress: EgressPolicy | None = None,
+                 callbacks: CallbackPolicy | None = None) -> None:
         self.store = store
         self.secrets = secrets
         # Where tenants' URLs may point (security.egress); the strictest policy unless given.
@@ -32,6 +35,8 @@ class ControlPlane:
         self.credentials = CredentialService(store, secrets, self.egress)
         self.webhooks = WebhookService(store, secrets, self.egress)
         self.calls = CallReadService(store)
+        self.callbacks = CallbackService(store, policy=callbacks)
+        self.bookings = BookingReadService(store)
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> ControlPlane:
@@ -49,7 +54,8 @@ class ControlPlane:
         except BaseException:
             await db.close()
             raise
-        return cls(Store(db), secrets, settings.security.egress.policy)
+        return cls(Store(db), secrets, settings.security.egress.policy,
+                   CallbackPolicy.from_settings(settings.callbacks))
 
     async def close(self) -> None:
         await self.store.db.close()

@@ -32,6 +32,7 @@ TOOL_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{0,63}$")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 BUILTIN_TOOLS = (
     "end_call", "transfer_to_human", "log_note", "check_availability", "create_booking", "create_order",
+    "schedule_callback",
 )
 MAX_VERSION = 2**31 - 1  # agent versions are INTEGER columns (32-bit on PostgreSQL)
 
@@ -80,6 +81,8 @@ check_http_url = _tenant_url(WEB)
 DIAL_PREFIX = re.compile(r"^\+[1-9]\d{0,14}$")
 MAX_OUTBOUND_PREFIXES = 100
 DEFAULT_OUTBOUND_PER_DAY = 100
+DEFAULT_CALLBACK_SLA_MINUTES = 240
+MAX_CALLBACK_SLA_MINUTES = 30 * 24 * 60
 
 
 def check_prefixes(value: list[str] | None) -> list[str] | None:
@@ -109,6 +112,9 @@ class TenantCreate(Input):
                           "tenant's own numbers)")
     max_outbound_per_day: int = Field(DEFAULT_OUTBOUND_PER_DAY, ge=0, le=1_000_000,
                                       description="outbound calls per day in the tenant's time zone (0: none)")
+    callback_sla_minutes: int = Field(DEFAULT_CALLBACK_SLA_MINUTES, ge=1, le=MAX_CALLBACK_SLA_MINUTES,
+                                      description="a callback task is due this long after it is wanted")
+    callback_auto_dial: bool = Field(False, description="scheduled callback tasks are dialled when their time comes")
 
     _tz = field_validator("timezone")(check_timezone)
     _prefixes = field_validator("outbound_allowed_prefixes")(check_prefixes)
@@ -125,6 +131,8 @@ class TenantUpdate(Input):
     metadata: dict[str, Any] | None = None
     outbound_allowed_prefixes: list[str] | None = Field(None, description="null: back to the default")
     max_outbound_per_day: int | None = Field(None, ge=0, le=1_000_000)
+    callback_sla_minutes: int | None = Field(None, ge=1, le=MAX_CALLBACK_SLA_MINUTES)
+    callback_auto_dial: bool | None = None
 
     _tz = field_validator("timezone")(check_timezone)
     _prefixes = field_validator("outbound_allowed_prefixes")(check_prefixes)
@@ -312,6 +320,8 @@ class AfterHours(Input):
     mode: Literal["greeting", "transfer"] = "greeting"
     greeting: str | None = None
     system_prompt: str | None = None
+    callback: bool = Field(False, description="every after-hours caller not transferred gets a callback task, "
+                                              "scheduled for the next opening")
 
 
 # The rules brain (runtime.providers.llm.rules): a scripted, deterministic stand-in for an LLM.

@@ -197,12 +197,53 @@ class SpeakingStopped(Payload):
     reason: str
 
 
+@dataclass(frozen=True)
+class CallbackCreated(Payload):
+    """A callback task joined the tenant's queue (the event's call_id is null; the task's call is here)."""
+
+    topic: ClassVar[str] = "callback.created"
+    callback_id: str
+    call_id: str | None
+    number: str
+    reason: str | None
+    source: str  # tool | failed_call | abandoned_call | after_hours
+    due_at: str
+    scheduled_at: str | None = None
+
+
+@dataclass(frozen=True)
+class CallbackOverdue(Payload):
+    """An open or scheduled callback task passed its due time (once per task)."""
+
+    topic: ClassVar[str] = "callback.overdue"
+    callback_id: str
+    call_id: str | None
+    number: str
+    due_at: str
+    status: str
+    assignee: str | None = None
+
+
+@dataclass(frozen=True)
+class CallbackCompleted(Payload):
+    """A callback task was closed: done (by hand, or a callback call answered) or canceled."""
+
+    topic: ClassVar[str] = "callback.completed"
+    callback_id: str
+    call_id: str | None
+    status: str  # done | canceled
+    disposition: str | None
+    attempts: int
+    last_call_id: str | None = None
+
+
 PAYLOAD_TYPES: dict[str, type[Payload]] = {
     cls.topic: cls
     for cls in (CallStarted, CallConnected, StateChanged, SpeechStarted, SpeechEnded, TranscriptInterim,
                 TranscriptCreated, DtmfReceived, AgentInterrupted, ToolCalled, TransferRequested, TurnLatency,
                 DurationWarning, ProviderFailedOver, CallCompleted, CallFailed, WebhookDisabled,
-                TranscriptionStarted, TranscriptionStopped, SpeakingStarted, SpeakingStopped, MachineDetected)
+                TranscriptionStarted, TranscriptionStopped, SpeakingStarted, SpeakingStopped, MachineDetected,
+                CallbackCreated, CallbackOverdue, CallbackCompleted)
 }
 
 

@@ -28,6 +28,9 @@ TOPICS: tuple[str, ...] = (
     "speaking.started",
     "speaking.stopped",
     "call.machine_detected",
+    "callback.created",
+    "callback.overdue",
+    "callback.completed",
 )
 
 

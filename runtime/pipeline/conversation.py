@@ -91,6 +91,13 @@ class CallSink(Protocol):
     async def transfer(self, target: str) -> None: ...
 
 
+def _other_party(session: Any) -> str | None:
+    """The number of whoever the agent talks to: the caller, or the callee of an outbound call."""
+    if getattr(session, "direction", None) == "outbound":
+        return getattr(session, "to_number", None)
+    return getattr(session, "from_number", None)
+
+
 class VoiceActivity(Protocol):
     def is_speech(self, frame: bytes) -> bool: ...
 
@@ -108,7 +115,7 @@ class Conversation:
         self.metrics = metrics
         self.tool_context = tool_context or ToolContext(
             tenant_id=session.tenant_id, call_id=session.id, agent_id=settings.agent_id,
-            caller=getattr(session, "from_number", None), escalation_target=settings.escalation_target)
+            caller=_other_party(session), escalation_target=settings.escalation_target)
         self.detector = TurnDetector(settings.turn)
         self.history = History()
         started_at = self.clock.now()

@@ -21,6 +21,7 @@ from runtime.control.plane import ControlPlane
 from runtime.control.schemas import AgentConfig
 from runtime.egress.aiohttp_client import guarded_session
 from runtime.events.models import ProviderFailedOver
+from runtime.pipeline.call_analysis import AnalysisGate, attach
 from runtime.pipeline.conversation import Conversation
 from runtime.pipeline.line_cache import LineCache
 from runtime.pipeline.metrics import PipelineMetrics
@@ -45,6 +46,8 @@ class ConversationEngine:
         self.metrics = PipelineMetrics(registry)
         self.greetings = LineCache()
         self._http: aiohttp.ClientSession | None = None
+        # Post-call summaries with the tenant's LLM: how many run at once on this runtime.
+        self.analysis = AnalysisGate(providers.settings.analysis)
 
     async def start(self, warm_up: bool = True) -> None:
         # Tenant HTTP tools: connections only where security.egress lets tenants' URLs go.
@@ -136,8 +139,11 @@ class ConversationEngine:
             self.metrics.failovers.labels(sub.modality, sub.wanted, sub.used).inc()
             await session.emit(ProviderFailedOver(modality=sub.modality, from_provider=sub.wanted,
                                                   to_provider=sub.used, reason=sub.reason))
+        attach(session, chosen, config, chains=self.providers, gate=self.analysis, timezone=timezone,
+               credentials=credential)
         toolbox = CallToolBox.for_call(config, store=store, emit=session.emit, timezone=timezone,
-                                       http=self._http, signing_secret=lambda t: secrets.secret(t, "tools"))
+                                       http=self._http, signing_secret=lambda t: secrets.secret(t, "tools"),
+                                       callbacks=self.control.callbacks)
         settings = ConversationSettings.from_route(route, **{**_call_texts(session, route), **overrides})
         conversation = Conversation(session, stt=chosen.stt, llm=chosen.llm, tts=chosen.tts, transport=transport,
                                     settings=settings, vad=default_vad(transport.rate), toolbox=toolbox,

@@ -18,16 +18,20 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from runtime.calls.call_record import CallRecordWriter
 from runtime.calls.routing import route_call
 from runtime.calls.session import CallSession
 from runtime.control.plane import ControlPlane
 from runtime.events.bus import EventBus
+from runtime.events.models import ProviderFailedOver
 from runtime.ids import new_id
+from runtime.pipeline.call_analysis import AnalysisGate, attach
 from runtime.pipeline.conversation import Conversation
 from runtime.pipeline.metrics import PipelineMetrics
 from runtime.pipeline.settings import ConversationSettings
 from runtime.providers.base import AudioChunk, SpeechToText, SttStream, TextToSpeech, Transcript
-from runtime.providers.chains import ProviderChains
+from runtime.providers.chains import CallProviders, ProviderChains
+from runtime.providers.failover import Failover
 from runtime.providers.registry import ProviderCredential
 from runtime.tools.toolbox import CallToolBox
 
@@ -134,9 +138,19 @@ async def text_chat(plane: ControlPlane, settings: Any, number: str, lines: list
     async def credential(provider: str) -> ProviderCredential | None:
         return await secrets.for_engine(tenant_id, provider)
 
+    conversation: Conversation | None = None
+
+    def failed_over(switch: Failover) -> None:  # reported as a phone call's are, in order with its events
+        if conversation is not None:
+            conversation.emit(ProviderFailedOver(modality=switch.modality, from_provider=switch.from_provider,
+                                                 to_provider=switch.to_provider, reason=switch.reason))
+
     # Engines load lazily: only the brain (the version's LLM chain) is used.
-    chosen = await chains.for_call(route.config, timezone=timezone, credentials=credential)
+    chosen = await chains.for_call(route.config, timezone=timezone, credentials=credential, report=failed_over)
     brain = chosen.llm
+    heard, spoken = TypedInput(), TextOut()  # what the chat really hears and speaks with
+    attach(session, CallProviders(heard, brain, spoken), route.config, chains=chains, gate=AnalysisGate(settings.analysis), timezone=timezone,
+           credentials=credential)
     http_tools = None
     try:
         import aiohttp
@@ -146,8 +160,9 @@ async def text_chat(plane: ControlPlane, settings: Any, number: str, lines: list
         http_tools = guarded_session(plane.egress, timeout=aiohttp.ClientTimeout(total=60))
         toolbox = CallToolBox.for_call(route.config, store=plane.store, emit=session.emit, timezone=timezone,
                                        http=http_tools,
-                                       signing_secret=lambda t: plane.credentials.secret(t, "tools"))
-        conversation = Conversation(session, stt=TypedInput(), llm=brain, tts=TextOut(),
+                                       signing_secret=lambda t: plane.credentials.secret(t, "tools"),
+                                       callbacks=plane.callbacks)
+        conversation = Conversation(session, stt=heard, llm=brain, tts=spoken,
                                     transport=InstantTransport(), settings=ConversationSettings.from_route(route),
                                     vad=_NeverSpeech(), toolbox=toolbox,
                                     metrics=PipelineMetrics(CollectorRegistry()))
@@ -162,6 +177,7 @@ async def text_chat(plane: ControlPlane, settings: Any, number: str, lines: list
         await chosen.aclose()
         if session.live:
             await session.end("caller_hangup", hangup_by="caller")
+        await CallRecordWriter(plane.callbacks).record(session)  # as the runtime's tracker does after a call
     finally:
         if http_tools is not None:
             await http_tools.close()

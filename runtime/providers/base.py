@@ -83,6 +83,22 @@ class Engine:
     async def aclose(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release clients, pools and models; the default has none."""
 
+    @property
+    def serving(self) -> Engine:
+        """The engine answering now: itself (a fallback chain: the one of its engines in use)."""
+        return self
+
+    @property
+    def provider_name(self) -> str:
+        """The registry name of the engine answering now (the call's record)."""
+        return self.name
+
+    @property
+    def model_name(self) -> str | None:
+        """The model the engine answering now uses, where it names one."""
+        model = getattr(self.serving, "model", None)
+        return model if isinstance(model, str) else None
+
 
 # Speech to text
 
@@ -260,6 +276,12 @@ class TextToSpeech(Engine, ABC):
         replay = Replay(pieces)  # a retry before the first audio starts over with the pieces taken
         async for chunk in first_byte_guarded(self.name, self.policy, lambda: self._synthesize_stream(replay.again())):
             yield chunk
+
+    @property
+    def voice_name(self) -> str | None:
+        """The voice the engine speaks with, where it has a choice of them."""
+        voice = getattr(self, "voice", None)
+        return voice if isinstance(voice, str) else None
 
     @abstractmethod
     def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]: ...

@@ -25,6 +25,7 @@ from typing import Generic, TypeVar
 
 from runtime.providers.base import (
     AudioChunk,
+    Engine,
     LanguageModel,
     LlmDone,
     LlmEvent,
@@ -126,6 +127,14 @@ class FailoverSTT(SpeechToText):
     def provider(self) -> str:
         return self.chain.current[0]
 
+    @property
+    def provider_name(self) -> str:
+        return self.chain.current[0]
+
+    @property
+    def serving(self) -> Engine:
+        return self.chain.current[1]
+
     @property  # type: ignore[override]
     def rate(self) -> int:
         return self.chain.current[1].rate
@@ -211,6 +220,14 @@ class FailoverLLM(LanguageModel):
     def provider(self) -> str:
         return self.chain.current[0]
 
+    @property
+    def provider_name(self) -> str:
+        return self.chain.current[0]
+
+    @property
+    def serving(self) -> Engine:
+        return self.chain.current[1]
+
     async def stream(self, request: LlmRequest) -> AsyncIterator[LlmEvent]:
         said, called = "", False
         while True:
@@ -258,6 +275,14 @@ class FailoverTTS(TextToSpeech):
     def provider(self) -> str:
         return self.chain.current[0]
 
+    @property
+    def provider_name(self) -> str:
+        return self.chain.current[0]
+
+    @property
+    def serving(self) -> Engine:
+        return self.chain.current[1]
+
     async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
         left = text
         while True:
@@ -299,6 +324,10 @@ class FailoverTTS(TextToSpeech):
 
     def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:  # pragma: no cover
         raise NotImplementedError
+
+    @property
+    def voice_name(self) -> str | None:
+        return self.chain.current[1].voice_name
 
     def turn_started(self) -> None:
         self.chain.turn_started()

@@ -13,10 +13,13 @@ from runtime.store.schema import LATEST_VERSION, MIGRATIONS
 class MigrationStatus:
     current: int
     latest: int
+    # Versions not applied, below ``current`` too: branches merged later may bring a lower number
+    # than one already applied (``migrate`` applies each missing one, whatever its number).
+    missing: tuple[int, ...] = ()
 
     @property
     def up_to_date(self) -> bool:
-        return self.current >= self.latest
+        return self.current >= self.latest and not self.missing
 
 
 # Any constant: serialises the bookkeeping-table creation across processes on PostgreSQL.
@@ -43,7 +46,10 @@ async def current_version(db: Database) -> int:
 
 
 async def status(db: Database) -> MigrationStatus:
-    return MigrationStatus(await current_version(db), LATEST_VERSION)
+    await _ensure_table(db)
+    applied = {int(r["version"]) for r in await db.fetchall("SELECT version FROM schema_migrations")}
+    missing = tuple(m.version for m in MIGRATIONS if m.version not in applied)
+    return MigrationStatus(max(applied, default=0), LATEST_VERSION, missing)
 
 
 async def migrate(db: Database) -> list[int]:

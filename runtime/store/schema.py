@@ -409,6 +409,45 @@ OUTBOUND_CALLS = Migration(
     ),
 )
 
+# Callback tasks and the operations record (runtime.control.callbacks, runtime.calls.call_record).
+# callback_tasks (unused until now) gets the fields of a human follow-up queue: its number (renamed
+# from phone), where it came from, when it is wanted (scheduled_at), who has it, the calls placed
+# for it, and when callback.overdue fired (once). Each tenant sets its SLA and whether due tasks are
+# dialled by themselves. A call row keeps its outcome, who it was transferred to, and the engines
+# and voice it really used (after any failover). Number 11: 10 is the evaluations migration.
+CALLBACKS_AND_RECORD = Migration(
+    11,
+    "callback tasks and the operations record",
+    (
+        "ALTER TABLE callback_tasks RENAME COLUMN phone TO number",
+        "ALTER TABLE callback_tasks ADD COLUMN agent_id TEXT",
+        "ALTER TABLE callback_tasks ADD COLUMN source TEXT NOT NULL DEFAULT 'tool'",
+        "ALTER TABLE callback_tasks ADD COLUMN scheduled_at {ts}",
+        "ALTER TABLE callback_tasks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE callback_tasks ADD COLUMN assignee TEXT",
+        "ALTER TABLE callback_tasks ADD COLUMN last_call_id TEXT",
+        "ALTER TABLE callback_tasks ADD COLUMN overdue_at {ts}",
+        "ALTER TABLE callback_tasks ADD COLUMN completed_at {ts}",
+        "CREATE INDEX callback_tasks_tenant_due ON callback_tasks (tenant_id, status, due_at)",
+        "CREATE INDEX callback_tasks_due ON callback_tasks (status, due_at)",
+        # One task in the queue per number: a caller who calls three times is called back once.
+        "CREATE UNIQUE INDEX callback_tasks_active_number ON callback_tasks (tenant_id, number) "
+        "WHERE status IN ('open', 'scheduled', 'in_progress')",
+        "CREATE INDEX callback_tasks_call ON callback_tasks (call_id)",
+        "ALTER TABLE tenants ADD COLUMN callback_sla_minutes INTEGER NOT NULL DEFAULT 240",
+        "ALTER TABLE tenants ADD COLUMN callback_auto_dial {bool} NOT NULL DEFAULT FALSE",
+        "ALTER TABLE voice_calls ADD COLUMN outcome TEXT",
+        "ALTER TABLE voice_calls ADD COLUMN escalated_to TEXT",
+        "ALTER TABLE voice_calls ADD COLUMN stt_provider TEXT",
+        "ALTER TABLE voice_calls ADD COLUMN llm_provider TEXT",
+        "ALTER TABLE voice_calls ADD COLUMN llm_model TEXT",
+        "ALTER TABLE voice_calls ADD COLUMN tts_provider TEXT",
+        "ALTER TABLE voice_calls ADD COLUMN tts_voice TEXT",
+        "CREATE INDEX bookings_tenant_created ON bookings (tenant_id, created_at)",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS, GOTO_CHANNELS, RECORDING_UPLOADS,
-                                     LIVEKIT_EGRESSES, WEBHOOK_STATUS, GOTO_DEVICES, OUTBOUND_CALLS)
+                                     LIVEKIT_EGRESSES, WEBHOOK_STATUS, GOTO_DEVICES, OUTBOUND_CALLS,
+                                     CALLBACKS_AND_RECORD)
 LATEST_VERSION = MIGRATIONS[-1].version

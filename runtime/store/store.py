@@ -12,9 +12,10 @@ from runtime.store.tables import Table, TableSpec, committed, decode
 TENANTS = TableSpec(
     "tenants",
     ("id", "name", "status", "timezone", "max_concurrent_calls", "max_call_duration_s", "recording_enabled",
-     "retention_days", "metadata", "created_at", "updated_at", "outbound_allowed_prefixes", "max_outbound_per_day"),
+     "retention_days", "metadata", "created_at", "updated_at", "outbound_allowed_prefixes", "max_outbound_per_day",
+     "callback_sla_minutes", "callback_auto_dial"),
     json_columns=frozenset({"metadata", "outbound_allowed_prefixes"}),
-    bool_columns=frozenset({"recording_enabled"}),
+    bool_columns=frozenset({"recording_enabled", "callback_auto_dial"}),
     tenant_column=None,
 )
 API_KEYS = TableSpec(
@@ -55,7 +56,8 @@ VOICE_CALLS = TableSpec(
     "voice_calls",
     ("id", "tenant_id", "agent_id", "agent_version", "number_id", "provider", "provider_call_id", "direction",
      "from_number", "to_number", "status", "end_reason", "hangup_by", "started_at", "connected_at", "ended_at",
-     "duration_ms", "summary", "latency", "metadata", "trace_id", "created_at", "updated_at", "variables"),
+     "duration_ms", "summary", "latency", "metadata", "trace_id", "created_at", "updated_at", "variables",
+     "outcome", "escalated_to", "stt_provider", "llm_provider", "llm_model", "tts_provider", "tts_voice"),
     json_columns=frozenset({"summary", "latency", "metadata", "variables"}),
 )
 TRANSCRIPTS = TableSpec(
@@ -98,8 +100,10 @@ EVALUATIONS = TableSpec(
 )
 CALLBACK_TASKS = TableSpec(
     "callback_tasks",
-    ("id", "tenant_id", "call_id", "phone", "reason", "status", "due_at", "disposition", "notes", "created_at",
-     "updated_at"),
+    ("id", "tenant_id", "call_id", "number", "reason", "status", "due_at", "disposition", "notes", "created_at",
+     "updated_at", "agent_id", "source", "scheduled_at", "attempts", "assignee", "last_call_id", "overdue_at",
+     "completed_at"),
+    order_by="due_at, id",  # the queue: what is due first
 )
 
 BOOKINGS = TableSpec(
@@ -287,6 +291,37 @@ class Tables:
         return int(await self.executor.fetchval(
             "SELECT COUNT(*) AS n FROM voice_calls WHERE tenant_id = ? AND direction = 'outbound' AND created_at >= ?",
             (tenant_id, since)) or 0)
+
+    # The callback queue (runtime.control.callbacks): claims are global, every row keeps its tenant.
+
+    async def count_active_callbacks(self, tenant_id: str) -> int:
+        return int(await self.executor.fetchval(
+            "SELECT COUNT(*) AS n FROM callback_tasks WHERE tenant_id = ? AND status IN ('open', 'scheduled', "
+            "'in_progress')", (tenant_id,)) or 0)
+
+    async def claim_overdue_callbacks(self, now: str, limit: int) -> list[Row]:
+        """Open or scheduled tasks past their due time whose overdue event has not fired: marked
+        (``overdue_at``) and returned, at most ``limit``, most overdue first. A row is claimed
+        once, whatever runs this at the same time (the mark is re-checked on the row itself)."""
+        lock = " FOR UPDATE SKIP LOCKED" if self.executor.dialect == "postgres" else ""
+        rows = await self.executor.fetchall(
+            "UPDATE callback_tasks SET overdue_at = ? WHERE overdue_at IS NULL AND id IN ("
+            "SELECT id FROM callback_tasks WHERE status IN ('open', 'scheduled') AND due_at < ? "
+            f"AND overdue_at IS NULL ORDER BY due_at, id LIMIT ?{lock}) RETURNING *",
+            (now, now, limit))
+        return [decode(CALLBACK_TASKS, r) for r in rows]
+
+    async def claim_due_callbacks(self, now: str, limit: int, max_attempts: int) -> list[Row]:
+        """Scheduled tasks whose time has come, of active tenants with ``callback_auto_dial`` on,
+        tried fewer than ``max_attempts`` times: ``in_progress`` and returned (claimed once)."""
+        lock = " FOR UPDATE OF c SKIP LOCKED" if self.executor.dialect == "postgres" else ""
+        rows = await self.executor.fetchall(
+            "UPDATE callback_tasks SET status = 'in_progress', updated_at = ? WHERE status = 'scheduled' AND id IN ("
+            "SELECT c.id FROM callback_tasks c JOIN tenants t ON t.id = c.tenant_id "
+            "WHERE c.status = 'scheduled' AND c.scheduled_at <= ? AND c.attempts < ? AND t.status = 'active' "
+            f"AND t.callback_auto_dial = ? ORDER BY c.scheduled_at, c.id LIMIT ?{lock}) RETURNING *",
+            (now, now, max_attempts, True, limit))
+        return [decode(CALLBACK_TASKS, r) for r in rows]
 
     async def tenant_number_e164s(self, tenant_id: str) -> list[str]:
         rows = await self.executor.fetchall("SELECT e164 FROM phone_numbers WHERE tenant_id = ?", (tenant_id,))

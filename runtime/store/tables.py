@@ -184,6 +184,23 @@ class Table:
         _wrote(self.spec.name)
         return decode(self.spec, row) if row else None
 
+    async def update_if(self, id_: str, changes: dict[str, Any], *, tenant_id: TenantScope,
+                        status_in: tuple[str, ...]) -> Row | None:
+        """``update``, only while the row's ``status`` is one of ``status_in`` (checked on the row
+        as it is written, so two writers cannot both move it on); None when it is not."""
+        values = _encode(self.spec, changes)
+        sets = ", ".join(f"{k} = ?" for k in values)
+        where, params = ["id = ?"], [id_]
+        self._scope(tenant_id, where, params)
+        where.append(f"status IN ({', '.join('?' for _ in status_in)})")
+        params.extend(status_in)
+        row = await self.db.fetchone(
+            f"UPDATE {self.spec.name} SET {sets} WHERE {' AND '.join(where)} RETURNING *",
+            [*values.values(), *params],
+        )
+        _wrote(self.spec.name)
+        return decode(self.spec, row) if row else None
+
     async def set(self, id_: str, changes: dict[str, Any], *, tenant_id: TenantScope) -> None:
         """``update`` without reading the row back (no RETURNING): usable in a WriteBatch."""
         values = _encode(self.spec, changes)

@@ -98,9 +98,11 @@ class Placer:
 placer: OnePer[web.Application, Placer] = OnePer(Placer)
 
 
-async def place(app: web.Application, tenant_id: str, req: PlaceCall, base_url: str) -> dict[str, Any]:
+async def place(app: web.Application, tenant_id: str, req: PlaceCall, base_url: str,
+                on_queued: Callable[[CallSession], Awaitable[None]] | None = None) -> dict[str, Any]:
     """Check, queue and schedule the call (see the module docstring); ``base_url``: where the
-    carrier reaches this runtime (server.public_url, else the request's own)."""
+    carrier reaches this runtime (server.public_url, else the request's own). ``on_queued``: run
+    once the call is queued, before its carrier is asked to dial it (a callback task notes it)."""
     svc = services(app)
     store = svc.control.store
     route = await outbound_route(store, tenant_id, req.from_, req.agent_id)
@@ -141,6 +143,12 @@ async def place(app: web.Application, tenant_id: str, req: PlaceCall, base_url: 
                                       {"limit": route.tenant["max_concurrent_calls"]}) from None
             raise RuntimeBusy(rejected.message, {"reason": rejected.reason}) from None
     session.control = dialer.control(leg)
+    if on_queued is not None:
+        try:
+            await on_queued(session)
+        except BaseException:
+            await session.fail("canceled", "the call was withdrawn before it was dialled")
+            raise
     state.spawn(_start(app, state, dialer, session, base_url))
     return {"id": session.id, "status": session.state}
 

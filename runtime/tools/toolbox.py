@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from runtime.control.callbacks import CallbackService
 from runtime.control.schemas import AgentConfig
 from runtime.egress.policy import EgressPolicy
 from runtime.events.models import Payload, ToolCalled
@@ -30,6 +31,7 @@ from runtime.tools.arguments import check_arguments
 from runtime.tools.base import ToolContext, ToolResult
 from runtime.tools.booking import BookingPack, BookingPolicy
 from runtime.tools.builtin import BUILTINS, Tool, error_result
+from runtime.tools.callbacks import ScheduleCallback
 from runtime.tools.http import HttpTool, SecretLookup
 
 log = logging.getLogger("voicectl.tools")
@@ -51,7 +53,7 @@ class CallToolBox:
         cls, config: AgentConfig, *, store: Store, emit: Emit, timezone: str = "UTC",
         http: aiohttp.ClientSession | None = None, signing_secret: SecretLookup | None = None,
         policy: BookingPolicy | None = None, clock: Callable[[], datetime] | None = None,
-        egress: EgressPolicy | None = None,
+        egress: EgressPolicy | None = None, callbacks: CallbackService | None = None,
     ) -> CallToolBox:
         """``config``: the agent version's config.
         ``timezone``: the tenant's (booking dates and times are local). ``http``: the app's shared
@@ -62,6 +64,8 @@ class CallToolBox:
         if clock is not None:
             pack.clock = clock
         pack_tools = pack.tools()
+        if callbacks is not None:
+            pack_tools["schedule_callback"] = ScheduleCallback(callbacks, timezone, **({"clock": clock} if clock else {}))
         tools: dict[str, Tool] = {}
         for name in config.tools:
             if name in BUILTINS:

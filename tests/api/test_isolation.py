@@ -43,6 +43,11 @@ SAMPLE_BODIES = {
     "SpeakingCreate": {"reference_id": "<call_id>"},
     "SayText": {"text": "words of a"},
     "PlaceCall": {"to": "+15550100001", "from": "+15550109999", "agent_id": "<agent_id>"},
+    # B's callback queue.
+    "CallbackAssign": {"assignee": "a's agent", "notes": "taken by a"},
+    "CallbackComplete": {"disposition": "closed_by_a"},
+    "CallbackCancel": {"notes": "canceled by a"},
+    "CallbackPlace": {"from": "+15550109999", "agent_id": "<agent_id>"},
 }
 # Sessions that exist only on a live call (none here): their ids are reached by no one.
 LIVE_ONLY = ("transcribe_id", "speaking_id")
@@ -96,6 +101,24 @@ async def _provision_b(api) -> dict[str, str]:
         "uri": uri, "format": "wav", "duration_ms": 1000, "size_bytes": path.stat().st_size, "created_at": now,
     })
     ids["recording_id"] = recording_id
+    # A callback task, a booking and an order of that call, as its tools make them.
+    ids["callback_id"], ids["booking_id"], ids["order_id"] = new_id("cb"), new_id("bkg"), new_id("ord")
+    await store.callback_tasks.insert({
+        "id": ids["callback_id"], "tenant_id": tenant_b, "call_id": call_id, "number": "+15550000001",
+        "reason": "b's private callback", "status": "open", "due_at": "2099-01-01T00:00:00.000000Z", "disposition": None, "notes": None,
+        "created_at": now, "updated_at": now, "agent_id": agent["id"], "source": "tool", "scheduled_at": None,
+        "attempts": 0, "assignee": None, "last_call_id": None, "overdue_at": None, "completed_at": None,
+    })
+    await store.bookings.insert({
+        "id": ids["booking_id"], "tenant_id": tenant_b, "call_id": call_id, "reference": "BBBBBB", "day": "2030-01-01",
+        "time": "19:00", "slot": "19:00", "table_no": 1, "party_size": 2, "name": "b", "phone": "+15550000001",
+        "status": "confirmed", "created_at": now,
+    })
+    await store.orders.insert({
+        "id": ids["order_id"], "tenant_id": tenant_b, "call_id": call_id, "reference": "OOOOOO",
+        "items": [{"name": "tiramisu", "qty": 1}], "total_cents": 650, "currency": "USD", "pickup_time": None,
+        "name": "b", "phone": "+15550000001", "status": "placed", "created_at": now,
+    })
     return ids
 
 

@@ -33,6 +33,8 @@ CHATTERBOX_KEY = "cb-secret-1d7e22a9f0c34b58"
 TWILIO_TOKEN = "twilio-secret-0aa9c3b1e5d74f62"
 SECRETS = (DEEPGRAM_KEY, ANTHROPIC_KEY, CHATTERBOX_KEY, TWILIO_TOKEN)
 NUMBER = "+15557650001"
+SUMMARY = {"text": "The caller left a message for Sam and asked about opening hours.", "intent": "leave a message",
+           "entities": {"for": "Sam"}, "sentiment": "neutral", "follow_up": "Give Sam the message."}
 
 HEARD = ["I'd like to leave a message for Sam.", "What are your opening hours?", "That's all, goodbye."]
 LONG_ANSWER = ("We're open from nine in the morning until six in the evening on weekdays. "
@@ -55,7 +57,8 @@ async def test_a_call_through_deepgram_claude_and_chatterbox(settings, caplog, t
         claude.push(tool_reply("log_note", {"note": "Message for Sam"}, text="Sure."),
                     text_reply("I've written that down for Sam. Anything else?"),
                     text_reply(LONG_ANSWER, pieces=12),
-                    text_reply("Goodbye, and thanks for calling!"))
+                    text_reply("Goodbye, and thanks for calling!"),
+                    text_reply(json.dumps(SUMMARY)))  # after the call: the summary
         api, runner = await start_live_api(conf)
         try:
             plane = api.control
@@ -75,6 +78,7 @@ async def test_a_call_through_deepgram_claude_and_chatterbox(settings, caplog, t
             caller = TwilioCaller(api.base_url, "AC" + "7" * 32, TWILIO_TOKEN, http=api.http)
             call_sid = await asyncio.wait_for(_converse(caller, lines), 60)
             row = await _final_row(plane, tenant.id, call_sid)
+            row = await _summarised(plane, tenant.id, row["id"])
             await _check_the_call(plane, tenant.id, row, deepgram, claude, chatterbox)
         finally:
             await stop_live_api(api, runner)
@@ -122,6 +126,16 @@ async def _final_row(plane, tenant_id: str, call_sid: str) -> dict:
     raise AssertionError(f"call {call_sid} never ended")
 
 
+async def _summarised(plane, tenant_id: str, call_id: str) -> dict:
+    """The call row once Claude has written its summary (after the call, off its path)."""
+    for _ in range(200):
+        row = await plane.store.voice_calls.get(call_id, tenant_id=tenant_id)
+        if row["summary"].get("analysis", {}).get("status") not in (None, "pending"):
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"call {call_id} was never summarised: {row['summary']}")
+
+
 async def _rows(plane, table: str, tenant_id: str, call_id: str) -> list[dict]:
     rows, _ = await getattr(plane.store, table).list(tenant_id=tenant_id, equals={"call_id": call_id}, limit=500)
     return rows
@@ -148,7 +162,7 @@ async def _check_the_call(plane, tenant_id: str, row: dict, deepgram, claude, ch
     tools = await _rows(plane, "tool_calls", tenant_id, row["id"])
     assert [(t["name"], t["status"], t["arguments"]) for t in tools] == [("log_note", "ok", {"note": "Message for Sam"})]
     asked = claude.message_requests
-    assert len(asked) == 4
+    assert len(asked) == 5  # four replies, then the summary
     results = [b for m in asked[1].body["messages"] for b in (m["content"] if isinstance(m["content"], list) else [])
                if b.get("type") == "tool_result"]
     assert len(results) == 1 and results[0]["tool_use_id"]
@@ -169,6 +183,20 @@ async def _check_the_call(plane, tenant_id: str, row: dict, deepgram, claude, ch
     assert all(r.headers.get("Authorization") == f"Bearer {CHATTERBOX_KEY}" for r in chatterbox.requests)
     assert {(r.body["voice"], r.body["exaggeration"], r.body["cfg_weight"]) for r in chatterbox.requests} == {
         ("narrator", 0.8, 0.3)}
+
+    # The record: the engines and voice that served the call, and the summary Claude wrote after it
+    # from the transcript and the tool calls.
+    assert (row["stt_provider"], row["llm_provider"], row["tts_provider"], row["tts_voice"]) == (
+        "deepgram", "anthropic", "chatterbox", "narrator")
+    assert row["llm_model"] and row["outcome"] == "completed"
+    summary = row["summary"]
+    assert (summary["text"], summary["intent"], summary["sentiment"]) == (SUMMARY["text"], "leave_a_message",
+                                                                          "neutral")
+    assert summary["analysis"] == {"by": "llm", "status": "done", "provider": "anthropic"}
+    assert summary["follow_up"]["note"] == SUMMARY["follow_up"] and summary["media"]["inbound_frames"] > 0
+    facts = asked[4].body["messages"][0]["content"]
+    facts = facts if isinstance(facts, str) else facts[0]["text"]
+    assert "log_note" in facts and "caller: I'd like to leave a message for Sam." in facts
 
 
 def _check_no_secret_leaked(caplog, tmp_path: Path, conf, tenant_id: str, call_id: str) -> None:

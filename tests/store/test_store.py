@@ -46,7 +46,7 @@ def tenant_row(name: str | None = None, **extra) -> dict:
         "id": new_id("ten"), "name": name or new_id("name"), "status": "active", "timezone": "UTC",
         "max_concurrent_calls": 5, "max_call_duration_s": 600, "recording_enabled": False, "retention_days": 30,
         "metadata": {}, "created_at": now, "updated_at": now, "outbound_allowed_prefixes": None,
-        "max_outbound_per_day": 100,
+        "max_outbound_per_day": 100, "callback_sla_minutes": 240, "callback_auto_dial": False,
     }
     row.update(extra)
     return row
@@ -157,6 +157,23 @@ async def test_migrations_apply_once_and_are_recorded(raw_db):
     assert status.current == LATEST_VERSION and status.up_to_date
 
 
+async def test_a_migration_numbered_below_one_applied_is_reported_and_applied(raw_db, monkeypatch):
+    """Branches merge in any order: a lower number may arrive after a higher one was applied."""
+    from runtime.store.schema import Migration
+
+    await migrations.migrate(raw_db)
+    late = Migration(1000, "a branch merged later", ("CREATE TABLE gap_probe (id TEXT)",))
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*MIGRATIONS, late))
+    monkeypatch.setattr(migrations, "LATEST_VERSION", late.version)
+    await raw_db.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                         (1001, "applied by a build with a higher number", "2030-01-01T00:00:00.000000Z"))
+    status = await migrations.status(raw_db)
+    assert status.current == 1001 and status.missing == (1000,) and not status.up_to_date
+    assert await migrations.migrate(raw_db) == [1000]
+    status = await migrations.status(raw_db)
+    assert status.missing == () and status.up_to_date
+
+
 async def test_concurrent_migrate_applies_each_version_once(db_url):
     dbs = [open_database(db_url) for _ in range(3)]
     for db in dbs:
@@ -263,11 +280,12 @@ def shape(value):
 
 
 async def test_json_and_bool_round_trip(store):
-    row = tenant_row(metadata=JSON_VALUE, recording_enabled=True, outbound_allowed_prefixes=["+1415", "+49"])
+    row = tenant_row(metadata=JSON_VALUE, recording_enabled=True, outbound_allowed_prefixes=["+1415", "+49"],
+                     callback_auto_dial=True)
     inserted = await store.tenants.insert(dict(row))
     got = await store.tenants.get(row["id"], tenant_id=ALL_TENANTS)
     assert got == inserted == row
-    assert got["recording_enabled"] is True
+    assert got["recording_enabled"] is True and got["callback_auto_dial"] is True
     assert shape(got["metadata"]) == shape(JSON_VALUE)
     listed_row = (await store.tenants.list(tenant_id=ALL_TENANTS))[0][0]
     assert shape(listed_row["metadata"]) == shape(JSON_VALUE)

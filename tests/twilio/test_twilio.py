@@ -160,6 +160,13 @@ async def test_after_hours_transfer_answers_dial(world) -> None:
     row = await world.call_by_sid(call_sid)
     assert row["status"] == "ended" and row["end_reason"] == "after_hours_transfer"
     assert "transfer.requested" in await world.events(row["id"])
+    assert row["escalated_to"] == "+15550109000"  # the call's record: where it went, and so its outcome
+    for _ in range(100):
+        row = await world.call_by_sid(call_sid)
+        if row["outcome"] is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert row["outcome"] == "transferred" and row["summary"]["outcome"] == "transferred"
 
 
 def _official_dial(target: str) -> str:

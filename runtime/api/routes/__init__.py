@@ -8,6 +8,8 @@ from runtime.api.endpoint import Route
 def all_routes() -> list[Route]:
     from runtime.api.routes import (
         agents,
+        bookings,
+        callbacks,
         calls,
         credentials,
         events,
@@ -26,7 +28,7 @@ def all_routes() -> list[Route]:
     )
 
     routes: list[Route] = []
-    for module in (ops, tenants, keys, agents, voices, numbers, credentials, webhooks, calls, integrator, recordings,
-                   twilio, goto, livekit, webrtc, events):
+    for module in (ops, tenants, keys, agents, voices, numbers, credentials, webhooks, calls, callbacks, bookings,
+                   integrator, recordings, twilio, goto, livekit, webrtc, events):
         routes.extend(module.ROUTES)
     return routes

@@ -51,6 +51,10 @@ async def list_transcripts(ctx: Ctx):
     return await ctx.control.calls.transcripts(ctx.tenant, ctx.param("call_id"), ctx.page())
 
 
+async def list_tool_calls(ctx: Ctx):
+    return await ctx.control.calls.tool_calls(ctx.tenant, ctx.param("call_id"), ctx.page())
+
+
 async def list_call_events(ctx: Ctx):
     return await ctx.control.calls.events(ctx.tenant, ctx.page(), call_id=ctx.param("call_id"))
 
@@ -82,6 +86,9 @@ ROUTES = [
     Route("GET", "/api/v1/calls/{call_id}", get_call, "Show a call with its archive fields", tag="calls"),
     Route("GET", "/api/v1/calls/{call_id}/transcripts", list_transcripts, "A call's transcript", paged=True,
           query=PAGE, tag="calls"),
+    Route("GET", "/api/v1/calls/{call_id}/tool-calls", list_tool_calls,
+          "A call's tool calls in order: name, arguments, result, status, latency", paged=True, query=PAGE,
+          tag="calls"),
     Route("GET", "/api/v1/calls/{call_id}/events", list_call_events, "A call's events in order", paged=True,
           query=PAGE, tag="events"),
     Route("GET", "/api/v1/events", list_events, "Stored events of the tenant", paged=True,

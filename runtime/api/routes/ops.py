@@ -22,7 +22,9 @@ async def readyz(ctx: Ctx) -> web.Response:
     checks["database"] = "ok" if ready else "unreachable"
     if ready:
         status = await migrate.status(db)
-        checks["migrations"] = "ok" if status.up_to_date else f"at {status.current}, need {status.latest}"
+        checks["migrations"] = "ok" if status.up_to_date else (
+            f"missing {', '.join(map(str, status.missing))}" if status.missing
+            else f"at {status.current}, need {status.latest}")
         ready = status.up_to_date
     tracker = ctx.request.app.get(TRACKER)
     if tracker is not None:

@@ -71,6 +71,7 @@ class _State:
     asked: str | None = None  # the slot the last reply asked for
     confirm: RuleConfirm | None = None  # the yes/no question the last reply asked
     pending: tuple[str, str] | None = None  # (intent, tool) whose result comes next
+    seen: dict[str, Any] = field(default_factory=dict)  # every slot value said in the call (never reset)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Action:
     reply: str = ""
     tool: str | None = None
     arguments: dict[str, Any] = field(default_factory=dict)
+    intent: str | None = None  # the script's intent that made this answer (None: the fallback)
 
 
 @dataclass(frozen=True)
@@ -108,13 +110,17 @@ class Script:
 
     def respond(self, messages: Sequence[Message], tools: frozenset[str]) -> Action:
         """The answer to the last message (nothing when the last message is the brain's own)."""
+        return self.replay(messages, tools)[0]
+
+    def replay(self, messages: Sequence[Message], tools: frozenset[str]) -> tuple[Action, _State]:
+        """``respond``, with the state the history leaves (its slots, and every value said)."""
         state, action = _State(), Action()
         for message in messages:
             if message.role == "user":
                 action = self._on_user(state, message.content, tools)
             elif message.role == "tool":
                 action = self._on_tool(state, message)
-        return action if messages and messages[-1].role in ("user", "tool") else Action()
+        return (action if messages and messages[-1].role in ("user", "tool") else Action()), state
 
     # A caller turn
 
@@ -124,6 +130,7 @@ class Script:
         said = extract(self.config.slots, original, today, state.asked)
         changed = {k for k, v in said.items() if state.slots.get(k) != v}
         state.slots.update(said)
+        state.seen.update(said)
         confirm, asked = state.confirm, state.asked
         state.confirm = state.asked = state.pending = None
         active = self.intents.get(state.active) if state.active else None
@@ -136,7 +143,8 @@ class Script:
             if isinstance(target, str):
                 return self._run(state, self.intents[target], tools)
             if isinstance(target, RuleOutcome):
-                return self._apply(state, target, self._values(state, None))
+                return self._tagged(self._apply(state, target, self._values(state, None)),
+                                    active.rule.name if active is not None else None)
         intent = next((i for i in self.intents.values() if i.matches(text, original[:MAX_TEXT])), None)
         if intent is not None:
             return self._run(state, intent, tools)
@@ -145,7 +153,8 @@ class Script:
         if asked is not None and active is not None:
             state.asked = asked
             question = active.rule.ask.get(asked) or _default_question(asked)
-            return Action(render(f"{self.config.reprompt} {question}", self._values(state, None)))
+            return Action(render(f"{self.config.reprompt} {question}", self._values(state, None)),
+                          intent=active.rule.name)
         return Action(self.config.fallback)
 
     def _yes_or_no(self, text: str) -> str | None:
@@ -158,6 +167,13 @@ class Script:
         return min(first)[1] if first else None
 
     def _run(self, state: _State, intent: _Intent, tools: frozenset[str]) -> Action:
+        return self._tagged(self._act(state, intent, tools), intent.rule.name)
+
+    @staticmethod
+    def _tagged(action: Action, intent: str | None) -> Action:
+        return Action(action.reply, action.tool, action.arguments, intent) if intent else action
+
+    def _act(self, state: _State, intent: _Intent, tools: frozenset[str]) -> Action:
         rule = intent.rule
         if rule.tool or rule.requires:
             state.active = rule.name
@@ -191,9 +207,10 @@ class Script:
                 return Action(self.config.error_reply if failed else "")
         values = self._values(state, result)
         if failed:
-            return self._apply(state, rule.on_error or RuleOutcome(reply=self.config.error_reply), values)
+            return self._tagged(self._apply(state, rule.on_error or RuleOutcome(reply=self.config.error_reply),
+                                            values), rule.name)
         outcome = next((o for o in rule.results if _when(o.when, result)), None)
-        return self._apply(state, outcome or RuleOutcome(), values)
+        return self._tagged(self._apply(state, outcome or RuleOutcome(), values), rule.name)
 
     def _apply(self, state: _State, outcome: RuleOutcome, values: Mapping[str, str]) -> Action:
         reply = render(outcome.reply, values)
@@ -289,13 +306,30 @@ class RulesBrain(LanguageModel):
         super().__init__(policy)
         config = rules if isinstance(rules, RulesConfig) else RulesConfig.model_validate(rules or BASIC_RULES)
         self.script = Script(config, timezone, clock)
+        # What the call's record reads (runtime.calls.call_record): the intents that answered, in
+        # order, and every slot value the caller said.
+        self.intents: list[str] = []
+        self.entities: dict[str, Any] = {}
 
     async def check(self) -> str:
         return "built in"
 
+    def notes(self) -> dict[str, Any]:
+        """The call as the brain saw it: its intent (the first that acted with a tool other than
+        end_call, else the first that answered), the intents in order, and the slot values said."""
+        rules = self.script.intents
+        acting = [name for name in self.intents
+                  if name in rules and rules[name].rule.tool not in (None, "end_call")]
+        intent = (acting or self.intents or [None])[0]
+        return {"intent": intent, "intents": list(self.intents), "entities": dict(self.entities)}
+
     async def _stream(self, request: LlmRequest) -> AsyncIterator[LlmEvent]:
         tools = frozenset(t.name for t in request.tools)
-        action = self.script.respond(request.messages, tools)
+        action, state = self.script.replay(request.messages, tools)
+        if action.intent is not None and (not self.intents or self.intents[-1] != action.intent):
+            if len(self.intents) < 100:
+                self.intents.append(action.intent)
+        self.entities = dict(state.seen)
         words = action.reply.split()
         for start in range(0, len(words), WORDS_PER_DELTA):
             chunk = " ".join(words[start:start + WORDS_PER_DELTA])

@@ -185,6 +185,10 @@ class PiperTTS(TextToSpeech):
         self.options = PiperOptions(length_scale=length_scale, volume=volume)
         self._voice = _Voice.for_spec(model)
 
+    @property
+    def voice_name(self) -> str:
+        return self._voice.spec.name
+
     async def warm_up(self) -> None:
         """Load the voice now (server startup): ~2.5 s that no caller should wait for."""
         await workers.run_in(POOL, self._voice.voice)
