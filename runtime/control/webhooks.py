@@ -67,7 +67,10 @@ class RedeliveryQueued(Public):
 
 
 def delivery_from_rows(row: dict[str, Any], attempts: list[dict[str, Any]]) -> WebhookDelivery:
-    return from_row(WebhookDelivery, {**row, "attempt_log": [from_row(DeliveryAttempt, a) for a in attempts]})
+    """A delivery as of its row: attempts read after it that a later commit added (the row and its
+    attempts are two reads) are left out, so the log never runs ahead of the status."""
+    seen = [a for a in attempts if a["attempt"] <= row["attempts"]]
+    return from_row(WebhookDelivery, {**row, "attempt_log": [from_row(DeliveryAttempt, a) for a in seen]})
 
 
 def config_from_row(row: dict[str, Any]) -> WebhookConfig:
