@@ -12,7 +12,8 @@ from runtime.store.tables import Table, TableSpec, committed, decode
 TENANTS = TableSpec(
     "tenants",
     ("id", "name", "status", "timezone", "max_concurrent_calls", "max_call_duration_s", "recording_enabled",
-     "retention_days", "metadata", "created_at", "updated_at", "outbound_allowed_prefixes", "max_outbound_per_day"),
+     "retention_days", "metadata", "created_at", "updated_at", "outbound_allowed_prefixes", "max_outbound_per_day",
+     "rollout_required_suite_id", "rollout_min_eval_score"),
     json_columns=frozenset({"metadata", "outbound_allowed_prefixes"}),
     bool_columns=frozenset({"recording_enabled"}),
     tenant_column=None,
@@ -26,12 +27,15 @@ VOICE_PROFILES = TableSpec(
     ("id", "tenant_id", "name", "provider", "voice_id", "language", "speed", "created_at", "updated_at"),
 )
 AGENTS = TableSpec(
-    "agents", ("id", "tenant_id", "name", "active_version", "latest_version", "created_at", "updated_at")
+    "agents", ("id", "tenant_id", "name", "active_version", "latest_version", "created_at", "updated_at",
+               "rollout_required_suite_id", "rollout_min_eval_score")
 )
 AGENT_VERSIONS = TableSpec(
     "agent_versions",
-    ("id", "tenant_id", "agent_id", "version", "status", "config", "note", "created_at", "promoted_at"),
+    ("id", "tenant_id", "agent_id", "version", "status", "config", "note", "created_at", "promoted_at",
+     "promoted_by", "promote_forced", "promote_reason"),
     json_columns=frozenset({"config"}),
+    bool_columns=frozenset({"promote_forced"}),
     order_by="version",
 )
 PHONE_NUMBERS = TableSpec(
@@ -55,7 +59,8 @@ VOICE_CALLS = TableSpec(
     "voice_calls",
     ("id", "tenant_id", "agent_id", "agent_version", "number_id", "provider", "provider_call_id", "direction",
      "from_number", "to_number", "status", "end_reason", "hangup_by", "started_at", "connected_at", "ended_at",
-     "duration_ms", "summary", "latency", "metadata", "trace_id", "created_at", "updated_at", "variables"),
+     "duration_ms", "summary", "latency", "metadata", "trace_id", "created_at", "updated_at", "variables",
+     "rollout_id"),
     json_columns=frozenset({"summary", "latency", "metadata", "variables"}),
 )
 TRANSCRIPTS = TableSpec(
@@ -93,8 +98,26 @@ WEBHOOK_DELIVERY_ATTEMPTS = TableSpec(
 )
 EVALUATIONS = TableSpec(
     "evaluations",
-    ("id", "tenant_id", "agent_id", "agent_version", "call_id", "status", "score", "rubric", "notes", "created_at"),
-    json_columns=frozenset({"rubric"}),
+    ("id", "tenant_id", "agent_id", "agent_version", "call_id", "status", "score", "rubric", "notes", "created_at",
+     "suite_id", "suite_name", "suite_sha256", "passed", "results", "calls", "concurrency", "error", "started_by",
+     "finished_at"),
+    json_columns=frozenset({"rubric", "results"}),
+    bool_columns=frozenset({"passed"}),
+)
+EVAL_SUITES = TableSpec(
+    "eval_suites", ("id", "tenant_id", "name", "sha256", "source", "scenarios", "created_at"),
+)
+EVAL_PINS = TableSpec(
+    "eval_pins",
+    ("id", "tenant_id", "evaluation_id", "agent_id", "agent_version", "scenario", "secret_hash", "expires_at",
+     "used_at", "call_id", "created_at"),
+)
+AGENT_ROLLOUTS = TableSpec(
+    "agent_rollouts",
+    ("id", "tenant_id", "agent_id", "base_version", "candidate_version", "percent", "stop_conditions",
+     "auto_promote_after", "status", "started_by", "started_at", "ended_at", "end_reason", "breach", "checked_at",
+     "created_at", "updated_at"),
+    json_columns=frozenset({"stop_conditions", "breach"}),
 )
 CALLBACK_TASKS = TableSpec(
     "callback_tasks",
@@ -126,7 +149,7 @@ LIVEKIT_EGRESSES = TableSpec("livekit_egresses", ("id", "tenant_id", "call_id", 
 ALL_SPECS = (TENANTS, API_KEYS, VOICE_PROFILES, AGENTS, AGENT_VERSIONS, PHONE_NUMBERS, CREDENTIALS,
              WEBHOOK_CONFIGS, VOICE_CALLS, TRANSCRIPTS, CALL_EVENTS, TOOL_CALLS, RECORDINGS,
              WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_ATTEMPTS, EVALUATIONS, CALLBACK_TASKS, BOOKINGS, ORDERS,
-             GOTO_CHANNELS, LIVEKIT_EGRESSES)
+             GOTO_CHANNELS, LIVEKIT_EGRESSES, EVAL_SUITES, EVAL_PINS, AGENT_ROLLOUTS)
 
 
 class Tables:
@@ -199,6 +222,18 @@ class Tables:
     @cached_property
     def evaluations(self) -> Table:
         return Table(EVALUATIONS, self.executor)
+
+    @cached_property
+    def eval_suites(self) -> Table:
+        return Table(EVAL_SUITES, self.executor)
+
+    @cached_property
+    def eval_pins(self) -> Table:
+        return Table(EVAL_PINS, self.executor)
+
+    @cached_property
+    def agent_rollouts(self) -> Table:
+        return Table(AGENT_ROLLOUTS, self.executor)
 
     @cached_property
     def callback_tasks(self) -> Table:
