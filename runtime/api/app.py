@@ -64,6 +64,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
     async def call_engine(app: web.Application) -> AsyncIterator[None]:
         store = app[CONTROL].store
         app[BUS] = EventBus(store)
+        app[CONTROL].events.bus = app[BUS]  # the control plane's events reach subscribers at once
         app[DELIVERY] = DeliveryWorker(store, app[CONTROL].secrets, settings.events.webhooks,
                                        egress=settings.security.egress.policy, bus=app[BUS])
         app[BUS].on_outbox = app[DELIVERY].wake

@@ -52,6 +52,9 @@ class TenantService:
             raise Invalid(f"{', '.join(nulls)} cannot be null", {"fields": nulls})
         if not changes:
             return await self.get(tenant_id)
+        suite = changes.get("rollout_required_suite_id")
+        if suite is not None and await self.store.eval_suites.get(suite, tenant_id=tenant_id) is None:
+            raise Invalid(f"no suite {suite} in this tenant", {"rollout_required_suite_id": suite})
         changes["updated_at"] = now_iso()
         try:
             row = await self.store.tenants.update(tenant_id, changes, tenant_id=ALL_TENANTS)

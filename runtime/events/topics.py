@@ -28,6 +28,11 @@ TOPICS: tuple[str, ...] = (
     "speaking.started",
     "speaking.stopped",
     "call.machine_detected",
+    "agent.evaluated",
+    "agent.promoted",
+    "agent.rollout_started",
+    "agent.rollout_stopped",
+    "agent.rollout_reverted",
 )
 
 

@@ -7,7 +7,7 @@ from functools import cached_property
 from typing import Any
 
 from runtime.store.base import Database, Executor, Params, Row
-from runtime.store.tables import Table, TableSpec, committed, decode
+from runtime.store.tables import Table, TableSpec, committed, decode, encode
 
 TENANTS = TableSpec(
     "tenants",
@@ -287,8 +287,9 @@ class Tables:
 
     async def route_by_e164(self, e164: str) -> dict[str, Row | None] | None:
         """Routing in one read: the number and, scoped to the number's tenant, the tenant, the agent
-        and the agent version that would answer (pinned, else active). None: no such number; a
-        missing tenant, agent or version is None under its key."""
+        and the agent version that would answer (pinned, else active), and the agent's running
+        rollout with its candidate version (unless the number is pinned). None: no such number; a
+        missing tenant, agent, version or rollout is None under its key."""
         row = await self.executor.fetchone(_ROUTE_SQL, (e164,))
         if row is None:
             return None
@@ -514,6 +515,36 @@ class Tables:
         )
         return counts
 
+    async def consume_eval_pin(self, pin_id: str, now: str) -> bool:
+        """Use an evaluation call's pin: True once, False when it was used already or has expired."""
+        return await self.executor.execute(
+            "UPDATE eval_pins SET used_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?",
+            (now, pin_id, now)) == 1
+
+    async def rollout_arm_counts(self, tenant_id: str, rollout_id: str) -> list[Row]:
+        """Per agent version of a rollout's finished calls: ``calls``, ``failures`` (status failed) and
+        ``transfers`` (ended transferred)."""
+        return await self.executor.fetchall(
+            "SELECT agent_version, COUNT(*) AS calls, "
+            "SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failures, "
+            "SUM(CASE WHEN end_reason IN ('transferred', 'after_hours_transfer') THEN 1 ELSE 0 END) AS transfers "
+            "FROM voice_calls WHERE tenant_id = ? AND rollout_id = ? AND status IN ('ended', 'failed') "
+            "GROUP BY agent_version", (tenant_id, rollout_id))
+
+    async def end_rollout(self, tenant_id: str, rollout_id: str, changes: dict[str, Any]) -> bool:
+        """Apply ``changes`` to a rollout that is still running; False when it no longer was."""
+        values = encode(AGENT_ROLLOUTS, changes)
+        sets = ", ".join(f"{k} = ?" for k in values)
+        return await self.executor.execute(
+            f"UPDATE agent_rollouts SET {sets} WHERE id = ? AND tenant_id = ? AND status = 'running'",
+            (*values.values(), rollout_id, tenant_id)) == 1
+
+    async def running_rollouts(self, limit: int = 1000) -> list[Row]:
+        """Every tenant's running rollouts (the scheduler checks them), oldest check first."""
+        rows = await self.executor.fetchall(
+            "SELECT * FROM agent_rollouts WHERE status = 'running' ORDER BY checked_at, id LIMIT ?", (limit,))
+        return [decode(AGENT_ROLLOUTS, r) for r in rows]
+
     async def set_agent_versions_status(self, tenant_id: str, agent_id: str, from_status: str, to_status: str) -> None:
         await self.executor.execute(
             "UPDATE agent_versions SET status = ? WHERE tenant_id = ? AND agent_id = ? AND status = ?",
@@ -521,7 +552,8 @@ class Tables:
         )
 
 
-_ROUTE_PARTS = (("number", PHONE_NUMBERS), ("tenant", TENANTS), ("agent", AGENTS), ("version", AGENT_VERSIONS))
+_ROUTE_PARTS = (("number", PHONE_NUMBERS), ("tenant", TENANTS), ("agent", AGENTS), ("version", AGENT_VERSIONS),
+                ("rollout", AGENT_ROLLOUTS), ("candidate", AGENT_VERSIONS))
 _ROUTE_SQL = (
     "SELECT " + ", ".join(f"{key[0]}.{col} AS {key}__{col}" for key, spec in _ROUTE_PARTS for col in spec.columns)
     + " FROM phone_numbers n"
@@ -529,6 +561,11 @@ _ROUTE_SQL = (
     " LEFT JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id"
     " LEFT JOIN agent_versions v ON v.tenant_id = n.tenant_id AND v.agent_id = a.id"
     " AND v.version = COALESCE(n.pinned_version, a.active_version)"
+    # The agent's running rollout and its candidate version (a pinned number never takes part).
+    " LEFT JOIN agent_rollouts r ON r.tenant_id = n.tenant_id AND r.agent_id = a.id AND r.status = 'running'"
+    " AND n.pinned_version IS NULL"
+    " LEFT JOIN agent_versions c ON c.tenant_id = n.tenant_id AND c.agent_id = a.id"
+    " AND c.version = r.candidate_version"
     " WHERE n.e164 = ?"
 )
 

@@ -54,6 +54,11 @@ def _encode(spec: TableSpec, row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def encode(spec: TableSpec, row: dict[str, Any]) -> dict[str, Any]:
+    """A row's values as the database takes them (JSON as text, bools as bools)."""
+    return _encode(spec, row)
+
+
 # INSERT statements by table and column list: a call's row and events are inserted with the same
 # keys every time. The keys come from code (checked against the spec), so the set stays small.
 _INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}
