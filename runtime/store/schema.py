@@ -410,7 +410,8 @@ OUTBOUND_CALLS = Migration(
 )
 
 # Evaluations, gated promotion and percentage rollout (runtime.evals, runtime.rollout):
-# - eval_suites: a tenant's stored scenario suites (the YAML as written, its sha256; one row per content).
+# - eval_suites: a tenant's stored scenario suites (the YAML as written, the WAV files it plays as base64,
+#   its sha256; one row per content).
 # - evaluations (from migration 1, unused until now): one row per run, with the suite it ran, the
 #   score, whether every scenario passed, the per-scenario results and the optional judge's rubric.
 # - eval_pins: a synthetic call's single-use pin. The secret travels in the voice webhook's URL; only
@@ -429,6 +430,7 @@ EVALUATIONS_ROLLOUT = Migration(
             name TEXT NOT NULL,
             sha256 TEXT NOT NULL,
             source TEXT NOT NULL,
+            assets {{json}},
             scenarios INTEGER NOT NULL,
             created_at {{ts}} NOT NULL,
             UNIQUE (tenant_id, sha256)

@@ -105,7 +105,8 @@ EVALUATIONS = TableSpec(
     bool_columns=frozenset({"passed"}),
 )
 EVAL_SUITES = TableSpec(
-    "eval_suites", ("id", "tenant_id", "name", "sha256", "source", "scenarios", "created_at"),
+    "eval_suites", ("id", "tenant_id", "name", "sha256", "source", "assets", "scenarios", "created_at"),
+    json_columns=frozenset({"assets"}),
 )
 EVAL_PINS = TableSpec(
     "eval_pins",

@@ -10,6 +10,7 @@ def all_routes() -> list[Route]:
         agents,
         calls,
         credentials,
+        evals,
         events,
         goto,
         integrator,
@@ -26,7 +27,7 @@ def all_routes() -> list[Route]:
     )
 
     routes: list[Route] = []
-    for module in (ops, tenants, keys, agents, voices, numbers, credentials, webhooks, calls, integrator, recordings,
+    for module in (ops, tenants, keys, agents, evals, voices, numbers, credentials, webhooks, calls, integrator, recordings,
                    twilio, goto, livekit, webrtc, events):
         routes.extend(module.ROUTES)
     return routes

@@ -5,6 +5,7 @@ from __future__ import annotations
 from runtime.api.endpoint import PAGE, Ctx, Route
 from runtime.control.errors import BadRequest, Forbidden
 from runtime.control.models import Agent, AgentVersion
+from runtime.control.rollouts import RolloutStart
 from runtime.control.schemas import MAX_VERSION, AgentCreate, AgentUpdate, PromoteRequest
 
 
@@ -57,6 +58,18 @@ async def promote(ctx: Ctx) -> Agent:
                                             force=body.force, reason=body.reason)
 
 
+async def start_rollout(ctx: Ctx) -> dict:
+    return await ctx.control.rollouts.start(ctx.tenant, ctx.param("agent_id"), ctx.body, by=who(ctx))
+
+
+async def rollout_status(ctx: Ctx) -> dict:
+    return await ctx.control.rollouts.status(ctx.tenant, ctx.param("agent_id"))
+
+
+async def stop_rollout(ctx: Ctx) -> dict:
+    return await ctx.control.rollouts.stop(ctx.tenant, ctx.param("agent_id"), by=who(ctx))
+
+
 ROUTES = [
     Route("GET", "/api/v1/agents", list_agents, "List agents", response=Agent, paged=True, query=PAGE,
           tag="agents"),
@@ -77,4 +90,11 @@ ROUTES = [
           "Make a version active (default: the latest); refused 409 evaluation_required while the gate is on "
           "and its evaluation is missing or below the threshold, unless force with a reason",
           auth="tenant_admin", body=PromoteRequest, response=Agent, tag="agents", errors=(409,)),
+    Route("PUT", "/api/v1/agents/{agent_id}/rollout", start_rollout,
+          "Start a percentage rollout of a version (gated as promotion is); 409 while one runs",
+          auth="tenant_admin", body=RolloutStart, tag="agents", errors=(404, 409, 422)),
+    Route("GET", "/api/v1/agents/{agent_id}/rollout", rollout_status,
+          "The agent's running (else latest) rollout with both arms side by side", tag="agents"),
+    Route("DELETE", "/api/v1/agents/{agent_id}/rollout", stop_rollout,
+          "Stop the running rollout: every new call gets the promoted version", auth="tenant_admin", tag="agents"),
 ]
