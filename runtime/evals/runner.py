@@ -9,7 +9,7 @@ the call's archive (status, summary), reads back what the agent said, which tool
 whether it transferred, attributes each to the caller's turn it followed (by time), and checks the
 expectations (runtime.evals.scoring). A call refused by admission control is ``busy``, not failed.
 At the end the row gets its score, results and the judge's grades, bookings and orders made by the
-calls are canceled (an evaluation must not hold tables), and ``agent.evaluated`` is sent.
+calls are deleted (an evaluation must not hold tables), and ``agent.evaluated`` is sent.
 
 The CLI runs it in its own process against ``--url``; the API in the runtime against itself.
 """
@@ -290,15 +290,10 @@ class Runner:
         return await self.store.evaluations.get(row["id"], tenant_id=p.tenant_id)
 
     async def _release_bookings(self, tenant_id: str, call_ids: list[str]) -> None:
-        """Tables and orders the synthetic calls booked are canceled: the next real caller finds
-        them free."""
-        if not call_ids:
-            return
-        for table in (self.store.bookings, self.store.orders):
-            rows, _ = await table.list(tenant_id=tenant_id, equals={"call_id": tuple(call_ids)}, limit=10_000,
-                                       count=False)
-            for booked in rows:
-                await table.set(booked["id"], {"status": "canceled"}, tenant_id=tenant_id)
+        """Bookings and orders the synthetic calls made are deleted: the tables are free again for
+        the next real caller (and the next run)."""
+        if call_ids:
+            await self.store.delete_rows_of_calls(tenant_id, ("bookings", "orders"), call_ids)
 
 
 def _with_suite_id(p: RunPlan, suite_id: str | None) -> RunPlan:

@@ -546,6 +546,17 @@ class Tables:
             "SELECT * FROM agent_rollouts WHERE status = 'running' ORDER BY checked_at, id LIMIT ?", (limit,))
         return [decode(AGENT_ROLLOUTS, r) for r in rows]
 
+    async def delete_rows_of_calls(self, tenant_id: str, tables: tuple[str, ...], call_ids: list[str]) -> int:
+        """Delete a tenant's rows of ``tables`` (names from code: bookings, orders) made by these calls."""
+        marks = ", ".join("?" for _ in call_ids)
+        deleted = 0
+        for table in tables:
+            if table not in ("bookings", "orders"):
+                raise ValueError(f"not a table of call-made rows: {table}")
+            deleted += await self.executor.execute(
+                f"DELETE FROM {table} WHERE tenant_id = ? AND call_id IN ({marks})", (tenant_id, *call_ids))
+        return deleted
+
     async def set_agent_versions_status(self, tenant_id: str, agent_id: str, from_status: str, to_status: str) -> None:
         await self.executor.execute(
             "UPDATE agent_versions SET status = ? WHERE tenant_id = ? AND agent_id = ? AND status = ?",
