@@ -126,8 +126,8 @@ async def _latencies(store: Store, rollout: dict[str, Any], version: int) -> lis
     out = []
     for row in rows:
         v2v = (row.get("latency") or {}).get("v2v")
-        if isinstance(v2v, dict) and isinstance(v2v.get("p95"), (int, float)):
-            out.append(float(v2v["p95"]))
+        if isinstance(v2v, dict) and isinstance(v2v.get("p95_ms"), (int, float)):
+            out.append(float(v2v["p95_ms"]))
     return out
 
 

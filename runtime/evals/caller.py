@@ -22,6 +22,7 @@ from typing import Any
 from runtime.audio import TELEPHONY_RATE, Audio, parse_wav, pcm16_to_ulaw, ulaw_frames
 from runtime.evals.suite import Scenario, Turn
 from runtime.ids import now_iso
+from runtime.providers.base import RetryPolicy
 from runtime.telephony.scripted_caller import OpenLine, agent_quiet
 from runtime.telephony.twilio.caller import FRAME_S, CallerStream, TwilioCaller, new_sid, parse_twiml
 from runtime.telephony.twilio.twiml import REJECT_BUSY
@@ -32,6 +33,8 @@ BARGE_IN_GRACE_MS = 1000
 DTMF_GAP_S = 0.15
 ANSWER_TIMEOUT_S = 20.0
 NOISE_SECONDS = 2.0
+# Caller speech is made before any call is placed: no hurry (loading the piper voice takes seconds).
+CALLER_POLICY = RetryPolicy(retries=1, first_byte_timeout_s=60.0)
 
 
 class Voices:
@@ -48,12 +51,12 @@ class Voices:
             if voice == "piper":
                 from runtime.providers.tts.local import PiperTTS
 
-                engine = PiperTTS(length_scale=None if speed == 1.0 else 1.0 / speed)
+                engine = PiperTTS(CALLER_POLICY, length_scale=None if speed == 1.0 else 1.0 / speed)
             else:
                 from runtime.providers.tts.local import EspeakTTS
 
                 name = voice.partition(":")[2] or "en-us"
-                engine = EspeakTTS(voice=name, words_per_minute=int(165 * speed))
+                engine = EspeakTTS(CALLER_POLICY, voice=name, words_per_minute=int(165 * speed))
             self._engines[key] = engine
         return engine
 

@@ -45,6 +45,7 @@ from runtime.evals.suite import Scenario, Suite
 from runtime.events.models import AgentEvaluated
 from runtime.events.recorder import EventRecorder
 from runtime.ids import new_id, now_iso
+from runtime.providers.base import ProviderError
 from runtime.store.store import Store
 from runtime.telephony.twilio.bridge import EVAL_QUERY
 from runtime.telephony.twilio.caller import TwilioCaller
@@ -55,6 +56,10 @@ log = logging.getLogger("voicectl.evals")
 VOICE_PATH = "/webhooks/twilio/voice"
 ARCHIVE_WAIT_S = 15.0
 ACCOUNT_SID = "AC" + "e" * 32  # what the synthetic caller sends as its account (nothing checks it)
+
+
+class SpeechUnavailable(Exception):
+    """The caller's speech could not be made (the offline TTS missing or failing, a bad WAV)."""
 
 
 class RuntimeUnreachable(Exception):
@@ -140,7 +145,10 @@ class Runner:
             runs = [ScenarioRun(s, n) for n in range(1, p.calls + 1) for s in p.suite.scenarios]
             prepared: dict[str, list[Line]] = {}
             for scenario in p.suite.scenarios:
-                prepared[scenario.name] = await prepare(scenario, voices, p.assets)
+                try:
+                    prepared[scenario.name] = await prepare(scenario, voices, p.assets)
+                except (ProviderError, ValueError) as exc:
+                    raise SpeechUnavailable(f"the caller's lines of {scenario.name!r} could not be made: {exc}") from exc
             for item in runs:
                 item.lines = prepared[item.scenario.name]
             judged = await judge.credential(self.credentials, p.tenant_id) if any(
@@ -167,6 +175,9 @@ class Runner:
         except RuntimeUnreachable as exc:
             await self._fail(row, str(exc))
             raise
+        except SpeechUnavailable as exc:
+            await self._fail(row, str(exc))
+            return await self.store.evaluations.get(row["id"], tenant_id=p.tenant_id)
         except Exception as exc:
             log.error("evaluation failed", exc_info=exc, extra={"evaluation_id": row["id"]})
             await self._fail(row, f"{type(exc).__name__}: {exc}")

@@ -154,6 +154,8 @@ def _message(error: Any) -> str:
     if error.validator == "anyOf" and "arguments" in error.absolute_path:
         return ("an argument matcher is a value, or an object of equals, regex, one_of, min, max and present; "
                 f"not {error.instance!r}")
+    if error.validator == "type" and isinstance(error.instance, bool) and "string" in str(error.validator_value):
+        return f"{error.message} (quote it: YAML reads yes, no, on and off as true and false)"
     return error.message
 
 
