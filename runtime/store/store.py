@@ -7,7 +7,7 @@ from functools import cached_property
 from typing import Any
 
 from runtime.store.base import Database, Executor, Params, Row
-from runtime.store.tables import Table, TableSpec, committed, decode, encode
+from runtime.store.tables import Table, TableSpec, committed, decode, encode, wrote
 
 TENANTS = TableSpec(
     "tenants",
@@ -536,9 +536,12 @@ class Tables:
         """Apply ``changes`` to a rollout that is still running; False when it no longer was."""
         values = encode(AGENT_ROLLOUTS, changes)
         sets = ", ".join(f"{k} = ?" for k in values)
-        return await self.executor.execute(
-            f"UPDATE agent_rollouts SET {sets} WHERE id = ? AND tenant_id = ? AND status = 'running'",
-            (*values.values(), rollout_id, tenant_id)) == 1
+        try:
+            return await self.executor.execute(
+                f"UPDATE agent_rollouts SET {sets} WHERE id = ? AND tenant_id = ? AND status = 'running'",
+                (*values.values(), rollout_id, tenant_id)) == 1
+        finally:
+            wrote("agent_rollouts")  # routes cached with the rollout are read again
 
     async def running_rollouts(self, limit: int = 1000) -> list[Row]:
         """Every tenant's running rollouts (the scheduler checks them), oldest check first."""
@@ -555,6 +558,7 @@ class Tables:
                 raise ValueError(f"not a table of call-made rows: {table}")
             deleted += await self.executor.execute(
                 f"DELETE FROM {table} WHERE tenant_id = ? AND call_id IN ({marks})", (tenant_id, *call_ids))
+            wrote(table)
         return deleted
 
     async def set_agent_versions_status(self, tenant_id: str, agent_id: str, from_status: str, to_status: str) -> None:

@@ -94,6 +94,11 @@ def _wrote(name: str) -> None:
     WRITES[name] = WRITES.get(name, 0) + 1
 
 
+def wrote(name: str) -> None:
+    """Count a write to ``name`` made with SQL of its own (not through Table): caches drop it."""
+    _wrote(name)
+
+
 def committed(tables: object) -> None:
     """Count again, once a transaction or write batch has committed, the writes of the tables it
     used: a cache filled between a statement and its commit (old rows, new count) is dropped too."""
