@@ -24,7 +24,7 @@ def suite_file(tmp_path: Path, text: str = SUITE, name: str = "smoke.yaml") -> P
     return path
 
 
-def test_a_suite_is_stored_once_with_its_id_and_sha256(ready: Cli, tmp_path: Path) -> None:
+def test_a_suite_is_stored_once_with_its_id_and_sha256(ready: Cli, tmp_path: Path) -> None:  # noqa: F811
     path = suite_file(tmp_path)
     out = ready("eval", "suite", "add", "--tenant", "acme", str(path)).stdout
     assert out.startswith("stored: suite smoke sui_") and "(1 scenarios)" in out and "sha256 " in out
@@ -37,7 +37,7 @@ def test_a_suite_is_stored_once_with_its_id_and_sha256(ready: Cli, tmp_path: Pat
     ready("eval", "suite", "show", "sui_nope", "--tenant", "acme", code=3)
 
 
-def test_a_bad_suite_says_where_and_stores_nothing(ready: Cli, tmp_path: Path) -> None:
+def test_a_bad_suite_says_where_and_stores_nothing(ready: Cli, tmp_path: Path) -> None:  # noqa: F811
     bad = suite_file(tmp_path, SUITE.replace('say: "Hello?"', 'say: "Hello?"\n        dtmf: "1"'), "bad.yaml")
     result = ready("eval", "suite", "add", "--tenant", "acme", str(bad), code=2)
     assert "bad.yaml is not a valid suite" in result.stderr
@@ -48,7 +48,7 @@ def test_a_bad_suite_says_where_and_stores_nothing(ready: Cli, tmp_path: Path) -
     assert ready.json("eval", "suite", "list", "--tenant", "acme")["items"] == []
 
 
-def test_eval_run_refuses_bad_options_before_calling(ready: Cli, tmp_path: Path) -> None:
+def test_eval_run_refuses_bad_options_before_calling(ready: Cli, tmp_path: Path) -> None:  # noqa: F811
     path = suite_file(tmp_path)
     assert "give a suite file or --suite ID" in ready("eval", "run", "--tenant", "acme", "--agent", "sales",
                                                       code=2).stderr
@@ -65,12 +65,12 @@ def test_eval_run_refuses_bad_options_before_calling(ready: Cli, tmp_path: Path)
     assert ready.json("eval", "list", "--tenant", "acme", "--agent", "sales")["items"] == [], "nothing ran"
 
 
-def test_the_schema_is_printed_as_json(cli: Cli) -> None:
+def test_the_schema_is_printed_as_json(cli: Cli) -> None:  # noqa: F811
     schema = json.loads(cli("eval", "schema").stdout)
     assert schema["title"] == "voicectl evaluation suite" and "scenario" in schema["$defs"]
 
 
-def test_the_gate_and_a_forced_promotion_from_the_cli(ready: Cli, tmp_path: Path) -> None:
+def test_the_gate_and_a_forced_promotion_from_the_cli(ready: Cli, tmp_path: Path) -> None:  # noqa: F811
     suite = ready.json("eval", "suite", "add", "--tenant", "acme", str(suite_file(tmp_path)))
     assert "needs both" in ready("tenant", "update", "acme", "--rollout-min-eval-score", "0.9", code=2).stderr
     tenant = ready.json("tenant", "update", "acme", "--rollout-required-suite", suite["id"],
@@ -93,7 +93,7 @@ def test_the_gate_and_a_forced_promotion_from_the_cli(ready: Cli, tmp_path: Path
     assert tenant["rollout_required_suite_id"] is None and tenant["rollout_min_eval_score"] is None
 
 
-def test_a_rollout_from_the_cli(ready: Cli) -> None:
+def test_a_rollout_from_the_cli(ready: Cli) -> None:  # noqa: F811
     ready.json("agent", "update", "sales", "--tenant", "acme", "--greeting", "Hi, version two.")
     ready("agent", "rollout", "status", "sales", "--tenant", "acme", code=3)
     started = ready.json("agent", "rollout", "start", "sales", "--tenant", "acme", "--version", "2", "--percent",
