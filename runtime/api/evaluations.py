@@ -41,16 +41,30 @@ class EvalJobs:
         self.store = store
         self.max_per_tenant = max_per_tenant
         self.tasks: dict[str, tuple[str, asyncio.Task[Any]]] = {}  # evaluation id -> (tenant, task)
+        self.reserved: dict[str, int] = {}  # tenant -> runs admitted and being set up
 
     def running(self, tenant_id: str) -> int:
-        return sum(1 for tenant, _ in self.tasks.values() if tenant == tenant_id)
+        """Runs of the tenant in progress or being set up (admitted, not yet started)."""
+        return sum(1 for tenant, _ in self.tasks.values() if tenant == tenant_id) + self.reserved.get(tenant_id, 0)
 
     def admit(self, tenant_id: str) -> None:
+        """Reserve a slot for a run now (two requests at once cannot both pass); ``start`` takes it
+        over, ``release`` gives it back when the run is not started after all."""
         if self.running(tenant_id) >= self.max_per_tenant:
             raise Conflict(f"the tenant already has {self.max_per_tenant} evaluation(s) running; wait for it to "
                            "finish", {"running": self.running(tenant_id), "max": self.max_per_tenant})
+        self.reserved[tenant_id] = self.reserved.get(tenant_id, 0) + 1
+
+    def release(self, tenant_id: str) -> None:
+        left = self.reserved.get(tenant_id, 0) - 1
+        if left > 0:
+            self.reserved[tenant_id] = left
+        else:
+            self.reserved.pop(tenant_id, None)
 
     def start(self, runner: Runner, row: dict[str, Any], plan: RunPlan) -> None:
+        self.release(plan.tenant_id)
+
         async def run() -> None:
             try:
                 await runner.run(row, plan)

@@ -5,6 +5,7 @@ reused, unsigned or expired (both backends)."""
 from __future__ import annotations
 
 from runtime.api.appkeys import TRACKER
+from runtime.api.evaluations import EVAL_JOBS
 from runtime.control import eval_pins
 from runtime.evals.suites import SuiteService
 from runtime.ids import new_id, now_iso
@@ -53,13 +54,14 @@ EVALUATION_BAD_INPUT = [
 
 
 async def test_starting_an_evaluation_with_bad_input(api):
-    _, key, agent_id = await agent_with_draft(api)
+    tenant_id, key, agent_id = await agent_with_draft(api)
     for body, status, words in EVALUATION_BAD_INPUT:
         got, answer, _ = await api.call("POST", f"/api/v1/agents/{agent_id}/evaluations", key, json=body)
         assert got == status, (body, answer)
         assert words in answer["message"] or words in str(answer.get("details")), (body, answer)
     listed, page, _ = await api.call("GET", f"/api/v1/agents/{agent_id}/evaluations", key)
     assert listed == 200 and page["items"] == [], "nothing was started"
+    assert api.app[EVAL_JOBS].running(tenant_id) == 0, "a refused request leaves no run slot taken"
 
 
 async def test_evaluation_routes_for_unknown_things(api):

@@ -51,12 +51,16 @@ async def start_evaluation(ctx: Ctx) -> dict:
         check_assets(suite, assets, "suite")
     jobs = app[EVAL_JOBS]
     jobs.admit(ctx.tenant)
-    run_plan = await plan(ctx.control.store, app[SETTINGS], tenant_id=ctx.tenant, agent_id=ctx.param("agent_id"),
-                          version=body.version, suite=suite, suite_id=body.suite_id, assets=assets, calls=body.calls,
-                          concurrency=body.concurrency, started_by=who(ctx))
-    runner = Runner(ctx.control.store, ctx.control.credentials, app[PIPELINE].providers, ctx.control.events,
-                    base_url=own_base_url(ctx.request), public_url=app[SETTINGS].server.public_url)
-    row = await runner.start(run_plan)
+    try:
+        run_plan = await plan(ctx.control.store, app[SETTINGS], tenant_id=ctx.tenant, agent_id=ctx.param("agent_id"),
+                              version=body.version, suite=suite, suite_id=body.suite_id, assets=assets,
+                              calls=body.calls, concurrency=body.concurrency, started_by=who(ctx))
+        runner = Runner(ctx.control.store, ctx.control.credentials, app[PIPELINE].providers, ctx.control.events,
+                        base_url=own_base_url(ctx.request), public_url=app[SETTINGS].server.public_url)
+        row = await runner.start(run_plan)
+    except BaseException:
+        jobs.release(ctx.tenant)
+        raise
     jobs.start(runner, row, run_plan)
     return {"id": row["id"], "status": "running", "agent_id": row["agent_id"], "version": row["agent_version"],
             "suite_id": row["suite_id"], "suite_sha256": row["suite_sha256"]}
