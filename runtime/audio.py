@@ -170,7 +170,18 @@ class Audio:
 
 def read_wav(path: str | Path) -> Audio:
     """A WAV as PCM16 mono: PCM 8/16/24/32-bit or G.711 mu-law, any rate, stereo downmixed."""
-    raw = Path(path).read_bytes()
+    return parse_wav(Path(path).read_bytes(), str(path))
+
+
+def parse_wav(raw: bytes, path: str = "the WAV") -> Audio:
+    """``read_wav`` of bytes already read; ValueError (naming ``path``) for anything it cannot play."""
+    try:
+        return _parse_wav(raw, path)
+    except (struct.error, audioop.error) as exc:
+        raise ValueError(f"{path} is not a readable WAV file ({exc})") from None
+
+
+def _parse_wav(raw: bytes, path: str) -> Audio:
     if raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
         raise ValueError(f"{path} is not a RIFF/WAVE file")
     pos, fmt, data = 12, None, None
@@ -185,6 +196,8 @@ def read_wav(path: str | Path) -> Audio:
     if fmt is None or data is None:
         raise ValueError(f"{path} has no fmt or data chunk")
     tag, channels, rate, _, _, bits = fmt
+    if not 1000 <= rate <= 192_000 or bits not in (8, 16, 24, 32) and tag != WAVE_FORMAT_MULAW:
+        raise ValueError(f"{path}: unsupported rate {rate} Hz or sample size {bits} bits")
     if tag == WAVE_FORMAT_MULAW:
         pcm = audioop.ulaw2lin(data, 2)
     elif tag in (WAVE_FORMAT_PCM, 0xFFFE):

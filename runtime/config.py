@@ -405,6 +405,16 @@ class AnalysisSettings(_Model):
     max_tokens: int = Field(600, ge=100, le=4000)
     concurrency: int = Field(4, ge=1, le=64)  # analyses in flight per runtime
     max_pending: int = Field(1000, ge=1, le=100_000)  # waiting beyond this: skipped (recorded as such)
+class EvaluationSettings(_Model):
+    """Synthetic-call evaluations (runtime.evals): what one run may place."""
+
+    max_calls: int = Field(100, ge=1, le=10_000)  # calls of one run: scenarios x --calls
+    max_concurrency: int = Field(4, ge=1, le=100)  # calls of one run at once (also bounded by the tenant's limit)
+    max_running_per_tenant: int = Field(1, ge=1, le=100)  # runs started through the API at once, per tenant
+
+
+class RolloutSettings(_Model):
+    check_interval_s: float = Field(30.0, ge=0.05, le=3600)  # how often running rollouts' stop conditions are checked
 
 
 class Settings(_Model):
@@ -420,6 +430,8 @@ class Settings(_Model):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    evaluations: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     # Folder of the config file: relative paths resolve against it. Not a YAML key.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

@@ -1,7 +1,8 @@
-"""voicectl agent create|list|show|update|versions|promote|delete.
+"""voicectl agent create|list|show|update|versions|promote|delete and agent rollout start|status|stop.
 
 Creating an agent makes version 1 and activates it; every later change of its
-settings makes a draft version that ``promote`` activates.
+settings makes a draft version that ``promote`` activates (past the evaluation gate,
+when the tenant or the agent has one), or ``rollout`` gives a share of new calls.
 """
 
 from __future__ import annotations
@@ -266,9 +267,19 @@ def update(
     max_duration: MaxDurationOpt = None,
     knowledge_file: KnowledgeOpt = None,
     file: FileOpt = None,
+    eval_suite: Annotated[str | None, typer.Option(
+        "--eval-suite", help="This agent's promotion gate: the suite id a version's latest evaluation must be on "
+                             "(overrides the tenant's).", show_default=False)] = None,
+    min_eval_score: Annotated[float | None, typer.Option(
+        "--min-eval-score", help="This agent's gate threshold, 0-1 (overrides the tenant's).", min=0.0, max=1.0,
+        show_default=False)] = None,
+    tenant_gate: Annotated[bool, typer.Option(
+        "--tenant-gate", help="Drop this agent's own gate settings: the tenant's apply.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Change an agent: new settings become a draft version (activate it with promote)."""
+    if tenant_gate and (eval_suite is not None or min_eval_score is not None):
+        fail("give --tenant-gate or --eval-suite/--min-eval-score, not both", EXIT_USAGE)
     options = _Options(prompt=prompt, prompt_file=prompt_file, greeting=greeting, voicemail=voicemail_message,
                        language=language, llm=llm,
                        llm_model=llm_model, stt=stt, stt_model=stt_model, tts=tts, tts_model=tts_model,
@@ -287,6 +298,12 @@ def update(
             values["name"] = name
         if note is not None:
             values["note"] = note
+        if eval_suite is not None:
+            values["rollout_required_suite_id"] = eval_suite
+        if min_eval_score is not None:
+            values["rollout_min_eval_score"] = min_eval_score
+        if tenant_gate:
+            values["rollout_required_suite_id"] = values["rollout_min_eval_score"] = None
         if not values:
             from runtime.control.errors import BadRequest
 
@@ -321,19 +338,36 @@ def versions(
     )
 
 
+def cli_user() -> str:
+    """Who made a change from the CLI, as recorded: "cli <OS user>"."""
+    import getpass
+
+    try:
+        return f"cli {getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
 @app.command("promote")
 def promote(
     agent: AgentArg,
     version: Annotated[int | None, typer.Option("--version", help="Version to activate (default: the latest).",
                                                 min=1)] = None,
     tenant: MaybeTenantOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote past the evaluation gate (needs --reason; "
+                                        "recorded and sent in agent.promoted).")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (kept with the version).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Make a version active; new calls use it at once."""
+    """Make a version active; new calls use it at once. With the evaluation gate on, the version's
+    latest evaluation on the required suite must reach the threshold (exit 4 otherwise)."""
+    if force and not (reason and reason.strip()):
+        fail("--force needs --reason TEXT (it is recorded with the promotion)", EXIT_USAGE)
 
     async def go(plane: Any) -> dict[str, Any]:
         tenant_id, found = await _agent(plane, tenant, agent)
-        return (await plane.agents.promote(tenant_id, found.id, version)).to_dict()
+        return (await plane.agents.promote(tenant_id, found.id, version, by=cli_user(), force=force,
+                                           reason=reason)).to_dict()
 
     data = run(go)
     if as_json:
@@ -356,3 +390,91 @@ def delete(agent: AgentArg, tenant: MaybeTenantOpt = None, as_json: JsonOpt = Fa
         print_json(data)
     else:
         say(f"deleted agent {data['name']} ({data['id']})")
+
+
+# Percentage rollout
+
+rollout_app = new_app("Roll a version out to a share of new calls, with stop conditions.")
+app.add_typer(rollout_app, name="rollout")
+
+
+def _print_rollout(data: dict[str, Any], as_json: bool, headline: str | None = None) -> None:
+    if as_json:
+        print_json(data)
+        return
+    if headline:
+        say(headline)
+    say(f"rollout {data['id']}: version {data['candidate_version']} on {data['percent']}% of new calls beside "
+        f"version {data['base_version']}; {data['status']}"
+        + (f" ({data['end_reason']})" if data.get("end_reason") else ""))
+    from voicectl.common import print_table
+
+    arms = data["arms"]
+    rows = []
+    for label, key in (("calls", "calls"), ("failures", "failures"), ("failure rate", "failure_rate"),
+                       ("transfers", "transfers"), ("transfer rate", "transfer_rate"),
+                       ("p95 first audio ms", "p95_first_audio_ms")):
+        rows.append([label, arms["base"][key], arms["candidate"][key]])
+    print_table(["", f"base (v{data['base_version']})", f"candidate (v{data['candidate_version']})"], rows)
+    stop = data["stop_conditions"]
+    say("stop conditions: " + ", ".join(f"{k}={v}" for k, v in stop.items() if v is not None)
+        + (f"; auto-promote after {data['auto_promote_after']} calls" if data.get("auto_promote_after") else ""))
+    if data.get("breach"):
+        say(f"tripped: {', '.join(data['breach'].get('tripped', []))}")
+
+
+@rollout_app.command("start")
+def rollout_start(
+    agent: AgentArg,
+    version: Annotated[int, typer.Option("--version", help="The candidate version.", min=2, show_default=False)],
+    percent: Annotated[int, typer.Option("--percent", help="Share of new calls it answers (1-100).", min=1, max=100,
+                                         show_default=False)],
+    tenant: MaybeTenantOpt = None,
+    max_failure_rate: Annotated[float | None, typer.Option(
+        "--max-failure-rate", help="Revert above this share of failed calls (default 0.2).", min=0.0, max=1.0)] = None,
+    max_transfer_rate: Annotated[float | None, typer.Option(
+        "--max-transfer-rate", help="Revert above this share of transferred calls.", min=0.0, max=1.0)] = None,
+    max_p95_first_audio_ms: Annotated[int | None, typer.Option(
+        "--max-p95-first-audio-ms", help="Revert above this p95 first-audio latency.", min=50)] = None,
+    min_calls: Annotated[int | None, typer.Option(
+        "--min-calls", help="Candidate calls before judging (default 20).", min=1)] = None,
+    auto_promote_after: Annotated[int | None, typer.Option(
+        "--auto-promote-after", help="Promote the candidate after this many of its calls without a breach.",
+        min=1)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a rollout: VERSION answers PERCENT % of new calls (sticky per caller number)."""
+    stop = {k: v for k, v in {"max_failure_rate": max_failure_rate, "max_transfer_rate": max_transfer_rate,
+                              "max_p95_first_audio_ms": max_p95_first_audio_ms, "min_calls": min_calls}.items()
+            if v is not None}
+
+    async def go(plane: Any) -> dict[str, Any]:
+        from runtime.control.rollouts import RolloutStart
+
+        tenant_id, found = await _agent(plane, tenant, agent)
+        data = RolloutStart(version=version, percent=percent, stop=stop, auto_promote_after=auto_promote_after)
+        return await plane.rollouts.start(tenant_id, found.id, data, by=cli_user())
+
+    _print_rollout(run(go), as_json, "started")
+
+
+@rollout_app.command("status")
+def rollout_status(agent: AgentArg, tenant: MaybeTenantOpt = None, as_json: JsonOpt = False) -> None:
+    """The running (else the latest) rollout, both arms side by side."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id, found = await _agent(plane, tenant, agent)
+        return await plane.rollouts.status(tenant_id, found.id)
+
+    _print_rollout(run(go), as_json)
+
+
+@rollout_app.command("stop")
+def rollout_stop(agent: AgentArg, tenant: MaybeTenantOpt = None, as_json: JsonOpt = False) -> None:
+    """Stop the running rollout: every new call gets the promoted version."""
+
+    async def go(plane: Any) -> dict[str, Any]:
+        tenant_id, found = await _agent(plane, tenant, agent)
+        return await plane.rollouts.stop(tenant_id, found.id, by=cli_user())
+
+    _print_rollout(run(go), as_json, "stopped")

@@ -22,6 +22,7 @@ from voicectl import (
     db,
     demo,
     doctor,
+    evals,
     events,
     goto,
     init,
@@ -83,6 +84,7 @@ app.add_typer(credential.app, name="credential")
 app.add_typer(goto.app, name="goto")
 app.add_typer(livekit.app, name="livekit")
 app.add_typer(webhook.app, name="webhook")
+app.add_typer(evals.app, name="eval")
 app.command("call")(call.call)
 app.add_typer(calls.app, name="calls")
 app.add_typer(callbacks.app, name="callbacks")

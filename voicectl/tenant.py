@@ -141,11 +141,19 @@ def update(
         "--default-outbound-prefixes", help="Back to the country codes of the tenant's numbers.")] = False,
     callback_sla_minutes: SlaOpt = None,
     callback_auto_dial: AutoDialOpt = None,
+    rollout_required_suite: Annotated[str | None, typer.Option(
+        "--rollout-required-suite", help="The promotion gate: the suite id a version's latest evaluation must be "
+                                         "on (with --rollout-min-eval-score).", show_default=False)] = None,
+    rollout_min_eval_score: Annotated[float | None, typer.Option(
+        "--rollout-min-eval-score", help="The gate's minimum score, 0-1.", min=0.0, max=1.0, show_default=False)] = None,
+    no_gate: Annotated[bool, typer.Option("--no-rollout-gate", help="Turn the promotion gate off.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change a tenant's name or limits."""
+    """Change a tenant's name, limits or promotion gate."""
     if default_prefixes and outbound_prefix:
         fail("give --outbound-prefix or --default-outbound-prefixes, not both", EXIT_USAGE)
+    if no_gate and (rollout_required_suite is not None or rollout_min_eval_score is not None):
+        fail("give --no-rollout-gate or --rollout-required-suite/--rollout-min-eval-score, not both", EXIT_USAGE)
 
     async def go(plane: Any) -> dict[str, Any]:
         from runtime.control.schemas import TenantUpdate
@@ -156,6 +164,12 @@ def update(
             changes["name"] = name
         if default_prefixes:
             changes["outbound_allowed_prefixes"] = None
+        if rollout_required_suite is not None:
+            changes["rollout_required_suite_id"] = rollout_required_suite
+        if rollout_min_eval_score is not None:
+            changes["rollout_min_eval_score"] = rollout_min_eval_score
+        if no_gate:
+            changes["rollout_required_suite_id"] = changes["rollout_min_eval_score"] = None
         data = TenantUpdate(**changes)
         current = await plane.tenants.resolve(tenant)
         return (await plane.tenants.update(current.id, data)).to_dict()

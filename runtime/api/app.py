@@ -65,6 +65,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         store = app[CONTROL].store
         app[BUS] = EventBus(store)
         app[CONTROL].callbacks.bus = app[BUS]  # callback events reach this runtime's subscribers too
+        app[CONTROL].events.bus = app[BUS]  # the control plane's events reach subscribers at once
         app[DELIVERY] = DeliveryWorker(store, app[CONTROL].secrets, settings.events.webhooks,
                                        egress=settings.security.egress.policy, bus=app[BUS])
         app[BUS].on_outbox = app[DELIVERY].wake
@@ -91,21 +92,35 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         if recovered:
             log.warning("calls left live by a previous run marked failed", extra={"calls": recovered})
         from runtime.calls.retention import RETENTION, RetentionJob
+        from runtime.calls.rollout_watch import ROLLOUT_WATCH, RolloutWatch
+        from runtime.calls.scheduler import SCHEDULER, new_scheduler
 
-        app[RETENTION] = RetentionJob(store, settings.recording_dir, objects=app[RECORDING_OBJECTS])
+        scheduler = app[SCHEDULER] = new_scheduler()
+        app[RETENTION] = RetentionJob(store, settings.recording_dir, objects=app[RECORDING_OBJECTS],
+                                      scheduler=scheduler)
         app[RETENTION].start()
+        app[ROLLOUT_WATCH] = RolloutWatch(store, app[CONTROL].rollouts, scheduler,
+                                          interval_s=settings.rollout.check_interval_s)
+        app[ROLLOUT_WATCH].start()
         app[RECORDING_UPLOADS].start()  # background: uploads a restart interrupted
         await app[PIPELINE].start()
+        from runtime.api.evaluations import EVAL_JOBS, EvalJobs
+
+        app[EVAL_JOBS] = EvalJobs(store, settings.evaluations.max_running_per_tenant)
+        if stale := await app[EVAL_JOBS].recover():
+            log.warning("evaluations left running by a previous run marked failed", extra={"evaluations": stale})
         app[SERVICES] = BridgeServices(settings, app[CONTROL], app[TRACKER], app[BUS], app[PIPELINE], app[METRICS],
                                        app[RATE_LIMITER])
         from runtime.telephony.callbacks import CALLBACK_JOB, CallbackJob
 
         app[CALLBACK_JOB] = CallbackJob(app)
-        if app[RETENTION].scheduler is not None:  # the runtime's periodic scheduler
-            app[CALLBACK_JOB].start(app[RETENTION].scheduler)
+        app[CALLBACK_JOB].start(scheduler)
         yield
         await app[CALLBACK_JOB].stop()
+        await app[EVAL_JOBS].stop()
         await app[RETENTION].stop()
+        await app[ROLLOUT_WATCH].stop()
+        scheduler.shutdown(wait=False)
         await app[TRACKER].drain(settings.server.shutdown_grace_s)
         await app[RECORDING_UPLOADS].close()
         await app[PIPELINE].stop()

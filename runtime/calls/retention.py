@@ -88,27 +88,31 @@ class RetentionJob:
     """The scheduled purge: ``start()`` in the call engine, ``stop()`` on cleanup."""
 
     def __init__(self, store: Store, recording_dir: Path, *, interval_s: float = PURGE_INTERVAL_S,
-                 first_run_delay_s: float = FIRST_RUN_DELAY_S, objects: RecordingObjects | None = None) -> None:
+                 first_run_delay_s: float = FIRST_RUN_DELAY_S, objects: RecordingObjects | None = None,
+                 scheduler: AsyncIOScheduler | None = None) -> None:
         self.store = store
         self.recording_dir = recording_dir
         self.objects = objects
         self.interval_s = interval_s
         self.first_run_delay_s = first_run_delay_s
-        self.scheduler: AsyncIOScheduler | None = None
+        # The app's scheduler (runtime.calls.scheduler), shared with the rollout checks; else its own.
+        self.scheduler: AsyncIOScheduler | None = scheduler
+        self._owns_scheduler = scheduler is None
         self._running: asyncio.Task | None = None
         self.runs = 0
         self.last_counts: dict[str, int] | None = None
         self.last_run_at: str | None = None
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.scheduler = AsyncIOScheduler(event_loop=loop, timezone=UTC)
+        if self.scheduler is None:
+            self.scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
         self.scheduler.add_job(
             self.run, "interval", seconds=self.interval_s, id=JOB_ID, name="purge expired calls",
             next_run_time=datetime.now(UTC) + timedelta(seconds=self.first_run_delay_s),
             max_instances=1, coalesce=True, misfire_grace_time=None,
         )
-        self.scheduler.start()
+        if not self.scheduler.running:
+            self.scheduler.start()
 
     async def run(self) -> dict[str, int] | None:
         self._running = asyncio.current_task()
@@ -129,7 +133,10 @@ class RetentionJob:
 
     async def stop(self) -> None:
         if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            if self._owns_scheduler:
+                self.scheduler.shutdown(wait=False)
+            elif self.scheduler.get_job(JOB_ID) is not None:
+                self.scheduler.remove_job(JOB_ID)
         task = self._running
         if task is not None and not task.done():
             task.cancel()

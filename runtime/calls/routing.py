@@ -10,12 +10,13 @@ from datetime import time as clock_time
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from runtime.control.rollouts import in_rollout
 from runtime.control.schemas import WEEKDAYS, AgentConfig, OperatingHours
 from runtime.store.store import Store
-from runtime.store.tables import WRITES
+from runtime.store.tables import ALL_TENANTS, WRITES
 
 # The tables a number's route (store.route_by_e164) is read from.
-ROUTE_TABLES = ("phone_numbers", "tenants", "agents", "agent_versions")
+ROUTE_TABLES = ("phone_numbers", "tenants", "agents", "agent_versions", "agent_rollouts")
 
 
 class RouteRejected(Exception):
@@ -67,6 +68,8 @@ class CallRoute:
     version: int
     config: AgentConfig
     after_hours: bool
+    rollout_id: str | None = None  # the agent's running rollout this call takes part in
+    rollout_arm: str | None = None  # candidate | base
 
     @property
     def tenant_id(self) -> str:
@@ -126,8 +129,10 @@ def next_opening(hours: OperatingHours | None, timezone: str, now: datetime) -> 
 
 
 async def route_call(store: Store, e164: str, now: datetime,
-                     found: dict[str, Any] | None = None) -> CallRoute:
-    """``found``: the ``store.route_by_e164(e164)`` result when the caller has just read it."""
+                     found: dict[str, Any] | None = None, caller: str | None = None) -> CallRoute:
+    """``found``: the ``store.route_by_e164(e164)`` result when the caller has just read it.
+    ``caller``: the calling number; with a rollout running on the agent, it decides (sticky) whether
+    the call gets the candidate version (runtime.control.rollouts)."""
     if found is None:
         found = await store.route_by_e164(e164)  # number, tenant, agent and version in one read
     if found is None:
@@ -141,9 +146,32 @@ async def route_call(store: Store, e164: str, now: datetime,
     row = found["version"]
     if row is None:
         raise RouteRejected("no_active_version", f"agent version {version} is missing", tenant["id"], number["id"])
+    rollout, arm = found.get("rollout"), None
+    if rollout is not None and caller and found.get("candidate") is not None:
+        arm = "candidate" if in_rollout(rollout["id"], caller, rollout["percent"]) else "base"
+        if arm == "candidate":
+            version, row = rollout["candidate_version"], found["candidate"]
     config = stored_config(row)
     after_hours = not within_hours(config.hours, tenant["timezone"], now)
-    return CallRoute(tenant, number, agent["id"], version, config, after_hours)
+    return CallRoute(tenant, number, agent["id"], version, config, after_hours,
+                     rollout_id=rollout["id"] if arm else None, rollout_arm=arm)
+
+
+async def pinned_route(store: Store, tenant_id: str, agent_id: str, version: int) -> CallRoute:
+    """The route of a call pinned to one agent version (an evaluation's synthetic call): the agent's
+    first number if it has one (else none), answered as in opening hours (an evaluation must not
+    depend on the time it runs)."""
+    tenant = await store.tenants.get(tenant_id, tenant_id=ALL_TENANTS)
+    if tenant is None or tenant["status"] != "active":
+        raise RouteRejected("tenant_disabled", "the tenant is disabled", tenant_id)
+    row = await store.agent_versions.find(tenant_id=tenant_id, agent_id=agent_id, version=version)
+    if row is None:
+        raise RouteRejected("no_active_version", f"agent version {version} is missing", tenant_id)
+    number = await store.phone_numbers.find(tenant_id=tenant_id, agent_id=agent_id)
+    if number is None:
+        number = {"id": None, "tenant_id": tenant_id, "e164": None, "provider": "twilio", "agent_id": agent_id,
+                  "pinned_version": version}
+    return CallRoute(tenant, number, agent_id, version, stored_config(row), after_hours=False)
 
 
 # Versions never change once written: each is validated once per process, then shared.

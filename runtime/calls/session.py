@@ -119,6 +119,10 @@ class CallSession:
     speakings: dict[str, Speaking] = field(default_factory=dict)
     # An outbound call's request and progress (runtime.calls.outbound.OutboundCall); None: inbound.
     outbound: Any = None
+    # Kept in the call's metadata: an evaluation's id, a rollout's arm.
+    tags: dict[str, Any] = field(default_factory=dict)
+    # An evaluation's synthetic call: its pin (what its bridge checks it by); None for every other call.
+    evaluation: Any = None
     end_reason: str | None = None
     hangup_by: str | None = None
     final_duration_ms: int | None = None  # set when the call ends
@@ -255,9 +259,10 @@ class CallSession:
             "from_number": self.from_number, "to_number": self.to_number, "status": self.state,
             "end_reason": None, "hangup_by": None, "started_at": self.started_at, "connected_at": None,
             "ended_at": None, "duration_ms": None, "summary": {}, "latency": {},
-            "metadata": {"after_hours": route.after_hours} if route else {}, "trace_id": self.trace_id,
-            "created_at": now, "updated_at": now,
+            "metadata": {**_route_tags(route), **self.tags},
+            "trace_id": self.trace_id, "created_at": now, "updated_at": now,
             "variables": self.outbound.variables if self.outbound is not None else None,
+            "rollout_id": route.rollout_id if route else None,
         })
         await self.emit(CallStarted(
             provider=self.provider, direction=self.direction, from_number=self.from_number,
@@ -396,6 +401,15 @@ class CallSession:
         final: Payload = (CallCompleted(reason=reason, hangup_by=hangup_by, duration_ms=duration) if state == ENDED
                           else CallFailed(reason=reason, message=message))
         await self._transition(state, reason, changes, final)
+
+
+def _route_tags(route: CallRoute | None) -> dict[str, Any]:
+    if route is None:
+        return {}
+    tags: dict[str, Any] = {"after_hours": route.after_hours}
+    if route.rollout_arm is not None:
+        tags["rollout_arm"] = route.rollout_arm
+    return tags
 
 
 def aggregate(samples: list[float]) -> dict[str, float | int]:

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from runtime.calls.call_record import CallRecordWriter
 from runtime.calls.integrator_sessions import Speaking, Transcribe
@@ -135,16 +136,19 @@ class CallTracker:
     async def open_call(
         self, *, to_number: str | None, from_number: str | None, provider: str, direction: str = "inbound",
         provider_call_id: str | None = None, tenant_hint: str | None = None, now: datetime | None = None,
-        routing: dict | None = None,
+        routing: dict | None = None, route: CallRoute | None = None, tags: dict[str, Any] | None = None,
     ) -> CallSession:
-        """Route and register a call. A rejected call whose tenant is known keeps a failed row and
-        a voice.call.failed event; RouteRejected is raised for the bridge to answer the caller."""
+        """Route and register a call (``route``: already routed, e.g. pinned to a version). A
+        rejected call whose tenant is known keeps a failed row and a voice.call.failed event;
+        RouteRejected is raised for the bridge to answer the caller. ``tags``: kept in the call's
+        metadata (an evaluation's id)."""
         try:
             if not self.accepting:
                 raise RouteRejected("shutting_down", "the runtime is shutting down", tenant_hint)
             if self.at_capacity:
                 raise RouteRejected("busy", "the runtime is at its call limit", tenant_hint)
-            route = await route_call(self.store, to_number, now or datetime.now(UTC), routing)
+            if route is None:
+                route = await route_call(self.store, to_number, now or datetime.now(UTC), routing, from_number)
             if self.live_for(route.tenant_id) >= route.tenant["max_concurrent_calls"]:
                 raise RouteRejected("tenant_call_limit", "the tenant is at its concurrent-call limit",
                                     route.tenant_id, route.number["id"])
@@ -157,10 +161,12 @@ class CallTracker:
             if tenant_id is not None:
                 session = self._session(tenant_id, None, provider, direction, from_number, to_number,
                                         provider_call_id)
+                session.tags.update(tags or {})
                 await session.insert_row()
                 await session.fail(rejected.reason, rejected.message)
             raise
         session = self._session(route.tenant_id, route, provider, direction, from_number, to_number, provider_call_id)
+        session.tags.update(tags or {})
         await self._register(session, route, local)
         return session
 

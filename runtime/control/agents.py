@@ -4,22 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.control import gate
 from runtime.control.errors import Conflict, Invalid, NotFound
 from runtime.control.models import Agent, AgentVersion, from_row
 from runtime.control.pagination import Page, PageRequest
+from runtime.control.rollouts import end_running, promote_in
 from runtime.control.schemas import AgentConfig, AgentCreate, AgentUpdate
 from runtime.control.tenant_urls import check_urls, version_urls
 from runtime.control.version_warnings import version_warnings
 from runtime.egress.policy import EgressPolicy
+from runtime.events.recorder import EventRecorder
 from runtime.ids import new_id, now_iso
 from runtime.store.errors import UniqueViolation
 from runtime.store.store import Store, Tables
 
 
 class AgentService:
-    def __init__(self, store: Store, egress: EgressPolicy | None = None) -> None:
+    def __init__(self, store: Store, egress: EgressPolicy | None = None, events: EventRecorder | None = None) -> None:
         self.store = store
         self.egress = egress or EgressPolicy()
+        self.events = events or EventRecorder()
 
     async def _check_refs(self, tenant_id: str, config: AgentConfig) -> None:
         profile = config.voice_profile_id
@@ -88,11 +92,18 @@ class AgentService:
         return Page(items, total, page.limit, page.offset)
 
     async def update(self, tenant_id: str, agent_id: str, data: AgentUpdate) -> Agent:
+        """Rename, change settings (a new draft version), and/or set the agent's own gate settings
+        (``rollout_required_suite_id``, ``rollout_min_eval_score``; null: the tenant's). The API lets
+        only admin keys change the gate."""
         row = await self._row(tenant_id, agent_id)
         now = now_iso()
         changes = data.config_changes()
+        gate_changes = data.gate_changes()
+        suite = gate_changes.get("rollout_required_suite_id")
+        if suite is not None and await self.store.eval_suites.get(suite, tenant_id=tenant_id) is None:
+            raise Invalid(f"no suite {suite} in this tenant", {"rollout_required_suite_id": suite})
         async with self.store.atomic() as tx:
-            agent_changes: dict[str, Any] = {}
+            agent_changes: dict[str, Any] = dict(gate_changes)
             if data.name is not None and data.name != row["name"]:
                 agent_changes["name"] = data.name
             if changes:
@@ -117,17 +128,34 @@ class AgentService:
                     raise Conflict(f"an agent named {data.name!r} already exists", {"name": data.name}) from None
         return await self.get(tenant_id, agent_id)
 
-    async def promote(self, tenant_id: str, agent_id: str, version: int | None = None) -> Agent:
+    async def promote(self, tenant_id: str, agent_id: str, version: int | None = None, *, by: str = "cli",
+                      force: bool = False, reason: str | None = None) -> Agent:
+        """Make a version active (default: the latest). With the gate on (runtime.control.gate) the
+        version needs a good enough evaluation, unless ``force`` (admins only) with a ``reason``;
+        who promoted it, whether the gate was overridden and why are kept on the version and sent
+        in ``agent.promoted``. A running rollout ends (``promoted`` if this was its candidate)."""
         row = await self._row(tenant_id, agent_id)
         target = version or row["latest_version"]
+        if force and not (reason and reason.strip()):
+            raise Invalid("forcing a promotion past the evaluation gate needs a reason", {"reason": reason})
+        if await self.store.agent_versions.find(tenant_id=tenant_id, agent_id=agent_id, version=target) is None:
+            raise NotFound(f"agent {agent_id} has no version {target}", {"version": target})
+        tenant = await self.store.tenants.get(tenant_id, tenant_id=tenant_id)
+        forced = False
+        try:
+            await gate.check(self.store, tenant, row, target)
+        except gate.EvaluationRequired:
+            if not force:
+                raise
+            forced = True
         now = now_iso()
         async with self.store.atomic() as tx:
-            found = await tx.agent_versions.find(tenant_id=tenant_id, agent_id=agent_id, version=target)
-            if found is None:
-                raise NotFound(f"agent {agent_id} has no version {target}", {"version": target})
-            await tx.set_agent_versions_status(tenant_id, agent_id, "active", "retired")
-            await tx.agent_versions.update(found["id"], {"status": "active", "promoted_at": now}, tenant_id=tenant_id)
-            await tx.agents.update(agent_id, {"active_version": target, "updated_at": now}, tenant_id=tenant_id)
+            running = await tx.agent_rollouts.find(tenant_id=tenant_id, agent_id=agent_id, status="running")
+            ending = "promoted" if running is not None and running["candidate_version"] == target else "superseded"
+            staged = await end_running(tx, self.events, tenant_id, agent_id, ending, by)
+            staged += await promote_in(tx, self.events, tenant_id, agent_id, target, by=by, now=now, forced=forced,
+                                       reason=reason.strip() if reason else None)
+        self.events.committed(staged)
         return await self.get(tenant_id, agent_id)
 
     async def version(self, tenant_id: str, agent_id: str, version: int) -> AgentVersion:

@@ -65,6 +65,8 @@ class Tenant(Public):
     max_outbound_per_day: int = 100
     callback_sla_minutes: int = 240
     callback_auto_dial: bool = False
+    rollout_required_suite_id: str | None = None  # the promotion gate (runtime.control.gate); None: off
+    rollout_min_eval_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class AgentVersion(Public):
     promoted_at: str | None
     # What calls leave out of this version, "field: why" (runtime.control.version_warnings).
     warnings: list[str] = field(default_factory=list)
+    promoted_by: str | None = None  # who made it active: "key <id>", "cli <user>", "rollout <id>"
+    promote_forced: bool | None = None  # the evaluation gate was overridden
+    promote_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,8 @@ class Agent(Public):
     created_at: str
     updated_at: str
     active: AgentVersion | None = None
+    rollout_required_suite_id: str | None = None  # overrides the tenant's gate settings; None: the tenant's
+    rollout_min_eval_score: float | None = None
     _hidden = ("active",)
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,10 +10,12 @@ from runtime.control.calls import CallReadService
 from runtime.control.credentials import CredentialService
 from runtime.control.keys import KeyService
 from runtime.control.numbers import NumberService
+from runtime.control.rollouts import RolloutService
 from runtime.control.tenants import TenantService
 from runtime.control.voices import VoiceProfileService
 from runtime.control.webhooks import WebhookService
 from runtime.egress.policy import EgressPolicy
+from runtime.events.recorder import EventRecorder
 from runtime.secrets import SecretStore
 from runtime.store import migrate as migrations
 from runtime.store.base import open_database
@@ -27,9 +29,12 @@ class ControlPlane:
         self.secrets = secrets
         # Where tenants' URLs may point (security.egress); the strictest policy unless given.
         self.egress = egress or EgressPolicy()
+        # Events of the control plane (an agent promoted, a rollout reverted); the runtime sets its bus.
+        self.events = EventRecorder()
         self.tenants = TenantService(store, secrets)
         self.keys = KeyService(store)
-        self.agents = AgentService(store, self.egress)
+        self.agents = AgentService(store, self.egress, self.events)
+        self.rollouts = RolloutService(store, self.events)
         self.voices = VoiceProfileService(store)
         self.numbers = NumberService(store)
         self.credentials = CredentialService(store, secrets, self.egress)

@@ -133,12 +133,17 @@ class TenantUpdate(Input):
     max_outbound_per_day: int | None = Field(None, ge=0, le=1_000_000)
     callback_sla_minutes: int | None = Field(None, ge=1, le=MAX_CALLBACK_SLA_MINUTES)
     callback_auto_dial: bool | None = None
+    rollout_required_suite_id: str | None = Field(
+        None, max_length=64, description="the promotion gate: the suite a version's latest evaluation must be on "
+                                         "(null with rollout_min_eval_score null: the gate is off)")
+    rollout_min_eval_score: float | None = Field(None, ge=0, le=1, description="the gate's minimum score (0-1)")
 
     _tz = field_validator("timezone")(check_timezone)
     _prefixes = field_validator("outbound_allowed_prefixes")(check_prefixes)
 
     # Columns that may be set to null (the others are NOT NULL).
-    NULLABLE: ClassVar[frozenset[str]] = frozenset({"outbound_allowed_prefixes"})
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"outbound_allowed_prefixes", "rollout_required_suite_id",
+                                                    "rollout_min_eval_score"})
 
 
 # API keys
@@ -545,13 +550,24 @@ class AgentUpdate(Input):
     knowledge: str | None = Field(None, max_length=200_000)
     rules: RulesConfig | None = None
     dtmf_tools: dict[str, str] | None = None
+    rollout_required_suite_id: str | None = Field(
+        None, max_length=64, description="admin keys: this agent's gate suite (null: the tenant's)")
+    rollout_min_eval_score: float | None = Field(None, ge=0, le=1,
+                                                 description="admin keys: this agent's gate threshold (null: the tenant's)")
+
+    GATE_FIELDS: ClassVar[frozenset[str]] = frozenset({"rollout_required_suite_id", "rollout_min_eval_score"})
 
     def config_changes(self) -> dict[str, Any]:
-        return self.model_dump(exclude_unset=True, exclude={"name", "note"})
+        return self.model_dump(exclude_unset=True, exclude={"name", "note", *self.GATE_FIELDS})
+
+    def gate_changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True, include=set(self.GATE_FIELDS))
 
 
 class PromoteRequest(Input):
     version: int | None = Field(None, ge=1, le=MAX_VERSION, description="default: the latest version")
+    force: bool = Field(False, description="admin keys: promote past the evaluation gate (needs a reason)")
+    reason: str | None = Field(None, max_length=500, description="why (recorded, and sent in agent.promoted)")
 
 
 # Voice profiles

@@ -52,6 +52,7 @@ class TenantService:
             raise Invalid(f"{', '.join(nulls)} cannot be null", {"fields": nulls})
         if not changes:
             return await self.get(tenant_id)
+        await self._check_gate(tenant_id, changes)
         changes["updated_at"] = now_iso()
         try:
             row = await self.store.tenants.update(tenant_id, changes, tenant_id=ALL_TENANTS)
@@ -60,6 +61,20 @@ class TenantService:
         if row is None:
             raise NotFound(f"tenant {tenant_id} not found", {"tenant_id": tenant_id})
         return from_row(Tenant, row)
+
+    async def _check_gate(self, tenant_id: str, changes: dict) -> None:
+        """The promotion gate is set whole (a suite of this tenant and a threshold) or not at all."""
+        keys = ("rollout_required_suite_id", "rollout_min_eval_score")
+        if not any(k in changes for k in keys):
+            return
+        current = (await self.get(tenant_id)).to_dict()
+        suite, threshold = (changes[k] if k in changes else current[k] for k in keys)
+        if (suite is None) != (threshold is None):
+            raise Invalid("the promotion gate needs both rollout_required_suite_id and rollout_min_eval_score "
+                          "(or neither: the gate is off)", {"fields": list(keys)})
+        if "rollout_required_suite_id" in changes and suite is not None:
+            if await self.store.eval_suites.get(suite, tenant_id=tenant_id) is None:
+                raise Invalid(f"no suite {suite} in this tenant", {"rollout_required_suite_id": suite})
 
     async def delete(self, tenant_id: str) -> None:
         await self.get(tenant_id)

@@ -237,13 +237,83 @@ class CallbackCompleted(Payload):
     last_call_id: str | None = None
 
 
+@dataclass(frozen=True)
+class AgentEvaluated(Payload):
+    """An evaluation run finished (runtime.evals): its score and whether every scenario passed."""
+
+    topic: ClassVar[str] = "agent.evaluated"
+    evaluation_id: str
+    agent_id: str
+    version: int
+    suite_id: str | None
+    suite_sha256: str
+    score: float | None
+    passed: bool
+    scenarios: int
+    failed: int
+    busy: int
+
+
+@dataclass(frozen=True)
+class AgentPromoted(Payload):
+    """A version became the agent's active one: who did it and, when the gate was overridden, why."""
+
+    topic: ClassVar[str] = "agent.promoted"
+    agent_id: str
+    version: int
+    previous_version: int | None
+    by: str
+    forced: bool = False
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RolloutStarted(Payload):
+    topic: ClassVar[str] = "agent.rollout_started"
+    rollout_id: str
+    agent_id: str
+    candidate_version: int
+    base_version: int
+    percent: int
+    by: str
+
+
+@dataclass(frozen=True)
+class RolloutStopped(Payload):
+    """A rollout ended without a breach: stopped, superseded by a promotion, or promoted itself."""
+
+    topic: ClassVar[str] = "agent.rollout_stopped"
+    rollout_id: str
+    agent_id: str
+    candidate_version: int
+    reason: str  # stopped | promoted | superseded
+    by: str
+
+
+@dataclass(frozen=True)
+class RolloutReverted(Payload):
+    """A stop condition tripped: every new call goes to the promoted version again."""
+
+    topic: ClassVar[str] = "agent.rollout_reverted"
+    rollout_id: str
+    agent_id: str
+    candidate_version: int
+    base_version: int
+    tripped: str  # the conditions that tripped, comma-separated (failure_rate, transfer_rate, p95_first_audio_ms)
+    calls: int
+    failure_rate: float
+    transfer_rate: float
+    p95_first_audio_ms: float | None
+
+
 PAYLOAD_TYPES: dict[str, type[Payload]] = {
     cls.topic: cls
     for cls in (CallStarted, CallConnected, StateChanged, SpeechStarted, SpeechEnded, TranscriptInterim,
                 TranscriptCreated, DtmfReceived, AgentInterrupted, ToolCalled, TransferRequested, TurnLatency,
                 DurationWarning, ProviderFailedOver, CallCompleted, CallFailed, WebhookDisabled,
                 TranscriptionStarted, TranscriptionStopped, SpeakingStarted, SpeakingStopped, MachineDetected,
-                CallbackCreated, CallbackOverdue, CallbackCompleted)
+                CallbackCreated, CallbackOverdue, CallbackCompleted,
+                AgentEvaluated, AgentPromoted, RolloutStarted, RolloutStopped, RolloutReverted)
 }
 
 

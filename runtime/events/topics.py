@@ -31,6 +31,11 @@ TOPICS: tuple[str, ...] = (
     "callback.created",
     "callback.overdue",
     "callback.completed",
+    "agent.evaluated",
+    "agent.promoted",
+    "agent.rollout_started",
+    "agent.rollout_stopped",
+    "agent.rollout_reverted",
 )
 
 

@@ -409,6 +409,90 @@ OUTBOUND_CALLS = Migration(
     ),
 )
 
+# Evaluations, gated promotion and percentage rollout (runtime.evals, runtime.rollout):
+# - eval_suites: a tenant's stored scenario suites (the YAML as written, the WAV files it plays as base64,
+#   its sha256; one row per content).
+# - evaluations (from migration 1, unused until now): one row per run, with the suite it ran, the
+#   score, whether every scenario passed, the per-scenario results and the optional judge's rubric.
+# - eval_pins: a synthetic call's single-use pin. The secret travels in the voice webhook's URL; only
+#   its SHA-256 is kept, and the row says which agent version the call is pinned to.
+# - the gate: tenants' (and, overriding them, agents') required suite and minimum score; who promoted a
+#   version, forced or not, and why.
+# - agent_rollouts: a candidate version answering a percentage of an agent's new calls, its stop
+#   conditions and how it ended; at most one running per agent. Calls in a rollout name it.
+EVALUATIONS_ROLLOUT = Migration(
+    10,
+    "evaluations, gated promotion and rollout",
+    (
+        f"""CREATE TABLE eval_suites (
+            id TEXT PRIMARY KEY,
+            {_T},
+            name TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            source TEXT NOT NULL,
+            assets {{json}},
+            scenarios INTEGER NOT NULL,
+            created_at {{ts}} NOT NULL,
+            UNIQUE (tenant_id, sha256)
+        )""",
+        "ALTER TABLE evaluations ADD COLUMN suite_id TEXT",
+        "ALTER TABLE evaluations ADD COLUMN suite_name TEXT",
+        "ALTER TABLE evaluations ADD COLUMN suite_sha256 TEXT",
+        "ALTER TABLE evaluations ADD COLUMN passed {bool}",
+        "ALTER TABLE evaluations ADD COLUMN results {json}",
+        "ALTER TABLE evaluations ADD COLUMN calls INTEGER",
+        "ALTER TABLE evaluations ADD COLUMN concurrency INTEGER",
+        "ALTER TABLE evaluations ADD COLUMN error TEXT",
+        "ALTER TABLE evaluations ADD COLUMN started_by TEXT",
+        "ALTER TABLE evaluations ADD COLUMN finished_at {ts}",
+        "CREATE INDEX evaluations_agent ON evaluations (tenant_id, agent_id, created_at)",
+        f"""CREATE TABLE eval_pins (
+            id TEXT PRIMARY KEY,
+            {_T},
+            evaluation_id TEXT NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
+            agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            agent_version INTEGER NOT NULL,
+            scenario TEXT NOT NULL,
+            secret_hash TEXT NOT NULL,
+            expires_at {{ts}} NOT NULL,
+            used_at {{ts}},
+            call_id TEXT,
+            created_at {{ts}} NOT NULL
+        )""",
+        "CREATE INDEX eval_pins_evaluation ON eval_pins (evaluation_id)",
+        "ALTER TABLE tenants ADD COLUMN rollout_required_suite_id TEXT",
+        "ALTER TABLE tenants ADD COLUMN rollout_min_eval_score {real}",
+        "ALTER TABLE agents ADD COLUMN rollout_required_suite_id TEXT",
+        "ALTER TABLE agents ADD COLUMN rollout_min_eval_score {real}",
+        "ALTER TABLE agent_versions ADD COLUMN promoted_by TEXT",
+        "ALTER TABLE agent_versions ADD COLUMN promote_forced {bool}",
+        "ALTER TABLE agent_versions ADD COLUMN promote_reason TEXT",
+        f"""CREATE TABLE agent_rollouts (
+            id TEXT PRIMARY KEY,
+            {_T},
+            agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            base_version INTEGER NOT NULL,
+            candidate_version INTEGER NOT NULL,
+            percent INTEGER NOT NULL,
+            stop_conditions {{json}} NOT NULL,
+            auto_promote_after INTEGER,
+            status TEXT NOT NULL,
+            started_by TEXT,
+            started_at {{ts}} NOT NULL,
+            ended_at {{ts}},
+            end_reason TEXT,
+            breach {{json}},
+            checked_at {{ts}},
+            created_at {{ts}} NOT NULL,
+            updated_at {{ts}} NOT NULL
+        )""",
+        "CREATE INDEX agent_rollouts_agent ON agent_rollouts (tenant_id, agent_id, created_at)",
+        "CREATE UNIQUE INDEX agent_rollouts_running ON agent_rollouts (agent_id) WHERE status = 'running'",
+        "ALTER TABLE voice_calls ADD COLUMN rollout_id TEXT",
+        "CREATE INDEX voice_calls_rollout ON voice_calls (rollout_id, agent_version)",
+    ),
+)
+
 # Callback tasks and the operations record (runtime.control.callbacks, runtime.calls.call_record).
 # callback_tasks (unused until now) gets the fields of a human follow-up queue: its number (renamed
 # from phone), where it came from, when it is wanted (scheduled_at), who has it, the calls placed
@@ -449,5 +533,5 @@ CALLBACKS_AND_RECORD = Migration(
 
 MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS, GOTO_CHANNELS, RECORDING_UPLOADS,
                                      LIVEKIT_EGRESSES, WEBHOOK_STATUS, GOTO_DEVICES, OUTBOUND_CALLS,
-                                     CALLBACKS_AND_RECORD)
+                                     EVALUATIONS_ROLLOUT, CALLBACKS_AND_RECORD)
 LATEST_VERSION = MIGRATIONS[-1].version

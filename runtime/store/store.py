@@ -7,13 +7,14 @@ from functools import cached_property
 from typing import Any
 
 from runtime.store.base import Database, Executor, Params, Row
-from runtime.store.tables import Table, TableSpec, committed, decode
+from runtime.store.tables import Table, TableSpec, committed, decode, encode, wrote
 
 TENANTS = TableSpec(
     "tenants",
     ("id", "name", "status", "timezone", "max_concurrent_calls", "max_call_duration_s", "recording_enabled",
      "retention_days", "metadata", "created_at", "updated_at", "outbound_allowed_prefixes", "max_outbound_per_day",
-     "callback_sla_minutes", "callback_auto_dial"),
+     "callback_sla_minutes", "callback_auto_dial",
+     "rollout_required_suite_id", "rollout_min_eval_score"),
     json_columns=frozenset({"metadata", "outbound_allowed_prefixes"}),
     bool_columns=frozenset({"recording_enabled", "callback_auto_dial"}),
     tenant_column=None,
@@ -27,12 +28,15 @@ VOICE_PROFILES = TableSpec(
     ("id", "tenant_id", "name", "provider", "voice_id", "language", "speed", "created_at", "updated_at"),
 )
 AGENTS = TableSpec(
-    "agents", ("id", "tenant_id", "name", "active_version", "latest_version", "created_at", "updated_at")
+    "agents", ("id", "tenant_id", "name", "active_version", "latest_version", "created_at", "updated_at",
+               "rollout_required_suite_id", "rollout_min_eval_score")
 )
 AGENT_VERSIONS = TableSpec(
     "agent_versions",
-    ("id", "tenant_id", "agent_id", "version", "status", "config", "note", "created_at", "promoted_at"),
+    ("id", "tenant_id", "agent_id", "version", "status", "config", "note", "created_at", "promoted_at",
+     "promoted_by", "promote_forced", "promote_reason"),
     json_columns=frozenset({"config"}),
+    bool_columns=frozenset({"promote_forced"}),
     order_by="version",
 )
 PHONE_NUMBERS = TableSpec(
@@ -57,7 +61,8 @@ VOICE_CALLS = TableSpec(
     ("id", "tenant_id", "agent_id", "agent_version", "number_id", "provider", "provider_call_id", "direction",
      "from_number", "to_number", "status", "end_reason", "hangup_by", "started_at", "connected_at", "ended_at",
      "duration_ms", "summary", "latency", "metadata", "trace_id", "created_at", "updated_at", "variables",
-     "outcome", "escalated_to", "stt_provider", "llm_provider", "llm_model", "tts_provider", "tts_voice"),
+     "outcome", "escalated_to", "stt_provider", "llm_provider", "llm_model", "tts_provider", "tts_voice",
+     "rollout_id"),
     json_columns=frozenset({"summary", "latency", "metadata", "variables"}),
 )
 TRANSCRIPTS = TableSpec(
@@ -95,8 +100,27 @@ WEBHOOK_DELIVERY_ATTEMPTS = TableSpec(
 )
 EVALUATIONS = TableSpec(
     "evaluations",
-    ("id", "tenant_id", "agent_id", "agent_version", "call_id", "status", "score", "rubric", "notes", "created_at"),
-    json_columns=frozenset({"rubric"}),
+    ("id", "tenant_id", "agent_id", "agent_version", "call_id", "status", "score", "rubric", "notes", "created_at",
+     "suite_id", "suite_name", "suite_sha256", "passed", "results", "calls", "concurrency", "error", "started_by",
+     "finished_at"),
+    json_columns=frozenset({"rubric", "results"}),
+    bool_columns=frozenset({"passed"}),
+)
+EVAL_SUITES = TableSpec(
+    "eval_suites", ("id", "tenant_id", "name", "sha256", "source", "assets", "scenarios", "created_at"),
+    json_columns=frozenset({"assets"}),
+)
+EVAL_PINS = TableSpec(
+    "eval_pins",
+    ("id", "tenant_id", "evaluation_id", "agent_id", "agent_version", "scenario", "secret_hash", "expires_at",
+     "used_at", "call_id", "created_at"),
+)
+AGENT_ROLLOUTS = TableSpec(
+    "agent_rollouts",
+    ("id", "tenant_id", "agent_id", "base_version", "candidate_version", "percent", "stop_conditions",
+     "auto_promote_after", "status", "started_by", "started_at", "ended_at", "end_reason", "breach", "checked_at",
+     "created_at", "updated_at"),
+    json_columns=frozenset({"stop_conditions", "breach"}),
 )
 CALLBACK_TASKS = TableSpec(
     "callback_tasks",
@@ -130,7 +154,7 @@ LIVEKIT_EGRESSES = TableSpec("livekit_egresses", ("id", "tenant_id", "call_id", 
 ALL_SPECS = (TENANTS, API_KEYS, VOICE_PROFILES, AGENTS, AGENT_VERSIONS, PHONE_NUMBERS, CREDENTIALS,
              WEBHOOK_CONFIGS, VOICE_CALLS, TRANSCRIPTS, CALL_EVENTS, TOOL_CALLS, RECORDINGS,
              WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_ATTEMPTS, EVALUATIONS, CALLBACK_TASKS, BOOKINGS, ORDERS,
-             GOTO_CHANNELS, LIVEKIT_EGRESSES)
+             GOTO_CHANNELS, LIVEKIT_EGRESSES, EVAL_SUITES, EVAL_PINS, AGENT_ROLLOUTS)
 
 
 class Tables:
@@ -205,6 +229,18 @@ class Tables:
         return Table(EVALUATIONS, self.executor)
 
     @cached_property
+    def eval_suites(self) -> Table:
+        return Table(EVAL_SUITES, self.executor)
+
+    @cached_property
+    def eval_pins(self) -> Table:
+        return Table(EVAL_PINS, self.executor)
+
+    @cached_property
+    def agent_rollouts(self) -> Table:
+        return Table(AGENT_ROLLOUTS, self.executor)
+
+    @cached_property
     def callback_tasks(self) -> Table:
         return Table(CALLBACK_TASKS, self.executor)
 
@@ -256,8 +292,9 @@ class Tables:
 
     async def route_by_e164(self, e164: str) -> dict[str, Row | None] | None:
         """Routing in one read: the number and, scoped to the number's tenant, the tenant, the agent
-        and the agent version that would answer (pinned, else active). None: no such number; a
-        missing tenant, agent or version is None under its key."""
+        and the agent version that would answer (pinned, else active), and the agent's running
+        rollout with its candidate version (unless the number is pinned). None: no such number; a
+        missing tenant, agent, version or rollout is None under its key."""
         row = await self.executor.fetchone(_ROUTE_SQL, (e164,))
         if row is None:
             return None
@@ -514,6 +551,51 @@ class Tables:
         )
         return counts
 
+    async def consume_eval_pin(self, pin_id: str, now: str) -> bool:
+        """Use an evaluation call's pin: True once, False when it was used already or has expired."""
+        return await self.executor.execute(
+            "UPDATE eval_pins SET used_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?",
+            (now, pin_id, now)) == 1
+
+    async def rollout_arm_counts(self, tenant_id: str, rollout_id: str) -> list[Row]:
+        """Per agent version of a rollout's finished calls: ``calls``, ``failures`` (status failed) and
+        ``transfers`` (ended transferred)."""
+        return await self.executor.fetchall(
+            "SELECT agent_version, COUNT(*) AS calls, "
+            "SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failures, "
+            "SUM(CASE WHEN end_reason IN ('transferred', 'after_hours_transfer') THEN 1 ELSE 0 END) AS transfers "
+            "FROM voice_calls WHERE tenant_id = ? AND rollout_id = ? AND status IN ('ended', 'failed') "
+            "GROUP BY agent_version", (tenant_id, rollout_id))
+
+    async def end_rollout(self, tenant_id: str, rollout_id: str, changes: dict[str, Any]) -> bool:
+        """Apply ``changes`` to a rollout that is still running; False when it no longer was."""
+        values = encode(AGENT_ROLLOUTS, changes)
+        sets = ", ".join(f"{k} = ?" for k in values)
+        try:
+            return await self.executor.execute(
+                f"UPDATE agent_rollouts SET {sets} WHERE id = ? AND tenant_id = ? AND status = 'running'",
+                (*values.values(), rollout_id, tenant_id)) == 1
+        finally:
+            wrote("agent_rollouts")  # routes cached with the rollout are read again
+
+    async def running_rollouts(self, limit: int = 1000) -> list[Row]:
+        """Every tenant's running rollouts (the scheduler checks them), oldest check first."""
+        rows = await self.executor.fetchall(
+            "SELECT * FROM agent_rollouts WHERE status = 'running' ORDER BY checked_at, id LIMIT ?", (limit,))
+        return [decode(AGENT_ROLLOUTS, r) for r in rows]
+
+    async def delete_rows_of_calls(self, tenant_id: str, tables: tuple[str, ...], call_ids: list[str]) -> int:
+        """Delete a tenant's rows of ``tables`` (names from code: bookings, orders) made by these calls."""
+        marks = ", ".join("?" for _ in call_ids)
+        deleted = 0
+        for table in tables:
+            if table not in ("bookings", "orders"):
+                raise ValueError(f"not a table of call-made rows: {table}")
+            deleted += await self.executor.execute(
+                f"DELETE FROM {table} WHERE tenant_id = ? AND call_id IN ({marks})", (tenant_id, *call_ids))
+            wrote(table)
+        return deleted
+
     async def set_agent_versions_status(self, tenant_id: str, agent_id: str, from_status: str, to_status: str) -> None:
         await self.executor.execute(
             "UPDATE agent_versions SET status = ? WHERE tenant_id = ? AND agent_id = ? AND status = ?",
@@ -521,7 +603,8 @@ class Tables:
         )
 
 
-_ROUTE_PARTS = (("number", PHONE_NUMBERS), ("tenant", TENANTS), ("agent", AGENTS), ("version", AGENT_VERSIONS))
+_ROUTE_PARTS = (("number", PHONE_NUMBERS), ("tenant", TENANTS), ("agent", AGENTS), ("version", AGENT_VERSIONS),
+                ("rollout", AGENT_ROLLOUTS), ("candidate", AGENT_VERSIONS))
 _ROUTE_SQL = (
     "SELECT " + ", ".join(f"{key[0]}.{col} AS {key}__{col}" for key, spec in _ROUTE_PARTS for col in spec.columns)
     + " FROM phone_numbers n"
@@ -529,6 +612,11 @@ _ROUTE_SQL = (
     " LEFT JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id"
     " LEFT JOIN agent_versions v ON v.tenant_id = n.tenant_id AND v.agent_id = a.id"
     " AND v.version = COALESCE(n.pinned_version, a.active_version)"
+    # The agent's running rollout and its candidate version (a pinned number never takes part).
+    " LEFT JOIN agent_rollouts r ON r.tenant_id = n.tenant_id AND r.agent_id = a.id AND r.status = 'running'"
+    " AND n.pinned_version IS NULL"
+    " LEFT JOIN agent_versions c ON c.tenant_id = n.tenant_id AND c.agent_id = a.id"
+    " AND c.version = r.candidate_version"
     " WHERE n.e164 = ?"
 )
 

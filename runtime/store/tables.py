@@ -54,6 +54,11 @@ def _encode(spec: TableSpec, row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def encode(spec: TableSpec, row: dict[str, Any]) -> dict[str, Any]:
+    """A row's values as the database takes them (JSON as text, bools as bools)."""
+    return _encode(spec, row)
+
+
 # INSERT statements by table and column list: a call's row and events are inserted with the same
 # keys every time. The keys come from code (checked against the spec), so the set stays small.
 _INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}
@@ -87,6 +92,11 @@ WRITES: dict[str, int] = {}
 
 def _wrote(name: str) -> None:
     WRITES[name] = WRITES.get(name, 0) + 1
+
+
+def wrote(name: str) -> None:
+    """Count a write to ``name`` made with SQL of its own (not through Table): caches drop it."""
+    _wrote(name)
 
 
 def committed(tables: object) -> None:

@@ -43,10 +43,13 @@ class ScriptedCallResult:
 
 
 class OpenLine:
-    """Streams frames to the leg on an absolute 20 ms clock: queued speech, else silence."""
+    """Streams frames to the leg on an absolute 20 ms clock: queued speech, else silence (or, with
+    ``idle``, those frames over and over: a line's noise)."""
 
-    def __init__(self, leg: CallerStream) -> None:
+    def __init__(self, leg: CallerStream, idle: Sequence[bytes] = ()) -> None:
         self.leg = leg
+        self._idle = list(idle) or [SILENCE_FRAME]
+        self._idle_pos = 0
         self._queue: list[bytes] = []
         self._pos = 0
         self.first_frame_sent_at: float | None = None  # of the line being said
@@ -73,7 +76,8 @@ class OpenLine:
                 if self._pos == len(self._queue):
                     self.speaking_done.set()
             else:
-                frame = SILENCE_FRAME
+                frame = self._idle[self._idle_pos]
+                self._idle_pos = (self._idle_pos + 1) % len(self._idle)
             try:
                 await leg.media(frame)
             except (ConnectionError, RuntimeError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from runtime.api.appkeys import ROUTES, SETTINGS
+from runtime.evals.suites import SuiteService
 from runtime.ids import new_id, now_iso
 from runtime.store.store import ALL_SPECS, Table
 
@@ -48,6 +49,9 @@ SAMPLE_BODIES = {
     "CallbackComplete": {"disposition": "closed_by_a"},
     "CallbackCancel": {"notes": "canceled by a"},
     "CallbackPlace": {"from": "+15550109999", "agent_id": "<agent_id>"},
+    # B's agent evaluated or rolled out by A.
+    "EvaluationRequest": {"suite": "name: a\nscenarios: [{name: x, turns: []}]\n"},
+    "RolloutStart": {"version": 2, "percent": 50},
 }
 # Sessions that exist only on a live call (none here): their ids are reached by no one.
 LIVE_ONLY = ("transcribe_id", "speaking_id")
@@ -63,6 +67,20 @@ async def _provision_b(api) -> dict[str, str]:
     _, number, _ = await api.call("POST", "/api/v1/numbers", api.admin_key, tenant_id=tenant_b,
                                   json={"e164": "+15550109999", "provider": "twilio", "agent_id": agent["id"]})
     ids["number_id"] = number["id"]
+    # A stored suite, an evaluation and a rollout of B's agent (at version 2), before B has a webhook
+    # (their events would be delivered while the test runs).
+    store, now = api.control.store, now_iso()
+    suite, _ = await SuiteService(store).add(tenant_b, "name: b-suite\nscenarios: [{name: x, turns: []}]\n")
+    ids["suite_id"] = suite.id
+    ids["evaluation_id"] = new_id("evl")
+    await store.evaluations.insert({
+        "id": ids["evaluation_id"], "tenant_id": tenant_b, "agent_id": agent["id"], "agent_version": 1,
+        "status": "done", "score": 1.0, "rubric": {}, "created_at": now, "suite_id": suite.id, "results": []})
+    status, _, _ = await api.call("PATCH", f"/api/v1/agents/{agent['id']}", key_b, json={"greeting": "v2"})
+    assert status == 200
+    status, _, _ = await api.call("PUT", f"/api/v1/agents/{agent['id']}/rollout", api.admin_key, tenant_id=tenant_b,
+                                  json={"version": 2, "percent": 10})
+    assert status == 200
     status, _, _ = await api.call("PUT", "/api/v1/credentials/twilio", api.admin_key, tenant_id=tenant_b,
                                   json={"fields": {"account_sid": "ACbbbb"}, "secret": "b-secret-token"})
     assert status == 200

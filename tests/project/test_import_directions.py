@@ -17,8 +17,10 @@ from pathlib import Path
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
 DOWNWARD: dict[str, set[str]] = {
-    "api": {"calls", "config", "control", "events", "logs", "pipeline", "providers", "recording", "store", "telephony",
-            "web"},
+    "api": {"calls", "config", "control", "evals", "events", "ids", "logs", "pipeline", "providers", "recording",
+            "store", "telephony", "web"},
+    # Evaluations place synthetic calls through a bridge's caller side: above the bridges.
+    "evals": {"audio", "config", "control", "events", "ids", "providers", "store", "telephony"},
     "telephony": {"audio", "calls", "config", "control", "egress", "events", "ids", "one_per", "pipeline", "store",
                   "web"},
     "pipeline": {"audio", "calls", "control", "egress", "events", "ids", "one_per", "providers", "tools"},

@@ -19,7 +19,7 @@ EXPECTED_TABLES = {
     "tenants", "api_keys", "agents", "agent_versions", "voice_profiles", "phone_numbers", "credentials",
     "webhook_configs", "voice_calls", "transcripts", "call_events", "tool_calls", "recordings",
     "webhook_deliveries", "webhook_delivery_attempts", "evaluations", "callback_tasks", "bookings", "orders",
-    "goto_channels", "livekit_egresses",
+    "goto_channels", "livekit_egresses", "eval_suites", "eval_pins", "agent_rollouts",
 }
 
 
@@ -47,6 +47,7 @@ def tenant_row(name: str | None = None, **extra) -> dict:
         "max_concurrent_calls": 5, "max_call_duration_s": 600, "recording_enabled": False, "retention_days": 30,
         "metadata": {}, "created_at": now, "updated_at": now, "outbound_allowed_prefixes": None,
         "max_outbound_per_day": 100, "callback_sla_minutes": 240, "callback_auto_dial": False,
+        "rollout_required_suite_id": None, "rollout_min_eval_score": None,
     }
     row.update(extra)
     return row
@@ -136,6 +137,19 @@ async def fill_tenant(store: Store, tenant_id: str) -> dict[str, str]:
     await store.goto_channels.insert({
         "id": ids["goto_channels"], "tenant_id": t, "account_key": "1234", "nickname": "voicectl-x",
         "token_hash": new_id("h"), "channel_id": "Webhook.x", "status": "active", "subscription": {},
+        "created_at": now, "updated_at": now,
+    })
+    await store.eval_suites.insert({
+        "id": ids["eval_suites"], "tenant_id": t, "name": "booking", "sha256": "0" * 64, "source": "name: booking",
+        "scenarios": 1, "created_at": now,
+    })
+    await store.eval_pins.insert({
+        "id": ids["eval_pins"], "tenant_id": t, "evaluation_id": ids["evaluations"], "agent_id": ids["agents"],
+        "agent_version": 1, "scenario": "s", "secret_hash": "1" * 64, "expires_at": now, "created_at": now,
+    })
+    await store.agent_rollouts.insert({
+        "id": ids["agent_rollouts"], "tenant_id": t, "agent_id": ids["agents"], "base_version": 1,
+        "candidate_version": 1, "percent": 10, "stop_conditions": {}, "status": "running", "started_at": now,
         "created_at": now, "updated_at": now,
     })
     await store.livekit_egresses.insert({"id": ids["livekit_egresses"], "tenant_id": t, "call_id": call,

@@ -12,6 +12,7 @@ def all_routes() -> list[Route]:
         callbacks,
         calls,
         credentials,
+        evals,
         events,
         goto,
         integrator,
@@ -28,7 +29,7 @@ def all_routes() -> list[Route]:
     )
 
     routes: list[Route] = []
-    for module in (ops, tenants, keys, agents, voices, numbers, credentials, webhooks, calls, callbacks, bookings,
-                   integrator, recordings, twilio, goto, livekit, webrtc, events):
+    for module in (ops, tenants, keys, agents, evals, voices, numbers, credentials, webhooks, calls, callbacks,
+                   bookings, integrator, recordings, twilio, goto, livekit, webrtc, events):
         routes.extend(module.ROUTES)
     return routes

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from runtime.api.endpoint import PAGE, Ctx, Route
-from runtime.control.errors import BadRequest
+from runtime.control.errors import BadRequest, Forbidden
 from runtime.control.models import Agent, AgentVersion
+from runtime.control.rollouts import RolloutStart
 from runtime.control.schemas import MAX_VERSION, AgentCreate, AgentUpdate, PromoteRequest
 
 
@@ -21,6 +22,8 @@ async def get_agent(ctx: Ctx) -> Agent:
 
 
 async def update_agent(ctx: Ctx) -> Agent:
+    if ctx.body.gate_changes() and not ctx.principal.is_admin:
+        raise Forbidden("only admin keys change an agent's evaluation gate", {"fields": sorted(ctx.body.gate_changes())})
     return await ctx.control.agents.update(ctx.tenant, ctx.param("agent_id"), ctx.body)
 
 
@@ -44,8 +47,27 @@ async def get_version(ctx: Ctx) -> AgentVersion:
     return await ctx.control.agents.version(ctx.tenant, ctx.param("agent_id"), _version(ctx))
 
 
+def who(ctx: Ctx) -> str:
+    """Who made a change, as recorded: the API key's id."""
+    return f"key {ctx.principal.key_id}" if ctx.principal is not None else "unknown"
+
+
 async def promote(ctx: Ctx) -> Agent:
-    return await ctx.control.agents.promote(ctx.tenant, ctx.param("agent_id"), ctx.body.version)
+    body = ctx.body
+    return await ctx.control.agents.promote(ctx.tenant, ctx.param("agent_id"), body.version, by=who(ctx),
+                                            force=body.force, reason=body.reason)
+
+
+async def start_rollout(ctx: Ctx) -> dict:
+    return await ctx.control.rollouts.start(ctx.tenant, ctx.param("agent_id"), ctx.body, by=who(ctx))
+
+
+async def rollout_status(ctx: Ctx) -> dict:
+    return await ctx.control.rollouts.status(ctx.tenant, ctx.param("agent_id"))
+
+
+async def stop_rollout(ctx: Ctx) -> dict:
+    return await ctx.control.rollouts.stop(ctx.tenant, ctx.param("agent_id"), by=who(ctx))
 
 
 ROUTES = [
@@ -65,6 +87,14 @@ ROUTES = [
     Route("GET", "/api/v1/agents/{agent_id}/versions/{version}", get_version, "Show one version",
           response=AgentVersion, tag="agents"),
     Route("POST", "/api/v1/agents/{agent_id}/promote", promote,
-          "Make a version active (default: the latest)", auth="tenant_admin", body=PromoteRequest,
-          response=Agent, tag="agents"),
+          "Make a version active (default: the latest); refused 409 evaluation_required while the gate is on "
+          "and its evaluation is missing or below the threshold, unless force with a reason",
+          auth="tenant_admin", body=PromoteRequest, response=Agent, tag="agents", errors=(409,)),
+    Route("PUT", "/api/v1/agents/{agent_id}/rollout", start_rollout,
+          "Start a percentage rollout of a version (gated as promotion is); 409 while one runs",
+          auth="tenant_admin", body=RolloutStart, tag="agents", errors=(404, 409, 422)),
+    Route("GET", "/api/v1/agents/{agent_id}/rollout", rollout_status,
+          "The agent's running (else latest) rollout with both arms side by side", tag="agents"),
+    Route("DELETE", "/api/v1/agents/{agent_id}/rollout", stop_rollout,
+          "Stop the running rollout: every new call gets the promoted version", auth="tenant_admin", tag="agents"),
 ]

@@ -39,10 +39,13 @@ async def twilio_media(ctx: Ctx) -> web.StreamResponse:
 
 ROUTES = [
     Route("POST", "/webhooks/twilio/voice", twilio_voice,
-          "Twilio voice webhook (X-Twilio-Signature): routes the call, or answers an outbound one (?call=&ref=), "
-          "with TwiML", auth="public", tag="telephony", errors=(400, 403), media_type="text/xml",
+          "Twilio voice webhook (X-Twilio-Signature): routes the call, answers an outbound one (?call=&ref=) or an "
+          "evaluation's synthetic call (?eval=&pin=, signed with the pin), with TwiML", auth="public",
+          tag="telephony", errors=(400, 403), media_type="text/xml",
           query=(QueryParam("call", description="an outbound call's id (the Url given to Calls.create)"),
-                 QueryParam("ref", description="the outbound call's signed reference"))),
+                 QueryParam("ref", description="the outbound call's signed reference"),
+                 QueryParam("eval", description="an evaluation call's pin id"),
+                 QueryParam("pin", description="the pin's single-use secret"))),
     Route("POST", "/webhooks/twilio/status", twilio_status,
           "Twilio status callback (X-Twilio-Signature): updates the call", auth="public", tag="telephony",
           status=204, errors=(400, 403), query=(QueryParam("call", description="an outbound call's id"),)),

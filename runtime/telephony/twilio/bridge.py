@@ -45,6 +45,8 @@ MEDIA_PATH = "/media/twilio"
 STREAM_STATUS_PATH = "/webhooks/twilio/stream-status"
 # The query parameter naming an outbound call in the URLs given to Calls.create.
 OUTBOUND_QUERY = "call"
+# The query parameter naming an evaluation call's pin (runtime.control.eval_pins).
+EVAL_QUERY = "eval"
 XML = "text/xml"
 # A call answered with <Connect><Stream> whose stream never starts is failed after this long.
 STREAM_START_GRACE_S = 5.0
@@ -232,7 +234,7 @@ class TwilioBridge:
             "voicectl_twilio_webhooks_refused", "Twilio webhooks refused before any work, by reason",
             ("reason",), registry=services(app).metrics.registry,
         )
-        for reason in ("unknown_tenant", "bad_signature", "no_credential"):
+        for reason in ("unknown_tenant", "bad_signature", "no_credential", "bad_pin"):
             self.refused.labels(reason)
         self.media_refused = Counter(
             "voicectl_twilio_media_refused", "Twilio media sockets refused or closed for what their peer did, "
@@ -349,6 +351,10 @@ async def voice_webhook(request: web.Request) -> web.Response:
         from runtime.telephony.twilio.outbound import voice_answer
 
         return await voice_answer(request)
+    if EVAL_QUERY in request.query:  # an evaluation's synthetic call (runtime.telephony.twilio.evals)
+        from runtime.telephony.twilio.evals import eval_voice
+
+        return await eval_voice(request)
     routing: dict = {}
     verified = await verified_tenant(request, routing)
     if isinstance(verified, web.Response):
@@ -395,11 +401,16 @@ async def _open_call(request: web.Request, br: TwilioBridge, tenant_id: str, cal
         await session.emit(TransferRequested(target=target, reason="after_hours"))
         await session.end("after_hours_transfer")
         return twiml_response(twiml.dial(target))
+    return answer_with_stream(request, br, session, call_sid)
+
+
+def answer_with_stream(request: web.Request, br: TwilioBridge, session: CallSession, call_sid: str) -> web.Response:
+    """``<Connect><Stream>`` with a stream token for the call; it fails if the stream never starts."""
     br.by_sid[call_sid] = session.id
     session.on_end.append(lambda s: _forget(br, s, call_sid))
     answer = br.answers[session.id] = twiml.document(twiml.stream(
         media_stream_url(request), br.tokens.issue(session.id), public_base(request) + STREAM_STATUS_PATH))
-    br.expect_stream(tracker, session.id)
+    br.expect_stream(services(request.app).tracker, session.id)
     return xml_response(answer)
 
 

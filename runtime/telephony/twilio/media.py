@@ -340,14 +340,21 @@ class MediaStream:
         the stream URL, with the call's tenant's auth token (known only now, from the token)."""
         if not services(self.app).settings.telephony.twilio.require_stream_signature:
             return
-        token = await services(self.app).control.credentials.secret(session.tenant_id, "twilio")
+        if session.evaluation is not None:  # a synthetic call signs with its pin (runtime.telephony.twilio.evals)
+            token = session.evaluation.signing_key
+        else:
+            token = await services(self.app).control.credentials.secret(session.tenant_id, "twilio")
         if not token or not signature_valid(token, media_stream_url(self.request), (),
                                             self.request.headers.get("X-Twilio-Signature")):
             self.bridge.refused.labels("bad_signature").inc()
             raise StreamAbort(CLOSE_FORBIDDEN, "invalid or missing X-Twilio-Signature on the upgrade",
                               "bad_stream_signature")
 
-    async def _control(self, session: CallSession, start: dict) -> TwilioControl | None:
+    async def _control(self, session: CallSession, start: dict) -> Any:
+        if session.evaluation is not None:  # no Twilio call behind it: the stream is the call
+            from runtime.telephony.twilio.evals import SyntheticControl
+
+            return SyntheticControl(self)
         control = services(self.app).control
         token = await control.credentials.secret(session.tenant_id, "twilio")
         cred = await control.store.credentials.find(tenant_id=session.tenant_id, provider="twilio")

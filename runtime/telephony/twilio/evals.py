@@ -1,0 +1,108 @@
+"""An evaluation's synthetic call over the Twilio protocol (runtime.evals): the voice webhook with
+``?eval=<pin id>&pin=<secret>`` in its URL.
+
+The pin (runtime.control.eval_pins) says which tenant, agent and version the call is for. Its
+secret is checked against the stored hash, then the request's ``X-Twilio-Signature`` against the
+secret (as Twilio signs with an auth token), then the pin is used up; only then is the call routed,
+to the pinned version, with the usual admission (a busy box or tenant answers ``<Reject
+reason="busy" />``) and the usual ``<Connect><Stream>``. Anything wrong is a 403 that says no more.
+
+The call's media is ordinary Twilio media, except that nothing is asked of Twilio's REST API: the
+agent's hang-up closes the stream, and a transfer ends the call ``transferred`` as a redirect would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from runtime.calls.routing import RouteRejected, pinned_route
+from runtime.control import eval_pins
+from runtime.telephony.services import services
+from runtime.telephony.twilio import twiml
+from runtime.telephony.twilio.bridge import (
+    EVAL_QUERY,
+    _form,
+    answer_with_stream,
+    bridge,
+    public_request_url,
+    rejection_twiml,
+    signature_valid,
+    twiml_response,
+)
+from runtime.web.responses import error_response
+
+if TYPE_CHECKING:
+    from runtime.calls.media_leg import MediaLeg
+
+log = logging.getLogger("voicectl.twilio")
+
+PIN_QUERY = "pin"
+BUSY = frozenset({"busy", "shutting_down", "tenant_call_limit"})
+
+
+@dataclass(frozen=True)
+class EvalCall:
+    """What the bridge keeps of an evaluation call (``session.evaluation``)."""
+
+    pin_id: str
+    evaluation_id: str
+    signing_key: str  # the pin's secret: the media upgrade is signed with it too
+
+
+class SyntheticControl:
+    """CallControl of an evaluation call: there is no Twilio call to act on. ``stream``: the call's
+    media stream (its ``leg`` is set once the stream has started)."""
+
+    def __init__(self, stream: object) -> None:
+        self.stream = stream
+        self._ending: asyncio.Task[None] | None = None
+
+    async def hangup(self, reason: str) -> None:
+        return None  # the session ends and its leg closes the stream
+
+    async def transfer(self, target: str) -> None:
+        leg: MediaLeg | None = getattr(self.stream, "leg", None)
+        if leg is not None and self._ending is None:
+            # As Twilio's redirect stops the stream: from outside the reply that asked for it (ending
+            # the call closes the conversation, which would cancel that reply under its own feet).
+            self._ending = asyncio.get_running_loop().create_task(leg.finish("end", "transferred"))
+
+
+async def eval_voice(request: web.Request) -> web.Response:
+    br = bridge(request.app)
+    store = services(request.app).control.store
+    form = await _form(request)
+    row = await eval_pins.valid(store, request.query.get(EVAL_QUERY, ""), request.query.get(PIN_QUERY, ""))
+    if row is None:
+        br.refused.labels("bad_pin").inc()
+        return error_response(403, "the request names no usable evaluation pin")
+    secret = request.query[PIN_QUERY]
+    if not signature_valid(secret, public_request_url(request), form.items(), request.headers.get("X-Twilio-Signature")):
+        br.refused.labels("bad_signature").inc()
+        return error_response(403, "invalid or missing X-Twilio-Signature")
+    call_sid = form.get("CallSid")
+    if not call_sid:
+        return error_response(400, "CallSid is required", {"missing": ["CallSid"]})
+    if not await eval_pins.consume(store, row):
+        br.refused.labels("bad_pin").inc()
+        return error_response(403, "the request names no usable evaluation pin")
+    tenant_id = row["tenant_id"]
+    tags = {"evaluation_id": row["evaluation_id"], "scenario": row["scenario"]}
+    try:
+        route = await pinned_route(store, tenant_id, row["agent_id"], row["agent_version"])
+        session = await services(request.app).tracker.open_call(
+            to_number=form.get("To"), from_number=form.get("From"), provider="twilio", provider_call_id=call_sid,
+            tenant_hint=tenant_id, route=route, tags=tags)
+    except RouteRejected as rejected:
+        log.info("evaluation call rejected", extra={"reason": rejected.reason, "tenant_id": tenant_id})
+        if rejected.reason in BUSY:  # the box's or the tenant's limit: the evaluation reports it as busy
+            return twiml_response(twiml.REJECT_BUSY)
+        return rejection_twiml(rejected)
+    session.evaluation = EvalCall(row["id"], row["evaluation_id"], secret)
+    await eval_pins.bind_call(store, row, session.id)
+    return answer_with_stream(request, br, session, call_sid)
