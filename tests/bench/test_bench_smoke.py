@@ -7,26 +7,23 @@ only that the benchmark works, prints what it promises and cleans up after itsel
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "api.py"
 
 
-def _bench_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("voicectl-bench-*")}
-
-
 def test_bench_api_quick_sqlite_prints_the_table(tmp_path: Path) -> None:
-    before = _bench_dirs()
     out = tmp_path / "bench.json"
+    scratch = tmp_path / "tmp"  # its own TMPDIR: other tests' benches run beside it
+    scratch.mkdir()
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--backend", "sqlite", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
@@ -50,4 +47,4 @@ def test_bench_api_quick_sqlite_prints_the_table(tmp_path: Path) -> None:
     assert server_pid is not None, proc.stdout
     cmdline = Path(f"/proc/{server_pid.group(1)}/cmdline")
     assert not cmdline.exists() or b"runtime.api.server" not in cmdline.read_bytes()
-    assert _bench_dirs() <= before
+    assert list(scratch.iterdir()) == []

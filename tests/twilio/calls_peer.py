@@ -29,7 +29,8 @@ resource (``sid``, ``status`` ``queued``, ``direction`` ``outbound-api``). Then 
 Out of order, as a carrier's separate requests arrive: ``Callee.delays`` holds back one callback
 (``initiated``, ``ringing``, ``answered``, ``completed``, ``amd``) or the ``stop`` message,
 ``detect_after_end`` the detection result until after ``completed``;
-``create_delay_s`` holds the 201 while the progress goes out; ``stream_delay_s`` opens the media
+``create_delay_s`` holds the 201 while the progress goes out (``create_after_twiml``: until the
+call was answered and its TwiML read); ``stream_delay_s`` opens the media
 late (after the detection result).
 """
 
@@ -65,6 +66,7 @@ class Callee:
     delays: dict[str, float] = field(default_factory=dict)  # callback name (or "stop") -> extra delay, s
     ring_s: float = 0.2
     create_delay_s: float = 0.0
+    create_after_twiml: bool = False  # the 201 goes back only once the call was answered and its TwiML read
     stream_delay_s: float = 0.0
     quiet_s: float = 0.8  # how long the agent is quiet before the human says its next line
     hang_up: bool = True  # a human hangs up after its last line (and the agent's answer)
@@ -82,6 +84,7 @@ class PeerCall:
     created_at: float | None = None  # when the Calls.create answer went back
     twiml: TwimlAnswer | None = None
     twiml_at: float | None = None
+    twiml_read: asyncio.Event = field(default_factory=asyncio.Event)
     leg: CallerStream | None = None
     beep_ended_at: int | None = None  # bytes of runtime audio received when the beep ended
     held_detection: tuple[str, dict[str, str]] | None = None  # (url, params) posted after completed
@@ -141,6 +144,8 @@ class CallsPeer:
         self._spawn(self._run(call))
         if callee.create_delay_s:
             await asyncio.sleep(callee.create_delay_s)
+        if callee.create_after_twiml:
+            await asyncio.wait_for(call.twiml_read.wait(), 20)
         call.created_at = time.monotonic()
         return web.json_response({
             "sid": call.sid, "account_sid": self.account_sid, "to": form["To"], "from": form["From"],
@@ -189,6 +194,7 @@ class CallsPeer:
         caller = TwilioCaller(_origin(form["Url"]), self.account_sid, self.token, http=self._http())
         call.twiml = await caller.answer(form["Url"], call.sid, form["From"], form["To"])
         call.twiml_at = time.monotonic()
+        call.twiml_read.set()
         if call.twiml.rejected:
             return self._completed(call)
         if callee.answers == "human":

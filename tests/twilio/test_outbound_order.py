@@ -71,7 +71,7 @@ async def _all_answered(*calls) -> bool:
 
 async def test_callbacks_before_the_calls_create_answer_find_their_call(world) -> None:
     agent_id = await outbound_agent(world)
-    world.rest.calls.callees[CALLEE] = Callee("human", [silence(0.3)], ring_s=0.05, create_delay_s=1.0)
+    world.rest.calls.callees[CALLEE] = Callee("human", [silence(0.3)], ring_s=0.05, create_after_twiml=True)
     made = await place(world, agent_id=agent_id, variables={"name": "Cy"})
     call = await _placed(world)
     row = await final(world, made["id"], 20)
