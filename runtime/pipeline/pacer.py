@@ -101,6 +101,9 @@ class Ticker:
         self.grid = Grid(clock, frame_s)
         self.active: dict[Pacer, None] = {}  # insertion-ordered set of pacers with work queued
         self._task: asyncio.Task[None] | None = None
+        self.kicked: dict[Pacer, None] = {}  # idle pacers whose first frame goes out on the next loop turn
+        self._kick_task: asyncio.Task[None] | None = None
+        self._clock = clock
 
     @property
     def ticks(self) -> int:
@@ -117,6 +120,30 @@ class Ticker:
 
     def discard(self, pacer: Pacer) -> None:
         self.active.pop(pacer, None)
+
+    def kick(self, pacer: Pacer) -> None:
+        """``pacer`` was idle: its first frame goes out on the next loop turn, then it joins the grid."""
+        self.kicked[pacer] = None
+        if self._kick_task is None:
+            self._kick_task = self.loop.create_task(self._kick_all(), name="pacer-kick")
+
+    async def _kick_all(self) -> None:
+        # One due time for all pacers kicked in the same turn: the same grid tick is then too soon,
+        # or not, for all of them, so their frames stay in step.
+        due, pacers = self._clock(), list(self.kicked)
+        self.kicked.clear()
+        self._kick_task = None
+        for pacer in pacers:
+            try:
+                busy = await pacer._tick(due)
+            except Exception:  # one call's broken sender must not stop the others
+                log.exception("outbound frame send failed; that call's pacer stops")
+                pacer.closed = True
+                busy = False
+            finally:
+                pacer._kicking = False
+            if busy:
+                self.add(pacer)
 
     async def _run(self) -> None:
         grid, active = self.grid, self.active
@@ -183,19 +210,7 @@ class Pacer:
             ticker.add(self)
         else:  # idle: the first frame goes now (the next loop turn), the rest on the grid
             self._kicking = True
-            ticker.loop.create_task(self._kick())
-
-    async def _kick(self) -> None:
-        try:
-            busy = await self._tick(_monotonic())
-        except Exception:
-            log.exception("outbound frame send failed; that call's pacer stops")
-            self.closed = True
-            busy = False
-        finally:
-            self._kicking = False
-        if busy and self._ticker is not None:
-            self._ticker.add(self)
+            ticker.kick(self)
 
     @property
     def queued(self) -> int:
