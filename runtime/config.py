@@ -51,6 +51,10 @@ class ServerSettings(_Model):
     shutdown_grace_s: float = Field(30.0, ge=0)
     # Reverse proxies (IPs or CIDR networks) whose X-Forwarded-For names the client; none by default.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # This instance's name among several runtimes (cluster mode); unset: hostname:port.
+    instance_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # Seconds an instance's heartbeat stays valid; a peer is presumed dead after it (cluster mode).
+    lease_s: float = Field(10.0, ge=2, le=600)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -132,13 +136,32 @@ def _runtime_rate_defaults() -> RateLimitClasses:
     )
 
 
+RATE_LIMIT_STORAGES = ("memory://", "async+redis://")
+
+
 class RateLimitSettings(_Model):
     runtime: RateLimitClasses = Field(default_factory=_runtime_rate_defaults)
     admin: RateLimitClasses = Field(default_factory=RateLimitClasses)
+    # Where the counters live: memory:// (this process only) or async+redis://HOST:PORT/DB (shared by
+    # every instance; cluster mode requires it).
+    storage: str = "memory://"
+
+    @field_validator("storage")
+    @classmethod
+    def _check_storage(cls, value: str) -> str:
+        if value != "memory://" and not (value.startswith("async+redis://") and len(value) > len("async+redis://")):
+            raise ValueError("memory:// or async+redis://HOST:PORT/DB, e.g. async+redis://127.0.0.1:6379/0")
+        return value
+
+    @property
+    def shared(self) -> bool:
+        return self.storage != "memory://"
 
 
 class LimitsSettings(_Model):
-    max_calls: int = Field(200, ge=1)
+    max_calls: int = Field(200, ge=1)  # per instance
+    # Concurrent calls across every instance of a cluster; unset: no cluster-wide cap.
+    max_calls_cluster: int | None = Field(None, ge=1)
     # Calls whose speech runs on this box's own engines (offline STT or TTS) at once; more get the
     # busy answer. Unset: LOCAL_CALLS_PER_CORE for each core this process may use.
     local_calls: int | None = Field(None, ge=1)
@@ -340,8 +363,29 @@ class WebhookDeliverySettings(_Model):
     per_tenant: int = Field(4, ge=1, le=256)
 
 
+class NatsSettings(_Model):
+    """NATS JetStream for events across instances; an empty url keeps the in-process fan-out."""
+
+    url: str = ""
+    stream: str = Field("VOICECTL", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    subject_prefix: str = Field("voicectl", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    max_age_s: int = Field(3600, ge=60, le=30 * 86_400)  # how long the stream keeps an event
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value and (urlparse(value).scheme not in ("nats", "tls") or not urlparse(value).hostname):
+            raise ValueError("empty, or a NATS URL such as nats://127.0.0.1:4222")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+
 class EventsSettings(_Model):
     webhooks: WebhookDeliverySettings = Field(default_factory=WebhookDeliverySettings)
+    nats: NatsSettings = Field(default_factory=NatsSettings)
 
 
 class RecordingS3Settings(_Model):
@@ -446,6 +490,16 @@ class Settings(_Model):
         if url.startswith("sqlite:///"):
             return "sqlite:///" + str(self.resolve_path(url[len("sqlite:///"):]))
         return url
+
+    @property
+    def cluster_mode(self) -> bool:
+        """Several runtimes share one Postgres: turned on by events.nats.url."""
+        return self.events.nats.enabled
+
+    def instance_id(self, port: int) -> str:
+        import socket
+
+        return self.server.instance_id or f"{socket.gethostname()}:{port}"
 
     @property
     def master_key_path(self) -> Path:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from voicectl.common import EXIT_CANNOT_LISTEN, errors, fail, load_settings
+from voicectl.common import EXIT_CANNOT_LISTEN, EXIT_CONFIG, errors, fail, load_settings
+
+if TYPE_CHECKING:
+    from runtime.config import Settings
 
 # Errors of a bind that say "this address cannot be listened on" (and not, say, a file the
 # runtime could not open at start-up, which may also be EACCES).
@@ -50,6 +53,23 @@ def check_can_listen(host: str, port: int) -> None:
                 fail(_listen_error(host, port, exc), EXIT_CANNOT_LISTEN)
 
 
+def check_cluster(settings: Settings) -> None:
+    """Cluster mode (events.nats.url set): settings that cannot be shared, or NATS unreachable, exit 5 at once."""
+    if not settings.cluster_mode:
+        return
+    import asyncio
+
+    from runtime.cluster.startup import cluster_refusal, nats_unreachable
+
+    refusal = cluster_refusal(settings) or asyncio.run(nats_unreachable(settings.events.nats.url))
+    if refusal:
+        fail(refusal, EXIT_CONFIG)
+    # The shared parts (events over NATS, shared admission, cross-instance call control) are not in this
+    # version yet: running anyway would break the guarantees README "Running several instances" states.
+    fail("cluster mode (events.nats.url) is not available in this version yet: leave events.nats.url empty "
+         "and run one runtime per database", EXIT_CONFIG)
+
+
 def serve(
     host: Annotated[
         str | None, typer.Option("--host", help="Address to bind (default: server.host, 127.0.0.1).",
@@ -72,6 +92,7 @@ def serve(
         settings = load_settings(config)
         host = host or settings.server.host
         port = port or settings.server.port
+        check_cluster(settings)
         check_can_listen(host, port)
         from runtime.api.server import run as run_server
 

@@ -12,6 +12,7 @@ from runtime.api.appkeys import (
     CONTROL,
     DELIVERY,
     EVENT_SOCKETS,
+    INSTANCE_ID,
     METRICS,
     PIPELINE,
     RATE_LIMITER,
@@ -37,6 +38,12 @@ from runtime.web.ratelimit import RateLimiter
 log = logging.getLogger("voicectl.api")
 
 
+def name_instance(app: web.Application, instance_id: str) -> None:
+    """The id /readyz and /metrics carry (`serve --port` may differ from server.port)."""
+    app[INSTANCE_ID] = instance_id
+    app[METRICS].name_instance(instance_id)
+
+
 def create_app(settings: Settings, control: ControlPlane | None = None,
                providers: ProviderChains | None = None) -> web.Application:
     """Build the app; without ``control`` one is opened (and migrated) on startup and closed on cleanup.
@@ -45,6 +52,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
     app = web.Application(middlewares=[errors_and_ids], client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    name_instance(app, settings.instance_id(settings.server.port))
     app[RATE_LIMITER] = RateLimiter(settings.limits.rate_limits)
     routes = all_routes()
     app[ROUTES] = routes

@@ -20,6 +20,7 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 CONTROL: web.AppKey[ControlPlane] = web.AppKey("control")
 RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+INSTANCE_ID: web.AppKey[str] = web.AppKey("instance_id")  # server.instance_id, else hostname:port
 ROUTES: web.AppKey[list] = web.AppKey("routes")
 BUS: web.AppKey[EventBus] = web.AppKey("bus")
 TRACKER: web.AppKey[CallTracker] = web.AppKey("tracker")

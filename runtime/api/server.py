@@ -9,7 +9,8 @@ import signal
 
 from aiohttp import web
 
-from runtime.api.app import create_app
+from runtime.api.app import create_app, name_instance
+from runtime.api.appkeys import INSTANCE_ID
 from runtime.config import Settings
 from runtime.logs import configure_logging
 from runtime.providers.chains import ProviderChains
@@ -63,7 +64,8 @@ def run(settings: Settings, host: str | None = None, port: int | None = None,
     app = create_app(settings, providers=providers)
     host = host or settings.server.host
     port = port or settings.server.port
-    log.info("voicectl serving", extra={"host": host, "port": port})
+    name_instance(app, settings.instance_id(port))
+    log.info("voicectl serving", extra={"host": host, "port": port, "instance_id": app[INSTANCE_ID]})
 
     async def log_shutdown(app: web.Application) -> None:
         log.info("voicectl shutting down", extra={"host": host, "port": port})

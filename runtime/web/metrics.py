@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Constant 1 labelled with this runtime's instance id, so scrapes of several instances tell apart.
+        self.instance = Gauge("voicectl_instance_info", "This runtime's instance id", ("instance_id",),
+                              registry=self.registry)
         self.requests = Counter(
             "voicectl_http_requests", "HTTP requests by route and status",
             ("method", "route", "status"), registry=self.registry,
@@ -23,6 +26,10 @@ class Metrics:
         self.rate_limited = Counter(
             "voicectl_rate_limited", "Requests refused by a rate limit", ("route_class",), registry=self.registry
         )
+
+    def name_instance(self, instance_id: str) -> None:
+        self.instance.clear()
+        self.instance.labels(instance_id=instance_id).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

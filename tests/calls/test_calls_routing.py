@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
 
 import pytest
 
-from runtime.api.appkeys import TRACKER
+from runtime.api.appkeys import SETTINGS, TRACKER
 from runtime.calls.routing import CallRoute, RouteRejected, route_call, within_hours
 from runtime.control.schemas import AgentConfig, AgentUpdate, NumberUpdate, OperatingHours, TenantUpdate
 from runtime.store.tables import ALL_TENANTS
@@ -102,6 +103,10 @@ async def test_readyz_reports_capacity_and_draining(settings):
         world = await provision(api.control)
         status, body, _ = await api.call("GET", "/readyz")
         assert status == 200 and body["checks"]["calls"] == "0 of 1"
+        instance_id = f"{socket.gethostname()}:{api.app[SETTINGS].server.port}"  # no server.instance_id set
+        assert body["instance_id"] == instance_id
+        status, text, _ = await api.call("GET", "/metrics")
+        assert status == 200 and f'voicectl_instance_info{{instance_id="{instance_id}"}} 1.0' in text
         tracker = api.app[TRACKER]
         call = await tracker.open_call(to_number=world.e164, from_number=None, provider="twilio")
         status, body, _ = await api.call("GET", "/readyz")

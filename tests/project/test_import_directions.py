@@ -30,6 +30,7 @@ DOWNWARD: dict[str, set[str]] = {
     "events": {"config", "egress", "ids", "secrets", "store"},
     "control": {"config", "egress", "events", "ids", "providers", "secrets", "store"},
     "providers": {"audio", "config", "egress"},
+    "cluster": {"config"},  # cluster mode's start-up checks (several runtimes on PostgreSQL + NATS)
     "web": {"config"},  # JSON responses, metrics registry, rate limits: beneath the API and the bridges
     "store": {"files", "ids"},
     "config": {"egress", "providers"},  # the provider registry's names and settings models (no adapters)

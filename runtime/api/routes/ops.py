@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runtime.api.appkeys import CONTROL, METRICS, TRACKER
+from runtime.api.appkeys import CONTROL, INSTANCE_ID, METRICS, TRACKER
 from runtime.api.endpoint import Ctx, Route
 from runtime.store import migrate
 from runtime.web.responses import json_response
@@ -38,7 +38,8 @@ async def readyz(ctx: Ctx) -> web.Response:
             checks["calls"] = f"{len(tracker.live)} of {tracker.max_calls}"
             if tracker.local_calls is not None:
                 checks["local_calls"] = f"{len(tracker.local_live)} of {tracker.local_calls}"
-    return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    return json_response({"ready": ready, "instance_id": ctx.request.app[INSTANCE_ID], "checks": checks},
+                         status=200 if ready else 503)
 
 
 async def metrics(ctx: Ctx) -> web.Response:

@@ -1,0 +1,1 @@
+"""Several runtimes on one PostgreSQL with NATS JetStream (cluster mode, turned on by events.nats.url)."""

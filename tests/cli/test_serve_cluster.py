@@ -1,0 +1,96 @@
+"""`serve` in cluster mode (events.nats.url set): what cannot be shared is refused at once with exit 5.
+
+NATS JetStream is the machine's server at 127.0.0.1:4222: a test needing it fails when it is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from runtime.cluster.startup import nats_unreachable
+from runtime.config import ConfigError, build_settings
+from tests.cli.test_cli import Cli
+from tests.conftest import POSTGRES_BASE_URL
+
+NATS_URL = "nats://127.0.0.1:4222"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    monkeypatch.setenv("VOICECTL_SECRETS__BACKEND", "cryptfile")
+    cli = Cli(tmp_path / "conf" / "config.yaml")
+    cli.json("init")
+    return cli
+
+
+@pytest.fixture
+def no_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import runtime.api.server as server
+
+    monkeypatch.setattr(server, "run", lambda *a, **k: pytest.fail("the runtime must not start"))
+
+
+def test_the_defaults_keep_one_process_with_in_process_events(tmp_path) -> None:
+    settings = build_settings({}, tmp_path)
+    assert not settings.cluster_mode and settings.events.nats.stream == "VOICECTL"
+    assert settings.events.nats.subject_prefix == "voicectl" and settings.events.nats.max_age_s == 3600
+    assert settings.server.lease_s == 10 and settings.limits.max_calls_cluster is None
+    assert settings.limits.rate_limits.storage == "memory://"
+    assert settings.instance_id(8080) == f"{socket.gethostname()}:8080"
+    named = build_settings({"server": {"instance_id": "box-1"}}, tmp_path)
+    assert named.instance_id(8080) == "box-1"
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"events": {"nats": {"url": "http://127.0.0.1:4222"}}}, "events.nats.url"),
+    ({"limits": {"rate_limits": {"storage": "redis://x"}}}, "async+redis://HOST:PORT/DB"),
+    ({"server": {"instance_id": "a b"}}, "server.instance_id"),
+    ({"server": {"lease_s": 0.5}}, "server.lease_s"),
+])
+def test_bad_cluster_settings_name_the_key(tmp_path, data: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected.replace("+", r"\+")):
+        build_settings(data, tmp_path)
+
+
+def test_sqlite_with_a_nats_url_exits_5(cli: Cli, monkeypatch: pytest.MonkeyPatch, no_start: None) -> None:
+    monkeypatch.setenv("VOICECTL_EVENTS__NATS__URL", NATS_URL)
+    result = cli("serve", "--port", str(_free_port()), code=5)
+    assert "database.url is SQLite" in result.stderr and "PostgreSQL" in result.stderr
+
+
+def test_cluster_mode_with_memory_rate_limits_exits_5(cli: Cli, monkeypatch: pytest.MonkeyPatch,
+                                                      no_start: None) -> None:
+    monkeypatch.setenv("VOICECTL_EVENTS__NATS__URL", NATS_URL)
+    monkeypatch.setenv("VOICECTL_DATABASE__URL", POSTGRES_BASE_URL)
+    result = cli("serve", "--port", str(_free_port()), code=5)
+    assert "limits.rate_limits.storage is memory://" in result.stderr
+
+
+def test_nats_unreachable_at_start_exits_5(cli: Cli, monkeypatch: pytest.MonkeyPatch, no_start: None) -> None:
+    monkeypatch.setenv("VOICECTL_EVENTS__NATS__URL", f"nats://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("VOICECTL_DATABASE__URL", POSTGRES_BASE_URL)
+    monkeypatch.setenv("VOICECTL_LIMITS__RATE_LIMITS__STORAGE", "async+redis://127.0.0.1:6379/0")
+    result = cli("serve", "--port", str(_free_port()), code=5)
+    assert "is unreachable" in result.stderr and "events.nats.url" in result.stderr
+
+
+def test_the_machines_nats_has_jetstream() -> None:
+    # The cluster tests' peer: missing NATS (or NATS without -js) fails here instead of skipping.
+    assert asyncio.run(nats_unreachable(NATS_URL)) is None
+
+
+def test_a_complete_cluster_config_is_refused_until_cluster_mode_ships(cli: Cli, monkeypatch: pytest.MonkeyPatch,
+                                                                      no_start: None) -> None:
+    monkeypatch.setenv("VOICECTL_EVENTS__NATS__URL", NATS_URL)
+    monkeypatch.setenv("VOICECTL_DATABASE__URL", POSTGRES_BASE_URL)
+    monkeypatch.setenv("VOICECTL_LIMITS__RATE_LIMITS__STORAGE", "async+redis://127.0.0.1:6379/0")
+    result = cli("serve", "--port", str(_free_port()), code=5)
+    assert "not available in this version" in result.stderr
