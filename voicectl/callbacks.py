@@ -33,10 +33,6 @@ CallbackArg = Annotated[str, typer.Argument(help="Callback task id (cb_...).", s
 NoteOpt = Annotated[str | None, typer.Option("--note", help="A note added to the task's notes.", show_default=False)]
 
 
-def _show(data: dict[str, Any], as_json: bool, headline: str | None = None) -> None:
-    show_record(data, as_json, headline)
-
-
 @app.command("list")
 def list_(
     tenant: TenantOpt,
@@ -72,7 +68,7 @@ def show(task_id: CallbackArg, tenant: MaybeTenantOpt = None, as_json: JsonOpt =
         tenant_id = await owning_tenant(plane, tenant, "callback_tasks", task_id, "callback task")
         return await plane.callbacks.get(tenant_id, task_id)
 
-    _show(run(go), as_json)
+    show_record(run(go), as_json)
 
 
 @app.command("assign")
@@ -93,7 +89,7 @@ def assign(
         return await plane.callbacks.assign(tenant_id, task_id, body)
 
     data = run(go)
-    _show(data, as_json, f"callback {data['id']} assigned to {data['assignee']}")
+    show_record(data, as_json, f"callback {data['id']} assigned to {data['assignee']}")
 
 
 @app.command("complete")
@@ -115,7 +111,7 @@ def complete(
         return await plane.callbacks.complete(tenant_id, task_id, body)
 
     data = run(go)
-    _show(data, as_json, f"callback {data['id']} done ({data['disposition']})")
+    show_record(data, as_json, f"callback {data['id']} done ({data['disposition']})")
 
 
 @app.command("cancel")
@@ -130,7 +126,7 @@ def cancel(task_id: CallbackArg, note: NoteOpt = None, tenant: MaybeTenantOpt = 
         return await plane.callbacks.cancel(tenant_id, task_id, body)
 
     data = run(go)
-    _show(data, as_json, f"callback {data['id']} canceled")
+    show_record(data, as_json, f"callback {data['id']} canceled")
 
 
 @app.command("place")

@@ -98,7 +98,7 @@ class IntegratorControl:
             raise Invalid("a call here has one far side: direction must be in (or both)", {"field": "direction"})
         if len(session.speakings) >= MAX_PER_CALL:
             raise Conflict(f"a call holds at most {MAX_PER_CALL} speaking sessions", {"call_id": session.id})
-        engine, provider = None, getattr(conversation.tts, "provider", conversation.tts.name)
+        engine, provider = None, conversation.tts.provider_name
         if self.voices is not None and (req.provider or req.voice_id or req.language):
             try:
                 engine, provider = await self.voices(session, conversation, provider=req.provider,

@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from runtime.calls.scheduler import add_periodic, stop_periodic
 from runtime.ids import now_iso
 from runtime.recording.objects import RecordingObjects
 from runtime.recording.storage import LocalStorage
@@ -106,11 +107,8 @@ class RetentionJob:
     def start(self) -> None:
         if self.scheduler is None:
             self.scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
-        self.scheduler.add_job(
-            self.run, "interval", seconds=self.interval_s, id=JOB_ID, name="purge expired calls",
-            next_run_time=datetime.now(UTC) + timedelta(seconds=self.first_run_delay_s),
-            max_instances=1, coalesce=True, misfire_grace_time=None,
-        )
+        add_periodic(self.scheduler, self.run, job_id=JOB_ID, name="purge expired calls", every_s=self.interval_s,
+                     first_in_s=self.first_run_delay_s)
         if not self.scheduler.running:
             self.scheduler.start()
 
@@ -132,18 +130,9 @@ class RetentionJob:
         return self.scheduler is not None and self.scheduler.running
 
     async def stop(self) -> None:
-        if self.scheduler is not None and self.scheduler.running:
-            if self._owns_scheduler:
-                self.scheduler.shutdown(wait=False)
-            elif self.scheduler.get_job(JOB_ID) is not None:
-                self.scheduler.remove_job(JOB_ID)
-        task = self._running
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self._owns_scheduler and self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        await stop_periodic(self.scheduler, JOB_ID, self._running)
 
 
 RETENTION: web.AppKey[RetentionJob] = web.AppKey("retention", RetentionJob)

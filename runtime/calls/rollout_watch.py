@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from runtime.calls.scheduler import add_periodic, stop_periodic
 from runtime.control.rollouts import RolloutService
 from runtime.store.store import Store
 
@@ -33,11 +33,8 @@ class RolloutWatch:
         self._running: asyncio.Task | None = None
 
     def start(self) -> None:
-        self.scheduler.add_job(
-            self.tick, "interval", seconds=self.interval_s, id=JOB_ID, name="check running rollouts",
-            next_run_time=datetime.now(UTC) + timedelta(seconds=self.interval_s),
-            max_instances=1, coalesce=True, misfire_grace_time=None,
-        )
+        add_periodic(self.scheduler, self.tick, job_id=JOB_ID, name="check running rollouts",
+                     every_s=self.interval_s, first_in_s=self.interval_s)
 
     async def tick(self) -> dict[str, int]:
         """Judge every running rollout once; how many were reverted, promoted, left running."""
@@ -58,15 +55,7 @@ class RolloutWatch:
             self._running = None
 
     async def stop(self) -> None:
-        if self.scheduler.running and self.scheduler.get_job(JOB_ID) is not None:
-            self.scheduler.remove_job(JOB_ID)
-        task = self._running
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await stop_periodic(self.scheduler, JOB_ID, self._running)
 
 
 ROLLOUT_WATCH: web.AppKey[RolloutWatch] = web.AppKey("rollout_watch", RolloutWatch)

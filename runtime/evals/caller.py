@@ -23,7 +23,7 @@ from runtime.audio import TELEPHONY_RATE, Audio, parse_wav, pcm16_to_ulaw, ulaw_
 from runtime.evals.suite import Scenario, Turn
 from runtime.ids import now_iso
 from runtime.providers.base import RetryPolicy
-from runtime.telephony.scripted_caller import OpenLine, agent_quiet
+from runtime.telephony.scripted_caller import OpenLine, agent_quiet, hang_up, release
 from runtime.telephony.twilio.caller import FRAME_S, CallerStream, TwilioCaller, new_sid, parse_twiml
 from runtime.telephony.twilio.twiml import REJECT_BUSY
 
@@ -242,13 +242,7 @@ async def run_script(caller: TwilioCaller, voice_path: str, to: str, lines: list
         except TimeoutError:
             out.timed_out = True
         out.turns = script.records
-        if leg.closed.is_set():
-            out.hung_up_by = "agent"
-        else:
-            await leg.stop(caller.account_sid, call_sid)
-        await leg.wait_closed(10.0)
+        out.hung_up_by = await hang_up(caller, call_sid, leg) or out.hung_up_by
     finally:
-        await line.close()
-        if not leg.closed.is_set():
-            await leg.close()
+        await release(leg, line)
     return out

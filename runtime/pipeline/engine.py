@@ -152,7 +152,7 @@ class ConversationEngine:
         if not has_placeholders(route.greeting):  # a greeting with the call's variables is its own
             # The voice a greeting is cached under: the tenant's (a cloned voice is its account's), the
             # version's TTS choice after its voice profile, and the engine this call really got.
-            voice = (tenant_id, config.tts.model_dump_json(), getattr(chosen.tts, "provider", chosen.tts.name))
+            voice = (tenant_id, config.tts.model_dump_json(), chosen.tts.provider_name)
             conversation.voice.greet_from(self.greetings, voice)
         return conversation
 

@@ -82,7 +82,7 @@ class LineCache:
         return entry.read()
 
     async def _synthesize(self, key: Hashable, entry: _Entry, tts: TextToSpeech, text: str) -> None:
-        provider = getattr(tts, "provider", tts.name)  # a fail-over chain names the engine it is on
+        provider = tts.provider_name  # a fail-over chain names the engine it is on
         try:
             async for chunk in tts.synthesize(text):
                 entry.add(chunk)
@@ -91,7 +91,7 @@ class LineCache:
             self._forget(key, entry)
             return
         entry.finish()
-        if getattr(tts, "provider", tts.name) != provider:
+        if tts.provider_name != provider:
             self._forget(key, entry)  # spoken partly by a stand-in: not the voice the key names
             return
         if self._entries.get(key) is not entry:

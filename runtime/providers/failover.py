@@ -124,10 +124,6 @@ class FailoverSTT(SpeechToText):
         self.owned = owned or set()
 
     @property
-    def provider(self) -> str:
-        return self.chain.current[0]
-
-    @property
     def provider_name(self) -> str:
         return self.chain.current[0]
 
@@ -217,10 +213,6 @@ class FailoverLLM(LanguageModel):
         self.owned = owned or set()
 
     @property
-    def provider(self) -> str:
-        return self.chain.current[0]
-
-    @property
     def provider_name(self) -> str:
         return self.chain.current[0]
 
@@ -270,10 +262,6 @@ class FailoverTTS(TextToSpeech):
         super().__init__()
         self.chain = _Chain("tts", engines, report)
         self.owned = owned or set()
-
-    @property
-    def provider(self) -> str:
-        return self.chain.current[0]
 
     @property
     def provider_name(self) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import ValidationError
 
 from runtime.calls.outbound import MAX_VARIABLE_CHARS, PlaceCall
+from runtime.calls.scheduler import add_periodic, stop_periodic
 from runtime.calls.session import CallSession
 from runtime.control.callbacks import CallbackPlace
 from runtime.control.errors import ControlError, Invalid
@@ -128,19 +128,17 @@ class CallbackJob:
         self.runs = 0
         self.placed = 0
         self._running: asyncio.Task[None] | None = None
+        self._scheduler: AsyncIOScheduler | None = None
 
     def start(self, scheduler: AsyncIOScheduler) -> None:
         interval = services(self.app).settings.callbacks.check_interval_s
-        scheduler.add_job(self.run, "interval", seconds=interval, id=JOB_ID, name="callback tasks",
-                          next_run_time=datetime.now(UTC) + timedelta(seconds=min(interval, 5.0)),
-                          max_instances=1, coalesce=True, misfire_grace_time=None)
+        self._scheduler = scheduler
+        add_periodic(scheduler, self.run, job_id=JOB_ID, name="callback tasks", every_s=interval,
+                     first_in_s=min(interval, 5.0))
 
     async def stop(self) -> None:
-        """A tick under way is stopped (shutdown: the scheduler itself is the retention job's)."""
-        task = self._running
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        """The job off the app's scheduler, a tick under way stopped."""
+        await stop_periodic(self._scheduler, JOB_ID, self._running)
 
     async def run(self) -> None:
         self._running = asyncio.current_task()

@@ -109,6 +109,23 @@ async def agent_quiet(leg: CallerStream, quiet_s: float, since: float, timeout_s
     return first
 
 
+async def hang_up(caller: TwilioCaller, call_sid: str, leg: CallerStream) -> str | None:
+    """The caller hangs up, unless the agent already ended the call; returns ``"agent"`` then.
+    Waits for the stream to close."""
+    ended_by = "agent" if leg.closed.is_set() else None
+    if ended_by is None:
+        await leg.stop(caller.account_sid, call_sid)
+    await leg.wait_closed(10.0)
+    return ended_by
+
+
+async def release(leg: CallerStream, line: OpenLine) -> None:
+    """The caller's line and stream closed, whatever happened to the call."""
+    await line.close()
+    if not leg.closed.is_set():
+        await leg.close()
+
+
 async def scripted_call(caller: TwilioCaller, to: str, lines: Sequence[tuple[str, Audio]], *,
                         from_: str = "+15550001111", quiet_s: float = 0.9, answer_timeout_s: float = 20.0,
                         on_dial: Callable[[str], None] | None = None,
@@ -136,13 +153,7 @@ async def scripted_call(caller: TwilioCaller, to: str, lines: Sequence[tuple[str
             out.turns.append(turn)
             if on_turn is not None:
                 on_turn(turn)
-        if leg.closed.is_set():
-            out.hung_up_by = "agent"
-        else:
-            await leg.stop(caller.account_sid, call_sid)
-        await leg.wait_closed(10.0)
+        out.hung_up_by = await hang_up(caller, call_sid, leg) or out.hung_up_by
     finally:
-        await line.close()
-        if not leg.closed.is_set():
-            await leg.close()
+        await release(leg, line)
     return out

@@ -22,7 +22,6 @@ class SlowTts(TextToSpeech):
         super().__init__()
         self.runs = 0
         self.fail_after = fail_after
-        self.provider = "slow"
 
     async def _synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
         self.runs += 1
@@ -73,10 +72,10 @@ async def test_a_greeting_finished_by_a_stand_in_is_not_kept() -> None:
 
     async def fail_over() -> None:
         await asyncio.sleep(0.03)
-        tts.provider = "espeak"  # the chain moved to its stand-in mid-greeting
+        tts.name = "espeak"  # the chain moved to its stand-in mid-greeting
 
     await asyncio.gather(_read(cache, "voice", tts, "Hi."), fail_over())
-    tts.provider = "slow"
+    tts.name = "slow"
     await _read(cache, "voice", tts, "Hi.")
     assert tts.runs == 2
 
