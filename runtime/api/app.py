@@ -135,5 +135,9 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         await app[DELIVERY].stop()
 
     app.cleanup_ctx.append(control_plane)
+    if settings.cluster_mode:
+        from runtime.cluster.link import cluster_link_ctx
+
+        app.cleanup_ctx.append(cluster_link_ctx(settings.events.nats, lambda: app[INSTANCE_ID]))
     app.cleanup_ctx.append(call_engine)
     return app

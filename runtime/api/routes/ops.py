@@ -6,6 +6,7 @@ from aiohttp import web
 
 from runtime.api.appkeys import CONTROL, INSTANCE_ID, METRICS, TRACKER
 from runtime.api.endpoint import Ctx, Route
+from runtime.cluster.link import CLUSTER
 from runtime.store import migrate
 from runtime.web.responses import json_response
 
@@ -15,7 +16,7 @@ async def healthz(ctx: Ctx) -> dict[str, str]:
 
 
 async def readyz(ctx: Ctx) -> web.Response:
-    """Ready when the database answers and its migrations are current."""
+    """Ready when the database answers, its migrations are current and (cluster mode) NATS is reachable."""
     db = ctx.request.app[CONTROL].store.db
     checks: dict[str, str] = {}
     ready = await db.ping()
@@ -26,6 +27,10 @@ async def readyz(ctx: Ctx) -> web.Response:
             f"missing {', '.join(map(str, status.missing))}" if status.missing
             else f"at {status.current}, need {status.latest}")
         ready = status.up_to_date
+    link = ctx.request.app.get(CLUSTER)
+    if link is not None:
+        checks["nats"] = "ok" if link.connected else "unreachable"
+        ready = ready and link.connected
     tracker = ctx.request.app.get(TRACKER)
     if tracker is not None:
         if not tracker.accepting:
