@@ -86,6 +86,7 @@ class ListenConnection:
     headers: dict[str, str]
     query: dict[str, str]
     request_id: str
+    keyterms: list[str] = field(default_factory=list)  # the repeated keyterm parameters, in order
     audio: bytearray = field(default_factory=bytearray)
     controls: list[dict[str, Any]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
@@ -294,7 +295,8 @@ class DeepgramServer:
         if reject is not None:
             return self._refuse(reject)
         conn = ListenConnection(headers=dict(request.headers), query=dict(request.query),
-                                request_id=str(uuid.uuid4()), opened_at=time.monotonic())
+                                request_id=str(uuid.uuid4()), opened_at=time.monotonic(),
+                                keyterms=request.query.getall("keyterm", []))
         number = len(self.connections)
         self.connections.append(conn)
         ws = web.WebSocketResponse(autoping=True)

@@ -340,6 +340,7 @@ class ProvidersSettings(_Model):
     defaults: ProviderDefaults = Field(default_factory=ProviderDefaults)
     retries: int = Field(2, ge=0, le=10)
     first_byte_timeout_ms: int = Field(2000, ge=50)
+    local: opt.LocalSttSettings = Field(default_factory=opt.LocalSttSettings)
     deepgram: opt.DeepgramSettings = Field(default_factory=opt.DeepgramSettings)
     anthropic: opt.AnthropicSettings = Field(default_factory=opt.AnthropicSettings)
     openai: opt.OpenAISettings = Field(default_factory=opt.OpenAISettings)

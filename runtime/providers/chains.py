@@ -31,6 +31,7 @@ from runtime.providers.base import (
 from runtime.providers.failover import FailoverLLM, FailoverSTT, FailoverTTS, Report
 from runtime.providers.options import OwnFirstByteTimeout
 from runtime.providers.registry import MODALITIES, BuildContext, CredentialLookup, MissingCredential
+from runtime.providers.stt.hints import version_terms
 
 if TYPE_CHECKING:
     from runtime.control.schemas import AgentConfig, ProviderChoice
@@ -101,6 +102,8 @@ class ProviderChains:
             credential=credential, policy=policy or self.policy_for(entry), transport_rate=transport_rate,
             language=agent.language if agent is not None else "en", timezone=timezone,
             rules=agent.rules if agent is not None else None, shared=self.shared,
+            hints=version_terms(agent) if agent is not None and modality == "stt" else (),
+            model_dir=self.settings.resolve_path(self.settings.providers.local.model_dir),
             egress=self.settings.security.egress.policy))
 
     async def warm_up(self) -> None:

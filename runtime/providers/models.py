@@ -247,3 +247,11 @@ def _sha256(path: Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+# The packaged Whisper models by the name settings use (providers.local.stt_model, a version's stt.model).
+WHISPER_MODELS: dict[str, ModelSpec] = {"base": WHISPER_BASE, "tiny.en": WHISPER_TINY_EN}
+
+
+def english_only(spec: ModelSpec) -> bool:
+    return spec.name.endswith(".en")

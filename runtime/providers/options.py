@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ProviderSettings(BaseModel):
@@ -40,13 +40,43 @@ class NoOptions(VersionOptions):
 
 # Speech to text
 
+MAX_KEYWORDS = 50
+MAX_KEYWORD_CHARS = 50
+
+
+def _check_keywords(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    cleaned = [k.strip() for k in value]
+    if any(not k or len(k) > MAX_KEYWORD_CHARS for k in cleaned):
+        raise ValueError(f"keywords are 1 to {MAX_KEYWORD_CHARS} characters")
+    return cleaned
+
+
+class SttHints(VersionOptions):
+    """Words the caller is likely to say that the recogniser might not expect (names, menu items)."""
+
+    keywords: list[str] | None = Field(
+        None, max_length=MAX_KEYWORDS,
+        description="words and names to listen for (the version's own intents, tools and names are added)")
+
+    _keywords = field_validator("keywords")(_check_keywords)
+
+
+class LocalSttSettings(ProviderSettings):
+    # The packaged Whisper model: base (multilingual, ~3x the CPU of tiny.en per utterance) or
+    # tiny.en (English only). A version's stt.model overrides it.
+    stt_model: Literal["base", "tiny.en"] = "base"
+    # Where a model shipped in pieces is assembled once; relative to the config file's folder.
+    model_dir: str = "models"
+
 
 class DeepgramSettings(ProviderSettings):
     url: str = "wss://api.deepgram.com"
     model: str = "nova-3"
 
 
-class DeepgramOptions(VersionOptions):
+class DeepgramOptions(SttHints):
     endpointing_ms: int | None = Field(None, ge=10, le=5000,
                                        description="silence (ms) after which Deepgram marks speech final")
     utterance_end_ms: int | None = Field(None, ge=1000, le=5000,

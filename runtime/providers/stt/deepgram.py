@@ -47,6 +47,7 @@ from runtime.providers.base import (
 )
 from runtime.providers.registry import BuildContext
 from runtime.providers.stt import deepgram_wire as wire
+from runtime.providers.stt import hints
 
 log = logging.getLogger("voicectl.providers.deepgram")
 
@@ -72,7 +73,8 @@ class DeepgramSTT(SpeechToText):
 
     def __init__(self, api_key: str, *, url: str = wire.DEFAULT_URL, model: str = "nova-3",
                  encoding: wire.Encoding = "mulaw", sample_rate: int = 8000, language: str = "en",
-                 endpointing_ms: int = 300, utterance_end_ms: int = 1000, policy: RetryPolicy | None = None) -> None:
+                 endpointing_ms: int = 300, utterance_end_ms: int = 1000, keyterms: tuple[str, ...] = (),
+                 policy: RetryPolicy | None = None) -> None:
         super().__init__(policy)
         if encoding not in ("mulaw", "linear16"):
             raise ValueError(f"encoding must be mulaw or linear16, not {encoding!r}")
@@ -82,7 +84,7 @@ class DeepgramSTT(SpeechToText):
         self.url = url
         self.options = wire.ListenOptions(model=model, encoding=encoding, sample_rate=sample_rate,
                                           language=language, endpointing_ms=endpointing_ms,
-                                          utterance_end_ms=utterance_end_ms)
+                                          utterance_end_ms=utterance_end_ms, keyterms=keyterms)
         self.rate = sample_rate
         self._api_key = api_key
         self._client: object | None = None
@@ -466,4 +468,10 @@ def build(ctx: BuildContext) -> DeepgramSTT:
     narrow = ctx.transport_rate == 8000
     return DeepgramSTT(ctx.require_secret(), url=ctx.base_url or conf.url, model=ctx.model or conf.model,
                        encoding="mulaw" if narrow else "linear16", sample_rate=8000 if narrow else 16000,
-                       language=ctx.language, **ctx.given("endpointing_ms", "utterance_end_ms"), policy=ctx.policy)
+                       language=ctx.language, **ctx.given("endpointing_ms", "utterance_end_ms"),
+                       keyterms=keyterms(ctx), policy=ctx.policy)
+
+
+def keyterms(ctx: BuildContext) -> tuple[str, ...]:
+    """The version's keywords and its derived vocabulary hints, at most hints.MAX_TERMS."""
+    return tuple(dict.fromkeys([*(ctx.options.keywords or ()), *ctx.hints]))[:hints.MAX_TERMS]

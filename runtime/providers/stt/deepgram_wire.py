@@ -34,15 +34,20 @@ class ListenOptions:
     language: str = "en"
     endpointing_ms: int = 300
     utterance_end_ms: int = 1000
+    keyterms: tuple[str, ...] = ()  # vocabulary hints (runtime.providers.stt.hints)
 
-    def query(self) -> dict[str, str]:
-        """The ``/v1/listen`` query parameters (the SDK's parameter names; strings as on the wire)."""
-        return {
+    def query(self) -> dict[str, str | list[str]]:
+        """The ``/v1/listen`` query parameters (the SDK's parameter names; strings as on the wire; a
+        list is a repeated parameter)."""
+        query: dict[str, str | list[str]] = {
             "model": self.model, "encoding": self.encoding, "sample_rate": str(self.sample_rate),
             "channels": "1", "language": self.language, "interim_results": "true",
             "endpointing": str(self.endpointing_ms), "utterance_end_ms": str(self.utterance_end_ms),
             "vad_events": "true", "smart_format": "true",
         }
+        if self.keyterms:  # nova-3 takes keyterm prompting; earlier models only keyword boosting
+            query["keyterm" if self.model.startswith("nova-3") else "keywords"] = list(self.keyterms)
+        return query
 
     @property
     def sample_width(self) -> int:

