@@ -1,8 +1,9 @@
 """Figures for the embedded offline speech stack: whisper STT, piper TTS, the VADs.
 
     .venv/bin/python bench/offline_stack.py              # everything
-    .venv/bin/python bench/offline_stack.py --only vad   # stt | tts | wer | vad
-    .venv/bin/python bench/offline_stack.py --repeats 9 --concurrency 2
+    .venv/bin/python bench/offline_stack.py --only vad   # stt | tts | wer | own-voice | vad
+    .venv/bin/python bench/offline_stack.py --repeats 9 --concurrency 2 --model tiny.en
+    .venv/bin/python bench/offline_stack.py --only wer --half test --snrs clean,20,10 --hints both
 
 All audio is made here by the piper voice (speech) and numpy (silence, white noise, line
 hum); nothing is downloaded. STT decodes go through the real ``LocalWhisperSTT`` worker pool,
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 from runtime.audio import FRAME_MS, resample  # noqa: E402
 from runtime.pipeline.turns import Signal, TurnDetector  # noqa: E402
 from runtime.pipeline.vad import SileroVad, VoiceActivity, WebRtcVad  # noqa: E402
-from runtime.providers.stt.local import LocalWhisperSTT  # noqa: E402
+from runtime.providers.models import WHISPER_MODELS  # noqa: E402
+from runtime.providers.stt.local import LocalWhisperSTT, model_for  # noqa: E402
 from runtime.providers.tts.local import PiperTTS  # noqa: E402
 
 SENTENCES = (
@@ -58,11 +59,11 @@ def telephony_16k(pcm: bytes, rate: int) -> bytes:
 # STT
 
 
-async def bench_stt(tts: PiperTTS, repeats: int, concurrency: int) -> None:
-    stt = LocalWhisperSTT()
+async def bench_stt(tts: PiperTTS, repeats: int, concurrency: int, model: str, model_dir: Path) -> None:
+    stt = LocalWhisperSTT(model=model_for(model), model_dir=model_dir)
     began = time.perf_counter()
     await stt.warm_up()
-    print(f"whisper tiny.en int8: load + warm-up {time.perf_counter() - began:.2f} s")
+    print(f"whisper {model} int8: load + warm-up {time.perf_counter() - began:.2f} s")
     speech = b"".join([telephony_16k(*await speak(tts, s)) for s in SENTENCES])
     print(f"{'utterance':>10} {'p50 ms':>8} {'p95 ms':>8} {'RTF p50':>8} {'CPU ms':>7}  text")
     for seconds in (1, 2, 4):
@@ -235,7 +236,59 @@ async def bench_vad(tts: PiperTTS) -> None:
                       f"{gate_starts(vad, scene, rate):7d}")
 
 
-# Caller lines of the kind the demo hears; WER over them, telephony path (8 kHz and back).
+# The caller set (bench/caller_set.py): espeak-ng voices over a telephone line with noise.
+
+
+def demo_prompt() -> str:
+    """The demo version's vocabulary hints as the local STT gets them (runtime.providers.stt.hints)."""
+    from runtime.control.schemas import AgentConfig
+    from runtime.providers.llm.rules import DEMO_BOOKING_RULES
+    from runtime.providers.stt.hints import version_terms, whisper_prompt
+    from voicectl.demo import GREETING, PROMPT
+
+    return whisper_prompt(version_terms(AgentConfig(system_prompt=PROMPT, greeting=GREETING,
+                                                    rules=DEMO_BOOKING_RULES)))
+
+
+async def bench_wer(model: str, half: str, snrs: list[float | None], hints: list[bool], model_dir: Path) -> None:
+    """WER, lines understood and bookings right per line condition, with and without hints."""
+    from bench import caller_set
+
+    brain = caller_set.DemoBrain()
+    prompt = demo_prompt()
+    print(f"\ncaller set, {half} half, whisper {model} (digits normalised; understood: the demo's rules brain "
+          f"does what the line asks; booked: check_availability with the right party size and time)")
+    print(f"{'line':>6} {'hints':>5} {'WER':>6} {'understood':>11} {'booked':>7} {'CPU ms/utt':>10} {'ms/utt':>7}")
+    for snr in snrs:
+        audio = list(caller_set.utterances(half, snr))
+        for hinted in hints:
+            stt = LocalWhisperSTT(model=model_for(model), model_dir=model_dir, prompt=prompt if hinted else "")
+            await stt.warm_up()
+            errors = words = right = booked = bookings = 0
+            cpu = wall = 0.0
+            for utterance in audio:
+                start, cpu_start = time.perf_counter(), time.process_time()
+                heard = await stt.transcribe(utterance.pcm)
+                wall += time.perf_counter() - start
+                cpu += time.process_time() - cpu_start
+                text = heard.text if heard else ""
+                ref = caller_set.words(utterance.line.text)
+                errors += caller_set.edit_distance(ref, caller_set.words(text))
+                words += len(ref)
+                judged = brain.judge(utterance.line, text)
+                right += judged.right
+                if judged.booked is not None:
+                    bookings += 1
+                    booked += judged.booked
+                if VERBOSE:
+                    print(f"    {utterance.voice.name:>18} {'ok ' if judged.right else 'BAD'} {text!r}")
+            label = "clean" if snr is None else f"{snr:g} dB"
+            n = len(audio)
+            print(f"{label:>6} {'on' if hinted else 'off':>5} {errors / words:6.1%} {right / n:10.0%} "
+                  f"{booked:>3}/{bookings:<3} {cpu / n * 1000:10.0f} {wall / n * 1000:7.0f}")
+
+
+# The agent's own voice: caller lines said by the piper voice (too easy: the figure in bench/README.md).
 WER_LINES = (
     "I'd like to book a table for two at seven.", "Yes please.", "No thanks, goodbye.",
     "Can you tell me when you open on Sunday?", "My name is Sarah Johnson.",
@@ -246,57 +299,62 @@ WER_LINES = (
     "I'm calling about my reservation.", "Actually make it six people instead.", "How much is the tasting menu?",
     "No.", "Sure.", "Maybe later.",
 )
-_DIGITS = {"two": "2", "four": "4", "six": "6", "seven": "7", "eight": "8"}
 
 
-def _words(text: str) -> list[str]:
-    return [_DIGITS.get(w, w) for w in re.findall(r"[a-z0-9']+", text.lower().replace("-", " "))]
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
-
-
-async def bench_wer(tts: PiperTTS) -> None:
+async def bench_wer_own_voice(tts: PiperTTS, model: str, model_dir: Path) -> None:
     """Word error rate and time per utterance with the short (10 s) and whisper's own (30 s) window."""
+    from bench import caller_set
+
     audio = []
     for text in WER_LINES:
         pcm, rate = await speak(tts, text)
         audio.append(telephony_16k(pcm, rate))
     print(f"\nWER over {len(WER_LINES)} caller lines (piper voice, telephony path; digits normalised)")
     for context in (10.0, 30.0):
-        stt = LocalWhisperSTT(context_s=context)
+        stt = LocalWhisperSTT(context_s=context, model=model_for(model), model_dir=model_dir)
         await stt.warm_up()
         errors = words = 0
         began = time.perf_counter()
         for text, pcm in zip(WER_LINES, audio, strict=True):
             heard = await stt.transcribe(pcm)
-            ref = _words(text)
-            errors += edit_distance(ref, _words(heard.text if heard else ""))
+            ref = caller_set.words(text)
+            errors += caller_set.edit_distance(ref, caller_set.words(heard.text if heard else ""))
             words += len(ref)
         per = (time.perf_counter() - began) / len(WER_LINES) * 1000
         print(f"  encoder window {context:>4.0f} s: WER {errors / words:.3f} ({errors}/{words} words), "
               f"{per:.0f} ms per utterance")
 
 
+VERBOSE = False
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("stt", "tts", "vad", "wer"))
+    parser.add_argument("--only", choices=("stt", "tts", "vad", "wer", "own-voice"))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--concurrency", type=int, default=2, help="parallel decodes in the throughput run")
+    parser.add_argument("--model", choices=tuple(WHISPER_MODELS), default="base", help="the whisper model")
+    parser.add_argument("--model-dir", type=Path, default=Path("/tmp/voicectl-bench-models"),
+                        help="where a model in pieces is assembled")
+    parser.add_argument("--half", choices=("tune", "test", "all"), default="test", help="of the caller set")
+    parser.add_argument("--snrs", default="clean,20,10", help="line conditions: clean and/or SNRs in dB")
+    parser.add_argument("--hints", choices=("on", "off", "both"), default="both",
+                        help="the demo version's vocabulary hints as whisper's prompt")
+    parser.add_argument("--verbose", action="store_true", help="print every utterance's transcript")
     args = parser.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
     tts = PiperTTS()
     if args.only in (None, "tts"):
         await bench_tts(tts, args.repeats)
     if args.only in (None, "stt"):
-        await bench_stt(tts, args.repeats, args.concurrency)
+        await bench_stt(tts, args.repeats, args.concurrency, args.model, args.model_dir)
     if args.only in (None, "wer"):
-        await bench_wer(tts)
+        snrs = [None if s.strip() == "clean" else float(s) for s in args.snrs.split(",")]
+        hints = {"on": [True], "off": [False], "both": [False, True]}[args.hints]
+        await bench_wer(args.model, args.half, snrs, hints, args.model_dir)
+    if args.only in (None, "own-voice"):
+        await bench_wer_own_voice(tts, args.model, args.model_dir)
     if args.only in (None, "vad"):
         await bench_vad(tts)
 
