@@ -117,8 +117,8 @@ class InstantRegistry(ProviderChains):
     async def warm_up(self) -> None:
         return None
 
-    def runs_locally(self, agent: Any) -> bool:
-        return False  # instant engines: no local speech work for limits.local_calls to budget
+    def local_load(self, agent: Any) -> float:
+        return 0.0  # instant engines: no local speech work for limits.local_calls to budget
 
     async def for_call(self, config: Any, timezone: str = "UTC", **_: Any) -> CallProviders:
         return CallProviders(InstantStt(self.policy), InstantLlm(self.policy), self.tts)

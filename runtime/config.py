@@ -29,9 +29,10 @@ from runtime.providers import registry
 ENV_PREFIX = "VOICECTL_"
 # Variables with the prefix that are not config overrides.
 ENV_RESERVED = {"VOICECTL_CONFIG", "VOICECTL_MASTER_KEY", "VOICECTL_API_KEY"}
-# Concurrent calls on the offline stack one core serves with voice-to-voice p95 near 1 s
-# (bench/pipeline.py --part offline: 4 calls on one core, p50 843 ms, p95 1,014 ms).
-LOCAL_CALLS_PER_CORE = 4
+# Concurrent calls on the offline stack one core serves with voice-to-voice p95 near 1 s, by the
+# Whisper model (bench/pipeline.py --part offline; tiny.en: 4 calls on one core, p50 843 ms, p95
+# 1,014 ms; base: about a third of tiny.en's decode CPU per utterance is left, see README).
+LOCAL_CALLS_PER_CORE: dict[str, int] = {"tiny.en": 4, "base": 1}
 DEFAULT_CONFIG_NAME = "config.yaml"
 
 
@@ -162,12 +163,13 @@ class LimitsSettings(_Model):
     max_calls: int = Field(200, ge=1)  # per instance
     # Concurrent calls across every instance of a cluster; unset: no cluster-wide cap.
     max_calls_cluster: int | None = Field(None, ge=1)
-    # Calls whose speech runs on this box's own engines (offline STT or TTS) at once; more get the
-    # busy answer. Unset: LOCAL_CALLS_PER_CORE for each core this process may use.
+    # Calls whose speech runs on this box's own engines (offline STT or TTS) at once, counted in
+    # calls of providers.local.stt_model (a call of a heavier model counts for more); more get the
+    # busy answer. Unset: LOCAL_CALLS_PER_CORE of that model for each core this process may use.
     local_calls: int | None = Field(None, ge=1)
 
-    def local_capacity(self) -> int:
-        return self.local_calls or LOCAL_CALLS_PER_CORE * len(os.sched_getaffinity(0))
+    def local_capacity(self, stt_model: str) -> int:
+        return self.local_calls or LOCAL_CALLS_PER_CORE[stt_model] * len(os.sched_getaffinity(0))
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     # Media sockets open but not yet started (no valid stream token), per client address; more are
     # refused with 429. Room for a box's whole call limit arriving from one carrier address at once.

@@ -93,8 +93,8 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
 
         app[TRACKER] = CallTracker(store, app[BUS], max_calls=settings.limits.max_calls,
                                    recording_dir=settings.recording_dir, uploader=app[RECORDING_UPLOADS],
-                                   local_calls=settings.limits.local_capacity(),
-                                   runs_locally=app[PIPELINE].runs_locally,
+                                   local_calls=settings.limits.local_capacity(settings.providers.local.stt_model),
+                                   local_load=app[PIPELINE].local_load,
                                    recorder=CallRecordWriter(app[CONTROL].callbacks))
         recovered = await app[TRACKER].recover()
         if recovered:

@@ -96,16 +96,17 @@ class LiveCalls(dict[str, CallSession]):
 class CallTracker:
     def __init__(self, store: Store, bus: EventBus, *, max_calls: int, recording_dir: Path | None = None,
                  uploader: RecordingUploader | None = None, local_calls: int | None = None,
-                 runs_locally: Callable[[CallRoute], Awaitable[bool]] | None = None,
+                 local_load: Callable[[CallRoute], Awaitable[float]] | None = None,
                  recorder: CallRecordWriter | None = None) -> None:
         self.store = store
         self.bus = bus
         self.max_calls = max_calls
-        # Calls whose speech runs on this box's own engines, and how many of them it can serve at
-        # once (``limits.local_calls``); ``runs_locally`` tells a routed call's kind.
+        # Calls whose speech runs on this box's own engines, with what each takes of the budget
+        # (``limits.local_calls``, in calls of the appliance's Whisper model); ``local_load`` tells a
+        # routed call's share (0: its speech runs elsewhere; more than 1: a heavier model).
         self.local_calls = local_calls
-        self.runs_locally = runs_locally
-        self.local_live: set[str] = set()
+        self.local_load = local_load
+        self.local_live: dict[str, float] = {}
         # Where recordings go (tenants with recording_enabled); None: nothing is recorded.
         self.recording = LocalStorage(recording_dir) if recording_dir is not None else None
         # Copies finished recordings to tenants' S3 storage in the background; None: local only.
@@ -124,8 +125,22 @@ class CallTracker:
         return len(self.live) >= self.max_calls
 
     @property
+    def local_in_use(self) -> float:
+        return sum(self.local_live.values())
+
+    @property
     def local_at_capacity(self) -> bool:
-        return self.local_calls is not None and len(self.local_live) >= self.local_calls
+        return self.local_calls is not None and self.local_in_use >= self.local_calls
+
+    def local_fits(self, load: float) -> bool:
+        """One more call taking ``load`` of the local budget fits (any load fits an idle box, so a
+        call of a model heavier than the whole budget is still answered alone)."""
+        return self.local_calls is None or not self.local_live or self.local_in_use + load <= self.local_calls + 1e-9
+
+    async def _local_load(self, route: CallRoute) -> float:
+        if self.local_load is None or self.local_calls is None:
+            return 0.0
+        return await self.local_load(route)
 
     def live_for(self, tenant_id: str) -> int:
         return self.live.per_tenant.get(tenant_id, 0)
@@ -152,8 +167,8 @@ class CallTracker:
             if self.live_for(route.tenant_id) >= route.tenant["max_concurrent_calls"]:
                 raise RouteRejected("tenant_call_limit", "the tenant is at its concurrent-call limit",
                                     route.tenant_id, route.number["id"])
-            local = self.runs_locally is not None and self.local_calls is not None and await self.runs_locally(route)
-            if local and self.local_at_capacity:  # busy now, not a silent line later
+            local = await self._local_load(route)
+            if local and not self.local_fits(local):  # busy now, not a silent line later
                 raise RouteRejected("busy", "the local speech engines are at capacity", route.tenant_id,
                                     route.number["id"])
         except RouteRejected as rejected:
@@ -180,8 +195,8 @@ class CallTracker:
             raise RouteRejected("busy", "the runtime is at its call limit", route.tenant_id)
         if self.live_for(route.tenant_id) >= route.tenant["max_concurrent_calls"]:
             raise RouteRejected("tenant_call_limit", "the tenant is at its concurrent-call limit", route.tenant_id)
-        local = self.runs_locally is not None and self.local_calls is not None and await self.runs_locally(route)
-        if local and self.local_at_capacity:
+        local = await self._local_load(route)
+        if local and not self.local_fits(local):
             raise RouteRejected("busy", "the local speech engines are at capacity", route.tenant_id)
         session = self._session(route.tenant_id, route, provider, "outbound", from_number, to_number, None)
         session.state = QUEUED
@@ -189,10 +204,10 @@ class CallTracker:
         await self._register(session, route, local)
         return session
 
-    async def _register(self, session: CallSession, route: CallRoute, local: bool) -> None:
+    async def _register(self, session: CallSession, route: CallRoute, local: float) -> None:
         self.live[session.id] = session
         if local:
-            self.local_live.add(session.id)
+            self.local_live[session.id] = local
         session.on_end.append(self._release)
         await session.insert_row()
         if self.recording is not None and route.tenant.get("recording_enabled"):
@@ -238,7 +253,7 @@ class CallTracker:
 
     def _release(self, session: CallSession) -> None:
         self.live.pop(session.id, None)
-        self.local_live.discard(session.id)
+        self.local_live.pop(session.id, None)
         ended = self.ended_sessions
         for stopped in (*session.transcribes.values(), *session.speakings.values()):
             ended[stopped.id] = stopped

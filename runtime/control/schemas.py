@@ -217,6 +217,9 @@ class ProviderChoice(Input):
                                  f"known: {', '.join(registry.names(modality))}")
         values = self.option_values
         entry = registry.find(modality, self.provider) if self.provider else None
+        if entry is not None and entry.models and self.model is not None and self.model not in entry.models:
+            raise ValueError(f"{modality}.model: {self.provider} has the models {', '.join(entry.models)}, "
+                             f"not {self.model!r}")
         for key, value in values.items():
             owners = registry.option_owners(modality, key)
             if entry is not None and key not in entry.options.model_fields or not owners:

@@ -60,9 +60,9 @@ class ConversationEngine:
             await self._http.close()
         await self.providers.aclose()
 
-    async def runs_locally(self, route: CallRoute) -> bool:
-        """The routed call's speech runs on this box's own engines (its voice profile applied)."""
-        return self.providers.runs_locally(await self._profiled(route))
+    async def local_load(self, route: CallRoute) -> float:
+        """What the routed call takes of the local engines' budget (its voice profile applied)."""
+        return self.providers.local_load(await self._profiled(route))
 
     async def _profiled(self, route: CallRoute) -> AgentConfig:
         config = route.config

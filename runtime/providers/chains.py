@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from runtime.config import Settings
+from runtime.config import LOCAL_CALLS_PER_CORE, Settings
 from runtime.providers import registry
 from runtime.providers.base import (
     Engine,
@@ -29,6 +29,7 @@ from runtime.providers.base import (
     TextToSpeech,
 )
 from runtime.providers.failover import FailoverLLM, FailoverSTT, FailoverTTS, Report
+from runtime.providers.models import whisper_model
 from runtime.providers.options import OwnFirstByteTimeout
 from runtime.providers.registry import MODALITIES, BuildContext, CredentialLookup, MissingCredential
 from runtime.providers.stt.hints import version_terms
@@ -135,10 +136,23 @@ class ProviderChains:
         default = getattr(self.settings.providers.defaults, modality)
         return default if registry.get(modality, default).offline else registry.names(modality, offline=True)[0]
 
-    def runs_locally(self, agent: AgentConfig) -> bool:
-        """The agent's speech (its first STT or TTS choice) runs on this box's own engines: the
-        calls the local capacity (``limits.local_calls``) is about."""
-        return any(registry.get(modality, self.chosen(agent, modality)).offline for modality in ("stt", "tts"))
+    def local_load(self, agent: AgentConfig) -> float:
+        """What a call of ``agent`` takes of the local capacity (``limits.local_calls``), in calls of
+        the appliance's Whisper model: 0 when its speech (first STT and TTS choice) runs elsewhere;
+        a version on a heavier model than the appliance's counts for more, so the admitted calls
+        never wait on each other's decodes (dead air). Speech other than local Whisper (piper
+        alone, pocketsphinx) counts as a tiny.en call, the lightest."""
+        stt = registry.get("stt", self.chosen(agent, "stt"))
+        if not stt.offline and not registry.get("tts", self.chosen(agent, "tts")).offline:
+            return 0.0
+        model = "tiny.en"
+        if stt.name == "local":
+            try:
+                model = whisper_model(self.first_choice(agent, "stt").model or self.settings.providers.local.stt_model,
+                                      agent.language)
+            except ProviderError:  # no such model: the call will fail over; count it as the appliance's
+                model = self.settings.providers.local.stt_model
+        return LOCAL_CALLS_PER_CORE[self.settings.providers.local.stt_model] / LOCAL_CALLS_PER_CORE[model]
 
     def chosen(self, agent: AgentConfig, modality: str) -> str:
         return getattr(agent, modality).provider or getattr(self.settings.providers.defaults, modality)

@@ -255,3 +255,19 @@ WHISPER_MODELS: dict[str, ModelSpec] = {"base": WHISPER_BASE, "tiny.en": WHISPER
 
 def english_only(spec: ModelSpec) -> bool:
     return spec.name.endswith(".en")
+
+
+def whisper_language(language: str | None) -> str:
+    """A version's language (``es``, ``es-MX``, ``en-US``) as whisper's code."""
+    return (language or "en").split("-")[0].split("_")[0].lower()
+
+
+def whisper_model(name: str, language: str | None = "en") -> str:
+    """The packaged model a version gets for ``name`` in ``language``: base when the language is not
+    English and the model is English only (tiny.en cannot hear Spanish). ProviderError
+    ``unavailable`` for a name there is no model for."""
+    spec = WHISPER_MODELS.get(name)
+    if spec is None:
+        raise ProviderError("local", "unavailable",
+                            f"no packaged whisper model {name!r}; known: {', '.join(WHISPER_MODELS)}")
+    return "base" if whisper_language(language) != "en" and english_only(spec) else name

@@ -206,6 +206,7 @@ class ProviderEntry:
     stand_in: str | None = None  # offline: the engine used when this one cannot load
     needs: Needs | None = None  # the optional extra its adapter imports from (None: core packages only)
     can_be_default: bool = True  # False: only a version names it (providers.defaults refuses it)
+    models: tuple[str, ...] = ()  # the models a version may name (empty: any, the vendor decides)
 
     @property
     def extra(self) -> str | None:
@@ -272,7 +273,8 @@ PROVIDERS: tuple[ProviderEntry, ...] = (
     ProviderEntry("local", "stt", True, "runtime.providers.stt.local:build",
                   "faster-whisper with the packaged Whisper models (base, tiny.en)", settings_section="local",
                   settings_name="LocalSttSettings", options_name="SttHints",
-                  capabilities=Capabilities(word_timings=True, warm_up=True), needs=_WHISPER),
+                  capabilities=Capabilities(word_timings=True, warm_up=True), needs=_WHISPER,
+                  models=("base", "tiny.en")),
     ProviderEntry("pocketsphinx", "stt", True, "runtime.providers.stt.sphinx:build",
                   "CMU PocketSphinx with its packaged US English model",
                   capabilities=Capabilities(interim_transcripts=True), needs=_SPHINX),

@@ -42,7 +42,7 @@ async def readyz(ctx: Ctx) -> web.Response:
         else:
             checks["calls"] = f"{len(tracker.live)} of {tracker.max_calls}"
             if tracker.local_calls is not None:
-                checks["local_calls"] = f"{len(tracker.local_live)} of {tracker.local_calls}"
+                checks["local_calls"] = f"{tracker.local_in_use:g} of {tracker.local_calls}"
     return json_response({"ready": ready, "instance_id": ctx.request.app[INSTANCE_ID], "checks": checks},
                          status=200 if ready else 503)
 
