@@ -160,12 +160,14 @@ def telephone(pcm: bytes, snr_db: float | None, seed: int) -> bytes:
     return resample(ulaw_to_pcm16(pcm16_to_ulaw(line)), LINE_RATE, STT_RATE)
 
 
-def band_limit(pcm: bytes, rate: int, low: float = 300.0, high: float = 3400.0) -> bytes:
+def band_limit(pcm: bytes, rate: int) -> bytes:
+    """The telephone band: flat from 300 to 3400 Hz with raised-cosine skirts (200-300 and 3400-3700
+    Hz), as a channel filter rolls off (a brick wall would ring through the whole clip)."""
     x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    spectrum = np.fft.rfft(x)
     freqs = np.fft.rfftfreq(len(x), 1 / rate)
-    spectrum[(freqs < low) | (freqs > high)] = 0
-    return np.clip(np.fft.irfft(spectrum, len(x)), -32768, 32767).astype("<i2").tobytes()
+    gain = np.interp(freqs, [0, 200, 300, 3400, 3700, rate], [0, 0, 1, 1, 0, 0])
+    gain = 0.5 - 0.5 * np.cos(np.pi * gain)  # smooth the linear ramps
+    return np.clip(np.fft.irfft(np.fft.rfft(x) * gain, len(x)), -32768, 32767).astype("<i2").tobytes()
 
 
 def speech_power(x: np.ndarray, frame: int = 160) -> float:

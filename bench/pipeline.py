@@ -59,7 +59,7 @@ def pct(values: list[float], p: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, max(0, int(round(p * len(ordered))) - 1))], 1)
 
 
-def runtime(fake: bool, pin: bool) -> Runtime:
+def runtime(fake: bool, pin: bool, stt_model: str | None = None) -> Runtime:
     """The runtime under test: instant engines and a plain agent, or the offline stack and the
     demo's booking agent."""
     if fake:
@@ -68,7 +68,8 @@ def runtime(fake: bool, pin: bool) -> Runtime:
     from voicectl.demo import GREETING, PROMPT, TOOLS
 
     return Runtime(pin=pin, agent={"system_prompt": PROMPT, "greeting": GREETING, "llm": {"provider": "rules"},
-                                   "tools": TOOLS, "rules": DEMO_BOOKING_RULES})
+                                   "tools": TOOLS, "rules": DEMO_BOOKING_RULES},
+                   providers={"local": {"stt_model": stt_model}} if stt_model else None)
 
 
 def generate(rt: Runtime, spec: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +223,7 @@ def run_fake(args: argparse.Namespace) -> dict[str, Any]:
 def run_offline(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for level in args.levels:
-        with runtime(False, not args.no_pin) as rt:
+        with runtime(False, not args.no_pin, args.stt_model) as rt:
             cpu0 = proc_cpu_s(rt.proc.pid)
             began = time.monotonic()
             gen = generate(rt, {"part": "offline", "calls": level})
@@ -334,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ramp", type=float, default=5.0, help="fake part: seconds over which calls start")
     parser.add_argument("--levels", default="1,2,3,4", help="offline part: concurrency levels")
     parser.add_argument("--no-pin", action="store_true", help="do not pin runtime and callers to cores")
+    parser.add_argument("--stt-model", choices=("base", "tiny.en"), help="offline part: providers.local.stt_model")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 4 fake calls x 2 turns, offline at 1")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)

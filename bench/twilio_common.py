@@ -76,8 +76,10 @@ class Runtime:
 
     def __init__(self, pin: bool = True, twilio: dict[str, Any] | None = None, *, instant: bool = False,
                  clip: Path | None = None, agent: dict[str, Any] | None = None,
-                 webrtc: dict[str, Any] | None = None, limits: dict[str, Any] | None = None) -> None:
+                 webrtc: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
+                 providers: dict[str, Any] | None = None) -> None:
         self.pin = pin
+        self.providers = providers or {}  # providers keys (bench/pipeline.py: local.stt_model)
         self.limits = limits or {}  # extra limits keys (bench/overload.py: local_calls)
         self.twilio = twilio or {}  # extra telephony.twilio keys
         self.webrtc = webrtc or {}  # telephony.webrtc keys (bench/webrtc.py)
@@ -103,6 +105,7 @@ class Runtime:
                 name: big for name in RATE_CLASSES}}, **self.limits},
             "telephony": {"twilio": {"api_base_url": "http://127.0.0.1:9", **self.twilio}, "webrtc": self.webrtc},
             "logging": {"level": "warning", "format": "json"},
+            "providers": self.providers,
         }
         path = self.state / "config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))

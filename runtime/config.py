@@ -30,9 +30,9 @@ ENV_PREFIX = "VOICECTL_"
 # Variables with the prefix that are not config overrides.
 ENV_RESERVED = {"VOICECTL_CONFIG", "VOICECTL_MASTER_KEY", "VOICECTL_API_KEY"}
 # Concurrent calls on the offline stack one core serves with voice-to-voice p95 near 1 s, by the
-# Whisper model (bench/pipeline.py --part offline; tiny.en: 4 calls on one core, p50 843 ms, p95
-# 1,014 ms; base: about a third of tiny.en's decode CPU per utterance is left, see README).
-LOCAL_CALLS_PER_CORE: dict[str, int] = {"tiny.en": 4, "base": 1}
+# Whisper model (bench/pipeline.py --part offline --stt-model M: tiny.en 4 calls on one core, p50
+# 843 ms, p95 1,014 ms; base 2 calls, p50 891 ms, p95 913 ms, and 3 calls p50 1,221 ms).
+LOCAL_CALLS_PER_CORE: dict[str, int] = {"tiny.en": 4, "base": 2}
 DEFAULT_CONFIG_NAME = "config.yaml"
 
 
