@@ -50,7 +50,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check voicectl runtime tests bench peers examples
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis demo artifacts
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis demo artifacts models
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

@@ -146,7 +146,7 @@ class ProviderChains:
         if not stt.offline and not registry.get("tts", self.chosen(agent, "tts")).offline:
             return 0.0
         model = "tiny.en"
-        if stt.name == "local":
+        if stt.models:  # local whisper: the models it has are the packaged ones
             try:
                 model = whisper_model(self.first_choice(agent, "stt").model or self.settings.providers.local.stt_model,
                                       agent.language)
