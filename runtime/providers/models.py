@@ -257,8 +257,8 @@ def english_only(spec: ModelSpec) -> bool:
     return spec.name.endswith(".en")
 
 
-def whisper_language(language: str | None) -> str:
-    """A version's language (``es``, ``es-MX``, ``en-US``) as whisper's code."""
+def language_code(language: str | None) -> str:
+    """A version's language (``es``, ``es-MX``, ``en-US``) as its ISO 639-1 code, as whisper names it."""
     return (language or "en").split("-")[0].split("_")[0].lower()
 
 
@@ -270,4 +270,4 @@ def whisper_model(name: str, language: str | None = "en") -> str:
     if spec is None:
         raise ProviderError("local", "unavailable",
                             f"no packaged whisper model {name!r}; known: {', '.join(WHISPER_MODELS)}")
-    return "base" if whisper_language(language) != "en" and english_only(spec) else name
+    return "base" if language_code(language) != "en" and english_only(spec) else name

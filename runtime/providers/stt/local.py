@@ -57,9 +57,9 @@ from runtime.providers.models import (
     WHISPER_TINY_EN,
     ModelSpec,
     english_only,
+    language_code,
     offline,
     verified_dir,
-    whisper_language,
     whisper_model,
 )
 from runtime.providers.registry import BuildContext
@@ -385,7 +385,7 @@ def build(ctx: BuildContext) -> LocalWhisperSTT:
     """The version's model, language and hints over the process's one engine per model (each model
     is loaded once and shared by every call)."""
     spec = model_for(ctx.model or ctx.settings.stt_model, ctx.language)
-    language = whisper_language(ctx.language)
+    language = language_code(ctx.language)
     prompt = whisper_prompt([*(ctx.options.keywords or ()), *ctx.hints])
     return LocalWhisperSTT(policy=ctx.policy, model=spec, model_dir=ctx.model_dir, language=language, prompt=prompt)
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from runtime.providers import workers
 from runtime.providers.base import AudioChunk, ProviderError, RetryPolicy, TextToSpeech
-from runtime.providers.models import PIPER_JOE_MEDIUM, ModelSpec, verified_dir
+from runtime.providers.models import PIPER_JOE_MEDIUM, ModelSpec, language_code, verified_dir
 from runtime.providers.registry import BuildContext
 
 POOL = "tts"
@@ -282,7 +282,10 @@ def _wav_pcm16(data: bytes, provider: str) -> bytes:
 
 
 def build_piper(ctx: BuildContext) -> TextToSpeech:
-    """The process's one piper voice (loaded once, shared by every call)."""
+    """The process's one piper voice (loaded once, shared by every call). The packaged voice speaks
+    English only: a version in another language gets espeak-ng in its language."""
+    if language_code(ctx.language) != "en":
+        return build_espeak(ctx)
     if ctx.shared is None:
         return PiperTTS(policy=ctx.policy)
     return ctx.shared("tts.local", lambda: PiperTTS(policy=ctx.policy))
