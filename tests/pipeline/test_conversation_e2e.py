@@ -126,3 +126,63 @@ async def test_talking_over_the_agent_stops_it_within_the_interruption_length(de
     topics = [e["topic"] for e in await _rows(api, "call_events", made["tenant_id"], row["id"])]
     assert "agent.interrupted" in topics
     assert any(t["role"] == "caller" and "order" in t["text"].lower() for t in transcript), transcript
+
+
+SPANISH_RULES = {
+    "slots": {"party_size": {"type": "count"}, "time": {"type": "time", "pm_hours": [1, 11]},
+              "date": {"type": "date", "default": "today"}},
+    "intents": [
+        {"name": "despedida", "keywords": ["adiós", "adios", "hasta luego", "nada más"],
+         "reply": "Gracias por llamar. ¡Adiós!", "tool": "end_call", "on_error": {}},
+        {"name": "reservar", "keywords": ["reservar", "reserva", "mesa"], "requires": ["party_size", "time"],
+         "ask": {"party_size": "¿Para cuántas personas?", "time": "¿A qué hora?"},
+         "tool": "check_availability",
+         "arguments": {"date": "{date}", "time": "{time}", "party_size": "{party_size}"},
+         "results": [{"when": {"available": True}, "reply": "Tengo una mesa a esa hora. ¿Se la reservo?",
+                      "confirm": {"yes": "confirmar"}},
+                     {"reply": "Lo siento, a esa hora no hay mesa. ¿A qué otra hora?", "ask": "time"}]},
+        {"name": "confirmar", "requires": ["party_size", "time"], "tool": "create_booking",
+         "arguments": {"date": "{date}", "time": "{time}", "party_size": "{party_size}"},
+         "results": [{"reply": "Listo, su mesa está reservada. ¿Algo más?", "reset": True}]},
+    ],
+    "fallback": "Perdone, no le he entendido. Puedo reservarle una mesa.",
+    "reprompt": "Perdone.",
+    "yes_words": ["sí", "si", "vale", "claro", "de acuerdo", "por favor"],
+    "no_words": ["no"],
+}
+SPANISH_LINES = ("Quiero reservar una mesa para cuatro personas a las nueve, mañana.", "Sí, claro.",
+                 "No, gracias. Adiós.")
+
+
+async def espeak(text: str, voice: str) -> Audio:
+    from runtime.providers.tts.local import EspeakTTS
+
+    chunks = [c async for c in EspeakTTS(voice=voice, words_per_minute=150).synthesize(text)]
+    return Audio(b"".join(c.pcm for c in chunks), chunks[0].rate)
+
+
+async def test_a_spanish_caller_books_through_a_spanish_script(demo) -> None:
+    """A version in Spanish hears its caller with Whisper base in Spanish and answers with espeak-ng
+    in Spanish; a Spanish rules script books the table."""
+    from runtime.control.schemas import AgentCreate, NumberCreate
+
+    api, made, caller = demo
+    agent = await api.control.agents.create(made["tenant_id"], AgentCreate(
+        name="reservas", system_prompt="x", language="es", greeting="Hola, restaurante Demo, ¿en qué puedo ayudarle?",
+        llm={"provider": "rules"}, tools=["check_availability", "create_booking", "end_call"], rules=SPANISH_RULES))
+    number = "+15550007777"
+    await api.control.numbers.add(made["tenant_id"], NumberCreate(e164=number, provider="twilio", agent_id=agent.id))
+    lines = [(text, await espeak(text, "es")) for text in SPANISH_LINES]
+    dialled: list[str] = []
+    result = await asyncio.wait_for(scripted_call(caller, number, lines, quiet_s=0.9, on_dial=dialled.append), 120)
+    row = await _final_row(api, made["tenant_id"], dialled[0])
+    transcript = await _rows(api, "transcripts", made["tenant_id"], row["id"])
+    said = [(t["role"], t["text"].lower()) for t in transcript]
+    assert result.hung_up_by == "agent", said
+    tools = [(t["name"], t["status"]) for t in await _rows(api, "tool_calls", made["tenant_id"], row["id"])]
+    assert tools == [("check_availability", "ok"), ("create_booking", "ok"), ("end_call", "ok")], (tools, said)
+    bookings, _ = await api.control.store.bookings.list(tenant_id=made["tenant_id"])
+    assert [(b["party_size"], b["time"]) for b in bookings] == [(4, "21:00")]
+    callers = [text for role, text in said if role == "caller"]
+    assert "reservar una mesa" in callers[0] and "adiós" in callers[-1] and len(callers) == 3, said
+    assert said[0] == ("agent", "hola, restaurante demo, ¿en qué puedo ayudarle?")

@@ -26,8 +26,11 @@ _ORDINALS = {w: i for i, w in enumerate(
      "fifteenth sixteenth seventeenth eighteenth nineteenth").split(), 1)}
 _ORDINALS.update({f"twenty {w}": 20 + i for w, i in list(_ORDINALS.items())[:9]})
 _ORDINALS.update({"twentieth": 20, "thirtieth": 30, "thirty first": 31})
+# Spanish numbers a booking needs (a version in Spanish; "once", 11, is left out: it is an English word).
+_ES_UNITS = {"un": 1, "uno": 1, "una": 1, "dos": 2, "tres": 3, "cuatro": 4, "cinco": 5, "seis": 6, "siete": 7,
+             "ocho": 8, "nueve": 9, "diez": 10, "doce": 12}
 _NUM = (r"(?:(?:" + "|".join(_TENS) + r")(?: (?:one|two|three|four|five|six|seven|eight|nine))?|"
-        + "|".join(sorted(_UNITS, key=len, reverse=True)) + r"|\d{1,3})")
+        + "|".join(sorted([*_UNITS, *_ES_UNITS], key=len, reverse=True)) + r"|\d{1,3})")
 _ORD = r"(?:" + "|".join(sorted(_ORDINALS, key=len, reverse=True)) + r"|\d{1,2}(?:st|nd|rd|th)?)"
 _MONTHS = ("january february march april may june july august september october november december").split()
 _MONTH = r"(?:" + "|".join(_MONTHS + [m[:3] for m in _MONTHS if m != "may"] + ["sept"]) + r")"
@@ -41,6 +44,8 @@ def word_number(text: str) -> int | None:
         return int(text)
     if text in _UNITS:
         return _UNITS.index(text)
+    if text in _ES_UNITS:
+        return _ES_UNITS[text]
     head, _, tail = text.partition(" ")
     if head in _TENS and (not tail or tail in _UNITS[1:10]):
         return _TENS[head] + (_UNITS.index(tail) if tail else 0)
@@ -100,6 +105,8 @@ _COUNT_CUED = (
     re.compile(r"\b(?:for|party of|table for|group of|we are|we're) (" + _NUM + r")\b"
                r"(?! ?(?:am|pm|oclock|thirty|fifteen|forty|oh |:|\d))"),
     re.compile(r"\b(" + _NUM + r") (?:people|persons|person|guests|adults|pax|diners|of us)\b"),
+    re.compile(r"\b(?:para|somos|mesa para) (" + _NUM + r")\b(?! ?(?:y media|y cuarto|:|\d))"),
+    re.compile(r"\b(" + _NUM + r") (?:personas|persona|comensales|adultos)\b"),
 )
 _COUNT_ALONE = re.compile(r"\b(?:just )?(me|myself|" + _NUM + r")\b")
 
@@ -138,6 +145,9 @@ _TIME_PATTERNS = (
     ("marked", re.compile(r"(?<!for )(?<!of )\b" + _H + r"(?: " + _MIN + r")? " + _MARK + r"\b")),
     ("cued", re.compile(r"\b(?:at|around|about|by|from|say) " + _H + r"(?: " + _MIN + r")?\b"
                         r"(?! (?:people|persons|person|guests|adults|of us))")),
+    # Spanish: "a las ocho", "a las ocho y media de la tarde", "a la una".
+    ("es", re.compile(r"\ba las? (\d{1,2}|" + "|".join(_ES_UNITS) + r")(?: y (media|cuarto))?"
+                      r"(?: de la (tarde|noche|mañana))?\b")),
 )
 _TIME_BARE = re.compile(r"\b" + _H + r"(?: " + _MIN + r")?\b")
 
@@ -183,6 +193,12 @@ def _time_of(kind: str, match: re.Match[str], pm_hours: tuple[int, int]) -> Hit 
         h, m = int(match[1]), int(match[2])
         hour = _hour(h, match[3], pm_hours) if h <= 12 else h
         return None if hour is None or hour > 23 or m > 59 else (f"{hour:02d}:{m:02d}", (span,))
+    if kind == "es":
+        h = word_number(match[1])
+        mark = {"tarde": "pm", "noche": "pm", "mañana": "am"}.get(match[3] or "")
+        hour = None if h is None else _hour(h, mark, pm_hours)
+        minute = {"media": 30, "cuarto": 15}.get(match[2] or "", 0)
+        return None if hour is None else (f"{hour:02d}:{minute:02d}", (span,))
     if kind == "past":
         amount = {"half": 30, "quarter": 15}.get(match[1]) or word_number(match[1])
         h = word_number(match[3])
@@ -202,7 +218,7 @@ _DATE_PATTERNS = (
     ("iso", re.compile(r"\b(\d{4})-(\d\d)-(\d\d)\b")),
     ("after", re.compile(r"\b(?:the )?day after tomorrow\b")),
     ("today", re.compile(r"\b(?:today|tonight|this evening|this afternoon)\b")),
-    ("tomorrow", re.compile(r"\btomorrow\b")),
+    ("tomorrow", re.compile(r"\b(?:tomorrow|(?<!de la )(?<!pasado )mañana)\b")),
     ("weekday", re.compile(r"\b(next |this |on |coming )?(" + "|".join(_WEEKDAYS) + r")\b")),
     ("month_day", re.compile(r"\b(" + _MONTH + r") (?:the )?(" + _ORD + r")\b")),
     ("day_month", re.compile(r"\b(?:the )?(" + _ORD + r") (?:of )?(" + _MONTH + r")\b")),
