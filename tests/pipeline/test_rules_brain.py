@@ -72,6 +72,12 @@ ALL_TOOLS = ("end_call", "transfer_to_human", "log_note", "check_availability", 
     ("one garlic bread", {"items": [{"name": "garlic bread", "qty": 1}]}),
     ("what's the weather like", {}),
     ("seven", {}),  # a bare number needs the question first
+    # Spanish (a version in Spanish): counts, "a las" times, mañana (not "de la mañana").
+    ("quiero reservar una mesa para cuatro personas a las nueve, mañana",
+     {"date": "2025-06-05", "time": "21:00", "party_size": 4}),
+    ("somos dos, a las 8 y media", {"time": "20:30", "party_size": 2}),
+    ("a la una de la tarde", {"time": "13:00"}),
+    ("a las diez de la mañana", {"time": "10:00"}),
 ])
 def test_extract(said, expected):
     assert extract(DEMO.slots, said, TODAY, None) == expected
