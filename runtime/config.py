@@ -370,6 +370,8 @@ class NatsSettings(_Model):
     stream: str = Field("VOICECTL", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     subject_prefix: str = Field("voicectl", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     max_age_s: int = Field(3600, ge=60, le=30 * 86_400)  # how long the stream keeps an event
+    # How long an instance waits for the peer holding a call to answer a control request (then 504).
+    request_timeout_s: float = Field(5.0, gt=0, le=60)
 
     @field_validator("url")
     @classmethod

@@ -15,7 +15,7 @@ Commands, for the lowest latency (a speaking session's say and flush, as over RE
 
     -> {"type": "say", "speaking_id", "text", "ref"}  /  {"type": "flush", "speaking_id", "ref"}
     <- {"type": "ack", "ref"}  or  {"type": "error", "ref", "error": "not_found" | "conflict" |
-       "rate_limited" | "bad_request", "message"}
+       "rate_limited" | "bad_request" | "cluster_unavailable" | "holder_timeout", "message"}
 
 Topics may also be named as VoIPBIN names them: ``<tenant id>::transcription:*`` and
 ``<tenant id>::call:*`` (a tenant may only name itself) stand for our groups (TOPIC_ALIASES).
@@ -248,10 +248,9 @@ class EventSocket:
 
     async def _command(self, kind: str, message: dict[str, Any]) -> None:
         """A speaking session's say or flush, answered with ack or error (carrying the sender's ref)."""
-        from runtime.api.appkeys import TRACKER
-        from runtime.calls.integrator_control import IntegratorControl
+        from runtime.api.live import live_ops
+        from runtime.calls.integrator_control import SayText
         from runtime.calls.live_control import MAX_SAY_CHARS
-        from runtime.calls.locator import LocalCalls
         from runtime.control.errors import ControlError
 
         ref = message.get("ref")
@@ -273,14 +272,13 @@ class EventSocket:
             return await answer("bad_request", "speaking_id must be a speaking session id")
         if kind == "say" and (not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY_CHARS):
             return await answer("bad_request", f"text must be 1 to {MAX_SAY_CHARS} characters")
-        control = IntegratorControl(LocalCalls(self.app[TRACKER]), self.app[CONTROL].store)
-        try:
-            if kind == "say":
-                control.say(self.sub.tenant_id, speaking_id, text)
-            else:
-                control.flush(self.sub.tenant_id, speaking_id)
+        body = SayText(text=text) if kind == "say" else None
+        try:  # on the instance holding the session, as over REST
+            await live_ops(self.app).run(f"speaking.{kind}", self.sub.tenant_id, speaking_id, body)
         except ControlError as exc:
-            return await answer("not_found" if exc.status == 404 else "conflict", exc.message)
+            # 503 cluster_unavailable / 504 holder_timeout keep their code: the client may retry those.
+            error = {404: "not_found", 409: "conflict", 422: "bad_request"}.get(exc.status, exc.code)
+            return await answer(error, exc.message)
         await answer()
 
 

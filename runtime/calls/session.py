@@ -151,6 +151,8 @@ class CallSession:
     brain_notes: Callable[[], dict[str, Any]] | None = None
     analyst: Any = None
     callback_id: str | None = None  # the callback task this call was placed for
+    # Called with each transcribe or speaking session started on the call (the tracker: peers reach it).
+    on_session: list[Callable[[Transcribe | Speaking], None]] = field(default_factory=list)
     # Called once every on_end hook has run (the conversation closed, its transcripts written).
     after_end: list[Callable[[CallSession], Awaitable[None] | None]] = field(default_factory=list)
 
@@ -202,8 +204,17 @@ class CallSession:
     async def start_transcribe(self, direction: str, *, implicit: bool = False) -> Transcribe:
         transcribe = Transcribe(self.id, self.tenant_id, direction, implicit)
         self.transcribes[transcribe.id] = transcribe
+        self._started(transcribe)
         await self.emit(TranscriptionStarted(transcribe_id=transcribe.id, direction=direction))
         return transcribe
+
+    def add_speaking(self, speaking: Speaking) -> None:
+        self.speakings[speaking.id] = speaking
+        self._started(speaking)
+
+    def _started(self, started: Transcribe | Speaking) -> None:
+        for hook in self.on_session:
+            hook(started)
 
     async def stop_transcribe(self, transcribe: Transcribe, reason: str) -> None:
         if transcribe.status != STOPPED:

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runtime.calls.call_record import CallRecordWriter
 from runtime.calls.integrator_sessions import Speaking, Transcribe
@@ -31,6 +31,13 @@ HANGUP_TIMEOUT_S = 3.0
 ENDED_SESSIONS_KEPT = 10_000  # integrator sessions of ended calls still answered 409 (not 404)
 # At shutdown: how long the records of the last calls (and their analyses) may still take.
 RECORDS_GRACE_S = 5.0
+
+
+class Holdings(Protocol):
+    """Cluster mode (runtime.cluster.remote_calls): the ids this instance answers for to its peers."""
+
+    def hold(self, target_id: str) -> None: ...
+    def release(self, target_id: str) -> None: ...
 
 
 class LiveCalls(dict[str, CallSession]):
@@ -114,6 +121,8 @@ class CallTracker:
         # Transcribe and speaking sessions of calls that ended here, newest last (bounded): a
         # ``say`` on one is a 409 ``session_stopped``, not a 404.
         self.ended_sessions: OrderedDict[str, Transcribe | Speaking] = OrderedDict()
+        # Cluster mode: told of every call and integrator session held here, and of their release.
+        self.holdings: Holdings | None = None
         self.accepting = True
         # Writes each ended call's operations record (outcome, follow-up, summary) in a task of its own.
         self.recorder = recorder
@@ -194,6 +203,8 @@ class CallTracker:
         if local:
             self.local_live.add(session.id)
         session.on_end.append(self._release)
+        session.on_session.append(self._hold_session)
+        self.hold_call(session)
         await session.insert_row()
         if self.recording is not None and route.tenant.get("recording_enabled"):
             self._record(session)
@@ -236,14 +247,30 @@ class CallTracker:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
+    def hold_call(self, session: CallSession) -> None:
+        """Peers reach the call, and its integrator sessions, here (cluster mode; else nothing to do)."""
+        if self.holdings is not None:
+            self.holdings.hold(session.id)
+            for held in (*session.transcribes.values(), *session.speakings.values()):
+                self.holdings.hold(held.id)
+
+    def _hold_session(self, started: Transcribe | Speaking) -> None:
+        if self.holdings is not None:
+            self.holdings.hold(started.id)
+
     def _release(self, session: CallSession) -> None:
         self.live.pop(session.id, None)
         self.local_live.discard(session.id)
+        holdings = self.holdings
+        if holdings is not None:
+            holdings.release(session.id)  # its sessions stay reachable while ended_sessions keeps them
         ended = self.ended_sessions
         for stopped in (*session.transcribes.values(), *session.speakings.values()):
             ended[stopped.id] = stopped
         while len(ended) > ENDED_SESSIONS_KEPT:
-            ended.popitem(last=False)
+            forgotten, _ = ended.popitem(last=False)
+            if holdings is not None:
+                holdings.release(forgotten)
 
     async def drain(self, grace_s: float) -> None:
         """Stop accepting; let live calls finish for up to ``grace_s``, then end them (reason=shutdown)."""
