@@ -78,6 +78,7 @@ class RemoteCalls:
         self._changes: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._list_sub: Subscription | None = None
+        self._late: set[asyncio.Future[dict[str, Any]]] = set()  # operations still running past their timeout
 
     def _subject(self, target_id: str) -> str:
         return self.link.subject("held", target_id)
@@ -118,6 +119,9 @@ class RemoteCalls:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 await sub.unsubscribe()
         self._subs.clear()
+        for work in list(self._late):
+            work.cancel()
+        await asyncio.gather(*self._late, return_exceptions=True)
 
     # The holder's side.
 
@@ -128,8 +132,18 @@ class RemoteCalls:
             body = request.get("body")
             if op.body is not None:
                 body = op.body.model_validate(body or {})
-            answer = orjson.dumps({"ok": await self.ops.run_here(op.name, request["tenant_id"],
-                                                                  request["target_id"], body)})
+            work = asyncio.ensure_future(self.ops.run_here(op.name, request["tenant_id"], request["target_id"], body))
+            try:
+                result = await asyncio.wait_for(asyncio.shield(work), self.timeout_s)
+            except TimeoutError:
+                # The forwarder has answered 504 by now. Let the operation finish on its own, and serve
+                # the next requests on this id rather than queueing them behind it.
+                log.warning("a forwarded call operation outlasted the request timeout",
+                            extra={"subject": msg.subject, "op": op.name, "timeout_s": self.timeout_s})
+                self._late.add(work)
+                work.add_done_callback(self._late_done)
+                return
+            answer = orjson.dumps({"ok": result})
         except ControlError as exc:
             answer = _error(exc)
         except ValidationError as exc:
@@ -138,6 +152,11 @@ class RemoteCalls:
             log.exception("forwarded call operation failed", extra={"subject": msg.subject})
             answer = _error(HolderFailed("the instance holding the call failed to run the operation"))
         await self._reply(msg, answer)
+
+    def _late_done(self, work: asyncio.Future[dict[str, Any]]) -> None:
+        self._late.discard(work)
+        if not work.cancelled() and work.exception() is not None and not isinstance(work.exception(), ControlError):
+            log.error("a late forwarded call operation failed", exc_info=work.exception())
 
     async def _serve_list(self, msg: Msg) -> None:
         try:

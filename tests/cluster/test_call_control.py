@@ -256,7 +256,10 @@ async def test_a_holder_that_does_not_answer_is_a_504_and_lost_nats_a_503(cluste
         assert status == 504 and body["error"] == "holder_timeout", body
         assert body["details"] == {"target_id": held_by_two.id, "timeout_s": 0.5}
         assert 0.5 <= loop.time() - began < 3.0
-        remote.ops = answering
+        remote.ops = answering  # the stuck operation does not hold up the next ones on that call
+        status, body, _ = await one.call("POST", f"/api/v1/calls/{held_by_two.id}/say", acme.key,
+                                         json={"text": "answered"})
+        assert status == 202 and heard.lines == [("answered", False, None)], body
 
         proxy.cut()
         for _ in range(100):
@@ -272,7 +275,7 @@ async def test_a_holder_that_does_not_answer_is_a_504_and_lost_nats_a_503(cluste
         status, body, _ = await one.call("POST", f"/api/v1/calls/{held_by_one.id}/say", acme.key,
                                          json={"text": "still here"})
         assert status == 202, body
-        assert heard_here.lines == [("still here", False, None)] and heard.lines == []
+        assert heard_here.lines == [("still here", False, None)] and len(heard.lines) == 1
     finally:
         await _stop(started)
         await proxy.stop()
