@@ -8,7 +8,7 @@ throw-away stream and subject prefix), as the cluster tests run them. A connecte
 instance 2 (its conversation records the lines, no speech engines). One client sends ``say``s one
 after another, over REST (``POST /api/v1/calls/{id}/say``) and over the events WebSocket (a
 speaking session's ``say``, acked), to instance 2 itself (local) and to instance 1 (forwarded over
-NATS request/reply). Latency is per request, client send -> answer; "added" is forwarded minus
+NATS request/reply), one local and one forwarded in turn. Latency is per request, client send -> answer; "added" is forwarded minus
 local at the same percentile. Client, both instances and their NATS traffic share one event loop
 and one core, so the figures are an upper bound for two processes.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -38,29 +39,52 @@ def _summary(samples: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(samples), 3), "n": len(samples)}
 
 
-async def _rest_says(live: Any, key: str, call_id: str, count: int) -> list[float]:
-    url = f"{live.base_url}/api/v1/calls/{call_id}/say"
-    headers = {"Authorization": f"Bearer {key}"}
-    out = []
-    for n in range(count):
+class RestSayer:
+    def __init__(self, live: Any, key: str, call_id: str) -> None:
+        self.live, self.url = live, f"{live.base_url}/api/v1/calls/{call_id}/say"
+        self.headers = {"Authorization": f"Bearer {key}"}
+
+    async def __aenter__(self) -> RestSayer:
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        return None
+
+    async def say(self, n: int) -> float:
         began = time.perf_counter()
-        async with live.http.post(url, json={"text": f"line {n}"}, headers=headers) as resp:
+        async with self.live.http.post(self.url, json={"text": f"line {n}"}, headers=self.headers) as resp:
             await resp.read()
             assert resp.status == 202, resp.status
-        out.append((time.perf_counter() - began) * 1000)
-    return out
+        return (time.perf_counter() - began) * 1000
 
 
-async def _ws_says(live: Any, key: str, speaking_id: str, count: int) -> list[float]:
-    out = []
-    async with live.http.ws_connect(f"{live.base_url}/api/v1/events/ws?token={key}") as ws:
+class SocketSayer:
+    def __init__(self, live: Any, key: str, speaking_id: str) -> None:
+        self.live, self.key, self.speaking_id = live, key, speaking_id
+
+    async def __aenter__(self) -> SocketSayer:
+        self.ws = await self.live.http.ws_connect(f"{self.live.base_url}/api/v1/events/ws?token={self.key}")
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.ws.close()
+
+    async def say(self, n: int) -> float:
+        began = time.perf_counter()
+        await self.ws.send_json({"type": "say", "speaking_id": self.speaking_id, "text": f"line {n}", "ref": n})
+        answer = await self.ws.receive_json(timeout=10)
+        assert answer == {"type": "ack", "ref": n}, answer
+        return (time.perf_counter() - began) * 1000
+
+
+async def _interleaved(local: Any, forwarded: Any, count: int) -> tuple[list[float], list[float]]:
+    """One local and one forwarded say in turn: load from elsewhere on the box hits both alike."""
+    here, there = [], []
+    async with local, forwarded:
         for n in range(count):
-            began = time.perf_counter()
-            await ws.send_json({"type": "say", "speaking_id": speaking_id, "text": f"line {n}", "ref": n})
-            answer = await ws.receive_json(timeout=10)
-            assert answer == {"type": "ack", "ref": n}, answer
-            out.append((time.perf_counter() - began) * 1000)
-    return out
+            here.append(await local.say(n))
+            there.append(await forwarded.say(n))
+    return here, there
 
 
 async def run(says: int) -> dict[str, Any]:
@@ -85,18 +109,16 @@ async def run(says: int) -> dict[str, Any]:
             async with two.http.post(f"{two.base_url}/api/v1/speakings", json={"reference_id": session.id},
                                      headers={"Authorization": f"Bearer {key}"}) as resp:
                 speaking = await resp.json()
-            warm = max(50, says // 10)
-            for live in (one, two):  # connections, first NATS subscriptions, code paths
-                await _rest_says(live, key, session.id, warm)
-                await _ws_says(live, key, speaking["id"], warm)
-            result: dict[str, Any] = {}
-            for via, target in (("rest", session.id), ("ws", speaking["id"])):
-                measure = _rest_says if via == "rest" else _ws_says
-                local = await measure(two, key, target, says)
-                forwarded = await measure(one, key, target, says)
+            sayers = {"rest": lambda live: RestSayer(live, key, session.id),
+                      "ws": lambda live: SocketSayer(live, key, speaking["id"])}
+            result: dict[str, Any] = {"loadavg_1m_before": round(os.getloadavg()[0], 2)}
+            for via, sayer in sayers.items():
+                await _interleaved(sayer(two), sayer(one), max(50, says // 10))  # warm-up: connections, code paths
+                local, forwarded = await _interleaved(sayer(two), sayer(one), says)
                 result[via] = {"local": _summary(local), "forwarded": _summary(forwarded),
                                "added_p50_ms": round(_pct(forwarded, 0.5) - _pct(local, 0.5), 3),
                                "added_p99_ms": round(_pct(forwarded, 0.99) - _pct(local, 0.99), 3)}
+            result["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
             await session.hangup("bench_over")
             return result
         finally:
@@ -116,7 +138,9 @@ def main() -> None:
         return
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
-    for via, figures in result.items():
+    print(f"load average (1 min) before {result['loadavg_1m_before']}, after {result['loadavg_1m_after']}")
+    for via in ("rest", "ws"):
+        figures = result[via]
         local, forwarded = figures["local"], figures["forwarded"]
         print(f"{via:4}  local p50 {local['p50_ms']:.2f} ms p99 {local['p99_ms']:.2f} ms | forwarded p50 "
               f"{forwarded['p50_ms']:.2f} ms p99 {forwarded['p99_ms']:.2f} ms | added p50 "
