@@ -9,13 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from runtime.api.appkeys import TRACKER
+from runtime.calls import tracker as tracker_module
+from runtime.calls.integrator_sessions import Speaking
 from runtime.calls.session import CallSession
 from runtime.cluster.link import CLUSTER
 from runtime.cluster.remote_calls import REMOTE_CALLS
 from runtime.control.schemas import ApiKeyCreate
 from tests.api.support import LiveApi, high_limits, start_live_api
-from tests.calls.support import provision
+from tests.calls.support import engine, provision
 from tests.cluster.support import (
     ClusterNames,
     NatsProxy,
@@ -298,3 +302,32 @@ async def test_one_instance_in_cluster_mode_answers_as_a_single_runtime(cluster_
         assert status == 404 and body["error"] == "not_found", body
     finally:
         await _stop(started)
+
+
+@dataclass
+class Holdings:
+    changes: list[tuple[str, str]] = field(default_factory=list)
+
+    def hold(self, target_id: str) -> None:
+        self.changes.append(("hold", target_id))
+
+    def release(self, target_id: str) -> None:
+        self.changes.append(("release", target_id))
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_the_tracker_tells_which_calls_and_sessions_it_holds_until_it_forgets_them(
+        control, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracker_module, "ENDED_SESSIONS_KEPT", 1)
+    world = await provision(control)
+    tracker = engine(control)
+    tracker.holdings = holdings = Holdings()
+    call = await tracker.open_call(to_number=world.e164, from_number="+15550000001", provider="twilio")
+    transcribe = await call.start_transcribe("in")
+    speaking = Speaking(call.id, call.tenant_id, "in", None, None, None)
+    call.add_speaking(speaking)
+    assert holdings.changes == [("hold", call.id), ("hold", transcribe.id), ("hold", speaking.id)]
+    await call.end("done")
+    # The call is released at once; its sessions stay held while ended_sessions keeps them (here: one).
+    assert holdings.changes[3:] == [("release", call.id), ("release", transcribe.id)]
+    assert list(tracker.ended_sessions) == [speaking.id]
