@@ -14,7 +14,8 @@ import functools
 import os
 import secrets as _random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -124,14 +125,23 @@ def _system_backend() -> SecretBackend | None:
     return backend if _is_os_keyring(backend) else None
 
 
+# How long a cached secret is served without reading the store again. Another process (the CLI,
+# another instance of a cluster) may replace a secret under the same reference: callers that know
+# the secret's row pass its ``updated_at`` as ``version`` and see a change at once; the rest within this.
+SECRET_CACHE_TTL_S = 10.0
+SECRET_CACHE_MAX = 10_000
+
+
 class SecretStore:
     """get/set/delete secrets by reference; thread-safe; file writes locked across processes."""
 
-    def __init__(self, backend: SecretBackend, *, lock_path: Path | None = None, description: str = "") -> None:
+    def __init__(self, backend: SecretBackend, *, lock_path: Path | None = None, description: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._backend = backend
         self._lock_path = lock_path
         self._thread_lock = threading.Lock()
-        self._cache: dict[str, str | None] = {}
+        self._cache: dict[str, tuple[object, float, str | None]] = {}  # ref -> (version, expires, value)
+        self._clock = clock
         self.description = description
 
     @classmethod
@@ -172,17 +182,22 @@ class SecretStore:
             self._backend.set_password(SERVICE, ref, value)
             self._cache.pop(ref, None)
 
-    def get(self, ref: str, *, cached: bool = False) -> str | None:
-        """The secret, or None. ``cached`` serves repeat lookups from memory (runtime hot paths)."""
-        if cached and ref in self._cache:
-            return self._cache[ref]
+    def get(self, ref: str, *, cached: bool = False, version: object = None) -> str | None:
+        """The secret, or None. ``cached`` serves repeat lookups from memory (runtime hot paths) for
+        SECRET_CACHE_TTL_S, and only while ``version`` (the ``updated_at`` of the row naming the
+        secret, when the caller has it) is the one it was read with."""
+        now = self._clock()
+        if cached and (entry := self._cache.get(ref)) is not None and entry[0] == version and now < entry[1]:
+            return entry[2]
         with self._locked():
             try:
                 value = self._backend.get_password(SERVICE, ref)
             except ValueError as exc:  # wrong master key: AES-GCM tag mismatch
                 raise SecretsError("cannot decrypt the keyring: wrong master key?") from exc
         if cached:
-            self._cache[ref] = value
+            if len(self._cache) >= SECRET_CACHE_MAX:
+                self._cache.clear()
+            self._cache[ref] = (version, now + SECRET_CACHE_TTL_S, value)
         return value
 
     def delete(self, ref: str) -> None:

@@ -41,7 +41,8 @@ class CredentialService:
         self.store = store
         self.secrets = secrets
         self.egress = egress or EgressPolicy()
-        self._refs: dict[tuple[str, str], tuple[int, float, str | None]] = {}
+        # (tenant, provider) -> (write generation, expires, secret ref, row's updated_at)
+        self._refs: dict[tuple[str, str], tuple[int, float, str | None, str | None]] = {}
 
     @staticmethod
     def _public(row: dict) -> Credential:
@@ -116,13 +117,14 @@ class CredentialService:
         key, generation, now = (tenant_id, provider), WRITES.get("credentials", 0), time.monotonic()
         cached = self._refs.get(key)
         if cached is not None and cached[0] == generation and now < cached[1]:
-            ref = cached[2]
+            ref, version = cached[2], cached[3]
         else:
             row = await self.store.credentials.find(tenant_id=tenant_id, provider=provider)
-            ref = None if row is None else row["secret_ref"]
+            ref, version = (None, None) if row is None else (row["secret_ref"], row["updated_at"])
             if len(self._refs) >= SECRET_REF_CACHE_MAX:
                 self._refs.clear()
-            self._refs[key] = (generation, now + SECRET_REF_TTL_S, ref)
+            self._refs[key] = (generation, now + SECRET_REF_TTL_S, ref, version)
         if ref is None:
             return None
-        return self.secrets.get(ref, cached=True)
+        # A secret replaced elsewhere (the CLI, another instance) bumps the row: read again.
+        return self.secrets.get(ref, cached=True, version=version)

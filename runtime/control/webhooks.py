@@ -226,7 +226,7 @@ class WebhookService:
         from runtime.events.models import Event
 
         config = await self.get(tenant_id, webhook_id)
-        secret = self.secrets.get(config.secret_ref, cached=True)
+        secret = self.secrets.get(config.secret_ref, cached=True, version=config.updated_at)
         if secret is None:
             raise Invalid("the webhook's signing secret is missing: rotate it", {"webhook_id": webhook_id})
         event = Event(new_id("evt"), TEST_TOPIC, tenant_id, None, 0, now_iso(), None,
@@ -246,4 +246,4 @@ class WebhookService:
 
     async def signing_secret(self, tenant_id: str, webhook_id: str) -> str | None:
         config = await self.get(tenant_id, webhook_id)
-        return self.secrets.get(config.secret_ref, cached=True)
+        return self.secrets.get(config.secret_ref, cached=True, version=config.updated_at)

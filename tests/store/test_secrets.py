@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import keyring
@@ -150,3 +151,45 @@ def test_auto_prefers_a_real_os_keyring(tmp_path, monkeypatch):
     store.set("k", PLAINTEXT)
     assert fake.data == {("voicectl", "k"): PLAINTEXT}
     assert not (tmp_path / "secrets.cfg").exists()
+
+
+def test_a_secret_replaced_by_another_process_is_seen_at_its_new_version_or_within_the_ttl(settings):
+    """The runtime caches secrets; the CLI or another instance may replace one under the same reference."""
+    from runtime.secrets import SECRET_CACHE_TTL_S
+
+    now = [1000.0]
+    runtime = SecretStore.from_settings(settings)
+    runtime._clock = lambda: now[0]
+    other = SecretStore.from_settings(settings)
+    other.set("tenant/t1/credential/twilio", "old-token")
+    assert runtime.get("tenant/t1/credential/twilio", cached=True, version="v1") == "old-token"
+    other.set("tenant/t1/credential/twilio", "new-token")
+    # Same version, within the TTL: the cached value (no keyring read on the hot path).
+    assert runtime.get("tenant/t1/credential/twilio", cached=True, version="v1") == "old-token"
+    # The row that names it changed: read again at once.
+    assert runtime.get("tenant/t1/credential/twilio", cached=True, version="v2") == "new-token"
+    # Without a version (appliance secrets): within the TTL.
+    assert runtime.get("appliance/livekit", cached=True) is None
+    other.set("appliance/livekit", "lk-secret")
+    assert runtime.get("appliance/livekit", cached=True) is None
+    now[0] += SECRET_CACHE_TTL_S + 0.1
+    assert runtime.get("appliance/livekit", cached=True) == "lk-secret"
+
+
+async def test_a_credential_rotated_by_another_control_plane_applies_at_once(control, settings):
+    """Two control planes on one database and keyring (the CLI and the runtime, or two instances)."""
+    from runtime.control.credentials import SECRET_REF_TTL_S
+    from runtime.control.plane import ControlPlane
+    from runtime.control.schemas import CredentialSet, TenantCreate
+
+    tenant = await control.tenants.create(TenantCreate(name="rotating"))
+    fields = {"account_sid": "AC" + "1" * 32}
+    await control.credentials.set(tenant.id, "twilio", CredentialSet(fields=fields, secret="token-1"))
+    other = await ControlPlane.open(settings)
+    try:
+        assert await other.credentials.secret(tenant.id, "twilio") == "token-1"
+        await control.credentials.set(tenant.id, "twilio", CredentialSet(fields=fields, secret="token-2"))
+        await asyncio.sleep(SECRET_REF_TTL_S + 0.05)  # the other plane's row cache (its own writes drop it at once)
+        assert await other.credentials.secret(tenant.id, "twilio") == "token-2"
+    finally:
+        await other.close()
