@@ -65,9 +65,9 @@ class CredentialService:
         if spec.secret_required and not has_secret:
             raise Invalid(f"{provider} credentials need the {spec.secret} as the secret", {"secret": "missing"})
         ref = secret_ref(tenant_id, provider) if has_secret else None
-        previous = self.secrets.get(ref) if data.secret is not None else None
+        previous = await self.secrets.get(ref) if data.secret is not None else None
         if data.secret is not None:
-            self.secrets.set(ref, data.secret)
+            await self.secrets.set(ref, data.secret)
         now = now_iso()
         try:
             if existing is None:
@@ -83,9 +83,9 @@ class CredentialService:
         except BaseException:
             # The row did not change: put the keyring back as it was, no orphan or lost secret.
             if data.secret is not None and previous:
-                self.secrets.set(ref, previous)
+                await self.secrets.set(ref, previous)
             elif data.secret is not None:
-                self.secrets.delete(ref)
+                await self.secrets.delete(ref)
             raise
         return self._public(row)
 
@@ -103,7 +103,7 @@ class CredentialService:
     async def delete(self, tenant_id: str, provider: str) -> None:
         cred = await self.get(tenant_id, provider)
         await self.store.credentials.delete(cred.id, tenant_id=tenant_id)
-        self.secrets.delete(secret_ref(tenant_id, provider))
+        await self.secrets.delete(secret_ref(tenant_id, provider))
 
     async def for_engine(self, tenant_id: str, provider: str) -> ProviderCredential | None:
         """The credential an engine is built with (runtime only: it holds the secret)."""
@@ -127,4 +127,4 @@ class CredentialService:
         if ref is None:
             return None
         # A secret replaced elsewhere (the CLI, another instance) bumps the row: read again.
-        return self.secrets.get(ref, cached=True, version=version)
+        return await self.secrets.get(ref, cached=True, version=version)
