@@ -38,8 +38,7 @@ def instance_config(names: ClusterNames, name: str, port: int, master_key: Path,
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port, "instance_id": name, "shutdown_grace_s": 1},
         "database": {"url": names.schema_url},
-        "secrets": {"backend": "cryptfile", "master_key_file": str(master_key),
-                    "keyring_file": str(master_key.with_name("secrets.cfg"))},
+        "secrets": {"backend": "database", "master_key_file": str(master_key)},
         "events": {"nats": {"url": names.nats_url, "stream": names.stream, "subject_prefix": names.subject_prefix}},
         "limits": {"max_calls": 1000, "rate_limits": {"runtime": {c: big for c in RATE_CLASSES}}},
         "security": {"egress": {"allow": ["127.0.0.1/32"]}},
@@ -161,8 +160,7 @@ async def provision(names: ClusterNames, root: Path, number: str = "+15550107000
 
     root.mkdir(parents=True, exist_ok=True)
     settings = build_settings({"database": {"url": names.schema_url},
-                               "secrets": {"backend": "cryptfile", "master_key_file": str(root / "master.key"),
-                                           "keyring_file": str(root / "secrets.cfg")}},
+                               "secrets": {"backend": "database", "master_key_file": str(root / "master.key")}},
                               root)
     write_master_key(settings.master_key_path)
     account_sid, auth_token = "AC" + "c" * 32, "cluster-test-auth-token"
