@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("voicectl.cluster")
 
+# Every id this runtime makes (runtime.ids.new_id) fits one subject token; anything else (dots,
+# wildcards, spaces from a client's path) is held by no instance and never becomes a subject.
+HOLDABLE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # A list waits at most request_timeout_s in all, and no longer than this after the latest answer.
 GATHER_QUIET_S = 0.1
 
@@ -185,6 +189,8 @@ class RemoteCalls:
         from nats.errors import NoRespondersError
         from nats.errors import TimeoutError as NatsTimeout
 
+        if not HOLDABLE_ID.fullmatch(target_id):
+            return None
         self._check_connected()
         payload = orjson.dumps({"op": name, "tenant_id": tenant_id, "target_id": target_id,
                                 "body": body.model_dump(mode="json") if body is not None else None})
