@@ -141,7 +141,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         app.cleanup_ctx.append(cluster_link_ctx(settings.events.nats, lambda: app[INSTANCE_ID]))
     app.cleanup_ctx.append(call_engine)
     if settings.cluster_mode:
-        from runtime.cluster.remote_calls import remote_calls_ctx
+        from runtime.api.live import remote_calls_ctx
 
         app.cleanup_ctx.append(remote_calls_ctx(settings.events.nats.request_timeout_s))
     return app

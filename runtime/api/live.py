@@ -7,6 +7,8 @@ from aiohttp import web
 from runtime.api.appkeys import CONTROL, PIPELINE, TRACKER
 from runtime.calls.live_ops import LiveOps
 from runtime.calls.locator import LocalCalls
+from runtime.cluster.link import CLUSTER
+from runtime.cluster.remote_calls import REMOTE_CALLS, RemoteCalls
 
 
 def local_live_ops(app: web.Application) -> LiveOps:
@@ -16,7 +18,21 @@ def local_live_ops(app: web.Application) -> LiveOps:
 
 def live_ops(app: web.Application) -> LiveOps:
     """Operations on the tenant's calls wherever they are held."""
-    from runtime.cluster.remote_calls import REMOTE_CALLS
-
     return LiveOps(LocalCalls(app[TRACKER]), app[CONTROL].store, app[PIPELINE].speaking_voice,
                    app.get(REMOTE_CALLS))
+
+
+def remote_calls_ctx(timeout_s: float):
+    """cleanup_ctx (cluster mode, after the call engine): serve this instance's calls to its peers over
+    its NATS link, and reach theirs."""
+
+    async def ctx(app: web.Application):
+        remote = RemoteCalls(app[CLUSTER], app[TRACKER], local_live_ops(app), timeout_s)
+        await remote.start()
+        app[REMOTE_CALLS] = remote
+        try:
+            yield
+        finally:
+            await remote.close()
+
+    return ctx

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
@@ -27,7 +27,6 @@ from runtime.calls.live_control import CallUpdate, HangupRequest, SayRequest, Tr
 from runtime.calls.locator import LocalCalls
 
 if TYPE_CHECKING:
-    from runtime.cluster.remote_calls import RemoteCalls
     from runtime.store.store import Store
 
 # (control over this process's calls, tenant id, target id, validated body or None) -> the JSON answer
@@ -72,11 +71,21 @@ LISTS: dict[str, Callable[[IntegratorControl, str], dict[str, Any]]] = {
 }
 
 
+class Forwarder(Protocol):
+    """The instances holding what this one does not (runtime.cluster.remote_calls.RemoteCalls)."""
+
+    async def forward(self, name: str, tenant_id: str, target_id: str, body: Any) -> dict[str, Any] | None:
+        """The holder's answer (its error raised as this process would), or None: no instance holds it."""
+
+    async def gather(self, name: str, tenant_id: str) -> list[dict[str, Any]]:
+        """The items of list ``name`` of every instance, this one's included."""
+
+
 class LiveOps:
     """Runs live operations here or on the holder; ``remote`` is None outside cluster mode."""
 
     def __init__(self, local: LocalCalls, store: Store, voices: SpeakingVoices | None = None,
-                 remote: RemoteCalls | None = None) -> None:
+                 remote: Forwarder | None = None) -> None:
         self.local, self.remote = local, remote
         self.control = IntegratorControl(local, store, voices)
 

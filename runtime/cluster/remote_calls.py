@@ -244,22 +244,3 @@ async def _answers(sub: Subscription, total_s: float) -> AsyncIterator[Msg]:
 
 
 REMOTE_CALLS: web.AppKey[RemoteCalls] = web.AppKey("remote_calls", RemoteCalls)
-
-
-def remote_calls_ctx(timeout_s: float):
-    """cleanup_ctx (after the call engine): serve and forward live call control over the instance's NATS link."""
-
-    async def ctx(app: web.Application):
-        from runtime.api.appkeys import TRACKER
-        from runtime.api.live import local_live_ops
-        from runtime.cluster.link import CLUSTER
-
-        remote = RemoteCalls(app[CLUSTER], app[TRACKER], local_live_ops(app), timeout_s)
-        await remote.start()
-        app[REMOTE_CALLS] = remote
-        try:
-            yield
-        finally:
-            await remote.close()
-
-    return ctx

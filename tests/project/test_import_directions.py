@@ -30,7 +30,9 @@ DOWNWARD: dict[str, set[str]] = {
     "events": {"config", "egress", "ids", "secrets", "store"},
     "control": {"config", "egress", "events", "ids", "providers", "secrets", "store"},
     "providers": {"audio", "config", "egress"},
-    "cluster": {"config"},  # cluster mode's start-up checks (several runtimes on PostgreSQL + NATS)
+    # Cluster mode's start-up checks (several runtimes on PostgreSQL + NATS), and live call control
+    # served to and forwarded from peers (runtime.calls.live_ops run over NATS).
+    "cluster": {"calls", "config", "control"},
     "web": {"config"},  # JSON responses, metrics registry, rate limits: beneath the API and the bridges
     "store": {"files", "ids"},
     "config": {"egress", "providers"},  # the provider registry's names and settings models (no adapters)
