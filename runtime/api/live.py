@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runtime.api.appkeys import CONTROL, PIPELINE, TRACKER
+from runtime.api.appkeys import CONTROL, METRICS, PIPELINE, TRACKER
 from runtime.calls.live_ops import LiveOps
 from runtime.calls.locator import LocalCalls
 from runtime.cluster.link import CLUSTER
@@ -27,7 +27,7 @@ def remote_calls_ctx(timeout_s: float):
     its NATS link, and reach theirs."""
 
     async def ctx(app: web.Application):
-        remote = RemoteCalls(app[CLUSTER], app[TRACKER], local_live_ops(app), timeout_s)
+        remote = RemoteCalls(app[CLUSTER], app[TRACKER], local_live_ops(app), timeout_s, app[METRICS].registry)
         await remote.start()
         app[REMOTE_CALLS] = remote
         try:

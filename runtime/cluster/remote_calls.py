@@ -18,11 +18,13 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
 from runtime.calls.live_ops import LISTS, OPS, LiveOps
@@ -72,11 +74,23 @@ def _error(exc: ControlError) -> bytes:
                                    "details": exc.details}})
 
 
+class ForwardMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.outcomes = Counter(
+            "voicectl_forwarded_call_ops", "Live call operations sent to the instance holding the call, by outcome "
+            "(answered, not_held, timeout, unavailable)", ("op", "outcome"), registry=registry)
+        self.latency = Histogram(
+            "voicectl_forwarded_call_op_seconds", "Request to answer of a forwarded live call operation",
+            registry=registry, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5))
+
+
 class RemoteCalls:
     """This instance's side of call control across the cluster: it serves what it holds and forwards the rest."""
 
-    def __init__(self, link: ClusterLink, tracker: CallTracker, ops: LiveOps, timeout_s: float) -> None:
+    def __init__(self, link: ClusterLink, tracker: CallTracker, ops: LiveOps, timeout_s: float,
+                 registry: CollectorRegistry) -> None:
         self.link, self.tracker, self.ops, self.timeout_s = link, tracker, ops, timeout_s
+        self.metrics = ForwardMetrics(registry)
         self._subs: dict[str, Subscription] = {}
         # hold/release come from sync code (the tracker, a call's sessions): one task applies them in order.
         self._changes: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
@@ -179,31 +193,41 @@ class RemoteCalls:
 
     # The forwarder's side.
 
-    def _check_connected(self) -> None:
-        if not self.link.connected:
-            raise ClusterUnavailable("NATS is unreachable: calls held by other instances cannot be reached now; "
-                                     "retry shortly", {"retry": True})
+    @staticmethod
+    def _unreachable() -> ClusterUnavailable:
+        return ClusterUnavailable("NATS is unreachable: calls held by other instances cannot be reached now; "
+                                  "retry shortly", {"retry": True})
 
     async def forward(self, name: str, tenant_id: str, target_id: str, body: Any) -> dict[str, Any] | None:
         """The holder's answer (its error raised as Relayed), or None when no instance holds ``target_id``."""
         from nats.errors import NoRespondersError
         from nats.errors import TimeoutError as NatsTimeout
 
+        outcomes = self.metrics.outcomes
         if not HOLDABLE_ID.fullmatch(target_id):
+            outcomes.labels(name, "not_held").inc()
             return None
-        self._check_connected()
+        if not self.link.connected:
+            outcomes.labels(name, "unavailable").inc()
+            raise self._unreachable()
         payload = orjson.dumps({"op": name, "tenant_id": tenant_id, "target_id": target_id,
                                 "body": body.model_dump(mode="json") if body is not None else None})
+        began = time.perf_counter()
         try:
             msg = await self.link.client.request(self._subject(target_id), payload, timeout=self.timeout_s)
         except NoRespondersError:
+            outcomes.labels(name, "not_held").inc()
             return None
         except NatsTimeout:
+            outcomes.labels(name, "timeout").inc()
             raise HolderTimeout(f"the instance holding {target_id} did not answer within {self.timeout_s:g} s",
                                 {"target_id": target_id, "timeout_s": self.timeout_s}) from None
         except Exception as exc:  # noqa: BLE001 - the connection dropped mid-request
+            outcomes.labels(name, "unavailable").inc()
             raise ClusterUnavailable(f"NATS request failed ({type(exc).__name__}); retry shortly",
                                      {"retry": True}) from None
+        self.metrics.latency.observe(time.perf_counter() - began)
+        outcomes.labels(name, "answered").inc()
         answer = orjson.loads(msg.data)
         if "error" in answer:
             error = answer["error"]
@@ -212,7 +236,8 @@ class RemoteCalls:
 
     async def gather(self, name: str, tenant_id: str) -> list[dict[str, Any]]:
         """Every instance's items of list ``name`` for the tenant (this one's too: it answers like the others)."""
-        self._check_connected()
+        if not self.link.connected:
+            raise self._unreachable()
         client = self.link.client
         inbox = client.new_inbox()
         sub = await client.subscribe(inbox)

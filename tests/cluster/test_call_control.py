@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runtime.api.appkeys import TRACKER
+from runtime.api.appkeys import METRICS, TRACKER
 from runtime.calls import tracker as tracker_module
 from runtime.calls.integrator_sessions import Speaking
 from runtime.calls.session import CallSession
@@ -262,6 +262,8 @@ async def test_a_holder_that_does_not_answer_is_a_504_and_lost_nats_a_503(cluste
         assert status == 504 and body["error"] == "holder_timeout", body
         assert body["details"] == {"target_id": held_by_two.id, "timeout_s": 0.5}
         assert 0.5 <= loop.time() - began < 3.0
+        metrics = one.app[METRICS].render().decode()
+        assert 'voicectl_forwarded_call_ops_total{op="call.say",outcome="timeout"} 1.0' in metrics
         remote.ops = answering  # the stuck operation does not hold up the next ones on that call
         status, body, _ = await one.call("POST", f"/api/v1/calls/{held_by_two.id}/say", acme.key,
                                          json={"text": "answered"})
