@@ -4,13 +4,14 @@
     .venv/bin/python bench/cluster_control.py --says 500 --json -
 
 Two instances run in this process on the machine's PostgreSQL (a throw-away schema) and NATS (a
-throw-away stream and subject prefix), as the cluster tests run them. A connected call is held by
-instance 2 (its conversation records the lines, no speech engines). One client sends ``say``s one
-after another, over REST (``POST /api/v1/calls/{id}/say``) and over the events WebSocket (a
-speaking session's ``say``, acked), to instance 2 itself (local) and to instance 1 (forwarded over
-NATS request/reply), one local and one forwarded in turn. Latency is per request, client send -> answer; "added" is forwarded minus
-local at the same percentile. Client, both instances and their NATS traffic share one event loop
-and one core, so the figures are an upper bound for two processes.
+throw-away stream and subject prefix), as the cluster tests run them. Each holds one connected
+call (its conversation records the lines, no speech engines), with a speaking session. One client
+sends ``say``s one after another to instance 1, over REST (``POST /api/v1/calls/{id}/say``) and
+over the events WebSocket (the speaking session's ``say``, acked), alternately for the call
+instance 1 holds (local) and for the one instance 2 holds (forwarded over NATS request/reply).
+Latency is per request, client send -> answer; "added" is forwarded minus local at the same
+percentile. Client, both instances and their NATS traffic share one event loop and one core, so
+the figures are an upper bound for two processes.
 """
 
 from __future__ import annotations
@@ -102,24 +103,28 @@ async def run(says: int) -> dict[str, Any]:
         try:
             world = await provision(one.control, name="bench", e164="+15550100001")
             _, key = await one.control.keys.create(ApiKeyCreate(tenant_id=world.tenant_id, scope="runtime"))
-            session = await two.app[TRACKER].open_call(to_number=world.e164, from_number="+15550000001",
-                                                       provider="twilio")
-            session.control, session.conversation = Bridge(), HeardLines()
-            await session.connect()
-            async with two.http.post(f"{two.base_url}/api/v1/speakings", json={"reference_id": session.id},
-                                     headers={"Authorization": f"Bearer {key}"}) as resp:
-                speaking = await resp.json()
-            sayers = {"rest": lambda live: RestSayer(live, key, session.id),
-                      "ws": lambda live: SocketSayer(live, key, speaking["id"])}
+            calls, speakings = [], []
+            for holder in (one, two):  # a call held by each; every request goes to instance 1
+                session = await holder.app[TRACKER].open_call(to_number=world.e164, from_number="+15550000001",
+                                                              provider="twilio")
+                session.control, session.conversation = Bridge(), HeardLines()
+                await session.connect()
+                async with one.http.post(f"{one.base_url}/api/v1/speakings", json={"reference_id": session.id},
+                                         headers={"Authorization": f"Bearer {key}"}) as resp:
+                    speakings.append((await resp.json())["id"])
+                calls.append(session)
+            sayers = {"rest": lambda n: RestSayer(one, key, calls[n].id),
+                      "ws": lambda n: SocketSayer(one, key, speakings[n])}
             result: dict[str, Any] = {"loadavg_1m_before": round(os.getloadavg()[0], 2)}
             for via, sayer in sayers.items():
-                await _interleaved(sayer(two), sayer(one), max(50, says // 10))  # warm-up: connections, code paths
-                local, forwarded = await _interleaved(sayer(two), sayer(one), says)
+                await _interleaved(sayer(0), sayer(1), max(50, says // 10))  # warm-up: connections, code paths
+                local, forwarded = await _interleaved(sayer(0), sayer(1), says)
                 result[via] = {"local": _summary(local), "forwarded": _summary(forwarded),
                                "added_p50_ms": round(_pct(forwarded, 0.5) - _pct(local, 0.5), 3),
                                "added_p99_ms": round(_pct(forwarded, 0.99) - _pct(local, 0.99), 3)}
             result["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
-            await session.hangup("bench_over")
+            for session in calls:
+                await session.hangup("bench_over")
             return result
         finally:
             await stop_instances(started)
