@@ -89,32 +89,25 @@ async def _interleaved(local: Any, forwarded: Any, count: int) -> tuple[list[flo
 
 
 async def run(says: int) -> dict[str, Any]:
-    from runtime.api.appkeys import TRACKER
-    from runtime.control.schemas import ApiKeyCreate
     from runtime.store.postgres import PostgresDatabase
-    from tests.calls.support import provision
+    from tests.cluster.live_calls import connected_call, tenant_with_key
     from tests.cluster.support import delete_stream, new_cluster_names, start_instances, stop_instances
-    from tests.cluster.test_call_control import Bridge, HeardLines
 
     names = new_cluster_names()
     with tempfile.TemporaryDirectory() as tmp:
         started = await start_instances(names, Path(tmp), 2)
         (one, _), (two, _) = started
         try:
-            world = await provision(one.control, name="bench", e164="+15550100001")
-            _, key = await one.control.keys.create(ApiKeyCreate(tenant_id=world.tenant_id, scope="runtime"))
+            acme = await tenant_with_key(one, "bench", "+15550100001")
             calls, speakings = [], []
             for holder in (one, two):  # a call held by each; every request goes to instance 1
-                session = await holder.app[TRACKER].open_call(to_number=world.e164, from_number="+15550000001",
-                                                              provider="twilio")
-                session.control, session.conversation = Bridge(), HeardLines()
-                await session.connect()
+                session, _, _ = await connected_call(holder, acme)
                 async with one.http.post(f"{one.base_url}/api/v1/speakings", json={"reference_id": session.id},
-                                         headers={"Authorization": f"Bearer {key}"}) as resp:
+                                         headers={"Authorization": f"Bearer {acme.key}"}) as resp:
                     speakings.append((await resp.json())["id"])
                 calls.append(session)
-            sayers = {"rest": lambda n: RestSayer(one, key, calls[n].id),
-                      "ws": lambda n: SocketSayer(one, key, speakings[n])}
+            sayers = {"rest": lambda n: RestSayer(one, acme.key, calls[n].id),
+                      "ws": lambda n: SocketSayer(one, acme.key, speakings[n])}
             result: dict[str, Any] = {"loadavg_1m_before": round(os.getloadavg()[0], 2)}
             for via, sayer in sayers.items():
                 await _interleaved(sayer(0), sayer(1), max(50, says // 10))  # warm-up: connections, code paths

@@ -14,12 +14,11 @@ import pytest
 from runtime.api.appkeys import METRICS, TRACKER
 from runtime.calls import tracker as tracker_module
 from runtime.calls.integrator_sessions import Speaking
-from runtime.calls.session import CallSession
 from runtime.cluster.link import CLUSTER
 from runtime.cluster.remote_calls import REMOTE_CALLS
-from runtime.control.schemas import ApiKeyCreate
 from tests.api.support import LiveApi, high_limits, start_live_api
 from tests.calls.support import engine, provision
+from tests.cluster.live_calls import Tenant, connected_call, tenant_with_key
 from tests.cluster.support import (
     ClusterNames,
     NatsProxy,
@@ -28,73 +27,6 @@ from tests.cluster.support import (
     start_instances,
     stop_instances,
 )
-
-
-@dataclass(frozen=True)
-class Voice:
-    provider_name: str = "local"
-
-
-@dataclass
-class HeardLines:
-    """The conversation end of a call (what live control steers): lines queued, flushes, pause."""
-
-    paused: bool = False
-    tts: Voice = field(default_factory=Voice)
-    lines: list[tuple[str, bool, Any]] = field(default_factory=list)
-    flushes: int = 0
-
-    def say_now(self, text: str, *, interrupt: bool, tts: Any = None) -> bool:
-        self.lines.append((text, interrupt, tts))
-        return True
-
-    def flush_lines(self) -> None:
-        self.flushes += 1
-
-    async def say(self, text: str) -> None:
-        self.lines.append((text, False, None))
-
-    async def say_uninterruptible(self, text: str) -> None:
-        self.lines.append((text, False, None))
-
-    def set_paused(self, paused: bool) -> None:
-        self.paused = paused
-
-
-@dataclass
-class Bridge:
-    """The call's provider side: what hangup and transfer asked of it."""
-
-    asked: list[tuple[str, str]] = field(default_factory=list)
-
-    async def hangup(self, reason: str) -> None:
-        self.asked.append(("hangup", reason))
-
-    async def transfer(self, target: str) -> None:
-        self.asked.append(("transfer", target))
-
-
-@dataclass
-class Tenant:
-    id: str
-    key: str
-    e164: str
-
-
-async def _tenant(live: LiveApi, name: str, e164: str) -> Tenant:
-    world = await provision(live.control, name=name, e164=e164)
-    _, key = await live.control.keys.create(ApiKeyCreate(tenant_id=world.tenant_id, scope="runtime"))
-    return Tenant(world.tenant_id, key, e164)
-
-
-async def _connected_call(live: LiveApi, tenant: Tenant) -> tuple[CallSession, HeardLines, Bridge]:
-    """A connected call held by ``live``'s instance, its conversation and bridge recorded."""
-    session = await live.app[TRACKER].open_call(to_number=tenant.e164, from_number="+15550000001",
-                                                provider="twilio")
-    heard, bridge = HeardLines(), Bridge()
-    session.control, session.conversation = bridge, heard
-    await session.connect()
-    return session, heard, bridge
 
 
 async def _stop(started: list[tuple[LiveApi, Any]]) -> None:
@@ -115,9 +47,9 @@ async def test_a_call_held_by_instance_2_is_controlled_through_instance_1(cluste
     started = await start_instances(cluster_names, tmp_path, 2)
     (one, _), (two, _) = started
     try:
-        acme = await _tenant(one, "acme", "+15550100001")
-        other = await _tenant(one, "other", "+15550100002")
-        session, heard, bridge = await _connected_call(two, acme)
+        acme = await tenant_with_key(one, "acme", "+15550100001")
+        other = await tenant_with_key(one, "other", "+15550100002")
+        session, heard, bridge = await connected_call(two, acme)
         call = f"/api/v1/calls/{session.id}"
 
         status, body, _ = await one.call("POST", f"{call}/say", acme.key, json={"text": "Your order is ready."})
@@ -148,7 +80,7 @@ async def test_a_call_held_by_instance_2_is_controlled_through_instance_1(cluste
         status, body, _ = await one.call("POST", f"{call}/say", acme.key, json={"text": "hi"})
         assert status == 409 and body["error"] == "call_ended", body
 
-        session, heard, bridge = await _connected_call(two, acme)
+        session, heard, bridge = await connected_call(two, acme)
         status, body, _ = await one.call("POST", f"/api/v1/calls/{session.id}/transfer", acme.key,
                                          json={"to": "sip:desk@pbx.example.com"})
         assert status == 200 and body["status"] == "transferring", body
@@ -162,9 +94,9 @@ async def test_sessions_are_created_listed_and_driven_from_any_instance(cluster_
     started = await start_instances(cluster_names, tmp_path, 3)
     (one, _), (two, _), (three, _) = started
     try:
-        acme = await _tenant(one, "acme", "+15550100001")
-        other = await _tenant(one, "other", "+15550100002")
-        session, heard, _ = await _connected_call(two, acme)
+        acme = await tenant_with_key(one, "acme", "+15550100001")
+        other = await tenant_with_key(one, "other", "+15550100002")
+        session, heard, _ = await connected_call(two, acme)
 
         status, speaking, _ = await three.call("POST", "/api/v1/speakings", acme.key,
                                                json={"reference_id": session.id})
@@ -250,9 +182,9 @@ async def test_a_holder_that_does_not_answer_is_a_504_and_lost_nats_a_503(cluste
     started = [await start_live_api(one) for one in settings]
     (one, _), (two, _) = started
     try:
-        acme = await _tenant(one, "acme", "+15550100001")
-        held_by_two, heard, _ = await _connected_call(two, acme)
-        held_by_one, heard_here, _ = await _connected_call(one, acme)
+        acme = await tenant_with_key(one, "acme", "+15550100001")
+        held_by_two, heard, _ = await connected_call(two, acme)
+        held_by_one, heard_here, _ = await connected_call(one, acme)
         remote = two.app[REMOTE_CALLS]
         answering, remote.ops = remote.ops, Silent()
         loop = asyncio.get_running_loop()
@@ -294,8 +226,8 @@ async def test_one_instance_in_cluster_mode_answers_as_a_single_runtime(cluster_
     started = await start_instances(cluster_names, tmp_path, 1)
     (one, _), = started
     try:
-        acme = await _tenant(one, "acme", "+15550100001")
-        session, heard, _ = await _connected_call(one, acme)
+        acme = await tenant_with_key(one, "acme", "+15550100001")
+        session, heard, _ = await connected_call(one, acme)
         status, speaking, _ = await one.call("POST", "/api/v1/speakings", acme.key, json={"reference_id": session.id})
         assert status == 201, speaking
         status, page, _ = await one.call("GET", "/api/v1/speakings", acme.key)
