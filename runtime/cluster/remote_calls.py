@@ -7,8 +7,8 @@ instance has it. The holder runs the operation with its own code (runtime.calls.
 tenant named in the request (its own checks decide: another tenant's call is a 404 there as here)
 and replies with the answer or the error, which the forwarder gives its client as its own.
 
-Requests on one id are served in order (one subscription, one task), so lines said over a socket
-keep their order. Lists scatter to ``<prefix>.held-lists`` (every instance, this one too) and
+Each request runs in a task of its own, started in the order its id's subscription delivers them.
+Lists scatter to ``<prefix>.held-lists`` (every instance, this one too) and
 gather the answers.
 """
 
@@ -96,7 +96,7 @@ class RemoteCalls:
         self._changes: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._list_sub: Subscription | None = None
-        self._late: set[asyncio.Future[dict[str, Any]]] = set()  # operations still running past their timeout
+        self._serving: set[asyncio.Task[None]] = set()  # forwarded requests being run here
 
     def _subject(self, target_id: str) -> str:
         return self.link.subject("held", target_id)
@@ -137,30 +137,28 @@ class RemoteCalls:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 await sub.unsubscribe()
         self._subs.clear()
-        for work in list(self._late):
-            work.cancel()
-        await asyncio.gather(*self._late, return_exceptions=True)
+        for task in list(self._serving):
+            task.cancel()
+        await asyncio.gather(*self._serving, return_exceptions=True)
 
     # The holder's side.
 
     async def _serve(self, msg: Msg) -> None:
+        """The subscription's callback: each request runs in a task of its own, because releasing the id
+        (the call ended, maybe by this very request) cancels the subscription's task, and a slow
+        operation (a hang-up waiting for its carrier) must not hold up the next ones."""
+        task = asyncio.create_task(self._answer(msg))
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+
+    async def _answer(self, msg: Msg) -> None:
         try:
             request = orjson.loads(msg.data)
             op = OPS[request["op"]]
             body = request.get("body")
             if op.body is not None:
                 body = op.body.model_validate(body or {})
-            work = asyncio.ensure_future(self.ops.run_here(op.name, request["tenant_id"], request["target_id"], body))
-            try:
-                result = await asyncio.wait_for(asyncio.shield(work), self.timeout_s)
-            except TimeoutError:
-                # The forwarder has answered 504 by now. Let the operation finish on its own, and serve
-                # the next requests on this id rather than queueing them behind it.
-                log.warning("a forwarded call operation outlasted the request timeout",
-                            extra={"subject": msg.subject, "op": op.name, "timeout_s": self.timeout_s})
-                self._late.add(work)
-                work.add_done_callback(self._late_done)
-                return
+            result = await self.ops.run_here(op.name, request["tenant_id"], request["target_id"], body)
             answer = orjson.dumps({"ok": result})
         except ControlError as exc:
             answer = _error(exc)
@@ -170,11 +168,6 @@ class RemoteCalls:
             log.exception("forwarded call operation failed", extra={"subject": msg.subject})
             answer = _error(HolderFailed("the instance holding the call failed to run the operation"))
         await self._reply(msg, answer)
-
-    def _late_done(self, work: asyncio.Future[dict[str, Any]]) -> None:
-        self._late.discard(work)
-        if not work.cancelled() and work.exception() is not None and not isinstance(work.exception(), ControlError):
-            log.error("a late forwarded call operation failed", exc_info=work.exception())
 
     async def _serve_list(self, msg: Msg) -> None:
         try:
