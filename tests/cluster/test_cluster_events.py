@@ -1,0 +1,177 @@
+"""Events across instances: a subscriber on one instance hears every instance's events, over NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from runtime.api.appkeys import BUS
+from runtime.cluster.interest import bounded
+from runtime.events.models import DtmfReceived, Event, TranscriptCreated
+from tests.api.support import high_limits, start_live_api, stop_live_api
+from tests.cluster.support import (
+    ClusterNames,
+    NatsProxy,
+    instance_settings,
+    share_master_key,
+    start_instances,
+    stop_instances,
+)
+from tests.events.test_events_bus import _call
+from tests.events.test_webhook_delivery import Receiver
+
+
+async def _socket(live, key: str, topics: list[str], call_id: str | None = None) -> aiohttp.ClientWebSocketResponse:
+    ws = await live.http.ws_connect(live.base_url + "/api/v1/events/ws", headers={"Authorization": f"Bearer {key}"})
+    await ws.send_json({"type": "subscribe", "topics": topics, "call_id": call_id})
+    reply = await ws.receive_json(timeout=3)
+    assert reply["type"] == "subscribed", reply
+    return ws
+
+
+async def _events(ws, count: int, timeout: float = 5.0) -> list[dict]:
+    out = []
+    while len(out) < count:
+        msg = await ws.receive(timeout=timeout)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        body = msg.json()
+        assert body["type"] == "event", body
+        out.append(body["event"])
+    return out
+
+
+async def _silent(ws, wait: float = 0.5) -> None:
+    with pytest.raises(asyncio.TimeoutError):
+        await ws.receive(timeout=wait)
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def _dtmf(tenant_id: str, call_id: str, seq: int) -> Event:
+    return Event.of(DtmfReceived(digit=str(seq % 10)), tenant_id=tenant_id, call_id=call_id, seq=seq, trace_id="tr")
+
+
+async def test_a_subscriber_hears_every_instances_events_in_order_once(cluster_names: ClusterNames,
+                                                                       tmp_path: Path) -> None:
+    started = await start_instances(cluster_names, tmp_path, 3)
+    (one, _), (_, _), (three, _) = started
+    try:
+        tenant, key = await one.tenant_with_key("acme")
+        other, other_key = await one.tenant_with_key("globex")
+        remote_call, local_call = await _call(one.control, tenant), await _call(one.control, tenant)
+        ws = await _socket(one, key, ["dtmf.*", "transcript.*"])
+        other_ws = await _socket(one, other_key, ["*"])
+        try:
+            made = [_dtmf(tenant, remote_call, seq) for seq in range(1, 41)]
+            for event in made[:20]:
+                await three.app[BUS].publish(event)
+            await three.app[BUS].publish_all(made[20:])  # one transaction, fanned out in order
+            got = await _events(ws, 40)
+            assert [e["id"] for e in got] == [e.id for e in made]  # per-call order, no duplicates
+            assert got[0] == made[0].to_dict()
+            # Its own instance's events: once (at commit here; the copy NATS brings back is skipped).
+            local = _dtmf(tenant, local_call, 1)
+            await one.app[BUS].publish(local)
+            assert [e["id"] for e in await _events(ws, 1)] == [local.id]
+            await _silent(ws)
+            await _silent(other_ws, 0.1)  # another tenant hears none of it
+            theirs = Event.of(TranscriptCreated(role="caller", text="hi"), tenant_id=other, call_id=None, seq=1,
+                              trace_id="tr")
+            await three.app[BUS].publish(theirs)
+            assert [e["id"] for e in await _events(other_ws, 1)] == [theirs.id]
+            await _silent(ws, 0.2)
+        finally:
+            await ws.close()
+            await other_ws.close()
+    finally:
+        await stop_instances(started)
+
+
+async def test_listened_on_one_instance_follows_a_socket_on_another(cluster_names: ClusterNames,
+                                                                    tmp_path: Path) -> None:
+    started = await start_instances(cluster_names, tmp_path, 3)
+    (one, _), (_, _), (three, _) = started
+    try:
+        tenant, key = await one.tenant_with_key("acme")
+        call_id = await _call(one.control, tenant)
+        bus = three.app[BUS]
+        assert not bus.listened(tenant, "transcript.interim", call_id)
+        ws = await _socket(one, key, ["transcript.*"], call_id=call_id)
+        await _until(lambda: bus.listened(tenant, "transcript.interim", call_id))
+        assert not bus.listened(tenant, "transcript.interim", "call_other")
+        assert not bus.listened(tenant, "speech.started", call_id)
+        assert not bus.listened("ten_other", "transcript.interim", call_id)
+        await ws.close()
+        await _until(lambda: not bus.listened(tenant, "transcript.interim", call_id))
+    finally:
+        await stop_instances(started)
+
+
+def test_interest_is_bounded_and_only_widens() -> None:
+    entries = {("ten_a", ("transcript.*",), f"call_{n}") for n in range(50)} | {("ten_b", ("dtmf.*",), None)}
+    assert len(bounded(entries, 100)) == 51
+    assert bounded(entries, 10) == [("ten_a", ("transcript.*",), None), ("ten_b", ("dtmf.*",), None)]
+    many = {(f"ten_{n}", ("x.*",), None) for n in range(20)}
+    assert all(topics == ("*",) and call is None for _, topics, call in bounded(many, 5))
+    assert len(bounded(many, 5)) == 5
+
+
+async def test_nats_lost_closes_sockets_1013_while_events_and_webhooks_go_on(cluster_names: ClusterNames,
+                                                                             tmp_path: Path) -> None:
+    proxy = await NatsProxy().start()
+    settings = instance_settings(cluster_names, tmp_path / "i1", "i1", nats_url=proxy.url, limits=high_limits(),
+                                 events={"webhooks": {"backoff_cap_s": 0.05, "timeout_s": 2.0}})
+    peer_settings = instance_settings(cluster_names, tmp_path / "i2", "i2", limits=high_limits())
+    share_master_key(settings, peer_settings)
+    live, runner = await start_live_api(settings)
+    peer, peer_runner = await start_live_api(peer_settings)  # keeps its NATS
+    receiver = await Receiver().start()
+    try:
+        tenant, key = await live.tenant_with_key("acme")
+        status, hook, _ = await live.call("POST", "/api/v1/webhooks", key, json={"url": receiver.url + "/hook",
+                                                                                "events": ["dtmf.*"]})
+        assert status == 201, hook
+        call_id = await _call(live.control, tenant)
+        ws = await _socket(live, key, ["*"])
+        proxy.cut()
+        msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1013, msg
+        # New sockets are refused (503, JSON) while NATS is away.
+        status, body, resp = await live.call("GET", "/api/v1/events/ws", key)
+        assert status == 503 and body["error"] and resp.headers["Retry-After"] == "1", body
+        # Calls go on: events are committed and webhooks delivered.
+        made = [_dtmf(tenant, call_id, seq) for seq in range(1, 4)]
+        for event in made:
+            await live.app[BUS].publish(event)
+        status, page, _ = await live.call("GET", f"/api/v1/calls/{call_id}/events", key)
+        assert status == 200 and [e["id"] for e in page["items"]] == [e.id for e in made], page
+        await _until(lambda: len(receiver.requests) == 3, timeout=10)
+        assert sorted(r["headers"]["X-Voicectl-Event-Id"] for r in receiver.requests) == sorted(e.id for e in made)
+        proxy.restore()
+        for _ in range(100):
+            status, _, _ = await live.call("GET", "/readyz")
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        ws = await _socket(live, key, ["*"])
+        try:
+            after = [_dtmf(tenant, call_id, 4), _dtmf(tenant, await _call(live.control, tenant), 1)]
+            await live.app[BUS].publish(after[0])
+            await peer.app[BUS].publish(after[1])  # reaches i1 through NATS again
+            assert [e["id"] for e in await _events(ws, 2)] == [e.id for e in after]
+        finally:
+            await ws.close()
+    finally:
+        await stop_live_api(peer, peer_runner)
+        await receiver.stop()
+        await stop_live_api(live, runner)
+        await proxy.stop()
