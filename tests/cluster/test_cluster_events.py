@@ -9,9 +9,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from runtime.api.appkeys import BUS
+from runtime.api.appkeys import BUS, METRICS
 from runtime.cluster.interest import bounded
+from runtime.control.plane import ControlPlane
+from runtime.control.schemas import TenantCreate, WebhookCreate
+from runtime.events.bus import EventBus
 from runtime.events.models import DtmfReceived, Event, TranscriptCreated
+from runtime.ids import now_iso
 from tests.api.support import high_limits, start_live_api, stop_live_api
 from tests.cluster.support import (
     ClusterNames,
@@ -152,6 +156,10 @@ async def test_nats_lost_closes_sockets_1013_while_events_and_webhooks_go_on(clu
         made = [_dtmf(tenant, call_id, seq) for seq in range(1, 4)]
         for event in made:
             await live.app[BUS].publish(event)
+        # Not queued for NATS meanwhile (nothing piles up): counted as dropped for the other instances.
+        dropped = live.app[METRICS].registry.get_sample_value("voicectl_cluster_events_dropped_total",
+                                                             {"reason": "nats_lost"})
+        assert dropped == 3 and live.app[BUS].relay._queue.empty()
         status, page, _ = await live.call("GET", f"/api/v1/calls/{call_id}/events", key)
         assert status == 200 and [e["id"] for e in page["items"]] == [e.id for e in made], page
         await _until(lambda: len(receiver.requests) == 3, timeout=10)
@@ -175,3 +183,81 @@ async def test_nats_lost_closes_sockets_1013_while_events_and_webhooks_go_on(clu
         await receiver.stop()
         await stop_live_api(live, runner)
         await proxy.stop()
+
+
+async def test_two_instances_claim_each_webhook_delivery_once(cluster_names: ClusterNames, tmp_path: Path) -> None:
+    """The outbox stays in Postgres: instances claim due rows with SKIP LOCKED, never the same one twice."""
+    settings = [instance_settings(cluster_names, tmp_path / f"s{n}", f"s{n}") for n in (1, 2)]
+    share_master_key(*settings)
+    first = await ControlPlane.open(settings[0])
+    second = await ControlPlane.open(settings[1])
+    try:
+        tenant = (await first.tenants.create(TenantCreate(name="acme"))).id
+        await first.webhooks.create(tenant, WebhookCreate(url="http://127.0.0.1:9/hook", events=["*"]))
+        bus = EventBus(first.store)  # no delivery worker: the rows stay pending for the claims below
+        call_id = await _call(first, tenant)
+        await bus.publish_all([_dtmf(tenant, call_id, seq) for seq in range(1, 201)])
+
+        a: list[str] = []
+        b: list[str] = []
+
+        async def claims(control, got: list[str]) -> None:
+            # A claim that meets the other's locked rows takes fewer (SKIP LOCKED): claim until all are taken.
+            for _ in range(400):
+                if len(a) + len(b) >= 200:
+                    return
+                got += [row["id"] for row in await control.store.claim_deliveries(now_iso(), 7, per_tenant=7)]
+
+        await asyncio.gather(claims(first, a), claims(second, b))
+        assert len(a) + len(b) == 200 and len(set(a) | set(b)) == 200, (len(a), len(b), len(set(a) | set(b)))
+        assert a and b  # both took part
+    finally:
+        await second.close()
+        await first.close()
+
+
+
+async def test_the_stream_keeps_each_event_once_under_its_subject(cluster_names: ClusterNames,
+                                                                  tmp_path: Path) -> None:
+    import nats
+
+    client = await nats.connect(cluster_names.nats_url)
+    js = client.jetstream()
+    # A stream left by an older run with other settings is brought to these.
+    await js.add_stream(name=cluster_names.stream, subjects=[f"{cluster_names.subject_prefix}.ev.>"], max_age=60)
+    nats_section = {"url": cluster_names.nats_url, "stream": cluster_names.stream,
+                    "subject_prefix": cluster_names.subject_prefix, "max_age_s": 600}
+    started = await start_instances(cluster_names, tmp_path, 2, events={"nats": nats_section})
+    (one, _), (two, _) = started
+    try:
+        info = await js.stream_info(cluster_names.stream)
+        assert info.config.max_age == 600 and info.config.duplicate_window == 120, info.config
+        assert info.config.subjects == [f"{cluster_names.subject_prefix}.ev.>"]
+        tenant, _ = await one.tenant_with_key("acme")
+        call_id = await _call(one.control, tenant)
+        made = [_dtmf(tenant, call_id, seq) for seq in (1, 2)]
+        await one.app[BUS].publish(made[0])
+        await two.app[BUS].publish(made[1])
+        two.app[BUS].relay.send([made[0]])  # sent again (by any instance): stored once
+        subject = f"{cluster_names.subject_prefix}.ev.{tenant}.dtmf.received"
+        await _until_async(lambda: _stored(js, cluster_names.stream, 2))
+        stored = [await js.get_msg(cluster_names.stream, seq) for seq in (1, 2)]
+        assert [m.subject for m in stored] == [subject, subject]
+        assert [m.headers["Nats-Msg-Id"] for m in stored] == [e.id for e in made]
+        assert [m.headers["Voicectl-Instance"] for m in stored] == ["i1", "i2"]
+        await asyncio.sleep(0.2)
+        assert (await js.stream_info(cluster_names.stream)).state.messages == 2
+    finally:
+        await stop_instances(started)
+        await client.close()
+
+
+async def _stored(js, stream: str, count: int) -> bool:
+    return (await js.stream_info(stream)).state.messages >= count
+
+
+async def _until_async(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
