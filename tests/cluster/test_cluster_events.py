@@ -151,7 +151,7 @@ async def test_nats_lost_closes_sockets_1013_while_events_and_webhooks_go_on(clu
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1013, msg
         # New sockets are refused (503, JSON) while NATS is away.
         status, body, resp = await live.call("GET", "/api/v1/events/ws", key)
-        assert status == 503 and body["error"] and resp.headers["Retry-After"] == "1", body
+        assert status == 503 and body["error"] == "unavailable" and resp.headers["Retry-After"] == "1", body
         # Calls go on: events are committed and webhooks delivered.
         made = [_dtmf(tenant, call_id, seq) for seq in range(1, 4)]
         for event in made:
