@@ -261,3 +261,20 @@ async def _until_async(predicate, timeout: float = 5.0) -> None:
     while not await predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
+
+
+async def test_instances_creating_the_stream_at_once_both_start(cluster_names: ClusterNames, tmp_path: Path) -> None:
+    from runtime.cluster.event_relay import ensure_stream
+    from runtime.cluster.link import ClusterLink
+
+    links = [ClusterLink(instance_settings(cluster_names, tmp_path / f"i{n}", f"i{n}").events.nats, f"i{n}")
+             for n in range(4)]
+    for link in links:
+        await link.connect()
+    try:
+        await asyncio.gather(*(ensure_stream(link, 900) for link in links))
+        info = await links[0].jetstream.stream_info(cluster_names.stream)
+        assert info.config.max_age == 900
+    finally:
+        for link in links:
+            await link.close()
