@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from runtime.cluster.interest import ClusterInterest
 from runtime.cluster.link import ClusterLink
+from runtime.config import ConfigError
 from runtime.events.bus import EventBus
 from runtime.events.models import Event
 
@@ -47,17 +48,23 @@ async def ensure_stream(link: ClusterLink, max_age_s: int) -> None:
     """Create the events stream, or bring an existing one to these settings; a peer creating it at
     the same moment is fine (same configuration: accepted; the loser of a race updates)."""
     from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-    from nats.js.errors import BadRequestError
+    from nats.js.errors import APIError
 
-    config = StreamConfig(name=link.stream, subjects=[link.subject("ev", ">")], storage=StorageType.FILE,
+    subjects = [link.subject("ev", ">")]
+    config = StreamConfig(name=link.stream, subjects=subjects, storage=StorageType.FILE,
                           max_age=float(max_age_s), duplicate_window=min(DUPLICATE_WINDOW_S, float(max_age_s)),
                           discard=DiscardPolicy.OLD)
     try:
-        await link.jetstream.add_stream(config)
-    except BadRequestError as exc:
-        if exc.err_code != STREAM_NAME_IN_USE:
-            raise
-        await link.jetstream.update_stream(config)
+        try:
+            await link.jetstream.add_stream(config)
+        except APIError as exc:
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+            await link.jetstream.update_stream(config)
+    except APIError as exc:  # e.g. another stream already takes these subjects: the operator must choose
+        raise ConfigError(f"NATS refused the JetStream stream {link.stream} for {subjects[0]} "
+                          f"({exc.description or exc}); check events.nats.stream and events.nats.subject_prefix"
+                          ) from None
 
 
 class EventRelay:

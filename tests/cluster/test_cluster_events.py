@@ -278,3 +278,26 @@ async def test_instances_creating_the_stream_at_once_both_start(cluster_names: C
     finally:
         for link in links:
             await link.close()
+
+
+async def test_a_stream_that_cannot_be_made_is_a_clear_config_error(cluster_names: ClusterNames,
+                                                                     tmp_path: Path) -> None:
+    import nats
+
+    from runtime.cluster.event_relay import ensure_stream
+    from runtime.cluster.link import ClusterLink
+    from runtime.config import ConfigError
+
+    client = await nats.connect(cluster_names.nats_url)
+    squatter = f"{cluster_names.stream}_other"
+    # Another stream already takes the events' subjects.
+    await client.jetstream().add_stream(name=squatter, subjects=[f"{cluster_names.subject_prefix}.>"])
+    link = ClusterLink(instance_settings(cluster_names, tmp_path / "i1", "i1").events.nats, "i1")
+    await link.connect()
+    try:
+        with pytest.raises(ConfigError, match="events.nats.subject_prefix"):
+            await ensure_stream(link, 600)
+    finally:
+        await link.close()
+        await client.jetstream().delete_stream(squatter)
+        await client.close()
