@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from typer.testing import CliRunner
 
 from runtime.api.appkeys import BUS, METRICS
 from runtime.cluster.interest import bounded
@@ -27,6 +28,7 @@ from tests.cluster.support import (
 )
 from tests.events.test_events_bus import _call
 from tests.events.test_webhook_delivery import Receiver
+from voicectl.cli import app as cli
 
 
 async def _socket(live, key: str, topics: list[str], call_id: str | None = None) -> aiohttp.ClientWebSocketResponse:
@@ -152,6 +154,9 @@ async def test_nats_lost_closes_sockets_1013_while_events_and_webhooks_go_on(clu
         # New sockets are refused (503, JSON) while NATS is away.
         status, body, resp = await live.call("GET", "/api/v1/events/ws", key)
         assert status == 503 and body["error"] == "unavailable" and resp.headers["Retry-After"] == "1", body
+        tail = await asyncio.to_thread(CliRunner().invoke, cli, ["events", "tail", "--url", live.base_url,
+                                                                 "--key", key])
+        assert tail.exit_code == 8 and "HTTP 503" in tail.output and "NATS" in tail.output, tail.output
         # Calls go on: events are committed and webhooks delivered.
         made = [_dtmf(tenant, call_id, seq) for seq in range(1, 4)]
         for event in made:
