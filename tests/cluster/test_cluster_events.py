@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from typer.testing import CliRunner
 
-from runtime.api.appkeys import BUS, METRICS
+from runtime.api.appkeys import BUS, METRICS, SETTINGS
 from runtime.cluster.interest import bounded
 from runtime.control.plane import ControlPlane
 from runtime.control.schemas import TenantCreate, WebhookCreate
@@ -119,6 +119,26 @@ async def test_listened_on_one_instance_follows_a_socket_on_another(cluster_name
         await ws.close()
         await _until(lambda: not bus.listened(tenant, "transcript.interim", call_id))
     finally:
+        await stop_instances(started)
+
+
+async def test_an_instance_started_later_learns_the_others_interest(cluster_names: ClusterNames,
+                                                                    tmp_path: Path) -> None:
+    started = await start_instances(cluster_names, tmp_path, 1)
+    (one, _), = started
+    late = None
+    try:
+        tenant, key = await one.tenant_with_key("acme")
+        ws = await _socket(one, key, ["transcript.interim"])
+        settings = instance_settings(cluster_names, tmp_path / "i2", "i2", limits=high_limits())
+        settings.master_key_path.write_bytes(one.app[SETTINGS].master_key_path.read_bytes())  # the cluster's key
+        settings.master_key_path.chmod(0o600)
+        late = await start_live_api(settings)
+        await _until(lambda: late[0].app[BUS].listened(tenant, "transcript.interim", "call_any"))  # asked at start
+        await ws.close()
+    finally:
+        if late is not None:
+            await stop_live_api(*late)
         await stop_instances(started)
 
 
