@@ -55,7 +55,7 @@ async def _instance(base: Path, name: str, token: str):
     classes = ("read", "write", "session", "realtime", "recording", "control", "outbound")
     settings = build_settings({
         "database": {"url": f"{POSTGRES}?schema=bench_{token}"},
-        "secrets": {"backend": "cryptfile", "master_key_file": str(base / "master.key")},
+        "secrets": {"backend": "database", "master_key_file": str(base / "master.key")},  # as cluster mode requires
         "server": {"instance_id": name},
         "logging": {"level": "warning"},
         "limits": {"rate_limits": {"runtime": dict.fromkeys(classes, unlimited)}},
