@@ -30,7 +30,9 @@ DOWNWARD: dict[str, set[str]] = {
     "events": {"config", "egress", "ids", "secrets", "store"},
     "control": {"config", "egress", "events", "ids", "providers", "secrets", "store"},
     "providers": {"audio", "config", "egress"},
-    "cluster": {"config"},  # cluster mode's start-up checks (several runtimes on PostgreSQL + NATS)
+    # Cluster mode (several runtimes on PostgreSQL + NATS): start-up checks, and the relay that carries
+    # the bus's events between instances (the bus only knows its Relay protocol).
+    "cluster": {"config", "events"},
     "web": {"config"},  # JSON responses, metrics registry, rate limits: beneath the API and the bridges
     "store": {"files", "ids"},
     "config": {"egress", "providers"},  # the provider registry's names and settings models (no adapters)
