@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter
@@ -34,6 +35,10 @@ from runtime.cluster.link import ClusterLink
 from runtime.config import ConfigError
 from runtime.events.bus import EventBus
 from runtime.events.models import Event
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription as NatsSubscription
 
 log = logging.getLogger("voicectl.cluster")
 
@@ -75,7 +80,7 @@ class EventRelay:
         self.interest = ClusterInterest(link, bus.interests)
         self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
         self._publisher: asyncio.Task[None] | None = None
-        self._sub = None
+        self._sub: NatsSubscription | None = None
         self.sent = Counter("voicectl_cluster_events_sent", "Events sent to the other instances over NATS",
                             registry=registry)
         self.received = Counter("voicectl_cluster_events_received",
@@ -146,7 +151,7 @@ class EventRelay:
                 self.dropped.labels("nats_lost" if not self.link.connected else "error").inc()
                 log.debug("could not send an event to NATS", extra={"event_id": event.id, "error": str(exc)})
 
-    async def _received(self, msg) -> None:
+    async def _received(self, msg: Msg) -> None:
         if msg.headers is not None and msg.headers.get(ORIGIN_HEADER) == self.link.instance_id:
             return  # ours: fanned out here at commit
         try:

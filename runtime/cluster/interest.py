@@ -14,12 +14,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import orjson
 
 from runtime.cluster.link import ClusterLink
 from runtime.events.bus import Interest
 from runtime.events.topics import matches
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription as NatsSubscription
 
 log = logging.getLogger("voicectl.cluster")
 
@@ -48,7 +53,7 @@ class ClusterInterest:
         self._subject = link.subject("interest")
         # instance id -> (monotonic expiry, tenant id -> [(globs, call id or None)])
         self._remote: dict[str, tuple[float, dict[str, list[tuple[tuple[str, ...], str | None]]]]] = {}
-        self._sub = None
+        self._sub: NatsSubscription | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._send_task: asyncio.Task[None] | None = None
         self._dirty = False
@@ -119,7 +124,7 @@ class ClusterInterest:
             await asyncio.sleep(REFRESH_S)
             await self.send()
 
-    async def _received(self, msg) -> None:
+    async def _received(self, msg: Msg) -> None:
         try:
             body = orjson.loads(msg.data)
             instance = str(body["instance"])
