@@ -53,6 +53,19 @@ def check_can_listen(host: str, port: int) -> None:
                 fail(_listen_error(host, port, exc), EXIT_CANNOT_LISTEN)
 
 
+def check_rate_limit_storage(settings: Settings) -> None:
+    """A Redis rate-limit storage (limits.rate_limits.storage) that does not answer: exit 5 at once,
+    cluster mode or not (the settings ask for limits shared with other instances)."""
+    if not settings.limits.rate_limits.shared:
+        return
+    import asyncio
+
+    from runtime.web.ratelimit import storage_unreachable
+
+    if refusal := asyncio.run(storage_unreachable(settings.limits.rate_limits.storage)):
+        fail(refusal, EXIT_CONFIG)
+
+
 def check_cluster(settings: Settings) -> None:
     """Cluster mode (events.nats.url set): settings that cannot be shared, or NATS unreachable, exit 5 at once."""
     if not settings.cluster_mode:
@@ -92,6 +105,7 @@ def serve(
         settings = load_settings(config)
         host = host or settings.server.host
         port = port or settings.server.port
+        check_rate_limit_storage(settings)
         check_cluster(settings)
         check_can_listen(host, port)
         from runtime.api.server import run as run_server
