@@ -151,12 +151,13 @@ def serve(
         check_rate_limit_storage(settings)
         check_workers(settings, count)
         check_cluster(settings)
-        check_can_listen(host, port, reuse_port=count > 1)
         if count > 1:
+            check_can_listen(host, port, reuse_port=True)
             from voicectl.workers import run_workers
 
             raise typer.Exit(run_workers(settings, host, port, count, cannot_listen_code=EXIT_CANNOT_LISTEN,
                                          fatal_exit_codes=(EXIT_CONFIG,)))
+        check_can_listen(host, port)
         from runtime.api.server import run as run_server
 
         try:
