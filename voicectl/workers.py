@@ -39,9 +39,11 @@ class RestartPolicy:
 
 
 def worker_count(value: str, cores: int | None = None) -> int:
-    """``--workers``: a whole number >= 1 or ``auto`` (one per core). ValueError with the reason otherwise."""
+    """``--workers``: a whole number >= 1 or ``auto``: one per core this process may use (its CPU
+    affinity, as limits.local_capacity counts them: a container pinned to 2 of 64 cores gets 2).
+    ValueError with the reason otherwise."""
     if value.strip().lower() == "auto":
-        return max(1, cores if cores is not None else (os.cpu_count() or 1))
+        return max(1, cores if cores is not None else len(os.sched_getaffinity(0)))
     try:
         count = int(value)
     except ValueError:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("voicectl.ratelimit")
 
-# A request waits at most this long on Redis (connect or answer) before it is counted locally.
+# How long one attempt at Redis (connect or answer) may take before the request is counted locally.
 REDIS_TIMEOUT_S = 0.5
 # After Redis failed, requests count locally this long before Redis is tried again, so an outage
 # costs one timeout per interval rather than one per request.
