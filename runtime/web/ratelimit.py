@@ -58,6 +58,17 @@ def _redis_url(storage: str) -> str:
     return storage.removeprefix("async+")
 
 
+def _shown(storage: str) -> str:
+    """The Redis URL for messages and logs: a password in it is masked."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(_redis_url(storage))
+    if url.password is None:
+        return url.geturl()
+    user = url.username or ""
+    return url._replace(netloc=f"{user}:***@{url.netloc.rpartition('@')[2]}").geturl()
+
+
 def _redis_pool(storage: str) -> ConnectionPool:
     from redis.asyncio import ConnectionPool
     from redis.asyncio.retry import Retry
@@ -80,7 +91,7 @@ async def storage_unreachable(storage: str) -> str | None:
     try:
         await Redis(connection_pool=pool).ping()
     except (RedisError, OSError) as exc:
-        return (f"limits.rate_limits.storage: Redis at {_redis_url(storage)} is unreachable ({exc}); start "
+        return (f"limits.rate_limits.storage: Redis at {_shown(storage)} is unreachable ({exc}); start "
                 "Redis or set limits.rate_limits.storage to memory:// (one instance only)")
     finally:
         await pool.aclose()
@@ -130,6 +141,8 @@ class RateLimiter:
 
     async def check(self, key_id: str, scope: str, route_class: str) -> Decision | None:
         """Count one request of ``key_id``; None when the class is unlimited for this scope."""
+        if self._local is None:
+            raise RuntimeError("RateLimiter.check before open()")
         item = self._items.get(("admin" if scope == "admin" else "runtime", route_class))
         if item is None:
             return None
@@ -143,14 +156,12 @@ class RateLimiter:
                 if self._redis_down_until:
                     self._redis_down_until = 0.0
                     log.warning("rate-limit storage answers again: counting in Redis",
-                                extra={"storage": _redis_url(self._settings.storage)})
+                                extra={"storage": _shown(self._settings.storage)})
                 return decision
         # Redis unreachable: count in this process rather than refuse (fail-closed would turn a Redis
         # outage into an outage of the whole API and of live-call control) or let everything through
         # (fail-open would leave a runaway integration unbounded). Each instance then holds the limit
         # on its own: at most one limit per instance while Redis is away.
-        if self._local is None:
-            raise RuntimeError("RateLimiter.check before open()")
         return await self._decide(self._local, item, ids)
 
     @staticmethod
@@ -162,5 +173,5 @@ class RateLimiter:
     def _redis_lost(self, reason: str) -> None:
         if not self._redis_down_until:
             log.warning("rate-limit storage unreachable: counting in this process until it answers",
-                        extra={"storage": _redis_url(self._settings.storage), "reason": reason})
+                        extra={"storage": _shown(self._settings.storage), "reason": reason})
         self._redis_down_until = time.monotonic() + REDIS_RETRY_S

@@ -154,3 +154,8 @@ async def test_redis_down_at_startup_still_answers(settings: Settings, prefix: s
         assert [s for s, _ in await _reads(live, key, 2)] == [200, 429]
     finally:
         await stop_live_api(live, runner)
+
+
+async def test_a_redis_password_never_shows(unused_tcp_port: int) -> None:
+    reason = await storage_unreachable(f"async+redis://:hunter2-secret@127.0.0.1:{unused_tcp_port}/0")
+    assert reason and "hunter2" not in reason and f"redis://:***@127.0.0.1:{unused_tcp_port}/0" in reason
