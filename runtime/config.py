@@ -96,7 +96,9 @@ class DatabaseSettings(_Model):
 
 
 class SecretsSettings(_Model):
-    backend: Literal["auto", "keyring", "cryptfile"] = "auto"
+    # database: sealed in the database with a key derived from the master key (what several runtimes
+    # on one PostgreSQL share); the others keep values on this box.
+    backend: Literal["auto", "keyring", "cryptfile", "database"] = "auto"
     master_key_file: str = "master.key"
     keyring_file: str = "secrets.cfg"
 

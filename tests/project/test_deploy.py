@@ -402,9 +402,14 @@ def test_template_unit_is_the_unit_per_port_without_sqlite():
     differs = {"Unit.Description", "Unit.After", "Service.ExecStart", "Service.Environment"}
     assert {k: v for k, v in template.items() if k not in differs} == \
         {k: v for k, v in single.items() if k not in differs}
-    # ... but no SQLite database: several runtimes need PostgreSQL, set in the config or a drop-in.
+    # ... but no SQLite database (several runtimes need PostgreSQL, set in the config or a drop-in)
+    # and the secrets sealed in it, where every instance reads them.
     environ = dict(value.split("=", 1) for value in template["Service.Environment"])
+    overrides = env_overrides({k: v.replace("%d", "/run/credentials") for k, v in environ.items()
+                               if k.startswith("VOICECTL_")})
+    assert build_settings(overrides, Path("/etc/voicectl"), source=str(TEMPLATE)).secrets.backend == "database"
     assert "VOICECTL_DATABASE__URL" not in environ
+    del environ["VOICECTL_SECRETS__BACKEND"]
     assert set(environ.items()) < set(dict(v.split("=", 1) for v in single["Service.Environment"]).items())
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
 DOWNWARD: dict[str, set[str]] = {
-    "api": {"calls", "config", "control", "evals", "events", "ids", "logs", "pipeline", "providers", "recording",
+    "api": {"calls", "cluster", "config", "control", "evals", "events", "ids", "logs", "pipeline", "providers", "recording",
             "store", "telephony", "web"},
     # Evaluations place synthetic calls through a bridge's caller side: above the bridges.
     "evals": {"audio", "config", "control", "events", "ids", "providers", "store", "telephony"},
