@@ -137,10 +137,6 @@ class Supervisor:
                 signal.signal(signum, handler)
         return self._exit_code
 
-    @property
-    def pids(self) -> list[int | None]:
-        return [w.process.pid if w.process is not None and w.process.is_alive() else None for w in self._workers]
-
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._stop_signals += 1
         if self._stop_signals > 1:  # a second Ctrl-C: no more waiting for the drain
