@@ -150,6 +150,12 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
             await relay.stop()
         await app[DELIVERY].stop()
 
+    async def rate_limits(app: web.Application) -> AsyncIterator[None]:
+        await app[RATE_LIMITER].open()  # Redis unreachable here is logged; requests then count locally
+        yield
+        await app[RATE_LIMITER].close()
+
+    app.cleanup_ctx.append(rate_limits)
     app.cleanup_ctx.append(control_plane)
     if settings.cluster_mode:
         from runtime.cluster.link import cluster_link_ctx

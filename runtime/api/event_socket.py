@@ -135,7 +135,7 @@ async def events_ws(ctx: Ctx) -> web.StreamResponse:
     if principal.is_admin or principal.tenant_id is None:
         raise Forbidden("event subscriptions need a tenant runtime key, not an admin key")
     headers: dict[str, str] = {}
-    decision = app[RATE_LIMITER].check(principal.key_id, principal.scope, "realtime")
+    decision = await app[RATE_LIMITER].check(principal.key_id, principal.scope, "realtime")
     if decision is not None:
         headers = decision.headers()
         if not decision.allowed:
@@ -277,7 +277,7 @@ class EventSocket:
             if not self.ws.closed:
                 await self.ws.send_str(_dumps(body))
 
-        decision = self.app[RATE_LIMITER].check(self.key_id, "runtime", "control")
+        decision = await self.app[RATE_LIMITER].check(self.key_id, "runtime", "control")
         if decision is not None and not decision.allowed:
             self.app[METRICS].rate_limited.labels("control").inc()
             return await answer("rate_limited", f"rate limit for control requests reached; retry in "
