@@ -1,0 +1,172 @@
+"""Tokens and CallSids across instances: any instance accepts another's browser and stream tokens,
+a stream token is spent once cluster-wide, Twilio media may reach another instance than the voice
+webhook (that instance takes the call over), and a CallSid opens one call whichever instances its
+webhooks reach."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+import runtime.telephony.twilio.bridge as twilio_bridge
+from runtime.telephony.services import services
+from runtime.telephony.twilio.bridge import bridge
+from runtime.telephony.twilio.caller import TwilioCaller, new_sid
+from runtime.telephony.webrtc.models import SESSION_PATH
+from tests.cluster.support import ClusterNames, start_instances, stop_instances
+
+ACCOUNT_SID = "AC" + "2" * 32
+AUTH_TOKEN = "twilio-cluster-auth-token"
+NUMBER = "+15550107100"
+
+
+@pytest_asyncio.fixture
+async def pair(cluster_names: ClusterNames, tmp_path: Path):
+    """Two instances sharing one keyring file (the workers of one box share its config), a tenant with
+    a Twilio number set up through the first."""
+    started = await start_instances(cluster_names, tmp_path, 2, secrets={"keyring_file": str(tmp_path / "secrets.cfg")})
+    one = started[0][0]
+    tenant_id, key = await one.tenant_with_key("cluster-twilio")
+    await one.front_desk(tenant_id, key, NUMBER, "twilio", {"account_sid": ACCOUNT_SID}, AUTH_TOKEN)
+    try:
+        yield [live for live, _ in started], tenant_id, key
+    finally:
+        await stop_instances(started)
+
+
+def _caller(live) -> TwilioCaller:
+    return TwilioCaller(live.base_url, ACCOUNT_SID, AUTH_TOKEN, http=live.http)
+
+
+async def _row(live, tenant_id: str, call_sid: str) -> dict | None:
+    return await live.control.store.voice_calls.find(tenant_id=tenant_id, provider_call_id=call_sid)
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_browser_token_minted_by_one_instance_is_accepted_by_another(pair) -> None:
+    (one, two), tenant_id, key = pair
+    status, minted, _ = await one.call("POST", "/api/v1/webrtc/tokens", key, json={"number": NUMBER})
+    assert status == 201, minted
+    token = minted["token"]
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    # The offer body is not valid SDP: a caller the token lets in gets 400 for the body, not 401.
+    refused, body, _ = await two.call("POST", SESSION_PATH, forged, json={"sdp": "v=0", "type": "offer"})
+    assert refused == 401, body
+    status, body, _ = await two.call("POST", SESSION_PATH, token, json={"sdp": "v=0", "type": "offer"})
+    assert status not in (401, 403, 500), body
+    assert status == 400, body
+
+
+async def test_a_stream_token_from_one_instance_takes_the_call_over_on_another_which_completes_it(
+        pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    (one, two), tenant_id, _ = pair
+    # Instance 1's stream deadline passes during the call: it must forget the call, not fail it.
+    monkeypatch.setattr(twilio_bridge, "STREAM_START_GRACE_S", 0.0)
+    monkeypatch.setattr(bridge(one.app).tokens, "ttl_s", 1.0)
+    call_sid, answer = await _caller(one).dial(NUMBER)
+    assert answer.stream_url and answer.parameters.get("token"), answer.text
+    row = await _row(one, tenant_id, call_sid)
+    assert row is not None and row["status"] == "ringing"
+    assert services(one.app).tracker.get(row["id"]) is not None
+
+    leg = await _caller(two).open_stream(call_sid, answer)  # Twilio's media socket reaches instance 2
+    await asyncio.wait_for(leg.first_media.wait(), 10)
+    taken = services(two.app).tracker.get(row["id"])
+    assert taken is not None and taken.state == "connected"
+
+    for live in (one, two):  # spent: refused a second time on either instance
+        again = await _caller(live).open_stream(call_sid, answer)
+        await again.wait_closed()
+        assert again.result.close_code == 4403, live.base_url
+
+    async def forgotten() -> bool:
+        return services(one.app).tracker.get(row["id"]) is None
+    await _until(forgotten, 5.0)  # past instance 1's deadline: forgotten there
+    assert (await _row(one, tenant_id, call_sid))["status"] == "connected"
+    assert not leg.closed.is_set()
+
+    await leg.stop(ACCOUNT_SID, call_sid)
+    await leg.wait_closed()
+
+    async def ended() -> bool:
+        return (await _row(two, tenant_id, call_sid))["status"] in ("ended", "failed")
+    await _until(ended)
+    final = await _row(two, tenant_id, call_sid)
+    assert final["status"] == "ended" and final["end_reason"] == "caller_hangup", final
+    rows, _ = await two.control.store.call_events.list(tenant_id=tenant_id, equals={"call_id": row["id"]},
+                                                       limit=100)
+    seqs = [r["seq"] for r in rows]
+    assert sorted(seqs) == list(range(1, len(seqs) + 1)), seqs  # one sequence across both instances
+    topics = [r["topic"] for r in sorted(rows, key=lambda r: r["seq"])]
+    assert topics[0] == "voice.call.started" and topics[-1] == "voice.call.completed", topics
+    assert "voice.call.failed" not in topics
+
+
+async def test_an_unknown_or_expired_stream_token_is_refused_with_4401_on_any_instance(pair) -> None:
+    (one, two), tenant_id, _ = pair
+    call_sid, answer = await _caller(one).dial(NUMBER)
+    made_up = await _caller(two).open_stream(call_sid, answer, parameters={"token": "made-up"})
+    await made_up.wait_closed()
+    assert made_up.result.close_code == 4401
+    tokens = bridge(two.app).tokens
+    real_clock = tokens._clock
+    tokens._clock = lambda: real_clock() + 3600
+    try:
+        expired = await _caller(two).open_stream(call_sid, answer)
+        await expired.wait_closed()
+    finally:
+        tokens._clock = real_clock
+    assert expired.result.close_code == 4401
+    good = await _caller(two).open_stream(call_sid, answer)  # not spent by the refusals
+    await asyncio.wait_for(good.first_media.wait(), 10)
+    await good.stop(ACCOUNT_SID, call_sid)
+    await good.wait_closed()
+
+
+async def test_one_callsid_posted_to_both_instances_at_once_opens_one_call(pair) -> None:
+    (one, two), tenant_id, _ = pair
+    for _ in range(3):
+        call_sid = new_sid("CA")
+        answers = await asyncio.gather(_caller(one).dial(NUMBER, call_sid=call_sid),
+                                       _caller(two).dial(NUMBER, call_sid=call_sid))
+        rows, _ = await one.control.store.voice_calls.list(tenant_id=tenant_id,
+                                                           equals={"provider_call_id": call_sid}, limit=5)
+        assert len(rows) == 1, rows
+        for _, answer in answers:  # both answered like a retry: the call's stream, no error
+            assert answer.status == 200 and answer.stream_url, answer.text
+        # Either answer's token starts the one call, once.
+        leg = await _caller(two).open_stream(call_sid, answers[0][1])
+        await asyncio.wait_for(leg.first_media.wait(), 10)
+        await leg.stop(ACCOUNT_SID, call_sid)
+        await leg.wait_closed()
+
+    async def all_ended() -> bool:
+        rows, _ = await one.control.store.voice_calls.list(tenant_id=tenant_id, limit=10)
+        return all(r["status"] in ("ended", "failed") for r in rows)
+    await _until(all_ended)
+    rows, _ = await one.control.store.voice_calls.list(tenant_id=tenant_id, limit=10)
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"ended"}, rows
+
+
+async def test_a_retried_webhook_for_a_call_that_ended_elsewhere_is_refused(pair) -> None:
+    (one, two), tenant_id, _ = pair
+    call_sid, answer = await _caller(one).dial(NUMBER)
+    leg = await _caller(one).open_stream(call_sid, answer)
+    await asyncio.wait_for(leg.first_media.wait(), 10)
+    await leg.stop(ACCOUNT_SID, call_sid)
+    await leg.wait_closed()
+
+    async def ended() -> bool:
+        return (await _row(one, tenant_id, call_sid))["status"] == "ended"
+    await _until(ended)
+    _, retried = await _caller(two).dial(NUMBER, call_sid=call_sid)
+    assert retried.status == 200 and retried.rejected and "Reject" in retried.verbs, retried.text
