@@ -139,6 +139,10 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
 
         app[CALLBACK_JOB] = CallbackJob(app)
         app[CALLBACK_JOB].start(scheduler)
+        if settings.cluster_mode:
+            from runtime.telephony.twilio.bridge import follow_take_overs
+
+            await follow_take_overs(app)  # calls this instance answered and another took over
         yield
         await app[CALLBACK_JOB].stop()
         await app[EVAL_JOBS].stop()

@@ -300,6 +300,7 @@ class TwilioBridge:
         self.by_sid[call_sid] = session.id
         session.on_end.append(lambda s: _forget(self, s, call_sid))
         log.info("twilio call taken over from another instance", extra={"call_id": call_id})
+        await _announce_take_over(app, call_id)
         return session
 
     async def still_here(self, app: web.Application, session: CallSession) -> bool:
@@ -319,6 +320,35 @@ class TwilioBridge:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+
+def _taken_over_subject(app: web.Application) -> str:
+    from runtime.cluster.link import CLUSTER
+
+    return app[CLUSTER].subject("twilio", "taken_over")
+
+
+async def _announce_take_over(app: web.Application, call_id: str) -> None:
+    """Tell the instance that answered the call at once (it would keep it until its stream deadline)."""
+    from runtime.cluster.link import CLUSTER
+
+    try:
+        await app[CLUSTER].client.publish(_taken_over_subject(app), call_id.encode())
+    except Exception as exc:  # noqa: BLE001 - NATS lost: that instance finds out at its deadline instead
+        log.warning("could not announce a taken-over call", extra={"call_id": call_id, "error": str(exc)})
+
+
+async def follow_take_overs(app: web.Application) -> None:
+    """Cluster mode, at startup: a call this instance answered and another took over is forgotten
+    here as soon as that one says so (after checking the token's row: the notice is only a hint)."""
+    from runtime.cluster.link import CLUSTER
+
+    async def taken_over(msg) -> None:
+        session = services(app).tracker.get(msg.data.decode(errors="replace"))
+        if session is not None and session.provider == "twilio":
+            await bridge(app).still_here(app, session)
+
+    await app[CLUSTER].client.subscribe(_taken_over_subject(app), cb=taken_over)
 
 
 def _stream_tokens(app: web.Application) -> StreamTokens | SharedStreamTokens:
