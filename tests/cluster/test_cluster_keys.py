@@ -177,3 +177,31 @@ async def test_a_retried_webhook_for_a_call_that_ended_elsewhere_is_refused(pair
     await _until(ended)
     _, retried = await _caller(two).dial(NUMBER, call_sid=call_sid)
     assert retried.status == 200 and retried.rejected and "Reject" in retried.verbs, retried.text
+
+
+async def test_a_key_revoked_or_a_secret_rotated_on_one_instance_is_honoured_by_the_other(pair) -> None:
+    (one, two), tenant_id, key = pair
+    status, _, _ = await two.call("GET", "/api/v1/agents", key)
+    assert status == 200
+    status, made, _ = await one.call("POST", "/api/v1/auth/api-keys", one.admin_key,
+                                     json={"tenant_id": tenant_id, "scope": "runtime"})
+    assert status == 201, made
+    assert (await two.call("GET", "/api/v1/agents", made["key"]))[0] == 200
+    status, body, _ = await one.call("DELETE", f"/api/v1/auth/api-keys/{made['id']}", one.admin_key)
+    assert status in (200, 204), body
+    status, body, _ = await two.call("GET", "/api/v1/agents", made["key"])  # the next request: no process cache
+    assert status == 401, body
+
+    # The Twilio auth token (a credential secret, cached per process) rotated through instance 1:
+    # instance 2 verifies webhooks with the new one within the credential row's 1 s cache.
+    call_sid, answer = await _caller(two).dial(NUMBER)  # caches the old token on instance 2
+    assert answer.stream_url
+    status, body, _ = await one.call("PUT", "/api/v1/credentials/twilio", one.admin_key, tenant_id=tenant_id,
+                                     json={"fields": {"account_sid": ACCOUNT_SID}, "secret": "rotated-token"})
+    assert status == 200, body
+    await asyncio.sleep(1.1)
+    rotated = TwilioCaller(two.base_url, ACCOUNT_SID, "rotated-token", http=two.http)
+    _, answer = await rotated.dial(NUMBER)
+    assert answer.status == 200 and answer.stream_url, answer.text
+    _, stale = await _caller(two).dial(NUMBER)
+    assert stale.status == 403, stale.text
