@@ -1,7 +1,7 @@
 """The runtime's signing keys, derived from the master key.
 
-Each purpose gets its own key (HKDF-SHA256 with a distinct ``info`` label), so a key leaked from
-one use says nothing about another, and every instance holding the operator's one master key
+Each purpose gets its own key (runtime.secrets.derive_key: HKDF-SHA256 with a label per purpose), so
+a key leaked from one use says nothing about another, and every instance holding the operator's one master key
 derives the same keys: a browser token minted by one instance verifies on any other, and on the
 same instance after a restart.
 """
@@ -13,10 +13,7 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from runtime.secrets import SecretsError, read_master_key
+from runtime.secrets import SecretsError, derive_key, read_master_key
 
 if TYPE_CHECKING:
     from runtime.config import Settings
@@ -24,13 +21,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("voicectl.keys")
 
 KEY_BYTES = 32
-# The HKDF info labels: one per purpose, never reused for another.
-BROWSER_TOKENS = b"voicectl/browser-tokens/v1"
-STREAM_TOKENS = b"voicectl/stream-tokens/v1"
-
-
-def derive_key(master_key: str, purpose: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=purpose).derive(master_key.encode())
+# The derivation labels: one per purpose, never reused for another.
+BROWSER_TOKENS = "browser tokens"
+STREAM_TOKENS = "stream tokens"
 
 
 @dataclass(frozen=True, slots=True)

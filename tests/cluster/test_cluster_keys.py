@@ -25,9 +25,8 @@ NUMBER = "+15550107100"
 
 @pytest_asyncio.fixture
 async def pair(cluster_names: ClusterNames, tmp_path: Path):
-    """Two instances sharing one keyring file (the workers of one box share its config), a tenant with
-    a Twilio number set up through the first."""
-    started = await start_instances(cluster_names, tmp_path, 2, secrets={"keyring_file": str(tmp_path / "secrets.cfg")})
+    """Two instances, a tenant with a Twilio number set up through the first."""
+    started = await start_instances(cluster_names, tmp_path, 2)
     one = started[0][0]
     tenant_id, key = await one.tenant_with_key("cluster-twilio")
     await one.front_desk(tenant_id, key, NUMBER, "twilio", {"account_sid": ACCOUNT_SID}, AUTH_TOKEN)
