@@ -13,6 +13,7 @@ import pytest_asyncio
 
 import runtime.telephony.twilio.bridge as twilio_bridge
 from runtime.telephony.services import services
+from runtime.telephony.stream_tokens import StreamTokenError
 from runtime.telephony.twilio.bridge import bridge
 from runtime.telephony.twilio.caller import TwilioCaller, new_sid
 from runtime.telephony.webrtc.models import SESSION_PATH
@@ -204,3 +205,14 @@ async def test_a_key_revoked_or_a_secret_rotated_on_one_instance_is_honoured_by_
     assert answer.status == 200 and answer.stream_url, answer.text
     _, stale = await _caller(two).dial(NUMBER)
     assert stale.status == 403, stale.text
+
+
+async def test_a_stream_token_presented_to_both_instances_at_once_is_spent_once(pair) -> None:
+    (one, two), _, _ = pair
+    issuer, other = bridge(one.app).tokens, bridge(two.app).tokens
+    for _ in range(20):
+        token = await issuer.issue("call_race")
+        results = await asyncio.gather(issuer.consume(token), other.consume(token), return_exceptions=True)
+        spent = [r for r in results if r == "call_race"]
+        refused = [r for r in results if isinstance(r, StreamTokenError)]
+        assert len(spent) == 1 and len(refused) == 1 and refused[0].code == 4403, results
