@@ -40,5 +40,9 @@ class StreamTokenRows:
             "SELECT COUNT(*) AS n FROM stream_tokens WHERE call_id = ? AND used_by IS NOT NULL AND used_by <> ?",
             (call_id, instance_id)) > 0
 
+    async def disown(self, call_id: str, instance_id: str) -> None:
+        await self.executor.execute(
+            "UPDATE stream_tokens SET used_by = NULL WHERE call_id = ? AND used_by = ?", (call_id, instance_id))
+
     async def purge(self, before: str) -> int:
         return await self.executor.execute("DELETE FROM stream_tokens WHERE expires_at < ?", (before,))

@@ -84,6 +84,9 @@ class StreamTokens:
     async def spent_by_another(self, call_id: str) -> bool:
         return False  # one process: no other instance to take a call over
 
+    async def disown(self, call_id: str) -> None:
+        return None
+
     def __len__(self) -> int:
         return len(self._tokens)
 
@@ -154,6 +157,11 @@ class SharedStreamTokens:
 
     async def spent_by_another(self, call_id: str) -> bool:
         return await self._rows.spent_by_another(call_id, self._instance_id)
+
+    async def disown(self, call_id: str) -> None:
+        """This instance spent a token of the call but could not run it: the token stays spent, and
+        the call is no longer "taken over" (its own instance fails it when its stream deadline passes)."""
+        await self._rows.disown(call_id, self._instance_id)
 
     async def _purge(self, now: float) -> None:
         if now < self._next_purge:

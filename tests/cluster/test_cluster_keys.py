@@ -216,3 +216,25 @@ async def test_a_stream_token_presented_to_both_instances_at_once_is_spent_once(
         spent = [r for r in results if r == "call_race"]
         refused = [r for r in results if isinstance(r, StreamTokenError)]
         assert len(spent) == 1 and len(refused) == 1 and refused[0].code == 4403, results
+
+
+async def test_a_call_another_instance_cannot_take_over_is_failed_by_its_own_not_left_ringing(
+        pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    (one, two), tenant_id, _ = pair
+    monkeypatch.setattr(twilio_bridge, "STREAM_START_GRACE_S", 0.0)
+    monkeypatch.setattr(bridge(one.app).tokens, "ttl_s", 1.0)
+
+    async def route_gone(store, row):
+        raise twilio_bridge.RouteRejected("no_active_version", "the call's number or agent version is gone")
+
+    monkeypatch.setattr(twilio_bridge, "route_of_call", route_gone)
+    call_sid, answer = await _caller(one).dial(NUMBER)
+    leg = await _caller(two).open_stream(call_sid, answer)
+    await leg.wait_closed()
+    assert leg.result.close_code == 4410
+
+    async def failed() -> bool:
+        return (await _row(one, tenant_id, call_sid))["status"] == "failed"
+    await _until(failed, 5.0)
+    row = await _row(one, tenant_id, call_sid)
+    assert row["end_reason"] == "stream_not_started", row

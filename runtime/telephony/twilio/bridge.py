@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import heapq
 import hmac
 import logging
@@ -285,15 +286,18 @@ class TwilioBridge:
     async def take_over(self, app: web.Application, call_id: str) -> CallSession | None:
         """Cluster mode: the media socket of a call another instance answered reached this one with
         a valid token. The call is run here, from its row and route; None when it cannot be (not
-        an inbound call awaiting its media, or its route is gone)."""
+        an inbound call awaiting its media, or its route is gone): the token is then disowned, so
+        the instance that answered fails the call at its stream deadline instead of forgetting it."""
         svc = services(app)
         row = await svc.control.store.voice_calls.get(call_id, tenant_id=ALL_TENANTS)
-        if (row is None or row["status"] not in AWAITING_MEDIA or row["provider"] != "twilio"
-                or row["direction"] != "inbound" or "evaluation_id" in (row.get("metadata") or {})):
-            return None
-        try:
-            route = await route_of_call(svc.control.store, row)
-        except RouteRejected:
+        route = None
+        # Outbound and evaluation calls carry state only their instance holds: they are not taken over.
+        if (row is not None and row["status"] in AWAITING_MEDIA and row["provider"] == "twilio"
+                and row["direction"] == "inbound" and "evaluation_id" not in (row.get("metadata") or {})):
+            with contextlib.suppress(RouteRejected):
+                route = await route_of_call(svc.control.store, row)
+        if row is None or route is None:
+            await self.tokens.disown(call_id)
             return None
         session = await svc.tracker.adopt(row, route)
         call_sid = row["provider_call_id"]
