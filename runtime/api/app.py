@@ -131,12 +131,18 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         app[EVAL_JOBS] = EvalJobs(store, settings.evaluations.max_running_per_tenant)
         if stale := await app[EVAL_JOBS].recover():
             log.warning("evaluations left running by a previous run marked failed", extra={"evaluations": stale})
+        from runtime.signing_keys import SigningKeys
+
         app[SERVICES] = BridgeServices(settings, app[CONTROL], app[TRACKER], app[BUS], app[PIPELINE], app[METRICS],
-                                       app[RATE_LIMITER])
+                                       app[RATE_LIMITER], SigningKeys.from_settings(settings))
         from runtime.telephony.callbacks import CALLBACK_JOB, CallbackJob
 
         app[CALLBACK_JOB] = CallbackJob(app)
         app[CALLBACK_JOB].start(scheduler)
+        if settings.cluster_mode:
+            from runtime.telephony.twilio.bridge import follow_take_overs
+
+            await follow_take_overs(app)  # calls this instance answered and another took over
         yield
         await app[CALLBACK_JOB].stop()
         await app[EVAL_JOBS].stop()
