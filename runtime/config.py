@@ -147,6 +147,9 @@ class RateLimitSettings(_Model):
     # Where the counters live: memory:// (this process only) or async+redis://HOST:PORT/DB (shared by
     # every instance; cluster mode requires it).
     storage: str = "memory://"
+    # Start of every Redis key the limits write (<prefix>:ratelimit...): deployments sharing one Redis
+    # database count apart when their prefixes differ.
+    key_prefix: str = Field("voicectl", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
 
     @field_validator("storage")
     @classmethod

@@ -21,6 +21,7 @@ from runtime.ids import new_id, now_iso
 from runtime.recording.recorder import CallRecorder
 from runtime.recording.storage import LocalStorage
 from runtime.recording.upload import RecordingUploader
+from runtime.store.errors import UniqueViolation
 from runtime.store.store import Store
 from runtime.store.tables import ALL_TENANTS
 
@@ -38,6 +39,15 @@ class Holdings(Protocol):
 
     def hold(self, target_id: str) -> None: ...
     def release(self, target_id: str) -> None: ...
+
+
+class DuplicateCall(Exception):
+    """A call with this provider call id exists already (a retried webhook that reached this
+    instance while another opened the call): nothing was stored."""
+
+    def __init__(self, provider: str, provider_call_id: str | None) -> None:
+        super().__init__(f"{provider} call {provider_call_id} has a call already")
+        self.provider, self.provider_call_id = provider, provider_call_id
 
 
 class LiveCalls(dict[str, CallSession]):
@@ -171,13 +181,35 @@ class CallTracker:
                 session = self._session(tenant_id, None, provider, direction, from_number, to_number,
                                         provider_call_id)
                 session.tags.update(tags or {})
-                await session.insert_row()
+                try:
+                    await session.insert_row()
+                except UniqueViolation:
+                    raise DuplicateCall(provider, provider_call_id) from None
                 await session.fail(rejected.reason, rejected.message)
             raise
         session = self._session(route.tenant_id, route, provider, direction, from_number, to_number, provider_call_id)
         session.tags.update(tags or {})
         await self._register(session, route, local)
         return session
+
+    async def adopt(self, row: dict[str, Any], route: CallRoute) -> CallSession:
+        """Run here a call another instance opened and still awaits its media (its stream token was
+        spent here): the session continues the row and its events (sequence numbers go on)."""
+        session = self._session(row["tenant_id"], route, row["provider"], row["direction"], row["from_number"],
+                                row["to_number"], row["provider_call_id"])
+        session.id, session.trace_id, session.state = row["id"], row["trace_id"], row["status"]
+        session.started_at = row["started_at"]
+        session.tags.update(row.get("metadata") or {})
+        session._seq = int(await self.store.max_event_seq(session.id) or 0)
+        local = self.runs_locally is not None and self.local_calls is not None and await self.runs_locally(route)
+        await self._register(session, route, local, insert=False)
+        return session
+
+    def forget(self, session: CallSession) -> None:
+        """Drop a call another instance has taken over: nothing is written, no event, no end hook
+        (that instance runs the call and ends it)."""
+        if self.live.get(session.id) is session:
+            self._release(session)
 
     async def open_outbound(self, route: CallRoute, outbound: OutboundCall, *, provider: str, from_number: str,
                             to_number: str) -> CallSession:
@@ -198,14 +230,19 @@ class CallTracker:
         await self._register(session, route, local)
         return session
 
-    async def _register(self, session: CallSession, route: CallRoute, local: bool) -> None:
+    async def _register(self, session: CallSession, route: CallRoute, local: bool, *, insert: bool = True) -> None:
         self.live[session.id] = session
         if local:
             self.local_live.add(session.id)
         session.on_end.append(self._release)
         session.on_session.append(self._hold_session)
         self.hold_call(session)
-        await session.insert_row()
+        if insert:
+            try:
+                await session.insert_row()
+            except UniqueViolation:  # its provider call id has a call already (cluster mode: maybe elsewhere)
+                self._release(session)
+                raise DuplicateCall(session.provider, session.provider_call_id) from None
         if self.recording is not None and route.tenant.get("recording_enabled"):
             self._record(session)
 

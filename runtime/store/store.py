@@ -316,13 +316,6 @@ class Tables:
                 return row["tenant_id"]
         return None
 
-    async def call_id_by_provider_call(self, tenant_id: str, provider: str, provider_call_id: str) -> str | None:
-        """A tenant's call with this provider call id (a replayed webhook), by the provider index."""
-        return await self.executor.fetchval(
-            "SELECT id FROM voice_calls WHERE provider = ? AND provider_call_id = ? AND tenant_id = ? LIMIT 1",
-            (provider, provider_call_id, tenant_id),
-        )
-
     async def count_outbound_since(self, tenant_id: str, since: str) -> int:
         """The tenant's outbound calls created at or after ``since`` (its daily cap)."""
         return int(await self.executor.fetchval(

@@ -83,6 +83,18 @@ def test_cluster_mode_with_secrets_on_this_box_exits_5(cli: Cli, monkeypatch: py
     assert "secrets.backend is cryptfile" in result.stderr and "voicectl secrets copy --to database" in result.stderr
 
 
+def test_cluster_mode_without_the_master_key_exits_5(cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path,
+                                                     no_start: None) -> None:
+    # Every instance derives the token keys from it: one without it would refuse the others' tokens.
+    monkeypatch.setenv("VOICECTL_EVENTS__NATS__URL", NATS_URL)
+    monkeypatch.setenv("VOICECTL_DATABASE__URL", POSTGRES_BASE_URL)
+    monkeypatch.setenv("VOICECTL_LIMITS__RATE_LIMITS__STORAGE", "async+redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("VOICECTL_SECRETS__BACKEND", "database")
+    monkeypatch.setenv("VOICECTL_SECRETS__MASTER_KEY_FILE", str(tmp_path / "missing.key"))
+    result = cli("serve", "--port", str(_free_port()), code=5)
+    assert "the master key cannot be read" in result.stderr and "missing.key" in result.stderr
+
+
 def test_nats_unreachable_at_start_exits_5(cli: Cli, monkeypatch: pytest.MonkeyPatch, no_start: None) -> None:
     monkeypatch.setenv("VOICECTL_EVENTS__NATS__URL", f"nats://127.0.0.1:{_free_port()}")
     monkeypatch.setenv("VOICECTL_DATABASE__URL", POSTGRES_BASE_URL)

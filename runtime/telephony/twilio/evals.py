@@ -105,4 +105,4 @@ async def eval_voice(request: web.Request) -> web.Response:
         return rejection_twiml(rejected)
     session.evaluation = EvalCall(row["id"], row["evaluation_id"], secret)
     await eval_pins.bind_call(store, row, session.id)
-    return answer_with_stream(request, br, session, call_sid)
+    return await answer_with_stream(request, br, session, call_sid)

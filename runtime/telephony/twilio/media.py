@@ -304,11 +304,12 @@ class MediaStream:
         params = start.get("customParameters")
         token = params.get("token") if isinstance(params, dict) else None
         try:
-            call_id = self.bridge.tokens.consume(token)
+            call_id = await self.bridge.tokens.consume(token)
         except StreamTokenError as exc:
             raise StreamAbort(exc.code, exc.reason, "") from None
         self.release_pending()  # authenticated
-        session = services(self.app).tracker.get(call_id)
+        # Cluster mode: another instance may have answered the voice webhook; the token is enough.
+        session = services(self.app).tracker.get(call_id) or await self.bridge.take_over(self.app, call_id)
         if session is None or session.state not in AWAITING_MEDIA:
             raise StreamAbort(CLOSE_GONE, "the call is no longer waiting for its stream", "")
         self.session = session
