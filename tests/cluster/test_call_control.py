@@ -171,6 +171,13 @@ class Silent:
         raise AssertionError("unreachable")
 
 
+class Broken:
+    """A holder whose operation fails with a bug."""
+
+    async def run_here(self, *_: Any) -> dict[str, Any]:
+        raise RuntimeError("a bug")
+
+
 async def test_a_holder_that_does_not_answer_is_a_504_and_lost_nats_a_503(cluster_names: ClusterNames,
                                                                           tmp_path: Path) -> None:
     proxy = await NatsProxy().start()
@@ -196,6 +203,10 @@ async def test_a_holder_that_does_not_answer_is_a_504_and_lost_nats_a_503(cluste
         assert 0.5 <= loop.time() - began < 3.0
         metrics = one.app[METRICS].render().decode()
         assert 'voicectl_forwarded_call_ops_total{op="call.say",outcome="timeout"} 1.0' in metrics
+        remote.ops = Broken()  # answered at once, as the same bug would be by the instance holding the call
+        status, body, _ = await one.call("POST", f"/api/v1/calls/{held_by_two.id}/say", acme.key,
+                                         json={"text": "hi"})
+        assert status == 500 and body["error"] == "internal_error" and "Traceback" not in str(body), body
         remote.ops = answering  # the stuck operation does not hold up the next ones on that call
         status, body, _ = await one.call("POST", f"/api/v1/calls/{held_by_two.id}/say", acme.key,
                                          json={"text": "answered"})
