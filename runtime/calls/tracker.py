@@ -39,6 +39,8 @@ class Holdings(Protocol):
 
     def hold(self, target_id: str) -> None: ...
     def release(self, target_id: str) -> None: ...
+    def ended(self, session_id: str) -> None:
+        """A session that stopped with its call: still answered for a while (``say`` is a 409, not a 404)."""
 
 
 class DuplicateCall(Exception):
@@ -300,14 +302,14 @@ class CallTracker:
         self.local_live.discard(session.id)
         holdings = self.holdings
         if holdings is not None:
-            holdings.release(session.id)  # its sessions stay reachable while ended_sessions keeps them
+            holdings.release(session.id)
         ended = self.ended_sessions
         for stopped in (*session.transcribes.values(), *session.speakings.values()):
             ended[stopped.id] = stopped
-        while len(ended) > ENDED_SESSIONS_KEPT:
-            forgotten, _ = ended.popitem(last=False)
             if holdings is not None:
-                holdings.release(forgotten)
+                holdings.ended(stopped.id)
+        while len(ended) > ENDED_SESSIONS_KEPT:
+            ended.popitem(last=False)
 
     async def drain(self, grace_s: float) -> None:
         """Stop accepting; let live calls finish for up to ``grace_s``, then end them (reason=shutdown)."""

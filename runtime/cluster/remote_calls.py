@@ -1,7 +1,7 @@
 """Live call control across instances: NATS request/reply to the instance that holds a call.
 
 The holder of a call, or of a transcribe or speaking session, subscribes ``<prefix>.held.<id>``
-while it holds it (a session as long as its instance still answers for it: ended sessions too), so
+while it holds it (a session also for a while after it stopped with its call), so
 NATS itself is the directory: a request reaches the one holder, and "no responders" means no live
 instance has it. The holder runs the operation with its own code (runtime.calls.live_ops) for the
 tenant named in the request (its own checks decide: another tenant's call is a 404 there as here)
@@ -19,6 +19,7 @@ import contextlib
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,9 @@ log = logging.getLogger("voicectl.cluster")
 # Every id this runtime makes (runtime.ids.new_id) fits one subject token; anything else (dots,
 # wildcards, spaces from a client's path) is held by no instance and never becomes a subject.
 HOLDABLE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# Ended sessions this instance still answers for to its peers, newest first (one subscription each,
+# about 5 kB in nats-py: the tracker's own 10,000 would cost ~50 MB).
+ENDED_SESSIONS_HELD = 1000
 # A list waits at most request_timeout_s in all, and no longer than this after the latest answer.
 GATHER_QUIET_S = 0.1
 
@@ -94,6 +98,7 @@ class RemoteCalls:
         self._subs: dict[str, Subscription] = {}
         # hold/release come from sync code (the tracker, a call's sessions): one task applies them in order.
         self._changes: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
+        self._ended: OrderedDict[str, None] = OrderedDict()  # ended sessions still held, oldest first
         self._worker: asyncio.Task[None] | None = None
         self._list_sub: Subscription | None = None
         self._serving: set[asyncio.Task[None]] = set()  # forwarded requests being run here
@@ -108,6 +113,11 @@ class RemoteCalls:
 
     def release(self, target_id: str) -> None:
         self._changes.put_nowait((False, target_id))
+
+    def ended(self, session_id: str) -> None:
+        self._ended[session_id] = None
+        while len(self._ended) > ENDED_SESSIONS_HELD:
+            self.release(self._ended.popitem(last=False)[0])
 
     async def _apply_changes(self) -> None:
         client = self.link.client

@@ -261,9 +261,12 @@ class Holdings:
     def release(self, target_id: str) -> None:
         self.changes.append(("release", target_id))
 
+    def ended(self, session_id: str) -> None:
+        self.changes.append(("ended", session_id))
+
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-async def test_the_tracker_tells_which_calls_and_sessions_it_holds_until_it_forgets_them(
+async def test_the_tracker_tells_which_calls_and_sessions_it_holds_and_which_ended(
         control, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tracker_module, "ENDED_SESSIONS_KEPT", 1)
     world = await provision(control)
@@ -275,6 +278,18 @@ async def test_the_tracker_tells_which_calls_and_sessions_it_holds_until_it_forg
     call.add_speaking(speaking)
     assert holdings.changes == [("hold", call.id), ("hold", transcribe.id), ("hold", speaking.id)]
     await call.end("done")
-    # The call is released at once; its sessions stay held while ended_sessions keeps them (here: one).
-    assert holdings.changes[3:] == [("release", call.id), ("release", transcribe.id)]
+    # The call is released at once; its sessions are kept a while (the tracker's own list: here one).
+    assert holdings.changes[3:] == [("release", call.id), ("ended", transcribe.id), ("ended", speaking.id)]
     assert list(tracker.ended_sessions) == [speaking.id]
+
+
+def test_peers_reach_the_latest_ended_sessions_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from runtime.cluster import remote_calls
+
+    monkeypatch.setattr(remote_calls, "ENDED_SESSIONS_HELD", 2)
+    remote = remote_calls.RemoteCalls(None, None, None, 1.0, CollectorRegistry())  # type: ignore[arg-type]
+    for session_id in ("spk_a", "spk_b", "spk_c"):
+        remote.ended(session_id)
+    assert remote._changes.qsize() == 1 and remote._changes.get_nowait() == (False, "spk_a")
