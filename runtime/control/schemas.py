@@ -263,6 +263,7 @@ def _option_error(model: type[BaseModel], key: str, value: Any) -> str | None:
 ENDPOINTING_SILENCE_MS = 500
 MIN_INTERRUPTION_MS = 300
 SILENCE_REPROMPT_S = 8.0
+NOT_UNDERSTOOD_REPLY = "Sorry, I didn't catch that."
 
 
 class TurnSettings(Input):
@@ -271,6 +272,9 @@ class TurnSettings(Input):
     silence_reprompt_s: float = Field(SILENCE_REPROMPT_S, ge=1, le=120)
     silence_prompts: Literal["auto", "on", "off"] = Field(
         "auto", description="the re-prompt and the silence hang-up: auto = on, except for an external brain")
+    not_understood_reply: str = Field(
+        NOT_UNDERSTOOD_REPLY, max_length=300,
+        description="said at once to a caller turn with speech but no words understood; empty: say nothing")
 
 
 def _stored(info: ValidationInfo) -> bool:

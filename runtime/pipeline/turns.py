@@ -55,6 +55,9 @@ class TurnPolicy:
     final_timeout_ms: int = 1500
     # A streaming engine's interim that is only a backchannel holds a barge-in up to this long.
     backchannel_max_ms: int = 1000
+    # A turn with this much speech and no accepted words was a caller not understood (less: a
+    # cough or a click that the VAD let through, left unanswered).
+    heard_speech_ms: int = 250
 
     @property
     def flush_ms(self) -> int:

@@ -130,6 +130,44 @@ async def test_noise_that_the_stt_does_not_hear_is_not_a_turn() -> None:
     await h.close()
 
 
+NOT_UNDERSTOOD = "Sorry, I didn't catch that."
+
+
+async def test_speech_with_no_accepted_words_gets_the_not_understood_line_at_once() -> None:
+    # The engine heard speech but accepted no words (its filter rejected them): no final at all.
+    h = Harness(script=["", "Two people at seven."], replies=[say("Let me check.")], greeting="Hi.")
+    await h.start()
+    await h.until_quiet()
+    await h.speak(800)
+    await h.silence(500 + 1500 + 40)  # endpoint + the final's timeout: the turn ends with no text
+    await h.until_quiet()
+    assert h.tts.texts == ["Hi.", NOT_UNDERSTOOD]  # said now, long before the 8 s re-prompt
+    assert h.llm.requests == []  # nothing reached the brain
+    assert h.metric("voicectl_turns_total", outcome="not_understood") == 1
+    assert [(t.role, t.text) for t in h.session.transcripts] == [("agent", "Hi."), ("agent", NOT_UNDERSTOOD)]
+    await caller_turn(h)  # the caller says it again, and is answered as usual
+    assert h.tts.texts[-1] == "Let me check."
+    assert h.llm.requests[0].messages[-1].content == "Two people at seven."
+    await h.close()
+
+
+async def test_the_not_understood_line_can_be_turned_off_and_is_not_said_over_the_agent() -> None:
+    off = Harness(script=[""], config={"turn": {"not_understood_reply": ""}})
+    await off.start()
+    await off.speak(800)
+    await off.silence(3000)
+    assert off.tts.texts == [] and off.metric("voicectl_turns_total", outcome="empty") == 1
+    await off.close()
+    # Speech under the interruption threshold over the agent's voice: the agent goes on, nothing else is said.
+    h = Harness(script=[""], greeting="Hello and welcome to the restaurant, how can I help you today?")
+    await h.start()
+    await h.speak(280)  # past heard_speech_ms (250), short of min_interruption_ms (300)
+    await h.until_quiet()
+    assert h.tts.texts == ["Hello and welcome to the restaurant, how can I help you today?"]
+    assert h.metric("voicectl_turns_total", outcome="not_understood") == 0
+    await h.close()
+
+
 # Barge-in
 
 
