@@ -33,6 +33,7 @@ from runtime.events.models import (
     TransferRequested,
 )
 from runtime.ids import new_id, now_iso
+from runtime.providers.base import TranscriptSegment
 from runtime.store.store import Store, WriteBatch
 
 log = logging.getLogger("voicectl.calls")
@@ -183,7 +184,7 @@ class CallSession:
         return {stage: aggregate(samples) for stage, samples in self._latency_samples.items() if samples}
 
     async def add_transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
-                             interrupted: bool) -> None:
+                             interrupted: bool, segments: tuple[TranscriptSegment, ...] = ()) -> None:
         """A final utterance: the ``transcripts`` row and ``transcript.created`` in one transaction."""
         self._transcript_seq += 1
         if role == "agent":
@@ -197,7 +198,8 @@ class CallSession:
         direction = "in" if role == "caller" else "out"
         await self.emit(TranscriptCreated(role=role, text=text, start_ms=start_ms, end_ms=end_ms,
                                           interrupted=interrupted, direction=direction,
-                                          transcribe_id=transcribe_for(self.transcribes, direction)), batch)
+                                          transcribe_id=transcribe_for(self.transcribes, direction),
+                                          segments=_segment_fields(segments) if role == "caller" else None), batch)
 
     async def start_transcribe(self, direction: str, *, implicit: bool = False) -> Transcribe:
         transcribe = Transcribe(self.id, self.tenant_id, direction, implicit)
@@ -401,6 +403,10 @@ class CallSession:
         final: Payload = (CallCompleted(reason=reason, hangup_by=hangup_by, duration_ms=duration) if state == ENDED
                           else CallFailed(reason=reason, message=message))
         await self._transition(state, reason, changes, final)
+
+
+def _segment_fields(segments: tuple[TranscriptSegment, ...]) -> list[dict[str, Any]]:
+    return [{"text": s.text, "confidence": s.confidence} for s in segments]
 
 
 def _route_tags(route: CallRoute | None) -> dict[str, Any]:

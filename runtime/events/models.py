@@ -74,6 +74,9 @@ class TranscriptCreated(Payload):
     interrupted: bool = False
     direction: str | None = None  # in: the caller's words; out: the agent's
     transcribe_id: str | None = None  # the call's transcribe session of that direction, if any
+    # A caller utterance's pieces, in order: {"text", "confidence"} (confidence 0-1, or None when the
+    # engine gives none); None for the agent's lines.
+    segments: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class TurnTaking:
                 return self._count("backchannel")  # short speech over the agent: listening noises
         elif turn.during_agent and not turn.barged and is_backchannel(text):
             return self._count("backchannel")
-        self.reporter.transcript("caller", text, finished.start_ms, finished.end_ms, False)
+        self.reporter.transcript("caller", text, finished.start_ms, finished.end_ms, False, finished.segments)
         self.history.add_user(text)
         if not self.conversation.answers_turns:  # heard and kept; the integrator answers
             return self._count("kept")

@@ -14,7 +14,9 @@ Endpointing, with ``endpoint_ms`` the version's ``turn.endpointing_silence_ms`` 
   waits for ``incomplete_ms`` (3 x endpoint, at least 1.5 s);
 - a flush that yields no final within ``final_timeout_ms`` more ends the turn with what there is
   (the local engine sends no final at all for noise); empty text ends it at once (nothing said);
-- speech resuming before the end continues the same turn; its segments' finals are joined.
+- speech resuming before the end continues the same turn; its segments' finals are joined, and
+  so are their pieces (an engine that decodes in segments gives several per final, each with its
+  confidence; another gives one per final): the turn's ``segments``.
 
 Barge-in is the conversation's call (it knows whether the agent is speaking); the detector
 exposes the turn's speech so far (``speech_ms``) and the latest interim text.
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum, IntFlag
 
 from runtime.control.schemas import ENDPOINTING_SILENCE_MS, MIN_INTERRUPTION_MS
+from runtime.providers.base import TranscriptSegment
 
 IDLE, SPEAKING, PAUSED = 0, 1, 2
 
@@ -74,6 +77,7 @@ class Turn:
     start_ms: int  # inbound audio timeline
     end_ms: int  # end of the last speech frame
     speech_ms: int
+    segments: tuple[TranscriptSegment, ...] = ()  # the pieces of ``text``, in order, with their confidence
 
 
 @dataclass(slots=True)
@@ -90,6 +94,7 @@ class TurnDetector:
     _flushed: bool = False  # this pause has been flushed
     _pending: int = 0  # finals still expected for flushes of this turn
     _segments: list[str] = field(default_factory=list)
+    _pieces: list[TranscriptSegment] = field(default_factory=list)
     _verdict: Completeness = Completeness.NEUTRAL
 
     def frame(self, speech: bool, ms: int) -> Signal:
@@ -124,12 +129,16 @@ class TurnDetector:
         self.silence_ms += gap
         return self._check()
 
-    def final(self, text: str) -> Signal:
-        """A final transcript of the caller arrived."""
+    def final(self, text: str, segments: tuple[TranscriptSegment, ...] = (), confidence: float | None = None) -> Signal:
+        """A final transcript of the caller arrived (``segments``: its pieces, if the engine gave them)."""
         if self.state == IDLE:
             return Signal.NONE  # late (the turn ended without it) or stray: nothing to attach it to
         if text.strip():
             self._segments.append(text.strip())
+            if segments:
+                self._pieces.extend(s for s in segments if s.text.strip())
+            else:
+                self._pieces.append(TranscriptSegment(text.strip(), confidence))
             self._verdict = completeness(self.text)
         self.interim = ""
         self._pending = max(0, self._pending - 1)
@@ -148,14 +157,14 @@ class TurnDetector:
 
     def take(self) -> Turn:
         """The ended turn; the detector is ready for the next one."""
-        turn = Turn(self.text, self.start_ms, self.end_ms, self.speech_ms)
+        turn = Turn(self.text, self.start_ms, self.end_ms, self.speech_ms, tuple(self._pieces))
         self.reset()
         return turn
 
     def reset(self) -> None:
         self.state, self.speech_ms, self.silence_ms, self._run_ms = IDLE, 0, 0, 0
         self._flushed, self._pending, self.interim = False, 0, ""
-        self._segments = []
+        self._segments, self._pieces = [], []
         self._verdict = Completeness.NEUTRAL
 
     def _check(self) -> Signal:

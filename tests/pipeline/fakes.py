@@ -36,6 +36,7 @@ from runtime.providers.base import (
     ToolCallRequest,
     ToolSpec,
     Transcript,
+    TranscriptSegment,
 )
 from runtime.tools.base import ToolContext, ToolResult
 
@@ -316,6 +317,7 @@ class TranscriptRow:
     start_ms: int | None
     end_ms: int | None
     interrupted: bool
+    segments: tuple[TranscriptSegment, ...] = ()
 
 
 @dataclass
@@ -341,8 +343,8 @@ class FakeSession:
         self.latency.setdefault(stage, []).append(ms)
 
     async def add_transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
-                             interrupted: bool) -> None:
-        self.transcripts.append(TranscriptRow(role, text, start_ms, end_ms, interrupted))
+                             interrupted: bool, segments: tuple[TranscriptSegment, ...] = ()) -> None:
+        self.transcripts.append(TranscriptRow(role, text, start_ms, end_ms, interrupted, segments))
 
     async def hangup(self, reason: str) -> None:
         self.hangups.append(reason)
