@@ -83,9 +83,11 @@ class FakeSttStream(SttStream):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _decode(self, text: str) -> None:
+    async def _decode(self, text: str | Transcript) -> None:
         await self.stt.clock.sleep(self.stt.decode_s)
-        if text:
+        if isinstance(text, Transcript):  # a final with its segments, as an engine decoding in segments sends it
+            self._results.put_nowait(text)
+        elif text:
             self._results.put_nowait(Transcript(text, final=True, speech_final=True))
 
     def interim(self, text: str) -> None:
@@ -114,7 +116,7 @@ class FakeStt(SpeechToText):
     name = "fake-stt"
     rate = 16000
 
-    def __init__(self, clock: ManualClock, script: Iterable[str] = (), *, decode_s: float = 0.1,
+    def __init__(self, clock: ManualClock, script: Iterable[str | Transcript] = (), *, decode_s: float = 0.1,
                  interim_results: bool = False) -> None:
         super().__init__(NO_RETRY)
         self.clock, self.script, self.decode_s = clock, deque(script), decode_s
@@ -389,7 +391,7 @@ class Harness:
     """A conversation wired to the fakes. ``speak``/``silence`` feed 20 ms frames and move the
     clock 20 ms with each one; ``wait`` moves the clock with no audio."""
 
-    def __init__(self, *, script: Iterable[str] = (), replies: Iterable[list[Step]] = (), greeting: str | None = None,
+    def __init__(self, *, script: Iterable[str | Transcript] = (), replies: Iterable[list[Step]] = (), greeting: str | None = None,
                  tools: dict[str, ToolHandler] | None = None, tool_delays: dict[str, float] | None = None,
                  decode_s: float = 0.1, interim_results: bool = False, tts: dict[str, Any] | None = None,
                  config: dict[str, Any] | None = None, **settings: Any) -> None:

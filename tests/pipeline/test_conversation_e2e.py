@@ -86,7 +86,16 @@ async def test_a_caller_books_a_table_and_the_agent_ends_the_call(demo) -> None:
     latency = row["latency"]
     for stage in ("stt", "llm_first_token", "tts_first_audio", "first_frame", "v2v"):
         assert latency[stage]["count"] >= 3, (stage, latency)
-    topics = [e["topic"] for e in await _rows(api, "call_events", made["tenant_id"], row["id"])]
+    events = await _rows(api, "call_events", made["tenant_id"], row["id"])
+    topics = [e["topic"] for e in events]
+    # Each caller utterance carries its pieces and the engine's confidence in each; the agent's none.
+    created = [e["payload"] for e in events if e["topic"] == "transcript.created"]
+    for data in created:
+        if data["role"] == "agent":
+            assert data["segments"] is None
+            continue
+        assert data["segments"] and " ".join(s["text"] for s in data["segments"]) == data["text"], data
+        assert all(0 < s["confidence"] <= 1 for s in data["segments"]), data
     for topic in ("transcript.created", "tool.called", "turn.latency", "speech.started", "speech.ended"):
         assert topic in topics, topics
 

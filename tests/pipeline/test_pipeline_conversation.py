@@ -10,7 +10,15 @@ import asyncio
 import json
 
 from runtime.events.models import AgentInterrupted, ToolCalled, TranscriptInterim, TurnLatency
-from runtime.providers.base import LlmDone, ProviderError, TextDelta, ToolCall, ToolCallRequest
+from runtime.providers.base import (
+    LlmDone,
+    ProviderError,
+    TextDelta,
+    ToolCall,
+    ToolCallRequest,
+    Transcript,
+    TranscriptSegment,
+)
 from runtime.tools.base import ToolResult
 from tests.pipeline.fakes import Harness, say, tool_call
 
@@ -127,6 +135,26 @@ async def test_noise_that_the_stt_does_not_hear_is_not_a_turn() -> None:
     await h.silence(3000)
     assert h.llm.requests == [] and h.conv.history.messages == []
     assert h.topics() == ["speech.started", "speech.ended"]
+    await h.close()
+
+
+async def test_a_turn_keeps_every_piece_of_its_finals_with_their_confidence() -> None:
+    # The first pause's final comes in two segments (the second less sure), the second's as plain text.
+    first = Transcript("No wait, make it six. And", final=True, confidence=0.6, segments=(
+        TranscriptSegment("No wait, make it six.", 0.41), TranscriptSegment("And", 0.83)))
+    h = Harness(script=[first, "we need a high chair."], replies=[say("Sure.")])
+    await h.start()
+    await h.speak(900)
+    await h.silence(300)  # flushed, but the text is unfinished ("And"): the turn waits
+    await h.speak(600)
+    await silence_until_asked(h)
+    await h.until_quiet()
+    text = "No wait, make it six. And we need a high chair."
+    assert h.llm.requests[0].messages[-1].content == text
+    row = h.session.transcripts[0]
+    assert (row.role, row.text) == ("caller", text)
+    assert row.segments == (TranscriptSegment("No wait, make it six.", 0.41), TranscriptSegment("And", 0.83),
+                            TranscriptSegment("we need a high chair.", None))
     await h.close()
 
 
