@@ -150,6 +150,15 @@ class CallFailed(Payload):
 
 
 @dataclass(frozen=True)
+class CarrierSkipped(Payload):
+    """The bridge ended or transferred the call on the media side, without the carrier's API."""
+
+    topic: ClassVar[str] = "call.carrier_skipped"
+    action: str  # hangup | transfer
+    reason: str  # evaluation (a synthetic call) | placeholder_credential (the demo's stand-in account)
+
+
+@dataclass(frozen=True)
 class MachineDetected(Payload):
     """Who answered an outbound call, as the carrier's answering-machine detection reports it."""
 
@@ -315,6 +324,7 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
                 TranscriptCreated, DtmfReceived, AgentInterrupted, ToolCalled, TransferRequested, TurnLatency,
                 DurationWarning, ProviderFailedOver, CallCompleted, CallFailed, WebhookDisabled,
                 TranscriptionStarted, TranscriptionStopped, SpeakingStarted, SpeakingStopped, MachineDetected,
+                CarrierSkipped,
                 CallbackCreated, CallbackOverdue, CallbackCompleted,
                 AgentEvaluated, AgentPromoted, RolloutStarted, RolloutStopped, RolloutReverted)
 }
