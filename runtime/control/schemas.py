@@ -390,6 +390,9 @@ RuleOutcome.model_rebuild()
 class RuleIntent(Input):
     name: str
     keywords: list[str] = Field(default_factory=list, max_length=200)
+    fuzzy: int | None = Field(None, ge=0, le=3, description="misheard keywords: edits allowed in spelling (default "
+                              "by length: 0 under 5 letters, 1 up to 7, 2 from 8); 0: as written only")
+    exact: bool = Field(False, description="keywords match only as written (no tolerance for misheard words)")
     patterns: list[TenantPattern] = Field(default_factory=list, max_length=50, description="regexes (RE2 syntax)")
     requires: list[str] = Field(default_factory=list, description="slots that must be known before acting")
     ask: dict[str, str] = Field(default_factory=dict, description="slot -> the question asked when it is missing")
