@@ -33,7 +33,6 @@ from runtime.events.models import (
     TransferRequested,
 )
 from runtime.ids import new_id, now_iso
-from runtime.providers.base import TranscriptSegment
 from runtime.store.store import Store, WriteBatch
 
 log = logging.getLogger("voicectl.calls")
@@ -184,8 +183,9 @@ class CallSession:
         return {stage: aggregate(samples) for stage, samples in self._latency_samples.items() if samples}
 
     async def add_transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
-                             interrupted: bool, segments: tuple[TranscriptSegment, ...] = ()) -> None:
-        """A final utterance: the ``transcripts`` row and ``transcript.created`` in one transaction."""
+                             interrupted: bool, segments: list[dict[str, Any]] | None = None) -> None:
+        """A final utterance: the ``transcripts`` row and ``transcript.created`` in one transaction
+        (``segments``: a caller utterance's pieces, ``{"text", "confidence"}``)."""
         self._transcript_seq += 1
         if role == "agent":
             self.agent_spoke = True
@@ -199,7 +199,7 @@ class CallSession:
         await self.emit(TranscriptCreated(role=role, text=text, start_ms=start_ms, end_ms=end_ms,
                                           interrupted=interrupted, direction=direction,
                                           transcribe_id=transcribe_for(self.transcribes, direction),
-                                          segments=_segment_fields(segments) if role == "caller" else None), batch)
+                                          segments=segments), batch)
 
     async def start_transcribe(self, direction: str, *, implicit: bool = False) -> Transcribe:
         transcribe = Transcribe(self.id, self.tenant_id, direction, implicit)
@@ -403,10 +403,6 @@ class CallSession:
         final: Payload = (CallCompleted(reason=reason, hangup_by=hangup_by, duration_ms=duration) if state == ENDED
                           else CallFailed(reason=reason, message=message))
         await self._transition(state, reason, changes, final)
-
-
-def _segment_fields(segments: tuple[TranscriptSegment, ...]) -> list[dict[str, Any]]:
-    return [{"text": s.text, "confidence": s.confidence} for s in segments]
 
 
 def _route_tags(route: CallRoute | None) -> dict[str, Any]:

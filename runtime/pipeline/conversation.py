@@ -59,7 +59,7 @@ from runtime.pipeline.speech import Reply, Voice
 from runtime.pipeline.transport import Transport
 from runtime.pipeline.turn_taking import TurnTaking
 from runtime.pipeline.turns import SPEAKING, Signal, TurnDetector
-from runtime.providers.base import LanguageModel, SpeechToText, TextToSpeech, TranscriptSegment
+from runtime.providers.base import LanguageModel, SpeechToText, TextToSpeech
 from runtime.tools.base import ToolBox, ToolContext
 
 log = logging.getLogger("voicectl.pipeline")
@@ -84,7 +84,7 @@ class CallSink(Protocol):
         ...
 
     async def add_transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
-                             interrupted: bool, segments: tuple[TranscriptSegment, ...] = ()) -> None: ...
+                             interrupted: bool, segments: list[dict[str, Any]] | None = None) -> None: ...
 
     async def hangup(self, reason: str) -> None: ...
 

@@ -41,8 +41,9 @@ class CallReporter:
     def transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
                    interrupted: bool, segments: tuple[TranscriptSegment, ...] = ()) -> None:
         """A final utterance; ``segments``: a caller turn's pieces with their confidence."""
+        pieces = [{"text": s.text, "confidence": s.confidence} for s in segments] if role == "caller" else None
         self._jobs.put_nowait(partial(self.session.add_transcript, role, text, start_ms, end_ms, interrupted,
-                                      segments))
+                                      pieces))
 
     def agent_transcript(self, reply: Reply, text: str, played_ms: float, interrupted: bool) -> None:
         """What the caller heard of ``reply`` (nothing is stored for a reply that made no sound)."""

@@ -35,7 +35,6 @@ from runtime.providers.base import (
     SttStream,
     TextToSpeech,
     Transcript,
-    TranscriptSegment,
 )
 from runtime.providers.chains import CallProviders, ProviderChains
 from runtime.providers.failover import Failover
@@ -119,7 +118,7 @@ class ChatSession(CallSession):
     __slots__ = ("on_utterance",)
 
     async def add_transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
-                             interrupted: bool, segments: tuple[TranscriptSegment, ...] = ()) -> None:
+                             interrupted: bool, segments: list[dict[str, Any]] | None = None) -> None:
         await super().add_transcript(role, text, start_ms, end_ms, interrupted, segments)
         callback = getattr(self, "on_utterance", None)
         if callback is not None:

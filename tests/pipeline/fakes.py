@@ -36,7 +36,6 @@ from runtime.providers.base import (
     ToolCallRequest,
     ToolSpec,
     Transcript,
-    TranscriptSegment,
 )
 from runtime.tools.base import ToolContext, ToolResult
 
@@ -319,7 +318,7 @@ class TranscriptRow:
     start_ms: int | None
     end_ms: int | None
     interrupted: bool
-    segments: tuple[TranscriptSegment, ...] = ()
+    segments: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -345,7 +344,7 @@ class FakeSession:
         self.latency.setdefault(stage, []).append(ms)
 
     async def add_transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
-                             interrupted: bool, segments: tuple[TranscriptSegment, ...] = ()) -> None:
+                             interrupted: bool, segments: list[dict[str, Any]] | None = None) -> None:
         self.transcripts.append(TranscriptRow(role, text, start_ms, end_ms, interrupted, segments))
 
     async def hangup(self, reason: str) -> None:

@@ -153,8 +153,8 @@ async def test_a_turn_keeps_every_piece_of_its_finals_with_their_confidence() ->
     assert h.llm.requests[0].messages[-1].content == text
     row = h.session.transcripts[0]
     assert (row.role, row.text) == ("caller", text)
-    assert row.segments == (TranscriptSegment("No wait, make it six.", 0.41), TranscriptSegment("And", 0.83),
-                            TranscriptSegment("we need a high chair.", None))
+    assert row.segments == [{"text": "No wait, make it six.", "confidence": 0.41}, {"text": "And", "confidence": 0.83},
+                            {"text": "we need a high chair.", "confidence": None}]
     await h.close()
 
 
