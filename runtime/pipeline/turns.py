@@ -12,8 +12,10 @@ Endpointing, with ``endpoint_ms`` the version's ``turn.endpointing_silence_ms`` 
   ends the turn the moment it arrives; neutral text (no punctuation) ends it at ``endpoint_ms``;
   text that looks unfinished ("... and", "my number is 555 12", "john dot", a trailing comma)
   waits for ``incomplete_ms`` (3 x endpoint, at least 1.5 s);
-- a flush that yields no final within ``final_timeout_ms`` more ends the turn with what there is
-  (the local engine sends no final at all for noise); empty text ends it at once (nothing said);
+- a flush that yields no final within ``final_timeout_ms`` more ends the turn with what there is;
+  an empty final ends it at once when the speech was shorter than ``heard_speech_ms`` (a click, a
+  breath), and at ``endpoint_ms`` otherwise (speech not understood, or a caller hesitating who may
+  go on: the turn is answered with the not-understood line only when they do not);
 - speech resuming before the end continues the same turn; its segments' finals are joined, and
   so are their pieces (an engine that decodes in segments gives several per final, each with its
   confidence; another gives one per final): the turn's ``segments``.
@@ -180,8 +182,10 @@ class TurnDetector:
             if silence >= policy.endpoint_ms + policy.final_timeout_ms:
                 return signal | Signal.END
             return signal
-        if not self._segments:
-            return signal | Signal.END  # the flush heard nothing: not a turn
+        if not self._segments:  # the flush heard nothing
+            if self.speech_ms < policy.heard_speech_ms or silence >= policy.endpoint_ms:
+                return signal | Signal.END
+            return signal
         verdict = self._verdict
         if (verdict is Completeness.COMPLETE
                 or (verdict is Completeness.NEUTRAL and silence >= policy.endpoint_ms)

@@ -179,6 +179,19 @@ async def test_speech_with_no_accepted_words_gets_the_not_understood_line_at_onc
     await h.close()
 
 
+async def test_an_empty_final_brings_the_not_understood_line_at_the_endpoint() -> None:
+    # The local engine says at once that it understood nothing (an empty final): no final timeout.
+    h = Harness(script=[Transcript("", final=True, speech_final=True)])
+    await h.start()
+    await h.speak(800)
+    await h.silence(480)  # flushed at 250 ms, the empty final at 350 ms: the caller may still go on
+    assert h.tts.texts == []
+    await h.silence(40)  # the endpoint (500 ms)
+    await h.wait(0)
+    assert h.tts.texts == [NOT_UNDERSTOOD]
+    await h.close()
+
+
 async def test_the_not_understood_line_can_be_turned_off_and_is_not_said_over_the_agent() -> None:
     off = Harness(script=[""], config={"turn": {"not_understood_reply": ""}})
     await off.start()

@@ -72,17 +72,18 @@ async def test_transcribes_telephony_speech(stt, speech) -> None:
     await stream.close()
 
 
-async def test_silence_only_yields_nothing_and_offsets_count_from_stream_start(stt, speech) -> None:
+async def test_silence_yields_an_empty_final_and_offsets_count_from_stream_start(stt, speech) -> None:
     stream = await stt.open()
     await _push(stream, bytes(32000 * 2))  # 2 s of silence
     await stream.flush()
     await _push(stream, speech[HOURS])
     await stream.flush()
     await stream.close()
-    transcripts = [t async for t in stream]
-    assert len(transcripts) == 1  # the silent utterance produced no transcript, not an empty one
-    assert {"open", "sunday"} <= _words(transcripts[0].text)
-    assert transcripts[0].start_ms >= 2000
+    silent, spoken = [t async for t in stream]
+    # The silent utterance: an empty final (nothing understood, said at once), no text, no segments.
+    assert (silent.text, silent.final, silent.segments, silent.start_ms, silent.end_ms) == ("", True, (), 0, 2000)
+    assert {"open", "sunday"} <= _words(spoken.text)
+    assert spoken.start_ms >= 2000
 
 
 def _noises() -> dict[str, bytes]:

@@ -33,9 +33,10 @@ dropped only when it is a phantom (hallucinations.py: a sub-word loop or one of 
 outro phrases); a real piece that is merely less sure than the others is kept. The whole-decode
 checks below then look at the kept segments.
 
-Empty results: a flush that hears nothing (silence, noise, a rejected hallucination) emits
-no transcript at all; the pipeline treats "no final" as nothing heard (and answers speech it
-could not understand with the version's ``turn.not_understood_reply``).
+Empty results: a flush that hears nothing (silence, noise, a rejected hallucination) emits an
+empty final, so the pipeline knows at once that nothing was understood (and answers speech with
+the version's ``turn.not_understood_reply`` without waiting for a final that will not come); a
+partial that hears nothing emits nothing. ``transcribe`` (one-shot) returns None.
 """
 
 from __future__ import annotations
@@ -398,8 +399,10 @@ class WhisperStream(SttStream):
             log.exception("local whisper decode failed")
             self._results.put_nowait(ProviderError("local", "server", f"decode failed: {exc}"))
         else:
-            if transcript is not None:
-                self._results.put_nowait(transcript)
+            if transcript is None:  # nothing understood: said now, not left to the pipeline's timeout
+                end_ms = offset_ms + len(pcm) * 1000 // (2 * RATE)
+                transcript = Transcript("", final=True, speech_final=True, start_ms=offset_ms, end_ms=end_ms)
+            self._results.put_nowait(transcript)
 
     async def close(self) -> None:
         if self._closed:
