@@ -124,6 +124,9 @@ def test_a_phantom_segment_is_dropped_and_the_real_ones_kept() -> None:
     assert [p.text for p in decoded.segments] == ["Two people at seven."]
     assert decoded.dropped == 1
     assert decoded.avg_logprob == pytest.approx(-0.3)  # the dropped piece does not count against the rest
+    # A long loop after a real piece: dropped, and whisper's compression check reads only what is kept.
+    stuck = _decode([([" Two", " people."], -0.3), ([" s'm"] * 60, -0.2)])
+    assert stuck.text == "Two people." and stuck.dropped == 1 and stuck.compression_ratio < 2.4
     looping = _decode([([" I'm", " s'm", " s'm", " s'm", " s'm", " s'm"], -0.5)])
     assert looping.text == "" and looping.looped and looping.dropped == 1
 

@@ -244,14 +244,13 @@ def _assemble(tokenizer: Any, ids: list[int], logprobs: list[float], no_speech_p
     if current[0]:
         pieces.append(current)
     kept: list[Piece] = []
-    raw_parts: list[str] = []
+    raw_kept: list[str] = []  # before collapsing repeats: whisper's compression check reads these
     looped, dropped = False, 0
     kept_logprobs: list[float] = []
     for tokens, logprobs_of in pieces:
         raw = tokenizer.decode(tokens).strip()
         if not raw:
             continue
-        raw_parts.append(raw)
         reason = phantom(raw)
         if reason is not None:
             dropped += 1
@@ -263,11 +262,11 @@ def _assemble(tokenizer: Any, ids: list[int], logprobs: list[float], no_speech_p
             looped = True
             continue
         kept.append(Piece(text, sum(logprobs_of) / len(logprobs_of)))
+        raw_kept.append(raw)
         kept_logprobs.extend(logprobs_of)
-    raw_text = " ".join(raw_parts)
     avg = sum(kept_logprobs) / len(kept_logprobs) if kept_logprobs else -10.0
-    return Decoded(" ".join(p.text for p in kept), avg, no_speech_prob, compression_ratio(raw_text), looped,
-                   tuple(kept), dropped)
+    return Decoded(" ".join(p.text for p in kept), avg, no_speech_prob, compression_ratio(" ".join(raw_kept)),
+                   looped, tuple(kept), dropped)
 
 
 def collapse_repeats(text: str) -> tuple[str, bool]:
