@@ -44,6 +44,19 @@ def name_instance(app: web.Application, instance_id: str) -> None:
     app[METRICS].name_instance(instance_id)
 
 
+async def _start_event_relay(app: web.Application):
+    """Cluster mode: events to and from the other instances; event sockets closed 1013 when NATS is lost."""
+    from runtime.api.event_socket import close_for_retry
+    from runtime.cluster.event_relay import EventRelay
+    from runtime.cluster.link import CLUSTER
+
+    link = app[CLUSTER]
+    relay = EventRelay(link, app[BUS], app[SETTINGS].events.nats.max_age_s, app[METRICS].registry)
+    await relay.start()
+    link.on_lost(lambda: close_for_retry(app))
+    return relay
+
+
 def create_app(settings: Settings, control: ControlPlane | None = None,
                providers: ProviderChains | None = None) -> web.Application:
     """Build the app; without ``control`` one is opened (and migrated) on startup and closed on cleanup.
@@ -78,6 +91,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
                                        egress=settings.security.egress.policy, bus=app[BUS])
         app[BUS].on_outbox = app[DELIVERY].wake
         await app[DELIVERY].start()
+        relay = await _start_event_relay(app) if settings.cluster_mode else None
         from runtime.recording.objects import RECORDING_OBJECTS, RecordingObjects
         from runtime.recording.storage import LocalStorage
         from runtime.recording.upload import RECORDING_UPLOADS, RecordingUploader, UploadPolicy
@@ -132,8 +146,16 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         await app[TRACKER].drain(settings.server.shutdown_grace_s)
         await app[RECORDING_UPLOADS].close()
         await app[PIPELINE].stop()
+        if relay is not None:
+            await relay.stop()
         await app[DELIVERY].stop()
 
+    async def rate_limits(app: web.Application) -> AsyncIterator[None]:
+        await app[RATE_LIMITER].open()  # Redis unreachable here is logged; requests then count locally
+        yield
+        await app[RATE_LIMITER].close()
+
+    app.cleanup_ctx.append(rate_limits)
     app.cleanup_ctx.append(control_plane)
     if settings.cluster_mode:
         from runtime.cluster.link import cluster_link_ctx

@@ -19,6 +19,10 @@ def cluster_refusal(settings: Settings) -> str | None:
     if not settings.limits.rate_limits.shared:
         return ("events.nats.url is set (cluster mode) but limits.rate_limits.storage is memory://: each instance "
                 "would count on its own; set it to async+redis://HOST:PORT/DB (e.g. async+redis://127.0.0.1:6379/0)")
+    if settings.secrets.backend != "database":
+        return (f"events.nats.url is set (cluster mode) but secrets.backend is {settings.secrets.backend}: each "
+                "instance would read the credentials of its own keyring; copy them with `voicectl secrets copy "
+                "--to database`, then set secrets.backend: database")
     return None
 
 

@@ -531,7 +531,22 @@ CALLBACKS_AND_RECORD = Migration(
     ),
 )
 
+# Secret values sealed with a key derived from the master key (secrets.backend: database,
+# runtime.secrets_database): what several runtimes on one database share. Number 14: 12 and 13 are
+# the cluster's instances and stream tokens.
+SECRET_VALUES = Migration(
+    14,
+    "secret values in the database",
+    (
+        """CREATE TABLE secret_values (
+            ref TEXT PRIMARY KEY,
+            sealed TEXT NOT NULL,
+            updated_at {ts} NOT NULL
+        )""",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS, GOTO_CHANNELS, RECORDING_UPLOADS,
                                      LIVEKIT_EGRESSES, WEBHOOK_STATUS, GOTO_DEVICES, OUTBOUND_CALLS,
-                                     EVALUATIONS_ROLLOUT, CALLBACKS_AND_RECORD)
+                                     EVALUATIONS_ROLLOUT, CALLBACKS_AND_RECORD, SECRET_VALUES)
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -374,6 +374,16 @@ class Tables:
             "SELECT COUNT(*) AS n FROM phone_numbers WHERE tenant_id = ? AND agent_id = ?", (tenant_id, agent_id)
         ))
 
+    async def named_secret_refs(self) -> list[str]:
+        """Every secret reference a row names (credentials, webhooks), all tenants."""
+        rows = await self.executor.fetchall(
+            "SELECT secret_ref FROM credentials WHERE secret_ref IS NOT NULL "
+            "UNION ALL SELECT secret_ref FROM webhook_configs WHERE secret_ref IS NOT NULL", ())
+        return [r["secret_ref"] for r in rows]
+
+    async def tenant_ids(self) -> list[str]:
+        return [r["id"] for r in await self.executor.fetchall("SELECT id FROM tenants ORDER BY id", ())]
+
     async def secret_refs_for_tenant(self, tenant_id: str) -> list[str]:
         rows = await self.executor.fetchall(
             "SELECT secret_ref FROM credentials WHERE tenant_id = ? AND secret_ref IS NOT NULL "
