@@ -185,8 +185,9 @@ class CallSession:
         return {stage: aggregate(samples) for stage, samples in self._latency_samples.items() if samples}
 
     async def add_transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
-                             interrupted: bool) -> None:
-        """A final utterance: the ``transcripts`` row and ``transcript.created`` in one transaction."""
+                             interrupted: bool, segments: list[dict[str, Any]] | None = None) -> None:
+        """A final utterance: the ``transcripts`` row and ``transcript.created`` in one transaction
+        (``segments``: a caller utterance's pieces, ``{"text", "confidence"}``)."""
         self._transcript_seq += 1
         if role == "agent":
             self.agent_spoke = True
@@ -199,7 +200,8 @@ class CallSession:
         direction = "in" if role == "caller" else "out"
         await self.emit(TranscriptCreated(role=role, text=text, start_ms=start_ms, end_ms=end_ms,
                                           interrupted=interrupted, direction=direction,
-                                          transcribe_id=transcribe_for(self.transcribes, direction)), batch)
+                                          transcribe_id=transcribe_for(self.transcribes, direction),
+                                          segments=segments), batch)
 
     async def start_transcribe(self, direction: str, *, implicit: bool = False) -> Transcribe:
         transcribe = Transcribe(self.id, self.tenant_id, direction, implicit)
