@@ -38,7 +38,7 @@ def instance_config(names: ClusterNames, name: str, port: int, master_key: Path,
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port, "instance_id": name, "shutdown_grace_s": 1},
         "database": {"url": names.schema_url},
-        "secrets": {"backend": "cryptfile", "master_key_file": str(master_key)},
+        "secrets": {"backend": "database", "master_key_file": str(master_key)},
         "events": {"nats": {"url": names.nats_url, "stream": names.stream, "subject_prefix": names.subject_prefix}},
         "limits": {"max_calls": 1000, "rate_limits": {"runtime": {c: big for c in RATE_CLASSES}}},
         "security": {"egress": {"allow": ["127.0.0.1/32"]}},
@@ -65,14 +65,16 @@ class InstanceProcess:
     def log_path(self) -> Path:
         return self.folder / "server.log"
 
-    def start(self, config: dict) -> None:
+    def start(self, config: dict, clip: Path | None = None) -> None:
+        """``clip``: the WAV every agent sentence is spoken with (a long one keeps audio flowing)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / "config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOICECTL_")}
         env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "fake_engines.py"), "--config", str(path)],
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "fake_engines.py"), "--config", str(path),
+                                      *(["--clip", str(clip)] if clip else [])],
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=self.folder, env=env)
 
     async def ready(self, timeout: float = READY_TIMEOUT_S) -> None:
@@ -125,10 +127,11 @@ class ProcessCluster:
     def master_key(self) -> Path:
         return self.root / "master.key"
 
-    async def start(self, count: int, **sections: dict[str, Any]) -> ProcessCluster:
+    async def start(self, count: int, clip: Path | None = None, **sections: dict[str, Any]) -> ProcessCluster:
         for n in range(1, count + 1):
             instance = InstanceProcess(f"i{n}", self.root / f"i{n}", free_port())
-            instance.start(instance_config(self.names, instance.name, instance.port, self.master_key, **sections))
+            instance.start(instance_config(self.names, instance.name, instance.port, self.master_key, **sections),
+                           clip)
             self.instances.append(instance)
         await asyncio.gather(*(one.ready() for one in self.instances))
         return self
@@ -157,7 +160,7 @@ async def provision(names: ClusterNames, root: Path, number: str = "+15550107000
 
     root.mkdir(parents=True, exist_ok=True)
     settings = build_settings({"database": {"url": names.schema_url},
-                               "secrets": {"backend": "cryptfile", "master_key_file": str(root / "master.key")}},
+                               "secrets": {"backend": "database", "master_key_file": str(root / "master.key")}},
                               root)
     write_master_key(settings.master_key_path)
     account_sid, auth_token = "AC" + "c" * 32, "cluster-test-auth-token"
