@@ -234,6 +234,11 @@ class _Engine:
         prefix = self._prefix(model, options.language, options.prompt)
         beam = options.beam_size if final else 1
         result = _decode(model, self._tokenizer, prefix, audio, options.context_s, beam)
+        if final and result.looped and options.prompt:
+            # The hints can make whisper say a short answer twice ("yes please." as two segments):
+            # decode once more without them on the short window (~250 ms) before the 30 s one (~1.5 s).
+            prefix = self._prefix(model, options.language, "")
+            result = _decode(model, self._tokenizer, prefix, audio, options.context_s, beam)
         if final and (result.looped or result.avg_logprob < options.full_context_below_logprob) \
                 and len(audio) / RATE + 1 < WINDOW_S:
             result = _decode(model, self._tokenizer, prefix, audio, WINDOW_S, beam)
