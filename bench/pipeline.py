@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ramp", type=float, default=5.0, help="fake part: seconds over which calls start")
     parser.add_argument("--levels", default="1,2,3,4", help="offline part: concurrency levels")
     parser.add_argument("--no-pin", action="store_true", help="do not pin runtime and callers to cores")
-    parser.add_argument("--stt-model", choices=("base", "tiny.en"), help="offline part: providers.local.stt_model")
+    parser.add_argument("--stt-model", choices=("base", "tiny.en"), help="offline part: providers.local.stt_model (default tiny.en)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 4 fake calls x 2 turns, offline at 1")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)

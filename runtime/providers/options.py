@@ -64,9 +64,10 @@ class SttHints(VersionOptions):
 
 
 class LocalSttSettings(ProviderSettings):
-    # The packaged Whisper model: base (multilingual, ~3x the CPU of tiny.en per utterance) or
-    # tiny.en (English only). A version's stt.model overrides it.
-    stt_model: Literal["base", "tiny.en"] = "base"
+    # The packaged Whisper model: tiny.en (English only) or base (multilingual; hears the caller set
+    # better but misses the voice-to-voice targets at 2 calls a core: see README). A version's
+    # stt.model overrides it; a version in another language gets base.
+    stt_model: Literal["base", "tiny.en"] = "tiny.en"
     # Where a model shipped in pieces is assembled once; relative to the config file's folder.
     model_dir: str = "models"
 

@@ -129,7 +129,7 @@ def test_each_version_gets_its_model_language_and_hints(tmp_path) -> None:
     assert chosen._engine.model_dir is not None  # the process's engine: the first settings' folder
     spanish = _engine(chains, AgentConfig(system_prompt="x", language="es-MX"))
     assert spanish.model is WHISPER_BASE and spanish.options.language == "es"  # tiny.en is English only
-    assert _engine(ProviderChains(_settings(tmp_path)), AgentConfig(system_prompt="x")).model is WHISPER_BASE
+    assert _engine(ProviderChains(_settings(tmp_path)), AgentConfig(system_prompt="x")).model is WHISPER_TINY_EN
 
 
 def test_a_version_names_only_a_packaged_model_and_bounded_keywords() -> None:
@@ -181,16 +181,16 @@ async def test_deepgram_gets_the_hints_as_keyterms(tmp_path) -> None:
 def test_a_heavier_model_takes_more_of_the_local_budget(tmp_path) -> None:
     tiny = ProviderChains(_settings(tmp_path, stt_model="tiny.en"))
     assert tiny.local_load(AgentConfig(system_prompt="x")) == 1
-    assert tiny.local_load(AgentConfig(system_prompt="x", stt={"model": "base"})) == 2
-    assert tiny.local_load(AgentConfig(system_prompt="x", language="de")) == 2  # base: the multilingual one
+    assert tiny.local_load(AgentConfig(system_prompt="x", stt={"model": "base"})) == 4
+    assert tiny.local_load(AgentConfig(system_prompt="x", language="de")) == 4  # base: the multilingual one
     cloud = {"stt": {"provider": "deepgram"}, "tts": {"provider": "cartesia"}}
     assert tiny.local_load(AgentConfig(system_prompt="x", **cloud)) == 0
-    base = ProviderChains(_settings(tmp_path))
+    base = ProviderChains(_settings(tmp_path, stt_model="base"))
     assert base.local_load(AgentConfig(system_prompt="x")) == 1
-    assert base.local_load(AgentConfig(system_prompt="x", stt={"model": "tiny.en"})) == 0.5
+    assert base.local_load(AgentConfig(system_prompt="x", stt={"model": "tiny.en"})) == 0.25
     limits = base.settings.limits
     cores = len(os.sched_getaffinity(0))
-    assert (limits.local_capacity("base"), limits.local_capacity("tiny.en")) == (2 * cores, 4 * cores)
+    assert (limits.local_capacity("base"), limits.local_capacity("tiny.en")) == (cores, 4 * cores)
 
 
 def test_the_tracker_admits_calls_by_their_share_of_the_budget() -> None:
