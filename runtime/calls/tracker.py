@@ -15,9 +15,10 @@ from runtime.calls.integrator_sessions import Speaking, Transcribe
 from runtime.calls.outbound import OutboundCall
 from runtime.calls.routing import CallRoute, RouteRejected, route_call
 from runtime.calls.session import LIVE_STATES, QUEUED, CallSession
+from runtime.calls.stale_calls import fail_stale_call
+from runtime.cluster.admission import ClusterAdmission
 from runtime.events.bus import EventBus
-from runtime.events.models import CallFailed, Event, StateChanged
-from runtime.ids import new_id, now_iso
+from runtime.ids import new_id
 from runtime.recording.recorder import CallRecorder
 from runtime.recording.storage import LocalStorage
 from runtime.recording.upload import RecordingUploader
@@ -97,8 +98,13 @@ class CallTracker:
     def __init__(self, store: Store, bus: EventBus, *, max_calls: int, recording_dir: Path | None = None,
                  uploader: RecordingUploader | None = None, local_calls: int | None = None,
                  runs_locally: Callable[[CallRoute], Awaitable[bool]] | None = None,
-                 recorder: CallRecordWriter | None = None) -> None:
+                 recorder: CallRecordWriter | None = None, instance_id: str | None = None,
+                 admission: ClusterAdmission | None = None) -> None:
         self.store = store
+        # This runtime among several (kept on each call's row), and the limits that hold across
+        # them (cluster mode; None: this process's own counts are the whole truth).
+        self.instance_id = instance_id
+        self.admission = admission
         self.bus = bus
         self.max_calls = max_calls
         # Calls whose speech runs on this box's own engines, and how many of them it can serve at
@@ -156,6 +162,10 @@ class CallTracker:
             if local and self.local_at_capacity:  # busy now, not a silent line later
                 raise RouteRejected("busy", "the local speech engines are at capacity", route.tenant_id,
                                     route.number["id"])
+            session = self._session(route.tenant_id, route, provider, direction, from_number, to_number,
+                                    provider_call_id)
+            session.tags.update(tags or {})
+            await self._register(session, route, local, route.number["id"])  # the cluster's limits
         except RouteRejected as rejected:
             tenant_id = rejected.tenant_id or tenant_hint
             if tenant_id is not None:
@@ -165,9 +175,6 @@ class CallTracker:
                 await session.insert_row()
                 await session.fail(rejected.reason, rejected.message)
             raise
-        session = self._session(route.tenant_id, route, provider, direction, from_number, to_number, provider_call_id)
-        session.tags.update(tags or {})
-        await self._register(session, route, local)
         return session
 
     async def open_outbound(self, route: CallRoute, outbound: OutboundCall, *, provider: str, from_number: str,
@@ -189,12 +196,22 @@ class CallTracker:
         await self._register(session, route, local)
         return session
 
-    async def _register(self, session: CallSession, route: CallRoute, local: bool) -> None:
+    async def _register(self, session: CallSession, route: CallRoute, local: bool,
+                        number_id: str | None = None) -> None:
+        """Store the call and count it live; RouteRejected (nothing stored) when the cluster's
+        limits refuse it."""
+        admit = (self.admission.check(route.tenant_id, route.tenant["max_concurrent_calls"], number_id)
+                 if self.admission is not None else None)
         self.live[session.id] = session
         if local:
             self.local_live.add(session.id)
+        try:
+            await session.insert_row(admit)
+        except BaseException:
+            self.live.pop(session.id, None)
+            self.local_live.discard(session.id)
+            raise
         session.on_end.append(self._release)
-        await session.insert_row()
         if self.recording is not None and route.tenant.get("recording_enabled"):
             self._record(session)
 
@@ -214,7 +231,7 @@ class CallTracker:
         session = CallSession(
             id=new_id("call"), tenant_id=tenant_id, provider=provider, direction=direction,
             from_number=from_number, to_number=to_number, store=self.store, bus=self.bus, route=route,
-            provider_call_id=provider_call_id,
+            provider_call_id=provider_call_id, instance_id=self.instance_id,
         )
         if self.recorder is not None:
             session.after_end.append(self._spawn_record)
@@ -270,31 +287,22 @@ class CallTracker:
 
         await asyncio.gather(*(one(s) for s in sessions))
 
-    async def recover(self) -> int:
-        """Calls left live by a previous run become failed (reason=runtime_restart), with events."""
+    async def recover(self, *, shared: bool = False) -> int:
+        """Calls left live by a previous run become failed (reason=runtime_restart), with events.
+        ``shared``: other runtimes use this database too, so only this instance's own calls (and
+        calls of no instance, from before instances were recorded) are its to fail; a lost peer's
+        calls are the reaper's (runtime.cluster.instances)."""
+        owners: tuple[str | None, ...] = (self.instance_id, None) if shared else ()
         count = 0
-        for status in LIVE_STATES:
-            while True:
-                rows, _ = await self.store.voice_calls.list(
-                    tenant_id=ALL_TENANTS, equals={"status": status}, limit=200, count=False
-                )
-                if not rows:
-                    break
-                for row in rows:
-                    await self._fail_stale(row)
-                    count += 1
-        return count
-
-    async def _fail_stale(self, row: dict) -> None:
-        now = now_iso()
-        await self.store.voice_calls.update(
-            row["id"], {"status": "failed", "end_reason": "runtime_restart", "ended_at": now, "updated_at": now},
-            tenant_id=row["tenant_id"],
-        )
-        seq = int(await self.store.max_event_seq(row["id"]) or 0)
-        for offset, payload in enumerate(
-            (StateChanged(from_state=row["status"], to_state="failed", reason="runtime_restart"),
-             CallFailed(reason="runtime_restart", message="the runtime restarted during the call")), start=1
-        ):
-            await self.bus.publish(Event.of(payload, tenant_id=row["tenant_id"], call_id=row["id"],
-                                            seq=seq + offset, trace_id=row["trace_id"]))
+        while True:
+            if shared:
+                rows = [row for owner in owners for row in await self.store.live_calls_left_by(owner, 200)]
+            else:
+                rows = [row for status in LIVE_STATES for row in (await self.store.voice_calls.list(
+                    tenant_id=ALL_TENANTS, equals={"status": status}, limit=200, count=False))[0]]
+            if not rows:
+                return count
+            for row in rows:
+                # False: moved on meanwhile (cannot happen to a call no process holds; counted anyway).
+                await fail_stale_call(self.store, self.bus, row, "runtime_restart")
+                count += 1

@@ -531,7 +531,41 @@ CALLBACKS_AND_RECORD = Migration(
     ),
 )
 
+# Several runtimes on one database (runtime.cluster.instances): each registers an ``instances`` row
+# and renews its lease (``expires_at``, its heartbeat plus its ``lease_s``) with what it carries; a
+# survivor claims a row whose lease ran out (``reaped_by``, once) and fails its live calls. A call
+# names the instance holding its media (NULL: a row from before this migration). The partial index
+# keeps the admission count (live calls per tenant and instance) proportional to live calls.
+CLUSTER_INSTANCES = Migration(
+    12,
+    "instances, their leases and their calls",
+    (
+        """CREATE TABLE instances (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            port INTEGER,
+            pid INTEGER NOT NULL,
+            version TEXT NOT NULL,
+            started_at {ts} NOT NULL,
+            heartbeat_at {ts} NOT NULL,
+            expires_at {ts} NOT NULL,
+            lease_s {real} NOT NULL,
+            live_calls INTEGER NOT NULL DEFAULT 0,
+            local_calls INTEGER NOT NULL DEFAULT 0,
+            max_calls INTEGER,
+            load {real} NOT NULL DEFAULT 0,
+            accepting {bool} NOT NULL DEFAULT TRUE,
+            reaped_by TEXT,
+            reaped_at {ts}
+        )""",
+        "CREATE INDEX instances_expires ON instances (expires_at)",
+        "ALTER TABLE voice_calls ADD COLUMN instance_id TEXT",
+        "CREATE INDEX voice_calls_live_instance ON voice_calls (instance_id, tenant_id) "
+        "WHERE status IN ('queued', 'dialing', 'ringing', 'connected', 'transferring')",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS, GOTO_CHANNELS, RECORDING_UPLOADS,
                                      LIVEKIT_EGRESSES, WEBHOOK_STATUS, GOTO_DEVICES, OUTBOUND_CALLS,
-                                     EVALUATIONS_ROLLOUT, CALLBACKS_AND_RECORD)
+                                     EVALUATIONS_ROLLOUT, CALLBACKS_AND_RECORD, CLUSTER_INSTANCES)
 LATEST_VERSION = MIGRATIONS[-1].version
