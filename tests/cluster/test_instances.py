@@ -1,0 +1,201 @@
+"""Instances on one Postgres: leases, crash of an instance (instance_lost, once), admission across instances."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.api.appkeys import TRACKER
+from runtime.calls.routing import RouteRejected
+from runtime.cluster.instances import INSTANCE_LEASE
+from runtime.store.tables import ALL_TENANTS
+from tests.calls.support import events_of, provision
+from tests.cluster.support import ClusterNames, start_instances, stop_instances
+
+LEASE_S = 1.0
+
+
+async def _instances(live) -> dict[str, dict]:
+    rows, _ = await live.control.store.instances.list(tenant_id=ALL_TENANTS, limit=100)
+    return {row["id"]: row for row in rows}
+
+
+async def _open(live, world, **extra):
+    return await live.app[TRACKER].open_call(to_number=world.e164, from_number="+15550000001", provider="twilio",
+                                             **extra)
+
+
+def _crash(live) -> None:
+    """The instance stops renewing its lease and forgets its calls, as a killed process would; its
+    app's later cleanup (the test's) then has nothing left to drain."""
+    live.app[TRACKER].live.clear()
+
+
+async def _stop_renewing(live) -> None:
+    await live.app[INSTANCE_LEASE].stop(deregister=False)
+
+
+async def test_each_instance_renews_its_lease_with_what_it_carries_and_leaves_on_a_clean_stop(
+        cluster_names: ClusterNames, tmp_path: Path) -> None:
+    started = await start_instances(cluster_names, tmp_path, 2, server={"lease_s": LEASE_S})
+    try:
+        live1, live2 = started[0][0], started[1][0]
+        world = await provision(live1.control, max_concurrent_calls=5)
+        call = await _open(live2, world)
+        first = await _instances(live1)
+        assert set(first) == {"i1", "i2"}
+        await asyncio.sleep(LEASE_S)
+        later = await _instances(live1)
+        for one in ("i1", "i2"):
+            assert later[one]["heartbeat_at"] > first[one]["heartbeat_at"]
+            assert later[one]["expires_at"] > later[one]["heartbeat_at"] and later[one]["accepting"] is True
+            assert later[one]["lease_s"] == LEASE_S and later[one]["reaped_by"] is None
+            assert later[one]["load"] >= 0
+        assert later["i2"]["live_calls"] == 1 and later["i1"]["live_calls"] == 0
+        row = await live1.control.store.voice_calls.get(call.id, tenant_id=world.tenant_id)
+        assert row["instance_id"] == "i2"
+        await call.end("hangup", hangup_by="caller")
+        await stop_instances([started.pop()])
+        assert set(await _instances(live1)) == {"i1"}
+    finally:
+        await stop_instances(started)
+
+
+async def test_calls_of_a_lost_instance_end_instance_lost_once_within_lease_plus_2s(
+        cluster_names: ClusterNames, tmp_path: Path) -> None:
+    started = await start_instances(cluster_names, tmp_path, 3, server={"lease_s": LEASE_S})
+    try:
+        (live1, _), (live2, _), (live3, _) = started
+        world = await provision(live1.control, max_concurrent_calls=10)
+        lost = [await _open(live2, world) for _ in range(3)]
+        await lost[0].connect()
+        kept = [await _open(live1, world), await _open(live3, world)]
+        await _stop_renewing(live2)
+        _crash(live2)
+        crashed_at = time.monotonic()
+        store = live1.control.store
+        while True:
+            rows = [await store.voice_calls.get(c.id, tenant_id=world.tenant_id) for c in lost]
+            if all(r["status"] == "failed" for r in rows):
+                break
+            assert time.monotonic() - crashed_at < LEASE_S + 2, [r["status"] for r in rows]
+            await asyncio.sleep(0.05)
+        assert {r["end_reason"] for r in rows} == {"instance_lost"}
+        # Both survivors keep reaping (and a third reaper joins in at once): still one failure per call.
+        await asyncio.gather(live1.app[INSTANCE_LEASE].reap(), live3.app[INSTANCE_LEASE].reap(),
+                             live1.app[INSTANCE_LEASE].reap())
+        await asyncio.sleep(2 * LEASE_S)
+        for call, state in zip(lost, ("connected", "ringing", "ringing"), strict=True):
+            events = await events_of(live1.control, world.tenant_id, call.id)
+            failed = [e for e in events if e["topic"] == "voice.call.failed"]
+            changed = [e for e in events if e["topic"] == "call.state_changed" and e["payload"]["to_state"] == "failed"]
+            assert len(failed) == 1 and len(changed) == 1, events
+            assert failed[0]["payload"]["reason"] == "instance_lost"
+            assert changed[0]["payload"] == {"from_state": state, "to_state": "failed", "reason": "instance_lost"}
+            assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        for call in kept:  # the survivors' own calls go on
+            row = await store.voice_calls.get(call.id, tenant_id=world.tenant_id)
+            assert row["status"] == "ringing" and call.live
+        instances = await _instances(live1)
+        assert instances["i2"]["reaped_by"] in ("i1", "i3")
+        assert live1.app[INSTANCE_LEASE].reaped_calls + live3.app[INSTANCE_LEASE].reaped_calls == len(lost)
+        for call in kept:
+            await call.end("hangup", hangup_by="caller")
+    finally:
+        await stop_instances(started)
+
+
+async def test_a_restarted_instance_fails_only_its_own_previous_calls(cluster_names: ClusterNames,
+                                                                    tmp_path: Path) -> None:
+    started = await start_instances(cluster_names, tmp_path, 2, server={"lease_s": 5.0})
+    try:
+        (live1, _), (live2, _) = started
+        world = await provision(live1.control, max_concurrent_calls=10)
+        mine, theirs = await _open(live1, world), await _open(live2, world)
+        _crash(live1)
+        await stop_instances([started.pop(0)])  # i1 stops without its calls (as if killed), then restarts
+        started[:0] = await start_instances(cluster_names, tmp_path, 1, server={"lease_s": 5.0})
+        store = live2.control.store
+        row = await store.voice_calls.get(mine.id, tenant_id=world.tenant_id)
+        assert row["status"] == "failed" and row["end_reason"] == "runtime_restart"
+        row = await store.voice_calls.get(theirs.id, tenant_id=world.tenant_id)
+        assert row["status"] == "ringing" and theirs.live
+        await theirs.end("hangup", hangup_by="caller")
+    finally:
+        await stop_instances(started)
+
+
+async def test_a_tenant_limit_holds_whichever_instance_a_call_reaches(cluster_names: ClusterNames,
+                                                                     tmp_path: Path) -> None:
+    started = await start_instances(cluster_names, tmp_path, 3, server={"lease_s": LEASE_S})
+    try:
+        lives = [live for live, _ in started]
+        world = await provision(lives[0].control, max_concurrent_calls=2)
+        calls = [await _open(lives[0], world), await _open(lives[1], world)]
+        for live in lives:
+            with pytest.raises(RouteRejected) as refused:
+                await _open(live, world)
+            assert refused.value.reason == "tenant_call_limit"
+        rows, _ = await lives[0].control.store.voice_calls.list(
+            tenant_id=world.tenant_id, equals={"end_reason": "tenant_call_limit"}, limit=10)
+        assert len(rows) == 3 and {r["status"] for r in rows} == {"failed"}
+        for row in rows:  # refused as on one instance: a failed row with voice.call.failed
+            events = await events_of(lives[0].control, world.tenant_id, row["id"])
+            assert events[-1]["topic"] == "voice.call.failed"
+            assert events[-1]["payload"]["reason"] == "tenant_call_limit"
+        await calls[0].end("hangup", hangup_by="caller")
+        calls[0] = await _open(lives[2], world)  # a slot freed on i1 is taken on i3
+        with pytest.raises(RouteRejected):
+            await _open(lives[0], world)
+        for call in calls:
+            await call.end("hangup", hangup_by="caller")
+        # Calls arriving at all three at once: exactly the limit is admitted.
+        results = await asyncio.gather(*(_open(lives[n % 3], world) for n in range(9)), return_exceptions=True)
+        admitted = [r for r in results if not isinstance(r, BaseException)]
+        assert len(admitted) == 2, results
+        assert all(isinstance(r, RouteRejected) and r.reason == "tenant_call_limit"
+                   for r in results if isinstance(r, BaseException))
+        for call in admitted:
+            await call.end("hangup", hangup_by="caller")
+    finally:
+        await stop_instances(started)
+
+
+async def test_max_calls_cluster_caps_every_tenant_together(cluster_names: ClusterNames, tmp_path: Path) -> None:
+    started = await start_instances(cluster_names, tmp_path, 3, server={"lease_s": LEASE_S},
+                                    limits={"max_calls_cluster": 3})
+    try:
+        lives = [live for live, _ in started]
+        first = await provision(lives[0].control, name="first", e164="+15550100001", max_concurrent_calls=10)
+        second = await provision(lives[0].control, name="second", e164="+15550100002", max_concurrent_calls=10)
+        calls = [await _open(lives[0], first), await _open(lives[1], second), await _open(lives[2], first)]
+        for live in lives:
+            for world in (first, second):
+                with pytest.raises(RouteRejected) as refused:
+                    await _open(live, world)
+                assert refused.value.reason == "busy" and "cluster" in refused.value.message
+        await calls[1].end("hangup", hangup_by="caller")
+        calls[1] = await _open(lives[0], second)
+        for call in calls:
+            await call.end("hangup", hangup_by="caller")
+    finally:
+        await stop_instances(started)
+
+
+async def test_calls_of_an_instance_whose_lease_ran_out_stop_counting(cluster_names: ClusterNames,
+                                                                      tmp_path: Path) -> None:
+    started = await start_instances(cluster_names, tmp_path, 2, server={"lease_s": LEASE_S})
+    try:
+        (live1, _), (live2, _) = started
+        world = await provision(live1.control, max_concurrent_calls=1)
+        await _open(live2, world)
+        await _stop_renewing(live2)
+        _crash(live2)
+        await asyncio.sleep(LEASE_S + 0.2)
+        call = await _open(live1, world)  # the lost instance's call no longer holds the tenant's slot
+        await call.end("hangup", hangup_by="caller")
+    finally:
+        await stop_instances(started)
