@@ -15,14 +15,17 @@ import logging
 import os
 import socket
 import time
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiohttp import web
 
 from runtime.calls.stale_calls import fail_stale_call
 from runtime.calls.tracker import CallTracker
-from runtime.ids import iso, now_iso
+from runtime.ids import iso, now_iso, parse_iso
 from runtime.store.store import Store
+from runtime.store.tables import ALL_TENANTS
 
 log = logging.getLogger("voicectl.cluster")
 
@@ -148,6 +151,52 @@ class InstanceLease:
             except Exception as exc:  # its lease runs out instead; its calls ended in the drain
                 log.warning("could not remove this instance's row",
                             extra={"instance_id": self.instance_id, "error": str(exc) or type(exc).__name__})
+
+
+LIVE, LEASE_EXPIRED = "live", "lease expired"
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """One runtime as `voicectl instances` shows it."""
+
+    id: str
+    state: str  # live | lease expired (a survivor fails its calls; reaped_by names it once it has)
+    host: str
+    port: int | None
+    pid: int
+    version: str
+    started_at: str
+    heartbeat_at: str
+    heartbeat_age_s: float
+    lease_s: float
+    live_calls: int
+    local_calls: int
+    max_calls: int | None
+    load: float
+    accepting: bool
+    reaped_by: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def list_instances(store: Store, now: datetime | None = None) -> list[InstanceView]:
+    """Every runtime registered on this database, by id."""
+    now = now or datetime.now(UTC)
+    rows, _ = await store.instances.list(tenant_id=ALL_TENANTS, limit=10_000, count=False)
+    views = []
+    for row in rows:
+        alive = row["reaped_by"] is None and parse_iso(row["expires_at"]) >= now
+        views.append(InstanceView(
+            id=row["id"], state=LIVE if alive else LEASE_EXPIRED, host=row["host"], port=row["port"],
+            pid=row["pid"], version=row["version"], started_at=row["started_at"], heartbeat_at=row["heartbeat_at"],
+            heartbeat_age_s=round((now - parse_iso(row["heartbeat_at"])).total_seconds(), 1),
+            lease_s=float(row["lease_s"]), live_calls=row["live_calls"], local_calls=row["local_calls"],
+            max_calls=row["max_calls"], load=float(row["load"]), accepting=bool(row["accepting"]),
+            reaped_by=row["reaped_by"],
+        ))
+    return views
 
 
 INSTANCE_LEASE: web.AppKey[InstanceLease] = web.AppKey("instance_lease", InstanceLease)
