@@ -1,4 +1,4 @@
-"""What the cluster's shared admission adds to a call's setup (runtime.cluster.admission).
+"""What the cluster's shared admission adds to a call's setup (runtime.calls.admission).
 
     python bench/cluster_admission.py [--calls 1000] [--live 300] [--concurrency 1,16] [--database URL]
                                       [--quick] [--json out.json]
@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from runtime.calls.admission import ClusterAdmission  # noqa: E402
 from runtime.calls.session import CallSession  # noqa: E402
-from runtime.cluster.admission import ClusterAdmission  # noqa: E402
 from runtime.events.bus import EventBus  # noqa: E402
 from runtime.ids import iso, new_id, now_iso  # noqa: E402
 from runtime.store import migrate  # noqa: E402

@@ -91,8 +91,8 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
 
         app[PIPELINE] = ConversationEngine(providers or ProviderChains(settings), app[CONTROL],
                                            app[METRICS].registry)
+        from runtime.calls.admission import ClusterAdmission
         from runtime.calls.call_record import CallRecordWriter
-        from runtime.cluster.admission import ClusterAdmission
         from runtime.cluster.instances import INSTANCE_LEASE, InstanceLease
 
         # Runtimes sharing the database count their calls together (an in-process count is the whole

@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from runtime.calls.admission import ClusterAdmission
 from runtime.calls.call_record import CallRecordWriter
 from runtime.calls.integrator_sessions import Speaking, Transcribe
 from runtime.calls.outbound import OutboundCall
 from runtime.calls.routing import CallRoute, RouteRejected, route_call
 from runtime.calls.session import LIVE_STATES, QUEUED, CallSession
 from runtime.calls.stale_calls import fail_stale_call
-from runtime.cluster.admission import ClusterAdmission
 from runtime.events.bus import EventBus
 from runtime.ids import new_id
 from runtime.recording.recorder import CallRecorder

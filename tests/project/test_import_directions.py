@@ -17,7 +17,7 @@ from pathlib import Path
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
 DOWNWARD: dict[str, set[str]] = {
-    "api": {"calls", "config", "control", "evals", "events", "ids", "logs", "pipeline", "providers", "recording",
+    "api": {"calls", "cluster", "config", "control", "evals", "events", "ids", "logs", "pipeline", "providers", "recording",
             "store", "telephony", "web"},
     # Evaluations place synthetic calls through a bridge's caller side: above the bridges.
     "evals": {"audio", "config", "control", "events", "ids", "providers", "store", "telephony"},
@@ -30,7 +30,9 @@ DOWNWARD: dict[str, set[str]] = {
     "events": {"config", "egress", "ids", "secrets", "store"},
     "control": {"config", "egress", "events", "ids", "providers", "secrets", "store"},
     "providers": {"audio", "config", "egress"},
-    "cluster": {"config"},  # cluster mode's start-up checks (several runtimes on PostgreSQL + NATS)
+    # Cluster mode's start-up checks, the NATS link, instances' leases and the reaper of lost ones'
+    # calls (several runtimes on PostgreSQL + NATS).
+    "cluster": {"calls", "config", "ids", "store"},
     "web": {"config"},  # JSON responses, metrics registry, rate limits: beneath the API and the bridges
     "store": {"files", "ids"},
     "config": {"egress", "providers"},  # the provider registry's names and settings models (no adapters)
