@@ -106,7 +106,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
                                    admission=ClusterAdmission(settings.limits.max_calls_cluster)
                                    if settings.cluster_mode else None)
         app[INSTANCE_LEASE] = InstanceLease(store, app[TRACKER], app[INSTANCE_ID], lease_s=settings.server.lease_s,
-                                            port=app[INSTANCE_PORT])
+                                            port=app[INSTANCE_PORT], shared=shared)
         await app[INSTANCE_LEASE].start()
         recovered = await app[TRACKER].recover(shared=shared)
         if recovered:

@@ -29,9 +29,11 @@ from runtime.store.tables import ALL_TENANTS
 
 log = logging.getLogger("voicectl.cluster")
 
-# Survivors look for lost peers at least this often, so a lost peer's calls end within about a
-# second of its lease running out whatever the lease.
+# On a shared database survivors look for lost peers at least this often, so a lost peer's calls
+# end within about a second of its lease running out whatever the lease. (On SQLite, with one
+# runtime by construction, only a previous run under another id can be found: with each renewal.)
 REAP_EVERY_S = 1.0
+PURGE_EVERY_S = 3600.0
 PAGE = 200
 # Rows of reaped instances are kept this long for `voicectl instances`, then removed.
 REAPED_KEPT = timedelta(days=1)
@@ -63,13 +65,15 @@ class InstanceLease:
     """``start()`` in the call engine (after the tracker), ``stop()`` after its drain."""
 
     def __init__(self, store: Store, tracker: CallTracker, instance_id: str, *, lease_s: float,
-                 port: int | None = None) -> None:
+                 port: int | None = None, shared: bool = True) -> None:
         self.store = store
         self.tracker = tracker
         self.instance_id = instance_id
         self.lease_s = lease_s
         self.port = port
         self.renew_every_s = lease_s / 3
+        self.tick_s = min(self.renew_every_s, REAP_EVERY_S) if shared else self.renew_every_s
+        self._purged_at: float | None = None
         self._load = CpuLoad()
         self._task: asyncio.Task[None] | None = None
         self._renewed_at = 0.0
@@ -118,7 +122,9 @@ class InstanceLease:
         if failed:
             log.warning("calls of lost instances failed", extra={"calls": failed, "reaper": self.instance_id})
         self.reaped_calls += failed
-        await self.store.delete_instances_reaped_before(iso(moment - REAPED_KEPT))
+        if self._purged_at is None or time.monotonic() - self._purged_at >= PURGE_EVERY_S:
+            await self.store.delete_instances_reaped_before(iso(moment - REAPED_KEPT))
+            self._purged_at = time.monotonic()
         return failed
 
     async def start(self) -> None:
@@ -126,7 +132,7 @@ class InstanceLease:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="instance-lease")
 
     async def _run(self) -> None:
-        tick = min(self.renew_every_s, REAP_EVERY_S)
+        tick = self.tick_s
         while True:
             await asyncio.sleep(tick)
             try:

@@ -10,9 +10,14 @@ import pytest
 
 from runtime.api.appkeys import TRACKER
 from runtime.calls.routing import RouteRejected
-from runtime.cluster.instances import INSTANCE_LEASE
+from runtime.calls.tracker import CallTracker
+from runtime.cluster.instances import INSTANCE_LEASE, InstanceLease
+from runtime.events.bus import EventBus
+from runtime.ids import iso
+from runtime.store.postgres import PostgresDatabase
+from runtime.store.store import Store
 from runtime.store.tables import ALL_TENANTS
-from tests.calls.support import events_of, provision
+from tests.calls.support import events_of, insert_call, provision
 from tests.cluster.support import ClusterNames, start_instances, stop_instances
 
 LEASE_S = 1.0
@@ -105,6 +110,44 @@ async def test_calls_of_a_lost_instance_end_instance_lost_once_within_lease_plus
         for call in kept:
             await call.end("hangup", hangup_by="caller")
     finally:
+        await stop_instances(started)
+
+
+async def test_survivors_reaping_at_the_same_moment_fail_each_call_once(cluster_names: ClusterNames,
+                                                                       tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    started = await start_instances(cluster_names, tmp_path, 1, server={"lease_s": 30.0})
+    (live1, _), = started
+    await live1.app[INSTANCE_LEASE].stop(deregister=False)  # the race below is between the two survivors alone
+    databases = [PostgresDatabase(cluster_names.schema_url) for _ in range(2)]
+    try:
+        world = await provision(live1.control, max_concurrent_calls=100)
+        store = live1.control.store
+        past = datetime.now(UTC) - timedelta(seconds=60)
+        await store.register_instance({
+            "id": "gone", "host": "h", "port": 1, "pid": 1, "version": "0", "started_at": iso(past),
+            "heartbeat_at": iso(past), "expires_at": iso(past + timedelta(seconds=10)), "lease_s": 10.0,
+            "reaped_by": None, "reaped_at": None})
+        calls = [await insert_call(live1.control, world.tenant_id, status="connected", instance_id="gone")
+                 for _ in range(20)]
+        survivors = []
+        for n, db in enumerate(databases):  # each with its own connections, as two processes
+            await db.connect()
+            peer_store = Store(db)
+            tracker = CallTracker(peer_store, EventBus(peer_store), max_calls=10, instance_id=f"s{n}")
+            survivors.append(InstanceLease(peer_store, tracker, f"s{n}", lease_s=30.0))
+        failed = await asyncio.gather(*(lease.reap() for _ in range(3) for lease in survivors))
+        assert sum(failed) == len(calls)
+        for call_id in calls:
+            events = await events_of(live1.control, world.tenant_id, call_id)
+            assert [e["topic"] for e in events] == ["call.state_changed", "voice.call.failed"], events
+            row = await store.voice_calls.get(call_id, tenant_id=world.tenant_id)
+            assert (row["status"], row["end_reason"]) == ("failed", "instance_lost")
+        assert (await _instances(live1))["gone"]["reaped_by"] in ("s0", "s1")
+    finally:
+        for db in databases:
+            await db.close()
         await stop_instances(started)
 
 
