@@ -127,6 +127,9 @@ class CallSession:
     evaluation: Any = None
     end_reason: str | None = None
     hangup_by: str | None = None
+    # Another instance failed this call's row (this one's lease had run out, reason instance_lost):
+    # ending it here stops its media and hooks but writes nothing over that record.
+    failed_elsewhere: bool = False
     final_duration_ms: int | None = None  # set when the call ends
     _seq: int = 0
     _transcript_seq: int = 0
@@ -373,9 +376,12 @@ class CallSession:
                 **self._engines(),
             }
             try:
-                # A timeout scope, not wait_for: no task per call ending (the write rarely waits at all).
-                async with asyncio.timeout(ARCHIVE_TIMEOUT_S):
-                    await self._archive(state, reason, hangup_by, message, changes, duration)
+                if self.failed_elsewhere:
+                    self.state = FAILED
+                else:
+                    # A timeout scope, not wait_for: no task per call ending (the write rarely waits at all).
+                    async with asyncio.timeout(ARCHIVE_TIMEOUT_S):
+                        await self._archive(state, reason, hangup_by, message, changes, duration)
             except Exception:
                 # Never let logging block teardown; the state is final in memory either way.
                 self.state = state

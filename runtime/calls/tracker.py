@@ -275,7 +275,19 @@ class CallTracker:
         await self._hang_up_all(list(self.live.values()))
         await self.finish_records()
 
-    async def _hang_up_all(self, sessions: list[CallSession]) -> None:
+    async def give_up_lost_calls(self) -> int:
+        """This instance's lease ran out and a survivor failed the calls it held (instance_lost):
+        stop their media here without writing over that record; how many."""
+        lost = []
+        for session in list(self.live.values()):
+            row = await self.store.voice_calls.get(session.id, tenant_id=session.tenant_id)
+            if row is not None and row["status"] == "failed" and row["end_reason"] == "instance_lost":
+                session.failed_elsewhere = True
+                lost.append(session)
+        await self._hang_up_all(lost, "instance_lost")
+        return len(lost)
+
+    async def _hang_up_all(self, sessions: list[CallSession], reason: str = "shutdown") -> None:
         """Hang up the remaining calls side by side: each hangup may be a provider request (Twilio,
         LiveKit, GoTo) that takes seconds when the provider is unreachable; past a bound the call is
         archived without waiting for its provider."""
@@ -283,7 +295,7 @@ class CallTracker:
 
         async def one(session: CallSession) -> None:
             async with gate:
-                await session.hangup("shutdown", bridge_timeout_s=HANGUP_TIMEOUT_S)
+                await session.hangup(reason, bridge_timeout_s=HANGUP_TIMEOUT_S)
 
         await asyncio.gather(*(one(s) for s in sessions))
 

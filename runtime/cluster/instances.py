@@ -98,10 +98,13 @@ class InstanceLease:
     async def renew(self) -> None:
         if not await self.store.renew_instance(self.instance_id, self._carried()):
             # Our lease ran out (a pause longer than lease_s, or the database was out of reach) and a
-            # survivor failed our calls: carry on under a new lease rather than stay unlisted.
+            # survivor failed our calls: carry on under a new lease, and stop the media of the calls
+            # it failed (their record is the survivor's).
             log.error("this instance's lease had run out and a survivor claimed it; registering again",
                       extra={"instance_id": self.instance_id, "lease_s": self.lease_s})
             await self.register()
+            if lost := await self.tracker.give_up_lost_calls():
+                log.error("calls failed by a survivor hung up here", extra={"calls": lost})
         self._renewed_at = time.monotonic()
 
     async def reap(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -115,8 +116,6 @@ async def test_calls_of_a_lost_instance_end_instance_lost_once_within_lease_plus
 
 async def test_survivors_reaping_at_the_same_moment_fail_each_call_once(cluster_names: ClusterNames,
                                                                        tmp_path: Path) -> None:
-    from datetime import UTC, datetime, timedelta
-
     started = await start_instances(cluster_names, tmp_path, 1, server={"lease_s": 30.0})
     (live1, _), = started
     await live1.app[INSTANCE_LEASE].stop(deregister=False)  # the race below is between the two survivors alone
@@ -148,6 +147,48 @@ async def test_survivors_reaping_at_the_same_moment_fail_each_call_once(cluster_
     finally:
         for db in databases:
             await db.close()
+        await stop_instances(started)
+
+
+class _Bridge:
+    """Stands for a call's media bridge: records the hang-ups asked of it."""
+
+    def __init__(self) -> None:
+        self.hangups: list[str] = []
+
+    async def hangup(self, reason: str) -> None:
+        self.hangups.append(reason)
+
+    async def transfer(self, target: str) -> None:
+        raise AssertionError("no transfer expected")
+
+
+async def test_an_instance_back_after_its_lease_was_claimed_hangs_up_what_a_survivor_failed(
+        cluster_names: ClusterNames, tmp_path: Path) -> None:
+    started = await start_instances(cluster_names, tmp_path, 2, server={"lease_s": LEASE_S})
+    try:
+        (live1, _), (live2, _) = started
+        world = await provision(live1.control, max_concurrent_calls=10)
+        call = await _open(live2, world)
+        await call.connect()
+        call.control = bridge = _Bridge()
+        await _stop_renewing(live2)  # a stall longer than the lease
+        store = live1.control.store
+        for _ in range(100):
+            row = await store.voice_calls.get(call.id, tenant_id=world.tenant_id)
+            if row["status"] == "failed":
+                break
+            await asyncio.sleep(0.05)
+        assert (row["status"], row["end_reason"]) == ("failed", "instance_lost")
+        await live2.app[INSTANCE_LEASE].renew()  # it wakes up
+        assert bridge.hangups == ["instance_lost"] and not call.live
+        assert call.id not in live2.app[TRACKER].live
+        assert await store.voice_calls.get(call.id, tenant_id=world.tenant_id) == row  # the survivor's record
+        topics = [e["topic"] for e in await events_of(live1.control, world.tenant_id, call.id)]
+        assert topics.count("voice.call.failed") == 1 and "voice.call.completed" not in topics
+        again = (await _instances(live1))["i2"]  # registered again under a new lease
+        assert again["reaped_by"] is None and again["expires_at"] > iso(datetime.now(UTC))
+    finally:
         await stop_instances(started)
 
 
