@@ -657,10 +657,11 @@ class Tables:
 
     async def live_calls_of_lost_instances(self, limit: int) -> list[Row]:
         """Calls still live whose instance was claimed by a survivor (or whose claimer died before
-        it failed them all)."""
+        it failed them all), or whose instance is gone (it stopped without ending them)."""
         rows = await self.executor.fetchall(
-            "SELECT c.* FROM voice_calls c JOIN instances i ON i.id = c.instance_id "
-            f"WHERE i.reaped_by IS NOT NULL AND c.status IN {LIVE_STATUS_SQL} ORDER BY c.created_at LIMIT ?",
+            "SELECT c.* FROM voice_calls c LEFT JOIN instances i ON i.id = c.instance_id "
+            f"WHERE c.instance_id IS NOT NULL AND c.status IN {LIVE_STATUS_SQL} "
+            "AND (i.id IS NULL OR i.reaped_by IS NOT NULL) ORDER BY c.created_at LIMIT ?",
             (limit,))
         return [decode(VOICE_CALLS, r) for r in rows]
 

@@ -21,7 +21,9 @@ from runtime.store.tables import ALL_TENANTS
 from tests.calls.support import events_of, insert_call, provision
 from tests.cluster.support import ClusterNames, start_instances, stop_instances
 
-LEASE_S = 1.0
+# A short lease where a test waits for one to run out; the others keep the default (10 s), so that a
+# heartbeat delayed on a busy machine never passes for a lost instance.
+LEASE_S = 2.0
 
 
 async def _instances(live) -> dict[str, dict]:
@@ -35,13 +37,24 @@ async def _open(live, world, **extra):
 
 
 def _crash(live) -> None:
-    """The instance stops renewing its lease and forgets its calls, as a killed process would; its
-    app's later cleanup (the test's) then has nothing left to drain."""
+    """The instance forgets its calls, as a killed process would: its app's later cleanup (the
+    test's) then has nothing left to drain."""
     live.app[TRACKER].live.clear()
 
 
 async def _stop_renewing(live) -> None:
     await live.app[INSTANCE_LEASE].stop(deregister=False)
+
+
+async def _kill(live) -> None:
+    """Stop renewing, forget the calls, and leave the row at the app's cleanup: what ``kill -9`` leaves."""
+    await _stop_renewing(live)
+    _crash(live)
+
+    async def leave_the_row(**_: object) -> None:
+        return None
+
+    live.app[INSTANCE_LEASE].stop = leave_the_row
 
 
 async def test_each_instance_renews_its_lease_with_what_it_carries_and_leaves_on_a_clean_stop(
@@ -53,7 +66,7 @@ async def test_each_instance_renews_its_lease_with_what_it_carries_and_leaves_on
         call = await _open(live2, world)
         first = await _instances(live1)
         assert set(first) == {"i1", "i2"}
-        await asyncio.sleep(LEASE_S)
+        await asyncio.sleep(LEASE_S / 3 + 0.5)
         later = await _instances(live1)
         for one in ("i1", "i2"):
             assert later[one]["heartbeat_at"] > first[one]["heartbeat_at"]
@@ -194,14 +207,14 @@ async def test_an_instance_back_after_its_lease_was_claimed_hangs_up_what_a_surv
 
 async def test_a_restarted_instance_fails_only_its_own_previous_calls(cluster_names: ClusterNames,
                                                                     tmp_path: Path) -> None:
-    started = await start_instances(cluster_names, tmp_path, 2, server={"lease_s": 5.0})
+    started = await start_instances(cluster_names, tmp_path, 2)  # the default lease: 10 s
     try:
         (live1, _), (live2, _) = started
         world = await provision(live1.control, max_concurrent_calls=10)
         mine, theirs = await _open(live1, world), await _open(live2, world)
-        _crash(live1)
-        await stop_instances([started.pop(0)])  # i1 stops without its calls (as if killed), then restarts
-        started[:0] = await start_instances(cluster_names, tmp_path, 1, server={"lease_s": 5.0})
+        await _kill(live1)
+        await stop_instances([started.pop(0)])
+        started[:0] = await start_instances(cluster_names, tmp_path, 1)  # i1 again, within its old lease
         store = live2.control.store
         row = await store.voice_calls.get(mine.id, tenant_id=world.tenant_id)
         assert row["status"] == "failed" and row["end_reason"] == "runtime_restart"
@@ -214,7 +227,7 @@ async def test_a_restarted_instance_fails_only_its_own_previous_calls(cluster_na
 
 async def test_a_tenant_limit_holds_whichever_instance_a_call_reaches(cluster_names: ClusterNames,
                                                                      tmp_path: Path) -> None:
-    started = await start_instances(cluster_names, tmp_path, 3, server={"lease_s": LEASE_S})
+    started = await start_instances(cluster_names, tmp_path, 3)
     try:
         lives = [live for live, _ in started]
         world = await provision(lives[0].control, max_concurrent_calls=2)
@@ -249,8 +262,7 @@ async def test_a_tenant_limit_holds_whichever_instance_a_call_reaches(cluster_na
 
 
 async def test_max_calls_cluster_caps_every_tenant_together(cluster_names: ClusterNames, tmp_path: Path) -> None:
-    started = await start_instances(cluster_names, tmp_path, 3, server={"lease_s": LEASE_S},
-                                    limits={"max_calls_cluster": 3})
+    started = await start_instances(cluster_names, tmp_path, 3, limits={"max_calls_cluster": 3})
     try:
         lives = [live for live, _ in started]
         first = await provision(lives[0].control, name="first", e164="+15550100001", max_concurrent_calls=10)
@@ -281,5 +293,22 @@ async def test_calls_of_an_instance_whose_lease_ran_out_stop_counting(cluster_na
         await asyncio.sleep(LEASE_S + 0.2)
         call = await _open(live1, world)  # the lost instance's call no longer holds the tenant's slot
         await call.end("hangup", hangup_by="caller")
+    finally:
+        await stop_instances(started)
+
+
+async def test_live_calls_of_an_instance_that_left_without_ending_them_are_failed(cluster_names: ClusterNames,
+                                                                                  tmp_path: Path) -> None:
+    started = await start_instances(cluster_names, tmp_path, 1)
+    try:
+        live1 = started[0][0]
+        world = await provision(live1.control, max_concurrent_calls=10)
+        orphan = await insert_call(live1.control, world.tenant_id, status="connected", instance_id="vanished")
+        for _ in range(60):
+            row = await live1.control.store.voice_calls.get(orphan, tenant_id=world.tenant_id)
+            if row["status"] == "failed":
+                break
+            await asyncio.sleep(0.1)
+        assert (row["status"], row["end_reason"]) == ("failed", "instance_lost")
     finally:
         await stop_instances(started)
