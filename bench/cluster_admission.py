@@ -102,7 +102,7 @@ async def _pass(store: Store, tenant_id: str, calls: int, concurrency: int,
 
     async def one() -> None:
         session = _session(store, tenant_id, INSTANCES[0])
-        check = timed(admission.check(tenant_id, 1_000_000)) if admission is not None else None
+        check = timed(admission.check(session.id, tenant_id, 1_000_000)) if admission is not None else None
         started = time.perf_counter()
         await session.insert_row(check)
         setups.append((time.perf_counter() - started) * 1000)
@@ -131,10 +131,10 @@ async def _count_plan(store: Store, tenant_id: str) -> dict:
 
     sql = ("SELECT COUNT(*) AS total, COALESCE(SUM(CASE WHEN c.tenant_id = ? THEN 1 ELSE 0 END), 0) AS tenant "
            "FROM voice_calls c JOIN instances i ON i.id = c.instance_id "
-           f"WHERE c.status IN {LIVE_STATUS_SQL} AND i.expires_at >= ? AND i.reaped_by IS NULL")
+           f"WHERE c.status IN {LIVE_STATUS_SQL} AND i.expires_at >= ? AND i.reaped_by IS NULL AND c.id <> ?")
     times = []
     for _ in range(50):
-        value = await store.db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, (tenant_id, now_iso()))
+        value = await store.db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, (tenant_id, now_iso(), ""))
         plan = (json.loads(value) if isinstance(value, str) else value)[0]
         times.append(plan["Execution Time"])
     text = json.dumps(plan)

@@ -252,12 +252,12 @@ class CallSession:
         await self.bus.publish_all([self._event(p) for p in payloads], batch)
 
     async def insert_row(self, admit: Callable[[Tables], Awaitable[None]] | None = None) -> None:
-        """The call's row and voice.call.started. ``admit``: run first in their transaction (the
-        cluster's concurrent-call limits); what it raises leaves nothing stored."""
+        """The call's row and voice.call.started. ``admit``: run in their transaction before it
+        commits (the cluster's concurrent-call limits); what it raises leaves nothing stored."""
         now = now_iso()
         route = self.route
         # The row and its voice.call.started commit together: one transaction, one writer hop.
-        batch = self.store.batch(first=admit)
+        batch = self.store.batch(check=admit)
         await batch.voice_calls.insert({
             "id": self.id, "tenant_id": self.tenant_id, "agent_id": route.agent_id if route else None,
             "agent_version": route.version if route else None,

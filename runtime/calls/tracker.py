@@ -200,7 +200,7 @@ class CallTracker:
                         number_id: str | None = None) -> None:
         """Store the call and count it live; RouteRejected (nothing stored) when the cluster's
         limits refuse it."""
-        admit = (self.admission.check(route.tenant_id, route.tenant["max_concurrent_calls"], number_id)
+        admit = (self.admission.check(session.id, route.tenant_id, route.tenant["max_concurrent_calls"], number_id)
                  if self.admission is not None else None)
         self.live[session.id] = session
         if local:

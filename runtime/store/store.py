@@ -679,18 +679,19 @@ class Tables:
         if self.executor.dialect == "postgres":
             await self.executor.fetchval("SELECT pg_advisory_xact_lock(?, hashtext(?))", (_ADMISSION_LOCK, scope))
 
-    async def cluster_live_calls(self, tenant_id: str, now: str, *, whole_cluster: bool) -> Row:
-        """Live calls on instances whose lease is valid at ``now``: ``tenant`` (the tenant's) and,
-        with ``whole_cluster``, ``total`` (everyone's; else 0)."""
+    async def cluster_live_calls(self, tenant_id: str, now: str, *, whole_cluster: bool,
+                                 besides: str | None = None) -> Row:
+        """Live calls on instances whose lease is valid at ``now``, other than ``besides``:
+        ``tenant`` (the tenant's) and, with ``whole_cluster``, ``total`` (everyone's; else 0)."""
         if whole_cluster:
             sql = ("SELECT COUNT(*) AS total, COALESCE(SUM(CASE WHEN c.tenant_id = ? THEN 1 ELSE 0 END), 0) AS tenant "
                    "FROM voice_calls c JOIN instances i ON i.id = c.instance_id "
-                   f"WHERE c.status IN {LIVE_STATUS_SQL} AND i.expires_at >= ? AND i.reaped_by IS NULL")
+                   f"WHERE c.status IN {LIVE_STATUS_SQL} AND i.expires_at >= ? AND i.reaped_by IS NULL AND c.id <> ?")
         else:
             sql = ("SELECT 0 AS total, COUNT(*) AS tenant FROM voice_calls c JOIN instances i ON i.id = c.instance_id "
                    f"WHERE c.tenant_id = ? AND c.status IN {LIVE_STATUS_SQL} AND i.expires_at >= ? "
-                   "AND i.reaped_by IS NULL")
-        row = await self.executor.fetchone(sql, (tenant_id, now))
+                   "AND i.reaped_by IS NULL AND c.id <> ?")
+        row = await self.executor.fetchone(sql, (tenant_id, now, besides or ""))
         return {"total": int(row["total"] or 0), "tenant": int(row["tenant"] or 0)} if row else {"total": 0, "tenant": 0}
 
 
@@ -721,10 +722,11 @@ class Store(Tables):
         """``async with store.atomic() as tx:`` gives Tables bound to one transaction."""
         return _Atomic(self.db)
 
-    def batch(self, first: Callable[[Tables], Awaitable[None]] | None = None) -> WriteBatch:
+    def batch(self, check: Callable[[Tables], Awaitable[None]] | None = None) -> WriteBatch:
         """Writes collected now and committed together by ``await batch.commit()``; see WriteBatch.
-        ``first``: run in that transaction before them (reads and checks; what it raises rolls back)."""
-        return WriteBatch(self.db, first)
+        ``check``: run in that transaction after them, before the commit (reads that see them;
+        what it raises rolls everything back)."""
+        return WriteBatch(self.db, check)
 
 
 class _Recorder(Executor):
@@ -746,11 +748,11 @@ class WriteBatch(Tables):
     """Tables whose inserts, deletes and plain statements are collected, then committed as one
     transaction (all or nothing) by ``commit()``: one round trip to the SQLite writer thread
     instead of one per statement. Methods that read or use RETURNING (get, list, update) raise.
-    With ``first`` the batch runs in an ordinary transaction, ``first`` before the statements."""
+    With ``check`` the batch runs in an ordinary transaction, ``check`` after the statements."""
 
-    def __init__(self, db: Database, first: Callable[[Tables], Awaitable[None]] | None = None) -> None:
+    def __init__(self, db: Database, check: Callable[[Tables], Awaitable[None]] | None = None) -> None:
         self._db = db
-        self._first = first
+        self._check = check
         self._recorder = _Recorder(db.dialect)
         super().__init__(self._recorder)
 
@@ -764,11 +766,12 @@ class WriteBatch(Tables):
         if not statements:
             return []
         try:
-            if self._first is None:
+            if self._check is None:
                 return await self._db.run_batch(statements)
             async with self._db.transaction() as tx:
-                await self._first(Tables(tx))
-                return [await tx.execute(sql, params) for sql, params in statements]
+                counts = [await tx.execute(sql, params) for sql, params in statements]
+                await self._check(Tables(tx))
+                return counts
         finally:
             committed(self)
 
