@@ -535,7 +535,7 @@ CALLBACKS_AND_RECORD = Migration(
 # and renews its lease (``expires_at``, its heartbeat plus its ``lease_s``) with what it carries; a
 # survivor claims a row whose lease ran out (``reaped_by``, once) and fails its live calls. A call
 # names the instance holding its media (NULL: a row from before this migration). The partial index
-# keeps the admission count (live calls per tenant and instance) proportional to live calls.
+# keeps the admission count (a tenant's live calls, or all of them) proportional to live calls.
 CLUSTER_INSTANCES = Migration(
     12,
     "instances, their leases and their calls",
@@ -560,7 +560,7 @@ CLUSTER_INSTANCES = Migration(
         )""",
         "CREATE INDEX instances_expires ON instances (expires_at)",
         "ALTER TABLE voice_calls ADD COLUMN instance_id TEXT",
-        "CREATE INDEX voice_calls_live_instance ON voice_calls (instance_id, tenant_id) "
+        "CREATE INDEX voice_calls_live ON voice_calls (tenant_id, instance_id) "
         "WHERE status IN ('queued', 'dialing', 'ringing', 'connected', 'transferring')",
     ),
 )

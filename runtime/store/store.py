@@ -160,7 +160,7 @@ INSTANCES = TableSpec(
     tenant_column=None,
     order_by="id",
 )
-# The statuses of a live call, as literals: the partial index voice_calls_live_instance has the same
+# The statuses of a live call, as literals: the partial index voice_calls_live has the same
 # predicate, so the planner can use it (it cannot match parameters).
 _ADMISSION_LOCK = 0x766F6963  # "voic": the advisory-lock class of call admissions
 LIVE_STATUS_SQL = "('queued', 'dialing', 'ringing', 'connected', 'transferring')"
