@@ -96,7 +96,9 @@ class DatabaseSettings(_Model):
 
 
 class SecretsSettings(_Model):
-    backend: Literal["auto", "keyring", "cryptfile"] = "auto"
+    # database: sealed in the database with a key derived from the master key (what several runtimes
+    # on one PostgreSQL share); the others keep values on this box.
+    backend: Literal["auto", "keyring", "cryptfile", "database"] = "auto"
     master_key_file: str = "master.key"
     keyring_file: str = "secrets.cfg"
 
@@ -145,6 +147,9 @@ class RateLimitSettings(_Model):
     # Where the counters live: memory:// (this process only) or async+redis://HOST:PORT/DB (shared by
     # every instance; cluster mode requires it).
     storage: str = "memory://"
+    # Start of every Redis key the limits write (<prefix>:ratelimit...): deployments sharing one Redis
+    # database count apart when their prefixes differ.
+    key_prefix: str = Field("voicectl", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
 
     @field_validator("storage")
     @classmethod
@@ -370,6 +375,8 @@ class NatsSettings(_Model):
     stream: str = Field("VOICECTL", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     subject_prefix: str = Field("voicectl", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     max_age_s: int = Field(3600, ge=60, le=30 * 86_400)  # how long the stream keeps an event
+    # How long an instance waits for the peer holding a call to answer a control request (then 504).
+    request_timeout_s: float = Field(5.0, gt=0, le=60)
 
     @field_validator("url")
     @classmethod

@@ -1,9 +1,11 @@
-"""Secrets in the OS keyring, or an encrypted keyring file on headless boxes.
+"""Secrets in the OS keyring, an encrypted keyring file on headless boxes, or sealed in the database.
 
-The database only ever holds a reference (``ref``); the value lives here. On a
+Rows only ever hold a reference (``ref``); the value lives in a vault. On a
 box without a Secret Service, keyring would fall back to a failing backend, so
 ``auto`` uses keyrings.cryptfile (AES-GCM) keyed by the master key from
 $VOICECTL_MASTER_KEY or the 0600 master-key file that ``voicectl init`` writes.
+Several runtimes on one database use ``database`` (runtime.control.secret_values):
+values sealed with a key derived from the same master key.
 Nothing here ever prompts: CI and systemd have no stdin.
 """
 
@@ -14,7 +16,8 @@ import functools
 import os
 import secrets as _random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -40,6 +43,17 @@ class SecretBackend(Protocol):
 
 def generate_master_key() -> str:
     return _random.token_urlsafe(32)
+
+
+def derive_key(master_key: str, purpose: str) -> bytes:
+    """A 256-bit key for one purpose (sealing secrets, signing tokens), derived from the master key
+    with HKDF-SHA256: every runtime holding the master key derives the same one, and a key of one
+    purpose says nothing about another's."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=f"voicectl {purpose} v1".encode()).derive(master_key.encode())
 
 
 def write_master_key(path: Path) -> str:
@@ -124,32 +138,28 @@ def _system_backend() -> SecretBackend | None:
     return backend if _is_os_keyring(backend) else None
 
 
-class SecretStore:
-    """get/set/delete secrets by reference; thread-safe; file writes locked across processes."""
+# How long a cached secret is served without reading the store again. Another process (the CLI,
+# another instance of a cluster) may replace a secret under the same reference: callers that know
+# the secret's row pass its ``updated_at`` as ``version`` and see a change at once; the rest within this.
+SECRET_CACHE_TTL_S = 10.0
+SECRET_CACHE_MAX = 10_000
 
-    def __init__(self, backend: SecretBackend, *, lock_path: Path | None = None, description: str = "") -> None:
+
+class SecretVault(Protocol):
+    """Where secret values are kept: the OS keyring, the encrypted keyring file, or the database."""
+
+    async def read(self, ref: str) -> str | None: ...
+    async def write(self, ref: str, value: str) -> None: ...
+    async def remove(self, ref: str) -> None: ...
+
+
+class KeyringVault:
+    """A keyring backend (OS keyring or keyrings.cryptfile); file writes locked across processes."""
+
+    def __init__(self, backend: SecretBackend, lock_path: Path | None = None) -> None:
         self._backend = backend
         self._lock_path = lock_path
         self._thread_lock = threading.Lock()
-        self._cache: dict[str, str | None] = {}
-        self.description = description
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SecretStore:
-        choice = settings.secrets.backend
-        if choice in ("auto", "keyring"):
-            system = _system_backend()
-            if system is not None:
-                return cls(system, description=f"keyring:{type(system).__name__}")
-            if choice == "keyring":
-                raise SecretsError(
-                    "secrets.backend is 'keyring' but no OS keyring is available; use 'auto' or 'cryptfile'"
-                )
-        path = settings.keyring_path
-        master = read_master_key(settings.master_key_path)
-        make_private_folders(path.parent)  # keyrings.cryptfile makes the file 0600, a folder with the default mode
-        backend = _cryptfile_backend(path, master)
-        return cls(backend, lock_path=path.with_suffix(path.suffix + ".lock"), description=f"cryptfile:{path}")
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -165,34 +175,80 @@ class SecretStore:
                 finally:
                     fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def set(self, ref: str, value: str) -> None:
-        if not value:
-            raise SecretsError("refusing to store an empty secret")
-        with self._locked():
-            self._backend.set_password(SERVICE, ref, value)
-            self._cache.pop(ref, None)
-
-    def get(self, ref: str, *, cached: bool = False) -> str | None:
-        """The secret, or None. ``cached`` serves repeat lookups from memory (runtime hot paths)."""
-        if cached and ref in self._cache:
-            return self._cache[ref]
+    async def read(self, ref: str) -> str | None:
         with self._locked():
             try:
-                value = self._backend.get_password(SERVICE, ref)
+                return self._backend.get_password(SERVICE, ref)
             except ValueError as exc:  # wrong master key: AES-GCM tag mismatch
                 raise SecretsError("cannot decrypt the keyring: wrong master key?") from exc
-        if cached:
-            self._cache[ref] = value
-        return value
 
-    def delete(self, ref: str) -> None:
+    async def write(self, ref: str, value: str) -> None:
         with self._locked():
-            self._cache.pop(ref, None)
+            self._backend.set_password(SERVICE, ref, value)
+
+    async def remove(self, ref: str) -> None:
+        with self._locked():
             try:
                 self._backend.delete_password(SERVICE, ref)
             except Exception as exc:  # keyring raises PasswordDeleteError for a missing entry
                 if type(exc).__name__ != "PasswordDeleteError":
                     raise
+
+
+class SecretStore:
+    """get/set/delete secrets by reference, with a short cache for the runtime's hot paths."""
+
+    def __init__(self, vault: SecretVault, *, description: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._vault = vault
+        self._cache: dict[str, tuple[object, float, str | None]] = {}  # ref -> (version, expires, value)
+        self._clock = clock
+        self.description = description
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecretStore:
+        """A keyring store (``secrets.backend: database`` is runtime.control.secret_values')."""
+        choice = settings.secrets.backend
+        if choice == "database":
+            raise SecretsError("secrets.backend is 'database': open it with its database (open_secret_store)")
+        if choice in ("auto", "keyring"):
+            system = _system_backend()
+            if system is not None:
+                return cls(KeyringVault(system), description=f"keyring:{type(system).__name__}")
+            if choice == "keyring":
+                raise SecretsError(
+                    "secrets.backend is 'keyring' but no OS keyring is available; use 'auto' or 'cryptfile'"
+                )
+        path = settings.keyring_path
+        master = read_master_key(settings.master_key_path)
+        make_private_folders(path.parent)  # keyrings.cryptfile makes the file 0600, a folder with the default mode
+        backend = _cryptfile_backend(path, master)
+        return cls(KeyringVault(backend, lock_path=path.with_suffix(path.suffix + ".lock")),
+                   description=f"cryptfile:{path}")
+
+    async def set(self, ref: str, value: str) -> None:
+        if not value:
+            raise SecretsError("refusing to store an empty secret")
+        await self._vault.write(ref, value)
+        self._cache.pop(ref, None)
+
+    async def get(self, ref: str, *, cached: bool = False, version: object = None) -> str | None:
+        """The secret, or None. ``cached`` serves repeat lookups from memory (runtime hot paths) for
+        SECRET_CACHE_TTL_S, and only while ``version`` (the ``updated_at`` of the row naming the
+        secret, when the caller has it) is the one it was read with."""
+        now = self._clock()
+        if cached and (entry := self._cache.get(ref)) is not None and entry[0] == version and now < entry[1]:
+            return entry[2]
+        value = await self._vault.read(ref)
+        if cached:
+            if len(self._cache) >= SECRET_CACHE_MAX:
+                self._cache.clear()
+            self._cache[ref] = (version, now + SECRET_CACHE_TTL_S, value)
+        return value
+
+    async def delete(self, ref: str) -> None:
+        self._cache.pop(ref, None)
+        await self._vault.remove(ref)
 
     def forget_cached(self) -> None:
         self._cache.clear()

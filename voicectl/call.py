@@ -31,8 +31,9 @@ CALL_FAILED = 8  # the runtime was unreachable, refused the call, or it did not 
 
 async def _credential(plane: Any, number: str, account_sid: str | None, auth_token: str | None) -> tuple[str, str]:
     """(account_sid, auth_token) to sign with: the options, else the number's tenant's twilio credential."""
+    from runtime.telephony.twilio.rest import PLACEHOLDER_ACCOUNT_SID
     if auth_token:
-        return account_sid or "AC" + "0" * 32, auth_token
+        return account_sid or PLACEHOLDER_ACCOUNT_SID, auth_token
     row = await plane.store.number_by_e164(number)
     if row is None:
         fail(f"no tenant has the number {number}: pass --auth-token to call it anyway", 3)
@@ -41,7 +42,7 @@ async def _credential(plane: Any, number: str, account_sid: str | None, auth_tok
     if not token or cred is None:
         fail(f"the tenant of {number} has no twilio credential: set one with "
              "`voicectl credential set --tenant T twilio`, or pass --auth-token", 3)
-    return account_sid or cred["fields"].get("account_sid") or "AC" + "0" * 32, token
+    return account_sid or cred["fields"].get("account_sid") or PLACEHOLDER_ACCOUNT_SID, token
 
 
 async def _speak_lines(texts: list[str], wavs: list[Path]) -> list[tuple[str, Any]]:

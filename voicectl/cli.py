@@ -30,6 +30,7 @@ from voicectl import (
     key,
     livekit,
     number,
+    secrets_cmd,
     serve,
     tenant,
     voice,
@@ -84,6 +85,7 @@ app.add_typer(number.app, name="number")
 app.add_typer(credential.app, name="credential")
 app.add_typer(goto.app, name="goto")
 app.add_typer(livekit.app, name="livekit")
+app.add_typer(secrets_cmd.app, name="secrets")
 app.add_typer(webhook.app, name="webhook")
 app.add_typer(evals.app, name="eval")
 app.command("call")(call.call)

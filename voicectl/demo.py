@@ -44,6 +44,7 @@ async def provision(plane: Any) -> dict[str, Any]:
 
     from runtime.control.errors import NotFound
     from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate
+    from runtime.telephony.twilio.rest import PLACEHOLDER_ACCOUNT_SID
 
     made: list[str] = []
     try:
@@ -69,9 +70,10 @@ async def provision(plane: Any) -> dict[str, Any]:
     try:
         await plane.credentials.get(tenant.id, "twilio")
     except NotFound:
-        # A local stand-in: the shape of a Twilio account SID and a random auth token.
+        # A local stand-in: the placeholder account SID (the bridge never asks Twilio's API about its
+        # calls) and a random auth token (local calls are signed with it).
         await plane.credentials.set(tenant.id, "twilio", CredentialSet(
-            fields={"account_sid": "AC" + secrets.token_hex(16)}, secret=secrets.token_hex(16),
+            fields={"account_sid": PLACEHOLDER_ACCOUNT_SID}, secret=secrets.token_hex(16),
         ))
         made.append("credential")
     return {"tenant_id": tenant.id, "agent_id": agent.id, "number": number.e164, "created": made}

@@ -26,6 +26,7 @@ app = new_app("Live events: follow a tenant's calls as they happen (needs a runn
 
 EXIT_UNAUTHORIZED = 7
 CLOSE_TOO_SLOW = 4008
+CLOSE_TRY_AGAIN = 1013  # an instance of a cluster that lost NATS: reconnect (maybe elsewhere)
 
 
 def _short(data: dict[str, Any], width: int = 80) -> str:
@@ -136,6 +137,8 @@ async def _follow(url: str, key: str, topics: list[str], call_id: str | None, as
                 return FINAL_CLOSES[code]
             if code == CLOSE_TOO_SLOW:
                 raise _Lost("the runtime dropped this subscriber (too slow to read events)")
+            if code == CLOSE_TRY_AGAIN:
+                raise _Lost("the runtime lost NATS (code 1013: try again later)")
             raise _Lost(f"connection closed by the runtime (code {code})")
     except aiohttp.WSServerHandshakeError as exc:
         if exc.status == 401:
@@ -149,6 +152,10 @@ async def _follow(url: str, key: str, topics: list[str], call_id: str | None, as
         if exc.status == 429:
             say("error: rate limited; try again shortly", err=True)
             return EXIT_ERROR
+        if exc.status == 503:
+            say(f"error: the runtime at {base or url} cannot serve events right now (HTTP 503: it has lost NATS "
+                "in cluster mode); try again shortly or another instance", err=True)
+            return EXIT_RUNTIME_UNREACHABLE
         say(f"error: the runtime at {base or url} refused the WebSocket (HTTP {exc.status}); "
             "is --url a voicectl runtime?", err=True)
         return EXIT_RUNTIME_UNREACHABLE

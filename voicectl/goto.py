@@ -39,7 +39,7 @@ def set_client_secret(tenant: MaybeTenantOpt = None, as_json: JsonOpt = False) -
 
     async def go(plane: Any) -> dict[str, Any]:
         ref, whose = await _ref(plane, tenant)
-        plane.secrets.set(ref, secret)
+        await plane.secrets.set(ref, secret)
         return {"stored": True, "ref": ref, "whose": whose}
 
     result = run(go)
@@ -55,7 +55,7 @@ def delete_client_secret(tenant: MaybeTenantOpt = None, as_json: JsonOpt = False
 
     async def go(plane: Any) -> dict[str, Any]:
         ref, whose = await _ref(plane, tenant)
-        plane.secrets.delete(ref)
+        await plane.secrets.delete(ref)
         return {"deleted": True, "ref": ref, "whose": whose}
 
     result = run(go)

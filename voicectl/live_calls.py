@@ -5,7 +5,8 @@ A live call is held by the running runtime, so these commands call its API (``--
 config's host and port) with a runtime key (``--key`` or ``$VOICECTL_API_KEY``), or an admin key
 with ``--tenant`` (sent as X-Tenant-ID). Exit codes: 2 bad input (422), 3 no such call or agent,
 4 the call has ended (or is not connected, or the carrier is not set up), 1 a limit reached (429),
-7 the key was refused, 8 the runtime could not be reached (or is busy).
+7 the key was refused, 8 the runtime could not be reached (or is busy; or, with several instances,
+the instance holding the call could not be reached: 503 cluster_unavailable, 504 holder_timeout).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ TenantIdOpt = Annotated[str | None, typer.Option("--tenant", "-t", help="Tenant 
                                                  "(with an admin key).", show_default=False)]
 # HTTP status -> exit code (the CLI's usual ones: 3 not found, 4 conflict, 7 unauthorised).
 EXIT_BY_STATUS = {404: 3, 409: EXIT_CONFLICT, 401: 7, 403: 7, 422: EXIT_USAGE, 400: EXIT_USAGE, 429: 1,
-                  503: EXIT_RUNTIME_UNREACHABLE}
+                  503: EXIT_RUNTIME_UNREACHABLE, 504: EXIT_RUNTIME_UNREACHABLE}
 
 
 def _base(url: str | None) -> str:

@@ -28,7 +28,7 @@ def set_secret(as_json: JsonOpt = False) -> None:
     async def go(plane: Any) -> dict[str, Any]:
         from runtime.telephony.livekit.server import APPLIANCE_SECRET_REF
 
-        plane.secrets.set(APPLIANCE_SECRET_REF, secret)
+        await plane.secrets.set(APPLIANCE_SECRET_REF, secret)
         return {"stored": True, "ref": APPLIANCE_SECRET_REF}
 
     result = run(go)
@@ -45,7 +45,7 @@ def delete_secret(as_json: JsonOpt = False) -> None:
     async def go(plane: Any) -> dict[str, Any]:
         from runtime.telephony.livekit.server import APPLIANCE_SECRET_REF
 
-        plane.secrets.delete(APPLIANCE_SECRET_REF)
+        await plane.secrets.delete(APPLIANCE_SECRET_REF)
         return {"deleted": True}
 
     result = run(go)

@@ -46,6 +46,19 @@ def name_instance(app: web.Application, instance_id: str, port: int | None = Non
     app[METRICS].name_instance(instance_id)
 
 
+async def _start_event_relay(app: web.Application):
+    """Cluster mode: events to and from the other instances; event sockets closed 1013 when NATS is lost."""
+    from runtime.api.event_socket import close_for_retry
+    from runtime.cluster.event_relay import EventRelay
+    from runtime.cluster.link import CLUSTER
+
+    link = app[CLUSTER]
+    relay = EventRelay(link, app[BUS], app[SETTINGS].events.nats.max_age_s, app[METRICS].registry)
+    await relay.start()
+    link.on_lost(lambda: close_for_retry(app))
+    return relay
+
+
 def create_app(settings: Settings, control: ControlPlane | None = None,
                providers: ProviderChains | None = None) -> web.Application:
     """Build the app; without ``control`` one is opened (and migrated) on startup and closed on cleanup.
@@ -80,6 +93,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
                                        egress=settings.security.egress.policy, bus=app[BUS])
         app[BUS].on_outbox = app[DELIVERY].wake
         await app[DELIVERY].start()
+        relay = await _start_event_relay(app) if settings.cluster_mode else None
         from runtime.recording.objects import RECORDING_OBJECTS, RecordingObjects
         from runtime.recording.storage import LocalStorage
         from runtime.recording.upload import RECORDING_UPLOADS, RecordingUploader, UploadPolicy
@@ -129,12 +143,18 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         app[EVAL_JOBS] = EvalJobs(store, settings.evaluations.max_running_per_tenant)
         if stale := await app[EVAL_JOBS].recover():
             log.warning("evaluations left running by a previous run marked failed", extra={"evaluations": stale})
+        from runtime.signing_keys import SigningKeys
+
         app[SERVICES] = BridgeServices(settings, app[CONTROL], app[TRACKER], app[BUS], app[PIPELINE], app[METRICS],
-                                       app[RATE_LIMITER])
+                                       app[RATE_LIMITER], SigningKeys.from_settings(settings))
         from runtime.telephony.callbacks import CALLBACK_JOB, CallbackJob
 
         app[CALLBACK_JOB] = CallbackJob(app)
         app[CALLBACK_JOB].start(scheduler)
+        if settings.cluster_mode:
+            from runtime.telephony.twilio.bridge import follow_take_overs
+
+            await follow_take_overs(app)  # calls this instance answered and another took over
         yield
         await app[CALLBACK_JOB].stop()
         await app[EVAL_JOBS].stop()
@@ -145,12 +165,24 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         await app[INSTANCE_LEASE].stop()  # after the drain: no call of ours is left to reap
         await app[RECORDING_UPLOADS].close()
         await app[PIPELINE].stop()
+        if relay is not None:
+            await relay.stop()
         await app[DELIVERY].stop()
 
+    async def rate_limits(app: web.Application) -> AsyncIterator[None]:
+        await app[RATE_LIMITER].open()  # Redis unreachable here is logged; requests then count locally
+        yield
+        await app[RATE_LIMITER].close()
+
+    app.cleanup_ctx.append(rate_limits)
     app.cleanup_ctx.append(control_plane)
     if settings.cluster_mode:
         from runtime.cluster.link import cluster_link_ctx
 
         app.cleanup_ctx.append(cluster_link_ctx(settings.events.nats, lambda: app[INSTANCE_ID]))
     app.cleanup_ctx.append(call_engine)
+    if settings.cluster_mode:
+        from runtime.api.live import remote_calls_ctx
+
+        app.cleanup_ctx.append(remote_calls_ctx(settings.events.nats.request_timeout_s))
     return app

@@ -26,5 +26,5 @@ ROUTES: web.AppKey[list] = web.AppKey("routes")
 BUS: web.AppKey[EventBus] = web.AppKey("bus")
 TRACKER: web.AppKey[CallTracker] = web.AppKey("tracker")
 DELIVERY: web.AppKey[DeliveryWorker] = web.AppKey("delivery")
-EVENT_SOCKETS: web.AppKey[set] = web.AppKey("event_sockets")  # open /api/v1/events/ws sockets
+EVENT_SOCKETS: web.AppKey[set] = web.AppKey("event_sockets")  # open /api/v1/events/ws sockets (EventSocket)
 PIPELINE: web.AppKey[ConversationEngine] = web.AppKey("pipeline")  # builds each call's conversation

@@ -207,7 +207,7 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRe
         if route.auth != "public":
             principal = await authenticate(request)
             if rate_class is not None:
-                decision = request.app[RATE_LIMITER].check(principal.key_id, principal.scope, rate_class)
+                decision = await request.app[RATE_LIMITER].check(principal.key_id, principal.scope, rate_class)
                 if decision is not None:
                     limit_headers = decision.headers()
                     if not decision.allowed:

@@ -15,7 +15,7 @@ Commands, for the lowest latency (a speaking session's say and flush, as over RE
 
     -> {"type": "say", "speaking_id", "text", "ref"}  /  {"type": "flush", "speaking_id", "ref"}
     <- {"type": "ack", "ref"}  or  {"type": "error", "ref", "error": "not_found" | "conflict" |
-       "rate_limited" | "bad_request", "message"}
+       "rate_limited" | "bad_request" | "cluster_unavailable" | "holder_timeout", "message"}
 
 Topics may also be named as VoIPBIN names them: ``<tenant id>::transcription:*`` and
 ``<tenant id>::call:*`` (a tenant may only name itself) stand for our groups (TOPIC_ALIASES).
@@ -24,6 +24,11 @@ One bus subscription per socket with a bounded queue: a socket that falls behind
 is closed with code 4008, never waited for. aiohttp's heartbeat pings the peer. The
 socket follows its key (runtime.api.key_watch): revoking the key closes it with 4401,
 disabling the tenant with 4403.
+
+In cluster mode the socket hears every instance's events (runtime.cluster.event_relay). While
+this instance has lost NATS it would hear only its own, so its sockets are closed with 1013
+(try again later) and new ones refused with 503 until NATS is back: clients reconnect, through
+the load balancer, to an instance that has it.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_FILTERS = 100
 MAX_TOPICS = 50
 CLOSE_TOO_SLOW = 4008
+CLOSE_TRY_AGAIN = 1013
 
 FilterKey = tuple[tuple[str, ...], str | None]
 
@@ -68,6 +74,9 @@ class SocketSubscription(Subscription):
             return False
         return any((call_id is None or event.call_id == call_id) and matches(event.topic, topics)
                    for topics, call_id in self.filters)
+
+    def interests(self) -> list[FilterKey]:
+        return list(self.filters)
 
 
 # Seed 001's topic groups (``<customer>::<group>:*``) -> our topic globs.
@@ -126,7 +135,7 @@ async def events_ws(ctx: Ctx) -> web.StreamResponse:
     if principal.is_admin or principal.tenant_id is None:
         raise Forbidden("event subscriptions need a tenant runtime key, not an admin key")
     headers: dict[str, str] = {}
-    decision = app[RATE_LIMITER].check(principal.key_id, principal.scope, "realtime")
+    decision = await app[RATE_LIMITER].check(principal.key_id, principal.scope, "realtime")
     if decision is not None:
         headers = decision.headers()
         if not decision.allowed:
@@ -138,6 +147,10 @@ async def events_ws(ctx: Ctx) -> web.StreamResponse:
                  "reset": decision.reset_at},
                 headers=headers,
             )
+    if nats_lost(app):
+        return error_response(503, "events from the other instances are unavailable here for now (NATS "
+                                   "unreachable); retry, or connect to another instance", {"retry_after": 1},
+                              headers={"Retry-After": "1"})
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_MESSAGE_BYTES)
     if not ws.can_prepare(request).ok:
         raise BadRequest("this endpoint speaks WebSocket: send an Upgrade request")
@@ -162,7 +175,7 @@ class EventSocket:
         log.warning("closing a slow event socket", extra={"tenant_id": self.sub.tenant_id})
         self._close_soon(CLOSE_TOO_SLOW, "subscriber too slow: events were dropped")
 
-    def _refuse(self, code: int, reason: str) -> None:
+    def refuse(self, code: int, reason: str) -> None:
         log.info("closing an event socket", extra={"tenant_id": self.sub.tenant_id, "code": code, "reason": reason})
         self._close_soon(code, reason)
 
@@ -181,9 +194,9 @@ class EventSocket:
 
     async def serve(self) -> None:
         sockets = self.app[EVENT_SOCKETS]  # closed on shutdown (aiohttp would wait for them)
-        sockets.add(self.ws)
+        sockets.add(self)
         watch = self.app[KEY_WATCH]
-        watch.watch(self, self.key_id, self._refuse)
+        watch.watch(self, self.key_id, self.refuse)
         self.bus.subscribe(self.sub)
         self._sender = asyncio.create_task(self._send_events())
         try:
@@ -203,7 +216,7 @@ class EventSocket:
             await asyncio.gather(self._sender, return_exceptions=True)
             if self._closer is not None:
                 await asyncio.gather(self._closer, return_exceptions=True)
-            sockets.discard(self.ws)
+            sockets.discard(self)
 
     async def _error(self, message: str) -> None:
         if not self.ws.closed:
@@ -243,15 +256,15 @@ class EventSocket:
                 return
             del self.sub.filters[key]
             reply = "unsubscribed"
+        self.bus.interest_changed()
         await self.ws.send_str(_dumps({"type": reply, "topics": list(topics), "call_id": call_id}))
 
 
     async def _command(self, kind: str, message: dict[str, Any]) -> None:
         """A speaking session's say or flush, answered with ack or error (carrying the sender's ref)."""
-        from runtime.api.appkeys import TRACKER
-        from runtime.calls.integrator_control import IntegratorControl
+        from runtime.api.live import live_ops
+        from runtime.calls.integrator_control import SayText
         from runtime.calls.live_control import MAX_SAY_CHARS
-        from runtime.calls.locator import LocalCalls
         from runtime.control.errors import ControlError
 
         ref = message.get("ref")
@@ -263,7 +276,7 @@ class EventSocket:
             if not self.ws.closed:
                 await self.ws.send_str(_dumps(body))
 
-        decision = self.app[RATE_LIMITER].check(self.key_id, "runtime", "control")
+        decision = await self.app[RATE_LIMITER].check(self.key_id, "runtime", "control")
         if decision is not None and not decision.allowed:
             self.app[METRICS].rate_limited.labels("control").inc()
             return await answer("rate_limited", f"rate limit for control requests reached; retry in "
@@ -273,18 +286,30 @@ class EventSocket:
             return await answer("bad_request", "speaking_id must be a speaking session id")
         if kind == "say" and (not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY_CHARS):
             return await answer("bad_request", f"text must be 1 to {MAX_SAY_CHARS} characters")
-        control = IntegratorControl(LocalCalls(self.app[TRACKER]), self.app[CONTROL].store)
-        try:
-            if kind == "say":
-                control.say(self.sub.tenant_id, speaking_id, text)
-            else:
-                control.flush(self.sub.tenant_id, speaking_id)
+        body = SayText(text=text) if kind == "say" else None
+        try:  # on the instance holding the session, as over REST
+            await live_ops(self.app).run(f"speaking.{kind}", self.sub.tenant_id, speaking_id, body)
         except ControlError as exc:
-            return await answer("not_found" if exc.status == 404 else "conflict", exc.message)
+            # 503 cluster_unavailable / 504 holder_timeout keep their code: the client may retry those.
+            error = {404: "not_found", 409: "conflict", 422: "bad_request"}.get(exc.status, exc.code)
+            return await answer(error, exc.message)
         await answer()
 
 
 async def close_event_sockets(app: web.Application) -> None:
     """on_shutdown: close every open event socket (1001 going away)."""
-    for ws in list(app[EVENT_SOCKETS]):
-        await ws.close(code=1001, message=b"server shutting down")
+    for socket in list(app[EVENT_SOCKETS]):
+        await socket.ws.close(code=1001, message=b"server shutting down")
+
+
+def nats_lost(app: web.Application) -> bool:
+    from runtime.cluster.link import CLUSTER
+
+    return CLUSTER in app and not app[CLUSTER].connected
+
+
+def close_for_retry(app: web.Application) -> None:
+    """NATS lost (cluster mode): close every event socket here with 1013 so its client reconnects."""
+    for socket in list(app[EVENT_SOCKETS]):
+        socket.refuse(CLOSE_TRY_AGAIN, "events from the other instances are unavailable here (NATS lost): "
+                                        "reconnect")

@@ -38,10 +38,12 @@ async def tune_gc_for_live_calls(app: web.Application) -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-async def serve_until_signalled(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
+async def serve_until_signalled(app: web.Application, host: str, port: int, shutdown_timeout: float,
+                                reuse_port: bool = False) -> None:
     """What ``web.run_app`` does, with the runner that answers malformed requests in the JSON error
     shape (run_app makes its own): serve until SIGINT or SIGTERM, then shut down gracefully. A
-    signal during startup stops the runtime as soon as it has started; a second signal stops it at once."""
+    signal during startup stops the runtime as soon as it has started; a second signal stops it at once.
+    ``reuse_port``: bind with SO_REUSEPORT, beside the other workers of `serve --workers N`."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
@@ -49,7 +51,7 @@ async def serve_until_signalled(app: web.Application, host: str, port: int, shut
     runner = JsonErrorAppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
         await stop.wait()
     finally:
         for signum in STOP_SIGNALS:
@@ -58,8 +60,9 @@ async def serve_until_signalled(app: web.Application, host: str, port: int, shut
 
 
 def run(settings: Settings, host: str | None = None, port: int | None = None,
-        providers: ProviderChains | None = None) -> None:
-    """``providers``: the engines calls get (default: the config's; bench/fake_engines.py passes its own)."""
+        providers: ProviderChains | None = None, reuse_port: bool = False) -> None:
+    """``providers``: the engines calls get (default: the config's; bench/fake_engines.py passes its own).
+    ``reuse_port``: one of several workers on this port (voicectl/workers.py)."""
     configure_logging(settings.logging)
     app = create_app(settings, providers=providers)
     host = host or settings.server.host
@@ -75,7 +78,7 @@ def run(settings: Settings, host: str | None = None, port: int | None = None,
     from runtime.telephony.twilio.bridge import warn_if_streams_would_be_refused
 
     app.on_startup.append(warn_if_streams_would_be_refused)
-    asyncio.run(serve_until_signalled(app, host, port, settings.server.shutdown_grace_s))
+    asyncio.run(serve_until_signalled(app, host, port, settings.server.shutdown_grace_s, reuse_port=reuse_port))
     from runtime.telephony.livekit.room import release_sdk
 
     release_sdk()

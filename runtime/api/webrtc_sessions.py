@@ -99,7 +99,7 @@ async def create_session(request: web.Request, read_body: Callable[[], Awaitable
     req = await read_body()  # after the caller is known: strangers learn nothing of the body's shape
     target = _target(caller, req)
     headers: dict[str, str] = {}
-    decision = request.app[RATE_LIMITER].check(caller.key_id, caller.scope, "session")
+    decision = await request.app[RATE_LIMITER].check(caller.key_id, caller.scope, "session")
     if decision is not None:
         headers = decision.headers()
         if not decision.allowed:

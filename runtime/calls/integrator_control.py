@@ -107,7 +107,7 @@ class IntegratorControl:
                 field, _, message = str(exc).partition(": ")
                 raise Invalid(message or field, {"field": field if message else None}) from None
         speaking = Speaking(session.id, tenant_id, req.direction, provider, req.voice_id, req.language, tts=engine)
-        session.speakings[speaking.id] = speaking
+        session.add_speaking(speaking)
         speaking.status = ACTIVE  # the call's TTS is up already: nothing to connect
         await session.emit(SpeakingStarted(speaking_id=speaking.id))
         return speaking.to_dict()

@@ -1,8 +1,9 @@
 """Where is call X? The one question live call control asks before it acts on a call.
 
-A call lives on the runtime process that holds its media. Today that is this process (the
-tracker's live sessions); a process of a cluster answers the same question for its peers later
-(the scale-out issue), so callers only ever use ``CallLocator``.
+A call lives on the runtime process that holds its media: ``LocalCalls`` answers for this process
+(the tracker's live sessions). In cluster mode an operation on a call this process does not hold
+goes to the instance that does (runtime.calls.live_ops, runtime.cluster.remote_calls), which
+answers with its own ``LocalCalls``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ class LocalCalls:
 
     def live_calls(self, tenant_id: str) -> list[CallSession]:
         return [s for s in self.tracker.live.values() if s.tenant_id == tenant_id and s.live]
+
+    def holds(self, target_id: str) -> bool:
+        """Whether a call or integrator session of that id (any tenant's) is this process's to answer for."""
+        tracker = self.tracker
+        if target_id in tracker.live or target_id in tracker.ended_sessions:
+            return True
+        return any(target_id in s.speakings or target_id in s.transcribes for s in tracker.live.values())
 
     def ended_session(self, tenant_id: str, session_id: str) -> Transcribe | Speaking | None:
         found = self.tracker.ended_sessions.get(session_id)

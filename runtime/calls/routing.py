@@ -174,6 +174,25 @@ async def pinned_route(store: Store, tenant_id: str, agent_id: str, version: int
     return CallRoute(tenant, number, agent_id, version, stored_config(row), after_hours=False)
 
 
+async def route_of_call(store: Store, row: dict[str, Any]) -> CallRoute:
+    """The route a call was opened with, read back from its row (another instance opened it and
+    this one takes it over): the same tenant, number, agent version and rollout arm, in or after
+    hours as when it started."""
+    tenant_id = row["tenant_id"]
+    tenant = await store.tenants.get(tenant_id, tenant_id=ALL_TENANTS)
+    if tenant is None or tenant["status"] != "active":
+        raise RouteRejected("tenant_disabled", "the tenant is disabled", tenant_id)
+    version = await store.agent_versions.find(tenant_id=tenant_id, agent_id=row["agent_id"],
+                                              version=row["agent_version"])
+    number = await store.phone_numbers.get(row["number_id"], tenant_id=tenant_id) if row["number_id"] else None
+    if version is None or number is None:
+        raise RouteRejected("no_active_version", "the call's number or agent version is gone", tenant_id)
+    tags = row.get("metadata") or {}
+    return CallRoute(tenant, number, row["agent_id"], row["agent_version"], stored_config(version),
+                     bool(tags.get("after_hours")), rollout_id=row.get("rollout_id"),
+                     rollout_arm=tags.get("rollout_arm"))
+
+
 # Versions never change once written: each is validated once per process, then shared.
 _CONFIGS: dict[str, AgentConfig] = {}
 MAX_CACHED_CONFIGS = 10_000

@@ -156,6 +156,8 @@ class CallSession:
     brain_notes: Callable[[], dict[str, Any]] | None = None
     analyst: Any = None
     callback_id: str | None = None  # the callback task this call was placed for
+    # Called with each transcribe or speaking session started on the call (the tracker: peers reach it).
+    on_session: list[Callable[[Transcribe | Speaking], None]] = field(default_factory=list)
     # Called once every on_end hook has run (the conversation closed, its transcripts written).
     after_end: list[Callable[[CallSession], Awaitable[None] | None]] = field(default_factory=list)
 
@@ -188,8 +190,9 @@ class CallSession:
         return {stage: aggregate(samples) for stage, samples in self._latency_samples.items() if samples}
 
     async def add_transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
-                             interrupted: bool) -> None:
-        """A final utterance: the ``transcripts`` row and ``transcript.created`` in one transaction."""
+                             interrupted: bool, segments: list[dict[str, Any]] | None = None) -> None:
+        """A final utterance: the ``transcripts`` row and ``transcript.created`` in one transaction
+        (``segments``: a caller utterance's pieces, ``{"text", "confidence"}``)."""
         self._transcript_seq += 1
         if role == "agent":
             self.agent_spoke = True
@@ -202,13 +205,23 @@ class CallSession:
         direction = "in" if role == "caller" else "out"
         await self.emit(TranscriptCreated(role=role, text=text, start_ms=start_ms, end_ms=end_ms,
                                           interrupted=interrupted, direction=direction,
-                                          transcribe_id=transcribe_for(self.transcribes, direction)), batch)
+                                          transcribe_id=transcribe_for(self.transcribes, direction),
+                                          segments=segments), batch)
 
     async def start_transcribe(self, direction: str, *, implicit: bool = False) -> Transcribe:
         transcribe = Transcribe(self.id, self.tenant_id, direction, implicit)
         self.transcribes[transcribe.id] = transcribe
+        self._started(transcribe)
         await self.emit(TranscriptionStarted(transcribe_id=transcribe.id, direction=direction))
         return transcribe
+
+    def add_speaking(self, speaking: Speaking) -> None:
+        self.speakings[speaking.id] = speaking
+        self._started(speaking)
+
+    def _started(self, started: Transcribe | Speaking) -> None:
+        for hook in self.on_session:
+            hook(started)
 
     async def stop_transcribe(self, transcribe: Transcribe, reason: str) -> None:
         if transcribe.status != STOPPED:

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runtime.calls.admission import ClusterAdmission
 from runtime.calls.call_record import CallRecordWriter
@@ -22,6 +22,7 @@ from runtime.ids import new_id
 from runtime.recording.recorder import CallRecorder
 from runtime.recording.storage import LocalStorage
 from runtime.recording.upload import RecordingUploader
+from runtime.store.errors import UniqueViolation
 from runtime.store.store import Store
 from runtime.store.tables import ALL_TENANTS
 
@@ -32,6 +33,24 @@ HANGUP_TIMEOUT_S = 3.0
 ENDED_SESSIONS_KEPT = 10_000  # integrator sessions of ended calls still answered 409 (not 404)
 # At shutdown: how long the records of the last calls (and their analyses) may still take.
 RECORDS_GRACE_S = 5.0
+
+
+class Holdings(Protocol):
+    """Cluster mode (runtime.cluster.remote_calls): the ids this instance answers for to its peers."""
+
+    def hold(self, target_id: str) -> None: ...
+    def release(self, target_id: str) -> None: ...
+    def ended(self, session_id: str) -> None:
+        """A session that stopped with its call: still answered for a while (``say`` is a 409, not a 404)."""
+
+
+class DuplicateCall(Exception):
+    """A call with this provider call id exists already (a retried webhook that reached this
+    instance while another opened the call): nothing was stored."""
+
+    def __init__(self, provider: str, provider_call_id: str | None) -> None:
+        super().__init__(f"{provider} call {provider_call_id} has a call already")
+        self.provider, self.provider_call_id = provider, provider_call_id
 
 
 class LiveCalls(dict[str, CallSession]):
@@ -120,6 +139,8 @@ class CallTracker:
         # Transcribe and speaking sessions of calls that ended here, newest last (bounded): a
         # ``say`` on one is a 409 ``session_stopped``, not a 404.
         self.ended_sessions: OrderedDict[str, Transcribe | Speaking] = OrderedDict()
+        # Cluster mode: told of every call and integrator session held here, and of their release.
+        self.holdings: Holdings | None = None
         self.accepting = True
         # Writes each ended call's operations record (outcome, follow-up, summary) in a task of its own.
         self.recorder = recorder
@@ -172,10 +193,34 @@ class CallTracker:
                 session = self._session(tenant_id, None, provider, direction, from_number, to_number,
                                         provider_call_id)
                 session.tags.update(tags or {})
-                await session.insert_row()
+                try:
+                    await session.insert_row()
+                except UniqueViolation:
+                    raise DuplicateCall(provider, provider_call_id) from None
                 await session.fail(rejected.reason, rejected.message)
             raise
         return session
+
+    async def adopt(self, row: dict[str, Any], route: CallRoute) -> CallSession:
+        """Run here a call another instance opened and still awaits its media (its stream token was
+        spent here): the session continues the row and its events (sequence numbers go on)."""
+        session = self._session(row["tenant_id"], route, row["provider"], row["direction"], row["from_number"],
+                                row["to_number"], row["provider_call_id"])
+        session.id, session.trace_id, session.state = row["id"], row["trace_id"], row["status"]
+        session.started_at = row["started_at"]
+        session.tags.update(row.get("metadata") or {})
+        session._seq = int(await self.store.max_event_seq(session.id) or 0)
+        # The call's media is held here from now on: this instance's lease covers it (and counts it).
+        await self.store.voice_calls.set(session.id, {"instance_id": self.instance_id}, tenant_id=session.tenant_id)
+        local = self.runs_locally is not None and self.local_calls is not None and await self.runs_locally(route)
+        await self._register(session, route, local, insert=False)
+        return session
+
+    def forget(self, session: CallSession) -> None:
+        """Drop a call another instance has taken over: nothing is written, no event, no end hook
+        (that instance runs the call and ends it)."""
+        if self.live.get(session.id) is session:
+            self._release(session)
 
     async def open_outbound(self, route: CallRoute, outbound: OutboundCall, *, provider: str, from_number: str,
                             to_number: str) -> CallSession:
@@ -196,22 +241,28 @@ class CallTracker:
         await self._register(session, route, local)
         return session
 
-    async def _register(self, session: CallSession, route: CallRoute, local: bool,
-                        number_id: str | None = None) -> None:
-        """Store the call and count it live; RouteRejected (nothing stored) when the cluster's
-        limits refuse it."""
-        admit = (self.admission.check(session.id, route.tenant_id, route.tenant["max_concurrent_calls"], number_id)
-                 if self.admission is not None else None)
+    async def _register(self, session: CallSession, route: CallRoute, local: bool, number_id: str | None = None,
+                        *, insert: bool = True) -> None:
+        """Count the call live here and store it (``insert`` False: adopted, its row exists):
+        RouteRejected when the cluster's limits refuse it, DuplicateCall when its provider call id
+        has a call already; nothing is stored then."""
         self.live[session.id] = session
         if local:
             self.local_live.add(session.id)
-        try:
-            await session.insert_row(admit)
-        except BaseException:
-            self.live.pop(session.id, None)
-            self.local_live.discard(session.id)
-            raise
         session.on_end.append(self._release)
+        session.on_session.append(self._hold_session)
+        self.hold_call(session)
+        if insert:
+            admit = (self.admission.check(session.id, route.tenant_id, route.tenant["max_concurrent_calls"],
+                                          number_id) if self.admission is not None else None)
+            try:
+                await session.insert_row(admit)
+            except UniqueViolation:  # its provider call id has a call already (cluster mode: maybe elsewhere)
+                self._release(session)
+                raise DuplicateCall(session.provider, session.provider_call_id) from None
+            except BaseException:
+                self._release(session)
+                raise
         if self.recording is not None and route.tenant.get("recording_enabled"):
             self._record(session)
 
@@ -253,12 +304,28 @@ class CallTracker:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
+    def hold_call(self, session: CallSession) -> None:
+        """Peers reach the call, and its integrator sessions, here (cluster mode; else nothing to do)."""
+        if self.holdings is not None:
+            self.holdings.hold(session.id)
+            for held in (*session.transcribes.values(), *session.speakings.values()):
+                self.holdings.hold(held.id)
+
+    def _hold_session(self, started: Transcribe | Speaking) -> None:
+        if self.holdings is not None:
+            self.holdings.hold(started.id)
+
     def _release(self, session: CallSession) -> None:
         self.live.pop(session.id, None)
         self.local_live.discard(session.id)
+        holdings = self.holdings
+        if holdings is not None:
+            holdings.release(session.id)
         ended = self.ended_sessions
         for stopped in (*session.transcribes.values(), *session.speakings.values()):
             ended[stopped.id] = stopped
+            if holdings is not None:
+                holdings.ended(stopped.id)
         while len(ended) > ENDED_SESSIONS_KEPT:
             ended.popitem(last=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from runtime.config import Settings
+from runtime.secrets import SecretsError, read_master_key
 
 NATS_CONNECT_TIMEOUT_S = 3.0
 
@@ -19,6 +20,14 @@ def cluster_refusal(settings: Settings) -> str | None:
     if not settings.limits.rate_limits.shared:
         return ("events.nats.url is set (cluster mode) but limits.rate_limits.storage is memory://: each instance "
                 "would count on its own; set it to async+redis://HOST:PORT/DB (e.g. async+redis://127.0.0.1:6379/0)")
+    if settings.secrets.backend != "database":
+        return (f"events.nats.url is set (cluster mode) but secrets.backend is {settings.secrets.backend}: each "
+                "instance would read the credentials of its own keyring; copy them with `voicectl secrets copy "
+                "--to database`, then set secrets.backend: database")
+    try:
+        read_master_key(settings.master_key_path)
+    except SecretsError as exc:  # the token keys derive from it: every instance needs the same one
+        return f"events.nats.url is set (cluster mode) but the master key cannot be read: {exc}"
     return None
 
 

@@ -41,7 +41,8 @@ class CredentialService:
         self.store = store
         self.secrets = secrets
         self.egress = egress or EgressPolicy()
-        self._refs: dict[tuple[str, str], tuple[int, float, str | None]] = {}
+        # (tenant, provider) -> (write generation, expires, secret ref, row's updated_at)
+        self._refs: dict[tuple[str, str], tuple[int, float, str | None, str | None]] = {}
 
     @staticmethod
     def _public(row: dict) -> Credential:
@@ -64,9 +65,9 @@ class CredentialService:
         if spec.secret_required and not has_secret:
             raise Invalid(f"{provider} credentials need the {spec.secret} as the secret", {"secret": "missing"})
         ref = secret_ref(tenant_id, provider) if has_secret else None
-        previous = self.secrets.get(ref) if data.secret is not None else None
+        previous = await self.secrets.get(ref) if data.secret is not None else None
         if data.secret is not None:
-            self.secrets.set(ref, data.secret)
+            await self.secrets.set(ref, data.secret)
         now = now_iso()
         try:
             if existing is None:
@@ -82,9 +83,9 @@ class CredentialService:
         except BaseException:
             # The row did not change: put the keyring back as it was, no orphan or lost secret.
             if data.secret is not None and previous:
-                self.secrets.set(ref, previous)
+                await self.secrets.set(ref, previous)
             elif data.secret is not None:
-                self.secrets.delete(ref)
+                await self.secrets.delete(ref)
             raise
         return self._public(row)
 
@@ -102,7 +103,7 @@ class CredentialService:
     async def delete(self, tenant_id: str, provider: str) -> None:
         cred = await self.get(tenant_id, provider)
         await self.store.credentials.delete(cred.id, tenant_id=tenant_id)
-        self.secrets.delete(secret_ref(tenant_id, provider))
+        await self.secrets.delete(secret_ref(tenant_id, provider))
 
     async def for_engine(self, tenant_id: str, provider: str) -> ProviderCredential | None:
         """The credential an engine is built with (runtime only: it holds the secret)."""
@@ -116,13 +117,14 @@ class CredentialService:
         key, generation, now = (tenant_id, provider), WRITES.get("credentials", 0), time.monotonic()
         cached = self._refs.get(key)
         if cached is not None and cached[0] == generation and now < cached[1]:
-            ref = cached[2]
+            ref, version = cached[2], cached[3]
         else:
             row = await self.store.credentials.find(tenant_id=tenant_id, provider=provider)
-            ref = None if row is None else row["secret_ref"]
+            ref, version = (None, None) if row is None else (row["secret_ref"], row["updated_at"])
             if len(self._refs) >= SECRET_REF_CACHE_MAX:
                 self._refs.clear()
-            self._refs[key] = (generation, now + SECRET_REF_TTL_S, ref)
+            self._refs[key] = (generation, now + SECRET_REF_TTL_S, ref, version)
         if ref is None:
             return None
-        return self.secrets.get(ref, cached=True)
+        # A secret replaced elsewhere (the CLI, another instance) bumps the row: read again.
+        return await self.secrets.get(ref, cached=True, version=version)

@@ -11,6 +11,7 @@ from runtime.control.credentials import CredentialService
 from runtime.control.keys import KeyService
 from runtime.control.numbers import NumberService
 from runtime.control.rollouts import RolloutService
+from runtime.control.secret_values import open_secret_store
 from runtime.control.tenants import TenantService
 from runtime.control.voices import VoiceProfileService
 from runtime.control.webhooks import WebhookService
@@ -55,7 +56,7 @@ class ControlPlane:
         try:
             if migrate:
                 await migrations.migrate(db)
-            secrets = SecretStore.from_settings(settings)
+            secrets = open_secret_store(settings, db)
         except BaseException:
             await db.close()
             raise

@@ -263,6 +263,7 @@ def _option_error(model: type[BaseModel], key: str, value: Any) -> str | None:
 ENDPOINTING_SILENCE_MS = 500
 MIN_INTERRUPTION_MS = 300
 SILENCE_REPROMPT_S = 8.0
+NOT_UNDERSTOOD_REPLY = "Sorry, I didn't catch that."
 
 
 class TurnSettings(Input):
@@ -271,6 +272,9 @@ class TurnSettings(Input):
     silence_reprompt_s: float = Field(SILENCE_REPROMPT_S, ge=1, le=120)
     silence_prompts: Literal["auto", "on", "off"] = Field(
         "auto", description="the re-prompt and the silence hang-up: auto = on, except for an external brain")
+    not_understood_reply: str = Field(
+        NOT_UNDERSTOOD_REPLY, max_length=300,
+        description="said at once to a caller turn with speech but no words understood; empty: say nothing")
 
 
 def _stored(info: ValidationInfo) -> bool:
@@ -386,6 +390,9 @@ RuleOutcome.model_rebuild()
 class RuleIntent(Input):
     name: str
     keywords: list[str] = Field(default_factory=list, max_length=200)
+    fuzzy: int | None = Field(None, ge=0, le=3, description="misheard keywords: edits allowed in spelling (default "
+                              "by length: 0 under 5 letters, 1 up to 7, 2 from 8); 0: as written only")
+    exact: bool = Field(False, description="keywords match only as written (no tolerance for misheard words)")
     patterns: list[TenantPattern] = Field(default_factory=list, max_length=50, description="regexes (RE2 syntax)")
     requires: list[str] = Field(default_factory=list, description="slots that must be known before acting")
     ask: dict[str, str] = Field(default_factory=dict, description="slot -> the question asked when it is missing")

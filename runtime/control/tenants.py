@@ -82,4 +82,4 @@ class TenantService:
         await self.store.tenants.delete(tenant_id, tenant_id=ALL_TENANTS)  # rows cascade
         if self.secrets is not None:
             for ref in refs:
-                self.secrets.delete(ref)
+                await self.secrets.delete(ref)

@@ -117,7 +117,7 @@ class WebhookService:
         webhook_id = new_id("whk")
         ref = signing_secret_ref(tenant_id, webhook_id)
         signing_secret = "whsec_" + secrets.token_urlsafe(32)
-        self.secrets.set(ref, signing_secret)
+        await self.secrets.set(ref, signing_secret)
         now = now_iso()
         try:
             row = await self.store.webhook_configs.insert({
@@ -125,7 +125,7 @@ class WebhookService:
                 "created_at": now, "updated_at": now, "status": "active", "consecutive_failures": 0,
             })
         except BaseException:
-            self.secrets.delete(ref)  # no orphan secret for a row that was never written
+            await self.secrets.delete(ref)  # no orphan secret for a row that was never written
             raise
         return config_from_row(row), signing_secret
 
@@ -193,14 +193,14 @@ class WebhookService:
     async def rotate_secret(self, tenant_id: str, webhook_id: str) -> tuple[WebhookConfig, str]:
         config = await self.get(tenant_id, webhook_id)
         signing_secret = "whsec_" + secrets.token_urlsafe(32)
-        self.secrets.set(config.secret_ref, signing_secret)
+        await self.secrets.set(config.secret_ref, signing_secret)
         row = await self.store.webhook_configs.update(webhook_id, {"updated_at": now_iso()}, tenant_id=tenant_id)
         return config_from_row(row), signing_secret
 
     async def delete(self, tenant_id: str, webhook_id: str) -> None:
         config = await self.get(tenant_id, webhook_id)
         await self.store.webhook_configs.delete(webhook_id, tenant_id=tenant_id)
-        self.secrets.delete(config.secret_ref)
+        await self.secrets.delete(config.secret_ref)
 
     async def deliveries(self, tenant_id: str, webhook_id: str, page: PageRequest) -> Page[WebhookDelivery]:
         """The webhook's outbox rows, newest first, each with its attempts."""
@@ -226,7 +226,7 @@ class WebhookService:
         from runtime.events.models import Event
 
         config = await self.get(tenant_id, webhook_id)
-        secret = self.secrets.get(config.secret_ref, cached=True)
+        secret = await self.secrets.get(config.secret_ref, cached=True, version=config.updated_at)
         if secret is None:
             raise Invalid("the webhook's signing secret is missing: rotate it", {"webhook_id": webhook_id})
         event = Event(new_id("evt"), TEST_TOPIC, tenant_id, None, 0, now_iso(), None,
@@ -246,4 +246,4 @@ class WebhookService:
 
     async def signing_secret(self, tenant_id: str, webhook_id: str) -> str | None:
         config = await self.get(tenant_id, webhook_id)
-        return self.secrets.get(config.secret_ref, cached=True)
+        return await self.secrets.get(config.secret_ref, cached=True, version=config.updated_at)

@@ -5,6 +5,10 @@ outbox row per matching active webhook config of the tenant (so a delivery can
 never be lost between the two). Only then is the event handed to in-process
 subscribers, each through a bounded queue: a subscriber that falls behind is
 dropped (its ``on_overflow`` is called), never waited for.
+
+In cluster mode a ``Relay`` (runtime.cluster.event_relay) also sends each committed event to
+the other instances, hands theirs to ``fan_out`` here, and tells ``listened`` what their
+subscribers take; without one, everything stays in this process.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from runtime.events.models import Event
 from runtime.events.topics import matches
@@ -48,11 +53,33 @@ class Subscription:
             return False
         return matches(event.topic, self.topics)
 
+    def interests(self) -> Iterable[tuple[Sequence[str], str | None]]:
+        """(topic globs, call id or None) pairs this subscription takes: what ``listened`` reads."""
+        return ((self.topics, self.call_id),)
+
+
+# (tenant id, topic globs, call id or None): one thing a subscriber of this instance takes.
+Interest = tuple[str, tuple[str, ...], str | None]
+
+
+class Relay(Protocol):
+    """Events to and from the other instances of a cluster."""
+
+    def send(self, events: Sequence[Event]) -> None:
+        """Committed events made here, in order; never blocks."""
+
+    def wants(self, tenant_id: str, topic: str, call_id: str | None) -> bool:
+        """Whether a subscriber on another instance takes the topic."""
+
+    def interest_changed(self) -> None:
+        """What this instance's subscribers take has changed (``EventBus.interests``)."""
+
 
 class EventBus:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._subscriptions: set[Subscription] = set()
+        self.relay: Relay | None = None  # cluster mode: set before the first event
         self.published = 0
         # Called after each commit that queued outbox rows (the delivery worker wakes up).
         self.on_outbox: Callable[[], None] | None = None
@@ -60,21 +87,37 @@ class EventBus:
 
     def subscribe(self, subscription: Subscription) -> Subscription:
         self._subscriptions.add(subscription)
+        self.interest_changed()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        self._subscriptions.discard(subscription)
+        if subscription in self._subscriptions:
+            self._subscriptions.discard(subscription)
+            self.interest_changed()
+
+    def interest_changed(self) -> None:
+        """A subscription's topics or call changed (event sockets call this after (un)subscribe)."""
+        if self.relay is not None:
+            self.relay.interest_changed()
+
+    def interests(self) -> set[Interest]:
+        """What the tenants' subscribers here take (the runtime's own, tenant None, do not count)."""
+        return {(sub.tenant_id, tuple(topics), call_id) for sub in self._subscriptions
+                if sub.tenant_id is not None and not sub.dropped for topics, call_id in sub.interests()}
 
     def listened(self, tenant_id: str, topic: str, call_id: str | None = None) -> bool:
-        """Whether a tenant's subscriber takes ``topic`` (of ``call_id``): a live socket here, or an
-        active webhook config as last read. Events that cost work to make (``transcript.interim``
-        from an offline engine) are made only then."""
+        """Whether a tenant's subscriber takes ``topic`` (of ``call_id``): a live socket here or on
+        another instance, or an active webhook config as last read. Events that cost work to make
+        (``transcript.interim`` from an offline engine) are made only then."""
         for sub in self._subscriptions:
-            if (sub.tenant_id == tenant_id and not sub.dropped and sub.call_id in (None, call_id)
-                    and matches(topic, sub.topics)):
+            if sub.tenant_id != tenant_id or sub.dropped:
+                continue
+            if any(wanted in (None, call_id) and matches(topic, topics) for topics, wanted in sub.interests()):
                 return True
         cached = self._hooks_cache.get(tenant_id)
-        return cached is not None and any(matches(topic, hook["events"]) for hook in cached[2])
+        if cached is not None and any(matches(topic, hook["events"]) for hook in cached[2]):
+            return True
+        return self.relay is not None and self.relay.wants(tenant_id, topic, call_id)
 
     async def publish(self, event: Event, batch: WriteBatch | None = None) -> None:
         """Commit, then fan out. ``batch``: writes of the caller committed in the event's own
@@ -94,6 +137,9 @@ class EventBus:
             self.on_outbox()
         for event in events:
             self.fan_out(event)
+        if self.relay is not None:
+            # Subscribers here first (no network hop); the copy NATS brings back here is skipped.
+            self.relay.send(events)
 
     async def _hooks(self, tenant_id: str, fresh: bool = False) -> tuple[list[dict], bool]:
         """The tenant's active webhook configs, and whether they came from the cache. Cached for
@@ -165,7 +211,7 @@ class EventBus:
                 sub.queue.put_nowait(event)
             except asyncio.QueueFull:
                 sub.dropped = True
-                self._subscriptions.discard(sub)
+                self.unsubscribe(sub)
                 log.warning("dropping a slow event subscriber", extra={"tenant_id": sub.tenant_id})
                 if sub.on_overflow is not None:
                     sub.on_overflow(sub)

@@ -174,7 +174,7 @@ async def n8n_header(store: Store, secrets: SecretStore, tenant_id: str, url: st
     prefix, name = fields.get("url"), fields.get("header_name")
     if not prefix or not name or not url_has_prefix(url, prefix):
         return {}
-    value = secrets.get(cred["secret_ref"], cached=True)
+    value = await secrets.get(cred["secret_ref"], cached=True, version=cred["updated_at"])
     return {name: value} if value else {}
 
 
@@ -323,7 +323,7 @@ class DeliveryWorker:
             if not await self.store.hold_delivery(delivery_id, hook["id"], now):
                 await self.store.release_delivery(delivery_id, now)  # switched on meanwhile: due again
             return
-        secret = self.secrets.get(hook["secret_ref"], cached=True)
+        secret = await self.secrets.get(hook["secret_ref"], cached=True, version=hook["updated_at"])
         if secret is None:
             outcome = Outcome(None, "the webhook's signing secret is missing", 0)
         else:

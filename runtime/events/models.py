@@ -74,6 +74,9 @@ class TranscriptCreated(Payload):
     interrupted: bool = False
     direction: str | None = None  # in: the caller's words; out: the agent's
     transcribe_id: str | None = None  # the call's transcribe session of that direction, if any
+    # A caller utterance's pieces, in order: {"text", "confidence"} (confidence 0-1, or None when the
+    # engine gives none); None for the agent's lines.
+    segments: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,15 @@ class CallFailed(Payload):
     topic: ClassVar[str] = "voice.call.failed"
     reason: str
     message: str | None = None
+
+
+@dataclass(frozen=True)
+class CarrierSkipped(Payload):
+    """The bridge ended or transferred the call on the media side, without the carrier's API."""
+
+    topic: ClassVar[str] = "call.carrier_skipped"
+    action: str  # hangup | transfer
+    reason: str  # evaluation (a synthetic call) | placeholder_credential (the demo's stand-in account)
 
 
 @dataclass(frozen=True)
@@ -312,6 +324,7 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
                 TranscriptCreated, DtmfReceived, AgentInterrupted, ToolCalled, TransferRequested, TurnLatency,
                 DurationWarning, ProviderFailedOver, CallCompleted, CallFailed, WebhookDisabled,
                 TranscriptionStarted, TranscriptionStopped, SpeakingStarted, SpeakingStopped, MachineDetected,
+                CarrierSkipped,
                 CallbackCreated, CallbackOverdue, CallbackCompleted,
                 AgentEvaluated, AgentPromoted, RolloutStarted, RolloutStopped, RolloutReverted)
 }

@@ -28,6 +28,7 @@ TOPICS: tuple[str, ...] = (
     "speaking.started",
     "speaking.stopped",
     "call.machine_detected",
+    "call.carrier_skipped",
     "callback.created",
     "callback.overdue",
     "callback.completed",

@@ -145,5 +145,5 @@ class Listener:
                 self.reporter.emit(TranscriptInterim(role="caller", text=text))
             return
         self.final_at = self.clock.now()
-        if detector.final(transcript.text) & Signal.END:
+        if detector.final(transcript.text, transcript.segments, transcript.confidence) & Signal.END:
             self.on_turn_end()

@@ -21,7 +21,8 @@ class PipelineMetrics:
             buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
         )
         self.turns = Counter(
-            "voicectl_turns", "Caller turns by outcome (replied, backchannel, empty, kept: not answered by the agent)", ("outcome",),
+            "voicectl_turns", "Caller turns by outcome (replied, backchannel, empty, kept: not answered by the "
+            "agent, not_understood: speech with no accepted words)", ("outcome",),
             registry=registry,
         )
         self.interruptions = Counter(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from runtime.events.models import Payload, TurnLatency
 from runtime.pipeline.metrics import PipelineMetrics, TurnTiming
 from runtime.pipeline.speech import Reply
+from runtime.providers.base import TranscriptSegment
 
 if TYPE_CHECKING:
     from runtime.pipeline.conversation import CallSink
@@ -38,8 +39,11 @@ class CallReporter:
         self._jobs.put_nowait(partial(self.session.emit, payload))
 
     def transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
-                   interrupted: bool) -> None:
-        self._jobs.put_nowait(partial(self.session.add_transcript, role, text, start_ms, end_ms, interrupted))
+                   interrupted: bool, segments: tuple[TranscriptSegment, ...] = ()) -> None:
+        """A final utterance; ``segments``: a caller turn's pieces with their confidence."""
+        pieces = [{"text": s.text, "confidence": s.confidence} for s in segments] if role == "caller" else None
+        self._jobs.put_nowait(partial(self.session.add_transcript, role, text, start_ms, end_ms, interrupted,
+                                      pieces))
 
     def agent_transcript(self, reply: Reply, text: str, played_ms: float, interrupted: bool) -> None:
         """What the caller heard of ``reply`` (nothing is stored for a reply that made no sound)."""

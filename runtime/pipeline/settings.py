@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.control.schemas import SILENCE_REPROMPT_S, AgentConfig
+from runtime.control.schemas import NOT_UNDERSTOOD_REPLY, SILENCE_REPROMPT_S, AgentConfig
 from runtime.pipeline.turns import TurnPolicy
 
 _WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 10: "ten", 15: "fifteen", 20: "twenty", 30: "thirty"}
@@ -49,6 +49,7 @@ class ConversationSettings:
     turn: TurnPolicy = field(default_factory=TurnPolicy)
     silence_reprompt_s: float = SILENCE_REPROMPT_S
     silence_prompts: str = "auto"  # on | off | auto (on unless the brain is external)
+    not_understood_reply: str = NOT_UNDERSTOOD_REPLY  # to speech with no words understood; "" = off
     escalation_target: str | None = None
     agent_id: str | None = None
     dtmf_tools: Mapping[str, str] = field(default_factory=dict)  # digit -> tool called directly
@@ -79,6 +80,7 @@ class ConversationSettings:
             "turn": TurnPolicy(endpoint_ms=turn.endpointing_silence_ms, min_interruption_ms=turn.min_interruption_ms),
             "silence_reprompt_s": turn.silence_reprompt_s,
             "silence_prompts": turn.silence_prompts,
+            "not_understood_reply": turn.not_understood_reply,
             "escalation_target": config.escalation_target,
             "agent_id": agent_id,
             "dtmf_tools": dict(config.dtmf_tools),

@@ -29,7 +29,13 @@ from runtime.pipeline.call_analysis import AnalysisGate, attach
 from runtime.pipeline.conversation import Conversation
 from runtime.pipeline.metrics import PipelineMetrics
 from runtime.pipeline.settings import ConversationSettings
-from runtime.providers.base import AudioChunk, SpeechToText, SttStream, TextToSpeech, Transcript
+from runtime.providers.base import (
+    AudioChunk,
+    SpeechToText,
+    SttStream,
+    TextToSpeech,
+    Transcript,
+)
 from runtime.providers.chains import CallProviders, ProviderChains
 from runtime.providers.failover import Failover
 from runtime.providers.registry import ProviderCredential
@@ -112,8 +118,8 @@ class ChatSession(CallSession):
     __slots__ = ("on_utterance",)
 
     async def add_transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
-                             interrupted: bool) -> None:
-        await super().add_transcript(role, text, start_ms, end_ms, interrupted)
+                             interrupted: bool, segments: list[dict[str, Any]] | None = None) -> None:
+        await super().add_transcript(role, text, start_ms, end_ms, interrupted, segments)
         callback = getattr(self, "on_utterance", None)
         if callback is not None:
             callback(role, text)

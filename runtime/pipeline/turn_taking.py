@@ -12,7 +12,9 @@ user message. Cutting a reply (new generation, stale audio dropped, only the wor
 is ``Replies.cut``'s job.
 
 A turn with text that is answered goes to the history and the transcript, and its reply starts
-with the turn's ``TurnTiming`` (the latency figures).
+with the turn's ``TurnTiming`` (the latency figures). A turn with speech (``heard_speech_ms`` of it)
+but no words (the STT heard nothing it could accept) gets the version's ``not_understood_reply``
+at once, through the same reply path: the caller is never left in silence until the re-prompt.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class TurnTaking:
         self.silence.mark_quiet()
         text = finished.text
         if not text:
-            return self._count("empty")
+            return self._not_understood(finished.speech_ms, turn)
         reply = self.conversation.reply
         if reply is not None and not turn.barged and reply.interruptible:
             if turn.continuation or reply.first_audio_at is None or (turn.deferred and not is_backchannel(text)):
@@ -111,7 +113,7 @@ class TurnTaking:
                 return self._count("backchannel")  # short speech over the agent: listening noises
         elif turn.during_agent and not turn.barged and is_backchannel(text):
             return self._count("backchannel")
-        self.reporter.transcript("caller", text, finished.start_ms, finished.end_ms, False)
+        self.reporter.transcript("caller", text, finished.start_ms, finished.end_ms, False, finished.segments)
         self.history.add_user(text)
         if not self.conversation.answers_turns:  # heard and kept; the integrator answers
             return self._count("kept")
@@ -120,6 +122,17 @@ class TurnTaking:
                             final_at=final_at if final_at is not None and turn.flush_at is not None
                             and final_at >= turn.flush_at else None)
         self.replies.start("turn", self.responder.respond, timing)
+
+    def _not_understood(self, speech_ms: int, turn: TurnState) -> None:
+        """Speech with no accepted words: say so at once, unless it was noise under the agent's
+        voice (the agent still speaking, not cut) or too short to be a word."""
+        line = self.settings.not_understood_reply
+        agent_on = self.conversation.reply is not None and not turn.barged
+        if (not line or agent_on or speech_ms < self.settings.turn.heard_speech_ms
+                or not self.conversation.answers_turns):
+            return self._count("empty")
+        self._count("not_understood")
+        self.replies.start_line(line, kind="not_understood")
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:

@@ -12,9 +12,13 @@ Endpointing, with ``endpoint_ms`` the version's ``turn.endpointing_silence_ms`` 
   ends the turn the moment it arrives; neutral text (no punctuation) ends it at ``endpoint_ms``;
   text that looks unfinished ("... and", "my number is 555 12", "john dot", a trailing comma)
   waits for ``incomplete_ms`` (3 x endpoint, at least 1.5 s);
-- a flush that yields no final within ``final_timeout_ms`` more ends the turn with what there is
-  (the local engine sends no final at all for noise); empty text ends it at once (nothing said);
-- speech resuming before the end continues the same turn; its segments' finals are joined.
+- a flush that yields no final within ``final_timeout_ms`` more ends the turn with what there is;
+  an empty final ends it at once when the speech was shorter than ``heard_speech_ms`` (a click, a
+  breath), and at ``endpoint_ms`` otherwise (speech not understood, or a caller hesitating who may
+  go on: the turn is answered with the not-understood line only when they do not);
+- speech resuming before the end continues the same turn; its segments' finals are joined, and
+  so are their pieces (an engine that decodes in segments gives several per final, each with its
+  confidence; another gives one per final): the turn's ``segments``.
 
 Barge-in is the conversation's call (it knows whether the agent is speaking); the detector
 exposes the turn's speech so far (``speech_ms``) and the latest interim text.
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from enum import Enum, IntFlag
 
 from runtime.control.schemas import ENDPOINTING_SILENCE_MS, MIN_INTERRUPTION_MS
+from runtime.providers.base import TranscriptSegment
 
 IDLE, SPEAKING, PAUSED = 0, 1, 2
 
@@ -55,6 +60,9 @@ class TurnPolicy:
     final_timeout_ms: int = 1500
     # A streaming engine's interim that is only a backchannel holds a barge-in up to this long.
     backchannel_max_ms: int = 1000
+    # A turn with this much speech and no accepted words was a caller not understood (less: a
+    # cough or a click that the VAD let through, left unanswered).
+    heard_speech_ms: int = 250
 
     @property
     def flush_ms(self) -> int:
@@ -71,6 +79,7 @@ class Turn:
     start_ms: int  # inbound audio timeline
     end_ms: int  # end of the last speech frame
     speech_ms: int
+    segments: tuple[TranscriptSegment, ...] = ()  # the pieces of ``text``, in order, with their confidence
 
 
 @dataclass(slots=True)
@@ -87,6 +96,7 @@ class TurnDetector:
     _flushed: bool = False  # this pause has been flushed
     _pending: int = 0  # finals still expected for flushes of this turn
     _segments: list[str] = field(default_factory=list)
+    _pieces: list[TranscriptSegment] = field(default_factory=list)
     _verdict: Completeness = Completeness.NEUTRAL
 
     def frame(self, speech: bool, ms: int) -> Signal:
@@ -121,12 +131,16 @@ class TurnDetector:
         self.silence_ms += gap
         return self._check()
 
-    def final(self, text: str) -> Signal:
-        """A final transcript of the caller arrived."""
+    def final(self, text: str, segments: tuple[TranscriptSegment, ...] = (), confidence: float | None = None) -> Signal:
+        """A final transcript of the caller arrived (``segments``: its pieces, if the engine gave them)."""
         if self.state == IDLE:
             return Signal.NONE  # late (the turn ended without it) or stray: nothing to attach it to
         if text.strip():
             self._segments.append(text.strip())
+            if segments:
+                self._pieces.extend(s for s in segments if s.text.strip())
+            else:
+                self._pieces.append(TranscriptSegment(text.strip(), confidence))
             self._verdict = completeness(self.text)
         self.interim = ""
         self._pending = max(0, self._pending - 1)
@@ -145,14 +159,14 @@ class TurnDetector:
 
     def take(self) -> Turn:
         """The ended turn; the detector is ready for the next one."""
-        turn = Turn(self.text, self.start_ms, self.end_ms, self.speech_ms)
+        turn = Turn(self.text, self.start_ms, self.end_ms, self.speech_ms, tuple(self._pieces))
         self.reset()
         return turn
 
     def reset(self) -> None:
         self.state, self.speech_ms, self.silence_ms, self._run_ms = IDLE, 0, 0, 0
         self._flushed, self._pending, self.interim = False, 0, ""
-        self._segments = []
+        self._segments, self._pieces = [], []
         self._verdict = Completeness.NEUTRAL
 
     def _check(self) -> Signal:
@@ -168,8 +182,10 @@ class TurnDetector:
             if silence >= policy.endpoint_ms + policy.final_timeout_ms:
                 return signal | Signal.END
             return signal
-        if not self._segments:
-            return signal | Signal.END  # the flush heard nothing: not a turn
+        if not self._segments:  # the flush heard nothing
+            if self.speech_ms < policy.heard_speech_ms or silence >= policy.endpoint_ms:
+                return signal | Signal.END
+            return signal
         verdict = self._verdict
         if (verdict is Completeness.COMPLETE
                 or (verdict is Completeness.NEUTRAL and silence >= policy.endpoint_ms)

@@ -111,6 +111,14 @@ class Word:
 
 
 @dataclass(frozen=True, slots=True)
+class TranscriptSegment:
+    """A piece of a final (a sentence the engine decoded on its own) and the engine's confidence in it (0-1)."""
+
+    text: str
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Transcript:
     """A transcript of the caller. ``final``: this segment's text will not change (a turn's
     text is the finals of its segments joined); interim results have ``final=False``.
@@ -123,6 +131,7 @@ class Transcript:
     words: tuple[Word, ...] = ()
     confidence: float | None = None
     speech_final: bool = False  # the engine itself saw the end of an utterance (Deepgram speech_final)
+    segments: tuple[TranscriptSegment, ...] = ()  # the final's pieces, when the engine decodes in segments
 
 
 class SttStream(ABC):

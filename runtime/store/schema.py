@@ -565,7 +565,50 @@ CLUSTER_INSTANCES = Migration(
     ),
 )
 
+# Several instances on one PostgreSQL (cluster mode, runtime.cluster). stream_tokens: the media
+# stream tokens issued with the TwiML, so the instance Twilio's media socket reaches can check one
+# (and take the call over) whichever instance answered the voice webhook; only a keyed digest of
+# each token is kept, and a token is spent by one UPDATE (single use across instances). The unique
+# index on Twilio CallSids makes a retried voice webhook that reaches another instance find the
+# call instead of opening a second one (only Twilio's ids are unique per call: LiveKit and GoTo
+# ids may name several calls). Number 13: 12 is the cluster's instances.
+CLUSTER_KEYS = Migration(
+    13,
+    "shared stream tokens and one call per Twilio CallSid",
+    (
+        """CREATE TABLE stream_tokens (
+            token_hash TEXT PRIMARY KEY,
+            call_id TEXT NOT NULL,
+            issued_by TEXT NOT NULL,
+            expires_at {ts} NOT NULL,
+            used_at {ts},
+            used_by TEXT,
+            created_at {ts} NOT NULL
+        )""",
+        "CREATE INDEX stream_tokens_call ON stream_tokens (call_id)",
+        "CREATE INDEX stream_tokens_expires ON stream_tokens (expires_at)",
+        "CREATE UNIQUE INDEX voice_calls_twilio_call_sid ON voice_calls (provider, provider_call_id) "
+        "WHERE provider = 'twilio'",
+    ),
+)
+
+# Secret values sealed with a key derived from the master key (secrets.backend: database,
+# runtime.secrets_database): what several runtimes on one database share. Number 14: 12 and 13 are
+# the cluster's instances and stream tokens.
+SECRET_VALUES = Migration(
+    14,
+    "secret values in the database",
+    (
+        """CREATE TABLE secret_values (
+            ref TEXT PRIMARY KEY,
+            sealed TEXT NOT NULL,
+            updated_at {ts} NOT NULL
+        )""",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS, GOTO_CHANNELS, RECORDING_UPLOADS,
                                      LIVEKIT_EGRESSES, WEBHOOK_STATUS, GOTO_DEVICES, OUTBOUND_CALLS,
-                                     EVALUATIONS_ROLLOUT, CALLBACKS_AND_RECORD, CLUSTER_INSTANCES)
+                                     EVALUATIONS_ROLLOUT, CALLBACKS_AND_RECORD, CLUSTER_INSTANCES, CLUSTER_KEYS,
+                                     SECRET_VALUES)
 LATEST_VERSION = MIGRATIONS[-1].version

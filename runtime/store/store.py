@@ -334,13 +334,6 @@ class Tables:
                 return row["tenant_id"]
         return None
 
-    async def call_id_by_provider_call(self, tenant_id: str, provider: str, provider_call_id: str) -> str | None:
-        """A tenant's call with this provider call id (a replayed webhook), by the provider index."""
-        return await self.executor.fetchval(
-            "SELECT id FROM voice_calls WHERE provider = ? AND provider_call_id = ? AND tenant_id = ? LIMIT 1",
-            (provider, provider_call_id, tenant_id),
-        )
-
     async def count_outbound_since(self, tenant_id: str, since: str) -> int:
         """The tenant's outbound calls created at or after ``since`` (its daily cap)."""
         return int(await self.executor.fetchval(
@@ -391,6 +384,16 @@ class Tables:
         return int(await self.executor.fetchval(
             "SELECT COUNT(*) AS n FROM phone_numbers WHERE tenant_id = ? AND agent_id = ?", (tenant_id, agent_id)
         ))
+
+    async def named_secret_refs(self) -> list[str]:
+        """Every secret reference a row names (credentials, webhooks), all tenants."""
+        rows = await self.executor.fetchall(
+            "SELECT secret_ref FROM credentials WHERE secret_ref IS NOT NULL "
+            "UNION ALL SELECT secret_ref FROM webhook_configs WHERE secret_ref IS NOT NULL", ())
+        return [r["secret_ref"] for r in rows]
+
+    async def tenant_ids(self) -> list[str]:
+        return [r["id"] for r in await self.executor.fetchall("SELECT id FROM tenants ORDER BY id", ())]
 
     async def secret_refs_for_tenant(self, tenant_id: str) -> list[str]:
         rows = await self.executor.fetchall(

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from runtime.control.plane import ControlPlane
     from runtime.events.bus import EventBus
     from runtime.pipeline.engine import ConversationEngine
+    from runtime.signing_keys import SigningKeys
     from runtime.web.metrics import Metrics
     from runtime.web.ratelimit import RateLimiter
 
@@ -30,6 +31,7 @@ class BridgeServices:
     conversations: ConversationEngine  # builds each call's conversation
     metrics: Metrics
     rate_limiter: RateLimiter
+    keys: SigningKeys  # browser- and stream-token keys, derived from the master key
 
 
 SERVICES: web.AppKey[BridgeServices] = web.AppKey("bridge_services")

@@ -1,13 +1,21 @@
 """Short-lived, single-use media stream tokens, issued with the TwiML and bound to one call.
 
-They live in the process (one runtime process per box in the first version, see DESIGN.md).
+One runtime keeps them in its memory (``StreamTokens``). In cluster mode they are rows in
+PostgreSQL (``SharedStreamTokens``), so the instance Twilio's media socket reaches can spend a
+token another instance issued, once, and take its call over. Both have one async interface.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+
+from runtime.ids import iso
+from runtime.store.stream_tokens import StreamTokenRows
 
 DEFAULT_TTL_S = 30.0
 # Used tokens are remembered this long past their expiry, so a replay says "reused", not "unknown".
@@ -40,7 +48,7 @@ class StreamTokens:
         self._by_call: dict[str, str | tuple[str, ...]] = {}
         self._next_purge = 0.0
 
-    def issue(self, call_id: str) -> str:
+    async def issue(self, call_id: str) -> str:
         self._purge()
         token = secrets.token_urlsafe(24)
         self._tokens[token] = (call_id, self._clock() + self.ttl_s, False)
@@ -51,7 +59,7 @@ class StreamTokens:
             self._by_call[call_id] = (held, token) if isinstance(held, str) else (*held, token)
         return token
 
-    def consume(self, token: str | None) -> str:
+    async def consume(self, token: str | None) -> str:
         """The call id of a valid token, which is then spent; StreamTokenError otherwise."""
         entry = self._tokens.get(token) if isinstance(token, str) else None
         if entry is None:
@@ -64,7 +72,7 @@ class StreamTokens:
         self._tokens[token] = (call_id, expires, True)  # type: ignore[index]
         return call_id
 
-    def revoke_call(self, call_id: str) -> None:
+    async def revoke_call(self, call_id: str) -> None:
         held = self._by_call.pop(call_id, None)
         if held is None:
             return
@@ -72,6 +80,12 @@ class StreamTokens:
             entry = self._tokens.get(token)
             if entry is not None and not entry[2]:
                 self._tokens[token] = (entry[0], entry[1], True)
+
+    async def spent_by_another(self, call_id: str) -> bool:
+        return False  # one process: no other instance to take a call over
+
+    async def disown(self, call_id: str) -> None:
+        return None
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -90,3 +104,67 @@ class StreamTokens:
             elif isinstance(held, tuple) and token in held:
                 rest = tuple(t for t in held if t != token)
                 self._by_call[call_id] = rest[0] if len(rest) == 1 else rest
+
+
+PURGE_INTERVAL_S = 10.0
+MAX_TOKEN_CHARS = 128
+
+
+def _at(seconds: float) -> str:
+    return iso(datetime.fromtimestamp(seconds, UTC))
+
+
+class SharedStreamTokens:
+    """Cluster mode: tokens in the stream_tokens table, any instance may spend one (once)."""
+
+    def __init__(self, rows: StreamTokenRows, key: bytes, instance_id: str, ttl_s: float = DEFAULT_TTL_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.ttl_s = ttl_s
+        self._rows = rows
+        self._key = key
+        self._instance_id = instance_id
+        self._clock = clock
+        self._next_purge = 0.0
+
+    def _digest(self, token: str) -> str:
+        # Keyed (the stream-token key derived from the master key): the table alone, in a backup or
+        # a replica, gives no token and no way to test guesses.
+        return hmac.digest(self._key, token.encode(), hashlib.sha256).hex()
+
+    async def issue(self, call_id: str) -> str:
+        now = self._clock()
+        await self._purge(now)
+        token = secrets.token_urlsafe(24)
+        await self._rows.insert(self._digest(token), call_id, self._instance_id, _at(now + self.ttl_s), _at(now))
+        return token
+
+    async def consume(self, token: str | None) -> str:
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+            raise StreamTokenError(UNKNOWN, "unknown stream token")
+        digest = self._digest(token)
+        call_id = await self._rows.spend(digest, _at(self._clock()), self._instance_id)
+        if call_id is not None:
+            return call_id
+        row = await self._rows.find(digest)  # why not: for the close code
+        if row is None:
+            raise StreamTokenError(UNKNOWN, "unknown stream token")
+        if row["used_at"] is not None:
+            raise StreamTokenError(REUSED, "stream token already used")
+        raise StreamTokenError(EXPIRED, "stream token expired")
+
+    async def revoke_call(self, call_id: str) -> None:
+        await self._rows.revoke_call(call_id, _at(self._clock()))
+
+    async def spent_by_another(self, call_id: str) -> bool:
+        return await self._rows.spent_by_another(call_id, self._instance_id)
+
+    async def disown(self, call_id: str) -> None:
+        """This instance spent a token of the call but could not run it: the token stays spent, and
+        the call is no longer "taken over" (its own instance fails it when its stream deadline passes)."""
+        await self._rows.disown(call_id, self._instance_id)
+
+    async def _purge(self, now: float) -> None:
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_INTERVAL_S
+        await self._rows.purge(_at(now - REMEMBER_S))

@@ -21,6 +21,7 @@ ERROR_WORDS = {
     429: "rate_limited",
     500: "internal_error",
     503: "unavailable",
+    504: "timeout",
 }
 
 

@@ -354,22 +354,22 @@ async def test_credential_secret_lives_in_keyring_only(control):
     assert secret not in str(cred.to_dict())
     assert secret not in await all_db_text(control)
     ref = secret_ref(tenant.id, "twilio")
-    assert control.secrets.get(ref) == secret
+    assert await control.secrets.get(ref) == secret
     assert await control.credentials.secret(tenant.id, "twilio") == secret
     assert control.secrets.description.startswith("cryptfile:")
 
     # Update without a new secret keeps it.
     kept = await control.credentials.set(tenant.id, "twilio", CredentialSet(fields={"account_sid": "AC456"}))
     assert kept.secret_set is True and kept.fields == {"account_sid": "AC456"} and kept.id == cred.id
-    assert control.secrets.get(ref) == secret
+    assert await control.secrets.get(ref) == secret
     # A new secret replaces it.
     await control.credentials.set(tenant.id, "twilio", CredentialSet(fields={"account_sid": "AC456"}, secret="new"))
-    assert control.secrets.get(ref) == "new"
+    assert await control.secrets.get(ref) == "new"
     control.secrets.forget_cached()
     assert await control.credentials.secret(tenant.id, "twilio") == "new"
 
     await control.credentials.delete(tenant.id, "twilio")
-    assert control.secrets.get(ref) is None
+    assert await control.secrets.get(ref) is None
     with pytest.raises(NotFound):
         await control.credentials.get(tenant.id, "twilio")
 
@@ -400,7 +400,7 @@ async def test_webhook_secret_shown_once_and_rotation(control):
         await control.webhooks.update(tenant.id, config.id, WebhookUpdate(events=["call.conected"]))
 
     await control.webhooks.delete(tenant.id, config.id)
-    assert control.secrets.get(config.secret_ref) is None
+    assert await control.secrets.get(config.secret_ref) is None
     with pytest.raises(NotFound):
         await control.webhooks.get(tenant.id, config.id)
 
@@ -436,11 +436,11 @@ async def test_tenant_delete_removes_rows_and_keyring_secrets(control):
     await control.tenants.delete(doomed.id)
 
     cred_ref, hook_ref, key = refs[doomed.id]
-    assert control.secrets.get(cred_ref) is None and control.secrets.get(hook_ref) is None
+    assert await control.secrets.get(cred_ref) is None and await control.secrets.get(hook_ref) is None
     with pytest.raises(Unauthorized):
         await control.keys.authenticate(key)
     assert doomed.id not in await all_db_text(control)
 
     cred_ref, hook_ref, key = refs[kept.id]
-    assert control.secrets.get(cred_ref) == "dg-globex" and control.secrets.get(hook_ref)
+    assert await control.secrets.get(cred_ref) == "dg-globex" and await control.secrets.get(hook_ref)
     assert (await control.keys.authenticate(key)).tenant_id == kept.id

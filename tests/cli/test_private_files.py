@@ -3,7 +3,6 @@ already there keeps its mode. Under the usual umask 022, which would leave them 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
@@ -98,6 +97,6 @@ async def test_the_keyring_lock_file_is_private_in_a_folder_of_its_own(tmp_path:
                                            "master_key_file": "private/master.key"}}, tmp_path)
     write_master_key(settings.master_key_path)
     store = SecretStore.from_settings(settings)
-    await asyncio.to_thread(store.set, "ref_1", "s3cret")
-    assert store.get("ref_1") == "s3cret"
+    await store.set("ref_1", "s3cret")
+    assert await store.get("ref_1") == "s3cret"
     assert_private(tmp_path, {"keys", "keys/secrets.cfg", "keys/secrets.cfg.lock", "private", "private/master.key"})

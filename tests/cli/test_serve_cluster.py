@@ -74,10 +74,32 @@ def test_cluster_mode_with_memory_rate_limits_exits_5(cli: Cli, monkeypatch: pyt
     assert "limits.rate_limits.storage is memory://" in result.stderr
 
 
+def test_cluster_mode_with_secrets_on_this_box_exits_5(cli: Cli, monkeypatch: pytest.MonkeyPatch,
+                                                       no_start: None) -> None:
+    monkeypatch.setenv("VOICECTL_EVENTS__NATS__URL", NATS_URL)
+    monkeypatch.setenv("VOICECTL_DATABASE__URL", POSTGRES_BASE_URL)
+    monkeypatch.setenv("VOICECTL_LIMITS__RATE_LIMITS__STORAGE", "async+redis://127.0.0.1:6379/0")
+    result = cli("serve", "--port", str(_free_port()), code=5)
+    assert "secrets.backend is cryptfile" in result.stderr and "voicectl secrets copy --to database" in result.stderr
+
+
+def test_cluster_mode_without_the_master_key_exits_5(cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path,
+                                                     no_start: None) -> None:
+    # Every instance derives the token keys from it: one without it would refuse the others' tokens.
+    monkeypatch.setenv("VOICECTL_EVENTS__NATS__URL", NATS_URL)
+    monkeypatch.setenv("VOICECTL_DATABASE__URL", POSTGRES_BASE_URL)
+    monkeypatch.setenv("VOICECTL_LIMITS__RATE_LIMITS__STORAGE", "async+redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("VOICECTL_SECRETS__BACKEND", "database")
+    monkeypatch.setenv("VOICECTL_SECRETS__MASTER_KEY_FILE", str(tmp_path / "missing.key"))
+    result = cli("serve", "--port", str(_free_port()), code=5)
+    assert "the master key cannot be read" in result.stderr and "missing.key" in result.stderr
+
+
 def test_nats_unreachable_at_start_exits_5(cli: Cli, monkeypatch: pytest.MonkeyPatch, no_start: None) -> None:
     monkeypatch.setenv("VOICECTL_EVENTS__NATS__URL", f"nats://127.0.0.1:{_free_port()}")
     monkeypatch.setenv("VOICECTL_DATABASE__URL", POSTGRES_BASE_URL)
     monkeypatch.setenv("VOICECTL_LIMITS__RATE_LIMITS__STORAGE", "async+redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("VOICECTL_SECRETS__BACKEND", "database")
     result = cli("serve", "--port", str(_free_port()), code=5)
     assert "is unreachable" in result.stderr and "events.nats.url" in result.stderr
 
@@ -92,5 +114,30 @@ def test_a_complete_cluster_config_is_refused_until_cluster_mode_ships(cli: Cli,
     monkeypatch.setenv("VOICECTL_EVENTS__NATS__URL", NATS_URL)
     monkeypatch.setenv("VOICECTL_DATABASE__URL", POSTGRES_BASE_URL)
     monkeypatch.setenv("VOICECTL_LIMITS__RATE_LIMITS__STORAGE", "async+redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("VOICECTL_SECRETS__BACKEND", "database")
     result = cli("serve", "--port", str(_free_port()), code=5)
     assert "not available in this version" in result.stderr
+
+
+def test_secrets_copy_to_database_carries_every_secret_over(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A box about to join a cluster: its keyring's secrets sealed into the database, then the switch."""
+    cli.json("tenant", "create", "acme")
+    cli.json("credential", "set", "--tenant", "acme", "twilio", "--field", "account_sid=AC" + "0" * 32,
+             input="twilio-token\n")
+    hook = cli.json("webhook", "create", "--tenant", "acme", "--url", "https://example.com/hook")
+    result = cli.json("secrets", "copy", "--to", "database")
+    assert result["copied"] == 2 and result["missing"] == [] and result["to"] == "database", result
+
+    monkeypatch.setenv("VOICECTL_SECRETS__BACKEND", "database")
+
+    async def secrets_now(plane):
+        tenant_id = hook["tenant_id"]
+        return (plane.secrets.description, await plane.credentials.secret(tenant_id, "twilio"),
+                await plane.webhooks.signing_secret(tenant_id, hook["id"]))
+
+    description, token, signing = cli.plane(secrets_now)
+    assert description == "database" and token == "twilio-token" and signing.startswith("whsec_")
+    again = cli("secrets", "copy", "--to", "database", code=5)
+    assert "already database" in again.stderr
+    bad = cli("secrets", "copy", "--to", "vault", code=5)
+    assert "--to must be database, cryptfile or keyring" in bad.stderr

@@ -55,7 +55,7 @@ def instance_settings(names: ClusterNames, base_dir: Path, instance_id: str, nat
     base_dir.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
         "database": {"url": names.schema_url},
-        "secrets": {"backend": "cryptfile"},
+        "secrets": {"backend": "database"},  # what cluster mode requires
         "security": {"egress": {"allow": list(LOOPBACK_ALLOW)}},
         "server": {"instance_id": instance_id},
         "events": {"nats": {"url": nats_url or names.nats_url, "stream": names.stream,

@@ -90,6 +90,10 @@ async def test_a_shipped_suite_passes_against_the_demo_agent(demo, tmp_path):
     assert {c["id"] for c in tagged} == {s["call_id"] for s in report["scenarios"]}
     transferred = [c for c in tagged if c["end_reason"] == "transferred"]
     assert len(transferred) == 2, "asking for a person and pressing 0 transfer the call"
+    for call in transferred:  # on the media side: a synthetic call has no Twilio call to redirect
+        rows, _ = await api.control.store.call_events.list(
+            tenant_id=made["tenant_id"], equals={"call_id": call["id"], "topic": "call.carrier_skipped"}, limit=5)
+        assert [r["payload"] for r in rows] == [{"action": "transfer", "reason": "evaluation"}]
 
     status, stored, _ = await api.call("GET", f"/api/v1/agents/{made['agent_id']}/evaluations/{evaluation_id}",
                                        api.admin_key, tenant_id=made["tenant_id"])

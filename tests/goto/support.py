@@ -317,7 +317,7 @@ async def add_goto_tenant(api: LiveApi, peer: GotoPeer, name: str, number: str,
     """A tenant with a goto credential (the appliance's OAuth client) and a front-desk agent on ``number``."""
     from runtime.telephony.goto.api import APPLIANCE_CLIENT_SECRET_REF
 
-    api.control.secrets.set(APPLIANCE_CLIENT_SECRET_REF, peer.client_secret)
+    await api.control.secrets.set(APPLIANCE_CLIENT_SECRET_REF, peer.client_secret)
     tenant_id, key = await api.tenant_with_key(name)
     agent_id = await api.front_desk(tenant_id, key, number, "goto", goto_fields(peer, extension), peer.refresh_token)
     return tenant_id, key, agent_id

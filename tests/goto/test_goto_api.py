@@ -233,7 +233,7 @@ async def test_open_account_needs_fields_refresh_token_and_a_client(control, set
     appliance = with_overrides(settings, telephony={"goto": {"client_id": CLIENT_ID}})
     with pytest.raises(NotFound, match="has no secret in the keyring: run `voicectl goto set-client-secret`"):
         await open_account(control.credentials, tenant.id, appliance)
-    control.secrets.set(APPLIANCE_CLIENT_SECRET_REF, CLIENT_SECRET)
+    await control.secrets.set(APPLIANCE_CLIENT_SECRET_REF, CLIENT_SECRET)
     opened = await open_account(control.credentials, tenant.id, appliance)
     assert (opened.client, opened.account_key, opened.extension, opened.refresh_token) == (
         OAuthClient(CLIENT_ID, CLIENT_SECRET), ACCOUNT_KEY, EXTENSION, REFRESH_TOKEN)
@@ -242,7 +242,7 @@ async def test_open_account_needs_fields_refresh_token_and_a_client(control, set
                                                                    secret=REFRESH_TOKEN))
     with pytest.raises(NotFound, match="set-client-secret --tenant T"):
         await open_account(control.credentials, tenant.id, appliance)
-    control.secrets.set(tenant_client_secret_ref(tenant.id), "own-secret")
+    await control.secrets.set(tenant_client_secret_ref(tenant.id), "own-secret")
     opened = await open_account(control.credentials, tenant.id, appliance)
     assert opened.client == OAuthClient("own-app", "own-secret")
 
@@ -251,7 +251,7 @@ async def test_api_for_stores_a_rotated_refresh_token_in_the_keyring(control, se
     from runtime.telephony.goto.api import api_for
 
     built = goto_settings(settings, peer)
-    control.secrets.set(APPLIANCE_CLIENT_SECRET_REF, CLIENT_SECRET)
+    await control.secrets.set(APPLIANCE_CLIENT_SECRET_REF, CLIENT_SECRET)
     tenant = await control.tenants.create(TenantCreate(name="acme"))
     await control.credentials.set(tenant.id, "goto", CredentialSet(fields=FIELDS, secret=REFRESH_TOKEN))
     peer.rotate_to = "goto-refresh-token-rotated"

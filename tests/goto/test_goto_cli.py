@@ -139,10 +139,10 @@ async def test_client_secret_commands(setup) -> None:
     result = await run(cli, "goto", "set-client-secret", "--tenant", "acme", "--json", input="tenant-secret")
     data = json.loads(result.stdout)
     assert data["stored"] is True and data["ref"].endswith("/goto/client_secret") and "tenant-secret" not in result.output
-    assert api.control.secrets.get(data["ref"]) == "tenant-secret"
+    assert await api.control.secrets.get(data["ref"]) == "tenant-secret"
     result = await run(cli, "goto", "delete-client-secret", "--tenant", "acme")
     assert result.stdout.startswith("deleted the client secret of tenant ")
-    assert api.control.secrets.get(data["ref"]) is None
+    assert await api.control.secrets.get(data["ref"]) is None
 
 
 async def test_number_add_registers_the_channel_once_and_calls_arrive(setup) -> None:

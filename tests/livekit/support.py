@@ -403,7 +403,7 @@ async def start_world(settings, *, rtc_mode: str | None = None, appliance: bool 
     if appliance:
         from runtime.telephony.livekit.server import APPLIANCE_SECRET_REF
 
-        live.control.secrets.set(APPLIANCE_SECRET_REF, APPLIANCE_SECRET)
+        await live.control.secrets.set(APPLIANCE_SECRET_REF, APPLIANCE_SECRET)
     tenant_id, key = await live.tenant_with_key("livekit-tenant")
     agent_id = await live.front_desk(tenant_id, key, NUMBER, "livekit", {"url": peer.url, "api_key": API_KEY},
                                      API_SECRET, escalation_target="+15550109000")

@@ -82,9 +82,11 @@ class FakeSttStream(SttStream):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _decode(self, text: str) -> None:
+    async def _decode(self, text: str | Transcript) -> None:
         await self.stt.clock.sleep(self.stt.decode_s)
-        if text:
+        if isinstance(text, Transcript):  # a final with its segments, as an engine decoding in segments sends it
+            self._results.put_nowait(text)
+        elif text:
             self._results.put_nowait(Transcript(text, final=True, speech_final=True))
 
     def interim(self, text: str) -> None:
@@ -113,7 +115,7 @@ class FakeStt(SpeechToText):
     name = "fake-stt"
     rate = 16000
 
-    def __init__(self, clock: ManualClock, script: Iterable[str] = (), *, decode_s: float = 0.1,
+    def __init__(self, clock: ManualClock, script: Iterable[str | Transcript] = (), *, decode_s: float = 0.1,
                  interim_results: bool = False) -> None:
         super().__init__(NO_RETRY)
         self.clock, self.script, self.decode_s = clock, deque(script), decode_s
@@ -316,6 +318,7 @@ class TranscriptRow:
     start_ms: int | None
     end_ms: int | None
     interrupted: bool
+    segments: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -341,8 +344,8 @@ class FakeSession:
         self.latency.setdefault(stage, []).append(ms)
 
     async def add_transcript(self, role: str, text: str, start_ms: int | None, end_ms: int | None,
-                             interrupted: bool) -> None:
-        self.transcripts.append(TranscriptRow(role, text, start_ms, end_ms, interrupted))
+                             interrupted: bool, segments: list[dict[str, Any]] | None = None) -> None:
+        self.transcripts.append(TranscriptRow(role, text, start_ms, end_ms, interrupted, segments))
 
     async def hangup(self, reason: str) -> None:
         self.hangups.append(reason)
@@ -387,7 +390,7 @@ class Harness:
     """A conversation wired to the fakes. ``speak``/``silence`` feed 20 ms frames and move the
     clock 20 ms with each one; ``wait`` moves the clock with no audio."""
 
-    def __init__(self, *, script: Iterable[str] = (), replies: Iterable[list[Step]] = (), greeting: str | None = None,
+    def __init__(self, *, script: Iterable[str | Transcript] = (), replies: Iterable[list[Step]] = (), greeting: str | None = None,
                  tools: dict[str, ToolHandler] | None = None, tool_delays: dict[str, float] | None = None,
                  decode_s: float = 0.1, interim_results: bool = False, tts: dict[str, Any] | None = None,
                  config: dict[str, Any] | None = None, **settings: Any) -> None:

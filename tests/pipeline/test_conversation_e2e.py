@@ -5,6 +5,7 @@ a table, and a caller who talks over the greeting stops the agent (barge-in)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest_asyncio
@@ -52,8 +53,9 @@ async def _rows(api, table: str, tenant_id: str, call_id: str) -> list[dict]:
     return rows
 
 
-async def test_a_caller_books_a_table_and_the_agent_ends_the_call(demo) -> None:
+async def test_a_caller_books_a_table_and_the_agent_ends_the_call(demo, caplog) -> None:
     api, made, caller = demo
+    caplog.set_level(logging.WARNING)
     lines = [(text, await speech(text)) for text in LINES]
     dialled: list[str] = []
     result = await asyncio.wait_for(
@@ -86,9 +88,22 @@ async def test_a_caller_books_a_table_and_the_agent_ends_the_call(demo) -> None:
     latency = row["latency"]
     for stage in ("stt", "llm_first_token", "tts_first_audio", "first_frame", "v2v"):
         assert latency[stage]["count"] >= 3, (stage, latency)
-    topics = [e["topic"] for e in await _rows(api, "call_events", made["tenant_id"], row["id"])]
+    events = await _rows(api, "call_events", made["tenant_id"], row["id"])
+    topics = [e["topic"] for e in events]
+    # Each caller utterance carries its pieces and the engine's confidence in each; the agent's none.
+    created = [e["payload"] for e in events if e["topic"] == "transcript.created"]
+    for data in created:
+        if data["role"] == "agent":
+            assert data["segments"] is None
+            continue
+        assert data["segments"] and " ".join(s["text"] for s in data["segments"]) == data["text"], data
+        assert all(0 < s["confidence"] <= 1 for s in data["segments"]), data
     for topic in ("transcript.created", "tool.called", "turn.latency", "speech.started", "speech.ended"):
         assert topic in topics, topics
+    # The demo's placeholder Twilio account: the agent's hang-up stays on the media side, and says so.
+    assert [e["payload"] for e in events if e["topic"] == "call.carrier_skipped"] == [
+        {"action": "hangup", "reason": "placeholder_credential"}]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_talking_over_the_agent_stops_it_within_the_interruption_length(demo) -> None:

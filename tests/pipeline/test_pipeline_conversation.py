@@ -10,7 +10,15 @@ import asyncio
 import json
 
 from runtime.events.models import AgentInterrupted, ToolCalled, TranscriptInterim, TurnLatency
-from runtime.providers.base import LlmDone, ProviderError, TextDelta, ToolCall, ToolCallRequest
+from runtime.providers.base import (
+    LlmDone,
+    ProviderError,
+    TextDelta,
+    ToolCall,
+    ToolCallRequest,
+    Transcript,
+    TranscriptSegment,
+)
 from runtime.tools.base import ToolResult
 from tests.pipeline.fakes import Harness, say, tool_call
 
@@ -127,6 +135,77 @@ async def test_noise_that_the_stt_does_not_hear_is_not_a_turn() -> None:
     await h.silence(3000)
     assert h.llm.requests == [] and h.conv.history.messages == []
     assert h.topics() == ["speech.started", "speech.ended"]
+    await h.close()
+
+
+async def test_a_turn_keeps_every_piece_of_its_finals_with_their_confidence() -> None:
+    # The first pause's final comes in two segments (the second less sure), the second's as plain text.
+    first = Transcript("No wait, make it six. And", final=True, confidence=0.6, segments=(
+        TranscriptSegment("No wait, make it six.", 0.41), TranscriptSegment("And", 0.83)))
+    h = Harness(script=[first, "we need a high chair."], replies=[say("Sure.")])
+    await h.start()
+    await h.speak(900)
+    await h.silence(300)  # flushed, but the text is unfinished ("And"): the turn waits
+    await h.speak(600)
+    await silence_until_asked(h)
+    await h.until_quiet()
+    text = "No wait, make it six. And we need a high chair."
+    assert h.llm.requests[0].messages[-1].content == text
+    row = h.session.transcripts[0]
+    assert (row.role, row.text) == ("caller", text)
+    assert row.segments == [{"text": "No wait, make it six.", "confidence": 0.41}, {"text": "And", "confidence": 0.83},
+                            {"text": "we need a high chair.", "confidence": None}]
+    await h.close()
+
+
+NOT_UNDERSTOOD = "Sorry, I didn't catch that."
+
+
+async def test_speech_with_no_accepted_words_gets_the_not_understood_line_at_once() -> None:
+    # The engine heard speech but accepted no words (its filter rejected them): no final at all.
+    h = Harness(script=["", "Two people at seven."], replies=[say("Let me check.")], greeting="Hi.")
+    await h.start()
+    await h.until_quiet()
+    await h.speak(800)
+    await h.silence(500 + 1500 + 40)  # endpoint + the final's timeout: the turn ends with no text
+    await h.until_quiet()
+    assert h.tts.texts == ["Hi.", NOT_UNDERSTOOD]  # said now, long before the 8 s re-prompt
+    assert h.llm.requests == []  # nothing reached the brain
+    assert h.metric("voicectl_turns_total", outcome="not_understood") == 1
+    assert [(t.role, t.text) for t in h.session.transcripts] == [("agent", "Hi."), ("agent", NOT_UNDERSTOOD)]
+    await caller_turn(h)  # the caller says it again, and is answered as usual
+    assert h.tts.texts[-1] == "Let me check."
+    assert h.llm.requests[0].messages[-1].content == "Two people at seven."
+    await h.close()
+
+
+async def test_an_empty_final_brings_the_not_understood_line_at_the_endpoint() -> None:
+    # The local engine says at once that it understood nothing (an empty final): no final timeout.
+    h = Harness(script=[Transcript("", final=True, speech_final=True)])
+    await h.start()
+    await h.speak(800)
+    await h.silence(480)  # flushed at 250 ms, the empty final at 350 ms: the caller may still go on
+    assert h.tts.texts == []
+    await h.silence(40)  # the endpoint (500 ms)
+    await h.wait(0)
+    assert h.tts.texts == [NOT_UNDERSTOOD]
+    await h.close()
+
+
+async def test_the_not_understood_line_can_be_turned_off_and_is_not_said_over_the_agent() -> None:
+    off = Harness(script=[""], config={"turn": {"not_understood_reply": ""}})
+    await off.start()
+    await off.speak(800)
+    await off.silence(3000)
+    assert off.tts.texts == [] and off.metric("voicectl_turns_total", outcome="empty") == 1
+    await off.close()
+    # Speech under the interruption threshold over the agent's voice: the agent goes on, nothing else is said.
+    h = Harness(script=[""], greeting="Hello and welcome to the restaurant, how can I help you today?")
+    await h.start()
+    await h.speak(280)  # past heard_speech_ms (250), short of min_interruption_ms (300)
+    await h.until_quiet()
+    assert h.tts.texts == ["Hello and welcome to the restaurant, how can I help you today?"]
+    assert h.metric("voicectl_turns_total", outcome="not_understood") == 0
     await h.close()
 
 

@@ -127,7 +127,7 @@ def test_final_arriving_after_the_caller_resumed_is_kept() -> None:
     assert d.take().text == "My name is Ada."
 
 
-def test_no_final_times_out_and_empty_text_ends_at_once() -> None:
+def test_no_final_times_out_and_empty_text_ends_at_once_or_at_the_endpoint() -> None:
     policy = TurnPolicy(endpoint_ms=500, final_timeout_ms=1500)
     d = TurnDetector(policy)
     frames(d, True, 200)
@@ -138,7 +138,15 @@ def test_no_final_times_out_and_empty_text_ends_at_once() -> None:
     d = TurnDetector(policy)
     frames(d, True, 200)
     frames(d, False, 260)
-    assert d.final("   ") == Signal.END  # nothing said: done now
+    assert d.final("   ") == Signal.END  # too short to be a word, and nothing heard: done now
+
+    d = TurnDetector(policy)
+    frames(d, True, 400)  # speech, but the engine accepts no words of it: the caller may go on
+    frames(d, False, 260)
+    assert d.final("") == Signal.NONE
+    assert frames(d, False, 220) == Signal.NONE  # 480 ms
+    assert frames(d, False, 20) == Signal.END  # 500 ms: the endpoint
+    assert d.take().text == ""
 
 
 def test_stray_final_with_no_turn_is_ignored() -> None:

@@ -426,7 +426,7 @@ async def test_http_tools_in_the_toolbox_with_the_tools_credential(control, endp
     world = await provision(control, http_tools=[http_tool(endpoint, "ok")])
     call_id = await insert_call(control, world.tenant_id)
     ref = f"tenant/{world.tenant_id}/credential/tools"
-    control.credentials.secrets.set(ref, SECRET)
+    await control.credentials.secrets.set(ref, SECRET)
     now = now_iso()
     await control.store.credentials.insert({"id": new_id("crd"), "tenant_id": world.tenant_id, "provider": "tools",
                                             "fields": {}, "secret_ref": ref, "created_at": now, "updated_at": now})

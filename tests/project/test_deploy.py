@@ -367,3 +367,53 @@ def test_caddyfile_example_validates(tmp_path):
     assert result.returncode == 0 and "Valid configuration" in output, output
     assert "not formatted" not in output, output
     assert "127.0.0.1:8080" in CADDYFILE.read_text()
+
+
+# --- the template unit: one runtime per port ------------------------------------------------
+
+TEMPLATE = DEPLOY / "voicectl@.service"
+
+
+def template_instance(tmp_path: Path, port: int = 8081) -> Path:
+    """The template as instance ``voicectl@PORT.service`` with ExecStart's binary swapped for /bin/true."""
+    text = TEMPLATE.read_text()
+    assert text.count(f"ExecStart={EXEC} ") == 1
+    copy = tmp_path / f"voicectl@{port}.service"
+    copy.write_text(text.replace(f"ExecStart={EXEC} ", "ExecStart=/bin/true "))
+    return copy
+
+
+def test_template_unit_passes_systemd_analyze(tmp_path):
+    tool = need("systemd-analyze")
+    unit = template_instance(tmp_path)
+    result = run(tool, "verify", str(unit))
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0 and output == "", output
+    result = run(tool, "security", "--offline=yes", "--threshold=20", "--no-pager", str(unit))
+    overall = re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout + result.stderr)
+    assert overall and float(overall.group(1)) <= 2.0, result.stdout + result.stderr
+
+
+def test_template_unit_is_the_unit_per_port_without_sqlite():
+    single, template = unit_entries(UNIT.read_text()), unit_entries(TEMPLATE.read_text())
+    assert template["Service.ExecStart"] == [f"{EXEC} --config /etc/voicectl/config.yaml serve --port %i"]
+    assert "%i" in template["Unit.Description"][0]
+    # Same user, state, credentials, stop handling and hardening as the single unit ...
+    differs = {"Unit.Description", "Unit.After", "Service.ExecStart", "Service.Environment"}
+    assert {k: v for k, v in template.items() if k not in differs} == \
+        {k: v for k, v in single.items() if k not in differs}
+    # ... but no SQLite database (several runtimes need PostgreSQL, set in the config or a drop-in)
+    # and the secrets sealed in it, where every instance reads them.
+    environ = dict(value.split("=", 1) for value in template["Service.Environment"])
+    overrides = env_overrides({k: v.replace("%d", "/run/credentials") for k, v in environ.items()
+                               if k.startswith("VOICECTL_")})
+    assert build_settings(overrides, Path("/etc/voicectl"), source=str(TEMPLATE)).secrets.backend == "database"
+    assert "VOICECTL_DATABASE__URL" not in environ
+    del environ["VOICECTL_SECRETS__BACKEND"]
+    assert set(environ.items()) < set(dict(v.split("=", 1) for v in single["Service.Environment"]).items())
+
+
+def test_template_command_line_parses_with_the_cli():
+    command = unit_entries(TEMPLATE.read_text())["Service.ExecStart"][-1].replace("%i", "8081").split()
+    result = run(sys.executable, "-m", "voicectl", *command[1:], "--help", cwd=ROOT)
+    assert result.returncode == 0 and "--workers" in result.stdout, result.stdout + result.stderr

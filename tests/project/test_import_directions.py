@@ -17,12 +17,12 @@ from pathlib import Path
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
 DOWNWARD: dict[str, set[str]] = {
-    "api": {"calls", "cluster", "config", "control", "evals", "events", "ids", "logs", "pipeline", "providers", "recording",
-            "store", "telephony", "web"},
+    "api": {"calls", "cluster", "config", "control", "evals", "events", "ids", "logs", "pipeline", "providers",
+            "recording", "signing_keys", "store", "telephony", "web"},
     # Evaluations place synthetic calls through a bridge's caller side: above the bridges.
     "evals": {"audio", "config", "control", "events", "ids", "providers", "store", "telephony"},
-    "telephony": {"audio", "calls", "config", "control", "egress", "events", "ids", "one_per", "pipeline", "store",
-                  "web"},
+    "telephony": {"audio", "calls", "cluster", "config", "control", "egress", "events", "ids", "one_per", "pipeline",
+                  "signing_keys", "store", "web"},
     "pipeline": {"audio", "calls", "control", "egress", "events", "ids", "one_per", "providers", "tools"},
     "tools": {"control", "egress", "events", "ids", "providers", "store"},
     "calls": {"control", "events", "ids", "recording", "store"},
@@ -30,14 +30,17 @@ DOWNWARD: dict[str, set[str]] = {
     "events": {"config", "egress", "ids", "secrets", "store"},
     "control": {"config", "egress", "events", "ids", "providers", "secrets", "store"},
     "providers": {"audio", "config", "egress"},
-    # Cluster mode's start-up checks, the NATS link, instances' leases and the reaper of lost ones'
-    # calls (several runtimes on PostgreSQL + NATS).
-    "cluster": {"calls", "config", "ids", "store"},
+    # Cluster mode (several runtimes on PostgreSQL + NATS): start-up checks, the relay that carries
+    # the bus's events between instances (the bus only knows its Relay protocol), live call control
+    # served to and forwarded from peers (runtime.calls.live_ops run over NATS), and instances'
+    # leases with the reaper of lost ones' calls.
+    "cluster": {"calls", "config", "control", "events", "ids", "secrets", "store"},
     "web": {"config"},  # JSON responses, metrics registry, rate limits: beneath the API and the bridges
     "store": {"files", "ids"},
     "config": {"egress", "providers"},  # the provider registry's names and settings models (no adapters)
     "logs": {"config"},
     "secrets": {"config", "files"},
+    "signing_keys": {"config", "secrets"},  # token keys derived from the master key
 }
 # Upward imports that exist today, to be removed.
 UPWARD: dict[str, set[str]] = {

@@ -14,11 +14,12 @@ from runtime.audio import resample
 from runtime.providers.base import ProviderError, RetryPolicy, SttStream, Transcript
 from runtime.providers.models import WHISPER_TINY_EN, ModelSpec, verified_dir
 from runtime.providers.stt.local import LocalWhisperSTT, collapse_repeats
-from runtime.providers.tts.local import PiperTTS
+from runtime.providers.tts.local import EspeakTTS, PiperTTS
 
 BOOKING = "I would like to book a table for two at seven tonight."
 HOURS = "Can you tell me when you open on Sunday?"
 FRAME = 640  # 20 ms at 16 kHz
+RATE_BYTES = 32_000  # one second at 16 kHz
 
 
 async def _telephony_speech(text: str) -> bytes:
@@ -71,17 +72,18 @@ async def test_transcribes_telephony_speech(stt, speech) -> None:
     await stream.close()
 
 
-async def test_silence_only_yields_nothing_and_offsets_count_from_stream_start(stt, speech) -> None:
+async def test_silence_yields_an_empty_final_and_offsets_count_from_stream_start(stt, speech) -> None:
     stream = await stt.open()
     await _push(stream, bytes(32000 * 2))  # 2 s of silence
     await stream.flush()
     await _push(stream, speech[HOURS])
     await stream.flush()
     await stream.close()
-    transcripts = [t async for t in stream]
-    assert len(transcripts) == 1  # the silent utterance produced no transcript, not an empty one
-    assert {"open", "sunday"} <= _words(transcripts[0].text)
-    assert transcripts[0].start_ms >= 2000
+    silent, spoken = [t async for t in stream]
+    # The silent utterance: an empty final (nothing understood, said at once), no text, no segments.
+    assert (silent.text, silent.final, silent.segments, silent.start_ms, silent.end_ms) == ("", True, (), 0, 2000)
+    assert {"open", "sunday"} <= _words(spoken.text)
+    assert spoken.start_ms >= 2000
 
 
 def _noises() -> dict[str, bytes]:
@@ -180,6 +182,24 @@ async def test_short_answers_decode_without_looping(stt, answer: str) -> None:
     heard = await stt.transcribe(await _telephony_speech(answer))
     assert heard is not None
     assert _words(heard.text) == _words(answer), heard.text
+
+
+async def _espeak_telephony(text: str) -> bytes:
+    chunks = [c async for c in EspeakTTS().synthesize(text)]
+    return resample(resample(b"".join(c.pcm for c in chunks), chunks[0].rate, 8000), 8000, 16000)
+
+
+async def test_a_two_part_utterance_keeps_both_parts_with_a_confidence_each(stt) -> None:
+    # The example, two sentences with a second's pause in one flush: two segments.
+    first, second = "No wait, make it six.", "And we need a high chair."
+    pcm = await _espeak_telephony(first) + bytes(RATE_BYTES) + await _espeak_telephony(second)
+    heard = await stt.transcribe(pcm)
+    assert heard is not None
+    assert len(heard.segments) == 2, heard
+    assert heard.text == " ".join(s.text for s in heard.segments)
+    assert {"make", "it"} <= _words(heard.segments[0].text), heard
+    assert {"we", "need", "high"} <= _words(heard.segments[1].text), heard
+    assert all(0 < s.confidence <= 1 for s in heard.segments)
 
 
 async def _push_paced(stream: SttStream, pcm: bytes) -> None:

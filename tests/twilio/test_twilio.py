@@ -350,6 +350,36 @@ async def test_transfer_and_hangup_use_the_rest_api(world) -> None:
     assert row["status"] == "ended" and row["hangup_by"] == "agent" and row["end_reason"] == "agent_done"
 
 
+async def test_the_placeholder_credential_hangs_up_and_transfers_on_the_media_side(world) -> None:
+    # The demo's stand-in account: api.twilio.com would answer 401 (or be unreachable), so the bridge
+    # never asks it; the call still ends, or ends transferred, and its events say how.
+    from runtime.api.appkeys import TRACKER
+    from runtime.control.schemas import CredentialSet
+    from runtime.telephony.twilio.rest import PLACEHOLDER_ACCOUNT_SID
+
+    await world.api.control.credentials.set(world.tenant_id, "twilio", CredentialSet(
+        fields={"account_sid": PLACEHOLDER_ACCOUNT_SID}, secret=AUTH_TOKEN))
+    caller = world.caller(account_sid=PLACEHOLDER_ACCOUNT_SID)
+    for action in ("transfer", "hangup"):
+        call_sid, answer = await caller.dial(NUMBER)
+        leg = await caller.open_stream(call_sid, answer)
+        await leg.first_media.wait()
+        session = world.api.app[TRACKER].get(bridge(world.api.app).by_sid[call_sid])
+        if action == "transfer":
+            await session.transfer("+15550109000", reason="caller asked")
+        else:
+            await session.hangup("agent_done")
+        await asyncio.wait_for(leg.wait_closed(), 5)  # the runtime closed the stream itself
+        row = await world.final_call(call_sid)
+        assert row["status"] == "ended" and row["end_reason"] == ("transferred" if action == "transfer"
+                                                                   else "agent_done"), row
+        events, _ = await world.api.control.store.call_events.list(
+            tenant_id=world.tenant_id, equals={"call_id": row["id"]}, limit=200)
+        skipped = [e["payload"] for e in events if e["topic"] == "call.carrier_skipped"]
+        assert skipped == [{"action": action, "reason": "placeholder_credential"}], events
+    assert world.rest.requests == []  # nothing reached the Twilio API's stand-in
+
+
 async def test_rest_errors_surface_with_the_status(world) -> None:
     from runtime.telephony.twilio.rest import TwilioApiError, TwilioRest
 

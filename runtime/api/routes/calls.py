@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.api.appkeys import TRACKER
 from runtime.api.endpoint import PAGE, Ctx, QueryParam, Route
-from runtime.calls.live_control import CallUpdate, HangupRequest, LiveControl, SayRequest, TransferRequest
-from runtime.calls.locator import LocalCalls
+from runtime.api.live import live_ops
+from runtime.calls.live_control import CallUpdate, HangupRequest, SayRequest, TransferRequest
 from runtime.calls.outbound import PlaceCall
 
 
@@ -23,24 +22,25 @@ async def place_call(ctx: Ctx) -> dict[str, Any]:
     return await place(ctx.request.app, ctx.tenant, ctx.body, public_base(ctx.request))
 
 
-def _live(ctx: Ctx) -> LiveControl:
-    return LiveControl(LocalCalls(ctx.request.app[TRACKER]), ctx.control.store)
+async def _on_call(ctx: Ctx, op: str) -> dict[str, Any]:
+    """Live control runs on the instance holding the call (this one, or a peer in cluster mode)."""
+    return await live_ops(ctx.request.app).run(op, ctx.tenant, ctx.param("call_id"), ctx.body)
 
 
 async def hangup_call(ctx: Ctx) -> dict[str, Any]:
-    return await _live(ctx).hangup(ctx.tenant, ctx.param("call_id"), ctx.body)
+    return await _on_call(ctx, "call.hangup")
 
 
 async def transfer_call(ctx: Ctx) -> dict[str, Any]:
-    return await _live(ctx).transfer(ctx.tenant, ctx.param("call_id"), ctx.body)
+    return await _on_call(ctx, "call.transfer")
 
 
 async def say_on_call(ctx: Ctx) -> dict[str, Any]:
-    return await _live(ctx).say(ctx.tenant, ctx.param("call_id"), ctx.body)
+    return await _on_call(ctx, "call.say")
 
 
 async def update_call(ctx: Ctx) -> dict[str, Any]:
-    return await _live(ctx).update(ctx.tenant, ctx.param("call_id"), ctx.body)
+    return await _on_call(ctx, "call.update")
 
 
 async def get_call(ctx: Ctx):
@@ -63,6 +63,7 @@ async def list_events(ctx: Ctx):
     return await ctx.control.calls.events(ctx.tenant, ctx.page(), call_id=ctx.query("call_id"))
 
 
+_LIVE = (404, 409, 503, 504)  # 503/504: cluster mode, the call's instance is out of reach
 ROUTES = [
     Route("GET", "/api/v1/calls", list_calls, "List calls, newest first", paged=True,
           query=(*PAGE, QueryParam("status", description="live (queued, dialing, ringing, connected or transferring), "
@@ -73,16 +74,16 @@ ROUTES = [
           "Place an outbound call from one of the tenant's numbers: 201 {id, status: queued}", body=PlaceCall,
           status=201, tag="calls", rate_class="outbound", errors=(404, 409, 422, 429, 503)),
     Route("POST", "/api/v1/calls/{call_id}/hangup", hangup_call, "Hang up a live call", body=HangupRequest,
-          tag="calls", rate_class="control", errors=(404, 409)),
+          tag="calls", rate_class="control", errors=_LIVE),
     Route("POST", "/api/v1/calls/{call_id}/transfer", transfer_call,
           "Transfer a connected call (cold, through its bridge)", body=TransferRequest, tag="calls",
-          rate_class="control", errors=(404, 409)),
+          rate_class="control", errors=_LIVE),
     Route("POST", "/api/v1/calls/{call_id}/say", say_on_call,
           "The agent says a line now (interrupt) or after what it is saying", body=SayRequest, status=202,
-          tag="calls", rate_class="control", errors=(404, 409)),
+          tag="calls", rate_class="control", errors=_LIVE),
     Route("PATCH", "/api/v1/calls/{call_id}", update_call,
           "Pause or resume the agent on a live call (the call, transcription and recording go on)",
-          body=CallUpdate, tag="calls", rate_class="control", errors=(404, 409)),
+          body=CallUpdate, tag="calls", rate_class="control", errors=_LIVE),
     Route("GET", "/api/v1/calls/{call_id}", get_call, "Show a call with its archive fields", tag="calls"),
     Route("GET", "/api/v1/calls/{call_id}/transcripts", list_transcripts, "A call's transcript", paged=True,
           query=PAGE, tag="calls"),

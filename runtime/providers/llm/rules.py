@@ -1,8 +1,8 @@
 """The ``rules`` brain: a deterministic, offline stand-in for a language model.
 
 It is not a language model and does not understand language. It matches the caller's latest
-words against the intents of a script (keywords and regular expressions, case-insensitive, in
-the script's order: the first match wins), pulls a few kinds of values out of the words with
+words against the intents of a script (keywords, as written or misheard by one sound, see
+rules_fuzzy.py, and regular expressions, case-insensitive, in the script's order: the first match wins), pulls a few kinds of values out of the words with
 hand-written parsers (counts, times, dates, names, menu items), and answers with templated
 lines, tool calls and yes/no confirmations. It ignores the system prompt and the knowledge
 text. Anything outside its script gets the fallback line. It exists so a box with no LLM
@@ -50,6 +50,7 @@ from runtime.providers.base import (
     ToolCall,
     ToolCallRequest,
 )
+from runtime.providers.llm.rules_fuzzy import TolerantKeywords
 from runtime.providers.llm.rules_slots import (
     FIELD,
     MAX_TEXT,
@@ -63,6 +64,7 @@ from runtime.providers.llm.rules_slots import (
 from runtime.providers.registry import BuildContext
 
 WORDS_PER_DELTA = 4
+TOLERANT_CACHE = 256  # turns whose tolerant match is kept (each request replays the call's turns)
 
 @dataclass
 class _State:
@@ -102,6 +104,9 @@ class Script:
         self.zone = ZoneInfo(timezone)
         self.clock = clock or (lambda: datetime.now(UTC))
         self.intents = {i.name: _compile(i) for i in config.intents}
+        self.tolerant = TolerantKeywords([([normalize(k) for k in i.keywords], 0 if i.exact else i.fuzzy)
+                                          for i in config.intents])
+        self._misheard: dict[str, int | None] = {}  # turn text -> the first intent it has misheard
         self.yes = tuple(phrase(w) for w in config.yes_words)
         self.no = tuple(phrase(w) for w in config.no_words)
 
@@ -145,7 +150,7 @@ class Script:
             if isinstance(target, RuleOutcome):
                 return self._tagged(self._apply(state, target, self._values(state, None)),
                                     active.rule.name if active is not None else None)
-        intent = next((i for i in self.intents.values() if i.matches(text, original[:MAX_TEXT])), None)
+        intent = self._intent(text, original[:MAX_TEXT])
         if intent is not None:
             return self._run(state, intent, tools)
         if active is not None and set(said) & active.uses:
@@ -156,6 +161,21 @@ class Script:
             return Action(render(f"{self.config.reprompt} {question}", self._values(state, None)),
                           intent=active.rule.name)
         return Action(self.config.fallback)
+
+    def _intent(self, text: str, original: str) -> _Intent | None:
+        """The first intent in the script's order whose keywords or patterns match the turn, as
+        written or misheard (rules_fuzzy.py)."""
+        intents = list(self.intents.values())
+        written = next((n for n, i in enumerate(intents) if i.matches(text, original)), None)
+        if not self.tolerant:
+            return None if written is None else intents[written]
+        if text not in self._misheard:
+            if len(self._misheard) >= TOLERANT_CACHE:
+                self._misheard.clear()
+            self._misheard[text] = self.tolerant.first(text)
+        misheard = self._misheard[text]
+        found = [n for n in (written, misheard) if n is not None]
+        return intents[min(found)] if found else None
 
     def _yes_or_no(self, text: str) -> str | None:
         """Whichever of a yes word and a no word comes first."""

@@ -102,6 +102,13 @@ _COUNT_CUED = (
     re.compile(r"\b(" + _NUM + r") (?:people|persons|person|guests|adults|pax|diners|of us)\b"),
 )
 _COUNT_ALONE = re.compile(r"\b(?:just )?(me|myself|" + _NUM + r")\b")
+# What speech recognition writes for "two" and "four" in a count: "to people", "for people", "a table
+# for too at seven". Only beside a people word, or after "for" at the end of the phrase.
+_COUNT_HOMOPHONES = {"to": 2, "too": 2, "for": 4}
+_COUNT_MISHEARD = (
+    re.compile(r"\b(to|too|for) (?:people|persons|guests|adults|diners|of us)\b"),
+    re.compile(r"\b(?:table for|party of|for) (to|too)(?=\s+(?:at|on|tonight|tomorrow|please)\b|\s*$)"),
+)
 
 
 def parse_count(text: str, slot: RuleSlot, bare: bool) -> Hit | None:
@@ -109,6 +116,9 @@ def parse_count(text: str, slot: RuleSlot, bare: bool) -> Hit | None:
         match = pattern.search(text)
         if match and (n := word_number(match[1])) and 0 < n < 100:
             return n, (match.span(),)
+    for pattern in _COUNT_MISHEARD:
+        if match := pattern.search(text):
+            return _COUNT_HOMOPHONES[match[1]], (match.span(),)
     if bare and (match := _COUNT_ALONE.search(text)):
         n = 1 if match[1] in ("me", "myself") else word_number(match[1])
         if n and 0 < n < 100:

@@ -24,8 +24,19 @@ stream, on the short window only (no 30 s retry), and emits it as a non-final tr
 that finishes after its utterance was flushed is dropped. It costs CPU (see bench/README.md), so it
 is off unless someone listens.
 
-Empty results: a flush that hears nothing (silence, noise, a rejected hallucination) emits
-no transcript at all; the pipeline treats "no final" as nothing heard.
+Segments: the decode runs in whisper's timestamp mode, so an utterance of several sentences comes
+back as several segments ("No wait, make it six." | "And we need a high chair."). The final's text
+is the kept segments joined, and each carries a confidence of its own:
+``exp(mean log-probability of the segment's tokens) * (1 - no_speech_prob)`` (the token
+log-probabilities from the decoder's logits, the no-speech probability the decode's). A segment is
+dropped only when it is a phantom (hallucinations.py: a sub-word loop or one of whisper's known
+outro phrases); a real piece that is merely less sure than the others is kept. The whole-decode
+checks below then look at the kept segments.
+
+Empty results: a flush that hears nothing (silence, noise, a rejected hallucination) emits an
+empty final, so the pipeline knows at once that nothing was understood (and answers speech with
+the version's ``turn.not_understood_reply`` without waiting for a final that will not come); a
+partial that hears nothing emits nothing. ``transcribe`` (one-shot) returns None.
 """
 
 from __future__ import annotations
@@ -43,9 +54,17 @@ import numpy as np
 
 from runtime.audio import rms
 from runtime.providers import workers
-from runtime.providers.base import ProviderError, RetryPolicy, SpeechToText, SttStream, Transcript
+from runtime.providers.base import (
+    ProviderError,
+    RetryPolicy,
+    SpeechToText,
+    SttStream,
+    Transcript,
+    TranscriptSegment,
+)
 from runtime.providers.models import WHISPER_TINY_EN, ModelSpec, offline, verified_dir
 from runtime.providers.registry import BuildContext
+from runtime.providers.stt.hallucinations import phantom
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +84,7 @@ INTERIM_STEP_S = 0.8  # new speech between partial decodes (each one costs about
 # do that." (0.59, -1.68); real telephony speech scored no_speech_prob 0.01-0.4 and
 # avg_logprob -0.3 to -0.85 (single words down to -1.03). A segment is dropped when the model
 # says it is not speech, or guesses every token, or half-thinks it is not speech and is unsure
-# (whisper's own rule, tighter), or loops, or has no word in it.
+# (whisper's own rule, tighter), or loops, or has no word in it, or is one of whisper's phantoms.
 NO_SPEECH_MAX = 0.6
 AVG_LOGPROB_MIN = -1.2
 UNSURE_NO_SPEECH, UNSURE_LOGPROB = 0.5, -0.7
@@ -79,12 +98,27 @@ class DecodeOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class Decoded:
+class Piece:
+    """One segment of a decode: its text and the mean log-probability of its tokens."""
+
     text: str
     avg_logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    text: str  # the kept segments joined
+    avg_logprob: float  # over the kept segments' tokens
     no_speech_prob: float
     compression_ratio: float
     looped: bool
+    segments: tuple[Piece, ...] = ()
+    dropped: int = 0  # phantom segments left out
+
+    def confidences(self) -> tuple[TranscriptSegment, ...]:
+        """The segments with their confidence (see the module docstring)."""
+        speech = 1.0 - self.no_speech_prob
+        return tuple(TranscriptSegment(p.text, round(math.exp(p.avg_logprob) * speech, 3)) for p in self.segments)
 
 
 class _Engine:
@@ -154,12 +188,12 @@ class _Engine:
         return Transcript(
             text=result.text, final=final, speech_final=final, start_ms=offset_ms,
             end_ms=offset_ms + len(pcm) * 1000 // (2 * RATE),
-            confidence=round(math.exp(result.avg_logprob), 3),
+            confidence=round(math.exp(result.avg_logprob), 3), segments=result.confidences(),
         )
 
 
 def _decode(model: Any, tokenizer: Any, audio: np.ndarray, context_s: float) -> Decoded:
-    """Greedy decode of one utterance with the encoder window ``max(context_s, length + 1 s)``."""
+    """Greedy decode of one utterance, in segments, with the encoder window ``max(context_s, length + 1 s)``."""
     import ctranslate2
 
     seconds = len(audio) / RATE
@@ -170,16 +204,69 @@ def _decode(model: Any, tokenizer: Any, audio: np.ndarray, context_s: float) -> 
     frames = min(features.shape[1], int(window * 100)) // 2 * 2  # 10 ms frames; the encoder halves them
     encoded = model.model.encode(
         ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None, :, :frames])), to_cpu=False)
-    prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    prompt = list(tokenizer.sot_sequence)  # timestamp mode: segments (two timestamp tokens each)
     result = model.model.generate(
-        encoded, [prompt], beam_size=1, max_length=min(MAX_TOKENS, len(prompt) + int(seconds * 10) + 6),
-        return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
+        encoded, [prompt], beam_size=1, max_length=min(MAX_TOKENS, len(prompt) + int(seconds * 12) + 8),
+        return_scores=True, return_logits_vocab=True, return_no_speech_prob=True, suppress_blank=True,
+        suppress_tokens=[-1],
     )[0]
-    tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-    raw = tokenizer.decode(tokens).strip()
-    text, looped = collapse_repeats(raw)
-    return Decoded(text, float(result.scores[0]) if result.scores else -10.0, float(result.no_speech_prob),
-                   compression_ratio(raw), looped)
+    ids = result.sequences_ids[0]
+    score = float(result.scores[0]) if result.scores else -10.0
+    logprobs = _token_logprobs(result.logits[0] if result.logits else None, ids, score)
+    return _assemble(tokenizer, ids, logprobs, float(result.no_speech_prob))
+
+
+def _token_logprobs(logits: Any, ids: list[int], fallback: float) -> list[float]:
+    """The log-probability of each generated token (log-softmax of its step's logits); the
+    sequence's mean score for all when the logits are missing."""
+    if logits is None:
+        return [fallback] * len(ids)
+    rows = np.asarray(logits, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[0] < len(ids):
+        return [fallback] * len(ids)
+    rows = rows[:len(ids)]
+    top = rows.max(axis=1)
+    log_total = top + np.log(np.exp(rows - top[:, None]).sum(axis=1))
+    return (rows[np.arange(len(ids)), ids] - log_total).tolist()
+
+
+def _assemble(tokenizer: Any, ids: list[int], logprobs: list[float], no_speech_prob: float) -> Decoded:
+    """The decode's segments (split at timestamp tokens), phantoms dropped, loops collapsed."""
+    pieces: list[tuple[list[int], list[float]]] = []
+    current: tuple[list[int], list[float]] = ([], [])
+    for token, logprob in zip(ids, logprobs, strict=True):
+        if token < tokenizer.eot:
+            current[0].append(token)
+            current[1].append(logprob)
+        elif token >= tokenizer.timestamp_begin and current[0]:
+            pieces.append(current)
+            current = ([], [])
+    if current[0]:
+        pieces.append(current)
+    kept: list[Piece] = []
+    raw_kept: list[str] = []  # before collapsing repeats: whisper's compression check reads these
+    looped, dropped = False, 0
+    kept_logprobs: list[float] = []
+    for tokens, logprobs_of in pieces:
+        raw = tokenizer.decode(tokens).strip()
+        if not raw:
+            continue
+        reason = phantom(raw)
+        if reason is not None:
+            dropped += 1
+            looped |= reason == "loop"
+            continue
+        text, repeated = collapse_repeats(raw)
+        looped |= repeated
+        if kept and _bare(kept[-1].text) == _bare(text):  # one phrase again as a segment of its own
+            looped = True
+            continue
+        kept.append(Piece(text, sum(logprobs_of) / len(logprobs_of)))
+        raw_kept.append(raw)
+        kept_logprobs.extend(logprobs_of)
+    avg = sum(kept_logprobs) / len(kept_logprobs) if kept_logprobs else -10.0
+    return Decoded(" ".join(p.text for p in kept), avg, no_speech_prob, compression_ratio(" ".join(raw_kept)),
+                   looped, tuple(kept), dropped)
 
 
 def collapse_repeats(text: str) -> tuple[str, bool]:
@@ -311,8 +398,10 @@ class WhisperStream(SttStream):
             log.exception("local whisper decode failed")
             self._results.put_nowait(ProviderError("local", "server", f"decode failed: {exc}"))
         else:
-            if transcript is not None:
-                self._results.put_nowait(transcript)
+            if transcript is None:  # nothing understood: said now, not left to the pipeline's timeout
+                end_ms = offset_ms + len(pcm) * 1000 // (2 * RATE)
+                transcript = Transcript("", final=True, speech_final=True, start_ms=offset_ms, end_ms=end_ms)
+            self._results.put_nowait(transcript)
 
     async def close(self) -> None:
         if self._closed:

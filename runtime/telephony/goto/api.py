@@ -231,7 +231,7 @@ async def open_account(credentials: Any, tenant_id: str, settings: Any) -> GotoA
         if not client_id:
             raise NotFound("no GoTo OAuth client: set telephony.goto.client_id in the config (the appliance's "
                            "GoTo app) or client_id on the tenant's goto credential", {"provider": "goto"})
-    client_secret = credentials.secrets.get(ref, cached=True)
+    client_secret = await credentials.secrets.get(ref, cached=True)
     if not client_secret:
         raise NotFound(f"the GoTo OAuth client {client_id} has no secret in the keyring: run `{how}`",
                        {"provider": "goto"})

@@ -61,7 +61,7 @@ def _issuer(token: str) -> str:
 async def _candidates(app: web.Application, api_key: str) -> list[LiveKitServer]:
     control, settings = services(app).control, services(app).settings
     found: list[LiveKitServer] = []
-    appliance = appliance_server(settings, control)
+    appliance = await appliance_server(settings, control)
     if appliance is not None and appliance.api_key == api_key:
         found.append(appliance)
     for tenant_id in await bridge(app).key_tenants(control.store, api_key):

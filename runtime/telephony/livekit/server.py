@@ -284,11 +284,11 @@ class LiveKitServer:
 # Which project: the appliance's or a tenant's
 
 
-def appliance_server(settings: Settings, control: ControlPlane) -> LiveKitServer | None:
+async def appliance_server(settings: Settings, control: ControlPlane) -> LiveKitServer | None:
     conf = settings.telephony.livekit
     if not conf.url or not conf.api_key:
         return None
-    secret = control.secrets.get(APPLIANCE_SECRET_REF, cached=True)
+    secret = await control.secrets.get(APPLIANCE_SECRET_REF, cached=True)
     if not secret:
         return None
     return LiveKitServer(conf.url, conf.api_key, secret, None, country=conf.default_country)
@@ -319,7 +319,7 @@ async def server_for_tenant(settings: Settings, control: ControlPlane, tenant_id
     """The tenant's own project, else the appliance's; LiveKitNotConfigured when neither is set up."""
     found = await tenant_credential_server(control, tenant_id, settings.telephony.livekit.default_country)
     if found is None:
-        found = appliance_server(settings, control)
+        found = await appliance_server(settings, control)
     if found is None:
         raise LiveKitNotConfigured(
             "LiveKit is not configured: set the tenant's livekit credential (url, api_key, secret) "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import heapq
 import hmac
 import logging
@@ -22,12 +23,15 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 from prometheus_client import Counter
 
-from runtime.calls.routing import ROUTE_TABLES, ReadCache, RouteRejected
+from runtime.calls.routing import ROUTE_TABLES, ReadCache, RouteRejected, route_of_call
 from runtime.calls.session import AWAITING_MEDIA
+from runtime.calls.tracker import DuplicateCall
 from runtime.events.models import TransferRequested
 from runtime.one_per import OnePer
+from runtime.store.stream_tokens import StreamTokenRows
+from runtime.store.tables import ALL_TENANTS
 from runtime.telephony.services import services
-from runtime.telephony.stream_tokens import StreamTokens
+from runtime.telephony.stream_tokens import SharedStreamTokens, StreamTokens
 from runtime.telephony.twilio import twiml
 from runtime.web.client_address import ClientAddresses
 from runtime.web.responses import error_response
@@ -215,7 +219,8 @@ class TwilioBridge:
 
     def __init__(self, app: web.Application) -> None:
         settings = services(app).settings
-        self.tokens = StreamTokens()
+        self.app = app
+        self.tokens: StreamTokens | SharedStreamTokens = _stream_tokens(app)
         self.by_sid: dict[str, str] = {}
         # Voice webhooks of a CallSid being opened now: a concurrent replay waits for the first.
         self.opening: dict[str, asyncio.Future[None]] = {}
@@ -274,14 +279,91 @@ class TwilioBridge:
             _, call_id = heapq.heappop(heap)
             session = tracker.get(call_id) if tracker is not None else None
             if session is not None and session.state in AWAITING_MEDIA:
-                self.spawn(_stream_never_started(session))
+                self.spawn(_stream_never_started(self, session))
         if heap:
             self._sweep = loop.call_at(heap[0][0], self._sweep_streams)
+
+    async def take_over(self, app: web.Application, call_id: str) -> CallSession | None:
+        """Cluster mode: the media socket of a call another instance answered reached this one with
+        a valid token. The call is run here, from its row and route; None when it cannot be (not
+        an inbound call awaiting its media, or its route is gone): the token is then disowned, so
+        the instance that answered fails the call at its stream deadline instead of forgetting it."""
+        svc = services(app)
+        row = await svc.control.store.voice_calls.get(call_id, tenant_id=ALL_TENANTS)
+        route = None
+        # Outbound and evaluation calls carry state only their instance holds: they are not taken over.
+        if (row is not None and row["status"] in AWAITING_MEDIA and row["provider"] == "twilio"
+                and row["direction"] == "inbound" and "evaluation_id" not in (row.get("metadata") or {})):
+            with contextlib.suppress(RouteRejected):
+                route = await route_of_call(svc.control.store, row)
+        if row is None or route is None:
+            await self.tokens.disown(call_id)
+            return None
+        session = await svc.tracker.adopt(row, route)
+        call_sid = row["provider_call_id"]
+        self.by_sid[call_sid] = session.id
+        session.on_end.append(lambda s: _forget(self, s, call_sid))
+        log.info("twilio call taken over from another instance", extra={"call_id": call_id})
+        await _announce_take_over(app, call_id)
+        return session
+
+    async def still_here(self, app: web.Application, session: CallSession) -> bool:
+        """False (and the call forgotten here) when another instance has taken the call over: its
+        media socket spent the call's token there. Checked before this instance acts on a call it
+        still believes awaits its media (the stream deadline, Twilio's status callbacks)."""
+        if session.state not in AWAITING_MEDIA or not await self.tokens.spent_by_another(session.id):
+            return True
+        log.info("twilio call run by another instance: forgotten here", extra={"call_id": session.id})
+        if session.provider_call_id and self.by_sid.get(session.provider_call_id) == session.id:
+            del self.by_sid[session.provider_call_id]
+        self.answers.pop(session.id, None)
+        services(app).tracker.forget(session)
+        return False
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+
+def _taken_over_subject(app: web.Application) -> str:
+    from runtime.cluster.link import CLUSTER
+
+    return app[CLUSTER].subject("twilio", "taken_over")
+
+
+async def _announce_take_over(app: web.Application, call_id: str) -> None:
+    """Tell the instance that answered the call at once (it would keep it until its stream deadline)."""
+    from runtime.cluster.link import CLUSTER
+
+    try:
+        await app[CLUSTER].client.publish(_taken_over_subject(app), call_id.encode())
+    except Exception as exc:  # noqa: BLE001 - NATS lost: that instance finds out at its deadline instead
+        log.warning("could not announce a taken-over call", extra={"call_id": call_id, "error": str(exc)})
+
+
+async def follow_take_overs(app: web.Application) -> None:
+    """Cluster mode, at startup: a call this instance answered and another took over is forgotten
+    here as soon as that one says so (after checking the token's row: the notice is only a hint)."""
+    from runtime.cluster.link import CLUSTER
+
+    async def taken_over(msg) -> None:
+        session = services(app).tracker.get(msg.data.decode(errors="replace"))
+        if session is not None and session.provider == "twilio":
+            await bridge(app).still_here(app, session)
+
+    await app[CLUSTER].client.subscribe(_taken_over_subject(app), cb=taken_over)
+
+
+def _stream_tokens(app: web.Application) -> StreamTokens | SharedStreamTokens:
+    """In one process the tokens stay in memory; in cluster mode they are rows every instance reads."""
+    svc = services(app)
+    if not svc.settings.cluster_mode:
+        return StreamTokens()
+    from runtime.cluster.link import CLUSTER
+
+    return SharedStreamTokens(StreamTokenRows(svc.control.store.executor), svc.keys.stream_tokens,
+                              app[CLUSTER].instance_id)
 
 
 # The app's bridge: bridge(app).
@@ -376,13 +458,31 @@ async def voice_webhook(request: web.Request) -> web.Response:
         return reject_twiml()
     opening = br.opening[call_sid] = asyncio.get_running_loop().create_future()
     try:
-        store = services(request.app).control.store
-        if await store.call_id_by_provider_call(tenant_id, "twilio", call_sid) is not None:
-            return reject_twiml()  # the call has ended (or was refused), maybe before a restart
-        return await _open_call(request, br, tenant_id, call_sid, to, form, routing)
+        known = await _known_call(request, br, tenant_id, call_sid)
+        if known is not None:
+            return known
+        try:
+            return await _open_call(request, br, tenant_id, call_sid, to, form, routing)
+        except DuplicateCall:  # another instance opened it meanwhile (the same webhook sent to both)
+            return await _known_call(request, br, tenant_id, call_sid) or reject_twiml()
     finally:
         del br.opening[call_sid]
         opening.set_result(None)
+
+
+async def _known_call(request: web.Request, br: TwilioBridge, tenant_id: str, call_sid: str) -> web.Response | None:
+    """The answer to a CallSid that has a call row already (opened by another instance, or ended,
+    maybe before a restart), None when it has none. A call still awaiting its media is answered
+    with its stream again (a fresh token: the first one is only in the TwiML that instance sent),
+    anything else is refused."""
+    row = await services(request.app).control.store.voice_calls.find(
+        tenant_id=tenant_id, provider="twilio", provider_call_id=call_sid)
+    if row is None:
+        return None
+    if row["status"] != "ringing" or row["direction"] != "inbound":
+        return reject_twiml()
+    return xml_response(twiml.document(twiml.stream(
+        media_stream_url(request), await br.tokens.issue(row["id"]), public_base(request) + STREAM_STATUS_PATH)))
 
 
 async def _open_call(request: web.Request, br: TwilioBridge, tenant_id: str, call_sid: str, to: str,
@@ -401,28 +501,29 @@ async def _open_call(request: web.Request, br: TwilioBridge, tenant_id: str, cal
         await session.emit(TransferRequested(target=target, reason="after_hours"))
         await session.end("after_hours_transfer")
         return twiml_response(twiml.dial(target))
-    return answer_with_stream(request, br, session, call_sid)
+    return await answer_with_stream(request, br, session, call_sid)
 
 
-def answer_with_stream(request: web.Request, br: TwilioBridge, session: CallSession, call_sid: str) -> web.Response:
+async def answer_with_stream(request: web.Request, br: TwilioBridge, session: CallSession,
+                             call_sid: str) -> web.Response:
     """``<Connect><Stream>`` with a stream token for the call; it fails if the stream never starts."""
     br.by_sid[call_sid] = session.id
     session.on_end.append(lambda s: _forget(br, s, call_sid))
     answer = br.answers[session.id] = twiml.document(twiml.stream(
-        media_stream_url(request), br.tokens.issue(session.id), public_base(request) + STREAM_STATUS_PATH))
+        media_stream_url(request), await br.tokens.issue(session.id), public_base(request) + STREAM_STATUS_PATH))
     br.expect_stream(services(request.app).tracker, session.id)
     return xml_response(answer)
 
 
-def _forget(br: TwilioBridge, session: CallSession, call_sid: str) -> None:
+async def _forget(br: TwilioBridge, session: CallSession, call_sid: str) -> None:
     if br.by_sid.get(call_sid) == session.id:
         del br.by_sid[call_sid]
     br.answers.pop(session.id, None)
-    br.tokens.revoke_call(session.id)
+    await br.tokens.revoke_call(session.id)
 
 
-async def _stream_never_started(session: CallSession) -> None:
-    if session.state in AWAITING_MEDIA:
+async def _stream_never_started(br: TwilioBridge, session: CallSession) -> None:
+    if session.state in AWAITING_MEDIA and await br.still_here(br.app, session):
         await session.fail("stream_not_started", "the media stream did not start")
 
 
@@ -438,8 +539,9 @@ async def status_webhook(request: web.Request) -> web.Response:
     status, call_sid = form.get("CallStatus", ""), form.get("CallSid", "")
     br = bridge(request.app)
     session = services(request.app).tracker.get(br.by_sid.get(call_sid, ""))
-    if session is None or session.tenant_id != tenant_id or not session.live:
-        return web.Response(status=204)  # unknown or already finished: nothing to do (idempotent)
+    if (session is None or session.tenant_id != tenant_id or not session.live
+            or not await br.still_here(request.app, session)):
+        return web.Response(status=204)  # unknown, finished or run elsewhere: nothing to do (idempotent)
     if status == "completed" and session.state == "ringing":
         # <Connect> fell through: the media stream never connected (a ws:// URL, an unreachable
         # host), and Twilio completed the call. Not a caller hang-up.
@@ -468,7 +570,9 @@ async def stream_status_webhook(request: web.Request) -> web.Response:
     call_sid = form.get("CallSid", "")
     message = (form.get("StreamError") or "unknown stream error")[:300]
     log.warning("twilio reported a media stream error", extra={"tenant_id": tenant_id, "error": message})
-    session = services(request.app).tracker.get(bridge(request.app).by_sid.get(call_sid, ""))
-    if session is not None and session.tenant_id == tenant_id and session.live:
+    br = bridge(request.app)
+    session = services(request.app).tracker.get(br.by_sid.get(call_sid, ""))
+    if (session is not None and session.tenant_id == tenant_id and session.live
+            and await br.still_here(request.app, session)):
         await session.fail("stream_error", f"Twilio: {message}")
     return web.Response(status=204)

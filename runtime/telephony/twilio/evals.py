@@ -8,15 +8,14 @@ to the pinned version, with the usual admission (a busy box or tenant answers ``
 reason="busy" />``) and the usual ``<Connect><Stream>``. Anything wrong is a 403 that says no more.
 
 The call's media is ordinary Twilio media, except that nothing is asked of Twilio's REST API: the
-agent's hang-up closes the stream, and a transfer ends the call ``transferred`` as a redirect would.
+media stream's ``MediaSideControl`` (reason ``evaluation``) hangs up by closing the stream and ends a
+transfer ``transferred`` as a redirect would.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -36,9 +35,6 @@ from runtime.telephony.twilio.bridge import (
 )
 from runtime.web.responses import error_response
 
-if TYPE_CHECKING:
-    from runtime.calls.media_leg import MediaLeg
-
 log = logging.getLogger("voicectl.twilio")
 
 PIN_QUERY = "pin"
@@ -52,25 +48,6 @@ class EvalCall:
     pin_id: str
     evaluation_id: str
     signing_key: str  # the pin's secret: the media upgrade is signed with it too
-
-
-class SyntheticControl:
-    """CallControl of an evaluation call: there is no Twilio call to act on. ``stream``: the call's
-    media stream (its ``leg`` is set once the stream has started)."""
-
-    def __init__(self, stream: object) -> None:
-        self.stream = stream
-        self._ending: asyncio.Task[None] | None = None
-
-    async def hangup(self, reason: str) -> None:
-        return None  # the session ends and its leg closes the stream
-
-    async def transfer(self, target: str) -> None:
-        leg: MediaLeg | None = getattr(self.stream, "leg", None)
-        if leg is not None and self._ending is None:
-            # As Twilio's redirect stops the stream: from outside the reply that asked for it (ending
-            # the call closes the conversation, which would cancel that reply under its own feet).
-            self._ending = asyncio.get_running_loop().create_task(leg.finish("end", "transferred"))
 
 
 async def eval_voice(request: web.Request) -> web.Response:
@@ -105,4 +82,4 @@ async def eval_voice(request: web.Request) -> web.Response:
         return rejection_twiml(rejected)
     session.evaluation = EvalCall(row["id"], row["evaluation_id"], secret)
     await eval_pins.bind_call(store, row, session.id)
-    return answer_with_stream(request, br, session, call_sid)
+    return await answer_with_stream(request, br, session, call_sid)

@@ -18,6 +18,7 @@ with 4413 (aiohttp refuses it unread; its 1009 is answered as 4413).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -38,12 +39,13 @@ from runtime.audio import (
 )
 from runtime.calls.media_leg import LegFailed, MediaLeg
 from runtime.calls.session import AWAITING_MEDIA, CallSession
+from runtime.events.models import CarrierSkipped
 from runtime.pipeline.paced_transport import PacedTransport
 from runtime.pipeline.pacer import Frame
 from runtime.telephony.services import services
 from runtime.telephony.stream_tokens import StreamTokenError
 from runtime.telephony.twilio.bridge import TwilioBridge, bridge, media_stream_url, signature_valid
-from runtime.telephony.twilio.rest import TwilioRest
+from runtime.telephony.twilio.rest import PLACEHOLDER_ACCOUNT_SID, TwilioRest
 from runtime.web.responses import error_response
 
 log = logging.getLogger("voicectl.twilio")
@@ -95,6 +97,34 @@ class MediaSocket(web.WebSocketResponse):
         if code == WSCloseCode.MESSAGE_TOO_BIG:
             code, message = CLOSE_TOO_BIG, f"message larger than {MAX_TEXT_BYTES} bytes".encode()
         return await super().close(code=code, message=message, drain=drain)
+
+
+class MediaSideControl:
+    """CallControl of a call with no Twilio call to act on through the REST API: the stream is the
+    call. ``reason``: ``evaluation`` (a synthetic caller) or ``placeholder_credential`` (the tenant's
+    account SID is the demo's stand-in, so api.twilio.com would only answer 401). A hang-up lets the
+    session end and its leg close the stream; a transfer ends the call ``transferred``, as Twilio's
+    redirect would. Each says so in the call's events (``call.carrier_skipped``)."""
+
+    def __init__(self, stream: MediaStream, reason: str) -> None:
+        self.stream, self.reason = stream, reason
+        self._ending: asyncio.Task[None] | None = None
+
+    async def hangup(self, reason: str) -> None:
+        await self._skipped("hangup")  # the session then ends, and its leg closes the stream
+
+    async def transfer(self, target: str) -> None:
+        leg = self.stream.leg
+        if leg is not None and self._ending is None:
+            await self._skipped("transfer")
+            # As Twilio's redirect stops the stream: from outside the reply that asked for it (ending
+            # the call closes the conversation, which would cancel that reply under its own feet).
+            self._ending = asyncio.get_running_loop().create_task(leg.finish("end", "transferred"))
+
+    async def _skipped(self, action: str) -> None:
+        session = self.stream.session
+        if session is not None:
+            await session.emit(CarrierSkipped(action=action, reason=self.reason))
 
 
 class TwilioControl:
@@ -304,11 +334,12 @@ class MediaStream:
         params = start.get("customParameters")
         token = params.get("token") if isinstance(params, dict) else None
         try:
-            call_id = self.bridge.tokens.consume(token)
+            call_id = await self.bridge.tokens.consume(token)
         except StreamTokenError as exc:
             raise StreamAbort(exc.code, exc.reason, "") from None
         self.release_pending()  # authenticated
-        session = services(self.app).tracker.get(call_id)
+        # Cluster mode: another instance may have answered the voice webhook; the token is enough.
+        session = services(self.app).tracker.get(call_id) or await self.bridge.take_over(self.app, call_id)
         if session is None or session.state not in AWAITING_MEDIA:
             raise StreamAbort(CLOSE_GONE, "the call is no longer waiting for its stream", "")
         self.session = session
@@ -352,13 +383,13 @@ class MediaStream:
 
     async def _control(self, session: CallSession, start: dict) -> Any:
         if session.evaluation is not None:  # no Twilio call behind it: the stream is the call
-            from runtime.telephony.twilio.evals import SyntheticControl
-
-            return SyntheticControl(self)
+            return MediaSideControl(self, "evaluation")
         control = services(self.app).control
         token = await control.credentials.secret(session.tenant_id, "twilio")
         cred = await control.store.credentials.find(tenant_id=session.tenant_id, provider="twilio")
         account_sid = (cred or {}).get("fields", {}).get("account_sid") or start.get("accountSid")
+        if account_sid == PLACEHOLDER_ACCOUNT_SID:  # the demo's stand-in: no real Twilio account to ask
+            return MediaSideControl(self, "placeholder_credential")
         if not token or not account_sid or not self.call_sid:
             return None
         api = services(self.app).settings.telephony.twilio.api_base_url

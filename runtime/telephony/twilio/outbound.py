@@ -267,7 +267,7 @@ async def voice_answer(request: web.Request) -> web.Response:
     leg.answered = True
     br = bridge(request.app)
     leg.answer = br.answers[session.id] = twiml.document(twiml.stream(
-        media_stream_url(request), br.tokens.issue(session.id), public_base(request) + STREAM_STATUS_PATH))
+        media_stream_url(request), await br.tokens.issue(session.id), public_base(request) + STREAM_STATUS_PATH))
     br.expect_stream(services(request.app).tracker, session.id)
     return xml_response(leg.answer)
 

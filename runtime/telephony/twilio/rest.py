@@ -10,6 +10,9 @@ import aiohttp
 from runtime.telephony.twilio import twiml
 
 TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
+# The account SID of the demo and of local calls (`voicectl demo`, `voicectl call`): the shape of one,
+# with no Twilio account behind it. Calls of a tenant with it are controlled on the media side only.
+PLACEHOLDER_ACCOUNT_SID = "AC" + "0" * 32
 
 
 class TwilioApiError(Exception):

@@ -60,7 +60,7 @@ class WebRtcBridge:
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.peers: dict[str, WebRtcPeer] = {}
-        self.tokens = BrowserTokens()
+        self.tokens = BrowserTokens(services(app).keys.browser_tokens)
         self._watch: asyncio.Task[None] | None = None
         self.refused = Counter(
             "voicectl_webrtc_sessions_refused", "WebRTC offers refused, by reason", ("reason",),

@@ -3,9 +3,9 @@
 A tenant's backend (or the /call page, holding a runtime key) mints one with
 ``POST /api/v1/webrtc/tokens`` and hands it to a browser, which may then only offer calls to
 that target until the token expires, and only while the key that minted it is still valid
-(revoking the key revokes its tokens). Tokens are HMAC-signed with a key that lives in this
-process, like the media stream tokens (one runtime process per box; see DESIGN.md): a restart
-invalidates them, which their short lifetime makes harmless.
+(revoking the key revokes its tokens). Tokens are HMAC-signed with a key derived from the master
+key (runtime.signing_keys), so any instance of a cluster accepts them, and so does this one after a
+restart.
 """
 
 from __future__ import annotations
