@@ -587,7 +587,9 @@ CLUSTER_KEYS = Migration(
         )""",
         "CREATE INDEX stream_tokens_call ON stream_tokens (call_id)",
         "CREATE INDEX stream_tokens_expires ON stream_tokens (expires_at)",
-        "CREATE UNIQUE INDEX voice_calls_twilio_call_sid ON voice_calls (provider, provider_call_id) "
+        # Per tenant: Twilio's CallSids are unique anyway, and a tenant's webhook (signed with its own
+        # token) can never name, and so block, another tenant's call.
+        "CREATE UNIQUE INDEX voice_calls_twilio_call_sid ON voice_calls (tenant_id, provider, provider_call_id) "
         "WHERE provider = 'twilio'",
     ),
 )
