@@ -141,7 +141,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         from runtime.api.evaluations import EVAL_JOBS, EvalJobs
 
         app[EVAL_JOBS] = EvalJobs(store, settings.evaluations.max_running_per_tenant)
-        if stale := await app[EVAL_JOBS].recover():
+        if stale := await app[EVAL_JOBS].recover(app[INSTANCE_ID] if shared else None):
             log.warning("evaluations left running by a previous run marked failed", extra={"evaluations": stale})
         from runtime.signing_keys import SigningKeys
 

@@ -124,6 +124,9 @@ class InstanceLease:
                 break
         if failed:
             log.warning("calls of lost instances failed", extra={"calls": failed, "reaper": self.instance_id})
+        if evaluations := await self.store.fail_evaluations_of_lost_instances(now):
+            log.warning("evaluations of lost instances failed", extra={"evaluations": evaluations,
+                                                                       "reaper": self.instance_id})
         self.reaped_calls += failed
         if self._purged_at is None or time.monotonic() - self._purged_at >= PURGE_EVERY_S:
             await self.store.delete_instances_reaped_before(iso(moment - REAPED_KEPT))

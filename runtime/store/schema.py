@@ -560,6 +560,9 @@ CLUSTER_INSTANCES = Migration(
         )""",
         "CREATE INDEX instances_expires ON instances (expires_at)",
         "ALTER TABLE voice_calls ADD COLUMN instance_id TEXT",
+        # The instance running an evaluation started through the API: only it (restarting) or a
+        # survivor of its loss fails the run, not any instance that starts.
+        "ALTER TABLE evaluations ADD COLUMN instance_id TEXT",
         "CREATE INDEX voice_calls_live ON voice_calls (tenant_id, instance_id) "
         "WHERE status IN ('queued', 'dialing', 'ringing', 'connected', 'transferring')",
     ),

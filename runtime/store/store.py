@@ -102,7 +102,7 @@ EVALUATIONS = TableSpec(
     "evaluations",
     ("id", "tenant_id", "agent_id", "agent_version", "call_id", "status", "score", "rubric", "notes", "created_at",
      "suite_id", "suite_name", "suite_sha256", "passed", "results", "calls", "concurrency", "error", "started_by",
-     "finished_at"),
+     "finished_at", "instance_id"),
     json_columns=frozenset({"rubric", "results"}),
     bool_columns=frozenset({"passed"}),
 )
@@ -667,6 +667,13 @@ class Tables:
             "AND (i.id IS NULL OR i.reaped_by IS NOT NULL) ORDER BY c.created_at LIMIT ?",
             (limit,))
         return [decode(VOICE_CALLS, r) for r in rows]
+
+    async def fail_evaluations_of_lost_instances(self, now: str) -> int:
+        """Running evaluations whose instance was claimed by a survivor or is gone: failed, once."""
+        return await self.executor.execute(
+            "UPDATE evaluations SET status = 'failed', error = 'the instance running it was lost', finished_at = ? "
+            "WHERE status = 'running' AND instance_id IS NOT NULL AND instance_id NOT IN "
+            "(SELECT id FROM instances WHERE reaped_by IS NULL)", (now,))
 
     async def live_calls_left_by(self, instance_id: str | None, limit: int) -> list[Row]:
         """Live calls held by ``instance_id`` (None: by no instance, i.e. rows from before instances)."""

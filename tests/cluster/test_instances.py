@@ -313,3 +313,41 @@ async def test_live_calls_of_an_instance_that_left_without_ending_them_are_faile
         assert (row["status"], row["end_reason"]) == ("failed", "instance_lost")
     finally:
         await stop_instances(started)
+
+
+async def _running_evaluation(live, world, instance_id: str) -> str:
+    """An evaluation run through the API on ``instance_id``, as far as the database knows."""
+    from runtime.ids import new_id, now_iso
+
+    row_id = new_id("evl")
+    await live.control.store.evaluations.insert({
+        "id": row_id, "tenant_id": world.tenant_id, "agent_id": world.agent_id, "agent_version": 1, "call_id": None,
+        "status": "running", "score": None, "rubric": {}, "notes": None, "created_at": now_iso(), "suite_id": None,
+        "suite_name": "s", "suite_sha256": "0" * 64, "passed": None, "results": [], "calls": 1, "concurrency": 1,
+        "error": None, "started_by": "key k_1", "finished_at": None, "instance_id": instance_id})
+    return row_id
+
+
+async def test_evaluations_are_failed_by_their_own_restart_or_a_survivor_not_by_any_instance_starting(
+        cluster_names: ClusterNames, tmp_path: Path) -> None:
+    started = await start_instances(cluster_names, tmp_path, 2)  # the default lease: 10 s
+    try:
+        (live1, _), (live2, _) = started
+        world = await provision(live1.control, max_concurrent_calls=10)
+        on_one, on_two = await _running_evaluation(live1, world, "i1"), await _running_evaluation(live1, world, "i2")
+        await _kill(live1)
+        await stop_instances([started.pop(0)])
+        started[:0] = await start_instances(cluster_names, tmp_path, 1)  # i1 again, within its old lease
+        store = live2.control.store
+        row = await store.evaluations.get(on_one, tenant_id=world.tenant_id)
+        assert row["status"] == "failed" and row["error"] == "the runtime restarted"
+        assert (await store.evaluations.get(on_two, tenant_id=world.tenant_id))["status"] == "running"
+
+        await _kill(live2)  # then its lease runs out: a survivor fails its evaluation too
+        await store.db.execute("UPDATE instances SET expires_at = ? WHERE id = 'i2'",
+                               (iso(datetime.now(UTC) - timedelta(seconds=1)),))
+        await started[0][0].app[INSTANCE_LEASE].reap()
+        row = await store.evaluations.get(on_two, tenant_id=world.tenant_id)
+        assert row["status"] == "failed" and row["error"] == "the instance running it was lost", row
+    finally:
+        await stop_instances(started)
