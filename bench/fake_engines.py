@@ -131,13 +131,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--clip", help="WAV every sentence is spoken with (default: 1 s tone)")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="bind with SO_REUSEPORT, one of several workers on one port (bench/cluster.py)")
     args = parser.parse_args()
     from runtime.api.server import run
     from runtime.config import load_settings
 
     settings = load_settings(args.config)
     clip = read_wav(args.clip) if args.clip else tone()
-    run(settings, providers=InstantRegistry(settings, clip))
+    run(settings, providers=InstantRegistry(settings, clip), reuse_port=args.reuse_port)
 
 
 if __name__ == "__main__":

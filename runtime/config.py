@@ -55,7 +55,7 @@ class ServerSettings(_Model):
     # This instance's name among several runtimes (cluster mode); unset: hostname:port.
     instance_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     # Seconds an instance's heartbeat stays valid; a peer is presumed dead after it (cluster mode).
-    lease_s: float = Field(10.0, ge=2, le=600)
+    lease_s: float = Field(10.0, ge=1, le=600)
 
     @field_validator("trusted_proxies")
     @classmethod

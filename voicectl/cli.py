@@ -26,6 +26,7 @@ from voicectl import (
     events,
     goto,
     init,
+    instances,
     key,
     livekit,
     number,
@@ -96,6 +97,7 @@ app.add_typer(events.app, name="events")
 app.add_typer(db.app, name="db")
 app.add_typer(config_cmd.app, name="config")
 app.command("serve")(serve.serve)
+app.command("instances")(instances.instances)
 app.command("demo")(demo.demo)
 app.command("doctor")(doctor.doctor)
 

@@ -110,10 +110,6 @@ def check_cluster(settings: Settings) -> None:
     refusal = cluster_refusal(settings) or asyncio.run(nats_unreachable(settings.events.nats.url))
     if refusal:
         fail(refusal, EXIT_CONFIG)
-    # The shared parts (events over NATS, shared admission, cross-instance call control) are not in this
-    # version yet: running anyway would break the guarantees README "Running several instances" states.
-    fail("cluster mode (events.nats.url) is not available in this version yet: leave events.nats.url empty "
-         "and run one runtime per database", EXIT_CONFIG)
 
 
 def serve(

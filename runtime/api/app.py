@@ -13,6 +13,7 @@ from runtime.api.appkeys import (
     DELIVERY,
     EVENT_SOCKETS,
     INSTANCE_ID,
+    INSTANCE_PORT,
     METRICS,
     PIPELINE,
     RATE_LIMITER,
@@ -38,9 +39,10 @@ from runtime.web.ratelimit import RateLimiter
 log = logging.getLogger("voicectl.api")
 
 
-def name_instance(app: web.Application, instance_id: str) -> None:
-    """The id /readyz and /metrics carry (`serve --port` may differ from server.port)."""
+def name_instance(app: web.Application, instance_id: str, port: int | None = None) -> None:
+    """The id /readyz, /metrics and the instances table carry (`serve --port` may differ from server.port)."""
     app[INSTANCE_ID] = instance_id
+    app[INSTANCE_PORT] = port
     app[METRICS].name_instance(instance_id)
 
 
@@ -65,7 +67,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
     app = web.Application(middlewares=[errors_and_ids], client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
-    name_instance(app, settings.instance_id(settings.server.port))
+    name_instance(app, settings.instance_id(settings.server.port), settings.server.port)
     app[RATE_LIMITER] = RateLimiter(settings.limits.rate_limits)
     routes = all_routes()
     app[ROUTES] = routes
@@ -103,14 +105,24 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
 
         app[PIPELINE] = ConversationEngine(providers or ProviderChains(settings), app[CONTROL],
                                            app[METRICS].registry)
+        from runtime.calls.admission import ClusterAdmission
         from runtime.calls.call_record import CallRecordWriter
+        from runtime.cluster.instances import INSTANCE_LEASE, InstanceLease
 
+        # Runtimes sharing the database count their calls together (an in-process count is the whole
+        # truth with one runtime); PostgreSQL is what several can share.
+        shared = store.db.dialect == "postgres"
         app[TRACKER] = CallTracker(store, app[BUS], max_calls=settings.limits.max_calls,
                                    recording_dir=settings.recording_dir, uploader=app[RECORDING_UPLOADS],
                                    local_calls=settings.limits.local_capacity(settings.providers.local.stt_model),
                                    local_load=app[PIPELINE].local_load,
-                                   recorder=CallRecordWriter(app[CONTROL].callbacks))
-        recovered = await app[TRACKER].recover()
+                                   recorder=CallRecordWriter(app[CONTROL].callbacks), instance_id=app[INSTANCE_ID],
+                                   admission=ClusterAdmission(settings.limits.max_calls_cluster)
+                                   if settings.cluster_mode else None)
+        app[INSTANCE_LEASE] = InstanceLease(store, app[TRACKER], app[INSTANCE_ID], lease_s=settings.server.lease_s,
+                                            port=app[INSTANCE_PORT], shared=shared)
+        await app[INSTANCE_LEASE].start()
+        recovered = await app[TRACKER].recover(shared=shared)
         if recovered:
             log.warning("calls left live by a previous run marked failed", extra={"calls": recovered})
         from runtime.calls.retention import RETENTION, RetentionJob
@@ -129,7 +141,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         from runtime.api.evaluations import EVAL_JOBS, EvalJobs
 
         app[EVAL_JOBS] = EvalJobs(store, settings.evaluations.max_running_per_tenant)
-        if stale := await app[EVAL_JOBS].recover():
+        if stale := await app[EVAL_JOBS].recover(app[INSTANCE_ID] if shared else None):
             log.warning("evaluations left running by a previous run marked failed", extra={"evaluations": stale})
         from runtime.signing_keys import SigningKeys
 
@@ -150,6 +162,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None,
         await app[ROLLOUT_WATCH].stop()
         scheduler.shutdown(wait=False)
         await app[TRACKER].drain(settings.server.shutdown_grace_s)
+        await app[INSTANCE_LEASE].stop()  # after the drain: no call of ours is left to reap
         await app[RECORDING_UPLOADS].close()
         await app[PIPELINE].stop()
         if relay is not None:

@@ -21,6 +21,7 @@ CONTROL: web.AppKey[ControlPlane] = web.AppKey("control")
 RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 INSTANCE_ID: web.AppKey[str] = web.AppKey("instance_id")  # server.instance_id, else hostname:port
+INSTANCE_PORT: web.AppKey[int | None] = web.AppKey("instance_port")  # the port it serves on, where known
 ROUTES: web.AppKey[list] = web.AppKey("routes")
 BUS: web.AppKey[EventBus] = web.AppKey("bus")
 TRACKER: web.AppKey[CallTracker] = web.AppKey("tracker")

@@ -87,11 +87,14 @@ class EvalJobs:
             await self.store.evaluations.set(evaluation_id, {"status": "failed", "error": "the runtime stopped",
                                                              "finished_at": now_iso()}, tenant_id=tenant_id)
 
-    async def recover(self) -> int:
-        """Rows a previous run of the runtime left running: failed (runs of the CLI are its own)."""
+    async def recover(self, instance_id: str | None) -> int:
+        """Rows a previous run left running: failed. ``instance_id`` (a database several runtimes share):
+        only this instance's and those from before instances; another's are its own, or a survivor's to
+        fail. Runs of the CLI are its own."""
         rows, _ = await self.store.evaluations.list(tenant_id=ALL_TENANTS, equals={"status": "running"}, limit=1000,
                                                     count=False)
-        rows = [r for r in rows if str(r.get("started_by") or "").startswith(API_STARTER)]
+        rows = [r for r in rows if str(r.get("started_by") or "").startswith(API_STARTER)
+                and (instance_id is None or r.get("instance_id") in (None, instance_id))]
         for row in rows:
             await self.store.evaluations.set(row["id"], {"status": "failed", "error": "the runtime restarted",
                                                          "finished_at": now_iso()}, tenant_id=row["tenant_id"])

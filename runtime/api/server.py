@@ -67,7 +67,7 @@ def run(settings: Settings, host: str | None = None, port: int | None = None,
     app = create_app(settings, providers=providers)
     host = host or settings.server.host
     port = port or settings.server.port
-    name_instance(app, settings.instance_id(port))
+    name_instance(app, settings.instance_id(port), port)
     log.info("voicectl serving", extra={"host": host, "port": port, "instance_id": app[INSTANCE_ID]})
 
     async def log_shutdown(app: web.Application) -> None:

@@ -33,7 +33,7 @@ from runtime.events.models import (
     TransferRequested,
 )
 from runtime.ids import new_id, now_iso
-from runtime.store.store import Store, WriteBatch
+from runtime.store.store import Store, Tables, WriteBatch
 
 log = logging.getLogger("voicectl.calls")
 
@@ -103,6 +103,8 @@ class CallSession:
     bus: EventBus
     route: CallRoute | None = None
     provider_call_id: str | None = None
+    # The runtime instance holding the call's media (runtime.cluster.instances), kept on the row.
+    instance_id: str | None = None
     trace_id: str = field(default_factory=lambda: new_id("tr"))
     state: str = RINGING
     started_at: str = field(default_factory=now_iso)
@@ -125,6 +127,9 @@ class CallSession:
     evaluation: Any = None
     end_reason: str | None = None
     hangup_by: str | None = None
+    # Another instance failed this call's row (this one's lease had run out, reason instance_lost):
+    # ending it here stops its media and hooks but writes nothing over that record.
+    failed_elsewhere: bool = False
     final_duration_ms: int | None = None  # set when the call ends
     _seq: int = 0
     _transcript_seq: int = 0
@@ -259,11 +264,13 @@ class CallSession:
         """Events of this call committed with ``batch`` in one transaction, then published in order."""
         await self.bus.publish_all([self._event(p) for p in payloads], batch)
 
-    async def insert_row(self) -> None:
+    async def insert_row(self, admit: Callable[[Tables], Awaitable[None]] | None = None) -> None:
+        """The call's row and voice.call.started. ``admit``: run in their transaction before it
+        commits (the cluster's concurrent-call limits); what it raises leaves nothing stored."""
         now = now_iso()
         route = self.route
         # The row and its voice.call.started commit together: one transaction, one writer hop.
-        batch = self.store.batch()
+        batch = self.store.batch(check=admit)
         await batch.voice_calls.insert({
             "id": self.id, "tenant_id": self.tenant_id, "agent_id": route.agent_id if route else None,
             "agent_version": route.version if route else None,
@@ -275,7 +282,7 @@ class CallSession:
             "metadata": {**_route_tags(route), **self.tags},
             "trace_id": self.trace_id, "created_at": now, "updated_at": now,
             "variables": self.outbound.variables if self.outbound is not None else None,
-            "rollout_id": route.rollout_id if route else None,
+            "rollout_id": route.rollout_id if route else None, "instance_id": self.instance_id,
         })
         await self.emit(CallStarted(
             provider=self.provider, direction=self.direction, from_number=self.from_number,
@@ -382,9 +389,12 @@ class CallSession:
                 **self._engines(),
             }
             try:
-                # A timeout scope, not wait_for: no task per call ending (the write rarely waits at all).
-                async with asyncio.timeout(ARCHIVE_TIMEOUT_S):
-                    await self._archive(state, reason, hangup_by, message, changes, duration)
+                if self.failed_elsewhere:
+                    self.state = FAILED
+                else:
+                    # A timeout scope, not wait_for: no task per call ending (the write rarely waits at all).
+                    async with asyncio.timeout(ARCHIVE_TIMEOUT_S):
+                        await self._archive(state, reason, hangup_by, message, changes, duration)
             except Exception:
                 # Never let logging block teardown; the state is final in memory either way.
                 self.state = state

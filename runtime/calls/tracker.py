@@ -10,14 +10,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from runtime.calls.admission import ClusterAdmission
 from runtime.calls.call_record import CallRecordWriter
 from runtime.calls.integrator_sessions import Speaking, Transcribe
 from runtime.calls.outbound import OutboundCall
 from runtime.calls.routing import CallRoute, RouteRejected, route_call
 from runtime.calls.session import LIVE_STATES, QUEUED, CallSession
+from runtime.calls.stale_calls import fail_stale_call
 from runtime.events.bus import EventBus
-from runtime.events.models import CallFailed, Event, StateChanged
-from runtime.ids import new_id, now_iso
+from runtime.ids import new_id
 from runtime.recording.recorder import CallRecorder
 from runtime.recording.storage import LocalStorage
 from runtime.recording.upload import RecordingUploader
@@ -116,8 +117,13 @@ class CallTracker:
     def __init__(self, store: Store, bus: EventBus, *, max_calls: int, recording_dir: Path | None = None,
                  uploader: RecordingUploader | None = None, local_calls: int | None = None,
                  local_load: Callable[[CallRoute], Awaitable[float]] | None = None,
-                 recorder: CallRecordWriter | None = None) -> None:
+                 recorder: CallRecordWriter | None = None, instance_id: str | None = None,
+                 admission: ClusterAdmission | None = None) -> None:
         self.store = store
+        # This runtime among several (kept on each call's row), and the limits that hold across
+        # them (cluster mode; None: this process's own counts are the whole truth).
+        self.instance_id = instance_id
+        self.admission = admission
         self.bus = bus
         self.max_calls = max_calls
         # Calls whose speech runs on this box's own engines, with what each takes of the budget
@@ -192,6 +198,10 @@ class CallTracker:
             if local and not self.local_fits(local):  # busy now, not a silent line later
                 raise RouteRejected("busy", "the local speech engines are at capacity", route.tenant_id,
                                     route.number["id"])
+            session = self._session(route.tenant_id, route, provider, direction, from_number, to_number,
+                                    provider_call_id)
+            session.tags.update(tags or {})
+            await self._register(session, route, local, route.number["id"])  # the cluster's limits
         except RouteRejected as rejected:
             tenant_id = rejected.tenant_id or tenant_hint
             if tenant_id is not None:
@@ -204,9 +214,6 @@ class CallTracker:
                     raise DuplicateCall(provider, provider_call_id) from None
                 await session.fail(rejected.reason, rejected.message)
             raise
-        session = self._session(route.tenant_id, route, provider, direction, from_number, to_number, provider_call_id)
-        session.tags.update(tags or {})
-        await self._register(session, route, local)
         return session
 
     async def adopt(self, row: dict[str, Any], route: CallRoute) -> CallSession:
@@ -218,6 +225,8 @@ class CallTracker:
         session.started_at = row["started_at"]
         session.tags.update(row.get("metadata") or {})
         session._seq = int(await self.store.max_event_seq(session.id) or 0)
+        # The call's media is held here from now on: this instance's lease covers it (and counts it).
+        await self.store.voice_calls.set(session.id, {"instance_id": self.instance_id}, tenant_id=session.tenant_id)
         local = await self._local_load(route)
         await self._register(session, route, local, insert=False)
         return session
@@ -247,7 +256,11 @@ class CallTracker:
         await self._register(session, route, local)
         return session
 
-    async def _register(self, session: CallSession, route: CallRoute, local: float, *, insert: bool = True) -> None:
+    async def _register(self, session: CallSession, route: CallRoute, local: float, number_id: str | None = None,
+                        *, insert: bool = True) -> None:
+        """Count the call live here and store it (``insert`` False: adopted, its row exists):
+        RouteRejected when the cluster's limits refuse it, DuplicateCall when its provider call id
+        has a call already; nothing is stored then."""
         self.live[session.id] = session
         if local:
             self.local_live[session.id] = local
@@ -255,11 +268,16 @@ class CallTracker:
         session.on_session.append(self._hold_session)
         self.hold_call(session)
         if insert:
+            admit = (self.admission.check(session.id, route.tenant_id, route.tenant["max_concurrent_calls"],
+                                          number_id) if self.admission is not None else None)
             try:
-                await session.insert_row()
+                await session.insert_row(admit)
             except UniqueViolation:  # its provider call id has a call already (cluster mode: maybe elsewhere)
                 self._release(session)
                 raise DuplicateCall(session.provider, session.provider_call_id) from None
+            except BaseException:
+                self._release(session)
+                raise
         if self.recording is not None and route.tenant.get("recording_enabled"):
             self._record(session)
 
@@ -279,7 +297,7 @@ class CallTracker:
         session = CallSession(
             id=new_id("call"), tenant_id=tenant_id, provider=provider, direction=direction,
             from_number=from_number, to_number=to_number, store=self.store, bus=self.bus, route=route,
-            provider_call_id=provider_call_id,
+            provider_call_id=provider_call_id, instance_id=self.instance_id,
         )
         if self.recorder is not None:
             session.after_end.append(self._spawn_record)
@@ -339,7 +357,19 @@ class CallTracker:
         await self._hang_up_all(list(self.live.values()))
         await self.finish_records()
 
-    async def _hang_up_all(self, sessions: list[CallSession]) -> None:
+    async def give_up_lost_calls(self) -> int:
+        """This instance's lease ran out and a survivor failed the calls it held (instance_lost):
+        stop their media here without writing over that record; how many."""
+        lost = []
+        for session in list(self.live.values()):
+            row = await self.store.voice_calls.get(session.id, tenant_id=session.tenant_id)
+            if row is not None and row["status"] == "failed" and row["end_reason"] == "instance_lost":
+                session.failed_elsewhere = True
+                lost.append(session)
+        await self._hang_up_all(lost, "instance_lost")
+        return len(lost)
+
+    async def _hang_up_all(self, sessions: list[CallSession], reason: str = "shutdown") -> None:
         """Hang up the remaining calls side by side: each hangup may be a provider request (Twilio,
         LiveKit, GoTo) that takes seconds when the provider is unreachable; past a bound the call is
         archived without waiting for its provider."""
@@ -347,35 +377,26 @@ class CallTracker:
 
         async def one(session: CallSession) -> None:
             async with gate:
-                await session.hangup("shutdown", bridge_timeout_s=HANGUP_TIMEOUT_S)
+                await session.hangup(reason, bridge_timeout_s=HANGUP_TIMEOUT_S)
 
         await asyncio.gather(*(one(s) for s in sessions))
 
-    async def recover(self) -> int:
-        """Calls left live by a previous run become failed (reason=runtime_restart), with events."""
+    async def recover(self, *, shared: bool = False) -> int:
+        """Calls left live by a previous run become failed (reason=runtime_restart), with events.
+        ``shared``: other runtimes use this database too, so only this instance's own calls (and
+        calls of no instance, from before instances were recorded) are its to fail; a lost peer's
+        calls are the reaper's (runtime.cluster.instances)."""
+        owners: tuple[str | None, ...] = (self.instance_id, None) if shared else ()
         count = 0
-        for status in LIVE_STATES:
-            while True:
-                rows, _ = await self.store.voice_calls.list(
-                    tenant_id=ALL_TENANTS, equals={"status": status}, limit=200, count=False
-                )
-                if not rows:
-                    break
-                for row in rows:
-                    await self._fail_stale(row)
-                    count += 1
-        return count
-
-    async def _fail_stale(self, row: dict) -> None:
-        now = now_iso()
-        await self.store.voice_calls.update(
-            row["id"], {"status": "failed", "end_reason": "runtime_restart", "ended_at": now, "updated_at": now},
-            tenant_id=row["tenant_id"],
-        )
-        seq = int(await self.store.max_event_seq(row["id"]) or 0)
-        for offset, payload in enumerate(
-            (StateChanged(from_state=row["status"], to_state="failed", reason="runtime_restart"),
-             CallFailed(reason="runtime_restart", message="the runtime restarted during the call")), start=1
-        ):
-            await self.bus.publish(Event.of(payload, tenant_id=row["tenant_id"], call_id=row["id"],
-                                            seq=seq + offset, trace_id=row["trace_id"]))
+        while True:
+            if shared:
+                rows = [row for owner in owners for row in await self.store.live_calls_left_by(owner, 200)]
+            else:
+                rows = [row for status in LIVE_STATES for row in (await self.store.voice_calls.list(
+                    tenant_id=ALL_TENANTS, equals={"status": status}, limit=200, count=False))[0]]
+            if not rows:
+                return count
+            for row in rows:
+                # False: moved on meanwhile (cannot happen to a call no process holds; counted anyway).
+                await fail_stale_call(self.store, self.bus, row, "runtime_restart")
+                count += 1

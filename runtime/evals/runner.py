@@ -117,8 +117,9 @@ class ScenarioRun:
 
 class Runner:
     def __init__(self, store: Store, credentials: Any, chains: Any, events: EventRecorder, *, base_url: str,
-                 public_url: str | None = None, voices: Voices | None = None) -> None:
+                 public_url: str | None = None, voices: Voices | None = None, instance_id: str | None = None) -> None:
         self.store = store
+        self.instance_id = instance_id  # the runtime instance running it (None: the CLI's own run)
         self.credentials = credentials  # for the judge's LLM credential
         self.chains = chains  # builds the judge's LLM (runtime.providers.chains.ProviderChains)
         self.events = events
@@ -134,7 +135,8 @@ class Runner:
                "call_id": None, "status": "running", "score": None, "rubric": {}, "notes": None,
                "created_at": now_iso(), "suite_id": p.suite_id, "suite_name": p.suite.name,
                "suite_sha256": p.suite.sha256, "passed": None, "results": [], "calls": p.calls,
-               "concurrency": p.concurrency, "error": None, "started_by": p.started_by, "finished_at": None}
+               "concurrency": p.concurrency, "error": None, "started_by": p.started_by, "finished_at": None,
+               "instance_id": self.instance_id}
         return await self.store.evaluations.insert(row)
 
     async def run(self, row: dict[str, Any], p: RunPlan,

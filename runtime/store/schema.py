@@ -531,6 +531,43 @@ CALLBACKS_AND_RECORD = Migration(
     ),
 )
 
+# Several runtimes on one database (runtime.cluster.instances): each registers an ``instances`` row
+# and renews its lease (``expires_at``, its heartbeat plus its ``lease_s``) with what it carries; a
+# survivor claims a row whose lease ran out (``reaped_by``, once) and fails its live calls. A call
+# names the instance holding its media (NULL: a row from before this migration). The partial index
+# keeps the admission count (a tenant's live calls, or all of them) proportional to live calls.
+CLUSTER_INSTANCES = Migration(
+    12,
+    "instances, their leases and their calls",
+    (
+        """CREATE TABLE instances (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            port INTEGER,
+            pid INTEGER NOT NULL,
+            version TEXT NOT NULL,
+            started_at {ts} NOT NULL,
+            heartbeat_at {ts} NOT NULL,
+            expires_at {ts} NOT NULL,
+            lease_s {real} NOT NULL,
+            live_calls INTEGER NOT NULL DEFAULT 0,
+            local_calls INTEGER NOT NULL DEFAULT 0,
+            max_calls INTEGER,
+            load {real} NOT NULL DEFAULT 0,
+            accepting {bool} NOT NULL DEFAULT TRUE,
+            reaped_by TEXT,
+            reaped_at {ts}
+        )""",
+        "CREATE INDEX instances_expires ON instances (expires_at)",
+        "ALTER TABLE voice_calls ADD COLUMN instance_id TEXT",
+        # The instance running an evaluation started through the API: only it (restarting) or a
+        # survivor of its loss fails the run, not any instance that starts.
+        "ALTER TABLE evaluations ADD COLUMN instance_id TEXT",
+        "CREATE INDEX voice_calls_live ON voice_calls (tenant_id, instance_id) "
+        "WHERE status IN ('queued', 'dialing', 'ringing', 'connected', 'transferring')",
+    ),
+)
+
 # Several instances on one PostgreSQL (cluster mode, runtime.cluster). stream_tokens: the media
 # stream tokens issued with the TwiML, so the instance Twilio's media socket reaches can check one
 # (and take the call over) whichever instance answered the voice webhook; only a keyed digest of
@@ -553,7 +590,9 @@ CLUSTER_KEYS = Migration(
         )""",
         "CREATE INDEX stream_tokens_call ON stream_tokens (call_id)",
         "CREATE INDEX stream_tokens_expires ON stream_tokens (expires_at)",
-        "CREATE UNIQUE INDEX voice_calls_twilio_call_sid ON voice_calls (provider, provider_call_id) "
+        # Per tenant: Twilio's CallSids are unique anyway, and a tenant's webhook (signed with its own
+        # token) can never name, and so block, another tenant's call.
+        "CREATE UNIQUE INDEX voice_calls_twilio_call_sid ON voice_calls (tenant_id, provider, provider_call_id) "
         "WHERE provider = 'twilio'",
     ),
 )
@@ -575,5 +614,6 @@ SECRET_VALUES = Migration(
 
 MIGRATIONS: tuple[Migration, ...] = (INITIAL, DELIVERY_ATTEMPTS, BOOKINGS_ORDERS, GOTO_CHANNELS, RECORDING_UPLOADS,
                                      LIVEKIT_EGRESSES, WEBHOOK_STATUS, GOTO_DEVICES, OUTBOUND_CALLS,
-                                     EVALUATIONS_ROLLOUT, CALLBACKS_AND_RECORD, CLUSTER_KEYS, SECRET_VALUES)
+                                     EVALUATIONS_ROLLOUT, CALLBACKS_AND_RECORD, CLUSTER_INSTANCES, CLUSTER_KEYS,
+                                     SECRET_VALUES)
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -5,6 +5,7 @@ NATS JetStream is the machine's server at 127.0.0.1:4222: a test needing it fail
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import pytest
@@ -109,14 +110,60 @@ def test_the_machines_nats_has_jetstream() -> None:
     assert asyncio.run(nats_unreachable(NATS_URL)) is None
 
 
-def test_a_complete_cluster_config_is_refused_until_cluster_mode_ships(cli: Cli, monkeypatch: pytest.MonkeyPatch,
-                                                                      no_start: None) -> None:
-    monkeypatch.setenv("VOICECTL_EVENTS__NATS__URL", NATS_URL)
-    monkeypatch.setenv("VOICECTL_DATABASE__URL", POSTGRES_BASE_URL)
-    monkeypatch.setenv("VOICECTL_LIMITS__RATE_LIMITS__STORAGE", "async+redis://127.0.0.1:6379/0")
-    monkeypatch.setenv("VOICECTL_SECRETS__BACKEND", "database")
-    result = cli("serve", "--port", str(_free_port()), code=5)
-    assert "not available in this version" in result.stderr
+async def test_serve_with_two_workers_runs_them_as_a_cluster(tmp_path, require_postgres: None) -> None:
+    """`voicectl serve --workers 2` with a complete cluster config: two runtimes on one port, each an
+    instance of its own (in /readyz and `voicectl instances`), stopped together by SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import aiohttp
+    import yaml
+
+    from runtime.secrets import write_master_key
+    from tests.cluster.support import delete_stream, new_cluster_names
+
+    names, port = new_cluster_names(), _free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "server": {"port": port, "instance_id": "box", "shutdown_grace_s": 1},
+        "database": {"url": names.schema_url},
+        "secrets": {"backend": "database", "master_key_file": str(tmp_path / "master.key")},
+        "events": {"nats": {"url": NATS_URL, "stream": names.stream, "subject_prefix": names.subject_prefix}},
+        "limits": {"rate_limits": {"storage": "async+redis://127.0.0.1:6379/0", "key_prefix": names.subject_prefix}},
+        "providers": {"defaults": {"stt": "deepgram", "llm": "anthropic", "tts": "cartesia"}},  # no model to load
+    }))
+    write_master_key(tmp_path / "master.key")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICECTL_")}
+    parent = subprocess.Popen([sys.executable, "-m", "voicectl", "--config", str(config), "serve", "--workers", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        ids: set[str] = set()
+        deadline = time.monotonic() + 120
+        while len(ids) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            try:
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        body = await resp.json()
+                        if resp.status == 200:
+                            ids.add(body["instance_id"])
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.2)
+        assert ids == {"box-w1", "box-w2"}, (ids, parent.poll())
+        listed = await asyncio.to_thread(Cli(config).json, "instances")
+        assert {i["id"] for i in listed["items"] if i["state"] == "live"} == {"box-w1", "box-w2"}, listed
+        parent.send_signal(signal.SIGTERM)
+        _, err = parent.communicate(timeout=60)
+        assert parent.returncode == 0, err[-3000:]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        from runtime.store.postgres import PostgresDatabase
+
+        await delete_stream(names)
+        await PostgresDatabase(names.schema_url).drop_schema()
 
 
 def test_secrets_copy_to_database_carries_every_secret_over(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:

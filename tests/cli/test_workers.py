@@ -4,7 +4,6 @@ what `serve` refuses. The supervisor runs in a child process (it owns the stop s
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -105,35 +104,6 @@ async def test_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
-
-
-async def test_the_runtime_as_two_workers(tmp_path: Path, require_postgres: None) -> None:
-    # The real runtime: each worker answers /readyz with its own instance id, and SIGTERM stops both.
-    url = f"{POSTGRES_BASE_URL}?schema=t_{secrets.token_hex(6)}"
-    port = _free_port()
-    parent = _supervise(port, 2, "runtime", tmp_path, WORKER_TEST_DB=url)
-    try:
-        ids: set[str] = set()
-        deadline = time.monotonic() + 90
-        while len(ids) < 2 and time.monotonic() < deadline and parent.poll() is None:
-            try:
-                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                        ids.add((await resp.json())["instance_id"])
-            except aiohttp.ClientError:
-                await _pause()
-        assert ids == {"box-w1", "box-w2"}
-        parent.send_signal(signal.SIGTERM)
-        _, err = parent.communicate(timeout=60)
-        assert parent.returncode == 0, err[-3000:]
-        assert "workers stopped" in err
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
-        from runtime.store.postgres import PostgresDatabase
-
-        await PostgresDatabase(url).drop_schema()
 
 
 @pytest.mark.parametrize(("mode", "code", "said"), [

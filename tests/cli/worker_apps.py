@@ -4,9 +4,8 @@
 
 MODE: ``serve`` (answer GET / with the worker's pid and index), ``crash`` (exit 3 at once),
 ``fatal`` (exit 10 at once, as a worker that cannot listen). A serving worker that stops
-gracefully writes ``MARKS_DIR/stopped-<pid>``. MODE ``runtime``: the real runtime's workers
-(`run_workers`) on the database ``$WORKER_TEST_DB``, state in MARKS_DIR, cloud engines only
-(nothing to load)."""
+gracefully writes ``MARKS_DIR/stopped-<pid>``. The real runtime's workers: `voicectl serve --workers 2`
+in tests/cli/test_serve_cluster.py."""
 
 from __future__ import annotations
 
@@ -42,22 +41,8 @@ def hello_worker(index: int, port: int, mode: str, marks: str) -> None:
     asyncio.run(serve_until_signalled(app, "127.0.0.1", port, 5.0, reuse_port=True))
 
 
-def run_runtime_workers(port: int, count: int, state: Path) -> int:
-    from runtime.config import build_settings
-    from runtime.secrets import write_master_key
-    from voicectl.workers import run_workers
-
-    settings = build_settings({"database": {"url": os.environ["WORKER_TEST_DB"]}, "secrets": {"backend": "cryptfile"},
-                               "providers": {"defaults": {"stt": "deepgram", "llm": "anthropic", "tts": "cartesia"}},
-                               "server": {"instance_id": "box"}, "limits": {"local_calls": 3}}, state)
-    write_master_key(settings.master_key_path)
-    return run_workers(settings, "127.0.0.1", port, count, cannot_listen_code=10, fatal_exit_codes=(5,))
-
-
 def main() -> int:
     port, count, mode, marks = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    if mode == "runtime":
-        return run_runtime_workers(port, count, Path(marks))
     return Supervisor(hello_worker, lambda index: (index, port, mode, marks), count, FAST).run()
 
 

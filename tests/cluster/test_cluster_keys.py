@@ -26,8 +26,9 @@ NUMBER = "+15550107100"
 
 @pytest_asyncio.fixture
 async def pair(cluster_names: ClusterNames, tmp_path: Path):
-    """Two instances, a tenant with a Twilio number set up through the first."""
-    started = await start_instances(cluster_names, tmp_path, 2)
+    """Two instances, a tenant with a Twilio number set up through the first. Calls left ringing (dialled,
+    no stream) are not waited for at the end."""
+    started = await start_instances(cluster_names, tmp_path, 2, server={"shutdown_grace_s": 0.5})
     one = started[0][0]
     tenant_id, key = await one.tenant_with_key("cluster-twilio")
     await one.front_desk(tenant_id, key, NUMBER, "twilio", {"account_sid": ACCOUNT_SID}, AUTH_TOKEN)
@@ -82,7 +83,7 @@ async def test_a_stream_token_from_one_instance_takes_the_call_over_on_another_w
     call_sid, answer = await _caller(one).dial(NUMBER)
     assert answer.stream_url and answer.parameters.get("token"), answer.text
     row = await _row(one, tenant_id, call_sid)
-    assert row is not None and row["status"] == "ringing"
+    assert row is not None and row["status"] == "ringing" and row["instance_id"] == "i1"
     assert services(one.app).tracker.get(row["id"]) is not None
 
     leg = await _caller(two).open_stream(call_sid, answer)  # Twilio's media socket reaches instance 2
@@ -98,7 +99,9 @@ async def test_a_stream_token_from_one_instance_takes_the_call_over_on_another_w
     async def forgotten() -> bool:
         return services(one.app).tracker.get(row["id"]) is None
     await _until(forgotten, 0.5 if told_by == "nats_notice" else 5.0)
-    assert (await _row(one, tenant_id, call_sid))["status"] == "connected"
+    taken_row = await _row(one, tenant_id, call_sid)
+    assert taken_row["status"] == "connected"
+    assert taken_row["instance_id"] == "i2"  # its media, and so its lease, is instance 2's now
     assert not leg.closed.is_set()
 
     await leg.stop(ACCOUNT_SID, call_sid)

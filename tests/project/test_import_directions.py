@@ -31,9 +31,10 @@ DOWNWARD: dict[str, set[str]] = {
     "control": {"config", "egress", "events", "ids", "providers", "secrets", "store"},
     "providers": {"audio", "config", "egress"},
     # Cluster mode (several runtimes on PostgreSQL + NATS): start-up checks, the relay that carries
-    # the bus's events between instances (the bus only knows its Relay protocol), and live call
-    # control served to and forwarded from peers (runtime.calls.live_ops run over NATS).
-    "cluster": {"calls", "config", "control", "events", "secrets"},
+    # the bus's events between instances (the bus only knows its Relay protocol), live call control
+    # served to and forwarded from peers (runtime.calls.live_ops run over NATS), and instances'
+    # leases with the reaper of lost ones' calls.
+    "cluster": {"calls", "config", "control", "events", "ids", "secrets", "store"},
     "web": {"config"},  # JSON responses, metrics registry, rate limits: beneath the API and the bridges
     "store": {"files", "ids"},
     "config": {"egress", "providers"},  # the provider registry's names and settings models (no adapters)

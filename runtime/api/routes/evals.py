@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from runtime.api.appkeys import PIPELINE, SETTINGS
+from runtime.api.appkeys import INSTANCE_ID, PIPELINE, SETTINGS
 from runtime.api.endpoint import PAGE, Ctx, Route
 from runtime.api.evaluations import EVAL_JOBS, own_base_url
 from runtime.api.routes.agents import who
@@ -56,7 +56,8 @@ async def start_evaluation(ctx: Ctx) -> dict:
                               version=body.version, suite=suite, suite_id=body.suite_id, assets=assets,
                               calls=body.calls, concurrency=body.concurrency, started_by=who(ctx))
         runner = Runner(ctx.control.store, ctx.control.credentials, app[PIPELINE].providers, ctx.control.events,
-                        base_url=own_base_url(ctx.request), public_url=app[SETTINGS].server.public_url)
+                        base_url=own_base_url(ctx.request), public_url=app[SETTINGS].server.public_url,
+                        instance_id=app[INSTANCE_ID])
         row = await runner.start(run_plan)
     except BaseException:
         jobs.release(ctx.tenant)
