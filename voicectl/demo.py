@@ -32,8 +32,9 @@ PROMPT = (
 GREETING = "Hello, thanks for calling Trattoria Demo! How can I help you?"
 TOOLS = ["check_availability", "create_booking", "create_order", "transfer_to_human", "end_call", "log_note"]
 ESCALATION = "+15550100099"
-# What the demo caller says, each line when the agent has stopped talking.
-CALLER_LINES = ("I'd like to book a table for two at seven.", "Yes please.", "No thanks, goodbye.")
+# What the demo caller says, each line when the agent has stopped talking. Tomorrow: a table at seven
+# today is in the past after 7 PM in the demo business's time zone, and the demo must book at any hour.
+CALLER_LINES = ("I'd like to book a table for two tomorrow at seven.", "Yes please.", "No thanks, goodbye.")
 CALLER_NUMBER = "+15550001111"
 READY_TIMEOUT_S = 60.0
 

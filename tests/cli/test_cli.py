@@ -583,11 +583,11 @@ def test_demo_provision_only_is_idempotent(cli: Cli) -> None:
 
 def test_call_text_chats_with_the_demo_agent_and_archives_it(cli: Cli) -> None:
     cli.json("demo", "--provision-only")
-    chat = cli.json("call", "+15550100001", "--text", "--say", "A table for two at seven please",
+    chat = cli.json("call", "+15550100001", "--text", "--say", "A table for two tomorrow at seven please",
                     "--say", "yes please", "--say", "no thanks, goodbye")
     assert chat["status"] == "ended" and chat["hung_up_by"] == "agent" and chat["end_reason"] == "agent_ended"
     said = [(t["role"], t["text"]) for t in chat["transcript"]]
-    assert said[0][0] == "agent" and said[1] == ("caller", "A table for two at seven please")
+    assert said[0][0] == "agent" and said[1] == ("caller", "A table for two tomorrow at seven please")
     assert [t["name"] for t in chat["tool_calls"]] == ["check_availability", "create_booking", "end_call"]
     assert chat["tool_calls"][1]["arguments"]["party_size"] == 2
     assert chat["tool_calls"][1]["arguments"]["time"] == "19:00"

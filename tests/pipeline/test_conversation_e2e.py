@@ -17,7 +17,8 @@ from runtime.telephony.twilio.caller import TwilioCaller
 from tests.api.support import high_limits, start_live_api, stop_live_api, with_overrides
 from voicectl.demo import provision
 
-LINES = ("I'd like to book a table for two at seven.", "Yes please.", "No thanks, goodbye.")
+# Tomorrow: seven today is in the past after 7 PM (UTC), when the agent rightly refuses it.
+LINES = ("I'd like to book a table for two tomorrow at seven.", "Yes please.", "No thanks, goodbye.")
 
 
 async def speech(text: str) -> Audio:
