@@ -186,7 +186,11 @@ def _server_env() -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1"}
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float, log_path: Path | None) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float, log_path: Path | None,
+                instance_id: str | None = None) -> None:
+    """Until ``url`` (/readyz) answers 200; with ``instance_id``, only from the runtime of that id: the
+    port was free when picked, and another process (a test running beside) may have taken it since,
+    whose answers must not pass for ours (ours then exits, unable to listen, and that is reported)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -194,9 +198,10 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float, log_path: Path
             raise RuntimeError(f"server exited with {proc.returncode} before it was ready:\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
+                if resp.status == 200 and (instance_id is None
+                                           or json.loads(resp.read()).get("instance_id") == instance_id):
                     return
-        except OSError:
+        except (OSError, ValueError):
             pass
         time.sleep(0.05)
     raise RuntimeError(f"server not ready at {url} after {timeout:.0f} s")

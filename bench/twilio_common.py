@@ -89,6 +89,7 @@ class Runtime:
         self.state = Path(self.tmp.name)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.instance_id = f"bench-{self.state.name}"  # this run's own: another runtime on the port is not it
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Runtime:
@@ -98,7 +99,7 @@ class Runtime:
 
         big = {"limit": 1_000_000_000, "window_s": 60}
         config = {
-            "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace_s": 1},
+            "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace_s": 1, "instance_id": self.instance_id},
             "database": {"url": "sqlite:///voicectl.db"},
             "secrets": {"backend": "cryptfile", "master_key_file": "master.key"},
             "limits": {"max_calls": 1_000_000, "rate_limits": {"runtime": {
@@ -120,7 +121,7 @@ class Runtime:
         self.log_file = open(log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, cwd=REPO,
                                      preexec_fn=preexec, env=_server_env())
-        _wait_ready(self.url + "/readyz", self.proc, 90, log_path)
+        _wait_ready(self.url + "/readyz", self.proc, 90, log_path, self.instance_id)
         print(f"server pid {self.proc.pid} on core {SERVER_CORE if self.pin else '-'}", flush=True)
         return self
 
