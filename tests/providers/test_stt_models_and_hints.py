@@ -127,6 +127,10 @@ def test_each_version_gets_its_model_language_and_hints(tmp_path) -> None:
     chosen = _engine(chains, with_stt(DEMO, {"model": "base", "keywords": ["Giuseppe"]}))
     assert chosen.model is WHISPER_BASE and chosen.options.prompt.startswith("Giuseppe, Trattoria Demo, margherita")
     assert chosen._engine.model_dir is not None  # the process's engine: the first settings' folder
+    # tiny.en: the version's own keywords only, not the terms derived from it.
+    tiny = _engine(chains, with_stt(DEMO, {"keywords": ["Giuseppe"]}))
+    assert tiny.model is WHISPER_TINY_EN and tiny.options.prompt == "Giuseppe."
+    assert _engine(chains, DEMO).options.prompt == ""
     spanish = _engine(chains, AgentConfig(system_prompt="x", language="es-MX"))
     assert spanish.model is WHISPER_BASE and spanish.options.language == "es"  # tiny.en is English only
     assert _engine(ProviderChains(_settings(tmp_path)), AgentConfig(system_prompt="x")).model is WHISPER_TINY_EN
