@@ -25,14 +25,6 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def cli(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    monkeypatch.setenv("VOICECTL_SECRETS__BACKEND", "cryptfile")
-    cli = Cli(tmp_path / "conf" / "config.yaml")
-    cli.json("init")
-    return cli
-
-
-@pytest.fixture
 def no_start(monkeypatch: pytest.MonkeyPatch) -> None:
     import runtime.api.server as server
 

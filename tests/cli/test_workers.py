@@ -144,14 +144,6 @@ def test_each_worker_has_its_own_instance_id_and_local_share(tmp_path: Path) -> 
 
 
 @pytest.fixture
-def cli(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    monkeypatch.setenv("VOICECTL_SECRETS__BACKEND", "cryptfile")
-    cli = Cli(tmp_path / "conf" / "config.yaml")
-    cli.json("init")
-    return cli
-
-
-@pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     import runtime.api.server as server
 

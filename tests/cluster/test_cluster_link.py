@@ -29,6 +29,17 @@ async def test_instances_report_their_id_and_nats_on_readyz(cluster_names: Clust
         await stop_instances(started)
 
 
+async def _readyz_until(live, status: int, timeout_s: float = 10.0) -> tuple[int, dict]:
+    """/readyz's status and body once it answers ``status`` (or the last answer after ``timeout_s``)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        async with live.http.get(f"{live.base_url}/readyz") as resp:
+            answer = resp.status, await resp.json()
+        if answer[0] == status or asyncio.get_running_loop().time() > deadline:
+            return answer
+        await asyncio.sleep(0.05)
+
+
 async def test_readyz_answers_503_while_nats_is_lost_and_200_once_it_is_back(cluster_names: ClusterNames,
                                                                              tmp_path: Path) -> None:
     proxy = await NatsProxy().start()
@@ -38,21 +49,11 @@ async def test_readyz_answers_503_while_nats_is_lost_and_200_once_it_is_back(clu
     try:
         assert live.app[CLUSTER].connected
         proxy.cut()
-        for _ in range(100):
-            async with live.http.get(f"{live.base_url}/readyz") as resp:
-                body = await resp.json()
-            if resp.status == 503:
-                break
-            await asyncio.sleep(0.05)
-        assert resp.status == 503 and body["checks"]["nats"] == "unreachable", body
+        status, body = await _readyz_until(live, 503)
+        assert status == 503 and body["checks"]["nats"] == "unreachable", body
         proxy.restore()
-        for _ in range(100):
-            async with live.http.get(f"{live.base_url}/readyz") as resp:
-                body = await resp.json()
-            if resp.status == 200:
-                break
-            await asyncio.sleep(0.1)
-        assert resp.status == 200 and body["checks"]["nats"] == "ok", body
+        status, body = await _readyz_until(live, 200)
+        assert status == 200 and body["checks"]["nats"] == "ok", body
     finally:
         await stop_live_api(live, runner)
         await proxy.stop()
