@@ -131,7 +131,7 @@ async def _count_plan(store: Store, tenant_id: str) -> dict:
     """The admission counts (a tenant's; everyone's) as PostgreSQL runs them: their execution time
     in the server, and whether both read the partial index of live calls (their cost then follows
     live calls, not the calls kept in history)."""
-    from runtime.store.store import LIVE_STATUS_SQL
+    from runtime.store.cluster_rows import LIVE_STATUS_SQL
 
     live = f"c.status IN {LIVE_STATUS_SQL} AND i.expires_at >= ? AND i.reaped_by IS NULL AND c.id <> ?"
     queries = (
