@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.calls, args.duration = min(args.calls, 10), 10.0
     ramp = args.ramp if args.ramp is not None else min(5.0, args.duration / 4)
-    from twilio_common import Runtime, proc_cpu_s, proc_rss_kb
+    from twilio_common import Runtime, proc_cpu_s, proc_rss_kb, stall_figures
 
     with tempfile.TemporaryDirectory(prefix="voicectl-bench-wav-") as tmp:
         wav = Path(tmp) / "speech-like.wav"
@@ -336,10 +336,12 @@ def main(argv: list[str] | None = None) -> int:
             cpu1, gcpu1, t1 = proc_cpu_s(pid), proc_cpu_s(gen.pid), time.monotonic()
             out = gen.stdout.read()
             gen.wait(args.duration + 120)
+            stalls = stall_figures(rt.url)
             server_side = _server_pacing(rt.state / "voicectl.db")
     res = json.loads(out.strip().splitlines()[-1])
     steady_cpu = (cpu1 - cpu0) / max(1e-6, t1 - t0)
     res.update(server_side)
+    res["runtime_stalls"] = stalls
     res.update({
         "duration_s": args.duration, "ramp_s": ramp, "server_cpu_core_share": round(steady_cpu, 3),
         "server_cpu_ms_per_call_s": round(steady_cpu * 1000 / max(1, args.calls), 3),
@@ -364,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{res.get('server_late')} in {res.get('server_calls_late')} of {res.get('server_calls_archived')} "
           f"calls; backlogged drops "
           f"{res.get('server_backlogged')}")
+    print(f"runtime stalls (its /metrics, whole run): {stalls}")
     if res["generator_stalls_at_s"]:
         print(f"generator clock stalls > 40 ms at (s): {res['generator_stalls_at_s']}")
     if res["late_at_s"]:

@@ -1,6 +1,15 @@
-"""Workers on one port: calls carried at the late-frame threshold by 1 and by 2 runtime processes.
+"""The cluster's three figures: calls per worker-core with 1 and 2 workers, event fan-out latency
+across instances, and the call-setup cost of the shared admission.
 
-    python bench/cluster.py [--workers 1,2] [--calls 100,200,300,400] [--duration 30] [--json out.json]
+    python bench/cluster.py [--part workers,events,admission] [--workers 1,2] [--calls 100,200,300,400]
+                            [--duration 30] [--json out.json]
+
+`events` runs bench/cluster_events.py --processes (commit on one instance -> a subscriber of
+another instance in another process, p50/p99; target p99 < 20 ms) and `admission` runs
+bench/cluster_admission.py (the admission step inside a call's setup transaction; target p99 < 2 ms),
+each in its own process; see their docstrings. The rest of this text is the `workers` part.
+
+Workers on one port: calls carried at the late-frame threshold by 1 and by 2 runtime processes.
 
 Each worker is the real runtime in cluster mode (bench/fake_engines.py's instant engines, so the
 figure is the runtime's own cost, not a model's) on one port with SO_REUSEPORT, as
@@ -163,13 +172,18 @@ def run_step(workers: int, calls: int, duration: float, wav: Path, noise: Path) 
             res.get("generator_clock_lag_p99_ms"), "errors": res.get("errors"), "clean": clean}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", default="1,2", help="worker counts to measure (comma-separated)")
-    parser.add_argument("--calls", default="100,200,300,400", help="steps of concurrent calls, ascending")
-    parser.add_argument("--duration", type=float, default=30.0)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
+TARGET_EVENTS_P99_MS = 20.0
+TARGET_ADMIT_P99_MS = 2.0
+TARGET_PER_WORKER_CORE = 1.8
+
+
+def run_part(script: str, args: list[str], out: Path) -> Any:
+    """bench/<script> in its own process (its own output shown), its --json figures back."""
+    subprocess.run([sys.executable, str(REPO / "bench" / script), *args, "--json", str(out)], check=True, cwd=REPO)
+    return json.loads(out.read_text())
+
+
+def workers_part(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from calls import make_line_noise, make_wav
 
@@ -206,6 +220,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n2 workers / 1 worker: calls {summary['box_ratio']}x on this {os.cpu_count()}-core box (generator "
               f"included); calls per worker-core {summary['per_worker_core_ratio']}x (2 workers on 2 cores would "
               f"carry {2 * summary['per_worker_core_ratio']:.2f}x one worker's calls per core)")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", default="workers,events,admission", help="which figures (comma-separated)")
+    parser.add_argument("--workers", default="1,2", help="worker counts to measure (comma-separated)")
+    parser.add_argument("--calls", default="100,200,300,400", help="steps of concurrent calls, ascending")
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    parts = set(args.part.split(","))
+    summary: dict[str, Any] = {"cores": os.cpu_count()}
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="voicectl-bench-cluster-") as tmp:
+        if "workers" in parts:
+            summary["workers"] = workers_part(args)
+            ratio = summary["workers"].get("per_worker_core_ratio")
+            lines.append(f"calls per worker-core, 2 workers / 1: {ratio}x (target >= {TARGET_PER_WORKER_CORE / 2:.2f}x "
+                         f"per worker-core, i.e. {TARGET_PER_WORKER_CORE}x with a core per worker; measured per "
+                         f"worker-core on a {os.cpu_count()}-core box)")
+        if "events" in parts:
+            rows = run_part("cluster_events.py", ["--processes"], Path(tmp) / "events.json")
+            summary["events"] = rows
+            worst = max(r["remote_p99_ms"] for r in rows)
+            lines.append("event fan-out, commit -> subscriber on another instance: " + ", ".join(
+                f"{r['rate']:.0f}/s p50 {r['remote_p50_ms']} p99 {r['remote_p99_ms']} ms" for r in rows)
+                + f" (target p99 < {TARGET_EVENTS_P99_MS:.0f} ms: {'met' if worst < TARGET_EVENTS_P99_MS else 'missed'})")
+        if "admission" in parts:
+            result = run_part("cluster_admission.py", [], Path(tmp) / "admission.json")
+            summary["admission"] = result
+            single = [r for r in result["rows"] if r["concurrency"] == 1]
+            worst = max(r["admit_p99_ms"] for r in single)
+            lines.append(f"shared admission per call setup, one at a time: p99 {worst} ms (target < "
+                         f"{TARGET_ADMIT_P99_MS:.0f} ms: {'met' if worst < TARGET_ADMIT_P99_MS else 'missed'})")
+    print("\n" + "\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0

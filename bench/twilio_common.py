@@ -138,3 +138,37 @@ class Runtime:
         proc.stdin.write(spec)
         proc.stdin.close()
         return proc
+
+
+def stall_figures(url: str) -> dict[str, Any]:
+    """The runtime's own stall series from /metrics (runtime/web/stalls.py): GC passes by
+    generation with the slowest bucket reached, and event-loop wake-ups over 20 ms late."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "voicectl_gc_pause_seconds":
+            for sample in family.samples:
+                gen = sample.labels.get("generation")
+                if sample.name.endswith("_count"):
+                    out[f"gc{gen}_passes"] = int(sample.value)
+                elif sample.name.endswith("_sum"):
+                    out[f"gc{gen}_total_ms"] = round(sample.value * 1000, 1)
+                elif sample.name.endswith("_bucket") and sample.labels["le"] == "0.02":
+                    out[f"gc{gen}_within_20ms"] = int(sample.value)
+        elif family.name == "voicectl_event_loop_stalls":
+            out["loop_stalls_over_20ms"] = int(next(s.value for s in family.samples if s.name.endswith("_total")))
+        elif family.name == "voicectl_event_loop_lag_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket") and sample.labels["le"] == "0.01":
+                    out["loop_wakeups_within_10ms"] = int(sample.value)
+                elif sample.name.endswith("_count"):
+                    out["loop_wakeups"] = int(sample.value)
+    for gen in range(3):
+        if f"gc{gen}_passes" in out:
+            out[f"gc{gen}_over_20ms"] = out[f"gc{gen}_passes"] - out.pop(f"gc{gen}_within_20ms", 0)
+    return out

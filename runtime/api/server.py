@@ -10,7 +10,7 @@ import signal
 from aiohttp import web
 
 from runtime.api.app import create_app, name_instance
-from runtime.api.appkeys import INSTANCE_ID
+from runtime.api.appkeys import INSTANCE_ID, METRICS
 from runtime.config import Settings
 from runtime.logs import configure_logging
 from runtime.providers.chains import ProviderChains
@@ -36,6 +36,17 @@ async def tune_gc_for_live_calls(app: web.Application) -> None:
     # thousands of live sessions a full pass costs tens of ms (bench/webhooks.py --hold 0 at
     # 1,000/s: p99 53 -> 9.5 ms; bench/calls.py 200 calls unchanged, 0 late frames).
     gc.set_threshold(20_000, 20, 20)
+
+
+async def watch_stalls(app: web.Application) -> None:
+    """GC pauses and event-loop lag in /metrics, for this served process (tests run many apps)."""
+    app[METRICS].gc_pauses.install()
+    app[METRICS].loop_lag.start()
+
+
+async def stop_watching_stalls(app: web.Application) -> None:
+    app[METRICS].gc_pauses.uninstall()
+    await app[METRICS].loop_lag.stop()
 
 
 async def serve_until_signalled(app: web.Application, host: str, port: int, shutdown_timeout: float,
@@ -75,6 +86,8 @@ def run(settings: Settings, host: str | None = None, port: int | None = None,
 
     app.on_shutdown.append(log_shutdown)
     app.on_startup.append(tune_gc_for_live_calls)
+    app.on_startup.append(watch_stalls)
+    app.on_cleanup.append(stop_watching_stalls)
     from runtime.telephony.twilio.bridge import warn_if_streams_would_be_refused
 
     app.on_startup.append(warn_if_streams_would_be_refused)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from runtime.web.stalls import GcPauses, LoopLag
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -26,6 +28,9 @@ class Metrics:
         self.rate_limited = Counter(
             "voicectl_rate_limited", "Requests refused by a rate limit", ("route_class",), registry=self.registry
         )
+        # Observed only in a served process (runtime/api/server.py installs them).
+        self.gc_pauses = GcPauses(self.registry)
+        self.loop_lag = LoopLag(self.registry)
 
     def name_instance(self, instance_id: str) -> None:
         self.instance.clear()
