@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         args.calls, args.duration = min(args.calls, 3), 5.0
     ramp = args.ramp if args.ramp is not None else min(5.0, args.duration / 4)
     from calls import make_wav
-    from twilio_common import NUMBER, Runtime, proc_cpu_s, proc_rss_kb
+    from twilio_common import NUMBER, Runtime, proc_cpu_s, proc_rss_kb, stall_figures
 
     with tempfile.TemporaryDirectory(prefix="voicectl-bench-wav-") as tmp:
         wav = Path(tmp) / "speech-like.wav"
@@ -319,10 +319,12 @@ def main(argv: list[str] | None = None) -> int:
             gen.wait(args.duration + 120)
             if spy is not None:
                 spy.wait(60)
+            stalls = stall_figures(rt.url)
             server = _server_side(rt.state / "voicectl.db")
     res = json.loads(out.strip().splitlines()[-1])
     steady_cpu = (cpu1 - cpu0) / max(1e-6, t1 - t0)
     res.update(server)
+    res["runtime_stalls"] = stalls
     res.update({
         "codec": args.codec, "duration_s": args.duration, "ramp_s": ramp,
         "server_cpu_core_share": round(steady_cpu, 3),
@@ -348,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{res['server_outbound_backlogged']}, clock lag max {res['server_outbound_max_lag_ms']} ms; server {res['server_cpu_ms_per_call_s']} ms CPU per call-second, "
           f"RSS {res['rss_idle_mb']} -> {res['rss_peak_mb']} MB; generator late ticks "
           f"{res['generator_late_ticks']}; end reasons {res['server_end_reasons']}; errors {res['errors'] or 'none'}")
+    print(f"runtime stalls (its /metrics, whole run): {stalls}")
     if res["late_at_s"]:
         print(f"late gaps at the caller by time since the first call started (s: count): {res['late_at_s']}")
     if res["generator_stalls_at_s"]:
