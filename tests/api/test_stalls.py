@@ -48,3 +48,18 @@ async def test_a_blocked_loop_counts_as_a_stall():
     assert _sample(registry, "voicectl_event_loop_stalls_total") >= stalls_before + 1
     assert _sample(registry, "voicectl_event_loop_lag_seconds_bucket", le="0.04") < \
         _sample(registry, "voicectl_event_loop_lag_seconds_count")
+
+
+def test_the_readme_names_every_stall_series_metrics_serves():
+    from pathlib import Path
+
+    from runtime.web.metrics import Metrics
+
+    readme = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
+    section = readme.split("### Watching for stalls", 1)[1].split("\n### ", 1)[0]
+    documented = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `")}
+    served = Metrics().render().decode()
+    assert documented == {"voicectl_event_loop_lag_seconds", "voicectl_event_loop_stalls_total",
+                          "voicectl_gc_pause_seconds{generation}"}
+    for name in documented:
+        assert f"# TYPE {name.split('{')[0]} " in served
