@@ -8,7 +8,8 @@ The set (made here, deterministic, nothing stored): 18 phrases split where a cal
 ("my number is" [600-900 ms] "five five five, one two three four") and 16 finished sentences, each said
 by two espeak-ng voices of bench/caller_set.py, then 2.5 s of silence, over the telephone line of
 caller_set (300-3400 Hz, 8 kHz, hiss and hum at 20 dB SNR, G.711 mu-law): 68 items, 36 mid-turn pauses
-(the turn must NOT end there) and 68 ends of turn (it must). Any end of turn before the last word is a
+(the turn must NOT end there) and 68 ends of turn (it must); ``--voices piper``: the same phrases once
+each by the agent's piper voice, whose prosody is less robotic. Any end of turn before the last word is a
 false end; no end within the 2.5 s after it is a missed one.
 
 Today's logic is driven through its real decision code with a simulated clock, frame by frame as
@@ -41,6 +42,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -134,17 +136,21 @@ class Clip:
         return self.spans[-1][1]
 
 
-def items() -> list[Item]:
-    """68 items: each phrase by two voices (the first of them three apart, as caller_set does)."""
+PIPER = Voice("piper", 0)  # the agent's own piper voice (--voices piper): natural-sounding prosody
+
+
+def items(voices: str = "espeak") -> list[Item]:
+    """68 items: each phrase by two espeak-ng voices (three apart, as caller_set does); ``piper``:
+    34, each phrase once by the piper voice."""
     out = []
     for index, text in enumerate(SPLIT):
         parts = tuple(p.strip() for p in text.split("|"))
         pause = 600 + zlib.crc32(text.encode()) % 301  # 600-900 ms, fixed per phrase
-        for voice in (VOICES[index % len(VOICES)], VOICES[(index + 3) % len(VOICES)]):
-            out.append(Item(f"split{index}/{voice.name}", parts, (pause,) * (len(parts) - 1), voice))
+        pair = (PIPER,) if voices == "piper" else (VOICES[index % len(VOICES)], VOICES[(index + 3) % len(VOICES)])
+        out += [Item(f"split{index}/{voice.name}", parts, (pause,) * (len(parts) - 1), voice) for voice in pair]
     for index, text in enumerate(COMPLETE):
-        for voice in (VOICES[(index + 1) % len(VOICES)], VOICES[(index + 4) % len(VOICES)]):
-            out.append(Item(f"whole{index}/{voice.name}", (text,), (), voice))
+        pair = (PIPER,) if voices == "piper" else (VOICES[(index + 1) % len(VOICES)], VOICES[(index + 4) % len(VOICES)])
+        out += [Item(f"whole{index}/{voice.name}", (text,), (), voice) for voice in pair]
     return out
 
 
@@ -155,13 +161,28 @@ def _trimmed(pcm: bytes) -> np.ndarray:
     return x[loud[0]:loud[-1] + 1] if len(loud) else x
 
 
+@cache
+def piper(text: str) -> bytes:
+    """The piper voice's PCM16, at espeak-ng's 22.05 kHz (piper's own rate)."""
+    import asyncio
+
+    from runtime.providers.tts.local import PIPER_RATE, PiperTTS
+
+    async def say() -> bytes:
+        return b"".join([chunk.pcm async for chunk in PiperTTS().synthesize(text)])
+
+    pcm = asyncio.run(say())
+    return pcm if PIPER_RATE == ESPEAK_RATE else resample(pcm, PIPER_RATE, ESPEAK_RATE)
+
+
 def clip(item: Item, fragment_end: str = ",") -> Clip:
     """The item's speech with our pauses, over the telephone line (caller_set's, kept at 8 kHz). A part
     before a mid-turn pause is spoken ending in ``fragment_end``: "," gives espeak-ng's continuation
     intonation (a caller who is not done), "" its full stop (a fragment said as if finished)."""
     pieces, spans, at = [np.zeros(LEAD_MS * ESPEAK_RATE // 1000, "<i2")], [], LEAD_MS
     for k, part in enumerate(item.parts):
-        voiced = _trimmed(speak(part + (fragment_end if k < len(item.pauses_ms) else ""), item.voice))
+        spoken = part + (fragment_end if k < len(item.pauses_ms) else "")
+        voiced = _trimmed(piper(spoken) if item.voice is PIPER else speak(spoken, item.voice))
         length = len(voiced) * 1000 // ESPEAK_RATE
         spans.append((at, at + length))
         pieces.append(voiced)
@@ -197,12 +218,12 @@ class Run:
 Finalizer = Callable[[Clip, bytes, int], tuple[str, float]]  # (clip, 16 kHz audio since flush, ms) -> text, ms
 
 
-def whisper_finals(model: str, latency_ms: float | None = None) -> Finalizer:
+def whisper_finals(model: str, latency_ms: float | None = None, model_dir: Path | None = None) -> Finalizer:
     """Each flush's audio decoded by the real local engine (one call: the decode has the box); the
     final arrives after the decode's wall time, or after ``latency_ms`` (a faster STT, same words)."""
     from runtime.providers.stt.local import LocalWhisperSTT, model_for
 
-    stt = LocalWhisperSTT(model=model_for(model))
+    stt = LocalWhisperSTT(model=model_for(model), model_dir=model_dir)
     engine, options = stt._engine, stt.options
     engine.model()
 
@@ -462,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stt", default="tiny.en", help="tiny.en | base | script (perfect ears)")
     parser.add_argument("--stt-latency-ms", type=float, default=None,
                         help="whisper's words, but each final this long after its flush (default: the decode's time)")
+    parser.add_argument("--model-dir", type=Path, default=Path("/tmp/voicectl-bench-models"),
+                        help="where base (shipped in two pieces) is assembled, as bench/offline_stack.py does")
     parser.add_argument("--items", type=int, default=0, help="the first N of each kind (0: all)")
     parser.add_argument("--no-smart", action="store_true", help="today's rules only")
     parser.add_argument("--wheel", type=Path, default=None, help=f"pipecat-ai wheel (default ${WHEEL_ENV} or "
@@ -472,15 +495,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="also measure CPU per inference in batches of N")
     parser.add_argument("--fragment-end", default=",", help='how a part before a pause is spoken: "," '
                         '(continuation intonation) or "" (as a finished sentence)')
+    parser.add_argument("--voices", choices=("espeak", "piper"), default="espeak",
+                        help="six espeak-ng voices (68 items), or the agent's piper voice (34)")
     parser.add_argument("--verbose", action="store_true", help="each item's ends, finals and probabilities")
     args = parser.parse_args(argv)
 
-    every = items()
+    every = items(args.voices)
     if args.items:
         split = [i for i in every if i.pauses_ms][: args.items]
         every = split + [i for i in every if not i.pauses_ms][: args.items]
     clips = [clip(i, args.fragment_end) for i in every]
-    finalize = script_finals() if args.stt == "script" else whisper_finals(args.stt, args.stt_latency_ms)
+    finalize = script_finals() if args.stt == "script" else whisper_finals(args.stt, args.stt_latency_ms, args.model_dir)
     latency = "" if args.stt_latency_ms is None or args.stt == "script" else f", {args.stt_latency_ms:.0f} ms late"
     rules = Score()
     for c in clips:
