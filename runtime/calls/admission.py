@@ -5,8 +5,9 @@ PostgreSQL advisory lock (per tenant, or cluster-wide when ``limits.max_calls_cl
 and counts the other live calls of instances whose lease is valid, before it commits: two
 instances admitting at once queue on the lock, and the second, counting after the first's commit,
 sees the first's call. Taken after the writes, the lock is held only for the count and the commit.
-The call's own row is its reservation, so nothing else is counted or released; calls of a lost
-instance stop counting when its lease runs out. ``limits.max_calls`` stays per instance (the
+The call's own row is its reservation, so nothing else is counted or released; a refused call's
+row is stored already failed (CallSession.refuse), so it never holds a slot, and a burst admits
+exactly the limit. Calls of a lost instance stop counting when its lease runs out. ``limits.max_calls`` stays per instance (the
 tracker's in-process count).
 """
 

@@ -57,6 +57,10 @@ ENGINE_COLUMNS = ("stt_provider", "llm_provider", "llm_model", "tts_provider", "
 ARCHIVE_TIMEOUT_S = 5.0
 
 
+# A new call's row insert and its voice.call.started, to commit with what comes next (a refusal).
+Opening = tuple[WriteBatch, Payload]
+
+
 class IllegalTransition(Exception):
     pass
 
@@ -267,10 +271,24 @@ class CallSession:
     async def insert_row(self, admit: Callable[[Tables], Awaitable[None]] | None = None) -> None:
         """The call's row and voice.call.started. ``admit``: run in their transaction before it
         commits (the cluster's concurrent-call limits); what it raises leaves nothing stored."""
-        now = now_iso()
-        route = self.route
         # The row and its voice.call.started commit together: one transaction, one writer hop.
         batch = self.store.batch(check=admit)
+        await self.emit(await self._stage_row(batch), batch)
+
+    async def refuse(self, reason: str, message: str | None = None) -> None:
+        """A call turned away before it ran (a limit; the runtime shutting down): its row,
+        voice.call.started and its failure commit in one transaction, so no one ever sees the row
+        live. (Inserted live and failed by a second commit, a refused call held a slot of its
+        tenant's limit on every instance in between, and a burst admitted fewer calls than the
+        limit.) What the write raises (UniqueViolation: its provider call id has a call) leaves
+        nothing stored and the call not ended."""
+        batch = self.store.batch()
+        await self._finish(FAILED, reason, None, message, opening=(batch, await self._stage_row(batch)))
+
+    async def _stage_row(self, batch: WriteBatch) -> Payload:
+        """The call's new row, in ``batch``; its voice.call.started, to commit with it."""
+        now = now_iso()
+        route = self.route
         await batch.voice_calls.insert({
             "id": self.id, "tenant_id": self.tenant_id, "agent_id": route.agent_id if route else None,
             "agent_version": route.version if route else None,
@@ -284,24 +302,26 @@ class CallSession:
             "variables": self.outbound.variables if self.outbound is not None else None,
             "rollout_id": route.rollout_id if route else None, "instance_id": self.instance_id,
         })
-        await self.emit(CallStarted(
+        return CallStarted(
             provider=self.provider, direction=self.direction, from_number=self.from_number,
             to_number=self.to_number, agent_id=route.agent_id if route else None,
             agent_version=route.version if route else None,
-        ), batch)
+        )
 
     async def _transition(self, to: str, reason: str | None, changes: dict[str, Any],
-                          *then: Payload) -> str:
+                          *then: Payload, opening: Opening | None = None) -> str:
         """The row's UPDATE, call.state_changed and the ``then`` events: one transaction (one
-        writer hop), published after the commit."""
+        writer hop), published after the commit. ``opening``: the row's insert and its
+        voice.call.started, committed first in that transaction (a refused call)."""
         if to not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"call {self.id}: {self.state} -> {to} is not allowed")
         before, self.state = self.state, to
-        batch = self.store.batch()
+        batch, first = opening if opening is not None else (self.store.batch(), None)
         await batch.voice_calls.set(
             self.id, {"status": to, "updated_at": now_iso(), **changes}, tenant_id=self.tenant_id
         )
-        await self._emit_all([StateChanged(from_state=before, to_state=to, reason=reason), *then], batch)
+        events = [StateChanged(from_state=before, to_state=to, reason=reason), *then]
+        await self._emit_all([first, *events] if first is not None else events, batch)
         return before
 
     async def connect(self) -> None:
@@ -364,7 +384,8 @@ class CallSession:
     async def fail(self, reason: str, message: str | None = None) -> None:
         await self._finish(FAILED, reason, None, message)
 
-    async def _finish(self, state: str, reason: str, hangup_by: str | None, message: str | None) -> None:
+    async def _finish(self, state: str, reason: str, hangup_by: str | None, message: str | None,
+                      opening: Opening | None = None) -> None:
         async with self._lock:
             if not self.live:
                 return  # ending twice (bridge stop + status callback) is normal
@@ -381,7 +402,7 @@ class CallSession:
                     self.summary["media"] = self.media_counts()
                 except Exception:  # the counters must never keep a call from ending
                     log.exception("media counters unreadable", extra={"call_id": self.id})
-            duration = self.duration_ms
+            duration, unstored = self.duration_ms, self.state
             self.end_reason, self.hangup_by, self.final_duration_ms = reason, hangup_by, duration
             changes = {
                 "end_reason": reason, "hangup_by": hangup_by, "ended_at": now_iso(), "duration_ms": duration,
@@ -394,8 +415,11 @@ class CallSession:
                 else:
                     # A timeout scope, not wait_for: no task per call ending (the write rarely waits at all).
                     async with asyncio.timeout(ARCHIVE_TIMEOUT_S):
-                        await self._archive(state, reason, hangup_by, message, changes, duration)
+                        await self._archive(state, reason, hangup_by, message, changes, duration, opening)
             except Exception:
+                if opening is not None:  # nothing was stored: the call never was, so it does not end
+                    self.state = unstored
+                    raise
                 # Never let logging block teardown; the state is final in memory either way.
                 self.state = state
                 log.exception("archiving the call failed", extra={"call_id": self.id, "reason": reason})
@@ -420,10 +444,10 @@ class CallSession:
             return {}
 
     async def _archive(self, state: str, reason: str, hangup_by: str | None, message: str | None,
-                       changes: dict[str, Any], duration: int) -> None:
+                       changes: dict[str, Any], duration: int, opening: Opening | None = None) -> None:
         final: Payload = (CallCompleted(reason=reason, hangup_by=hangup_by, duration_ms=duration) if state == ENDED
                           else CallFailed(reason=reason, message=message))
-        await self._transition(state, reason, changes, final)
+        await self._transition(state, reason, changes, final, opening=opening)
 
 
 def _route_tags(route: CallRoute | None) -> dict[str, Any]:

@@ -208,11 +208,10 @@ class CallTracker:
                 session = self._session(tenant_id, None, provider, direction, from_number, to_number,
                                         provider_call_id)
                 session.tags.update(tags or {})
-                try:
-                    await session.insert_row()
+                try:  # stored already failed: the refused call never holds a slot of any limit
+                    await session.refuse(rejected.reason, rejected.message)
                 except UniqueViolation:
                     raise DuplicateCall(provider, provider_call_id) from None
-                await session.fail(rejected.reason, rejected.message)
             raise
         return session
 

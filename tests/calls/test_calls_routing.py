@@ -9,6 +9,7 @@ import pytest
 
 from runtime.api.appkeys import SETTINGS, TRACKER
 from runtime.calls.routing import CallRoute, RouteRejected, route_call, within_hours
+from runtime.calls.tracker import DuplicateCall
 from runtime.control.schemas import AgentConfig, AgentUpdate, NumberUpdate, OperatingHours, TenantUpdate
 from runtime.store.tables import ALL_TENANTS
 from tests.api.support import start_live_api, stop_live_api, with_overrides
@@ -85,6 +86,28 @@ async def test_tenant_call_limit(control):
     await first.end("hangup", hangup_by="caller")
     again = await tracker.open_call(to_number=world.e164, from_number=None, provider="twilio")
     assert again.live and tracker.live_for(world.tenant_id) == 1
+
+
+async def test_a_refused_call_is_stored_failed_in_one_commit(control):
+    """Its row, voice.call.started and its failure commit together: no one ever sees the row live
+    (on a shared database it would count against the tenant's limit elsewhere)."""
+    world = await provision(control, max_concurrent_calls=1)
+    tracker = engine(control)
+    first = await tracker.open_call(to_number=world.e164, from_number=None, provider="twilio",
+                                    provider_call_id="CA1")
+    commits: list[list[str]] = []
+    real = tracker.bus.committed
+    tracker.bus.committed = lambda events, queued: (commits.append([e.topic for e in events]),
+                                                    real(events, queued))[1]
+    assert (await _rejected(tracker, world.e164)).reason == "tenant_call_limit"
+    assert commits == [["voice.call.started", "call.state_changed", "voice.call.failed"]]
+    # A refused call whose provider call id has a call already: nothing is stored for it.
+    with pytest.raises(DuplicateCall):
+        await tracker.open_call(to_number=world.e164, from_number=None, provider="twilio", provider_call_id="CA1")
+    del tracker.bus.committed
+    assert len(await _failed_rows(control, world.tenant_id)) == 1
+    assert (await control.store.voice_calls.get(first.id, tenant_id=world.tenant_id))["status"] == "ringing"
+    await first.end("hangup", hangup_by="caller")
 
 
 async def test_box_limit_rejects_busy(control):
