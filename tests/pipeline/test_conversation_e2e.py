@@ -146,7 +146,10 @@ async def test_talking_over_the_agent_stops_it_within_the_interruption_length(de
 
 SPANISH_RULES = {
     "slots": {"party_size": {"type": "count"}, "time": {"type": "time", "pm_hours": [1, 11]},
-              "date": {"type": "date", "default": "today"}},
+              # The caller says "mañana"; Whisper base hears it as another word now and then, and
+              # a table for today at 21:00 is in the past after 21:00 UTC: the booking must not
+              # depend on the time of day the tests run.
+              "date": {"type": "date", "default": "mañana"}},
     "intents": [
         {"name": "despedida", "keywords": ["adiós", "adios", "hasta luego", "nada más"],
          "reply": "Gracias por llamar. ¡Adiós!", "tool": "end_call", "on_error": {}},
