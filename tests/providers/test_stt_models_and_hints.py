@@ -109,6 +109,24 @@ async def test_base_hears_english_and_spanish_callers(model_dir) -> None:
     assert heard is not None and "reservar una mesa" in heard.text.lower(), heard
 
 
+
+async def test_base_decodes_again_when_the_hints_make_it_loop_inside_a_segment(model_dir) -> None:
+    # The caller set's tune half: with the demo's hints, base's short-window decode of this line
+    # repeats "thank you very much" inside one segment (compression ratio 3.6) and was dropped whole.
+    from bench import caller_set
+    from runtime.control.schemas import AgentConfig
+    from runtime.providers.llm.rules import DEMO_BOOKING_RULES
+    from runtime.providers.stt.hints import version_terms, whisper_prompt
+    from voicectl.demo import GREETING, PROMPT
+
+    prompt = whisper_prompt(version_terms(AgentConfig(system_prompt=PROMPT, greeting=GREETING,
+                                                      rules=DEMO_BOOKING_RULES)))
+    (utterance,) = [u for u in caller_set.utterances("tune", None)
+                    if u.line.text.startswith("That's all") and u.voice.name == "en-gb-scotland+f2"]
+    heard = await LocalWhisperSTT(model=WHISPER_BASE, model_dir=model_dir, prompt=prompt).transcribe(utterance.pcm)
+    assert heard is not None and heard.text.lower().count("thank you very much") == 1, heard
+
+
 # The model and language each version gets
 
 

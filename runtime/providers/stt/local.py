@@ -234,13 +234,21 @@ class _Engine:
         prefix = self._prefix(model, options.language, options.prompt)
         beam = options.beam_size if final else 1
         result = _decode(model, self._tokenizer, prefix, audio, options.context_s, beam)
-        if final and result.looped and options.prompt:
-            # The hints can make whisper say a short answer twice ("yes please." as two segments):
-            # decode once more without them on the short window (~250 ms) before the 30 s one (~1.5 s).
-            prefix = self._prefix(model, options.language, "")
-            result = _decode(model, self._tokenizer, prefix, audio, options.context_s, beam)
-        if final and (result.looped or result.avg_logprob < options.full_context_below_logprob) \
-                and len(audio) / RATE + 1 < WINDOW_S:
+        fits = len(audio) / RATE + 1 < WINDOW_S
+        if final and _stuck(result):
+            # The hints can make whisper loop on a short answer ("yes please." twice, "thank you very
+            # much" over and over inside one segment): decode once more without them on the short
+            # window (~250 ms), then, if that is not clean speech either, with them on the 30 s one
+            # (~1.5 s), and keep the surest clean result (caller set, tune half: "Yes, book it." and
+            # "That's all, thank you very much." were lost to a loop, heard right on the 30 s window).
+            tried = [result]
+            if options.prompt:
+                tried.append(_decode(model, self._tokenizer, self._prefix(model, options.language, ""), audio,
+                                     options.context_s, beam))
+            if fits and not any(_clean(r) for r in tried):
+                tried.append(_decode(model, self._tokenizer, prefix, audio, WINDOW_S, beam))
+            result = max((r for r in tried if _clean(r)), key=lambda r: r.avg_logprob, default=tried[-1])
+        elif final and result.avg_logprob < options.full_context_below_logprob and fits:
             result = _decode(model, self._tokenizer, prefix, audio, WINDOW_S, beam)
         if not _is_speech(result):
             return None
@@ -354,6 +362,15 @@ def _end(word: str) -> str:
 def compression_ratio(text: str) -> float:
     raw = text.encode()
     return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def _stuck(result: Decoded) -> bool:
+    """Whisper looped: segments said again, or one segment repeating a phrase (it compresses too well)."""
+    return result.looped or result.compression_ratio > COMPRESSION_RATIO_MAX
+
+
+def _clean(result: Decoded) -> bool:
+    return not _stuck(result) and _is_speech(result)
 
 
 def _is_speech(result: Decoded) -> bool:
