@@ -143,12 +143,17 @@ def test_each_version_gets_its_model_language_and_hints(tmp_path) -> None:
     plain = _engine(chains, AgentConfig(system_prompt="x"))
     assert plain.model is WHISPER_TINY_EN and plain.options.prompt == "" and plain.options.language == "en"
     chosen = _engine(chains, with_stt(DEMO, {"model": "base", "keywords": ["Giuseppe"]}))
-    assert chosen.model is WHISPER_BASE and chosen.options.prompt.startswith("Giuseppe, Trattoria Demo, margherita")
+    assert chosen.model is WHISPER_BASE and chosen.options.prompt.startswith(
+        "Giuseppe, for two people at seven, four at eight thirty, six fifteen, nine forty five, ten o'clock, "
+        "Trattoria Demo, margherita")  # spoken counts and times: the demo's script reads both
     assert chosen._engine.model_dir is not None  # the process's engine: the first settings' folder
-    # tiny.en: the version's own keywords only, not the terms derived from it.
+    # tiny.en: the version's own keywords and the spoken numbers, not the terms derived from it.
     tiny = _engine(chains, with_stt(DEMO, {"keywords": ["Giuseppe"]}))
-    assert tiny.model is WHISPER_TINY_EN and tiny.options.prompt == "Giuseppe."
-    assert _engine(chains, DEMO).options.prompt == ""
+    numbers = "for two people at seven, four at eight thirty, six fifteen, nine forty five, ten o'clock"
+    assert tiny.model is WHISPER_TINY_EN and tiny.options.prompt == f"Giuseppe, {numbers}."
+    assert _engine(chains, DEMO).options.prompt == f"{numbers}."
+    spanish_demo = _engine(chains, AgentConfig(system_prompt="x", language="es", rules=DEMO.rules))
+    assert "seven" not in spanish_demo.options.prompt  # English examples only for an English version
     spanish = _engine(chains, AgentConfig(system_prompt="x", language="es-MX"))
     assert spanish.model is WHISPER_BASE and spanish.options.language == "es"  # tiny.en is English only
     assert _engine(ProviderChains(_settings(tmp_path)), AgentConfig(system_prompt="x")).model is WHISPER_TINY_EN
