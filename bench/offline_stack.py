@@ -239,15 +239,16 @@ async def bench_vad(tts: PiperTTS) -> None:
 # The caller set (bench/caller_set.py): espeak-ng voices over a telephone line with noise.
 
 
-def demo_prompt() -> str:
-    """The demo version's vocabulary hints as the local STT gets them (runtime.providers.stt.hints)."""
+def demo_prompt(model: str = "base") -> str:
+    """The demo version's vocabulary hints as the local STT gives them to ``model`` (local.version_prompt)."""
     from runtime.control.schemas import AgentConfig
     from runtime.providers.llm.rules import DEMO_BOOKING_RULES
-    from runtime.providers.stt.hints import version_terms, whisper_prompt
+    from runtime.providers.stt.hints import version_terms
+    from runtime.providers.stt.local import version_prompt
     from voicectl.demo import GREETING, PROMPT
 
-    return whisper_prompt(version_terms(AgentConfig(system_prompt=PROMPT, greeting=GREETING,
-                                                    rules=DEMO_BOOKING_RULES)))
+    agent = AgentConfig(system_prompt=PROMPT, greeting=GREETING, rules=DEMO_BOOKING_RULES)
+    return version_prompt(model_for(model), (), agent.rules, agent.language, version_terms(agent))
 
 
 async def bench_wer(model: str, half: str, snrs: list[float | None], hints: list[bool], model_dir: Path) -> None:
@@ -255,7 +256,7 @@ async def bench_wer(model: str, half: str, snrs: list[float | None], hints: list
     from bench import caller_set
 
     brain = caller_set.DemoBrain()
-    prompt = demo_prompt()
+    prompt = demo_prompt(model)
     print(f"\ncaller set, {half} half, whisper {model} (digits normalised; understood: the demo's rules brain "
           f"does what the line asks; booked: check_availability with the right party size and time)")
     print(f"{'line':>6} {'hints':>5} {'WER':>6} {'understood':>11} {'booked':>7} {'CPU ms/utt':>10} {'ms/utt':>7}")

@@ -22,9 +22,47 @@ def _integrator_replies(llm: str | None) -> bool:
     return entry is not None and not entry.capabilities.replies
 
 
+# The built-in lines in other languages (a version in that language that did not set its own
+# not-understood reply gets them; English stays the default for any other language).
+_LOCALIZED: dict[str, dict[str, str]] = {
+    "es": {"reprompt": "¿Sigue ahí?",
+           "silence_goodbye": "No oigo a nadie, así que voy a terminar la llamada. Adiós.",
+           "filler": "Un momento, por favor.",
+           "apology": "Perdone, he tenido un problema. ¿Puede repetirlo?",
+           "goodbye": "Gracias por llamar. Adiós.",
+           "transferring": "Le paso con un compañero ahora.",
+           "not_understood": "Perdone, no le he entendido.",
+           "minute_left": "Nos queda un minuto.", "minutes_left": "Nos quedan unos {n} minutos.",
+           "seconds_left": "Nos quedan unos {n} segundos."},
+    "de": {"reprompt": "Sind Sie noch da?",
+           "silence_goodbye": "Ich höre niemanden, deshalb beende ich den Anruf jetzt. Auf Wiederhören.",
+           "filler": "Einen Moment bitte.",
+           "apology": "Entschuldigung, da gab es ein Problem. Können Sie das bitte wiederholen?",
+           "goodbye": "Danke für Ihren Anruf. Auf Wiederhören.",
+           "transferring": "Ich verbinde Sie jetzt.",
+           "not_understood": "Entschuldigung, das habe ich nicht verstanden.",
+           "minute_left": "Wir haben noch etwa eine Minute.", "minutes_left": "Wir haben noch etwa {n} Minuten.",
+           "seconds_left": "Wir haben noch etwa {n} Sekunden."},
+    "fr": {"reprompt": "Vous êtes toujours là ?",
+           "silence_goodbye": "Je n'entends personne, je vais donc mettre fin à l'appel. Au revoir.",
+           "filler": "Un instant, s'il vous plaît.",
+           "apology": "Désolé, j'ai eu un problème. Pouvez-vous répéter ?",
+           "goodbye": "Merci de votre appel. Au revoir.",
+           "transferring": "Je vous transfère maintenant.",
+           "not_understood": "Désolé, je n'ai pas compris.",
+           "minute_left": "Il nous reste environ une minute.", "minutes_left": "Il nous reste environ {n} minutes.",
+           "seconds_left": "Il nous reste environ {n} secondes."},
+}
+
+
+def _language(language: str | None) -> str:
+    """``es-MX`` -> ``es`` (as runtime.providers.models.language_code)."""
+    return (language or "en").split("-")[0].split("_")[0].lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Phrases:
-    """What the agent says on its own (English defaults)."""
+    """What the agent says on its own (English defaults; ``for_language`` for es, de, fr)."""
 
     reprompt: str = "Are you still there?"
     silence_goodbye: str = "I can't hear anyone, so I'll end the call now. Goodbye."
@@ -32,8 +70,25 @@ class Phrases:
     apology: str = "Sorry, I had a problem there. Could you say that again?"
     goodbye: str = "Thank you for calling. Goodbye."
     transferring: str = "I'm transferring you now."
+    language: str = "en"
+
+    @classmethod
+    def for_language(cls, language: str | None) -> Phrases:
+        code = _language(language)
+        local = _LOCALIZED.get(code)
+        if local is None:
+            return cls()
+        return cls(reprompt=local["reprompt"], silence_goodbye=local["silence_goodbye"], filler=local["filler"],
+                   apology=local["apology"], goodbye=local["goodbye"], transferring=local["transferring"],
+                   language=code)
 
     def duration_warning(self, remaining_s: int) -> str:
+        local = _LOCALIZED.get(self.language)
+        if local is not None:
+            minutes = round(remaining_s / 60)
+            if remaining_s < 60:
+                return local["seconds_left"].format(n=remaining_s)
+            return local["minute_left"] if minutes == 1 else local["minutes_left"].format(n=minutes)
         if remaining_s >= 60:
             minutes = round(remaining_s / 60)
             amount = "one minute" if minutes == 1 else f"{_WORDS.get(minutes, str(minutes))} minutes"
@@ -80,7 +135,8 @@ class ConversationSettings:
             "turn": TurnPolicy(endpoint_ms=turn.endpointing_silence_ms, min_interruption_ms=turn.min_interruption_ms),
             "silence_reprompt_s": turn.silence_reprompt_s,
             "silence_prompts": turn.silence_prompts,
-            "not_understood_reply": turn.not_understood_reply,
+            "not_understood_reply": _not_understood(config),
+            "phrases": Phrases.for_language(config.language),
             "escalation_target": config.escalation_target,
             "agent_id": agent_id,
             "dtmf_tools": dict(config.dtmf_tools),
@@ -96,3 +152,13 @@ class ConversationSettings:
         overrides.setdefault("greeting", route.greeting)
         overrides.setdefault("system_prompt", route.system_prompt)
         return cls.from_config(route.config, agent_id=route.agent_id, **overrides)
+
+
+def _not_understood(config: AgentConfig) -> str:
+    """The version's own reply, else the built-in one in its language (a stored version may carry
+    the English default written out: that counts as not set)."""
+    turn = config.turn
+    local = _LOCALIZED.get(_language(config.language))
+    if local is None or turn.not_understood_reply != NOT_UNDERSTOOD_REPLY:
+        return turn.not_understood_reply
+    return local["not_understood"]

@@ -131,3 +131,50 @@ async def test_a_misheard_booking_call_books_the_right_table() -> None:
     assert ask.calls and ask.calls[0].arguments == {"date": "2025-06-04", "time": "20:00", "party_size": 4}
     assert (await demo_chat().say("Can I talk to the opperator")).calls[0].name == "transfer_to_human"
     assert DEMO_BOOKING_RULES["intents"]  # the demo's own script gets the tolerance by default
+
+
+@pytest.mark.parametrize(("heard", "party", "hhmm"), [
+    # What whisper wrote for the caller set's tune half (bench/caller_set.py), over a clean line.
+    ("I need a reservation for for tomorrow at 6.30", 4, "18:30"),  # "for four"
+    ("Can we book a table for ten, seven on Sunday?", 10, "19:00"),  # "at" heard as a comma
+    ("A table for 4.6, 45, please.", 4, "18:45"),  # "for four at six forty five"
+    ("I'd like a reservation for nine people at heaven.", 9, "19:00"),  # "at seven"
+    ("We are for, can I book at 7?", 4, "19:00"),  # "we are four"
+])
+def test_misheard_numbers_still_book(heard: str, party: int, hhmm: str) -> None:
+    from runtime.providers.base import Message
+
+    script = Script(RulesConfig.model_validate(DEMO_BOOKING_RULES))
+    action = script.respond([Message("user", heard)], frozenset({"check_availability"}))
+    assert action.tool == "check_availability"
+    assert (action.arguments["party_size"], action.arguments["time"]) == (party, hhmm)
+
+
+@pytest.mark.parametrize(("said", "slots"), [
+    ("a table for twenty seven on sunday", {"party_size": 27}),  # a count, not 20 at 7
+    ("a table for two tonight", {"party_size": 2}),
+    ("we are for the terrace", {}),
+])
+def test_the_misheard_number_readings_stay_narrow(said: str, slots: dict[str, Any]) -> None:
+    from datetime import date
+
+    from runtime.providers.llm.rules_slots import extract
+
+    config = RulesConfig.model_validate(DEMO_BOOKING_RULES)
+    found = extract({k: v for k, v in config.slots.items() if k in ("party_size", "time")}, said,
+                    date(2026, 6, 3), None)
+    assert found == slots
+
+
+def test_a_request_with_every_required_slot_but_no_keyword_is_that_intent() -> None:
+    from runtime.providers.base import Message
+
+    script = Script(RulesConfig.model_validate(DEMO_BOOKING_RULES))
+    tools = frozenset({"check_availability"})
+    # "book" heard as "look", "table" as "payable": the count and the time still make it a booking.
+    for heard, party, hhmm in (("We'd like to look for five people at six o'clock.", 5, "18:00"),
+                               ("A payable for for at 6 45, clean.", 4, "18:45")):
+        action = script.respond([Message("user", heard)], tools)
+        assert action.intent == "book" and action.arguments["party_size"] == party and action.arguments["time"] == hhmm
+    # One slot alone is not enough to guess an intent.
+    assert script.respond([Message("user", "for five people please")], tools).intent is None

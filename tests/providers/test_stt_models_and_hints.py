@@ -109,6 +109,24 @@ async def test_base_hears_english_and_spanish_callers(model_dir) -> None:
     assert heard is not None and "reservar una mesa" in heard.text.lower(), heard
 
 
+
+async def test_base_decodes_again_when_the_hints_make_it_loop_inside_a_segment(model_dir) -> None:
+    # The caller set's tune half: with the demo's hints, base's short-window decode of this line
+    # repeats "thank you very much" inside one segment (compression ratio 3.6) and was dropped whole.
+    from bench import caller_set
+    from runtime.control.schemas import AgentConfig
+    from runtime.providers.llm.rules import DEMO_BOOKING_RULES
+    from runtime.providers.stt.hints import version_terms, whisper_prompt
+    from voicectl.demo import GREETING, PROMPT
+
+    prompt = whisper_prompt(version_terms(AgentConfig(system_prompt=PROMPT, greeting=GREETING,
+                                                      rules=DEMO_BOOKING_RULES)))
+    (utterance,) = [u for u in caller_set.utterances("tune", None)
+                    if u.line.text.startswith("That's all") and u.voice.name == "en-gb-scotland+f2"]
+    heard = await LocalWhisperSTT(model=WHISPER_BASE, model_dir=model_dir, prompt=prompt).transcribe(utterance.pcm)
+    assert heard is not None and heard.text.lower().count("thank you very much") == 1, heard
+
+
 # The model and language each version gets
 
 
@@ -125,12 +143,17 @@ def test_each_version_gets_its_model_language_and_hints(tmp_path) -> None:
     plain = _engine(chains, AgentConfig(system_prompt="x"))
     assert plain.model is WHISPER_TINY_EN and plain.options.prompt == "" and plain.options.language == "en"
     chosen = _engine(chains, with_stt(DEMO, {"model": "base", "keywords": ["Giuseppe"]}))
-    assert chosen.model is WHISPER_BASE and chosen.options.prompt.startswith("Giuseppe, Trattoria Demo, margherita")
+    assert chosen.model is WHISPER_BASE and chosen.options.prompt.startswith(
+        "Giuseppe, for two people at seven, four at eight thirty, six fifteen, nine forty five, ten o'clock, "
+        "Trattoria Demo, margherita")  # spoken counts and times: the demo's script reads both
     assert chosen._engine.model_dir is not None  # the process's engine: the first settings' folder
-    # tiny.en: the version's own keywords only, not the terms derived from it.
+    # tiny.en: the version's own keywords and the spoken numbers, not the terms derived from it.
     tiny = _engine(chains, with_stt(DEMO, {"keywords": ["Giuseppe"]}))
-    assert tiny.model is WHISPER_TINY_EN and tiny.options.prompt == "Giuseppe."
-    assert _engine(chains, DEMO).options.prompt == ""
+    numbers = "for two people at seven, four at eight thirty, six fifteen, nine forty five, ten o'clock"
+    assert tiny.model is WHISPER_TINY_EN and tiny.options.prompt == f"Giuseppe, {numbers}."
+    assert _engine(chains, DEMO).options.prompt == f"{numbers}."
+    spanish_demo = _engine(chains, AgentConfig(system_prompt="x", language="es", rules=DEMO.rules))
+    assert "seven" not in spanish_demo.options.prompt  # English examples only for an English version
     spanish = _engine(chains, AgentConfig(system_prompt="x", language="es-MX"))
     assert spanish.model is WHISPER_BASE and spanish.options.language == "es"  # tiny.en is English only
     assert _engine(ProviderChains(_settings(tmp_path)), AgentConfig(system_prompt="x")).model is WHISPER_TINY_EN

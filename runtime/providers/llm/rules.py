@@ -2,7 +2,9 @@
 
 It is not a language model and does not understand language. It matches the caller's latest
 words against the intents of a script (keywords, as written or misheard by one sound, see
-rules_fuzzy.py, and regular expressions, case-insensitive, in the script's order: the first match wins), pulls a few kinds of values out of the words with
+rules_fuzzy.py, and regular expressions, case-insensitive, in the script's order: the first match wins; with none, and no
+intent in progress, the first keyworded intent whose two or more required slots the turn says), pulls a
+few kinds of values out of the words with
 hand-written parsers (counts, times, dates, names, menu items), and answers with templated
 lines, tool calls and yes/no confirmations. It ignores the system prompt and the knowledge
 text. Anything outside its script gets the fallback line. It exists so a box with no LLM
@@ -155,12 +157,21 @@ class Script:
             return self._run(state, intent, tools)
         if active is not None and set(said) & active.uses:
             return self._run(state, active, tools)
+        if active is None and (by_slots := self._intent_by_slots(said)) is not None:
+            return self._run(state, by_slots, tools)
         if asked is not None and active is not None:
             state.asked = asked
             question = active.rule.ask.get(asked) or _default_question(asked)
             return Action(render(f"{self.config.reprompt} {question}", self._values(state, None)),
                           intent=active.rule.name)
         return Action(self.config.fallback)
+
+    def _intent_by_slots(self, said: Mapping[str, Any]) -> _Intent | None:
+        """With no keyword heard, the first intent a caller can name (it has keywords) whose two or
+        more required slots this turn says: "we'd like to look for five people at six o'clock" is a
+        booking whose "book" speech recognition lost."""
+        return next((i for i in self.intents.values() if i.rule.keywords and len(i.rule.requires) >= 2
+                     and all(s in said for s in i.rule.requires)), None)
 
     def _intent(self, text: str, original: str) -> _Intent | None:
         """The first intent in the script's order whose keywords or patterns match the turn, as

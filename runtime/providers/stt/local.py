@@ -53,7 +53,7 @@ import logging
 import math
 import threading
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ from runtime.providers.models import (
 )
 from runtime.providers.registry import BuildContext
 from runtime.providers.stt.hallucinations import phantom
-from runtime.providers.stt.hints import whisper_prompt
+from runtime.providers.stt.hints import spoken_numbers, whisper_prompt
 
 log = logging.getLogger(__name__)
 
@@ -234,13 +234,21 @@ class _Engine:
         prefix = self._prefix(model, options.language, options.prompt)
         beam = options.beam_size if final else 1
         result = _decode(model, self._tokenizer, prefix, audio, options.context_s, beam)
-        if final and result.looped and options.prompt:
-            # The hints can make whisper say a short answer twice ("yes please." as two segments):
-            # decode once more without them on the short window (~250 ms) before the 30 s one (~1.5 s).
-            prefix = self._prefix(model, options.language, "")
-            result = _decode(model, self._tokenizer, prefix, audio, options.context_s, beam)
-        if final and (result.looped or result.avg_logprob < options.full_context_below_logprob) \
-                and len(audio) / RATE + 1 < WINDOW_S:
+        fits = len(audio) / RATE + 1 < WINDOW_S
+        if final and _stuck(result):
+            # The hints can make whisper loop on a short answer ("yes please." twice, "thank you very
+            # much" over and over inside one segment): decode once more without them on the short
+            # window (~250 ms), then, if that is not clean speech either, with them on the 30 s one
+            # (~1.5 s), and keep the surest clean result (caller set, tune half: "Yes, book it." and
+            # "That's all, thank you very much." were lost to a loop, heard right on the 30 s window).
+            tried = [result]
+            if options.prompt:
+                tried.append(_decode(model, self._tokenizer, self._prefix(model, options.language, ""), audio,
+                                     options.context_s, beam))
+            if fits and not any(_clean(r) for r in tried):
+                tried.append(_decode(model, self._tokenizer, prefix, audio, WINDOW_S, beam))
+            result = max((r for r in tried if _clean(r)), key=lambda r: r.avg_logprob, default=tried[-1])
+        elif final and result.avg_logprob < options.full_context_below_logprob and fits:
             result = _decode(model, self._tokenizer, prefix, audio, WINDOW_S, beam)
         if not _is_speech(result):
             return None
@@ -354,6 +362,15 @@ def _end(word: str) -> str:
 def compression_ratio(text: str) -> float:
     raw = text.encode()
     return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def _stuck(result: Decoded) -> bool:
+    """Whisper looped: segments said again, or one segment repeating a phrase (it compresses too well)."""
+    return result.looped or result.compression_ratio > COMPRESSION_RATIO_MAX
+
+
+def _clean(result: Decoded) -> bool:
+    return not _stuck(result) and _is_speech(result)
 
 
 def _is_speech(result: Decoded) -> bool:
@@ -497,14 +514,21 @@ def build(ctx: BuildContext) -> LocalWhisperSTT:
     """The version's model, language and hints over the process's one engine per model (each model
     is loaded once and shared by every call)."""
     spec = model_for(ctx.model or ctx.settings.stt_model, ctx.language)
-    language = language_code(ctx.language)
-    # Terms derived from the version go to base only: with tiny.en they made short answers loop or
-    # vanish now and then (the evaluation suite's "Great, goodbye." heard as nothing, 1 run in 6) and
-    # booked fewer of the caller set (bench/offline_stack.py: 2/20 with, 3/20 without). A version's own
-    # stt.keywords are asked for, and always given.
-    derived = () if spec is WHISPER_TINY_EN else ctx.hints
-    prompt = whisper_prompt([*(ctx.options.keywords or ()), *derived])
-    return LocalWhisperSTT(policy=ctx.policy, model=spec, model_dir=ctx.model_dir, language=language, prompt=prompt)
+    prompt = version_prompt(spec, ctx.options.keywords or (), ctx.rules, ctx.language, ctx.hints)
+    return LocalWhisperSTT(policy=ctx.policy, model=spec, model_dir=ctx.model_dir,
+                           language=language_code(ctx.language), prompt=prompt)
+
+
+def version_prompt(spec: ModelSpec, keywords: Sequence[str], rules: Any, language: str | None,
+                   terms: Sequence[str]) -> str:
+    """Whisper's prompt for a version: its own ``keywords``, spoken counts and times when its script
+    reads them (hints.spoken_numbers), then the ``terms`` derived from it (hints.version_terms).
+    The derived terms go to base only: with tiny.en they made short answers loop or vanish now and
+    then (the evaluation suite's "Great, goodbye." heard as nothing, 1 run in 6). The spoken numbers
+    go to both (caller set, tune half, tiny.en on a clean line: bookings 5/20 -> 11/20)."""
+    numbers = spoken_numbers(rules, language)
+    derived = numbers if spec is WHISPER_TINY_EN else (*numbers, *terms)
+    return whisper_prompt([*keywords, *derived])
 
 
 def model_for(name: str, language: str | None = "en") -> ModelSpec:
