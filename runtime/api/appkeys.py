@@ -22,6 +22,9 @@ RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 INSTANCE_ID: web.AppKey[str] = web.AppKey("instance_id")  # server.instance_id, else hostname:port
 INSTANCE_PORT: web.AppKey[int | None] = web.AppKey("instance_port")  # the port it serves on, where known
+# A worker of `serve --workers N`: its own loopback listener besides the shared port, so what it
+# calls itself (an evaluation's synthetic calls) reaches it and not a sibling worker.
+SELF_URL: web.AppKey[str] = web.AppKey("self_url")
 ROUTES: web.AppKey[list] = web.AppKey("routes")
 BUS: web.AppKey[EventBus] = web.AppKey("bus")
 TRACKER: web.AppKey[CallTracker] = web.AppKey("tracker")

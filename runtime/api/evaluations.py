@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime.api.appkeys import SELF_URL
 from runtime.control.errors import Conflict
 from runtime.evals.runner import Runner, RunPlan
 from runtime.ids import now_iso
@@ -26,7 +27,10 @@ API_STARTER = "key "  # started_by of runs started through the API: "key <api ke
 
 
 def own_base_url(request: web.Request) -> str:
-    """The runtime's own listener, as this request reached it (loopback, or the box's address)."""
+    """The runtime's own listener: a worker's own loopback one (``SELF_URL``), else the one this
+    request reached (loopback, or the box's address)."""
+    if SELF_URL in request.app:
+        return request.app[SELF_URL]
     sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
     if not isinstance(sockname, tuple) or len(sockname) < 2:
         raise Conflict("this runtime's listening address is not a TCP socket: run evaluations with the CLI")

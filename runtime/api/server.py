@@ -6,11 +6,12 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 
 from aiohttp import web
 
 from runtime.api.app import create_app, name_instance
-from runtime.api.appkeys import INSTANCE_ID, METRICS
+from runtime.api.appkeys import INSTANCE_ID, METRICS, SELF_URL
 from runtime.config import Settings
 from runtime.logs import configure_logging
 from runtime.providers.chains import ProviderChains
@@ -63,11 +64,23 @@ async def serve_until_signalled(app: web.Application, host: str, port: int, shut
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+        if reuse_port:
+            await listen_for_itself(app, runner)
         await stop.wait()
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
         await runner.cleanup()
+
+
+async def listen_for_itself(app: web.Application, runner: web.AppRunner) -> None:
+    """A worker's own listener on a free loopback port (``SELF_URL``): the kernel spreads the
+    shared port's connections over the workers, so a worker calling the shared port would reach
+    a sibling now and then (an evaluation's voice webhook on one worker, its media on another)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    app[SELF_URL] = f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def run(settings: Settings, host: str | None = None, port: int | None = None,

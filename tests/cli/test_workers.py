@@ -91,6 +91,41 @@ async def test_two_workers_share_the_port_a_killed_one_comes_back_and_sigterm_st
             parent.wait()
 
 
+async def test_each_worker_reaches_itself_on_its_own_loopback_url(tmp_path: Path) -> None:
+    """What a worker calls itself (an evaluation's voice webhook, then its media socket) must reach
+    that worker: through the shared port the kernel hands each connection to either."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from runtime.api.appkeys import SELF_URL
+    from runtime.api.evaluations import own_base_url
+
+    port = _free_port()
+    parent = _supervise(port, 2, "serve", tmp_path)
+    try:
+        own: dict[int, str] = {}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            deadline = time.monotonic() + 30
+            while len(own) < 2 and time.monotonic() < deadline:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/") as resp:
+                        body = await resp.json()
+                    own[body["pid"]] = body["self_url"]
+                except aiohttp.ClientError:
+                    await _pause()
+            assert len(own) == 2 and len(set(own.values())) == 2, own
+            for pid, url in own.items():
+                assert url.startswith("http://127.0.0.1:") and not url.endswith(f":{port}"), url
+                for _ in range(10):  # fresh connections each time: always the same worker
+                    async with http.get(url + "/") as resp:
+                        assert (await resp.json())["pid"] == pid
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        parent.communicate(timeout=30)
+    app = aiohttp.web.Application()
+    app[SELF_URL] = "http://127.0.0.1:4321"
+    assert own_base_url(make_mocked_request("POST", "/api/v1/evaluations", app=app)) == "http://127.0.0.1:4321"
+
+
 async def test_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
     port = _free_port()
     parent = _supervise(port, 2, "serve", tmp_path)

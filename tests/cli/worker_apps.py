@@ -2,7 +2,7 @@
 
     python -m tests.cli.worker_apps PORT COUNT MODE MARKS_DIR
 
-MODE: ``serve`` (answer GET / with the worker's pid and index), ``crash`` (exit 3 at once),
+MODE: ``serve`` (answer GET / with the worker's pid, index and own loopback URL), ``crash`` (exit 3 at once),
 ``fatal`` (exit 10 at once, as a worker that cannot listen). A serving worker that stops
 gracefully writes ``MARKS_DIR/stopped-<pid>``. The real runtime's workers: `voicectl serve --workers 2`
 in tests/cli/test_serve_cluster.py."""
@@ -27,10 +27,11 @@ def hello_worker(index: int, port: int, mode: str, marks: str) -> None:
         raise SystemExit(3)
     if mode == "fatal":
         raise SystemExit(10)
+    from runtime.api.appkeys import SELF_URL
     from runtime.api.server import serve_until_signalled
 
     async def hello(request: web.Request) -> web.Response:
-        return web.json_response({"pid": os.getpid(), "worker": index})
+        return web.json_response({"pid": os.getpid(), "worker": index, "self_url": request.app.get(SELF_URL)})
 
     async def mark_stopped(app: web.Application) -> None:
         (Path(marks) / f"stopped-{os.getpid()}").write_text(str(index))
