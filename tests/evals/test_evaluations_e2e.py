@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 import yaml
 
@@ -59,6 +60,7 @@ def voicectl(config: Path, *args: str, timeout: float = 240) -> subprocess.Compl
                           text=True, env=env, timeout=timeout, cwd=config.parent)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # the next two tests run on both stores
 async def test_a_shipped_suite_passes_against_the_demo_agent(demo, tmp_path):
     api, made, settings = demo
     port = int(api.base_url.rsplit(":", 1)[1])
