@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -300,48 +301,25 @@ def run_rules(clip: Clip, finalize: Finalizer) -> Run:
 
 # Smart Turn v3: features as pipecat computes them, the model from the wheel
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    mel = 3.0 * f / 200.0
-    log = f >= 1000.0
-    return np.where(log, 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) * (27.0 / np.log(6.4)), mel)
+@cache
+def _features() -> Any:
+    """faster-whisper's own Whisper feature extractor (the offline extra has it): the same
+    Slaney mel bank, 400-point STFT hop 160 and log scaling as pipecat's vendored copy."""
+    from faster_whisper.feature_extractor import FeatureExtractor
 
-
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    hz = 200.0 * m / 3.0
-    log = m >= 15.0
-    return np.where(log, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), hz)
-
-
-def _mel_filters(n_fft: int = 400, n_mels: int = 80, rate: int = MODEL_RATE) -> np.ndarray:
-    """Slaney mel filterbank, (n_fft // 2 + 1, n_mels) (pipecat _whisper_features._build_mel_filterbank)."""
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array(0.0)), _hz_to_mel(np.array(rate / 2)), n_mels + 2))
-    bins = np.linspace(0, rate // 2, n_fft // 2 + 1)
-    slopes = edges[None, :] - bins[:, None]
-    diff = np.diff(edges)
-    filters = np.maximum(0.0, np.minimum(-slopes[:, :-2] / diff[:-1], slopes[:, 2:] / diff[1:]))
-    return filters * (2.0 / (edges[2:] - edges[:-2]))[None, :]
-
-
-_MELS = _mel_filters()
-_HANN = np.hanning(401)[:-1]  # periodic Hann, as torch.hann_window(400)
+    return FeatureExtractor(feature_size=80, sampling_rate=MODEL_RATE)
 
 
 def log_mel(audio: np.ndarray) -> np.ndarray:
-    """Whisper log-mel features of 8 s of 16 kHz audio, (80, 800) float32: the math of pipecat's
-    vendored numpy copy of transformers' WhisperFeatureExtractor (pipecat-ai 1.14.0,
-    pipecat/audio/turn/smart_turn/_whisper_features.py, compute_whisper_log_mel_features with
-    do_normalize=True): zero-mean unit-variance waveform, centred reflect-padded 400-point STFT hop
-    160, power, mel, log10 floored 8 below the max, (x + 4) / 4, last frame dropped."""
+    """Whisper log-mel features of 8 s of 16 kHz audio, (80, 800) float32, as pipecat computes them
+    for Smart Turn (pipecat-ai 1.14.0, pipecat/audio/turn/smart_turn/_whisper_features.py,
+    compute_whisper_log_mel_features with do_normalize=True): the waveform made zero-mean and
+    unit-variance, then Whisper's log-mel (faster-whisper's extractor agrees with pipecat's to 1e-7)."""
     n = MODEL_RATE * MODEL_WINDOW_S
     x = np.asarray(audio, np.float32)
     x = np.pad(x, (0, n - x.size)) if x.size < n else x[:n]
     x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
-    padded = np.pad(x.astype(np.float64), (200, 200), mode="reflect")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, 400)[::160]
-    power = np.abs(np.fft.rfft(windows * _HANN, axis=-1)) ** 2
-    spec = np.log10(np.maximum(1e-10, _MELS.T @ power.T))[:, :-1]
-    spec = np.maximum(spec, spec.max() - 8.0)
-    return ((spec + 4.0) / 4.0).astype(np.float32)
+    return _features()(x.astype(np.float32), padding=0).astype(np.float32)
 
 
 def model_window(audio: np.ndarray) -> np.ndarray:
