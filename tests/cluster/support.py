@@ -154,3 +154,11 @@ async def stop_instances(started) -> None:
 
     for live, runner in reversed(started):
         await stop_live_api(live, runner)
+
+
+async def open_call(live: Any, world: Any, **extra: Any) -> Any:
+    """An inbound Twilio call to ``world``'s number, opened on instance ``live`` as its bridge would."""
+    from runtime.api.appkeys import TRACKER
+
+    return await live.app[TRACKER].open_call(to_number=world.e164, from_number="+15550000001", provider="twilio",
+                                             **extra)

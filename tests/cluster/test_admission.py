@@ -9,8 +9,7 @@ import pytest
 from runtime.api.appkeys import TRACKER
 from runtime.calls.routing import RouteRejected
 from tests.calls.support import provision
-from tests.cluster.support import ClusterNames, start_instances, stop_instances
-from tests.cluster.test_instances import _open
+from tests.cluster.support import ClusterNames, open_call, start_instances, stop_instances
 
 
 @pytest.mark.parametrize("refused_by", ["cluster", "tracker"])
@@ -25,8 +24,8 @@ async def test_a_call_being_refused_never_counts_against_the_tenant_elsewhere(
         world = await provision(live1.control, max_concurrent_calls=2)
         # "cluster": one call on i1 and one on i2, so i2's tracker lets the third through to the
         # cluster's count; "tracker": both on i2, whose own count refuses the third.
-        first = await _open(live1 if refused_by == "cluster" else live2, world)
-        second = await _open(live2, world)
+        first = await open_call(live1 if refused_by == "cluster" else live2, world)
+        second = await open_call(live2, world)
         bus = live2.app[TRACKER].bus
         real = bus.publish_all
         seen: list[object] = []
@@ -36,13 +35,13 @@ async def test_a_call_being_refused_never_counts_against_the_tenant_elsewhere(
             if not seen and any(e.topic == "voice.call.started" for e in events):
                 await first.end("hangup", hangup_by="caller")  # a slot frees on i1 (or i2) ...
                 try:
-                    seen.append(await _open(live3, world))  # ... and the next caller, on i3, takes it
+                    seen.append(await open_call(live3, world))  # ... and the next caller, on i3, takes it
                 except RouteRejected as refused:
                     seen.append(refused)
 
         bus.publish_all = publish_all
         with pytest.raises(RouteRejected) as refused:
-            await _open(live2, world)
+            await open_call(live2, world)
         del bus.publish_all
         assert refused.value.reason == "tenant_call_limit"
         assert len(seen) == 1 and not isinstance(seen[0], RouteRejected), seen

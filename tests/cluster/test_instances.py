@@ -19,7 +19,7 @@ from runtime.store.postgres import PostgresDatabase
 from runtime.store.store import Store
 from runtime.store.tables import ALL_TENANTS
 from tests.calls.support import events_of, insert_call, provision
-from tests.cluster.support import ClusterNames, start_instances, stop_instances
+from tests.cluster.support import ClusterNames, open_call, start_instances, stop_instances
 
 # A short lease where a test waits for one to run out; the others keep the default (10 s), so that a
 # heartbeat delayed on a busy machine never passes for a lost instance.
@@ -29,11 +29,6 @@ LEASE_S = 2.0
 async def _instances(live) -> dict[str, dict]:
     rows, _ = await live.control.store.instances.list(tenant_id=ALL_TENANTS, limit=100)
     return {row["id"]: row for row in rows}
-
-
-async def _open(live, world, **extra):
-    return await live.app[TRACKER].open_call(to_number=world.e164, from_number="+15550000001", provider="twilio",
-                                             **extra)
 
 
 def _crash(live) -> None:
@@ -63,7 +58,7 @@ async def test_each_instance_renews_its_lease_with_what_it_carries_and_leaves_on
     try:
         live1, live2 = started[0][0], started[1][0]
         world = await provision(live1.control, max_concurrent_calls=5)
-        call = await _open(live2, world)
+        call = await open_call(live2, world)
         first = await _instances(live1)
         assert set(first) == {"i1", "i2"}
         await asyncio.sleep(LEASE_S / 3 + 0.5)
@@ -89,9 +84,9 @@ async def test_calls_of_a_lost_instance_end_instance_lost_once_within_lease_plus
     try:
         (live1, _), (live2, _), (live3, _) = started
         world = await provision(live1.control, max_concurrent_calls=10)
-        lost = [await _open(live2, world) for _ in range(3)]
+        lost = [await open_call(live2, world) for _ in range(3)]
         await lost[0].connect()
-        kept = [await _open(live1, world), await _open(live3, world)]
+        kept = [await open_call(live1, world), await open_call(live3, world)]
         await _stop_renewing(live2)
         _crash(live2)
         crashed_at = time.monotonic()
@@ -182,7 +177,7 @@ async def test_an_instance_back_after_its_lease_was_claimed_hangs_up_what_a_surv
     try:
         (live1, _), (live2, _) = started
         world = await provision(live1.control, max_concurrent_calls=10)
-        call = await _open(live2, world)
+        call = await open_call(live2, world)
         await call.connect()
         call.control = bridge = _Bridge()
         await _stop_renewing(live2)  # a stall longer than the lease
@@ -211,7 +206,7 @@ async def test_a_restarted_instance_fails_only_its_own_previous_calls(cluster_na
     try:
         (live1, _), (live2, _) = started
         world = await provision(live1.control, max_concurrent_calls=10)
-        mine, theirs = await _open(live1, world), await _open(live2, world)
+        mine, theirs = await open_call(live1, world), await open_call(live2, world)
         await _kill(live1)
         await stop_instances([started.pop(0)])
         started[:0] = await start_instances(cluster_names, tmp_path, 1)  # i1 again, within its old lease
@@ -231,10 +226,10 @@ async def test_a_tenant_limit_holds_whichever_instance_a_call_reaches(cluster_na
     try:
         lives = [live for live, _ in started]
         world = await provision(lives[0].control, max_concurrent_calls=2)
-        calls = [await _open(lives[0], world), await _open(lives[1], world)]
+        calls = [await open_call(lives[0], world), await open_call(lives[1], world)]
         for live in lives:
             with pytest.raises(RouteRejected) as refused:
-                await _open(live, world)
+                await open_call(live, world)
             assert refused.value.reason == "tenant_call_limit"
         rows, _ = await lives[0].control.store.voice_calls.list(
             tenant_id=world.tenant_id, equals={"end_reason": "tenant_call_limit"}, limit=10)
@@ -244,15 +239,15 @@ async def test_a_tenant_limit_holds_whichever_instance_a_call_reaches(cluster_na
             assert events[-1]["topic"] == "voice.call.failed"
             assert events[-1]["payload"]["reason"] == "tenant_call_limit"
         await calls[0].end("hangup", hangup_by="caller")
-        calls[0] = await _open(lives[2], world)  # a slot freed on i1 is taken on i3
+        calls[0] = await open_call(lives[2], world)  # a slot freed on i1 is taken on i3
         with pytest.raises(RouteRejected):
-            await _open(lives[0], world)
+            await open_call(lives[0], world)
         for call in calls:
             await call.end("hangup", hangup_by="caller")
         # Calls arriving at all three at once: exactly the limit is admitted, never more, and no fewer
         # (a refused call's row is stored already failed, so it never holds a slot: test_admission).
         busier = await provision(lives[0].control, name="busier", e164="+15550100009", max_concurrent_calls=6)
-        results = await asyncio.gather(*(_open(lives[n % 3], busier) for n in range(36)), return_exceptions=True)
+        results = await asyncio.gather(*(open_call(lives[n % 3], busier) for n in range(36)), return_exceptions=True)
         admitted = [r for r in results if not isinstance(r, BaseException)]
         assert len(admitted) == 6, results
         assert all(isinstance(r, RouteRejected) and r.reason == "tenant_call_limit"
@@ -269,14 +264,14 @@ async def test_max_calls_cluster_caps_every_tenant_together(cluster_names: Clust
         lives = [live for live, _ in started]
         first = await provision(lives[0].control, name="first", e164="+15550100001", max_concurrent_calls=10)
         second = await provision(lives[0].control, name="second", e164="+15550100002", max_concurrent_calls=10)
-        calls = [await _open(lives[0], first), await _open(lives[1], second), await _open(lives[2], first)]
+        calls = [await open_call(lives[0], first), await open_call(lives[1], second), await open_call(lives[2], first)]
         for live in lives:
             for world in (first, second):
                 with pytest.raises(RouteRejected) as refused:
-                    await _open(live, world)
+                    await open_call(live, world)
                 assert refused.value.reason == "busy" and "cluster" in refused.value.message
         await calls[1].end("hangup", hangup_by="caller")
-        calls[1] = await _open(lives[0], second)
+        calls[1] = await open_call(lives[0], second)
         for call in calls:
             await call.end("hangup", hangup_by="caller")
     finally:
@@ -289,11 +284,11 @@ async def test_calls_of_an_instance_whose_lease_ran_out_stop_counting(cluster_na
     try:
         (live1, _), (live2, _) = started
         world = await provision(live1.control, max_concurrent_calls=1)
-        await _open(live2, world)
+        await open_call(live2, world)
         await _stop_renewing(live2)
         _crash(live2)
         await asyncio.sleep(LEASE_S + 0.2)
-        call = await _open(live1, world)  # the lost instance's call no longer holds the tenant's slot
+        call = await open_call(live1, world)  # the lost instance's call no longer holds the tenant's slot
         await call.end("hangup", hangup_by="caller")
     finally:
         await stop_instances(started)
