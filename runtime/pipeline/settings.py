@@ -9,6 +9,7 @@ from typing import Any
 
 from runtime.control.schemas import NOT_UNDERSTOOD_REPLY, SILENCE_REPROMPT_S, AgentConfig
 from runtime.pipeline.turns import TurnPolicy
+from runtime.providers.models import language_code
 
 _WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 10: "ten", 15: "fifteen", 20: "twenty", 30: "thirty"}
 _UNSET: Any = object()
@@ -55,11 +56,6 @@ _LOCALIZED: dict[str, dict[str, str]] = {
 }
 
 
-def _language(language: str | None) -> str:
-    """``es-MX`` -> ``es`` (as runtime.providers.models.language_code)."""
-    return (language or "en").split("-")[0].split("_")[0].lower()
-
-
 @dataclass(frozen=True, slots=True)
 class Phrases:
     """What the agent says on its own (English defaults; ``for_language`` for es, de, fr)."""
@@ -74,7 +70,7 @@ class Phrases:
 
     @classmethod
     def for_language(cls, language: str | None) -> Phrases:
-        code = _language(language)
+        code = language_code(language)
         local = _LOCALIZED.get(code)
         if local is None:
             return cls()
@@ -158,7 +154,7 @@ def _not_understood(config: AgentConfig) -> str:
     """The version's own reply, else the built-in one in its language (a stored version may carry
     the English default written out: that counts as not set)."""
     turn = config.turn
-    local = _LOCALIZED.get(_language(config.language))
+    local = _LOCALIZED.get(language_code(config.language))
     if local is None or turn.not_understood_reply != NOT_UNDERSTOOD_REPLY:
         return turn.not_understood_reply
     return local["not_understood"]
