@@ -134,9 +134,10 @@ async def test_decoding_never_blocks_the_event_loop(stt, speech) -> None:
     ticking = asyncio.create_task(ticker())
     began = loop.time()
     await stream.flush()
-    assert loop.time() - began < 0.05  # flush hands the decode to the worker pool
+    flush_s = loop.time() - began
     await _next(stream)
     decode_s = loop.time() - began
+    assert flush_s < decode_s / 2, (flush_s, decode_s)  # flush hands the decode to the worker pool
     done.set()
     await ticking
     assert max(gaps) < min(0.2, decode_s / 2), (max(gaps), decode_s)
