@@ -24,23 +24,27 @@ KEY_BYTES = 32
 # The derivation labels: one per purpose, never reused for another.
 BROWSER_TOKENS = "browser tokens"
 STREAM_TOKENS = "stream tokens"
+OUTBOUND_REFS = "twilio outbound call refs"
 
 
 @dataclass(frozen=True, slots=True)
 class SigningKeys:
     browser_tokens: bytes
     stream_tokens: bytes
+    outbound_refs: bytes  # the ``ref`` in the voice Url of an outbound Twilio call
     from_master_key: bool = True
 
     @classmethod
     def derive(cls, master_key: str) -> SigningKeys:
-        return cls(derive_key(master_key, BROWSER_TOKENS), derive_key(master_key, STREAM_TOKENS))
+        return cls(derive_key(master_key, BROWSER_TOKENS), derive_key(master_key, STREAM_TOKENS),
+                   derive_key(master_key, OUTBOUND_REFS))
 
     @classmethod
     def per_process(cls) -> SigningKeys:
         """Random keys: tokens die with the process (a box whose secrets live in an OS keyring and
         that has no master key)."""
-        return cls(secrets.token_bytes(KEY_BYTES), secrets.token_bytes(KEY_BYTES), from_master_key=False)
+        return cls(secrets.token_bytes(KEY_BYTES), secrets.token_bytes(KEY_BYTES), secrets.token_bytes(KEY_BYTES),
+                   from_master_key=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SigningKeys:

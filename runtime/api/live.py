@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from runtime.api.appkeys import CONTROL, METRICS, PIPELINE, TRACKER
@@ -27,7 +29,11 @@ def remote_calls_ctx(timeout_s: float):
     its NATS link, and reach theirs."""
 
     async def ctx(app: web.Application):
+        from runtime.telephony.twilio import outbound as twilio_outbound
+
         remote = RemoteCalls(app[CLUSTER], app[TRACKER], local_live_ops(app), timeout_s, app[METRICS].registry)
+        remote.serve(twilio_outbound.FORWARDED_OP, twilio_outbound.TwilioCallback,
+                     functools.partial(twilio_outbound.answer_forwarded, app))
         await remote.start()
         app[REMOTE_CALLS] = remote
         try:

@@ -7,13 +7,15 @@ instances admitting at once queue on the lock, and the second, counting after th
 sees the first's call. Taken after the writes, the lock is held only for the count and the commit.
 The call's own row is its reservation, so nothing else is counted or released; a refused call's
 row is stored already failed (CallSession.refuse), so it never holds a slot, and a burst admits
-exactly the limit. Calls of a lost instance stop counting when its lease runs out. ``limits.max_calls`` stays per instance (the
+exactly the limit. Calls of a lost instance stop counting when its lease runs out. A tenant's daily
+outbound cap is counted under the same lock, so two instances cannot both place its last call. ``limits.max_calls`` stays per instance (the
 tracker's in-process count).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from runtime.calls.routing import RouteRejected
 from runtime.ids import now_iso
@@ -22,15 +24,24 @@ from runtime.store.store import Tables
 CLUSTER_SCOPE = "*"  # the advisory lock's key when the whole cluster is capped (tenant ids never are "*")
 
 
+@dataclass(frozen=True)
+class DailyOutbound:
+    """A tenant's daily cap on outbound calls: ``limit`` calls created at or after ``since``."""
+
+    limit: int
+    since: str
+
+
 class ClusterAdmission:
     def __init__(self, max_calls_cluster: int | None) -> None:
         self.max_calls_cluster = max_calls_cluster
 
-    def check(self, call_id: str, tenant_id: str, tenant_limit: int,
-              number_id: str | None = None) -> Callable[[Tables], Awaitable[None]]:
+    def check(self, call_id: str, tenant_id: str, tenant_limit: int, number_id: str | None = None,
+              daily_outbound: DailyOutbound | None = None) -> Callable[[Tables], Awaitable[None]]:
         """What runs in the transaction that stores the tenant's new call ``call_id``, before it
         commits: RouteRejected (as the tracker's own limits answer) when the cluster or the tenant
-        is at its limit without that call."""
+        is at its limit without that call; for an outbound call with ``daily_outbound``, also when
+        the tenant has placed its calls for the day (``daily_outbound_limit``)."""
         capped = self.max_calls_cluster is not None
 
         async def admit(tx: Tables) -> None:
@@ -42,5 +53,9 @@ class ClusterAdmission:
             if live["tenant"] >= tenant_limit:
                 raise RouteRejected("tenant_call_limit", "the tenant is at its concurrent-call limit", tenant_id,
                                     number_id)
+            if daily_outbound is not None and await tx.count_outbound_since(
+                    tenant_id, daily_outbound.since, besides=call_id) >= daily_outbound.limit:
+                raise RouteRejected("daily_outbound_limit", "the tenant has placed its outbound calls for today",
+                                    tenant_id, number_id)
 
         return admit

@@ -42,6 +42,8 @@ VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_VARIABLES = 50
 MAX_VARIABLE_CHARS = 500
 ANSWERED_BY = ("human", "machine", "fax", "unknown")
+AMD_FALLBACK_MARGIN_S = 5.0
+MACHINE_DETECTION_TAG = "machine_detection"  # in the call's metadata  # past the carrier's own detection timeout, greet without a result
 
 
 def render(text: str | None, variables: dict[str, Any]) -> str | None:
@@ -131,7 +133,16 @@ class OutboundCall:
     def for_route(cls, route: CallRoute, req: PlaceCall, amd_timeout_s: float) -> OutboundCall:
         return cls(dict(req.variables), req.machine_detection, req.timeout_s,
                    render(route.config.greeting, req.variables), render(route.config.voicemail_message, req.variables),
-                   amd_fallback_s=amd_timeout_s + 5.0)
+                   amd_fallback_s=amd_timeout_s + AMD_FALLBACK_MARGIN_S)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], route: CallRoute, amd_timeout_s: float, leg: Any) -> OutboundCall:
+        """The call as the instance that placed it had it, from its row (another instance runs it
+        now: its media reached that one); its ringing timeout is spent by then."""
+        variables = row.get("variables") or {}
+        return cls(variables, (row.get("metadata") or {}).get(MACHINE_DETECTION_TAG, "off"), 0,
+                   render(route.config.greeting, variables), render(route.config.voicemail_message, variables),
+                   amd_fallback_s=amd_timeout_s + AMD_FALLBACK_MARGIN_S, leg=leg)
 
     @property
     def holds_greeting(self) -> bool:
@@ -140,6 +151,8 @@ class OutboundCall:
 
     def attach(self, session: CallSession) -> None:
         session.outbound = self
+        if self.machine_detection != "off":  # stored with the call: an instance taking it over reads it
+            session.tags[MACHINE_DETECTION_TAG] = self.machine_detection
         session.on_connected.append(self._connected)
         session.on_end.append(self._ended)
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from runtime.calls.admission import ClusterAdmission
+from runtime.calls.admission import ClusterAdmission, DailyOutbound
 from runtime.calls.call_record import CallRecordWriter
 from runtime.calls.integrator_sessions import Speaking, Transcribe
 from runtime.calls.outbound import OutboundCall
@@ -215,14 +215,17 @@ class CallTracker:
             raise
         return session
 
-    async def adopt(self, row: dict[str, Any], route: CallRoute) -> CallSession:
+    async def adopt(self, row: dict[str, Any], route: CallRoute, outbound: OutboundCall | None = None) -> CallSession:
         """Run here a call another instance opened and still awaits its media (its stream token was
-        spent here): the session continues the row and its events (sequence numbers go on)."""
+        spent here): the session continues the row and its events (sequence numbers go on);
+        ``outbound``: an outbound call's request and progress, rebuilt by its bridge."""
         session = self._session(row["tenant_id"], route, row["provider"], row["direction"], row["from_number"],
                                 row["to_number"], row["provider_call_id"])
         session.id, session.trace_id, session.state = row["id"], row["trace_id"], row["status"]
         session.started_at = row["started_at"]
         session.tags.update(row.get("metadata") or {})
+        if outbound is not None:
+            outbound.attach(session)
         session._seq = int(await self.store.max_event_seq(session.id) or 0)
         # The call's media is held here from now on: this instance's lease covers it (and counts it).
         await self.store.voice_calls.set(session.id, {"instance_id": self.instance_id}, tenant_id=session.tenant_id)
@@ -237,7 +240,7 @@ class CallTracker:
             self._release(session)
 
     async def open_outbound(self, route: CallRoute, outbound: OutboundCall, *, provider: str, from_number: str,
-                            to_number: str) -> CallSession:
+                            to_number: str, daily: DailyOutbound | None = None) -> CallSession:
         """Register an outbound call, ``queued``: it counts against the box's and the tenant's
         limits from now on. RouteRejected (nothing stored) when a limit is reached."""
         if not self.accepting:
@@ -252,11 +255,11 @@ class CallTracker:
         session = self._session(route.tenant_id, route, provider, "outbound", from_number, to_number, None)
         session.state = QUEUED
         outbound.attach(session)
-        await self._register(session, route, local)
+        await self._register(session, route, local, daily=daily)
         return session
 
     async def _register(self, session: CallSession, route: CallRoute, local: float, number_id: str | None = None,
-                        *, insert: bool = True) -> None:
+                        *, insert: bool = True, daily: DailyOutbound | None = None) -> None:
         """Count the call live here and store it (``insert`` False: adopted, its row exists):
         RouteRejected when the cluster's limits refuse it, DuplicateCall when its provider call id
         has a call already; nothing is stored then."""
@@ -268,7 +271,7 @@ class CallTracker:
         self.hold_call(session)
         if insert:
             admit = (self.admission.check(session.id, route.tenant_id, route.tenant["max_concurrent_calls"],
-                                          number_id) if self.admission is not None else None)
+                                          number_id, daily) if self.admission is not None else None)
             try:
                 await session.insert_row(admit)
             except UniqueViolation:  # its provider call id has a call already (cluster mode: maybe elsewhere)

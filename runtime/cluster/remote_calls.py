@@ -8,6 +8,8 @@ tenant named in the request (its own checks decide: another tenant's call is a 4
 and replies with the answer or the error, which the forwarder gives its client as its own.
 
 Each request runs in a task of its own, started in the order its id's subscription delivers them.
+Beside the live operations, a carrier bridge can serve requests of its own about the calls it holds
+(``serve``: a Twilio callback about an outbound call that reached another instance).
 Lists scatter to ``<prefix>.held-lists`` (every instance, this one too) and
 gather the answers.
 """
@@ -20,13 +22,13 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from runtime.calls.live_ops import LISTS, OPS, LiveOps
 from runtime.control.errors import ControlError, Invalid
@@ -46,6 +48,8 @@ HOLDABLE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Ended sessions this instance still answers for to its peers, newest first (one subscription each,
 # about 5 kB in nats-py: the tracker's own 10,000 would cost ~50 MB).
 ENDED_SESSIONS_HELD = 1000
+# (tenant id, target id, validated body) -> the JSON answer of a request a bridge serves.
+Handler = Callable[[str, str, Any], Awaitable[dict[str, Any]]]
 # A list waits at most request_timeout_s in all, and no longer than this after the latest answer.
 GATHER_QUIET_S = 0.1
 
@@ -102,6 +106,11 @@ class RemoteCalls:
         self._worker: asyncio.Task[None] | None = None
         self._list_sub: Subscription | None = None
         self._serving: set[asyncio.Task[None]] = set()  # forwarded requests being run here
+        self._handlers: dict[str, tuple[type[BaseModel], Handler]] = {}
+
+    def serve(self, name: str, body: type[BaseModel], handler: Handler) -> None:
+        """Answer forwarded requests ``name`` with ``handler``, their bodies re-validated as ``body``."""
+        self._handlers[name] = (body, handler)
 
     def _subject(self, target_id: str) -> str:
         return self.link.subject("held", target_id)
@@ -164,11 +173,15 @@ class RemoteCalls:
     async def _answer(self, msg: Msg) -> None:
         try:
             request = orjson.loads(msg.data)
-            op = OPS[request["op"]]
             body = request.get("body")
-            if op.body is not None:
-                body = op.body.model_validate(body or {})
-            result = await self.ops.run_here(op.name, request["tenant_id"], request["target_id"], body)
+            if (served := self._handlers.get(request["op"])) is not None:
+                model, handler = served
+                result = await handler(request["tenant_id"], request["target_id"], model.model_validate(body or {}))
+            else:
+                op = OPS[request["op"]]
+                if op.body is not None:
+                    body = op.body.model_validate(body or {})
+                result = await self.ops.run_here(op.name, request["tenant_id"], request["target_id"], body)
             answer = orjson.dumps({"ok": result})
         except ControlError as exc:
             answer = _error(exc)

@@ -331,11 +331,11 @@ class Tables(ClusterRows):
                 return row["tenant_id"]
         return None
 
-    async def count_outbound_since(self, tenant_id: str, since: str) -> int:
-        """The tenant's outbound calls created at or after ``since`` (its daily cap)."""
+    async def count_outbound_since(self, tenant_id: str, since: str, besides: str = "") -> int:
+        """The tenant's outbound calls created at or after ``since`` (its daily cap), other than ``besides``."""
         return int(await self.executor.fetchval(
-            "SELECT COUNT(*) AS n FROM voice_calls WHERE tenant_id = ? AND direction = 'outbound' AND created_at >= ?",
-            (tenant_id, since)) or 0)
+            "SELECT COUNT(*) AS n FROM voice_calls WHERE tenant_id = ? AND direction = 'outbound' AND created_at >= ? "
+            "AND id <> ?", (tenant_id, since, besides)) or 0)
 
     # The callback queue (runtime.control.callbacks): claims are global, every row keeps its tenant.
 

@@ -6,7 +6,8 @@ that can dial out (422), ``agent_id`` exists (404) with an active version (409),
 ``machine_detection`` is possible on that carrier and a voicemail has a message to leave (422),
 ``to`` is within the tenant's ``outbound_allowed_prefixes`` (422), the carrier is set up (409),
 the tenant is under ``max_outbound_per_day`` (429 ``daily_outbound_limit``; counted under a
-per-tenant lock, so concurrent requests cannot both take the last call) and the box and tenant
+per-tenant lock, and in cluster mode again under the admission's lock across instances, so
+concurrent requests cannot both take the last call) and the box and tenant
 under their concurrent-call limits (429 ``tenant_call_limit``, 503 ``busy``). The call is then
 ``queued`` (the 201) and waits for its start slot (runtime.calls.dial_limits.OutboundPacer)
 before its bridge dials it; one hung up meanwhile is never dialled.
@@ -22,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime.calls.admission import DailyOutbound
 from runtime.calls.dial_limits import OutboundPacer, allowed_prefixes, day_start, prefix_allowed
 from runtime.calls.outbound import OutboundCall, PlaceCall, outbound_route
 from runtime.calls.routing import RouteRejected
@@ -129,15 +131,20 @@ async def place(app: web.Application, tenant_id: str, req: PlaceCall, base_url: 
     state = placer(app)
     async with state.lock(tenant_id):
         limit = route.tenant["max_outbound_per_day"]
-        placed = await store.count_outbound_since(tenant_id, day_start(route.tenant["timezone"]))
+        since = day_start(route.tenant["timezone"])
+        placed = await store.count_outbound_since(tenant_id, since)
         if placed >= limit:
             raise DailyOutboundLimit(f"the tenant has placed its {limit} outbound calls for today",
                                      {"limit": limit, "placed": placed})
         outbound.leg = leg
         try:
+            # This lock makes the count exact in one process; across instances the admission's does.
             session = await svc.tracker.open_outbound(route, outbound, provider=provider, from_number=req.from_,
-                                                      to_number=req.to)
+                                                      to_number=req.to, daily=DailyOutbound(limit, since))
         except RouteRejected as rejected:
+            if rejected.reason == "daily_outbound_limit":
+                raise DailyOutboundLimit(f"the tenant has placed its {limit} outbound calls for today",
+                                         {"limit": limit}) from None
             if rejected.reason == "tenant_call_limit":
                 raise TenantCallLimit("the tenant is at its concurrent-call limit",
                                       {"limit": route.tenant["max_concurrent_calls"]}) from None

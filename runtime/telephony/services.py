@@ -31,7 +31,7 @@ class BridgeServices:
     conversations: ConversationEngine  # builds each call's conversation
     metrics: Metrics
     rate_limiter: RateLimiter
-    keys: SigningKeys  # browser- and stream-token keys, derived from the master key
+    keys: SigningKeys  # browser-token, stream-token and outbound-ref keys, derived from the master key
 
 
 SERVICES: web.AppKey[BridgeServices] = web.AppKey("bridge_services")

@@ -41,6 +41,7 @@ import base64
 import email.utils
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,9 @@ class CallsPeer:
         self.created: list[PeerCall] = []
         self.create_times: list[float] = []  # monotonic arrival of each Calls.create
         self.fail_create: tuple[int, dict[str, Any]] | None = None
+        # The origin a request to a URL the runtime gave actually reaches (signed over the URL itself):
+        # a load balancer in front of several instances. Default: the URL's own origin.
+        self.front: Callable[[str], str] = _origin
         self.http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -191,7 +195,7 @@ class CallsPeer:
             return self._progress(call, "completed", "no-answer", SipResponseCode="487", CallDuration="0")
         call.answered_at = time.monotonic()
         self._progress(call, "answered", "in-progress")
-        caller = TwilioCaller(_origin(form["Url"]), self.account_sid, self.token, http=self._http())
+        caller = TwilioCaller(self.front(form["Url"]), self.account_sid, self.token, http=self._http())
         call.twiml = await caller.answer(form["Url"], call.sid, form["From"], form["To"])
         call.twiml_at = time.monotonic()
         call.twiml_read.set()
@@ -201,7 +205,8 @@ class CallsPeer:
             first = callee.lines[0].duration_s if callee.lines else 0.0
             self._detect(call, "human", first * 1000 + SPEECH_END_THRESHOLD_MS)
         await asyncio.sleep(callee.stream_delay_s)
-        leg = call.leg = await caller.open_stream(call.sid, call.twiml)
+        media = TwilioCaller(self.front(call.twiml.stream_url), self.account_sid, self.token, http=self._http())
+        leg = call.leg = await media.open_stream(call.sid, call.twiml)
         line = OpenLine(leg)
         try:
             if callee.answers == "human":
@@ -283,7 +288,7 @@ class CallsPeer:
         if delay:
             await asyncio.sleep(delay)
         signature = twilio_signature(self.token, url, params.items())
-        caller = TwilioCaller(_origin(url), self.account_sid, self.token, http=self._http())
+        caller = TwilioCaller(self.front(url), self.account_sid, self.token, http=self._http())
         record = {"kind": kind, "url": url, "params": params, "signature": signature, "at": time.monotonic()}
         call.posts.append(record)
         record["status"], _ = await caller.post_url(url, params)

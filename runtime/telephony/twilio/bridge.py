@@ -284,22 +284,31 @@ class TwilioBridge:
             self._sweep = loop.call_at(heap[0][0], self._sweep_streams)
 
     async def take_over(self, app: web.Application, call_id: str) -> CallSession | None:
-        """Cluster mode: the media socket of a call another instance answered reached this one with
-        a valid token. The call is run here, from its row and route; None when it cannot be (not
-        an inbound call awaiting its media, or its route is gone): the token is then disowned, so
-        the instance that answered fails the call at its stream deadline instead of forgetting it."""
+        """Cluster mode: the media socket of a call another instance answered (or placed) reached
+        this one with a valid token. The call is run here, from its row and route (an outbound
+        call also from its events: runtime.telephony.twilio.outbound.resumed); None when it cannot
+        be (not a call awaiting its media, an evaluation's, or its route or credential is gone):
+        the token is then disowned, so the first instance fails the call at its stream deadline
+        instead of forgetting it."""
         svc = services(app)
         row = await svc.control.store.voice_calls.get(call_id, tenant_id=ALL_TENANTS)
-        route = None
-        # Outbound and evaluation calls carry state only their instance holds: they are not taken over.
+        route = outbound = None
+        # An evaluation's synthetic call carries state only its instance holds: it is not taken over.
         if (row is not None and row["status"] in AWAITING_MEDIA and row["provider"] == "twilio"
-                and row["direction"] == "inbound" and "evaluation_id" not in (row.get("metadata") or {})):
+                and "evaluation_id" not in (row.get("metadata") or {})):
             with contextlib.suppress(RouteRejected):
                 route = await route_of_call(svc.control.store, row)
+            if route is not None and row["direction"] == "outbound":
+                from runtime.telephony.twilio.outbound import control_for, resumed
+
+                outbound = await resumed(app, row, route)
+                route = route if outbound is not None else None
         if row is None or route is None:
             await self.tokens.disown(call_id)
             return None
-        session = await svc.tracker.adopt(row, route)
+        session = await svc.tracker.adopt(row, route, outbound)
+        if outbound is not None:
+            session.control = control_for(outbound.leg)
         call_sid = row["provider_call_id"]
         self.by_sid[call_sid] = session.id
         session.on_end.append(lambda s: _forget(self, s, call_sid))

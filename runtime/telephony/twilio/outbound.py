@@ -49,17 +49,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import secrets
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
 import aiohttp
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, Field
 
 from runtime.calls.session import AWAITING_MEDIA, DIALING, NOT_ANSWERED, RINGING
-from runtime.control.errors import Conflict
+from runtime.cluster.remote_calls import REMOTE_CALLS
+from runtime.control.errors import Conflict, ControlError
+from runtime.events.models import MachineDetected
 from runtime.one_per import OnePer
 from runtime.store.tables import ALL_TENANTS
 from runtime.telephony.services import services
@@ -71,7 +73,6 @@ from runtime.telephony.twilio.bridge import (
     bridge,
     media_stream_url,
     public_base,
-    twiml_response,
     verified_for,
     xml_response,
 )
@@ -80,6 +81,7 @@ from runtime.web.responses import error_response
 
 if TYPE_CHECKING:
     from runtime.calls.outbound import OutboundCall
+    from runtime.calls.routing import CallRoute
     from runtime.calls.session import CallSession
 
 log = logging.getLogger("voicectl.twilio")
@@ -95,6 +97,7 @@ NOT_CONNECTED = {"busy": "busy", "no-answer": "no_answer", "canceled": "canceled
 # AnsweredBy -> call.machine_detected's answered_by (anything else: unknown).
 ANSWERED_BY = {"human": "human", "machine_start": "machine", "machine_end_beep": "machine",
                "machine_end_silence": "machine", "machine_end_other": "machine", "fax": "fax", "unknown": "unknown"}
+MAX_FORM_FIELDS = 100  # a Twilio callback has about 20
 
 
 @dataclass(eq=False)
@@ -108,11 +111,11 @@ class TwilioLeg:
 
 
 class OutboundRefs:
-    """The voice Url's ``ref``: an HMAC of the call id with a key of this process (an outbound
-    call lives in the process that placed it)."""
+    """The voice Url's ``ref``: an HMAC of the call id with a key derived from the master key, so
+    every instance checks the refs any other gave Twilio."""
 
     def __init__(self, app: web.Application) -> None:
-        self._key = secrets.token_bytes(32)
+        self._key = services(app).keys.outbound_refs
 
     def ref(self, call_id: str) -> str:
         return hmac.new(self._key, call_id.encode(), hashlib.sha256).hexdigest()[:32]
@@ -225,18 +228,88 @@ async def bind(app: web.Application, session: CallSession, sid: str) -> bool:
 # Twilio's requests about an outbound call
 
 
-async def _call_and_form(request: web.Request) -> tuple[CallSession | None, dict[str, str]] | web.Response:
-    """The call the URL names and the request's form, once signed with that call's tenant's auth
-    token (a call that has ended is looked up in the store for its tenant)."""
+class TwilioCallback(BaseModel):
+    """One verified Twilio request about an outbound call: what its holder needs to answer it, here
+    or forwarded over NATS (cluster mode: a callback may reach any instance, the call lives in one)."""
+
+    kind: Literal["voice", "status", "amd"]
+    form: dict[str, str] = Field(max_length=MAX_FORM_FIELDS)
+    stream_url: str = Field("", max_length=2048)  # the <Stream> URL, as the request reached the runtime
+    stream_status_url: str = Field("", max_length=2048)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    twiml: str | None = None
+
+    def response(self) -> web.Response:
+        return xml_response(self.twiml) if self.twiml is not None else web.Response(status=self.status)
+
+
+HANG_UP = Reply(200, twiml.document(twiml.HANGUP))
+NOTHING = Reply(204)
+FORWARDED_OP = "twilio.outbound_callback"
+
+
+async def voice_answer(request: web.Request) -> web.Response:
+    """The callee answered: Twilio asks the ``Url`` for TwiML."""
+    return await _callback(request, "voice")
+
+
+async def status_callback(request: web.Request) -> web.Response:
+    return await _callback(request, "status")
+
+
+async def amd_callback(request: web.Request) -> web.Response:
+    return await _callback(request, "amd")
+
+
+async def _callback(request: web.Request, kind: str) -> web.Response:
+    """Verify the request with the tenant of the call its URL names (a call that has ended is looked
+    up in the store), then answer it where the call lives: here, or on the instance holding it."""
+    app = request.app
     call_id = request.query.get(OUTBOUND_QUERY, "")[:64]
-    session = services(request.app).tracker.get(call_id)
-    if session is not None and session.outbound is None:
-        session = None  # an inbound call's id: not something Twilio was given
-    tenant_id = session.tenant_id if session is not None else await _tenant_of(request.app, call_id)
+    session = _outbound_here(app, call_id)
+    tenant_id = session.tenant_id if session is not None else await _tenant_of(app, call_id)
     verified = await verified_for(request, tenant_id)
     if isinstance(verified, web.Response):
         return verified
-    return session, dict(verified[1])
+    if kind == "voice" and not refs(app).valid(call_id, request.query.get(REF_QUERY)):
+        bridge(app).refused.labels("bad_signature").inc()
+        return error_response(403, "invalid or missing call reference")
+    callback = TwilioCallback(kind=kind, form=dict(verified[1]), stream_url=media_stream_url(request),
+                              stream_status_url=public_base(request) + STREAM_STATUS_PATH)
+    if session is not None and not await _still_here(app, session):
+        session = None  # its media reached another instance, which runs the call now
+    remote = app.get(REMOTE_CALLS)
+    if session is None and remote is not None:
+        try:
+            answer = await remote.forward(FORWARDED_OP, verified[0], call_id, callback)
+        except ControlError as exc:  # NATS lost, or the holder did not answer: Twilio may retry
+            return error_response(exc.status, exc.message, exc.details, error=exc.code)
+        if answer is not None:
+            return Reply(int(answer["status"]), answer.get("twiml")).response()
+    return (await _answer(app, session, callback)).response()
+
+
+async def answer_forwarded(app: web.Application, tenant_id: str, call_id: str,
+                           callback: TwilioCallback) -> dict[str, Any]:
+    """The holder's side of a forwarded callback (runtime.cluster.remote_calls): the same answer
+    as if Twilio had reached this instance."""
+    session = _outbound_here(app, call_id)
+    if session is not None and (session.tenant_id != tenant_id or not await _still_here(app, session)):
+        session = None
+    return asdict(await _answer(app, session, callback))
+
+
+def _outbound_here(app: web.Application, call_id: str) -> CallSession | None:
+    session = services(app).tracker.get(call_id)
+    return session if session is not None and session.outbound is not None else None  # not an inbound call's id
+
+
+async def _still_here(app: web.Application, session: CallSession) -> bool:
+    return session.state not in AWAITING_MEDIA or await bridge(app).still_here(app, session)
 
 
 async def _tenant_of(app: web.Application, call_id: str) -> str | None:
@@ -246,44 +319,41 @@ async def _tenant_of(app: web.Application, call_id: str) -> str | None:
     return row["tenant_id"] if row is not None and row["direction"] == "outbound" else None
 
 
-async def voice_answer(request: web.Request) -> web.Response:
-    """The callee answered: Twilio asks the ``Url`` for TwiML."""
-    found = await _call_and_form(request)
-    if isinstance(found, web.Response):
-        return found
-    session, form = found
-    call_id = request.query.get(OUTBOUND_QUERY, "")
-    if not refs(request.app).valid(call_id, request.query.get(REF_QUERY)):
-        bridge(request.app).refused.labels("bad_signature").inc()
-        return error_response(403, "invalid or missing call reference")
+async def _answer(app: web.Application, session: CallSession | None, callback: TwilioCallback) -> Reply:
+    if callback.kind == "voice":
+        return await _voice(app, session, callback)
     if session is None or not session.live:
-        return twiml_response(twiml.HANGUP)  # canceled or failed meanwhile
+        return NOTHING  # ended (or no instance has it): nothing to do, idempotently
+    if callback.kind == "status":
+        await _status(app, session, callback.form)
+    else:
+        await _amd(session, callback.form)
+    return NOTHING
+
+
+async def _voice(app: web.Application, session: CallSession | None, callback: TwilioCallback) -> Reply:
+    if session is None or not session.live:
+        return HANG_UP  # canceled or failed meanwhile
     leg: TwilioLeg = session.outbound.leg
-    sid = form.get("CallSid", "")
-    if not sid or not await bind(request.app, session, sid):
-        return twiml_response(twiml.HANGUP)  # another CallSid: this reference answers one call
+    sid = callback.form.get("CallSid", "")
+    if not sid or not await bind(app, session, sid):
+        return HANG_UP  # another CallSid: this reference answers one call
     if leg.answer is not None:  # the same request again: the same TwiML while the stream is awaited
-        return xml_response(leg.answer) if session.state in AWAITING_MEDIA else twiml_response(twiml.HANGUP)
+        return Reply(200, leg.answer) if session.state in AWAITING_MEDIA else HANG_UP
     leg.answered = True
-    br = bridge(request.app)
+    br = bridge(app)
     leg.answer = br.answers[session.id] = twiml.document(twiml.stream(
-        media_stream_url(request), await br.tokens.issue(session.id), public_base(request) + STREAM_STATUS_PATH))
-    br.expect_stream(services(request.app).tracker, session.id)
-    return xml_response(leg.answer)
+        callback.stream_url, await br.tokens.issue(session.id), callback.stream_status_url))
+    br.expect_stream(services(app).tracker, session.id)
+    return Reply(200, leg.answer)
 
 
-async def status_callback(request: web.Request) -> web.Response:
+async def _status(app: web.Application, session: CallSession, form: dict[str, str]) -> None:
     """Call progress: dialing, ringing, answered, and the final status (any order: see the
     module docstring; a report of a state already passed is ignored)."""
-    found = await _call_and_form(request)
-    if isinstance(found, web.Response):
-        return found
-    session, form = found
-    if session is None or not session.live:
-        return web.Response(status=204)
     sid, status = form.get("CallSid", ""), form.get("CallStatus", "")
-    if not sid or not await bind(request.app, session, sid):
-        return web.Response(status=204)
+    if not sid or not await bind(app, session, sid):
+        return
     leg: TwilioLeg = session.outbound.leg
     if status in ("queued", "initiated"):
         await session.advance(DIALING)
@@ -303,27 +373,41 @@ async def status_callback(request: web.Request) -> web.Response:
             await session.fail(reason, f"Twilio: {status}" + (f" (SIP {code[:3]})" if code else ""))
         else:
             await session.end(reason, hangup_by="caller")
-    return web.Response(status=204)
 
 
-async def amd_callback(request: web.Request) -> web.Response:
+async def _amd(session: CallSession, form: dict[str, str]) -> None:
     """``AsyncAmdStatusCallback``: who answered (the first result counts)."""
-    found = await _call_and_form(request)
-    if isinstance(found, web.Response):
-        return found
-    session, form = found
-    if session is None or not session.live:
-        return web.Response(status=204)
     leg: TwilioLeg = session.outbound.leg
     if leg.call_sid is not None and form.get("CallSid") != leg.call_sid:
-        return web.Response(status=204)
+        return
     raw = form.get("AnsweredBy", "")[:40]
     try:
         detection_ms: int | None = int(form.get("MachineDetectionDuration", ""))
     except ValueError:
         detection_ms = None
     await session.outbound.detected(session, ANSWERED_BY.get(raw, "unknown"), detection_ms, raw)
-    return web.Response(status=204)
+
+
+# A call taken over: its media reached another instance than the one that placed it.
+
+
+async def resumed(app: web.Application, row: dict[str, Any], route: CallRoute) -> OutboundCall | None:
+    """The outbound call of ``row``, rebuilt to run it here (runtime.calls.outbound.OutboundCall.from_row)
+    with a result of answering-machine detection that came before the media; None when the tenant
+    can no longer reach Twilio."""
+    from runtime.calls.outbound import OutboundCall
+
+    try:
+        leg = await prepare(app, row["tenant_id"])
+    except Conflict:
+        return None
+    leg.call_sid, leg.answered = row["provider_call_id"], True
+    outbound = OutboundCall.from_row(row, route, services(app).settings.telephony.twilio.amd_timeout_s, leg)
+    detected = await services(app).control.store.call_events.find(
+        tenant_id=row["tenant_id"], call_id=row["id"], topic=MachineDetected.topic)
+    if detected is not None:  # the call acts on it once connected, as its first instance would have
+        outbound.result = (detected["payload"]["answered_by"], detected["payload"].get("detection_ms"))
+    return outbound
 
 
 def _twilio_error(exc: TwilioApiError) -> str:
