@@ -32,8 +32,10 @@ $(BIN)/python:
 	$(PIP) install --quiet --upgrade pip
 
 # Every extra (all: offline, cloud, livekit, s3) and the test tools: the demo and the tests use them all.
+# bench/turn_model.py reads the Smart Turn model out of the pipecat-ai wheel (kept, never installed).
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt -e '.[all,test]'
+	$(PIP) download --quiet --no-deps -d $(VENV)/extras pipecat-ai==1.14.0
 	@touch $@
 
 demo: $(STAMP)

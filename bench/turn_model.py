@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/turn_model.py                       # tiny.en finals, Smart Turn from the wheel
     .venv/bin/python bench/turn_model.py --stt script --items 8 --no-smart   # the quick smoke run
-    .venv/bin/python bench/turn_model.py --stt base --wheel /tmp/pipecat/pipecat_ai-1.14.0-py3-none-any.whl
+    .venv/bin/python bench/turn_model.py --stt base
 
 The set (made here, deterministic, nothing stored): 18 phrases split where a caller stops to think
 ("my number is" [600-900 ms] "five five five, one two three four") and 16 finished sentences, each said
@@ -21,7 +21,7 @@ detector after the decode's measured wall time. ``--stt script`` gives the words
 (perfect ears, 120 ms late): the rules' own ceiling, and quick.
 
 Smart Turn v3 (``smart-turn-v3.2-cpu.onnx``, BSD-2-Clause, Daily) is read straight out of the
-pipecat-ai wheel (``pip download pipecat-ai==1.14.0 --no-deps``; hash-pinned; never installed) into one
+pipecat-ai wheel (``make install`` downloads it to .venv/extras; the model is hash-pinned; never installed) into one
 shared onnxruntime session, one intra-op thread. It runs as pipecat runs it
 (pipecat/audio/turn/smart_turn/base_smart_turn.py and local_smart_turn_v3.py): on each pause of
 ``--trigger-ms`` (pipecat's recommended VAD stop_secs, 0.2 s) over the turn's audio from 500 ms before
@@ -71,7 +71,7 @@ PREROLL_FRAMES = 16  # runtime.pipeline.conversation.PREROLL_FRAMES
 SCRIPT_LATENCY_MS = 120  # --stt script: tiny.en's flush -> final p50 (README, conversation pipeline)
 
 WHEEL_ENV = "VOICECTL_PIPECAT_WHEEL"
-WHEEL_DEFAULT = "/tmp/pipecat/pipecat_ai-1.14.0-py3-none-any.whl"
+WHEEL_DEFAULT = str(Path(__file__).resolve().parent.parent / ".venv" / "extras" / "pipecat_ai-1.14.0-py3-none-any.whl")  # make install fetches it
 MODEL_IN_WHEEL = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
 MODEL_SHA256 = "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
 MODEL_RATE, MODEL_WINDOW_S, PRE_SPEECH_MS = 16_000, 8, 500  # local_smart_turn_v3.py, base_smart_turn.py
