@@ -152,12 +152,27 @@ def speak(text: str, voice: Voice) -> bytes:
 
 def telephone(pcm: bytes, snr_db: float | None, seed: int) -> bytes:
     """22.05 kHz speech -> 300-3400 Hz -> 8 kHz (+ line noise) -> mu-law and back -> 16 kHz."""
+    line, _ = on_the_line(pcm, snr_db, seed)
+    return resample(ulaw_to_pcm16(line), LINE_RATE, STT_RATE)
+
+
+def on_the_line(pcm: bytes, snr_db: float | None, seed: int, idle_s: float = 0.0) -> tuple[bytes, bytes]:
+    """22.05 kHz speech as the caller's phone sends it (300-3400 Hz, 8 kHz, line noise, mu-law),
+    and ``idle_s`` of that line with no one speaking (its noise at the same level; silence on a
+    clean line)."""
     narrow = np.frombuffer(resample(band_limit(pcm, ESPEAK_RATE), ESPEAK_RATE, LINE_RATE), dtype="<i2")
     signal = narrow.astype(np.float64)
+    idle = np.zeros(int(idle_s * LINE_RATE))
     if snr_db is not None:
-        signal = signal + line_noise(len(signal), speech_power(signal) / 10 ** (snr_db / 10), seed)
-    line = np.clip(signal, -32768, 32767).astype("<i2").tobytes()
-    return resample(ulaw_to_pcm16(pcm16_to_ulaw(line)), LINE_RATE, STT_RATE)
+        power = speech_power(signal) / 10 ** (snr_db / 10)
+        signal = signal + line_noise(len(signal), power, seed)
+        if len(idle):
+            idle = line_noise(len(idle), power, seed + 1)
+    return _ulaw(signal), _ulaw(idle)
+
+
+def _ulaw(x: np.ndarray) -> bytes:
+    return pcm16_to_ulaw(np.clip(x, -32768, 32767).astype("<i2").tobytes())
 
 
 def band_limit(pcm: bytes, rate: int) -> bytes:

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from runtime.audio import FRAME_MS, resample  # noqa: E402
 from runtime.pipeline.turns import Signal, TurnDetector  # noqa: E402
-from runtime.pipeline.vad import SileroVad, VoiceActivity, WebRtcVad  # noqa: E402
+from runtime.pipeline.vad import NoiseFloorGate, SileroVad, VoiceActivity, WebRtcVad  # noqa: E402
 from runtime.providers.models import WHISPER_MODELS  # noqa: E402
 from runtime.providers.stt.local import LocalWhisperSTT, model_for  # noqa: E402
 from runtime.providers.tts.local import PiperTTS  # noqa: E402
@@ -183,6 +183,7 @@ def make_scenes(speech: list[bytes], rate: int, seed: int = 7) -> list[Scene]:
     clean = frames.reshape(-1)
     t = np.arange(len(clean)) / rate
     noise = rng.standard_normal(len(clean)) * np.sqrt(speech_power / 10 ** (15 / 10))
+    loud = noise * 10 ** (5 / 20)  # 10 dB SNR
     buzz = sum(np.sin(2 * np.pi * 60 * k * t) / k for k in (1, 3, 5))
     buzz *= np.sqrt(speech_power / float((buzz ** 2).mean()))  # now at the speech's power
 
@@ -195,7 +196,9 @@ def make_scenes(speech: list[bytes], rate: int, seed: int = 7) -> list[Scene]:
             Scene("noise 15 dB SNR", pcm16(clean + noise), truth),
             Scene("buzz -20 dB", pcm16(clean + buzz * 0.1), truth),
             Scene("buzz -10 dB", pcm16(clean + buzz * 10 ** -0.5), truth),
+            Scene("noise 10 dB SNR", pcm16(clean + loud), truth),
             Scene("noise alone", pcm16(noise[:six]), none),
+            Scene("noise 10 dB alone", pcm16(loud[:six]), none),
             Scene("buzz -10 alone", pcm16(buzz[:six] * 10 ** -0.5), none)]
 
 
@@ -228,6 +231,7 @@ async def bench_vad(tts: PiperTTS) -> None:
         print(f"{rate} Hz, {sum(len(s.truth) for s in scenes)} frames of 20 ms")
         print(f"{'engine':>16} {'scene':>16} {'accuracy':>9} {'recall':>7} {'FPR':>6} {'µs/frame':>9} {'starts':>7}")
         engines: list[tuple[str, VoiceActivity]] = [(f"webrtc agg={a}", WebRtcVad(rate, a)) for a in (1, 2, 3)]
+        engines += [(f"webrtc 3 +{m:g} dB", NoiseFloorGate(WebRtcVad(rate, 3), m)) for m in (4.0, 6.0)]
         engines += [(f"silero t={t}", SileroVad(rate, t)) for t in (0.5,)]
         for label, vad in engines:
             for scene in scenes:
