@@ -188,6 +188,9 @@ async def test_callbacks_that_twilio_did_not_sign_for_the_call_are_refused(world
     # Signed, but for another CallSid: the reference answers its own call only.
     status, text = await caller.post_url(voice, caller.outbound_voice_params("CA" + "9" * 32, NUMBER, CALLEE))
     assert status == 200 and "<Hangup />" in text
+    # Signed, but not a callback's shape (far more fields than Twilio sends): a clear 400.
+    status, text = await caller.post_url(amd, {**params, **{f"X{n}": "1" for n in range(200)}})
+    assert status == 400 and "invalid fields" in text, text
     assert [e["topic"] for e in await events(world, made["id"])].count("call.machine_detected") == 0
     await world.api.call("POST", f"/api/v1/calls/{made['id']}/hangup", world.key, json={})
 

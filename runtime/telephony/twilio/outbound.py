@@ -56,7 +56,7 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from runtime.calls.session import AWAITING_MEDIA, DIALING, NOT_ANSWERED, RINGING
 from runtime.cluster.remote_calls import REMOTE_CALLS
@@ -278,8 +278,11 @@ async def _callback(request: web.Request, kind: str) -> web.Response:
     if kind == "voice" and not refs(app).valid(call_id, request.query.get(REF_QUERY)):
         bridge(app).refused.labels("bad_signature").inc()
         return error_response(403, "invalid or missing call reference")
-    callback = TwilioCallback(kind=kind, form=dict(verified[1]), stream_url=media_stream_url(request),
-                              stream_status_url=public_base(request) + STREAM_STATUS_PATH)
+    try:
+        callback = TwilioCallback(kind=kind, form=dict(verified[1]), stream_url=media_stream_url(request),
+                                  stream_status_url=public_base(request) + STREAM_STATUS_PATH)
+    except ValidationError as exc:
+        return error_response(400, f"not a Twilio callback: {exc.error_count()} invalid fields")
     if session is not None and not await _still_here(app, session):
         session = None  # its media reached another instance, which runs the call now
     remote = app.get(REMOTE_CALLS)
