@@ -8,8 +8,8 @@ sees the first's call. Taken after the writes, the lock is held only for the cou
 The call's own row is its reservation, so nothing else is counted or released; a refused call's
 row is stored already failed (CallSession.refuse), so it never holds a slot, and a burst admits
 exactly the limit. Calls of a lost instance stop counting when its lease runs out. A tenant's daily
-outbound cap is counted under the same lock, so two instances cannot both place its last call. ``limits.max_calls`` stays per instance (the
-tracker's in-process count).
+outbound cap is counted under the same lock, so two instances cannot both place its last call.
+``limits.max_calls`` stays per instance (the tracker's in-process count).
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_VARIABLES = 50
 MAX_VARIABLE_CHARS = 500
 ANSWERED_BY = ("human", "machine", "fax", "unknown")
-AMD_FALLBACK_MARGIN_S = 5.0
-MACHINE_DETECTION_TAG = "machine_detection"  # in the call's metadata  # past the carrier's own detection timeout, greet without a result
+AMD_FALLBACK_MARGIN_S = 5.0  # past the carrier's own detection timeout, greet without a result
+MACHINE_DETECTION_TAG = "machine_detection"  # in the call's metadata
 
 
 def render(text: str | None, variables: dict[str, Any]) -> str | None:
