@@ -12,10 +12,12 @@ import pytest
 import pytest_asyncio
 
 import runtime.telephony.twilio.bridge as twilio_bridge
+from runtime.control import eval_pins
+from runtime.ids import new_id, now_iso
 from runtime.telephony.services import services
 from runtime.telephony.stream_tokens import StreamTokenError
 from runtime.telephony.twilio.bridge import bridge
-from runtime.telephony.twilio.caller import TwilioCaller, new_sid
+from runtime.telephony.twilio.caller import TwilioCaller, new_sid, parse_twiml
 from runtime.telephony.webrtc.models import SESSION_PATH
 from tests.cluster.support import ClusterNames, start_instances, stop_instances
 
@@ -241,3 +243,42 @@ async def test_a_call_another_instance_cannot_take_over_is_failed_by_its_own_not
     await _until(failed, 5.0)
     row = await _row(one, tenant_id, call_sid)
     assert row["end_reason"] == "stream_not_started", row
+
+
+async def test_an_evaluation_calls_media_on_another_instance_takes_it_over(pair) -> None:
+    """`voicectl eval run --url` at a port several workers share: the pinned voice webhook reaches one,
+    the media another, which runs the call from its row and pin (its media-side control: no Twilio)."""
+    (one, two), tenant_id, _ = pair
+    store = one.control.store
+    agent = await store.agents.find(tenant_id=tenant_id)
+    evaluation_id = new_id("evl")
+    await store.evaluations.insert({"id": evaluation_id, "tenant_id": tenant_id, "agent_id": agent["id"],
+                                    "agent_version": agent["active_version"], "status": "running", "rubric": {},
+                                    "created_at": now_iso()})
+    pin, secret = await eval_pins.mint(store, tenant_id=tenant_id, evaluation_id=evaluation_id,
+                                       agent_id=agent["id"], version=agent["active_version"], scenario="split")
+    caller = TwilioCaller(one.base_url, "AC" + "e" * 32, secret, http=one.http)
+    call_sid = new_sid("CA")
+    status, text = await caller.post_signed(f"/webhooks/twilio/voice?eval={pin}&pin={secret}",
+                                            caller.voice_params(NUMBER, "+15550001111", call_sid))
+    assert status == 200, text
+    answer = parse_twiml(status, text)
+    call_id = (await store.eval_pins.get(pin, tenant_id=tenant_id))["call_id"]
+    leg = await TwilioCaller(two.base_url, "AC" + "e" * 32, secret, http=two.http).open_stream(call_sid, answer)
+    await asyncio.wait_for(leg.first_media.wait(), 10)
+    taken = services(two.app).tracker.get(call_id)
+    assert taken is not None and taken.state == "connected" and taken.evaluation.evaluation_id == evaluation_id
+    assert taken.evaluation.pin_id == pin and taken.route.version == agent["active_version"]
+
+    async def forgotten() -> bool:
+        return services(one.app).tracker.get(call_id) is None
+    await _until(forgotten, 5.0)
+    await services(two.app).tracker.get(call_id).hangup("test_done")  # the media side ends it: no Twilio REST
+    await leg.wait_closed()
+
+    async def ended() -> bool:
+        return (await store.voice_calls.get(call_id, tenant_id=tenant_id))["status"] in ("ended", "failed")
+    await _until(ended)
+    row = await store.voice_calls.get(call_id, tenant_id=tenant_id)
+    assert (row["status"], row["instance_id"]) == ("ended", "i2"), row
+    assert row["metadata"]["evaluation_id"] == evaluation_id

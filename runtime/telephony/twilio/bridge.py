@@ -23,7 +23,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 from prometheus_client import Counter
 
-from runtime.calls.routing import ROUTE_TABLES, ReadCache, RouteRejected, route_of_call
+from runtime.calls.routing import ROUTE_TABLES, ReadCache, RouteRejected, pinned_route, route_of_call
 from runtime.calls.session import AWAITING_MEDIA
 from runtime.calls.tracker import DuplicateCall
 from runtime.events.models import TransferRequested
@@ -286,18 +286,24 @@ class TwilioBridge:
     async def take_over(self, app: web.Application, call_id: str) -> CallSession | None:
         """Cluster mode: the media socket of a call another instance answered (or placed) reached
         this one with a valid token. The call is run here, from its row and route (an outbound
-        call also from its events: runtime.telephony.twilio.outbound.resumed); None when it cannot
-        be (not a call awaiting its media, an evaluation's, or its route or credential is gone):
-        the token is then disowned, so the first instance fails the call at its stream deadline
-        instead of forgetting it."""
+        call also from its events: runtime.telephony.twilio.outbound.resumed; an evaluation's from
+        its pin); None when it cannot be (not a call awaiting its media, or its route, credential
+        or pin is gone): the token is then disowned, so the first instance fails the call at its
+        stream deadline instead of forgetting it."""
         svc = services(app)
-        row = await svc.control.store.voice_calls.get(call_id, tenant_id=ALL_TENANTS)
-        route = outbound = None
-        # An evaluation's synthetic call carries state only its instance holds: it is not taken over.
-        if (row is not None and row["status"] in AWAITING_MEDIA and row["provider"] == "twilio"
-                and "evaluation_id" not in (row.get("metadata") or {})):
+        store = svc.control.store
+        row = await store.voice_calls.get(call_id, tenant_id=ALL_TENANTS)
+        route = outbound = evaluation = None
+        if row is not None and row["status"] in AWAITING_MEDIA and row["provider"] == "twilio":
             with contextlib.suppress(RouteRejected):
-                route = await route_of_call(svc.control.store, row)
+                if "evaluation_id" in (row.get("metadata") or {}):
+                    from runtime.telephony.twilio.evals import resumed_evaluation
+
+                    evaluation = await resumed_evaluation(app, row)
+                    if evaluation is not None:
+                        route = await pinned_route(store, row["tenant_id"], row["agent_id"], row["agent_version"])
+                else:
+                    route = await route_of_call(store, row)
             if route is not None and row["direction"] == "outbound":
                 from runtime.telephony.twilio.outbound import control_for, resumed
 
@@ -307,6 +313,7 @@ class TwilioBridge:
             await self.tokens.disown(call_id)
             return None
         session = await svc.tracker.adopt(row, route, outbound)
+        session.evaluation = evaluation
         if outbound is not None:
             session.control = control_for(outbound.leg)
         call_sid = row["provider_call_id"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -47,7 +48,20 @@ class EvalCall:
 
     pin_id: str
     evaluation_id: str
-    signing_key: str  # the pin's secret: the media upgrade is signed with it too
+    signing_key: str  # the pin's secret: the media upgrade is signed with it too ("" once taken over)
+
+
+async def resumed_evaluation(app: web.Application, row: dict[str, Any]) -> EvalCall | None:
+    """What another instance kept of the evaluation call of ``row`` (cluster mode: its media
+    reached this one), rebuilt from its pin; None when the pin is gone, or when the media upgrade
+    must be signed (``require_stream_signature``): only the pin's hash is stored, its secret is
+    the caller's, so the upgrade could not be checked here."""
+    if services(app).settings.telephony.twilio.require_stream_signature:
+        return None
+    pin = await services(app).control.store.eval_pins.find(tenant_id=row["tenant_id"], call_id=row["id"])
+    if pin is None:
+        return None
+    return EvalCall(pin["id"], pin["evaluation_id"], signing_key="")
 
 
 async def eval_voice(request: web.Request) -> web.Response:
