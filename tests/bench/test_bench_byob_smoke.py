@@ -4,16 +4,11 @@ every say is heard (figures not asserted)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.support import run_bench
 
 
 def test_bench_byob_quick() -> None:
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "byob.py"), "--quick", "--no-pin"], cwd=REPO,
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    stdout = run_bench("byob.py", "--quick", "--no-pin", timeout=180)
+    report = json.loads(stdout[stdout.index("{"):])
     assert report["failed"] == 0 and report["transcript"]["n"] == 4 and report["say_to_audio"]["n"] == 4, report

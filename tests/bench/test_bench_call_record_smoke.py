@@ -4,19 +4,15 @@ asserted: they depend on the machine; the bench itself checks every call got its
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.support import run_bench
 
 
 def test_bench_call_record_quick_prints_the_table(tmp_path: Path) -> None:
     out = tmp_path / "record.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "call_record.py"), "--quick", "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    header = proc.stdout.splitlines()[0].split()
-    assert {"record_p50_ms", "record_p99_ms", "records_per_s", "queued"} <= set(header), proc.stdout
+    stdout = run_bench("call_record.py", "--quick", "--json", str(out), timeout=120)
+    header = stdout.splitlines()[0].split()
+    assert {"record_p50_ms", "record_p99_ms", "records_per_s", "queued"} <= set(header), stdout
     figures = json.loads(out.read_text())
     assert (figures["calls"], figures["recorded"], figures["queued"]) == (40, 40, 20)

@@ -3,18 +3,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.support import run_bench
 
 
 def _run(script: str) -> str:
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), "--quick"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    return run_bench(script, "--quick", timeout=120)
 
 
 def test_bench_calls_quick_prints_the_table() -> None:

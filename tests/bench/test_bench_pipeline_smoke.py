@@ -5,22 +5,18 @@ being there: they depend on the machine)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.support import run_bench
 
 
 def test_bench_pipeline_quick_reports_both_parts(tmp_path: Path) -> None:
     out = tmp_path / "pipeline.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pipeline.py"), "--quick", "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stdout = run_bench("pipeline.py", "--quick", "--json", str(out), timeout=240)
     figures = json.loads(out.read_text())
     fake = figures["fake"]
     assert fake["failed_calls"] == 0 and fake["turns"] >= 8, fake
     assert fake["first_frame_p50_ms"] is not None and fake["barge_ins"] >= 1
     (offline,) = figures["offline"]
     assert offline["failed_calls"] == 0 and offline["turns"] >= 3 and offline["v2v_p50_ms"] is not None, offline
-    assert "voice to voice p50" in proc.stdout and "endpoint -> first frame p50" in proc.stdout
+    assert "voice to voice p50" in stdout and "endpoint -> first frame p50" in stdout

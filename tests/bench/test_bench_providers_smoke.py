@@ -4,19 +4,15 @@ adapter path (figures are not asserted: they depend on the machine)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.support import run_bench
 
 
 def test_bench_providers_prints_every_adapter_path(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     for part in ("llm", "stt", "tts"):
-        proc = subprocess.run([sys.executable, str(REPO / "bench" / "providers.py"), "--turns", "3", "--only", part,
-                               "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        run_bench("providers.py", "--turns", "3", "--only", part, "--json", str(out), timeout=120)
         rows = json.loads(out.read_text())
         assert all(row["p50_ms"] > 0 for row in rows), rows
         assert all("added_p50_ms" in row for row in rows if "(local)" not in row["path"]), rows

@@ -9,31 +9,25 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "bench" / "api.py"
+from tests.bench.support import run_bench
 
 
 def test_bench_api_quick_sqlite_prints_the_table(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     scratch = tmp_path / "tmp"  # its own TMPDIR: other tests' benches run beside it
     scratch.mkdir()
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--backend", "sqlite", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(scratch)},
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.splitlines()
+    stdout = run_bench("api.py", "--quick", "--backend", "sqlite", "--json", str(out), timeout=120,
+                       env={**os.environ, "TMPDIR": str(scratch)})
+    lines = stdout.splitlines()
     header = next((i for i, line in enumerate(lines) if line.lstrip().startswith("offered")), None)
-    assert header is not None, proc.stdout
+    assert header is not None, stdout
     for column in ("reads/s", "writes/s", "p50", "p90", "p99", "max", "errors", "held"):
         assert column in lines[header]
     rows = [line for line in lines[header + 1:] if line.strip()[:1].isdigit()]
-    assert [int(r.split()[0]) for r in rows] == [100, 200], proc.stdout
-    assert any(line.startswith("sqlite:") for line in lines), proc.stdout
+    assert [int(r.split()[0]) for r in rows] == [100, 200], stdout
+    assert any(line.startswith("sqlite:") for line in lines), stdout
 
     report = json.loads(out.read_text())
     (result,) = report["results"]
@@ -43,8 +37,8 @@ def test_bench_api_quick_sqlite_prints_the_table(tmp_path: Path) -> None:
         assert step["read"]["sent"] > 0 and step["write"]["sent"] >= 0
         assert set(step["read"]) >= {"achieved", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors"}
     # The server process and the state dir are gone.
-    server_pid = re.search(r"server pid (\d+)", proc.stdout)
-    assert server_pid is not None, proc.stdout
+    server_pid = re.search(r"server pid (\d+)", stdout)
+    assert server_pid is not None, stdout
     cmdline = Path(f"/proc/{server_pid.group(1)}/cmdline")
     assert not cmdline.exists() or b"runtime.api.server" not in cmdline.read_bytes()
     assert list(scratch.glob("voicectl-bench-*")) == []  # the state dir is gone

@@ -4,22 +4,14 @@ features are pipecat's: checked against a clip's known shape and range here (fig
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 
 from bench import turn_model
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.support import run_bench
 
 
 def _run(*args: str) -> str:
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "turn_model.py"), "--stt", "script", "--items", "3",
-                           *args], cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    return run_bench("turn_model.py", "--stt", "script", "--items", "3", *args, timeout=240)
 
 
 def test_the_set_is_big_varied_labelled_and_deterministic() -> None:
