@@ -4,7 +4,7 @@ and tool settings, and the lines the agent says on its own."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from runtime.control.schemas import NOT_UNDERSTOOD_REPLY, SILENCE_REPROMPT_S, AgentConfig
@@ -74,9 +74,7 @@ class Phrases:
         local = _LOCALIZED.get(code)
         if local is None:
             return cls()
-        return cls(reprompt=local["reprompt"], silence_goodbye=local["silence_goodbye"], filler=local["filler"],
-                   apology=local["apology"], goodbye=local["goodbye"], transferring=local["transferring"],
-                   language=code)
+        return cls(**{f.name: local[f.name] for f in fields(cls) if f.name in local}, language=code)
 
     def duration_warning(self, remaining_s: int) -> str:
         local = _LOCALIZED.get(self.language)

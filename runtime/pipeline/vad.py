@@ -127,31 +127,34 @@ class NoiseFloorGate(VoiceActivity):
 
     def __init__(self, inner: VoiceActivity, margin_db: float = 4.0, block_frames: int = 25, blocks: int = 8) -> None:
         self.inner, self.rate = inner, inner.rate
-        self.margin_db, self.block_frames = margin_db, block_frames
+        self.ratio, self.block_frames = 10 ** (margin_db / 20), block_frames
         self._minima: deque[float] = deque(maxlen=blocks)
         self.reset()
 
     @staticmethod
-    def energy_db(frame: bytes) -> float:
-        return 20.0 * math.log10(rms(frame) + 1.0)  # audioop's, in C: a fraction of a µs
+    def level(frame: bytes) -> float:
+        """The frame's RMS (audioop's, in C), plus one: digital silence has a floor too."""
+        return rms(frame) + 1.0
 
-    def floor_db(self) -> float:
-        return min(self._block_min, *self._minima) if self._minima else self._block_min
+    def floor(self) -> float:
+        return min(self._closed_min, self._block_min)
 
     def is_speech(self, frame: bytes) -> bool:
         voiced = self.inner.is_speech(frame)  # every frame: the inner detector keeps its own state
-        energy = self.energy_db(frame)
-        self._block_min = min(self._block_min, energy)
+        level = self.level(frame)
+        if level < self._block_min:
+            self._block_min = level
         self._in_block += 1
-        if self._in_block == self.block_frames:
+        if self._in_block == self.block_frames:  # a block closes: the only time the old minima matter
             self._minima.append(self._block_min)
-            self._block_min, self._in_block = math.inf, 0
-        return voiced and energy >= self.floor_db() + self.margin_db
+            self._closed_min, self._block_min, self._in_block = min(self._minima), math.inf, 0
+        return voiced and level >= self.floor() * self.ratio
 
     def reset(self) -> None:
         self.inner.reset()
         self._minima.clear()
-        self._block_min, self._in_block = math.inf, 0
+        self._closed_min = self._block_min = math.inf
+        self._in_block = 0
 
 
 def default_vad(rate: int) -> VoiceActivity:

@@ -234,7 +234,7 @@ class TwilioCallback(BaseModel):
 
     kind: Literal["voice", "status", "amd"]
     form: dict[str, str] = Field(max_length=MAX_FORM_FIELDS)
-    stream_url: str = Field("", max_length=2048)  # the <Stream> URL, as the request reached the runtime
+    stream_url: str = Field("", max_length=2048)  # voice only: the <Stream> URL, as the request reached us
     stream_status_url: str = Field("", max_length=2048)
 
 
@@ -279,8 +279,10 @@ async def _callback(request: web.Request, kind: str) -> web.Response:
         bridge(app).refused.labels("bad_signature").inc()
         return error_response(403, "invalid or missing call reference")
     try:
-        callback = TwilioCallback(kind=kind, form=dict(verified[1]), stream_url=media_stream_url(request),
-                                  stream_status_url=public_base(request) + STREAM_STATUS_PATH)
+        callback = TwilioCallback(kind=kind, form=dict(verified[1]))
+        if kind == "voice":  # the answer's <Stream>, as this request reached the runtime
+            callback.stream_url = media_stream_url(request)
+            callback.stream_status_url = public_base(request) + STREAM_STATUS_PATH
     except ValidationError as exc:
         return error_response(400, f"not a Twilio callback: {exc.error_count()} invalid fields")
     if session is not None and not await _still_here(app, session):
