@@ -160,6 +160,11 @@ async def _booking_call(url: str, lines: list[tuple[str, Any]], stagger_s: float
     await asyncio.sleep(stagger_s)
     async with TwilioCaller(url, ACCOUNT_SID, AUTH_TOKEN) as caller:
         result = await scripted_call(caller, NUMBER, lines, quiet_s=0.9)
+    if result.call.answer.rejected or len(result.turns) < len(lines):
+        # A call the runtime turned away (busy: beyond its local capacity) or ended early is no
+        # booking: count it as failed rather than report the latency of fewer calls.
+        said = "rejected" if result.call.answer.rejected else f"{len(result.turns)} of {len(lines)} lines said"
+        return {"error": f"call not completed: {said}"}
     return {"heard_v2v_ms": [t.voice_to_voice_ms for t in result.turns if t.voice_to_voice_ms is not None],
             "hung_up_by": result.hung_up_by}
 
@@ -175,7 +180,8 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
         lines = [(text, await _speech(text)) for text in BOOKING_LINES]
         calls = [_booking_call(spec["url"], lines, i * 0.3) for i in range(spec["calls"])]
     results = await asyncio.gather(*calls, return_exceptions=True)
-    errors = [repr(r) for r in results if isinstance(r, BaseException) or "error" in r]
+    errors = [repr(r) if isinstance(r, BaseException) else r["error"] for r in results
+              if isinstance(r, BaseException) or "error" in r]
     ok = [r for r in results if isinstance(r, dict) and "error" not in r]
     out: dict[str, Any] = {"calls": len(results), "errors": errors[:5], "failed": len(errors)}
     for key in ("barge_in_ms", "heard_v2v_ms"):
@@ -375,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"ms (as heard p50 {row['heard_v2v_p50_ms']}); STT p50 {row['stt_p50_ms']} ms, TTS first audio "
                   f"p50 {row['tts_first_audio_p50_ms']} ms; runtime {row['server_cpu_s_per_call']} CPU-s per call, "
                   f"core {row['server_cpu_share']:.0%}", flush=True)
+            for error in row["errors"]:
+                print(f"  failed: {error}")
         held = [r["concurrent_calls"] for r in out["offline"]
                 if r["failed_calls"] == 0 and r["v2v_p50_ms"] is not None and r["v2v_p50_ms"] < 900]
         out["offline_calls_per_core"] = max(held) if held else 0
