@@ -21,6 +21,8 @@ PHANTOMS = [
     ("Hahahahahahahaha", "loop"),
     ("Sssssssssssss", "loop"),
     ("the the the the the the the the the", "loop"),
+    ("thank you, bye, bye, bye, bye, bye, bye", "loop"),  # base with the demo's hints, for "Sure."
+    ("Okay, thank you, thank you, thank you, thank you, thank you, thank you", "loop"),
     ("Thank you for watching!", "phrase"),
     ("Thanks for watching.", "phrase"),
     ("Thank you so much for watching.", "phrase"),
@@ -38,6 +40,9 @@ CALLERS = [
     "eight eight eight five",
     "My number is 555 555 5555.",
     "one one one one two two",
+    "no no no no no",
+    "It's five five five, five five five five, five five five.",
+    "double oh double oh double oh double oh",
     "Thank you.",
     "Thank you, thank you.",
     "Yes, yes, yes.",

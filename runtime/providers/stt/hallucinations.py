@@ -6,8 +6,10 @@ regular expressions on caller text, so the cost is linear in its length whatever
 
 - Sub-word loops: the decoder stuck on a fragment, e.g. "I'm s'm s'm s'm s'm", "s's's's's's",
   "la-la-la-la-la", "hahahahahaha". Whole words said a few times are real speech ("no no no",
-  "eight eight eight five"), so only fragments count at 4 repeats; any unit of up to three
-  tokens repeated ``MAX_WORD_REPEATS`` times or more is a loop too.
+  "eight eight eight five"), so only fragments count at 4 repeats; a unit of up to three words
+  repeated ``MAX_WORD_REPEATS`` times is a loop ("thank you, bye, bye, bye, bye, bye, bye": base
+  primed with the demo's hints, for a caller's "Sure."), and of numbers ``MAX_NUMBER_REPEATS``
+  times (a phone number said digit by digit: "five five five, five five five five, ..." is ten).
 - Phantom phrases: Whisper was trained on subtitled videos, and on silence or noise it writes
   their outros and credits. The list is the widely reported set (openai/whisper discussion #679,
   "Hallucination on audio with no speech"; e.g. zachlatta/freeflow#111, Vexa-ai/vexa#617):
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 MAX_CHARS = 2000  # a decode is at most 224 tokens; anything longer is cut before looking
 FRAGMENT_REPEATS = 4  # a fragment ("s'm", "la", "s") said this many times in a row: a loop
-MAX_WORD_REPEATS = 8  # any 1-3 token unit this many times in a row: a loop (a phone number has runs of 4-6)
+MAX_WORD_REPEATS = 6  # a 1-3 word unit this many times in a row: a loop ("no no no no" is a caller's)
+MAX_NUMBER_REPEATS = 12  # a unit of digits or number words: more than an 11-digit number of one digit
 MAX_UNIT_TOKENS = 3
 LOOPED_TOKEN_CHARS = 8  # "hahahahaha": one token this long made of a 1-3 character unit
 
@@ -28,6 +31,7 @@ _SHORT_WORDS = frozenset("""
 a i o oh no so ok hi um uh mm me my we us it is at to do go on in of or an am be by he if up ah eh
 yo ya ye hm pm
 """.split())
+_NUMBER_WORDS = frozenset("zero oh o one two three four five six seven eight nine ten double triple".split())
 
 PHANTOM_PHRASES = (
     "thank you for watching",
@@ -119,11 +123,16 @@ def _looped(tokens: list[tuple[str, ...]]) -> bool:
                 run += 1
                 repeats = run // period + 1
                 unit = tokens[i - period + 1:i + 1]
-                if repeats >= MAX_WORD_REPEATS or (repeats >= FRAGMENT_REPEATS and all(map(_is_fragment, unit))):
+                limit = MAX_NUMBER_REPEATS if all(map(_is_number, unit)) else MAX_WORD_REPEATS
+                if repeats >= limit or (repeats >= FRAGMENT_REPEATS and all(map(_is_fragment, unit))):
                     return True
             else:
                 run = 0
     return False
+
+
+def _is_number(pieces: tuple[str, ...]) -> bool:
+    return all(p.isdigit() or p in _NUMBER_WORDS for p in pieces)
 
 
 def _periodic(seq: tuple[str, ...] | str, max_period: int) -> bool:

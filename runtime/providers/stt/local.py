@@ -233,23 +233,27 @@ class _Engine:
         model = self.model()
         prefix = self._prefix(model, options.language, options.prompt)
         beam = options.beam_size if final else 1
-        result = _decode(model, self._tokenizer, prefix, audio, options.context_s, beam)
-        fits = len(audio) / RATE + 1 < WINDOW_S
+        seconds = len(audio) / RATE
+        short = _encode(model, audio, options.context_s)
+        result = _generate(model, self._tokenizer, prefix, short, seconds, beam)
+        fits = seconds + 1 < WINDOW_S
         if final and _stuck(result):
             # The hints can make whisper loop on a short answer ("yes please." twice, "thank you very
-            # much" over and over inside one segment): decode once more without them on the short
-            # window (~250 ms), then, if that is not clean speech either, with them on the 30 s one
-            # (~1.5 s), and keep the surest clean result (caller set, tune half: "Yes, book it." and
-            # "That's all, thank you very much." were lost to a loop, heard right on the 30 s window).
+            # much" over and over inside one segment): decode once more without them on the same
+            # window (its encoding reused: ~50 ms), then, if that is not clean speech either, with
+            # them on the 30 s one (~1 s), and keep the surest clean result (caller set, tune half:
+            # "Yes, book it." and "That's all, thank you very much." were lost to a loop, heard right
+            # on the 30 s window).
             tried = [result]
             if options.prompt:
-                tried.append(_decode(model, self._tokenizer, self._prefix(model, options.language, ""), audio,
-                                     options.context_s, beam))
+                tried.append(_generate(model, self._tokenizer, self._prefix(model, options.language, ""), short,
+                                       seconds, beam))
             if fits and not any(_clean(r) for r in tried):
-                tried.append(_decode(model, self._tokenizer, prefix, audio, WINDOW_S, beam))
+                tried.append(_generate(model, self._tokenizer, prefix, _encode(model, audio, WINDOW_S), seconds,
+                                       beam))
             result = max((r for r in tried if _clean(r)), key=lambda r: r.avg_logprob, default=tried[-1])
         elif final and result.avg_logprob < options.full_context_below_logprob and fits:
-            result = _decode(model, self._tokenizer, prefix, audio, WINDOW_S, beam)
+            result = _generate(model, self._tokenizer, prefix, _encode(model, audio, WINDOW_S), seconds, beam)
         if not _is_speech(result):
             return None
         return Transcript(
@@ -263,16 +267,27 @@ def _decode(model: Any, tokenizer: Any, prompt: list[int], audio: np.ndarray, co
             beam_size: int = 1) -> Decoded:
     """Decode one utterance, in segments, with the encoder window ``max(context_s, length + 1 s)``
     after the decoder ``prompt`` (Engine._prefix: the hints, then the start of transcript)."""
+    return _generate(model, tokenizer, prompt, _encode(model, audio, context_s), len(audio) / RATE, beam_size)
+
+
+def _encode(model: Any, audio: np.ndarray, context_s: float) -> Any:
+    """The encoder's output for ``audio`` in a window of ``max(context_s, length + 1 s)`` (at most
+    whisper's 30 s), zero-padded as whisper was trained; it stays with CTranslate2, for any number
+    of decodes."""
     import ctranslate2
 
-    seconds = len(audio) / RATE
-    window = min(WINDOW_S, max(context_s, seconds + 1.0))
-    padded = np.zeros(int(window * RATE), dtype=np.float32)  # zero padding, as whisper was trained
+    window = min(WINDOW_S, max(context_s, len(audio) / RATE + 1.0))
+    padded = np.zeros(int(window * RATE), dtype=np.float32)
     padded[:min(len(audio), len(padded))] = audio[:len(padded)]
     features = model.feature_extractor(padded)
     frames = min(features.shape[1], int(window * 100)) // 2 * 2  # 10 ms frames; the encoder halves them
-    encoded = model.model.encode(
+    return model.model.encode(
         ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None, :, :frames])), to_cpu=False)
+
+
+def _generate(model: Any, tokenizer: Any, prompt: list[int], encoded: Any, seconds: float,
+              beam_size: int = 1) -> Decoded:
+    """The text of ``seconds`` of speech from its encoding, after the decoder ``prompt``."""
     result = model.model.generate(
         encoded, [prompt], beam_size=beam_size,
         max_length=min(TEXT_CONTEXT, len(prompt) + min(MAX_TOKENS, int(seconds * 12) + 8)),
