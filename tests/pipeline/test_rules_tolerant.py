@@ -140,6 +140,7 @@ async def test_a_misheard_booking_call_books_the_right_table() -> None:
     ("A table for 4.6, 45, please.", 4, "18:45"),  # "for four at six forty five"
     ("I'd like a reservation for nine people at heaven.", 9, "19:00"),  # "at seven"
     ("We are for, can I book at 7?", 4, "19:00"),  # "we are four"
+    ("I need a renovation for four tomorrow, six thirty.", 4, "18:30"),  # the "at" lost to a comma
 ])
 def test_misheard_numbers_still_book(heard: str, party: int, hhmm: str) -> None:
     from runtime.providers.base import Message
@@ -154,6 +155,9 @@ def test_misheard_numbers_still_book(heard: str, party: int, hhmm: str) -> None:
     ("a table for twenty seven on sunday", {"party_size": 27}),  # a count, not 20 at 7
     ("a table for two tonight", {"party_size": 2}),
     ("we are for the terrace", {}),
+    ("six thirty people", {"party_size": 30}),  # a reading of the clock is never a count's
+    ("a table for six thirty", {"time": "18:30"}),
+    ("my number is five five five one two three four", {}),  # digits in a row are no clock reading
 ])
 def test_the_misheard_number_readings_stay_narrow(said: str, slots: dict[str, Any]) -> None:
     from datetime import date

@@ -165,6 +165,11 @@ _TIME_PATTERNS = (
     # (for four, six forty five). Only right after a count and before the end of the request.
     ("after_count", re.compile(r"\bfor (?:\d{1,2}|" + "|".join(_UNITS[19:0:-1]) + r") " + _H + r"(?: " + _MIN + r")?"
                                r"(?=\s+(?:on|tonight|tomorrow|this|please)\b|\s*$)")),  # the date may be blanked
+    # A clock reading with its "at" lost: "for four tomorrow, six thirty", "we are for caribou car,
+    # seven forty five" (caller set, tune half). Only an hour word with a minute word no count is
+    # said with ("thirty five people" is, "six thirty people" is not).
+    ("reading", re.compile(r"\b" + _H + r" (fifteen|twenty|thirty|forty(?: five)?|fifty|oh (?:"
+                           + "|".join(_UNITS[1:10]) + r"))\b(?! (?:people|persons|person|guests|adults|of us))")),
     # Spanish: "a las ocho", "a las ocho y media de la tarde", "a la una".
     ("es", re.compile(r"\ba las? (\d{1,2}|" + "|".join(_ES_UNITS) + r")(?: y (media|cuarto))?"
                       r"(?: de la (tarde|noche|mañana))?\b")),
