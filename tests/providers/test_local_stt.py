@@ -233,3 +233,43 @@ async def test_interim_text_only_when_wanted_and_never_after_its_final(stt, spee
     assert got[-1].final  # every partial came before the final of its utterance
     assert all(not t.speech_final for t in interims)
     assert _words(interims[-1].text) & {"book", "table", "like"}  # the utterance so far, in words
+
+
+def test_a_looping_decode_is_retried_without_the_hints_on_the_same_encoding(monkeypatch) -> None:
+    """The retry of a loop costs a decoder pass, not another encoder pass; only the last resort,
+    the 30 s window, encodes again. (Engine and model stand-ins: the retry logic is what is tested.)"""
+    from runtime.providers.stt import local
+
+    encodes: list[float] = []
+    decodes: list[tuple[int, object]] = []
+    looped = local.Decoded("yes please.", -0.2, 0.01, 3.3, True)
+    clean = local.Decoded("Yes, please.", -0.4, 0.01, 0.6, False, (local.Piece("Yes, please.", -0.4),))
+
+    def encode(model, audio, context_s):
+        encodes.append(context_s)
+        return ("encoding", context_s)
+
+    def generate(model, tokenizer, prompt, encoded, seconds, beam_size=1):
+        decodes.append((len(prompt), encoded))
+        return looped if len(prompt) > 1 or answers["no hints"] is looped else clean
+
+    monkeypatch.setattr(local, "_encode", encode)
+    monkeypatch.setattr(local, "_generate", generate)
+    engine = local._Engine(WHISPER_TINY_EN, None)
+    engine._model = object()
+    monkeypatch.setattr(engine, "_prefix", lambda model, language, prompt: [0] * (1 + len(prompt.split())))
+    options = local.DecodeOptions(prompt="for two people at seven", beam_size=5)
+    pcm = (np.sin(np.arange(16_000) / 5) * 8000).astype("<i2").tobytes()  # 1 s, loud enough to decode
+
+    answers = {"no hints": clean}
+    heard = engine.decode(pcm, 0, options)
+    assert heard is not None and heard.text == "Yes, please."
+    assert encodes == [options.context_s]  # one encoding, two decodes on it
+    assert [e for _, e in decodes] == [("encoding", options.context_s)] * 2
+    assert decodes[1][0] == 1  # the second without the hints
+
+    encodes.clear(), decodes.clear()
+    answers["no hints"] = looped  # still looping without the hints: the 30 s window, with them
+    engine.decode(pcm, 0, options)
+    assert encodes == [options.context_s, local.WINDOW_S]
+    assert [n for n, _ in decodes] == [6, 1, 6]
