@@ -65,7 +65,7 @@ class SttHints(VersionOptions):
 
 class LocalSttSettings(ProviderSettings):
     # The packaged Whisper model: tiny.en (English only) or base (multilingual; hears the caller set
-    # better but misses the voice-to-voice targets at 2 calls a core: see README). A version's
+    # better but does not hold the voice-to-voice targets at 2 calls on 2 cores: see README). A version's
     # stt.model overrides it; a version in another language gets base.
     stt_model: Literal["base", "tiny.en"] = "tiny.en"
     # Where a model shipped in pieces is assembled once; relative to the config file's folder.
