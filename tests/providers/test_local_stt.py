@@ -268,7 +268,8 @@ def test_a_looping_decode_is_retried_without_the_hints_on_the_same_encoding(monk
     assert [e for _, e in decodes] == [("encoding", options.context_s)] * 2
     assert decodes[1][0] == 1  # the second without the hints
 
-    encodes.clear(), decodes.clear()
+    encodes.clear()
+    decodes.clear()
     answers["no hints"] = looped  # still looping without the hints: the 30 s window, with them
     engine.decode(pcm, 0, options)
     assert encodes == [options.context_s, local.WINDOW_S]
