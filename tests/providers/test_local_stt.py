@@ -274,3 +274,29 @@ def test_a_looping_decode_is_retried_without_the_hints_on_the_same_encoding(monk
     engine.decode(pcm, 0, options)
     assert encodes == [options.context_s, local.WINDOW_S]
     assert [n for n, _ in decodes] == [6, 1, 6]
+
+
+def test_a_decode_that_writes_out_the_hints_is_decoded_again_without_them(monkeypatch) -> None:
+    """Whisper unsure of a noisy line writes its prompt out; the same encoding is decoded without
+    the hints, and that is kept when it is clean speech."""
+    from runtime.providers.stt import local
+
+    hints = "six fifteen, nine forty five, ten o'clock, Trattoria Demo"
+    copied = local.Decoded("At nine, nine forty five, ten o'clock, Trattoria Demo.", -0.5, 0.05, 1.1, False,
+                           (local.Piece("At nine, nine forty five, ten o'clock, Trattoria Demo.", -0.5),))
+    heard = local.Decoded("At nine fifteen.", -0.6, 0.05, 0.9, False, (local.Piece("At nine fifteen.", -0.6),))
+    encodes: list[float] = []
+    monkeypatch.setattr(local, "_encode", lambda model, audio, context_s: encodes.append(context_s) or "encoding")
+    monkeypatch.setattr(local, "_generate",
+                        lambda model, tokenizer, prompt, encoded, seconds, beam_size=1: copied if prompt else heard)
+    engine = local._Engine(WHISPER_TINY_EN, None)
+    engine._model = object()
+    monkeypatch.setattr(engine, "_prefix", lambda model, language, prompt: [1] if prompt else [])
+    pcm = (np.sin(np.arange(16_000) / 5) * 8000).astype("<i2").tobytes()
+
+    transcript = engine.decode(pcm, 0, local.DecodeOptions(prompt=hints))
+    assert transcript is not None and transcript.text == "At nine fifteen."
+    assert encodes == [local.DecodeOptions().context_s]  # one encoding for both decodes
+    # A version without hints has no prompt to copy: one decode, kept as it is.
+    monkeypatch.setattr(local, "_generate", lambda model, tokenizer, prompt, encoded, seconds, beam_size=1: copied)
+    assert engine.decode(pcm, 0, local.DecodeOptions(prompt="")).text == copied.text

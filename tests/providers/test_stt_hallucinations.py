@@ -139,3 +139,26 @@ def test_a_phantom_segment_is_dropped_and_the_real_ones_kept() -> None:
 def test_one_phrase_repeated_as_segments_is_one_loop() -> None:
     decoded = _decode([([" No."], -0.4), ([" No."], -0.4), ([" No."], -0.4)])
     assert decoded.text == "No." and decoded.looped and len(decoded.segments) == 1
+
+
+DEMO_HINTS = ("for two people at seven, four at eight thirty, six fifteen, nine forty five, ten o'clock, "
+              "Trattoria Demo, margherita, marinara, diavola.")
+
+
+@pytest.mark.parametrize(("text", "copied"), [
+    # base on the caller set's tune half, 10 and 20 dB lines: the hints' tail written out.
+    ("Relatable three, four, seven, people at nine thirty, nine forty five, ten o'clock, Trattoria Demo, "
+     "margherita.", True),
+    ("In a table, three, four, seven, people at nine, fifteen, ten o'clock, Trattoria Demo, margherita,", True),
+    ("NINE FORTY-FIVE. Ten o'clock! Trattoria demo", True),  # case and punctuation aside
+    # A caller's words, hint terms among them: not three in a row in the prompt's order.
+    ("I need a renovation for four, ten o'clock, six thirty.", False),
+    ("I'd like a margherita, marinara, and a diavola.", False),
+    ("For two people at seven, please.", False),
+    ("", False),
+])
+def test_a_decode_that_writes_out_the_hints_is_told(text: str, copied: bool) -> None:
+    from runtime.providers.stt.hallucinations import copies_prompt
+
+    assert copies_prompt(text, DEMO_HINTS) is copied
+    assert not copies_prompt(text, "")

@@ -10,6 +10,10 @@ regular expressions on caller text, so the cost is linear in its length whatever
   repeated ``MAX_WORD_REPEATS`` times is a loop ("thank you, bye, bye, bye, bye, bye, bye": base
   primed with the demo's hints, for a caller's "Sure."), and of numbers ``MAX_NUMBER_REPEATS``
   times (a phone number said digit by digit: "five five five, five five five five, ..." is ten).
+- Copies of the prompt: primed with vocabulary hints and unsure of noisy audio, Whisper writes the
+  hints out ("... at nine thirty, six, seven, eight, nine forty five, ten o'clock, Trattoria Demo,
+  margherita." for a caller on a 10 dB line). ``copies_prompt`` tells a decode with
+  ``PROMPT_COPY_TERMS`` of the prompt's terms in a row, in its order: a caller does not say that.
 - Phantom phrases: Whisper was trained on subtitled videos, and on silence or noise it writes
   their outros and credits. The list is the widely reported set (openai/whisper discussion #679,
   "Hallucination on audio with no speech"; e.g. zachlatta/freeflow#111, Vexa-ai/vexa#617):
@@ -18,11 +22,14 @@ regular expressions on caller text, so the cost is linear in its length whatever
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 MAX_CHARS = 2000  # a decode is at most 224 tokens; anything longer is cut before looking
 FRAGMENT_REPEATS = 4  # a fragment ("s'm", "la", "s") said this many times in a row: a loop
 MAX_WORD_REPEATS = 6  # a 1-3 word unit this many times in a row: a loop ("no no no no" is a caller's)
 MAX_NUMBER_REPEATS = 12  # a unit of digits or number words: more than an 11-digit number of one digit
 MAX_UNIT_TOKENS = 3
+PROMPT_COPY_TERMS = 3  # of the prompt's comma-separated terms, in a row and in its order
 LOOPED_TOKEN_CHARS = 8  # "hahahahaha": one token this long made of a 1-3 character unit
 
 # Short pieces that are words in their own right (a fragment is a piece of two letters or fewer
@@ -141,3 +148,22 @@ def _periodic(seq: tuple[str, ...] | str, max_period: int) -> bool:
         if len(seq) >= 2 * period and all(seq[i] == seq[i - period] for i in range(period, len(seq))):
             return True
     return False
+
+
+def copies_prompt(text: str, prompt: str) -> bool:
+    """``text`` writes out ``PROMPT_COPY_TERMS`` of ``prompt``'s terms in a row (words compared,
+    punctuation and case aside)."""
+    if not prompt:
+        return False
+    said = f" {' '.join(_plain_words(text[:MAX_CHARS]))} "
+    return any(run in said for run in _prompt_runs(prompt))
+
+
+@lru_cache(maxsize=256)
+def _prompt_runs(prompt: str) -> tuple[str, ...]:
+    terms = [" ".join(words) for term in prompt.split(",") if (words := _plain_words(term))]
+    return tuple(f" {' '.join(terms[i:i + PROMPT_COPY_TERMS])} " for i in range(len(terms) - PROMPT_COPY_TERMS + 1))
+
+
+def _plain_words(text: str) -> list[str]:
+    return "".join(ch if ch.isalnum() or ch == "'" else " " for ch in text.lower()).split()

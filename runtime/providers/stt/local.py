@@ -81,7 +81,7 @@ from runtime.providers.models import (
     whisper_model,
 )
 from runtime.providers.registry import BuildContext
-from runtime.providers.stt.hallucinations import phantom
+from runtime.providers.stt.hallucinations import copies_prompt, phantom
 from runtime.providers.stt.hints import spoken_numbers, whisper_prompt
 
 log = logging.getLogger(__name__)
@@ -252,6 +252,11 @@ class _Engine:
                 tried.append(_generate(model, self._tokenizer, prefix, _encode(model, audio, WINDOW_S), seconds,
                                        beam))
             result = max((r for r in tried if _clean(r)), key=lambda r: r.avg_logprob, default=tried[-1])
+        elif final and copies_prompt(result.text, options.prompt):
+            # The hints written out instead of what was said: the same window without them (its
+            # encoding reused), kept when that is clean speech.
+            bare = _generate(model, self._tokenizer, self._prefix(model, options.language, ""), short, seconds, beam)
+            result = bare if _clean(bare) else result
         elif final and result.avg_logprob < options.full_context_below_logprob and fits:
             result = _generate(model, self._tokenizer, prefix, _encode(model, audio, WINDOW_S), seconds, beam)
         if not _is_speech(result):
