@@ -81,19 +81,19 @@ async def test_a_machine_gets_the_voicemail_after_its_beep_in_the_recording_and_
     assert world.rest.requests[-1]["call"] == call.sid and world.rest.requests[-1]["form"] == {"Status": "completed"}
     # The machine recorded the message after its beep; the runtime's recording has it too.
     left = await LocalWhisperSTT().transcribe(resample(call.heard_after_beep(), 8000, 16000))
-    assert left is not None and _said(left.text, "your table", "call us back"), left
+    assert left is not None and _said(left.text, "your table", "call us"), left
     assert any(p["kind"] == "completed" and p["params"]["CallStatus"] == "completed" for p in call.posts)
     recordings, _ = await world.api.control.store.recordings.list(tenant_id=world.tenant_id,
                                                                  equals={"call_id": made["id"]})
     agent_leg = next(r for r in recordings if r["kind"] == "agent")
     wav = read_wav(world.api.app[SETTINGS].recording_dir / agent_leg["uri"])
     recorded = await LocalWhisperSTT().transcribe(resample(wav.pcm, wav.rate, 16000))
-    assert recorded is not None and _said(recorded.text, "your table", "call us back"), recorded
+    assert recorded is not None and _said(recorded.text, "your table", "call us"), recorded
 
 
 def _said(text: str, *phrases: str) -> bool:
     """The phrases in a transcription (its punctuation aside: the local TTS's voice varies a little
-    from run to run, and so does how the STT writes it)."""
+    from run to run, and so does how the STT writes it: "call us back" was once "call us bat")."""
     plain = " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
     return all(p in plain for p in phrases)
 
