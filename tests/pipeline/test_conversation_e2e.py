@@ -207,5 +207,7 @@ async def test_a_spanish_caller_books_through_a_spanish_script(demo) -> None:
     bookings, _ = await api.control.store.bookings.list(tenant_id=made["tenant_id"])
     assert [(b["party_size"], b["time"]) for b in bookings] == [(4, "21:00")]
     callers = [text for role, text in said if role == "caller"]
-    assert "reservar una mesa" in callers[0] and "adiós" in callers[-1] and len(callers) == 3, said
+    # "No, gracias. Adiós." may be two turns: a caller who pauses after a finished sentence has
+    # ended a turn (the runtime answers "no, gracias" before "adiós" when its decode is quick).
+    assert "reservar una mesa" in callers[0] and "adiós" in callers[-1] and len(callers) in (3, 4), said
     assert said[0] == ("agent", "hola, restaurante demo, ¿en qué puedo ayudarle?")

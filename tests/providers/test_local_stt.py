@@ -182,7 +182,11 @@ def test_a_looping_short_window_decode_is_collapsed(text: str, expected: tuple[s
 async def test_short_answers_decode_without_looping(stt, answer: str) -> None:
     heard = await stt.transcribe(await _telephony_speech(answer))
     assert heard is not None
-    assert _words(heard.text) == _words(answer), heard.text
+    assert not collapse_repeats(heard.text)[1], heard.text  # said once, not over and over
+    # The words, but one in three: piper's voice varies from run to run ("No thanks, goodbye." was
+    # once heard "No thanks, bye bye.").
+    said, got = _words(answer), heard.text.lower().split()
+    assert len(said - _words(heard.text)) <= len(said) // 3 and len(got) <= len(said) + 1, heard.text
 
 
 async def _espeak_telephony(text: str) -> bytes:
