@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from runtime.pipeline.pacer import Frame, Pacer, ticker
+from runtime.pipeline.pacer import MIN_GAP_S, Frame, Pacer, ticker
 
 
 class Sink:
@@ -117,6 +117,13 @@ async def test_many_pacers_share_one_tick_and_the_ticker_stops_when_idle() -> No
 async def test_a_stalled_loop_is_counted_late_and_not_caught_up_with_a_burst() -> None:
     sink = Sink()
     pacer = Pacer(sink)
+    dues: list[float] = []  # the grid instant each frame was sent for (set just before the send)
+
+    async def send(frame: Frame) -> None:
+        dues.append(pacer._last_due)
+        await sink(frame)
+
+    pacer._send = send
     pacer.start()
     for _ in range(20):
         pacer.push(b"\xff" * 160)
@@ -126,9 +133,11 @@ async def test_a_stalled_loop_is_counted_late_and_not_caught_up_with_a_burst() -
     while pacer.busy:
         await asyncio.sleep(0.02)
     await pacer.close()
-    gaps = [b - a for a, b in zip(sink.times, sink.times[1:], strict=False)]
     assert len(sink.times) == 20 and pacer.stats.late >= 1
-    assert sum(1 for g in gaps if g < 0.005) == 0, gaps  # one frame a tick, even right after the stall
+    # One frame a tick, even right after the stall: by the clock's own grid, not by when a loaded box
+    # woke the loop (a late wake-up followed by an on-time one is a short gap in wall time).
+    steps = [b - a for a, b in zip(dues, dues[1:], strict=False)]
+    assert min(steps) >= MIN_GAP_S, steps
 
 
 async def test_a_send_that_raises_stops_only_that_pacer() -> None:
