@@ -301,6 +301,3 @@ def test_a_decode_that_writes_out_the_hints_is_decoded_again_without_them(monkey
     transcript = engine.decode(pcm, 0, local.DecodeOptions(prompt=hints))
     assert transcript is not None and transcript.text == "At nine fifteen."
     assert encodes == [local.DecodeOptions().context_s]  # one encoding for both decodes
-    # A version without hints has no prompt to copy: one decode, kept as it is.
-    monkeypatch.setattr(local, "_generate", lambda model, tokenizer, prompt, encoded, seconds, beam_size=1: copied)
-    assert engine.decode(pcm, 0, local.DecodeOptions(prompt="")).text == copied.text
