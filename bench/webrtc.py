@@ -1,7 +1,7 @@
 """N concurrent WebRTC calls against one runtime process, audio both ways over real ICE/DTLS/SRTP.
 
     python bench/webrtc.py [--calls 40] [--duration 30] [--codec opus|pcmu] [--quick] [--json out.json]
-                           [--profile server.svg]
+                           [--profile server.svg|server.txt]
 
 The runtime (the real app: bridge, pipeline, store, events, with bench/fake_engines.py's instant
 engines) runs on core 0; the callers, aiortc client peers, in one process on core 1. Each call is
@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codec", choices=("opus", "pcmu"), default="opus")
     parser.add_argument("--quick", action="store_true", help="5 s, 3 calls (a smoke run)")
     parser.add_argument("--no-pin", action="store_true")
-    parser.add_argument("--profile", type=Path, help="record the runtime with py-spy over the steady window (SVG)")
+    parser.add_argument("--profile", type=Path,
+                        help="record the runtime with py-spy over the steady window (.svg: flame graph, .txt: raw stacks)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -306,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
             spy = None
             if args.profile:
                 exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+                raw = ["--format", "raw"] if args.profile.suffix == ".txt" else []  # collapsed stacks, to sum up
                 spy = subprocess.Popen([exe, "record", "--gil", "-p", str(pid), "-d", str(int(window)), "-o",
-                                        str(args.profile), "--nonblocking"], stdout=subprocess.DEVNULL,
+                                        str(args.profile), "--nonblocking", *raw], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
             cpu0, gcpu0, t0 = proc_cpu_s(pid), proc_cpu_s(gen.pid), time.monotonic()
             peak_rss = rss0

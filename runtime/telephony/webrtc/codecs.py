@@ -2,8 +2,8 @@
 
 The bridge hands aiortc ready ``av.Packet``s (its sender only packetizes those): aiortc's own
 encoders would run every frame through a thread-pool hop and encode 48 kHz stereo at
-96 kbit/s, several times the work of mono Opus at the pipeline rate. Silence between replies
-is a constant packet (no encoding at all). The caller's side is runtime.telephony.webrtc.inbound.
+96 kbit/s, several times the work of mono Opus at the pipeline rate (libopus called directly:
+runtime.telephony.webrtc.opus). Silence between replies is a constant packet (no encoding at all). The caller's side is runtime.telephony.webrtc.inbound.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import av
 
 from runtime.audio import FRAME_MS
 from runtime.config import OpusSettings
+from runtime.telephony.webrtc.opus import OpusEncoder
 
 with warnings.catch_warnings():  # see runtime.audio
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -42,36 +43,20 @@ class AgentEncoder(Protocol):
 
 
 class OpusAgentEncoder:
-    """Mono Opus at the pipeline rate (libopus takes 8/16/48 kHz input; RTP runs at 48 kHz)."""
+    """Mono Opus at the pipeline rate (libopus takes 8/12/16/24/48 kHz input; RTP runs at 48 kHz)."""
 
-    __slots__ = ("rate", "frame_bytes", "clock_step", "_samples", "_codec", "_talking")
+    __slots__ = ("rate", "frame_bytes", "clock_step", "_codec", "_talking")
 
     def __init__(self, rate: int, settings: OpusSettings) -> None:
         self.rate = rate
-        self._samples = rate * FRAME_MS // 1000
-        self.frame_bytes = self._samples * 2
+        self.frame_bytes = rate * FRAME_MS // 1000 * 2
         self.clock_step = OPUS_CLOCK * FRAME_MS // 1000
-        codec = av.CodecContext.create("libopus", "w")
-        codec.bit_rate = settings.bitrate
-        codec.format = "s16"
-        codec.layout = "mono"
-        codec.sample_rate = rate
-        codec.time_base = fractions.Fraction(1, rate)
-        codec.options = {"application": "voip", "frame_duration": str(FRAME_MS),
-                         "compression_level": str(settings.complexity)}
-        codec.open()
-        self._codec = codec
+        self._codec = OpusEncoder(rate, settings.bitrate, settings.complexity)
         self._talking = False
 
     def encode(self, pcm: bytes, ts: int) -> av.Packet:
-        frame = av.AudioFrame(format="s16", layout="mono", samples=self._samples)
-        frame.planes[0].update(pcm)
-        frame.sample_rate = self.rate
-        frame.pts = ts // (OPUS_CLOCK // self.rate)
-        packets = self._codec.encode(frame)
+        packet = av.Packet(self._codec.encode(pcm))  # one 20 ms frame, one packet
         self._talking = True
-        # libopus answers each 20 ms frame with one packet (its lookahead is inside it).
-        packet = packets[-1] if packets else av.Packet(OPUS_SILENCE)
         packet.pts = ts
         packet.time_base = _OPUS_BASE
         return packet

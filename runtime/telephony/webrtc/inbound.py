@@ -7,7 +7,7 @@ Measured with 30 calls (bench/webrtc.py, py-spy --gil), the thread hand-offs alo
 of the runtime's time. So the bridge receives the caller's RTP itself: ``attach`` points the
 call's aiortc receiver at ``CallerAudio.handle_rtp_packet`` (the method aiortc's RTP router
 calls for that receiver, after SRTP), which decodes in place: Opus with one libopus decoder per
-call (mono at 48 kHz, then the pipeline's ``Resampler`` to its rate), G.711 with ``audioop``. Packets are played
+call, straight to the pipeline's rate (runtime.telephony.webrtc.opus), G.711 with ``audioop``. Packets are played
 in sequence order: a late or duplicate packet is dropped, a gap of up to ``MAX_FILL`` frames is
 filled with silence (the pipeline's timeline stays true), a longer one resynchronises. aiortc
 still negotiates, decrypts, routes, sends RTCP and ends the track on an RTCP BYE; its decoder
@@ -23,15 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import av
-
-from runtime.audio import FRAME_MS, Resampler
+from runtime.audio import FRAME_MS
+from runtime.telephony.webrtc.opus import OpusDecoder
 
 with warnings.catch_warnings():  # see runtime.audio
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-OPUS_DECODE_RATE = 48000  # libopus in FFmpeg decodes at 48 kHz whatever is asked
 MAX_FILL = 10  # frames of silence put in for lost packets (200 ms); longer gaps are skipped
 RESYNC_LATE = 50  # this many "late" packets in a row: the sender restarted its sequence, follow it
 MAX_PAYLOAD = 1500
@@ -62,18 +60,13 @@ class CallerAudio:
         self._late_run = 0
         self._failed = False
         self.last_packet = 0.0  # time.monotonic() of the last packet of this call's audio
-        self._decoder: Any = None
-        self._resampler: Resampler | None = None
+        self._decode: Callable[[bytes], bytes]
         if codec == "opus":
-            decoder = av.CodecContext.create("libopus", "r")
-            decoder.format, decoder.layout, decoder.sample_rate = "s16", "mono", OPUS_DECODE_RATE
-            self._decoder = decoder
-            # Straight from the decoder's frames (no copy of the 48 kHz audio to bytes first).
-            self._resampler = Resampler(OPUS_DECODE_RATE, rate)
+            self._decode = OpusDecoder(rate).decode
         elif codec == "pcmu":
-            self._g711 = audioop.ulaw2lin
+            self._decode = _g711(audioop.ulaw2lin)
         elif codec == "pcma":
-            self._g711 = audioop.alaw2lin
+            self._decode = _g711(audioop.alaw2lin)
         else:
             raise ValueError(f"no decoder for {codec}")
 
@@ -128,11 +121,6 @@ class CallerAudio:
             stats.frames += 1
             self.deliver(pcm)
 
-    def _decode(self, payload: bytes) -> bytes:
-        if self._decoder is None:
-            return self._g711(payload, 2)
-        assert self._resampler is not None
-        # A decoded frame that is not s16 mono at 48 kHz is refused by the resampler's FFmpeg
-        # buffer source (an error: this call ends), so it is not checked here a frame at a time.
-        parts = [self._resampler.frame(decoded) for decoded in self._decoder.decode(av.Packet(payload))]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+def _g711(expand: Callable[[bytes, int], bytes]) -> Callable[[bytes], bytes]:
+    return lambda payload: expand(payload, 2)
