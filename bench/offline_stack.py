@@ -3,7 +3,7 @@
     .venv/bin/python bench/offline_stack.py              # everything
     .venv/bin/python bench/offline_stack.py --only vad   # stt | tts | wer | own-voice | vad
     .venv/bin/python bench/offline_stack.py --repeats 9 --concurrency 2 --model tiny.en
-    .venv/bin/python bench/offline_stack.py --only wer --half test --snrs clean,20,10 --hints both --denoise both
+    .venv/bin/python bench/offline_stack.py --only wer --half test --snrs clean,20,10 --hints both
 
 All audio is made here by the piper voice (speech) and numpy (silence, white noise, line
 hum); nothing is downloaded. STT decodes go through the real ``LocalWhisperSTT`` worker pool,
@@ -255,21 +255,19 @@ def demo_prompt(model: str = "base") -> str:
     return version_prompt(model_for(model), (), agent.rules, agent.language, version_terms(agent))
 
 
-async def bench_wer(model: str, half: str, snrs: list[float | None], hints: list[bool], denoise: list[bool],
-                    model_dir: Path) -> None:
-    """WER, lines understood and bookings right per line condition, with and without hints and denoising."""
+async def bench_wer(model: str, half: str, snrs: list[float | None], hints: list[bool], model_dir: Path) -> None:
+    """WER, lines understood and bookings right per line condition, with and without hints."""
     from bench import caller_set
 
     brain = caller_set.DemoBrain()
     prompt = demo_prompt(model)
     print(f"\ncaller set, {half} half, whisper {model} (digits normalised; understood: the demo's rules brain "
           f"does what the line asks; booked: check_availability with the right party size and time)")
-    print(f"{'line':>6} {'hints':>5} {'denoise':>7} {'WER':>6} {'understood':>11} {'booked':>7} {'CPU ms/utt':>10} {'ms/utt':>7}")
+    print(f"{'line':>6} {'hints':>5} {'WER':>6} {'understood':>11} {'booked':>7} {'CPU ms/utt':>10} {'ms/utt':>7}")
     for snr in snrs:
         audio = list(caller_set.utterances(half, snr))
-        for hinted, denoised in [(h, d) for h in hints for d in denoise]:
-            stt = LocalWhisperSTT(model=model_for(model), model_dir=model_dir, prompt=prompt if hinted else "",
-                                  denoise=denoised)
+        for hinted in hints:
+            stt = LocalWhisperSTT(model=model_for(model), model_dir=model_dir, prompt=prompt if hinted else "")
             await stt.warm_up()
             errors = words = right = booked = bookings = 0
             cpu = wall = 0.0
@@ -291,7 +289,7 @@ async def bench_wer(model: str, half: str, snrs: list[float | None], hints: list
                     print(f"    {utterance.voice.name:>18} {'ok ' if judged.right else 'BAD'} {text!r}")
             label = "clean" if snr is None else f"{snr:g} dB"
             n = len(audio)
-            print(f"{label:>6} {'on' if hinted else 'off':>5} {'on' if denoised else 'off':>7} {errors / words:6.1%} {right / n:10.0%} "
+            print(f"{label:>6} {'on' if hinted else 'off':>5} {errors / words:6.1%} {right / n:10.0%} "
                   f"{booked:>3}/{bookings:<3} {cpu / n * 1000:10.0f} {wall / n * 1000:7.0f}")
 
 
@@ -347,8 +345,6 @@ async def main() -> None:
     parser.add_argument("--snrs", default="clean,20,10", help="line conditions: clean and/or SNRs in dB")
     parser.add_argument("--hints", choices=("on", "off", "both"), default="both",
                         help="the demo version's vocabulary hints as whisper's prompt")
-    parser.add_argument("--denoise", choices=("on", "off", "both"), default="on",
-                        help="subtract the line's steady noise before decoding (providers.local.denoise)")
     parser.add_argument("--verbose", action="store_true", help="print every utterance's transcript")
     args = parser.parse_args()
     global VERBOSE
@@ -361,8 +357,7 @@ async def main() -> None:
     if args.only in (None, "wer"):
         snrs = [None if s.strip() == "clean" else float(s) for s in args.snrs.split(",")]
         hints = {"on": [True], "off": [False], "both": [False, True]}[args.hints]
-        denoise = {"on": [True], "off": [False], "both": [False, True]}[args.denoise]
-        await bench_wer(args.model, args.half, snrs, hints, denoise, args.model_dir)
+        await bench_wer(args.model, args.half, snrs, hints, args.model_dir)
     if args.only in (None, "own-voice"):
         await bench_wer_own_voice(tts, args.model, args.model_dir)
     if args.only in (None, "vad"):

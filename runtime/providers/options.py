@@ -68,9 +68,6 @@ class LocalSttSettings(ProviderSettings):
     # better but does not hold the voice-to-voice targets at 2 calls on 2 cores: see README). A version's
     # stt.model overrides it; a version in another language gets base.
     stt_model: Literal["base", "tiny.en"] = "tiny.en"
-    # Subtract a phone line's steady hiss before decoding (runtime.providers.stt.denoise); a clean
-    # line is decoded exactly as it came either way.
-    denoise: bool = True
     # Where a model shipped in pieces is assembled once; relative to the config file's folder.
     model_dir: str = "models"
 

@@ -81,7 +81,6 @@ from runtime.providers.models import (
     whisper_model,
 )
 from runtime.providers.registry import BuildContext
-from runtime.providers.stt.denoise import suppress_line_noise
 from runtime.providers.stt.hallucinations import copies_prompt, phantom
 from runtime.providers.stt.hints import spoken_numbers, whisper_prompt
 
@@ -130,7 +129,6 @@ class DecodeOptions:
     language: str = "en"  # ISO 639-1 (multilingual models only; English-only ones ignore it)
     beam_size: int = 1  # of a final's decode (partials are greedy): see BEAM_SIZE
     prompt: str = ""  # vocabulary hints, given to the decoder as the text before this utterance
-    denoise: bool = True  # subtract steady line noise first (denoise.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +230,6 @@ class _Engine:
         if len(pcm) < MIN_UTTERANCE_S * RATE * 2 or rms(pcm) < SILENCE_RMS:
             return None
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-        if options.denoise:
-            audio = suppress_line_noise(audio)
         model = self.model()
         prefix = self._prefix(model, options.language, options.prompt)
         beam = options.beam_size if final else 1
@@ -414,9 +410,9 @@ class LocalWhisperSTT(SpeechToText):
 
     def __init__(self, policy: RetryPolicy | None = None, *, context_s: float = DecodeOptions().context_s,
                  model: ModelSpec = WHISPER_TINY_EN, model_dir: Path | None = None, language: str = "en",
-                 prompt: str = "", denoise: bool = True) -> None:
+                 prompt: str = "") -> None:
         super().__init__(policy)
-        self.options = DecodeOptions(context_s=context_s, language=language, prompt=prompt, denoise=denoise,
+        self.options = DecodeOptions(context_s=context_s, language=language, prompt=prompt,
                                      full_context_below_logprob=UNSURE_REDECODE_BELOW.get(model.name, -1.0),
                                      beam_size=BEAM_SIZE.get(model.name, 1))
         self._engine = _Engine.for_spec(model, model_dir)
@@ -540,7 +536,7 @@ def build(ctx: BuildContext) -> LocalWhisperSTT:
     spec = model_for(ctx.model or ctx.settings.stt_model, ctx.language)
     prompt = version_prompt(spec, ctx.options.keywords or (), ctx.rules, ctx.language, ctx.hints)
     return LocalWhisperSTT(policy=ctx.policy, model=spec, model_dir=ctx.model_dir,
-                           language=language_code(ctx.language), prompt=prompt, denoise=ctx.settings.denoise)
+                           language=language_code(ctx.language), prompt=prompt)
 
 
 def version_prompt(spec: ModelSpec, keywords: Sequence[str], rules: Any, language: str | None,
