@@ -45,12 +45,13 @@ class Resampler:
     (a call's direction, a reply's TTS rate) and feed it that stream's chunks in order.
 
     Every rate change on the audio path goes through this: TTS out (speech.py), STT in
-    (conversation.py), the WebRTC caller's 48 kHz Opus (webrtc/inbound.py), Silero's 16 kHz
-    (vad.py). LiveKit's SDK converts inside ``rtc.AudioStream`` and ``rtc.AudioSource``; libopus
-    encodes the 8/16 kHz pipeline rate as it is. (runtime.recording may not import the pipeline,
-    so the recorder keeps ``audioop.ratecv`` for legs at another rate; no bridge sends such.)
+    (conversation.py), Silero's 16 kHz (vad.py). LiveKit's SDK converts inside ``rtc.AudioStream``
+    and ``rtc.AudioSource``; on WebRTC calls libopus encodes the 8/16 kHz pipeline rate as it is
+    and decodes the caller's Opus straight to it (webrtc/opus.py). (runtime.recording may not
+    import the pipeline, so the recorder keeps ``audioop.ratecv`` for legs at another rate; no
+    bridge sends such.)
 
-    The engine is FFmpeg's swresample (PyAV, already the WebRTC codec library) with its default
+    The engine is FFmpeg's swresample (PyAV, which aiortc brings) with its default
     filter (32 taps, Kaiser window, cutoff 0.97). Measured by ``bench/pipeline.py --part
     resample`` and tests/pipeline/test_resampling.py, 20 ms frames in, 2-core box:
 
@@ -99,13 +100,6 @@ class Resampler:
         frame = self._new_frame(format="s16", layout="mono", samples=len(pcm) // 2)
         frame.planes[0].update(pcm)
         frame.sample_rate = self.src
-        return self._convert(frame)
-
-    def frame(self, frame: Any) -> bytes:
-        """A decoded ``av.AudioFrame`` (s16 mono at ``src``) converted, without copying it to bytes first."""
-        if self.src == self.dst:
-            return bytes(memoryview(frame.planes[0])[:frame.samples * 2])
-        frame.pts = None  # the graph keeps its own timeline
         return self._convert(frame)
 
     def flush(self) -> bytes:
