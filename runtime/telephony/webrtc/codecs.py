@@ -3,7 +3,8 @@
 The bridge hands aiortc ready ``av.Packet``s (its sender only packetizes those): aiortc's own
 encoders would run every frame through a thread-pool hop and encode 48 kHz stereo at
 96 kbit/s, several times the work of mono Opus at the pipeline rate (libopus called directly:
-runtime.telephony.webrtc.opus). Silence between replies is a constant packet (no encoding at all). The caller's side is runtime.telephony.webrtc.inbound.
+runtime.telephony.webrtc.opus). Silence between replies is a constant packet (no encoding at
+all). The caller's side is runtime.telephony.webrtc.inbound.
 """
 
 from __future__ import annotations

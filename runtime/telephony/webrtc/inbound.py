@@ -7,11 +7,11 @@ Measured with 30 calls (bench/webrtc.py, py-spy --gil), the thread hand-offs alo
 of the runtime's time. So the bridge receives the caller's RTP itself: ``attach`` points the
 call's aiortc receiver at ``CallerAudio.handle_rtp_packet`` (the method aiortc's RTP router
 calls for that receiver, after SRTP), which decodes in place: Opus with one libopus decoder per
-call, straight to the pipeline's rate (runtime.telephony.webrtc.opus), G.711 with ``audioop``. Packets are played
-in sequence order: a late or duplicate packet is dropped, a gap of up to ``MAX_FILL`` frames is
-filled with silence (the pipeline's timeline stays true), a longer one resynchronises. aiortc
-still negotiates, decrypts, routes, sends RTCP and ends the track on an RTCP BYE; its decoder
-thread stays idle. The seam is one attribute of the receiver instance, checked by
+call, straight to the pipeline's rate (runtime.telephony.webrtc.opus), G.711 with ``audioop``.
+Packets are played in sequence order: a late or duplicate packet is dropped, a gap of up to
+``MAX_FILL`` frames is filled with silence (the pipeline's timeline stays true), a longer one
+resynchronises. aiortc still negotiates, decrypts, routes, sends RTCP and ends the track on an
+RTCP BYE; its decoder thread stays idle. The seam is one attribute of the receiver instance, checked by
 ``tests/webrtc/test_webrtc_units.py`` against the pinned aiortc.
 """
 

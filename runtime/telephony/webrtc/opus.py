@@ -20,7 +20,6 @@ MAX_PACKET = 1500  # bytes: an RTP payload on an Ethernet path
 MAX_FRAME_S = 0.120  # the longest Opus packet (RFC 6716)
 
 
-
 @cache
 def _libopus() -> tuple[Any, Any, Any]:
     """opuslib_next (it loads libopus when imported) and our own ``opus_encode``/``opus_decode``
@@ -66,7 +65,7 @@ class OpusEncoder:
         size = self._encode(self._state, pcm, len(pcm) // 2, self._out, MAX_PACKET)
         if size < 0:
             raise OpusError(f"opus_encode failed ({size}) on {len(pcm)} bytes of PCM")
-        return self._out.raw[:size]
+        return ctypes.string_at(self._out, size)
 
 
 class OpusDecoder:
@@ -87,4 +86,4 @@ class OpusDecoder:
         samples = self._decode(self._state, payload, len(payload), self._out, self._max_samples, 0)
         if samples < 0:
             raise OpusError(f"opus_decode failed ({samples}) on a {len(payload)}-byte packet")
-        return self._out.raw[:samples * 2]
+        return ctypes.string_at(self._out, samples * 2)
