@@ -11,8 +11,8 @@ call, straight to the pipeline's rate (runtime.telephony.webrtc.opus), G.711 wit
 Packets are played in sequence order: a late or duplicate packet is dropped, a gap of up to
 ``MAX_FILL`` frames is filled with silence (the pipeline's timeline stays true), a longer one
 resynchronises. aiortc still negotiates, decrypts, routes, sends RTCP and ends the track on an
-RTCP BYE; its decoder thread stays idle. The seam is one attribute of the receiver instance, checked by
-``tests/webrtc/test_webrtc_units.py`` against the pinned aiortc.
+RTCP BYE; its decoder thread stays idle. The seam is one attribute of the receiver instance,
+checked by ``tests/webrtc/test_webrtc_units.py`` against the pinned aiortc.
 """
 
 from __future__ import annotations
