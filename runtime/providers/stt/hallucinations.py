@@ -97,11 +97,14 @@ def _tokens(text: str) -> list[tuple[str, ...]]:
 
 
 def _phrase(tokens: list[tuple[str, ...]]) -> bool:
-    # Words joined by single spaces with the apostrophes kept ("don't"), other marks gone, so
-    # "Subtitles by the Amara.org community." reads "subtitles by the amara org community".
-    words = " ".join("'".join(t) if _has_apostrophe_word(t) else " ".join(t) for t in tokens)
-    padded = f" {words} "
+    padded = f" {_plain(tokens)} "
     return any(f" {phrase} " in padded for phrase in PHANTOM_PHRASES)
+
+
+def _plain(tokens: list[tuple[str, ...]]) -> str:
+    """Words joined by single spaces with the apostrophes kept ("don't"), other marks gone, so
+    "Subtitles by the Amara.org community." reads "subtitles by the amara org community"."""
+    return " ".join("'".join(t) if _has_apostrophe_word(t) else " ".join(t) for t in tokens)
 
 
 def _has_apostrophe_word(pieces: tuple[str, ...]) -> bool:
@@ -155,15 +158,11 @@ def copies_prompt(text: str, prompt: str) -> bool:
     punctuation and case aside)."""
     if not prompt:
         return False
-    said = f" {' '.join(_plain_words(text[:MAX_CHARS]))} "
+    said = f" {_plain(_tokens(text[:MAX_CHARS]))} "
     return any(run in said for run in _prompt_runs(prompt))
 
 
 @lru_cache(maxsize=256)
 def _prompt_runs(prompt: str) -> tuple[str, ...]:
-    terms = [" ".join(words) for term in prompt.split(",") if (words := _plain_words(term))]
+    terms = [plain for term in prompt.split(",") if (plain := _plain(_tokens(term)))]
     return tuple(f" {' '.join(terms[i:i + PROMPT_COPY_TERMS])} " for i in range(len(terms) - PROMPT_COPY_TERMS + 1))
-
-
-def _plain_words(text: str) -> list[str]:
-    return "".join(ch if ch.isalnum() or ch == "'" else " " for ch in text.lower()).split()
