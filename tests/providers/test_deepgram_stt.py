@@ -235,9 +235,12 @@ async def test_refused_key_is_auth_and_never_retried(status: int, caplog: pytest
     caplog.set_level(logging.DEBUG)
     secret = "sk-wrong-deepgram-key-0123456789"
     script = DeepgramScript(rejects=[Reject(status)] * 3 if status == 403 else [])
+    # Retries allowed, but a first-byte timeout no loaded box reaches: a slow refusal would
+    # otherwise be retried as a timeout (CI once saw 2 attempts), not as the refusal it is.
+    patient = RetryPolicy(retries=2, first_byte_timeout_s=10, backoff_base_s=0.01, backoff_cap_s=0.1)
     async with DeepgramServer(script) as server:
         with pytest.raises(ProviderError) as caught:
-            await DeepgramSTT(secret, url=server.url, policy=FAST).open()
+            await DeepgramSTT(secret, url=server.url, policy=patient).open()
         assert server.attempts == 1
     error = caught.value
     assert (error.kind, error.status, error.retryable) == ("auth", status, False)
