@@ -122,6 +122,21 @@ def test_segments_are_joined_each_with_its_confidence() -> None:
     assert decoded.dropped == 0 and not decoded.looped
 
 
+def test_without_timestamps_segments_end_where_a_sentence_ends() -> None:
+    # The runtime decodes without timestamp tokens: the pieces are the sentences, a "." inside a
+    # number ("6.30") or before no new word does not split, and each sentence has its own confidence.
+    tokens = [" No", " wait,", " make", " it", " 6", ".", "30", ".", " And", " we", " need", " a", " chair", "?",
+              " Yes", "!"]
+    logprobs = [-0.9] * 8 + [-0.2] * 6 + [-0.5] * 2
+    decoded = _assemble(_Tokenizer(tokens), list(range(len(tokens))), logprobs, 0.1)
+    assert [p.text for p in decoded.segments] == ["No wait, make it 6.30.", "And we need a chair?", "Yes!"]
+    assert [p.avg_logprob for p in decoded.segments] == pytest.approx([-0.9, -0.2, -0.5])
+    assert decoded.text == "No wait, make it 6.30. And we need a chair? Yes!"
+    # One sentence said again is a loop, as a repeated timestamp segment is.
+    again = _assemble(_Tokenizer([" No.", " No.", " No."]), [0, 1, 2], [-0.4] * 3, 0.1)
+    assert again.text == "No." and again.looped and len(again.segments) == 1
+
+
 def test_a_phantom_segment_is_dropped_and_the_real_ones_kept() -> None:
     decoded = _decode([([" Two", " people", " at", " seven."], -0.3),
                        ([" Thank", " you", " for", " watching!"], -1.6)])
