@@ -28,6 +28,7 @@ micro-benchmark, ``resample``, in this process):
     .venv/bin/python bench/pipeline.py --part fake --calls 100 --turns 6
     .venv/bin/python bench/pipeline.py --part offline --levels 1,2,3,4
     .venv/bin/python bench/pipeline.py --part offline --levels 2 --rounds 5 --no-pin --stt-model base
+    .venv/bin/python bench/pipeline.py --part offline --levels 2 --rounds 5 --no-pin --stt-model base --interim
     .venv/bin/python bench/pipeline.py --part resample
     .venv/bin/python bench/pipeline.py --quick               # a smoke run (tests/bench/test_bench_pipeline_smoke.py)
 """
@@ -39,6 +40,7 @@ import asyncio
 import json
 import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -60,9 +62,12 @@ def pct(values: list[float], p: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, max(0, int(round(p * len(ordered))) - 1))], 1)
 
 
-def runtime(fake: bool, pin: bool, stt_model: str | None = None) -> Runtime:
+def runtime(fake: bool, pin: bool, stt_model: str | None = None, interim_hook: str | None = None,
+            local_calls: int | None = None) -> Runtime:
     """The runtime under test: instant engines and a plain agent, or the offline stack and the
-    demo's booking agent."""
+    demo's booking agent (``interim_hook``: a webhook URL taking the tenant's
+    ``transcript.interim``, so the offline STT decodes partials while callers speak;
+    ``local_calls``: the local admission budget instead of the model's calls per core)."""
     if fake:
         return Runtime(pin=pin, instant=True, agent={"greeting": FAKE_GREETING, "turn": {"silence_reprompt_s": 120}})
     from runtime.providers.llm.rules import DEMO_BOOKING_RULES
@@ -70,7 +75,8 @@ def runtime(fake: bool, pin: bool, stt_model: str | None = None) -> Runtime:
 
     return Runtime(pin=pin, agent={"system_prompt": PROMPT, "greeting": GREETING, "llm": {"provider": "rules"},
                                    "tools": TOOLS, "rules": DEMO_BOOKING_RULES},
-                   providers={"local": {"stt_model": stt_model}} if stt_model else None)
+                   providers={"local": {"stt_model": stt_model}} if stt_model else None, interim_hook=interim_hook,
+                   limits={"local_calls": local_calls} if local_calls else None)
 
 
 def generate(rt: Runtime, spec: dict[str, Any]) -> dict[str, Any]:
@@ -234,10 +240,36 @@ def run_fake(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+class InterimSink:
+    """A webhook receiver on loopback that counts the ``transcript.interim`` deliveries."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.received = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                sink.received += 1
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 def run_offline(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
+    sink = InterimSink() if args.interim else None
     for level in args.levels:
-        with runtime(False, not args.no_pin, args.stt_model) as rt:
+        received = sink.received if sink else 0
+        with runtime(False, not args.no_pin, args.stt_model, sink.url if sink else None, args.local_calls) as rt:
             cpu0 = proc_cpu_s(rt.proc.pid)
             began = time.monotonic()
             gen = generate(rt, {"part": "offline", "calls": level, "rounds": args.rounds})
@@ -253,6 +285,7 @@ def run_offline(args: argparse.Namespace) -> list[dict[str, Any]]:
             "tts_first_audio_p50_ms": pct(_stage(events, "tts_first_audio_ms"), 0.5),
             "heard_v2v_p50_ms": pct(gen["heard_v2v_ms"], 0.5),
             "server_cpu_s_per_call": round(cpu / (level * args.rounds), 2), "server_cpu_share": round(cpu / wall, 3),
+            "interim_webhooks": sink.received - received if sink else None,
         })
     return rows
 
@@ -352,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="offline part: rounds of calls per level, one after the other (more turns for the p95)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin runtime and callers to cores")
     parser.add_argument("--stt-model", choices=("base", "tiny.en"), help="offline part: providers.local.stt_model (default tiny.en)")
+    parser.add_argument("--local-calls", type=int, metavar="N",
+                        help="offline part: limits.local_calls (to measure beyond the model's calls per core)")
+    parser.add_argument("--interim", action="store_true",
+                        help="offline part: a webhook takes transcript.interim, so partials are decoded too")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 4 fake calls x 2 turns, offline at 1")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -390,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"voice to voice p50 {row['v2v_p50_ms']} ms, p95 {row['v2v_p95_ms']} ms, max {row['v2v_max_ms']} "
                   f"ms (as heard p50 {row['heard_v2v_p50_ms']}); STT p50 {row['stt_p50_ms']} ms, TTS first audio "
                   f"p50 {row['tts_first_audio_p50_ms']} ms; runtime {row['server_cpu_s_per_call']} CPU-s per call, "
-                  f"core {row['server_cpu_share']:.0%}", flush=True)
+                  f"core {row['server_cpu_share']:.0%}"
+                  + (f"; {row['interim_webhooks']} transcript.interim delivered" if args.interim else ""), flush=True)
             for error in row["errors"]:
                 print(f"  failed: {error}")
         held = [r["concurrent_calls"] for r in out["offline"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,10 +46,10 @@ def proc_rss_kb(pid: int) -> int:
     return 0
 
 
-async def _provision(config: Path, agent: dict[str, Any]) -> None:
+async def _provision(config: Path, agent: dict[str, Any], interim_hook: str | None = None) -> None:
     from runtime.config import load_settings
     from runtime.control.plane import ControlPlane
-    from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate
+    from runtime.control.schemas import AgentCreate, CredentialSet, NumberCreate, TenantCreate, WebhookCreate
     from runtime.secrets import write_master_key
     from runtime.store.tables import ALL_TENANTS
 
@@ -63,6 +64,8 @@ async def _provision(config: Path, agent: dict[str, Any]) -> None:
         await control.numbers.add(tenant.id, NumberCreate(e164=NUMBER, provider="twilio", agent_id=made.id))
         await control.credentials.set(tenant.id, "twilio", CredentialSet(fields={"account_sid": ACCOUNT_SID},
                                                                          secret=AUTH_TOKEN))
+        if interim_hook:  # a subscriber of transcript.interim: the offline STT decodes partials for it
+            await control.webhooks.create(tenant.id, WebhookCreate(url=interim_hook, events=["transcript.interim"]))
     finally:
         await control.close()
 
@@ -77,8 +80,9 @@ class Runtime:
     def __init__(self, pin: bool = True, twilio: dict[str, Any] | None = None, *, instant: bool = False,
                  clip: Path | None = None, agent: dict[str, Any] | None = None,
                  webrtc: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
-                 providers: dict[str, Any] | None = None) -> None:
+                 providers: dict[str, Any] | None = None, interim_hook: str | None = None) -> None:
         self.pin = pin
+        self.interim_hook = interim_hook  # a URL taking the tenant's transcript.interim webhooks
         self.providers = providers or {}  # providers keys (bench/pipeline.py: local.stt_model)
         self.limits = limits or {}  # extra limits keys (bench/overload.py: local_calls)
         self.twilio = twilio or {}  # extra telephony.twilio keys
@@ -107,10 +111,11 @@ class Runtime:
             "telephony": {"twilio": {"api_base_url": "http://127.0.0.1:9", **self.twilio}, "webrtc": self.webrtc},
             "logging": {"level": "warning", "format": "json"},
             "providers": self.providers,
+            "security": {"egress": {"allow": [urlsplit(self.interim_hook).netloc] if self.interim_hook else []}},
         }
         path = self.state / "config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        asyncio.run(_provision(path, self.agent))
+        asyncio.run(_provision(path, self.agent, self.interim_hook))
         if self.instant:
             serve = [sys.executable, str(REPO / "bench" / "fake_engines.py"), "--config", str(path),
                      *(["--clip", str(self.clip)] if self.clip else [])]

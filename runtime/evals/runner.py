@@ -7,7 +7,10 @@ each scenario, ``--concurrency`` at once) as real Twilio-protocol calls to the r
 ``base_url``, each with a single-use pin (runtime.control.eval_pins). After each call it waits for
 the call's archive (status, summary), reads back what the agent said, which tools it called and
 whether it transferred, attributes each to the caller's turn it followed (by time), and checks the
-expectations (runtime.evals.scoring). A call refused by admission control is ``busy``, not failed.
+expectations (runtime.evals.scoring). A call refused by admission control (the box's local speech
+engines full, say, with ``--concurrency`` above their capacity) is placed again when one of the
+run's calls has ended, or after ``BUSY_RETRY_S``, for up to ``BUSY_WAIT_S``; still refused then, it
+is ``busy``, not failed.
 At the end the row gets its score, results and the judge's grades, bookings and orders made by the
 calls are deleted (an evaluation must not hold tables), and ``agent.evaluated`` is sent.
 
@@ -55,6 +58,8 @@ log = logging.getLogger("voicectl.evals")
 
 VOICE_PATH = "/webhooks/twilio/voice"
 ARCHIVE_WAIT_S = 15.0
+BUSY_RETRY_S = 5.0  # a refused call is placed again when one of the run's calls ends, or after this
+BUSY_WAIT_S = 300.0  # and given up as busy after this long
 ACCOUNT_SID = "AC" + "e" * 32  # what the synthetic caller sends as its account (nothing checks it)
 
 
@@ -159,9 +164,25 @@ class Runner:
             results: list[dict[str, Any] | None] = [None] * len(runs)
             call_ids: list[str] = []
 
+            ended = asyncio.Condition()  # one of the run's calls was answered and is over
+            loop = asyncio.get_running_loop()
+
             async def one(index: int, item: ScenarioRun) -> None:
-                async with gate:
-                    result = await self._call(row, p, item, call_ids, judged)
+                give_up = loop.time() + BUSY_WAIT_S
+                while True:
+                    async with gate:
+                        result = await self._call(row, p, item, call_ids, judged)
+                    if result["status"] != "busy":
+                        async with ended:
+                            ended.notify_all()
+                        break
+                    if loop.time() >= give_up:
+                        break
+                    async with ended:
+                        try:
+                            await asyncio.wait_for(ended.wait(), BUSY_RETRY_S)
+                        except TimeoutError:
+                            pass
                 results[index] = result
                 if on_result is not None:
                     on_result(result)

@@ -64,10 +64,10 @@ class SttHints(VersionOptions):
 
 
 class LocalSttSettings(ProviderSettings):
-    # The packaged Whisper model: tiny.en (English only) or base (multilingual; hears the caller set
-    # better but does not hold the voice-to-voice targets at 2 calls on 2 cores: see README). A version's
+    # The packaged Whisper model: base (multilingual; hears the caller set best, 1 call per core) or
+    # tiny.en (English only; 4 calls per core, more words misheard): see README. A version's
     # stt.model overrides it; a version in another language gets base.
-    stt_model: Literal["base", "tiny.en"] = "tiny.en"
+    stt_model: Literal["base", "tiny.en"] = "base"
     # Where a model shipped in pieces is assembled once; relative to the config file's folder.
     model_dir: str = "models"
 

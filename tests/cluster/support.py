@@ -140,7 +140,8 @@ async def start_instances(names: ClusterNames, tmp_path: Path, count: int, **sec
     """``count`` live instances (i1, i2, ...) of one cluster, each with its own admin key, on loopback ports."""
     from tests.api.support import high_limits, start_live_api
 
-    sections = {**sections, "limits": {**high_limits(), **sections.get("limits", {})}}
+    # local_calls: the instances run instant engines; the budget of the offline models is not under test.
+    sections = {**sections, "limits": {**high_limits(), "local_calls": 100, **sections.get("limits", {})}}
     settings = [instance_settings(names, tmp_path / f"i{n}", f"i{n}", **sections) for n in range(1, count + 1)]
     share_master_key(*settings)
     started = []

@@ -78,8 +78,8 @@ def test_default_is_webrtc_behind_the_noise_floor_gate_at_the_telephony_rate() -
 
 
 def test_the_noise_floor_gate_keeps_a_hissy_or_buzzing_line_from_reading_as_speech(scenes) -> None:
-    # WebRTC alone (measured here: 66-89 % of hiss frames at 10 dB SNR, as piper's level varies) ...
-    assert _said(WebRtcVad(RATE, 3), scenes["hiss alone"][0]).mean() > 0.3
+    # WebRTC alone (measured here: 27-89 % of hiss frames at 10 dB SNR, as piper's level varies) ...
+    assert _said(WebRtcVad(RATE, 3), scenes["hiss alone"][0]).mean() > 0.15
     for name in ("hiss alone", "buzz alone", "noise alone"):
         assert _said(default_vad(RATE), scenes[name][0]).mean() <= 0.03, name
     # ... while speech on those lines still reads as speech (bench: 0.89 / 0.88 / 0.84).

@@ -21,7 +21,7 @@ from runtime.providers import registry
 from runtime.providers.base import LanguageModel, ProviderError, SpeechToText, TextToSpeech
 from runtime.providers.chains import ProviderChains
 from runtime.providers.llm.rules import RulesBrain
-from runtime.providers.models import WHISPER_TINY_EN
+from runtime.providers.models import WHISPER_BASE
 from runtime.providers.registry import ProviderCredential
 from runtime.providers.stt.local import LocalWhisperSTT
 from runtime.providers.tts.local import EspeakTTS, PiperTTS
@@ -41,7 +41,7 @@ async def test_offline_engines_by_default_and_substitutions_are_reported() -> No
     assert {s.reason for s in wanted.substitutions} == {"the tenant has no deepgram credential",
                                                          "the tenant has no anthropic credential"}
     # The shared model, loaded once (each call's STT holds its version's language and hints over it).
-    assert chosen.stt._engine is wanted.stt._engine and chosen.stt.model is WHISPER_TINY_EN  # type: ignore[attr-defined]
+    assert chosen.stt._engine is wanted.stt._engine and chosen.stt.model is WHISPER_BASE  # type: ignore[attr-defined]
     assert chosen.tts is wanted.tts
 
 

@@ -156,7 +156,7 @@ def test_each_version_gets_its_model_language_and_hints(tmp_path) -> None:
     assert "seven" not in spanish_demo.options.prompt  # English examples only for an English version
     spanish = _engine(chains, AgentConfig(system_prompt="x", language="es-MX"))
     assert spanish.model is WHISPER_BASE and spanish.options.language == "es"  # tiny.en is English only
-    assert _engine(ProviderChains(_settings(tmp_path)), AgentConfig(system_prompt="x")).model is WHISPER_TINY_EN
+    assert _engine(ProviderChains(_settings(tmp_path)), AgentConfig(system_prompt="x")).model is WHISPER_BASE  # the default
 
 
 def test_a_version_names_only_a_packaged_model_and_bounded_keywords() -> None:

@@ -116,7 +116,9 @@ async def start_world(settings, *, max_calls: int = 200, server: dict | None = N
                       tenant_limit: int | None = None) -> TwilioWorld:
     rest = RestPeer()
     await rest.start()
-    built = with_overrides(settings, limits={**high_limits(), "max_calls": max_calls},
+    # local_calls: the bridges are under test here, not the offline models' budget (tests/calls).
+    built = with_overrides(settings, limits={**high_limits(), "local_calls": settings.limits.local_calls or 50,
+                                             "max_calls": max_calls},
                            telephony={"twilio": {**settings.telephony.twilio.model_dump(), "api_base_url": rest.url}},
                            server={"shutdown_grace_s": 0.2, **(server or {})})
     api, runner = await start_live_api(built)
