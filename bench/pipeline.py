@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1,
                         help="offline part: rounds of calls per level, one after the other (more turns for the p95)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin runtime and callers to cores")
-    parser.add_argument("--stt-model", choices=("base", "tiny.en"), help="offline part: providers.local.stt_model (default tiny.en)")
+    parser.add_argument("--stt-model", choices=("base", "tiny.en"), help="offline part: providers.local.stt_model (default: the runtime's, base)")
     parser.add_argument("--local-calls", type=int, metavar="N",
                         help="offline part: limits.local_calls (to measure beyond the model's calls per core)")
     parser.add_argument("--interim", action="store_true",

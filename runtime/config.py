@@ -31,7 +31,8 @@ ENV_PREFIX = "VOICECTL_"
 ENV_RESERVED = {"VOICECTL_CONFIG", "VOICECTL_MASTER_KEY", "VOICECTL_API_KEY"}
 # Concurrent calls on the offline stack one core serves with voice-to-voice p95 near 1 s, by the
 # Whisper model (bench/pipeline.py --part offline --stt-model M: tiny.en 4 calls on one core, p50
-# 843 ms, p95 1,014 ms; base 1 call on one core p50 706 ms, p95 1,050 ms over 15 turns, so 1).
+# 843 ms, p95 1,014 ms; base 1 call on one core p50 706 ms, p95 1,050 ms over 15 turns, and with
+# --local-calls 4, 2 calls p95 1,752 ms and 3 calls p95 1,326 ms, so 1).
 LOCAL_CALLS_PER_CORE: dict[str, int] = {"tiny.en": 4, "base": 1}
 DEFAULT_CONFIG_NAME = "config.yaml"
 

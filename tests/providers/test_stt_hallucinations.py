@@ -8,8 +8,10 @@ import time
 
 import pytest
 
+from runtime.pipeline.turns import Completeness, completeness
+from runtime.providers.base import TranscriptSegment
 from runtime.providers.stt.hallucinations import MAX_CHARS, phantom
-from runtime.providers.stt.local import Decoded, _assemble
+from runtime.providers.stt.local import Decoded, _assemble, without_list_comma
 
 # Outputs whisper produced (or is widely reported to produce) on noise, silence or a stuck decode.
 PHANTOMS = [
@@ -135,6 +137,15 @@ def test_without_timestamps_segments_end_where_a_sentence_ends() -> None:
     # One sentence said again is a loop, as a repeated timestamp segment is.
     again = _assemble(_Tokenizer([" No.", " No.", " No."]), [0, 1, 2], [-0.4] * 3, 0.1)
     assert again.text == "No." and again.looped and len(again.segments) == 1
+
+
+def test_a_comma_ending_a_hinted_decode_is_dropped() -> None:
+    # After the comma-separated hints whisper ends whole answers with a comma, which the turn taking
+    # would read as a caller not done (runtime.pipeline.turns.completeness): the last one is dropped.
+    pieces = (TranscriptSegment("No wait, make it six.", 0.4), TranscriptSegment("yes, book it,", 0.9))
+    assert without_list_comma(pieces) == (pieces[0], TranscriptSegment("yes, book it", 0.9))
+    assert completeness(" ".join(p.text for p in without_list_comma(pieces))) is not Completeness.INCOMPLETE
+    assert without_list_comma(pieces[:1]) == pieces[:1] and without_list_comma(()) == ()
 
 
 def test_a_phantom_segment_is_dropped_and_the_real_ones_kept() -> None:
