@@ -7,8 +7,9 @@ with silence in real time for ``--hold`` seconds. Printed: how many were admitte
 got the busy answer, and for the admitted ones the time from dialling to the first frame of the
 greeting (p50, p95, max) and how many heard nothing within 5 s.
 
-``--local-calls N`` sets ``limits.local_calls`` (default: the runtime's own, 4 per core it may use;
-the server is pinned to one core).
+``--local-calls N`` sets ``limits.local_calls`` (default: the runtime's own, its model's
+LOCAL_CALLS_PER_CORE for each core it may use: 1 with base, 4 with tiny.en; the server is pinned
+to one core).
 """
 
 from __future__ import annotations

@@ -120,8 +120,8 @@ COMPRESSION_RATIO_MAX = 2.4
 UNSURE_REDECODE_BELOW = {"whisper base": -math.inf}
 # Beam width of finals by model. base: 5 against greedy on the caller set's tune half, with hints,
 # took the WER from 35 % to 26 % with fewer 30 s re-decodes (no more CPU). tiny.en stays greedy:
-# CTranslate2 gives per-token logits (the segments' own confidences) only to a greedy decode, and a
-# beam joins a two-sentence answer into one segment.
+# CTranslate2 gives per-token logits (the segments' own confidences) only to a greedy decode; with a
+# beam every segment gets the decode's mean.
 BEAM_SIZE = {"whisper base": 5}
 SENTENCE_ENDS = (".", "?", "!")  # a token ending so, followed by a word, closes a segment ("6.30" does not)
 
