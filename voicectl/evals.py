@@ -4,7 +4,8 @@
 ``--url`` (default: the config's host and port), each pinned to the version under test; it needs
 the same config (database and secrets) as the runtime. Exit codes: 0 every scenario passed, 1 one
 failed, 2 the suite is invalid (or bad options), 3 no such tenant, agent, version or suite, 8 the
-runtime could not be reached, or a call was refused as busy (and none failed).
+runtime could not be reached, or a call was still refused as busy after 5 minutes of retries
+(and none failed).
 """
 
 from __future__ import annotations
@@ -262,7 +263,7 @@ def run_(
     url: Annotated[str | None, typer.Option("--url", help="The runtime's base URL (default: "
                                             "http://server.host:server.port from the config).")] = None,
     calls: Annotated[int, typer.Option("--calls", help="Calls per scenario.", min=1)] = 1,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Calls at once.", min=1)] = 1,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Calls at once (one refused as busy waits for a free slot, up to 5 min).", min=1)] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a suite against an agent version with synthetic calls over the Twilio protocol."""
